@@ -1,0 +1,1 @@
+"""stedge_runtime: torch-free Encoder and Reranker over stedge artifacts."""
