@@ -1,0 +1,200 @@
+"""Readers shared by every stage: text lists, sentence pairs with scores, and the shared data folder.
+
+Accepted sources: a plain text file (one text per line), CSV/TSV/JSONL/JSON/Parquet files
+(optionally gzip-compressed), or a `datasets` Hub name (``name[:config][@split]``).
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .errors import StedgeError
+
+TEXT_COLUMNS = ("text", "sentence", "sentence1", "anchor", "query", "premise", "question")
+
+
+def data_root() -> Path:
+    """The shared data folder: $STEDGE_DATA_DIR, else ../shared/data beside the project root."""
+    env = os.environ.get("STEDGE_DATA_DIR")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent.parent
+    for base in (here, Path.cwd()):
+        cand = base.parent / "shared" / "data"
+        if cand.is_dir():
+            return cand
+    return here.parent / "shared" / "data"
+
+
+def resolve_data_path(path: str | os.PathLike) -> Path:
+    """A path as given, or relative to the shared data folder (``stsb/test.tsv.gz``)."""
+    p = Path(path)
+    if p.exists():
+        return p
+    alt = data_root() / p
+    return alt if alt.exists() else p
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def _kind(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    for ext in ("tsv", "csv", "jsonl", "json", "parquet", "txt"):
+        if name.endswith("." + ext):
+            return ext
+    return "txt"
+
+
+def read_rows(source: str | os.PathLike, split: str | None = None) -> list[dict]:
+    """Read a table (CSV/TSV/JSONL/JSON/Parquet, gz ok) or a `datasets` name into a list of dicts."""
+    p = resolve_data_path(source)
+    if not p.exists():
+        if isinstance(source, str) and "/" in source and not source.startswith((".", "/")):
+            return _hub_rows(source, split)
+        raise StedgeError(f"data file {source} not found (also looked in {data_root()})")
+    kind = _kind(p)
+    if kind in ("tsv", "csv"):
+        with _open_text(p) as f:
+            return list(csv.DictReader(f, delimiter="\t" if kind == "tsv" else ","))
+    if kind == "jsonl":
+        with _open_text(p) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    if kind == "json":
+        with _open_text(p) as f:
+            data = json.load(f)
+        if isinstance(data, dict):  # column -> list
+            keys = list(data)
+            return [dict(zip(keys, vals)) for vals in zip(*data.values())]
+        return list(data)
+    if kind == "parquet":
+        from .errors import require
+
+        pq = require("pyarrow.parquet", "train", "reading Parquet files")
+        return pq.read_table(p).to_pylist()
+    raise StedgeError(f"{p}: not a table (expected .csv, .tsv, .jsonl, .json or .parquet, optionally .gz)")
+
+
+def _hub_rows(name: str, split: str | None) -> list[dict]:
+    from .errors import require
+
+    datasets = require("datasets", "train", f"loading the dataset '{name}'")
+    config = None
+    if "@" in name:
+        name, split = name.split("@", 1)
+    if ":" in name:
+        name, config = name.split(":", 1)
+    try:
+        ds = datasets.load_dataset(name, config, split=split or "train")
+    except Exception as e:
+        raise StedgeError(f"could not load dataset '{name}' ({type(e).__name__}: {e}); pass a local file instead") from e
+    return list(ds)
+
+
+def read_texts(source: str | os.PathLike, column: str | None = None, limit: int | None = None) -> list[str]:
+    """Texts from a plain text file (one per line) or from a column of a table.
+
+    Without ``column`` a table's text column is guessed from common names; for a pair
+    table (sentence1/sentence2, anchor/positive...) every text column is used.
+    """
+    p = resolve_data_path(source)
+    if p.exists() and _kind(p) == "txt":
+        with _open_text(p) as f:
+            texts = [line.rstrip("\n\r") for line in f]
+        texts = [t for t in texts if t.strip()]
+    else:
+        rows = read_rows(source)
+        if not rows:
+            raise StedgeError(f"{source}: no rows")
+        cols = list(rows[0].keys())
+        if column is not None:
+            if column not in cols:
+                raise StedgeError(f"{source}: no column '{column}' (columns: {', '.join(cols)}); pass --column with one of them")
+            use = [column]
+        else:
+            pair_cols = [c for c in ("sentence1", "sentence2", "anchor", "positive", "negative", "premise", "hypothesis") if c in cols]
+            use = pair_cols or [c for c in TEXT_COLUMNS if c in cols][:1]
+            if not use:
+                raise StedgeError(f"{source}: no text column found (columns: {', '.join(cols)}); name one with --column")
+        seen: set[str] = set()
+        texts = []
+        for r in rows:
+            for c in use:
+                t = r.get(c)
+                if isinstance(t, str) and t.strip() and t not in seen:
+                    seen.add(t)
+                    texts.append(t)
+    if limit is not None:
+        texts = texts[:limit]
+    return texts
+
+
+@dataclass
+class PairScores:
+    """Sentence pairs with gold similarity scores (STS-style)."""
+
+    sentences1: list[str]
+    sentences2: list[str]
+    scores: list[float]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def read_sts(source: str | os.PathLike, limit: int | None = None) -> PairScores:
+    """Sentence pairs with scores: columns sentence1/sentence2 and score (or label)."""
+    rows = read_rows(source)
+    if not rows:
+        raise StedgeError(f"{source}: no rows")
+    cols = list(rows[0].keys())
+    c1 = next((c for c in ("sentence1", "text1", "premise", "anchor") if c in cols), None)
+    c2 = next((c for c in ("sentence2", "text2", "hypothesis", "positive") if c in cols), None)
+    cs = next((c for c in ("score", "label", "similarity") if c in cols), None)
+    if not (c1 and c2 and cs):
+        raise StedgeError(
+            f"{source}: expected columns sentence1, sentence2 and score (found: {', '.join(cols)})"
+        )
+    s1, s2, sc = [], [], []
+    for i, r in enumerate(rows[:limit] if limit else rows):
+        try:
+            sc.append(float(r[cs]))
+        except (TypeError, ValueError):
+            raise StedgeError(f"{source}: row {i + 1}: score {r[cs]!r} is not a number") from None
+        s1.append(str(r[c1]))
+        s2.append(str(r[c2]))
+    return PairScores(s1, s2, sc)
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation (scipy), as a plain float."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x, y).correlation)
+
+
+def pairwise_cosine(a, b):
+    """Row-wise cosine similarity of two numpy arrays of the same shape."""
+    import numpy as np
+
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    na = np.linalg.norm(a, axis=1)
+    nb = np.linalg.norm(b, axis=1)
+    return (a * b).sum(1) / np.maximum(na * nb, 1e-12)
+
+
+def iter_batches(items: Sequence, size: int) -> Iterable[Sequence]:
+    """Consecutive slices of at most ``size`` items."""
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
