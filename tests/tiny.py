@@ -59,13 +59,14 @@ def make_tiny_bert(
     BertModel(cfg).save_pretrained(path, safe_serialization=True)
     copy_tokenizer(path)
     (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}))
-    modes = ["cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"]
-    assert pooling in modes
+    keys = {
+        "cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens",
+        "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens", "weightedmean": "pooling_mode_weightedmean_tokens",
+        "lasttoken": "pooling_mode_lasttoken",
+    }
+    assert pooling in keys
     pool_cfg = {"word_embedding_dimension": hidden, "include_prompt": include_prompt}
-    for m in modes:
-        pool_cfg[f"pooling_mode_{m}_tokens" if m not in ("cls", "lasttoken") else f"pooling_mode_{m}_token"] = m == pooling
-    pool_cfg["pooling_mode_mean_tokens"] = pooling == "mean"
-    pool_cfg["pooling_mode_max_tokens"] = pooling == "max"
+    pool_cfg.update({key: mode == pooling for mode, key in keys.items()})
     (path / "1_Pooling").mkdir(exist_ok=True)
     (path / "1_Pooling" / "config.json").write_text(json.dumps(pool_cfg))
     modules = [

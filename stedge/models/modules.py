@@ -188,7 +188,7 @@ class Pooling(nn.Module):
                 raise InvalidModelError(f"unknown pooling mode '{m}' (known: {', '.join(POOLING_MODES)})")
         if not modes:
             raise InvalidModelError("pooling config enables no pooling mode")
-        self.pooling_modes = [m for m in POOLING_MODES if m in modes]
+        self.pooling_modes = list(dict.fromkeys(modes))  # concatenated in the given order
         self.word_embedding_dimension = int(word_embedding_dimension)
         self.include_prompt = bool(include_prompt)
 
@@ -238,11 +238,19 @@ class Pooling(nn.Module):
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "Pooling":
-        cfg = _read_json(Path(folder) / "config.json")
-        modes = [m for m, k in _POOLING_KEYS.items() if cfg.get(k)]
+        """Read both layouts: legacy ``pooling_mode_*_tokens`` booleans and the newer ``pooling_mode`` value."""
+        path = Path(folder) / "config.json"
+        cfg = _read_json(path)
+        if "pooling_mode" in cfg:
+            modes = cfg["pooling_mode"]
+        else:
+            modes = [m for m, k in _POOLING_KEYS.items() if cfg.get(k)]
         if not modes:
-            raise InvalidModelError(f"{Path(folder) / 'config.json'}: no pooling_mode_* is true")
-        return cls(cfg["word_embedding_dimension"], modes, cfg.get("include_prompt", True))
+            raise InvalidModelError(f"{path}: no pooling mode is enabled (pooling_mode or pooling_mode_*_tokens)")
+        dim = cfg.get("word_embedding_dimension", cfg.get("embedding_dimension"))
+        if dim is None:
+            raise InvalidModelError(f"{path}: missing word_embedding_dimension")
+        return cls(dim, modes, cfg.get("include_prompt", True))
 
     def save(self, folder: str | os.PathLike) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,187 @@
+"""`stedge embed`, `stedge similarity`, `stedge rank`, `stedge info`.
+
+MODEL is any model reference (folder, HF cache, bundled name, Hub id). An exported artifact
+folder (one with stedge.json) runs through the torch-free runtime instead of torch.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import StedgeError
+
+
+def _is_artifact(model: str) -> bool:
+    return (Path(model) / "stedge.json").is_file()
+
+
+def _load_encoder(model: str, variant: Optional[str], device: Optional[str]):
+    if _is_artifact(model):
+        from stedge_runtime import Encoder
+
+        return Encoder.load(model, variant=variant, device=device or "cpu")
+    if variant:
+        raise StedgeError(f"--variant applies to exported artifacts only; '{model}' has no stedge.json")
+    from . import SentenceEncoder
+
+    return SentenceEncoder(model, device=device)
+
+
+def _load_reranker(model: str, variant: Optional[str], device: Optional[str]):
+    if _is_artifact(model):
+        from stedge_runtime import Reranker
+
+        return Reranker.load(model, variant=variant, device=device or "cpu")
+    from . import CrossEncoder
+
+    return CrossEncoder(model, device=device)
+
+
+def _encode(enc, texts: list[str], batch_size: int, prompt_name: Optional[str], normalize: bool):
+    from . import SentenceEncoder
+
+    if isinstance(enc, SentenceEncoder):
+        return enc.encode(texts, batch_size=batch_size, prompt_name=prompt_name, normalize_embeddings=normalize)
+    return enc.encode(texts, batch_size=batch_size, prompt_name=prompt_name, normalize=normalize or None)
+
+
+def embed(
+    model: str = typer.Argument(..., help="Model reference or exported artifact folder."),
+    texts: Optional[List[str]] = typer.Argument(None, help="Texts to embed."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read texts from a file (one per line, or a table with --column)."),
+    column: Optional[str] = typer.Option(None, help="Text column when --file is a CSV/TSV/JSONL table."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the embeddings to a .npy file."),
+    batch_size: int = typer.Option(32, help="Texts per batch."),
+    prompt_name: Optional[str] = typer.Option(None, help="Prompt from the model's config to prepend."),
+    normalize: bool = typer.Option(False, help="L2-normalize the embeddings."),
+    variant: Optional[str] = typer.Option(None, help="Artifact variant (see `stedge info ARTIFACT`)."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: best available)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: {dimension, embeddings}."),
+) -> None:
+    """Embed texts with a model or an exported artifact."""
+    from ..data import read_texts
+
+    items = list(texts or [])
+    if file is not None:
+        items += read_texts(file, column=column)
+    if not items:
+        raise StedgeError("no texts: pass TEXT arguments or --file PATH")
+    enc = _load_encoder(model, variant, device)
+    emb = _encode(enc, items, batch_size, prompt_name, normalize)
+    if output is not None:
+        import numpy as np
+
+        np.save(output, emb)
+    if as_json:
+        typer.echo(json.dumps({"dimension": int(emb.shape[1]), "count": len(items), "embeddings": emb.tolist()}))
+    elif output is None:
+        for t, v in zip(items, emb):
+            head = ", ".join(f"{x:+.4f}" for x in v[:6])
+            typer.echo(f"{t[:40]!r:44} [{head}, ...] dim={len(v)}")
+    else:
+        typer.echo(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {output}", err=True)
+
+
+def similarity(
+    model: str = typer.Argument(..., help="Model reference or exported artifact folder."),
+    a: str = typer.Argument(..., help="First text."),
+    b: str = typer.Argument(..., help="Second text."),
+    variant: Optional[str] = typer.Option(None, help="Artifact variant."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Similarity of two texts with the model's similarity function."""
+    enc = _load_encoder(model, variant, device)
+    emb = _encode(enc, [a, b], 32, None, False)
+    score = float(enc.similarity(emb[:1], emb[1:])[0][0])
+    fn = getattr(enc, "similarity_fn_name", "cosine")
+    if as_json:
+        typer.echo(json.dumps({"similarity": score, "function": fn}))
+    else:
+        typer.echo(f"{score:.4f} ({fn})")
+
+
+def rank(
+    model: str = typer.Argument(..., help="Cross-encoder reference or exported reranker artifact."),
+    query: str = typer.Argument(..., help="The query."),
+    documents: Optional[List[str]] = typer.Argument(None, help="Documents to rank."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read documents from a file."),
+    top_k: Optional[int] = typer.Option(None, help="Keep the best K."),
+    variant: Optional[str] = typer.Option(None, help="Artifact variant."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: a list of {corpus_id, score, text}."),
+) -> None:
+    """Rank documents for a query with a cross-encoder (reranker)."""
+    from ..data import read_texts
+
+    docs = list(documents or [])
+    if file is not None:
+        docs += read_texts(file)
+    if not docs:
+        raise StedgeError("no documents: pass DOC arguments or --file PATH")
+    rr = _load_reranker(model, variant, device)
+    res = rr.rank(query, docs, top_k=top_k, return_documents=True)
+    if as_json:
+        typer.echo(json.dumps(res))
+    else:
+        for r in res:
+            typer.echo(f"{r['score']:+.4f}  [{r['corpus_id']}] {r['text'][:80]}")
+
+
+def info(
+    model: str = typer.Argument(..., help="Model reference or exported artifact folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Describe a model or artifact: modules, dimension, prompts, variants."""
+    if _is_artifact(model):
+        manifest = json.loads((Path(model) / "stedge.json").read_text())
+        if as_json:
+            typer.echo(json.dumps(manifest, indent=2))
+            return
+        typer.echo(f"artifact {model}: task={manifest.get('task')} dim={manifest.get('dimension')} "
+                   f"max_seq_length={manifest.get('max_seq_length')} pooling={manifest.get('pooling', {}).get('mode')}")
+        for name, v in manifest.get("variants", {}).items():
+            ver = v.get("verification") or {}
+            typer.echo(f"  {name:28} {v.get('file'):40} {v.get('size_bytes', 0) / 1e6:8.1f} MB  min_cos={ver.get('min_cosine')}")
+        return
+    from ..hub import resolve_model
+    from . import SentenceEncoder
+
+    path = resolve_model(model)
+    if not (path / "modules.json").exists() and (path / "config.json").exists():
+        cfg = json.loads((path / "config.json").read_text())
+        if any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures", [])):
+            from . import CrossEncoder
+
+            ce = CrossEncoder(path, device="cpu")
+            data = {"path": str(path), "task": "reranking", "num_labels": ce.num_labels, "max_length": ce.max_length,
+                    "activation": type(ce.activation).__name__, "parameters": sum(p.numel() for p in ce.parameters())}
+            typer.echo(json.dumps(data, indent=2) if as_json else "\n".join(f"{k}: {v}" for k, v in data.items()))
+            return
+    enc = SentenceEncoder(path, device="cpu")
+    data = {
+        "path": str(path),
+        "task": "embedding",
+        "modules": [type(m).__name__ for m in enc],
+        "dimension": enc.get_sentence_embedding_dimension(),
+        "max_seq_length": enc.max_seq_length,
+        "pooling": enc.pooling.pooling_mode if enc.pooling else None,
+        "normalized": enc.normalize is not None,
+        "similarity_fn_name": enc.similarity_fn_name,
+        "prompts": enc.prompts,
+        "default_prompt_name": enc.default_prompt_name,
+        "parameters": sum(p.numel() for p in enc.parameters()),
+    }
+    typer.echo(json.dumps(data, indent=2) if as_json else "\n".join(f"{k}: {v}" for k, v in data.items()))
+
+
+def register(app: typer.Typer) -> None:
+    """Add embed, similarity, rank and info to the stedge app."""
+    app.command("embed")(embed)
+    app.command("similarity")(similarity)
+    app.command("rank")(rank)
+    app.command("info")(info)
