@@ -1,1 +1,18 @@
-"""stedge_runtime: torch-free Encoder and Reranker over stedge artifacts."""
+"""stedge_runtime: torch-free Encoder and Reranker over stedge artifacts (numpy + tokenizers + one engine).
+
+    from stedge_runtime import Encoder
+    enc = Encoder.load("models/minilm-artifact")          # best variant for the CPU
+    vecs = enc.encode(["a query", "a document"])
+"""
+from __future__ import annotations
+
+from .encoder import Encoder, Reranker
+from .errors import ArtifactError, DeviceError, InputError, MissingEngine, RuntimeStedgeError
+from .manifest import FORMAT_VERSION, is_artifact
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Encoder", "Reranker", "is_artifact", "FORMAT_VERSION", "__version__",
+    "RuntimeStedgeError", "ArtifactError", "DeviceError", "InputError", "MissingEngine",
+]

@@ -1,0 +1,285 @@
+"""Encoder (sentence embeddings) and Reranker (pair scores) over a stedge artifact."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .engines import installed_backends, open_engine
+from .errors import ArtifactError, DeviceError, InputError
+from .manifest import MANIFEST, ONNX_DEVICES, OPENVINO_DEVICES, check_sha256, choose_variant, device_family, read_manifest
+from .tokenize import Tokenizer, batches, pad
+
+KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "prompt_length")
+
+
+class _Artifact:
+    """Shared loading: manifest -> variant -> hash check -> engine + tokenizer."""
+
+    task = ""
+    needed_outputs: tuple[str, ...] = ()
+
+    def __init__(self, root: Path, manifest: dict, variant: str, engine: Any, tokenizer: Tokenizer, max_batch_tokens: int) -> None:
+        self.path = root
+        self._manifest = manifest
+        self._variant = variant
+        self._engine = engine
+        self._tok = tokenizer
+        self.max_batch_tokens = int(max_batch_tokens)
+        self._type_ids = "token_type_ids" in engine.inputs
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        variant: str | None = None,
+        device: str = "cpu",
+        threads: int | None = None,
+        fallback: bool = False,
+        verify: bool | str = "cached",
+        max_batch_tokens: int = 16384,
+        **engine_options: Any,
+    ):
+        """Load an artifact folder for ``device`` (cpu, cuda[:N], tensorrt[:N], ort-openvino[:DEV],
+        gpu[.N], npu, auto[:DEVS]); ``variant`` names one from stedge.json, else the best fit is
+        chosen (see manifest.choose_variant). An unavailable device is an error unless
+        ``fallback=True``, which warns and runs on the CPU. ``verify`` controls the sha256 check
+        ("cached", True, False). ``engine_options`` go to the engine (see OrtEngine / OpenVINOEngine)."""
+        root = Path(path)
+        known = tuple(dict.fromkeys(ONNX_DEVICES + OPENVINO_DEVICES))
+        if not isinstance(device, str) or device_family(device) not in known:
+            raise DeviceError(f"device {device!r} is not one stedge_runtime knows; use one of: {', '.join(known)} (':N' / '.N' picks an index)")
+        m = read_manifest(root, cls.task)
+        try:
+            name, engine = cls._open(root, m, variant, device, threads, verify, engine_options)
+        except DeviceError as e:
+            if not fallback or device_family(device) == "cpu":
+                raise
+            warnings.warn(f"{e}. Falling back to the CPU (fallback=True).", RuntimeWarning, stacklevel=2)
+            v = variant if variant in m["variants"] and "cpu" in (m["variants"][variant].get("devices") or ["cpu"]) else None
+            name, engine = cls._open(root, m, v, "cpu", threads, verify, engine_options)
+        tok_file = root / str(m.get("tokenizer") or "tokenizer.json")
+        tok = Tokenizer(tok_file, int(m.get("max_seq_length") or 512), bool(m.get("do_lower_case", False)))
+        return cls(root, m, name, engine, tok, max_batch_tokens)
+
+    @classmethod
+    def _open(cls, root: Path, m: dict, variant: str | None, device: str, threads: int | None, verify: bool | str, options: dict):
+        name = choose_variant(m, device_family(device), variant, installed_backends(), root)
+        v = m["variants"][name]
+        file = root / v["file"]
+        if not file.is_file():
+            raise ArtifactError(f"{file} is missing (stedge.json variants.{name}.file): re-export the model")
+        if v["backend"] == "openvino" and not file.with_suffix(".bin").is_file():
+            raise ArtifactError(f"{file.with_suffix('.bin')} is missing (the weights of variants.{name}): re-export the model")
+        hashes = v.get("sha256")
+        hashes = hashes if isinstance(hashes, dict) else {v["file"]: hashes}
+        for rel, digest in hashes.items():
+            check_sha256(root / rel, digest, f"{MANIFEST} variants.{name}.sha256", verify)
+        engine = open_engine(v["backend"], file, device, v.get("precision"), threads, options)
+        unknown = [i for i in engine.inputs if i not in KNOWN_INPUTS]
+        missing = [o for o in cls.needed_outputs if o not in engine.outputs]
+        if unknown or missing:
+            raise ArtifactError(
+                f"{file}: graph does not follow the stedge contract (unknown inputs {unknown}, missing outputs {missing})"
+            )
+        return name, engine
+
+    # ------------------------------------------------------------ properties
+    @property
+    def manifest(self) -> dict:
+        """The parsed stedge.json."""
+        return self._manifest
+
+    @property
+    def variant(self) -> str:
+        """Name of the variant that runs."""
+        return self._variant
+
+    @property
+    def device(self) -> str:
+        """The device the engine runs on."""
+        return self._engine.device
+
+    @property
+    def max_seq_length(self) -> int:
+        """Longer inputs are truncated (with one warning)."""
+        return self._tok.max_length
+
+    def _run(self, items: list, batch_size: int, output: str, width: int, extra: dict | None = None) -> np.ndarray:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        encs = self._tok.encode(items)
+        out = np.empty((len(items), width), dtype=np.float32)
+        for idx in batches(encs, batch_size, self.max_batch_tokens):
+            feeds = pad(encs, idx, self._tok.pad_id, self._type_ids)
+            for k, v in (extra or {}).items():
+                feeds[k] = np.full(len(idx), v, dtype=np.int64)
+            out[idx] = self._engine.run(feeds, output).reshape(len(idx), width)
+        return out
+
+
+def _as_2d(x) -> np.ndarray:
+    return np.atleast_2d(np.asarray(x, dtype=np.float32))
+
+
+def similarity_matrix(name: str, a, b, pairwise: bool = False) -> np.ndarray:
+    """cosine / dot / euclidean (negative distance) / manhattan (negative distance) in numpy."""
+    a, b = _as_2d(a), _as_2d(b)
+    if name == "cosine":
+        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+        name = "dot"
+    if pairwise:
+        if a.shape != b.shape:
+            raise InputError(f"similarity_pairwise needs equally shaped inputs, got {a.shape} and {b.shape}")
+        d = a - b
+        return {"dot": lambda: (a * b).sum(1), "euclidean": lambda: -np.sqrt((d * d).sum(1)), "manhattan": lambda: -np.abs(d).sum(1)}[name]()
+    if name == "dot":
+        return a @ b.T
+    if name == "euclidean":
+        sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+        return -np.sqrt(np.maximum(sq, 0))
+    return -np.abs(a[:, None, :] - b[None, :, :]).sum(-1)
+
+
+class Encoder(_Artifact):
+    """Sentence embeddings from an embedding artifact; mirrors SentenceEncoder.encode."""
+
+    task = "embedding"
+    needed_outputs = ("sentence_embedding",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._prompt_lengths: dict[str, int] = {}
+        sim = self._manifest.get("similarity_fn_name") or "cosine"
+        alias = {"cos_sim": "cosine", "dot_product": "dot", "dot_score": "dot"}
+        self.similarity_fn_name: str = alias.get(sim, sim)
+        if self.similarity_fn_name not in ("cosine", "dot", "euclidean", "manhattan"):
+            raise ArtifactError(f"{self.path / MANIFEST}: unknown similarity_fn_name {sim!r}")
+
+    @property
+    def dimension(self) -> int:
+        """Width of the embeddings."""
+        return int(self._manifest["dimension"])
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        return dict(self._manifest.get("prompts") or {})
+
+    @property
+    def default_prompt_name(self) -> str | None:
+        return self._manifest.get("default_prompt_name")
+
+    def get_sentence_embedding_dimension(self) -> int:
+        """Same as ``dimension`` (the torch side's name)."""
+        return self.dimension
+
+    def _resolve_prompt(self, prompt_name: str | None, prompt: str | None) -> str | None:
+        if prompt is not None:
+            return prompt
+        name = prompt_name if prompt_name is not None else self.default_prompt_name
+        if name is None:
+            return None
+        if name not in self.prompts:
+            raise InputError(f"prompt_name {name!r} not found; this model's prompts: {', '.join(sorted(self.prompts)) or 'none'}")
+        return self.prompts[name]
+
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        batch_size: int = 32,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        normalize: bool | None = None,
+    ) -> np.ndarray:
+        """float32 embeddings in input order: (n, dimension), or (dimension,) for one string.
+
+        ``normalize=True`` L2-normalizes here; None/False return what the graph gives (a graph
+        exported with Normalize is already normalized).
+        """
+        single = isinstance(texts, str)
+        items = [texts] if single else list(texts)
+        for i, t in enumerate(items):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+        text = self._resolve_prompt(prompt_name, prompt)
+        extra = {}
+        if "prompt_length" in self._engine.inputs:
+            extra["prompt_length"] = self._prompt_length(text) if text else 0
+        if text:
+            items = [text + t for t in items]
+        if not items:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        out = self._run(items, batch_size, "sentence_embedding", self.dimension, extra)
+        if normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out[0] if single else out
+
+    def _prompt_length(self, prompt: str) -> int:
+        """Leading tokens a prompt takes (start token included, end token not), as the torch side."""
+        if prompt not in self._prompt_lengths:
+            self._prompt_lengths[prompt] = len(self._tok.encode([prompt])[0].ids) - 1
+        return self._prompt_lengths[prompt]
+
+    def similarity(self, a, b) -> np.ndarray:
+        """All-pairs similarity (n_a, n_b) with the model's similarity_fn_name."""
+        return similarity_matrix(self.similarity_fn_name, a, b)
+
+    def similarity_pairwise(self, a, b) -> np.ndarray:
+        """Row-by-row similarity of two equally long arrays of embeddings."""
+        return similarity_matrix(self.similarity_fn_name, a, b, pairwise=True)
+
+    def __repr__(self) -> str:
+        return f"Encoder({self.path}, variant={self.variant}, device={self.device}, dim={self.dimension})"
+
+
+class Reranker(_Artifact):
+    """Scores (query, document) pairs from a reranking artifact; mirrors CrossEncoder."""
+
+    task = "reranking"
+    needed_outputs = ("logits", "scores")
+
+    @property
+    def num_labels(self) -> int:
+        return int(self._manifest.get("num_labels") or 1)
+
+    def predict(self, pairs: Sequence[Sequence[str]], batch_size: int = 32, apply_activation: bool = True) -> np.ndarray:
+        """Scores in input order: (n,) for one label, (n, num_labels) otherwise; one pair gives a scalar row."""
+        single = len(pairs) == 2 and all(isinstance(x, str) for x in pairs)
+        items = [pairs] if single else list(pairs)
+        for i, p in enumerate(items):
+            if not (isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(x, str) for x in p)):
+                raise TypeError(f"pairs[{i}] must be a (str, str) pair, got {type(p).__name__}")
+        items = [(p[0], p[1]) for p in items]
+        if not items:
+            return np.zeros((0,) if self.num_labels == 1 else (0, self.num_labels), dtype=np.float32)
+        out = self._run(items, batch_size, "scores" if apply_activation else "logits", self.num_labels)
+        if self.num_labels == 1:
+            out = out[:, 0]
+        return out[0] if single else out
+
+    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None, return_documents: bool = False, batch_size: int = 32) -> list[dict]:
+        """Documents sorted by score, best first: [{corpus_id, score(, text)}]."""
+        if not isinstance(query, str):
+            raise TypeError(f"query must be str, got {type(query).__name__}")
+        docs = list(documents)
+        for i, d in enumerate(docs):
+            if not isinstance(d, str):
+                raise TypeError(f"documents[{i}] is {type(d).__name__}, expected str")
+        if self.num_labels != 1:
+            raise InputError(f"rank needs a single-score model; this one has {self.num_labels} labels (use predict)")
+        scores = self.predict([(query, d) for d in docs], batch_size=batch_size) if docs else np.zeros(0, np.float32)
+        order = np.argsort(-scores, kind="stable")[: top_k if top_k is not None else None]
+        res = []
+        for i in order:
+            r: dict[str, Any] = {"corpus_id": int(i), "score": float(scores[i])}
+            if return_documents:
+                r["text"] = docs[i]
+            res.append(r)
+        return res
+
+    def __repr__(self) -> str:
+        return f"Reranker({self.path}, variant={self.variant}, device={self.device}, num_labels={self.num_labels})"

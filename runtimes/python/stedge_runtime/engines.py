@@ -1,0 +1,195 @@
+"""The two engines: ONNX Runtime (CPU, CUDA, TensorRT, OpenVINO EP) and OpenVINO (CPU, GPU, NPU, AUTO).
+
+Both expose ``inputs`` (graph input names), ``outputs``, ``device`` (what actually runs) and
+``run(feeds, output) -> np.ndarray``; ``run`` is safe to call from many threads at once.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DeviceError, MissingEngine, RuntimeStedgeError
+from .manifest import device_family
+
+ORT_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "ort-openvino": "OpenVINOExecutionProvider",
+}
+
+
+def installed_backends() -> set[str]:
+    """Variant backends whose engine is importable (checked without importing it)."""
+    out = set()
+    if importlib.util.find_spec("onnxruntime") is not None:
+        out.add("onnx")
+    if importlib.util.find_spec("openvino") is not None:
+        out.add("openvino")
+    return out
+
+
+def _import(module: str, extra: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingEngine(module, extra) from None
+
+
+def _device_index(device: str) -> int:
+    _, _, idx = device.partition(":")
+    try:
+        return int(idx) if idx else 0
+    except ValueError:
+        raise DeviceError(f"device {device!r}: expected an integer index after ':' (e.g. 'cuda:1')") from None
+
+
+def _check_options(given: dict, allowed: tuple[str, ...], engine: str) -> None:
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise RuntimeStedgeError(f"unknown {engine} option(s) {', '.join(unknown)}; accepted: {', '.join(allowed)}")
+
+
+class OrtEngine:
+    """ONNX Runtime session with options chosen for varying batch shapes.
+
+    Defaults: ``intra_op_num_threads`` = ``threads`` (0 lets ORT use the physical cores), one
+    inter-op thread, all graph optimizations, ``enable_mem_pattern=False`` (a memory pattern is
+    planned per input shape and batches vary in shape), ``enable_cpu_mem_arena=False`` on the CPU
+    (the arena keeps its peak size and fragments as shapes vary; plain malloc keeps RSS flat).
+    On CUDA and TensorRT inputs and outputs go through IO binding and only the requested output is
+    copied back to the host.
+    """
+
+    OPTIONS = ("graph_optimization_level", "enable_cpu_mem_arena", "enable_mem_pattern", "inter_op_num_threads",
+               "allow_spinning", "provider_options", "session_config", "log_severity_level")
+
+    def __init__(self, file: Path, device: str, precision: str | None, threads: int | None, options: dict[str, Any]) -> None:
+        _check_options(options, self.OPTIONS, "onnxruntime")
+        ort = _import("onnxruntime", "onnxruntime")
+        self._ort = ort
+        family = device_family(device)
+        provider = ORT_PROVIDERS.get(family)
+        available = ort.get_available_providers()
+        if provider is None or provider not in available:
+            raise DeviceError(
+                f"device {device!r} is not available in onnxruntime: it needs {provider or 'an unknown provider'}; "
+                f"installed providers: {', '.join(available)} (onnxruntime-gpu brings CUDA/TensorRT, "
+                "onnxruntime-openvino the OpenVINO EP)"
+            )
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(threads or 0)
+        so.inter_op_num_threads = int(options.get("inter_op_num_threads", 1))
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        level = options.get("graph_optimization_level", "all")
+        levels = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+        if level not in levels:
+            raise RuntimeStedgeError(f"graph_optimization_level must be one of {', '.join(levels)}, got {level!r}")
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, levels[level])
+        so.enable_mem_pattern = bool(options.get("enable_mem_pattern", False))
+        so.enable_cpu_mem_arena = bool(options.get("enable_cpu_mem_arena", False))
+        so.log_severity_level = int(options.get("log_severity_level", 3))
+        if "allow_spinning" in options:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options["allow_spinning"] else "0")
+        for k, v in (options.get("session_config") or {}).items():
+            so.add_session_config_entry(str(k), str(v))
+        self.device_id = _device_index(device) if family in ("cuda", "tensorrt") else 0
+        popts = dict(options.get("provider_options") or {})
+        if family == "cuda":
+            providers = [(provider, {"device_id": self.device_id, "arena_extend_strategy": "kSameAsRequested", **popts})]
+        elif family == "tensorrt":
+            trt = {"device_id": self.device_id, "trt_fp16_enable": precision == "fp16", "trt_engine_cache_enable": True,
+                   "trt_engine_cache_path": str(file.parent / ".trt_cache"), **popts}
+            providers = [(provider, trt), ("CUDAExecutionProvider", {"device_id": self.device_id})]
+        elif family == "ort-openvino":
+            sub = device.partition(":")[2].upper() or "CPU"
+            providers = [(provider, {"device_type": sub, **popts})]
+        else:
+            providers = [(provider, popts)] if popts else [provider]
+        if family != "cpu":
+            providers.append("CPUExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(file), sess_options=so, providers=providers)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph classes
+            raise RuntimeStedgeError(f"{file}: onnxruntime could not load the graph ({e})") from None
+        used = self.session.get_providers()
+        if used[0] != provider:
+            raise DeviceError(f"device {device!r}: onnxruntime could not start {provider} (session uses {', '.join(used)})")
+        self.device = device
+        self.io_binding = family in ("cuda", "tensorrt")
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
+        """Run the graph and return one output as a host numpy array."""
+        feeds = {k: v for k, v in feeds.items() if k in self.inputs}
+        if not self.io_binding:
+            return self.session.run([output], feeds)[0]
+        ort = self._ort
+        binding = self.session.io_binding()
+        on_device = {k: ort.OrtValue.ortvalue_from_numpy(v, "cuda", self.device_id) for k, v in feeds.items()}
+        for k, v in on_device.items():  # kept referenced until the run ends
+            binding.bind_ortvalue_input(k, v)
+        binding.bind_output(output, "cuda", self.device_id)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+
+class OpenVINOEngine:
+    """OpenVINO compiled model; one infer request per calling thread.
+
+    Options: ``performance_hint`` (LATENCY default, THROUGHPUT, CUMULATIVE_THROUGHPUT),
+    ``cache_dir`` (compiled-model cache: faster second load, needed on GPU/NPU), ``num_streams``,
+    ``inference_precision`` (f32 by default for fp32 variants on CPU and AUTO, so bf16-capable
+    CPUs keep fp32 accuracy; GPU/NPU keep their own default, f16), ``config`` (any other OpenVINO properties).
+    """
+
+    OPTIONS = ("performance_hint", "cache_dir", "num_streams", "inference_precision", "config")
+
+    def __init__(self, file: Path, device: str, precision: str | None, threads: int | None, options: dict[str, Any]) -> None:
+        _check_options(options, self.OPTIONS, "openvino")
+        ov = _import("openvino", "openvino")
+        core = ov.Core()
+        family = device_family(device)
+        target = device.upper()
+        available = list(core.available_devices)
+        if family not in ("auto",) and not any(d == target or d.split(".")[0] == target for d in available):
+            raise DeviceError(f"device {device!r} is not available to OpenVINO; available devices: {', '.join(available)}")
+        config: dict[str, Any] = {"PERFORMANCE_HINT": str(options.get("performance_hint", "LATENCY")).upper()}
+        if threads and family == "cpu":
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if options.get("num_streams") is not None:
+            config["NUM_STREAMS"] = str(options["num_streams"])
+        prec = options.get("inference_precision", "f32" if precision == "fp32" and family in ("cpu", "auto") else None)
+        if prec:
+            config["INFERENCE_PRECISION_HINT"] = str(prec)
+        config.update(options.get("config") or {})
+        if options.get("cache_dir"):
+            core.set_property({"CACHE_DIR": str(options["cache_dir"])})
+        try:
+            self.compiled = core.compile_model(core.read_model(str(file)), target, config)
+        except RuntimeError as e:
+            raise RuntimeStedgeError(f"{file}: OpenVINO could not compile the graph for {target} ({e})") from None
+        self.device = device
+        self.inputs = [i.any_name for i in self.compiled.inputs]
+        self.outputs = [n for o in self.compiled.outputs for n in o.names]
+        self._local = threading.local()
+
+    def run(self, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
+        """Run the graph and return one output (copied out of the infer request)."""
+        req = getattr(self._local, "request", None)
+        if req is None:
+            req = self._local.request = self.compiled.create_infer_request()
+        res = req.infer({k: v for k, v in feeds.items() if k in self.inputs})
+        return np.array(res[self.compiled.output(output)], copy=True)
+
+
+def open_engine(backend: str, file: Path, device: str, precision: str | None, threads: int | None, options: dict[str, Any]):
+    """The engine for a variant backend ('onnx' -> OrtEngine, 'openvino' -> OpenVINOEngine)."""
+    cls = OrtEngine if backend == "onnx" else OpenVINOEngine
+    return cls(file, device, precision, threads, options)

@@ -1,0 +1,100 @@
+"""Tokenization with `tokenizers` and length-sorted batching under a token budget."""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Iterator, Sequence, Tuple, Union
+
+import numpy as np
+
+from .errors import ArtifactError
+
+logger = logging.getLogger("stedge_runtime")
+
+Text = Union[str, Tuple[str, str]]
+
+
+class Tokenizer:
+    """tokenizer.json with truncation to ``max_length`` (warned once) and no fixed padding."""
+
+    def __init__(self, file: Path, max_length: int, do_lower_case: bool = False) -> None:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        if not file.is_file():
+            raise ArtifactError(f"{file} is missing: the runtime needs the fast tokenizer file (re-export the model)")
+        try:
+            tok = HFTokenizer.from_file(str(file))
+        except Exception as e:  # tokenizers raises a plain Exception on bad files
+            raise ArtifactError(f"{file} could not be read by `tokenizers` ({e})") from None
+        self._tok = tok
+        self.pad_id = self._pad_id(tok.padding or {})
+        tok.no_padding()  # we pad per batch ourselves (tokenizer.json may say Fixed: 128)
+        tok.enable_truncation(max_length=max_length, strategy="longest_first")
+        self.max_length = max_length
+        self.do_lower_case = do_lower_case
+        self._warned = False
+        self._lock = threading.Lock()
+
+    def _pad_id(self, cfg: dict) -> int:
+        """The padding id tokenizer.json declares, else the id of a usual pad token, else 0."""
+        if "pad_id" in cfg:
+            return int(cfg["pad_id"])
+        for t in ("[PAD]", "<pad>", "<|pad|>", "<|endoftext|>", "</s>"):
+            i = self._tok.token_to_id(t)
+            if i is not None:
+                return i
+        return 0
+
+    def encode(self, items: Sequence[Text]) -> list:
+        """Encodings (ids, type_ids) of texts or (a, b) pairs, truncated to max_length."""
+        if self.do_lower_case:
+            items = [t.lower() if isinstance(t, str) else (t[0].lower(), t[1].lower()) for t in items]
+        encs = self._tok.encode_batch(list(items))
+        if not self._warned:
+            for e in encs:
+                if e.overflowing:
+                    with self._lock:
+                        if not self._warned:
+                            self._warned = True
+                            logger.warning(
+                                "A text is longer than max_seq_length=%d tokens: it is truncated (this warning is shown once).",
+                                self.max_length,
+                            )
+                    break
+        return encs
+
+
+def batches(encs: list, batch_size: int, max_tokens: int) -> Iterator[np.ndarray]:
+    """Indices of encodings, longest first, grouped so a batch has <= batch_size rows and
+    rows x longest length <= max_tokens (a single row may exceed it)."""
+    lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+    if len(encs) <= batch_size and len(encs) * int(lengths.max()) <= max_tokens:
+        yield np.arange(len(encs))  # one batch: no sorting needed
+        return
+    order = np.argsort(-lengths, kind="stable")
+    start = 0
+    while start < len(order):
+        longest = int(lengths[order[start]])
+        n = max(1, min(batch_size, max_tokens // max(longest, 1)))
+        yield order[start : start + n]
+        start += n
+
+
+def pad(encs: list, idx: np.ndarray, pad_id: int, type_ids: bool) -> dict[str, np.ndarray]:
+    """int64 input_ids / attention_mask (/ token_type_ids) for the rows ``idx``, padded to the longest."""
+    rows = [encs[i] for i in idx]
+    width = max(len(e.ids) for e in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    tt = np.zeros((len(rows), width), dtype=np.int64) if type_ids else None
+    for r, e in enumerate(rows):
+        n = len(e.ids)
+        ids[r, :n] = e.ids
+        mask[r, :n] = 1
+        if tt is not None:
+            tt[r, :n] = e.type_ids
+    out = {"input_ids": ids, "attention_mask": mask}
+    if tt is not None:
+        out["token_type_ids"] = tt
+    return out
