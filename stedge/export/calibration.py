@@ -1,0 +1,66 @@
+"""Calibration data for static quantization: texts from a file or `datasets` name, tokenized into
+equally shaped batches (the histogram calibrators need one sequence length)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..data import read_texts
+from ..errors import StedgeError
+
+MIN_TEXTS = 16
+DEFAULT_LIMIT = 300
+
+
+def calibration_texts(source: str | os.PathLike, column: str | None = None, limit: int = DEFAULT_LIMIT,
+                      minimum: int = MIN_TEXTS) -> list[str]:
+    """Texts for calibration (a text file, a CSV/TSV/JSONL column, or a `datasets` name); at least ``minimum``."""
+    try:
+        texts = read_texts(source, column=column, limit=limit)
+    except StedgeError as e:
+        msg = str(e).replace("--column", "--calibration-column")
+        raise StedgeError(f"--calibration: {msg}") from None
+    if len(texts) < minimum:
+        raise StedgeError(
+            f"--calibration {source}: only {len(texts)} texts, static quantization needs at least {minimum}; "
+            "pass a larger file (a few hundred in-domain texts is best)"
+        )
+    return texts
+
+
+def calibration_batches(model, task: str, texts: list[str], batch_size: int = 16, max_length: int = 128) -> list[dict[str, np.ndarray]]:
+    """Tokenized calibration batches of one shape: padded to the longest text (at most ``max_length``),
+    ``batch_size`` texts each (a remainder smaller than a batch is left out)."""
+    if task == "reranking":
+        items = [(texts[i], texts[(i + 1) % len(texts)]) for i in range(len(texts))]
+    else:
+        lower = bool(getattr(getattr(model, "transformer", None), "do_lower_case", False))
+        items = [t.lower() for t in texts] if lower else list(texts)
+    tok = model.tokenizer
+    limit = min(max_length, getattr(model, "max_seq_length", None) or getattr(model, "max_length", max_length))
+    if task == "reranking":
+        enc = tok([a for a, _ in items], [b for _, b in items], padding="longest", truncation="longest_first",
+                  max_length=limit, return_tensors="np")
+    else:
+        enc = tok(items, padding="longest", truncation=True, max_length=limit, return_tensors="np")
+    feeds = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
+    # the histogram calibrators stack batches: every batch gets the same shape (the remainder is dropped)
+    n = len(items) - len(items) % batch_size if len(items) >= batch_size else len(items)
+    batches = []
+    for s in range(0, n, batch_size):
+        b = {k: v[s : s + batch_size] for k, v in feeds.items()}
+        b["prompt_length"] = np.zeros(len(b["input_ids"]), dtype=np.int64)
+        batches.append(b)
+    return batches
+
+
+def restrict(batches: list[dict[str, np.ndarray]], inputs: list[str]) -> list[dict[str, np.ndarray]]:
+    """Keep only the graph's inputs (token_type_ids filled with zeros when the graph wants it)."""
+    out = []
+    for b in batches:
+        d = {k: v for k, v in b.items() if k in inputs}
+        if "token_type_ids" in inputs and "token_type_ids" not in d:
+            d["token_type_ids"] = np.zeros_like(b["input_ids"])
+        out.append(d)
+    return out

@@ -1,0 +1,75 @@
+"""`stedge export`: a model reference in, a verified ONNX/OpenVINO artifact folder out."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _fmt(x, spec: str) -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def render_table(result) -> None:
+    """Print the variants table (variant, file size, cosine, Spearman, passed) with rich."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=130)
+    t = Table(title=f"{result.path}  (default: {result.manifest['default_variant']})")
+    for col, just in (("variant", "left"), ("size MB", "right"), ("mean cos", "right"),
+                      ("min cos", "right"), ("Spearman", "right"), ("drop", "right"), ("passed", "center")):
+        t.add_column(col, justify=just)
+    for r in result.rows:
+        sp = "—"
+        if r["spearman"] is not None:
+            sp = f"{r['spearman'] * 100:.2f} (ref {r['reference_spearman'] * 100:.2f})"
+        drop = "—" if r["drop"] is None else (f"{r['drop']:.2f} pt" if r["drop_unit"] == "spearman_points" else f"{r['drop']:.5f}")
+        passed = "[yellow]not verified[/]" if r["passed"] is None else ("[green]yes[/]" if r["passed"] else "[red]no[/]")
+        name = r["variant"] + ("" if r["new"] else " (kept)")
+        t.add_row(name, f"{r['size_bytes'] / 1e6:.1f}", _fmt(r["mean_cosine"], ".6f"),
+                  _fmt(r["min_cosine"], ".6f"), sp, drop, passed)
+    console.print(t)
+    for r in result.rows:
+        if r.get("note"):
+            Console(stderr=True).print(f"[yellow]{r['variant']}: {r['note']}[/]")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `stedge export` to the app."""
+
+    @app.command("export")
+    def export_cmd(
+        model: str = typer.Argument(..., help="Model folder or reference (a sentence-transformers model, a reranker, or a LoRA adapter folder)."),
+        output: Optional[Path] = typer.Option(None, "-o", "--output", help="Artifact folder (default: models/<model-name>-stedge)."),
+        backend: str = typer.Option("onnx", "--backend", help="onnx, openvino or all."),
+        optimize: Optional[str] = typer.Option(None, "--optimize", help="onnxruntime level: O1, O2, O3 or O4 (O4 = fp16, for GPU)."),
+        quantize: str = typer.Option("none", "--quantize", help="none, fp16, int8 (dynamic), int8-static, int8-weights or int4-weights (OpenVINO)."),
+        isa: str = typer.Option("auto", "--isa", help="int8 targets: auto (this CPU), all, or avx2, avx512, avx512_vnni, arm64 (comma-separated)."),
+        calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration texts for int8-static: a text file, CSV/TSV/JSONL, or a datasets name."),
+        calibration_column: Optional[str] = typer.Option(None, "--calibration-column", help="Text column of a calibration table."),
+        calibration_method: str = typer.Option("minmax", "--calibration-method", help="minmax, entropy or percentile (ONNX static int8)."),
+        calibration_size: int = typer.Option(300, "--calibration-size", help="Use at most this many calibration texts."),
+        eval_data: Optional[str] = typer.Option(None, "--eval", help="STS pairs (sentence1, sentence2, score) for Spearman, e.g. stsb/test.tsv.gz."),
+        max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Fail (exit 1, nothing written) when a variant loses more: Spearman points with --eval, else 1 - mean cosine."),
+        device: str = typer.Option("cpu", "--device", help="Where verification runs: cpu or cuda."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+        add: bool = typer.Option(False, "--add", help="Add the variants to an existing artifact of the same model (others are kept)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
+    ) -> None:
+        """Export MODEL to ONNX / OpenVINO with pooling inside the graph, verify every variant against PyTorch, write stedge.json."""
+        from stedge.export import export_model
+
+        result = export_model(
+            model, output, backend=backend, optimize=optimize, quantize=quantize, isa=isa, calibration=calibration,
+            calibration_column=calibration_column, calibration_method=calibration_method, calibration_size=calibration_size,
+            eval=eval_data, max_drop=max_drop, device=device, overwrite=overwrite, add=add, show_progress=not as_json,
+        )
+        if as_json:
+            typer.echo(json.dumps(result.to_dict(), indent=2))
+        else:
+            render_table(result)

@@ -1,0 +1,132 @@
+"""torch -> ONNX with the TorchScript exporter (dynamic batch and sequence axes), external data
+for large models, and the check that no external-data location leaves the artifact folder."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+from ..errors import InvalidModelError, StedgeError, require
+from .graph import GraphSpec, build_graph, example_inputs
+
+OPSET = 17
+# protobuf refuses messages over 2 GB; stay well below it.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+def _onnx():
+    return require("onnx", "onnx", "exporting to ONNX")
+
+
+def export_onnx(model, task: str, path: str | os.PathLike, opset: int = OPSET) -> GraphSpec:
+    """Export a SentenceEncoder / CrossEncoder (on the CPU, eval mode) to ``path`` with pooling inside.
+
+    Graphs over ~1.8 GB are saved with one external data file ``<name>_data`` beside the graph.
+    """
+    import torch
+
+    onnx = _onnx()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph, spec = build_graph(model, task)
+    args = example_inputs(model, task, spec)
+    tmp = path.parent / f".{path.stem}-raw"
+    tmp.mkdir(exist_ok=True)
+    raw = tmp / "model.onnx"
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                graph, args, str(raw), input_names=spec.inputs, output_names=spec.outputs,
+                dynamic_axes=spec.dynamic_axes, opset_version=opset, do_constant_folding=True, dynamo=False,
+            )
+    except Exception as e:  # unsupported ops, data-dependent control flow, custom code
+        raise InvalidModelError(
+            f"cannot export {type(getattr(model, 'transformer', model)).__name__} "
+            f"({_arch(model)}) to ONNX: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
+            "Export a supported architecture (BERT, RoBERTa, XLM-R, MPNet, DistilBERT, ...) or open an issue with this message"
+        ) from e
+    proto = onnx.load(str(raw), load_external_data=True)
+    save_onnx(proto, path)
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    return spec
+
+
+def _arch(model) -> str:
+    cfg = getattr(getattr(model, "transformer", None), "config", None) or getattr(model, "config", None)
+    archs = getattr(cfg, "architectures", None) or [getattr(cfg, "model_type", "unknown")]
+    return ", ".join(map(str, archs))
+
+
+def needs_external_data(proto) -> bool:
+    """Whether a ModelProto is too large for a single protobuf file."""
+    return proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
+
+
+def save_onnx(proto, path: str | os.PathLike, external: bool | None = None) -> list[Path]:
+    """Save a ModelProto; large models get one external data file ``<file>_data`` beside it.
+
+    Returns the files written (graph first).
+    """
+    onnx = _onnx()
+    path = Path(path)
+    if external is None:
+        external = needs_external_data(proto)
+    if external:
+        location = path.name + "_data"
+        if (path.parent / location).exists():
+            (path.parent / location).unlink()
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=location, size_threshold=1024)
+        check_external_data(path, path.parent)
+        return [path, path.parent / location]
+    onnx.save_model(proto, str(path))
+    return [path]
+
+
+def external_data_files(path: str | os.PathLike) -> list[str]:
+    """The external-data locations a graph refers to (as written in the file, deduplicated)."""
+    onnx = _onnx()
+    from onnx.external_data_helper import _get_all_tensors
+
+    proto = onnx.load(str(path), load_external_data=False)
+    out: list[str] = []
+    for t in _get_all_tensors(proto):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in t.external_data if e.key == "location"), None)
+            if loc is None:
+                raise InvalidModelError(f"{path}: tensor '{t.name}' has external data without a location")
+            if loc not in out:
+                out.append(loc)
+    return out
+
+
+def check_external_data(path: str | os.PathLike, root: str | os.PathLike) -> list[Path]:
+    """Refuse a graph whose external data would be read from outside ``root``; return the data files.
+
+    Absolute locations, ``..`` escapes and symlinks that leave the folder are all refused.
+    """
+    path = Path(path)
+    root_r = Path(root).resolve()
+    files = []
+    for loc in external_data_files(path):
+        target = (path.parent / loc).resolve()
+        if Path(loc).is_absolute() or not target.is_relative_to(root_r):
+            raise StedgeError(
+                f"{path}: external data location '{loc}' resolves outside the artifact folder {root_r}; "
+                "refusing to read it. Re-export the model so its data file sits beside the graph"
+            )
+        if not target.is_file():
+            raise InvalidModelError(f"{path}: external data file '{loc}' is missing; re-export the model")
+        files.append(target)
+    return files
+
+
+def graph_io(path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Input and output names of an ONNX graph (without loading its weights)."""
+    onnx = _onnx()
+    proto = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in proto.graph.initializer}
+    return [i.name for i in proto.graph.input if i.name not in inits], [o.name for o in proto.graph.output]

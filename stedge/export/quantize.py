@@ -1,0 +1,222 @@
+"""Quantization: onnxruntime dynamic int8 (per CPU instruction set, as optimum's
+AutoQuantizationConfig defines them), onnxruntime static int8 (QDQ, calibrated), and OpenVINO
+static int8 / weight-only int8 and int4 with NNCF."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from ..errors import StedgeError, require
+
+logger = logging.getLogger(__name__)
+
+# Instruction set -> dynamic quantization settings (optimum's AutoQuantizationConfig.<isa>).
+# avx2 keeps weights unsigned (u8u8) because u8s8 can saturate without VNNI.
+ISA_CONFIGS: dict[str, dict] = {
+    "avx2": {"weight_type": "QUInt8", "per_channel": True, "reduce_range": False, "weight_symmetric": False},
+    "avx512": {"weight_type": "QInt8", "per_channel": True, "reduce_range": False, "weight_symmetric": True},
+    "avx512_vnni": {"weight_type": "QInt8", "per_channel": True, "reduce_range": False, "weight_symmetric": True},
+    "arm64": {"weight_type": "QInt8", "per_channel": True, "reduce_range": False, "weight_symmetric": True},
+}
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# Static QDQ: the matrix products carry the compute; everything else stays float.
+STATIC_OPS = ["MatMul", "Gemm"]
+
+
+def cpu_flags() -> set[str]:
+    """CPU feature flags from /proc/cpuinfo (empty where unavailable)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def detect_isa() -> str:
+    """The dynamic-quantization target for this CPU: arm64, avx512_vnni, avx512 or avx2."""
+    machine = platform.machine().lower()
+    if machine in ("arm64", "aarch64") or machine.startswith("arm"):
+        return "arm64"
+    flags = cpu_flags()
+    if "avx512_vnni" in flags or "avx512vnni" in flags:
+        return "avx512_vnni"
+    if "avx512f" in flags and "avx512bw" in flags:
+        return "avx512"
+    return "avx2"
+
+
+def isas_for(choice: str | None) -> list[str]:
+    """``auto``/None -> this CPU's ISA; ``all`` -> every ISA; or one/several comma-separated names."""
+    if choice is None or choice == "auto":
+        return [detect_isa()]
+    if choice == "all":
+        return list(ISA_CONFIGS)
+    out = [c.strip().replace("-", "_") for c in choice.split(",") if c.strip()]
+    bad = [c for c in out if c not in ISA_CONFIGS]
+    if bad or not out:
+        raise StedgeError(f"--isa must be auto, all or one of {', '.join(ISA_CONFIGS)}, got {choice!r}")
+    return out
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence the root-logger advice of onnxruntime.quantization and NNCF's INFO tables."""
+    root = logging.getLogger()
+    loggers = [root, logging.getLogger("nncf")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def quantize_dynamic_int8(src: str | os.PathLike, dst: str | os.PathLike, isa: str) -> dict:
+    """Dynamic int8 (weights int8, activations quantized on the fly) for one instruction set."""
+    require("onnxruntime", "onnx", "int8 quantization")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    cfg = ISA_CONFIGS[isa]
+    with quiet():
+        quantize_dynamic(
+            str(src), str(dst), per_channel=cfg["per_channel"], reduce_range=cfg["reduce_range"],
+            weight_type=getattr(QuantType, cfg["weight_type"]),
+            # DefaultTensorType: optimized graphs hold contrib ops (Attention, SkipLayerNorm) shape inference cannot type
+            extra_options={"WeightSymmetric": cfg["weight_symmetric"], "ActivationSymmetric": False, "DefaultTensorType": 1},
+            use_external_data_format=Path(src).with_name(Path(src).name + "_data").exists(),
+        )
+    return {"method": "dynamic", "isa": isa, "activations": "QUInt8", "weights": cfg["weight_type"],
+            "per_channel": cfg["per_channel"], "reduce_range": cfg["reduce_range"],
+            "weight_symmetric": cfg["weight_symmetric"]}
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over pre-tokenized batches."""
+
+    def __init__(self, batches: list[dict]) -> None:
+        self._it = iter(batches)
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def weight_matmuls(path: str | os.PathLike, exclude: Sequence[str] = ()) -> list[str]:
+    """Names of the MatMul/Gemm nodes that multiply by a constant weight (not activation x activation)."""
+    onnx = require("onnx", "onnx", "static int8 quantization")
+    proto = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in proto.graph.initializer}
+    skip = set(exclude)
+    return [n.name for n in proto.graph.node
+            if n.op_type in STATIC_OPS and n.name not in skip and any(i in inits for i in n.input[1:2])]
+
+
+GELU_OPS = {"Gelu", "BiasGelu", "FastGelu", "QuickGelu"}
+
+
+def after_gelu_matmuls(path: str | os.PathLike) -> list[str]:
+    """MatMul nodes fed by a GELU (the FFN down-projections): their inputs have long-tailed
+    outliers that per-tensor uint8 cannot hold, so static quantization keeps them float."""
+    onnx = require("onnx", "onnx", "static int8 quantization")
+    proto = onnx.load(str(path), load_external_data=False)
+    producer = {o: n for n in proto.graph.node for o in n.output}
+
+    def gelu_like(name: str, depth: int = 0) -> bool:
+        n = producer.get(name)
+        if n is None or depth > 4:
+            return False
+        if n.op_type in GELU_OPS or n.op_type in ("Erf", "Tanh"):
+            return True
+        return n.op_type in ("Mul", "Add", "Div") and any(gelu_like(i, depth + 1) for i in n.input)
+
+    return [n.name for n in proto.graph.node if n.op_type in STATIC_OPS and n.input and gelu_like(n.input[0])]
+
+
+def quantize_static_int8(src: str | os.PathLike, dst: str | os.PathLike, batches: list[dict], method: str = "minmax",
+                         exclude_nodes: Sequence[str] = ()) -> dict:
+    """Static int8 in QDQ format, calibrated on ``batches`` (dicts of numpy inputs, equal shapes).
+
+    Only the MatMul/Gemm nodes with constant weights are quantized (activations uint8 asymmetric,
+    weights int8 symmetric per channel); attention products, the FFN down-projections (fed by GELU,
+    see after_gelu_matmuls) and the pooling/normalization tail (``exclude_nodes``) stay float.
+    """
+    require("onnxruntime", "onnx", "static int8 quantization")
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if method not in CALIBRATION_METHODS:
+        raise StedgeError(f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")
+    cm = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[method]
+    extra = {"WeightSymmetric": True, "ActivationSymmetric": False, "DefaultTensorType": 1}
+    if method == "minmax":
+        extra["CalibMovingAverage"] = True
+    if method == "percentile":
+        extra["CalibPercentile"] = 99.999
+    extra["CalibTensorRangeSymmetric"] = False
+    float_ffn = after_gelu_matmuls(src)
+    exclude_nodes = list(exclude_nodes) + float_ffn
+    with quiet():
+        quantize_static(
+            str(src), str(dst), _Reader(batches), quant_format=QuantFormat.QDQ, op_types_to_quantize=STATIC_OPS,
+            nodes_to_quantize=weight_matmuls(src, exclude_nodes),
+            per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=cm, nodes_to_exclude=list(exclude_nodes), extra_options=extra,
+            calibration_providers=["CPUExecutionProvider"],
+        )
+    return {"method": "static", "format": "QDQ", "calibration_method": method, "calibration_batches": len(batches),
+            "operators": STATIC_OPS, "activations": "QUInt8", "weights": "QInt8", "per_channel": True,
+            "float_nodes": {"tail": len(exclude_nodes) - len(float_ffn), "ffn_down_projections": len(float_ffn)}}
+
+
+# ------------------------------------------------------------------ OpenVINO / NNCF
+# The graph's tail (pooling, Dense, Normalize / the reranker activation) stays float.
+OV_IGNORED_PATTERNS = [r".*/encoder/encoder\.[1-9]\d*/.*", r".*/activation/.*"]
+
+
+def ov_quantize_static(ov_model, batches: list[dict], task: str, smooth_quant_alpha: float = 0.95):
+    """NNCF post-training int8 quantization of an OpenVINO model (transformer preset, SmoothQuant,
+    the pooling/normalize tail in the ignored scope). Returns (model, settings)."""
+    nncf = require("nncf", "openvino", "OpenVINO int8 quantization")
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    names = {n for i in ov_model.inputs for n in i.get_names()}
+    data = [{k: v for k, v in b.items() if k in names} for b in batches]
+    adv = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=smooth_quant_alpha))
+    with quiet():
+        q = nncf.quantize(
+            ov_model, nncf.Dataset(data), model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED,
+            subset_size=count_calibration(data), ignored_scope=nncf.IgnoredScope(patterns=OV_IGNORED_PATTERNS, validate=False),
+            advanced_parameters=adv,
+        )
+    return q, {"method": "static", "tool": "nncf", "preset": "mixed", "model_type": "transformer",
+               "smooth_quant_alpha": smooth_quant_alpha, "calibration_texts": count_calibration(data),
+               "ignored_scope": OV_IGNORED_PATTERNS}
+
+
+def ov_compress_weights(ov_model, bits: int, group_size: int = 128, ratio: float = 1.0):
+    """NNCF weight-only compression: int8 (asymmetric, per channel) or int4 (symmetric, groups of
+    ``group_size``; NNCF keeps embeddings and the last layer int8). Returns (model, settings)."""
+    nncf = require("nncf", "openvino", "OpenVINO weight compression")
+    with quiet():
+        if bits == 8:
+            return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM), {
+                "method": "weights", "tool": "nncf", "mode": "int8_asym"}
+        try:
+            out = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=group_size, ratio=ratio)
+        except Exception:  # a weight width not divisible by the group size: per-channel int4
+            group_size = -1
+            out = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=-1, ratio=ratio)
+    return out, {"method": "weights", "tool": "nncf", "mode": "int4_sym", "group_size": group_size, "ratio": ratio,
+                 "backup_mode": "int8_asym"}
+
+
+def count_calibration(batches: Iterable[dict]) -> int:
+    """Number of texts in tokenized calibration batches."""
+    return sum(int(next(iter(b.values())).shape[0]) for b in batches)

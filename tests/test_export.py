@@ -1,0 +1,310 @@
+"""Export stage on tiny random models: graphs match torch for every pooling mode, Dense, prompts,
+cross-encoders, LoRA adapters; the artifact loads in sentence-transformers; bad input fails cleanly."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tiny import make_tiny_bert
+
+TEXTS = ["A man is playing a guitar.", "The quarterly report shows revenue grew by 12%.", "ok", "Le chat dort sur le canapé."]
+
+
+def _graph_vs_torch(model_dir: Path, tmp: Path, prompt: str | None = None) -> float:
+    from stedge.export.onnx import export_onnx, graph_io
+    from stedge.export.verify import Runner, graph_embed
+    from stedge.models import SentenceEncoder
+
+    model = SentenceEncoder(model_dir, device="cpu")
+    spec = export_onnx(model, "embedding", tmp / "m.onnx")
+    assert graph_io(tmp / "m.onnx") == (spec.inputs, ["sentence_embedding", "last_hidden_state"])
+    got = graph_embed(model, Runner("onnx", tmp / "m.onnx"), TEXTS, batch_size=3)
+    ref = model.encode(TEXTS, batch_size=3)
+    assert got.shape == ref.shape
+    return float(np.abs(got - ref).max())
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"])
+def test_every_pooling_mode_in_graph_matches_torch(pooling, tmp_path):
+    model = make_tiny_bert(tmp_path / "model", pooling=pooling, normalize=pooling == "mean")
+    assert _graph_vs_torch(model, tmp_path) < 1e-5
+
+
+def test_dense_and_prompt_length_input(tmp_path):
+    from stedge.export.onnx import graph_io
+
+    model = make_tiny_bert(tmp_path / "model", dense=16, include_prompt=False, prompts={"query": "query: "},
+                           default_prompt_name="query")
+    assert _graph_vs_torch(model, tmp_path) < 1e-5
+    inputs, _ = graph_io(tmp_path / "m.onnx")
+    assert "prompt_length" in inputs
+
+
+def test_token_type_ids_only_when_used(tmp_path):
+    from transformers import BertConfig
+
+    from stedge.export.onnx import export_onnx
+    from stedge.models import SentenceEncoder
+
+    path = make_tiny_bert(tmp_path / "model")
+    cfg = BertConfig.from_pretrained(path)
+    cfg.type_vocab_size = 1
+    # a single-type model ignores token types: the graph must not ask for them
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(path / "model.safetensors"))
+    key = next(k for k in state if "token_type_embeddings" in k)
+    state[key] = state[key][:1].contiguous()
+    save_file(state, str(path / "model.safetensors"))
+    cfg.save_pretrained(path)
+    spec = export_onnx(SentenceEncoder(path, device="cpu"), "embedding", tmp_path / "m.onnx")
+    assert spec.inputs == ["input_ids", "attention_mask"]
+
+
+@pytest.fixture(scope="module")
+def tiny_artifact(tiny_model, tmp_path_factory):
+    """The tiny model exported to ONNX and OpenVINO fp32 plus dynamic int8 (every ISA)."""
+    from stedge.export import export_model
+
+    out = tmp_path_factory.mktemp("art") / "tiny-stedge"
+    return export_model(str(tiny_model), out, backend="all", quantize="int8", isa="all")
+
+
+def test_artifact_manifest_and_files(tiny_artifact, tiny_model):
+    import jsonschema
+
+    from stedge.export.manifest import schema
+    from stedge.io import sha256_file
+
+    m = json.loads((tiny_artifact.path / "stedge.json").read_text())
+    jsonschema.validate(m, schema())
+    assert set(m["variants"]) == {"onnx-fp32", "onnx-int8-avx2", "onnx-int8-avx512", "onnx-int8-avx512_vnni",
+                                  "onnx-int8-arm64", "openvino-fp32", "openvino-int8-weights"}
+    assert m["task"] == "embedding" and m["dimension"] == 32 and m["normalize"] is True
+    assert m["pooling"] == {"mode": "mean", "include_prompt": True} and m["max_seq_length"] == 64
+    assert m["default_variant"].startswith("onnx-int8-")
+    for name, v in m["variants"].items():
+        assert v["verification"]["passed"], name
+        assert v["outputs"] == ["sentence_embedding", "last_hidden_state"]
+        hashes = v["sha256"] if isinstance(v["sha256"], dict) else {v["file"]: v["sha256"]}
+        for rel, h in hashes.items():
+            assert sha256_file(tiny_artifact.path / rel) == h
+    assert m["variants"]["onnx-fp32"]["verification"]["min_cosine"] > 0.99999
+    assert m["variants"]["openvino-fp32"]["verification"]["min_cosine"] > 0.99999
+    assert (tiny_artifact.path / "openvino" / "openvino_model.xml").is_file()
+    assert (tiny_artifact.path / "tokenizer.json").is_file() and (tiny_artifact.path / "modules.json").is_file()
+    assert not any(p.name.startswith(".") for p in tiny_artifact.path.rglob("*"))
+
+
+def test_sentence_transformers_loads_the_artifact(tiny_artifact, tiny_model):
+    from sentence_transformers import SentenceTransformer
+
+    ref = SentenceTransformer(str(tiny_model), device="cpu").encode(TEXTS)
+    for backend, file in [("onnx", "onnx/model.onnx"), ("openvino", "openvino/openvino_model.xml"),
+                          ("onnx", "onnx/model_qint8_avx512_vnni.onnx")]:
+        st = SentenceTransformer(str(tiny_artifact.path), backend=backend, model_kwargs={"file_name": file}, device="cpu")
+        got = st.encode(TEXTS)
+        cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+        assert cos.min() > (0.99999 if "qint8" not in file else 0.99), (backend, file, cos)
+
+
+def test_add_keeps_variants_and_refuses_other_models(tiny_artifact, tiny_model, tmp_path):
+    import shutil
+
+    from stedge.errors import StedgeError
+    from stedge.export import export_model
+
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_artifact.path, out)
+    res = export_model(str(tiny_model), out, optimize="O2", add=True)
+    assert {"onnx-int8-arm64", "openvino-fp32", "onnx-fp32-O2"} <= set(res.manifest["variants"])
+    assert res.manifest["default_variant"] == "onnx-fp32-O2"
+    kept = [r for r in res.rows if not r["new"]]
+    assert {r["variant"] for r in kept} >= {"openvino-fp32", "onnx-int8-arm64"}
+    other = make_tiny_bert(tmp_path / "other", seed=3)
+    with pytest.raises(StedgeError, match="another model"):
+        export_model(str(other), out, add=True)
+
+
+def test_cross_encoder_export(tiny_cross_encoder, tmp_path):
+    from stedge.export import export_model
+    from stedge.export.verify import Runner, graph_scores
+    from stedge.models import CrossEncoder
+
+    res = export_model(str(tiny_cross_encoder), tmp_path / "ce", backend="all")
+    m = res.manifest
+    assert m["task"] == "reranking" and m["num_labels"] == 1 and m["activation"] == "sigmoid"
+    assert m["variants"]["onnx-fp32"]["outputs"] == ["logits", "scores"]
+    ce = CrossEncoder(tiny_cross_encoder, device="cpu")
+    pairs = [("what is stedge", "stedge exports rerankers"), ("a", "b c d e f g")]
+    for v in ("onnx-fp32", "openvino-fp32"):
+        e = m["variants"][v]
+        got = graph_scores(ce, Runner(e["backend"], res.path / e["file"]), pairs)
+        assert np.abs(got - ce.predict(pairs)).max() < 1e-5
+        assert e["verification"]["passed"]
+
+
+def test_lora_adapter_is_merged_before_export(tiny_model, tmp_path):
+    import torch
+    from peft import LoraConfig
+
+    from stedge.compress.lora import merge_adapter
+    from stedge.export import export_model
+    from stedge.export.verify import Runner, graph_embed
+    from stedge.models import SentenceEncoder
+
+    enc = SentenceEncoder(tiny_model, device="cpu")
+    enc.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"]))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in enc.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    adapter = tmp_path / "adapter"
+    enc.save(adapter)
+    res = export_model(str(adapter), tmp_path / "out")
+    assert res.manifest["source"]["adapter"]
+    merged = merge_adapter(adapter, device="cpu")
+    got = graph_embed(merged, Runner("onnx", res.path / "onnx" / "model.onnx"), TEXTS)
+    base = SentenceEncoder(tiny_model, device="cpu").encode(TEXTS)
+    assert np.abs(got - merged.encode(TEXTS)).max() < 1e-5
+    assert np.abs(got - base).max() > 1e-3  # the adapter changed the model
+
+
+def test_failed_max_drop_leaves_nothing(tiny_model, tmp_path):
+    from stedge.cli import app
+
+    out = tmp_path / "fail"
+    r = CliRunner().invoke(app, ["export", str(tiny_model), "-o", str(out), "--quantize", "int8", "--max-drop", "1e-9", "--json"])
+    from stedge.errors import CheckFailedError
+
+    assert isinstance(r.exception, CheckFailedError) and r.exception.exit_code == 1, r.output
+    assert "exceeds --max-drop" in str(r.exception) and "nothing was written" in str(r.exception)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_path_traversal_external_data_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from stedge.errors import StedgeError
+    from stedge.export.onnx import check_external_data
+    from stedge.export.verify import Runner
+
+    art = tmp_path / "art"
+    (art / "onnx").mkdir(parents=True)
+    (tmp_path / "secret.bin").write_bytes(np.ones(4, dtype=np.float32).tobytes())
+    for loc in ("../../secret.bin", str(tmp_path / "secret.bin")):
+        w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4])
+        w.data_location = TensorProto.EXTERNAL
+        for k, v in (("location", loc), ("offset", "0"), ("length", "16")):
+            e = w.external_data.add()
+            e.key, e.value = k, v
+        node = helper.make_node("Add", ["x", "w"], ["y"])
+        g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], initializer=[w])
+        onnx.save_model(helper.make_model(g), str(art / "onnx" / "model.onnx"))
+        with pytest.raises(StedgeError, match="outside the artifact folder"):
+            check_external_data(art / "onnx" / "model.onnx", art)
+        with pytest.raises(StedgeError, match="outside the artifact folder"):
+            Runner("onnx", art / "onnx" / "model.onnx", root=art)
+
+
+def test_large_models_use_external_data_inside_the_folder(tmp_path, monkeypatch):
+    import onnx
+
+    from stedge.export import onnx as ox
+
+    model = make_tiny_bert(tmp_path / "model")
+    from stedge.models import SentenceEncoder
+
+    monkeypatch.setattr(ox, "EXTERNAL_DATA_THRESHOLD", 1000)  # pretend the tiny graph is over 2 GB
+    ox.export_onnx(SentenceEncoder(model, device="cpu"), "embedding", tmp_path / "art" / "onnx" / "model.onnx")
+    files = ox.check_external_data(tmp_path / "art" / "onnx" / "model.onnx", tmp_path / "art")
+    assert [f.name for f in files] == ["model.onnx_data"]
+    assert onnx.load(str(tmp_path / "art" / "onnx" / "model.onnx")).graph.initializer
+
+
+@pytest.fixture()
+def cli():
+    from stedge.cli import app
+
+    def run(*args):
+        r = CliRunner().invoke(app, ["export", *map(str, args)])
+        return r
+
+    return run
+
+
+def _one_line_error(r, *words):
+    from stedge.errors import StedgeError
+
+    # CliRunner sees the StedgeError that stedge.cli.main turns into "error: <one line>" and exit code 2
+    assert isinstance(r.exception, StedgeError) and r.exception.exit_code == 2, (r.exception, r.output)
+    msg = str(r.exception)
+    assert "\n" not in msg.strip(), msg
+    for w in words:
+        assert re.search(w, msg), (w, msg)
+
+
+def test_bad_inputs(cli, tiny_model, tmp_path):
+    _one_line_error(cli(tiny_model, "-o", tmp_path / "a", "--quantize", "int3"), "--quantize must be one of")
+    _one_line_error(cli(tiny_model, "-o", tmp_path / "a", "--backend", "tflite"), "--backend must be one of")
+    _one_line_error(cli(tiny_model, "-o", tmp_path / "a", "--optimize", "O9"), "--optimize must be one of")
+    _one_line_error(cli(tiny_model, "-o", tmp_path / "a", "--quantize", "int8-static", "--calibration-method", "avg",
+                        "--calibration", "x.txt"), "--calibration-method must be one of")
+    _one_line_error(cli(tiny_model, "-o", tmp_path / "a", "--quantize", "int8-static"), "needs --calibration")
+    _one_line_error(cli(tiny_model, "-o", tmp_path / "a", "--quantize", "int4-weights"), "--backend openvino")
+    _one_line_error(cli(tiny_model, "-o", tmp_path / "a", "--quantize", "int8", "--isa", "sse2"), "--isa must be")
+    table = tmp_path / "cal.csv"
+    table.write_text("text,label\n" + "".join(f"sentence number {i},1\n" for i in range(40)))
+    _one_line_error(cli(tiny_model, "-o", tmp_path / "a", "--quantize", "int8-static", "--calibration", table,
+                        "--calibration-column", "sentence"), "no column 'sentence'", "--calibration-column")
+    short = tmp_path / "few.txt"
+    short.write_text("one text\nanother text\n")
+    _one_line_error(cli(tiny_model, "-o", tmp_path / "a", "--quantize", "int8-static", "--calibration", short),
+                    "only 2 texts", "at least")
+    _one_line_error(cli(tiny_model, "-o", tmp_path / "a", "--device", "tpu"), "--device must be one of")
+    (tmp_path / "exists").mkdir()
+    _one_line_error(cli(tiny_model, "-o", tmp_path / "exists"), "already exists", "--overwrite")
+    gpt = tmp_path / "gpt"
+    gpt.mkdir()
+    (gpt / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
+    _one_line_error(cli(gpt, "-o", tmp_path / "a"), "GPT2LMHeadModel", "not a sentence encoder")
+    assert not (tmp_path / "a").exists()
+
+
+def test_static_int8_and_fp16_on_tiny(tiny_model, tmp_path):
+    from stedge.export import export_model
+
+    cal = tmp_path / "cal.txt"
+    cal.write_text("\n".join(f"calibration sentence {i} about topic {i % 7}" for i in range(40)))
+    res = export_model(str(tiny_model), tmp_path / "s", backend="all", quantize="int8-static", calibration=str(cal),
+                       calibration_method="percentile")
+    v = res.manifest["variants"]
+    assert v["onnx-int8-static"]["quantization"]["calibration_method"] == "percentile"
+    assert v["onnx-int8-static"]["verification"]["mean_cosine"] > 0.98
+    assert v["openvino-int8-static"]["verification"]["mean_cosine"] > 0.98
+    res16 = export_model(str(tiny_model), tmp_path / "h", quantize="fp16")
+    e = res16.manifest["variants"]["onnx-fp16"]
+    assert e["precision"] == "fp16" and e["quantization"]["keep_io_types"]
+    assert e["verification"] is None or e["verification"]["min_cosine"] > 0.999
+
+
+def test_openvino_straight_from_torch(tmp_path):
+    from stedge.export import openvino as ovx
+    from stedge.export.verify import Runner, graph_embed
+    from stedge.models import SentenceEncoder
+
+    model = SentenceEncoder(make_tiny_bert(tmp_path / "model", dense=8), device="cpu")
+    xml, _ = ovx.save(ovx.from_torch(model, "embedding"), tmp_path / "openvino" / "openvino_model.xml")
+    run = Runner("openvino", xml)
+    assert run.inputs == ["input_ids", "attention_mask", "token_type_ids"]
+    assert run.outputs == ["sentence_embedding", "last_hidden_state"]
+    assert np.abs(graph_embed(model, run, TEXTS) - model.encode(TEXTS)).max() < 1e-5

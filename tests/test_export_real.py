@@ -1,0 +1,106 @@
+"""Export stage on the bundled all-MiniLM-L6-v2 with STS-B: accuracy of every precision, the
+artifact in sentence-transformers, the manifest schema. One export per session, reused."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="session")
+def minilm_artifact(minilm_path, shared_data, tmp_path_factory):
+    """fp32 + static int8 for ONNX and OpenVINO, verified with Spearman on the STS-B test set."""
+    from stedge.export import export_model
+
+    out = tmp_path_factory.mktemp("minilm") / "all-MiniLM-L6-v2-stedge"
+    return export_model(
+        str(minilm_path), out, backend="all", quantize="int8-static",
+        calibration=str(shared_data / "stsb" / "train.tsv.gz"), eval=str(shared_data / "stsb" / "test.tsv.gz"),
+    )
+
+
+@pytest.fixture(scope="session")
+def minilm(minilm_path):
+    from stedge.models import SentenceEncoder
+
+    return SentenceEncoder(minilm_path, device="cpu")
+
+
+def test_fp32_onnx_and_openvino_match_torch(minilm_artifact):
+    v = minilm_artifact.manifest["variants"]
+    for name in ("onnx-fp32", "openvino-fp32"):
+        ver = v[name]["verification"]
+        assert ver["min_cosine"] >= 0.99999, (name, ver)
+        assert abs(ver["spearman"] - ver["reference_spearman"]) < 1e-4, (name, ver)
+    assert 0.80 < v["onnx-fp32"]["verification"]["reference_spearman"] < 0.86  # MiniLM on STS-B test
+
+
+def test_static_int8_spearman_drop(minilm_artifact):
+    v = minilm_artifact.manifest["variants"]
+    for name in ("onnx-int8-static", "openvino-int8-static"):
+        ver = v[name]["verification"]
+        drop = (ver["reference_spearman"] - ver["spearman"]) * 100
+        assert drop <= 1.5, (name, drop)
+        assert ver["passed"] and v[name]["size_bytes"] < v["onnx-fp32"]["size_bytes"]
+
+
+def test_manifest_validates_against_schema(minilm_artifact):
+    import jsonschema
+
+    from stedge.export.manifest import schema
+
+    m = json.loads((minilm_artifact.path / "stedge.json").read_text())
+    jsonschema.validate(m, schema())
+    assert m["dimension"] == 384 and m["normalize"] and m["pooling"]["mode"] == "mean" and m["max_seq_length"] == 256
+    assert m["variants"]["onnx-fp32"]["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    broken = json.loads(json.dumps(m))
+    del broken["variants"]["onnx-fp32"]["sha256"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema())
+
+
+def test_sentence_transformers_loads_and_agrees(minilm_artifact, minilm_path):
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["A man is playing a guitar.", "Stocks fell sharply after the rate hike.", "ok"]
+    ref = SentenceTransformer(str(minilm_path), device="cpu").encode(texts)
+    for backend, file, floor in [("onnx", "onnx/model.onnx", 0.99999), ("openvino", "openvino/openvino_model.xml", 0.99999),
+                                 ("onnx", "onnx/model_qint8_static.onnx", 0.95)]:
+        kwargs = {"file_name": file}
+        if backend == "openvino":  # OpenVINO would pick bf16 on CPUs that have it: compare at fp32
+            kwargs["ov_config"] = {"INFERENCE_PRECISION_HINT": "f32"}
+        st = SentenceTransformer(str(minilm_artifact.path), backend=backend, model_kwargs=kwargs, device="cpu")
+        got = st.encode(texts)
+        cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+        assert cos.min() >= floor, (file, cos)
+
+
+def test_dynamic_int8_spearman_drop(minilm_artifact, minilm, stsb_test, tmp_path):
+    from stedge.data import pairwise_cosine, spearman
+    from stedge.export.quantize import detect_isa, quantize_dynamic_int8
+    from stedge.export.verify import Runner, graph_embed
+
+    ref_sp = minilm_artifact.manifest["variants"]["onnx-fp32"]["verification"]["reference_spearman"]
+    dst = tmp_path / "model_qint8.onnx"
+    quantize_dynamic_int8(minilm_artifact.path / "onnx" / "model.onnx", dst, detect_isa())
+    run = Runner("onnx", dst)
+    a = graph_embed(minilm, run, stsb_test.sentences1, 64)
+    b = graph_embed(minilm, run, stsb_test.sentences2, 64)
+    drop = (ref_sp - spearman(pairwise_cosine(a, b), stsb_test.scores)) * 100
+    assert drop <= 1.0, drop
+
+
+@pytest.mark.parametrize("level", ["O1", "O2", "O3"])
+def test_optimization_levels_match_torch(level, minilm_artifact, minilm, tmp_path):
+    from stedge.export.optimize import optimize
+    from stedge.export.verify import Reference, Runner, default_texts
+
+    dst = tmp_path / f"model_{level}.onnx"
+    info = optimize(minilm_artifact.path / "onnx" / "model.onnx", dst, level, minilm.transformer.config)
+    if level != "O1":
+        assert info["fused_operators"].get("Attention") == 6
+    v = Reference(minilm, "embedding", default_texts(), None).compare(Runner("onnx", dst), None)
+    assert v.min_cosine >= 0.9999, v
