@@ -16,6 +16,7 @@ from .. import __version__
 from ..errors import InvalidModelError, StedgeError
 from ..hub import resolve_model
 from ..io import atomic_dir
+from .adapters import AdapterMixin, load_transformer
 from .modules import Dense, Normalize, Pooling, Transformer, module_class, module_type_name
 from .similarity import check_similarity_fn_name, get_similarity
 
@@ -44,7 +45,7 @@ def check_texts(texts: Sequence[Any]) -> list[str]:
     return out
 
 
-class SentenceEncoder(nn.Sequential):
+class SentenceEncoder(AdapterMixin, nn.Sequential):
     """Sentence embeddings from a chain of modules (Transformer -> Pooling -> [Dense] -> [Normalize]).
 
     Loads and saves the sentence-transformers layout, so models move freely between the two.
@@ -116,7 +117,7 @@ class SentenceEncoder(nn.Sequential):
             cls = module_class(entry["type"], modules_file)
             folder = path / entry.get("path", "")
             if cls is Transformer:
-                modules.append(Transformer.load(folder, trust_remote_code=trust_remote_code))
+                modules.append(load_transformer(folder, trust_remote_code=trust_remote_code))
             else:
                 modules.append(cls.load(folder))
         return modules, config
@@ -295,6 +296,7 @@ class SentenceEncoder(nn.Sequential):
             m.save(folder / sub if sub else folder)
             entries.append({"idx": i, "name": str(i), "path": sub, "type": module_type_name(m)})
         (folder / "modules.json").write_text(json.dumps(entries, indent=2))
+        self._finish_adapter_save(folder)
         config = {
             "__version__": {"stedge": __version__, "pytorch": torch.__version__},
             "model_type": "SentenceTransformer",

@@ -1,0 +1,249 @@
+"""`stedge train` and `stedge eval`.
+
+    stedge train all-MiniLM-L6-v2 --train-data stsb/train.tsv.gz --columns sentence1,sentence2,score \\
+        --loss cosent --eval-data stsb/dev.tsv.gz -o models/minilm-stsb
+    stedge train --config train.yaml
+    stedge eval models/minilm-stsb --data stsb/test.tsv.gz --task sts
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from ..errors import StedgeError
+
+
+def parse_prompts(values: list[str] | None) -> Any:
+    """--prompts values -> one of the four prompt forms.
+
+    ``"query: "`` (one string for every column), ``anchor=query: `` (repeatable: column -> prompt),
+    or JSON for the dataset forms (``{"nli": {"anchor": "query: "}}``).
+    """
+    if not values:
+        return None
+    if len(values) == 1 and values[0].lstrip().startswith("{"):
+        try:
+            return json.loads(values[0])
+        except json.JSONDecodeError as e:
+            raise StedgeError(f"--prompts: not valid JSON ({e})") from None
+    pairs = [v.split("=", 1) for v in values]
+    if all(len(p) == 2 and p[0].strip() and " " not in p[0].strip() for p in pairs):
+        return {k.strip(): v for k, v in pairs}
+    if len(values) == 1:
+        return values[0]
+    raise StedgeError("--prompts: give one prompt string, or column=prompt pairs (repeat --prompts), or JSON")
+
+
+class RichProgressCallback:
+    """A rich progress bar over training steps; eval metrics printed as they come."""
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        from transformers import TrainerCallback
+
+        class _Callback(TrainerCallback):
+            def __init__(self, quiet: bool = False) -> None:
+                self.quiet = quiet
+                self.progress = None
+                self.task = None
+
+            def on_train_begin(self, args, state, control, **kw):
+                if self.quiet:
+                    return
+                from ..progress import make_progress
+
+                self.progress = make_progress()
+                self.progress.start()
+                self.task = self.progress.add_task("Training", total=state.max_steps, completed=state.global_step)
+
+            def on_step_end(self, args, state, control, **kw):
+                if self.progress is not None:
+                    self.progress.update(self.task, completed=state.global_step)
+
+            def on_log(self, args, state, control, logs=None, **kw):
+                if self.quiet or not logs:
+                    return
+                evals = {k: v for k, v in logs.items() if k.startswith("eval_") and isinstance(v, (int, float)) and "runtime" not in k and "per_second" not in k}
+                if evals and self.progress is not None:
+                    text = ", ".join(f"{k[5:]}={v:.4f}" for k, v in evals.items())
+                    self.progress.console.print(f"step {state.global_step}: {text}")
+                elif "loss" in logs and self.progress is not None:
+                    self.progress.update(self.task, description=f"Training (loss {logs['loss']:.4f})")
+
+            def on_train_end(self, args, state, control, **kw):
+                if self.progress is not None:
+                    self.progress.stop()
+                    self.progress = None
+
+        return _Callback(*args, **kwargs)
+
+
+def _print_summary(summary: dict, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(stderr=False)
+    t = Table(title=f"trained -> {summary['output']}", show_header=True)
+    t.add_column("metric")
+    t.add_column("before", justify="right")
+    t.add_column("after", justify="right")
+    for k in summary.get("metrics_after", {}):
+        b = summary["metrics_before"].get(k)
+        t.add_row(k[5:] if k.startswith("eval_") else k, f"{b:.4f}" if b is not None else "-", f"{summary['metrics_after'][k]:.4f}")
+    con.print(t)
+    extra = f", adapter {summary['adapter_size_bytes'] / 1e6:.2f} MB" if "adapter_size_bytes" in summary else ""
+    con.print(f"{summary['steps']} steps, {summary['epochs']:.2f} epochs, train loss {summary['train_loss']:.4f}, "
+              f"{summary['train_runtime_s']:.1f} s training ({summary['total_time_s']:.1f} s total), "
+              f"{summary['size_bytes'] / 1e6:.1f} MB on disk{extra}")
+
+
+def train(
+    model: Optional[str] = typer.Argument(None, help="Base model reference (folder, HF cache, bundled name, Hub id)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML/JSON/TOML config (multi-dataset, per-dataset losses...)."),
+    train_data: Optional[str] = typer.Option(None, "--train-data", help="Training data: CSV/TSV/JSON/JSONL/Parquet (gz ok) or a datasets name."),
+    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Evaluation data (run by an evaluator during training)."),
+    eval_task: Optional[str] = typer.Option(None, "--eval-task", help="sts, triplet, ir or rerank (guessed from the columns)."),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Use only the first N evaluation rows."),
+    eval_steps: Optional[int] = typer.Option(None, "--eval-steps", help="Evaluate every N steps (default: every epoch)."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="Loss name (mnrl, cosent, angle, cosine, softmax, triplet, ...)."),
+    columns: Optional[str] = typer.Option(None, "--columns", help="Comma-separated columns to use, inputs in order (+ label/score)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N training rows."),
+    epochs: float = typer.Option(1.0, "--epochs", help="Training epochs."),
+    max_steps: int = typer.Option(-1, "--max-steps", help="Stop after N optimizer steps (overrides --epochs)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Batch size per device."),
+    lr: float = typer.Option(2e-5, "--lr", help="Peak learning rate."),
+    warmup_ratio: float = typer.Option(0.1, "--warmup-ratio", help="Linear warmup over this fraction of the steps."),
+    prompts: Optional[List[str]] = typer.Option(None, "--prompts", help="'prompt', column=prompt (repeatable) or JSON."),
+    batch_sampler: str = typer.Option("batch", "--batch-sampler", help="batch or no_duplicates."),
+    lora_r: Optional[int] = typer.Option(None, "--lora-r", help="Train a LoRA adapter of this rank instead of the full model."),
+    lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default 2 * r)."),
+    max_seq_length: Optional[int] = typer.Option(None, "--max-seq-length", help="Truncate inputs to N tokens."),
+    seed: int = typer.Option(42, "--seed", help="Random seed."),
+    save_steps: int = typer.Option(500, "--save-steps", help="Write a checkpoint every N steps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT_checkpoints."),
+    keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep OUT_checkpoints after success."),
+    bf16: bool = typer.Option(False, "--bf16", help="bfloat16 mixed precision."),
+    fp16: bool = typer.Option(False, "--fp16", help="float16 mixed precision (GPU)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: best available)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (sentence-transformers layout)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Fine-tune a sentence encoder (full model or LoRA adapter); saves the sentence-transformers layout + model card."""
+    from .config import config_from_dict, load_config, run_training
+
+    if config is not None:
+        if model or train_data or loss:
+            raise StedgeError("--config describes the whole run: drop MODEL, --train-data and --loss (put them in the file)")
+        cfg = load_config(config)
+        if output is not None:
+            cfg.output = str(output)
+        cfg.overwrite = cfg.overwrite or overwrite
+    else:
+        missing = [n for n, v in (("MODEL", model), ("--train-data", train_data), ("--loss", loss), ("-o/--output", output)) if not v]
+        if missing:
+            raise StedgeError(f"stedge train needs {', '.join(missing)} (or --config FILE)")
+        args: dict[str, Any] = {
+            "num_train_epochs": epochs, "max_steps": max_steps, "per_device_train_batch_size": batch_size,
+            "per_device_eval_batch_size": batch_size, "learning_rate": lr, "warmup_ratio": warmup_ratio,
+            "seed": seed, "save_steps": save_steps, "batch_sampler": batch_sampler, "bf16": bf16, "fp16": fp16,
+        }
+        if eval_steps:
+            args.update(eval_strategy="steps", eval_steps=eval_steps)
+        d: dict[str, Any] = {"model": model, "output": str(output), "train_data": train_data, "loss": loss,
+                             "columns": columns, "prompts": parse_prompts(prompts), "args": args, "overwrite": overwrite,
+                             "max_seq_length": max_seq_length}
+        if eval_data:
+            d["eval"] = {"data": eval_data, "task": eval_task, "limit": eval_limit}
+        if lora_r:
+            d["lora"] = {"r": lora_r, "lora_alpha": lora_alpha or 2 * lora_r}
+        cfg = config_from_dict(d, where="stedge train")
+        if limit:
+            cfg.datasets["train"].limit = limit
+    callbacks = [RichProgressCallback(quiet=quiet or as_json)]
+    summary = run_training(cfg, resume=resume, callbacks=callbacks, device=device, keep_checkpoints=keep_checkpoints)
+    _print_summary(summary, as_json)
+
+
+# --------------------------------------------------------------------------- eval
+def load_for_eval(model: str, task: str, device: str | None = None) -> Any:
+    """A torch SentenceEncoder/CrossEncoder, or the runtime Encoder/Reranker for an artifact folder (has stedge.json)."""
+    if (Path(model) / "stedge.json").is_file():
+        from stedge_runtime import Encoder, Reranker
+
+        manifest = json.loads((Path(model) / "stedge.json").read_text(encoding="utf-8"))
+        if manifest.get("task") == "reranking":
+            return Reranker.load(model, device=device or "cpu")
+        return Encoder.load(model, device=device or "cpu")
+    if task == "rerank" and _is_cross_encoder(model):
+        from ..models import CrossEncoder
+
+        return CrossEncoder(model, device=device)
+    from ..models import SentenceEncoder
+
+    return SentenceEncoder(model, device=device)
+
+
+def _is_cross_encoder(model: str) -> bool:
+    from ..hub import resolve_model
+
+    p = resolve_model(model)
+    if (p / "modules.json").exists():
+        return False
+    try:
+        cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures") or [])
+
+
+def eval_cmd(
+    model: str = typer.Argument(..., help="Model reference, or an exported artifact folder (runs through stedge_runtime)."),
+    data: str = typer.Option(..., "--data", help="Eval data: STS pairs, triplets, rerank rows, or a BEIR folder for ir."),
+    task: str = typer.Option(..., "--task", help="sts, triplet, ir or rerank."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N rows (queries for ir)."),
+    split: Optional[str] = typer.Option(None, "--split", help="qrels split for ir (default test)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ..."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """Evaluate a model or an exported artifact exactly the same way (STS Spearman, triplet accuracy, IR, rerank)."""
+    import time
+
+    from .config import EVAL_TASKS, _stem, build_evaluator
+
+    if task not in EVAL_TASKS:
+        raise StedgeError(f"--task must be one of {', '.join(EVAL_TASKS)}, got {task!r}")
+    evaluator = build_evaluator(task, data, limit=limit, name=_stem(data), split=split)
+    m = load_for_eval(model, task, device)
+    t0 = time.perf_counter()
+    metrics = evaluator(m)
+    elapsed = time.perf_counter() - t0
+    result = {"model": model, "task": task, "data": data, "backend": type(m).__module__.split(".")[0],
+              "primary_metric": evaluator.primary_metric, "metrics": {k: float(v) for k, v in metrics.items()},
+              "seconds": round(elapsed, 2)}
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{task} on {data} ({result['backend']})")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in result["metrics"].items():
+        t.add_row(k + (" *" if k == evaluator.primary_metric else ""), f"{v:.4f}")
+    Console().print(t)
+    Console().print(f"{elapsed:.1f} s")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `train` and `eval` to the stedge app."""
+    app.command("train")(train)
+    app.command("eval")(eval_cmd)

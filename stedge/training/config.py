@@ -1,0 +1,434 @@
+"""Training runs described by a config file (YAML, JSON or TOML) or by `stedge train` flags.
+
+A config file, for everything the flags do not cover (multi-dataset, per-dataset losses and prompts)::
+
+    model: all-MiniLM-L6-v2
+    output: models/minilm-multi
+    datasets:                          # or, for one dataset: train_data / loss / columns at the top
+      stsb:
+        data: stsb/train.tsv.gz
+        columns: [sentence1, sentence2, score]
+        loss: cosent
+      nli:
+        data: nli/triplets.tsv.gz
+        columns: [anchor, positive, negative]
+        loss: {name: mnrl, scale: 20}
+        prompts: {anchor: "query: "}  # this dataset's prompts (one string, or column -> prompt)
+    prompts: null                      # any of the four forms, for all datasets
+    eval: {data: stsb/dev.tsv.gz, task: sts, limit: 500}
+    lora: {r: 8, lora_alpha: 16}       # peft.LoraConfig arguments
+    args:                              # any transformers TrainingArguments field, plus batch_sampler...
+      num_train_epochs: 1
+      per_device_train_batch_size: 16
+      learning_rate: 2.0e-5
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import StedgeError
+
+TOP_KEYS = ("model", "output", "overwrite", "train_data", "loss", "columns", "datasets", "prompts", "eval", "lora", "args",
+            "max_seq_length", "seed")
+DATASET_KEYS = ("data", "loss", "columns", "prompts", "split", "limit")
+EVAL_KEYS = ("data", "task", "limit", "split", "name")
+EVAL_TASKS = ("sts", "triplet", "ir", "rerank")
+
+
+@dataclass
+class DatasetSpec:
+    """One training dataset: where it is, which columns, which loss, which prompts."""
+
+    data: Any
+    loss: Any = None
+    columns: list[str] | None = None
+    prompts: Any = None
+    split: str | None = None
+    limit: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs."""
+
+    model: str
+    output: str
+    datasets: dict[str, DatasetSpec]
+    prompts: Any = None
+    eval: dict[str, Any] | None = None
+    lora: dict[str, Any] | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    overwrite: bool = False
+    max_seq_length: int | None = None
+    multi: bool = False  # True when the datasets came as a mapping (train multi-dataset)
+
+
+def _read(path: Path) -> dict:
+    if not path.exists():
+        raise StedgeError(f"config file {path} not found")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        elif suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise StedgeError(f"{path}: unknown config format '{suffix}' (use .yaml, .yml, .json or .toml)")
+    except StedgeError:
+        raise
+    except Exception as e:  # yaml/toml/json syntax errors
+        raise StedgeError(f"{path}: cannot parse ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise StedgeError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _check_keys(d: dict, allowed: tuple[str, ...], where: str) -> None:
+    unknown = [k for k in d if k not in allowed]
+    if unknown:
+        raise StedgeError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; known keys: {', '.join(allowed)}")
+
+
+def _columns(value: Any, where: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [c.strip() for c in value.split(",") if c.strip()]
+    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+        raise StedgeError(f"{where}: columns must be a list of column names")
+    return value
+
+
+def config_from_dict(d: dict, where: str = "config") -> TrainConfig:
+    """Validate a parsed config mapping into a TrainConfig (errors name the key at fault)."""
+    _check_keys(d, TOP_KEYS, where)
+    for key in ("model", "output"):
+        if not d.get(key):
+            raise StedgeError(f"{where}: '{key}' is required")
+    if "datasets" in d and "train_data" in d:
+        raise StedgeError(f"{where}: give either 'datasets' (several) or 'train_data' (one), not both")
+    datasets: dict[str, DatasetSpec] = {}
+    multi = False
+    if "datasets" in d:
+        if not isinstance(d["datasets"], dict) or not d["datasets"]:
+            raise StedgeError(f"{where}: 'datasets' must map dataset names to {{data, loss, columns, prompts}}")
+        multi = True
+        for name, spec in d["datasets"].items():
+            w = f"{where}: datasets.{name}"
+            if isinstance(spec, str):
+                spec = {"data": spec}
+            if not isinstance(spec, dict):
+                raise StedgeError(f"{w}: expected a mapping with at least 'data'")
+            _check_keys(spec, DATASET_KEYS, w)
+            if "data" not in spec:
+                raise StedgeError(f"{w}: 'data' is required")
+            loss = spec.get("loss", d.get("loss"))
+            if loss is None:
+                raise StedgeError(f"{w}: no 'loss' (give one per dataset or a top-level 'loss')")
+            datasets[str(name)] = DatasetSpec(spec["data"], loss, _columns(spec.get("columns", d.get("columns")), w),
+                                              spec.get("prompts"), spec.get("split"), spec.get("limit"))
+    elif "train_data" in d:
+        if d.get("loss") is None:
+            raise StedgeError(f"{where}: 'loss' is required")
+        datasets["train"] = DatasetSpec(d["train_data"], d["loss"], _columns(d.get("columns"), where))
+    else:
+        raise StedgeError(f"{where}: 'datasets' or 'train_data' is required")
+    ev = d.get("eval")
+    if ev is not None:
+        if isinstance(ev, str):
+            ev = {"data": ev}
+        if not isinstance(ev, dict) or "data" not in ev:
+            raise StedgeError(f"{where}: 'eval' must be a path or a mapping with 'data' (and 'task': {', '.join(EVAL_TASKS)})")
+        _check_keys(ev, EVAL_KEYS, f"{where}: eval")
+        if ev.get("task") is not None and ev["task"] not in EVAL_TASKS:
+            raise StedgeError(f"{where}: eval.task must be one of {', '.join(EVAL_TASKS)}, got {ev['task']!r}")
+    args = dict(d.get("args") or {})
+    if "seed" in d:
+        args["seed"] = d["seed"]
+    lora = d.get("lora")
+    if lora is not None and not isinstance(lora, dict):
+        if isinstance(lora, int):
+            lora = {"r": lora}
+        else:
+            raise StedgeError(f"{where}: 'lora' must be a mapping of peft.LoraConfig arguments (e.g. {{r: 8}})")
+    return TrainConfig(model=str(d["model"]), output=str(d["output"]), datasets=datasets, prompts=d.get("prompts"),
+                       eval=ev, lora=lora, args=args, overwrite=bool(d.get("overwrite", False)),
+                       max_seq_length=d.get("max_seq_length"), multi=multi)
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """Read and validate a YAML/JSON/TOML training config."""
+    p = Path(path)
+    return config_from_dict(_read(p), where=str(p))
+
+
+# --------------------------------------------------------------------------- runs
+def _loss_from_spec(spec: Any, model: Any) -> Any:
+    from .losses import build_loss
+
+    if isinstance(spec, str):
+        return build_loss(spec, model)
+    if isinstance(spec, dict) and "name" in spec:
+        params = {k: v for k, v in spec.items() if k != "name"}
+        if "loss" in params and isinstance(params["loss"], (str, dict)):  # a wrapping loss (matryoshka)
+            params["loss"] = _loss_from_spec(params["loss"], model)
+        return build_loss(spec["name"], model, **params)
+    raise StedgeError(f"a loss is a name or a mapping {{name: ..., <parameters>}}, got {spec!r}")
+
+
+def merged_prompts(cfg: TrainConfig) -> Any:
+    """The run's prompts in one of the four forms (per-dataset prompts folded into dataset -> ...)."""
+    per_ds = {k: s.prompts for k, s in cfg.datasets.items() if s.prompts}
+    if not per_ds:
+        return cfg.prompts
+    if not cfg.multi:
+        return per_ds.get("train", cfg.prompts)
+    out: dict[str, Any] = {}
+    for name in cfg.datasets:
+        if name in per_ds:
+            out[name] = per_ds[name]
+        elif isinstance(cfg.prompts, str):
+            out[name] = cfg.prompts
+        elif isinstance(cfg.prompts, dict):
+            out[name] = cfg.prompts.get(name, {k: v for k, v in cfg.prompts.items() if isinstance(v, str)})
+    return out
+
+
+def detect_eval_task(columns: list[str]) -> str:
+    """sts for (text, text, score), triplet for (anchor, positive, negative)."""
+    from .data import split_columns
+
+    inputs, label = split_columns(columns)
+    if label is not None and len(inputs) >= 2:
+        return "sts"
+    if label is None and len(inputs) >= 3:
+        return "triplet"
+    raise StedgeError(
+        f"cannot tell which evaluator fits eval data with columns {', '.join(columns)}; "
+        f"name the task ({', '.join(EVAL_TASKS)})"
+    )
+
+
+def build_evaluator(task: str | None, data: Any, limit: int | None = None, name: str = "eval", split: str | None = None):
+    """An evaluator for a task over a data source (STS pairs, triplets, a BEIR folder, or rerank rows)."""
+    from ..data import read_rows, resolve_data_path
+
+    if task == "ir" or (task is None and resolve_data_path(data).is_dir()):
+        from ..evaluation import InformationRetrievalEvaluator, load_beir
+
+        queries, corpus, qrels = load_beir(resolve_data_path(data), split=split or "test")
+        if limit:
+            keep = list(qrels)[:limit]
+            qrels = {q: qrels[q] for q in keep}
+            queries = {q: queries[q] for q in keep}
+        return InformationRetrievalEvaluator(queries, corpus, qrels, name=name)
+    rows = read_rows(data, split=split)
+    if not rows:
+        raise StedgeError(f"eval data {data}: no rows")
+    if limit:
+        rows = rows[:limit]
+    cols = list(rows[0])
+    task = task or detect_eval_task(cols)
+    from .data import split_columns
+
+    inputs, label = split_columns(cols)
+    if task == "sts":
+        from ..data import read_sts
+        from ..evaluation import EmbeddingSimilarityEvaluator
+
+        pairs = read_sts(data, limit=limit)
+        return EmbeddingSimilarityEvaluator(pairs.sentences1, pairs.sentences2, pairs.scores, name=name)
+    if task == "triplet":
+        from ..evaluation import TripletEvaluator
+
+        a, p, n = _pick(cols, ("anchor", "query"), ("positive", "pos"), ("negative", "neg"), inputs, 3, data)
+        return TripletEvaluator([r[a] for r in rows], [r[p] for r in rows], [r[n] for r in rows], name=name)
+    if task == "rerank":
+        from ..evaluation import RerankingEvaluator
+
+        return RerankingEvaluator(rerank_samples(rows, data), name=name)
+    raise StedgeError(f"unknown task {task!r}; choose one of {', '.join(EVAL_TASKS)}")
+
+
+def _pick(cols: list[str], *args: Any) -> list[str]:
+    *names, inputs, n, data = args
+    chosen = []
+    for i, alternatives in enumerate(names):
+        c = next((x for x in alternatives if x in cols), None)
+        if c is None:
+            if len(inputs) < n:
+                raise StedgeError(f"eval data {data}: expected {n} text columns ({', '.join(a[0] for a in names)}), found {', '.join(cols)}")
+            c = inputs[i]
+        chosen.append(c)
+    return chosen
+
+
+def rerank_samples(rows: list[dict], data: Any) -> list[dict]:
+    """Group rerank rows into {query, positive: [...], negative: [...]} samples.
+
+    Accepted rows: (query, positive, negative) triplets, or (query, document, label) with label 1 = relevant.
+    """
+    cols = list(rows[0])
+    q = next((c for c in ("query", "anchor", "question", "sentence1") if c in cols), None)
+    if q is None:
+        raise StedgeError(f"rerank data {data}: needs a query column (query/anchor/question), found {', '.join(cols)}")
+    samples: dict[str, dict] = {}
+    if "positive" in cols and "negative" in cols:
+        for r in rows:
+            s = samples.setdefault(r[q], {"query": r[q], "positive": [], "negative": []})
+            if r["positive"] not in s["positive"]:
+                s["positive"].append(r["positive"])
+            if r["negative"] not in s["negative"]:
+                s["negative"].append(r["negative"])
+    else:
+        doc = next((c for c in ("document", "passage", "text", "sentence2", "positive") if c in cols), None)
+        lab = next((c for c in ("label", "score") if c in cols), None)
+        if doc is None or lab is None:
+            raise StedgeError(f"rerank data {data}: expected query/positive/negative or query/document/label columns, found {', '.join(cols)}")
+        for i, r in enumerate(rows):
+            try:
+                rel = float(r[lab]) > 0
+            except (TypeError, ValueError):
+                raise StedgeError(f"rerank data {data}: row {i + 1}: {lab} {r[lab]!r} is not a number") from None
+            s = samples.setdefault(r[q], {"query": r[q], "positive": [], "negative": []})
+            s["positive" if rel else "negative"].append(r[doc])
+    return [s for s in samples.values() if s["positive"]]
+
+
+def _limit(ds: Any, n: int | None) -> Any:
+    return ds.select(range(min(n, len(ds)))) if n else ds
+
+
+def run_training(
+    cfg: TrainConfig,
+    resume: bool | str = False,
+    callbacks: list | None = None,
+    device: str | None = None,
+    keep_checkpoints: bool = False,
+) -> dict[str, Any]:
+    """Train as the config says, save the model atomically to ``cfg.output``, and return a summary.
+
+    Checkpoints go to ``<output>_checkpoints`` (removed after success unless ``keep_checkpoints``);
+    ``resume=True`` continues from the last checkpoint there (a path picks one).
+    """
+    import shutil
+
+    from ..io import atomic_dir, dir_size
+    from ..models import SentenceEncoder
+    from .arguments import SentenceEncoderTrainingArguments
+    from .data import load_dataset, prepare_dataset, source_name
+    from .trainer import SentenceEncoderTrainer
+
+    out = Path(cfg.output)
+    if out.exists() and not cfg.overwrite:
+        raise StedgeError(f"output folder {out} already exists: pass --overwrite or choose another -o")
+    t0 = time.perf_counter()
+    model = SentenceEncoder(cfg.model, device=device)
+    if cfg.max_seq_length:
+        model.max_seq_length = int(cfg.max_seq_length)
+    if cfg.lora:
+        from ..errors import require
+
+        peft = require("peft", "train", "LoRA training")
+        try:
+            model.add_adapter(peft.LoraConfig(**cfg.lora))
+        except TypeError as e:
+            raise StedgeError(f"lora: {e} (the keys are peft.LoraConfig arguments: r, lora_alpha, lora_dropout, target_modules...)") from None
+
+    data: dict[str, Any] = {}
+    losses: dict[str, Any] = {}
+    columns: dict[str, Any] = {}
+    for name, spec in cfg.datasets.items():
+        ds = load_dataset(spec.data, split=spec.split, name=f"dataset '{name}'")
+        data[name] = _limit(ds, spec.limit)
+        losses[name] = _loss_from_spec(spec.loss, model)
+        columns[name] = spec.columns
+    if cfg.multi:
+        train_data, loss, cols = data, losses, columns
+    else:
+        train_data, loss, cols = data["train"], losses["train"], columns["train"]
+    train_data = prepare_dataset(train_data, loss, name="train data", columns=cols)
+
+    evaluator = None
+    if cfg.eval:
+        evaluator = build_evaluator(cfg.eval.get("task"), cfg.eval["data"], limit=cfg.eval.get("limit"),
+                                    name=cfg.eval.get("name") or _stem(cfg.eval["data"]), split=cfg.eval.get("split"))
+    ckpt_dir = Path(f"{out}_checkpoints")
+    args_d = {"save_strategy": "steps", "save_steps": 500, "save_total_limit": 2, "logging_steps": 10}
+    if evaluator is not None:
+        args_d["eval_strategy"] = "epoch"
+    args_d.update(cfg.args)
+    args_d["prompts"] = merged_prompts(cfg)
+    if device == "cpu":
+        args_d.setdefault("use_cpu", True)
+    if callbacks:
+        args_d.setdefault("disable_tqdm", True)
+    try:
+        args = SentenceEncoderTrainingArguments(output_dir=str(ckpt_dir), **args_d)
+    except TypeError as e:
+        raise StedgeError(f"args: {e} (keys are transformers TrainingArguments fields plus batch_sampler, "
+                          "multi_dataset_batch_sampler, prompts)") from None
+    except ValueError as e:
+        raise StedgeError(f"args: {e}") from None
+    data_desc = "; ".join(f"{k}: {source_name(s.data)}" for k, s in cfg.datasets.items())
+    trainer = SentenceEncoderTrainer(model, args, train_dataset=train_data, loss=loss, evaluator=evaluator,
+                                     callbacks=callbacks, base_model=cfg.model,
+                                     data_description=f"{data_desc} — {_describe(train_data)}")
+    if callbacks:  # our callbacks report progress: drop transformers' tqdm bar / stdout printer
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+    before = trainer.run_evaluator() if evaluator is not None else {}
+    resume_arg: Any = None
+    if resume:
+        resume_arg = resume if isinstance(resume, str) else True
+        if resume_arg is True and not any(ckpt_dir.glob("checkpoint-*")):
+            raise StedgeError(f"--resume: no checkpoint in {ckpt_dir} to resume from")
+    result = trainer.train(resume_from_checkpoint=resume_arg)
+    after = trainer.run_evaluator() if evaluator is not None else {}
+    if after:
+        trainer.log(dict(after))
+    with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
+        trainer.save_model(str(tmp))
+        (tmp / "training_args.bin").unlink(missing_ok=True)
+    if not keep_checkpoints:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    summary: dict[str, Any] = {
+        "output": str(out), "model": cfg.model, "train_rows": _rows(train_data),
+        "steps": int(trainer.state.global_step), "epochs": float(trainer.state.epoch or 0),
+        "train_loss": float(result.training_loss), "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 2),
+        "total_time_s": round(time.perf_counter() - t0, 2), "losses": {k: type(v).__name__ for k, v in losses.items()},
+        "metrics_before": before, "metrics_after": after, "adapter": bool(model.has_adapters),
+        "size_bytes": dir_size(out),
+    }
+    if model.has_adapters and (out / "adapter_model.safetensors").exists():
+        summary["adapter_size_bytes"] = (out / "adapter_model.safetensors").stat().st_size
+    return summary
+
+
+def _stem(source: Any) -> str:
+    """'dev' for stsb/dev.tsv.gz, 'scifact' for a BEIR folder."""
+    return Path(str(source)).name.split(".")[0] or "eval"
+
+
+def _rows(ds: Any) -> int | dict[str, int]:
+    return {k: len(v) for k, v in ds.items()} if hasattr(ds, "keys") else len(ds)
+
+
+def _describe(ds: Any) -> str:
+    from .data import describe
+
+    return describe(ds)
