@@ -1,0 +1,43 @@
+"""`stedge bench SUITE_OR_PATH`: run a benchmark suite (also `python -m benchmarks`)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def bench(
+    suite: str = typer.Argument(..., help="Suite name in benchmarks/suites/ (cpu, gpu, smoke) or a .toml file."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for results.json, results.md and the PNGs "
+                                       "(default: benchmarks/results/<suite>; with --quick models/bench-<suite>-quick, git-ignored)."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=0, help="Thread budget for every engine (0: all physical cores; default: the suite's)."),
+    quick: bool = typer.Option(False, "--quick", help="One repetition, fewer texts and batch sizes: a fast look, not for quoting."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results JSON on stdout (progress and logs go to stderr)."),
+) -> None:
+    """Measure every subject of a suite side by side: speed, latency, memory, cold start and accuracy."""
+    from .report import markdown_table
+    from .runner import PROJECT_ROOT, RESULTS_DIR, load_suite, run_suite
+
+    s = load_suite(suite)
+    if quick:
+        s = s.quick()
+    target = out or (PROJECT_ROOT / s.models_dir / f"bench-{s.name}-quick" if quick else RESULTS_DIR / s.name)
+    log = (lambda msg: typer.echo(msg, err=True))
+    results = run_suite(s, out_dir=target, threads=threads, progress=sys.stderr.isatty() or not as_json, log=log)
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    typer.echo(markdown_table(results))
+    typer.echo(f"\nresults written to {target}/ (results.json, results.md, speedup_vs_accuracy.png, throughput_vs_batch.png)")
+    failed = [r for r in results["rows"] if r["status"] == "error"]
+    if failed:
+        typer.secho(f"{len(failed)} subject(s) failed: " + "; ".join(f"{r['id']}: {r['reason']}" for r in failed), fg="red", err=True)
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `bench` to the stedge app."""
+    app.command("bench")(bench)

@@ -1,0 +1,118 @@
+"""Model FLOPs from the config, and a GEMM peak measured in the same run at the same thread budget.
+
+FLOPs of a transformer encoder on one text of ``n`` tokens (one multiply-add = 2 FLOPs)::
+
+    flops(n) = L * ( 2 * n * (4*h*h + 2*h*i)      # Q, K, V, output projections + the two FFN matrices
+                   + 4 * n*n * h )                 # attention: Q @ K^T and softmax(.) @ V
+
+with ``L`` layers, hidden size ``h`` and FFN (intermediate) size ``i`` from ``config.json``. Embedding
+look-ups, layer norms, softmax, biases, pooling and a small Dense head are left out (< 1 % for
+MiniLM-sized models). Only real tokens count, never padding: achieved GFLOP/s is the *useful* work
+per second, so padding waste shows up as a lower number. Int8 subjects execute the same FLOPs as
+int8 operations; their share is still given against the fp32 GEMM peak (it may exceed 100 %).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from stedge.errors import InvalidModelError
+
+# config.json keys per meaning, in the spellings of common architectures (BERT, DistilBERT, T5, GPT-2...).
+_KEYS = {
+    "hidden": ("hidden_size", "dim", "d_model", "n_embd"),
+    "layers": ("num_hidden_layers", "n_layers", "num_layers", "n_layer"),
+    "intermediate": ("intermediate_size", "hidden_dim", "d_ff", "ffn_dim", "n_inner"),
+}
+
+
+def model_dims(model_path: str | os.PathLike) -> dict[str, int]:
+    """Layers, hidden and intermediate size from a model's (or artifact's) config.json."""
+    root = Path(model_path)
+    cands = [root / "config.json", root / "0_Transformer" / "config.json"]
+    file = next((c for c in cands if c.exists()), None)
+    if file is None:
+        raise InvalidModelError(f"{root}: no config.json (looked in {', '.join(str(c) for c in cands)}); cannot count FLOPs")
+    cfg = json.loads(file.read_text(encoding="utf-8"))
+    out = {}
+    for name, keys in _KEYS.items():
+        val = next((cfg[k] for k in keys if isinstance(cfg.get(k), int)), None)
+        if val is None and name == "intermediate" and "hidden" in out:
+            val = 4 * out["hidden"]  # the usual default when the config leaves it out
+        if val is None:
+            raise InvalidModelError(f"{file}: none of the fields {', '.join(keys)} is set; cannot count FLOPs")
+        out[name] = int(val)
+    return out
+
+
+def text_flops(n_tokens: int, dims: dict[str, int]) -> float:
+    """FLOPs of one forward pass over one text of ``n_tokens`` tokens (see the module docstring)."""
+    h, i, L, n = dims["hidden"], dims["intermediate"], dims["layers"], n_tokens
+    return float(L * (2 * n * (4 * h * h + 2 * h * i) + 4 * n * n * h))
+
+
+def total_flops(token_counts: Sequence[int], dims: dict[str, int]) -> float:
+    """Sum of text_flops over texts with the given token counts."""
+    return float(sum(text_flops(n, dims) for n in token_counts))
+
+
+def gemm_peak(threads: int, device: str = "cpu", size: int | None = None, seconds: float = 2.0) -> dict[str, Any]:
+    """Measured GEMM GFLOP/s (best of repeated square matmuls) at ``threads`` threads.
+
+    CPU: torch fp32 (numpy when torch is absent). CUDA: torch fp32 (TF32 off) and fp16.
+    """
+    out: dict[str, Any] = {"device": device, "threads": threads}
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if device.startswith("cuda"):
+        if torch is None or not torch.cuda.is_available():
+            raise InvalidModelError(f"device {device!r}: torch sees no CUDA device; cannot measure a GPU GEMM peak")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        n = size or 8192
+        for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
+            a = torch.randn(n, n, device=device, dtype=dtype)
+            b = torch.randn(n, n, device=device, dtype=dtype)
+            best = _best(lambda: (a @ b, torch.cuda.synchronize()), 2.0 * n**3, seconds)
+            out[f"gflops_{name}"] = best
+        out.update(size=n, library=f"torch {torch.__version__}")
+        out["gflops"] = out["gflops_fp32"]
+        return out
+    n = size or 1024
+    if torch is not None:
+        torch.set_num_threads(threads)
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        out["gflops"] = _best(lambda: a @ b, 2.0 * n**3, seconds)
+        out["library"] = f"torch {torch.__version__}"
+    else:
+        import numpy as np
+
+        a = np.random.rand(n, n).astype(np.float32)
+        b = np.random.rand(n, n).astype(np.float32)
+        out["gflops"] = _best(lambda: a @ b, 2.0 * n**3, seconds)
+        out["library"] = f"numpy {np.__version__}"
+    out["size"] = n
+    out["gflops_fp32"] = out["gflops"]
+    return out
+
+
+def _best(fn, flops: float, seconds: float) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    end = time.perf_counter() + seconds
+    reps = 0
+    while reps < 3 or time.perf_counter() < end:
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+        reps += 1
+    return round(flops / best / 1e9, 1)
+
+
+if __name__ == "__main__":  # python -m benchmarks.gemm THREADS DEVICE  (run by the runner in a clean process)
+    print(json.dumps(gemm_peak(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "cpu")))

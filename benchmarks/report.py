@@ -1,0 +1,342 @@
+"""Results out: the JSON (with its schema), a Markdown table, and PNG plots (matplotlib, Agg)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from stedge.errors import StedgeError
+
+_NUM = {"type": ["number", "null"]}
+_THROUGHPUT = {
+    "type": "object",
+    "required": ["sentences_per_s", "sentences_per_s_min", "sentences_per_s_max", "spread_pct", "tokens_per_s", "gflops", "seconds"],
+    "properties": {"seconds": {"type": "array", "items": {"type": "number"}, "minItems": 1}},
+}
+ROW_OK_REQUIRED = [
+    "throughput", "headline_sentences_per_s", "latency_ms", "cold_start_s", "peak_rss_mb", "size_mb", "accuracy",
+    "gflops", "gemm_share", "speedup_vs_torch", "speedup_vs_best_peer",
+]
+RESULTS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["schema_version", "suite", "started", "finished", "machine", "load_average", "threads", "gemm_peak", "data", "models", "rows"],
+    "properties": {
+        "schema_version": {"const": 1},
+        "machine": {"type": "object", "required": ["cpu", "isa_flags", "cores_physical", "cores_logical", "gpu", "libraries"]},
+        "threads": {"type": "object", "required": ["budget"], "properties": {"budget": {"type": "integer", "minimum": 1}}},
+        "gemm_peak": {"type": "object", "required": ["gflops", "threads", "device"]},
+        "rows": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["id", "model", "label", "kind", "device", "backend", "status", "peer", "reference"],
+                "properties": {"status": {"enum": ["ok", "skipped", "error"]}},
+                "if": {"properties": {"status": {"const": "ok"}}},
+                "then": {
+                    "required": ROW_OK_REQUIRED,
+                    "properties": {
+                        "throughput": {"type": "object", "minProperties": 1, "additionalProperties": _THROUGHPUT},
+                        "latency_ms": {"type": "object", "required": ["p50", "p95", "p99"]},
+                        "accuracy": {"type": "object", "required": ["spearman", "mean_cosine", "min_cosine", "pairs"],
+                                     "properties": {"spearman": {"type": "number"}, "mean_cosine": {"type": "number"},
+                                                    "min_cosine": {"type": "number"}}},
+                        "cold_start_s": {"type": "number", "exclusiveMinimum": 0},
+                        "peak_rss_mb": {"type": "number", "exclusiveMinimum": 0},
+                        "headline_sentences_per_s": {"type": "number", "exclusiveMinimum": 0},
+                        "speedup_vs_torch": _NUM, "speedup_vs_best_peer": _NUM, "gemm_share": _NUM,
+                    },
+                },
+                "else": {"required": ["reason"]},
+            },
+        },
+    },
+}
+
+
+def validate(results: dict[str, Any]) -> None:
+    """Check a results dict against RESULTS_SCHEMA (jsonschema); raise StedgeError naming the path at fault."""
+    from stedge.errors import require
+
+    jsonschema = require("jsonschema", "dev", "checking benchmark results")
+    try:
+        jsonschema.validate(results, RESULTS_SCHEMA)
+    except jsonschema.ValidationError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise StedgeError(f"benchmark results do not match the schema at {where}: {e.message}") from None
+
+
+# --------------------------------------------------------------------------- summary
+FP32_ACCURATE_MIN_COSINE = 0.999
+SPEARMAN_POINTS = 1.0
+
+
+def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per model: stedge's fastest fp32-accurate subject (min cosine >= 0.999 to PyTorch fp32) and its
+    fastest subject within 1 Spearman point of PyTorch fp32, each against sentence-transformers' best
+    backend (throughput at the headline batch size, batch-1 p50, cold start, peak RSS)."""
+    out = []
+    rows = [r for r in results["rows"] if r["status"] == "ok"]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        rs = [r for r in rows if r["model"] == model]
+        ours = [r for r in rs if not r["peer"]]
+        peers = [r for r in rs if r["peer"]]
+        if not ours:
+            continue
+        best_peer = max(peers, key=lambda r: r["headline_sentences_per_s"], default=None)
+        picks = {
+            "fastest_fp32_accurate": [r for r in ours if r["accuracy"]["min_cosine"] >= FP32_ACCURATE_MIN_COSINE],
+            "fastest_within_1_spearman_point": [r for r in ours if r["accuracy"].get("spearman_delta", 0.0) >= -SPEARMAN_POINTS],
+        }
+        entry: dict[str, Any] = {"model": model, "best_peer": _brief(best_peer) if best_peer else None}
+        for key, cands in picks.items():
+            best = max(cands, key=lambda r: r["headline_sentences_per_s"], default=None)
+            if best is None:
+                entry[key] = None
+                continue
+            e = _brief(best)
+            if best_peer:
+                e["throughput_ratio_vs_best_peer"] = best["headline_sentences_per_s"] / best_peer["headline_sentences_per_s"]
+                e["p50_ratio_vs_best_peer"] = best["latency_ms"]["p50"] / best_peer["latency_ms"]["p50"]
+                e["cold_start_ratio_vs_best_peer"] = best["cold_start_s"] / best_peer["cold_start_s"]
+                e["peak_rss_ratio_vs_best_peer"] = best["peak_rss_mb"] / best_peer["peak_rss_mb"]
+            entry[key] = e
+        out.append(entry)
+    return out
+
+
+def _brief(r: dict[str, Any]) -> dict[str, Any]:
+    return {"label": r["label"], "sentences_per_s": r["headline_sentences_per_s"], "spearman": r["accuracy"]["spearman"],
+            "min_cosine": r["accuracy"]["min_cosine"], "p50_ms": r["latency_ms"]["p50"], "cold_start_s": r["cold_start_s"],
+            "peak_rss_mb": r["peak_rss_mb"], "size_mb": r.get("size_mb"),
+            "speedup_vs_baseline_model": r.get("speedup_vs_baseline_model")}
+
+
+def summary_markdown(results: dict[str, Any]) -> str:
+    """The summary as bullet points."""
+    lines = []
+    head = results["suite"]["headline_batch_size"]
+    for s in summary(results):
+        peer = s["best_peer"]
+        if peer is None:
+            continue
+        lines.append(f"- **{s['model']}** — sentence-transformers' best backend: {peer['label']} "
+                     f"({peer['sentences_per_s']:.0f} sent/s at batch {head}, p50 {peer['p50_ms']:.2f} ms, cold start "
+                     f"{peer['cold_start_s']:.2f} s, peak RSS {peer['peak_rss_mb']:.0f} MB, ρ×100 {peer['spearman']:.2f}).")
+        for key, what in (("fastest_fp32_accurate", f"fastest fp32-accurate (min cos ≥ {FP32_ACCURATE_MIN_COSINE})"),
+                          ("fastest_within_1_spearman_point", "fastest within 1 Spearman point")):
+            e = s.get(key)
+            if not e:
+                continue
+            lines.append(
+                f"  - {what}: {e['label']}: {e['sentences_per_s']:.0f} sent/s = **{e['throughput_ratio_vs_best_peer']:.2f}×** the best peer; "
+                f"p50 {e['p50_ms']:.2f} ms ({e['p50_ratio_vs_best_peer']:.2f}×), cold start {e['cold_start_s']:.2f} s "
+                f"({e['cold_start_ratio_vs_best_peer']:.2f}×), peak RSS {e['peak_rss_mb']:.0f} MB ({e['peak_rss_ratio_vs_best_peer']:.2f}×), "
+                f"ρ×100 {e['spearman']:.2f}, min cos {e['min_cosine']:.4f}.")
+    for r in results["rows"]:
+        if r.get("status") == "ok" and r.get("speedup_vs_baseline_model") is not None:
+            lines.append(f"- {r['model']} / {r['label']}: {r['speedup_vs_baseline_model']:.2f}× the same subject on {r['baseline_model']}.")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- markdown
+def _f(x: Any, fmt: str = "{:.1f}") -> str:
+    return "–" if x is None else fmt.format(x)
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """One row per subject: accuracy beside speed, memory, cold start, efficiency, speedups."""
+    bss = results["suite"]["batch_sizes"]
+    head = results["suite"]["headline_batch_size"]
+    cols = (["model", "subject", "size MB", "STS-B ρ×100", "Δρ", "min cos", "mean cos"]
+            + [f"sent/s bs={b}" for b in bss]
+            + ["p50 ms", "p99 ms", "cold start s", "peak RSS MB", f"GFLOP/s bs={head}", "% GEMM peak", "× torch", "× best peer"])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(cols) - 2)) + "|"]
+    for r in results["rows"]:
+        if r["status"] != "ok":
+            lines.append(f"| {r['model']} | {r['label']} | " + f"{r['status']}: {r.get('reason', '')} |".replace("\n", " ")
+                         + " |" * (len(cols) - 3))
+            continue
+        a = r["accuracy"]
+        cells = [r["model"], r["label"], _f(r["size_mb"]), _f(a["spearman"], "{:.2f}"), _f(a.get("spearman_delta"), "{:+.2f}"),
+                 _f(a["min_cosine"], "{:.4f}"), _f(a["mean_cosine"], "{:.5f}")]
+        cells += [_f(r["throughput"].get(str(b), {}).get("sentences_per_s"), "{:.0f}") for b in bss]
+        cells += [_f(r["latency_ms"]["p50"], "{:.2f}"), _f(r["latency_ms"]["p99"], "{:.2f}"), _f(r["cold_start_s"], "{:.2f}"),
+                  _f(r["peak_rss_mb"], "{:.0f}"), _f(r["gflops"], "{:.1f}"),
+                  _f(None if r["gemm_share"] is None else 100 * r["gemm_share"], "{:.0f}"),
+                  _f(r["speedup_vs_torch"], "{:.2f}"), _f(r["speedup_vs_best_peer"], "{:.2f}")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machine_line(results: dict[str, Any]) -> str:
+    """One line: CPU, cores, ISA, GPU, load, thread budget."""
+    m = results["machine"]
+    gpu = m["gpu"]["name"] if m.get("gpu") else "no GPU"
+    load = results["load_average"]
+    return (f"{m['cpu']} ({m['cores_physical']} cores / {m['cores_logical']} threads; {', '.join(m['isa_flags'])}); {gpu}; "
+            f"thread budget {results['threads']['budget']}; load average before {load['before']}, after {load['after']}")
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The whole Markdown report: setup, table, notes on how to read it."""
+    s = results["suite"]
+    d = results["data"]
+    g = results["gemm_peak"]
+    libs = results["machine"]["libraries"]
+    lib_line = ", ".join(f"{k} {v}" for k, v in libs.items())
+    models = "; ".join(
+        f"{m['name']}: {m['layers']} layers, hidden {m['hidden']}, reference STS-B ρ×100 {_f(m['reference_spearman'], '{:.2f}')}, "
+        f"{m['mean_tokens_per_text']:.1f} tokens/text" for m in results["models"])
+    return "\n".join([
+        f"# Benchmark: suite `{s['name']}` ({results['started'][:10]})",
+        "",
+        f"- Machine: {machine_line(results)}",
+        f"- Libraries: {lib_line}",
+        f"- Models: {models}",
+        f"- Texts: {d['num_texts']} from `{d['texts']}` per pass, {s['repetitions']} timed passes per batch size after warm-up (median; "
+        f"spread in the JSON); batch-1 latency on {d['num_queries']} short queries from `{d['queries']}`; accuracy on {d['accuracy_pairs']} "
+        f"STS pairs from `{d['accuracy']}` (cosine to the stedge PyTorch fp32 CPU reference over {d['accuracy_texts']} texts).",
+        f"- GEMM peak measured in this run: {g['gflops']:.0f} GFLOP/s ({g.get('library', '')}, {g['threads']} threads, {g.get('size')}² fp32).",
+        f"- Speedups use sentences/s at batch {s['headline_batch_size']}; × torch is vs stedge PyTorch fp32, × best peer vs the fastest "
+        "sentence-transformers backend. Cold start: process start to the first vector (files in the page cache).",
+        *(f"- Skipped model {m['name']}: {m['reason']}" for m in results.get("skipped_models") or []),
+        "",
+        "## Summary",
+        "",
+        summary_markdown(results) or "(no sentence-transformers peer in this run)",
+        "",
+        "## All subjects",
+        "",
+        markdown_table(results),
+        "",
+    ])
+
+
+# --------------------------------------------------------------------------- plots
+def plot_speedup_vs_accuracy(results: dict[str, Any], path: Path) -> None:
+    """Scatter: speedup vs stedge PyTorch fp32 (x) against STS-B Spearman (y), one point per subject."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 6))
+    ok = [r for r in results["rows"] if r["status"] == "ok"]
+    # One x axis for every model: the first model's stedge PyTorch fp32 (so a student sits beside its teacher).
+    base = next((r for r in ok if r["reference"]), None)
+    if base is None:
+        plt.close(fig)
+        return
+    for r in ok:
+        x = r["headline_sentences_per_s"] / base["headline_sentences_per_s"]
+        color = "tab:gray" if r["peer"] else ("tab:red" if r["kind"] == "stedge-torch" else "tab:blue")
+        ax.scatter(x, r["accuracy"]["spearman"], color=color, marker="s" if r["peer"] else "o")
+        name = r["label"].replace("sentence-transformers", "ST").replace("stedge ", "")
+        if r["model"] != base["model"]:
+            name = f"{r['model']}: {name}"
+        ax.annotate(name, (x, r["accuracy"]["spearman"]), fontsize=7, xytext=(3, 3), textcoords="offset points", rotation=20)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(f"speedup vs {base['model']} stedge PyTorch fp32 (sentences/s at batch {results['suite']['headline_batch_size']}, log scale)")
+    ax.set_ylabel("STS-B test Spearman × 100")
+    ax.set_title("Speed vs accuracy (circles: stedge, squares: sentence-transformers)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_throughput_vs_batch(results: dict[str, Any], path: Path) -> None:
+    """Lines: sentences/s per batch size, one line per subject (log-scaled batch axis)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for r in (r for r in results["rows"] if r["status"] == "ok"):
+        bss = sorted(int(b) for b in r["throughput"])
+        ys = [r["throughput"][str(b)]["sentences_per_s"] for b in bss]
+        label = r["label"] if len(results["models"]) == 1 else f"{r['model']}: {r['label']}"
+        ax.plot(bss, ys, marker="o", linestyle="--" if r["peer"] else "-", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("sentences / s")
+    ax.set_title("Throughput vs batch size (dashed: sentence-transformers)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _pyplot():
+    from stedge.errors import require
+
+    mpl = require("matplotlib", "bench", "drawing benchmark plots")
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_all(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Validate, then write results.json, results.md, speedup_vs_accuracy.png and throughput_vs_batch.png."""
+    results["summary"] = summary(results)
+    validate(results)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"json": out_dir / "results.json", "markdown": out_dir / "results.md",
+             "speedup_plot": out_dir / "speedup_vs_accuracy.png", "throughput_plot": out_dir / "throughput_vs_batch.png"}
+    _write_text(files["json"], json.dumps(results, indent=2))
+    _write_text(files["markdown"], markdown(results))
+    plot_speedup_vs_accuracy(results, files["speedup_plot"])
+    plot_throughput_vs_batch(results, files["throughput_plot"])
+    return files
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def readme(results: dict[str, Any], run_dir: str, notes: str = "") -> str:
+    """benchmarks/results/README.md for one run: date, machine, load, summary, table, plots, how to reproduce."""
+    s = results["suite"]
+    return "\n".join([
+        "# Benchmark results",
+        "",
+        f"Suite `{s['name']}` ({Path(s['file']).name}), run on {results['started'][:10]} "
+        f"({results['started'][11:16]}–{results['finished'][11:16]} UTC). Files: [`{run_dir}/results.json`]({run_dir}/results.json), "
+        f"[`{run_dir}/results.md`]({run_dir}/results.md).",
+        "",
+        f"**Machine:** {machine_line(results)}.",
+        "",
+        notes,
+        "",
+        "## Summary",
+        "",
+        summary_markdown(results),
+        "",
+        "## Table",
+        "",
+        markdown_table(results),
+        "",
+        f"![speedup vs accuracy]({run_dir}/speedup_vs_accuracy.png)",
+        "",
+        f"![throughput vs batch size]({run_dir}/throughput_vs_batch.png)",
+        "",
+        "## Reproduce",
+        "",
+        "```bash",
+        f"stedge bench {s['name']}        # or: python -m benchmarks {s['name']}",
+        "```",
+        "",
+        "How each column is measured: [benchmarks/README.md](../README.md).",
+        "",
+    ])
+
+
+def load_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a results.json (or the results.json inside a folder)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.json"
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StedgeError(f"{p} not found: pass a results.json or the folder that holds it") from None

@@ -1,0 +1,603 @@
+"""Run a suite: build what is missing, measure every subject in its own process, collect the results.
+
+Fairness rules applied here:
+
+* the same texts (throughput, latency queries, STS pairs) for every subject of a model;
+* the same thread budget for every engine: ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` /
+  ``OPENBLAS_NUM_THREADS`` / ``RAYON_NUM_THREADS`` in the worker's environment, plus
+  ``torch.set_num_threads`` (torch subjects), ``intra_op_num_threads`` (ONNX Runtime) and
+  ``INFERENCE_NUM_THREADS`` (OpenVINO), all set from the suite's ``threads`` and recorded;
+* warm-up before timing, several repetitions, median with min/max spread;
+* one subprocess per subject, so cold start and peak RSS are the subject's own.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from stedge.errors import StedgeError
+
+from .subjects import RuntimeVariant, STPeer, StedgeTorch, Subject
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SCHEMA_VERSION = 1
+
+
+# --------------------------------------------------------------------------- suite
+@dataclass
+class ModelEntry:
+    """One model of a suite and what to measure on it."""
+
+    name: str
+    ref: str
+    artifact: str | None = None
+    torch: list[str] = field(default_factory=lambda: ["fp32"])
+    variants: list[str] = field(default_factory=list)
+    peers: list[str] = field(default_factory=list)
+    baseline_model: str | None = None  # compare speed with this other model of the suite (a teacher)
+    optional: bool = False  # skip (and say so) when the ref does not resolve, e.g. a student not trained yet
+
+
+@dataclass
+class Suite:
+    """A benchmark suite (see benchmarks/suites/*.toml and benchmarks/README.md for the fields)."""
+
+    name: str
+    file: str
+    models: list[ModelEntry]
+    description: str = ""
+    device: str = "cpu"
+    threads: int = 0
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32, 128])
+    headline_batch_size: int = 32
+    repetitions: int = 3
+    warmup: int = 1
+    latency_rounds: int = 1
+    timeout_s: int = 900
+    models_dir: str = "models"
+    texts: str = "stsb/test.tsv.gz"
+    num_texts: int = 800
+    num_texts_batch1: int = 0  # throughput at batch size 1 over only the first N texts (0: all); latency has its own queries
+    queries: str = "ir/scifact/queries.jsonl.gz"
+    num_queries: int = 100
+    accuracy: str = "stsb/test.tsv.gz"
+    accuracy_pairs: int = 0
+    calibration: str = "stsb/train.tsv.gz"
+    calibration_texts: int = 200
+
+    def quick(self) -> "Suite":
+        """A shortened copy for a fast look: one repetition, fewer texts and batch sizes."""
+        import copy
+
+        s = copy.deepcopy(self)
+        s.repetitions = 1
+        s.batch_sizes = sorted({self.batch_sizes[0], self.headline_batch_size})
+        s.num_texts = min(self.num_texts, 128)
+        s.num_texts_batch1 = min(self.num_texts_batch1 or 32, 32)
+        s.num_queries = min(self.num_queries, 20)
+        s.accuracy_pairs = min(self.accuracy_pairs or 200, 200)
+        return s
+
+
+_SUITE_KEYS = {k for k in Suite.__dataclass_fields__} - {"name", "file", "models"}
+_MODEL_KEYS = set(ModelEntry.__dataclass_fields__)
+
+
+def find_suite(name_or_path: str | os.PathLike) -> Path:
+    """A suite file from a path, or a name in benchmarks/suites/ (``cpu`` -> suites/cpu.toml)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    cand = SUITES_DIR / (p.name if p.suffix == ".toml" else f"{p.name}.toml")
+    if cand.is_file():
+        return cand
+    known = ", ".join(sorted(f.stem for f in SUITES_DIR.glob("*.toml")))
+    raise StedgeError(f"suite {str(name_or_path)!r} not found: pass a .toml file or one of: {known}")
+
+
+def load_suite(name_or_path: str | os.PathLike) -> Suite:
+    """Read and check a suite TOML file (unknown keys and wrong types are errors naming the key)."""
+    file = find_suite(name_or_path)
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise StedgeError(f"{file}: not valid TOML ({e})") from None
+    models_raw = data.pop("models", None)
+    name = str(data.pop("name", file.stem))
+    unknown = set(data) - _SUITE_KEYS
+    if unknown:
+        raise StedgeError(f"{file}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_SUITE_KEYS))}")
+    if not isinstance(models_raw, list) or not models_raw:
+        raise StedgeError(f"{file}: needs at least one [[models]] table with a 'ref'")
+    models = []
+    for i, m in enumerate(models_raw):
+        bad = set(m) - _MODEL_KEYS
+        if bad:
+            raise StedgeError(f"{file}: models[{i}]: unknown key(s) {', '.join(sorted(bad))}; allowed: {', '.join(sorted(_MODEL_KEYS))}")
+        if not m.get("ref"):
+            raise StedgeError(f"{file}: models[{i}] needs 'ref' (a model reference or an artifact folder)")
+        m.setdefault("name", Path(str(m["ref"]).rstrip("/")).name)
+        for key in ("torch", "variants", "peers"):
+            if key in m and not (isinstance(m[key], list) and all(isinstance(x, str) for x in m[key])):
+                raise StedgeError(f"{file}: models[{i}].{key} must be a list of strings")
+        models.append(ModelEntry(**m))
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise StedgeError(f"{file}: model names must be unique (got {names}); set 'name' on each [[models]]")
+    suite = Suite(name=name, file=str(file), models=models, **data)
+    for key in ("batch_sizes",):
+        vals = getattr(suite, key)
+        if not vals or not all(isinstance(b, int) and b >= 1 for b in vals):
+            raise StedgeError(f"{file}: {key} must be a non-empty list of integers >= 1, got {vals!r}")
+    if suite.repetitions < 1:
+        raise StedgeError(f"{file}: repetitions must be >= 1, got {suite.repetitions}")
+    if suite.headline_batch_size not in suite.batch_sizes:
+        raise StedgeError(f"{file}: headline_batch_size {suite.headline_batch_size} must be one of batch_sizes {suite.batch_sizes}")
+    for m in models:
+        if m.baseline_model is not None and m.baseline_model not in names:
+            raise StedgeError(f"{file}: models '{m.name}': baseline_model {m.baseline_model!r} is not a model of this suite ({', '.join(names)})")
+    return suite
+
+
+def resolve_threads(threads: int) -> int:
+    """0 means all physical cores."""
+    if threads and threads > 0:
+        return int(threads)
+    import psutil
+
+    return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """Environment for every worker: the thread budget for each library, and quiet logs."""
+    env = dict(os.environ)
+    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"):
+        env[k] = str(threads)
+    env["TOKENIZERS_PARALLELISM"] = "true"
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+# --------------------------------------------------------------------------- data
+@dataclass
+class BenchData:
+    """The texts every subject of a run sees."""
+
+    texts: list[str]
+    queries: list[str]
+    sts_texts: list[str]
+    sts_i1: list[int]
+    sts_i2: list[int]
+    sts_scores: list[float]
+    sources: dict[str, Any]
+
+
+def _read_sts_any(source: str, limit: int | None):
+    from stedge.data import read_sts, resolve_data_path
+
+    if resolve_data_path(source).exists():
+        return read_sts(source, limit=limit), source
+    hub = "sentence-transformers/stsb@test"
+    try:
+        return read_sts(hub, limit=limit), hub
+    except StedgeError as e:
+        raise StedgeError(f"STS data {source!r} not found locally and the Hub fallback failed ({e}); set 'accuracy' in the suite") from None
+
+
+def load_data(suite: Suite) -> BenchData:
+    """Throughput texts, short latency queries and STS pairs, as the suite names them."""
+    from stedge.data import read_texts, resolve_data_path
+
+    pairs, acc_src = _read_sts_any(suite.accuracy, suite.accuracy_pairs or None)
+    uniq: dict[str, int] = {}
+    for t in pairs.sentences1 + pairs.sentences2:
+        uniq.setdefault(t, len(uniq))
+    sts_texts = list(uniq)
+    if resolve_data_path(suite.texts).exists():
+        texts = read_texts(suite.texts, limit=suite.num_texts)
+    else:
+        texts = sts_texts[: suite.num_texts]
+    if resolve_data_path(suite.queries).exists():
+        queries = read_texts(suite.queries, column="text" if "jsonl" in suite.queries else None, limit=suite.num_queries)
+    else:  # the shortest STS sentences stand in for queries
+        queries = sorted(sts_texts, key=len)[: suite.num_queries]
+    if len(texts) < 1 or len(queries) < 1:
+        raise StedgeError(f"suite {suite.name}: no throughput texts or queries were read (texts={suite.texts!r}, queries={suite.queries!r})")
+    return BenchData(
+        texts=texts, queries=queries, sts_texts=sts_texts,
+        sts_i1=[uniq[t] for t in pairs.sentences1], sts_i2=[uniq[t] for t in pairs.sentences2],
+        sts_scores=list(pairs.scores),
+        sources={"texts": suite.texts, "num_texts": len(texts), "queries": suite.queries, "num_queries": len(queries),
+                 "accuracy": acc_src, "accuracy_pairs": len(pairs), "accuracy_texts": len(sts_texts)},
+    )
+
+
+def token_counts(model_path: Path, texts: list[str]) -> list[int]:
+    """Tokens per text (special tokens included, truncated at the model's max_seq_length)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_path / "tokenizer.json"))
+    max_len = 512
+    for cfg, key in (("stedge.json", "max_seq_length"), ("sentence_bert_config.json", "max_seq_length")):
+        f = model_path / cfg
+        if f.exists():
+            val = json.loads(f.read_text(encoding="utf-8")).get(key)
+            if isinstance(val, int):
+                max_len = val
+                break
+    tok.no_padding()
+    tok.enable_truncation(max_len)
+    return [len(e.ids) for e in tok.encode_batch(texts)]
+
+
+# --------------------------------------------------------------------------- building
+
+
+def ensure_artifact(entry: ModelEntry, model_path: Path, suite: Suite, data: BenchData, log: Callable[[str], None]) -> Path | None:
+    """The artifact folder with every variant the entry asks for; missing ones are built via export_model."""
+    if not entry.variants:
+        return None
+    from stedge_runtime.manifest import is_artifact
+
+    if is_artifact(model_path) and entry.artifact is None:
+        return model_path  # the ref is an artifact already: measure what it holds
+    art = Path(entry.artifact) if entry.artifact else PROJECT_ROOT / suite.models_dir / f"{entry.name}-bench"
+    from .build import build_variants
+
+    build_variants(model_path, art, entry.variants, calibration=(suite.calibration, suite.calibration_texts),
+                   device=suite.device, log=log)
+    return art
+
+
+def prepare_peer(model_path: Path, backend: str, cache_root: Path, name: str, log: Callable[[str], None]) -> Path:
+    """A folder sentence-transformers loads with ``backend`` without exporting on load.
+
+    torch reads the model folder as is; onnx/openvino use sentence-transformers' own export
+    (through optimum), saved once under ``<models_dir>/.bench-cache/`` and reused while the
+    source weights' hash is unchanged.
+    """
+    if backend == "torch":
+        return model_path
+    from stedge.io import atomic_dir, sha256_file
+
+    weights = next((model_path / f for f in ("model.safetensors", "pytorch_model.bin") if (model_path / f).exists()), None)
+    digest = sha256_file(weights) if weights else "none"
+    out = cache_root / f"{name}-st-{backend}"
+    stamp = out / ".bench-source-sha256"
+    if stamp.exists() and stamp.read_text().strip() == digest and (out / STPeer.FILES[backend]).exists():
+        return out
+    log(f"exporting the sentence-transformers {backend} peer of {name}")
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(model_path), backend=backend, device="cpu", local_files_only=True)
+    with atomic_dir(out, overwrite=True) as tmp:
+        model.save(str(tmp))
+        if not (tmp / STPeer.FILES[backend]).exists():
+            raise StedgeError(f"sentence-transformers saved no {STPeer.FILES[backend]} for the {backend} peer of {model_path}")
+        (tmp / ".bench-source-sha256").write_text(digest)
+    return out
+
+
+def make_subjects(entry: ModelEntry, model_path: Path, artifact: Path | None, peer_paths: dict[str, Path], device: str) -> list[Subject]:
+    """Subjects of one model entry, reference (stedge torch fp32) first."""
+    subs: list[Subject] = [StedgeTorch(entry.name, str(model_path), device, p) for p in entry.torch]
+    if artifact is not None:
+        from .machine import int8_isa
+
+        for v in entry.variants:
+            v = v.replace("{isa}", int8_isa())
+            dev = device
+            if v.startswith("tensorrt:"):
+                v, dev = v.split(":", 1)[1], "tensorrt"
+            subs.append(RuntimeVariant(entry.name, str(artifact), dev, v))
+    for p in entry.peers:
+        backend, _, prec = p.partition(":")
+        subs.append(STPeer(entry.name, str(peer_paths.get(backend, model_path)), device, backend, prec or "fp32"))
+    subs.sort(key=lambda s: not s.is_reference)
+    return subs
+
+
+# --------------------------------------------------------------------------- measuring
+def reference_embeddings(model_path: Path, texts: list[str], threads: int) -> Any:
+    """PyTorch fp32 embeddings on the CPU: what every subject's cosine is measured against."""
+    import numpy as np
+    import torch
+
+    from stedge import SentenceEncoder
+
+    torch.set_num_threads(threads)
+    enc = SentenceEncoder(str(model_path), device="cpu")
+    return np.asarray(enc.encode(texts, batch_size=32, show_progress_bar=False), dtype=np.float32)
+
+
+def measure_gemm(threads: int, device: str, env: dict[str, str]) -> dict[str, Any]:
+    """GEMM peak in a clean process with the workers' thread environment."""
+    dev = "cuda" if device.startswith(("cuda", "tensorrt")) else "cpu"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gemm", str(threads), dev], capture_output=True, text=True, env=env, cwd=PROJECT_ROOT, timeout=300)
+    if proc.returncode != 0:
+        raise StedgeError(f"the GEMM peak measurement failed: {proc.stderr.strip()[-500:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_worker(subject: Subject, job: dict[str, Any], work: Path, env: dict[str, str], timeout: float,
+               on_stage: Callable[[str], None]) -> dict[str, Any]:
+    """Start the worker, time its cold start from process start to the first vector, collect result.json."""
+    job_file = work / "job.json"
+    job_file.write_text(json.dumps({**job, "subject": subject.spec(), "work_dir": str(work)}), encoding="utf-8")
+    err = open(work / "stderr.log", "w", encoding="utf-8")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.worker", str(job_file)], stdout=subprocess.PIPE,
+                            stderr=err, text=True, env=env, cwd=PROJECT_ROOT)
+    killed = threading.Event()
+
+    def kill() -> None:
+        killed.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, kill)
+    timer.start()
+    cold = None
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("FIRST_VECTOR") and cold is None:
+                cold = time.perf_counter() - t0
+                on_stage("measuring")
+            elif line.startswith("STAGE "):
+                on_stage(line[6:].strip())
+        proc.wait()
+    finally:
+        timer.cancel()
+        err.close()
+    res_file = work / "result.json"
+    if killed.is_set():
+        return {"status": "error", "error": f"timed out after {timeout:.0f} s (suite timeout_s)"}
+    if not res_file.exists():
+        tail = (work / "stderr.log").read_text(encoding="utf-8", errors="replace")[-1500:]
+        return {"status": "error", "error": f"worker exited with code {proc.returncode} and no result: {tail.strip()}"}
+    res = json.loads(res_file.read_text(encoding="utf-8"))
+    res["cold_start_s"] = cold
+    return res
+
+
+def _accuracy(emb: Any, ref: Any, data: BenchData) -> dict[str, Any]:
+    import numpy as np
+
+    from stedge.data import pairwise_cosine, spearman
+
+    emb = np.asarray(emb, dtype=np.float64)
+    cos = pairwise_cosine(emb[data.sts_i1], emb[data.sts_i2])
+    out: dict[str, Any] = {"spearman": round(100 * spearman(cos, data.sts_scores), 3), "pairs": len(data.sts_scores)}
+    if ref is not None:
+        c = pairwise_cosine(emb, ref)
+        out.update(mean_cosine=float(c.mean()), min_cosine=float(c.min()))
+    return out
+
+
+def _summarize_throughput(raw: dict[str, Any], work_of: dict[str, tuple[int, int, float]]) -> dict[str, Any]:
+    """Median / min / max rates per batch size; ``work_of[bs]`` = (texts, tokens, FLOPs) of one pass."""
+    import numpy as np
+
+    out = {}
+    for bs, r in raw.items():
+        n_texts, n_tokens, flops = work_of[bs]
+        secs = np.asarray(r["seconds"], dtype=np.float64)
+        rates = n_texts / secs
+        med = float(np.median(secs))
+        out[bs] = {
+            "sentences_per_s": float(n_texts / med),
+            "sentences_per_s_min": float(rates.min()), "sentences_per_s_max": float(rates.max()),
+            "spread_pct": float(100 * (rates.max() - rates.min()) / (n_texts / med)),
+            "tokens_per_s": float(n_tokens / med), "gflops": float(flops / med / 1e9),
+            "seconds": [float(s) for s in secs], "texts": n_texts,
+        }
+    return out
+
+
+def run_suite(suite: Suite, out_dir: Path | None = None, threads: int | None = None, progress: bool = True,
+              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run every subject of the suite and return the results dict (see report.RESULTS_SCHEMA).
+
+    ``out_dir`` receives results.json, results.md and the PNG plots (report.write_all).
+    """
+    import numpy as np
+
+    from stedge.hub import resolve_model
+
+    from . import gemm as gemm_mod
+    from .machine import cuda_available, load_average, machine_facts
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    n_threads = resolve_threads(suite.threads if threads is None else threads)
+    dev_family = suite.device.split(":", 1)[0].lower()
+    if dev_family in ("cuda", "tensorrt") and not cuda_available():
+        raise StedgeError(
+            f"suite {suite.name} runs on {suite.device!r} but this machine has no CUDA GPU "
+            "(torch.cuda.is_available() is False); run it on a GPU machine or pick the cpu suite"
+        )
+    started = datetime.now(timezone.utc)
+    load_before = load_average()
+    env = thread_env(n_threads)
+    data = load_data(suite)
+    cache_root = PROJECT_ROOT / suite.models_dir / ".bench-cache"
+
+    # prepare: models, artifacts, peers, references, FLOPs
+    plans = []
+    skipped_models: list[dict[str, str]] = []
+    for entry in suite.models:
+        try:
+            in_project = PROJECT_ROOT / entry.ref
+            model_path = resolve_model(entry.ref if Path(entry.ref).is_dir() or not in_project.is_dir() else in_project)
+        except StedgeError as e:
+            if not entry.optional:
+                raise
+            skipped_models.append({"name": entry.name, "ref": entry.ref, "reason": str(e).splitlines()[0]})
+            log(f"skipped optional model {entry.name}: {str(e).splitlines()[0]}")
+            continue
+        artifact = ensure_artifact(entry, model_path, suite, data, log)
+        peers = {}
+        for p in entry.peers:
+            backend = p.partition(":")[0]
+            probe = STPeer(entry.name, str(model_path), suite.device, backend)
+            if probe.unavailable() is None:
+                peers[backend] = prepare_peer(model_path, backend, cache_root, entry.name, log)
+        subs = make_subjects(entry, model_path, artifact, peers, suite.device)
+        ref = None
+        if not (subs and subs[0].is_reference and subs[0].device == "cpu" and subs[0].unavailable() is None):
+            log(f"{entry.name}: computing the PyTorch fp32 reference on {len(data.sts_texts)} STS texts")
+            ref = reference_embeddings(model_path, data.sts_texts, n_threads)
+        dims = gemm_mod.model_dims(model_path)
+        counts = token_counts(model_path, data.texts)
+        plans.append((entry, model_path, artifact, subs, ref, dims, counts))
+
+    log(f"measuring the GEMM peak ({n_threads} threads)")
+    gemm = measure_gemm(n_threads, suite.device, env)
+
+    rows: list[dict[str, Any]] = []
+    tmp_root = Path(tempfile.mkdtemp(prefix="stedge-bench-"))
+    try:
+        job_common = {
+            "threads": n_threads, "batch_sizes": suite.batch_sizes, "repetitions": suite.repetitions,
+            "warmup": suite.warmup, "latency_rounds": suite.latency_rounds, "num_texts_batch1": suite.num_texts_batch1,
+        }
+        for name, payload in (("texts.json", data.texts), ("queries.json", data.queries), ("accuracy.json", data.sts_texts)):
+            (tmp_root / name).write_text(json.dumps(payload), encoding="utf-8")
+        job_common.update(texts=str(tmp_root / "texts.json"), queries=str(tmp_root / "queries.json"),
+                          accuracy_texts=str(tmp_root / "accuracy.json"))
+        total = sum(len(p[3]) for p in plans)
+        ctx = _progress(progress)
+        with ctx as bar:
+            task = bar.add_task("benchmark", total=total) if bar else None
+            for k, (entry, model_path, artifact, subs, ref, dims, counts) in enumerate(plans):
+                n1 = min(suite.num_texts_batch1 or len(counts), len(counts))
+                per_bs = {str(b): (n1 if b == 1 else len(counts)) for b in suite.batch_sizes}
+                work_of = {bs: (n, sum(counts[:n]), gemm_mod.total_flops(counts[:n], dims)) for bs, n in per_bs.items()}
+                for i, sub in enumerate(subs):
+                    if ref is None and not (sub.is_reference and sub.device == "cpu"):  # the reference subject did not run
+                        log(f"{entry.name}: computing the PyTorch fp32 reference on {len(data.sts_texts)} STS texts")
+                        ref = reference_embeddings(model_path, data.sts_texts, n_threads)
+                        plans[k] = (entry, model_path, artifact, subs, ref, dims, counts)
+                    row: dict[str, Any] = {"id": sub.id, "model": entry.name, "label": sub.label, "kind": sub.kind,
+                                           "device": sub.device, "peer": sub.is_peer, "reference": sub.is_reference,
+                                           **sub.facts()}
+                    why = sub.unavailable()
+                    if why is None:
+                        try:
+                            row["size_mb"] = sub.size_bytes() / 2**20
+                        except OSError as e:
+                            why = f"cannot read its files ({e})"
+                    if why is not None:
+                        row.update(status="skipped", reason=why)
+                        rows.append(row)
+                        log(f"skipped {sub.id}: {why}")
+                        if bar:
+                            bar.advance(task)
+                        continue
+
+                    def on_stage(stage: str, _sub: Subject = sub) -> None:
+                        if bar:
+                            bar.update(task, description=f"{_sub.label} [{_sub.model}]: {stage}")
+
+                    on_stage("loading")
+                    work = tmp_root / f"{len(rows):03d}"
+                    work.mkdir()
+                    res = run_worker(sub, job_common, work, env, suite.timeout_s, on_stage)
+                    if res.get("status") != "ok":
+                        row.update(status="error", reason=res.get("error"))
+                        log(f"error in {sub.id}: {res.get('error')}")
+                    else:
+                        emb = np.load(work / "embeddings.npy")
+                        if ref is None and sub.is_reference and sub.device == "cpu":
+                            ref = emb  # stedge torch fp32 on the CPU *is* the reference: no second pass in the parent
+                            plans[k] = (entry, model_path, artifact, subs, ref, dims, counts)
+                        thr = _summarize_throughput(res.pop("throughput_raw"), work_of)
+                        row.update(status="ok", **{key: val for key, val in res.items() if key != "status"})
+                        row["throughput"] = thr
+                        row["accuracy"] = _accuracy(emb, ref, data)
+                        head = thr[str(suite.headline_batch_size)]
+                        row["headline_sentences_per_s"] = head["sentences_per_s"]
+                        row["gflops"] = head["gflops"]
+                        row["gemm_share"] = head["gflops"] / gemm["gflops"] if gemm.get("gflops") else None
+                    rows.append(row)
+                    if bar:
+                        bar.advance(task)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+
+    _add_relative(rows, suite.models)
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "suite": {k: v for k, v in suite.__dict__.items() if k != "models"} | {
+            "models": [m.__dict__ for m in suite.models]},
+        "started": started.isoformat(timespec="seconds"),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_facts(with_gpu=dev_family != "cpu" or cuda_available()),
+        "load_average": {"before": load_before, "after": load_average()},
+        "threads": {"budget": n_threads, "torch": "torch.set_num_threads", "onnxruntime": "intra_op_num_threads",
+                    "openvino": "INFERENCE_NUM_THREADS", "env": {k: env[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")}},
+        "gemm_peak": gemm,
+        "flops_formula": "L * (2*n*(4*h^2 + 2*h*i) + 4*n^2*h) per text of n tokens (benchmarks/gemm.py)",
+        "data": data.sources,
+        "models": [{"name": e.name, "ref": e.ref, "path": str(mp), "artifact": str(a) if a else None, **dims,
+                    "tokens": int(sum(c)), "mean_tokens_per_text": float(sum(c) / len(c)),
+                    "reference_spearman": _accuracy(r, None, data)["spearman"] if r is not None else None}
+                   for e, mp, a, _s, r, dims, c in plans],
+        "skipped_models": skipped_models,
+        "rows": rows,
+    }
+    if out_dir is not None:
+        from .report import write_all
+
+        write_all(results, Path(out_dir))
+    return results
+
+
+def _progress(enabled: bool):
+    import contextlib
+
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from stedge.progress import make_progress
+
+    return make_progress()
+
+
+def _add_relative(rows: list[dict[str, Any]], models: list[ModelEntry]) -> None:
+    """Speedup vs stedge torch fp32 and vs the best peer (same model, same device); Spearman deltas."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    by_model: dict[str, list[dict]] = {}
+    for r in ok:
+        by_model.setdefault(r["model"], []).append(r)
+    baseline_of = {m.name: m.baseline_model for m in models}
+    for model, rs in by_model.items():
+        ref = next((r for r in rs if r["reference"] and r["device"] == rs[0]["device"]), None)
+        ref = ref or next((r for r in rs if r["reference"]), None)
+        peers = [r for r in rs if r["peer"]]
+        best_peer = max(peers, key=lambda r: r["headline_sentences_per_s"], default=None)
+        for r in rs:
+            v = r["headline_sentences_per_s"]
+            r["speedup_vs_torch"] = v / ref["headline_sentences_per_s"] if ref else None
+            r["speedup_vs_best_peer"] = v / best_peer["headline_sentences_per_s"] if best_peer else None
+            r["best_peer"] = best_peer["label"] if best_peer else None
+            if ref is not None:
+                r["accuracy"]["spearman_delta"] = r["accuracy"]["spearman"] - ref["accuracy"]["spearman"]
+            base = baseline_of.get(model)
+            if base:
+                twin = next((b for b in by_model.get(base, []) if b["label"] == r["label"] and b["device"] == r["device"]), None)
+                r["speedup_vs_baseline_model"] = v / twin["headline_sentences_per_s"] if twin else None
+                r["baseline_model"] = base

@@ -1,0 +1,347 @@
+"""What gets measured: one class per kind of subject.
+
+A subject is described by a small JSON-able ``spec`` (the parent builds it, the worker rebuilds the
+subject from it with :func:`from_spec`). In the parent, ``unavailable()`` says why a subject cannot
+run here (missing library, no GPU, missing artifact variant) and ``size_bytes()`` gives what it
+loads from disk; in the worker, ``load(threads)`` returns an ``encode(texts, batch_size)`` callable
+that gives float32 numpy embeddings in input order.
+
+Kinds:
+
+* ``stedge-torch``: ``stedge.SentenceEncoder`` in fp32 (fp16 / bf16 via autocast on CUDA; bf16 also on CPU).
+* ``runtime``: ``stedge_runtime.Encoder`` over one variant of an artifact (ONNX Runtime on cpu / cuda /
+  tensorrt, OpenVINO on cpu).
+* ``st``: sentence-transformers' own ``SentenceTransformer`` with backend torch, onnx or openvino (the peers).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+EncodeFn = Callable[[list[str], int], np.ndarray]
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _have(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _device_family(device: str) -> str:
+    return device.split(":", 1)[0].lower()
+
+
+def _cuda_problem(device: str) -> str | None:
+    """Why a CUDA device cannot be used (None when it can, or when ``device`` is not CUDA)."""
+    if _device_family(device) not in ("cuda", "tensorrt"):
+        return None
+    from .machine import cuda_available
+
+    return None if cuda_available() else f"device {device!r} needs a CUDA GPU; torch.cuda.is_available() is False here"
+
+
+def _ort_provider_problem(device: str) -> str | None:
+    family = _device_family(device)
+    need = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}.get(family)
+    if need is None:
+        return None
+    from .machine import ort_providers
+
+    have = ort_providers()
+    return None if need in have else f"onnxruntime has no {need} (installed: {', '.join(have) or 'none'}; pip install onnxruntime-gpu)"
+
+
+def _weights_size(path: Path) -> int:
+    total = 0
+    for f in path.rglob("*"):
+        if f.name in WEIGHT_FILES or (f.suffix == ".safetensors" and f.is_file()):
+            total += f.stat().st_size
+    return total
+
+
+def graph_files(file: Path) -> list[Path]:
+    """A graph file and the weights that go with it (OpenVINO .bin, ONNX external data)."""
+    files = [file]
+    if file.suffix == ".xml":
+        files.append(file.with_suffix(".bin"))
+    for ext in ("_data", ".data"):
+        cand = file.with_name(file.name + ext)
+        if cand.exists():
+            files.append(cand)
+    return [f for f in files if f.exists()]
+
+
+class Subject:
+    """Base class: a thing that embeds texts and can be measured."""
+
+    kind = ""
+    is_peer = False
+    is_reference = False
+
+    def __init__(self, model: str, path: str, device: str = "cpu") -> None:
+        self.model = model  # the suite's name for the model
+        self.path = str(path)  # model or artifact folder
+        self.device = device
+
+    # -------------------------------------------------------------- parent side
+    @property
+    def label(self) -> str:
+        """Short name used in tables and plots."""
+        raise NotImplementedError
+
+    @property
+    def id(self) -> str:
+        """Unique key within a run: model/label@device."""
+        return f"{self.model}/{self.label}@{self.device}"
+
+    def facts(self) -> dict[str, Any]:
+        """Backend, precision and optimization for the results row."""
+        raise NotImplementedError
+
+    def unavailable(self) -> str | None:
+        """Why this subject cannot run on this machine, or None."""
+        return None
+
+    def size_bytes(self) -> int:
+        """Bytes loaded from disk (weights or graph files)."""
+        raise NotImplementedError
+
+    def spec(self) -> dict[str, Any]:
+        """JSON-able description the worker rebuilds the subject from."""
+        return {"kind": self.kind, "model": self.model, "path": self.path, "device": self.device, **self._extra()}
+
+    def _extra(self) -> dict[str, Any]:
+        return {}
+
+    # -------------------------------------------------------------- worker side
+    def load(self, threads: int) -> EncodeFn:
+        """Load the model (in the worker process) and return its encode function."""
+        raise NotImplementedError
+
+
+class StedgeTorch(Subject):
+    """stedge's PyTorch SentenceEncoder; fp16/bf16 run under autocast (fp16 on CUDA only)."""
+
+    kind = "stedge-torch"
+
+    def __init__(self, model: str, path: str, device: str = "cpu", precision: str = "fp32") -> None:
+        super().__init__(model, path, device)
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"stedge-torch precision must be fp32, fp16 or bf16, got {precision!r}")
+        self.precision = precision
+
+    @property
+    def is_reference(self) -> bool:  # type: ignore[override]
+        return self.precision == "fp32"
+
+    @property
+    def label(self) -> str:
+        return f"stedge torch {self.precision}"
+
+    def facts(self) -> dict[str, Any]:
+        return {"backend": "torch", "precision": self.precision, "optimization": None, "engine": "torch"}
+
+    def _extra(self) -> dict[str, Any]:
+        return {"precision": self.precision}
+
+    def unavailable(self) -> str | None:
+        if not _have("torch"):
+            return "torch is not installed"
+        if self.precision == "fp16" and _device_family(self.device) == "cpu":
+            return "fp16 autocast needs a GPU"
+        return _cuda_problem(self.device)
+
+    def size_bytes(self) -> int:
+        return _weights_size(Path(self.path))
+
+    def load(self, threads: int) -> EncodeFn:
+        import torch
+
+        torch.set_num_threads(threads)
+        from stedge import SentenceEncoder
+
+        enc = SentenceEncoder(self.path, device=self.device)
+        prec = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[self.precision]
+        cuda = _device_family(self.device) == "cuda"
+
+        def encode(texts: list[str], batch_size: int) -> np.ndarray:
+            out = enc.encode(texts, batch_size=batch_size, precision=prec, show_progress_bar=False)
+            if cuda:
+                torch.cuda.synchronize()
+            return out
+
+        return encode
+
+
+class RuntimeVariant(Subject):
+    """One variant of an artifact through the torch-free stedge_runtime.Encoder."""
+
+    kind = "runtime"
+
+    def __init__(self, model: str, path: str, device: str = "cpu", variant: str = "onnx-fp32") -> None:
+        super().__init__(model, path, device)
+        self.variant = variant
+
+    @property
+    def label(self) -> str:
+        where = "" if _device_family(self.device) == "cpu" else f" ({_device_family(self.device)})"
+        return f"stedge {self.variant}{where}"
+
+    def _manifest_variant(self) -> dict[str, Any] | None:
+        try:
+            m = json.loads((Path(self.path) / "stedge.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return (m.get("variants") or {}).get(self.variant)
+
+    def facts(self) -> dict[str, Any]:
+        v = self._manifest_variant() or {}
+        backend = v.get("backend") or self.variant.split("-", 1)[0]
+        engine = "onnxruntime" if backend == "onnx" else backend
+        return {"backend": backend, "precision": v.get("precision"), "optimization": v.get("optimization"),
+                "quantization": v.get("quantization"), "engine": engine, "verification": v.get("verification")}
+
+    def _extra(self) -> dict[str, Any]:
+        return {"variant": self.variant}
+
+    def unavailable(self) -> str | None:
+        if not _have("stedge_runtime"):
+            return "stedge_runtime is not installed (pip install -e runtimes/python)"
+        v = self._manifest_variant()
+        if v is None:
+            return f"{self.path}/stedge.json has no variant {self.variant!r}"
+        devices = [str(d).lower() for d in v.get("devices") or []]
+        if devices and _device_family(self.device) not in devices:
+            return f"the manifest lists variant {self.variant!r} for {', '.join(devices)} only, not {self.device!r}"
+        if v.get("backend") == "onnx":
+            if not _have("onnxruntime"):
+                return "onnxruntime is not installed"
+            return _cuda_problem(self.device) or _ort_provider_problem(self.device)
+        if not _have("openvino"):
+            return "openvino is not installed"
+        if _device_family(self.device) != "cpu":
+            return f"OpenVINO variants are measured on the CPU only (device {self.device!r})"
+        return None
+
+    def size_bytes(self) -> int:
+        v = self._manifest_variant() or {}
+        if not v.get("file"):
+            return 0
+        return sum(f.stat().st_size for f in graph_files(Path(self.path) / v["file"]))
+
+    def load(self, threads: int) -> EncodeFn:
+        from stedge_runtime.encoder import Encoder
+
+        enc = Encoder.load(self.path, variant=self.variant, device=self.device, threads=threads)
+
+        def encode(texts: list[str], batch_size: int) -> np.ndarray:
+            return enc.encode(texts, batch_size=batch_size)
+
+        return encode
+
+
+class STPeer(Subject):
+    """sentence-transformers' SentenceTransformer with backend torch, onnx or openvino.
+
+    ``path`` is the model folder; for onnx/openvino it must hold the exported graph
+    (``onnx/model.onnx`` or ``openvino/openvino_model.xml``), which the runner prepares once with
+    sentence-transformers' own export (see runner.prepare_peer) so loading never re-exports.
+    """
+
+    kind = "st"
+    is_peer = True
+    FILES = {"onnx": "onnx/model.onnx", "openvino": "openvino/openvino_model.xml"}
+
+    def __init__(self, model: str, path: str, device: str = "cpu", backend: str = "torch", precision: str = "fp32") -> None:
+        super().__init__(model, path, device)
+        if backend not in ("torch", "onnx", "openvino"):
+            raise ValueError(f"sentence-transformers backend must be torch, onnx or openvino, got {backend!r}")
+        self.backend = backend
+        self.precision = precision
+
+    @property
+    def label(self) -> str:
+        extra = "" if self.precision == "fp32" else f" {self.precision}"
+        return f"sentence-transformers {self.backend}{extra}"
+
+    def facts(self) -> dict[str, Any]:
+        engine = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino"}[self.backend]
+        return {"backend": self.backend, "precision": self.precision, "optimization": None, "engine": engine}
+
+    def _extra(self) -> dict[str, Any]:
+        return {"backend": self.backend, "precision": self.precision}
+
+    def unavailable(self) -> str | None:
+        if not _have("sentence_transformers"):
+            return "sentence-transformers is not installed"
+        fam = _device_family(self.device)
+        if self.backend == "onnx":
+            if not (_have("onnxruntime") and _have("optimum")):
+                return "sentence-transformers' ONNX backend needs optimum-onnx and onnxruntime"
+            return _cuda_problem(self.device) or _ort_provider_problem(self.device)
+        if self.backend == "openvino":
+            if not _have("optimum.intel"):
+                return "sentence-transformers' OpenVINO backend needs optimum-intel"
+            if fam != "cpu":
+                return "the OpenVINO peer is measured on the CPU only"
+            return None
+        if self.precision == "fp16" and fam == "cpu":
+            return "fp16 needs a GPU"
+        return _cuda_problem(self.device)
+
+    def size_bytes(self) -> int:
+        p = Path(self.path)
+        if self.backend == "torch":
+            return _weights_size(p)
+        return sum(f.stat().st_size for f in graph_files(p / self.FILES[self.backend]))
+
+    def load(self, threads: int) -> EncodeFn:
+        import torch
+
+        torch.set_num_threads(threads)
+        from sentence_transformers import SentenceTransformer
+
+        kwargs: dict[str, Any] = {}
+        fam = _device_family(self.device)
+        if self.backend == "onnx":
+            import onnxruntime as ort
+
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+            kwargs = {"file_name": self.FILES["onnx"], "session_options": so,
+                      "provider": "CUDAExecutionProvider" if fam == "cuda" else "CPUExecutionProvider"}
+        elif self.backend == "openvino":
+            kwargs = {"file_name": self.FILES["openvino"], "ov_config": {"INFERENCE_NUM_THREADS": threads}}
+        device = self.device if self.backend == "torch" or fam == "cuda" else "cpu"
+        model = SentenceTransformer(self.path, backend=self.backend, device=device, model_kwargs=kwargs or None, local_files_only=True)
+        if self.precision == "fp16":
+            model.half()
+        elif self.precision == "bf16":
+            model.bfloat16()
+        cuda = fam == "cuda" and self.backend == "torch"
+
+        def encode(texts: list[str], batch_size: int) -> np.ndarray:
+            out = model.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+            if cuda:
+                torch.cuda.synchronize()
+            return np.asarray(out, dtype=np.float32)
+
+        return encode
+
+
+KINDS: dict[str, type[Subject]] = {c.kind: c for c in (StedgeTorch, RuntimeVariant, STPeer)}
+
+
+def from_spec(spec: dict[str, Any]) -> Subject:
+    """Rebuild a subject from ``Subject.spec()``."""
+    spec = dict(spec)
+    cls = KINDS[spec.pop("kind")]
+    return cls(**spec)

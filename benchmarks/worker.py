@@ -1,0 +1,150 @@
+"""One subject, measured in its own process: ``python -m benchmarks.worker JOB.json``.
+
+The parent (runner.py) writes the job, starts this process and times it from process start to the
+``FIRST_VECTOR`` line on stdout (cold start). Then, in order:
+
+1. accuracy texts: embeds the STS texts once and saves them as ``embeddings.npy`` (the parent computes
+   Spearman and cosine to the PyTorch fp32 reference; scipy never enters this process);
+2. throughput: for each batch size, a warm-up pass over a slice, then ``repetitions`` timed passes over
+   all throughput texts;
+3. latency: batch-1 calls on short queries after a few warm-up calls (p50 / p95 / p99);
+4. memory: peak RSS of this process (VmHWM on Linux, else ``resource.getrusage``).
+
+Lines ``STAGE <what>`` on stdout let the parent show progress. The result goes to ``result.json``.
+Only numpy and the subject's own engine are imported here, so memory and cold start are the subject's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+T_START = time.perf_counter()
+
+
+def _rss_bytes() -> int | None:
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except ImportError:
+        return None
+
+
+def _peak_rss_bytes() -> int:
+    """Peak resident memory of this process's address space.
+
+    Linux: VmHWM from /proc/self/status (reset by exec, unlike getrusage's ru_maxrss, which a child
+    started by fork+exec inherits from its parent). Elsewhere: ru_maxrss.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
+
+
+def _stage(what: str) -> None:
+    print(f"STAGE {what}", flush=True)
+
+
+def _percentiles(values: list[float], qs: tuple[float, ...]) -> dict[str, float]:
+    import numpy as np
+
+    arr = np.asarray(values)
+    return {f"p{int(q)}": float(np.percentile(arr, q)) for q in qs}
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Measure one subject as the job says; returns the result dict (also written by main)."""
+    import numpy as np
+
+    from .subjects import from_spec
+
+    threads = int(job["threads"])
+    subject = from_spec(job["subject"])
+    work = Path(job["work_dir"])
+    t0 = time.perf_counter()
+    encode = subject.load(threads)
+    t_loaded = time.perf_counter()
+    first = encode([job.get("first_text") or "hello world"], 1)
+    t_first = time.perf_counter()
+    print("FIRST_VECTOR", flush=True)
+    result: dict[str, Any] = {
+        "dimension": int(np.asarray(first).shape[-1]),
+        "in_process": {"import_s": t0 - T_START, "load_s": t_loaded - t0, "first_encode_s": t_first - t_loaded},
+        "rss_after_first_vector_mb": (_rss_bytes() or _peak_rss_bytes()) / 2**20,
+    }
+
+    # 1. accuracy texts (also a warm-up at the default batch size)
+    acc_texts = json.loads(Path(job["accuracy_texts"]).read_text(encoding="utf-8"))
+    _stage("accuracy")
+    t = time.perf_counter()
+    emb = np.asarray(encode(acc_texts, int(job.get("accuracy_batch_size", 32))), dtype=np.float32)
+    result["accuracy_encode_s"] = time.perf_counter() - t
+    np.save(work / "embeddings.npy", emb)
+
+    # 2. throughput per batch size
+    texts = json.loads(Path(job["texts"]).read_text(encoding="utf-8"))
+    reps = int(job["repetitions"])
+    through: dict[str, Any] = {}
+    n1 = int(job.get("num_texts_batch1") or 0)
+    for bs in job["batch_sizes"]:
+        _stage(f"throughput bs={bs}")
+        pass_texts = texts[:n1] if bs == 1 and n1 else texts
+        for _ in range(int(job.get("warmup", 1))):
+            encode(pass_texts[: max(2 * bs, 16)], bs)
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            encode(pass_texts, bs)
+            times.append(time.perf_counter() - t)
+        through[str(bs)] = {"seconds": times}
+    result["throughput_raw"] = through
+
+    # 3. batch-1 latency on short queries
+    queries = json.loads(Path(job["queries"]).read_text(encoding="utf-8"))
+    _stage("latency")
+    for q in queries[: int(job.get("latency_warmup", 10))]:
+        encode([q], 1)
+    lat = []
+    for _ in range(int(job.get("latency_rounds", 1))):
+        for q in queries:
+            t = time.perf_counter()
+            encode([q], 1)
+            lat.append((time.perf_counter() - t) * 1000.0)
+    result["latency_ms"] = {**_percentiles(lat, (50, 95, 99)), "mean": float(sum(lat) / len(lat)), "n": len(lat)}
+
+    result["peak_rss_mb"] = _peak_rss_bytes() / 2**20
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``python -m benchmarks.worker JOB.json``; writes result.json into the job's work_dir."""
+    args = sys.argv[1:] if argv is None else argv
+    job = json.loads(Path(args[0]).read_text(encoding="utf-8"))
+    work = Path(job["work_dir"])
+    try:
+        res = run_job(job)
+        res["status"] = "ok"
+    except Exception as e:  # reported in the results row; the parent decides what to do
+        import traceback
+
+        res = {"status": "error", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+    tmp = work / "result.json.tmp"
+    tmp.write_text(json.dumps(res), encoding="utf-8")
+    os.replace(tmp, work / "result.json")
+    return 0 if res["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""The benchmark harness: suite parsing, FLOPs, device handling, relative figures, and a smoke run.
+
+The smoke run measures a tiny random model through every kind of subject (stedge torch, the runtime
+over an exported artifact, a sentence-transformers peer) in a few seconds each; it checks the results
+schema and that every row carries accuracy next to speed. Speed itself is never asserted.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from stedge.errors import StedgeError
+
+
+def _suite_toml(path: Path, body: str) -> Path:
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------- suites
+def test_bundled_suites_parse():
+    from benchmarks.runner import load_suite
+
+    for name in ("cpu", "gpu", "smoke"):
+        s = load_suite(name)
+        assert s.models and s.headline_batch_size in s.batch_sizes
+    gpu = load_suite("gpu")
+    assert gpu.device == "cuda" and "fp16" in gpu.models[0].torch
+    assert any(v.startswith("tensorrt:") for v in gpu.models[0].variants)
+
+
+def test_suite_errors_name_the_key(tmp_path):
+    from benchmarks.runner import load_suite
+
+    bad = _suite_toml(tmp_path / "bad.toml", 'name = "x"\nbatch_size = [1]\n[[models]]\nref = "m"\n')
+    with pytest.raises(StedgeError, match="batch_size"):
+        load_suite(bad)
+    no_models = _suite_toml(tmp_path / "empty.toml", 'name = "x"\n')
+    with pytest.raises(StedgeError, match=r"\[\[models\]\]"):
+        load_suite(no_models)
+    head = _suite_toml(tmp_path / "head.toml", 'batch_sizes = [1, 8]\nheadline_batch_size = 32\n[[models]]\nref = "m"\n')
+    with pytest.raises(StedgeError, match="headline_batch_size"):
+        load_suite(head)
+    base = _suite_toml(tmp_path / "base.toml", '[[models]]\nref = "m"\nbaseline_model = "teacher"\n')
+    with pytest.raises(StedgeError, match="teacher"):
+        load_suite(base)
+    with pytest.raises(StedgeError, match="cpu, gpu, smoke"):
+        load_suite("no-such-suite")
+
+
+def test_quick_shrinks_a_suite():
+    from benchmarks.runner import load_suite
+
+    s = load_suite("cpu")
+    q = s.quick()
+    assert q.repetitions == 1 and q.num_texts <= 128 and set(q.batch_sizes) <= set(s.batch_sizes)
+    assert q.headline_batch_size in q.batch_sizes
+    assert s.repetitions == 3  # the original is untouched
+
+
+# ----------------------------------------------------------------------------- FLOPs
+def test_flops_match_the_parameter_count(tmp_path):
+    """The linear part of the formula is 2 FLOPs per weight per token; attention adds 4*n^2*h per layer."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from benchmarks.gemm import model_dims, text_flops
+
+    cfg = BertConfig(vocab_size=100, hidden_size=48, num_hidden_layers=3, num_attention_heads=4, intermediate_size=96)
+    BertModel(cfg).save_pretrained(tmp_path)
+    dims = model_dims(tmp_path)
+    assert dims == {"hidden": 48, "layers": 3, "intermediate": 96}
+    layer = BertModel(cfg).encoder.layer[0]
+    weights = sum(m.weight.numel() for m in layer.modules() if isinstance(m, torch.nn.Linear))
+    n = 10
+    assert text_flops(n, dims) == 3 * (2 * n * weights + 4 * n * n * 48)
+
+
+def test_model_dims_error_names_the_file(tmp_path):
+    from benchmarks.gemm import model_dims
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "odd"}))
+    with pytest.raises(StedgeError, match="config.json"):
+        model_dims(tmp_path)
+    with pytest.raises(StedgeError, match="no config.json"):
+        model_dims(tmp_path / "missing")
+
+
+# ----------------------------------------------------------------------------- machine / devices
+def test_int8_isa_from_flags(monkeypatch):
+    import platform
+
+    from benchmarks import machine
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    assert machine.int8_isa({"avx2", "avx512f", "avx512_vnni"}) == "avx512_vnni"
+    assert machine.int8_isa({"avx2", "avx512f", "avx512bw"}) == "avx512"
+    assert machine.int8_isa({"avx2"}) == "avx2"
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert machine.int8_isa(set()) == "arm64"
+
+
+def test_machine_facts_have_what_the_results_need():
+    from benchmarks.machine import machine_facts
+
+    m = machine_facts(with_gpu=False)
+    assert m["cpu"] and m["cores_logical"] >= 1 and "torch" in m["libraries"]
+    assert isinstance(m["isa_flags"], list)
+
+
+def test_gpu_subjects_without_cuda(monkeypatch, tmp_path):
+    """The CUDA path: subjects say why they cannot run, and a cuda suite refuses to start without a GPU."""
+    from benchmarks import machine, runner
+    from benchmarks.subjects import RuntimeVariant, STPeer, StedgeTorch
+
+    monkeypatch.setattr(machine, "cuda_available", lambda: False)
+    assert "CUDA" in StedgeTorch("m", str(tmp_path), "cuda", "fp16").unavailable()
+    assert "GPU" in StedgeTorch("m", str(tmp_path), "cpu", "fp16").unavailable()
+    assert "CUDA" in STPeer("m", str(tmp_path), "cuda", "torch", "fp16").unavailable()
+    assert "CPU only" in STPeer("m", str(tmp_path), "cuda", "openvino").unavailable()
+    (tmp_path / "stedge.json").write_text(json.dumps({"variants": {"onnx-fp16-O4": {"file": "onnx/m.onnx", "backend": "onnx"}}}))
+    assert "CUDA" in RuntimeVariant("m", str(tmp_path), "tensorrt", "onnx-fp16-O4").unavailable()
+    assert "no variant" in RuntimeVariant("m", str(tmp_path), "cpu", "onnx-int8-static").unavailable()
+
+    entry = runner.ModelEntry(name="m", ref="m", torch=["fp32", "fp16"], variants=["onnx-fp32", "tensorrt:onnx-fp16-O4"], peers=["torch:fp16", "onnx"])
+    subs = runner.make_subjects(entry, tmp_path, tmp_path, {}, "cuda")
+    assert [(s.kind, s.device) for s in subs][:2] == [("stedge-torch", "cuda"), ("stedge-torch", "cuda")]
+    assert subs[0].is_reference
+    trt = [s for s in subs if s.kind == "runtime" and s.device == "tensorrt"]
+    assert len(trt) == 1 and trt[0].variant == "onnx-fp16-O4"
+    assert {(s.backend, s.precision) for s in subs if s.kind == "st"} == {("torch", "fp16"), ("onnx", "fp32")}
+
+    with pytest.raises(StedgeError, match="no CUDA GPU"):
+        runner.run_suite(runner.load_suite("gpu"), progress=False, log=lambda m: None)
+
+
+def test_subject_spec_round_trip(tmp_path):
+    from benchmarks.subjects import RuntimeVariant, STPeer, StedgeTorch, from_spec
+
+    for s in (StedgeTorch("m", str(tmp_path), "cpu", "bf16"), RuntimeVariant("m", str(tmp_path), "cuda:1", "onnx-fp16-O4"),
+              STPeer("m", str(tmp_path), "cpu", "openvino")):
+        back = from_spec(json.loads(json.dumps(s.spec())))
+        assert type(back) is type(s) and back.spec() == s.spec() and back.id == s.id
+
+
+def test_export_calls_from_variant_names():
+    from benchmarks.build import export_call, plan_calls
+
+    assert export_call("onnx-fp32-O3") == ("onnx", "O3", "none", None)
+    assert export_call("onnx-fp16-O4") == ("onnx", "O4", "none", None)
+    assert export_call("onnx-int8-avx512_vnni") == ("onnx", None, "int8", "avx512_vnni")
+    assert export_call("openvino-int4-weights") == ("openvino", None, "int4-weights", None)
+    calls = plan_calls(["onnx-fp32", "onnx-fp32-O2", "onnx-int8-avx2", "onnx-int8-static", "openvino-fp32", "openvino-int8-static"])
+    assert calls == [
+        {"backend": "all", "optimize": None, "quantize": "none"},
+        {"backend": "onnx", "optimize": "O2", "quantize": "none"},
+        {"backend": "onnx", "optimize": None, "quantize": "int8", "isa": "avx2"},
+        {"backend": "all", "optimize": None, "quantize": "int8-static"},
+    ]
+    for bad in ("tflite-fp32", "onnx-fp32-static", "onnx-int8-sse"):
+        with pytest.raises(StedgeError, match=bad):
+            export_call(bad)
+
+
+# ----------------------------------------------------------------------------- relative figures
+def _row(model, label, sps, spearman, peer=False, reference=False):
+    return {"model": model, "label": label, "device": "cpu", "status": "ok", "peer": peer, "reference": reference,
+            "headline_sentences_per_s": sps, "accuracy": {"spearman": spearman}}
+
+
+def test_speedups_and_baseline_model():
+    from benchmarks.runner import ModelEntry, _add_relative
+
+    rows = [
+        _row("t", "stedge torch fp32", 100.0, 82.0, reference=True), _row("t", "stedge onnx-fp32", 150.0, 82.0),
+        _row("t", "st torch", 90.0, 82.0, peer=True), _row("t", "st onnx", 120.0, 82.0, peer=True),
+        _row("s", "stedge torch fp32", 180.0, 80.0, reference=True), _row("s", "stedge onnx-fp32", 300.0, 79.5),
+        {"model": "t", "label": "gone", "status": "skipped", "reason": "x"},
+    ]
+    _add_relative(rows, [ModelEntry(name="t", ref="t"), ModelEntry(name="s", ref="s", baseline_model="t")])
+    onnx = rows[1]
+    assert onnx["speedup_vs_torch"] == pytest.approx(1.5)
+    assert onnx["speedup_vs_best_peer"] == pytest.approx(150 / 120) and onnx["best_peer"] == "st onnx"
+    student = rows[5]
+    assert student["speedup_vs_baseline_model"] == pytest.approx(2.0)
+    assert student["accuracy"]["spearman_delta"] == pytest.approx(-0.5)
+    assert student["speedup_vs_best_peer"] is None  # the student suite entry has no peers
+    assert "speedup_vs_torch" not in rows[6]
+
+
+# ----------------------------------------------------------------------------- smoke run
+@pytest.fixture(scope="module")
+def smoke_results(tiny_model, shared_data, tmp_path_factory):
+    """Run the smoke suite on the tiny model through the CLI (stedge bench ... --json)."""
+    from typer.testing import CliRunner
+
+    from benchmarks.runner import SUITES_DIR
+    from stedge.cli import app
+
+    root = tmp_path_factory.mktemp("bench")
+    text = (SUITES_DIR / "smoke.toml").read_text(encoding="utf-8")
+    text = text.replace('ref = "all-MiniLM-L6-v2"', f'ref = "{tiny_model}"\nartifact = "{root / "artifact"}"')
+    # A second entry on the same artifact: no torch subject (the parent computes the reference), the
+    # artifact is reused from the first entry's export, and speed is compared with the first model.
+    text += (f'\n[[models]]\nname = "tiny-b"\nref = "{tiny_model}"\nartifact = "{root / "artifact"}"\n'
+             'torch = []\nvariants = ["onnx-fp32"]\nbaseline_model = "all-MiniLM-L6-v2"\n')
+    suite = _suite_toml(root / "smoke.toml", text)
+    out = root / "out"
+    res = CliRunner().invoke(app, ["bench", str(suite), "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.stdout[res.stdout.index("{"):])
+    return printed, out
+
+
+def test_smoke_run_schema_and_accuracy_beside_speed(smoke_results):
+    from benchmarks.report import validate
+
+    results, out = smoke_results
+    validate(results)
+    assert json.loads((out / "results.json").read_text()) == results
+    rows = [r for r in results["rows"] if r["model"] != "tiny-b"]
+    kinds = {r["kind"] for r in rows}
+    assert kinds == {"stedge-torch", "runtime", "st"}
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert r["accuracy"]["pairs"] == 16 and -100 <= r["accuracy"]["spearman"] <= 100
+        assert 0.99 < r["accuracy"]["min_cosine"] <= 1.0 + 1e-6  # fp32 everywhere: the same vectors
+        assert set(r["throughput"]) == {"1", "8"}
+        for t in r["throughput"].values():
+            assert t["sentences_per_s"] > 0 and t["tokens_per_s"] > t["sentences_per_s"] and len(t["seconds"]) == 1
+        assert r["latency_ms"]["p50"] <= r["latency_ms"]["p99"] and r["latency_ms"]["n"] == 8
+        assert r["cold_start_s"] > 0 and r["peak_rss_mb"] > 0 and r["size_mb"] > 0 and r["gflops"] > 0
+    ref = next(r for r in rows if r["reference"])
+    assert ref["speedup_vs_torch"] == pytest.approx(1.0) and ref["accuracy"]["mean_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert results["threads"]["budget"] == 1 and results["threads"]["env"]["OMP_NUM_THREADS"] == "1"
+    assert results["gemm_peak"]["gflops"] > 0
+    assert results["models"][0]["layers"] == 2 and results["models"][0]["hidden"] == 32
+
+
+def test_smoke_run_second_model_reuses_artifact_and_compares(smoke_results):
+    results, _ = smoke_results
+    (b,) = [r for r in results["rows"] if r["model"] == "tiny-b"]
+    assert b["status"] == "ok" and b["label"] == "stedge onnx-fp32"
+    assert b["accuracy"]["min_cosine"] > 0.99  # against the reference the parent computed
+    assert b["speedup_vs_torch"] is None and b["speedup_vs_baseline_model"] > 0
+    assert results["models"][1]["reference_spearman"] == results["models"][0]["reference_spearman"]
+
+
+def test_smoke_run_writes_table_and_plots(smoke_results):
+    results, out = smoke_results
+    md = (out / "results.md").read_text()
+    assert "| model | subject |" in md and "stedge onnx-fp32" in md and results["machine"]["cpu"] in md
+    assert md.count("\n| ") >= 1 + len(results["rows"])
+    for png in ("speedup_vs_accuracy.png", "throughput_vs_batch.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_schema_rejects_a_row_without_accuracy(smoke_results):
+    import copy
+
+    from benchmarks.report import validate
+
+    results, _ = smoke_results
+    broken = copy.deepcopy(results)
+    del broken["rows"][1]["accuracy"]
+    with pytest.raises(StedgeError, match="rows/1"):
+        validate(broken)
+
+
+def test_cli_unknown_suite_is_a_clear_error():
+    from typer.testing import CliRunner
+
+    from stedge.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "no-such-suite"])
+    assert res.exit_code != 0 and isinstance(res.exception, StedgeError)
+    assert "no-such-suite" in str(res.exception) and "cpu, gpu, smoke" in str(res.exception)
