@@ -146,7 +146,7 @@ class Transformer(nn.Module):
             if not self._warned_truncation and enc["input_ids"].shape[1] >= self.max_seq_length:
                 full = enc["attention_mask"].sum(1) >= self.max_seq_length
                 for i in torch.nonzero(full).flatten().tolist():
-                    n = len(self.tokenizer(texts[i], truncation=False)["input_ids"])
+                    n = len(self.tokenizer(texts[i], truncation=False, verbose=False)["input_ids"])
                     if n > self.max_seq_length:
                         logger.warning(
                             "A text has %d tokens, more than max_seq_length=%d: it is truncated "

@@ -123,6 +123,7 @@ def train(
     batch_sampler: str = typer.Option("batch", "--batch-sampler", help="batch or no_duplicates."),
     lora_r: Optional[int] = typer.Option(None, "--lora-r", help="Train a LoRA adapter of this rank instead of the full model."),
     lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default 2 * r)."),
+    lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="Comma-separated module names to adapt (default: peft's for the architecture, e.g. query,value for BERT)."),
     max_seq_length: Optional[int] = typer.Option(None, "--max-seq-length", help="Truncate inputs to N tokens."),
     seed: int = typer.Option(42, "--seed", help="Random seed."),
     save_steps: int = typer.Option(500, "--save-steps", help="Write a checkpoint every N steps."),
@@ -162,8 +163,12 @@ def train(
                              "max_seq_length": max_seq_length}
         if eval_data:
             d["eval"] = {"data": eval_data, "task": eval_task, "limit": eval_limit}
+        if (lora_alpha or lora_targets) and not lora_r:
+            raise StedgeError("--lora-alpha / --lora-targets need --lora-r N (the adapter rank)")
         if lora_r:
             d["lora"] = {"r": lora_r, "lora_alpha": lora_alpha or 2 * lora_r}
+            if lora_targets:
+                d["lora"]["target_modules"] = [t.strip() for t in lora_targets.split(",") if t.strip()]
         cfg = config_from_dict(d, where="stedge train")
         if limit:
             cfg.datasets["train"].limit = limit
