@@ -76,7 +76,7 @@ class Suite:
     accuracy: str = "stsb/test.tsv.gz"
     accuracy_pairs: int = 0
     calibration: str = "stsb/train.tsv.gz"
-    calibration_texts: int = 200
+    calibration_texts: int = 300            # as `stedge export --calibration-size`
 
     def quick(self) -> "Suite":
         """A shortened copy for a fast look: one repetition, fewer texts and batch sizes."""
