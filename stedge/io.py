@@ -29,6 +29,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _default_modes(tmp)
     old = None
     if target.exists():
         old = target.parent / f".{target.name}.old-{os.getpid()}"
@@ -42,6 +43,18 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _default_modes(folder: Path) -> None:
+    """Give ``folder`` and what is inside it the modes a plain mkdir/open would (umask applied):
+    mkdtemp makes 0700 folders, and some writers (onnx external data, safetensors) make 0600 files,
+    which would hide a model from the other users of a machine."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [folder, *folder.rglob("*")]:
+        if p.is_symlink():
+            continue
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -224,7 +224,7 @@ def test_large_models_use_external_data_inside_the_folder(tmp_path, monkeypatch)
     model = make_tiny_bert(tmp_path / "model")
     from stedge.models import SentenceEncoder
 
-    monkeypatch.setattr(ox, "EXTERNAL_DATA_THRESHOLD", 1000)  # pretend the tiny graph is over 2 GB
+    monkeypatch.setattr(ox, "EXTERNAL_DATA_THRESHOLD", 1000)  # pretend the tiny graph is over the threshold
     ox.export_onnx(SentenceEncoder(model, device="cpu"), "embedding", tmp_path / "art" / "onnx" / "model.onnx")
     files = ox.check_external_data(tmp_path / "art" / "onnx" / "model.onnx", tmp_path / "art")
     assert [f.name for f in files] == ["model.onnx_data"]

@@ -167,6 +167,26 @@ def test_save_failure_leaves_nothing(tmp_path, tiny_model, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_atomic_dir_gives_default_modes(tmp_path):
+    """Outputs are readable like any mkdir/open result: not mkdtemp's 0700, not a writer's 0600."""
+    import os
+
+    from stedge.io import atomic_dir
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "sub").mkdir()
+            secret = tmp / "sub" / "weights.bin"
+            secret.write_bytes(b"x")
+            secret.chmod(0o600)
+        assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+        assert (tmp_path / "out" / "sub").stat().st_mode & 0o777 == 0o755
+        assert (tmp_path / "out" / "sub" / "weights.bin").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(umask)
+
+
 def test_cross_encoder_matches_st(tiny_cross_encoder, tmp_path):
     from sentence_transformers import CrossEncoder as STCrossEncoder
 
