@@ -49,12 +49,26 @@ def _default_modes(folder: Path) -> None:
     """Give ``folder`` and what is inside it the modes a plain mkdir/open would (umask applied):
     mkdtemp makes 0700 folders, and some writers (onnx external data, safetensors) make 0600 files,
     which would hide a model from the other users of a machine."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = _current_umask()
     for p in [folder, *folder.rglob("*")]:
         if p.is_symlink():
             continue
         p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
+
+
+def _current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (os.umask would set it
+    process-wide for a moment, racing other threads that create files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
