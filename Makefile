@@ -31,7 +31,7 @@ test-fast: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not real and not slow" $(PYTEST_ARGS)
 
 bench: setup
-	HF_HUB_OFFLINE=1 $(VENV)/bin/stedge bench benchmarks/suites/cpu.toml
+	HF_HUB_OFFLINE=1 $(VENV)/bin/stedge bench cpu
 
 wheel: setup
 	$(PY) -m build runtimes/python --wheel -o runtimes/python/dist

@@ -25,7 +25,7 @@ STAGES = [
     "stedge.training.cli",    # train, eval
     "stedge.compress.cli",    # lora merge, distill, pca
     "stedge.export.cli",      # export
-    "benchmarks.cli",         # bench
+    "stedge.bench.cli",         # bench
 ]
 
 for _name in STAGES:

@@ -7,6 +7,7 @@ schema and that every row carries accuracy next to speed. Speed itself is never 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ def _suite_toml(path: Path, body: str) -> Path:
 
 # ----------------------------------------------------------------------------- suites
 def test_bundled_suites_parse():
-    from benchmarks.runner import load_suite
+    from stedge.bench.runner import load_suite
 
     for name in ("cpu", "gpu", "smoke"):
         s = load_suite(name)
@@ -32,7 +33,7 @@ def test_bundled_suites_parse():
 
 
 def test_suite_errors_name_the_key(tmp_path):
-    from benchmarks.runner import load_suite
+    from stedge.bench.runner import load_suite
 
     bad = _suite_toml(tmp_path / "bad.toml", 'name = "x"\nbatch_size = [1]\n[[models]]\nref = "m"\n')
     with pytest.raises(StedgeError, match="batch_size"):
@@ -51,7 +52,7 @@ def test_suite_errors_name_the_key(tmp_path):
 
 
 def test_quick_shrinks_a_suite():
-    from benchmarks.runner import load_suite
+    from stedge.bench.runner import load_suite
 
     s = load_suite("cpu")
     q = s.quick()
@@ -66,7 +67,7 @@ def test_flops_match_the_parameter_count(tmp_path):
     import torch
     from transformers import BertConfig, BertModel
 
-    from benchmarks.gemm import model_dims, text_flops
+    from stedge.bench.gemm import model_dims, text_flops
 
     cfg = BertConfig(vocab_size=100, hidden_size=48, num_hidden_layers=3, num_attention_heads=4, intermediate_size=96)
     BertModel(cfg).save_pretrained(tmp_path)
@@ -79,7 +80,7 @@ def test_flops_match_the_parameter_count(tmp_path):
 
 
 def test_model_dims_error_names_the_file(tmp_path):
-    from benchmarks.gemm import model_dims
+    from stedge.bench.gemm import model_dims
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "odd"}))
     with pytest.raises(StedgeError, match="config.json"):
@@ -92,7 +93,7 @@ def test_model_dims_error_names_the_file(tmp_path):
 def test_int8_isa_from_flags(monkeypatch):
     import platform
 
-    from benchmarks import machine
+    from stedge.bench import machine
 
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     assert machine.int8_isa({"avx2", "avx512f", "avx512_vnni"}) == "avx512_vnni"
@@ -103,7 +104,7 @@ def test_int8_isa_from_flags(monkeypatch):
 
 
 def test_machine_facts_have_what_the_results_need():
-    from benchmarks.machine import machine_facts
+    from stedge.bench.machine import machine_facts
 
     m = machine_facts(with_gpu=False)
     assert m["cpu"] and m["cores_logical"] >= 1 and "torch" in m["libraries"]
@@ -112,8 +113,8 @@ def test_machine_facts_have_what_the_results_need():
 
 def test_gpu_subjects_without_cuda(monkeypatch, tmp_path):
     """The CUDA path: subjects say why they cannot run, and a cuda suite refuses to start without a GPU."""
-    from benchmarks import machine, runner
-    from benchmarks.subjects import RuntimeVariant, STPeer, StedgeTorch
+    from stedge.bench import machine, runner
+    from stedge.bench.subjects import RuntimeVariant, STPeer, StedgeTorch
 
     monkeypatch.setattr(machine, "cuda_available", lambda: False)
     assert "CUDA" in StedgeTorch("m", str(tmp_path), "cuda", "fp16").unavailable()
@@ -137,7 +138,7 @@ def test_gpu_subjects_without_cuda(monkeypatch, tmp_path):
 
 
 def test_subject_spec_round_trip(tmp_path):
-    from benchmarks.subjects import RuntimeVariant, STPeer, StedgeTorch, from_spec
+    from stedge.bench.subjects import RuntimeVariant, STPeer, StedgeTorch, from_spec
 
     for s in (StedgeTorch("m", str(tmp_path), "cpu", "bf16"), RuntimeVariant("m", str(tmp_path), "cuda:1", "onnx-fp16-O4"),
               STPeer("m", str(tmp_path), "cpu", "openvino")):
@@ -146,7 +147,7 @@ def test_subject_spec_round_trip(tmp_path):
 
 
 def test_export_calls_from_variant_names():
-    from benchmarks.build import export_call, plan_calls
+    from stedge.bench.build import export_call, plan_calls
 
     assert export_call("onnx-fp32-O3") == ("onnx", "O3", "none", None)
     assert export_call("onnx-fp16-O4") == ("onnx", "O4", "none", None)
@@ -171,7 +172,7 @@ def _row(model, label, sps, spearman, peer=False, reference=False):
 
 
 def test_speedups_and_baseline_model():
-    from benchmarks.runner import ModelEntry, _add_relative
+    from stedge.bench.runner import ModelEntry, _add_relative
 
     rows = [
         _row("t", "stedge torch fp32", 100.0, 82.0, reference=True), _row("t", "stedge onnx-fp32", 150.0, 82.0),
@@ -196,7 +197,7 @@ def smoke_results(tiny_model, shared_data, tmp_path_factory):
     """Run the smoke suite on the tiny model through the CLI (stedge bench ... --json)."""
     from typer.testing import CliRunner
 
-    from benchmarks.runner import SUITES_DIR
+    from stedge.bench.runner import SUITES_DIR
     from stedge.cli import app
 
     root = tmp_path_factory.mktemp("bench")
@@ -215,7 +216,7 @@ def smoke_results(tiny_model, shared_data, tmp_path_factory):
 
 
 def test_smoke_run_schema_and_accuracy_beside_speed(smoke_results):
-    from benchmarks.report import validate
+    from stedge.bench.report import validate
 
     results, out = smoke_results
     validate(results)
@@ -261,7 +262,7 @@ def test_smoke_run_writes_table_and_plots(smoke_results):
 def test_schema_rejects_a_row_without_accuracy(smoke_results):
     import copy
 
-    from benchmarks.report import validate
+    from stedge.bench.report import validate
 
     results, _ = smoke_results
     broken = copy.deepcopy(results)
@@ -278,3 +279,40 @@ def test_cli_unknown_suite_is_a_clear_error():
     res = CliRunner().invoke(app, ["bench", "no-such-suite"])
     assert res.exit_code != 0 and isinstance(res.exception, StedgeError)
     assert "no-such-suite" in str(res.exception) and "cpu, gpu, smoke" in str(res.exception)
+
+
+# ----------------------------------------------------------------------------- from a wheel
+@pytest.mark.slow
+def test_wheel_has_only_stedge_and_bench_runs_outside_the_checkout(tiny_model, shared_data, tmp_path):
+    """`pip wheel .` ships only the stedge package (suites inside); the smoke suite runs from it elsewhere."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parent.parent
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
+                    str(root)], check=True, cwd=tmp_path, capture_output=True)
+    (whl,) = wheels.glob("stedge-*.whl")
+    names = zipfile.ZipFile(whl).namelist()
+    assert {n.split("/")[0] for n in names if not n.startswith("stedge-")} == {"stedge"}
+    assert "stedge/bench/suites/smoke.toml" in names and not any(n.startswith("benchmarks") for n in names)
+    site = tmp_path / "site"
+    zipfile.ZipFile(whl).extractall(site)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    suite = (site / "stedge/bench/suites/smoke.toml").read_text(encoding="utf-8")
+    suite = suite.replace('ref = "all-MiniLM-L6-v2"', f'ref = "{tiny_model}"').replace("num_texts = 24", "num_texts = 8")
+    suite = suite.replace('peers = ["torch"]', "peers = []")
+    (work / "mine.toml").write_text(suite, encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(root / "runtimes" / "python")]),
+               STEDGE_DATA_DIR=str(shared_data))
+    proc = subprocess.run([sys.executable, "-c", "import stedge.bench, sys; print(stedge.bench.__file__)"],
+                          env=env, cwd=work, capture_output=True, text=True, check=True)
+    assert proc.stdout.strip().startswith(str(site))
+    proc = subprocess.run([sys.executable, "-m", "stedge.cli", "bench", "mine.toml", "--json"], env=env, cwd=work,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert all(r["status"] == "ok" for r in results["rows"]), results["rows"]
+    assert (work / "stedge-bench" / "smoke" / "results.json").is_file()

@@ -30,9 +30,7 @@ from stedge.errors import StedgeError
 
 from .subjects import RuntimeVariant, STPeer, StedgeTorch, Subject
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SUITES_DIR = Path(__file__).resolve().parent / "suites"
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+from . import SUITES_DIR, work_root
 SCHEMA_VERSION = 1
 
 
@@ -97,7 +95,7 @@ _MODEL_KEYS = set(ModelEntry.__dataclass_fields__)
 
 
 def find_suite(name_or_path: str | os.PathLike) -> Path:
-    """A suite file from a path, or a name in benchmarks/suites/ (``cpu`` -> suites/cpu.toml)."""
+    """A suite file from a path, or a name in stedge/bench/suites/ (benchmarks/suites/) (``cpu`` -> suites/cpu.toml)."""
     p = Path(name_or_path)
     if p.is_file():
         return p
@@ -169,7 +167,6 @@ def thread_env(threads: int) -> dict[str, str]:
     env["TOKENIZERS_PARALLELISM"] = "true"
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     return env
 
 
@@ -256,7 +253,7 @@ def ensure_artifact(entry: ModelEntry, model_path: Path, suite: Suite, data: Ben
 
     if is_artifact(model_path) and entry.artifact is None:
         return model_path  # the ref is an artifact already: measure what it holds
-    art = Path(entry.artifact) if entry.artifact else PROJECT_ROOT / suite.models_dir / f"{entry.name}-bench"
+    art = Path(entry.artifact) if entry.artifact else work_root() / suite.models_dir / f"{entry.name}-bench"
     from .build import build_variants
 
     build_variants(model_path, art, entry.variants, calibration=(suite.calibration, suite.calibration_texts),
@@ -328,7 +325,7 @@ def reference_embeddings(model_path: Path, texts: list[str], threads: int) -> An
 def measure_gemm(threads: int, device: str, env: dict[str, str]) -> dict[str, Any]:
     """GEMM peak in a clean process with the workers' thread environment."""
     dev = "cuda" if device.startswith(("cuda", "tensorrt")) else "cpu"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.gemm", str(threads), dev], capture_output=True, text=True, env=env, cwd=PROJECT_ROOT, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "stedge.bench.gemm", str(threads), dev], capture_output=True, text=True, env=env, cwd=work_root(), timeout=300)
     if proc.returncode != 0:
         raise StedgeError(f"the GEMM peak measurement failed: {proc.stderr.strip()[-500:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -341,8 +338,8 @@ def run_worker(subject: Subject, job: dict[str, Any], work: Path, env: dict[str,
     job_file.write_text(json.dumps({**job, "subject": subject.spec(), "work_dir": str(work)}), encoding="utf-8")
     err = open(work / "stderr.log", "w", encoding="utf-8")
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.worker", str(job_file)], stdout=subprocess.PIPE,
-                            stderr=err, text=True, env=env, cwd=PROJECT_ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "stedge.bench.worker", str(job_file)], stdout=subprocess.PIPE,
+                            stderr=err, text=True, env=env, cwd=work_root())
     killed = threading.Event()
 
     def kill() -> None:
@@ -434,14 +431,14 @@ def run_suite(suite: Suite, out_dir: Path | None = None, threads: int | None = N
     load_before = load_average()
     env = thread_env(n_threads)
     data = load_data(suite)
-    cache_root = PROJECT_ROOT / suite.models_dir / ".bench-cache"
+    cache_root = work_root() / suite.models_dir / ".bench-cache"
 
     # prepare: models, artifacts, peers, references, FLOPs
     plans = []
     skipped_models: list[dict[str, str]] = []
     for entry in suite.models:
         try:
-            in_project = PROJECT_ROOT / entry.ref
+            in_project = work_root() / entry.ref
             model_path = resolve_model(entry.ref if Path(entry.ref).is_dir() or not in_project.is_dir() else in_project)
         except StedgeError as e:
             if not entry.optional:
@@ -551,7 +548,7 @@ def run_suite(suite: Suite, out_dir: Path | None = None, threads: int | None = N
         "threads": {"budget": n_threads, "torch": "torch.set_num_threads", "onnxruntime": "intra_op_num_threads",
                     "openvino": "INFERENCE_NUM_THREADS", "env": {k: env[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")}},
         "gemm_peak": gemm,
-        "flops_formula": "L * (2*n*(4*h^2 + 2*h*i) + 4*n^2*h) per text of n tokens (benchmarks/gemm.py)",
+        "flops_formula": "L * (2*n*(4*h^2 + 2*h*i) + 4*n^2*h) per text of n tokens (stedge/bench/gemm.py)",
         "data": data.sources,
         "models": [{"name": e.name, "ref": e.ref, "path": str(mp), "artifact": str(a) if a else None, **dims,
                     "tokens": int(sum(c)), "mean_tokens_per_text": float(sum(c) / len(c)),

@@ -1,4 +1,4 @@
-"""One subject, measured in its own process: ``python -m benchmarks.worker JOB.json``.
+"""One subject, measured in its own process: ``python -m stedge.bench.worker JOB.json``.
 
 The parent (runner.py) writes the job, starts this process and times it from process start to the
 ``FIRST_VECTOR`` line on stdout (cold start). Then, in order:
@@ -129,7 +129,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: ``python -m benchmarks.worker JOB.json``; writes result.json into the job's work_dir."""
+    """Entry point: ``python -m stedge.bench.worker JOB.json``; writes result.json into the job's work_dir."""
     args = sys.argv[1:] if argv is None else argv
     job = json.loads(Path(args[0]).read_text(encoding="utf-8"))
     work = Path(job["work_dir"])

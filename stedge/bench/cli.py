@@ -1,4 +1,4 @@
-"""`stedge bench SUITE_OR_PATH`: run a benchmark suite (also `python -m benchmarks`)."""
+"""`stedge bench SUITE_OR_PATH`: run a benchmark suite (also `python -m stedge.bench`)."""
 from __future__ import annotations
 
 import json
@@ -12,19 +12,20 @@ import typer
 def bench(
     suite: str = typer.Argument(..., help="Suite name in benchmarks/suites/ (cpu, gpu, smoke) or a .toml file."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for results.json, results.md and the PNGs "
-                                       "(default: benchmarks/results/<suite>; with --quick models/bench-<suite>-quick, git-ignored)."),
+                                       "(default: benchmarks/results/<suite> in a checkout, else ./stedge-bench/<suite>; with --quick models/bench-<suite>-quick, git-ignored)."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", min=0, help="Thread budget for every engine (0: all physical cores; default: the suite's)."),
     quick: bool = typer.Option(False, "--quick", help="One repetition, fewer texts and batch sizes: a fast look, not for quoting."),
     as_json: bool = typer.Option(False, "--json", help="Print the results JSON on stdout (progress and logs go to stderr)."),
 ) -> None:
     """Measure every subject of a suite side by side: speed, latency, memory, cold start and accuracy."""
     from .report import markdown_table
-    from .runner import PROJECT_ROOT, RESULTS_DIR, load_suite, run_suite
+    from . import default_results_dir
+    from .runner import load_suite, run_suite
 
     s = load_suite(suite)
     if quick:
         s = s.quick()
-    target = out or (PROJECT_ROOT / s.models_dir / f"bench-{s.name}-quick" if quick else RESULTS_DIR / s.name)
+    target = out or default_results_dir(s.name, quick, s.models_dir)
     log = (lambda msg: typer.echo(msg, err=True))
     results = run_suite(s, out_dir=target, threads=threads, progress=sys.stderr.isatty() or not as_json, log=log)
     if as_json:

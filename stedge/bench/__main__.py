@@ -1,4 +1,4 @@
-"""`python -m benchmarks SUITE_OR_PATH [--out DIR] [--threads N] [--quick] [--json]` (same as `stedge bench`)."""
+"""`python -m stedge.bench SUITE_OR_PATH [--out DIR] [--threads N] [--quick] [--json]` (same as `stedge bench`)."""
 from __future__ import annotations
 
 import sys

@@ -323,7 +323,7 @@ def readme(results: dict[str, Any], run_dir: str, notes: str = "") -> str:
         "## Reproduce",
         "",
         "```bash",
-        f"stedge bench {s['name']}        # or: python -m benchmarks {s['name']}",
+        f"stedge bench {s['name']}        # or: python -m stedge.bench {s['name']}",
         "```",
         "",
         "How each column is measured: [benchmarks/README.md](../README.md).",

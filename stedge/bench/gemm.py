@@ -114,5 +114,5 @@ def _best(fn, flops: float, seconds: float) -> float:
     return round(flops / best / 1e9, 1)
 
 
-if __name__ == "__main__":  # python -m benchmarks.gemm THREADS DEVICE  (run by the runner in a clean process)
+if __name__ == "__main__":  # python -m stedge.bench.gemm THREADS DEVICE  (run by the runner in a clean process)
     print(json.dumps(gemm_peak(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "cpu")))
