@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import InvalidModelError, StedgeError
 from ..hub import model_display_name, resolve_model
-from ..io import atomic_dir, sha256_file
+from ..io import atomic_dir, check_output, output_lock, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -256,11 +256,12 @@ def export_model(
     if max_drop is not None and max_drop < 0:
         raise StedgeError(f"--max-drop must be >= 0, got {max_drop}")
     out = Path(output) if output is not None else Path("models") / f"{model_display_name(model)}-stedge"
-    if out.exists() and not (overwrite or add):
-        raise StedgeError(f"output folder {out} already exists: pass --overwrite to replace it or --add to add variants to it")
-    existing: dict | None = None
-    if add and out.exists():
-        existing = mf.read(out)
+    src_path = resolve_model(model)
+    check_output(out, overwrite or add, protect=[src_path],
+                 exists_hint="pass --overwrite to replace it or --add to add variants to it")
+    if add and out.exists() and not (out / mf.MANIFEST).is_file():
+        raise StedgeError(f"--add: {out} has no {mf.MANIFEST}, so it is not an artifact to add variants to; "
+                          "choose another -o")
 
     cal_texts = None
     if quantize == "int8-static":
@@ -272,27 +273,29 @@ def export_model(
     eval_set = read_sts(eval, limit=eval_limit) if eval is not None else None
 
     steps = _Steps(show_progress)
-    steps.start("Loading the model")
-    torch_model, task, source = load_model(model)
-    if existing is not None:
-        if existing.get("source", {}).get("sha256") != source["sha256"] or existing.get("task") != task:
-            raise StedgeError(
-                f"{out / mf.MANIFEST}: the artifact was exported from another model (source sha256 differs); "
-                "use --overwrite to replace it or another -o"
-            )
-    variants = plan_variants(backend, optimize, quantize, isas, device)
     try:
-        with atomic_dir(out, overwrite=True if (overwrite or add) else False) as tmp:
-            if existing is not None:
-                shutil.copytree(out, tmp, dirs_exist_ok=True)
-            else:
-                torch_model.save(tmp)
-                torch_model.eval()
-            manifest = _build(torch_model, task, source, variants, tmp, optimize, cal_texts, calibration_method,
-                              eval_set, max_drop, device, existing, steps)
-            manifest["default_variant"] = _headline(variants, quantize, optimize)
-            mf.check_tokenizer(tmp, manifest)
-            mf.write(tmp, manifest)
+        with output_lock(out):  # a second writer of `out` waits here, then sees what the first wrote
+            steps.start("Loading the model")
+            existing = mf.read(out) if add and out.exists() else None
+            torch_model, task, source = load_model(model)
+            if existing is not None and (existing.get("source", {}).get("sha256") != source["sha256"]
+                                         or existing.get("task") != task):
+                raise StedgeError(
+                    f"{out / mf.MANIFEST}: the artifact was exported from another model (source sha256 differs); "
+                    "use --overwrite to replace it or another -o"
+                )
+            variants = plan_variants(backend, optimize, quantize, isas, device)
+            with atomic_dir(out, overwrite=overwrite or add, protect=[src_path]) as tmp:
+                if existing is not None:
+                    shutil.copytree(out, tmp, dirs_exist_ok=True)
+                else:
+                    torch_model.save(tmp)
+                    torch_model.eval()
+                manifest = _build(torch_model, task, source, variants, tmp, optimize, cal_texts, calibration_method,
+                                  eval_set, max_drop, device, existing, steps)
+                manifest["default_variant"] = _headline(variants, quantize, optimize)
+                mf.check_tokenizer(tmp, manifest)
+                mf.write(tmp, manifest)
     finally:
         steps.stop()
     rows = _rows(manifest, {v.name for v in variants}, out)
