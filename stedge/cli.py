@@ -1,10 +1,29 @@
-"""The `stedge` command line. Each stage keeps its commands in its own `cli.py` and registers them here."""
+"""The `stedge` command line. Each stage keeps its commands in its own `cli.py` and registers them here.
+
+Exit codes (the contract scripts rely on, also in the README):
+
+* 0 success;
+* 1 a check failed (``--max-drop``, a verification gate): the input was fine, the result was not good enough;
+* 2 bad input or environment: a wrong argument, a missing/malformed/unreadable file, an output that exists,
+  cannot be written or ran out of space. One line on stderr names the file or argument and what to do;
+* 3 an internal error, a bug in stedge: one line says so and asks for a report; the traceback is shown
+  with ``--debug`` or ``STEDGE_DEBUG=1``;
+* 130 interrupted (Ctrl-C).
+"""
 from __future__ import annotations
 
+import errno
 import importlib
+import os
 import sys
+import traceback
 
 import typer
+
+try:  # typer >= 0.20 carries its own copy of click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as click_exceptions
 
 from .errors import StedgeError
 
@@ -38,13 +57,79 @@ for _name in STAGES:
     _mod.register(app)
 
 
-def main() -> None:
-    """Entry point: run the app, turning StedgeError into a one-line message and its exit code."""
+EXIT_CHECK_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show the traceback of an internal error (also STEDGE_DEBUG=1).")) -> None:
+    if debug:
+        os.environ["STEDGE_DEBUG"] = "1"
+
+
+def _debug() -> bool:
+    return os.environ.get("STEDGE_DEBUG", "").lower() not in ("", "0", "false", "no")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "(no message)"
+
+
+def _fail(message: str, code: int) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+def _environment_error(e: OSError) -> str | None:
+    """A message for an OSError that is about the user's files or machine (not a bug), else None."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device{f' writing {e.filename}' if e.filename else ''}: free space and run again"
+    if e.filename is not None and e.errno in (errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR,
+                                             errno.ENOTDIR, errno.EEXIST, errno.ENOTEMPTY, errno.ELOOP):
+        return f"{e.filename}: {e.strerror}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app and map every outcome to the exit-code contract (module docstring)."""
     try:
-        app()
+        app(args=argv, standalone_mode=False)
     except StedgeError as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
+        if _debug():
+            traceback.print_exc()
+        _fail(str(e), e.exit_code)
+    except typer.Exit as e:
         sys.exit(e.exit_code)
+    except click_exceptions.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.secho("interrupted", fg="red", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:  # `stedge embed ... | head`
+        sys.stderr.close()
+        sys.exit(0)
+    except OSError as e:
+        msg = _environment_error(e)
+        if msg is None:
+            _internal(e)
+        if _debug():
+            traceback.print_exc()
+        _fail(msg, EXIT_BAD_INPUT)
+    except Exception as e:  # noqa: BLE001 - the one place that turns a bug into exit 3
+        _internal(e)
+
+
+def _internal(e: BaseException) -> None:
+    if _debug():
+        traceback.print_exc()
+        hint = "the traceback is above"
+    else:
+        hint = "run again with --debug (or STEDGE_DEBUG=1) for the traceback"
+    _fail(f"internal error (a bug in stedge), please report it with the command you ran "
+          f"({type(e).__name__}: {_one_line(e)[:300]}); {hint}", EXIT_INTERNAL)
 
 
 if __name__ == "__main__":

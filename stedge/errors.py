@@ -16,6 +16,10 @@ class InvalidModelError(StedgeError, ValueError):
     """A model or artifact directory is incomplete or malformed."""
 
 
+class InvalidInputError(StedgeError, ValueError):
+    """A bad argument or input text (not valid Unicode, a limit below 1, ...)."""
+
+
 class CheckFailedError(StedgeError):
     """A verification or quality gate failed (for example `--max-drop`)."""
 
