@@ -12,9 +12,10 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from collections.abc import Mapping, Set
+from typing import Any, Iterable, Sequence
 
-from .errors import StedgeError
+from .errors import InvalidInputError, StedgeError
 
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "anchor", "query", "premise", "question")
 
@@ -41,6 +42,32 @@ def resolve_data_path(path: str | os.PathLike) -> Path:
     return alt if alt.exists() else p
 
 
+def check_texts(texts: Any, what: str = "texts") -> list[str]:
+    """``texts`` (one string or a sequence of strings) as a list of strings.
+
+    A mapping or a set is refused (a dict would silently give its keys, a set an arbitrary order)
+    and so is a non-string item (TypeError naming the index). A text that is not valid Unicode
+    (lone surrogates, as Python makes of bytes that are not UTF-8) raises InvalidInputError.
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    elif isinstance(texts, (Mapping, Set, bytes, bytearray)) or not isinstance(texts, Iterable):
+        raise TypeError(f"{what} must be a string or a sequence of strings, got {type(texts).__name__}")
+    out = []
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"{what}[{i}] is {type(t).__name__}, expected str")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidInputError(
+                f"{what}[{i}] ({t[:40]!r}) is not valid Unicode: character {e.start} is a lone surrogate, as Python "
+                "makes of bytes that are not UTF-8; convert the input to UTF-8"
+            ) from None
+        out.append(t)
+    return out
+
+
 def _open_text(path: Path) -> io.TextIOBase:
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
@@ -57,9 +84,39 @@ def _kind(path: Path) -> str:
     return "txt"
 
 
+def _check_file(p: Path) -> None:
+    if p.is_dir():
+        raise InvalidInputError(f"{p} is a folder; pass a text file, a CSV/TSV/JSONL/JSON/Parquet table or a datasets name")
+
+
+def _read_error(p: Path, e: Exception) -> InvalidInputError:
+    """A one-line error for a data file that cannot be decoded or parsed."""
+    if isinstance(e, UnicodeDecodeError):
+        return InvalidInputError(f"{p} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                                 "pass a UTF-8 text file or table (binary files are not read)")
+    if isinstance(e, json.JSONDecodeError):
+        return InvalidInputError(f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})")
+    if isinstance(e, (gzip.BadGzipFile, EOFError)):
+        return InvalidInputError(f"{p}: not a readable gzip file ({e})")
+    return InvalidInputError(f"{p}: cannot be read as a table ({type(e).__name__}: {e})")
+
+
+_READ_ERRORS = (UnicodeDecodeError, json.JSONDecodeError, gzip.BadGzipFile, EOFError, csv.Error)
+
+
 def read_rows(source: str | os.PathLike, split: str | None = None) -> list[dict]:
     """Read a table (CSV/TSV/JSONL/JSON/Parquet, gz ok) or a `datasets` name into a list of dicts."""
     p = resolve_data_path(source)
+    if p.exists():
+        _check_file(p)
+        try:
+            return _read_rows(p, source)
+        except _READ_ERRORS as e:
+            raise _read_error(p, e) from None
+    return _read_rows(p, source, split)
+
+
+def _read_rows(p: Path, source: str | os.PathLike, split: str | None = None) -> list[dict]:
     if not p.exists():
         if isinstance(source, str) and "/" in source and not source.startswith((".", "/")):
             return _hub_rows(source, split)
@@ -109,9 +166,16 @@ def read_texts(source: str | os.PathLike, column: str | None = None, limit: int 
     table (sentence1/sentence2, anchor/positive...) every text column is used.
     """
     p = resolve_data_path(source)
+    if p.exists():
+        _check_file(p)
     if p.exists() and _kind(p) == "txt":
-        with _open_text(p) as f:
-            texts = [line.rstrip("\n\r") for line in f]
+        try:
+            with _open_text(p) as f:
+                texts = [line.rstrip("\n\r") for line in f]
+        except _READ_ERRORS as e:
+            raise _read_error(p, e) from None
+        if any("\x00" in t for t in texts):
+            raise InvalidInputError(f"{p} holds NUL bytes, so it is not a text file; pass a UTF-8 text file or table")
         texts = [t for t in texts if t.strip()]
     else:
         rows = read_rows(source)

@@ -16,7 +16,38 @@ from ..errors import StedgeError
 
 
 def _is_artifact(model: str) -> bool:
-    return (Path(model) / "stedge.json").is_file()
+    """True for an exported artifact (a folder with stedge.json). A folder with graphs (onnx/, openvino/)
+    but no stedge.json is refused when it has no torch weights, and said to run with PyTorch when it has."""
+    p = Path(model)
+    if (p / "stedge.json").is_file():
+        return True
+    graphs = [d for d in ("onnx", "openvino") if (p / d).is_dir()]
+    if p.is_dir() and graphs:
+        weights = any(p.glob("*.safetensors")) or (p / "pytorch_model.bin").is_file()
+        if not weights:
+            raise StedgeError(
+                f"{p} has {graphs[0]}/ but no stedge.json, so it is not a complete stedge artifact; "
+                "export the model again (stedge export) or restore stedge.json"
+            )
+        typer.secho(f"note: {p} has no stedge.json: running its torch weights with PyTorch "
+                    f"(the graphs in {graphs[0]}/ are not used)", fg="yellow", err=True)
+    return False
+
+
+def _npy_output(output: Optional[Path]) -> Optional[Path]:
+    """Check `-o` before any work: a .npy file name in a writable, existing folder (never a folder)."""
+    if output is None:
+        return None
+    from ..io import check_writable
+
+    if output.is_dir():
+        raise StedgeError(f"-o {output} is a folder; give a .npy file name, e.g. -o {output / 'embeddings.npy'}")
+    if output.suffix != ".npy":
+        raise StedgeError(f"-o {output}: give a file name ending in .npy (the embeddings are a numpy array)")
+    if not output.parent.is_dir():
+        raise StedgeError(f"-o {output}: folder {output.parent} does not exist")
+    check_writable(output)
+    return output
 
 
 def _load_encoder(model: str, variant: Optional[str], device: Optional[str]):
@@ -63,9 +94,10 @@ def embed(
     as_json: bool = typer.Option(False, "--json", help="Print JSON: {dimension, embeddings}."),
 ) -> None:
     """Embed texts with a model or an exported artifact."""
-    from ..data import read_texts
+    from ..data import check_texts, read_texts
 
-    items = list(texts or [])
+    output = _npy_output(output)
+    items = check_texts(list(texts or []), "TEXT")
     if file is not None:
         items += read_texts(file, column=column)
     if not items:
@@ -75,7 +107,10 @@ def embed(
     if output is not None:
         import numpy as np
 
-        np.save(output, emb)
+        from ..io import atomic_file
+
+        with atomic_file(output) as tmp, open(tmp, "wb") as f:
+            np.save(f, emb)
     if as_json:
         typer.echo(json.dumps({"dimension": int(emb.shape[1]), "count": len(items), "embeddings": emb.tolist()}))
     elif output is None:
@@ -95,6 +130,9 @@ def similarity(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Similarity of two texts with the model's similarity function."""
+    from ..data import check_texts
+
+    check_texts([a, b], "A/B")
     enc = _load_encoder(model, variant, device)
     emb = _encode(enc, [a, b], 32, None, False)
     score = float(enc.similarity(emb[:1], emb[1:])[0][0])
@@ -116,9 +154,10 @@ def rank(
     as_json: bool = typer.Option(False, "--json", help="Print JSON: a list of {corpus_id, score, text}."),
 ) -> None:
     """Rank documents for a query with a cross-encoder (reranker)."""
-    from ..data import read_texts
+    from ..data import check_texts, read_texts
 
-    docs = list(documents or [])
+    check_texts([query], "QUERY")
+    docs = check_texts(list(documents or []), "DOC")
     if file is not None:
         docs += read_texts(file)
     if not docs:
@@ -138,7 +177,9 @@ def info(
 ) -> None:
     """Describe a model or artifact: modules, dimension, prompts, variants."""
     if _is_artifact(model):
-        manifest = json.loads((Path(model) / "stedge.json").read_text())
+        from ..export.manifest import read
+
+        manifest = read(model)
         if as_json:
             typer.echo(json.dumps(manifest, indent=2))
             return

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..errors import InvalidModelError, StedgeError
 from ..hub import resolve_model
+from ..data import check_texts
 from ..io import atomic_dir
 from .encoder import default_device
 from .modules import _activation_from_name, _activation_name
@@ -22,6 +23,7 @@ def _check_pairs(pairs: Sequence[Any]) -> list[tuple[str, str]]:
     for i, p in enumerate(pairs):
         if not (isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(x, str) for x in p)):
             raise TypeError(f"pairs[{i}] must be a (str, str) pair, got {type(p).__name__}")
+        check_texts(list(p), f"pairs[{i}]")
         out.append((p[0], p[1]))
     return out
 

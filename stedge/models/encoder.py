@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .. import __version__
 from ..errors import InvalidModelError, StedgeError
+from ..data import check_texts
 from ..hub import resolve_model
 from ..io import atomic_dir
 from .adapters import AdapterMixin, load_transformer
@@ -33,16 +34,6 @@ def default_device() -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
-
-
-def check_texts(texts: Sequence[Any]) -> list[str]:
-    """Validate a batch of texts: every item must be a string (TypeError names the index)."""
-    out = []
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
-        out.append(t)
-    return out
 
 
 class SentenceEncoder(AdapterMixin, nn.Sequential):
@@ -210,7 +201,7 @@ class SentenceEncoder(AdapterMixin, nn.Sequential):
         under autocast on a GPU (bfloat16 also on CPU); results are float32.
         """
         single = isinstance(texts, str)
-        items = check_texts([texts] if single else list(texts))
+        items = check_texts(texts)
         if convert_to not in ("numpy", "torch"):
             raise StedgeError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
         if precision not in _PRECISIONS:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from collections.abc import Mapping, Set
 from typing import Any, Sequence
 
 import numpy as np
@@ -201,6 +202,8 @@ class Encoder(_Artifact):
         exported with Normalize is already normalized).
         """
         single = isinstance(texts, str)
+        if isinstance(texts, (Mapping, Set, bytes, bytearray)):
+            raise TypeError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
         items = [texts] if single else list(texts)
         for i, t in enumerate(items):
             if not isinstance(t, str):

@@ -8,7 +8,7 @@ from typing import Iterator, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import ArtifactError
+from .errors import ArtifactError, InputError
 
 logger = logging.getLogger("stedge_runtime")
 
@@ -50,7 +50,11 @@ class Tokenizer:
         """Encodings (ids, type_ids) of texts or (a, b) pairs, truncated to max_length."""
         if self.do_lower_case:
             items = [t.lower() if isinstance(t, str) else (t[0].lower(), t[1].lower()) for t in items]
-        encs = self._tok.encode_batch(list(items))
+        try:
+            encs = self._tok.encode_batch(list(items))
+        except TypeError:  # `tokenizers` says only "TextEncodeInput must be ...": find the text at fault
+            _check_unicode(items)
+            raise
         if not self._warned:
             for e in encs:
                 if e.overflowing:
@@ -63,6 +67,21 @@ class Tokenizer:
                             )
                     break
         return encs
+
+
+def _check_unicode(items: Sequence[Text]) -> None:
+    """Raise InputError naming the first text that is not valid Unicode (a lone surrogate)."""
+    for i, t in enumerate(items):
+        for part in (t,) if isinstance(t, str) else tuple(t):
+            try:
+                part.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise InputError(
+                    f"text {i} ({part[:40]!r}) is not valid Unicode: character {e.start} is a lone surrogate, as "
+                    "Python makes of bytes that are not UTF-8; convert the input to UTF-8"
+                ) from None
+            except AttributeError:
+                continue
 
 
 def batches(encs: list, batch_size: int, max_tokens: int) -> Iterator[np.ndarray]:
