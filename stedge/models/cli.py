@@ -177,9 +177,7 @@ def info(
 ) -> None:
     """Describe a model or artifact: modules, dimension, prompts, variants."""
     if _is_artifact(model):
-        from ..export.manifest import read
-
-        manifest = read(model)
+        manifest = json.loads((Path(model) / "stedge.json").read_text())
         if as_json:
             typer.echo(json.dumps(manifest, indent=2))
             return
