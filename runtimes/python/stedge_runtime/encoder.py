@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from collections.abc import Mapping, Set
 from typing import Any, Sequence
@@ -11,7 +12,8 @@ import numpy as np
 
 from .engines import installed_backends, open_engine
 from .errors import ArtifactError, DeviceError, InputError
-from .manifest import MANIFEST, ONNX_DEVICES, OPENVINO_DEVICES, check_sha256, choose_variant, device_family, read_manifest
+from .manifest import MANIFEST, ONNX_DEVICES, OPENVINO_DEVICES, check_sha256, device_family, read_manifest
+from .select import Selection, select_variant
 from .tokenize import Tokenizer, batches, pad
 
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "prompt_length")
@@ -23,14 +25,16 @@ class _Artifact:
     task = ""
     needed_outputs: tuple[str, ...] = ()
 
-    def __init__(self, root: Path, manifest: dict, variant: str, engine: Any, tokenizer: Tokenizer, max_batch_tokens: int) -> None:
+    def __init__(self, root: Path, manifest: dict, variant: str, engine: Any, tokenizer: Tokenizer, max_batch_tokens: int,
+                 selection: Selection | None = None, latency_engine: Any = None) -> None:
         self.path = root
         self._manifest = manifest
         self._variant = variant
         self._engine = engine
+        self._latency_engine = latency_engine
+        self._selection = selection or Selection(variant=variant, source="named", reason="named by the caller")
         self._tok = tokenizer
         self.max_batch_tokens = int(max_batch_tokens)
-        self._type_ids = "token_type_ids" in engine.inputs
 
     @classmethod
     def load(
@@ -42,33 +46,61 @@ class _Artifact:
         fallback: bool = False,
         verify: bool | str = "cached",
         max_batch_tokens: int = 16384,
+        tier: str | None = None,
+        route: bool | None = None,
+        profile: bool = True,
         **engine_options: Any,
     ):
         """Load an artifact folder for ``device`` (cpu, cuda[:N], tensorrt[:N], ort-openvino[:DEV],
-        gpu[.N], npu, auto[:DEVS]); ``variant`` names one from stedge.json, else the best fit is
-        chosen (see manifest.choose_variant). An unavailable device is an error unless
-        ``fallback=True``, which warns and runs on the CPU. ``verify`` controls the sha256 check
-        ("cached", True, False). ``engine_options`` go to the engine (see OrtEngine / OpenVINOEngine)."""
+        gpu[.N], npu, auto[:DEVS]); ``variant`` names one from stedge.json, else the fastest variant of
+        precision ``tier`` (exact, near (default), compressed) is chosen from this machine's tuning profile,
+        or by the rule in stedge_runtime.select without one (``profile=False`` skips the profile). ``route``:
+        batch-1 calls may run on a faster second variant when the profile shows it and the vectors agree
+        (None), always when faster (True) or never (False). ``selection`` says what was chosen and why.
+        An unavailable device is an error unless ``fallback=True``, which warns and runs on the CPU.
+        ``verify`` controls the sha256 check ("cached", True, False). ``engine_options`` go to the engine
+        (see OrtEngine / OpenVINOEngine) and win over the variant's and the profile's settings."""
         root = Path(path)
         known = tuple(dict.fromkeys(ONNX_DEVICES + OPENVINO_DEVICES))
         if not isinstance(device, str) or device_family(device) not in known:
             raise DeviceError(f"device {device!r} is not one stedge_runtime knows; use one of: {', '.join(known)} (':N' / '.N' picks an index)")
         m = read_manifest(root, cls.task)
+        choice = {"tier": tier, "route": route, "use_profile": profile}
         try:
-            name, engine = cls._open(root, m, variant, device, threads, verify, engine_options)
+            sel, engines = cls._open(root, m, variant, device, threads, verify, engine_options, choice)
         except DeviceError as e:
             if not fallback or device_family(device) == "cpu":
                 raise
             warnings.warn(f"{e}. Falling back to the CPU (fallback=True).", RuntimeWarning, stacklevel=2)
             v = variant if variant in m["variants"] and "cpu" in (m["variants"][variant].get("devices") or ["cpu"]) else None
-            name, engine = cls._open(root, m, v, "cpu", threads, verify, engine_options)
+            sel, engines = cls._open(root, m, v, "cpu", threads, verify, engine_options, choice)
+        for w in sel.warnings:
+            warnings.warn(f"{root}: {w}", RuntimeWarning, stacklevel=2)
         tok_file = root / str(m.get("tokenizer") or "tokenizer.json")
         tok = Tokenizer(tok_file, int(m.get("max_seq_length") or 512), bool(m.get("do_lower_case", False)))
-        return cls(root, m, name, engine, tok, max_batch_tokens)
+        return cls(root, m, sel.variant, engines[0], tok, max_batch_tokens, sel, engines[1])
 
     @classmethod
-    def _open(cls, root: Path, m: dict, variant: str | None, device: str, threads: int | None, verify: bool | str, options: dict):
-        name = choose_variant(m, device_family(device), variant, installed_backends(), root)
+    def _open(cls, root: Path, m: dict, variant: str | None, device: str, threads: int | None, verify: bool | str,
+              options: dict, choice: dict) -> tuple[Selection, tuple[Any, Any]]:
+        family = device_family(device)
+        sel = select_variant(m["variants"], family, variant, installed_backends(), root, key=None,
+                             where=str(root / MANIFEST), **choice)
+        user = dict(options, **({"threads": threads} if threads is not None else {}))
+        engine = cls._engine(root, m, sel.variant, device, verify, {**sel.settings, **user})
+        latency = None
+        if sel.latency_variant is not None:
+            lv = m["variants"][sel.latency_variant]
+            if user and lv["backend"] != m["variants"][sel.variant]["backend"]:
+                sel = replace(sel, latency_variant=None, latency_settings={}, notes=sel.notes + (
+                    f"batch-1 routing to {sel.latency_variant} off: engine options were given for {sel.variant}",))
+            else:
+                latency = cls._engine(root, m, sel.latency_variant, device, verify, {**sel.latency_settings, **user})
+        return sel, (engine, latency)
+
+    @classmethod
+    def _engine(cls, root: Path, m: dict, name: str, device: str, verify: bool | str, settings: dict) -> Any:
+        """Check one variant's files and open its engine with the variant's options, then ``settings``."""
         v = m["variants"][name]
         file = root / v["file"]
         if not file.is_file():
@@ -79,14 +111,16 @@ class _Artifact:
         hashes = hashes if isinstance(hashes, dict) else {v["file"]: hashes}
         for rel, digest in hashes.items():
             check_sha256(root / rel, digest, f"{MANIFEST} variants.{name}.sha256", verify)
-        engine = open_engine(v["backend"], file, device, v.get("precision"), threads, options)
+        opts = {**(v.get("engine_options") or {}), **settings}
+        threads = opts.pop("threads", None)
+        engine = open_engine(v["backend"], file, device, v.get("precision"), threads, opts)
         unknown = [i for i in engine.inputs if i not in KNOWN_INPUTS]
         missing = [o for o in cls.needed_outputs if o not in engine.outputs]
         if unknown or missing:
             raise ArtifactError(
                 f"{file}: graph does not follow the stedge contract (unknown inputs {unknown}, missing outputs {missing})"
             )
-        return name, engine
+        return engine
 
     # ------------------------------------------------------------ properties
     @property
@@ -96,8 +130,13 @@ class _Artifact:
 
     @property
     def variant(self) -> str:
-        """Name of the variant that runs."""
+        """Name of the variant that runs (bulk calls; see ``selection.latency_variant`` for batch-1 calls)."""
         return self._variant
+
+    @property
+    def selection(self) -> Selection:
+        """What was chosen and why: source (named / profile / rule), tier, settings, routing, exclusions."""
+        return self._selection
 
     @property
     def device(self) -> str:
@@ -112,13 +151,15 @@ class _Artifact:
     def _run(self, items: list, batch_size: int, output: str, width: int, extra: dict | None = None) -> np.ndarray:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        engine = self._latency_engine if len(items) == 1 and self._latency_engine is not None else self._engine
+        type_ids = "token_type_ids" in engine.inputs
         encs = self._tok.encode(items)
         out = np.empty((len(items), width), dtype=np.float32)
         for idx in batches(encs, batch_size, self.max_batch_tokens):
-            feeds = pad(encs, idx, self._tok.pad_id, self._type_ids)
+            feeds = pad(encs, idx, self._tok.pad_id, type_ids)
             for k, v in (extra or {}).items():
                 feeds[k] = np.full(len(idx), v, dtype=np.int64)
-            out[idx] = self._engine.run(feeds, output).reshape(len(idx), width)
+            out[idx] = engine.run(feeds, output).reshape(len(idx), width)
         return out
 
 

@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError, DeviceError
+from .errors import ArtifactError
 
 MANIFEST = "stedge.json"
 FORMAT_VERSION = 1
@@ -18,16 +18,7 @@ TASKS = ("embedding", "reranking")
 # Device families and the engine (variant backend) that serves them.
 ONNX_DEVICES = ("cpu", "cuda", "tensorrt", "ort-openvino")
 OPENVINO_DEVICES = ("cpu", "gpu", "npu", "auto")
-# Preferred precisions per device family when no variant is named (first is best).
-PRECISION_ORDER = {
-    "cpu": ("int8", "fp32", "int4", "fp16"),
-    "cuda": ("fp16", "fp32"),
-    "tensorrt": ("fp16", "fp32"),
-    "ort-openvino": ("int8", "fp32", "fp16"),
-    "gpu": ("fp16", "int8", "fp32", "int4"),
-    "npu": ("int8", "fp16", "fp32", "int4"),
-    "auto": ("int8", "fp32", "fp16", "int4"),
-}
+
 
 
 def is_artifact(path: str | os.PathLike) -> bool:
@@ -95,63 +86,17 @@ def backends_for(family: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _passed(v: dict) -> bool:
-    ver = v.get("verification") or {}
-    return bool(ver.get("passed"))
+def choose_variant(m: dict, family: str, name: str | None, installed: set[str], where: Path,
+                   tier: str | None = None) -> str:
+    """The variant to run: ``name`` when given, else the best fit for the device family at ``tier``.
 
-
-def _fits(v: dict, family: str) -> bool:
-    if v["backend"] not in backends_for(family):
-        return False
-    devices = [str(d).lower() for d in v.get("devices") or []]
-    # 'auto' and the ORT OpenVINO EP run whatever their backend reads; otherwise trust the list.
-    return not devices or family in ("auto", "ort-openvino") or family in devices
-
-
-def choose_variant(m: dict, family: str, name: str | None, installed: set[str], where: Path) -> str:
-    """The variant to run: ``name`` when given, else the best fit for the device family.
-
-    Rule when no name is given: among variants whose backend serves the device, whose
-    ``devices`` list includes it and whose engine is installed, keep those whose verification
-    passed (fp32 variants are kept even without a verification record). On the CPU take the
-    manifest's ``default_variant`` if it is among them; else the best precision for the device
-    (PRECISION_ORDER: int8 first on the CPU, fp16 first on cuda/tensorrt/GPU), then the
-    highest optimization level (O4 > O3 > ... > none), then the name.
+    The rule (tiers, this machine's tuning profile, CPU flags) is stedge_runtime.select.select_variant;
+    this returns only the name. The manifest's ``default_variant`` plays no part.
     """
-    variants = m["variants"]
-    if name is not None:
-        if name not in variants:
-            raise ArtifactError(f"{where / MANIFEST}: unknown variant {name!r}; this artifact has: {', '.join(variants)}")
-        v = variants[name]
-        if not _fits(v, family):
-            raise ArtifactError(
-                f"{where / MANIFEST}: variant {name!r} ({v['backend']}, devices {v.get('devices')}) does not run on "
-                f"device {family!r}; pick another variant or device"
-            )
-        return name
-    ok = [
-        n for n, v in variants.items()
-        if _fits(v, family) and v["backend"] in installed and (_passed(v) or (v.get("precision") == "fp32" and not v.get("verification")))
-    ]
-    if not ok:
-        raise DeviceError(
-            f"{where / MANIFEST}: no variant fits device {family!r} with the installed engines ({', '.join(sorted(installed)) or 'none'}) "
-            f"and a passed verification; variants: "
-            + ", ".join(f"{n} ({v['backend']}, {v.get('precision')}, devices {v.get('devices')})" for n, v in variants.items())
-        )
-    default = m.get("default_variant")
-    if family == "cpu" and default in ok:
-        return default
-    order = PRECISION_ORDER.get(family, ("fp32",))
+    from .select import select_variant
 
-    def key(n: str) -> tuple:
-        v = variants[n]
-        prec = v.get("precision")
-        rank = order.index(prec) if prec in order else len(order)
-        opt = str(v.get("optimization") or "O0").lstrip("Oo")
-        return (rank, -(int(opt) if opt.isdigit() else 0), backends_for(family).index(v["backend"]), n)
-
-    return sorted(ok, key=key)[0]
+    sel = select_variant(m["variants"], family, name, installed, where, tier=tier, where=str(where / MANIFEST))
+    return sel.variant
 
 
 # ------------------------------------------------------------------------ sha256

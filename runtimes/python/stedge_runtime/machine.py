@@ -1,0 +1,177 @@
+"""This machine as the variant choice sees it: CPU model, ISA flags, cores, engine versions and a key for them.
+
+The one owner of CPU detection in stedge: the exporter (int8 ISA), the tuner (profile key), the
+selection rule (bf16 / AMX / VNNI) and the benchmark harness (results folder per CPU) all ask here.
+Linux reads ``/proc/cpuinfo``; elsewhere the flags are empty and the rule falls back to plain fp32/int8.
+Nothing here imports an engine: versions come from the installed package metadata.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+from functools import lru_cache
+from importlib import metadata
+from typing import Any
+
+# ISA flags that decide which kernels the engines pick (as /proc/cpuinfo spells them).
+ISA_FLAGS = (
+    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+    "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "amx_fp16", "asimd", "asimddp", "sve",
+    "i8mm", "bf16",
+)
+# Engines whose version changes the timings a tuning profile holds.
+ENGINES = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "openvino")
+
+
+@lru_cache(maxsize=1)
+def _cpuinfo_text() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _first_block(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if ":" in line:
+            k, v = line.split(":", 1)
+            out.setdefault(k.strip(), v.strip())
+        elif not line.strip() and out:
+            break  # the first processor block is enough
+    return out
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    info = _first_block(_cpuinfo_text())
+    return set((info.get("flags") or info.get("Features") or "").split())
+
+
+def cpu_model() -> str:
+    """A human name for the CPU (``model name`` of /proc/cpuinfo, else what ``platform`` says)."""
+    info = _first_block(_cpuinfo_text())
+    return info.get("model name") or info.get("Model") or platform.processor() or platform.machine() or "unknown"
+
+
+def logical_cores() -> int:
+    """CPUs this process may run on (its affinity mask; a container's limit shows here)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may use (SMT siblings counted once)."""
+    text = _cpuinfo_text()
+    allowed: set[int] | None
+    try:
+        allowed = set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        allowed = None
+    cores = set()
+    for block in text.split("\n\n"):
+        info = _first_block(block)
+        if "processor" not in info:
+            continue
+        try:
+            cpu = int(info["processor"])
+        except ValueError:
+            continue
+        if allowed is not None and cpu not in allowed:
+            continue
+        cores.add((info.get("physical id", "0"), info.get("core id", str(cpu))))
+    return len(cores) or logical_cores()
+
+
+def int8_isa(flags: set[str] | None = None) -> str:
+    """The dynamic-int8 ISA of this CPU (``onnx-int8-<isa>``): arm64, avx512_vnni, avx512 or avx2."""
+    mach = platform.machine().lower()
+    if mach in ("aarch64", "arm64") or mach.startswith("arm"):
+        return "arm64"
+    flags = cpu_flags() if flags is None else flags
+    if "avx512_vnni" in flags or "avx512vnni" in flags:
+        return "avx512_vnni"
+    if "avx512f" in flags and "avx512bw" in flags:
+        return "avx512"
+    return "avx2"
+
+
+def cpu_class(flags: set[str] | None = None) -> str:
+    """What the selection rule knows about the CPU's matrix units, best first:
+
+    ``amx`` (amx_bf16 / amx_int8: Intel Sapphire Rapids and later), ``avx512_bf16`` (bf16 dot products
+    without AMX: AMD Zen 4/5, Intel Cooper Lake), ``vnni`` (int8 dot products: avx512_vnni or avx_vnni),
+    ``arm64``, or ``plain`` (AVX2-class x86).
+    """
+    flags = cpu_flags() if flags is None else flags
+    if {"amx_bf16", "amx_int8"} & flags:
+        return "amx"
+    if "avx512_bf16" in flags:
+        return "avx512_bf16"
+    if {"avx512_vnni", "avx512vnni", "avx_vnni"} & flags:
+        return "vnni"
+    if int8_isa(flags) == "arm64":
+        return "arm64"
+    return "plain"
+
+
+def has_bf16(flags: set[str] | None = None) -> bool:
+    """True when the CPU computes bf16 natively (avx512_bf16 or AMX; Arm bf16)."""
+    flags = cpu_flags() if flags is None else flags
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & flags)
+
+
+def engine_versions() -> dict[str, str]:
+    """Installed engine versions (package metadata; nothing is imported)."""
+    out = {}
+    for name in ENGINES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def slug(text: str, limit: int = 48) -> str:
+    """Lower-case ``a-z0-9-`` form of a name, for folder and file names."""
+    s = re.sub(r"\(r\)|\(tm\)|\bcpu\b|@.*$", "", text.lower())
+    s = re.sub(r"[^a-z0-9]+", "-", s).strip("-")
+    return s[:limit].rstrip("-") or "unknown-cpu"
+
+
+def cpu_slug() -> str:
+    """Folder name for this CPU's benchmark results: the model name, slugged (``amd-epyc``)."""
+    return slug(cpu_model())
+
+
+def machine_facts() -> dict[str, Any]:
+    """The facts a tuning profile is keyed by: CPU model, arch, ISA flags, cores, engine versions."""
+    flags = cpu_flags()
+    return {
+        "cpu": cpu_model(),
+        "arch": platform.machine(),
+        "isa_flags": sorted(f for f in ISA_FLAGS if f in flags),
+        "cpu_class": cpu_class(flags),
+        "int8_isa": int8_isa(flags),
+        "cores_physical": physical_cores(),
+        "cores_logical": logical_cores(),
+        "engines": engine_versions(),
+    }
+
+
+def machine_key(facts: dict[str, Any] | None = None) -> str:
+    """A file-name key for these facts: ``<cpu slug>-<cores>c-<hash of all facts>``.
+
+    Two machines share a key only when CPU model, arch, ISA flags, core counts and engine versions
+    all agree, so a profile measured elsewhere (or before an engine upgrade) is never read as this one's.
+    """
+    facts = machine_facts() if facts is None else facts
+    keyed = {k: facts.get(k) for k in ("cpu", "arch", "isa_flags", "cores_physical", "cores_logical", "engines")}
+    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{slug(str(facts.get('cpu') or 'unknown'), 32)}-{facts.get('cores_logical')}c-{digest}"

@@ -1,0 +1,115 @@
+"""Tuning profiles: what `stedge tune` measured on one machine, kept inside the artifact.
+
+A profile is ``ARTIFACT/tuning/<machine key>.json`` (see :func:`stedge_runtime.machine.machine_key`):
+one file per machine, so an artifact copied to another machine carries profiles that are simply not
+read there. The file is written atomically (temporary sibling + ``os.replace``); stedge.json is
+not touched. Layout (``format_version`` 1)::
+
+    {"format_version": 1, "machine": {...machine_facts(), "key": KEY}, "created": ISO-8601 UTC,
+     "runtime": "<stedge_runtime version>", "budget_s": 12.0, "quick": false,
+     "workloads": {"short": {"texts": 64, "mean_tokens": 14.2}, "passage": {"texts": 32, "mean_tokens": 256.0}},
+     "variants": {NAME: {"status": "ok" | "error", "error": str?, "sha256": <manifest hash(es)>,
+                         "batch_invariance_min_cos": 0.99998,    # measured here: alone vs in a batch of 32
+                         "runs": [{"settings": {"threads": 2, "allow_spinning": true},
+                                   "batch1_ms_p50": 1.9, "batch1_ms_p90": 2.3,
+                                   "bulk": {"short": {"32": 1650.0}, "passage": {"32": 140.0}}}]}},
+     "agreement": {"A|B": min cosine between the vectors of variants A and B on the short texts}}
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import ArtifactError
+
+PROFILE_DIR = "tuning"
+PROFILE_FORMAT = 1
+
+
+def profile_file(root: str | os.PathLike, key: str) -> Path:
+    """Where the profile of machine ``key`` lives inside an artifact."""
+    return Path(root) / PROFILE_DIR / f"{key}.json"
+
+
+def list_profiles(root: str | os.PathLike) -> list[Path]:
+    """Every profile file in an artifact (any machine), sorted by name."""
+    folder = Path(root) / PROFILE_DIR
+    try:
+        return sorted(p for p in folder.glob("*.json") if p.is_file() and not p.is_symlink())
+    except OSError:
+        return []
+
+
+def read_profile(root: str | os.PathLike, key: str) -> dict[str, Any] | None:
+    """The profile measured on machine ``key``, or None when there is none.
+
+    A profile that cannot be read, has a newer ``format_version`` or was measured on another machine
+    (its ``machine.key`` differs from ``key``) raises ArtifactError naming the file.
+    """
+    file = profile_file(root, key)
+    if not file.is_file():
+        return None
+    if file.is_symlink():
+        raise ArtifactError(f"{file}: a tuning profile must be a plain file inside the artifact, not a symlink")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{file}: not a readable tuning profile ({e}); "
+                            "delete it and run `stedge tune` again") from None
+    check_profile(data, file)
+    if data["machine"].get("key") != key:
+        raise ArtifactError(
+            f"{file}: machine.key is {data['machine'].get('key')!r}, expected {key!r} "
+            "(the file was renamed or copied); "
+            "delete it and run `stedge tune` on this machine"
+        )
+    return data
+
+
+def check_profile(data: Any, where: str | os.PathLike) -> None:
+    """Raise ArtifactError when ``data`` is not a profile this runtime reads (field named)."""
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{where}: a tuning profile is a JSON object")
+    version = data.get("format_version")
+    if not isinstance(version, int):
+        raise ArtifactError(f"{where}: field 'format_version' is missing or not an integer")
+    if version > PROFILE_FORMAT:
+        raise ArtifactError(f"{where}: format_version {version} is newer than this runtime reads ({PROFILE_FORMAT}); "
+                            "upgrade stedge-runtime or run `stedge tune` again")
+    if not isinstance(data.get("machine"), dict):
+        raise ArtifactError(f"{where}: field 'machine' is missing or not an object")
+    variants = data.get("variants")
+    if not isinstance(variants, dict):
+        raise ArtifactError(f"{where}: field 'variants' is missing or not an object")
+    for name, v in variants.items():
+        if not isinstance(v, dict) or v.get("status") not in ("ok", "error"):
+            raise ArtifactError(f"{where}: variants.{name}.status must be 'ok' or 'error'")
+        runs = v.get("runs", [])
+        if not isinstance(runs, list) or not all(isinstance(r, dict) and isinstance(r.get("settings"), dict)
+                                                 for r in runs):
+            raise ArtifactError(f"{where}: variants.{name}.runs must be a list of objects with 'settings'")
+
+
+def write_profile(root: str | os.PathLike, profile: dict[str, Any]) -> Path:
+    """Write ``profile`` as ``tuning/<machine.key>.json`` atomically; returns the file."""
+    key = str(profile["machine"]["key"])
+    file = profile_file(root, key)
+    check_profile(profile, file)
+    file.parent.mkdir(exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{key}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(profile, f, indent=1, sort_keys=False)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, file)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return file

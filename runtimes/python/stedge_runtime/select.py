@@ -1,0 +1,375 @@
+"""Which variant runs: precision tiers, this machine's tuning profile, else a rule that knows the CPU.
+
+``select_variant`` is the whole rule (``choose_variant`` in the manifest module returns its ``.variant``):
+
+1. A named variant runs as named (an error when it is unknown or does not fit the device); when its
+   verification failed or it is not batch-invariant it still runs, with a warning that says so.
+2. Otherwise the **eligible** variants are those whose backend serves the device, whose engine is
+   installed, whose verification passed, whose precision tier is at least the requested one
+   (``exact`` > ``near`` > ``compressed``), whose batch invariance (``verification.batch_invariance_min_cos``)
+   meets the tier (0.99999 for exact, 0.999 otherwise), whose ``cpu_flags_any`` (if any) this CPU has,
+   and, for dynamic int8, whose kernel ISA this CPU runs. Everything left out is listed with the reason.
+3. With a tuning profile for **this** machine (``tuning/<machine key>.json``, written by ``stedge tune``;
+   profiles of other machines are ignored), the fastest eligible variant in bulk runs (geometric mean of
+   sentences/s over the measured bulk batches, short and passage-length texts), with the engine settings
+   that were fastest for it. Batch-1 calls go to another variant (or the same one with other settings)
+   only when the profile shows it at least 20 % faster at batch 1 *and* its vectors agree with the bulk
+   variant's to the tier's batch-invariance bound, so a query embedded alone still matches documents
+   embedded in bulk. Variants added after the profile was measured are not chosen until ``stedge tune``
+   runs again (the selection says so), so ``stedge export --add`` never changes the choice silently.
+4. Without a profile, the rule ranks kinds of variant by the CPU (``machine.cpu_class``):
+   ``amx``: bf16 > int8 static > int8 > fp32; ``avx512_bf16``: int8 > int8 static > bf16 > fp32;
+   other CPUs: int8 > int8 static > fp32 (bf16 is never taken on a CPU without avx512_bf16/AMX);
+   then weight-only int8, int4 and fp16. Ties: OpenVINO first for bf16 and static int8 on AMX, else ONNX first; then the
+   highest optimization level; then the name. GPUs keep their own order (fp16 first). The manifest's
+   ``default_variant`` (set by the last export) plays no part.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from . import machine
+from .errors import ArtifactError, DeviceError
+from .manifest import backends_for
+from .profile import list_profiles, read_profile
+
+TIERS = ("exact", "near", "compressed")
+DEFAULT_TIER = "near"
+# Batch invariance each tier needs: min cos of a text alone vs inside a mixed batch of 32.
+INVARIANCE = {"exact": 0.99999, "near": 0.999, "compressed": 0.999}
+ROUTE_GAIN = 0.8  # route batch-1 calls when their p50 is at most this share of the bulk variant's
+# Best first, per CPU class (machine.cpu_class) and for other device families.
+KIND_ORDER = {
+    "amx": ("bf16", "int8-static", "int8", "fp32", "int8-weights", "int4", "fp16"),
+    "avx512_bf16": ("int8", "int8-static", "bf16", "fp32", "int8-weights", "int4", "fp16"),
+    "cpu": ("int8", "int8-static", "fp32", "int8-weights", "int4", "fp16", "bf16"),
+    "cuda": ("fp16", "fp32"), "tensorrt": ("fp16", "fp32"),
+    "ort-openvino": ("int8", "int8-static", "fp32", "fp16"),
+    "gpu": ("fp16", "int8", "int8-static", "int8-weights", "fp32", "int4"),
+    "npu": ("int8", "int8-static", "int8-weights", "fp16", "fp32", "int4"),
+    "auto": ("int8", "int8-static", "fp32", "int8-weights", "fp16", "int4"),
+}
+# Which dynamic-int8 kernel ISAs a CPU of a given int8_isa runs correctly (avx2 needs reduce_range).
+ISA_RUNS = {"avx512_vnni": ("avx512_vnni", "avx512", "avx2"), "avx512": ("avx512", "avx2"), "avx2": ("avx2",),
+            "arm64": ("arm64",)}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What was chosen and why (``Encoder.selection``; ``stedge info`` prints it)."""
+
+    variant: str
+    source: str                                   # "named", "profile" or "rule"
+    reason: str
+    tier: str | None = None                       # requested tier (None when the variant was named)
+    variant_tier: str | None = None               # the chosen variant's own tier
+    settings: dict[str, Any] = field(default_factory=dict)   # engine settings from the profile
+    latency_variant: str | None = None            # batch-1 calls run here when set
+    latency_settings: dict[str, Any] = field(default_factory=dict)
+    profile: str | None = None                    # the profile file used
+    machine_key: str | None = None
+    excluded: dict[str, str] = field(default_factory=dict)   # variant -> why it was not eligible
+    notes: tuple[str, ...] = ()                   # ignored profiles, untuned variants, routing decisions
+    warnings: tuple[str, ...] = ()                # things the caller must be told (RuntimeWarning)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        d = dataclasses.asdict(self)
+        d["notes"], d["warnings"] = list(self.notes), list(self.warnings)
+        return d
+
+
+# ------------------------------------------------------------------ reading variant records
+def _get(v: Any, key: str) -> Any:
+    """A field of a variant record or its verification: dict, dataclass attribute, or the record's ``extra``."""
+    if isinstance(v, Mapping):
+        return v.get(key)
+    if hasattr(v, key):
+        return getattr(v, key)
+    extra = getattr(v, "extra", None)
+    return extra.get(key) if isinstance(extra, Mapping) else None
+
+
+def _verification(v: Any) -> Any:
+    return _get(v, "verification")
+
+
+def fits(v: Any, family: str) -> bool:
+    """True when the variant's backend serves ``family`` and its ``devices`` list allows it."""
+    if _get(v, "backend") not in backends_for(family):
+        return False
+    devices = [str(d).lower() for d in _get(v, "devices") or []]
+    return not devices or family in ("auto", "ort-openvino") or family in devices
+
+
+def variant_tier(v: Any) -> str | None:
+    """The precision tier a variant reached at export (``verification.tier``).
+
+    Artifacts exported before tiers existed: derived from the verification (exact: min cos >= 0.9999;
+    near: min cos >= 0.99 and Spearman within 0.2 points; else compressed when it passed); an fp32
+    variant without a verification record counts as exact, as the exporter never checked it otherwise.
+    """
+    ver = _verification(v)
+    if ver is None or ver == {}:
+        return "exact" if _get(v, "precision") == "fp32" else None
+    if _get(ver, "tier") is not None or "tier" in (ver if isinstance(ver, Mapping) else (_get(ver, "extra") or {})):
+        tier = _get(ver, "tier")
+        return tier if tier in TIERS else None
+    if not _get(ver, "passed"):
+        return None
+    mc = _get(ver, "min_cosine")
+    sp, ref = _get(ver, "spearman"), _get(ver, "reference_spearman")
+    drop = None if sp is None or ref is None else 100.0 * (ref - sp)
+    if mc is not None and mc >= 0.9999:
+        return "exact"
+    if mc is not None and mc >= 0.99 and (drop is None or drop <= 0.2):
+        return "near"
+    return "compressed"
+
+
+def batch_invariance(v: Any) -> float | None:
+    """``verification.batch_invariance_min_cos`` (None: not measured at export)."""
+    ver = _verification(v)
+    val = None if ver is None else _get(ver, "batch_invariance_min_cos")
+    return float(val) if isinstance(val, (int, float)) else None
+
+
+def variant_kind(name: str, v: Any) -> str:
+    """What the rule ranks: bf16, int8-static, int8 (dynamic), int8-weights (weight-only), fp32, fp16 or int4."""
+    prec = str(_get(v, "precision") or "")
+    if prec != "int8":
+        return prec
+    q = _get(v, "quantization")
+    method = str(_get(q, "method") or "") if isinstance(q, Mapping) else ""
+    if method == "static" or "static" in name:
+        return "int8-static"
+    if method == "weights" or "-weights" in name:
+        return "int8-weights"
+    return "int8"
+
+
+def int8_kernel_isa(name: str, v: Any) -> str | None:
+    """The ISA a dynamic-int8 variant was quantized for (``quantization.isa`` or the name suffix)."""
+    q = _get(v, "quantization")
+    isa = _get(q, "isa") if isinstance(q, Mapping) else None
+    if isa:
+        return str(isa)
+    for cand in ISA_RUNS:
+        if name.endswith(f"-{cand}") or f"-{cand}-" in name:
+            return cand
+    return None
+
+
+def _tier_ok(have: str | None, want: str) -> bool:
+    return have is not None and TIERS.index(have) <= TIERS.index(want)
+
+
+def _why_not(name: str, v: Any, family: str, installed: set[str], tier: str, flags: set[str]) -> str | None:
+    """Why variant ``name`` is not eligible for automatic choice (None: eligible)."""
+    if not fits(v, family):
+        return f"does not run on {family} (backend {_get(v, 'backend')}, devices {_get(v, 'devices')})"
+    if _get(v, "backend") not in installed:
+        return f"engine for {_get(v, 'backend')} not installed"
+    have = variant_tier(v)
+    if have is None:
+        return "verification failed or reached no tier"
+    if not _tier_ok(have, tier):
+        return f"tier {have} is below the requested {tier}"
+    inv = batch_invariance(v)
+    if inv is not None and inv < INVARIANCE[tier]:
+        return f"not batch-invariant (alone vs in a batch: min cos {inv:.5f} < {INVARIANCE[tier]})"
+    if inv is None and variant_kind(name, v) == "int8":
+        return ("dynamic int8 scales activations per batch, so a text's vector depends on its batch-mates, "
+                "and this export did not measure it (re-export with this stedge)")
+    want_flags = _get(v, "cpu_flags_any")
+    if family == "cpu" and want_flags and not set(want_flags) & flags:
+        return f"needs a CPU with one of {', '.join(want_flags)}"
+    if family == "cpu" and variant_kind(name, v) == "int8":
+        isa = int8_kernel_isa(name, v)
+        if isa is not None and isa not in ISA_RUNS.get(machine.int8_isa(flags), ()):
+            return f"int8 kernels for {isa}, which this CPU ({machine.int8_isa(flags)}) lacks"
+    if family == "cpu" and variant_kind(name, v) == "bf16" and not machine.has_bf16(flags):
+        return "bf16 without avx512_bf16 or AMX on this CPU"
+    return None
+
+
+# ------------------------------------------------------------------ the rule (no profile)
+def rule_rank(name: str, v: Any, family: str, flags: set[str]) -> tuple:
+    """Sort key of the rule without a profile (smaller is better); see the module docstring."""
+    cls = machine.cpu_class(flags) if family == "cpu" else family
+    order = KIND_ORDER.get(cls if family == "cpu" and cls in KIND_ORDER else family, KIND_ORDER["cpu"])
+    kind = variant_kind(name, v)
+    rank = order.index(kind) if kind in order else len(order)
+    backends = list(backends_for(family))
+    if family == "cpu" and cls == "amx" and kind in ("bf16", "int8-static"):
+        backends = ["openvino", "onnx"]
+    backend = _get(v, "backend")
+    opt = str(_get(v, "optimization") or "O0").lstrip("Oo")
+    return (rank, -(int(opt) if opt.isdigit() else 0), backends.index(backend) if backend in backends else 9, name)
+
+
+# ------------------------------------------------------------------ the profile
+def _bulk_score(run: dict) -> float | None:
+    """Geometric mean of the bulk sentences/s a run measured (short and passage texts, every bulk batch)."""
+    vals = [float(x) for texts in (run.get("bulk") or {}).values() if isinstance(texts, Mapping)
+            for x in texts.values() if isinstance(x, (int, float)) and x > 0]
+    return math.exp(sum(math.log(x) for x in vals) / len(vals)) if vals else None
+
+
+def _hash_of(v: Any) -> Any:
+    return _get(v, "sha256")
+
+
+def _tuned(name: str, v: Any, prof: dict) -> tuple[dict | None, str | None]:
+    """The profile entry of a variant, or why it cannot be used."""
+    entry = (prof.get("variants") or {}).get(name)
+    if entry is None:
+        return None, "not tuned on this machine"
+    if entry.get("sha256") is not None and _hash_of(v) is not None and entry["sha256"] != _hash_of(v):
+        return None, "re-exported since it was tuned"
+    if entry.get("status") != "ok" or not entry.get("runs"):
+        return None, f"failed when tuned ({entry.get('error') or 'no runs'})"
+    return entry, None
+
+
+def _from_profile(prof: dict, file: Path, cands: dict[str, Any], tier: str, route: bool | None,
+                  excluded: dict[str, str], notes: list[str]) -> Selection | None:
+    """Choose among eligible variants from a profile; None when no eligible variant was tuned."""
+    bulk: list[tuple[float, float, str, dict]] = []   # (score, batch-1 p50, name, settings)
+    lat: list[tuple[float, str, dict]] = []
+    for name, v in cands.items():
+        entry, why = _tuned(name, v, prof)
+        if entry is None:
+            notes.append(f"{name}: {why} (run `stedge tune` to consider it)")
+            continue
+        inv = entry.get("batch_invariance_min_cos")
+        if isinstance(inv, (int, float)) and inv < INVARIANCE[tier]:
+            excluded[name] = f"not batch-invariant on this machine (tune measured min cos {inv:.5f})"
+            continue
+        for run in entry["runs"]:
+            score, p50 = _bulk_score(run), run.get("batch1_ms_p50")
+            if score is not None:
+                bulk.append((score, float(p50) if isinstance(p50, (int, float)) else math.inf, name, run["settings"]))
+            if isinstance(p50, (int, float)):
+                lat.append((float(p50), name, run["settings"]))
+    if not bulk:
+        return None
+    best = max(b[0] for b in bulk)
+    close = [b for b in bulk if b[0] >= 0.97 * best]   # within 3 %: take the better batch-1 latency
+    score, p50, name, settings = min(close, key=lambda b: (b[1], -b[0], b[2]))
+    others = sorted({b[2] for b in bulk} - {name})
+    run = next(r for r in prof["variants"][name]["runs"] if r["settings"] == settings)
+    rates = ", ".join(f"{kind} bs={bs} {val:.0f}/s" for kind, d in (run.get("bulk") or {}).items()
+                      for bs, val in d.items())
+    reason = (f"fastest {tier}-tier variant in bulk on this machine per its tuning profile "
+              f"({rates}; bs=1 p50 {p50:.2f} ms)")
+    if others:
+        reason += f"; also tuned: {', '.join(others)}"
+    sel: dict[str, Any] = {}
+    lp50, lname, lsettings = min(lat, key=lambda x: (x[0], x[1])) if lat else (math.inf, None, {})
+    if lname is not None and (lname, lsettings) != (name, settings) and lp50 <= ROUTE_GAIN * p50:
+        gain = f"batch-1 p50 {lp50:.2f} ms vs {p50:.2f} ms"
+        agree = _agreement(prof, name, lname)
+        if route is False:
+            notes.append(f"batch-1 calls would be faster on {lname} {lsettings} ({gain}); not routed (route=False)")
+        elif lname == name or route or (agree is not None and agree >= INVARIANCE[tier]):
+            sel = {"latency_variant": lname, "latency_settings": dict(lsettings)}
+            notes.append(f"batch-1 calls go to {lname} {lsettings} ({gain}"
+                         + (")" if lname == name else f"; min cos to {name}: {agree})"))
+        else:
+            notes.append(f"batch-1 calls would be faster on {lname} ({gain}) but its vectors differ from {name}'s "
+                         f"(min cos {agree}, needs {INVARIANCE[tier]}); not routed (route=True forces it)")
+    return Selection(variant=name, source="profile", reason=reason, tier=tier, variant_tier=variant_tier(cands[name]),
+                     settings=dict(settings), profile=str(file), **sel)
+
+
+def _agreement(prof: dict, a: str, b: str) -> float | None:
+    agree = prof.get("agreement") or {}
+    val = agree.get(f"{a}|{b}", agree.get(f"{b}|{a}"))
+    return float(val) if isinstance(val, (int, float)) else None
+
+
+# ------------------------------------------------------------------ entry point
+def select_variant(variants: Mapping[str, Any], family: str, name: str | None = None,
+                   installed: set[str] | None = None, root: str | os.PathLike | None = None, tier: str | None = None,
+                   flags: set[str] | None = None, key: str | None = None, use_profile: bool = True,
+                   route: bool | None = None, where: str = "stedge.json", profile: dict | None = None) -> Selection:
+    """Choose the variant to run (see the module docstring); ``root`` is the artifact folder (for profiles).
+
+    ``flags``/``key`` default to this machine's CPU flags and machine key (tests pass fakes).
+    ``route``: None routes batch-1 calls only when the vectors agree, True whenever faster, False never.
+    ``profile`` is a profile dict to use instead of the one on disk (``stedge tune --dry-run``).
+    """
+    tier = tier or DEFAULT_TIER
+    if tier not in TIERS:
+        raise ArtifactError(f"tier must be one of {', '.join(TIERS)}, got {tier!r}")
+    installed = set(installed or ())
+    flags = machine.cpu_flags() if flags is None else set(flags)
+    if name is not None:
+        return _named(variants, name, family, tier, flags, installed, where)
+    excluded = {n: why for n, v in variants.items() if (why := _why_not(n, v, family, installed, tier, flags))}
+    cands = {n: v for n, v in variants.items() if n not in excluded}
+    if not cands:
+        raise DeviceError(
+            f"{where}: no variant fits device {family!r} at tier {tier!r} with the installed engines "
+            f"({', '.join(sorted(installed)) or 'none'}): " + "; ".join(f"{n}: {why}" for n, why in excluded.items())
+            + ". Pass tier='compressed', name a variant, or export one that fits"
+        )
+    notes: list[str] = []
+    sel = None
+    if use_profile and root is not None and family == "cpu":
+        sel = _profile_choice(Path(root), cands, tier, route, excluded, notes, key, profile)
+    if sel is None:
+        best = sorted(cands, key=lambda n: rule_rank(n, cands[n], family, flags))[0]
+        cls = machine.cpu_class(flags) if family == "cpu" else family
+        reason = (f"rule for a {cls} CPU (no tuning profile for this machine): "
+                  if family == "cpu" else f"rule for device {family}: ")
+        reason += f"best {tier}-tier kind {variant_kind(best, cands[best])}"
+        sel = Selection(variant=best, source="rule", reason=reason, tier=tier, variant_tier=variant_tier(cands[best]))
+    if batch_invariance(cands[sel.variant]) is None:
+        notes.append(f"{sel.variant}: batch invariance was not measured at export (an older stedge wrote it)")
+    return dataclasses.replace(sel, excluded=excluded, notes=tuple(notes),
+                               machine_key=sel.machine_key or (key if key else None))
+
+
+def _profile_choice(root: Path, cands: dict[str, Any], tier: str, route: bool | None,
+                    excluded: dict[str, str], notes: list[str], key: str | None,
+                    prof: dict | None = None) -> Selection | None:
+    key = key or machine.machine_key()
+    if prof is None:
+        try:
+            prof = read_profile(root, key)
+        except ArtifactError as e:
+            notes.append(f"tuning profile ignored: {e}")
+            return None
+    others = [p.name for p in list_profiles(root) if p.stem != key]
+    if others:
+        notes.append(f"profiles of other machines ignored: {', '.join(others)} (this machine: {key})")
+    if prof is None:
+        return None
+    sel = _from_profile(prof, root / "tuning" / f"{key}.json", cands, tier, route, excluded, notes)
+    if sel is None:
+        notes.append("the profile for this machine has no eligible variant measured; the rule decided")
+        return None
+    return dataclasses.replace(sel, machine_key=key)
+
+
+def _named(variants: Mapping[str, Any], name: str, family: str, tier: str, flags: set[str], installed: set[str],
+           where: str) -> Selection:
+    if name not in variants:
+        raise ArtifactError(f"{where}: unknown variant {name!r}; this artifact has: {', '.join(variants)}")
+    v = variants[name]
+    if not fits(v, family):
+        raise ArtifactError(f"{where}: variant {name!r} ({_get(v, 'backend')}, devices {_get(v, 'devices')}) "
+                            f"does not run on device {family!r}; pick another variant or device")
+    warn = []
+    why = _why_not(name, v, family, installed | {_get(v, "backend")}, "compressed", flags)
+    if why is not None:
+        warn.append(f"variant {name!r} would not be chosen automatically: {why}")
+    return Selection(variant=name, source="named", reason="named by the caller", variant_tier=variant_tier(v),
+                     warnings=tuple(warn))

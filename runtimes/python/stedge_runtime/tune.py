@@ -1,0 +1,277 @@
+"""Measure every verified variant of an artifact on this machine and write its tuning profile.
+
+``tune(path)`` loads each variant the installed engines can run on the CPU, with each engine setting
+worth trying (threads; ONNX Runtime intra-op spinning on/off; OpenVINO PERFORMANCE_HINT LATENCY /
+THROUGHPUT and streams), and times batch-1 calls on short texts and bulk batches on short and
+passage-length texts. It also checks, on this machine, that a text's vector alone matches its vector
+inside a mixed batch, and how far the variants' vectors agree with each other (for routing batch-1
+calls). ``write_profile`` stores the result as ``tuning/<machine key>.json`` (stedge_runtime.profile),
+which ``Encoder.load`` reads (stedge_runtime.select). The `stedge tune` command wraps this with a table.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import machine
+from .engines import installed_backends
+from .errors import InputError, RuntimeStedgeError
+from .manifest import read_manifest
+from .profile import PROFILE_FORMAT
+from .samples import SHORT, passages
+from .select import fits, select_variant, variant_tier
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+def settings_grid(backend: str, threads: int | None = None, quick: bool = False) -> list[dict[str, Any]]:
+    """Engine settings tried for one backend, the engine's default first.
+
+    ONNX Runtime: spinning on / off at ``threads`` (all physical cores by default); OpenVINO:
+    PERFORMANCE_HINT LATENCY / THROUGHPUT (the runtime then runs bulk batches on parallel infer
+    requests). Without ``quick`` and with >= 4 cores, half the cores and two explicit streams are tried too.
+    """
+    cores = machine.physical_cores()
+    t = int(threads) if threads else cores
+    if backend == "onnx":
+        grid = [{"threads": t, "allow_spinning": True}, {"threads": t, "allow_spinning": False}]
+        if not quick and not threads and cores >= 4:
+            grid.append({"threads": cores // 2, "allow_spinning": True})
+    else:
+        grid = [{"threads": t, "performance_hint": "LATENCY"}, {"threads": t, "performance_hint": "THROUGHPUT"}]
+        if not quick and t >= 4:
+            grid.append({"threads": t, "performance_hint": "THROUGHPUT", "num_streams": 2})
+    return grid[:1] if quick else grid
+
+
+def _cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = np.atleast_2d(np.asarray(a, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(b, dtype=np.float64))
+    if a.shape[0] == 1 or a.shape[1] == 1:  # reranker scores: one vector of scores
+        a, b = a.reshape(1, -1), b.reshape(1, -1)
+    num = (a * b).sum(1)
+    den = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return num / den
+
+
+class _Workloads:
+    """The texts every variant sees: short ones, passage-length ones, and a mixed batch for invariance."""
+
+    def __init__(self, task: str, texts: Sequence[str] | None, quick: bool) -> None:
+        short = [t for t in (texts or SHORT) if t.strip()]
+        if not short:
+            raise InputError("tune needs at least one non-empty text")
+        n_short, n_pass, n_lat = (32, 8, 12) if quick else (96, 16, 32)
+        self.short = [short[i % len(short)] for i in range(n_short)]
+        self.passage = passages(short, count=n_pass)
+        self.latency = self.short[:n_lat]
+        self.probe = self.short[:16]
+        self.mixed = self.probe + self.passage[: 32 - len(self.probe)]  # padded to passage length in one batch
+        self.task = task
+        if task == "reranking":
+            q = self.short
+            self.short = [(q[i], q[(i + 1) % len(q)]) for i in range(len(q))]
+            self.passage = [(q[i], p) for i, p in enumerate(self.passage)]
+            self.latency = self.short[: len(self.latency)]
+            self.probe = self.short[:16]
+            self.mixed = self.probe + self.passage[: 32 - len(self.probe)]
+
+    def summary(self, count: Callable[[list], float]) -> dict[str, Any]:
+        return {"short": {"texts": len(self.short), "mean_tokens": count(self.short)},
+                "passage": {"texts": len(self.passage), "mean_tokens": count(self.passage)}}
+
+
+def _call(model: Any, task: str) -> Callable[[Any, int], np.ndarray]:
+    if task == "reranking":
+        return lambda items, bs: np.asarray(model.predict(items if isinstance(items, list) else [items], batch_size=bs))
+    return lambda items, bs: np.asarray(model.encode(items, batch_size=bs))
+
+
+def _timed(fn: Callable[[], Any], min_reps: int, seconds: float) -> list[float]:
+    out: list[float] = []
+    end = time.perf_counter() + seconds
+    while len(out) < min_reps or (time.perf_counter() < end and len(out) < 50):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def measure(model: Any, work: _Workloads, batch_sizes: Sequence[int], seconds: float) -> dict[str, Any]:
+    """One (variant, settings) case: batch-1 p50/p90 on short texts, bulk sentences/s on short and passages."""
+    run = _call(model, work.task)
+    run(work.short[:8], 8)  # warm-up: sessions allocate on first use
+    run([work.short[0]], 1)
+    lat = []
+    end = time.perf_counter() + 0.3 * seconds
+    for i, item in enumerate(work.latency * 4):
+        if i >= len(work.latency) and time.perf_counter() > end:
+            break
+        t = time.perf_counter()
+        run([item], 1)
+        lat.append((time.perf_counter() - t) * 1000.0)
+    bulk: dict[str, dict[str, float]] = {"short": {}, "passage": {}}
+    share = 0.7 * seconds / (2 * len(batch_sizes))
+    for kind, items in (("short", work.short), ("passage", work.passage)):
+        for bs in batch_sizes:
+            secs = _timed(lambda: run(items, bs), 1, share)
+            bulk[kind][str(bs)] = round(len(items) / statistics.median(secs), 2)
+    lat.sort()
+    return {"batch1_ms_p50": round(statistics.median(lat), 4),
+            "batch1_ms_p90": round(lat[int(0.9 * (len(lat) - 1))], 4), "bulk": bulk}
+
+
+def _probe(model: Any, work: _Workloads) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors of the probe texts alone (batch 1) and inside the mixed batch of 32."""
+    run = _call(model, work.task)
+    alone = np.stack([np.atleast_1d(run([t], 1)).reshape(-1) for t in work.probe])
+    batch = np.atleast_2d(run(work.mixed, 32))[: len(work.probe)] if work.task == "embedding" \
+        else run(work.mixed, 32)[: len(work.probe)].reshape(len(work.probe), -1)
+    return alone, batch
+
+
+def tunable_variants(path: str | Path, task: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """(variants to time, {variant: why skipped}) for the CPU with the installed engines."""
+    root = Path(path)
+    m = read_manifest(root, task or _task_of(root))
+    installed = installed_backends()
+    todo, skipped = {}, {}
+    for name, v in m["variants"].items():
+        if not fits(v, "cpu"):
+            skipped[name] = "does not run on the CPU"
+        elif v["backend"] not in installed:
+            skipped[name] = f"engine for {v['backend']} not installed"
+        elif variant_tier(v) is None:
+            skipped[name] = "verification failed or reached no tier"
+        else:
+            todo[name] = v
+    return todo, skipped
+
+
+def _task_of(root: Path) -> str:
+    import json
+
+    try:
+        return str(json.loads((root / "stedge.json").read_text(encoding="utf-8")).get("task") or "embedding")
+    except (OSError, ValueError):
+        return "embedding"
+
+
+def tune(path: str | Path, variants: Sequence[str] | None = None, threads: int | None = None, quick: bool = False,
+         budget_s: float | None = None, texts: Sequence[str] | None = None, batch_sizes: Sequence[int] = (32,),
+         progress: Progress | None = None) -> dict[str, Any]:
+    """Time the artifact's CPU variants on this machine; returns the profile (write it with profile.write_profile).
+
+    ``variants`` limits the set (default: every verified variant the installed engines run on the CPU);
+    ``budget_s`` is the target total time (default 4 s per variant, 1.5 s with ``quick``, which also
+    tries only the engines' default settings); ``texts`` replaces the built-in samples.
+    """
+    from .encoder import Encoder, Reranker
+
+    root = Path(path)
+    task = _task_of(root)
+    todo, skipped = tunable_variants(root, task)
+    if variants:
+        unknown = [v for v in variants if v not in todo and v not in skipped]
+        if unknown:
+            raise InputError(f"{root}: no variant(s) {', '.join(unknown)}; "
+                             f"this artifact has: {', '.join([*todo, *skipped])}")
+        todo = {n: v for n, v in todo.items() if n in variants}
+    if not todo:
+        raise RuntimeStedgeError(f"{root}: no variant to tune on this CPU: "
+                                 + "; ".join(f"{n}: {why}" for n, why in skipped.items()))
+    bad = [b for b in batch_sizes if not isinstance(b, int) or b < 2]
+    if bad:
+        raise InputError(f"bulk batch sizes must be integers >= 2 (batch 1 is always measured), "
+                         f"got {list(batch_sizes)}")
+    work = _Workloads(task, texts, quick)
+    per_variant = (budget_s / len(todo)) if budget_s else (1.5 if quick else 4.0)
+    cls = Reranker if task == "reranking" else Encoder
+    cases = [(n, s) for n, v in todo.items() for s in settings_grid(v["backend"], threads, quick)]
+    facts = machine.machine_facts()
+    prof: dict[str, Any] = {
+        "format_version": PROFILE_FORMAT, "machine": {**facts, "key": machine.machine_key(facts)},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "runtime": _runtime_version(),
+        "task": task, "budget_s": round(per_variant * len(todo), 2), "quick": bool(quick),
+        "batch_sizes": [1, *batch_sizes], "variants": {}, "skipped": skipped,
+    }
+    probes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    tok_count = None
+    for i, (name, settings) in enumerate(cases):
+        if progress:
+            progress(f"{name} {_fmt(settings)}", i, len(cases))
+        entry = prof["variants"].setdefault(name, {"status": "ok", "sha256": todo[name].get("sha256"), "runs": []})
+        if entry["status"] != "ok":
+            continue
+        n_settings = sum(1 for c in cases if c[0] == name)
+        try:
+            model = cls.load(root, variant=name, verify=True, **settings)
+            if tok_count is None:
+                tok_count = _token_counter(model)
+            if name not in probes:
+                probes[name] = _probe(model, work)
+                inv = float(_cos_rows(*probes[name]).min())
+                entry["batch_invariance_min_cos"] = round(inv, 6)
+            entry["runs"].append({"settings": settings, **measure(model, work, batch_sizes, per_variant / n_settings)})
+            del model
+        except Exception as e:  # an engine that cannot run a graph here is a result, not a crash
+            entry.update(status="error", error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}", runs=[])
+    if progress:
+        progress("done", len(cases), len(cases))
+    prof["workloads"] = work.summary(tok_count or (lambda items: 0.0))
+    prof["agreement"] = _agreement(probes)
+    return prof
+
+
+def _agreement(probes: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Min cosine, over the probe texts, of one variant's vector alone vs another's in a batch (both ways)."""
+    out = {}
+    names = sorted(probes)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            (a1, ab), (b1, bb) = probes[a], probes[b]
+            if a1.shape != b1.shape:
+                continue
+            out[f"{a}|{b}"] = round(float(min(_cos_rows(a1, bb).min(), _cos_rows(b1, ab).min())), 6)
+    return out
+
+
+def _token_counter(model: Any) -> Callable[[list], float]:
+    tok = model._tok
+
+    def count(items: list) -> float:
+        encs = tok.encode(items)
+        return round(float(np.mean([len(e.ids) for e in encs])), 1) if encs else 0.0
+
+    return count
+
+
+def _fmt(settings: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in settings.items())
+
+
+def _runtime_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def best_choices(root: str | Path, tiers: Sequence[str] = ("exact", "near", "compressed"),
+                 profile: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What Encoder.load would choose on this machine for each tier ({tier: Selection dict or error});
+    ``profile`` replaces the profile on disk (a measured one not written yet)."""
+    root = Path(root)
+    m = read_manifest(root, _task_of(root))
+    out: dict[str, Any] = {}
+    for tier in tiers:
+        try:
+            out[tier] = select_variant(m["variants"], "cpu", None, installed_backends(), root, tier=tier,
+                                       where=str(root / "stedge.json"), profile=profile).to_dict()
+        except RuntimeStedgeError as e:
+            out[tier] = {"error": str(e)}
+    return out

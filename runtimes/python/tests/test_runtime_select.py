@@ -1,0 +1,232 @@
+"""Variant selection: tiers, batch invariance, tuning profiles (this machine vs another), routing, --add."""
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+
+from stedge_runtime import Encoder, machine
+from stedge_runtime.errors import ArtifactError, DeviceError
+from stedge_runtime.profile import PROFILE_FORMAT, list_profiles, profile_file, read_profile, write_profile
+from stedge_runtime.select import select_variant, variant_tier
+
+PLAIN = {"avx2", "fma"}
+ZEN4 = {"avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"}
+AMX = ZEN4 | {"amx_tile", "amx_bf16", "amx_int8"}
+BOTH = {"onnx", "openvino"}
+
+
+def _v(backend, precision, tier, inv, name="", **extra) -> dict:
+    ver = {"passed": tier is not None, "min_cosine": 0.9999 if tier == "exact" else 0.99, "tier": tier,
+           "batch_invariance_min_cos": inv}
+    q = {"method": "dynamic", "isa": "avx2"} if precision == "int8" else None
+    q = {"method": "static"} if "static" in name else q
+    return {"file": "f", "backend": backend, "precision": precision, "devices": ["cpu"], "optimization": None,
+            "quantization": q, "verification": ver, "sha256": f"hash-{name}", **extra}
+
+
+def _variants() -> dict:
+    return {
+        "onnx-fp32": _v("onnx", "fp32", "exact", 1.0, "onnx-fp32"),
+        "openvino-fp32": _v("openvino", "fp32", "exact", 1.0, "openvino-fp32"),
+        "onnx-int8-static": _v("onnx", "int8", "near", 0.9999, "onnx-int8-static"),
+        "onnx-int8-avx2": _v("onnx", "int8", "compressed", 0.984, "onnx-int8-avx2"),
+        "openvino-bf16": _v("openvino", "bf16", "near", 0.9998, "openvino-bf16",
+                            cpu_flags_any=["avx512_bf16", "amx_bf16"], engine_options={"inference_precision": "bf16"}),
+    }
+
+
+def _sel(variants, tmp_path, flags, tier="near", key="machine-a", **kw):
+    return select_variant(variants, "cpu", None, BOTH, tmp_path, tier=tier, flags=flags, key=key, **kw)
+
+
+# ------------------------------------------------------------------ tiers and the rule without a profile
+def test_tier_filtering_and_rule_by_cpu(tmp_path):
+    vs = _variants()
+    assert _sel(vs, tmp_path, PLAIN, "exact").variant == "onnx-fp32"            # only fp32 is exact; ONNX first
+    assert _sel(vs, tmp_path, PLAIN, "near").variant == "onnx-int8-static"      # bf16 needs avx512_bf16/AMX
+    assert _sel(vs, tmp_path, ZEN4, "near").variant == "onnx-int8-static"       # int8 before bf16 without AMX
+    amx = _sel(vs, tmp_path, AMX, "near")
+    assert (amx.variant, amx.source, amx.variant_tier) == ("openvino-bf16", "rule", "near")
+    assert "amx" in amx.reason
+    comp = _sel(vs, tmp_path, PLAIN, "compressed")
+    assert comp.variant == "onnx-int8-static"                                   # dynamic int8 is not batch-invariant
+    assert "not batch-invariant" in comp.excluded["onnx-int8-avx2"]
+    assert "avx512_bf16" in _sel(vs, tmp_path, PLAIN).excluded["openvino-bf16"]
+    assert "below the requested exact" in _sel(vs, tmp_path, PLAIN, "exact").excluded["onnx-int8-static"]
+    with pytest.raises(ArtifactError, match="tier must be one of"):
+        _sel(vs, tmp_path, PLAIN, "fast")
+
+
+def test_nothing_eligible_names_every_reason(tmp_path):
+    vs = {"onnx-int8-avx2": _variants()["onnx-int8-avx2"]}
+    with pytest.raises(DeviceError, match="onnx-int8-avx2: not batch-invariant"):
+        _sel(vs, tmp_path, PLAIN, "compressed")
+
+
+def test_old_manifests_derive_tiers_and_refuse_unmeasured_dynamic_int8(tmp_path):
+    old = {
+        "onnx-fp32": {"backend": "onnx", "precision": "fp32", "verification": {"passed": True, "min_cosine": 1.0}},
+        "onnx-int8-avx512_vnni": {"backend": "onnx", "precision": "int8", "quantization": {"method": "dynamic"},
+                                  "verification": {"passed": True, "min_cosine": 0.96}},
+        "openvino-int8-weights": {"backend": "openvino", "precision": "int8", "quantization": {"method": "weights"},
+                                  "verification": {"passed": True, "min_cosine": 0.997}},
+    }
+    assert [variant_tier(v) for v in old.values()] == ["exact", "compressed", "near"]
+    sel = _sel(old, tmp_path, ZEN4, "compressed")
+    assert sel.variant == "onnx-fp32"   # weight-only int8 ranks after fp32 in the rule
+    assert "activations per batch" in sel.excluded["onnx-int8-avx512_vnni"]
+    assert any("not measured at export" in n for n in sel.notes)
+
+
+def test_named_variant_runs_but_says_why_it_would_not_be_chosen(tmp_path):
+    sel = select_variant(_variants(), "cpu", "onnx-int8-avx2", BOTH, tmp_path, flags=PLAIN)
+    assert (sel.variant, sel.source) == ("onnx-int8-avx2", "named")
+    assert "not batch-invariant" in sel.warnings[0]
+    with pytest.raises(ArtifactError, match="unknown variant 'nope'"):
+        select_variant(_variants(), "cpu", "nope", BOTH, tmp_path, flags=PLAIN)
+
+
+def test_default_variant_and_add_order_play_no_part(tmp_path):
+    vs = _variants()
+    before = _sel(vs, tmp_path, ZEN4).variant
+    added = {**vs, "onnx-fp32-O3": {**_v("onnx", "fp32", "exact", 1.0, "onnx-fp32-O3"), "optimization": "O3"}}
+    assert _sel(added, tmp_path, ZEN4).variant == before                       # a lower-ranked --add keeps the choice
+    reordered = dict(reversed(list(vs.items())))
+    assert _sel(reordered, tmp_path, ZEN4).variant == before
+
+
+# ------------------------------------------------------------------ profiles
+def _profile(key: str, runs: dict, agreement: dict | None = None, sha: dict | None = None) -> dict:
+    variants = {}
+    for name, (p50, short, passage) in runs.items():
+        variants[name] = {"status": "ok", "sha256": (sha or {}).get(name, f"hash-{name}"),
+                          "batch_invariance_min_cos": 1.0,
+                          "runs": [{"settings": {"threads": 2}, "batch1_ms_p50": p50,
+                                    "bulk": {"short": {"32": short}, "passage": {"32": passage}}}]}
+    return {"format_version": PROFILE_FORMAT, "machine": {"key": key, "cpu": "fake"}, "variants": variants,
+            "agreement": agreement or {}}
+
+
+def test_profile_written_read_and_ignored_on_another_machine(tmp_path):
+    vs = _variants()
+    prof = _profile("machine-a", {"openvino-fp32": (3.0, 900, 90), "onnx-fp32": (2.0, 500, 50),
+                                  "onnx-int8-static": (1.0, 800, 60)})
+    file = write_profile(tmp_path, prof)
+    assert file == profile_file(tmp_path, "machine-a") and not list(file.parent.glob(".*tmp"))
+    assert read_profile(tmp_path, "machine-a") == prof and read_profile(tmp_path, "machine-b") is None
+    assert list_profiles(tmp_path) == [file]
+    here = _sel(vs, tmp_path, ZEN4, "exact")
+    assert (here.variant, here.source, here.settings) == ("openvino-fp32", "profile", {"threads": 2})
+    assert here.profile == str(file) and here.machine_key == "machine-a"
+    near = _sel(vs, tmp_path, ZEN4, "near")   # the fastest in bulk among exact+near variants
+    assert near.variant == "openvino-fp32"
+    other = _sel(vs, tmp_path, ZEN4, "exact", key="machine-b")
+    assert (other.variant, other.source) == ("onnx-fp32", "rule")
+    assert any("other machines ignored: machine-a.json" in n for n in other.notes)
+
+
+def test_profile_file_checks(tmp_path):
+    write_profile(tmp_path, _profile("machine-a", {"onnx-fp32": (1.0, 10, 1)}))
+    shutil.copy(profile_file(tmp_path, "machine-a"), profile_file(tmp_path, "machine-b"))
+    with pytest.raises(ArtifactError, match="machine.key is 'machine-a', expected 'machine-b'"):
+        read_profile(tmp_path, "machine-b")
+    profile_file(tmp_path, "machine-c").write_text(json.dumps({"format_version": 99, "machine": {}, "variants": {}}))
+    with pytest.raises(ArtifactError, match="format_version 99 is newer"):
+        read_profile(tmp_path, "machine-c")
+    sel = _sel(_variants(), tmp_path, PLAIN, "exact", key="machine-c")          # a broken profile: the rule decides
+    assert sel.source == "rule" and any("tuning profile ignored" in n for n in sel.notes)
+
+
+def test_added_and_reexported_variants_wait_for_tune(tmp_path):
+    vs = _variants()
+    write_profile(tmp_path, _profile("machine-a", {"onnx-fp32": (2.0, 500, 50), "openvino-fp32": (3.0, 400, 40)}))
+    # bf16/int8 are not tuned: the profile's choice stays
+    assert _sel(vs, tmp_path, AMX, "near").variant == "onnx-fp32"
+    notes = " ".join(_sel(vs, tmp_path, AMX, "near").notes)
+    assert "openvino-bf16: not tuned on this machine" in notes
+    vs["onnx-fp32"]["sha256"] = "changed"
+    sel = _sel(vs, tmp_path, AMX, "exact")
+    assert sel.variant == "openvino-fp32" and any("re-exported since it was tuned" in n for n in sel.notes)
+
+
+def test_batch1_routing_needs_agreeing_vectors(tmp_path):
+    vs = _variants()
+    runs = {"openvino-fp32": (3.0, 900, 90), "onnx-fp32": (1.0, 500, 50)}
+    write_profile(tmp_path, _profile("machine-a", runs, {"onnx-fp32|openvino-fp32": 0.99999}))
+    sel = _sel(vs, tmp_path, PLAIN, "near")
+    assert (sel.variant, sel.latency_variant, sel.latency_settings) == ("openvino-fp32", "onnx-fp32", {"threads": 2})
+    assert _sel(vs, tmp_path, PLAIN, "near", route=False).latency_variant is None
+    write_profile(tmp_path, _profile("machine-a", runs, {"onnx-fp32|openvino-fp32": 0.99}))
+    sel = _sel(vs, tmp_path, PLAIN, "near")
+    assert sel.latency_variant is None and any("not routed" in n for n in sel.notes)
+    assert _sel(vs, tmp_path, PLAIN, "near", route=True).latency_variant == "onnx-fp32"
+
+
+def test_variant_not_invariant_on_this_machine_is_excluded(tmp_path):
+    vs = _variants()
+    prof = _profile("machine-a", {"onnx-int8-static": (1.0, 2000, 200), "onnx-fp32": (2.0, 500, 50)})
+    prof["variants"]["onnx-int8-static"]["batch_invariance_min_cos"] = 0.99
+    write_profile(tmp_path, prof)
+    sel = _sel(vs, tmp_path, PLAIN, "near")
+    assert sel.variant == "onnx-fp32" and "tune measured" in sel.excluded["onnx-int8-static"]
+
+
+# ------------------------------------------------------------------ machine facts
+def test_machine_key_and_cpu_class(monkeypatch):
+    facts = machine.machine_facts()
+    key = machine.machine_key(facts)
+    assert key == machine.machine_key(facts) and key.startswith(machine.slug(facts["cpu"], 32))
+    other = dict(facts, engines={**facts["engines"], "onnxruntime": "0.0.1"})
+    assert machine.machine_key(other) != key                     # an engine upgrade is another machine
+    assert machine.cpu_class(AMX) == "amx" and machine.cpu_class(ZEN4) == "avx512_bf16"
+    assert machine.cpu_class({"avx2", "avx_vnni"}) == "vnni"
+    monkeypatch.setattr(machine.platform, "machine", lambda: "x86_64")
+    assert machine.cpu_class(PLAIN) == "plain" and machine.int8_isa(PLAIN) == "avx2"
+    assert machine.slug("Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz") == "intel-xeon-platinum-8480"
+
+
+# ------------------------------------------------------------------ end to end on a tiny artifact
+@pytest.fixture()
+def own_artifact(tiny_artifact, tmp_path) -> Path:
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art)
+    return art
+
+
+def test_tune_writes_profile_and_load_uses_it(own_artifact, monkeypatch):
+    from stedge_runtime.tune import tune
+
+    prof = tune(own_artifact, quick=True, budget_s=2)
+    assert set(prof["variants"]) == {"onnx-fp32", "openvino-fp32"}
+    for entry in prof["variants"].values():
+        assert entry["status"] == "ok" and entry["batch_invariance_min_cos"] > 0.999
+        run = entry["runs"][0]
+        assert run["batch1_ms_p50"] > 0 and run["bulk"]["short"]["32"] > 0 and run["bulk"]["passage"]["32"] > 0
+    assert prof["agreement"]["onnx-fp32|openvino-fp32"] > 0.9999
+    file = write_profile(own_artifact, prof)
+    assert file.parent.name == "tuning" and file.stem == machine.machine_key()
+    enc = Encoder.load(own_artifact, tier="exact")
+    assert enc.selection.source == "profile" and enc.selection.profile == str(file)
+    assert enc.variant in prof["variants"] and enc.encode("hi").shape == (enc.dimension,)
+    monkeypatch.setattr(machine, "machine_key", lambda facts=None: "another-machine-4c-0123456789")
+    other = Encoder.load(own_artifact, tier="exact")
+    assert other.selection.source == "rule" and other.variant == "onnx-fp32"
+    assert any(file.name in n for n in other.selection.notes)
+
+
+def test_load_refuses_a_variant_that_fails_invariance_unless_named(own_artifact):
+    file = own_artifact / "stedge.json"
+    m = json.loads(file.read_text())
+    m["variants"]["onnx-fp32"]["verification"]["batch_invariance_min_cos"] = 0.98
+    file.write_text(json.dumps(m))
+    enc = Encoder.load(own_artifact, device="cpu")
+    assert enc.variant == "openvino-fp32" and "not batch-invariant" in enc.selection.excluded["onnx-fp32"]
+    with pytest.warns(RuntimeWarning, match="would not be chosen automatically: not batch-invariant"):
+        Encoder.load(own_artifact, variant="onnx-fp32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Encoder.load(own_artifact, variant="openvino-fp32")
