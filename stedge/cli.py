@@ -44,7 +44,8 @@ STAGES = [
     "stedge.training.cli",    # train, eval
     "stedge.compress.cli",    # lora merge, distill, pca
     "stedge.export.cli",      # export
-    "stedge.bench.cli",         # bench
+    "stedge.tune.cli",        # tune
+    "stedge.bench.cli",       # bench
 ]
 
 for _name in STAGES:

@@ -1,0 +1,168 @@
+"""`stedge tune ARTIFACT`: time every verified variant here, write tuning/<machine key>.json, print the table."""
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from ..errors import StedgeError
+
+
+def run_tune(path: str | Path, variants: list[str] | None = None, threads: int | None = None, quick: bool = False,
+             budget_s: float | None = None, texts: list[str] | None = None, batch_sizes: tuple[int, ...] = (32,),
+             show_progress: bool = True, write: bool = True) -> tuple[dict[str, Any], Path | None]:
+    """Tune the artifact at ``path``; returns (profile, file written or None). Progress bar on stderr."""
+    from stedge_runtime.profile import write_profile
+    from stedge_runtime.tune import tune
+
+    from ..progress import make_progress
+
+    root = Path(path)
+    if not (root / "stedge.json").is_file():
+        raise StedgeError(f"{root}: not an artifact folder (no stedge.json); pass a folder written by `stedge export`")
+    quiet = logging.getLogger("stedge_runtime")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # passages are longer than max_seq_length on purpose
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # each variant is named on purpose
+            if not show_progress:
+                prof = tune(root, variants, threads, quick, budget_s, texts, batch_sizes)
+            else:
+                with make_progress(transient=True) as bar:
+                    task = bar.add_task("tuning", total=None)
+
+                    def progress(what: str, done: int, total: int) -> None:
+                        bar.update(task, description=f"tuning {what}", completed=done, total=total)
+
+                    prof = tune(root, variants, threads, quick, budget_s, texts, batch_sizes, progress)
+    finally:
+        quiet.setLevel(level)
+    return prof, (write_profile(root, prof) if write else None)
+
+
+def _settings(s: dict[str, Any]) -> str:
+    parts = [f"{s['threads']}t"] if "threads" in s else []
+    if "allow_spinning" in s:
+        parts.append("spin" if s["allow_spinning"] else "no spin")
+    if "performance_hint" in s:
+        parts.append(str(s["performance_hint"]).lower())
+    if "num_streams" in s:
+        parts.append(f"{s['num_streams']} streams")
+    return ", ".join(parts)
+
+
+def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choices: dict[str, Any]) -> None:
+    """The tuning table: one row per variant and setting; the chosen ones marked per tier."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from stedge_runtime.select import variant_tier
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=140)
+    m = prof["machine"]
+    bs = [str(b) for b in prof.get("batch_sizes", [1, 32]) if b != 1]
+    units = [f for f in m["isa_flags"] if "vnni" in f or "bf16" in f or f.startswith("amx")] or [m.get("cpu_class", "")]
+    t = Table(title=f"{m['cpu']} ({m['cores_physical']} cores, {', '.join(units)}) - profile {m['key']}")
+    for col in ("variant", "tier", "settings", "bs=1 p50 ms", *[f"short bs={b} /s" for b in bs],
+                *[f"passage bs={b} /s" for b in bs], "alone vs batch", "chosen"):
+        t.add_column(col, justify="left" if col in ("variant", "tier", "settings", "chosen") else "right")
+    marks = _marks(choices)
+    for name, entry in prof["variants"].items():
+        tier = variant_tier(manifest_variants.get(name, {})) or "-"
+        inv = entry.get("batch_invariance_min_cos")
+        inv_s = "-" if inv is None else (f"{inv:.5f}" if inv >= 0.999 else f"[red]{inv:.5f}[/]")
+        if entry["status"] != "ok":
+            t.add_row(name, tier, "", f"[red]{entry.get('error', 'failed')}[/]", *[""] * (2 * len(bs)), inv_s, "")
+            continue
+        for run in entry["runs"]:
+            s = run["settings"]
+            bulk = run.get("bulk") or {}
+            t.add_row(name, tier, _settings(s), f"{run['batch1_ms_p50']:.2f}",
+                      *[f"{bulk.get('short', {}).get(b, 0):.0f}" for b in bs],
+                      *[f"{bulk.get('passage', {}).get(b, 0):.1f}" for b in bs], inv_s,
+                      marks.get((name, json.dumps(s, sort_keys=True)), ""))
+    console.print(t)
+    for name, why in (prof.get("skipped") or {}).items():
+        console.print(f"[yellow]not tuned: {name}: {why}[/]")
+    render_choice(choices, console)
+
+
+def _marks(choices: dict[str, Any]) -> dict[tuple[str, str], str]:
+    out: dict[tuple[str, str], list[str]] = {}
+    for tier, c in choices.items():
+        if "variant" not in c:
+            continue
+        out.setdefault((c["variant"], json.dumps(c.get("settings") or {}, sort_keys=True)), []).append(tier)
+        if c.get("latency_variant"):
+            key = (c["latency_variant"], json.dumps(c.get("latency_settings") or {}, sort_keys=True))
+            out.setdefault(key, []).append(f"{tier} bs=1")
+    return {k: ", ".join(v) for k, v in out.items()}
+
+
+def render_choice(choices: dict[str, Any], console: Any = None) -> None:
+    """One line per tier: what Encoder.load chooses on this machine and why."""
+    from rich.console import Console
+
+    console = console or Console()
+    for tier, c in choices.items():
+        if "error" in c:
+            console.print(f"tier {tier}: [yellow]nothing eligible[/] ({c['error']})")
+            continue
+        line = f"tier {tier}: [bold]{c['variant']}[/] {_settings(c.get('settings') or {})} - {c['reason']}"
+        if c.get("latency_variant"):
+            line += f"; batch-1 calls: {c['latency_variant']} {_settings(c.get('latency_settings') or {})}"
+        console.print(line)
+        for note in c.get("notes") or []:
+            console.print(f"    [dim]{note}[/]")
+
+
+def tune_cmd(
+    artifact: Path = typer.Argument(..., help="Artifact folder written by `stedge export`."),
+    variant: Optional[list[str]] = typer.Option(None, "--variant", "-v", help="Tune only these variants (repeatable)."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1,
+                                          help="Only this thread count (default: all physical cores)."),
+    quick: bool = typer.Option(False, "--quick", help="Engine defaults only and fewer texts (~1.5 s per variant)."),
+    budget: Optional[float] = typer.Option(None, "--budget", min=1.0,
+                                           help="Target total seconds (default 4 per variant)."),
+    texts: Optional[Path] = typer.Option(None, "--texts",
+                                         help="A text file (one text per line) instead of the built-in samples."),
+    batch_size: list[int] = typer.Option([32], "--batch-size", "-b",
+                                         help="Bulk batch sizes to time (repeatable; batch 1 is always timed)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Measure and print, but do not write the profile."),
+    as_json: bool = typer.Option(False, "--json", help="Print the profile and the choices as JSON."),
+) -> None:
+    """Time every verified variant of ARTIFACT on this machine (engine settings, batch 1 and bulk, short texts and
+    passages) and write ARTIFACT/tuning/<machine key>.json, which Encoder.load uses to choose the fastest variant
+    of each precision tier here. Profiles of other machines are kept and ignored here."""
+    from stedge_runtime.manifest import read_manifest
+    from stedge_runtime.tune import best_choices
+
+    lines = None
+    if texts is not None:
+        try:
+            lines = [t for t in texts.read_text(encoding="utf-8").splitlines() if t.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise StedgeError(f"--texts {texts}: cannot read it as UTF-8 text ({e})") from None
+        if not lines:
+            raise StedgeError(f"--texts {texts}: no non-empty lines")
+    prof, file = run_tune(artifact, variant or None, threads, quick, budget, lines, tuple(batch_size),
+                          show_progress=not as_json, write=not dry_run)
+    choices = best_choices(artifact, profile=prof)
+    if as_json:
+        typer.echo(json.dumps({"profile": prof, "file": str(file) if file else None, "choices": choices}, indent=2))
+        return
+    m = read_manifest(Path(artifact), prof.get("task") or "embedding")
+    render_profile(prof, m["variants"], choices)
+    typer.echo(f"profile written to {file}" if file else "profile not written (--dry-run)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `stedge tune` to the app."""
+    app.command("tune")(tune_cmd)
