@@ -345,13 +345,40 @@ def _atomic_dir_locked(target: Path, overwrite: bool, protect) -> Iterator[Path]
         yield tmp
         _default_modes(tmp)
     except BaseException as e:
+        vanished = not tmp.is_dir()
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):
-            err = write_error(e, target)
-            if err is not None:
-                raise err from e
+        err = _failed_write(e, target, tmp, vanished)
+        if err is not None:
+            raise err from e
         raise
     _swap(tmp, target)
+
+
+def _failed_write(e: BaseException, target: Path, tmp: Path, vanished: bool) -> OutputError | None:
+    """An OutputError when a writer failed because of the output (full disk, read-only, the folder
+    vanished) rather than a bug; libraries (safetensors, onnx) wrap ENOSPC in their own exceptions."""
+    if isinstance(e, OSError):
+        err = write_error(e, target)
+        if err is not None:
+            return err
+    if not isinstance(e, Exception) or (isinstance(e, StedgeError) and not vanished):
+        return None
+    if vanished:
+        return OutputError(f"cannot write {target}: the folder being written ({tmp.parent}) vanished meanwhile; "
+                           "nothing was written")
+    text = str(e)
+    if any(m in text for m in ("No space left", "os error 28", "Disk quota exceeded", "ENOSPC")) or _full(target.parent):
+        return OutputError(f"cannot write {target}: no space left on the device ({type(e).__name__}); nothing was "
+                           "written, existing files are untouched: free space or choose another -o")
+    return None
+
+
+def _full(folder: Path, margin: int = 1 << 20) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < margin
 
 
 def _swap(tmp: Path, target: Path) -> None:

@@ -138,7 +138,9 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Fine-tune a sentence encoder (full model or LoRA adapter); saves the sentence-transformers layout + model card."""
-    from .config import config_from_dict, load_config, run_training
+    from .config import check_limit, config_from_dict, load_config, run_training
+
+    check_limit(eval_limit, "--eval-limit")
 
     if config is not None:
         if model or train_data or loss:
@@ -170,7 +172,8 @@ def train(
             if lora_targets:
                 d["lora"]["target_modules"] = [t.strip() for t in lora_targets.split(",") if t.strip()]
         cfg = config_from_dict(d, where="stedge train")
-        if limit:
+        if limit is not None:
+            check_limit(limit, "--limit")
             cfg.datasets["train"].limit = limit
     callbacks = [RichProgressCallback(quiet=quiet or as_json)]
     summary = run_training(cfg, resume=resume, callbacks=callbacks, device=device, keep_checkpoints=keep_checkpoints)
@@ -221,7 +224,9 @@ def eval_cmd(
     """Evaluate a model or an exported artifact exactly the same way (STS Spearman, triplet accuracy, IR, rerank)."""
     import time
 
-    from .config import EVAL_TASKS, _stem, build_evaluator
+    from .config import EVAL_TASKS, _stem, build_evaluator, check_limit
+
+    check_limit(limit, "--limit")
 
     if task not in EVAL_TASKS:
         raise StedgeError(f"--task must be one of {', '.join(EVAL_TASKS)}, got {task!r}")

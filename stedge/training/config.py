@@ -225,6 +225,8 @@ def build_evaluator(task: str | None, data: Any, limit: int | None = None, name:
     """An evaluator for a task over a data source (STS pairs, triplets, a BEIR folder, or rerank rows)."""
     from ..data import read_rows, resolve_data_path
 
+    check_limit(limit, "limit")
+
     if task == "ir" or (task is None and resolve_data_path(data).is_dir()):
         from ..evaluation import InformationRetrievalEvaluator, load_beir
 
@@ -307,6 +309,14 @@ def rerank_samples(rows: list[dict], data: Any) -> list[dict]:
     return [s for s in samples.values() if s["positive"]]
 
 
+def check_limit(limit: Any, what: str) -> None:
+    """A row limit is None (everything) or an integer >= 1; 0 would silently mean everything."""
+    if limit is None:
+        return
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise StedgeError(f"{what} must be an integer >= 1 (got {limit!r}); leave it out to use every row")
+
+
 def _limit(ds: Any, n: int | None) -> Any:
     return ds.select(range(min(n, len(ds)))) if n else ds
 
@@ -325,15 +335,15 @@ def run_training(
     """
     import shutil
 
-    from ..io import atomic_dir, dir_size
+    from ..io import atomic_dir, check_output, dir_size
     from ..models import SentenceEncoder
     from .arguments import SentenceEncoderTrainingArguments
     from .data import load_dataset, prepare_dataset, source_name
     from .trainer import SentenceEncoderTrainer
 
     out = Path(cfg.output)
-    if out.exists() and not cfg.overwrite:
-        raise StedgeError(f"output folder {out} already exists: pass --overwrite or choose another -o")
+    check_output(out, cfg.overwrite, protect=[cfg.model] if Path(str(cfg.model)).is_dir() else [])
+    _resume_arg(resume, Path(f"{out}_checkpoints"))  # before any work: earlier checkpoints are never lost
     t0 = time.perf_counter()
     model = SentenceEncoder(cfg.model, device=device)
     if cfg.max_seq_length:
@@ -352,6 +362,7 @@ def run_training(
     columns: dict[str, Any] = {}
     for name, spec in cfg.datasets.items():
         ds = load_dataset(spec.data, split=spec.split, name=f"dataset '{name}'")
+        check_limit(spec.limit, f"dataset '{name}': limit")
         data[name] = _limit(ds, spec.limit)
         losses[name] = _loss_from_spec(spec.loss, model)
         columns[name] = spec.columns
@@ -392,16 +403,12 @@ def run_training(
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
     before = trainer.run_evaluator() if evaluator is not None else {}
-    resume_arg: Any = None
-    if resume:
-        resume_arg = resume if isinstance(resume, str) else True
-        if resume_arg is True and not any(ckpt_dir.glob("checkpoint-*")):
-            raise StedgeError(f"--resume: no checkpoint in {ckpt_dir} to resume from")
+    resume_arg = _resume_arg(resume, ckpt_dir)
     result = trainer.train(resume_from_checkpoint=resume_arg)
     after = trainer.run_evaluator() if evaluator is not None else {}
     if after:
         trainer.log(dict(after))
-    with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
+    with atomic_dir(out, overwrite=cfg.overwrite, protect=[cfg.model] if Path(str(cfg.model)).is_dir() else []) as tmp:
         trainer.save_model(str(tmp))
         (tmp / "training_args.bin").unlink(missing_ok=True)
     if not keep_checkpoints:
@@ -409,7 +416,7 @@ def run_training(
     summary: dict[str, Any] = {
         "output": str(out), "model": cfg.model, "train_rows": _rows(train_data),
         "steps": int(trainer.state.global_step), "epochs": float(trainer.state.epoch or 0),
-        "train_loss": float(result.training_loss), "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 2),
+        "train_loss": float(result.training_loss), "resumed_from_step": _resumed_from(trainer), "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 2),
         "total_time_s": round(time.perf_counter() - t0, 2), "losses": {k: type(v).__name__ for k, v in losses.items()},
         "metrics_before": before, "metrics_after": after, "adapter": bool(model.has_adapters),
         "size_bytes": dir_size(out),
@@ -417,6 +424,35 @@ def run_training(
     if model.has_adapters and (out / "adapter_model.safetensors").exists():
         summary["adapter_size_bytes"] = (out / "adapter_model.safetensors").stat().st_size
     return summary
+
+
+def _resumed_from(trainer: Any) -> int | None:
+    for entry in reversed(trainer.state.log_history):
+        if "train_loss" in entry:
+            return entry.get("resumed_from_step")
+    return None
+
+
+def _resume_arg(resume: bool | str, ckpt_dir: Path) -> Any:
+    """``resume_from_checkpoint`` for the trainer. Without ``resume``, checkpoints of an earlier run in
+    ``ckpt_dir`` are an error (training from step 0 would rotate them away): say how to resume."""
+    def step(p: Path) -> int:
+        tail = p.name.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
+
+    found = sorted(ckpt_dir.glob("checkpoint-*"), key=step)
+    if not resume:
+        if found:
+            raise StedgeError(
+                f"{ckpt_dir} holds checkpoints of an earlier run (last: {found[-1].name}): pass --resume to continue "
+                f"from it, or move or delete {ckpt_dir} yourself to start over"
+            )
+        return None
+    if isinstance(resume, str):
+        return resume
+    if not found:
+        raise StedgeError(f"--resume: no checkpoint in {ckpt_dir} to resume from")
+    return True
 
 
 def _stem(source: Any) -> str:

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..errors import StedgeError
 from .arguments import SentenceEncoderTrainingArguments, prompt_for
@@ -72,6 +72,15 @@ def store_prompts(model: Any, prompts: Any, dataset_columns: dict[str, list[str]
             if ds and isinstance(prompts.get(ds), dict) and p is not None:
                 name = col if model.prompts.get(col, p) == p else f"{ds}_{col}"
                 model.prompts[name] = p
+
+
+class _StartStep(TrainerCallback):
+    """Remembers the global step training starts from (non-zero after resuming from a checkpoint)."""
+
+    step = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.step = int(state.global_step)
 
 
 class SentenceEncoderTrainer(Trainer):
@@ -184,11 +193,32 @@ class SentenceEncoderTrainer(Trainer):
     def train(self, *args: Any, **kwargs: Any):
         """transformers' train, then the mixed-precision forward wrapper is taken off the model
         (accelerate patches ``forward`` with autocast; encode after training should run in full precision)."""
+        start = _StartStep()
+        self.add_callback(start)
         try:
-            return super().train(*args, **kwargs)
+            result = super().train(*args, **kwargs)
         finally:
+            self.remove_callback(start)
             if self.args.fp16 or self.args.bf16:
                 self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
+        return self._resumed_loss(result, start.step)
+
+    def _resumed_loss(self, result: Any, start_step: int) -> Any:
+        """transformers divides the loss summed over the steps of THIS run by the global step count, so a
+        resumed run reports a loss too small by (steps before the checkpoint) / (all steps). Report the
+        mean over the steps this run trained, in the result, its metrics and the log history (model card)."""
+        done = int(self.state.global_step) - int(start_step)
+        if start_step <= 0 or done <= 0:
+            return result
+        loss = float(result.training_loss) * int(self.state.global_step) / done
+        metrics = dict(result.metrics or {})
+        metrics["train_loss"] = loss
+        for entry in reversed(self.state.log_history):
+            if "train_loss" in entry:
+                entry["train_loss"] = loss
+                entry["resumed_from_step"] = int(start_step)
+                break
+        return result._replace(training_loss=loss, metrics=metrics)
 
     # ------------------------------------------------------------------ data
     def _batch_sampler(self, dataset: Any, batch_size: int, shuffle: bool):

@@ -1,0 +1,396 @@
+"""Faults and hostile files (issue 15): nothing lost, nothing outside the artifact, no traceback.
+
+--overwrite only replaces what stedge wrote; writers of one output take a lock; killed writers leave
+temporaries that the next write removes; full, unwritable and vanished outputs leave user files
+intact; every error is one line with the exit-code contract (2 bad input, 1 failed check, 3 bug);
+training never loses checkpoints; every file of an artifact and of a model folder damaged in turn
+gives a clear error or the right vectors (tests/faults.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tiny import make_tiny_bert
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "runtimes" / "python"), env.get("PYTHONPATH", "")])
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    return env
+
+
+def stedge(*args, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`stedge ARGS` in a subprocess (the real entry point with its exit codes)."""
+    return subprocess.run([sys.executable, "-m", "stedge.cli", *map(str, args)], capture_output=True, text=True,
+                          env=_env(), cwd=cwd, timeout=timeout)
+
+
+def main_rc(capsys, *args) -> tuple[int, str]:
+    """`stedge ARGS` in this process through stedge.cli.main: (exit code, stderr)."""
+    from stedge.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in args])
+        raise SystemExit(0)
+    err = capsys.readouterr().err
+    return int(e.value.code or 0), err
+
+
+def one_line_error(rc: int, err: str, code: int, *words: str) -> None:
+    assert rc == code, (rc, err)
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("waiting")]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def artifact(tiny_model, tmp_path_factory) -> Path:
+    """A tiny artifact with onnx-fp32 and one int8 variant."""
+    from stedge.export import export_model
+
+    out = tmp_path_factory.mktemp("faults") / "art"
+    export_model(str(tiny_model), out, quantize="int8", isa="avx2")
+    return out
+
+
+# ------------------------------------------------------------------ 1. --overwrite
+def test_overwrite_refuses_what_stedge_did_not_write(tiny_model, tmp_path, capsys, monkeypatch):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "notes.txt").write_text("mine")
+    (proj / "main.py").write_text("print(1)")
+    before = snapshot(proj)
+    monkeypatch.chdir(proj)
+    cases = [
+        (".", "is the working directory"),
+        (str(proj), "is the working directory"),
+        (str(tmp_path), "ancestor of the working directory"),
+        ("main.py", "is a file"),
+        (str(tiny_model), "source model"),
+        (str(tiny_model / "1_Pooling"), "source model"),
+    ]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "thesis.tex").write_text("years of work")
+    cases.append((str(other), "not a model folder"))
+    mixed = make_tiny_bert(tmp_path / "mixed")
+    (mixed / "train.py").write_text("# my script")
+    cases.append((str(mixed), "train.py"))
+    link = tmp_path / "link"
+    link.symlink_to(other)
+    cases.append((str(link), "symbolic link"))
+    for out, words in cases:
+        rc, err = main_rc(capsys, "export", tiny_model, "-o", out, "--overwrite")
+        one_line_error(rc, err, 2, "--overwrite", words)
+    assert snapshot(proj) == before and (other / "thesis.tex").read_text() == "years of work"
+    assert (mixed / "train.py").exists() and (tiny_model / "1_Pooling" / "config.json").exists()
+
+
+def test_overwrite_replaces_an_artifact_and_add_refuses_a_model_folder(artifact, tiny_model, tmp_path, capsys):
+    from stedge.export import export_model
+    from stedge.io import check_replaceable
+
+    copy = tmp_path / "copy"
+    shutil.copytree(artifact, copy)
+    check_replaceable(copy)  # an artifact stedge wrote: replaceable
+    (tmp_path / "empty").mkdir()
+    check_replaceable(tmp_path / "empty")
+    res = export_model(str(tiny_model), copy, overwrite=True)
+    assert set(res.manifest["variants"]) == {"onnx-fp32"}
+    model_copy = tmp_path / "m"
+    shutil.copytree(tiny_model, model_copy)
+    rc, err = main_rc(capsys, "export", tiny_model, "-o", model_copy, "--add")
+    one_line_error(rc, err, 2, "--add", "no stedge.json")
+
+
+# ------------------------------------------------------------------ 2. locks, kills, stale temporaries
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from stedge.io import atomic_dir
+    with atomic_dir(sys.argv[1], overwrite=True) as tmp:
+        (tmp / "modules.json").write_text("[]")
+        (tmp / "big.bin").write_bytes(b"x" * 1000)
+        print("inside", flush=True)
+        time.sleep(float(sys.argv[2]))
+        (tmp / "done.txt").write_text(sys.argv[3])
+""")
+
+
+def _holder(out: Path, sleep: float, tag: str) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), str(sleep), tag], env=_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return p
+
+
+def test_kill_9_leaves_the_old_output_and_the_next_write_cleans_up(tmp_path):
+    from stedge.io import atomic_dir
+
+    out = tmp_path / "out"
+    make_tiny_bert(out)
+    before = snapshot(out)
+    p = _holder(out, 60, "a")
+    assert p.stdout.readline().strip() == "inside"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait(timeout=30)
+    stale = [q for q in tmp_path.iterdir() if ".stedge-tmp." in q.name]
+    assert stale and snapshot(out) == before  # killed mid-write: the old output is whole
+    with atomic_dir(out, overwrite=True) as tmp:
+        (tmp / "modules.json").write_text("[]")
+    assert not [q for q in tmp_path.iterdir() if q.name.startswith(".")], list(tmp_path.iterdir())
+
+
+def test_killed_during_the_final_swap_puts_the_old_version_back(tmp_path):
+    from stedge.io import OLD_TAG, clean_stale
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stedge.json").write_text("{}")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    out.rename(tmp_path / f".out.{OLD_TAG}.{pid}")  # renamed away, then killed before the new one moved in
+    clean_stale(out)
+    assert (out / "stedge.json").read_text() == "{}"
+
+
+def test_second_writer_waits_for_the_lock_then_sees_the_first(tmp_path):
+    out = tmp_path / "out"
+    first = _holder(out, 3, "first")
+    assert first.stdout.readline().strip() == "inside"
+    second = _holder(out, 0, "second")
+    _, err2 = second.communicate(timeout=120)
+    first.wait(timeout=60)
+    assert first.returncode == 0 and second.returncode == 0, err2
+    assert "waiting: another stedge process" in err2
+    assert (out / "done.txt").read_text() == "second"  # in turn, never interleaved
+    env = dict(os.environ, STEDGE_LOCK_TIMEOUT="0.5")
+    holder = _holder(out, 5, "x")
+    assert holder.stdout.readline().strip() == "inside"
+    r = subprocess.run([sys.executable, "-c", HOLDER, str(out), "0", "y"], env={**_env(), **env},
+                       capture_output=True, text=True, timeout=60)
+    holder.wait(timeout=60)
+    assert r.returncode != 0 and "being written by another stedge process" in r.stderr
+
+
+def test_concurrent_add_keeps_both_variants_and_concurrent_exports_do_not_clobber(artifact, tiny_model, tmp_path):
+    copy = tmp_path / "art"
+    shutil.copytree(artifact, copy)
+    a = subprocess.Popen([sys.executable, "-m", "stedge.cli", "export", str(tiny_model), "-o", str(copy), "--add",
+                          "--optimize", "O1", "--json"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    b = subprocess.Popen([sys.executable, "-m", "stedge.cli", "export", str(tiny_model), "-o", str(copy), "--add",
+                          "--optimize", "O2", "--json"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    new = tmp_path / "new"
+    c = stedge("export", tiny_model, "-o", new)
+    d = stedge("export", tiny_model, "-o", new)
+    outs = [p.communicate(timeout=600) for p in (a, b)]
+    assert a.returncode == 0 and b.returncode == 0, outs
+    variants = json.loads((copy / "stedge.json").read_text())["variants"]
+    assert {"onnx-fp32-O1", "onnx-fp32-O2", "onnx-int8-avx2"} <= set(variants)
+    assert c.returncode == 0 and d.returncode == 2 and "already exists" in d.stderr
+
+
+# ------------------------------------------------------------------ 7. exit codes, one-line errors
+def test_exit_code_contract(tmp_path, capsys, monkeypatch):
+    rc, err = main_rc(capsys, "embed", tmp_path / "nope", "x")
+    assert rc == 2 and err.startswith("error: model") and "not found" in err and "Traceback" not in err
+    rc, err = main_rc(capsys, "nosuchcommand")
+    assert rc == 2
+    import stedge.models.cli as mcli
+
+    def bug(*a, **k):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(mcli, "_load_encoder", bug)
+    rc, err = main_rc(capsys, "embed", tmp_path, "x")
+    one_line_error(rc, err, 3, "internal error", "ZeroDivisionError", "--debug")
+    monkeypatch.setenv("STEDGE_DEBUG", "1")
+    rc, err = main_rc(capsys, "embed", tmp_path, "x")
+    assert rc == 3 and "Traceback" in err and "internal error" in err
+
+
+def test_bad_text_and_files_are_one_line(tiny_model, artifact, tmp_path, capsys):
+    binary = tmp_path / "blob.dat"
+    binary.write_bytes(bytes(range(256)) * 10)
+    for model in (artifact, tiny_model):
+        rc, err = main_rc(capsys, "embed", model, "caf\udce9")
+        one_line_error(rc, err, 2, "not valid Unicode")
+        rc, err = main_rc(capsys, "embed", model, "--file", binary)
+        one_line_error(rc, err, 2, "blob.dat", "not UTF-8")
+        rc, err = main_rc(capsys, "embed", model, "--file", tmp_path)
+        one_line_error(rc, err, 2, "is a folder")
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    for out, words in ((existing, "is a folder"), (".", "is a folder"), (tmp_path / "e.txt", ".npy"),
+                       (tmp_path / "nodir" / "e.npy", "does not exist")):
+        rc, err = main_rc(capsys, "embed", artifact, "hello", "-o", out)
+        one_line_error(rc, err, 2, words)
+    assert not (tmp_path / "existing.npy").exists() and list(existing.iterdir()) == []
+
+
+def test_encode_refuses_dicts_and_sets(tiny_model, artifact):
+    from stedge.models import SentenceEncoder
+    from stedge_runtime import Encoder
+
+    for enc in (SentenceEncoder(tiny_model, device="cpu"), Encoder.load(artifact)):
+        for bad in ({"a": 1}, {"a", "b"}, b"bytes"):
+            with pytest.raises(TypeError, match="sequence of strings"):
+                enc.encode(bad)
+        with pytest.raises(ValueError, match="lone surrogate"):
+            enc.encode(["ok", "\ud800"])
+        assert enc.encode(("a", "b")).shape == (2, 32)
+
+
+def test_folder_with_graphs_but_no_manifest(artifact, tmp_path, capsys):
+    graphs_only = tmp_path / "g"
+    (graphs_only / "onnx").mkdir(parents=True)
+    shutil.copy(artifact / "onnx" / "model.onnx", graphs_only / "onnx" / "model.onnx")
+    shutil.copy(artifact / "tokenizer.json", graphs_only / "tokenizer.json")
+    rc, err = main_rc(capsys, "embed", graphs_only, "x")
+    one_line_error(rc, err, 2, "no stedge.json")
+    lost = tmp_path / "lost"
+    shutil.copytree(artifact, lost)
+    (lost / "stedge.json").unlink()
+    rc, err = main_rc(capsys, "embed", lost, "x", "--json")
+    assert rc == 0 and "no stedge.json: running its torch weights with PyTorch" in err
+
+
+def test_eval_limit_zero_is_an_error(tiny_model, tmp_path, capsys):
+    data = tmp_path / "sts.tsv"
+    data.write_text("sentence1\tsentence2\tscore\n" + "".join(f"a {i}\tb {i}\t{i % 5}\n" for i in range(10)))
+    rc, err = main_rc(capsys, "eval", tiny_model, "--data", data, "--task", "sts", "--limit", "0")
+    one_line_error(rc, err, 2, "--limit must be an integer >= 1")
+
+
+# ------------------------------------------------------------------ full, unwritable, vanished outputs
+def _tmpfs(path: Path, options: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode == 0
+
+
+def _umount(path: Path) -> None:
+    subprocess.run(["umount", str(path)], capture_output=True)
+
+
+def test_full_disk_during_export_leaves_nothing_and_the_old_output_whole(artifact, tiny_model, tmp_path, capsys,
+                                                                         monkeypatch):
+    disk = tmp_path / "disk"
+    if _tmpfs(disk, "size=1m"):  # a real full disk: the model is 4 MB
+        try:
+            (disk / "keep.txt").write_text("user file")
+            rc, err = main_rc(capsys, "export", tiny_model, "-o", disk / "art")
+            one_line_error(rc, err, 2, "cannot write", "nothing was written")
+            assert sorted(p.name for p in disk.iterdir()) == ["keep.txt"]
+        finally:
+            _umount(disk)
+    # simulated ENOSPC (machines without tmpfs): while replacing an existing artifact
+    import errno
+
+    from stedge.export import onnx as ox
+
+    out = tmp_path / "art"
+    shutil.copytree(artifact, out)
+    before = snapshot(out)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ox, "export_onnx", full)
+    rc, err = main_rc(capsys, "export", tiny_model, "-o", out, "--overwrite")
+    one_line_error(rc, err, 2, "No space left on device", "nothing was written")
+    assert snapshot(out) == before and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_unwritable_output_is_found_before_the_work(artifact, tiny_model, tmp_path, capsys, monkeypatch):
+    ro = tmp_path / "ro"
+    mounted = _tmpfs(ro, "ro,size=1m")
+    if not mounted:
+        ro.chmod(0o555)
+        if os.access(ro, os.W_OK):
+            pytest.skip("cannot make an unwritable folder here (root without mount)")
+    import stedge.export.core as core
+    import stedge_runtime
+
+    calls = []
+    monkeypatch.setattr(core, "load_model", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr(stedge_runtime.Encoder, "load", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError))
+    try:
+        rc, err = main_rc(capsys, "export", tiny_model, "-o", ro / "art")
+        one_line_error(rc, err, 2, "cannot write")
+        rc, err = main_rc(capsys, "embed", artifact, "hello", "-o", ro / "e.npy")
+        one_line_error(rc, err, 2, "cannot write")
+        assert calls == []  # refused before loading anything
+    finally:
+        if mounted:
+            _umount(ro)
+        else:
+            ro.chmod(0o755)
+
+
+def test_vanished_output_folder(tiny_model, tmp_path, capsys, monkeypatch):
+    """The output's parent disappears while the export runs: one line, and nothing written elsewhere."""
+    import stedge.export.core as core
+
+    parent = tmp_path / "gone"
+    parent.mkdir()
+    real = core._build
+
+    def vanish(*a, **k):
+        m = real(*a, **k)
+        shutil.rmtree(parent)
+        return m
+
+    monkeypatch.setattr(core, "_build", vanish)
+    rc, err = main_rc(capsys, "export", tiny_model, "-o", parent / "art")
+    one_line_error(rc, err, 2, "vanished", "nothing was written")
+    assert not parent.exists()
+
+
+# ------------------------------------------------------------------ 6. training recovery
+def test_rerun_without_resume_keeps_checkpoints_and_resume_reports_the_right_loss(tiny_model, tmp_path):
+    from stedge.errors import StedgeError
+    from stedge.training.config import config_from_dict, run_training
+
+    data = tmp_path / "sts.tsv"
+    data.write_text("sentence1\tsentence2\tscore\n" + "".join(f"text {i}\tother {i % 7}\t{(i % 5) / 4}\n" for i in range(64)))
+    out = tmp_path / "out"
+
+    def cfg(steps: int):
+        return config_from_dict({"model": str(tiny_model), "output": str(out), "train_data": str(data), "loss": "cosent",
+                                 "args": {"max_steps": steps, "save_steps": 2, "logging_steps": 1,
+                                          "per_device_train_batch_size": 8, "use_cpu": True, "report_to": []}},
+                                where="test")
+
+    run_training(cfg(4), device="cpu", keep_checkpoints=True)
+    shutil.rmtree(out)  # as if killed after checkpoint-4, before the final save
+    ckpts = sorted(p.name for p in Path(f"{out}_checkpoints").iterdir())
+    with pytest.raises(StedgeError, match="checkpoints of an earlier run.*--resume"):
+        run_training(cfg(8), device="cpu")
+    assert sorted(p.name for p in Path(f"{out}_checkpoints").iterdir()) == ckpts
+    summary = run_training(cfg(8), resume=True, device="cpu", keep_checkpoints=True)
+    assert summary["resumed_from_step"] == 4 and summary["steps"] == 8
+    state = json.loads((Path(f"{out}_checkpoints") / "checkpoint-8" / "trainer_state.json").read_text())
+    step_losses = [e["loss"] for e in state["log_history"] if "loss" in e and e["step"] > 4]
+    assert len(step_losses) == 4
+    assert summary["train_loss"] == pytest.approx(float(np.mean(step_losses)), abs=1e-3)
+    assert f"| train_loss | {summary['train_loss']:.4f} |" in (out / "README.md").read_text()
