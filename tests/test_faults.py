@@ -394,3 +394,10 @@ def test_rerun_without_resume_keeps_checkpoints_and_resume_reports_the_right_los
     assert len(step_losses) == 4
     assert summary["train_loss"] == pytest.approx(float(np.mean(step_losses)), abs=1e-3)
     assert f"| train_loss | {summary['train_loss']:.4f} |" in (out / "README.md").read_text()
+
+
+def test_bench_suite_with_a_wrong_type_is_one_line(tmp_path, capsys):
+    suite = tmp_path / "s.toml"
+    suite.write_text('name = "x"\nthreads = "many"\n[[models]]\nref = "all-MiniLM-L6-v2"\n')
+    rc, err = main_rc(capsys, "bench", suite)
+    one_line_error(rc, err, 2, "threads must be an integer", "'many'")

@@ -94,6 +94,27 @@ _SUITE_KEYS = {k for k in Suite.__dataclass_fields__} - {"name", "file", "models
 _MODEL_KEYS = set(ModelEntry.__dataclass_fields__)
 
 
+_TYPE_CHECKS = {
+    "int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "str | None": ("a string", lambda v: isinstance(v, str)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "list[int]": ("a list of integers", lambda v: isinstance(v, list) and all(isinstance(x, int) for x in v)),
+    "list[str]": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+}
+
+
+def _check_types(data: dict, cls: type, where: str) -> None:
+    """Each known key of a suite table has the type its dataclass field declares (StedgeError naming the key)."""
+    for key, value in data.items():
+        f = cls.__dataclass_fields__.get(key)
+        check = _TYPE_CHECKS.get(str(f.type)) if f is not None else None
+        if check is not None and not check[1](value):
+            raise StedgeError(f"{where}{key} must be {check[0]}, got {value!r}")
+        if check is not None and check[0] == "an integer" and value < 0:
+            raise StedgeError(f"{where}{key} must be >= 0, got {value!r}")
+
+
 def find_suite(name_or_path: str | os.PathLike) -> Path:
     """A suite file from a path, or a name in stedge/bench/suites/ (benchmarks/suites/) (``cpu`` -> suites/cpu.toml)."""
     p = Path(name_or_path)
@@ -120,8 +141,12 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
         raise StedgeError(f"{file}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_SUITE_KEYS))}")
     if not isinstance(models_raw, list) or not models_raw:
         raise StedgeError(f"{file}: needs at least one [[models]] table with a 'ref'")
+    _check_types(data, Suite, f"{file}: ")
     models = []
     for i, m in enumerate(models_raw):
+        if not isinstance(m, dict):
+            raise StedgeError(f"{file}: models[{i}] must be a [[models]] table")
+        _check_types(m, ModelEntry, f"{file}: models[{i}].")
         bad = set(m) - _MODEL_KEYS
         if bad:
             raise StedgeError(f"{file}: models[{i}]: unknown key(s) {', '.join(sorted(bad))}; allowed: {', '.join(sorted(_MODEL_KEYS))}")
