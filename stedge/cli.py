@@ -95,12 +95,14 @@ def _environment_error(e: OSError) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and map every outcome to the exit-code contract (module docstring)."""
+    from stedge_runtime.errors import RuntimeStedgeError
+
     try:
         app(args=argv, standalone_mode=False)
-    except StedgeError as e:
+    except (StedgeError, RuntimeStedgeError) as e:  # the runtime's errors share the contract (exit_code 2)
         if _debug():
             traceback.print_exc()
-        _fail(str(e), e.exit_code)
+        _fail(str(e), getattr(e, "exit_code", EXIT_BAD_INPUT))
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except click_exceptions.ClickException as e:

@@ -248,14 +248,11 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def pairwise_cosine(a, b):
-    """Row-wise cosine similarity of two numpy arrays of the same shape."""
+    """Row-wise cosine similarity (float64) of two numpy arrays of the same shape."""
     import numpy as np
+    from stedge_runtime.similarity import similarity_matrix
 
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    na = np.linalg.norm(a, axis=1)
-    nb = np.linalg.norm(b, axis=1)
-    return (a * b).sum(1) / np.maximum(na * nb, 1e-12)
+    return similarity_matrix("cosine", a, b, pairwise=True, dtype=np.float64)
 
 
 def iter_batches(items: Sequence, size: int) -> Iterable[Sequence]:

@@ -10,10 +10,11 @@ A reference that resolves nowhere raises ModelNotFoundError listing what was tri
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from pathlib import Path
 
-from .errors import ModelNotFoundError
+from .errors import InvalidModelError, ModelNotFoundError
 
 # Hub id (lower case) -> (python package, function returning the model folder, pip name)
 BUNDLED: dict[str, tuple[str, str, str]] = {
@@ -99,3 +100,36 @@ def model_display_name(ref: str | os.PathLike) -> str:
     """A short name for output folders: the last path or id component."""
     s = str(ref).rstrip("/")
     return Path(s).name or s
+
+
+def detect_task(path: Path) -> str:
+    """What a model folder holds (the one model-kind detector): 'adapter' for a PEFT adapter folder,
+    'embedding' for a sentence-transformers folder (modules.json) or a plain encoder, 'reranking' for
+    a *ForSequenceClassification model without modules.json. Other architectures are refused."""
+    from .models.adapters import is_adapter_folder
+
+    if is_adapter_folder(path):
+        return "adapter"
+    if (path / "modules.json").is_file():
+        return "embedding"
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise InvalidModelError(
+            f"{path}: neither modules.json (sentence-transformers) nor config.json (Hugging Face) found; "
+            "pass a model folder or reference"
+        )
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InvalidModelError(f"{cfg_file} is not valid JSON ({e})") from None
+    archs = [str(a) for a in cfg.get("architectures") or []]
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return "reranking"
+    bad = [a for a in archs if a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "ForMaskedLM",
+                                           "ForTokenClassification", "ForQuestionAnswering", "ForImageClassification"))]
+    if bad:
+        raise InvalidModelError(
+            f"{cfg_file}: architecture {bad[0]} is not a sentence encoder or reranker; stedge export handles "
+            "sentence-transformers models (modules.json) and *ForSequenceClassification rerankers"
+        )
+    return "embedding"

@@ -219,7 +219,7 @@ def adapter(tiny_model, tmp_path_factory):
 
 
 def test_lora_merge_matches_unmerged(tiny_model, adapter, files, tmp_path):
-    from stedge.compress.lora import load_unmerged, merge_adapter
+    from stedge.models.adapters import load_unmerged, merge_adapter
 
     texts = ["A story about cats.", "Trains and stars at night", "x"]
     unmerged = load_unmerged(adapter).encode(texts)

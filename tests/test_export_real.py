@@ -47,19 +47,17 @@ def test_static_int8_spearman_drop(minilm_artifact):
         assert ver["passed"] and v[name]["size_bytes"] < v["onnx-fp32"]["size_bytes"]
 
 
-def test_manifest_validates_against_schema(minilm_artifact):
-    import jsonschema
+def test_manifest_validates_against_the_contract(minilm_artifact, tmp_path):
+    from stedge_runtime.artifact import Manifest, write_manifest
+    from stedge_runtime.errors import ArtifactError
 
-    from stedge.export.manifest import schema
-
-    m = json.loads((minilm_artifact.path / "stedge.json").read_text())
-    jsonschema.validate(m, schema())
+    m = Manifest.read(minilm_artifact.path).to_dict()
     assert m["dimension"] == 384 and m["normalize"] and m["pooling"]["mode"] == "mean" and m["max_seq_length"] == 256
     assert m["variants"]["onnx-fp32"]["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
     broken = json.loads(json.dumps(m))
     del broken["variants"]["onnx-fp32"]["sha256"]
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(broken, schema())
+    with pytest.raises(ArtifactError, match="onnx-fp32"):
+        write_manifest(tmp_path, broken)
 
 
 def test_sentence_transformers_loads_and_agrees(minilm_artifact, minilm_path):

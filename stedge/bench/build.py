@@ -6,18 +6,10 @@ model's source hash; only the missing variants are exported, added to it with ``
 """
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import Callable
 
 from stedge.errors import StedgeError
-
-_VARIANT = re.compile(
-    r"^(?P<backend>onnx|openvino)-(?P<prec>fp32|fp16|int8|int4)"
-    r"(?:-(?P<q>static|weights|avx2|avx512|avx512_vnni|arm64))?(?:-(?P<opt>O[1-4]))?$"
-)
-
 
 def export_call(variant: str) -> tuple[str, str | None, str, str | None]:
     """(backend, optimize, quantize, isa) of the export_model call that writes ``variant``.
@@ -27,23 +19,22 @@ def export_call(variant: str) -> tuple[str, str | None, str, str | None]:
     ``onnx-int8-static`` -> (onnx, None, int8-static); ``openvino-int8-static`` -> (openvino, None,
     int8-static); ``openvino-int4-weights`` -> (openvino, None, int4-weights); ``onnx-fp16`` -> fp16.
     """
-    m = _VARIANT.match(variant)
-    if m is None:
-        raise StedgeError(
-            f"variant {variant!r}: expected <backend>-<precision>[-<quantization>][-O<n>] like onnx-fp32, onnx-fp32-O3, "
-            "onnx-fp16-O4, onnx-int8-avx2, onnx-int8-static, openvino-fp32, openvino-int8-static, openvino-int4-weights"
-        )
-    backend, prec, q, opt = m["backend"], m["prec"], m["q"], m["opt"]
+    from stedge_runtime.artifact import parse_variant_name
+    from stedge_runtime.errors import ArtifactError
+
+    try:
+        n = parse_variant_name(variant, "suite")
+    except ArtifactError as e:
+        raise StedgeError(str(e)) from None
+    backend, prec, q, opt = n.backend, n.precision, n.qualifier, n.optimization
     if prec == "fp32":
         if q:
             raise StedgeError(f"variant {variant!r}: fp32 takes no quantization suffix")
         return backend, opt, "none", None
     if prec == "fp16":
         return backend, opt, ("none" if opt == "O4" else "fp16"), None
-    if q == "static":
-        return backend, opt, f"{prec}-static", None
-    if q == "weights":
-        return backend, opt, f"{prec}-weights", None
+    if q in ("static", "weights"):
+        return backend, opt, f"{prec}-{q}", None
     if q and prec == "int8" and backend == "onnx":
         return backend, opt, "int8", q
     raise StedgeError(f"variant {variant!r}: unknown quantization; use -static, -weights or an ISA (avx2, avx512, avx512_vnni, arm64)")
@@ -67,10 +58,13 @@ def plan_calls(variants: list[str]) -> list[dict]:
     return calls
 
 
-def _manifest(path: Path) -> dict | None:
+def _manifest(path: Path):
+    from stedge_runtime.artifact import Manifest
+    from stedge_runtime.errors import ArtifactError
+
     try:
-        return json.loads((path / "stedge.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return Manifest.read(path)
+    except ArtifactError:
         return None
 
 
@@ -84,8 +78,8 @@ def build_variants(model_path: Path, artifact: Path, variants: list[str], calibr
 
     wanted = list(dict.fromkeys(v.split(":", 1)[-1].replace("{isa}", int8_isa()) for v in variants))
     m = _manifest(artifact)
-    fresh = m is None or (m.get("source") or {}).get("sha256") != source_sha256(model_path)
-    have = set() if fresh else set(m.get("variants") or {})
+    fresh = m is None or m.source.get("sha256") != source_sha256(model_path)
+    have = set() if fresh else set(m.variants)
     missing = [v for v in wanted if v not in have]
     if not missing:
         log(f"reusing {artifact} (same source weights; has {', '.join(wanted)})")
@@ -98,11 +92,12 @@ def build_variants(model_path: Path, artifact: Path, variants: list[str], calibr
         log(f"exporting {model_path.name} -> {artifact} ({', '.join(f'{k}={v}' for k, v in call.items() if v)})")
         export_model(str(model_path), str(artifact), device="cuda" if device.startswith(("cuda", "tensorrt")) else "cpu",
                      overwrite=first, add=not first, **call)
-    m = _manifest(artifact) or {}
-    still = [v for v in wanted if v not in (m.get("variants") or {})]
+    m = _manifest(artifact)
+    have = set(m.variants) if m else set()
+    still = [v for v in wanted if v not in have]
     if still:
         raise StedgeError(
-            f"{artifact}/stedge.json: the export did not produce {', '.join(still)} "
-            f"(it has: {', '.join(m.get('variants') or []) or 'nothing'}); fix the suite's variants list"
+            f"{artifact}: the export did not produce {', '.join(still)} "
+            f"(it has: {', '.join(sorted(have)) or 'nothing'}); fix the suite's variants list"
         )
     return artifact

@@ -255,13 +255,14 @@ def token_counts(model_path: Path, texts: list[str]) -> list[int]:
 
     tok = Tokenizer.from_file(str(model_path / "tokenizer.json"))
     max_len = 512
-    for cfg, key in (("stedge.json", "max_seq_length"), ("sentence_bert_config.json", "max_seq_length")):
-        f = model_path / cfg
-        if f.exists():
-            val = json.loads(f.read_text(encoding="utf-8")).get(key)
-            if isinstance(val, int):
-                max_len = val
-                break
+    from stedge_runtime.artifact import Manifest, is_artifact
+
+    if is_artifact(model_path):
+        max_len = Manifest.read(model_path).max_seq_length
+    elif (model_path / "sentence_bert_config.json").exists():
+        val = json.loads((model_path / "sentence_bert_config.json").read_text(encoding="utf-8")).get("max_seq_length")
+        if isinstance(val, int):
+            max_len = val
     tok.no_padding()
     tok.enable_truncation(max_len)
     return [len(e.ids) for e in tok.encode_batch(texts)]
@@ -274,7 +275,7 @@ def ensure_artifact(entry: ModelEntry, model_path: Path, suite: Suite, data: Ben
     """The artifact folder with every variant the entry asks for; missing ones are built via export_model."""
     if not entry.variants:
         return None
-    from stedge_runtime.manifest import is_artifact
+    from stedge_runtime.artifact import is_artifact
 
     if is_artifact(model_path) and entry.artifact is None:
         return model_path  # the ref is an artifact already: measure what it holds

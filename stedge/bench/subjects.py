@@ -16,7 +16,6 @@ Kinds:
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,7 +34,9 @@ def _have(module: str) -> bool:
 
 
 def _device_family(device: str) -> str:
-    return device.split(":", 1)[0].lower()
+    from stedge_runtime.artifact import device_family
+
+    return device_family(device)
 
 
 def _cuda_problem(device: str) -> str | None:
@@ -195,11 +196,14 @@ class RuntimeVariant(Subject):
         return f"stedge {self.variant}{where}"
 
     def _manifest_variant(self) -> dict[str, Any] | None:
+        from stedge_runtime.artifact import Manifest
+        from stedge_runtime.errors import ArtifactError
+
         try:
-            m = json.loads((Path(self.path) / "stedge.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            v = Manifest.read(self.path).variants.get(self.variant)
+        except ArtifactError:
             return None
-        return (m.get("variants") or {}).get(self.variant)
+        return v.to_dict() if v else None
 
     def facts(self) -> dict[str, Any]:
         v = self._manifest_variant() or {}

@@ -10,7 +10,7 @@ import importlib
 
 _EXPORTS = {
     "find_layer_list": "layers", "keep_layers": "layers", "spread_layers": "layers",
-    "is_adapter_dir": "lora", "load_unmerged": "lora", "merge_adapter": "lora",
+    "run_merge": "lora",
     "add_pca": "pca", "fit_pca": "pca", "reduce_dim": "pca",
     "make_student": "distill", "run_distill": "distill", "teacher_embeddings": "distill",
 }

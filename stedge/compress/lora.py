@@ -1,123 +1,13 @@
-"""LoRA adapters: merge an adapter folder into its base model and save a plain model directory.
+"""`stedge lora merge`: merge an adapter folder into its base model, check it, save a plain model directory.
 
-An adapter folder holds ``adapter_config.json`` (with ``base_model_name_or_path``) and
-``adapter_model.safetensors`` as peft writes them, usually next to the sentence-transformers
-module files (``modules.json``, ``1_Pooling/``, ...) of the model it was trained in.
+Detecting, loading and merging adapters lives in ``stedge.models.adapters`` (one home); this module
+keeps the command: the merged-vs-unmerged check, the report and the atomic save.
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
-from ..errors import InvalidModelError, ModelNotFoundError, require
-from ..models import SentenceEncoder, Transformer
-from ..models.modules import module_class
-
-ADAPTER_CONFIG = "adapter_config.json"
-
-
-def is_adapter_dir(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a peft adapter folder (has adapter_config.json)."""
-    return (Path(path) / ADAPTER_CONFIG).is_file()
-
-
-def _adapter_config(adapter_dir: Path) -> dict:
-    cfg_file = adapter_dir / ADAPTER_CONFIG
-    if not adapter_dir.is_dir():
-        raise ModelNotFoundError(f"adapter folder {adapter_dir} not found")
-    if not cfg_file.is_file():
-        raise InvalidModelError(f"{adapter_dir} is not a LoRA adapter folder: {ADAPTER_CONFIG} is missing")
-    try:
-        return json.loads(cfg_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InvalidModelError(f"{cfg_file} is not valid JSON ({e})") from None
-
-
-def adapter_base(adapter_dir: str | os.PathLike, base: str | None = None) -> str:
-    """The base model reference for an adapter: ``base`` if given, else the adapter config's."""
-    cfg = _adapter_config(Path(adapter_dir))
-    ref = base or cfg.get("base_model_name_or_path")
-    if not ref:
-        raise InvalidModelError(
-            f"{Path(adapter_dir) / ADAPTER_CONFIG} has no base_model_name_or_path: pass the base model with --base"
-        )
-    return str(ref)
-
-
-def _load_base(adapter_dir: Path, base: str | None, device: str | None) -> SentenceEncoder:
-    """The base encoder with the adapter folder's own sentence-transformers modules and settings."""
-    ref = adapter_base(adapter_dir, base)
-    try:
-        encoder = SentenceEncoder(ref, device=device or "cpu")
-    except ModelNotFoundError as e:
-        raise ModelNotFoundError(
-            f"the base model '{ref}' of adapter {adapter_dir} cannot be found: pass --base MODEL "
-            f"(a local folder or reference of the model the adapter was trained on)\n{e}"
-        ) from None
-    mods = list(encoder)
-    modules_file = adapter_dir / "modules.json"
-    if modules_file.is_file():  # the adapter's own Pooling / Dense / Normalize replace the base's
-        try:
-            entries = json.loads(modules_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise InvalidModelError(f"{modules_file} is not valid JSON ({e})") from None
-        rest = []
-        for entry in entries:
-            cls = module_class(entry.get("type", ""), modules_file)
-            if cls is not Transformer:
-                rest.append(cls.load(adapter_dir / entry.get("path", "")))
-        mods = [encoder.transformer] + [m.to(encoder.device) for m in rest]
-    cfg = {}
-    if (adapter_dir / "config_sentence_transformers.json").is_file():
-        cfg = json.loads((adapter_dir / "config_sentence_transformers.json").read_text(encoding="utf-8"))
-    out = SentenceEncoder(
-        modules=mods, device=str(encoder.device),
-        prompts=cfg.get("prompts") or encoder.prompts,
-        default_prompt_name=cfg.get("default_prompt_name", encoder.default_prompt_name),
-        similarity_fn_name=cfg.get("similarity_fn_name") or encoder.similarity_fn_name,
-    )
-    sbert = adapter_dir / Transformer.config_file
-    if sbert.is_file():
-        scfg = json.loads(sbert.read_text(encoding="utf-8"))
-        if scfg.get("max_seq_length"):
-            out.max_seq_length = scfg["max_seq_length"]
-        out.transformer.do_lower_case = bool(scfg.get("do_lower_case", out.transformer.do_lower_case))
-    if (adapter_dir / "tokenizer_config.json").is_file():  # the tokenizer saved with the adapter wins
-        from transformers import AutoTokenizer
-
-        out.transformer.tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
-    out.model_path, out.model_ref = encoder.model_path, ref
-    return out
-
-
-def load_unmerged(adapter_dir: str | os.PathLike, base: str | None = None, device: str | None = None) -> SentenceEncoder:
-    """The base encoder with the adapter attached but not merged (peft wrapper as its transformer)."""
-    peft = require("peft", "train", "loading LoRA adapters")
-    adapter_dir = Path(adapter_dir)
-    encoder = _load_base(adapter_dir, base, device)
-    try:
-        wrapped = peft.PeftModel.from_pretrained(encoder.transformer.auto_model, str(adapter_dir))
-    except Exception as e:  # peft raises ValueError/KeyError/OSError on mismatching adapters
-        raise InvalidModelError(
-            f"could not attach the adapter {adapter_dir} to its base '{encoder.model_ref}' ({type(e).__name__}: {e}); "
-            "is --base the model the adapter was trained on?"
-        ) from None
-    encoder.transformer.auto_model = wrapped.to(encoder.device)
-    return encoder
-
-
-def merge_adapter(adapter_dir: str | os.PathLike, base: str | None = None, device: str | None = None) -> SentenceEncoder:
-    """Load a LoRA adapter onto its base and merge the weights: a plain SentenceEncoder.
-
-    ``base`` overrides the adapter config's ``base_model_name_or_path`` (a folder or reference).
-    """
-    encoder = load_unmerged(adapter_dir, base, device)
-    merged = encoder.transformer.auto_model.merge_and_unload()
-    encoder.transformer.auto_model = merged
-    encoder.eval()
-    return encoder
-
+from ..models.adapters import adapter_config, load_unmerged
 
 SAMPLE_SENTENCES = (
     "A man is playing a guitar.", "The weather is lovely today.", "Stocks fell sharply on Monday.",
@@ -137,7 +27,7 @@ def run_merge(adapter: str, output: str, base: str | None = None, eval_path: str
                          save_with_report, sts_spearman)
 
     adapter_dir = Path(adapter)
-    cfg = _adapter_config(adapter_dir)
+    cfg = adapter_config(adapter_dir)
     pairs = read_sts(eval_path) if eval_path else None
     texts = eval_sentences(pairs, limit=256) or list(SAMPLE_SENTENCES)
     unmerged = load_unmerged(adapter_dir, base, device)

@@ -73,37 +73,22 @@ def similarity_fn_names_for(model: Any, given: Sequence[str] | None) -> list[str
 
 def pairwise_scores(a: np.ndarray, b: np.ndarray, fn: str) -> np.ndarray:
     """Row-by-row similarity (float64): cosine, dot, or negative euclidean/manhattan distance."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if fn == "cosine":
-        na = np.linalg.norm(a, axis=1)
-        nb = np.linalg.norm(b, axis=1)
-        return (a * b).sum(1) / np.maximum(na * nb, 1e-12)
-    if fn == "dot":
-        return (a * b).sum(1)
-    if fn == "euclidean":
-        return -np.linalg.norm(a - b, axis=1)
-    if fn == "manhattan":
-        return -np.abs(a - b).sum(1)
-    raise StedgeError(f"unknown similarity function '{fn}' (choose one of: cosine, dot, euclidean, manhattan)")
+    return _similarity(fn, a, b, pairwise=True, dtype=np.float64)
 
 
 def all_pairs_scores(a: np.ndarray, b: np.ndarray, fn: str) -> np.ndarray:
     """All-pairs similarity matrix (float32): cosine, dot, or negative euclidean/manhattan distance."""
-    a = np.asarray(a, dtype=np.float32)
-    b = np.asarray(b, dtype=np.float32)
-    if fn == "cosine":
-        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-        return a @ b.T
-    if fn == "dot":
-        return a @ b.T
-    if fn == "euclidean":
-        sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * (a @ b.T)
-        return -np.sqrt(np.maximum(sq, 0))
-    if fn == "manhattan":
-        return -np.abs(a[:, None, :] - b[None, :, :]).sum(-1)
-    raise StedgeError(f"unknown similarity function '{fn}' (choose one of: cosine, dot, euclidean, manhattan)")
+    return _similarity(fn, a, b)
+
+
+def _similarity(fn: str, a, b, pairwise: bool = False, dtype=np.float32) -> np.ndarray:
+    from stedge_runtime.errors import InputError
+    from stedge_runtime.similarity import similarity_matrix
+
+    try:
+        return similarity_matrix(fn, a, b, pairwise=pairwise, dtype=dtype)
+    except InputError as e:
+        raise StedgeError(str(e)) from None
 
 
 class Evaluator:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -10,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidModelError, StedgeError
-from ..hub import model_display_name, resolve_model
+from ..errors import StedgeError
+from ..hub import detect_task, model_display_name, resolve_model
 from ..io import atomic_dir, check_output, output_lock, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -36,34 +35,6 @@ class ExportResult:
 
 
 # ------------------------------------------------------------------ model loading
-def detect_task(path: Path) -> str:
-    """'embedding' for a sentence-transformers folder (modules.json) or a plain encoder,
-    'reranking' for a *ForSequenceClassification model without modules.json."""
-    if (path / "modules.json").is_file():
-        return "embedding"
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise InvalidModelError(
-            f"{path}: neither modules.json (sentence-transformers) nor config.json (Hugging Face) found; "
-            "pass a model folder or reference"
-        )
-    try:
-        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InvalidModelError(f"{cfg_file} is not valid JSON ({e})") from None
-    archs = [str(a) for a in cfg.get("architectures") or []]
-    if any(a.endswith("ForSequenceClassification") for a in archs):
-        return "reranking"
-    bad = [a for a in archs if a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "ForMaskedLM",
-                                           "ForTokenClassification", "ForQuestionAnswering", "ForImageClassification"))]
-    if bad:
-        raise InvalidModelError(
-            f"{cfg_file}: architecture {bad[0]} is not a sentence encoder or reranker; stedge export handles "
-            "sentence-transformers models (modules.json) and *ForSequenceClassification rerankers"
-        )
-    return "embedding"
-
-
 def source_sha256(*folders: Path) -> str:
     """One hash over the weight files (safetensors / bin) of the source folders."""
     h = hashlib.sha256()
@@ -79,10 +50,8 @@ def source_sha256(*folders: Path) -> str:
 
 
 def _merge_adapter(path: Path):
-    try:
-        from ..compress.lora import adapter_base, merge_adapter
-    except ImportError as e:  # pragma: no cover - compress stage missing from this checkout
-        raise StedgeError("exporting a LoRA adapter needs stedge.compress (stedge lora merge)") from e
+    from ..models.adapters import adapter_base, merge_adapter
+
     return merge_adapter(path, device="cpu"), adapter_base(path)
 
 
@@ -91,7 +60,7 @@ def load_model(ref: str | os.PathLike) -> tuple[Any, str, dict]:
     from ..models import CrossEncoder, SentenceEncoder
 
     path = resolve_model(ref)
-    if (path / "adapter_config.json").is_file():
+    if detect_task(path) == "adapter":
         model, base = _merge_adapter(path)
         base_path = model.model_path or path
         src = {"model": str(ref), "sha256": source_sha256(path, Path(base_path)), "adapter": str(path), "base_model": base}
@@ -278,7 +247,7 @@ def export_model(
             steps.start("Loading the model")
             existing = mf.read(out) if add and out.exists() else None
             torch_model, task, source = load_model(model)
-            if existing is not None and (existing.get("source", {}).get("sha256") != source["sha256"]
+            if existing is not None and ((existing.get("source") or {}).get("sha256") != source["sha256"]
                                          or existing.get("task") != task):
                 raise StedgeError(
                     f"{out / mf.MANIFEST}: the artifact was exported from another model (source sha256 differs); "

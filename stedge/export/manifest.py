@@ -1,72 +1,38 @@
-"""stedge.json: build, validate (against manifest.schema.json) and write the artifact manifest."""
+"""The export side of stedge.json: the fields that describe a torch model, and writing through the contract.
+
+The contract itself (fields, validation, naming, files, devices) lives in ``stedge_runtime.artifact``.
+"""
 from __future__ import annotations
 
-import json
-import math
 import os
 from pathlib import Path
-from typing import Any
+
+from stedge_runtime.artifact import FORMAT_VERSION, MANIFEST, Manifest, write_manifest
 
 from .. import __version__
-from ..errors import InvalidModelError, require
-
-MANIFEST = "stedge.json"
-FORMAT_VERSION = 1
-SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
+from ..errors import InvalidModelError
 
 
-def schema() -> dict:
-    """The JSON schema of stedge.json."""
-    return json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
-
-
-def _clean(x: Any) -> Any:
-    """JSON-safe copy: non-finite floats become null, numpy scalars plain numbers."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
-def validate(manifest: dict, where: str | os.PathLike = MANIFEST) -> None:
-    """Raise InvalidModelError naming the first field that breaks the schema."""
-    jsonschema = require("jsonschema", "onnx", "validating stedge.json")
-    validator = jsonschema.Draft202012Validator(schema())
-    errors = sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path))
-    if errors:
-        e = errors[0]
-        field = ".".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise InvalidModelError(f"{where}: field '{field}': {e.message}")
-    default = manifest.get("default_variant")
-    if default not in manifest.get("variants", {}):
-        raise InvalidModelError(f"{where}: default_variant {default!r} is not one of the variants")
-
+__all__ = ["FORMAT_VERSION", "MANIFEST", "write", "read", "created_with", "model_fields", "check_tokenizer"]
 
 def write(folder: str | os.PathLike, manifest: dict) -> Path:
-    """Validate and write ``folder/stedge.json``."""
-    data = _clean(manifest)
-    path = Path(folder) / MANIFEST
-    validate(data, path)
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
+    """Validate and write ``folder/stedge.json`` through the artifact contract (``stedge_runtime.artifact``)."""
+    from stedge_runtime.errors import ArtifactError
+
+    try:
+        return write_manifest(folder, manifest)
+    except ArtifactError as e:  # a bug in the export stage, or a model field of an unexpected type
+        raise InvalidModelError(str(e)) from None
 
 
 def read(folder: str | os.PathLike) -> dict:
-    """Read and validate ``folder/stedge.json``."""
-    path = Path(folder) / MANIFEST
+    """The JSON form of ``folder/stedge.json``, read and validated by the artifact contract."""
+    from stedge_runtime.errors import ArtifactError
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidModelError(f"{path} is missing: {folder} is not a stedge artifact") from None
-    except json.JSONDecodeError as e:
-        raise InvalidModelError(f"{path} is not valid JSON ({e})") from None
-    validate(data, path)
-    return data
+        return Manifest.read(folder).to_dict()
+    except ArtifactError as e:
+        raise InvalidModelError(str(e)) from None
 
 
 def created_with() -> dict[str, str | None]:

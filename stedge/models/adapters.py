@@ -1,4 +1,5 @@
-"""PEFT adapters (LoRA and friends) on a SentenceEncoder's transformer.
+"""PEFT adapters (LoRA and friends) on a SentenceEncoder's transformer: the one home for detecting,
+loading and merging them.
 
 Built on transformers' PeftAdapterMixin, which every ``PreTrainedModel`` has: the adapter is
 injected into ``encoder.transformer.auto_model`` in place, so the module chain, tokenizer and
@@ -14,16 +15,19 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidModelError, StedgeError, require
+from ..errors import InvalidModelError, ModelNotFoundError, StedgeError, require
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def is_adapter_folder(folder: str | os.PathLike) -> bool:
-    """True for a folder that holds an adapter but no full transformer weights."""
+    """True for a folder that holds a PEFT adapter (adapter_config.json) but no full transformer (config.json).
+
+    The one adapter detector: loading (SentenceEncoder), ``stedge lora merge`` and ``stedge export`` use it.
+    """
     f = Path(folder)
-    return (f / ADAPTER_CONFIG).exists() and not (f / "config.json").exists()
+    return (f / ADAPTER_CONFIG).is_file() and not (f / "config.json").is_file()
 
 
 def _base_reference(ref: str | None) -> str | None:
@@ -158,3 +162,105 @@ class AdapterMixin:
             cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
             cfg["base_model_name_or_path"] = base
             cfg_path.write_text(json.dumps(cfg, indent=2))
+
+
+# --------------------------------------------------------------------------- merging (stedge lora merge, export)
+def adapter_config(adapter_dir: Path) -> dict:
+    """The parsed adapter_config.json of an adapter folder (clear errors when missing or broken)."""
+    cfg_file = adapter_dir / ADAPTER_CONFIG
+    if not adapter_dir.is_dir():
+        raise ModelNotFoundError(f"adapter folder {adapter_dir} not found")
+    if not cfg_file.is_file():
+        raise InvalidModelError(f"{adapter_dir} is not a LoRA adapter folder: {ADAPTER_CONFIG} is missing")
+    try:
+        return json.loads(cfg_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InvalidModelError(f"{cfg_file} is not valid JSON ({e})") from None
+
+
+def adapter_base(adapter_dir: str | os.PathLike, base: str | None = None) -> str:
+    """The base model reference for an adapter: ``base`` if given, else the adapter config's."""
+    cfg = adapter_config(Path(adapter_dir))
+    ref = base or cfg.get("base_model_name_or_path")
+    if not ref:
+        raise InvalidModelError(
+            f"{Path(adapter_dir) / ADAPTER_CONFIG} has no base_model_name_or_path: pass the base model with --base"
+        )
+    return str(ref)
+
+
+def _load_base(adapter_dir: Path, base: str | None, device: str | None):
+    """The base encoder with the adapter folder's own sentence-transformers modules and settings."""
+    from . import SentenceEncoder
+    from .modules import Transformer, module_class
+
+    ref = adapter_base(adapter_dir, base)
+    try:
+        encoder = SentenceEncoder(ref, device=device or "cpu")
+    except ModelNotFoundError as e:
+        raise ModelNotFoundError(
+            f"the base model '{ref}' of adapter {adapter_dir} cannot be found: pass --base MODEL "
+            f"(a local folder or reference of the model the adapter was trained on)\n{e}"
+        ) from None
+    mods = list(encoder)
+    modules_file = adapter_dir / "modules.json"
+    if modules_file.is_file():  # the adapter's own Pooling / Dense / Normalize replace the base's
+        try:
+            entries = json.loads(modules_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise InvalidModelError(f"{modules_file} is not valid JSON ({e})") from None
+        rest = []
+        for entry in entries:
+            cls = module_class(entry.get("type", ""), modules_file)
+            if cls is not Transformer:
+                rest.append(cls.load(adapter_dir / entry.get("path", "")))
+        mods = [encoder.transformer] + [m.to(encoder.device) for m in rest]
+    cfg = {}
+    if (adapter_dir / "config_sentence_transformers.json").is_file():
+        cfg = json.loads((adapter_dir / "config_sentence_transformers.json").read_text(encoding="utf-8"))
+    out = SentenceEncoder(
+        modules=mods, device=str(encoder.device),
+        prompts=cfg.get("prompts") or encoder.prompts,
+        default_prompt_name=cfg.get("default_prompt_name", encoder.default_prompt_name),
+        similarity_fn_name=cfg.get("similarity_fn_name") or encoder.similarity_fn_name,
+    )
+    sbert = adapter_dir / Transformer.config_file
+    if sbert.is_file():
+        scfg = json.loads(sbert.read_text(encoding="utf-8"))
+        if scfg.get("max_seq_length"):
+            out.max_seq_length = scfg["max_seq_length"]
+        out.transformer.do_lower_case = bool(scfg.get("do_lower_case", out.transformer.do_lower_case))
+    if (adapter_dir / "tokenizer_config.json").is_file():  # the tokenizer saved with the adapter wins
+        from transformers import AutoTokenizer
+
+        out.transformer.tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+    out.model_path, out.model_ref = encoder.model_path, ref
+    return out
+
+
+def load_unmerged(adapter_dir: str | os.PathLike, base: str | None = None, device: str | None = None):
+    """The base encoder with the adapter attached but not merged (peft wrapper as its transformer)."""
+    peft = require("peft", "train", "loading LoRA adapters")
+    adapter_dir = Path(adapter_dir)
+    encoder = _load_base(adapter_dir, base, device)
+    try:
+        wrapped = peft.PeftModel.from_pretrained(encoder.transformer.auto_model, str(adapter_dir))
+    except Exception as e:  # peft raises ValueError/KeyError/OSError on mismatching adapters
+        raise InvalidModelError(
+            f"could not attach the adapter {adapter_dir} to its base '{encoder.model_ref}' ({type(e).__name__}: {e}); "
+            "is --base the model the adapter was trained on?"
+        ) from None
+    encoder.transformer.auto_model = wrapped.to(encoder.device)
+    return encoder
+
+
+def merge_adapter(adapter_dir: str | os.PathLike, base: str | None = None, device: str | None = None):
+    """Load a LoRA adapter onto its base and merge the weights: a plain SentenceEncoder.
+
+    ``base`` overrides the adapter config's ``base_model_name_or_path`` (a folder or reference).
+    """
+    encoder = load_unmerged(adapter_dir, base, device)
+    merged = encoder.transformer.auto_model.merge_and_unload()
+    encoder.transformer.auto_model = merged
+    encoder.eval()
+    return encoder

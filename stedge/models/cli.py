@@ -6,7 +6,6 @@ folder (one with stedge.json) runs through the torch-free runtime instead of tor
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -18,8 +17,10 @@ from ..errors import StedgeError
 def _is_artifact(model: str) -> bool:
     """True for an exported artifact (a folder with stedge.json). A folder with graphs (onnx/, openvino/)
     but no stedge.json is refused when it has no torch weights, and said to run with PyTorch when it has."""
+    from stedge_runtime.artifact import has_manifest
+
     p = Path(model)
-    if (p / "stedge.json").is_file():
+    if has_manifest(p):
         return True
     graphs = [d for d in ("onnx", "openvino") if (p / d).is_dir()]
     if p.is_dir() and graphs:
@@ -177,30 +178,31 @@ def info(
 ) -> None:
     """Describe a model or artifact: modules, dimension, prompts, variants."""
     if _is_artifact(model):
-        manifest = json.loads((Path(model) / "stedge.json").read_text())
+        from stedge_runtime.artifact import Manifest
+
+        manifest = Manifest.read(model)
         if as_json:
-            typer.echo(json.dumps(manifest, indent=2))
+            typer.echo(json.dumps(manifest.to_dict(), indent=2))
             return
-        typer.echo(f"artifact {model}: task={manifest.get('task')} dim={manifest.get('dimension')} "
-                   f"max_seq_length={manifest.get('max_seq_length')} pooling={manifest.get('pooling', {}).get('mode')}")
-        for name, v in manifest.get("variants", {}).items():
-            ver = v.get("verification") or {}
-            typer.echo(f"  {name:28} {v.get('file'):40} {v.get('size_bytes', 0) / 1e6:8.1f} MB  min_cos={ver.get('min_cosine')}")
+        pooling = (manifest.pooling or {}).get("mode")
+        typer.echo(f"artifact {model}: task={manifest.task} dim={manifest.dimension} "
+                   f"max_seq_length={manifest.max_seq_length} pooling={pooling}")
+        for name, v in manifest.variants.items():
+            min_cos = v.verification.min_cosine if v.verification else None
+            typer.echo(f"  {name:28} {v.file:40} {(v.size_bytes or 0) / 1e6:8.1f} MB  min_cos={min_cos}")
         return
-    from ..hub import resolve_model
+    from ..hub import detect_task, resolve_model
     from . import SentenceEncoder
 
     path = resolve_model(model)
-    if not (path / "modules.json").exists() and (path / "config.json").exists():
-        cfg = json.loads((path / "config.json").read_text())
-        if any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures", [])):
-            from . import CrossEncoder
+    if detect_task(path) == "reranking":
+        from . import CrossEncoder
 
-            ce = CrossEncoder(path, device="cpu")
-            data = {"path": str(path), "task": "reranking", "num_labels": ce.num_labels, "max_length": ce.max_length,
-                    "activation": type(ce.activation).__name__, "parameters": sum(p.numel() for p in ce.parameters())}
-            typer.echo(json.dumps(data, indent=2) if as_json else "\n".join(f"{k}: {v}" for k, v in data.items()))
-            return
+        ce = CrossEncoder(path, device="cpu")
+        data = {"path": str(path), "task": "reranking", "num_labels": ce.num_labels, "max_length": ce.max_length,
+                "activation": type(ce.activation).__name__, "parameters": sum(p.numel() for p in ce.parameters())}
+        typer.echo(json.dumps(data, indent=2) if as_json else "\n".join(f"{k}: {v}" for k, v in data.items()))
+        return
     enc = SentenceEncoder(path, device="cpu")
     data = {
         "path": str(path),

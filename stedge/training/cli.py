@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -183,11 +182,12 @@ def train(
 # --------------------------------------------------------------------------- eval
 def load_for_eval(model: str, task: str, device: str | None = None) -> Any:
     """A torch SentenceEncoder/CrossEncoder, or the runtime Encoder/Reranker for an artifact folder (has stedge.json)."""
-    if (Path(model) / "stedge.json").is_file():
+    from stedge_runtime.artifact import Manifest, has_manifest
+
+    if has_manifest(model):
         from stedge_runtime import Encoder, Reranker
 
-        manifest = json.loads((Path(model) / "stedge.json").read_text(encoding="utf-8"))
-        if manifest.get("task") == "reranking":
+        if Manifest.read(model).task == "reranking":
             return Reranker.load(model, device=device or "cpu")
         return Encoder.load(model, device=device or "cpu")
     if task == "rerank" and _is_cross_encoder(model):
@@ -200,16 +200,9 @@ def load_for_eval(model: str, task: str, device: str | None = None) -> Any:
 
 
 def _is_cross_encoder(model: str) -> bool:
-    from ..hub import resolve_model
+    from ..hub import detect_task, resolve_model
 
-    p = resolve_model(model)
-    if (p / "modules.json").exists():
-        return False
-    try:
-        cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return False
-    return any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures") or [])
+    return detect_task(resolve_model(model)) == "reranking"
 
 
 def eval_cmd(

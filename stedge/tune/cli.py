@@ -21,8 +21,10 @@ def run_tune(path: str | Path, variants: list[str] | None = None, threads: int |
 
     from ..progress import make_progress
 
+    from stedge_runtime.artifact import has_manifest
+
     root = Path(path)
-    if not (root / "stedge.json").is_file():
+    if not has_manifest(root):
         raise StedgeError(f"{root}: not an artifact folder (no stedge.json); pass a folder written by `stedge export`")
     quiet = logging.getLogger("stedge_runtime")
     level = quiet.level
@@ -141,7 +143,7 @@ def tune_cmd(
     """Time every verified variant of ARTIFACT on this machine (engine settings, batch 1 and bulk, short texts and
     passages) and write ARTIFACT/tuning/<machine key>.json, which Encoder.load uses to choose the fastest variant
     of each precision tier here. Profiles of other machines are kept and ignored here."""
-    from stedge_runtime.manifest import read_manifest
+    from stedge_runtime.artifact import Manifest
     from stedge_runtime.tune import best_choices
 
     lines = None
@@ -158,8 +160,8 @@ def tune_cmd(
     if as_json:
         typer.echo(json.dumps({"profile": prof, "file": str(file) if file else None, "choices": choices}, indent=2))
         return
-    m = read_manifest(Path(artifact), prof.get("task") or "embedding")
-    render_profile(prof, m["variants"], choices)
+    m = Manifest.read(artifact)
+    render_profile(prof, {n: v.to_dict() for n, v in m.variants.items()}, choices)
     typer.echo(f"profile written to {file}" if file else "profile not written (--dry-run)")
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from .encoder import Encoder, Reranker
 from .errors import ArtifactError, DeviceError, InputError, MissingEngine, RuntimeStedgeError
-from .manifest import FORMAT_VERSION, is_artifact
+from .artifact import FORMAT_VERSION, Manifest, VariantRecord, is_artifact
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Encoder", "Reranker", "is_artifact", "FORMAT_VERSION", "__version__",
+    "Encoder", "Reranker", "Manifest", "VariantRecord", "is_artifact", "FORMAT_VERSION", "__version__",
     "RuntimeStedgeError", "ArtifactError", "DeviceError", "InputError", "MissingEngine",
 ]

@@ -12,7 +12,16 @@ import numpy as np
 
 from .engines import installed_backends, open_engine
 from .errors import ArtifactError, DeviceError, InputError
-from .manifest import MANIFEST, ONNX_DEVICES, OPENVINO_DEVICES, check_sha256, device_family, read_manifest
+from .similarity import check_name, similarity_matrix
+from .artifact import (
+    MANIFEST,
+    ONNX_DEVICES,
+    OPENVINO_DEVICES,
+    Manifest,
+    artifact_path,
+    check_variant_files,
+    device_family,
+)
 from .select import Selection, select_variant
 from .tokenize import Tokenizer, batches, pad
 
@@ -25,7 +34,7 @@ class _Artifact:
     task = ""
     needed_outputs: tuple[str, ...] = ()
 
-    def __init__(self, root: Path, manifest: dict, variant: str, engine: Any, tokenizer: Tokenizer, max_batch_tokens: int,
+    def __init__(self, root: Path, manifest: Manifest, variant: str, engine: Any, tokenizer: Tokenizer, max_batch_tokens: int,
                  selection: Selection | None = None, latency_engine: Any = None) -> None:
         self.path = root
         self._manifest = manifest
@@ -64,7 +73,7 @@ class _Artifact:
         known = tuple(dict.fromkeys(ONNX_DEVICES + OPENVINO_DEVICES))
         if not isinstance(device, str) or device_family(device) not in known:
             raise DeviceError(f"device {device!r} is not one stedge_runtime knows; use one of: {', '.join(known)} (':N' / '.N' picks an index)")
-        m = read_manifest(root, cls.task)
+        m = Manifest.read(root, cls.task)
         choice = {"tier": tier, "route": route, "use_profile": profile}
         try:
             sel, engines = cls._open(root, m, variant, device, threads, verify, engine_options, choice)
@@ -72,26 +81,26 @@ class _Artifact:
             if not fallback or device_family(device) == "cpu":
                 raise
             warnings.warn(f"{e}. Falling back to the CPU (fallback=True).", RuntimeWarning, stacklevel=2)
-            v = variant if variant in m["variants"] and "cpu" in (m["variants"][variant].get("devices") or ["cpu"]) else None
+            v = variant if variant in m.variants and m.variants[variant].fits("cpu") else None
             sel, engines = cls._open(root, m, v, "cpu", threads, verify, engine_options, choice)
         for w in sel.warnings:
             warnings.warn(f"{root}: {w}", RuntimeWarning, stacklevel=2)
-        tok_file = root / str(m.get("tokenizer") or "tokenizer.json")
-        tok = Tokenizer(tok_file, int(m.get("max_seq_length") or 512), bool(m.get("do_lower_case", False)))
+        tok_file = artifact_path(root, m.tokenizer, "tokenizer")
+        tok = Tokenizer(tok_file, m.max_seq_length, m.do_lower_case)
         return cls(root, m, sel.variant, engines[0], tok, max_batch_tokens, sel, engines[1])
 
     @classmethod
-    def _open(cls, root: Path, m: dict, variant: str | None, device: str, threads: int | None, verify: bool | str,
+    def _open(cls, root: Path, m: Manifest, variant: str | None, device: str, threads: int | None, verify: bool | str,
               options: dict, choice: dict) -> tuple[Selection, tuple[Any, Any]]:
         family = device_family(device)
-        sel = select_variant(m["variants"], family, variant, installed_backends(), root, key=None,
+        sel = select_variant(m.variants, family, variant, installed_backends(), root, key=None,
                              where=str(root / MANIFEST), **choice)
         user = dict(options, **({"threads": threads} if threads is not None else {}))
         engine = cls._engine(root, m, sel.variant, device, verify, {**sel.settings, **user})
         latency = None
         if sel.latency_variant is not None:
-            lv = m["variants"][sel.latency_variant]
-            if user and lv["backend"] != m["variants"][sel.variant]["backend"]:
+            lv = m.variants[sel.latency_variant]
+            if user and lv.backend != m.variants[sel.variant].backend:
                 sel = replace(sel, latency_variant=None, latency_settings={}, notes=sel.notes + (
                     f"batch-1 routing to {sel.latency_variant} off: engine options were given for {sel.variant}",))
             else:
@@ -99,21 +108,13 @@ class _Artifact:
         return sel, (engine, latency)
 
     @classmethod
-    def _engine(cls, root: Path, m: dict, name: str, device: str, verify: bool | str, settings: dict) -> Any:
+    def _engine(cls, root: Path, m: Manifest, name: str, device: str, verify: bool | str, settings: dict) -> Any:
         """Check one variant's files and open its engine with the variant's options, then ``settings``."""
-        v = m["variants"][name]
-        file = root / v["file"]
-        if not file.is_file():
-            raise ArtifactError(f"{file} is missing (stedge.json variants.{name}.file): re-export the model")
-        if v["backend"] == "openvino" and not file.with_suffix(".bin").is_file():
-            raise ArtifactError(f"{file.with_suffix('.bin')} is missing (the weights of variants.{name}): re-export the model")
-        hashes = v.get("sha256")
-        hashes = hashes if isinstance(hashes, dict) else {v["file"]: hashes}
-        for rel, digest in hashes.items():
-            check_sha256(root / rel, digest, f"{MANIFEST} variants.{name}.sha256", verify)
-        opts = {**(v.get("engine_options") or {}), **settings}
+        v = m.variants[name]
+        file = check_variant_files(root, v, verify)[0]
+        opts = {**(v.extra.get("engine_options") or {}), **settings}
         threads = opts.pop("threads", None)
-        engine = open_engine(v["backend"], file, device, v.get("precision"), threads, opts)
+        engine = open_engine(v.backend, file, device, v.precision, threads, opts)
         unknown = [i for i in engine.inputs if i not in KNOWN_INPUTS]
         missing = [o for o in cls.needed_outputs if o not in engine.outputs]
         if unknown or missing:
@@ -124,8 +125,8 @@ class _Artifact:
 
     # ------------------------------------------------------------ properties
     @property
-    def manifest(self) -> dict:
-        """The parsed stedge.json."""
+    def manifest(self) -> Manifest:
+        """The artifact's typed stedge.json (``stedge_runtime.artifact.Manifest``)."""
         return self._manifest
 
     @property
@@ -163,30 +164,6 @@ class _Artifact:
         return out
 
 
-def _as_2d(x) -> np.ndarray:
-    return np.atleast_2d(np.asarray(x, dtype=np.float32))
-
-
-def similarity_matrix(name: str, a, b, pairwise: bool = False) -> np.ndarray:
-    """cosine / dot / euclidean (negative distance) / manhattan (negative distance) in numpy."""
-    a, b = _as_2d(a), _as_2d(b)
-    if name == "cosine":
-        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-        name = "dot"
-    if pairwise:
-        if a.shape != b.shape:
-            raise InputError(f"similarity_pairwise needs equally shaped inputs, got {a.shape} and {b.shape}")
-        d = a - b
-        return {"dot": lambda: (a * b).sum(1), "euclidean": lambda: -np.sqrt((d * d).sum(1)), "manhattan": lambda: -np.abs(d).sum(1)}[name]()
-    if name == "dot":
-        return a @ b.T
-    if name == "euclidean":
-        sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
-        return -np.sqrt(np.maximum(sq, 0))
-    return -np.abs(a[:, None, :] - b[None, :, :]).sum(-1)
-
-
 class Encoder(_Artifact):
     """Sentence embeddings from an embedding artifact; mirrors SentenceEncoder.encode."""
 
@@ -196,24 +173,24 @@ class Encoder(_Artifact):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._prompt_lengths: dict[str, int] = {}
-        sim = self._manifest.get("similarity_fn_name") or "cosine"
-        alias = {"cos_sim": "cosine", "dot_product": "dot", "dot_score": "dot"}
-        self.similarity_fn_name: str = alias.get(sim, sim)
-        if self.similarity_fn_name not in ("cosine", "dot", "euclidean", "manhattan"):
-            raise ArtifactError(f"{self.path / MANIFEST}: unknown similarity_fn_name {sim!r}")
+        sim = self._manifest.similarity_fn_name or "cosine"
+        try:
+            self.similarity_fn_name: str = check_name(sim)
+        except InputError:
+            raise ArtifactError(f"{self.path / MANIFEST}: unknown similarity_fn_name {sim!r}") from None
 
     @property
     def dimension(self) -> int:
         """Width of the embeddings."""
-        return int(self._manifest["dimension"])
+        return int(self._manifest.dimension or 0)
 
     @property
     def prompts(self) -> dict[str, str]:
-        return dict(self._manifest.get("prompts") or {})
+        return dict(self._manifest.prompts)
 
     @property
     def default_prompt_name(self) -> str | None:
-        return self._manifest.get("default_prompt_name")
+        return self._manifest.default_prompt_name
 
     def get_sentence_embedding_dimension(self) -> int:
         """Same as ``dimension`` (the torch side's name)."""
@@ -288,7 +265,7 @@ class Reranker(_Artifact):
 
     @property
     def num_labels(self) -> int:
-        return int(self._manifest.get("num_labels") or 1)
+        return int(self._manifest.num_labels or 1)
 
     def predict(self, pairs: Sequence[Sequence[str]], batch_size: int = 32, apply_activation: bool = True) -> np.ndarray:
         """Scores in input order: (n,) for one label, (n, num_labels) otherwise; one pair gives a scalar row."""

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DeviceError, MissingEngine, RuntimeStedgeError
-from .manifest import device_family
+from .artifact import device_family
 
 ORT_PROVIDERS = {
     "cpu": "CPUExecutionProvider",

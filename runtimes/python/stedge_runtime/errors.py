@@ -1,18 +1,12 @@
 """Errors meant for people: each names the file, field, argument or device at fault and what to do.
 
-When the main ``stedge`` package is installed its ``StedgeError`` is the base class, so the
-``stedge`` CLI prints runtime errors as one line like its own (``stedge.errors`` imports nothing heavy).
+The runtime stands alone (it never imports ``stedge``); the ``stedge`` CLI maps these errors to its
+own one-line messages and exit codes (``exit_code`` below: 2, bad input).
 """
 from __future__ import annotations
 
-try:  # optional: share the base class with the stedge package
-    from stedge.errors import StedgeError as _Base
-except ImportError:  # pragma: no cover - depends on the environment
-    class _Base(Exception):  # type: ignore[no-redef]
-        exit_code = 2
 
-
-class RuntimeStedgeError(_Base):
+class RuntimeStedgeError(Exception):
     """Base class of every error stedge_runtime raises on purpose."""
 
     exit_code = 2

@@ -35,7 +35,7 @@ from typing import Any, Mapping
 
 from . import machine
 from .errors import ArtifactError, DeviceError
-from .manifest import backends_for
+from .artifact import backends_for
 from .profile import list_profiles, read_profile
 
 TIERS = ("exact", "near", "compressed")

@@ -21,7 +21,7 @@ import numpy as np
 from . import machine
 from .engines import installed_backends
 from .errors import InputError, RuntimeStedgeError
-from .manifest import read_manifest
+from .artifact import MANIFEST, Manifest
 from .profile import PROFILE_FORMAT
 from .samples import SHORT, passages
 from .select import fits, select_variant, variant_tier
@@ -138,10 +138,11 @@ def _probe(model: Any, work: _Workloads) -> tuple[np.ndarray, np.ndarray]:
 def tunable_variants(path: str | Path, task: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """(variants to time, {variant: why skipped}) for the CPU with the installed engines."""
     root = Path(path)
-    m = read_manifest(root, task or _task_of(root))
+    m = Manifest.read(root, task)
     installed = installed_backends()
     todo, skipped = {}, {}
-    for name, v in m["variants"].items():
+    for name, rec in m.variants.items():
+        v = rec.to_dict()
         if not fits(v, "cpu"):
             skipped[name] = "does not run on the CPU"
         elif v["backend"] not in installed:
@@ -154,12 +155,7 @@ def tunable_variants(path: str | Path, task: str | None = None) -> tuple[dict[st
 
 
 def _task_of(root: Path) -> str:
-    import json
-
-    try:
-        return str(json.loads((root / "stedge.json").read_text(encoding="utf-8")).get("task") or "embedding")
-    except (OSError, ValueError):
-        return "embedding"
+    return Manifest.read(root).task
 
 
 def tune(path: str | Path, variants: Sequence[str] | None = None, threads: int | None = None, quick: bool = False,
@@ -266,12 +262,12 @@ def best_choices(root: str | Path, tiers: Sequence[str] = ("exact", "near", "com
     """What Encoder.load would choose on this machine for each tier ({tier: Selection dict or error});
     ``profile`` replaces the profile on disk (a measured one not written yet)."""
     root = Path(root)
-    m = read_manifest(root, _task_of(root))
+    m = Manifest.read(root)
     out: dict[str, Any] = {}
     for tier in tiers:
         try:
-            out[tier] = select_variant(m["variants"], "cpu", None, installed_backends(), root, tier=tier,
-                                       where=str(root / "stedge.json"), profile=profile).to_dict()
+            out[tier] = select_variant(m.variants, "cpu", None, installed_backends(), root, tier=tier,
+                                       where=str(root / MANIFEST), profile=profile).to_dict()
         except RuntimeStedgeError as e:
             out[tier] = {"error": str(e)}
     return out
