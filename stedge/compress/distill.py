@@ -129,25 +129,15 @@ def run_distill(teacher: str, output: str, data: Sequence[str], layers: Sequence
                 cache_dir: str | None = None, device: str | None = None, seed: int = 42, overwrite: bool = False,
                 warmup_ratio: float = 0.1, show_progress_bar: bool | None = None) -> dict:
     """`stedge distill`: build the student, train it with MSE on the teacher's embeddings, save it, return the report."""
-    import tempfile
-
     from ..data import read_sts
-    import contextlib
-    import sys
-
     from ..errors import require
     from .report import (eval_sentences, embedding_mse, load_sentences, make_step, model_summary,
                          save_with_report, sts_spearman)
 
     datasets = require("datasets", "train", "distillation")
     from ..evaluation import EmbeddingSimilarityEvaluator, MSEEvaluator, SequentialEvaluator
-    from ..training import SentenceEncoderTrainer, SentenceEncoderTrainingArguments
-    from ..training.losses import MSELoss
 
-    if epochs <= 0:
-        raise StedgeError(f"--epochs must be positive, got {epochs}")
-    if Path(output).exists() and not overwrite:  # fail before any work
-        raise StedgeError(f"output folder {Path(output).resolve()} already exists: pass --overwrite or choose another -o")
+    _check_args(epochs, output, overwrite)
     sentences = load_sentences(data, limit=max_sentences)
     pairs = read_sts(eval_path) if eval_path else None
     teacher_model = SentenceEncoder(teacher, device=device)
@@ -180,20 +170,9 @@ def run_distill(teacher: str, output: str, data: Sequence[str], layers: Sequence
     train = datasets.Dataset.from_dict({"sentence": [sentences[i] for i in train_idx],
                                         "label": targets[train_idx].tolist()})
     torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory(prefix="stedge-distill-") as work:
-        args = SentenceEncoderTrainingArguments(
-            output_dir=work, num_train_epochs=epochs, per_device_train_batch_size=batch_size, learning_rate=lr,
-            warmup_ratio=warmup_ratio, eval_strategy="epoch", save_strategy="no", logging_steps=50, seed=seed,
-            use_cpu=(student_model.device.type == "cpu"), disable_tqdm=show_progress_bar is False,
-        )
-        trainer = SentenceEncoderTrainer(model=student_model, args=args, train_dataset=train,
-                                         loss=MSELoss(student_model), evaluator=evaluator, base_model=teacher)
-        train_started = time.perf_counter()
-        with contextlib.redirect_stdout(sys.stderr):  # transformers prints its logs; keep stdout for --json
-            trainer.train()
-        train_seconds = time.perf_counter() - train_started
-        history = [{k: v for k, v in entry.items() if k.startswith("eval_") or k in ("epoch", "step")}
-                   for entry in trainer.state.log_history if any(k.startswith("eval_") for k in entry)]
+    history, train_seconds, trainer = _fit(student_model, train, evaluator, teacher, dict(
+        num_train_epochs=epochs, per_device_train_batch_size=batch_size, learning_rate=lr, warmup_ratio=warmup_ratio,
+        seed=seed, disable_tqdm=show_progress_bar is False))
     student_model.eval()
     final_metrics = history[-1] if history else trainer.run_evaluator()
 
@@ -209,8 +188,9 @@ def run_distill(teacher: str, output: str, data: Sequence[str], layers: Sequence
         "command": "distill", "before": before, "after": after, "comparison": comparison,
         "settings": {"teacher": str(teacher), "student": student, "layers_kept": info["layers_kept"],
                      "layers_total": info["layers_total"], "projection": info["projection"],
-                     "data": [str(d) for d in data], "train_sentences": len(train_idx), "dev_sentences": len(dev_sentences),
-                     "eval": eval_path, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed},
+                     "data": [str(d) for d in data], "train_sentences": len(train_idx),
+                     "dev_sentences": len(dev_sentences), "eval": eval_path, "epochs": epochs,
+                     "batch_size": batch_size, "lr": lr, "seed": seed},
         "timing": {"teacher_embeddings_seconds": teacher_seconds, "teacher_embeddings_cached": cached,
                    "teacher_cache_file": str(cache_file), "train_seconds": train_seconds},
         "evaluator": final_metrics, "history": history,
@@ -221,3 +201,36 @@ def run_distill(teacher: str, output: str, data: Sequence[str], layers: Sequence
                      batch_size=batch_size, loss="MSELoss")
     save_with_report(student_model, output, report, step, parent=teacher_model.model_path, overwrite=overwrite)
     return report
+
+
+def _check_args(epochs: float, output: str, overwrite: bool) -> None:
+    """Fail before any work on arguments that cannot succeed."""
+    if epochs <= 0:
+        raise StedgeError(f"--epochs must be positive, got {epochs}")
+    if Path(output).exists() and not overwrite:
+        raise StedgeError(f"output folder {Path(output).resolve()} already exists: pass --overwrite or choose another -o")
+
+
+def _fit(student_model, train, evaluator, teacher: str, settings: dict) -> tuple[list[dict], float, object]:
+    """Train the student on (sentence, teacher vector) rows with MSE: (eval history, seconds, trainer)."""
+    import contextlib
+    import sys
+    import tempfile
+
+    from ..training import SentenceEncoderTrainer, SentenceEncoderTrainingArguments
+    from ..training.losses import MSELoss
+
+    with tempfile.TemporaryDirectory(prefix="stedge-distill-") as work:
+        args = SentenceEncoderTrainingArguments(
+            output_dir=work, eval_strategy="epoch", save_strategy="no", logging_steps=50,
+            use_cpu=(student_model.device.type == "cpu"), **settings,
+        )
+        trainer = SentenceEncoderTrainer(model=student_model, args=args, train_dataset=train,
+                                         loss=MSELoss(student_model), evaluator=evaluator, base_model=teacher)
+        started = time.perf_counter()
+        with contextlib.redirect_stdout(sys.stderr):  # transformers prints its logs; keep stdout for --json
+            trainer.train()
+        seconds = time.perf_counter() - started
+        history = [{k: v for k, v in entry.items() if k.startswith("eval_") or k in ("epoch", "step")}
+                   for entry in trainer.state.log_history if any(k.startswith("eval_") for k in entry)]
+    return history, seconds, trainer
