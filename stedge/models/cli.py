@@ -74,11 +74,8 @@ def _load_reranker(model: str, variant: Optional[str], device: Optional[str]):
 
 
 def _encode(enc, texts: list[str], batch_size: int, prompt_name: Optional[str], normalize: bool):
-    from . import SentenceEncoder
-
-    if isinstance(enc, SentenceEncoder):
-        return enc.encode(texts, batch_size=batch_size, prompt_name=prompt_name, normalize_embeddings=normalize)
-    return enc.encode(texts, batch_size=batch_size, prompt_name=prompt_name, normalize=normalize or None)
+    """SentenceEncoder and stedge_runtime.Encoder share encode's signature."""
+    return enc.encode(texts, batch_size=batch_size, prompt_name=prompt_name, normalize_embeddings=normalize)
 
 
 def embed(

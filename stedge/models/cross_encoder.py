@@ -1,7 +1,6 @@
 """CrossEncoder: a sentence-transformers-compatible reranker (sequence classification) on torch."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -10,22 +9,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InvalidModelError, StedgeError
+from ..errors import InvalidModelError
 from ..hub import resolve_model
+from stedge_runtime.inputs import as_pairs, rank_documents
+
 from ..data import check_texts
 from ..io import atomic_dir
 from .encoder import default_device
 from .modules import _activation_from_name, _activation_name
 
 
-def _check_pairs(pairs: Sequence[Any]) -> list[tuple[str, str]]:
-    out = []
-    for i, p in enumerate(pairs):
-        if not (isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(x, str) for x in p)):
-            raise TypeError(f"pairs[{i}] must be a (str, str) pair, got {type(p).__name__}")
+def _check_pairs(pairs: Any) -> tuple[list[tuple[str, str]], bool]:
+    items, single = as_pairs(pairs)
+    for i, p in enumerate(items):
         check_texts(list(p), f"pairs[{i}]")
-        out.append((p[0], p[1]))
-    return out
+    return items, single
 
 
 class CrossEncoder(nn.Module):
@@ -98,8 +96,7 @@ class CrossEncoder(nn.Module):
 
     def predict(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32, apply_activation: bool = True, show_progress_bar: bool = False) -> np.ndarray:
         """Scores for pairs: shape (n,) for one label, (n, num_labels) otherwise; input order kept."""
-        single = len(pairs) == 2 and all(isinstance(x, str) for x in pairs)
-        items = _check_pairs([pairs] if single else list(pairs))
+        items, single = _check_pairs(pairs)
         if not items:
             return np.zeros((0,) if self.num_labels == 1 else (0, self.num_labels), dtype=np.float32)
         order = np.argsort([-(len(a) + len(b)) for a, b in items], kind="stable")
@@ -121,25 +118,8 @@ class CrossEncoder(nn.Module):
 
     def rank(self, query: str, documents: Sequence[str], top_k: int | None = None, return_documents: bool = False, batch_size: int = 32) -> list[dict]:
         """Documents sorted by score: [{corpus_id, score(, text)}]."""
-        if not isinstance(query, str):
-            raise TypeError(f"query must be str, got {type(query).__name__}")
-        docs = list(documents)
-        for i, d in enumerate(docs):
-            if not isinstance(d, str):
-                raise TypeError(f"documents[{i}] is {type(d).__name__}, expected str")
-        if self.num_labels != 1:
-            raise StedgeError(f"rank needs a single-score model; this one has {self.num_labels} labels (use predict)")
-        scores = self.predict([(query, d) for d in docs], batch_size=batch_size) if docs else np.zeros(0)
-        order = np.argsort(-scores, kind="stable")
-        if top_k is not None:
-            order = order[:top_k]
-        res = []
-        for i in order:
-            r: dict[str, Any] = {"corpus_id": int(i), "score": float(scores[i])}
-            if return_documents:
-                r["text"] = docs[i]
-            res.append(r)
-        return res
+        return rank_documents(lambda pairs: self.predict(pairs, batch_size=batch_size), query, documents,
+                              self.num_labels, top_k, return_documents)
 
     def save(self, path: str | os.PathLike, overwrite: bool = True) -> Path:
         """Write the model, tokenizer and activation (config.sentence_transformers) atomically."""

@@ -18,7 +18,7 @@ from ..data import check_texts
 from ..hub import resolve_model
 from ..io import atomic_dir
 from .adapters import AdapterMixin, load_transformer
-from .modules import Dense, Normalize, Pooling, Transformer, module_class, module_type_name
+from .modules import Normalize, Pooling, Transformer, module_class, module_type_name
 from .similarity import check_similarity_fn_name, get_similarity
 
 logger = logging.getLogger(__name__)
@@ -166,16 +166,13 @@ class SentenceEncoder(AdapterMixin, nn.Sequential):
     # ---------------------------------------------------------------- prompts
     def resolve_prompt(self, prompt_name: str | None = None, prompt: str | None = None) -> str | None:
         """The prompt text to prepend: explicit prompt, else prompt_name, else the default prompt."""
-        if prompt is not None:
-            return prompt
-        name = prompt_name if prompt_name is not None else self.default_prompt_name
-        if name is None:
-            return None
-        if name not in self.prompts:
-            raise StedgeError(
-                f"prompt_name '{name}' not found; this model's prompts: {', '.join(sorted(self.prompts)) or 'none'}"
-            )
-        return self.prompts[name]
+        from stedge_runtime.errors import InputError
+        from stedge_runtime.inputs import resolve_prompt
+
+        try:
+            return resolve_prompt(self.prompts, self.default_prompt_name, prompt_name, prompt)
+        except InputError as e:
+            raise StedgeError(str(e)) from None
 
     def prompt_length(self, prompt: str) -> int:
         """Number of leading tokens a prompt takes (special start token included, end token not)."""

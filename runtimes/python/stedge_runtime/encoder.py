@@ -12,6 +12,7 @@ import numpy as np
 
 from .engines import installed_backends, open_engine
 from .errors import ArtifactError, DeviceError, InputError
+from .inputs import as_pairs, rank_documents, resolve_prompt
 from .similarity import check_name, similarity_matrix
 from .artifact import (
     MANIFEST,
@@ -197,14 +198,7 @@ class Encoder(_Artifact):
         return self.dimension
 
     def _resolve_prompt(self, prompt_name: str | None, prompt: str | None) -> str | None:
-        if prompt is not None:
-            return prompt
-        name = prompt_name if prompt_name is not None else self.default_prompt_name
-        if name is None:
-            return None
-        if name not in self.prompts:
-            raise InputError(f"prompt_name {name!r} not found; this model's prompts: {', '.join(sorted(self.prompts)) or 'none'}")
-        return self.prompts[name]
+        return resolve_prompt(self.prompts, self.default_prompt_name, prompt_name, prompt)
 
     def encode(
         self,
@@ -212,13 +206,16 @@ class Encoder(_Artifact):
         batch_size: int = 32,
         prompt_name: str | None = None,
         prompt: str | None = None,
+        normalize_embeddings: bool = False,
         normalize: bool | None = None,
     ) -> np.ndarray:
         """float32 embeddings in input order: (n, dimension), or (dimension,) for one string.
 
-        ``normalize=True`` L2-normalizes here; None/False return what the graph gives (a graph
-        exported with Normalize is already normalized).
+        ``normalize_embeddings=True`` L2-normalizes here (the torch side's name); False returns what the
+        graph gives (a graph exported with Normalize is already normalized). ``normalize`` is the same
+        switch under its older name, kept so code written for stedge-runtime 0.1 runs unchanged.
         """
+        normalize_embeddings = bool(normalize_embeddings or normalize)
         single = isinstance(texts, str)
         if isinstance(texts, (Mapping, Set, bytes, bytearray)):
             raise TypeError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
@@ -235,7 +232,7 @@ class Encoder(_Artifact):
         if not items:
             return np.zeros((0, self.dimension), dtype=np.float32)
         out = self._run(items, batch_size, "sentence_embedding", self.dimension, extra)
-        if normalize:
+        if normalize_embeddings:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out[0] if single else out
 
@@ -269,12 +266,7 @@ class Reranker(_Artifact):
 
     def predict(self, pairs: Sequence[Sequence[str]], batch_size: int = 32, apply_activation: bool = True) -> np.ndarray:
         """Scores in input order: (n,) for one label, (n, num_labels) otherwise; one pair gives a scalar row."""
-        single = len(pairs) == 2 and all(isinstance(x, str) for x in pairs)
-        items = [pairs] if single else list(pairs)
-        for i, p in enumerate(items):
-            if not (isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(x, str) for x in p)):
-                raise TypeError(f"pairs[{i}] must be a (str, str) pair, got {type(p).__name__}")
-        items = [(p[0], p[1]) for p in items]
+        items, single = as_pairs(pairs)
         if not items:
             return np.zeros((0,) if self.num_labels == 1 else (0, self.num_labels), dtype=np.float32)
         out = self._run(items, batch_size, "scores" if apply_activation else "logits", self.num_labels)
@@ -284,23 +276,8 @@ class Reranker(_Artifact):
 
     def rank(self, query: str, documents: Sequence[str], top_k: int | None = None, return_documents: bool = False, batch_size: int = 32) -> list[dict]:
         """Documents sorted by score, best first: [{corpus_id, score(, text)}]."""
-        if not isinstance(query, str):
-            raise TypeError(f"query must be str, got {type(query).__name__}")
-        docs = list(documents)
-        for i, d in enumerate(docs):
-            if not isinstance(d, str):
-                raise TypeError(f"documents[{i}] is {type(d).__name__}, expected str")
-        if self.num_labels != 1:
-            raise InputError(f"rank needs a single-score model; this one has {self.num_labels} labels (use predict)")
-        scores = self.predict([(query, d) for d in docs], batch_size=batch_size) if docs else np.zeros(0, np.float32)
-        order = np.argsort(-scores, kind="stable")[: top_k if top_k is not None else None]
-        res = []
-        for i in order:
-            r: dict[str, Any] = {"corpus_id": int(i), "score": float(scores[i])}
-            if return_documents:
-                r["text"] = docs[i]
-            res.append(r)
-        return res
+        return rank_documents(lambda pairs: self.predict(pairs, batch_size=batch_size), query, documents,
+                              self.num_labels, top_k, return_documents)
 
     def __repr__(self) -> str:
         return f"Reranker({self.path}, variant={self.variant}, device={self.device}, num_labels={self.num_labels})"

@@ -87,7 +87,8 @@ def test_truncation_warns_once(tiny_artifact, torch_tiny, caplog):
 
 def test_normalize_and_similarity(tiny_artifact, torch_tiny):
     enc = Encoder.load(tiny_artifact)
-    a, b = enc.encode(TEXTS[:3], normalize=True), enc.encode(TEXTS[3:])
+    a, b = enc.encode(TEXTS[:3], normalize_embeddings=True), enc.encode(TEXTS[3:])
+    np.testing.assert_array_equal(enc.encode(TEXTS[:3], normalize=True), a)  # the older name still works
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(enc.similarity(a, b), torch_tiny.similarity(a, b), atol=1e-5)
     np.testing.assert_allclose(enc.similarity_pairwise(a, b), torch_tiny.similarity_pairwise(a, b), atol=1e-5)
