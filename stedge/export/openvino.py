@@ -48,8 +48,3 @@ def save(ov_model, xml_path: str | os.PathLike, fp16: bool = False) -> list[Path
     xml.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(ov_model, str(xml), compress_to_fp16=fp16)
     return [xml, xml.with_suffix(".bin")]
-
-
-def load(xml_path: str | os.PathLike):
-    """Read an IR back as an ov.Model."""
-    return _ov().Core().read_model(str(xml_path))
