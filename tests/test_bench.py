@@ -297,6 +297,10 @@ def test_wheel_has_only_stedge_and_bench_runs_outside_the_checkout(tiny_model, s
     names = zipfile.ZipFile(whl).namelist()
     assert {n.split("/")[0] for n in names if not n.startswith("stedge-")} == {"stedge"}
     assert "stedge/bench/suites/smoke.toml" in names and not any(n.startswith("benchmarks") for n in names)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
+                    str(root / "runtimes" / "python")], check=True, cwd=tmp_path, capture_output=True)
+    (rt,) = wheels.glob("stedge_runtime-*.whl")
+    assert {n.split("/")[0] for n in zipfile.ZipFile(rt).namelist() if ".dist-info" not in n} == {"stedge_runtime"}
     site = tmp_path / "site"
     zipfile.ZipFile(whl).extractall(site)
     work = tmp_path / "elsewhere"
