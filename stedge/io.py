@@ -452,6 +452,46 @@ def _current_umask() -> int:
     return umask
 
 
+JSON_LIMIT = 64 << 20  # a config or tokenizer JSON is far smaller; more means a wrong or hostile file
+
+
+def regular_file(path: str | os.PathLike, limit: int | None = None) -> Path:
+    """``path`` if it is a regular file (a symlink to one is fine) of at most ``limit`` bytes, else
+    InvalidModelError: a folder, a device such as /dev/zero or a FIFO would make a reader hang."""
+    import stat
+
+    from .errors import InvalidModelError
+
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise InvalidModelError(f"{p} is missing") from None
+    except OSError as e:
+        raise InvalidModelError(f"{p} cannot be read ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidModelError(f"{p} is not a regular file (a folder, device or link to one); restore the file")
+    if limit is not None and st.st_size > limit:
+        raise InvalidModelError(f"{p} is {st.st_size} bytes, more than the {limit} such a file can be; restore the file")
+    return p
+
+
+def read_json(path: str | os.PathLike, limit: int = JSON_LIMIT):
+    """Parse a JSON file of a model folder; InvalidModelError (one line naming the file) when it is
+    missing, not a regular file, too large, not UTF-8 or not valid JSON."""
+    import json
+
+    from .errors import InvalidModelError
+
+    p = regular_file(path, limit)
+    try:
+        return json.loads(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise InvalidModelError(f"{p} is not UTF-8 text (byte {e.start}): not a JSON file; restore it") from None
+    except ValueError as e:
+        raise InvalidModelError(f"{p} is not valid JSON ({e}); restore the file") from None
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()

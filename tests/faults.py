@@ -150,21 +150,39 @@ def table(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
+def sweep(name: str, good: Path, runner: Callable[[Path], np.ndarray], work: Path,
+          faults: tuple[str, ...] = FAULTS) -> list[Outcome]:
+    """Every fault on every file of ``good``."""
+    ref = runner(good)
+    outs = []
+    for rel in files_of(good):
+        for fault in faults:
+            o = run_fault(good, work / "w", rel, fault, runner, ref)
+            outs.append(o)
+            if not o.ok:
+                print(f"{name}: {fault} {rel}: {o.kind} {o.detail}", file=sys.stderr, flush=True)
+    return outs
+
+
 def main(argv: list[str]) -> None:
+    """``faults.py [--json OUT] artifact=PATH model=PATH``: run the sweeps, print the tables."""
+    import json
+    import resource
     import tempfile
 
-    artifact, model = Path(argv[0]), Path(argv[1])
+    # a fault that makes a reader consume without end (a symlink to /dev/zero) must not take the machine down
+    resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+    out_json = None
+    if argv[:1] == ["--json"]:
+        out_json, argv = Path(argv[1]), argv[2:]
+    targets = dict(a.split("=", 1) for a in argv)
+    runners = {"artifact": encode_artifact, "model": encode_model}
     outcomes: dict[str, list[Outcome]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, good, runner in (("artifact", artifact, encode_artifact), ("model folder", model, encode_model)):
-            ref = runner(good)
-            outs = outcomes.setdefault(name, [])
-            for rel in files_of(good):
-                for fault in FAULTS:
-                    o = run_fault(good, Path(tmp) / "w", rel, fault, runner, ref)
-                    outs.append(o)
-                    if not o.ok:
-                        print(f"{name}: {fault} {rel}: {o.kind} {o.detail}", file=sys.stderr)
+        for name, path in targets.items():
+            outcomes[name] = sweep(name, Path(path), runners[name], Path(tmp))
+    if out_json is not None:
+        out_json.write_text(json.dumps({k: [o.__dict__ for o in v] for k, v in outcomes.items()}, indent=1))
     for name, outs in outcomes.items():
         print(f"\n### {name}\n\n{table(outs)}")
 

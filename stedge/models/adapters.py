@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidModelError, ModelNotFoundError, StedgeError, require
+from ..io import read_json
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -41,7 +42,7 @@ def _base_transformer_folder(base: Path) -> Path:
     """Where the transformer files of a base model live (root, or the Transformer entry of modules.json)."""
     modules = base / "modules.json"
     if modules.exists():
-        for entry in json.loads(modules.read_text(encoding="utf-8")):
+        for entry in read_json(modules):
             if str(entry.get("type", "")).endswith(".Transformer"):
                 return base / entry.get("path", "")
     return base
@@ -57,14 +58,14 @@ def load_transformer(folder: str | os.PathLike, trust_remote_code: bool = False)
     require("peft", "train", "loading a model saved as a PEFT adapter")
     from ..hub import resolve_model
 
-    cfg = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    cfg = read_json(folder / ADAPTER_CONFIG)
     base_ref = cfg.get("base_model_name_or_path")
     if not base_ref:
         raise InvalidModelError(f"{folder / ADAPTER_CONFIG}: no base_model_name_or_path, so the base model cannot be found")
     base = resolve_model(base_ref)
     st_cfg: dict = {}
     if (folder / Transformer.config_file).exists():
-        st_cfg = json.loads((folder / Transformer.config_file).read_text(encoding="utf-8"))
+        st_cfg = read_json(folder / Transformer.config_file)
     t = Transformer(
         _base_transformer_folder(base), max_seq_length=st_cfg.get("max_seq_length"),
         do_lower_case=st_cfg.get("do_lower_case", False), trust_remote_code=trust_remote_code,

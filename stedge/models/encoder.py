@@ -16,7 +16,7 @@ from .. import __version__
 from ..errors import InvalidModelError, StedgeError
 from ..data import check_texts
 from ..hub import resolve_model
-from ..io import atomic_dir
+from ..io import atomic_dir, read_json
 from .adapters import AdapterMixin, load_transformer
 from .modules import Normalize, Pooling, Transformer, module_class, module_type_name
 from .similarity import check_similarity_fn_name, get_similarity
@@ -85,11 +85,10 @@ class SentenceEncoder(AdapterMixin, nn.Sequential):
     def _load_modules(path: Path, trust_remote_code: bool) -> tuple[list[nn.Module], dict]:
         modules_file = path / "modules.json"
         config: dict = {}
-        if (path / CONFIG_FILE).exists():
-            try:
-                config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise InvalidModelError(f"{path / CONFIG_FILE} is not valid JSON ({e})") from None
+        if (path / CONFIG_FILE).exists() or (path / CONFIG_FILE).is_symlink():
+            config = read_json(path / CONFIG_FILE)
+            if not isinstance(config, dict):
+                raise InvalidModelError(f"{path / CONFIG_FILE}: expected a JSON object")
         if not modules_file.exists():
             if (path / "config.json").exists():
                 # A plain Hugging Face model: Transformer + mean pooling, as sentence-transformers does.
@@ -97,16 +96,18 @@ class SentenceEncoder(AdapterMixin, nn.Sequential):
                 t = Transformer(path, trust_remote_code=trust_remote_code)
                 return [t, Pooling(t.get_word_embedding_dimension(), "mean")], config
             raise InvalidModelError(f"{modules_file} is missing: not a sentence-transformers model folder")
-        try:
-            entries = json.loads(modules_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise InvalidModelError(f"{modules_file} is not valid JSON ({e})") from None
+        entries = read_json(modules_file)
+        if not isinstance(entries, list):
+            raise InvalidModelError(f"{modules_file}: expected a JSON list of modules")
         modules: list[nn.Module] = []
         for i, entry in enumerate(entries):
-            if "type" not in entry:
+            if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
                 raise InvalidModelError(f"{modules_file}: entry {i} has no 'type'")
             cls = module_class(entry["type"], modules_file)
-            folder = path / entry.get("path", "")
+            sub = entry.get("path", "")
+            if not isinstance(sub, str) or Path(sub).is_absolute() or ".." in Path(sub).parts:
+                raise InvalidModelError(f"{modules_file}: entry {i} path {sub!r} must be a folder inside the model")
+            folder = path / sub
             if cls is Transformer:
                 modules.append(load_transformer(folder, trust_remote_code=trust_remote_code))
             else:

@@ -5,6 +5,7 @@ torch (no data-dependent Python branches) so exporting the whole encoder puts it
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -24,20 +25,90 @@ ST_PREFIX = "sentence_transformers.models."
 
 
 def _read_json(path: Path) -> dict:
+    from ..io import read_json
+
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise InvalidModelError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:200] if lines else type(e).__name__
+
+
+# Files transformers reads from a model folder; each is checked before it is (a reader of /dev/zero never ends).
+HF_JSON_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "added_tokens.json", "generation_config.json")
+HF_OTHER_FILES = ("vocab.txt", "merges.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                  "tokenizer.model")
+
+
+def check_model_files(folder: Path) -> None:
+    """Refuse a damaged model folder before transformers reads it: each file it may read must be a regular
+    file, each JSON file valid JSON and each safetensors file whole (header and data inside the file)."""
+    from ..io import JSON_LIMIT, read_json, regular_file
+
+    for name in HF_JSON_FILES:
+        if (folder / name).exists() or (folder / name).is_symlink():
+            data = read_json(folder / name)
+            if not isinstance(data, dict):
+                raise InvalidModelError(f"{folder / name}: expected a JSON object, got {type(data).__name__}")
+    for name in HF_OTHER_FILES:
+        if (folder / name).exists() or (folder / name).is_symlink():
+            regular_file(folder / name)
+    for st in sorted(folder.glob("*.safetensors")):
+        check_safetensors(st, JSON_LIMIT)
+
+
+def check_safetensors(path: Path, header_limit: int) -> None:
+    """A safetensors file must hold its whole header and every tensor's bytes (catches truncation and
+    garbage; a flipped byte inside the weights is only caught by a hash, see stedge.json)."""
+    import struct
+
+    from ..io import regular_file
+
+    size = regular_file(path).stat().st_size
+    bad = f"{path} is damaged (not a whole safetensors file"
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise InvalidModelError(f"{bad}: {size} bytes); restore it from the source")
+        n = struct.unpack("<Q", head)[0]
+        if n > min(header_limit, size - 8):
+            raise InvalidModelError(f"{bad}: its header claims {n} bytes); restore it from the source")
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except ValueError:
+            raise InvalidModelError(f"{bad}: unreadable header); restore it from the source") from None
+    if not isinstance(header, dict):
+        raise InvalidModelError(f"{bad}: unreadable header); restore it from the source")
+    ends = [v.get("data_offsets", [0, 0])[1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    if ends and max(ends) > size - 8 - n:
+        raise InvalidModelError(f"{bad}: truncated, {size} bytes of {8 + n + max(ends)}); restore it from the source")
+
+
+@contextlib.contextmanager
+def _loading(path: str, what: str):
+    """Turn a transformers failure on a damaged file into one line naming the folder."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidModelError(f"{path} is missing") from None
-    except json.JSONDecodeError as e:
-        raise InvalidModelError(f"{path} is not valid JSON ({e})") from None
+        yield
+    except InvalidModelError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RuntimeError) as e:
+        raise InvalidModelError(f"{path}: {what} could not be read ({type(e).__name__}: {_first_line(e)}); "
+                                "restore the file or re-save the model") from None
 
 
 def _load_safetensors(folder: Path) -> dict[str, Tensor]:
     from safetensors.torch import load_file
 
     st = folder / "model.safetensors"
-    if st.exists():
-        return load_file(str(st))
+    if st.exists() or st.is_symlink():
+        check_safetensors(st, 64 << 20)
+        with _loading(str(folder), "model.safetensors"):
+            return load_file(str(st))
     if (folder / "pytorch_model.bin").exists():
         raise InvalidModelError(
             f"{folder / 'pytorch_model.bin'}: stedge loads weights from safetensors only; "
@@ -64,7 +135,10 @@ class Transformer(nn.Module):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         path = str(model_name_or_path)
-        self.config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if Path(path).is_dir():
+            check_model_files(Path(path))
+        with _loading(path, "config.json"):
+            self.config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         kwargs = dict(model_args or {})
         kwargs.setdefault("use_safetensors", True)
         try:
@@ -83,9 +157,15 @@ class Transformer(nn.Module):
                     "re-save the model with safe_serialization=True)"
                 ) from None
             raise InvalidModelError(f"{path}: could not load the transformer ({e})") from None
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            path, trust_remote_code=trust_remote_code, **(tokenizer_args or {})
-        )
+        except InvalidModelError:
+            raise
+        except Exception as e:  # safetensors / transformers on a damaged weights file
+            raise InvalidModelError(f"{path}: the weights could not be loaded ({type(e).__name__}: "
+                                    f"{_first_line(e)}); restore model.safetensors") from None
+        with _loading(path, "the tokenizer files"):
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                path, trust_remote_code=trust_remote_code, **(tokenizer_args or {})
+            )
         if max_seq_length is None:
             limits = [
                 getattr(self.config, "max_position_embeddings", None),
