@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -73,3 +73,23 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(result.to_dict(), indent=2))
         else:
             render_table(result)
+
+    @app.command("pack")
+    def pack_cmd(
+        artifact: Path = typer.Argument(..., help="An artifact folder written by `stedge export`."),
+        output: Path = typer.Option(..., "-o", "--output", help="Folder for the runtime-only artifact."),
+        variant: Optional[List[str]] = typer.Option(None, "--variant", "-v", help="Variant to keep (repeatable; default: the artifact's default variant)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder stedge wrote."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """Copy an artifact without its torch weights: the tokenizer, the chosen variants' files (sha256-checked) and a stedge.json listing only them, for apps that ship stedge_runtime."""
+        from stedge.export.pack import pack_artifact
+
+        res = pack_artifact(artifact, output, variant or [], overwrite=overwrite)
+        if as_json:
+            typer.echo(json.dumps(res.to_dict(), indent=2))
+            return
+        for rel, size in res.files.items():
+            typer.echo(f"  {rel:48} {size / 1e6:8.2f} MB")
+        typer.echo(f"wrote {res.path}: {', '.join(res.variants)} (default {res.default_variant}), "
+                   f"{sum(res.files.values()) / 1e6:.2f} MB")

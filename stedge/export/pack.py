@@ -1,0 +1,67 @@
+"""`stedge pack`: a runtime-only copy of an artifact for apps to ship.
+
+It holds what ``stedge_runtime`` reads and nothing else: ``stedge.json`` listing only the chosen
+variants, the tokenizer file and the files of those variants (graph + external data / OpenVINO
+weights), each checked against its sha256 while it is copied. No torch weights, no model card.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import StedgeError
+from ..io import atomic_dir, check_output, sha256_file
+
+
+@dataclass
+class PackResult:
+    """What pack wrote: the folder, its variants and default, and its files with their sizes."""
+
+    path: Path
+    variants: list[str]
+    default_variant: str
+    files: dict[str, int]
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "variants": self.variants, "default_variant": self.default_variant,
+                "files": self.files, "size_bytes": sum(self.files.values())}
+
+
+def pack_artifact(artifact: str | os.PathLike, output: str | os.PathLike, variants: Sequence[str] = (),
+                  overwrite: bool = False) -> PackResult:
+    """Copy ``variants`` of ``artifact`` (default: its default variant) with the tokenizer and a manifest
+    listing only them into ``output``. Every file is checked against the manifest's sha256 while copied."""
+    from stedge_runtime.artifact import Manifest, artifact_path, write_manifest
+
+    root = Path(artifact)
+    m = Manifest.read(root)
+    names = list(dict.fromkeys(variants)) or [m.default_variant or next(iter(m.variants))]
+    chosen = {n: m.variant(n, root / "stedge.json") for n in names}
+    check_output(output, overwrite, protect=[root])
+    files: dict[str, int] = {}
+    with atomic_dir(output, overwrite=overwrite, protect=[root]) as tmp:
+        _copy(artifact_path(root, m.tokenizer, "tokenizer"), tmp / m.tokenizer)
+        files[m.tokenizer] = (tmp / m.tokenizer).stat().st_size
+        for name, v in chosen.items():
+            for rel in v.files():
+                if rel in files:
+                    continue
+                src = artifact_path(root, rel, f"variants.{name}.sha256")
+                _copy(src, tmp / rel, v.sha256.get(rel), f"variants.{name}.sha256")
+                files[rel] = (tmp / rel).stat().st_size
+        default = m.default_variant if m.default_variant in chosen else names[0]
+        write_manifest(tmp, m.with_variants(chosen, default))
+    return PackResult(Path(output).resolve(), names, default, files)
+
+
+def _copy(src: Path, dst: Path, digest: str | None = None, field: str = "") -> None:
+    if not src.is_file():
+        raise StedgeError(f"{src} is missing or not a regular file: re-export the artifact")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    if digest is not None and sha256_file(dst) != digest:
+        raise StedgeError(f"{src}: sha256 does not match stedge.json {field}; the artifact changed after export: "
+                          "export it again before packing")
