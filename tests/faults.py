@@ -97,13 +97,14 @@ def run_limited(fn: Callable[[], np.ndarray], limit: float = TIME_LIMIT_S) -> tu
 
 def classify(fault: str, rel: str, status: str, value: object, reference: np.ndarray) -> Outcome:
     from stedge.errors import StedgeError
+    from stedge_runtime.errors import RuntimeStedgeError
 
     if status == "hang":
         return Outcome(fault, rel, "HANG", f"no result in {TIME_LIMIT_S:g} s")
     if status == "exc":
         e = value
         msg = " ".join(str(e).split())[:160]
-        if isinstance(e, StedgeError) and "\n" not in str(e).strip():
+        if isinstance(e, (StedgeError, RuntimeStedgeError)) and "\n" not in str(e).strip():
             return Outcome(fault, rel, "error", msg)
         return Outcome(fault, rel, "TRACEBACK", f"{type(e).__name__}: {msg}")
     got = np.asarray(value)
@@ -112,10 +113,18 @@ def classify(fault: str, rel: str, status: str, value: object, reference: np.nda
     return Outcome(fault, rel, "WRONG", f"shape {got.shape}, max diff {np.abs(got - reference).max() if got.shape == reference.shape else 'n/a'}")
 
 
-def encode_artifact(folder: Path) -> np.ndarray:
+def encode_artifact(folder: Path, variants: list[str]) -> np.ndarray:
+    """Every variant of ``variants`` (those of the undamaged artifact), each loaded by name, hashes checked."""
     from stedge_runtime import Encoder
 
-    return Encoder.load(folder, verify=True).encode(TEXTS)
+    return np.concatenate([Encoder.load(folder, variant=n, verify=True).encode(TEXTS) for n in variants])
+
+
+def artifact_runner(good: Path) -> Callable[[Path], np.ndarray]:
+    from stedge_runtime.artifact import Manifest
+
+    names = list(Manifest.read(good).variants)
+    return lambda folder: encode_artifact(folder, names)
 
 
 def encode_model(folder: Path) -> np.ndarray:
@@ -176,11 +185,11 @@ def main(argv: list[str]) -> None:
     if argv[:1] == ["--json"]:
         out_json, argv = Path(argv[1]), argv[2:]
     targets = dict(a.split("=", 1) for a in argv)
-    runners = {"artifact": encode_artifact, "model": encode_model}
+    runners = {"artifact": artifact_runner, "model": lambda good: encode_model}
     outcomes: dict[str, list[Outcome]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in targets.items():
-            outcomes[name] = sweep(name, Path(path), runners[name], Path(tmp))
+            outcomes[name] = sweep(name, Path(path), runners[name](Path(path)), Path(tmp))
     if out_json is not None:
         out_json.write_text(json.dumps({k: [o.__dict__ for o in v] for k, v in outcomes.items()}, indent=1))
     for name, outs in outcomes.items():

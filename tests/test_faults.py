@@ -401,3 +401,109 @@ def test_bench_suite_with_a_wrong_type_is_one_line(tmp_path, capsys):
     suite.write_text('name = "x"\nthreads = "many"\n[[models]]\nref = "all-MiniLM-L6-v2"\n')
     rc, err = main_rc(capsys, "bench", suite)
     one_line_error(rc, err, 2, "threads must be an integer", "'many'")
+
+
+# ------------------------------------------------------------------ 3/4/7. hostile or wrong manifests
+def _edit(folder: Path, fn) -> None:
+    data = json.loads((folder / "stedge.json").read_text())
+    fn(data)
+    (folder / "stedge.json").write_text(json.dumps(data))
+
+
+MANIFEST_FAULTS = {
+    "dimension wrong": (lambda m: m.update(dimension=31), "dimension"),
+    "dimension a string": (lambda m: m.update(dimension="32"), "dimension"),
+    "max_seq_length beyond the positions": (lambda m: m.update(max_seq_length=4096), "max_seq_length"),
+    "max_seq_length zero": (lambda m: m.update(max_seq_length=0), "max_seq_length"),
+    "format_version newer": (lambda m: m.update(format_version=99), "format_version"),
+    "file ../..": (lambda m: m["variants"]["onnx-fp32"].update(file="../../etc/passwd"), "inside the artifact"),
+    "file absolute": (lambda m: m["variants"]["onnx-fp32"].update(file="/etc/passwd"), "inside the artifact"),
+    "tokenizer absolute": (lambda m: m.update(tokenizer="/etc/passwd"), "tokenizer"),
+    "sha256 key ../": (lambda m: m["variants"]["onnx-fp32"].update(
+        sha256={"onnx/model.onnx": m["variants"]["onnx-fp32"]["sha256"]["onnx/model.onnx"], "../x": "0" * 64}),
+        "inside the artifact"),
+    "sha256 removed": (lambda m: m["variants"]["onnx-fp32"].pop("sha256"), "sha256"),
+    "variants empty": (lambda m: m.update(variants={}), "variants"),
+    "not an object": (lambda m: m.clear(), "format_version"),
+}
+
+
+@pytest.mark.parametrize("fault", list(MANIFEST_FAULTS))
+def test_wrong_manifest_is_one_line(artifact, tmp_path, capsys, fault):
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    edit, words = MANIFEST_FAULTS[fault]
+    _edit(art, edit)
+    long_text = " ".join(["word"] * 300)
+    rc, err = main_rc(capsys, "embed", art, "hello", long_text, "--variant", "onnx-fp32")
+    one_line_error(rc, err, 2, words)
+
+
+def test_symlinks_out_of_the_artifact_and_to_devices(artifact, tmp_path):
+    from stedge_runtime import Encoder
+    from stedge_runtime.errors import ArtifactError
+
+    outside = tmp_path / "outside.onnx"
+    shutil.copy(artifact / "onnx" / "model.onnx", outside)
+    for target in (outside, Path("/dev/zero")):
+        art = tmp_path / f"art-{target.name}"
+        shutil.copytree(artifact, art)
+        (art / "onnx" / "model.onnx").unlink()
+        (art / "onnx" / "model.onnx").symlink_to(target)
+        with pytest.raises(ArtifactError, match="outside the artifact|not a regular file"):
+            Encoder.load(art, variant="onnx-fp32", verify=True)
+    art = tmp_path / "art-manifest"
+    shutil.copytree(artifact, art)
+    (art / "stedge.json").unlink()
+    (art / "stedge.json").symlink_to("/dev/zero")
+    with pytest.raises(ArtifactError, match="not a regular file"):
+        Encoder.load(art)
+
+
+def test_cached_verification_catches_a_rewrite_that_keeps_the_mtime(artifact, tmp_path, monkeypatch):
+    from stedge_runtime import Encoder
+    from stedge_runtime.errors import ArtifactError
+
+    monkeypatch.setenv("STEDGE_RUNTIME_CACHE", str(tmp_path / "cache"))
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    Encoder.load(art, variant="onnx-fp32")  # hashed once, remembered
+    graph = art / "onnx" / "model.onnx"
+    st = graph.stat()
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    os.utime(graph, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime, same inode
+    import stedge_runtime.artifact as artifact_mod
+
+    artifact_mod._verified.clear()  # a new process: only the on-disk cache remains
+    with pytest.raises(ArtifactError, match="sha256"):
+        Encoder.load(art, variant="onnx-fp32")
+
+
+# ------------------------------------------------------------------ 9. runtime-only artifacts
+def test_pack_ships_only_what_the_runtime_reads(artifact, tmp_path, capsys):
+    from stedge_runtime import Encoder
+
+    out = tmp_path / "app"
+    rc, err = main_rc(capsys, "pack", artifact, "-o", out, "--variant", "onnx-int8-avx2")
+    assert rc == 0, err
+    names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert names == ["onnx/model_qint8_avx2.onnx", "stedge.json", "tokenizer.json"]
+    m = json.loads((out / "stedge.json").read_text())
+    assert list(m["variants"]) == ["onnx-int8-avx2"] and m["default_variant"] == "onnx-int8-avx2"
+    texts = ["A man is playing a guitar.", "ok"]
+    got = Encoder.load(out, variant="onnx-int8-avx2", verify=True).encode(texts)
+    ref = Encoder.load(artifact, variant="onnx-int8-avx2").encode(texts)
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    rc, err = main_rc(capsys, "pack", artifact, "-o", tmp_path / "x", "--variant", "onnx-fp99")
+    one_line_error(rc, err, 2, "onnx-fp99")
+    rc, err = main_rc(capsys, "pack", artifact, "-o", artifact, "--overwrite")
+    one_line_error(rc, err, 2, "source model")
+    bad = tmp_path / "bad"
+    shutil.copytree(artifact, bad)
+    graph = bad / "onnx" / "model.onnx"
+    graph.write_bytes(graph.read_bytes()[:-10] + b"0123456789")
+    rc, err = main_rc(capsys, "pack", bad, "-o", tmp_path / "y", "--variant", "onnx-fp32")
+    one_line_error(rc, err, 2, "sha256")
+    assert not (tmp_path / "y").exists()

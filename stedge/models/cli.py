@@ -14,7 +14,7 @@ import typer
 from ..errors import StedgeError
 
 
-def _is_artifact(model: str) -> bool:
+def is_artifact_folder(model: str) -> bool:
     """True for an exported artifact (a folder with stedge.json). A folder with graphs (onnx/, openvino/)
     but no stedge.json is refused when it has no torch weights, and said to run with PyTorch when it has."""
     from stedge_runtime.artifact import has_manifest
@@ -52,7 +52,7 @@ def _npy_output(output: Optional[Path]) -> Optional[Path]:
 
 
 def _load_encoder(model: str, variant: Optional[str], device: Optional[str]):
-    if _is_artifact(model):
+    if is_artifact_folder(model):
         from stedge_runtime import Encoder
 
         return Encoder.load(model, variant=variant, device=device or "cpu")
@@ -64,7 +64,7 @@ def _load_encoder(model: str, variant: Optional[str], device: Optional[str]):
 
 
 def _load_reranker(model: str, variant: Optional[str], device: Optional[str]):
-    if _is_artifact(model):
+    if is_artifact_folder(model):
         from stedge_runtime import Reranker
 
         return Reranker.load(model, variant=variant, device=device or "cpu")
@@ -174,7 +174,7 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Describe a model or artifact: modules, dimension, prompts, variants."""
-    if _is_artifact(model):
+    if is_artifact_folder(model):
         from stedge_runtime.artifact import Manifest
 
         manifest = Manifest.read(model)

@@ -90,6 +90,13 @@ class SentenceEncoder(AdapterMixin, nn.Sequential):
             if not isinstance(config, dict):
                 raise InvalidModelError(f"{path / CONFIG_FILE}: expected a JSON object")
         if not modules_file.exists():
+            st_parts = [p.name for p in path.iterdir() if p.name in ("sentence_bert_config.json", CONFIG_FILE)
+                        or (p.is_dir() and p.name.split("_", 1)[0].isdigit())]
+            if st_parts:
+                raise InvalidModelError(
+                    f"{modules_file} is missing, but {path} holds sentence-transformers parts ({', '.join(sorted(st_parts))}): "
+                    "the folder is damaged; restore modules.json or save the model again"
+                )
             if (path / "config.json").exists():
                 # A plain Hugging Face model: Transformer + mean pooling, as sentence-transformers does.
                 logger.warning("%s has no modules.json: using the transformer with mean pooling", path)

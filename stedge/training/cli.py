@@ -182,9 +182,11 @@ def train(
 # --------------------------------------------------------------------------- eval
 def load_for_eval(model: str, task: str, device: str | None = None) -> Any:
     """A torch SentenceEncoder/CrossEncoder, or the runtime Encoder/Reranker for an artifact folder (has stedge.json)."""
-    from stedge_runtime.artifact import Manifest, has_manifest
+    from stedge_runtime.artifact import Manifest
 
-    if has_manifest(model):
+    from ..models.cli import is_artifact_folder
+
+    if is_artifact_folder(model):
         from stedge_runtime import Encoder, Reranker
 
         if Manifest.read(model).task == "reranking":

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping
 from .errors import ArtifactError
 
 MANIFEST = "stedge.json"
+MANIFEST_LIMIT = 16 << 20  # a manifest is a few kB; reading more is never right (a link to /dev/zero would not end)
 FORMAT_VERSION = 1
 TASKS = ("embedding", "reranking")
 BACKENDS = ("onnx", "openvino")
@@ -270,6 +271,10 @@ class Manifest:
         if not root.is_dir():
             raise ArtifactError(f"{root} is not a folder: pass an artifact folder written by `stedge export`")
         try:
+            st = file.stat()
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MANIFEST_LIMIT:
+                raise ArtifactError(f"{file} is not a regular file of at most {MANIFEST_LIMIT} bytes (a folder, a device "
+                                    "or a link to one): this artifact is damaged or hostile; re-export the model")
             raw = file.read_bytes()
         except FileNotFoundError:
             raise ArtifactError(f"{file} is missing: {root} is not a stedge artifact (run `stedge export` on the model)") from None

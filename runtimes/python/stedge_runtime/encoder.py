@@ -161,8 +161,30 @@ class _Artifact:
             feeds = pad(encs, idx, self._tok.pad_id, type_ids)
             for k, v in (extra or {}).items():
                 feeds[k] = np.full(len(idx), v, dtype=np.int64)
-            out[idx] = engine.run(feeds, output).reshape(len(idx), width)
+            out[idx] = self._checked(self._engine_run(engine, feeds, output), len(idx), width, output)
         return out
+
+    def _engine_run(self, engine: Any, feeds: dict, output: str) -> np.ndarray:
+        """One engine call; an engine failure on input the runtime built is the artifact's fault (its
+        max_seq_length longer than the graph's positions, a damaged graph): one line naming it."""
+        try:
+            return engine.run(feeds, output)
+        except Exception as e:  # onnxruntime / openvino raise their own types
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ArtifactError(
+                f"{self.path} variant {self._variant}: the engine failed on a batch of shape "
+                f"{feeds['input_ids'].shape} ({type(e).__name__}: {first}); check stedge.json max_seq_length "
+                f"({self._tok.max_length}) against the model, or re-export it"
+            ) from None
+
+    def _checked(self, y: np.ndarray, rows: int, width: int, output: str) -> np.ndarray:
+        if y.size != rows * width:
+            field = "dimension" if output == "sentence_embedding" else "num_labels"
+            raise ArtifactError(
+                f"{self.path / MANIFEST}: field '{field}' says {width} but the graph's {output} has shape {y.shape} "
+                f"for {rows} texts; the manifest does not match the graph: re-export the model"
+            )
+        return y.reshape(rows, width)
 
 
 class Encoder(_Artifact):
