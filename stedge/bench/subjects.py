@@ -169,11 +169,11 @@ class StedgeTorch(Subject):
         from stedge import SentenceEncoder
 
         enc = SentenceEncoder(self.path, device=self.device)
-        prec = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[self.precision]
+        dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[self.precision]
         cuda = _device_family(self.device) == "cuda"
 
         def encode(texts: list[str], batch_size: int) -> np.ndarray:
-            out = enc.encode(texts, batch_size=batch_size, precision=prec, show_progress_bar=False)
+            out = enc.encode(texts, batch_size=batch_size, dtype=dtype, show_progress_bar=False)
             if cuda:
                 torch.cuda.synchronize()
             return out

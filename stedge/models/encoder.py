@@ -24,7 +24,34 @@ from .similarity import check_similarity_fn_name, get_similarity
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config_sentence_transformers.json"
-_PRECISIONS = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+# Output precisions, as sentence-transformers' encode(precision=...): see stedge_runtime.quantization.
+OUTPUT_PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
+
+
+def split_precision(precision: str, dtype: str | None) -> tuple[str, torch.dtype]:
+    """(output precision, compute dtype) from encode's ``precision`` and ``dtype`` arguments.
+
+    ``precision`` is the output precision (float32, int8, uint8, binary, ubinary); for backward
+    compatibility float16/bfloat16 (fp16/bf16) given as ``precision`` choose the compute dtype
+    and return float32, as ``dtype=`` does.
+    """
+    if dtype is not None and dtype not in _DTYPES:
+        raise StedgeError(f"dtype must be one of float32, float16, bfloat16, got {dtype!r}")
+    if precision in _DTYPES and precision not in ("float32", "fp32"):
+        if dtype is not None and _DTYPES[dtype] != _DTYPES[precision]:
+            raise StedgeError(f"precision={precision!r} (the old spelling of dtype) conflicts with "
+                              f"dtype={dtype!r}; pass only dtype")
+        return "float32", _DTYPES[precision]
+    if precision == "fp32":
+        precision = "float32"
+    if precision not in OUTPUT_PRECISIONS:
+        raise StedgeError(
+            f"precision must be one of {', '.join(OUTPUT_PRECISIONS)} (output), or float16/bfloat16 "
+            f"(compute dtype, better passed as dtype=), got {precision!r}"
+        )
+    return precision, _DTYPES[dtype or "float32"]
 
 
 def default_device() -> str:
@@ -197,28 +224,35 @@ class SentenceEncoder(AdapterMixin, nn.Sequential):
         normalize_embeddings: bool = False,
         convert_to: Literal["numpy", "torch"] = "numpy",
         device: str | None = None,
-        precision: Literal["float32", "float16", "bfloat16"] = "float32",
+        precision: Literal["float32", "int8", "uint8", "binary", "ubinary"] = "float32",
         show_progress_bar: bool | None = None,
+        dtype: Literal["float32", "float16", "bfloat16"] | None = None,
+        ranges: np.ndarray | None = None,
+        calibration_embeddings: np.ndarray | None = None,
     ) -> np.ndarray | Tensor:
         """Embed texts in length-sorted batches; rows come back in input order.
 
-        A single string gives a 1-D vector. ``precision`` float16/bfloat16 runs the model
-        under autocast on a GPU (bfloat16 also on CPU); results are float32.
+        A single string gives a 1-D vector. ``precision`` is the output precision, as in
+        sentence-transformers: float32, int8/uint8 (calibrated buckets, needs ``ranges`` or
+        ``calibration_embeddings``) or binary/ubinary (packed bits, dimension / 8 bytes); see
+        ``stedge_runtime.quantization``. ``dtype`` float16/bfloat16 runs the model under autocast on
+        a GPU (bfloat16 also on CPU) before any quantization; passing them as ``precision`` still works.
         """
         single = isinstance(texts, str)
         items = check_texts(texts)
         if convert_to not in ("numpy", "torch"):
             raise StedgeError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
-        if precision not in _PRECISIONS:
-            raise StedgeError(f"precision must be one of float32, float16, bfloat16, got {precision!r}")
+        precision, compute = split_precision(precision, dtype)
+        from stedge_runtime.quantization import require_calibration
+
+        require_calibration(precision, ranges, calibration_embeddings)
         if batch_size < 1:
             raise StedgeError(f"batch_size must be >= 1, got {batch_size}")
         if device is not None and torch.device(device) != self.device:
             self.to(device)
         dev = self.device
-        dtype = _PRECISIONS[precision]
-        if dtype == torch.float16 and dev.type == "cpu":
-            raise StedgeError("precision float16 needs a GPU (cuda or mps); use bfloat16 or float32 on the CPU")
+        if compute == torch.float16 and dev.type == "cpu":
+            raise StedgeError("dtype float16 needs a GPU (cuda or mps); use bfloat16 or float32 on the CPU")
         prompt_text = self.resolve_prompt(prompt_name, prompt)
         exclude_prompt = prompt_text is not None and self.pooling is not None and not self.pooling.include_prompt
         plen = self.prompt_length(prompt_text) if exclude_prompt else None
@@ -228,7 +262,7 @@ class SentenceEncoder(AdapterMixin, nn.Sequential):
         dim = self.get_sentence_embedding_dimension()
         if not items:
             empty = torch.zeros((0, dim))
-            return empty.numpy() if convert_to == "numpy" else empty
+            return self._quantize_output(empty, False, convert_to, precision, ranges, calibration_embeddings)
 
         order = np.argsort([-len(t) for t in items], kind="stable")
         n_batches = (len(items) + batch_size - 1) // batch_size
@@ -245,8 +279,8 @@ class SentenceEncoder(AdapterMixin, nn.Sequential):
                 feats = {k: v.to(dev) for k, v in feats.items()}
                 if plen is not None:
                     feats["prompt_length"] = torch.full((len(idx),), plen, dtype=torch.long, device=dev)
-                if dtype != torch.float32:
-                    with torch.autocast(device_type=dev.type, dtype=dtype):
+                if compute != torch.float32:
+                    with torch.autocast(device_type=dev.type, dtype=compute):
                         out = self.forward(feats)["sentence_embedding"]
                 else:
                     out = self.forward(feats)["sentence_embedding"]
@@ -260,6 +294,16 @@ class SentenceEncoder(AdapterMixin, nn.Sequential):
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.as_tensor(order)] = torch.arange(len(order))
         emb = emb[inverse]
+        return self._quantize_output(emb, single, convert_to, precision, ranges, calibration_embeddings)
+
+    @staticmethod
+    def _quantize_output(emb: Tensor, single: bool, convert_to: str, precision: str, ranges, calibration_embeddings):
+        """Quantize (stedge_runtime.quantization, the one implementation), take the single row, convert."""
+        if precision != "float32":
+            from stedge_runtime.quantization import quantize_embeddings
+
+            emb = torch.from_numpy(quantize_embeddings(emb.numpy(), precision, ranges=ranges,
+                                                       calibration_embeddings=calibration_embeddings))
         if single:
             emb = emb[0]
         return emb.numpy() if convert_to == "numpy" else emb

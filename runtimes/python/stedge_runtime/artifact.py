@@ -240,6 +240,35 @@ class VariantRecord:
 
 
 @dataclass(frozen=True)
+class EmbeddingCalibration:
+    """``embedding_calibration``: the int8/uint8 output ranges saved with an embedding artifact
+    (``stedge calibrate`` / ``stedge export --calibration``; read by stedge_runtime.quantization)."""
+
+    file: str                      # relative path of the float32 .npy of shape (2, dimension)
+    sha256: str
+    texts: int | None = None       # how many calibration texts the ranges come from
+    variant: str | None = None     # the variant that embedded them (None: the PyTorch model at export)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> EmbeddingCalibration:
+        f = _Fields(data, where, "embedding_calibration.")
+        digest = f.text("sha256")
+        if not _HEX64.match(digest):
+            raise f.fail("sha256", "64 lowercase hex digits")
+        known = {fl.name for fl in fields(cls)} - {"extra"}
+        return cls(file=check_relpath(f.text("file"), "embedding_calibration.file", where), sha256=digest,
+                   texts=f.integer("texts", default=None, minimum=1, nullable=True),
+                   variant=f.text("variant", default=None, nullable=True),
+                   extra={k: v for k, v in data.items() if k not in known})
+
+    def to_dict(self) -> dict:
+        out = {"file": self.file, "sha256": self.sha256, "texts": self.texts, "variant": self.variant}
+        out.update(self.extra)
+        return out
+
+
+@dataclass(frozen=True)
 class Manifest:
     """The typed ``stedge.json``. ``extra`` keeps fields this version does not know, so they survive."""
 
@@ -260,6 +289,7 @@ class Manifest:
     source: Mapping[str, Any] = field(default_factory=dict)
     created_with: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    embedding_calibration: EmbeddingCalibration | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- reading
@@ -332,6 +362,7 @@ class Manifest:
             num_labels=f.integer("num_labels", default=None, minimum=1, nullable=True),
             activation=f.text("activation", default=None, nullable=True), default_variant=default,
             source=f.obj("source", default={}), created_with=f.obj("created_with", default={}),
+            embedding_calibration=_calibration(f, where),
             extra={k: v for k, v in data.items() if k not in known},
         )
 
@@ -348,6 +379,8 @@ class Manifest:
         if self.task == "reranking":
             out["num_labels"] = self.num_labels
             out["activation"] = self.activation
+        if self.embedding_calibration is not None:
+            out["embedding_calibration"] = self.embedding_calibration.to_dict()
         out.update(self.extra)
         out["default_variant"] = self.default_variant
         out["variants"] = {n: v.to_dict() for n, v in self.variants.items()}
@@ -364,6 +397,11 @@ class Manifest:
         if name not in self.variants:
             raise ArtifactError(f"{where}: unknown variant {name!r}; this artifact has: {', '.join(self.variants)}")
         return self.variants[name]
+
+
+def _calibration(f: _Fields, where: str) -> EmbeddingCalibration | None:
+    raw = f.obj("embedding_calibration", default=None, nullable=True)
+    return None if raw is None else EmbeddingCalibration.from_dict(raw, where)
 
 
 def _json_safe(x: Any) -> Any:
@@ -547,6 +585,19 @@ def check_variant_files(root: Path, v: VariantRecord, verify: bool | str = "cach
             raise ArtifactError(f"{path} is missing ({where}.sha256): re-export the model or restore the file")
         _check_one(path, expected, f"{where}.sha256", verify, limit)
     return files
+
+
+def check_calibration_file(root: Path, cal: EmbeddingCalibration, verify: bool | str = "cached") -> Path:
+    """The embedding calibration file, kept inside the artifact and (unless ``verify=False``) checked
+    against its sha256 like the variant files; a missing file is a clear error."""
+    label = f"{MANIFEST} embedding_calibration.file"
+    path = artifact_path(root, cal.file, "embedding_calibration.file")
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing ({label}): run `stedge calibrate {root} --texts FILE` again "
+                            "or restore the file")
+    if verify:
+        _check_one(path, cal.sha256, f"{MANIFEST} embedding_calibration.sha256", verify, None)
+    return path
 
 
 def _check_one(path: Path, expected: str, field_name: str, verify: bool | str, limit: int | None) -> None:

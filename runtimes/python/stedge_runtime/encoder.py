@@ -20,9 +20,11 @@ from .artifact import (
     OPENVINO_DEVICES,
     Manifest,
     artifact_path,
+    check_calibration_file,
     check_variant_files,
     device_family,
 )
+from .quantization import check_precision, load_ranges, quantize_embeddings
 from .select import Selection, select_variant
 from .tokenize import Tokenizer, batches, pad
 
@@ -45,6 +47,7 @@ class _Artifact:
         self._selection = selection or Selection(variant=variant, source="named", reason="named by the caller")
         self._tok = tokenizer
         self.max_batch_tokens = int(max_batch_tokens)
+        self._verify: bool | str = "cached"  # how load() checked the files; side files (calibration) likewise
 
     @classmethod
     def load(
@@ -88,7 +91,9 @@ class _Artifact:
             warnings.warn(f"{root}: {w}", RuntimeWarning, stacklevel=2)
         tok_file = artifact_path(root, m.tokenizer, "tokenizer")
         tok = Tokenizer(tok_file, m.max_seq_length, m.do_lower_case)
-        return cls(root, m, sel.variant, engines[0], tok, max_batch_tokens, sel, engines[1])
+        obj = cls(root, m, sel.variant, engines[0], tok, max_batch_tokens, sel, engines[1])
+        obj._verify = verify
+        return obj
 
     @classmethod
     def _open(cls, root: Path, m: Manifest, variant: str | None, device: str, threads: int | None, verify: bool | str,
@@ -230,14 +235,22 @@ class Encoder(_Artifact):
         prompt: str | None = None,
         normalize_embeddings: bool = False,
         normalize: bool | None = None,
+        precision: str = "float32",
+        ranges: np.ndarray | None = None,
+        calibration_embeddings: np.ndarray | None = None,
     ) -> np.ndarray:
-        """float32 embeddings in input order: (n, dimension), or (dimension,) for one string.
+        """Embeddings in input order: (n, width), or (width,) for one string.
 
         ``normalize_embeddings=True`` L2-normalizes here (the torch side's name); False returns what the
         graph gives (a graph exported with Normalize is already normalized). ``normalize`` is the same
         switch under its older name, kept so code written for stedge-runtime 0.1 runs unchanged.
+        ``precision``: float32, int8, uint8 (width = dimension), binary or ubinary (width = dimension / 8),
+        as sentence-transformers' encode; int8/uint8 use ``ranges``, else the ranges of
+        ``calibration_embeddings``, else the artifact's saved calibration (``stedge calibrate``) -- see
+        ``stedge_runtime.quantization``.
         """
         normalize_embeddings = bool(normalize_embeddings or normalize)
+        check_precision(precision)
         single = isinstance(texts, str)
         if isinstance(texts, (Mapping, Set, bytes, bytearray)):
             raise TypeError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
@@ -251,12 +264,31 @@ class Encoder(_Artifact):
             extra["prompt_length"] = self._prompt_length(text) if text else 0
         if text:
             items = [text + t for t in items]
+        if precision in ("int8", "uint8") and ranges is None and calibration_embeddings is None:
+            ranges = self.embedding_ranges
+            if ranges is None:
+                raise InputError(
+                    f"precision {precision!r} needs calibration ranges and {self.path} has none: run "
+                    f"`stedge calibrate {self.path} --texts FILE`, or pass ranges= / calibration_embeddings="
+                )
         if not items:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        out = self._run(items, batch_size, "sentence_embedding", self.dimension, extra)
+            out = np.zeros((0, self.dimension), dtype=np.float32)
+        else:
+            out = self._run(items, batch_size, "sentence_embedding", self.dimension, extra)
         if normalize_embeddings:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        if precision != "float32":
+            out = quantize_embeddings(out, precision, ranges=ranges, calibration_embeddings=calibration_embeddings)
         return out[0] if single else out
+
+    @property
+    def embedding_ranges(self) -> np.ndarray | None:
+        """The calibration ranges (2, dimension) saved with the artifact, or None when it has none."""
+        if not hasattr(self, "_ranges"):
+            cal = self._manifest.embedding_calibration
+            self._ranges = None if cal is None else load_ranges(
+                check_calibration_file(self.path, cal, self._verify), self.dimension)
+        return self._ranges
 
     def _prompt_length(self, prompt: str) -> int:
         """Leading tokens a prompt takes (start token included, end token not), as the torch side."""
