@@ -3,6 +3,7 @@ equally shaped batches (the histogram calibrators need one sequence length)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -64,3 +65,57 @@ def restrict(batches: list[dict[str, np.ndarray]], inputs: list[str]) -> list[di
             d["token_type_ids"] = np.zeros_like(b["input_ids"])
         out.append(d)
     return out
+
+
+# ----------------------------------------------------------- embedding quantization ranges
+EMBEDDING_MIN_TEXTS = 16
+EMBEDDING_DEFAULT_LIMIT = 1000
+
+
+def embedding_texts(source: str | os.PathLike, column: str | None = None,
+                    limit: int = EMBEDDING_DEFAULT_LIMIT) -> list[str]:
+    """Texts whose embeddings give the int8/uint8 ranges: at least 16, a few hundred in-domain texts is best."""
+    try:
+        texts = read_texts(source, column=column, limit=limit)
+    except StedgeError as e:
+        raise StedgeError(f"calibration texts: {e}") from None
+    if len(texts) < EMBEDDING_MIN_TEXTS:
+        raise StedgeError(
+            f"calibration texts {source}: only {len(texts)} texts; int8/uint8 embedding ranges need at least "
+            f"{EMBEDDING_MIN_TEXTS} (a few hundred in-domain texts, like the documents you will store, is best)"
+        )
+    return texts
+
+
+def save_embedding_calibration(root: Path, embeddings: np.ndarray, texts: int, variant: str | None) -> dict:
+    """Write the ranges of ``embeddings`` into ``root`` and return the manifest field ``embedding_calibration``
+    ({file, sha256, texts, variant}; variant None: the PyTorch fp32 model at export)."""
+    from stedge_runtime.quantization import RANGES_FILE, calibration_ranges, save_ranges
+
+    digest = save_ranges(Path(root) / RANGES_FILE, calibration_ranges(np.asarray(embeddings, dtype=np.float32)))
+    return {"file": RANGES_FILE, "sha256": digest, "texts": int(texts), "variant": variant}
+
+
+def calibrate_artifact(path: str | os.PathLike, source: str | os.PathLike, column: str | None = None,
+                       limit: int = EMBEDDING_DEFAULT_LIMIT, variant: str | None = None,
+                       batch_size: int = 32) -> dict:
+    """Embed calibration texts with an embedding artifact (stedge_runtime, ``variant`` or its default),
+    save their ranges beside stedge.json and record them there; returns the ``embedding_calibration`` field.
+
+    Same texts and variant give the same bytes; later ``encode(precision="int8"|"uint8")`` calls use them.
+    """
+    from stedge_runtime import Encoder
+
+    from . import manifest as mf
+
+    root = Path(path)
+    manifest = mf.read(root)
+    if manifest.get("task") != "embedding":
+        raise StedgeError(f"{root}: embedding calibration applies to embedding artifacts, "
+                          f"this one is {manifest.get('task')!r}")
+    texts = embedding_texts(source, column, limit)
+    enc = Encoder.load(root, variant=variant)
+    field = save_embedding_calibration(root, enc.encode(texts, batch_size=batch_size), len(texts), enc.variant)
+    manifest["embedding_calibration"] = field
+    mf.write(root, manifest)
+    return field

@@ -50,7 +50,9 @@ def register(app: typer.Typer) -> None:
         optimize: Optional[str] = typer.Option(None, "--optimize", help="onnxruntime level: O1, O2, O3 or O4 (O4 = fp16, for GPU)."),
         quantize: str = typer.Option("none", "--quantize", help="none, fp16, int8 (dynamic), int8-static, int8-weights or int4-weights (OpenVINO)."),
         isa: str = typer.Option("auto", "--isa", help="int8 targets: auto (this CPU), all, or avx2, avx512, avx512_vnni, arm64 (comma-separated)."),
-        calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration texts for int8-static: a text file, CSV/TSV/JSONL, or a datasets name."),
+        calibration: Optional[str] = typer.Option(
+            None, "--calibration", help="Calibration texts (a text file, CSV/TSV/JSONL, or a datasets name) for "
+            "int8-static and, for embedding models, the int8/uint8 output ranges saved with the artifact."),
         calibration_column: Optional[str] = typer.Option(None, "--calibration-column", help="Text column of a calibration table."),
         calibration_method: str = typer.Option("minmax", "--calibration-method", help="minmax, entropy or percentile (ONNX static int8)."),
         calibration_size: int = typer.Option(300, "--calibration-size", help="Use at most this many calibration texts."),
@@ -93,3 +95,25 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"  {rel:48} {size / 1e6:8.2f} MB")
         typer.echo(f"wrote {res.path}: {', '.join(res.variants)} (default {res.default_variant}), "
                    f"{sum(res.files.values()) / 1e6:.2f} MB")
+
+    @app.command("calibrate")
+    def calibrate_cmd(
+        artifact: Path = typer.Argument(..., help="Embedding artifact folder (with stedge.json)."),
+        texts: str = typer.Option(..., "--texts", help="Calibration texts: a text file, CSV/TSV/JSONL, or a "
+                                  "datasets name (a few hundred in-domain texts)."),
+        column: Optional[str] = typer.Option(None, "--column", help="Text column of a table."),
+        limit: int = typer.Option(1000, "--limit", help="Use at most this many texts."),
+        variant: Optional[str] = typer.Option(
+            None, "--variant", help="Variant that embeds them (default: the artifact's choice for the CPU)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the embedding_calibration field as JSON."),
+    ) -> None:
+        """Save int8/uint8 embedding ranges with an artifact; encode(precision="int8") and `stedge embed
+        --precision int8` use them."""
+        from stedge.export.calibration import calibrate_artifact
+
+        field = calibrate_artifact(artifact, texts, column=column, limit=limit, variant=variant)
+        if as_json:
+            typer.echo(json.dumps(field, indent=2))
+        else:
+            typer.echo(f"{artifact / field['file']}: ranges of {field['texts']} texts embedded with "
+                       f"{field['variant']} (sha256 {field['sha256'][:16]}...)")

@@ -238,7 +238,9 @@ def export_model(
 
         cal_texts = calibration_texts(calibration, calibration_column, limit=calibration_size)
     elif calibration is not None:
-        logger.warning("--calibration is only used by --quantize int8-static; ignoring it")
+        from .calibration import embedding_texts
+
+        cal_texts = embedding_texts(calibration, calibration_column, limit=calibration_size)
     eval_set = read_sts(eval, limit=eval_limit) if eval is not None else None
 
     steps = _Steps(show_progress)
@@ -263,12 +265,30 @@ def export_model(
                 manifest = _build(torch_model, task, source, variants, tmp, optimize, cal_texts, calibration_method,
                                   eval_set, max_drop, device, existing, steps)
                 manifest["default_variant"] = _headline(variants, quantize, optimize)
+                _embedding_calibration(manifest, torch_model, task, cal_texts, quantize, existing, tmp)
                 mf.check_tokenizer(tmp, manifest)
                 mf.write(tmp, manifest)
     finally:
         steps.stop()
     rows = _rows(manifest, {v.name for v in variants}, out)
     return ExportResult(out.resolve(), manifest, rows)
+
+
+def _embedding_calibration(manifest: dict, model, task: str, cal_texts, quantize: str, existing: dict | None,
+                           root: Path) -> None:
+    """Embedding models: int8/uint8 output ranges from the calibration texts (PyTorch fp32), or the
+    existing artifact's when --add brings no new texts."""
+    if task != "embedding":
+        if cal_texts is not None and quantize != "int8-static":
+            logger.warning("--calibration is only used by --quantize int8-static for rerankers; ignoring it")
+        return
+    if cal_texts is not None:
+        from .calibration import save_embedding_calibration
+
+        emb = model.encode(cal_texts, batch_size=32, show_progress_bar=False)
+        manifest["embedding_calibration"] = save_embedding_calibration(root, emb, len(cal_texts), None)
+    elif existing is not None and existing.get("embedding_calibration"):
+        manifest["embedding_calibration"] = existing["embedding_calibration"]
 
 
 class _Steps:
