@@ -77,6 +77,13 @@ class InformationRetrievalEvaluator(Evaluator):
     Queries with no relevant document are skipped. Metrics per similarity function (the model's,
     else cosine): ``<fn>_accuracy@k``, ``<fn>_precision@k``, ``<fn>_recall@k``, ``<fn>_mrr@10``,
     ``<fn>_ndcg@10`` (primary), ``<fn>_map@100``.
+
+    ``precision`` int8/uint8/binary/ubinary stores the corpus quantized (stedge_runtime.quantization)
+    and retrieves with float queries through ``stedge_runtime.search``; with ``rescore_multiplier`` M
+    the top k (k = the largest NDCG cut-off, 10) come from rescoring the best M * k candidates, as
+    an app asking for k hits would do; ``ranges`` are the int8/uint8 calibration
+    (default: the model's saved ranges, else the corpus's own). ``search_seconds`` then holds the time
+    the search took, ``ranges_source`` where the ranges came from.
     """
 
     csv_prefix = "Information-Retrieval_evaluation"
@@ -101,8 +108,24 @@ class InformationRetrievalEvaluator(Evaluator):
         corpus_prompt: str | None = None,
         show_progress_bar: bool | None = None,
         write_csv: bool = True,
+        precision: str = "float32",
+        rescore_multiplier: int | None = None,
+        ranges: np.ndarray | None = None,
     ) -> None:
         super().__init__(name=name, batch_size=batch_size, show_progress_bar=show_progress_bar, write_csv=write_csv)
+        from stedge_runtime.quantization import check_precision
+
+        self.precision = check_precision(precision)
+        if rescore_multiplier is not None and (not isinstance(rescore_multiplier, int) or rescore_multiplier < 0):
+            raise StedgeError(f"rescore_multiplier must be an integer >= 1 (0/None: no rescoring), "
+                              f"got {rescore_multiplier!r}")
+        if rescore_multiplier and precision == "float32":
+            raise StedgeError("rescore_multiplier applies to a quantized corpus: "
+                              "pass precision int8, uint8, binary or ubinary")
+        self.rescore_multiplier = rescore_multiplier or None
+        self.ranges = ranges
+        self.ranges_source: str | None = None
+        self.search_seconds: float | None = None
         rel = {str(q): {str(d) for d in docs} for q, docs in relevant_docs.items()}
         self.query_ids = [str(q) for q in queries if str(q) in rel and rel[str(q)]]
         if not self.query_ids:
@@ -127,34 +150,104 @@ class InformationRetrievalEvaluator(Evaluator):
         self.primary = f"{first}_ndcg@{max(self.ks['ndcg_at_k'])}"
 
     def rank(self, model: Any, corpus_embeddings: np.ndarray | None = None) -> dict[str, list[list[tuple[str, float]]]]:
-        """Top ``max_k`` (doc id, score) per query, for each similarity function."""
-        from ..progress import make_progress
+        """Top ``max_k`` (doc id, score) per query, for each similarity function.
 
+        With a quantized ``precision`` the corpus is quantized and searched with
+        ``stedge_runtime.search`` (first similarity function only, see ``_rank_quantized``).
+        """
         fns = similarity_fn_names_for(model, self.given_fn_names)
         q_emb = encode(model, self.queries, batch_size=self.batch_size, prompt_name=self.query_prompt_name, prompt=self.query_prompt)
-        best: dict[str, tuple[np.ndarray, np.ndarray] | None] = {fn: None for fn in fns}
-        n = len(self.corpus)
+        if self.precision != "float32":
+            return self._rank_quantized(model, fns[0], q_emb, corpus_embeddings)
+        return self._rank_float(model, fns, q_emb, corpus_embeddings)
+
+    def _encode_corpus(self, model: Any, start: int, end: int, progress: Any, task: Any) -> np.ndarray:
+        def enc(s: int, e: int) -> np.ndarray:
+            return encode(model, self.corpus[s:e], batch_size=self.batch_size, prompt_name=self.corpus_prompt_name,
+                          prompt=self.corpus_prompt)
+
+        if progress is None:
+            return enc(start, end)
+        parts = []
+        step = max(self.batch_size * 8, 1)
+        for s in range(start, end, step):
+            e = min(s + step, end)
+            parts.append(enc(s, e))
+            progress.update(task, completed=e)
+        return np.concatenate(parts)
+
+    def _rank_quantized(self, model: Any, fn: str, q_emb: np.ndarray,
+                        corpus_embeddings: np.ndarray | None) -> dict[str, list[list[tuple[str, float]]]]:
+        """Quantize the whole corpus (float embeddings, L2-normalized for cosine) to ``precision`` and
+        search it exactly with the float queries, rescoring when ``rescore_multiplier`` is set.
+
+        int8/uint8 ranges: ``ranges`` when given, else the model's saved calibration
+        (``embedding_ranges`` of a calibrated artifact), else the corpus embeddings' own.
+        """
+        import time
+
+        from stedge_runtime.quantization import calibration_ranges, quantize_embeddings
+        from stedge_runtime.search import search
+
+        if fn not in ("cosine", "dot"):
+            raise StedgeError(f"precision {self.precision!r} searches by dot product / Hamming distance; "
+                              f"the similarity function {fn!r} is not supported (use cosine or dot)")
+        if corpus_embeddings is None:
+            corpus_embeddings = self._with_progress(
+                lambda p, t: self._encode_corpus(model, 0, len(self.corpus), p, t))
+        c_emb = np.asarray(corpus_embeddings, dtype=np.float32)
+        if fn == "cosine":
+            q_emb = q_emb / np.maximum(np.linalg.norm(q_emb, axis=1, keepdims=True), 1e-12)
+            c_emb = c_emb / np.maximum(np.linalg.norm(c_emb, axis=1, keepdims=True), 1e-12)
+        ranges, self.ranges_source = self.ranges, "given"
+        if self.precision in ("int8", "uint8") and ranges is None:
+            ranges = getattr(model, "embedding_ranges", None)
+            self.ranges_source = "model" if ranges is not None else "corpus"
+            if ranges is None:
+                ranges = calibration_ranges(c_emb)
+        stored = quantize_embeddings(c_emb, self.precision, ranges=ranges)
+        t0 = time.perf_counter()
+        res = search(q_emb, stored, self.precision, top_k=self.max_k, ranges=ranges)
+        self.search_seconds = time.perf_counter() - t0
+        rows = [list(zip(ri.tolist(), rv.tolist())) for ri, rv in zip(res.indices, res.scores)]
+        if self.rescore_multiplier:
+            # As an app asking for the top k (k = the largest NDCG cut-off) would: rescore M * k candidates;
+            # the rest of the ranking (for MAP@100 and the like) keeps the quantized order.
+            k = max(self.ks["ndcg_at_k"])
+            t0 = time.perf_counter()
+            top = search(q_emb, stored, self.precision, top_k=k, ranges=ranges,
+                         rescore_multiplier=self.rescore_multiplier)
+            self.search_seconds = time.perf_counter() - t0
+            for r, (ti, tv) in enumerate(zip(top.indices, top.scores)):
+                head = set(ti.tolist())
+                rest = [h for h in rows[r] if h[0] not in head][: self.max_k - len(head)]
+                rows[r] = list(zip(ti.tolist(), tv.tolist())) + rest
+        return {fn: [[(self.corpus_ids[i], float(v)) for i, v in row] for row in rows]}
+
+    def _with_progress(self, work: Any) -> Any:
+        from ..progress import make_progress
+
         show = self.show_progress_bar if self.show_progress_bar is not None else False
         progress = make_progress(transient=True) if show else None
-        task = None
-        if progress is not None:
-            progress.start()
-            task = progress.add_task("Encoding corpus", total=n)
+        if progress is None:
+            return work(None, None)
+        progress.start()
         try:
-            for start in range(0, n, self.corpus_chunk_size):
-                end = min(start + self.corpus_chunk_size, n)
+            return work(progress, progress.add_task("Encoding corpus", total=len(self.corpus)))
+        finally:
+            progress.stop()
+
+    def _rank_float(self, model: Any, fns: list[str], q_emb: np.ndarray,
+                    corpus_embeddings: np.ndarray | None) -> dict[str, list[list[tuple[str, float]]]]:
+        best: dict[str, tuple[np.ndarray, np.ndarray] | None] = {fn: None for fn in fns}
+
+        def work(progress: Any, task: Any) -> None:
+            for start in range(0, len(self.corpus), self.corpus_chunk_size):
+                end = min(start + self.corpus_chunk_size, len(self.corpus))
                 if corpus_embeddings is not None:
                     c_emb = np.asarray(corpus_embeddings[start:end], dtype=np.float32)
-                elif progress is not None:
-                    parts = []
-                    step = max(self.batch_size * 8, 1)
-                    for s in range(start, end, step):
-                        e = min(s + step, end)
-                        parts.append(encode(model, self.corpus[s:e], batch_size=self.batch_size, prompt_name=self.corpus_prompt_name, prompt=self.corpus_prompt))
-                        progress.update(task, completed=e)
-                    c_emb = np.concatenate(parts)
                 else:
-                    c_emb = encode(model, self.corpus[start:end], batch_size=self.batch_size, prompt_name=self.corpus_prompt_name, prompt=self.corpus_prompt)
+                    c_emb = self._encode_corpus(model, start, end, progress, task)
                 for fn in fns:
                     idx, vals = top_k(all_pairs_scores(q_emb, c_emb, fn), self.max_k)
                     idx = idx + start
@@ -166,9 +259,8 @@ class InformationRetrievalEvaluator(Evaluator):
                         idx = np.take_along_axis(idx, keep, axis=1)
                         vals = np.take_along_axis(vals, keep, axis=1)
                     best[fn] = (idx, vals)
-        finally:
-            if progress is not None:
-                progress.stop()
+
+        self._with_progress(work)
         out = {}
         for fn, (idx, vals) in best.items():  # type: ignore[misc]
             out[fn] = [[(self.corpus_ids[i], float(v)) for i, v in zip(row_i, row_v)] for row_i, row_v in zip(idx, vals)]
@@ -187,6 +279,8 @@ class InformationRetrievalEvaluator(Evaluator):
 
     def get_config_dict(self) -> dict[str, Any]:
         cfg = {k: v for k, v in (("query_prompt_name", self.query_prompt_name), ("corpus_prompt_name", self.corpus_prompt_name)) if v}
+        if self.precision != "float32":
+            cfg.update(precision=self.precision, rescore_multiplier=self.rescore_multiplier)
         return cfg
 
     @classmethod

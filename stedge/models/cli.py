@@ -73,9 +73,30 @@ def _load_reranker(model: str, variant: Optional[str], device: Optional[str]):
     return CrossEncoder(model, device=device)
 
 
-def _encode(enc, texts: list[str], batch_size: int, prompt_name: Optional[str], normalize: bool):
-    """SentenceEncoder and stedge_runtime.Encoder share encode's signature."""
-    return enc.encode(texts, batch_size=batch_size, prompt_name=prompt_name, normalize_embeddings=normalize)
+def _encode(enc, texts: list[str], batch_size: int, prompt_name: Optional[str], normalize: bool, **quant):
+    """SentenceEncoder and stedge_runtime.Encoder share encode's signature; ``quant``: precision,
+    ranges, calibration_embeddings."""
+    return enc.encode(texts, batch_size=batch_size, prompt_name=prompt_name, normalize_embeddings=normalize,
+                      **quant)
+
+
+def _quant_options(enc, precision: str, calibration: Optional[str], calibration_column: Optional[str],
+                   batch_size: int, normalize: bool) -> dict:
+    """encode's precision keywords for `stedge embed`: calibration texts are embedded the same way first."""
+    from stedge_runtime.quantization import check_precision
+
+    check_precision(precision)
+    if calibration is None:
+        if precision in ("int8", "uint8") and getattr(enc, "embedding_ranges", None) is None:
+            raise StedgeError(f"--precision {precision} needs calibration ranges: pass --calibration TEXTS, "
+                              "or use an artifact calibrated with `stedge calibrate ARTIFACT --texts TEXTS`")
+        return {"precision": precision}
+    if precision not in ("int8", "uint8"):
+        raise StedgeError(f"--calibration applies to --precision int8 or uint8, not {precision}")
+    from ..data import read_texts
+
+    cal = _encode(enc, read_texts(calibration, column=calibration_column), batch_size, None, normalize)
+    return {"precision": precision, "calibration_embeddings": cal}
 
 
 def embed(
@@ -89,9 +110,15 @@ def embed(
     normalize: bool = typer.Option(False, help="L2-normalize the embeddings."),
     variant: Optional[str] = typer.Option(None, help="Artifact variant (see `stedge info ARTIFACT`)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: best available)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON: {dimension, embeddings}."),
+    precision: str = typer.Option("float32", "--precision",
+                                  help="Output: float32, int8, uint8 (calibrated), binary or ubinary (packed bits)."),
+    calibration: Optional[str] = typer.Option(
+        None, "--calibration", help="int8/uint8: texts to take the ranges from (default: the artifact's ranges)."),
+    calibration_column: Optional[str] = typer.Option(None, "--calibration-column",
+                                                     help="Text column of a calibration table."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: {dimension, precision, count, embeddings}."),
 ) -> None:
-    """Embed texts with a model or an exported artifact."""
+    """Embed texts with a model or an exported artifact (optionally quantized: --precision)."""
     from ..data import check_texts, read_texts
 
     output = _npy_output(output)
@@ -100,8 +127,13 @@ def embed(
         items += read_texts(file, column=column)
     if not items:
         raise StedgeError("no texts: pass TEXT arguments or --file PATH")
+    from stedge_runtime.quantization import check_precision
+
+    check_precision(precision)  # before loading the model
     enc = _load_encoder(model, variant, device)
-    emb = _encode(enc, items, batch_size, prompt_name, normalize)
+    quant = _quant_options(enc, precision, calibration, calibration_column, batch_size, normalize)
+    emb = _encode(enc, items, batch_size, prompt_name, normalize, **quant)
+    dim = int(enc.get_sentence_embedding_dimension())
     if output is not None:
         import numpy as np
 
@@ -110,13 +142,16 @@ def embed(
         with atomic_file(output) as tmp, open(tmp, "wb") as f:
             np.save(f, emb)
     if as_json:
-        typer.echo(json.dumps({"dimension": int(emb.shape[1]), "count": len(items), "embeddings": emb.tolist()}))
+        data = {"dimension": dim, "precision": precision, "count": len(items), "embeddings": emb.tolist()}
+        typer.echo(json.dumps(data))
     elif output is None:
+        fmt = "{:+.4f}" if precision == "float32" else "{:d}"
         for t, v in zip(items, emb):
-            head = ", ".join(f"{x:+.4f}" for x in v[:6])
-            typer.echo(f"{t[:40]!r:44} [{head}, ...] dim={len(v)}")
+            head = ", ".join(fmt.format(x) for x in v[:6].tolist())
+            typer.echo(f"{t[:40]!r:44} [{head}, ...] dim={dim} {precision} ({v.nbytes} bytes)")
     else:
-        typer.echo(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {output}", err=True)
+        typer.echo(f"wrote {emb.shape[0]} x {emb.shape[1]} {emb.dtype} embeddings ({precision}) to {output}",
+                   err=True)
 
 
 def similarity(

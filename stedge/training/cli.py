@@ -207,6 +207,17 @@ def _is_cross_encoder(model: str) -> bool:
     return detect_task(resolve_model(model)) == "reranking"
 
 
+def _quantized_facts(evaluator: Any, model: Any) -> dict[str, Any]:
+    """precision, rescoring, bytes per vector, ranges source and search time of a quantized ir eval."""
+    from stedge_runtime.quantization import bytes_per_vector
+
+    dim = int(model.get_sentence_embedding_dimension())
+    return {"precision": evaluator.precision, "rescore_multiplier": evaluator.rescore_multiplier,
+            "bytes_per_vector": bytes_per_vector(evaluator.precision, dim),
+            "float32_bytes_per_vector": bytes_per_vector("float32", dim), "ranges": evaluator.ranges_source,
+            "search_seconds": round(evaluator.search_seconds or 0.0, 4)}
+
+
 def eval_cmd(
     model: str = typer.Argument(..., help="Model reference, or an exported artifact folder (runs through stedge_runtime)."),
     data: str = typer.Option(..., "--data", help="Eval data: STS pairs, triplets, rerank rows, or a BEIR folder for ir."),
@@ -214,6 +225,11 @@ def eval_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N rows (queries for ir)."),
     split: Optional[str] = typer.Option(None, "--split", help="qrels split for ir (default test)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ..."),
+    precision: str = typer.Option(
+        "float32", "--precision", help="ir: store the corpus as float32, int8, uint8, binary or ubinary."),
+    rescore_multiplier: int = typer.Option(
+        0, "--rescore-multiplier", help="ir with a quantized --precision: the top 10 come from rescoring the best "
+        "M x 10 candidates with the float query (0: off)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Evaluate a model or an exported artifact exactly the same way (STS Spearman, triplet accuracy, IR, rerank)."""
@@ -225,7 +241,10 @@ def eval_cmd(
 
     if task not in EVAL_TASKS:
         raise StedgeError(f"--task must be one of {', '.join(EVAL_TASKS)}, got {task!r}")
-    evaluator = build_evaluator(task, data, limit=limit, name=_stem(data), split=split)
+    ir = {"precision": precision, "rescore_multiplier": rescore_multiplier}
+    if precision == "float32" and not rescore_multiplier:
+        ir = {}
+    evaluator = build_evaluator(task, data, limit=limit, name=_stem(data), split=split, **ir)
     m = load_for_eval(model, task, device)
     t0 = time.perf_counter()
     metrics = evaluator(m)
@@ -233,6 +252,8 @@ def eval_cmd(
     result = {"model": model, "task": task, "data": data, "backend": type(m).__module__.split(".")[0],
               "primary_metric": evaluator.primary_metric, "metrics": {k: float(v) for k, v in metrics.items()},
               "seconds": round(elapsed, 2)}
+    if ir:
+        result.update(_quantized_facts(evaluator, m))
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -245,6 +266,11 @@ def eval_cmd(
     for k, v in result["metrics"].items():
         t.add_row(k + (" *" if k == evaluator.primary_metric else ""), f"{v:.4f}")
     Console().print(t)
+    if ir:
+        Console().print(f"corpus stored as {result['precision']}: {result['bytes_per_vector']} bytes per vector "
+                        f"(float32: {result['float32_bytes_per_vector']}), "
+                        f"rescore x{result['rescore_multiplier'] or 0}, "
+                        f"ranges: {result['ranges'] or '-'}, search {result['search_seconds']:.3f} s")
     Console().print(f"{elapsed:.1f} s")
 
 

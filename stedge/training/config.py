@@ -221,8 +221,12 @@ def detect_eval_task(columns: list[str]) -> str:
     )
 
 
-def build_evaluator(task: str | None, data: Any, limit: int | None = None, name: str = "eval", split: str | None = None):
-    """An evaluator for a task over a data source (STS pairs, triplets, a BEIR folder, or rerank rows)."""
+def build_evaluator(task: str | None, data: Any, limit: int | None = None, name: str = "eval",
+                    split: str | None = None, **ir_options: Any):
+    """An evaluator for a task over a data source (STS pairs, triplets, a BEIR folder, or rerank rows).
+
+    ``ir_options`` (precision, rescore_multiplier, ranges) go to the InformationRetrievalEvaluator.
+    """
     from ..data import read_rows, resolve_data_path
 
     check_limit(limit, "limit")
@@ -235,7 +239,9 @@ def build_evaluator(task: str | None, data: Any, limit: int | None = None, name:
             keep = list(qrels)[:limit]
             qrels = {q: qrels[q] for q in keep}
             queries = {q: queries[q] for q in keep}
-        return InformationRetrievalEvaluator(queries, corpus, qrels, name=name)
+        return InformationRetrievalEvaluator(queries, corpus, qrels, name=name, **ir_options)
+    if ir_options:
+        raise StedgeError(f"{', '.join(ir_options)} apply to --task ir only")
     rows = read_rows(data, split=split)
     if not rows:
         raise StedgeError(f"eval data {data}: no rows")
