@@ -1,6 +1,9 @@
 """Errors meant for people: each names the file, field or argument at fault and what to do."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 
 class StedgeError(Exception):
     """Base class for every error stedge raises on purpose (bad input, failed check)."""
@@ -44,3 +47,15 @@ def require(module: str, extra: str, purpose: str = ""):
         return importlib.import_module(module)
     except ImportError as e:  # pragma: no cover - depends on environment
         raise MissingDependency(module.split(".")[0], extra, purpose) from e
+
+
+@contextmanager
+def runtime_input_errors() -> Iterator[None]:
+    """Inside: stedge_runtime's InputError (a bad argument) comes out as InvalidInputError, so stedge's own
+    API raises StedgeError subclasses where it calls into the runtime (quantization, search, similarity)."""
+    from stedge_runtime.errors import InputError
+
+    try:
+        yield
+    except InputError as e:
+        raise InvalidInputError(str(e)) from None

@@ -6,7 +6,7 @@ import pytest
 
 from stedge_runtime import InputError, search
 from stedge_runtime.quantization import (
-    PRECISIONS, bytes_per_vector, calibration_ranges, dequantize, load_ranges, quantize_embeddings, ranges_bytes,
+    OUTPUT_PRECISIONS, bytes_per_vector, calibration_ranges, dequantize, load_ranges, quantize_embeddings, ranges_bytes,
     save_ranges, unpack_bits,
 )
 
@@ -38,7 +38,7 @@ def test_shapes_dtypes_and_storage():
         q = quantize_embeddings(emb, p, ranges=r)
         assert q.dtype == dtype and q.shape == (5, width)
         assert bytes_per_vector(p, 384) == q[0].nbytes
-    assert set(PRECISIONS) == set(ST_PRECISIONS)
+    assert set(OUTPUT_PRECISIONS) == set(ST_PRECISIONS)
 
 
 def test_binary_bits_round_trip_and_dequantize_is_close():
@@ -236,6 +236,14 @@ def test_export_calibration_saved_and_used_by_the_runtime(calibrated_artifact, t
     second = calibrate_artifact(calibrated_artifact, tmp_path / "t.txt")
     assert first == second and file.read_bytes() == data and first["variant"] == "onnx-fp32"
     assert json.loads((calibrated_artifact / "stedge.json").read_text())["embedding_calibration"] == first
+    from stedge_runtime.artifact import Manifest
+
+    raw = json.loads((calibrated_artifact / "stedge.json").read_text())
+    assert Manifest.from_dict(raw).to_dict()["embedding_calibration"] == first  # round trip
+    for bad, field in (({"file": "x.npy"}, "embedding_calibration.sha256"),
+                       ({"file": "../x.npy", "sha256": "0" * 64}, "embedding_calibration.file")):
+        with pytest.raises(Exception, match=field.replace(".", r"\.")):
+            Manifest.from_dict({**raw, "embedding_calibration": bad})
     file.write_bytes(data[:-4] + b"\0\0\0\0")
     with pytest.raises(Exception, match="sha256"):
         Encoder.load(calibrated_artifact, verify=True).encode(TEXTS[:2], precision="int8")

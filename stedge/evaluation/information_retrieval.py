@@ -10,7 +10,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import StedgeError
+from ..errors import StedgeError, runtime_input_errors
 from .base import Evaluator, all_pairs_scores, encode, similarity_fn_names_for
 
 
@@ -115,7 +115,8 @@ class InformationRetrievalEvaluator(Evaluator):
         super().__init__(name=name, batch_size=batch_size, show_progress_bar=show_progress_bar, write_csv=write_csv)
         from stedge_runtime.quantization import check_precision
 
-        self.precision = check_precision(precision)
+        with runtime_input_errors():
+            self.precision = check_precision(precision)
         if rescore_multiplier is not None and (not isinstance(rescore_multiplier, int) or rescore_multiplier < 0):
             raise StedgeError(f"rescore_multiplier must be an integer >= 1 (0/None: no rescoring), "
                               f"got {rescore_multiplier!r}")
@@ -205,18 +206,20 @@ class InformationRetrievalEvaluator(Evaluator):
             self.ranges_source = "model" if ranges is not None else "corpus"
             if ranges is None:
                 ranges = calibration_ranges(c_emb)
-        stored = quantize_embeddings(c_emb, self.precision, ranges=ranges)
-        t0 = time.perf_counter()
-        res = search(q_emb, stored, self.precision, top_k=self.max_k, ranges=ranges)
-        self.search_seconds = time.perf_counter() - t0
+        with runtime_input_errors():
+            stored = quantize_embeddings(c_emb, self.precision, ranges=ranges)
+            t0 = time.perf_counter()
+            res = search(q_emb, stored, self.precision, top_k=self.max_k, ranges=ranges)
+            self.search_seconds = time.perf_counter() - t0
         rows = [list(zip(ri.tolist(), rv.tolist())) for ri, rv in zip(res.indices, res.scores)]
         if self.rescore_multiplier:
             # As an app asking for the top k (k = the largest NDCG cut-off) would: rescore M * k candidates;
             # the rest of the ranking (for MAP@100 and the like) keeps the quantized order.
             k = max(self.ks["ndcg_at_k"])
             t0 = time.perf_counter()
-            top = search(q_emb, stored, self.precision, top_k=k, ranges=ranges,
-                         rescore_multiplier=self.rescore_multiplier)
+            with runtime_input_errors():
+                top = search(q_emb, stored, self.precision, top_k=k, ranges=ranges,
+                             rescore_multiplier=self.rescore_multiplier)
             self.search_seconds = time.perf_counter() - t0
             for r, (ti, tv) in enumerate(zip(top.indices, top.scores)):
                 head = set(ti.tolist())

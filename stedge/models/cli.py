@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import StedgeError
+from ..errors import StedgeError, runtime_input_errors
 
 
 def is_artifact_folder(model: str) -> bool:
@@ -83,9 +83,6 @@ def _encode(enc, texts: list[str], batch_size: int, prompt_name: Optional[str], 
 def _quant_options(enc, precision: str, calibration: Optional[str], calibration_column: Optional[str],
                    batch_size: int, normalize: bool) -> dict:
     """encode's precision keywords for `stedge embed`: calibration texts are embedded the same way first."""
-    from stedge_runtime.quantization import check_precision
-
-    check_precision(precision)
     if calibration is None:
         if precision in ("int8", "uint8") and getattr(enc, "embedding_ranges", None) is None:
             raise StedgeError(f"--precision {precision} needs calibration ranges: pass --calibration TEXTS, "
@@ -129,7 +126,8 @@ def embed(
         raise StedgeError("no texts: pass TEXT arguments or --file PATH")
     from stedge_runtime.quantization import check_precision
 
-    check_precision(precision)  # before loading the model
+    with runtime_input_errors():
+        check_precision(precision)  # before loading the model
     enc = _load_encoder(model, variant, device)
     quant = _quant_options(enc, precision, calibration, calibration_column, batch_size, normalize)
     emb = _encode(enc, items, batch_size, prompt_name, normalize, **quant)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import __version__
-from ..errors import InvalidModelError, StedgeError
+from ..errors import InvalidModelError, StedgeError, runtime_input_errors
 from ..data import check_texts
 from ..hub import resolve_model
 from ..io import atomic_dir, read_json
@@ -26,8 +26,6 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config_sentence_transformers.json"
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-# Output precisions, as sentence-transformers' encode(precision=...): see stedge_runtime.quantization.
-OUTPUT_PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 
 
 def split_precision(precision: str, dtype: str | None) -> tuple[str, torch.dtype]:
@@ -44,6 +42,8 @@ def split_precision(precision: str, dtype: str | None) -> tuple[str, torch.dtype
             raise StedgeError(f"precision={precision!r} (the old spelling of dtype) conflicts with "
                               f"dtype={dtype!r}; pass only dtype")
         return "float32", _DTYPES[precision]
+    from stedge_runtime.quantization import OUTPUT_PRECISIONS  # output precisions, as sentence-transformers'
+
     if precision == "fp32":
         precision = "float32"
     if precision not in OUTPUT_PRECISIONS:
@@ -245,7 +245,8 @@ class SentenceEncoder(AdapterMixin, nn.Sequential):
         precision, compute = split_precision(precision, dtype)
         from stedge_runtime.quantization import require_calibration
 
-        require_calibration(precision, ranges, calibration_embeddings)
+        with runtime_input_errors():
+            require_calibration(precision, ranges, calibration_embeddings)
         if batch_size < 1:
             raise StedgeError(f"batch_size must be >= 1, got {batch_size}")
         if device is not None and torch.device(device) != self.device:
@@ -302,8 +303,9 @@ class SentenceEncoder(AdapterMixin, nn.Sequential):
         if precision != "float32":
             from stedge_runtime.quantization import quantize_embeddings
 
-            emb = torch.from_numpy(quantize_embeddings(emb.numpy(), precision, ranges=ranges,
-                                                       calibration_embeddings=calibration_embeddings))
+            with runtime_input_errors():
+                emb = torch.from_numpy(quantize_embeddings(emb.numpy(), precision, ranges=ranges,
+                                                           calibration_embeddings=calibration_embeddings))
         if single:
             emb = emb[0]
         return emb.numpy() if convert_to == "numpy" else emb

@@ -9,7 +9,7 @@ from __future__ import annotations
 from .encoder import Encoder, Reranker
 from .errors import ArtifactError, DeviceError, InputError, MissingEngine, RuntimeStedgeError
 from .artifact import FORMAT_VERSION, Manifest, VariantRecord, is_artifact
-from .quantization import PRECISIONS, bytes_per_vector, calibration_ranges, quantize_embeddings
+from .quantization import OUTPUT_PRECISIONS, bytes_per_vector, calibration_ranges, quantize_embeddings
 from .search import SearchResult, search
 
 __version__ = "0.1.0"
@@ -17,5 +17,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Encoder", "Reranker", "Manifest", "VariantRecord", "is_artifact", "FORMAT_VERSION", "__version__",
     "RuntimeStedgeError", "ArtifactError", "DeviceError", "InputError", "MissingEngine",
-    "PRECISIONS", "quantize_embeddings", "calibration_ranges", "bytes_per_vector", "search", "SearchResult",
+    "OUTPUT_PRECISIONS", "quantize_embeddings", "calibration_ranges", "bytes_per_vector", "search", "SearchResult",
 ]

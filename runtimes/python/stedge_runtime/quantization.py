@@ -28,14 +28,14 @@ import numpy as np
 
 from .errors import ArtifactError, InputError
 
-PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
+OUTPUT_PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 RANGES_FILE = "embedding_ranges.npy"
 
 
 def check_precision(precision: Any) -> str:
-    """``precision`` if it is one of PRECISIONS, else InputError listing them."""
-    if precision not in PRECISIONS:
-        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    """``precision`` if it is one of OUTPUT_PRECISIONS, else InputError listing them."""
+    if precision not in OUTPUT_PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(OUTPUT_PRECISIONS)}, got {precision!r}")
     return str(precision)
 
 
