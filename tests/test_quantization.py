@@ -250,6 +250,16 @@ def test_export_calibration_saved_and_used_by_the_runtime(calibrated_artifact, t
     file.write_bytes(data)
 
 
+def test_pack_keeps_the_calibration(calibrated_artifact, tmp_path):
+    from stedge.export.pack import pack_artifact
+    from stedge_runtime import Encoder
+
+    res = pack_artifact(calibrated_artifact, tmp_path / "packed")
+    assert "embedding_ranges.npy" in res.files
+    packed, full = Encoder.load(tmp_path / "packed"), Encoder.load(calibrated_artifact)
+    np.testing.assert_array_equal(packed.encode(TEXTS[:4], precision="uint8"), full.encode(TEXTS[:4], precision="uint8"))
+
+
 def test_runtime_int8_without_calibration_is_a_clear_error(tiny_model, tmp_path):
     from stedge.export import export_model
     from stedge_runtime import Encoder

@@ -1,8 +1,9 @@
 """`stedge pack`: a runtime-only copy of an artifact for apps to ship.
 
 It holds what ``stedge_runtime`` reads and nothing else: ``stedge.json`` listing only the chosen
-variants, the tokenizer file and the files of those variants (graph + external data / OpenVINO
-weights), each checked against its sha256 while it is copied. No torch weights, no model card.
+variants, the tokenizer file, the files of those variants (graph + external data / OpenVINO
+weights) and the embedding calibration ranges when there are some, each checked against its sha256
+while it is copied. No torch weights, no model card.
 """
 from __future__ import annotations
 
@@ -52,6 +53,11 @@ def pack_artifact(artifact: str | os.PathLike, output: str | os.PathLike, varian
                 src = artifact_path(root, rel, f"variants.{name}.sha256")
                 _copy(src, tmp / rel, v.sha256.get(rel), f"variants.{name}.sha256")
                 files[rel] = (tmp / rel).stat().st_size
+        cal = m.embedding_calibration
+        if cal is not None:  # the int8/uint8 output ranges travel with the vectors they calibrate
+            src = artifact_path(root, cal.file, "embedding_calibration.file")
+            _copy(src, tmp / cal.file, cal.sha256, "embedding_calibration.sha256")
+            files[cal.file] = (tmp / cal.file).stat().st_size
         default = m.default_variant if m.default_variant in chosen else names[0]
         write_manifest(tmp, m.with_variants(chosen, default))
     return PackResult(Path(output).resolve(), names, default, files)
