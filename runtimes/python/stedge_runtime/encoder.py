@@ -106,7 +106,7 @@ class _Artifact:
         latency = None
         if sel.latency_variant is not None:
             lv = m.variants[sel.latency_variant]
-            if user and lv.backend != m.variants[sel.variant].backend:
+            if options and lv.backend != m.variants[sel.variant].backend:
                 sel = replace(sel, latency_variant=None, latency_settings={}, notes=sel.notes + (
                     f"batch-1 routing to {sel.latency_variant} off: engine options were given for {sel.variant}",))
             else:
@@ -162,18 +162,30 @@ class _Artifact:
         type_ids = "token_type_ids" in engine.inputs
         encs = self._tok.encode(items)
         out = np.empty((len(items), width), dtype=np.float32)
-        for idx in batches(encs, batch_size, self.max_batch_tokens):
+        groups = list(batches(encs, batch_size, self.max_batch_tokens))
+
+        def feeds_of(idx: Any) -> dict[str, np.ndarray]:
             feeds = pad(encs, idx, self._tok.pad_id, type_ids)
             for k, v in (extra or {}).items():
                 feeds[k] = np.full(len(idx), v, dtype=np.int64)
-            out[idx] = self._checked(self._engine_run(engine, feeds, output), len(idx), width, output)
+            return feeds
+
+        if getattr(engine, "parallel", 1) > 1 and len(groups) > 1:  # OpenVINO streams: batches run side by side
+            feeds_list = [feeds_of(idx) for idx in groups]
+            results = self._engine_run(lambda: engine.run_many(feeds_list, output), feeds_list[0])
+            for idx, res in zip(groups, results):
+                out[idx] = self._checked(res, len(idx), width, output)
+            return out
+        for idx in groups:
+            feeds = feeds_of(idx)
+            out[idx] = self._checked(self._engine_run(lambda: engine.run(feeds, output), feeds), len(idx), width, output)
         return out
 
-    def _engine_run(self, engine: Any, feeds: dict, output: str) -> np.ndarray:
-        """One engine call; an engine failure on input the runtime built is the artifact's fault (its
-        max_seq_length longer than the graph's positions, a damaged graph): one line naming it."""
+    def _engine_run(self, call: Any, feeds: dict) -> Any:
+        """One engine call (``call()``, on ``feeds``); an engine failure on input the runtime built is the
+        artifact's fault (its max_seq_length longer than the graph's positions, a damaged graph): one line naming it."""
         try:
-            return engine.run(feeds, output)
+            return call()
         except Exception as e:  # onnxruntime / openvino raise their own types
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise ArtifactError(

@@ -6,6 +6,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from stedge_runtime import Encoder, machine
@@ -230,3 +231,12 @@ def test_load_refuses_a_variant_that_fails_invariance_unless_named(own_artifact)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Encoder.load(own_artifact, variant="openvino-fp32")
+
+
+def test_openvino_throughput_hint_runs_batches_side_by_side(tiny_artifact):
+    texts = [f"sentence number {i} " * (1 + i % 5) for i in range(40)]
+    lat = Encoder.load(tiny_artifact, variant="openvino-fp32", threads=2, performance_hint="LATENCY")
+    thr = Encoder.load(tiny_artifact, variant="openvino-fp32", threads=2, performance_hint="THROUGHPUT", num_streams=2)
+    assert lat._engine.parallel == 1 and thr._engine.parallel >= 2
+    np.testing.assert_allclose(thr.encode(texts, batch_size=4), lat.encode(texts, batch_size=4), atol=1e-6)
+    assert thr.encode(texts[:1]).shape == (1, thr.dimension)
