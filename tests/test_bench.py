@@ -187,7 +187,8 @@ def test_speedups_and_baseline_model():
     student = rows[5]
     assert student["speedup_vs_baseline_model"] == pytest.approx(2.0)
     assert student["accuracy"]["spearman_delta"] == pytest.approx(-0.5)
-    assert student["speedup_vs_best_peer"] is None  # the student suite entry has no peers
+    # the student entry has no peers: it is compared with its teacher's best sentence-transformers peer
+    assert student["speedup_vs_best_peer"] == pytest.approx(300 / 120) and student["best_peer"] == "st onnx [t]"
     assert "speedup_vs_torch" not in rows[6]
 
 
@@ -206,7 +207,7 @@ def smoke_results(tiny_model, shared_data, tmp_path_factory):
     # A second entry on the same artifact: no torch subject (the parent computes the reference), the
     # artifact is reused from the first entry's export, and speed is compared with the first model.
     text += (f'\n[[models]]\nname = "tiny-b"\nref = "{tiny_model}"\nartifact = "{root / "artifact"}"\n'
-             'torch = []\nvariants = ["onnx-fp32"]\nbaseline_model = "all-MiniLM-L6-v2"\n')
+             'torch = []\nvariants = ["onnx-fp32"]\nauto = []\nbaseline_model = "all-MiniLM-L6-v2"\n')
     suite = _suite_toml(root / "smoke.toml", text)
     out = root / "out"
     res = CliRunner().invoke(app, ["bench", str(suite), "--out", str(out), "--json"])
@@ -223,7 +224,7 @@ def test_smoke_run_schema_and_accuracy_beside_speed(smoke_results):
     assert json.loads((out / "results.json").read_text()) == results
     rows = [r for r in results["rows"] if r["model"] != "tiny-b"]
     kinds = {r["kind"] for r in rows}
-    assert kinds == {"stedge-torch", "runtime", "st"}
+    assert kinds == {"stedge-torch", "runtime", "st", "fastembed"}
     for r in rows:
         assert r["status"] == "ok", r
         assert r["accuracy"]["pairs"] == 16 and -100 <= r["accuracy"]["spearman"] <= 100
@@ -238,6 +239,24 @@ def test_smoke_run_schema_and_accuracy_beside_speed(smoke_results):
     assert results["threads"]["budget"] == 1 and results["threads"]["env"]["OMP_NUM_THREADS"] == "1"
     assert results["gemm_peak"]["gflops"] > 0
     assert results["models"][0]["layers"] == 2 and results["models"][0]["hidden"] == 32
+    for r in rows:  # passage-length throughput beside short texts, at the headline batch size
+        assert set(r["passages"]) == {"8"} and r["headline_passages_per_s"] > 0
+        assert r["passages"]["8"]["tokens_per_s"] > r["throughput"]["8"]["tokens_per_s"] / 100
+    assert results["models"][0]["mean_tokens_per_passage"] > results["models"][0]["mean_tokens_per_text"]
+
+
+def test_smoke_run_auto_subject_and_fastembed(smoke_results):
+    results, out = smoke_results
+    (auto,) = [r for r in results["rows"] if r.get("auto_tier")]
+    assert auto["label"] == "stedge auto near (onnx-fp32)" and auto["variant"] == "onnx-fp32"
+    sel = auto["subject_info"]["selection"]
+    assert sel["source"] == "profile" and sel["variant"] == "onnx-fp32"   # the harness tuned the artifact first
+    art = Path(sel["profile"])
+    assert art.parent.name == "tuning" and art.is_file()
+    (fe,) = [r for r in results["rows"] if r["kind"] == "fastembed"]
+    assert fe["peer"] and fe["accuracy"]["min_cosine"] > 0.999               # the same graph, its own tokenizer
+    assert set(auto["speedup_vs_fastembed"]) == {"1", "8"}
+    assert "auto near" in (out / "results.md").read_text()
 
 
 def test_smoke_run_second_model_reuses_artifact_and_compares(smoke_results):

@@ -23,10 +23,13 @@ def work_root() -> Path:
 
 
 def default_results_dir(suite_name: str, quick: bool, models_dir: str = "models") -> Path:
-    """``benchmarks/results/<suite>`` in a checkout, else ``stedge-bench/<suite>``; quick runs go to models_dir."""
+    """``benchmarks/results/<cpu slug>/<suite>`` in a checkout (one folder per CPU, e.g. ``amd-epyc/cpu``),
+    else ``stedge-bench/<cpu slug>/<suite>``; quick runs go to ``models_dir``."""
+    from stedge_runtime.machine import cpu_slug
+
     root = work_root()
     if quick:
         return root / models_dir / f"bench-{suite_name}-quick"
     if (root / "benchmarks" / "results").is_dir():
-        return root / "benchmarks" / "results" / suite_name
-    return root / "stedge-bench" / suite_name
+        return root / "benchmarks" / "results" / cpu_slug() / suite_name
+    return root / "stedge-bench" / cpu_slug() / suite_name

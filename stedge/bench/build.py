@@ -11,13 +11,15 @@ from typing import Callable
 
 from stedge.errors import StedgeError
 
+
 def export_call(variant: str) -> tuple[str, str | None, str, str | None]:
     """(backend, optimize, quantize, isa) of the export_model call that writes ``variant``.
 
     ``onnx-fp32`` -> (onnx, None, none); ``onnx-fp32-O3`` -> (onnx, O3, none); ``onnx-fp16-O4`` ->
     (onnx, O4, none); ``onnx-int8-avx512_vnni`` -> (onnx, None, int8, avx512_vnni);
     ``onnx-int8-static`` -> (onnx, None, int8-static); ``openvino-int8-static`` -> (openvino, None,
-    int8-static); ``openvino-int4-weights`` -> (openvino, None, int4-weights); ``onnx-fp16`` -> fp16.
+    int8-static); ``openvino-int4-weights`` -> (openvino, None, int4-weights); ``onnx-fp16`` -> fp16;
+    ``openvino-bf16`` -> (openvino, None, bf16).
     """
     from stedge_runtime.artifact import parse_variant_name
     from stedge_runtime.errors import ArtifactError
@@ -33,6 +35,10 @@ def export_call(variant: str) -> tuple[str, str | None, str, str | None]:
         return backend, opt, "none", None
     if prec == "fp16":
         return backend, opt, ("none" if opt == "O4" else "fp16"), None
+    if prec == "bf16":
+        if backend != "openvino" or q:
+            raise StedgeError(f"variant {variant!r}: bf16 is an OpenVINO variant without a suffix (openvino-bf16)")
+        return backend, opt, "bf16", None
     if q in ("static", "weights"):
         return backend, opt, f"{prec}-{q}", None
     if q and prec == "int8" and backend == "onnx":

@@ -8,8 +8,10 @@ FLOPs of a transformer encoder on one text of ``n`` tokens (one multiply-add = 2
 with ``L`` layers, hidden size ``h`` and FFN (intermediate) size ``i`` from ``config.json``. Embedding
 look-ups, layer norms, softmax, biases, pooling and a small Dense head are left out (< 1 % for
 MiniLM-sized models). Only real tokens count, never padding: achieved GFLOP/s is the *useful* work
-per second, so padding waste shows up as a lower number. Int8 subjects execute the same FLOPs as
-int8 operations; their share is still given against the fp32 GEMM peak (it may exceed 100 %).
+per second, so padding waste shows up as a lower number. The peak is measured per precision the CPU
+has (fp32; bf16 on avx512_bf16 / AMX; int8 as the better of onnxruntime's MatMulInteger and
+``torch._int_mm``), and each subject's share is taken against the peak of its own precision
+(``peak_for``): int8 subjects against the int8 peak, bf16 against bf16, the rest against fp32.
 """
 from __future__ import annotations
 
@@ -63,7 +65,9 @@ def total_flops(token_counts: Sequence[int], dims: dict[str, int]) -> float:
 def gemm_peak(threads: int, device: str = "cpu", size: int | None = None, seconds: float = 2.0) -> dict[str, Any]:
     """Measured GEMM GFLOP/s (best of repeated square matmuls) at ``threads`` threads.
 
-    CPU: torch fp32 (numpy when torch is absent). CUDA: torch fp32 (TF32 off) and fp16.
+    CPU: torch fp32 (numpy when torch is absent); bf16 (torch, where the CPU has avx512_bf16 / AMX);
+    int8 through onnxruntime's MatMulInteger (what the int8 variants run) and ``torch._int_mm``.
+    CUDA: torch fp32 (TF32 off) and fp16.
     """
     out: dict[str, Any] = {"device": device, "threads": threads}
     try:
@@ -89,6 +93,7 @@ def gemm_peak(threads: int, device: str = "cpu", size: int | None = None, second
         a, b = torch.randn(n, n), torch.randn(n, n)
         out["gflops"] = _best(lambda: a @ b, 2.0 * n**3, seconds)
         out["library"] = f"torch {torch.__version__}"
+        out.update(_cpu_low_precision(torch, n, seconds))
     else:
         import numpy as np
 
@@ -96,9 +101,68 @@ def gemm_peak(threads: int, device: str = "cpu", size: int | None = None, second
         b = np.random.rand(n, n).astype(np.float32)
         out["gflops"] = _best(lambda: a @ b, 2.0 * n**3, seconds)
         out["library"] = f"numpy {np.__version__}"
+    out.update(_ort_int8(threads, n, seconds))
+    int8 = [out[k] for k in ("gflops_int8_ort", "gflops_int8_torch") if out.get(k)]
+    if int8:
+        out["gflops_int8"] = max(int8)  # the hardware's int8 peak: the better of the two libraries
     out["size"] = n
     out["gflops_fp32"] = out["gflops"]
     return out
+
+
+def _cpu_low_precision(torch: Any, n: int, seconds: float) -> dict[str, Any]:
+    """bf16 GEMM (torch/oneDNN) where the CPU computes bf16 natively, and int8 (``torch._int_mm``)."""
+    from stedge_runtime.machine import cpu_flags, has_bf16
+
+    out: dict[str, Any] = {}
+    flags = cpu_flags()
+    if has_bf16(flags):
+        a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+        out["gflops_bf16"] = _best(lambda: a @ b, 2.0 * n**3, seconds)
+        out["bf16_isa"] = "amx_bf16" if "amx_bf16" in flags else "avx512_bf16"
+    if hasattr(torch, "_int_mm"):
+        a = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+        b = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+        try:
+            out["gflops_int8_torch"] = _best(lambda: torch._int_mm(a, b), 2.0 * n**3, seconds)
+        except RuntimeError:  # no CPU int8 kernel in this torch build
+            pass
+    return out
+
+
+def _ort_int8(threads: int, n: int, seconds: float) -> dict[str, Any]:
+    """int8 GEMM as the int8 variants run it: onnxruntime MatMulInteger (u8 x s8 -> s32) at ``threads`` threads."""
+    try:
+        import numpy as np
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        return {}
+    from stedge_runtime.machine import cpu_flags, int8_isa
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "int8_gemm",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
+         helper.make_tensor_value_info("b", TensorProto.INT8, [n, n])],
+        [helper.make_tensor_value_info("c", TensorProto.INT32, [n, n])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    feeds = {"a": np.random.randint(0, 255, (n, n), dtype=np.uint8),
+             "b": np.random.randint(-128, 127, (n, n), dtype=np.int8)}
+    isa = "amx_int8" if "amx_int8" in cpu_flags() else int8_isa()
+    return {"gflops_int8_ort": _best(lambda: sess.run(None, feeds), 2.0 * n**3, seconds),
+            "int8_library": f"onnxruntime {ort.__version__} MatMulInteger (onnx {onnx.__version__})", "int8_isa": isa}
+
+
+def peak_for(gemm: dict[str, Any], precision: str | None) -> float | None:
+    """The measured peak a subject of ``precision`` is compared with: int8 -> int8, bf16 -> bf16, else fp32."""
+    key = {"int8": "gflops_int8", "bf16": "gflops_bf16", "fp16": "gflops_fp16"}.get(str(precision), "gflops_fp32")
+    return gemm.get(key) or gemm.get("gflops")
 
 
 def _best(fn, flops: float, seconds: float) -> float:

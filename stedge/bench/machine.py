@@ -1,4 +1,8 @@
-"""Facts about the machine a run happened on: CPU model and ISA flags, cores, GPU, load, library versions."""
+"""Facts about the machine a run happened on: CPU model and ISA flags, cores, GPU, load, library versions.
+
+CPU detection itself lives in the runtime (``stedge_runtime.machine``, one owner); this adds what only
+the harness needs (GPU, memory, load, every library's version).
+"""
 from __future__ import annotations
 
 import os
@@ -6,57 +10,15 @@ import platform
 from importlib import metadata
 from typing import Any
 
-# ISA flags that decide which kernels the engines pick (as /proc/cpuinfo spells them).
-ISA_FLAGS = (
-    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-    "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "sve", "i8mm",
-)
+from stedge_runtime.machine import ISA_FLAGS, cpu_class, cpu_flags, cpu_model, cpu_slug, int8_isa, machine_key
+
+__all__ = ["ISA_FLAGS", "cpu_flags", "cpu_model", "cpu_slug", "int8_isa", "machine_facts", "gpu_info", "cuda_available",
+           "ort_providers", "library_versions", "load_average"]
+
 LIBRARIES = (
     "stedge", "stedge-runtime", "torch", "transformers", "tokenizers", "sentence-transformers", "onnx",
     "onnxruntime", "onnxruntime-gpu", "optimum", "optimum-onnx", "optimum-intel", "openvino", "nncf", "numpy",
 )
-
-
-def _cpuinfo() -> dict[str, str]:
-    out: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if ":" in line:
-                    k, v = line.split(":", 1)
-                    out.setdefault(k.strip(), v.strip())
-                elif not line.strip() and out:
-                    break  # the first processor block is enough
-    except OSError:
-        pass
-    return out
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
-    info = _cpuinfo()
-    return set((info.get("flags") or info.get("Features") or "").split())
-
-
-def cpu_model() -> str:
-    """A human name for the CPU."""
-    info = _cpuinfo()
-    return info.get("model name") or info.get("Model") or platform.processor() or platform.machine()
-
-
-def int8_isa(flags: set[str] | None = None) -> str:
-    """The dynamic-int8 ISA variant suffix for this CPU (``onnx-int8-<isa>``): avx512_vnni > avx512 > avx2 > arm64.
-
-    The same rule as stedge.export.quantize.detect_isa, so the suite names the variant the export builds.
-    """
-    flags = cpu_flags() if flags is None else flags
-    if platform.machine().lower() in ("aarch64", "arm64"):
-        return "arm64"
-    if "avx512_vnni" in flags or "avx512vnni" in flags:
-        return "avx512_vnni"
-    if "avx512f" in flags and "avx512bw" in flags:
-        return "avx512"
-    return "avx2"
 
 
 def gpu_info() -> dict[str, Any] | None:
@@ -140,6 +102,9 @@ def machine_facts(with_gpu: bool = True) -> dict[str, Any]:
         "arch": platform.machine(),
         "isa_flags": sorted(f for f in ISA_FLAGS if f in flags),
         "int8_isa": int8_isa(flags),
+        "cpu_class": cpu_class(flags),
+        "cpu_slug": cpu_slug(),
+        "machine_key": machine_key(),
         "cores_physical": psutil.cpu_count(logical=False),
         "cores_logical": psutil.cpu_count(logical=True),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),

@@ -134,10 +134,33 @@ def summary_markdown(results: dict[str, Any]) -> str:
                 f"p50 {e['p50_ms']:.2f} ms ({e['p50_ratio_vs_best_peer']:.2f}×), cold start {e['cold_start_s']:.2f} s "
                 f"({e['cold_start_ratio_vs_best_peer']:.2f}×), peak RSS {e['peak_rss_mb']:.0f} MB ({e['peak_rss_ratio_vs_best_peer']:.2f}×), "
                 f"ρ×100 {e['spearman']:.2f}, min cos {e['min_cosine']:.4f}.")
+    lines += _auto_lines(results)
     for r in results["rows"]:
         if r.get("status") == "ok" and r.get("speedup_vs_baseline_model") is not None:
             lines.append(f"- {r['model']} / {r['label']}: {r['speedup_vs_baseline_model']:.2f}× the same subject on {r['baseline_model']}.")
     return "\n".join(lines)
+
+
+def _auto_lines(results: dict[str, Any]) -> list[str]:
+    """One bullet per auto-chosen subject: what Encoder.load picked here and how it compares."""
+    out = []
+    head = results["suite"]["headline_batch_size"]
+    for r in results["rows"]:
+        if r.get("status") != "ok" or not r.get("auto_tier"):
+            continue
+        sel = (r.get("subject_info") or {}).get("selection") or r.get("selection") or {}
+        text = (f"- {r['model']} / **auto {r['auto_tier']}** picked {sel.get('variant')} ({sel.get('source')}: "
+                f"{sel.get('reason', '')}): {r['headline_sentences_per_s']:.0f} sent/s at batch {head}")
+        if r.get("speedup_vs_best_peer") is not None:
+            text += f" = **{r['speedup_vs_best_peer']:.2f}×** {r['best_peer']}"
+        text += f", p50 {r['latency_ms']['p50']:.2f} ms, ρ×100 {r['accuracy']['spearman']:.2f}"
+        if r.get("headline_passages_per_s"):
+            text += f", {r['headline_passages_per_s']:.0f} passages/s"
+        vs_fe = r.get("speedup_vs_fastembed") or {}
+        if vs_fe:
+            text += "; × fastembed by batch size: " + ", ".join(f"bs={b} {x:.2f}" for b, x in vs_fe.items())
+        out.append(text + ".")
+    return out
 
 
 # --------------------------------------------------------------------------- markdown
@@ -151,7 +174,8 @@ def markdown_table(results: dict[str, Any]) -> str:
     head = results["suite"]["headline_batch_size"]
     cols = (["model", "subject", "size MB", "STS-B ρ×100", "Δρ", "min cos", "mean cos"]
             + [f"sent/s bs={b}" for b in bss]
-            + ["p50 ms", "p99 ms", "cold start s", "peak RSS MB", f"GFLOP/s bs={head}", "% GEMM peak", "× torch", "× best peer"])
+            + [f"passages/s bs={head}", "p50 ms", "p99 ms", "cold start s", "peak RSS MB", f"GFLOP/s bs={head}",
+               "% GEMM peak", "× torch", "× best peer"])
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(cols) - 2)) + "|"]
     for r in results["rows"]:
         if r["status"] != "ok":
@@ -162,12 +186,25 @@ def markdown_table(results: dict[str, Any]) -> str:
         cells = [r["model"], r["label"], _f(r["size_mb"]), _f(a["spearman"], "{:.2f}"), _f(a.get("spearman_delta"), "{:+.2f}"),
                  _f(a["min_cosine"], "{:.4f}"), _f(a["mean_cosine"], "{:.5f}")]
         cells += [_f(r["throughput"].get(str(b), {}).get("sentences_per_s"), "{:.0f}") for b in bss]
+        cells += [_f(r.get("headline_passages_per_s"), "{:.0f}")]
         cells += [_f(r["latency_ms"]["p50"], "{:.2f}"), _f(r["latency_ms"]["p99"], "{:.2f}"), _f(r["cold_start_s"], "{:.2f}"),
                   _f(r["peak_rss_mb"], "{:.0f}"), _f(r["gflops"], "{:.1f}"),
                   _f(None if r["gemm_share"] is None else 100 * r["gemm_share"], "{:.0f}"),
                   _f(r["speedup_vs_torch"], "{:.2f}"), _f(r["speedup_vs_best_peer"], "{:.2f}")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _peaks(g: dict[str, Any]) -> str:
+    parts = [f"fp32 {g['gflops']:.0f} GFLOP/s ({g.get('library', '')})"]
+    if g.get("gflops_fp16"):
+        parts.append(f"fp16 {g['gflops_fp16']:.0f}")
+    if g.get("gflops_bf16"):
+        parts.append(f"bf16 {g['gflops_bf16']:.0f} ({g.get('bf16_isa')})")
+    if g.get("gflops_int8"):
+        parts.append(f"int8 {g['gflops_int8']:.0f} GOP/s ({g.get('int8_isa')}; onnxruntime MatMulInteger "
+                     f"{_f(g.get('gflops_int8_ort'), '{:.0f}')}, torch._int_mm {_f(g.get('gflops_int8_torch'), '{:.0f}')})")
+    return ", ".join(parts)
 
 
 def machine_line(results: dict[str, Any]) -> str:
@@ -198,7 +235,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"- Texts: {d['num_texts']} from `{d['texts']}` per pass, {s['repetitions']} timed passes per batch size after warm-up (median; "
         f"spread in the JSON); batch-1 latency on {d['num_queries']} short queries from `{d['queries']}`; accuracy on {d['accuracy_pairs']} "
         f"STS pairs from `{d['accuracy']}` (cosine to the stedge PyTorch fp32 CPU reference over {d['accuracy_texts']} texts).",
-        f"- GEMM peak measured in this run: {g['gflops']:.0f} GFLOP/s ({g.get('library', '')}, {g['threads']} threads, {g.get('size')}² fp32).",
+        f"- GEMM peak measured in this run ({g['threads']} threads, {g.get('size')}² matrices): {_peaks(g)}; "
+        "each subject's % GEMM peak is against the peak of its own precision.",
         f"- Speedups use sentences/s at batch {s['headline_batch_size']}; × torch is vs stedge PyTorch fp32, × best peer vs the fastest "
         "sentence-transformers backend. Cold start: process start to the first vector (files in the page cache).",
         *(f"- Skipped model {m['name']}: {m['reason']}" for m in results.get("skipped_models") or []),

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from stedge.errors import StedgeError
 
-from .subjects import RuntimeVariant, STPeer, StedgeTorch, Subject
+from .subjects import FastEmbedPeer, RuntimeVariant, STPeer, StedgeTorch, Subject
 
 from . import SUITES_DIR, work_root
 SCHEMA_VERSION = 1
@@ -46,6 +46,7 @@ class ModelEntry:
     variants: list[str] = field(default_factory=list)
     peers: list[str] = field(default_factory=list)
     baseline_model: str | None = None  # compare speed with this other model of the suite (a teacher)
+    auto: list[str] = field(default_factory=lambda: ["near"])  # tiers measured as Encoder.load(tier=...) picks them
     optional: bool = False  # skip (and say so) when the ref does not resolve, e.g. a student not trained yet
 
 
@@ -75,6 +76,11 @@ class Suite:
     accuracy_pairs: int = 0
     calibration: str = "stsb/train.tsv.gz"
     calibration_texts: int = 300            # as `stedge export --calibration-size`
+    passages: str = "ir/scifact/corpus.jsonl.gz"   # passage-length texts (abstracts, truncated at max_seq_length)
+    num_passages: int = 128                 # per timed pass; 0 turns passage throughput off
+    passage_batch_sizes: list[int] = field(default_factory=list)   # default: the headline batch size
+    tune: bool = True                       # `stedge tune` the artifact here first when its profile is missing or stale
+    tune_budget_s: float = 0.0              # 0: stedge tune's default (4 s per variant)
 
     def quick(self) -> "Suite":
         """A shortened copy for a fast look: one repetition, fewer texts and batch sizes."""
@@ -87,6 +93,7 @@ class Suite:
         s.num_texts_batch1 = min(self.num_texts_batch1 or 32, 32)
         s.num_queries = min(self.num_queries, 20)
         s.accuracy_pairs = min(self.accuracy_pairs or 200, 200)
+        s.num_passages = min(self.num_passages, 32)
         return s
 
 
@@ -207,6 +214,7 @@ class BenchData:
     sts_i2: list[int]
     sts_scores: list[float]
     sources: dict[str, Any]
+    passages: list[str] = field(default_factory=list)
 
 
 def _read_sts_any(source: str, limit: int | None):
@@ -238,6 +246,10 @@ def load_data(suite: Suite) -> BenchData:
         queries = read_texts(suite.queries, column="text" if "jsonl" in suite.queries else None, limit=suite.num_queries)
     else:  # the shortest STS sentences stand in for queries
         queries = sorted(sts_texts, key=len)[: suite.num_queries]
+    passages: list[str] = []
+    if suite.num_passages and resolve_data_path(suite.passages).exists():
+        passages = read_texts(suite.passages, column="text" if "jsonl" in suite.passages else None,
+                              limit=suite.num_passages)
     if len(texts) < 1 or len(queries) < 1:
         raise StedgeError(f"suite {suite.name}: no throughput texts or queries were read (texts={suite.texts!r}, queries={suite.queries!r})")
     return BenchData(
@@ -245,7 +257,9 @@ def load_data(suite: Suite) -> BenchData:
         sts_i1=[uniq[t] for t in pairs.sentences1], sts_i2=[uniq[t] for t in pairs.sentences2],
         sts_scores=list(pairs.scores),
         sources={"texts": suite.texts, "num_texts": len(texts), "queries": suite.queries, "num_queries": len(queries),
-                 "accuracy": acc_src, "accuracy_pairs": len(pairs), "accuracy_texts": len(sts_texts)},
+                 "accuracy": acc_src, "accuracy_pairs": len(pairs), "accuracy_texts": len(sts_texts),
+                 "passages": suite.passages if passages else None, "num_passages": len(passages)},
+        passages=passages,
     )
 
 
@@ -282,9 +296,39 @@ def ensure_artifact(entry: ModelEntry, model_path: Path, suite: Suite, data: Ben
     art = Path(entry.artifact) if entry.artifact else work_root() / suite.models_dir / f"{entry.name}-bench"
     from .build import build_variants
 
-    build_variants(model_path, art, entry.variants, calibration=(suite.calibration, suite.calibration_texts),
+    variants = list(entry.variants)
+    if "fastembed" in entry.peers and "onnx-fp32" not in variants:
+        variants.append("onnx-fp32")  # the graph fastembed runs
+    build_variants(model_path, art, variants, calibration=(suite.calibration, suite.calibration_texts),
                    device=suite.device, log=log)
     return art
+
+
+def ensure_profile(artifact: Path, suite: Suite, threads: int, env: dict[str, str], log: Callable[[str], None]) -> None:
+    """Run `stedge tune` on the artifact (in a clean process, at the thread budget) unless this machine's
+    profile already covers every variant the CPU can run, each with the hash it has now."""
+    from stedge_runtime.errors import RuntimeStedgeError
+    from stedge_runtime.machine import machine_key
+    from stedge_runtime.profile import read_profile
+    from stedge_runtime.tune import tunable_variants
+
+    todo, _ = tunable_variants(artifact)
+    try:
+        prof = read_profile(artifact, machine_key()) or {}
+    except RuntimeStedgeError:
+        prof = {}
+    have = prof.get("variants") or {}
+    stale = [n for n, v in todo.items() if n not in have or have[n].get("sha256") != v.get("sha256")]
+    if not stale:
+        log(f"{artifact.name}: this machine's tuning profile covers every variant; not re-tuning")
+        return
+    cmd = [sys.executable, "-m", "stedge.cli", "tune", str(artifact), "--threads", str(threads), "--json"]
+    if suite.tune_budget_s:
+        cmd += ["--budget", str(suite.tune_budget_s)]
+    log(f"tuning {artifact.name} on this machine ({len(todo)} variants; stale or new: {', '.join(stale)})")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work_root(), timeout=max(600, 60 * len(todo)))
+    if proc.returncode != 0:
+        raise StedgeError(f"stedge tune {artifact} failed: {proc.stderr.strip()[-800:]}")
 
 
 def prepare_peer(model_path: Path, backend: str, cache_root: Path, name: str, log: Callable[[str], None]) -> Path:
@@ -328,8 +372,13 @@ def make_subjects(entry: ModelEntry, model_path: Path, artifact: Path | None, pe
             if v.startswith("tensorrt:"):
                 v, dev = v.split(":", 1)[1], "tensorrt"
             subs.append(RuntimeVariant(entry.name, str(artifact), dev, v))
+        for tier in entry.auto:
+            subs.append(RuntimeVariant(entry.name, str(artifact), device, f"auto:{tier}"))
     for p in entry.peers:
         backend, _, prec = p.partition(":")
+        if backend == "fastembed":
+            subs.append(FastEmbedPeer(entry.name, str(artifact or model_path), device))
+            continue
         subs.append(STPeer(entry.name, str(peer_paths.get(backend, model_path)), device, backend, prec or "fp32"))
     subs.sort(key=lambda s: not s.is_reference)
     return subs
@@ -472,21 +521,7 @@ def run_suite(suite: Suite, out_dir: Path | None = None, threads: int | None = N
             skipped_models.append({"name": entry.name, "ref": entry.ref, "reason": str(e).splitlines()[0]})
             log(f"skipped optional model {entry.name}: {str(e).splitlines()[0]}")
             continue
-        artifact = ensure_artifact(entry, model_path, suite, data, log)
-        peers = {}
-        for p in entry.peers:
-            backend = p.partition(":")[0]
-            probe = STPeer(entry.name, str(model_path), suite.device, backend)
-            if probe.unavailable() is None:
-                peers[backend] = prepare_peer(model_path, backend, cache_root, entry.name, log)
-        subs = make_subjects(entry, model_path, artifact, peers, suite.device)
-        ref = None
-        if not (subs and subs[0].is_reference and subs[0].device == "cpu" and subs[0].unavailable() is None):
-            log(f"{entry.name}: computing the PyTorch fp32 reference on {len(data.sts_texts)} STS texts")
-            ref = reference_embeddings(model_path, data.sts_texts, n_threads)
-        dims = gemm_mod.model_dims(model_path)
-        counts = token_counts(model_path, data.texts)
-        plans.append((entry, model_path, artifact, subs, ref, dims, counts))
+        plans.append(_plan_model(entry, model_path, suite, data, env, n_threads, cache_root, log))
 
     log(f"measuring the GEMM peak ({n_threads} threads)")
     gemm = measure_gemm(n_threads, suite.device, env)
@@ -502,11 +537,15 @@ def run_suite(suite: Suite, out_dir: Path | None = None, threads: int | None = N
             (tmp_root / name).write_text(json.dumps(payload), encoding="utf-8")
         job_common.update(texts=str(tmp_root / "texts.json"), queries=str(tmp_root / "queries.json"),
                           accuracy_texts=str(tmp_root / "accuracy.json"))
+        if data.passages:
+            (tmp_root / "passages.json").write_text(json.dumps(data.passages), encoding="utf-8")
+            job_common.update(passages=str(tmp_root / "passages.json"),
+                              passage_batch_sizes=suite.passage_batch_sizes or [suite.headline_batch_size])
         total = sum(len(p[3]) for p in plans)
         ctx = _progress(progress)
         with ctx as bar:
             task = bar.add_task("benchmark", total=total) if bar else None
-            for k, (entry, model_path, artifact, subs, ref, dims, counts) in enumerate(plans):
+            for k, (entry, model_path, artifact, subs, ref, dims, counts, pcounts) in enumerate(plans):
                 n1 = min(suite.num_texts_batch1 or len(counts), len(counts))
                 per_bs = {str(b): (n1 if b == 1 else len(counts)) for b in suite.batch_sizes}
                 work_of = {bs: (n, sum(counts[:n]), gemm_mod.total_flops(counts[:n], dims)) for bs, n in per_bs.items()}
@@ -514,7 +553,7 @@ def run_suite(suite: Suite, out_dir: Path | None = None, threads: int | None = N
                     if ref is None and not (sub.is_reference and sub.device == "cpu"):  # the reference subject did not run
                         log(f"{entry.name}: computing the PyTorch fp32 reference on {len(data.sts_texts)} STS texts")
                         ref = reference_embeddings(model_path, data.sts_texts, n_threads)
-                        plans[k] = (entry, model_path, artifact, subs, ref, dims, counts)
+                        plans[k] = (entry, model_path, artifact, subs, ref, dims, counts, pcounts)
                     row: dict[str, Any] = {"id": sub.id, "model": entry.name, "label": sub.label, "kind": sub.kind,
                                            "device": sub.device, "peer": sub.is_peer, "reference": sub.is_reference,
                                            **sub.facts()}
@@ -547,15 +586,22 @@ def run_suite(suite: Suite, out_dir: Path | None = None, threads: int | None = N
                         emb = np.load(work / "embeddings.npy")
                         if ref is None and sub.is_reference and sub.device == "cpu":
                             ref = emb  # stedge torch fp32 on the CPU *is* the reference: no second pass in the parent
-                            plans[k] = (entry, model_path, artifact, subs, ref, dims, counts)
+                            plans[k] = (entry, model_path, artifact, subs, ref, dims, counts, pcounts)
                         thr = _summarize_throughput(res.pop("throughput_raw"), work_of)
+                        praw = res.pop("passage_throughput_raw", None)
+                        if praw:
+                            pwork = (len(pcounts), sum(pcounts), gemm_mod.total_flops(pcounts, dims))
+                            row["passages"] = _summarize_throughput(praw, {b: pwork for b in praw})
                         row.update(status="ok", **{key: val for key, val in res.items() if key != "status"})
                         row["throughput"] = thr
                         row["accuracy"] = _accuracy(emb, ref, data)
                         head = thr[str(suite.headline_batch_size)]
                         row["headline_sentences_per_s"] = head["sentences_per_s"]
                         row["gflops"] = head["gflops"]
-                        row["gemm_share"] = head["gflops"] / gemm["gflops"] if gemm.get("gflops") else None
+                        peak = gemm_mod.peak_for(gemm, row.get("precision"))
+                        row["gemm_share"] = head["gflops"] / peak if peak else None
+                        if str(suite.headline_batch_size) in row.get("passages", {}):
+                            row["headline_passages_per_s"] = row["passages"][str(suite.headline_batch_size)]["sentences_per_s"]
                     rows.append(row)
                     if bar:
                         bar.advance(task)
@@ -578,8 +624,9 @@ def run_suite(suite: Suite, out_dir: Path | None = None, threads: int | None = N
         "data": data.sources,
         "models": [{"name": e.name, "ref": e.ref, "path": str(mp), "artifact": str(a) if a else None, **dims,
                     "tokens": int(sum(c)), "mean_tokens_per_text": float(sum(c) / len(c)),
+                    "mean_tokens_per_passage": float(sum(_p) / len(_p)) if _p else None,
                     "reference_spearman": _accuracy(r, None, data)["spearman"] if r is not None else None}
-                   for e, mp, a, _s, r, dims, c in plans],
+                   for e, mp, a, _s, r, dims, c, _p in plans],
         "skipped_models": skipped_models,
         "rows": rows,
     }
@@ -588,6 +635,33 @@ def run_suite(suite: Suite, out_dir: Path | None = None, threads: int | None = N
 
         write_all(results, Path(out_dir))
     return results
+
+
+def _plan_model(entry: ModelEntry, model_path: Path, suite: Suite, data: BenchData, env: dict[str, str], n_threads: int,
+                cache_root: Path, log: Callable[[str], None]) -> tuple:
+    """Artifact (built and tuned here), peers, subjects, reference, dims and token counts of one model entry."""
+    from . import gemm as gemm_mod
+
+    artifact = ensure_artifact(entry, model_path, suite, data, log)
+    if artifact is not None and entry.auto and suite.tune and suite.device.split(":", 1)[0] == "cpu":
+        ensure_profile(artifact, suite, n_threads, env, log)
+    peers = {}
+    for p in entry.peers:
+        backend = p.partition(":")[0]
+        if backend == "fastembed":
+            continue
+        probe = STPeer(entry.name, str(model_path), suite.device, backend)
+        if probe.unavailable() is None:
+            peers[backend] = prepare_peer(model_path, backend, cache_root, entry.name, log)
+    subs = make_subjects(entry, model_path, artifact, peers, suite.device)
+    ref = None
+    if not (subs and subs[0].is_reference and subs[0].device == "cpu" and subs[0].unavailable() is None):
+        log(f"{entry.name}: computing the PyTorch fp32 reference on {len(data.sts_texts)} STS texts")
+        ref = reference_embeddings(model_path, data.sts_texts, n_threads)
+    dims = gemm_mod.model_dims(model_path)
+    counts = token_counts(model_path, data.texts)
+    pcounts = token_counts(model_path, data.passages) if data.passages else []
+    return entry, model_path, artifact, subs, ref, dims, counts, pcounts
 
 
 def _progress(enabled: bool):
@@ -601,7 +675,8 @@ def _progress(enabled: bool):
 
 
 def _add_relative(rows: list[dict[str, Any]], models: list[ModelEntry]) -> None:
-    """Speedup vs stedge torch fp32 and vs the best peer (same model, same device); Spearman deltas."""
+    """Speedup vs stedge torch fp32, vs the best sentence-transformers peer and vs fastembed at every batch
+    size (same model, same device); Spearman deltas."""
     ok = [r for r in rows if r.get("status") == "ok"]
     by_model: dict[str, list[dict]] = {}
     for r in ok:
@@ -610,17 +685,33 @@ def _add_relative(rows: list[dict[str, Any]], models: list[ModelEntry]) -> None:
     for model, rs in by_model.items():
         ref = next((r for r in rs if r["reference"] and r["device"] == rs[0]["device"]), None)
         ref = ref or next((r for r in rs if r["reference"]), None)
-        peers = [r for r in rs if r["peer"]]
+        base = baseline_of.get(model)
+        peers = _peers(rs) or _peers(by_model.get(base, []) if base else [])  # a student is compared with its teacher's
         best_peer = max(peers, key=lambda r: r["headline_sentences_per_s"], default=None)
+        fastembed = next((r for r in rs if r.get("kind") == "fastembed"), None)
         for r in rs:
             v = r["headline_sentences_per_s"]
             r["speedup_vs_torch"] = v / ref["headline_sentences_per_s"] if ref else None
             r["speedup_vs_best_peer"] = v / best_peer["headline_sentences_per_s"] if best_peer else None
-            r["best_peer"] = best_peer["label"] if best_peer else None
+            r["best_peer"] = (best_peer["label"] + ("" if best_peer["model"] == model else f" [{best_peer['model']}]")
+                              if best_peer else None)
+            if fastembed is not None and r is not fastembed:
+                r["speedup_vs_fastembed"] = {
+                    bs: t["sentences_per_s"] / fastembed["throughput"][bs]["sentences_per_s"]
+                    for bs, t in r["throughput"].items() if bs in fastembed["throughput"]}
             if ref is not None:
                 r["accuracy"]["spearman_delta"] = r["accuracy"]["spearman"] - ref["accuracy"]["spearman"]
-            base = baseline_of.get(model)
             if base:
-                twin = next((b for b in by_model.get(base, []) if b["label"] == r["label"] and b["device"] == r["device"]), None)
+                twin = next((b for b in by_model.get(base, []) if _twin_key(b) == _twin_key(r)), None)
                 r["speedup_vs_baseline_model"] = v / twin["headline_sentences_per_s"] if twin else None
                 r["baseline_model"] = base
+
+
+def _peers(rs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """sentence-transformers peers of a model's rows (any peer when there is none of those)."""
+    return [r for r in rs if r["peer"] and r.get("kind") == "st"] or [r for r in rs if r["peer"]]
+
+
+def _twin_key(r: dict[str, Any]) -> tuple:
+    """What a subject is across models: the auto tier for auto subjects (their variant may differ), else the label."""
+    return (r.get("auto_tier") or r["label"], r["device"])

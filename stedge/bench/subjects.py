@@ -12,6 +12,8 @@ Kinds:
 * ``runtime``: ``stedge_runtime.Encoder`` over one variant of an artifact (ONNX Runtime on cpu / cuda /
   tensorrt, OpenVINO on cpu).
 * ``st``: sentence-transformers' own ``SentenceTransformer`` with backend torch, onnx or openvino (the peers).
+* ``fastembed``: fastembed's ``TextEmbedding`` over the artifact's onnx-fp32 graph (a peer).
+* ``runtime`` with ``variant="auto:<tier>"``: what ``Encoder.load(path, tier=...)`` picks on this machine.
 """
 from __future__ import annotations
 
@@ -182,7 +184,11 @@ class StedgeTorch(Subject):
 
 
 class RuntimeVariant(Subject):
-    """One variant of an artifact through the torch-free stedge_runtime.Encoder."""
+    """One variant of an artifact through the torch-free stedge_runtime.Encoder.
+
+    ``variant="auto:<tier>"`` measures what ``Encoder.load(path, tier=<tier>)`` chooses on this machine
+    (the tuning profile, else the rule; see stedge_runtime.select); the label names the chosen variant.
+    """
 
     kind = "runtime"
 
@@ -191,26 +197,72 @@ class RuntimeVariant(Subject):
         self.variant = variant
 
     @property
-    def label(self) -> str:
-        where = "" if _device_family(self.device) == "cpu" else f" ({_device_family(self.device)})"
-        return f"stedge {self.variant}{where}"
+    def tier(self) -> str | None:
+        """The tier of an auto subject (None for a named variant)."""
+        return self.variant.split(":", 1)[1] if self.variant.startswith("auto:") else None
 
-    def _manifest_variant(self) -> dict[str, Any] | None:
+    def _manifest(self) -> Any:
+        """The artifact's typed manifest (None when it cannot be read)."""
         from stedge_runtime.artifact import Manifest
         from stedge_runtime.errors import ArtifactError
 
         try:
-            v = Manifest.read(self.path).variants.get(self.variant)
+            return Manifest.read(self.path)
         except ArtifactError:
             return None
+
+    def selection(self) -> dict[str, Any] | None:
+        """What Encoder.load chooses for an auto subject on this machine (the parent's view), else None."""
+        if self.tier is None or not _have("stedge_runtime"):
+            return None
+        from stedge_runtime.engines import installed_backends
+        from stedge_runtime.errors import RuntimeStedgeError
+        from stedge_runtime.select import select_variant
+
+        m = self._manifest()
+        if m is None:
+            return {"error": f"{self.path}: no readable stedge.json"}
+        try:
+            return select_variant(m.variants, _device_family(self.device), None, installed_backends(),
+                                  self.path, tier=self.tier).to_dict()
+        except RuntimeStedgeError as e:
+            return {"error": str(e)}
+
+    def _name(self) -> str | None:
+        if self.tier is None:
+            return self.variant
+        return (self.selection() or {}).get("variant")
+
+    def _manifest_variant(self) -> dict[str, Any] | None:
+        name, m = self._name(), self._manifest()
+        v = None if name is None or m is None else m.variants.get(name)
         return v.to_dict() if v else None
+
+    @property
+    def label(self) -> str:
+        where = "" if _device_family(self.device) == "cpu" else f" ({_device_family(self.device)})"
+        if self.tier is not None:
+            sel = self.selection() or {}
+            chosen = sel.get("variant") or "none"
+            if sel.get("latency_variant"):
+                chosen += f", bs=1: {sel['latency_variant']}"
+            return f"stedge auto {self.tier} ({chosen}){where}"
+        inv = invariance_of(self._manifest_variant())
+        flag = " (not batch-invariant)" if inv is not None and inv < 0.999 else ""
+        return f"stedge {self.variant}{where}{flag}"
 
     def facts(self) -> dict[str, Any]:
         v = self._manifest_variant() or {}
-        backend = v.get("backend") or self.variant.split("-", 1)[0]
+        name = self._name() or self.variant
+        backend = v.get("backend") or name.split("-", 1)[0]
         engine = "onnxruntime" if backend == "onnx" else backend
-        return {"backend": backend, "precision": v.get("precision"), "optimization": v.get("optimization"),
-                "quantization": v.get("quantization"), "engine": engine, "verification": v.get("verification")}
+        ver = v.get("verification") or {}
+        out = {"backend": backend, "precision": v.get("precision"), "optimization": v.get("optimization"),
+               "quantization": v.get("quantization"), "engine": engine, "verification": v.get("verification"),
+               "variant": name, "tier": ver.get("tier"), "batch_invariance_min_cos": invariance_of(v)}
+        if self.tier is not None:
+            out.update(auto_tier=self.tier, selection=self.selection())
+        return out
 
     def _extra(self) -> dict[str, Any]:
         return {"variant": self.variant}
@@ -218,6 +270,9 @@ class RuntimeVariant(Subject):
     def unavailable(self) -> str | None:
         if not _have("stedge_runtime"):
             return "stedge_runtime is not installed (pip install -e runtimes/python)"
+        if self.tier is not None:
+            sel = self.selection() or {}
+            return f"nothing to choose at tier {self.tier}: {sel['error']}" if "error" in sel else None
         v = self._manifest_variant()
         if v is None:
             return f"{self.path}/stedge.json has no variant {self.variant!r}"
@@ -241,12 +296,79 @@ class RuntimeVariant(Subject):
         return sum(f.stat().st_size for f in graph_files(Path(self.path) / v["file"]))
 
     def load(self, threads: int) -> EncodeFn:
+        import warnings
+
         from stedge_runtime.encoder import Encoder
 
-        enc = Encoder.load(self.path, variant=self.variant, device=self.device, threads=threads)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            if self.tier is not None:
+                enc = Encoder.load(self.path, tier=self.tier, device=self.device, threads=threads)
+            else:
+                enc = Encoder.load(self.path, variant=self.variant, device=self.device, threads=threads)
 
         def encode(texts: list[str], batch_size: int) -> np.ndarray:
             return enc.encode(texts, batch_size=batch_size)
+
+        encode.info = {"selection": enc.selection.to_dict(),  # type: ignore[attr-defined]
+                       "warnings": [str(w.message) for w in caught]}
+        return encode
+
+
+def invariance_of(v: dict[str, Any] | None) -> float | None:
+    """``verification.batch_invariance_min_cos`` of a manifest variant (None: not measured)."""
+    val = ((v or {}).get("verification") or {}).get("batch_invariance_min_cos")
+    return float(val) if isinstance(val, (int, float)) else None
+
+
+class FastEmbedPeer(Subject):
+    """fastembed's TextEmbedding over the artifact's onnx-fp32 graph (pooling and Normalize inside it).
+
+    Registered with ``TextEmbedding.add_custom_model(pooling=DISABLED, normalization=False,
+    output_name="sentence_embedding")`` and loaded from the artifact folder (``specific_model_path``);
+    its tokenizer truncates at the artifact's ``max_seq_length`` like every other subject.
+    """
+
+    kind = "fastembed"
+    is_peer = True
+    FILE = "onnx/model.onnx"
+
+    @property
+    def label(self) -> str:
+        return "fastembed onnx"
+
+    def facts(self) -> dict[str, Any]:
+        return {"backend": "onnx", "precision": "fp32", "optimization": None, "engine": "onnxruntime (fastembed)"}
+
+    def unavailable(self) -> str | None:
+        if not _have("fastembed"):
+            return "fastembed is not installed (pip install 'stedge[bench]')"
+        if _device_family(self.device) != "cpu":
+            return "the fastembed peer is measured on the CPU only"
+        if not (Path(self.path) / self.FILE).exists():
+            return f"{self.path} has no {self.FILE} (the suite needs the onnx-fp32 variant for fastembed)"
+        return None
+
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in graph_files(Path(self.path) / self.FILE))
+
+    def load(self, threads: int) -> EncodeFn:
+        from fastembed import TextEmbedding
+        from fastembed.common.model_description import ModelSource, PoolingType
+
+        from stedge_runtime.artifact import Manifest
+
+        m = Manifest.read(self.path)
+        name = f"stedge-bench/{Path(self.path).name}"
+        if name.lower() not in {d["model"].lower() for d in TextEmbedding.list_supported_models()}:
+            TextEmbedding.add_custom_model(name, pooling=PoolingType.DISABLED, normalization=False,
+                                           sources=ModelSource(hf=name), dim=int(m.dimension or 0), model_file=self.FILE,
+                                           output_name="sentence_embedding")
+        model = TextEmbedding(name, specific_model_path=self.path, threads=threads, local_files_only=True)
+        model.model.tokenizer.enable_truncation(max_length=int(m.max_seq_length or 512))
+
+        def encode(texts: list[str], batch_size: int) -> np.ndarray:
+            return np.stack(list(model.embed(texts, batch_size=batch_size))).astype(np.float32, copy=False)
 
         return encode
 
@@ -341,7 +463,7 @@ class STPeer(Subject):
         return encode
 
 
-KINDS: dict[str, type[Subject]] = {c.kind: c for c in (StedgeTorch, RuntimeVariant, STPeer)}
+KINDS: dict[str, type[Subject]] = {c.kind: c for c in (StedgeTorch, RuntimeVariant, STPeer, FastEmbedPeer)}
 
 
 def from_spec(spec: dict[str, Any]) -> Subject:

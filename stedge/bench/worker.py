@@ -6,7 +6,7 @@ The parent (runner.py) writes the job, starts this process and times it from pro
 1. accuracy texts: embeds the STS texts once and saves them as ``embeddings.npy`` (the parent computes
    Spearman and cosine to the PyTorch fp32 reference; scipy never enters this process);
 2. throughput: for each batch size, a warm-up pass over a slice, then ``repetitions`` timed passes over
-   all throughput texts;
+   all throughput texts; then the same on passage-length texts (SciFact abstracts) at the bulk batch sizes;
 3. latency: batch-1 calls on short queries after a few warm-up calls (p50 / p95 / p99);
 4. memory: peak RSS of this process (VmHWM on Linux, else ``resource.getrusage``).
 
@@ -84,6 +84,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         "in_process": {"import_s": t0 - T_START, "load_s": t_loaded - t0, "first_encode_s": t_first - t_loaded},
         "rss_after_first_vector_mb": (_rss_bytes() or _peak_rss_bytes()) / 2**20,
     }
+    if getattr(encode, "info", None):
+        result["subject_info"] = encode.info
 
     # 1. accuracy texts (also a warm-up at the default batch size)
     acc_texts = json.loads(Path(job["accuracy_texts"]).read_text(encoding="utf-8"))
@@ -110,6 +112,21 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             times.append(time.perf_counter() - t)
         through[str(bs)] = {"seconds": times}
     result["throughput_raw"] = through
+
+    # 2b. passage-length texts at the bulk batch sizes the job names (fewer texts, same protocol)
+    if job.get("passages"):
+        passages = json.loads(Path(job["passages"]).read_text(encoding="utf-8"))
+        pthrough: dict[str, Any] = {}
+        for bs in job.get("passage_batch_sizes") or []:
+            _stage(f"passages bs={bs}")
+            encode(passages[: max(bs, 8)], bs)
+            times = []
+            for _ in range(reps):
+                t = time.perf_counter()
+                encode(passages, bs)
+                times.append(time.perf_counter() - t)
+            pthrough[str(bs)] = {"seconds": times}
+        result["passage_throughput_raw"] = pthrough
 
     # 3. batch-1 latency on short queries
     queries = json.loads(Path(job["queries"]).read_text(encoding="utf-8"))
