@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -202,6 +202,18 @@ def rank(
             typer.echo(f"{r['score']:+.4f}  [{r['corpus_id']}] {r['text'][:80]}")
 
 
+def _variant_lines(manifest: Any) -> None:
+    """One line per variant: file, size, min cosine, tier and batch invariance."""
+    from stedge_runtime.select import batch_invariance, variant_tier
+
+    for name, v in manifest.variants.items():
+        min_cos = v.verification.min_cosine if v.verification else None
+        inv = batch_invariance(v)
+        inv_s = "not measured" if inv is None else f"{inv:.5f}"
+        typer.echo(f"  {name:28} {v.file:40} {(v.size_bytes or 0) / 1e6:8.1f} MB  "
+                   f"min_cos={min_cos}  tier={variant_tier(v) or 'none'}  alone-vs-batch={inv_s}")
+
+
 def info(
     model: str = typer.Argument(..., help="Model reference or exported artifact folder."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -209,17 +221,20 @@ def info(
     """Describe a model or artifact: modules, dimension, prompts, variants."""
     if is_artifact_folder(model):
         from stedge_runtime.artifact import Manifest
+        from stedge_runtime.tune import best_choices
 
         manifest = Manifest.read(model)
+        choices = best_choices(model)   # what Encoder.load picks on this machine per tier, and why
         if as_json:
-            typer.echo(json.dumps(manifest.to_dict(), indent=2))
+            typer.echo(json.dumps({**manifest.to_dict(), "selection": choices}, indent=2))
             return
         pooling = (manifest.pooling or {}).get("mode")
         typer.echo(f"artifact {model}: task={manifest.task} dim={manifest.dimension} "
                    f"max_seq_length={manifest.max_seq_length} pooling={pooling}")
-        for name, v in manifest.variants.items():
-            min_cos = v.verification.min_cosine if v.verification else None
-            typer.echo(f"  {name:28} {v.file:40} {(v.size_bytes or 0) / 1e6:8.1f} MB  min_cos={min_cos}")
+        _variant_lines(manifest)
+        from ..tune.cli import render_choice
+
+        render_choice(choices)
         return
     from ..hub import detect_task, resolve_model
     from . import SentenceEncoder

@@ -112,7 +112,10 @@ def render_choice(choices: dict[str, Any], console: Any = None) -> None:
     """One line per tier: what Encoder.load chooses on this machine and why."""
     from rich.console import Console
 
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=160)
     for tier, c in choices.items():
         if "error" in c:
             console.print(f"tier {tier}: [yellow]nothing eligible[/] ({c['error']})")
