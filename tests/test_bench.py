@@ -121,7 +121,9 @@ def test_gpu_subjects_without_cuda(monkeypatch, tmp_path):
     assert "GPU" in StedgeTorch("m", str(tmp_path), "cpu", "fp16").unavailable()
     assert "CUDA" in STPeer("m", str(tmp_path), "cuda", "torch", "fp16").unavailable()
     assert "CPU only" in STPeer("m", str(tmp_path), "cuda", "openvino").unavailable()
-    (tmp_path / "stedge.json").write_text(json.dumps({"variants": {"onnx-fp16-O4": {"file": "onnx/m.onnx", "backend": "onnx"}}}))
+    (tmp_path / "stedge.json").write_text(json.dumps({
+        "format_version": 1, "dimension": 8,
+        "variants": {"onnx-fp16-O4": {"file": "onnx/m.onnx", "backend": "onnx", "precision": "fp16"}}}))
     assert "CUDA" in RuntimeVariant("m", str(tmp_path), "tensorrt", "onnx-fp16-O4").unavailable()
     assert "no variant" in RuntimeVariant("m", str(tmp_path), "cpu", "onnx-int8-static").unavailable()
 
@@ -153,6 +155,7 @@ def test_export_calls_from_variant_names():
     assert export_call("onnx-fp16-O4") == ("onnx", "O4", "none", None)
     assert export_call("onnx-int8-avx512_vnni") == ("onnx", None, "int8", "avx512_vnni")
     assert export_call("openvino-int4-weights") == ("openvino", None, "int4-weights", None)
+    assert export_call("openvino-bf16") == ("openvino", None, "bf16", None)
     calls = plan_calls(["onnx-fp32", "onnx-fp32-O2", "onnx-int8-avx2", "onnx-int8-static", "openvino-fp32", "openvino-int8-static"])
     assert calls == [
         {"backend": "all", "optimize": None, "quantize": "none"},
@@ -160,7 +163,7 @@ def test_export_calls_from_variant_names():
         {"backend": "onnx", "optimize": None, "quantize": "int8", "isa": "avx2"},
         {"backend": "all", "optimize": None, "quantize": "int8-static"},
     ]
-    for bad in ("tflite-fp32", "onnx-fp32-static", "onnx-int8-sse"):
+    for bad in ("tflite-fp32", "onnx-fp32-static", "onnx-int8-sse", "onnx-bf16"):
         with pytest.raises(StedgeError, match=bad):
             export_call(bad)
 
@@ -248,7 +251,8 @@ def test_smoke_run_schema_and_accuracy_beside_speed(smoke_results):
 def test_smoke_run_auto_subject_and_fastembed(smoke_results):
     results, out = smoke_results
     (auto,) = [r for r in results["rows"] if r.get("auto_tier")]
-    assert auto["label"] == "stedge auto near (onnx-fp32)" and auto["variant"] == "onnx-fp32"
+    # batch-1 calls may be routed to the same variant with other settings when tune measured that faster
+    assert auto["label"].startswith("stedge auto near (onnx-fp32") and auto["variant"] == "onnx-fp32"
     sel = auto["subject_info"]["selection"]
     assert sel["source"] == "profile" and sel["variant"] == "onnx-fp32"   # the harness tuned the artifact first
     art = Path(sel["profile"])

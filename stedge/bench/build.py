@@ -11,6 +11,8 @@ from typing import Callable
 
 from stedge.errors import StedgeError
 
+INT8_ISAS = ("avx2", "avx512", "avx512_vnni", "arm64")   # dynamic-int8 kernel families (stedge export --isa)
+
 
 def export_call(variant: str) -> tuple[str, str | None, str, str | None]:
     """(backend, optimize, quantize, isa) of the export_model call that writes ``variant``.
@@ -41,7 +43,7 @@ def export_call(variant: str) -> tuple[str, str | None, str, str | None]:
         return backend, opt, "bf16", None
     if q in ("static", "weights"):
         return backend, opt, f"{prec}-{q}", None
-    if q and prec == "int8" and backend == "onnx":
+    if q in INT8_ISAS and prec == "int8" and backend == "onnx":
         return backend, opt, "int8", q
     raise StedgeError(f"variant {variant!r}: unknown quantization; use -static, -weights or an ISA (avx2, avx512, avx512_vnni, arm64)")
 
