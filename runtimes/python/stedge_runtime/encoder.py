@@ -178,7 +178,8 @@ class _Artifact:
             return out
         for idx in groups:
             feeds = feeds_of(idx)
-            out[idx] = self._checked(self._engine_run(lambda: engine.run(feeds, output), feeds), len(idx), width, output)
+            res = self._engine_run(lambda: engine.run(feeds, output), feeds)
+            out[idx] = self._checked(res, len(idx), width, output)
         return out
 
     def _engine_run(self, call: Any, feeds: dict) -> Any:
