@@ -124,12 +124,14 @@ def test_rescoring_binary_uses_float_query_against_bits():
         np.testing.assert_allclose(np.sort(res.scores[i])[::-1], np.sort(s)[::-1][:4], rtol=1e-5)
 
 
-@pytest.mark.parametrize("precision", ["int8", "uint8"])
-def test_int8_search_dot_product_and_rescoring(precision):
-    q, c = _emb(6, 32, 9), _emb(150, 32, 10)
+@pytest.mark.parametrize("precision,dim", [("int8", 32), ("uint8", 32), ("int8", 1032)])
+def test_int8_search_dot_product_and_rescoring(precision, dim):
+    q, c = _emb(6, dim, 9), _emb(150, dim, 10)
     r = calibration_ranges(c)
     cq = quantize_embeddings(c, precision, ranges=r)
     res = search(q, cq, precision, top_k=5, ranges=r)
+    for i in range(2):  # one query at a time takes the einsum path: the same hits
+        np.testing.assert_array_equal(search(q[i], cq, precision, top_k=5, ranges=r).indices[0], res.indices[i])
     qi = quantize_embeddings(q, "int8", ranges=r).astype(np.int32)
     ci = quantize_embeddings(c, "int8", ranges=r).astype(np.int32)
     idx, vals = _brute(qi.astype(np.float64), ci.astype(np.float64), 5)
@@ -284,7 +286,7 @@ def test_ir_evaluator_quantized_search(tiny):
         ev = InformationRetrievalEvaluator(queries, corpus, rel, name="t", precision=p, **kw)
         res = ev(tiny)
         assert set(res) == set(base) and ev.search_seconds is not None
-        assert ev.ranges_source == ("corpus" if p == "int8" else "given")
+        assert ev.ranges_source == ("corpus" if p == "int8" else None)
         q, c = tiny.encode(list(queries.values())), tiny.encode(TEXTS)
         r = calibration_ranges(c) if p == "int8" else None
         hits = search(q, quantize_embeddings(c, p, ranges=r), p, top_k=10, ranges=r)

@@ -200,7 +200,7 @@ class InformationRetrievalEvaluator(Evaluator):
         if fn == "cosine":
             q_emb = q_emb / np.maximum(np.linalg.norm(q_emb, axis=1, keepdims=True), 1e-12)
             c_emb = c_emb / np.maximum(np.linalg.norm(c_emb, axis=1, keepdims=True), 1e-12)
-        ranges, self.ranges_source = self.ranges, "given"
+        ranges, self.ranges_source = self.ranges, ("given" if self.ranges is not None else None)
         if self.precision in ("int8", "uint8") and ranges is None:
             ranges = getattr(model, "embedding_ranges", None)
             self.ranges_source = "model" if ranges is not None else "corpus"

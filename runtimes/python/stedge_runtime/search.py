@@ -10,7 +10,8 @@ How it scores (higher is better):
 
 * ``float32``: dot product (cosine for normalized embeddings).
 * ``int8`` / ``uint8``: a float query is quantized with the same ``ranges`` and scored by the
-  integer dot product of the centred codes (uint8 is shifted by -128, so both give the same order).
+  integer dot product of the centred codes (uint8 is shifted by -128, so both give the same order),
+  computed exactly through float BLAS.
 * ``binary`` / ``ubinary``: a float query is binarized and scored by minus the Hamming distance
   (popcount of XOR over 64-bit words).
 
@@ -121,8 +122,14 @@ def _scores(q: np.ndarray, c: np.ndarray, precision: str) -> np.ndarray:
         return q @ c.T
     if precision in ("binary", "ubinary"):
         return -hamming_distances(as_ubinary(q, precision), as_ubinary(c, precision))
-    shift = 128 if precision == "uint8" else 0  # centre uint8 codes like int8
-    return (q.astype(np.int32) - shift) @ (c.astype(np.int32) - shift).T
+    if precision == "uint8":  # centre uint8 codes like int8: u - 128 is the byte u ^ 0x80 read as int8
+        q, c = (q ^ np.uint8(0x80)).view(np.int8), (c ^ np.uint8(0x80)).view(np.int8)
+    if len(q) <= 8:  # a few queries: einsum casts on the fly, no float copy of the corpus
+        acc = np.int32 if q.shape[1] * 128 * 128 < 2**31 else np.int64
+        return np.einsum("qd,cd->qc", q, c, dtype=acc, casting="unsafe").astype(np.int64)
+    # many queries: float BLAS, exact while dim * 128 * 128 < 2**24 (float32) or 2**53 (float64)
+    ftype = np.float32 if q.shape[1] * 128 * 128 < 2**24 else np.float64
+    return (q.astype(ftype) @ c.astype(ftype).T).astype(np.int64)
 
 
 def _rescore(query: np.ndarray, corpus: np.ndarray, idx: np.ndarray, precision: str,
