@@ -326,6 +326,8 @@ def test_cli_embed_and_eval_with_precision(calibrated_artifact, tiny_model, tmp_
     assert res.exit_code == 0, res.output
     e = np.load(tmp_path / "e.npy")
     assert e.dtype == np.uint8 and e.shape[1] * 8 == data["dimension"]
+    res = runner.invoke(app, ["info", str(calibrated_artifact)])
+    assert res.exit_code == 0 and "int8/uint8 output ranges: embedding_ranges.npy" in res.output, res.output
     res = runner.invoke(app, ["embed", str(tiny_model), "a cat", "--precision", "int8"])
     assert isinstance(res.exception, StedgeError) and res.exception.exit_code == 2
     assert "--calibration" in str(res.exception)

@@ -232,6 +232,10 @@ def info(
         typer.echo(f"artifact {model}: task={manifest.task} dim={manifest.dimension} "
                    f"max_seq_length={manifest.max_seq_length} pooling={pooling}")
         _variant_lines(manifest)
+        cal = manifest.embedding_calibration
+        if cal is not None:
+            typer.echo(f"  int8/uint8 output ranges: {cal.file} from {cal.texts or '?'} texts "
+                       f"({cal.variant or 'PyTorch at export'})")
         from ..tune.cli import render_choice
 
         render_choice(choices)
