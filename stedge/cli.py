@@ -93,9 +93,19 @@ def _environment_error(e: OSError) -> str | None:
     return None
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Warnings meant for the user (RuntimeWarning/UserWarning from stedge and its runtime) as one line."""
+    typer.secho(f"warning: {_one_line(str(message))}", fg="yellow", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and map every outcome to the exit-code contract (module docstring)."""
+    import warnings
+
     from stedge_runtime.errors import RuntimeStedgeError
+
+    if not _debug():
+        warnings.showwarning = _show_warning
 
     try:
         app(args=argv, standalone_mode=False)

@@ -51,23 +51,28 @@ def _npy_output(output: Optional[Path]) -> Optional[Path]:
     return output
 
 
-def _load_encoder(model: str, variant: Optional[str], device: Optional[str]):
+TIER_HELP = "Precision tier for the automatic variant choice: exact, near (default) or compressed (artifacts)."
+
+
+def _load_encoder(model: str, variant: Optional[str], device: Optional[str], tier: Optional[str] = None):
     if is_artifact_folder(model):
         from stedge_runtime import Encoder
 
-        return Encoder.load(model, variant=variant, device=device or "cpu")
-    if variant:
-        raise StedgeError(f"--variant applies to exported artifacts only; '{model}' has no stedge.json")
+        return Encoder.load(model, variant=variant, device=device or "cpu", tier=tier)
+    if variant or tier:
+        raise StedgeError(f"--variant / --tier apply to exported artifacts only; '{model}' has no stedge.json")
     from . import SentenceEncoder
 
     return SentenceEncoder(model, device=device)
 
 
-def _load_reranker(model: str, variant: Optional[str], device: Optional[str]):
+def _load_reranker(model: str, variant: Optional[str], device: Optional[str], tier: Optional[str] = None):
     if is_artifact_folder(model):
         from stedge_runtime import Reranker
 
-        return Reranker.load(model, variant=variant, device=device or "cpu")
+        return Reranker.load(model, variant=variant, device=device or "cpu", tier=tier)
+    if variant or tier:
+        raise StedgeError(f"--variant / --tier apply to exported artifacts only; '{model}' has no stedge.json")
     from . import CrossEncoder
 
     return CrossEncoder(model, device=device)
@@ -106,6 +111,7 @@ def embed(
     prompt_name: Optional[str] = typer.Option(None, help="Prompt from the model's config to prepend."),
     normalize: bool = typer.Option(False, help="L2-normalize the embeddings."),
     variant: Optional[str] = typer.Option(None, help="Artifact variant (see `stedge info ARTIFACT`)."),
+    tier: Optional[str] = typer.Option(None, "--tier", help=TIER_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: best available)."),
     precision: str = typer.Option("float32", "--precision",
                                   help="Output: float32, int8, uint8 (calibrated), binary or ubinary (packed bits)."),
@@ -128,7 +134,7 @@ def embed(
 
     with runtime_input_errors():
         check_precision(precision)  # before loading the model
-    enc = _load_encoder(model, variant, device)
+    enc = _load_encoder(model, variant, device, tier)
     quant = _quant_options(enc, precision, calibration, calibration_column, batch_size, normalize)
     emb = _encode(enc, items, batch_size, prompt_name, normalize, **quant)
     dim = int(enc.get_sentence_embedding_dimension())
@@ -157,6 +163,7 @@ def similarity(
     a: str = typer.Argument(..., help="First text."),
     b: str = typer.Argument(..., help="Second text."),
     variant: Optional[str] = typer.Option(None, help="Artifact variant."),
+    tier: Optional[str] = typer.Option(None, "--tier", help=TIER_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -164,7 +171,7 @@ def similarity(
     from ..data import check_texts
 
     check_texts([a, b], "A/B")
-    enc = _load_encoder(model, variant, device)
+    enc = _load_encoder(model, variant, device, tier)
     emb = _encode(enc, [a, b], 32, None, False)
     score = float(enc.similarity(emb[:1], emb[1:])[0][0])
     fn = getattr(enc, "similarity_fn_name", "cosine")
@@ -181,6 +188,7 @@ def rank(
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read documents from a file."),
     top_k: Optional[int] = typer.Option(None, help="Keep the best K."),
     variant: Optional[str] = typer.Option(None, help="Artifact variant."),
+    tier: Optional[str] = typer.Option(None, "--tier", help=TIER_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: a list of {corpus_id, score, text}."),
 ) -> None:
@@ -193,7 +201,7 @@ def rank(
         docs += read_texts(file)
     if not docs:
         raise StedgeError("no documents: pass DOC arguments or --file PATH")
-    rr = _load_reranker(model, variant, device)
+    rr = _load_reranker(model, variant, device, tier)
     res = rr.rank(query, docs, top_k=top_k, return_documents=True)
     if as_json:
         typer.echo(json.dumps(res))

@@ -1,0 +1,96 @@
+"""`stedge tune`, the profile it writes, and `--add` keeping the runtime's choice (tiny models, a few seconds each)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx_artifact(tiny_model, tmp_path_factory) -> Path:
+    from stedge.export import export_model
+
+    return Path(export_model(str(tiny_model), tmp_path_factory.mktemp("tune") / "art", backend="onnx",
+                             show_progress=False).path)
+
+
+@pytest.fixture()
+def art(tiny_onnx_artifact, tmp_path) -> Path:
+    out = tmp_path / "art"
+    shutil.copytree(tiny_onnx_artifact, out)
+    return out
+
+
+def _cli(*args: str):
+    from stedge.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_tune_cli_writes_the_profile_and_prints_the_choice(art):
+    from stedge_runtime.machine import machine_key
+    from stedge_runtime.profile import read_profile
+
+    dry = _cli("tune", str(art), "--quick", "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    assert not (art / "tuning").exists()
+    res = _cli("tune", str(art), "--quick", "--json", "-b", "4")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout[res.stdout.index("{"):])
+    assert out["file"] == str(art / "tuning" / f"{machine_key()}.json")
+    prof = read_profile(art, machine_key())
+    assert prof == out["profile"] and prof["batch_sizes"] == [1, 4]
+    assert set(prof["variants"]["onnx-fp32"]["runs"][0]["bulk"]["passage"]) == {"4"}
+    assert out["choices"]["exact"]["variant"] == "onnx-fp32" and out["choices"]["exact"]["source"] == "profile"
+    table = _cli("tune", str(art), "--quick", "--dry-run")
+    assert table.exit_code == 0 and "tier exact: onnx-fp32" in table.stdout and "alone vs batch" in table.stdout
+    bad = _cli("tune", str(art), "--variant", "nope")
+    assert getattr(bad.exception, "exit_code", None) == 2 and "no variant(s) nope" in str(bad.exception)
+
+
+def test_info_shows_the_choice_and_ignores_other_machines(art):
+    from stedge_runtime.profile import PROFILE_FORMAT, write_profile
+
+    foreign = {"format_version": PROFILE_FORMAT, "machine": {"key": "other-cpu-64c-0123456789", "cpu": "other"},
+               "variants": {}}
+    write_profile(art, foreign)
+    res = _cli("info", str(art), "--json")
+    assert res.exit_code == 0, res.output
+    sel = json.loads(res.stdout)["selection"]
+    assert sel["near"]["variant"] == "onnx-fp32" and sel["near"]["source"] == "rule"
+    assert any("other-cpu-64c-0123456789.json" in n for n in sel["near"]["notes"])
+    text = _cli("info", str(art))
+    assert "tier=exact" in text.stdout and "tier near: onnx-fp32" in text.stdout
+
+
+def test_add_keeps_the_choice(art, tiny_model):
+    """The last --add sets default_variant; the runtime's choice does not follow it."""
+    from stedge.export import export_model
+    from stedge_runtime import Encoder
+    from stedge_runtime.artifact import Manifest
+    from stedge_runtime.profile import write_profile
+    from stedge_runtime.tune import tune
+
+    before = Encoder.load(art).variant
+    assert before == "onnx-fp32"
+    export_model(str(tiny_model), art, backend="openvino", add=True, show_progress=False)
+    m = Manifest.read(art)
+    assert set(m.variants) >= {"onnx-fp32", "openvino-fp32"}
+    assert Encoder.load(art).variant == before   # no profile: the rule, not the order of exports
+    write_profile(art, tune(art, variants=["onnx-fp32"], quick=True, budget_s=1))
+    export_model(str(tiny_model), art, backend="onnx", optimize="O3", add=True, show_progress=False)
+    enc = Encoder.load(art, tier="exact")
+    assert enc.variant == before and enc.selection.source == "profile"
+    assert any(n.startswith("onnx-fp32-O3: not tuned") for n in enc.selection.notes)
+    assert any(n.startswith("openvino-fp32: not tuned") for n in enc.selection.notes)
+
+
+def test_embed_tier_option(art):
+    ok = _cli("embed", str(art), "hello", "--tier", "exact", "--json")
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["count"] == 1
+    bad = _cli("embed", str(art), "hello", "--tier", "fast")
+    assert getattr(bad.exception, "exit_code", None) == 2
+    assert "tier must be one of exact, near, compressed" in str(bad.exception)
