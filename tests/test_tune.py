@@ -94,3 +94,13 @@ def test_embed_tier_option(art):
     bad = _cli("embed", str(art), "hello", "--tier", "fast")
     assert getattr(bad.exception, "exit_code", None) == 2
     assert "tier must be one of exact, near, compressed" in str(bad.exception)
+
+
+def test_export_tune_writes_the_profile(tiny_model, tmp_path):
+    from stedge_runtime.machine import machine_key
+
+    res = _cli("export", str(tiny_model), "-o", str(tmp_path / "a"), "--tune", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout[res.stdout.index("{"):])
+    assert out["tuning"]["file"] == str(tmp_path / "a" / "tuning" / f"{machine_key()}.json")
+    assert Path(out["tuning"]["file"]).is_file() and out["tuning"]["choices"]["exact"]["source"] == "profile"

@@ -62,6 +62,8 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
         add: bool = typer.Option(False, "--add", help="Add the variants to an existing artifact of the same model (others are kept)."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
+        tune: bool = typer.Option(False, "--tune", help="Then time the variants on this machine (`stedge tune`) so "
+                                  "Encoder.load picks the fastest of each precision tier here."),
     ) -> None:
         """Export MODEL to ONNX / OpenVINO with pooling inside the graph, verify every variant against PyTorch, write stedge.json."""
         from stedge.export import export_model
@@ -71,10 +73,15 @@ def register(app: typer.Typer) -> None:
             calibration_column=calibration_column, calibration_method=calibration_method, calibration_size=calibration_size,
             eval=eval_data, max_drop=max_drop, device=device, overwrite=overwrite, add=add, show_progress=not as_json,
         )
-        if as_json:
-            typer.echo(json.dumps(result.to_dict(), indent=2))
-        else:
+        if not as_json:
             render_table(result)
+        tuning = None
+        if tune:
+            from stedge.tune.cli import tune_after_export
+
+            tuning = tune_after_export(result.path, show=not as_json)
+        if as_json:
+            typer.echo(json.dumps({**result.to_dict(), **({"tuning": tuning} if tuning else {})}, indent=2))
 
     @app.command("pack")
     def pack_cmd(

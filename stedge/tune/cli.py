@@ -47,6 +47,21 @@ def run_tune(path: str | Path, variants: list[str] | None = None, threads: int |
     return prof, (write_profile(root, prof) if write else None)
 
 
+def tune_after_export(path: str | Path, show: bool = True) -> dict[str, Any]:
+    """`stedge export --tune`: tune the artifact just written; print the export's table, then the tuning
+    table and the choice per tier when ``show``; returns {file, choices} for the export's JSON."""
+    from stedge_runtime.artifact import Manifest
+    from stedge_runtime.tune import best_choices
+
+    prof, file = run_tune(path, show_progress=show)
+    choices = best_choices(path, profile=prof)
+    if show:
+        m = Manifest.read(path)
+        render_profile(prof, {n: v.to_dict() for n, v in m.variants.items()}, choices)
+        typer.echo(f"profile written to {file}")
+    return {"file": str(file), "choices": choices}
+
+
 def _settings(s: dict[str, Any]) -> str:
     parts = [f"{s['threads']}t"] if "threads" in s else []
     if "allow_spinning" in s:
