@@ -45,6 +45,7 @@ STAGES = [
     "stedge.compress.cli",    # lora merge, distill, pca
     "stedge.export.cli",      # export
     "stedge.tune.cli",        # tune
+    "stedge.corpus.cli",      # embed-corpus
     "stedge.bench.cli",       # bench
 ]
 

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Mapping, Set
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from .errors import InvalidInputError, StedgeError
 
@@ -82,6 +82,127 @@ def _kind(path: Path) -> str:
         if name.endswith("." + ext):
             return ext
     return "txt"
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A record of a streamed file that could not be read (undecodable bytes, broken JSON...)."""
+
+    reason: str
+
+
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # type: ignore[return-value]
+
+
+def _decoded_lines(f: io.BufferedIOBase, bad: dict[int, str]) -> Iterator[str]:
+    """UTF-8 lines of a binary file; an undecodable line is replaced and noted in ``bad`` (line -> reason)."""
+    for n, raw in enumerate(f, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            bad[n] = f"not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+            line = raw.decode("utf-8", errors="replace")
+        if n == 1 and line.startswith("\ufeff"):
+            line = line[1:]
+        yield line
+
+
+def iter_table(path: str | os.PathLike, columns: Sequence[str] | None = None) -> Iterator[tuple[int, dict | BadRow]]:
+    """Stream the records of a text/CSV/TSV/JSONL/Parquet file (gz ok), never holding the whole file.
+
+    Yields ``(line, row)``: ``line`` is the 1-based line where the record starts (the row number for
+    Parquet) and ``row`` a dict, or a `BadRow` for a record that cannot be read, so a caller may stop
+    or go on. A text file gives ``{"text": line}`` for every line, blank ones included. ``columns``
+    (tables only) must all exist: a CSV header or Parquet schema without one is an error naming the file.
+    """
+    p = Path(path)
+    kind = _kind(p)
+    if kind == "parquet":
+        yield from _iter_parquet(p, columns)
+        return
+    if kind == "json":
+        raise InvalidInputError(f"{p}: a .json file cannot be streamed; convert it to JSON Lines (.jsonl), one object per line")
+    bad: dict[int, str] = {}
+    with _open_binary(p) as f:
+        lines = _decoded_lines(f, bad)
+        if kind == "txt":
+            for n, line in enumerate(lines, 1):
+                yield n, (BadRow(bad.pop(n)) if n in bad else {"text": line.rstrip("\r\n")})
+        elif kind == "jsonl":
+            yield from _iter_jsonl(lines, bad)
+        else:
+            yield from _iter_csv(p, lines, bad, "\t" if kind == "tsv" else ",", columns)
+
+
+def _iter_jsonl(lines: Iterable[str], bad: dict[int, str]) -> Iterator[tuple[int, dict | BadRow]]:
+    for n, line in enumerate(lines, 1):
+        if n in bad:
+            yield n, BadRow(bad.pop(n))
+            continue
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield n, BadRow(f"not valid JSON ({e.msg} at column {e.colno})")
+            continue
+        yield n, (row if isinstance(row, dict) else BadRow(f"expected a JSON object, got {type(row).__name__}"))
+
+
+def _iter_csv(p: Path, lines: Iterator[str], bad: dict[int, str], delimiter: str,
+              columns: Sequence[str] | None) -> Iterator[tuple[int, dict | BadRow]]:
+    reader = csv.reader(lines, delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as e:
+        raise InvalidInputError(f"{p}:1: the header cannot be read ({e})") from None
+    if 1 in bad:
+        raise InvalidInputError(f"{p}:1: the header is {bad[1]}")
+    missing = [c for c in columns or () if c not in header]
+    if missing:
+        raise InvalidInputError(f"{p}: no column '{missing[0]}' (columns: {', '.join(header)})")
+    start = reader.line_num + 1
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            yield start, BadRow(f"not valid CSV ({e})")
+            start = reader.line_num + 1
+            continue
+        end = reader.line_num
+        broken = [bad.pop(n) for n in range(start, end + 1) if n in bad]
+        if broken:
+            yield start, BadRow(broken[0])
+        elif values:
+            if len(values) != len(header):
+                yield start, BadRow(f"{len(values)} fields, the header has {len(header)}")
+            else:
+                yield start, dict(zip(header, values))
+        start = end + 1
+
+
+def _iter_parquet(p: Path, columns: Sequence[str] | None) -> Iterator[tuple[int, dict | BadRow]]:
+    from .errors import require
+
+    pq = require("pyarrow.parquet", "corpus", "reading Parquet files")
+    try:
+        pf = pq.ParquetFile(p)
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for a file that is not Parquet
+        raise InvalidInputError(f"{p}: not a readable Parquet file ({e})") from None
+    names = pf.schema_arrow.names
+    missing = [c for c in columns or () if c not in names]
+    if missing:
+        raise InvalidInputError(f"{p}: no column '{missing[0]}' in the Parquet schema (columns: {', '.join(names)})")
+    n = 0
+    for batch in pf.iter_batches(batch_size=4096, columns=list(columns) if columns else None):
+        for row in batch.to_pylist():
+            n += 1
+            yield n, row
 
 
 def _check_file(p: Path) -> None:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -50,7 +51,7 @@ class RichProgressCallback:
                 self.task = None
 
             def on_train_begin(self, args, state, control, **kw):
-                if self.quiet:
+                if self.quiet or not state.is_world_process_zero:  # one bar under torchrun
                     return
                 from ..progress import make_progress
 
@@ -176,7 +177,8 @@ def train(
             cfg.datasets["train"].limit = limit
     callbacks = [RichProgressCallback(quiet=quiet or as_json)]
     summary = run_training(cfg, resume=resume, callbacks=callbacks, device=device, keep_checkpoints=keep_checkpoints)
-    _print_summary(summary, as_json)
+    if int(os.environ.get("RANK", "0")) == 0:  # torchrun: the first process reports
+        _print_summary(summary, as_json)
 
 
 # --------------------------------------------------------------------------- eval

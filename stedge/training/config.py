@@ -414,11 +414,14 @@ def run_training(
     after = trainer.run_evaluator() if evaluator is not None else {}
     if after:
         trainer.log(dict(after))
-    with atomic_dir(out, overwrite=cfg.overwrite, protect=[cfg.model] if Path(str(cfg.model)).is_dir() else []) as tmp:
-        trainer.save_model(str(tmp))
-        (tmp / "training_args.bin").unlink(missing_ok=True)
-    if not keep_checkpoints:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if trainer.is_world_process_zero():  # under torchrun only the first process writes
+        protect = [cfg.model] if Path(str(cfg.model)).is_dir() else []
+        with atomic_dir(out, overwrite=cfg.overwrite, protect=protect) as tmp:
+            trainer.save_model(str(tmp))
+            (tmp / "training_args.bin").unlink(missing_ok=True)
+        if not keep_checkpoints:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     summary: dict[str, Any] = {
         "output": str(out), "model": cfg.model, "train_rows": _rows(train_data),
         "steps": int(trainer.state.global_step), "epochs": float(trainer.state.epoch or 0),

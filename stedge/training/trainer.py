@@ -12,11 +12,12 @@ fp16/bf16, gradient accumulation/checkpointing, torchrun/accelerate) works as us
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -81,6 +82,23 @@ class _StartStep(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.step = int(state.global_step)
+
+
+@contextlib.contextmanager
+def _through_wrapper(loss_fn: nn.Module, base: nn.Module, wrapped: nn.Module) -> Iterator[None]:
+    """Under DDP (torchrun) the losses must call the wrapped model, or gradients are not synchronized:
+    point every loss that holds ``base`` at ``wrapped`` for one step."""
+    if wrapped is base or not isinstance(wrapped, nn.parallel.DistributedDataParallel):
+        yield
+        return
+    holders = [m for m in loss_fn.modules() if m is not base and getattr(m, "model", None) is base]
+    for m in holders:
+        m.model = wrapped
+    try:
+        yield
+    finally:
+        for m in holders:
+            m.model = base
 
 
 class SentenceEncoderTrainer(Trainer):
@@ -268,7 +286,8 @@ class SentenceEncoderTrainer(Trainer):
         loss_fn = self.loss[dataset_name] if isinstance(self.loss, dict) else self.loss
         columns = [k[: -len("_input_ids")] for k in inputs if k.endswith("_input_ids")]
         features = split_features(inputs, columns)
-        loss = loss_fn(features, inputs.get("label"))
+        with _through_wrapper(loss_fn, self.model, model):
+            loss = loss_fn(features, inputs.get("label"))
         if isinstance(loss, dict):
             loss = torch.stack(list(loss.values())).sum()
         return (loss, {}) if return_outputs else loss

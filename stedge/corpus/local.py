@@ -1,0 +1,167 @@
+"""`embed_corpus`: stream the inputs, encode, write shards; the local engine runs everything in this process.
+
+    from stedge.corpus import embed_corpus
+    summary = embed_corpus("models/minilm-stedge", ["docs/*.jsonl"], "out/docs-vectors")
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import StedgeError, require
+from .encoder import CorpusEncoder, ModelSpec
+from .reader import Chunk, CorpusReader, TotalCounter, expand_inputs, fingerprint, guess_text_column
+from .shards import DTYPES, ShardSink, clear_folder, hash_texts, prepare, resume_point
+
+ENGINES = ("local", "ray")
+Encoded = Iterator[tuple[Chunk, list, np.ndarray]]
+
+
+def local_engine(encoder: CorpusEncoder, reader: CorpusReader, start: tuple[int, int], chunk_rows: int,
+                 shard_rows: int) -> Encoded:
+    """Encode chunk after chunk in this process: ``(chunk, text hashes, vectors of its good records)``."""
+    for chunk in reader.chunks(start, chunk_rows, shard_rows):
+        texts = [t for t in chunk.texts if t is not None]
+        yield chunk, hash_texts(chunk.texts), encoder.encode(texts)
+
+
+def embed_corpus(
+    model: str,
+    inputs: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    text_column: str | None = None,
+    id_column: str | None = None,
+    prompt_name: str | None = None,
+    normalize: bool = False,
+    dtype: str = "float32",
+    batch_size: int = 32,
+    shard_rows: int = 100_000,
+    chunk_rows: int | None = None,
+    variant: str | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int = 2,
+    gpus_per_worker: float = 0.0,
+    skip_bad_rows: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+    on_shard: Callable[[dict], None] | None = None,
+) -> dict[str, Any]:
+    """Embed every record of ``inputs`` into Parquet shards under ``output`` and return a summary.
+
+    Resumes after the last complete shard of an earlier run of the same job; a changed input, model or
+    setting is refused unless ``overwrite``. ``engine="ray"`` runs the encoding on a Ray actor pool
+    (``address`` of an existing cluster, else a local instance). See `stedge embed-corpus --help`.
+    """
+    t0 = time.perf_counter()
+    if engine not in ENGINES:
+        raise StedgeError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if dtype not in DTYPES:
+        raise StedgeError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if shard_rows < 1:
+        raise StedgeError(f"--shard-rows must be >= 1, got {shard_rows}")
+    chunk_rows = int(chunk_rows or max(1024, batch_size * 32))
+    require("pyarrow.parquet", "corpus", "the Parquet shards of embed-corpus")
+    files = expand_inputs(inputs)
+    if text_column is None:
+        text_column = next((c for c in map(guess_text_column, files) if c is not None), None)
+    reader = CorpusReader(files, text_column, id_column, skip_bad_rows)
+    reader.check()
+    spec = ModelSpec(str(model), variant, device, prompt_name, normalize, batch_size, threads)
+    if engine == "ray":  # fail fast on a bad address, before loading anything
+        from .ray_engine import connect
+
+        connect(address, workers)
+    encoder = CorpusEncoder(spec)
+    encoder.warn_batch_invariance()
+    header = {"inputs": [fingerprint(f) for f in files], "model": encoder.identity(), "dimension": encoder.dimension,
+              "dtype": dtype, "precision": dtype,
+              "settings": {"text_column": text_column, "id_column": id_column, "shard_rows": shard_rows},
+              "created_with": {"stedge": _version()}}
+    out = Path(output)
+    fresh = not out.exists()
+    manifest = prepare(out, header, overwrite)
+    before = (int(manifest.get("rows", 0)), int(manifest.get("skipped_rows", 0)))
+    if manifest.get("done"):
+        return _summary(manifest, out, engine, t0, before, already=True)
+    start = resume_point(manifest)
+    if engine == "ray":
+        from .ray_engine import ray_engine
+
+        del encoder
+        stream = ray_engine(spec, reader, start, chunk_rows, workers, gpus_per_worker)
+    else:
+        stream = local_engine(encoder, reader, start, chunk_rows, shard_rows)
+    sink = ShardSink(out, manifest, shard_rows, on_shard)
+    bar = _Bar(files, sum(before), progress)
+    try:
+        for chunk, sha, vectors in stream:
+            sink.add(chunk, sha, vectors)
+            bar.advance(len(chunk))
+        manifest = sink.finish()
+    except BaseException:
+        sink.abort()
+        if fresh and not manifest["shards"]:  # nothing done: leave no folder behind
+            clear_folder(out)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+    finally:
+        bar.stop()
+    return _summary(manifest, out, engine, t0, before, already=False)
+
+
+class _Bar:
+    """Rows done, rows/s and ETA (once the background count of the inputs gives a total)."""
+
+    def __init__(self, files: Sequence[Path], done: int, enabled: bool) -> None:
+        self.progress = None
+        if not enabled:
+            return
+        from ..progress import make_progress
+
+        self.counter = TotalCounter(files)
+        self.counter.start()
+        self.progress = make_progress(unit="rows")
+        self.progress.start()
+        self.task = self.progress.add_task("Embedding", total=None, completed=done)
+        self.total_set = False
+
+    def advance(self, n: int) -> None:
+        if self.progress is None:
+            return
+        if not self.total_set and self.counter.total is not None:
+            self.progress.update(self.task, total=self.counter.total)
+            self.total_set = True
+        self.progress.advance(self.task, n)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _summary(manifest: dict, out: Path, engine: str, t0: float, before: tuple[int, int], already: bool) -> dict:
+    seconds = time.perf_counter() - t0
+    new_rows = int(manifest["rows"]) - before[0]
+    return {
+        "output": str(out), "done": bool(manifest.get("done")), "already_complete": already, "engine": engine,
+        "rows": int(manifest["rows"]), "skipped_rows": int(manifest.get("skipped_rows", 0)),
+        "rows_this_run": new_rows, "resumed_from_row": before[0] if before[0] else None,
+        "shards": len(manifest["shards"]), "dimension": manifest["dimension"], "dtype": manifest["dtype"],
+        "model": manifest["model"]["ref"], "variant": manifest["model"].get("variant"),
+        "seconds": round(seconds, 3), "rows_per_s": round(new_rows / seconds, 1) if seconds > 0 else None,
+    }
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
