@@ -122,7 +122,8 @@ def iter_table(path: str | os.PathLike, columns: Sequence[str] | None = None) ->
         yield from _iter_parquet(p, columns)
         return
     if kind == "json":
-        raise InvalidInputError(f"{p}: a .json file cannot be streamed; convert it to JSON Lines (.jsonl), one object per line")
+        raise InvalidInputError(f"{p}: a .json file cannot be streamed; convert it to JSON Lines (.jsonl), "
+                                "one object per line")
     bad: dict[int, str] = {}
     with _open_binary(p) as f:
         lines = _decoded_lines(f, bad)

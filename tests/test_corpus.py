@@ -17,6 +17,7 @@ import pytest
 from stedge.corpus import embed_corpus, read_corpus
 from stedge.errors import StedgeError
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*batch-invariance")
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = [f"document {i}: " + " ".join(["alpha", "beta", "gamma", "delta", "epsilon"][: 1 + i % 5] * (1 + i % 7))
          for i in range(230)]
@@ -46,8 +47,7 @@ def _docs(tmp_path: Path, name: str = "docs.jsonl") -> Path:
 
 
 def _run(artifact, inputs, out, **kw):
-    with pytest.warns(RuntimeWarning, match="batch-invariance"):
-        return embed_corpus(str(artifact), [str(i) for i in inputs], out, **kw)
+    return embed_corpus(str(artifact), [str(i) for i in inputs], out, **kw)
 
 
 # --------------------------------------------------------------------------- formats and layout
@@ -72,7 +72,8 @@ def test_every_format_gives_the_runtime_vectors(artifact, reference, tmp_path):
         s = _run(artifact, [tmp_path / name], out, id_column=id_col, shard_rows=100, chunk_rows=64)
         assert (s["rows"], s["shards"], s["done"]) == (len(TEXTS), 3, True), name
         ids, vec = read_corpus(out)
-        assert ids == ([str(i + 1) for i in range(len(TEXTS))] if id_col is None else [f"d{i}" for i in range(len(TEXTS))])
+        want = [str(i + 1) for i in range(len(TEXTS))] if id_col is None else [f"d{i}" for i in range(len(TEXTS))]
+        assert ids == want
         np.testing.assert_allclose(vec, reference, atol=1e-5, err_msg=name)
 
 
@@ -115,6 +116,29 @@ def test_plain_model_through_torch(tiny_model, tmp_path):
     assert s["variant"] is None and json.loads((out / "corpus.json").read_text())["model"]["kind"] == "model"
     ref = SentenceEncoder(str(tiny_model), device="cpu").encode(TEXTS, normalize_embeddings=True)
     np.testing.assert_allclose(read_corpus(out)[1], ref, atol=1e-5)
+
+
+def test_warns_when_the_variant_is_not_known_to_be_batch_invariant(artifact, tmp_path):
+    import shutil
+    import warnings
+
+    docs = _docs(tmp_path)
+    for value, warns in ((None, True), (1.0, False)):
+        art = tmp_path / f"art-{value}"
+        shutil.copytree(artifact, art)
+        manifest = json.loads((art / "stedge.json").read_text())
+        ver = manifest["variants"]["onnx-fp32"]["verification"]
+        ver.pop("batch_invariance_min_cos", None)
+        if value is not None:
+            ver["batch_invariance_min_cos"] = value
+        (art / "stedge.json").write_text(json.dumps(manifest))
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            embed_corpus(str(art), [str(docs)], tmp_path / f"out-{value}")
+        msgs = [str(w.message) for w in seen if "batch-invariance" in str(w.message)]
+        assert bool(msgs) == warns, msgs
+        if warns:
+            assert "onnx-fp32" in msgs[0] and "--variant" in msgs[0]
 
 
 # --------------------------------------------------------------------------- resume
@@ -217,7 +241,6 @@ def test_bad_rows_name_file_and_line_and_can_be_skipped(artifact, tmp_path):
     assert "10" not in ids and ids[:3] == ["1", "2", "3"] and len(ids) == 45
 
 
-@pytest.mark.filterwarnings("ignore:.*batch-invariance")
 def test_bad_files(artifact, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -303,3 +326,21 @@ def test_memory_stays_flat_over_200k_rows(artifact, tmp_path):
     growth = max(marks) - marks[0]
     print(f"RSS after each of 10 shards of 20k rows: {marks}")
     assert growth <= 50, f"RSS grew by {growth:.1f} MB over 200k rows (after each shard: {marks})"
+
+
+# --------------------------------------------------------------------------- benchmark suite
+def test_corpus_benchmark_suite_and_passages(shared_data, tmp_path):
+    from stedge.bench.corpus import load_corpus_suite, make_passages
+    from stedge.bench.runner import find_suite
+
+    suite = load_corpus_suite(find_suite("corpus"))
+    assert suite.passages == 100_000 and "corpus-ray" in suite.subjects
+    a = make_passages(shared_data / suite.source, 300, tmp_path / "a.jsonl")
+    b = make_passages(shared_data / suite.source, 300, tmp_path / "b.jsonl")
+    rows = [json.loads(line) for line in open(a, encoding="utf-8")]
+    assert a.read_bytes() == b.read_bytes() and len({r["text"] for r in rows}) == 300
+    assert sum(len(r["text"]) for r in rows) / 300 > 400, "passage-length texts"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('kind = "corpus"\nsubjects = ["nope"]\n')
+    with pytest.raises(StedgeError, match="unknown subject.*nope"):
+        load_corpus_suite(bad)

@@ -22,6 +22,12 @@ def bench(
     from . import default_results_dir
     from .runner import load_suite, run_suite
 
+    from .corpus import is_corpus_suite
+    from .runner import find_suite
+
+    if is_corpus_suite(find_suite(suite)):  # embed-corpus throughput: its own subjects and table
+        _corpus(find_suite(suite), out, threads, quick, as_json)
+        return
     s = load_suite(suite)
     if quick:
         s = s.quick()
@@ -36,6 +42,18 @@ def bench(
     failed = [r for r in results["rows"] if r["status"] == "error"]
     if failed:
         typer.secho(f"{len(failed)} subject(s) failed: " + "; ".join(f"{r['id']}: {r['reason']}" for r in failed), fg="red", err=True)
+        raise typer.Exit(1)
+
+
+def _corpus(file: Path, out: Optional[Path], threads: Optional[int], quick: bool, as_json: bool) -> None:
+    from . import default_results_dir
+    from .corpus import corpus_table, load_corpus_suite, run_corpus_suite
+
+    s = load_corpus_suite(file)
+    target = out or default_results_dir(s.name, quick, s.models_dir)
+    results = run_corpus_suite(s, target, threads=threads, quick=quick, log=lambda msg: typer.echo(msg, err=True))
+    typer.echo(json.dumps(results, indent=2) if as_json else corpus_table(results))
+    if any(r["status"] != "ok" for r in results["rows"]):
         raise typer.Exit(1)
 
 

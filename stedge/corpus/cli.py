@@ -28,6 +28,8 @@ def embed_corpus_cmd(
     batch_size: int = typer.Option(32, "--batch-size", help="Texts per model call."),
     shard_rows: int = typer.Option(100_000, "--shard-rows", help="Rows per Parquet shard (the unit of resume)."),
     variant: Optional[str] = typer.Option(None, "--variant", help="Artifact variant (see `stedge info ARTIFACT`)."),
+    tier: Optional[str] = typer.Option(None, "--tier", help="Precision tier for the automatic variant choice: exact, "
+                                       "near (default) or compressed (artifacts)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: the CPU for artifacts)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Engine threads per encoder (artifacts)."),
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (an actor pool on Ray Data)."),
@@ -49,7 +51,7 @@ def embed_corpus_cmd(
         summary = embed_corpus(
             model, inputs, output, text_column=text_column, id_column=id_column, prompt_name=prompt_name,
             normalize=normalize, dtype=dtype, batch_size=batch_size, shard_rows=shard_rows, variant=variant,
-            device=device, threads=threads, engine=engine, address=address, workers=workers,
+            device=device, threads=threads, tier=tier, engine=engine, address=address, workers=workers,
             gpus_per_worker=gpus_per_worker, skip_bad_rows=skip_bad_rows, overwrite=overwrite,
             progress=not (quiet or as_json),
         )

@@ -23,6 +23,7 @@ class ModelSpec:
     normalize: bool = False
     batch_size: int = 32
     threads: int | None = None
+    tier: str | None = None
 
     @property
     def is_artifact(self) -> bool:
@@ -43,13 +44,15 @@ class CorpusEncoder:
         if self._artifact:
             from stedge_runtime import Encoder
 
+            # route=False: every chunk, however small, runs on the one variant recorded in corpus.json
             self._enc: Any = Encoder.load(spec.model, variant=spec.variant, device=spec.device or "cpu",
-                                          threads=spec.threads)
+                                          threads=spec.threads, tier=spec.tier, route=False)
             self.variant: str | None = self._enc.variant
             self.dimension = int(self._enc.dimension)
         else:
-            if spec.variant:
-                raise StedgeError(f"--variant applies to exported artifacts only; '{spec.model}' has no stedge.json")
+            if spec.variant or spec.tier:
+                raise StedgeError(f"--variant / --tier apply to exported artifacts only; "
+                                  f"'{spec.model}' has no stedge.json")
             from ..models import SentenceEncoder
 
             self._enc = SentenceEncoder(spec.model, device=spec.device)
@@ -57,7 +60,8 @@ class CorpusEncoder:
             self.dimension = int(self._enc.get_sentence_embedding_dimension())
         if spec.prompt_name is not None and spec.prompt_name not in (self._enc.prompts or {}):
             names = ", ".join(sorted(self._enc.prompts or {})) or "none"
-            raise StedgeError(f"--prompt-name {spec.prompt_name!r}: the model has no such prompt (its prompts: {names})")
+            raise StedgeError(f"--prompt-name {spec.prompt_name!r}: the model has no such prompt "
+                              f"(its prompts: {names})")
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), dimension) float32 vectors, in input order."""
@@ -92,31 +96,24 @@ class CorpusEncoder:
         return d
 
     def warn_batch_invariance(self) -> None:
-        """Warn when the artifact variant is not known to give a text the same vector whatever its batch."""
+        """Warn when the artifact variant is not known to give a text the same vector whatever its batch
+        (its record says the check failed, or the export did not measure it)."""
         if not self._artifact:
             return
-        record = self._enc.manifest["variants"][self.variant]
-        state = batch_invariance(record)
-        if state is True:
+        from stedge_runtime.select import DEFAULT_TIER, INVARIANCE, batch_invariance
+
+        sel = self._enc.selection
+        inv = batch_invariance(self._enc.manifest["variants"][self.variant])
+        bound = INVARIANCE[sel.tier or DEFAULT_TIER]
+        if inv is not None and (inv >= bound or sel.source == "named"):  # a named failing variant: the runtime warned
             return
-        what = "failed the batch-invariance check" if state is False else "has no batch-invariance record"
+        what = (f"failed the batch-invariance check (min cos {inv:.5f} < {bound})" if inv is not None
+                else "has no batch-invariance record (exported by an older stedge)")
         warnings.warn(
             f"variant {self.variant} of {self.spec.model} {what}: a text's vector may depend on the other texts "
             f"in its batch. Pick another with --variant NAME (`stedge info {self.spec.model}` lists them).",
             RuntimeWarning, stacklevel=2,
         )
-
-
-def batch_invariance(record: dict) -> bool | None:
-    """A variant record's batch-invariance result: True, False, or None when it was not checked."""
-    ver = record.get("verification") or {}
-    for key in ("batch_invariant", "batch_invariance"):
-        value = ver.get(key, record.get(key))
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, dict) and isinstance(value.get("passed"), bool):
-            return value["passed"]
-    return None
 
 
 def spec_dict(spec: ModelSpec) -> dict[str, Any]:

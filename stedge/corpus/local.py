@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from ..errors import StedgeError, require
+from ..io import check_writable, output_lock, write_error
 from .encoder import CorpusEncoder, ModelSpec
 from .reader import Chunk, CorpusReader, TotalCounter, expand_inputs, fingerprint, guess_text_column
 from .shards import DTYPES, ShardSink, clear_folder, hash_texts, prepare, resume_point
@@ -46,6 +47,7 @@ def embed_corpus(
     variant: str | None = None,
     device: str | None = None,
     threads: int | None = None,
+    tier: str | None = None,
     engine: str = "local",
     address: str | None = None,
     workers: int = 2,
@@ -75,7 +77,7 @@ def embed_corpus(
         text_column = next((c for c in map(guess_text_column, files) if c is not None), None)
     reader = CorpusReader(files, text_column, id_column, skip_bad_rows)
     reader.check()
-    spec = ModelSpec(str(model), variant, device, prompt_name, normalize, batch_size, threads)
+    spec = ModelSpec(str(model), variant, device, prompt_name, normalize, batch_size, threads, tier)
     if engine == "ray":  # fail fast on a bad address, before loading anything
         from .ray_engine import connect
 
@@ -86,37 +88,58 @@ def embed_corpus(
               "dtype": dtype, "precision": dtype,
               "settings": {"text_column": text_column, "id_column": id_column, "shard_rows": shard_rows},
               "created_with": {"stedge": _version()}}
-    out = Path(output)
-    fresh = not out.exists()
-    manifest = prepare(out, header, overwrite)
-    before = (int(manifest.get("rows", 0)), int(manifest.get("skipped_rows", 0)))
-    if manifest.get("done"):
-        return _summary(manifest, out, engine, t0, before, already=True)
-    start = resume_point(manifest)
-    if engine == "ray":
-        from .ray_engine import ray_engine
+    out = Path(output).absolute()
+    check_writable(out)
+    with output_lock(out):  # a second writer of the same folder waits, then resumes or finds it done
+        job = _Job(out, header, reader, spec, encoder, engine, chunk_rows, shard_rows, workers, gpus_per_worker)
+        return job.run(overwrite, progress, on_shard, t0)
 
-        del encoder
-        stream = ray_engine(spec, reader, start, chunk_rows, workers, gpus_per_worker)
-    else:
-        stream = local_engine(encoder, reader, start, chunk_rows, shard_rows)
-    sink = ShardSink(out, manifest, shard_rows, on_shard)
-    bar = _Bar(files, sum(before), progress)
-    try:
-        for chunk, sha, vectors in stream:
-            sink.add(chunk, sha, vectors)
-            bar.advance(len(chunk))
-        manifest = sink.finish()
-    except BaseException:
-        sink.abort()
-        if fresh and not manifest["shards"]:  # nothing done: leave no folder behind
-            clear_folder(out)
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        raise
-    finally:
-        bar.stop()
-    return _summary(manifest, out, engine, t0, before, already=False)
+
+class _Job:
+    """One run over the output folder: prepare or resume the manifest, stream, write, summarize."""
+
+    def __init__(self, out: Path, header: dict, reader: CorpusReader, spec: ModelSpec, encoder: CorpusEncoder | None,
+                 engine: str, chunk_rows: int, shard_rows: int, workers: int, gpus_per_worker: float) -> None:
+        self.out, self.header, self.reader, self.spec, self.encoder = out, header, reader, spec, encoder
+        self.engine, self.chunk_rows, self.shard_rows = engine, chunk_rows, shard_rows
+        self.workers, self.gpus_per_worker = workers, gpus_per_worker
+
+    def _stream(self, start: tuple[int, int]) -> Encoded:
+        if self.engine == "ray":
+            from .ray_engine import ray_engine
+
+            self.encoder = None  # the actors hold the encoders
+            return ray_engine(self.spec, self.reader, start, self.chunk_rows, self.workers, self.gpus_per_worker)
+        assert self.encoder is not None
+        return local_engine(self.encoder, self.reader, start, self.chunk_rows, self.shard_rows)
+
+    def run(self, overwrite: bool, progress: bool, on_shard: Callable[[dict], None] | None, t0: float) -> dict:
+        out = self.out
+        fresh = not out.exists()
+        manifest = prepare(out, self.header, overwrite)
+        before = (int(manifest.get("rows", 0)), int(manifest.get("skipped_rows", 0)))
+        if manifest.get("done"):
+            return _summary(manifest, out, self.engine, t0, before, already=True)
+        stream = self._stream(resume_point(manifest))
+        sink = ShardSink(out, manifest, self.shard_rows, on_shard)
+        bar = _Bar(self.reader.files, sum(before), progress)
+        try:
+            for chunk, sha, vectors in stream:
+                sink.add(chunk, sha, vectors)
+                bar.advance(len(chunk))
+            manifest = sink.finish()
+        except BaseException as e:
+            sink.abort()
+            if fresh and not manifest["shards"]:  # nothing done: leave no folder behind
+                clear_folder(out)
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+            if isinstance(e, OSError) and (err := write_error(e, out)) is not None:
+                raise err from e
+            raise
+        finally:
+            bar.stop()
+        return _summary(manifest, out, self.engine, t0, before, already=False)
 
 
 class _Bar:

@@ -136,7 +136,8 @@ def guess_text_column(path: Path) -> str | None:
         for c in TEXT_COLUMNS:
             if c in cols:
                 return c
-        raise StedgeError(f"{path}: no text column found (columns: {', '.join(map(str, cols))}); name one with --text-column")
+        raise StedgeError(f"{path}: no text column found (columns: {', '.join(map(str, cols))}); "
+                          "name one with --text-column")
     raise StedgeError(f"{path}: empty file (no rows)")
 
 
@@ -207,7 +208,8 @@ class CorpusReader:
             good = 0
             for rec, line, rid, text, error in self.records(fi, start[1] if fi == start[0] else 0):
                 if error is not None and not self.skip_bad_rows:
-                    raise StedgeError(f"{self.files[fi]}:{line}: {error} (pass --skip-bad-rows to log such rows and go on)")
+                    raise StedgeError(f"{self.files[fi]}:{line}: {error} "
+                                      "(pass --skip-bad-rows to log such rows and go on)")
                 chunk.records.append(rec)
                 chunk.lines.append(line)
                 chunk.ids.append(rid)

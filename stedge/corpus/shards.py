@@ -13,7 +13,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -248,7 +248,8 @@ class ShardSink:
     def add(self, chunk: Chunk, sha: list[str | None], vectors: np.ndarray) -> None:
         """Append a chunk (records in order; ``vectors`` has one row per good record) to the shards."""
         if vectors.shape != (chunk.good, self.dim):
-            raise StedgeError(f"the encoder returned {vectors.shape} vectors for {chunk.good} texts of width {self.dim}")
+            raise StedgeError(f"the encoder returned {vectors.shape} vectors for {chunk.good} texts "
+                              f"of width {self.dim}")
         v = 0
         i = 0
         n = len(chunk)

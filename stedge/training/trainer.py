@@ -36,6 +36,21 @@ logger = logging.getLogger(__name__)
 TRAINING_ARGS_NAME = "training_args.bin"
 
 
+def _no_tag(obj: Any) -> None:
+    return None
+
+
+def _restore_indexed_cpu(storage: Any, location: str) -> Any:
+    """torch.load for a "cpu:N" location: under torchrun on the CPU accelerate makes the device "cpu:0",
+    transformers loads optimizer checkpoints with map_location=that device, and torch knows only "cpu"."""
+    if isinstance(location, str) and location.startswith("cpu:"):
+        return storage
+    return None
+
+
+torch.serialization.register_package(11, _no_tag, _restore_indexed_cpu)  # after "cpu" (10), before cuda (20)
+
+
 def resolve_loss(loss: Any, model: nn.Module) -> nn.Module | dict[str, nn.Module]:
     """A loss module, a loss name (looked up in stedge.training.losses), or a dict of either per dataset."""
     if isinstance(loss, Mapping):
