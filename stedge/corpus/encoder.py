@@ -69,7 +69,7 @@ class CorpusEncoder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         if self._artifact:
             out = self._enc.encode(list(texts), batch_size=self.spec.batch_size, prompt_name=self.spec.prompt_name,
-                                   normalize=self.spec.normalize or None)
+                                   normalize_embeddings=self.spec.normalize)
         else:
             out = self._enc.encode(list(texts), batch_size=self.spec.batch_size, prompt_name=self.spec.prompt_name,
                                    normalize_embeddings=self.spec.normalize, show_progress_bar=False)
@@ -80,11 +80,11 @@ class CorpusEncoder:
         d: dict[str, Any] = {"ref": self.spec.model, "variant": self.variant,
                              "prompt_name": self.spec.prompt_name, "normalize": self.spec.normalize}
         if self._artifact:
-            record = self._enc.manifest["variants"][self.variant]
+            manifest = self._enc.manifest  # stedge_runtime.artifact.Manifest
             d["kind"] = "artifact"
             d["path"] = str(Path(self.spec.model).resolve())
-            d["sha256"] = record.get("sha256")
-            d["source_sha256"] = (self._enc.manifest.get("source") or {}).get("sha256")
+            d["sha256"] = dict(manifest.variants[self.variant].sha256)
+            d["source_sha256"] = (manifest.source or {}).get("sha256")
         else:
             from ..export.core import source_sha256
             from ..hub import resolve_model
@@ -103,7 +103,7 @@ class CorpusEncoder:
         from stedge_runtime.select import DEFAULT_TIER, INVARIANCE, batch_invariance
 
         sel = self._enc.selection
-        inv = batch_invariance(self._enc.manifest["variants"][self.variant])
+        inv = batch_invariance(self._enc.manifest.variants[self.variant])
         bound = INVARIANCE[sel.tier or DEFAULT_TIER]
         if inv is not None and (inv >= bound or sel.source == "named"):  # a named failing variant: the runtime warned
             return
