@@ -259,7 +259,8 @@ def test_pack_keeps_the_calibration(calibrated_artifact, tmp_path):
     res = pack_artifact(calibrated_artifact, tmp_path / "packed")
     assert "embedding_ranges.npy" in res.files
     packed, full = Encoder.load(tmp_path / "packed"), Encoder.load(calibrated_artifact)
-    np.testing.assert_array_equal(packed.encode(TEXTS[:4], precision="uint8"), full.encode(TEXTS[:4], precision="uint8"))
+    np.testing.assert_array_equal(packed.encode(TEXTS[:4], precision="uint8"),
+                                  full.encode(TEXTS[:4], precision="uint8"))
 
 
 def test_runtime_int8_without_calibration_is_a_clear_error(tiny_model, tmp_path):
@@ -372,3 +373,47 @@ def test_real_minilm_precisions_equal_sentence_transformers(minilm_path, stsb_te
         np.testing.assert_array_equal(got, want)
         if p in ("binary", "ubinary"):  # no calibration: sentence-transformers' own encode(precision=...)
             np.testing.assert_array_equal(got, st.encode(texts, precision=p))
+
+
+# --------------------------------------------------------------------------- embed-corpus --precision
+def test_embed_corpus_stores_quantized_vectors(calibrated_artifact, tiny_model, tmp_path):
+    import json
+
+    pytest.importorskip("pyarrow")
+    from stedge.corpus import embed_corpus, read_corpus
+    from stedge.errors import StedgeError
+    from stedge_runtime import Encoder
+
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
+    enc = Encoder.load(calibrated_artifact, route=False)
+    floats = enc.encode(TEXTS)
+    for p in ("int8", "ubinary"):
+        out = tmp_path / p
+        s = embed_corpus(str(calibrated_artifact), [src], out, id_column="_id", precision=p, shard_rows=7)
+        assert s["precision"] == p and s["rows"] == len(TEXTS)
+        ids, vecs = read_corpus(out)
+        m = json.loads((out / "corpus.json").read_text())
+        ranges = np.asarray(m["ranges"], np.float32) if m["ranges"] else None
+        assert ids == [f"d{i}" for i in range(len(TEXTS))] and m["width"] == vecs.shape[1]
+        if p == "int8":
+            np.testing.assert_array_equal(ranges, enc.embedding_ranges)  # the artifact's saved ranges
+            assert m["calibration"]["source"] == "artifact"
+        np.testing.assert_array_equal(vecs, quantize_embeddings(floats, p, ranges=ranges))
+        hits = search(floats[:3], vecs, p, top_k=1, ranges=ranges, rescore_multiplier=4)
+        assert hits.indices[:, 0].tolist() == [0, 1, 2]
+    # the same folder with another precision is another job
+    with pytest.raises(StedgeError, match="precision changed"):
+        embed_corpus(str(calibrated_artifact), [src], tmp_path / "int8", id_column="_id", precision="binary")
+    # a torch model has no saved ranges: --calibration texts, else a clear error
+    with pytest.raises(StedgeError, match="--calibration TEXTS"):
+        embed_corpus(str(tiny_model), [src], tmp_path / "t", precision="uint8")
+    cal = tmp_path / "cal.txt"
+    cal.write_text("\n".join(TEXTS))
+    s = embed_corpus(str(tiny_model), [src], tmp_path / "t", precision="uint8", calibration=str(cal))
+    m = json.loads((tmp_path / "t" / "corpus.json").read_text())
+    assert m["calibration"] == {"source": str(cal), "texts": len(TEXTS)} and m["dtype"] == "uint8"
+    with pytest.raises(StedgeError, match="pass one of them"):
+        embed_corpus(str(tiny_model), [src], tmp_path / "h", precision="binary", dtype="float16")
+    with pytest.raises(StedgeError, match="precision must be one of"):
+        embed_corpus(str(tiny_model), [src], tmp_path / "h", precision="int4")

@@ -25,6 +25,12 @@ def embed_corpus_cmd(
     prompt_name: Optional[str] = typer.Option(None, "--prompt-name", help="Prompt from the model's config to prepend."),
     normalize: bool = typer.Option(False, "--normalize", help="L2-normalize the vectors."),
     dtype: str = typer.Option("float32", "--dtype", help="Stored vector type: float32 or float16."),
+    precision: str = typer.Option("float32", "--precision", help="Store quantized vectors: int8, uint8 (calibrated "
+                                  "ranges, recorded in corpus.json), binary or ubinary (packed bits)."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="int8/uint8: texts for the ranges "
+                                              "(default: the artifact's saved ones, `stedge calibrate`)."),
+    calibration_column: Optional[str] = typer.Option(None, "--calibration-column",
+                                                     help="Text column of a calibration table."),
     batch_size: int = typer.Option(32, "--batch-size", help="Texts per model call."),
     shard_rows: int = typer.Option(100_000, "--shard-rows", help="Rows per Parquet shard (the unit of resume)."),
     variant: Optional[str] = typer.Option(None, "--variant", help="Artifact variant (see `stedge info ARTIFACT`)."),
@@ -50,7 +56,8 @@ def embed_corpus_cmd(
         warnings.showwarning = _show_warning
         summary = embed_corpus(
             model, inputs, output, text_column=text_column, id_column=id_column, prompt_name=prompt_name,
-            normalize=normalize, dtype=dtype, batch_size=batch_size, shard_rows=shard_rows, variant=variant,
+            normalize=normalize, dtype=dtype, precision=precision, calibration=calibration,
+            calibration_column=calibration_column, batch_size=batch_size, shard_rows=shard_rows, variant=variant,
             device=device, threads=threads, tier=tier, engine=engine, address=address, workers=workers,
             gpus_per_worker=gpus_per_worker, skip_bad_rows=skip_bad_rows, overwrite=overwrite,
             progress=not (quiet or as_json),
@@ -63,7 +70,10 @@ def embed_corpus_cmd(
         return
     resumed = f", resumed after row {summary['resumed_from_row']}" if summary["resumed_from_row"] else ""
     skipped = f", {summary['skipped_rows']} bad rows skipped" if summary["skipped_rows"] else ""
-    typer.echo(f"{summary['rows']} rows x {summary['dimension']} ({summary['dtype']}) in {summary['shards']} shards "
+    stored = summary["dtype"]
+    if summary["precision"] != summary["dtype"]:
+        stored = f"{summary['precision']}, {summary['width']} x {summary['dtype']}"
+    typer.echo(f"{summary['rows']} rows x {summary['dimension']} ({stored}) in {summary['shards']} shards "
                f"-> {output}{resumed}{skipped}; {summary['rows_this_run']} rows in {summary['seconds']:.1f} s "
                f"({summary['rows_per_s'] or 0:,.0f} rows/s, {summary['engine']})")
 

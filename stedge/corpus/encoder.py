@@ -75,6 +75,11 @@ class CorpusEncoder:
                                    normalize_embeddings=self.spec.normalize, show_progress_bar=False)
         return np.asarray(out, dtype=np.float32)
 
+    @property
+    def ranges(self) -> np.ndarray | None:
+        """The int8/uint8 output ranges saved with the artifact (``stedge calibrate``), else None."""
+        return self._enc.embedding_ranges if self._artifact else None
+
     def identity(self) -> dict[str, Any]:
         """What made the vectors: the model, the variant and a hash of its weights (a change means new vectors)."""
         d: dict[str, Any] = {"ref": self.spec.model, "variant": self.variant,

@@ -41,6 +41,9 @@ def embed_corpus(
     prompt_name: str | None = None,
     normalize: bool = False,
     dtype: str = "float32",
+    precision: str = "float32",
+    calibration: str | os.PathLike | None = None,
+    calibration_column: str | None = None,
     batch_size: int = 32,
     shard_rows: int = 100_000,
     chunk_rows: int | None = None,
@@ -61,13 +64,17 @@ def embed_corpus(
 
     Resumes after the last complete shard of an earlier run of the same job; a changed input, model or
     setting is refused unless ``overwrite``. ``engine="ray"`` runs the encoding on a Ray actor pool
-    (``address`` of an existing cluster, else a local instance). See `stedge embed-corpus --help`.
+    (``address`` of an existing cluster, else a local instance). ``precision`` int8/uint8/binary/ubinary
+    stores quantized vectors (stedge_runtime.quantization); int8/uint8 take their ranges from the
+    ``calibration`` texts, else the artifact's saved ones, and record them in corpus.json. See
+    `stedge embed-corpus --help`.
     """
     t0 = time.perf_counter()
     if engine not in ENGINES:
         raise StedgeError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if dtype not in DTYPES:
         raise StedgeError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    _check_precision(precision, dtype, calibration)
     if shard_rows < 1:
         raise StedgeError(f"--shard-rows must be >= 1, got {shard_rows}")
     chunk_rows = int(chunk_rows or max(1024, batch_size * 32))
@@ -88,11 +95,56 @@ def embed_corpus(
               "dtype": dtype, "precision": dtype,
               "settings": {"text_column": text_column, "id_column": id_column, "shard_rows": shard_rows},
               "created_with": {"stedge": _version()}}
+    if precision != "float32":
+        header.update(_quantized_storage(encoder, precision, calibration, calibration_column))
     out = Path(output).absolute()
     check_writable(out)
     with output_lock(out):  # a second writer of the same folder waits, then resumes or finds it done
         job = _Job(out, header, reader, spec, encoder, engine, chunk_rows, shard_rows, workers, gpus_per_worker)
         return job.run(overwrite, progress, on_shard, t0)
+
+
+def _check_precision(precision: str, dtype: str, calibration: Any) -> None:
+    from stedge_runtime.quantization import check_precision
+
+    from ..errors import runtime_input_errors
+
+    with runtime_input_errors():
+        check_precision(precision)
+    if precision != "float32" and dtype != "float32":
+        raise StedgeError(f"--dtype {dtype} stores float vectors and --precision {precision} quantized ones: "
+                          "pass one of them")
+    if calibration is not None and precision not in ("int8", "uint8"):
+        raise StedgeError(f"--calibration applies to --precision int8 or uint8, not {precision}")
+
+
+def _quantized_storage(encoder: CorpusEncoder, precision: str, calibration: Any, column: str | None) -> dict:
+    """corpus.json fields of a quantized corpus: the stored dtype and width, and int8/uint8 ranges with
+    where they came from (the calibration texts, else the artifact's saved ranges)."""
+    from stedge_runtime.quantization import bytes_per_vector, calibration_ranges
+
+    fields: dict[str, Any] = {"precision": precision, "dtype": "int8" if precision in ("int8", "binary") else "uint8",
+                              "width": bytes_per_vector(precision, encoder.dimension), "ranges": None}
+    if precision in ("binary", "ubinary"):
+        if encoder.dimension % 8:
+            raise StedgeError(f"--precision {precision} packs 8 dimensions per byte; the model's dimension "
+                              f"{encoder.dimension} is not a multiple of 8")
+        return fields
+    if calibration is not None:
+        from ..export.calibration import embedding_texts
+
+        texts = embedding_texts(calibration, column)
+        ranges = calibration_ranges(encoder.encode(texts))
+        fields["calibration"] = {"source": str(calibration), "texts": len(texts)}
+    elif encoder.ranges is not None:
+        ranges = encoder.ranges
+        fields["calibration"] = {"source": "artifact", "texts": None}
+    else:
+        raise StedgeError(f"--precision {precision} needs calibration ranges: pass --calibration TEXTS (a few "
+                          "hundred in-domain texts), or use an artifact calibrated with "
+                          "`stedge calibrate ARTIFACT --texts TEXTS`")
+    fields["ranges"] = np.asarray(ranges, dtype=np.float32).tolist()
+    return fields
 
 
 class _Job:
@@ -179,6 +231,8 @@ def _summary(manifest: dict, out: Path, engine: str, t0: float, before: tuple[in
         "rows": int(manifest["rows"]), "skipped_rows": int(manifest.get("skipped_rows", 0)),
         "rows_this_run": new_rows, "resumed_from_row": before[0] if before[0] else None,
         "shards": len(manifest["shards"]), "dimension": manifest["dimension"], "dtype": manifest["dtype"],
+        "precision": manifest.get("precision", manifest["dtype"]),
+        "width": manifest.get("width", manifest["dimension"]),
         "model": manifest["model"]["ref"], "variant": manifest["model"].get("variant"),
         "seconds": round(seconds, 3), "rows_per_s": round(new_rows / seconds, 1) if seconds > 0 else None,
     }

@@ -1,9 +1,11 @@
 """The output folder of `stedge embed-corpus`: Parquet shards plus `corpus.json`, both written atomically.
 
 Shard schema: ``id`` (string), ``text_sha256`` (hex of the UTF-8 text, prompt excluded) and ``vector``
-(fixed-size list of float32, or float16 with ``--dtype float16``). `corpus.json` records the inputs, the
-model and variant, the dimension, the storage ``dtype``/``precision`` and every complete shard with the
-records it covers, so a killed run resumes after the last complete shard.
+(fixed-size list of float32, or float16 with ``--dtype float16``; with ``--precision`` int8/uint8 of
+``dimension`` codes or binary/ubinary of ``dimension / 8`` packed bytes, as stedge_runtime.quantization
+makes them). `corpus.json` records the inputs, the model and variant, the dimension, the storage
+``dtype``/``precision``/``width``, the int8/uint8 ``ranges`` and every complete shard with the records it
+covers, so a killed run resumes after the last complete shard.
 """
 from __future__ import annotations
 
@@ -99,8 +101,8 @@ def changes(old: dict, new: dict) -> str | None:
     for key in ("path", "variant", "sha256", "prompt_name", "normalize"):
         if om.get(key) != nm.get(key):
             return f"the model's {key} changed ({om.get(key)!r} -> {nm.get(key)!r})"
-    for key in ("dimension", "dtype", "precision", "settings"):
-        if old.get(key) != new[key]:
+    for key in ("dimension", "dtype", "precision", "width", "ranges", "settings"):
+        if old.get(key) != new.get(key):
             return f"{key} changed ({old.get(key)!r} -> {new[key]!r})"
     return None
 
@@ -178,14 +180,26 @@ class ShardSink:
         self.shard_rows = int(shard_rows)
         self.on_shard = on_shard
         dim = int(manifest["dimension"])
-        self.np_dtype = np.float16 if manifest["dtype"] == "float16" else np.float32
-        value_type = pa.float16() if manifest["dtype"] == "float16" else pa.float32()
-        meta = {"stedge.corpus": json.dumps({"dimension": dim, "dtype": manifest["dtype"],
+        self.precision = manifest.get("precision") or "float32"
+        self.ranges = np.asarray(manifest["ranges"], dtype=np.float32) if manifest.get("ranges") else None
+        self.np_dtype = np.dtype(manifest["dtype"])
+        value_type = {"float32": pa.float32(), "float16": pa.float16(), "int8": pa.int8(),
+                      "uint8": pa.uint8()}[manifest["dtype"]]
+        width = int(manifest.get("width") or dim)
+        meta = {"stedge.corpus": json.dumps({"dimension": dim, "dtype": manifest["dtype"], "width": width,
                                              "precision": manifest["precision"], "model": manifest["model"]})}
         self.schema = pa.schema([("id", pa.string()), ("text_sha256", pa.string()),
-                                 ("vector", pa.list_(value_type, dim))], metadata=meta)
-        self.dim = dim
+                                 ("vector", pa.list_(value_type, width))], metadata=meta)
+        self.dim, self.width = dim, width
         self._new_shard()
+
+    def _store(self, vectors: np.ndarray) -> np.ndarray:
+        """Float vectors as stored: cast, or quantized (stedge_runtime.quantization) for --precision."""
+        if self.precision in ("float32", "float16"):
+            return vectors.astype(self.np_dtype, copy=False)
+        from stedge_runtime.quantization import quantize_embeddings
+
+        return quantize_embeddings(vectors, self.precision, ranges=self.ranges)
 
     # ------------------------------------------------------------------ one shard
     def _new_shard(self) -> None:
@@ -208,10 +222,10 @@ class ShardSink:
         pa = self.pa
         ids = [i for b in self.buffer for i in b[0]]
         sha = [s for b in self.buffer for s in b[1]]
-        vec = np.concatenate([b[2] for b in self.buffer]).astype(self.np_dtype, copy=False)
+        vec = self._store(np.concatenate([b[2] for b in self.buffer]))
         values = pa.array(vec.reshape(-1), type=self.schema.field("vector").type.value_type)
         table = pa.Table.from_arrays([pa.array(ids, pa.string()), pa.array(sha, pa.string()),
-                                      pa.FixedSizeListArray.from_arrays(values, self.dim)], schema=self.schema)
+                                      pa.FixedSizeListArray.from_arrays(values, self.width)], schema=self.schema)
         if self.writer is None:
             import pyarrow.parquet as pq
 
@@ -296,7 +310,9 @@ class ShardSink:
 
 def read_corpus(output: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     """All ids and vectors of a complete corpus folder, in corpus order (small corpora and tests: it loads
-    everything; stream the shards with pyarrow for large ones)."""
+    everything; stream the shards with pyarrow for large ones). Vectors come as stored: float32/float16,
+    or int8/uint8 codes of width ``width`` for a ``--precision`` corpus (search them with
+    ``stedge_runtime.search(queries, vectors, manifest["precision"], ranges=manifest["ranges"])``)."""
     import pyarrow.parquet as pq
 
     out = Path(output)
@@ -307,10 +323,11 @@ def read_corpus(output: str | os.PathLike) -> tuple[list[str], np.ndarray]:
         raise StedgeError(f"{out}: the corpus is not complete; run the same embed-corpus command again to finish it")
     ids: list[str] = []
     parts = []
+    width = int(manifest.get("width") or manifest["dimension"])
     for entry in manifest["shards"]:
         t = pq.read_table(out / entry["file"])
         ids += t.column("id").to_pylist()
         flat = t.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        parts.append(flat.reshape(len(t), int(manifest["dimension"])))
-    vectors = np.concatenate(parts) if parts else np.zeros((0, int(manifest["dimension"])), dtype=np.float32)
+        parts.append(flat.reshape(len(t), width))
+    vectors = np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.dtype(manifest["dtype"]))
     return ids, vectors
