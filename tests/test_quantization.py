@@ -413,6 +413,15 @@ def test_embed_corpus_stores_quantized_vectors(calibrated_artifact, tiny_model, 
     s = embed_corpus(str(tiny_model), [src], tmp_path / "t", precision="uint8", calibration=str(cal))
     m = json.loads((tmp_path / "t" / "corpus.json").read_text())
     assert m["calibration"] == {"source": str(cal), "texts": len(TEXTS)} and m["dtype"] == "uint8"
+    from typer.testing import CliRunner
+
+    from stedge.cli import app
+
+    res = CliRunner().invoke(app, ["embed-corpus", str(calibrated_artifact), str(src), "-o", str(tmp_path / "c"),
+                                   "--precision", "binary", "--json", "-q"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output[res.output.index("{"):])
+    assert summary["precision"] == "binary" and summary["width"] * 8 == summary["dimension"]
     with pytest.raises(StedgeError, match="pass one of them"):
         embed_corpus(str(tiny_model), [src], tmp_path / "h", precision="binary", dtype="float16")
     with pytest.raises(StedgeError, match="precision must be one of"):
