@@ -81,7 +81,7 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
     for model in dict.fromkeys(r["model"] for r in rows):
         rs = [r for r in rows if r["model"] == model]
         ours = [r for r in rs if not r["peer"]]
-        peers = [r for r in rs if r["peer"]]
+        peers = [r for r in rs if r["peer"] and r.get("kind") == "st"] or [r for r in rs if r["peer"]]
         if not ours:
             continue
         best_peer = max(peers, key=lambda r: r["headline_sentences_per_s"], default=None)

@@ -81,6 +81,7 @@ class Suite:
     passage_batch_sizes: list[int] = field(default_factory=list)   # default: the headline batch size
     tune: bool = True                       # `stedge tune` the artifact here first when its profile is missing or stale
     tune_budget_s: float = 0.0              # 0: stedge tune's default (4 s per variant)
+    tune_quick: bool = False                # stedge tune --quick (set by --quick; a full run re-tunes after it)
 
     def quick(self) -> "Suite":
         """A shortened copy for a fast look: one repetition, fewer texts and batch sizes."""
@@ -94,6 +95,7 @@ class Suite:
         s.num_queries = min(self.num_queries, 20)
         s.accuracy_pairs = min(self.accuracy_pairs or 200, 200)
         s.num_passages = min(self.num_passages, 32)
+        s.tune_quick = True
         return s
 
 
@@ -319,12 +321,16 @@ def ensure_profile(artifact: Path, suite: Suite, threads: int, env: dict[str, st
         prof = {}
     have = prof.get("variants") or {}
     stale = [n for n, v in todo.items() if n not in have or have[n].get("sha256") != v.get("sha256")]
+    if prof.get("quick") and not suite.tune_quick:
+        stale = list(todo)  # a quick profile is not good enough for a full run
     if not stale:
         log(f"{artifact.name}: this machine's tuning profile covers every variant; not re-tuning")
         return
     cmd = [sys.executable, "-m", "stedge.cli", "tune", str(artifact), "--threads", str(threads), "--json"]
     if suite.tune_budget_s:
         cmd += ["--budget", str(suite.tune_budget_s)]
+    if suite.tune_quick:
+        cmd.append("--quick")
     log(f"tuning {artifact.name} on this machine ({len(todo)} variants; stale or new: {', '.join(stale)})")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work_root(), timeout=max(600, 60 * len(todo)))
     if proc.returncode != 0:
