@@ -66,7 +66,8 @@ EXIT_INTERRUPTED = 130
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show the traceback of an internal error (also STEDGE_DEBUG=1).")) -> None:
+def _root(debug: bool = typer.Option(False, "--debug",
+                                     help="Show the traceback of an internal error (also STEDGE_DEBUG=1).")) -> None:
     if debug:
         os.environ["STEDGE_DEBUG"] = "1"
 

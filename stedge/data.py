@@ -208,7 +208,8 @@ def _iter_parquet(p: Path, columns: Sequence[str] | None) -> Iterator[tuple[int,
 
 def _check_file(p: Path) -> None:
     if p.is_dir():
-        raise InvalidInputError(f"{p} is a folder; pass a text file, a CSV/TSV/JSONL/JSON/Parquet table or a datasets name")
+        raise InvalidInputError(f"{p} is a folder; pass a text file, a CSV/TSV/JSONL/JSON/Parquet table "
+                                "or a datasets name")
 
 
 def _read_error(p: Path, e: Exception) -> InvalidInputError:

@@ -41,6 +41,7 @@ MODEL_SUFFIXES = frozenset({
     ".tiktoken", ".npy",
 })
 MODEL_NAMES = frozenset({"LICENSE", "NOTICE", ".gitattributes"})
+OWN_HIDDEN = (".stedge", ".bench-")  # hidden files stedge itself writes into its outputs
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 
@@ -76,6 +77,8 @@ def foreign_entries(folder: Path, limit: int = 3) -> list[str]:
             p = base / name
             suffix = "".join(Path(name).suffixes[-1:])
             if name in MODEL_NAMES and not p.is_symlink():
+                continue
+            if name.startswith(OWN_HIDDEN) and not p.is_symlink():
                 continue
             if p.is_symlink() or suffix not in MODEL_SUFFIXES or name.startswith("."):
                 out.append(str(p.relative_to(folder)))
@@ -240,7 +243,8 @@ def output_lock(target: str | os.PathLike) -> Iterator[Path]:
         try:
             fd = _acquire(lock, t)
         except PermissionError as e:
-            raise OutputError(f"-o {t}: cannot write in {t.parent} ({e.strerror}); choose a writable location") from None
+            raise OutputError(f"-o {t}: cannot write in {t.parent} ({e.strerror}); "
+                              "choose a writable location") from None
         with _held_guard:
             _held[lock] = [fd, threading.get_ident(), 1]
     try:
@@ -367,7 +371,8 @@ def _failed_write(e: BaseException, target: Path, tmp: Path, vanished: bool) -> 
         return OutputError(f"cannot write {target}: the folder being written ({tmp.parent}) vanished meanwhile; "
                            "nothing was written")
     text = str(e)
-    if any(m in text for m in ("No space left", "os error 28", "Disk quota exceeded", "ENOSPC")) or _full(target.parent):
+    markers = ("No space left", "os error 28", "Disk quota exceeded", "ENOSPC")
+    if any(m in text for m in markers) or _full(target.parent):
         return OutputError(f"cannot write {target}: no space left on the device ({type(e).__name__}); nothing was "
                            "written, existing files are untouched: free space or choose another -o")
     return None
@@ -472,7 +477,8 @@ def regular_file(path: str | os.PathLike, limit: int | None = None) -> Path:
     if not stat.S_ISREG(st.st_mode):
         raise InvalidModelError(f"{p} is not a regular file (a folder, device or link to one); restore the file")
     if limit is not None and st.st_size > limit:
-        raise InvalidModelError(f"{p} is {st.st_size} bytes, more than the {limit} such a file can be; restore the file")
+        raise InvalidModelError(f"{p} is {st.st_size} bytes, more than the {limit} such a file can be; "
+                                "restore the file")
     return p
 
 

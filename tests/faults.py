@@ -110,7 +110,8 @@ def classify(fault: str, rel: str, status: str, value: object, reference: np.nda
     got = np.asarray(value)
     if got.shape == reference.shape and np.allclose(got, reference, atol=1e-5):
         return Outcome(fault, rel, "same", "")
-    return Outcome(fault, rel, "WRONG", f"shape {got.shape}, max diff {np.abs(got - reference).max() if got.shape == reference.shape else 'n/a'}")
+    diff = np.abs(got - reference).max() if got.shape == reference.shape else "n/a"
+    return Outcome(fault, rel, "WRONG", f"shape {got.shape}, max diff {diff}")
 
 
 def encode_artifact(folder: Path, variants: list[str]) -> np.ndarray:

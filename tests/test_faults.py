@@ -194,10 +194,13 @@ def test_second_writer_waits_for_the_lock_then_sees_the_first(tmp_path):
 def test_concurrent_add_keeps_both_variants_and_concurrent_exports_do_not_clobber(artifact, tiny_model, tmp_path):
     copy = tmp_path / "art"
     shutil.copytree(artifact, copy)
-    a = subprocess.Popen([sys.executable, "-m", "stedge.cli", "export", str(tiny_model), "-o", str(copy), "--add",
-                          "--optimize", "O1", "--json"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    b = subprocess.Popen([sys.executable, "-m", "stedge.cli", "export", str(tiny_model), "-o", str(copy), "--add",
-                          "--optimize", "O2", "--json"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def add(level: str) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "stedge.cli", "export", str(tiny_model), "-o", str(copy), "--add",
+               "--optimize", level, "--json"]
+        return subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    a, b = add("O1"), add("O2")
     new = tmp_path / "new"
     c = stedge("export", tiny_model, "-o", new)
     d = stedge("export", tiny_model, "-o", new)
@@ -285,7 +288,8 @@ def _tmpfs(path: Path, options: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0 or not shutil.which("mount"):
         return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode == 0
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    return r.returncode == 0
 
 
 def _umount(path: Path) -> None:
@@ -332,8 +336,12 @@ def test_unwritable_output_is_found_before_the_work(artifact, tiny_model, tmp_pa
     import stedge_runtime
 
     calls = []
-    monkeypatch.setattr(core, "load_model", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError))
-    monkeypatch.setattr(stedge_runtime.Encoder, "load", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError))
+    def must_not_load(*a, **k):
+        calls.append(a)
+        raise AssertionError("loaded before checking the output")
+
+    monkeypatch.setattr(core, "load_model", must_not_load)
+    monkeypatch.setattr(stedge_runtime.Encoder, "load", must_not_load)
     try:
         rc, err = main_rc(capsys, "export", tiny_model, "-o", ro / "art")
         one_line_error(rc, err, 2, "cannot write")
@@ -372,12 +380,13 @@ def test_rerun_without_resume_keeps_checkpoints_and_resume_reports_the_right_los
     from stedge.training.config import config_from_dict, run_training
 
     data = tmp_path / "sts.tsv"
-    data.write_text("sentence1\tsentence2\tscore\n" + "".join(f"text {i}\tother {i % 7}\t{(i % 5) / 4}\n" for i in range(64)))
+    rows = "".join(f"text {i}\tother {i % 7}\t{(i % 5) / 4}\n" for i in range(64))
+    data.write_text("sentence1\tsentence2\tscore\n" + rows)
     out = tmp_path / "out"
 
     def cfg(steps: int):
-        return config_from_dict({"model": str(tiny_model), "output": str(out), "train_data": str(data), "loss": "cosent",
-                                 "args": {"max_steps": steps, "save_steps": 2, "logging_steps": 1,
+        return config_from_dict({"model": str(tiny_model), "output": str(out), "train_data": str(data),
+                                 "loss": "cosent", "args": {"max_steps": steps, "save_steps": 2, "logging_steps": 1,
                                           "per_device_train_batch_size": 8, "use_cpu": True, "report_to": []}},
                                 where="test")
 
@@ -507,3 +516,54 @@ def test_pack_ships_only_what_the_runtime_reads(artifact, tmp_path, capsys):
     rc, err = main_rc(capsys, "pack", bad, "-o", tmp_path / "y", "--variant", "onnx-fp32")
     one_line_error(rc, err, 2, "sha256")
     assert not (tmp_path / "y").exists()
+
+
+def test_every_writing_command_refuses_an_unwritable_output_before_its_work(artifact, tiny_model, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    mounted = _tmpfs(ro, "ro,size=1m")
+    if not mounted:
+        ro.chmod(0o555)
+        if os.access(ro, os.W_OK):
+            pytest.skip("cannot make an unwritable folder here (root without mount)")
+    data = tmp_path / "d.txt"
+    data.write_text("\n".join(f"sentence {i}" for i in range(40)))
+    suite = tmp_path / "s.toml"
+    suite.write_text(f'name = "x"\n[[models]]\nref = "{tiny_model}"\n')
+    commands = {
+        "export": ["export", tiny_model, "-o", ro / "o"],
+        "embed": ["embed", artifact, "x", "-o", ro / "o.npy"],
+        "train": ["train", tiny_model, "--train-data", data, "--loss", "mnrl", "-o", ro / "o"],
+        "pca": ["pca", tiny_model, "--dim", "4", "--data", data, "-o", ro / "o"],
+        "distill": ["distill", tiny_model, "--num-layers", "1", "--data", data, "-o", ro / "o"],
+        "pack": ["pack", artifact, "-o", ro / "o"],
+        "bench": ["bench", suite, "--out", ro / "o"],
+    }
+    try:
+        for name, argv in commands.items():
+            t0 = time.perf_counter()
+            rc, err = main_rc(capsys, *argv)
+            one_line_error(rc, err, 2, "cannot write")
+            assert time.perf_counter() - t0 < 60, name  # refused before the work, not after it
+        assert list(ro.iterdir()) == []
+    finally:
+        if mounted:
+            _umount(ro)
+        else:
+            ro.chmod(0o755)
+
+
+def test_fault_injection_over_every_file(artifact, tiny_model, tmp_path):
+    """tests/faults.py in a subprocess (memory-capped): every fault on every file gives a clear error or
+    the right vectors, never a hang, a traceback or silently wrong vectors."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    out = tmp_path / "faults.json"
+    r = subprocess.run([sys.executable, str(Path(__file__).with_name("faults.py")), "--json", str(out),
+                        f"artifact={artifact}", f"model={model}"], env=_env(), capture_output=True, text=True,
+                       timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    outcomes = json.loads(out.read_text())
+    bad = [o for kind in outcomes.values() for o in kind if o["kind"] not in ("error", "same")]
+    assert not bad, bad
+    assert sum(o["kind"] == "error" for o in outcomes["artifact"]) >= 8 * 4  # manifest, tokenizer, two graphs
+    assert sum(o["kind"] == "error" for o in outcomes["model"]) >= 8 * 5

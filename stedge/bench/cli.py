@@ -32,6 +32,9 @@ def bench(
     if quick:
         s = s.quick()
     target = out or default_results_dir(s.name, quick, s.models_dir)
+    from stedge.io import check_writable
+
+    check_writable(target, "--out")  # before minutes of measuring
     log = (lambda msg: typer.echo(msg, err=True))
     results = run_suite(s, out_dir=target, threads=threads, progress=sys.stderr.isatty() or not as_json, log=log)
     if as_json:

@@ -207,8 +207,9 @@ def _check_args(epochs: float, output: str, overwrite: bool) -> None:
     """Fail before any work on arguments that cannot succeed."""
     if epochs <= 0:
         raise StedgeError(f"--epochs must be positive, got {epochs}")
-    if Path(output).exists() and not overwrite:
-        raise StedgeError(f"output folder {Path(output).resolve()} already exists: pass --overwrite or choose another -o")
+    from ..io import check_output
+
+    check_output(output, overwrite)
 
 
 def _fit(student_model, train, evaluator, teacher: str, settings: dict) -> tuple[list[dict], float, object]:

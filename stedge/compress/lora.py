@@ -26,6 +26,9 @@ def run_merge(adapter: str, output: str, base: str | None = None, eval_path: str
     from .report import (eval_sentences, embedding_mse, make_step, min_cosine, model_summary,
                          save_with_report, sts_spearman)
 
+    from ..io import check_output
+
+    check_output(output, overwrite, protect=[adapter])
     adapter_dir = Path(adapter)
     cfg = adapter_config(adapter_dir)
     pairs = read_sts(eval_path) if eval_path else None

@@ -1,6 +1,7 @@
 """PCA as a Dense layer: fit on the model's embeddings, project (and centre) inside the model."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -104,8 +105,10 @@ def run_pca(model: str, dim: int, data: Sequence[str], output: str, eval_path: s
             show_progress_bar: bool | None = None) -> dict:
     """`stedge pca`: fit PCA on the model's embeddings of ``data``, save the model, return the report."""
     from ..data import read_sts
+    from ..io import check_output
     from .report import load_sentences, make_step, model_summary, save_with_report, sts_spearman
 
+    check_output(output, overwrite, protect=[model] if Path(model).is_dir() else [])
     sentences = load_sentences(data)
     pairs = read_sts(eval_path) if eval_path else None
     encoder = SentenceEncoder(model, device=device)

@@ -87,11 +87,13 @@ def register(app: typer.Typer) -> None:
     def pack_cmd(
         artifact: Path = typer.Argument(..., help="An artifact folder written by `stedge export`."),
         output: Path = typer.Option(..., "-o", "--output", help="Folder for the runtime-only artifact."),
-        variant: Optional[List[str]] = typer.Option(None, "--variant", "-v", help="Variant to keep (repeatable; default: the artifact's default variant)."),
+        variant: Optional[List[str]] = typer.Option(
+            None, "--variant", "-v", help="Variant to keep (repeatable; default: the artifact's default variant)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder stedge wrote."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
-        """Copy an artifact without its torch weights: the tokenizer, the chosen variants' files (sha256-checked) and a stedge.json listing only them, for apps that ship stedge_runtime."""
+        """Copy an artifact without its torch weights, for apps that ship stedge_runtime: the tokenizer, the
+        chosen variants' files (sha256-checked) and a stedge.json listing only them."""
         from stedge.export.pack import pack_artifact
 
         res = pack_artifact(artifact, output, variant or [], overwrite=overwrite)

@@ -425,7 +425,8 @@ def run_training(
     summary: dict[str, Any] = {
         "output": str(out), "model": cfg.model, "train_rows": _rows(train_data),
         "steps": int(trainer.state.global_step), "epochs": float(trainer.state.epoch or 0),
-        "train_loss": float(result.training_loss), "resumed_from_step": _resumed_from(trainer), "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 2),
+        "train_loss": float(result.training_loss), "resumed_from_step": _resumed_from(trainer),
+        "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 2),
         "total_time_s": round(time.perf_counter() - t0, 2), "losses": {k: type(v).__name__ for k, v in losses.items()},
         "metrics_before": before, "metrics_after": after, "adapter": bool(model.has_adapters),
         "size_bytes": dir_size(out),
