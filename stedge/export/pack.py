@@ -3,7 +3,7 @@
 It holds what ``stedge_runtime`` reads and nothing else: ``stedge.json`` listing only the chosen
 variants, the tokenizer file, the files of those variants (graph + external data / OpenVINO
 weights) and the embedding calibration ranges when there are some, each checked against its sha256
-while it is copied. No torch weights, no model card.
+while it is copied, and the tuning profiles (``tuning/``). No torch weights, no model card.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ def pack_artifact(artifact: str | os.PathLike, output: str | os.PathLike, varian
     """Copy ``variants`` of ``artifact`` (default: its default variant) with the tokenizer and a manifest
     listing only them into ``output``. Every file is checked against the manifest's sha256 while copied."""
     from stedge_runtime.artifact import Manifest, artifact_path, write_manifest
+    from stedge_runtime.profile import list_profiles
 
     root = Path(artifact)
     m = Manifest.read(root)
@@ -58,6 +59,10 @@ def pack_artifact(artifact: str | os.PathLike, output: str | os.PathLike, varian
             src = artifact_path(root, cal.file, "embedding_calibration.file")
             _copy(src, tmp / cal.file, cal.sha256, "embedding_calibration.sha256")
             files[cal.file] = (tmp / cal.file).stat().st_size
+        for prof in list_profiles(root):  # tuning profiles (stedge tune): the packed variants they measured
+            rel = prof.relative_to(root).as_posix()
+            _copy(prof, tmp / rel)
+            files[rel] = prof.stat().st_size
         default = m.default_variant if m.default_variant in chosen else names[0]
         write_manifest(tmp, m.with_variants(chosen, default))
     return PackResult(Path(output).resolve(), names, default, files)
