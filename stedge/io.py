@@ -426,6 +426,8 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
                 tmp.unlink()
             if isinstance(e, OSError):
                 err = write_error(e, t)
+                if err is None and not t.parent.is_dir():
+                    err = OutputError(f"cannot write {t}: its folder {t.parent} vanished meanwhile; nothing was written")
                 if err is not None:
                     raise err from e
             raise

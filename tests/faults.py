@@ -175,7 +175,8 @@ def sweep(name: str, good: Path, runner: Callable[[Path], np.ndarray], work: Pat
 
 
 def main(argv: list[str]) -> None:
-    """``faults.py [--json OUT] artifact=PATH model=PATH``: run the sweeps, print the tables."""
+    """``faults.py [--json OUT] NAME=PATH...``: run the sweeps (NAME artifact* runs the runtime on every
+    variant, any other NAME loads a torch model folder), print the tables."""
     import json
     import resource
     import tempfile
@@ -186,11 +187,12 @@ def main(argv: list[str]) -> None:
     if argv[:1] == ["--json"]:
         out_json, argv = Path(argv[1]), argv[2:]
     targets = dict(a.split("=", 1) for a in argv)
-    runners = {"artifact": artifact_runner, "model": lambda good: encode_model}
+    def runner_for(name: str, good: Path) -> Callable[[Path], np.ndarray]:
+        return artifact_runner(good) if name.startswith("artifact") else encode_model
     outcomes: dict[str, list[Outcome]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in targets.items():
-            outcomes[name] = sweep(name, Path(path), runners[name](Path(path)), Path(tmp))
+            outcomes[name] = sweep(name, Path(path), runner_for(name, Path(path)), Path(tmp))
     if out_json is not None:
         out_json.write_text(json.dumps({k: [o.__dict__ for o in v] for k, v in outcomes.items()}, indent=1))
     for name, outs in outcomes.items():

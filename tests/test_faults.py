@@ -73,6 +73,23 @@ def artifact(tiny_model, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def artifact_external(tiny_model, tmp_path_factory) -> Path:
+    """A tiny artifact whose graphs keep their weights in external data files (as graphs over 32 MB do)."""
+    from stedge.export import export_model
+    from stedge.export import onnx as ox
+
+    out = tmp_path_factory.mktemp("faults") / "art-ext"
+    saved = ox.EXTERNAL_DATA_THRESHOLD
+    ox.EXTERNAL_DATA_THRESHOLD = 1 << 10
+    try:
+        export_model(str(tiny_model), out)
+    finally:
+        ox.EXTERNAL_DATA_THRESHOLD = saved
+    assert any("data" in p.name for p in (out / "onnx").iterdir())
+    return out
+
+
 # ------------------------------------------------------------------ 1. --overwrite
 def test_overwrite_refuses_what_stedge_did_not_write(tiny_model, tmp_path, capsys, monkeypatch):
     proj = tmp_path / "proj"
@@ -552,18 +569,66 @@ def test_every_writing_command_refuses_an_unwritable_output_before_its_work(arti
             ro.chmod(0o755)
 
 
-def test_fault_injection_over_every_file(artifact, tiny_model, tmp_path):
+def test_fault_injection_over_every_file(artifact, artifact_external, tiny_model, tmp_path):
     """tests/faults.py in a subprocess (memory-capped): every fault on every file gives a clear error or
     the right vectors, never a hang, a traceback or silently wrong vectors."""
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
     out = tmp_path / "faults.json"
     r = subprocess.run([sys.executable, str(Path(__file__).with_name("faults.py")), "--json", str(out),
-                        f"artifact={artifact}", f"model={model}"], env=_env(), capture_output=True, text=True,
+                        f"artifact={artifact}", f"artifact-external-data={artifact_external}", f"model={model}"],
+                       env=_env(), capture_output=True, text=True,
                        timeout=1500)
     assert r.returncode == 0, r.stderr[-3000:]
     outcomes = json.loads(out.read_text())
     bad = [o for kind in outcomes.values() for o in kind if o["kind"] not in ("error", "same")]
     assert not bad, bad
     assert sum(o["kind"] == "error" for o in outcomes["artifact"]) >= 8 * 4  # manifest, tokenizer, two graphs
+    ext = [o for o in outcomes["artifact-external-data"] if "data" in o["file"] and o["file"].startswith("onnx/")]
+    assert ext and all(o["kind"] == "error" for o in ext), ext
     assert sum(o["kind"] == "error" for o in outcomes["model"]) >= 8 * 5
+
+
+def test_embed_output_folder_vanishes_during_the_work(artifact, tmp_path, capsys, monkeypatch):
+    import stedge.models.cli as mcli
+
+    parent = tmp_path / "gone"
+    parent.mkdir()
+    real = mcli._encode
+
+    def vanish(*a, **k):
+        out = real(*a, **k)
+        shutil.rmtree(parent)
+        return out
+
+    monkeypatch.setattr(mcli, "_encode", vanish)
+    rc, err = main_rc(capsys, "embed", artifact, "hello", "-o", parent / "e.npy")
+    one_line_error(rc, err, 2, "gone")
+    assert not parent.exists() and not list(tmp_path.rglob("*.npy"))
+
+
+def test_pack_and_embed_on_a_full_disk_leave_the_user_files(artifact, tmp_path, capsys, monkeypatch):
+    import errno
+
+    disk = tmp_path / "disk"
+    if _tmpfs(disk, "size=1m"):  # the artifact's graphs are 5 MB
+        try:
+            (disk / "keep.txt").write_text("user file")
+            rc, err = main_rc(capsys, "pack", artifact, "-o", disk / "app", "--variant", "onnx-fp32")
+            one_line_error(rc, err, 2, "cannot write")
+            assert sorted(p.name for p in disk.iterdir()) == ["keep.txt"]
+        finally:
+            _umount(disk)
+    import numpy
+
+    out = tmp_path / "e.npy"
+    numpy.save(out, numpy.zeros(3))
+    before = out.read_bytes()
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(numpy, "save", full)
+    rc, err = main_rc(capsys, "embed", artifact, "hello", "-o", out)
+    one_line_error(rc, err, 2, "No space left on device")
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["disk", "e.npy"]
