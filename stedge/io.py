@@ -427,7 +427,8 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
             if isinstance(e, OSError):
                 err = write_error(e, t)
                 if err is None and not t.parent.is_dir():
-                    err = OutputError(f"cannot write {t}: its folder {t.parent} vanished meanwhile; nothing was written")
+                    err = OutputError(f"cannot write {t}: its folder {t.parent} vanished meanwhile; "
+                                      "nothing was written")
                 if err is not None:
                     raise err from e
             raise
