@@ -53,7 +53,7 @@ def main_rc(capsys, *args) -> tuple[int, str]:
 
 def one_line_error(rc: int, err: str, code: int, *words: str) -> None:
     assert rc == code, (rc, err)
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("waiting")]
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("waiting", "warning:", "note:"))]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     for w in words:
         assert w in lines[0], (w, lines[0])
