@@ -240,3 +240,19 @@ def test_openvino_throughput_hint_runs_batches_side_by_side(tiny_artifact):
     assert lat._engine.parallel == 1 and thr._engine.parallel >= 2
     np.testing.assert_allclose(thr.encode(texts, batch_size=4), lat.encode(texts, batch_size=4), atol=1e-6)
     assert thr.encode(texts[:1]).shape == (1, thr.dimension)
+
+
+def test_tune_a_reranker(tiny_ce_artifact, tmp_path):
+    from stedge_runtime import Reranker
+    from stedge_runtime.tune import tune
+
+    art = tmp_path / "ce"
+    shutil.copytree(tiny_ce_artifact, art)
+    prof = tune(art, variants=["onnx-fp32"], quick=True, budget_s=1)
+    entry = prof["variants"]["onnx-fp32"]
+    assert prof["task"] == "reranking" and entry["status"] == "ok", entry
+    assert entry["batch_invariance_min_cos"] > 0.999 and entry["runs"][0]["bulk"]["passage"]["32"] > 0
+    write_profile(art, prof)
+    rr = Reranker.load(art, tier="exact")
+    assert rr.variant == "onnx-fp32" and rr.selection.source == "profile"
+    assert any("openvino-fp32: not tuned" in n for n in rr.selection.notes)
