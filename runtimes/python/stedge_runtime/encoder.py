@@ -158,7 +158,8 @@ class _Artifact:
     def _run(self, items: list, batch_size: int, output: str, width: int, extra: dict | None = None) -> np.ndarray:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        engine = self._latency_engine if len(items) == 1 and self._latency_engine is not None else self._engine
+        one = len(items) == 1 or batch_size == 1   # batch-1 calls may run on the latency variant (selection)
+        engine = self._latency_engine if one and self._latency_engine is not None else self._engine
         type_ids = "token_type_ids" in engine.inputs
         encs = self._tok.encode(items)
         out = np.empty((len(items), width), dtype=np.float32)

@@ -256,3 +256,25 @@ def test_tune_a_reranker(tiny_ce_artifact, tmp_path):
     rr = Reranker.load(art, tier="exact")
     assert rr.variant == "onnx-fp32" and rr.selection.source == "profile"
     assert any("openvino-fp32: not tuned" in n for n in rr.selection.notes)
+
+
+def test_batch1_calls_run_on_the_latency_variant(own_artifact):
+    m = json.loads((own_artifact / "stedge.json").read_text())
+    prof = _profile(machine.machine_key(), {"openvino-fp32": (3.0, 900, 90), "onnx-fp32": (1.0, 500, 50)},
+                    {"onnx-fp32|openvino-fp32": 0.99999},
+                    sha={n: v["sha256"] for n, v in m["variants"].items()})
+    write_profile(own_artifact, prof)
+    enc = Encoder.load(own_artifact, tier="exact")
+    assert (enc.variant, enc.selection.latency_variant) == ("openvino-fp32", "onnx-fp32")
+    calls = {"latency": 0, "bulk": 0}
+    for which, engine in (("latency", enc._latency_engine), ("bulk", enc._engine)):
+        def counted(feeds, output, _run=engine.run, _which=which):
+            calls[_which] += 1
+            return _run(feeds, output)
+        engine.run = counted
+    single = enc.encode("one query")
+    enc.encode(["a", "b", "c"], batch_size=1)
+    assert calls == {"latency": 4, "bulk": 0}
+    bulk = enc.encode(["one query", "a longer document text", "c"], batch_size=8)
+    assert calls["bulk"] == 1
+    np.testing.assert_allclose(single, bulk[0], atol=1e-5)   # fp32 on both engines: the same vector
