@@ -330,7 +330,7 @@ def test_wheel_has_only_stedge_and_bench_runs_outside_the_checkout(tiny_model, s
     work.mkdir()
     suite = (site / "stedge/bench/suites/smoke.toml").read_text(encoding="utf-8")
     suite = suite.replace('ref = "all-MiniLM-L6-v2"', f'ref = "{tiny_model}"').replace("num_texts = 24", "num_texts = 8")
-    suite = suite.replace('peers = ["torch"]', "peers = []")
+    suite = suite.replace('peers = ["torch", "fastembed"]', "peers = []")
     (work / "mine.toml").write_text(suite, encoding="utf-8")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(root / "runtimes" / "python")]),
                STEDGE_DATA_DIR=str(shared_data))
@@ -342,4 +342,7 @@ def test_wheel_has_only_stedge_and_bench_runs_outside_the_checkout(tiny_model, s
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert all(r["status"] == "ok" for r in results["rows"]), results["rows"]
-    assert (work / "stedge-bench" / "smoke" / "results.json").is_file()
+    from stedge_runtime.machine import cpu_slug
+
+    assert (work / "stedge-bench" / cpu_slug() / "smoke" / "results.json").is_file()   # one folder per CPU
+    assert any(r.get("auto_tier") == "near" for r in results["rows"])   # tuned from the wheel, then measured

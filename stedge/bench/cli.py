@@ -12,7 +12,7 @@ import typer
 def bench(
     suite: str = typer.Argument(..., help="Suite name in benchmarks/suites/ (cpu, gpu, smoke) or a .toml file."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for results.json, results.md and the PNGs "
-                                       "(default: benchmarks/results/<suite> in a checkout, else ./stedge-bench/<suite>; with --quick models/bench-<suite>-quick, git-ignored)."),
+                                       "(default: benchmarks/results/<cpu slug>/<suite> in a checkout, else ./stedge-bench/<cpu slug>/<suite>; with --quick models/bench-<suite>-quick, git-ignored)."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", min=0, help="Thread budget for every engine (0: all physical cores; default: the suite's)."),
     quick: bool = typer.Option(False, "--quick", help="One repetition, fewer texts and batch sizes: a fast look, not for quoting."),
     as_json: bool = typer.Option(False, "--json", help="Print the results JSON on stdout (progress and logs go to stderr)."),
