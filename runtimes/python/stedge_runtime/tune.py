@@ -206,7 +206,7 @@ def tune(path: str | Path, variants: Sequence[str] | None = None, threads: int |
             continue
         n_settings = sum(1 for c in cases if c[0] == name)
         try:
-            model = cls.load(root, variant=name, verify=True, **settings)
+            model = cls.load(root, variant=name, **settings)
             if tok_count is None:
                 tok_count = _token_counter(model)
             if name not in probes:
