@@ -632,3 +632,13 @@ def test_pack_and_embed_on_a_full_disk_leave_the_user_files(artifact, tmp_path, 
     rc, err = main_rc(capsys, "embed", artifact, "hello", "-o", out)
     one_line_error(rc, err, 2, "No space left on device")
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["disk", "e.npy"]
+
+
+def test_missing_hashes_need_an_explicit_opt_out(artifact, tmp_path, capsys):
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    _edit(art, lambda m: [v.pop("sha256") for v in m["variants"].values()])
+    rc, err = main_rc(capsys, "embed", art, "hello", "--variant", "onnx-fp32", "--json")
+    one_line_error(rc, err, 2, "sha256", "--no-verify")
+    rc, err = main_rc(capsys, "embed", art, "hello", "--variant", "onnx-fp32", "--json", "--no-verify")
+    assert rc == 0, err

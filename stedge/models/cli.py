@@ -54,11 +54,17 @@ def _npy_output(output: Optional[Path]) -> Optional[Path]:
 TIER_HELP = "Precision tier for the automatic variant choice: exact, near (default) or compressed (artifacts)."
 
 
-def _load_encoder(model: str, variant: Optional[str], device: Optional[str], tier: Optional[str] = None):
+NO_VERIFY_HELP = ("Artifacts: skip the sha256 check of the graph files (for an artifact without hashes; "
+                  "paths stay confined to the artifact).")
+
+
+def _load_encoder(model: str, variant: Optional[str], device: Optional[str], tier: Optional[str] = None,
+                  no_verify: bool = False):
     if is_artifact_folder(model):
         from stedge_runtime import Encoder
 
-        return Encoder.load(model, variant=variant, device=device or "cpu", tier=tier)
+        return Encoder.load(model, variant=variant, device=device or "cpu", tier=tier,
+                            verify=False if no_verify else "cached")
     if variant or tier:
         raise StedgeError(f"--variant / --tier apply to exported artifacts only; '{model}' has no stedge.json")
     from . import SentenceEncoder
@@ -66,11 +72,13 @@ def _load_encoder(model: str, variant: Optional[str], device: Optional[str], tie
     return SentenceEncoder(model, device=device)
 
 
-def _load_reranker(model: str, variant: Optional[str], device: Optional[str], tier: Optional[str] = None):
+def _load_reranker(model: str, variant: Optional[str], device: Optional[str], tier: Optional[str] = None,
+                   no_verify: bool = False):
     if is_artifact_folder(model):
         from stedge_runtime import Reranker
 
-        return Reranker.load(model, variant=variant, device=device or "cpu", tier=tier)
+        return Reranker.load(model, variant=variant, device=device or "cpu", tier=tier,
+                             verify=False if no_verify else "cached")
     if variant or tier:
         raise StedgeError(f"--variant / --tier apply to exported artifacts only; '{model}' has no stedge.json")
     from . import CrossEncoder
@@ -113,6 +121,7 @@ def embed(
     variant: Optional[str] = typer.Option(None, help="Artifact variant (see `stedge info ARTIFACT`)."),
     tier: Optional[str] = typer.Option(None, "--tier", help=TIER_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: best available)."),
+    no_verify: bool = typer.Option(False, "--no-verify", help=NO_VERIFY_HELP),
     precision: str = typer.Option("float32", "--precision",
                                   help="Output: float32, int8, uint8 (calibrated), binary or ubinary (packed bits)."),
     calibration: Optional[str] = typer.Option(
@@ -134,7 +143,7 @@ def embed(
 
     with runtime_input_errors():
         check_precision(precision)  # before loading the model
-    enc = _load_encoder(model, variant, device, tier)
+    enc = _load_encoder(model, variant, device, tier, no_verify)
     quant = _quant_options(enc, precision, calibration, calibration_column, batch_size, normalize)
     emb = _encode(enc, items, batch_size, prompt_name, normalize, **quant)
     dim = int(enc.get_sentence_embedding_dimension())
@@ -165,13 +174,14 @@ def similarity(
     variant: Optional[str] = typer.Option(None, help="Artifact variant."),
     tier: Optional[str] = typer.Option(None, "--tier", help=TIER_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
+    no_verify: bool = typer.Option(False, "--no-verify", help=NO_VERIFY_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Similarity of two texts with the model's similarity function."""
     from ..data import check_texts
 
     check_texts([a, b], "A/B")
-    enc = _load_encoder(model, variant, device, tier)
+    enc = _load_encoder(model, variant, device, tier, no_verify)
     emb = _encode(enc, [a, b], 32, None, False)
     score = float(enc.similarity(emb[:1], emb[1:])[0][0])
     fn = getattr(enc, "similarity_fn_name", "cosine")
@@ -190,6 +200,7 @@ def rank(
     variant: Optional[str] = typer.Option(None, help="Artifact variant."),
     tier: Optional[str] = typer.Option(None, "--tier", help=TIER_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
+    no_verify: bool = typer.Option(False, "--no-verify", help=NO_VERIFY_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: a list of {corpus_id, score, text}."),
 ) -> None:
     """Rank documents for a query with a cross-encoder (reranker)."""
@@ -201,7 +212,7 @@ def rank(
         docs += read_texts(file)
     if not docs:
         raise StedgeError("no documents: pass DOC arguments or --file PATH")
-    rr = _load_reranker(model, variant, device, tier)
+    rr = _load_reranker(model, variant, device, tier, no_verify)
     res = rr.rank(query, docs, top_k=top_k, return_documents=True)
     if as_json:
         typer.echo(json.dumps(res))
