@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -52,16 +51,14 @@ def embed_corpus_cmd(
     after a crash and it continues after the last complete shard."""
     from .local import embed_corpus
 
-    with warnings.catch_warnings():
-        warnings.showwarning = _show_warning
-        summary = embed_corpus(
-            model, inputs, output, text_column=text_column, id_column=id_column, prompt_name=prompt_name,
-            normalize=normalize, dtype=dtype, precision=precision, calibration=calibration,
-            calibration_column=calibration_column, batch_size=batch_size, shard_rows=shard_rows, variant=variant,
-            device=device, threads=threads, tier=tier, engine=engine, address=address, workers=workers,
-            gpus_per_worker=gpus_per_worker, skip_bad_rows=skip_bad_rows, overwrite=overwrite,
-            progress=not (quiet or as_json),
-        )
+    summary = embed_corpus(
+        model, inputs, output, text_column=text_column, id_column=id_column, prompt_name=prompt_name,
+        normalize=normalize, dtype=dtype, precision=precision, calibration=calibration,
+        calibration_column=calibration_column, batch_size=batch_size, shard_rows=shard_rows, variant=variant,
+        device=device, threads=threads, tier=tier, engine=engine, address=address, workers=workers,
+        gpus_per_worker=gpus_per_worker, skip_bad_rows=skip_bad_rows, overwrite=overwrite,
+        progress=not (quiet or as_json),
+    )
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -76,11 +73,6 @@ def embed_corpus_cmd(
     typer.echo(f"{summary['rows']} rows x {summary['dimension']} ({stored}) in {summary['shards']} shards "
                f"-> {output}{resumed}{skipped}; {summary['rows_this_run']} rows in {summary['seconds']:.1f} s "
                f"({summary['rows_per_s'] or 0:,.0f} rows/s, {summary['engine']})")
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    if category is RuntimeWarning or issubclass(category, UserWarning):
-        typer.secho(f"warning: {message}", fg="yellow", err=True)
 
 
 def register(app: typer.Typer) -> None:
