@@ -108,6 +108,20 @@ def test_many_files_and_globs_keep_order_and_prefix_line_ids(artifact, reference
     np.testing.assert_allclose(vec, reference, atol=1e-5)
 
 
+def test_reader_with_absolute_paths_keeps_ids_and_names(tmp_path, monkeypatch):
+    from stedge.corpus.reader import CorpusReader
+
+    monkeypatch.chdir(tmp_path)
+    Path("a.txt").write_text("one\ntwo\n")
+    Path("b.txt").write_text("three\n\n")
+    reader = CorpusReader([Path("a.txt"), Path("b.txt")])
+    moved = reader.absolute()
+    assert moved.files[0].is_absolute()
+    rows = [(r[2], r[4]) for fi in range(2) for r in reader.records(fi)]
+    assert rows == [(r[2], r[4]) for fi in range(2) for r in moved.records(fi)]
+    assert rows == [("a.txt:1", None), ("a.txt:2", None), ("b.txt:1", None), ("b.txt:2", "'text' is empty")]
+
+
 def test_plain_model_through_torch(tiny_model, tmp_path):
     from stedge.models import SentenceEncoder
 

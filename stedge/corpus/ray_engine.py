@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import socket
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -133,7 +135,9 @@ def ray_engine(spec: ModelSpec, reader: CorpusReader, start: tuple[int, int], ch
     # reading is light: no CPU reserved for it, so the actors get them all (named argument since Ray 2.5x)
     light = {"num_cpus": 0} if "num_cpus" in inspect.signature(ray.data.read_datasource).parameters \
         else {"ray_remote_args": {"num_cpus": 0}}
-    ds = ray.data.read_datasource(_datasource(reader, start, chunk_rows), **light)
+    if Path(spec.model).exists():  # actors run in other working directories
+        spec = replace(spec, model=str(Path(spec.model).resolve()))
+    ds = ray.data.read_datasource(_datasource(reader.absolute(), start, chunk_rows), **light)
     ds = ds.map_batches(EncodeActor, fn_constructor_kwargs={"spec": spec}, batch_size=chunk_rows,
                         batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=workers),
                         num_gpus=gpus_per_worker or None, num_cpus=1)

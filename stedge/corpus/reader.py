@@ -9,7 +9,7 @@ import glob
 import hashlib
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -153,9 +153,16 @@ class CorpusReader:
     text_column: str | None = None
     id_column: str | None = None
     skip_bad_rows: bool = False
+    names: list[str] | None = None  # how ids and errors name the files (default: as given)
 
-    def _id_prefix(self, path: Path) -> str:
-        return f"{path}:" if len(self.files) > 1 else ""
+    def name(self, file_index: int) -> str:
+        """The file as ids and errors name it."""
+        return self.names[file_index] if self.names else str(self.files[file_index])
+
+    def absolute(self) -> "CorpusReader":
+        """The same reader with absolute paths (for processes with another working directory)."""
+        return replace(self, files=[f.resolve() for f in self.files],
+                       names=[self.name(i) for i in range(len(self.files))])
 
     def records(self, file_index: int, start_record: int = 0) -> Iterator[tuple[int, int, str, str | None, str | None]]:
         """``(record, line, id, text, error)`` of one file from ``start_record`` on; a bad record has an error."""
@@ -163,7 +170,7 @@ class CorpusReader:
         is_txt = _kind(path) == "txt"
         text_col = "text" if is_txt else self.text_column
         cols = None if is_txt or _kind(path) == "jsonl" else [c for c in (text_col, self.id_column) if c]
-        prefix = self._id_prefix(path)
+        prefix = f"{self.name(file_index)}:" if len(self.files) > 1 else ""
         if _kind(path) == "parquet":
             _check_parquet_text(path, text_col)
         n = -1
@@ -208,7 +215,7 @@ class CorpusReader:
             good = 0
             for rec, line, rid, text, error in self.records(fi, start[1] if fi == start[0] else 0):
                 if error is not None and not self.skip_bad_rows:
-                    raise StedgeError(f"{self.files[fi]}:{line}: {error} "
+                    raise StedgeError(f"{self.name(fi)}:{line}: {error} "
                                       "(pass --skip-bad-rows to log such rows and go on)")
                 chunk.records.append(rec)
                 chunk.lines.append(line)
