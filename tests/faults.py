@@ -124,8 +124,27 @@ def encode_artifact(folder: Path, variants: list[str]) -> np.ndarray:
 def artifact_runner(good: Path) -> Callable[[Path], np.ndarray]:
     from stedge_runtime.artifact import Manifest
 
-    names = list(Manifest.read(good).variants)
+    m = Manifest.read(good)
+    names = list(m.variants)
+    if m.task == "reranking":
+        return lambda folder: score_artifact(folder, names)
     return lambda folder: encode_artifact(folder, names)
+
+
+PAIRS = [("what is a cat", "A cat is a small feline."), ("what is a cat", "Stocks fell."), ("q", "")]
+
+
+def score_artifact(folder: Path, variants: list[str]) -> np.ndarray:
+    """Reranker artifacts: scores of every variant of the undamaged artifact, hashes checked."""
+    from stedge_runtime import Reranker
+
+    return np.concatenate([Reranker.load(folder, variant=n, verify=True).predict(PAIRS) for n in variants])
+
+
+def score_model(folder: Path) -> np.ndarray:
+    from stedge.models import CrossEncoder
+
+    return np.asarray(CrossEncoder(folder, device="cpu").predict(PAIRS))
 
 
 def encode_model(folder: Path) -> np.ndarray:
@@ -175,8 +194,9 @@ def sweep(name: str, good: Path, runner: Callable[[Path], np.ndarray], work: Pat
 
 
 def main(argv: list[str]) -> None:
-    """``faults.py [--json OUT] NAME=PATH...``: run the sweeps (NAME artifact* runs the runtime on every
-    variant, any other NAME loads a torch model folder), print the tables."""
+    """``faults.py [--json OUT] NAME=PATH...``: run the sweeps (a NAME with "artifact" runs the runtime on
+    every variant, else a torch model folder is loaded: CrossEncoder when NAME has "reranker", else
+    SentenceEncoder), print the tables."""
     import json
     import resource
     import tempfile
@@ -188,7 +208,9 @@ def main(argv: list[str]) -> None:
         out_json, argv = Path(argv[1]), argv[2:]
     targets = dict(a.split("=", 1) for a in argv)
     def runner_for(name: str, good: Path) -> Callable[[Path], np.ndarray]:
-        return artifact_runner(good) if name.startswith("artifact") else encode_model
+        if "artifact" in name:
+            return artifact_runner(good)
+        return score_model if "reranker" in name else encode_model
     outcomes: dict[str, list[Outcome]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in targets.items():

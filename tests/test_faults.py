@@ -569,14 +569,25 @@ def test_every_writing_command_refuses_an_unwritable_output_before_its_work(arti
             ro.chmod(0o755)
 
 
-def test_fault_injection_over_every_file(artifact, artifact_external, tiny_model, tmp_path):
+@pytest.fixture(scope="module")
+def reranker_artifact(tiny_cross_encoder, tmp_path_factory) -> Path:
+    from stedge.export import export_model
+
+    out = tmp_path_factory.mktemp("faults") / "rr-art"
+    export_model(str(tiny_cross_encoder), out)
+    return out
+
+
+def test_fault_injection_over_every_file(artifact, artifact_external, reranker_artifact, tiny_model,
+                                         tiny_cross_encoder, tmp_path):
     """tests/faults.py in a subprocess (memory-capped): every fault on every file gives a clear error or
     the right vectors, never a hang, a traceback or silently wrong vectors."""
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
     out = tmp_path / "faults.json"
     r = subprocess.run([sys.executable, str(Path(__file__).with_name("faults.py")), "--json", str(out),
-                        f"artifact={artifact}", f"artifact-external-data={artifact_external}", f"model={model}"],
+                        f"artifact={artifact}", f"artifact-external-data={artifact_external}", f"model={model}",
+                        f"reranker-artifact={reranker_artifact}", f"reranker-model={tiny_cross_encoder}"],
                        env=_env(), capture_output=True, text=True,
                        timeout=1500)
     assert r.returncode == 0, r.stderr[-3000:]

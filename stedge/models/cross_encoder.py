@@ -16,7 +16,7 @@ from stedge_runtime.inputs import as_pairs, rank_documents
 from ..data import check_texts
 from ..io import atomic_dir
 from .encoder import default_device
-from .modules import _activation_from_name, _activation_name
+from .modules import _activation_from_name, _activation_name, check_model_files, loading
 
 
 def _check_pairs(pairs: Any) -> tuple[list[tuple[str, str]], bool]:
@@ -46,7 +46,9 @@ class CrossEncoder(nn.Module):
         path = str(self.model_path)
         if not (self.model_path / "config.json").exists():
             raise InvalidModelError(f"{self.model_path / 'config.json'} is missing: not a cross-encoder folder")
-        self.config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        check_model_files(self.model_path)
+        with loading(path, "config.json"):
+            self.config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         if num_labels is not None and num_labels != getattr(self.config, "num_labels", None):
             self.config.num_labels = num_labels
         try:
@@ -55,7 +57,8 @@ class CrossEncoder(nn.Module):
             )
         except OSError as e:
             raise InvalidModelError(f"{path}: could not load a sequence-classification model ({e})") from None
-        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        with loading(path, "the tokenizer files"):
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         if max_length is None:
             st = getattr(self.config, "sentence_transformers", None) or {}
             max_length = st.get("max_length") if isinstance(st, dict) else None

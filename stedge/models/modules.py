@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -90,7 +90,7 @@ def check_safetensors(path: Path, header_limit: int) -> None:
 
 
 @contextlib.contextmanager
-def _loading(path: str, what: str):
+def loading(path: str, what: str) -> Iterator[None]:
     """Turn a transformers failure on a damaged file into one line naming the folder."""
     try:
         yield
@@ -107,7 +107,7 @@ def _load_safetensors(folder: Path) -> dict[str, Tensor]:
     st = folder / "model.safetensors"
     if st.exists() or st.is_symlink():
         check_safetensors(st, 64 << 20)
-        with _loading(str(folder), "model.safetensors"):
+        with loading(str(folder), "model.safetensors"):
             return load_file(str(st))
     if (folder / "pytorch_model.bin").exists():
         raise InvalidModelError(
@@ -137,7 +137,7 @@ class Transformer(nn.Module):
         path = str(model_name_or_path)
         if Path(path).is_dir():
             check_model_files(Path(path))
-        with _loading(path, "config.json"):
+        with loading(path, "config.json"):
             self.config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         kwargs = dict(model_args or {})
         kwargs.setdefault("use_safetensors", True)
@@ -162,7 +162,7 @@ class Transformer(nn.Module):
         except Exception as e:  # safetensors / transformers on a damaged weights file
             raise InvalidModelError(f"{path}: the weights could not be loaded ({type(e).__name__}: "
                                     f"{_first_line(e)}); restore model.safetensors") from None
-        with _loading(path, "the tokenizer files"):
+        with loading(path, "the tokenizer files"):
             self.tokenizer = AutoTokenizer.from_pretrained(
                 path, trust_remote_code=trust_remote_code, **(tokenizer_args or {})
             )
