@@ -498,12 +498,7 @@ def run_suite(suite: Suite, out_dir: Path | None = None, threads: int | None = N
 
     ``out_dir`` receives results.json, results.md and the PNG plots (report.write_all).
     """
-    import numpy as np
-
-    from stedge.hub import resolve_model
-
-    from . import gemm as gemm_mod
-    from .machine import cuda_available, load_average, machine_facts
+    from .machine import cuda_available, load_average
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     n_threads = resolve_threads(suite.threads if threads is None else threads)
@@ -517,11 +512,43 @@ def run_suite(suite: Suite, out_dir: Path | None = None, threads: int | None = N
     load_before = load_average()
     env = thread_env(n_threads)
     data = load_data(suite)
-    cache_root = work_root() / suite.models_dir / ".bench-cache"
+    plans, skipped_models = _prepare_models(suite, data, env, n_threads, log)
+    log(f"measuring the GEMM peak ({n_threads} threads)")
+    gemm = measure_gemm(n_threads, suite.device, env)
+    rows: list[dict[str, Any]] = []
+    tmp_root = Path(tempfile.mkdtemp(prefix="stedge-bench-"))
+    try:
+        job_common = _job_common(suite, data, tmp_root, n_threads)
+        with _progress(progress) as bar:
+            task = bar.add_task("benchmark", total=sum(len(p[3]) for p in plans)) if bar else None
+            for k, plan in enumerate(plans):
+                for sub in plan[3]:
+                    plans[k] = plan = _maybe_reference(plan, sub, data, n_threads, log)
+                    row, emb = _measure(sub, plan, suite, data, gemm, job_common, env, tmp_root / f"{len(rows):03d}",
+                                        bar, task, log)
+                    if emb is not None and plan[4] is None and sub.is_reference and sub.device == "cpu":
+                        plans[k] = plan = (*plan[:4], emb, *plan[5:])  # stedge torch fp32 on the CPU *is* the reference
+                    rows.append(row)
+                    if bar:
+                        bar.advance(task)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    _add_relative(rows, suite.models)
+    results = _results(suite, plans, rows, skipped_models, gemm, env, n_threads, data, started, load_before)
+    if out_dir is not None:
+        from .report import write_all
 
-    # prepare: models, artifacts, peers, references, FLOPs
-    plans = []
-    skipped_models: list[dict[str, str]] = []
+        write_all(results, Path(out_dir))
+    return results
+
+
+def _prepare_models(suite: Suite, data: BenchData, env: dict[str, str], n_threads: int,
+                    log: Callable[[str], None]) -> tuple[list[tuple], list[dict[str, str]]]:
+    """Resolve every model entry and plan it (artifact, peers, subjects, FLOPs); optional ones may be skipped."""
+    from stedge.hub import resolve_model
+
+    cache_root = work_root() / suite.models_dir / ".bench-cache"
+    plans, skipped = [], []
     for entry in suite.models:
         try:
             in_project = work_root() / entry.ref
@@ -529,98 +556,98 @@ def run_suite(suite: Suite, out_dir: Path | None = None, threads: int | None = N
         except StedgeError as e:
             if not entry.optional:
                 raise
-            skipped_models.append({"name": entry.name, "ref": entry.ref, "reason": str(e).splitlines()[0]})
+            skipped.append({"name": entry.name, "ref": entry.ref, "reason": str(e).splitlines()[0]})
             log(f"skipped optional model {entry.name}: {str(e).splitlines()[0]}")
             continue
         plans.append(_plan_model(entry, model_path, suite, data, env, n_threads, cache_root, log))
+    return plans, skipped
 
-    log(f"measuring the GEMM peak ({n_threads} threads)")
-    gemm = measure_gemm(n_threads, suite.device, env)
 
-    rows: list[dict[str, Any]] = []
-    tmp_root = Path(tempfile.mkdtemp(prefix="stedge-bench-"))
-    try:
-        job_common = {
-            "threads": n_threads, "batch_sizes": suite.batch_sizes, "repetitions": suite.repetitions,
-            "warmup": suite.warmup, "latency_rounds": suite.latency_rounds, "num_texts_batch1": suite.num_texts_batch1,
-        }
-        for name, payload in (("texts.json", data.texts), ("queries.json", data.queries), ("accuracy.json", data.sts_texts)):
-            (tmp_root / name).write_text(json.dumps(payload), encoding="utf-8")
-        job_common.update(texts=str(tmp_root / "texts.json"), queries=str(tmp_root / "queries.json"),
-                          accuracy_texts=str(tmp_root / "accuracy.json"))
-        if data.passages:
-            (tmp_root / "passages.json").write_text(json.dumps(data.passages), encoding="utf-8")
-            job_common.update(passages=str(tmp_root / "passages.json"),
-                              passage_batch_sizes=suite.passage_batch_sizes or [suite.headline_batch_size])
-        total = sum(len(p[3]) for p in plans)
-        ctx = _progress(progress)
-        with ctx as bar:
-            task = bar.add_task("benchmark", total=total) if bar else None
-            for k, (entry, model_path, artifact, subs, ref, dims, counts, pcounts) in enumerate(plans):
-                n1 = min(suite.num_texts_batch1 or len(counts), len(counts))
-                per_bs = {str(b): (n1 if b == 1 else len(counts)) for b in suite.batch_sizes}
-                work_of = {bs: (n, sum(counts[:n]), gemm_mod.total_flops(counts[:n], dims)) for bs, n in per_bs.items()}
-                for i, sub in enumerate(subs):
-                    if ref is None and not (sub.is_reference and sub.device == "cpu"):  # the reference subject did not run
-                        log(f"{entry.name}: computing the PyTorch fp32 reference on {len(data.sts_texts)} STS texts")
-                        ref = reference_embeddings(model_path, data.sts_texts, n_threads)
-                        plans[k] = (entry, model_path, artifact, subs, ref, dims, counts, pcounts)
-                    row: dict[str, Any] = {"id": sub.id, "model": entry.name, "label": sub.label, "kind": sub.kind,
-                                           "device": sub.device, "peer": sub.is_peer, "reference": sub.is_reference,
-                                           **sub.facts()}
-                    why = sub.unavailable()
-                    if why is None:
-                        try:
-                            row["size_mb"] = sub.size_bytes() / 2**20
-                        except OSError as e:
-                            why = f"cannot read its files ({e})"
-                    if why is not None:
-                        row.update(status="skipped", reason=why)
-                        rows.append(row)
-                        log(f"skipped {sub.id}: {why}")
-                        if bar:
-                            bar.advance(task)
-                        continue
+def _job_common(suite: Suite, data: BenchData, tmp_root: Path, n_threads: int) -> dict[str, Any]:
+    """The settings and text files every worker of the run reads."""
+    job = {
+        "threads": n_threads, "batch_sizes": suite.batch_sizes, "repetitions": suite.repetitions,
+        "warmup": suite.warmup, "latency_rounds": suite.latency_rounds, "num_texts_batch1": suite.num_texts_batch1,
+    }
+    for name, payload in (("texts.json", data.texts), ("queries.json", data.queries), ("accuracy.json", data.sts_texts)):
+        (tmp_root / name).write_text(json.dumps(payload), encoding="utf-8")
+    job.update(texts=str(tmp_root / "texts.json"), queries=str(tmp_root / "queries.json"),
+               accuracy_texts=str(tmp_root / "accuracy.json"))
+    if data.passages:
+        (tmp_root / "passages.json").write_text(json.dumps(data.passages), encoding="utf-8")
+        job.update(passages=str(tmp_root / "passages.json"),
+                   passage_batch_sizes=suite.passage_batch_sizes or [suite.headline_batch_size])
+    return job
 
-                    def on_stage(stage: str, _sub: Subject = sub) -> None:
-                        if bar:
-                            bar.update(task, description=f"{_sub.label} [{_sub.model}]: {stage}")
 
-                    on_stage("loading")
-                    work = tmp_root / f"{len(rows):03d}"
-                    work.mkdir()
-                    res = run_worker(sub, job_common, work, env, suite.timeout_s, on_stage)
-                    if res.get("status") != "ok":
-                        row.update(status="error", reason=res.get("error"))
-                        log(f"error in {sub.id}: {res.get('error')}")
-                    else:
-                        emb = np.load(work / "embeddings.npy")
-                        if ref is None and sub.is_reference and sub.device == "cpu":
-                            ref = emb  # stedge torch fp32 on the CPU *is* the reference: no second pass in the parent
-                            plans[k] = (entry, model_path, artifact, subs, ref, dims, counts, pcounts)
-                        thr = _summarize_throughput(res.pop("throughput_raw"), work_of)
-                        praw = res.pop("passage_throughput_raw", None)
-                        if praw:
-                            pwork = (len(pcounts), sum(pcounts), gemm_mod.total_flops(pcounts, dims))
-                            row["passages"] = _summarize_throughput(praw, {b: pwork for b in praw})
-                        row.update(status="ok", **{key: val for key, val in res.items() if key != "status"})
-                        row["throughput"] = thr
-                        row["accuracy"] = _accuracy(emb, ref, data)
-                        head = thr[str(suite.headline_batch_size)]
-                        row["headline_sentences_per_s"] = head["sentences_per_s"]
-                        row["gflops"] = head["gflops"]
-                        peak = gemm_mod.peak_for(gemm, row.get("precision"))
-                        row["gemm_share"] = head["gflops"] / peak if peak else None
-                        if str(suite.headline_batch_size) in row.get("passages", {}):
-                            row["headline_passages_per_s"] = row["passages"][str(suite.headline_batch_size)]["sentences_per_s"]
-                    rows.append(row)
-                    if bar:
-                        bar.advance(task)
-    finally:
-        shutil.rmtree(tmp_root, ignore_errors=True)
+def _maybe_reference(plan: tuple, sub: Subject, data: BenchData, n_threads: int, log: Callable[[str], None]) -> tuple:
+    """The plan with its PyTorch fp32 reference computed in the parent when no CPU reference subject gives it."""
+    entry, model_path, *_ = plan
+    if plan[4] is not None or (sub.is_reference and sub.device == "cpu"):
+        return plan
+    log(f"{entry.name}: computing the PyTorch fp32 reference on {len(data.sts_texts)} STS texts")
+    return (*plan[:4], reference_embeddings(model_path, data.sts_texts, n_threads), *plan[5:])
 
-    _add_relative(rows, suite.models)
-    results = {
+
+def _measure(sub: Subject, plan: tuple, suite: Suite, data: BenchData, gemm: dict, job_common: dict,
+             env: dict[str, str], work: Path, bar, task, log: Callable[[str], None]) -> tuple[dict, Any]:
+    """One subject's row (and its embeddings when it ran), measured in its own worker process."""
+    import numpy as np
+
+    from . import gemm as gemm_mod
+
+    entry, _model_path, _artifact, _subs, ref, dims, counts, pcounts = plan
+    row: dict[str, Any] = {"id": sub.id, "model": entry.name, "label": sub.label, "kind": sub.kind,
+                           "device": sub.device, "peer": sub.is_peer, "reference": sub.is_reference, **sub.facts()}
+    why = sub.unavailable()
+    if why is None:
+        try:
+            row["size_mb"] = sub.size_bytes() / 2**20
+        except OSError as e:
+            why = f"cannot read its files ({e})"
+    if why is not None:
+        log(f"skipped {sub.id}: {why}")
+        return {**row, "status": "skipped", "reason": why}, None
+
+    def on_stage(stage: str) -> None:
+        if bar:
+            bar.update(task, description=f"{sub.label} [{sub.model}]: {stage}")
+
+    on_stage("loading")
+    work.mkdir()
+    res = run_worker(sub, job_common, work, env, suite.timeout_s, on_stage)
+    if res.get("status") != "ok":
+        log(f"error in {sub.id}: {res.get('error')}")
+        return {**row, "status": "error", "reason": res.get("error")}, None
+    emb = np.load(work / "embeddings.npy")
+    n1 = min(suite.num_texts_batch1 or len(counts), len(counts))
+    per_bs = {str(b): (n1 if b == 1 else len(counts)) for b in suite.batch_sizes}
+    work_of = {bs: (n, sum(counts[:n]), gemm_mod.total_flops(counts[:n], dims)) for bs, n in per_bs.items()}
+    thr = _summarize_throughput(res.pop("throughput_raw"), work_of)
+    praw = res.pop("passage_throughput_raw", None)
+    if praw:
+        pwork = (len(pcounts), sum(pcounts), gemm_mod.total_flops(pcounts, dims))
+        row["passages"] = _summarize_throughput(praw, {b: pwork for b in praw})
+    row.update(status="ok", **{key: val for key, val in res.items() if key != "status"})
+    row["throughput"] = thr
+    row["accuracy"] = _accuracy(emb, ref if ref is not None else emb, data)
+    head = thr[str(suite.headline_batch_size)]
+    row["headline_sentences_per_s"] = head["sentences_per_s"]
+    row["gflops"] = head["gflops"]
+    peak = gemm_mod.peak_for(gemm, row.get("precision"))
+    row["gemm_share"] = head["gflops"] / peak if peak else None
+    if str(suite.headline_batch_size) in row.get("passages", {}):
+        row["headline_passages_per_s"] = row["passages"][str(suite.headline_batch_size)]["sentences_per_s"]
+    return row, emb
+
+
+def _results(suite: Suite, plans: list[tuple], rows: list[dict], skipped_models: list[dict], gemm: dict,
+             env: dict[str, str], n_threads: int, data: BenchData, started: datetime, load_before: Any) -> dict:
+    """The results dict of a run (report.RESULTS_SCHEMA)."""
+    from .machine import cuda_available, load_average, machine_facts
+
+    dev_family = suite.device.split(":", 1)[0].lower()
+    return {
         "schema_version": SCHEMA_VERSION,
         "suite": {k: v for k, v in suite.__dict__.items() if k != "models"} | {
             "models": [m.__dict__ for m in suite.models]},
@@ -629,7 +656,8 @@ def run_suite(suite: Suite, out_dir: Path | None = None, threads: int | None = N
         "machine": machine_facts(with_gpu=dev_family != "cpu" or cuda_available()),
         "load_average": {"before": load_before, "after": load_average()},
         "threads": {"budget": n_threads, "torch": "torch.set_num_threads", "onnxruntime": "intra_op_num_threads",
-                    "openvino": "INFERENCE_NUM_THREADS", "env": {k: env[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")}},
+                    "openvino": "INFERENCE_NUM_THREADS",
+                    "env": {k: env[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")}},
         "gemm_peak": gemm,
         "flops_formula": "L * (2*n*(4*h^2 + 2*h*i) + 4*n^2*h) per text of n tokens (stedge/bench/gemm.py)",
         "data": data.sources,
@@ -641,11 +669,6 @@ def run_suite(suite: Suite, out_dir: Path | None = None, threads: int | None = N
         "skipped_models": skipped_models,
         "rows": rows,
     }
-    if out_dir is not None:
-        from .report import write_all
-
-        write_all(results, Path(out_dir))
-    return results
 
 
 def _plan_model(entry: ModelEntry, model_path: Path, suite: Suite, data: BenchData, env: dict[str, str], n_threads: int,

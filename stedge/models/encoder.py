@@ -251,8 +251,7 @@ class SentenceEncoder(AdapterMixin, nn.Sequential):
             raise StedgeError(f"batch_size must be >= 1, got {batch_size}")
         if device is not None and torch.device(device) != self.device:
             self.to(device)
-        dev = self.device
-        if compute == torch.float16 and dev.type == "cpu":
+        if compute == torch.float16 and self.device.type == "cpu":
             raise StedgeError("dtype float16 needs a GPU (cuda or mps); use bfloat16 or float32 on the CPU")
         prompt_text = self.resolve_prompt(prompt_name, prompt)
         exclude_prompt = prompt_text is not None and self.pooling is not None and not self.pooling.include_prompt
@@ -265,19 +264,27 @@ class SentenceEncoder(AdapterMixin, nn.Sequential):
             empty = torch.zeros((0, dim))
             return self._quantize_output(empty, False, convert_to, precision, ranges, calibration_embeddings)
 
+        emb = self._forward_sorted(items, batch_size, plen, compute, normalize_embeddings, show_progress_bar)
+        return self._quantize_output(emb, single, convert_to, precision, ranges, calibration_embeddings)
+
+    def _forward_sorted(self, items: list[str], batch_size: int, plen: int | None, compute: torch.dtype,
+                        normalize: bool, show_progress_bar: bool | None) -> Tensor:
+        """Run the model over length-sorted batches; float32 rows (on the CPU) in input order."""
+        from ..progress import progress_iter
+
+        dev = self.device
         order = np.argsort([-len(t) for t in items], kind="stable")
         n_batches = (len(items) + batch_size - 1) // batch_size
         if show_progress_bar is None:
             show_progress_bar = n_batches > 20 and logger.getEffectiveLevel() <= logging.INFO
         results: list[Tensor] = []
         self.eval()
-        from ..progress import progress_iter
-
         with torch.inference_mode():
-            for start in progress_iter(range(0, len(items), batch_size), total=n_batches, description="Encoding", enabled=show_progress_bar):
+            steps = progress_iter(range(0, len(items), batch_size), total=n_batches, description="Encoding",
+                                  enabled=show_progress_bar)
+            for start in steps:
                 idx = order[start : start + batch_size]
-                feats = self.tokenize([items[i] for i in idx])
-                feats = {k: v.to(dev) for k, v in feats.items()}
+                feats = {k: v.to(dev) for k, v in self.tokenize([items[i] for i in idx]).items()}
                 if plen is not None:
                     feats["prompt_length"] = torch.full((len(idx),), plen, dtype=torch.long, device=dev)
                 if compute != torch.float32:
@@ -288,14 +295,13 @@ class SentenceEncoder(AdapterMixin, nn.Sequential):
                 out = out.float()
                 if self.truncate_dim:
                     out = out[:, : self.truncate_dim]
-                if normalize_embeddings:
+                if normalize:
                     out = torch.nn.functional.normalize(out, p=2, dim=1)
                 results.append(out.cpu())
         emb = torch.cat(results)
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.as_tensor(order)] = torch.arange(len(order))
-        emb = emb[inverse]
-        return self._quantize_output(emb, single, convert_to, precision, ranges, calibration_embeddings)
+        return emb[inverse]
 
     @staticmethod
     def _quantize_output(emb: Tensor, single: bool, convert_to: str, precision: str, ranges, calibration_embeddings):
