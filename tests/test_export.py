@@ -81,13 +81,19 @@ def test_artifact_manifest_and_files(tiny_artifact, tiny_model):
     from stedge.io import sha256_file
 
     m = Manifest.read(tiny_artifact.path).to_dict()
+    from stedge.export.plan import BF16_FLAGS
+    from stedge.export.quantize import cpu_flags
+
+    bf16 = {"openvino-bf16"} if set(BF16_FLAGS) & cpu_flags() else set()
     assert set(m["variants"]) == {"onnx-fp32", "onnx-int8-avx2", "onnx-int8-avx512", "onnx-int8-avx512_vnni",
-                                  "onnx-int8-arm64", "openvino-fp32", "openvino-int8-weights"}
+                                  "onnx-int8-arm64", "openvino-fp32", "openvino-int8-weights"} | bf16
     assert m["task"] == "embedding" and m["dimension"] == 32 and m["normalize"] is True
     assert m["pooling"] == {"mode": "mean", "include_prompt": True} and m["max_seq_length"] == 64
     assert m["default_variant"].startswith("onnx-int8-")
     for name, v in m["variants"].items():
-        assert v["verification"]["passed"], name
+        ver = v["verification"]
+        assert ver["passed"] and ver["tier"] in ("exact", "near", "compressed"), name
+        assert ver["batch_invariance_min_cos"] > 0.999 and ver["runtime"].startswith("stedge_runtime"), name
         assert v["outputs"] == ["sentence_embedding", "last_hidden_state"]
         hashes = v["sha256"] if isinstance(v["sha256"], dict) else {v["file"]: v["sha256"]}
         for rel, h in hashes.items():

@@ -22,7 +22,8 @@ def render_table(result) -> None:
         console = Console(width=130)
     t = Table(title=f"{result.path}  (default: {result.manifest['default_variant']})")
     for col, just in (("variant", "left"), ("size MB", "right"), ("mean cos", "right"),
-                      ("min cos", "right"), ("Spearman", "right"), ("drop", "right"), ("passed", "center")):
+                      ("min cos", "right"), ("Spearman", "right"), ("drop", "right"), ("batch cos", "right"),
+                      ("tier", "center"), ("passed", "center")):
         t.add_column(col, justify=just)
     for r in result.rows:
         sp = "—"
@@ -32,7 +33,8 @@ def render_table(result) -> None:
         passed = "[yellow]not verified[/]" if r["passed"] is None else ("[green]yes[/]" if r["passed"] else "[red]no[/]")
         name = r["variant"] + ("" if r["new"] else " (kept)")
         t.add_row(name, f"{r['size_bytes'] / 1e6:.1f}", _fmt(r["mean_cosine"], ".6f"),
-                  _fmt(r["min_cosine"], ".6f"), sp, drop, passed)
+                  _fmt(r["min_cosine"], ".6f"), sp, drop, _fmt(r.get("batch_invariance_min_cos"), ".6f"),
+                  r.get("tier") or "—", passed)
     console.print(t)
     for r in result.rows:
         if r.get("note"):
@@ -48,7 +50,7 @@ def register(app: typer.Typer) -> None:
         output: Optional[Path] = typer.Option(None, "-o", "--output", help="Artifact folder (default: models/<model-name>-stedge)."),
         backend: str = typer.Option("onnx", "--backend", help="onnx, openvino or all."),
         optimize: Optional[str] = typer.Option(None, "--optimize", help="onnxruntime level: O1, O2, O3 or O4 (O4 = fp16, for GPU)."),
-        quantize: str = typer.Option("none", "--quantize", help="none, fp16, int8 (dynamic), int8-static, int8-weights or int4-weights (OpenVINO)."),
+        quantize: str = typer.Option("none", "--quantize", help="none, fp16, bf16 (OpenVINO), int8, int8-dynamic, int8-static, int8-weights or int4-weights (OpenVINO)."),
         isa: str = typer.Option("auto", "--isa", help="int8 targets: auto (this CPU), all, or avx2, avx512, avx512_vnni, arm64 (comma-separated)."),
         calibration: Optional[str] = typer.Option(
             None, "--calibration", help="Calibration texts (a text file, CSV/TSV/JSONL, or a datasets name) for "
@@ -57,7 +59,7 @@ def register(app: typer.Typer) -> None:
         calibration_method: str = typer.Option("minmax", "--calibration-method", help="minmax, entropy or percentile (ONNX static int8)."),
         calibration_size: int = typer.Option(300, "--calibration-size", help="Use at most this many calibration texts."),
         eval_data: Optional[str] = typer.Option(None, "--eval", help="STS pairs (sentence1, sentence2, score) for Spearman, e.g. stsb/test.tsv.gz."),
-        max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Fail (exit 1, nothing written) when a variant loses more: Spearman points with --eval, else 1 - mean cosine."),
+        max_drop: Optional[float] = typer.Option(None, "--max-drop", help="The compressed tier's budget; given, a variant losing more fails the export (exit 1, nothing written): Spearman points with --eval (default 1.0), else 1 - mean cosine (default 0.05)."),
         device: str = typer.Option("cpu", "--device", help="Where verification runs: cpu or cuda."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
         add: bool = typer.Option(False, "--add", help="Add the variants to an existing artifact of the same model (others are kept)."),
@@ -71,7 +73,7 @@ def register(app: typer.Typer) -> None:
         result = export_model(
             model, output, backend=backend, optimize=optimize, quantize=quantize, isa=isa, calibration=calibration,
             calibration_column=calibration_column, calibration_method=calibration_method, calibration_size=calibration_size,
-            eval=eval_data, max_drop=max_drop, device=device, overwrite=overwrite, add=add, show_progress=not as_json,
+            eval_data=eval_data, max_drop=max_drop, device=device, overwrite=overwrite, add=add, show_progress=not as_json,
         )
         if not as_json:
             render_table(result)

@@ -134,3 +134,8 @@ def graph_io(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     proto = onnx.load(str(path), load_external_data=False)
     inits = {i.name for i in proto.graph.initializer}
     return [i.name for i in proto.graph.input if i.name not in inits], [o.name for o in proto.graph.output]
+
+
+def load_graph(path: str | os.PathLike):
+    """The graph of an ONNX file without its external weights (enough to read nodes and names)."""
+    return _onnx().load(str(path), load_external_data=False)

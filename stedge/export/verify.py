@@ -1,19 +1,52 @@
-"""Verification: run real texts through an exported graph and through the PyTorch fp32 model,
-compare (mean/min cosine, max abs difference) and, with an STS eval set, compare Spearman."""
+"""Verification through the runtime users run: each variant of the artifact being written is loaded with
+``stedge_runtime`` (``Encoder`` / ``Reranker``, the variant named, sha256 checked), run on real texts with the
+artifact's own ``tokenizer.json``, padding and engine settings, and compared with the PyTorch fp32 model:
+mean/min cosine, max abs difference, Spearman on an STS eval set, batch invariance (a text alone vs inside a
+mixed batch of 32) and the precision tier the variant reaches (exact / near / compressed)."""
 from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..data import PairScores, iter_batches, pairwise_cosine, spearman
 from ..errors import CheckFailedError, StedgeError, require
 
-DEFAULT_MAX_DROP_SPEARMAN = 2.0   # points, when an eval set is given and no --max-drop
-DEFAULT_MAX_DROP_COSINE = 0.05    # 1 - mean cosine, without eval set
+DEFAULT_MAX_DROP_SPEARMAN = 1.0   # points: the compressed tier's budget with an eval set and no --max-drop
+DEFAULT_MAX_DROP_COSINE = 0.05    # 1 - mean cosine: the compressed tier's budget without an eval set
+INVARIANCE_BATCH = 32             # a text alone vs inside a mixed batch of this many texts
+
+
+@dataclass(frozen=True)
+class Tier:
+    """One precision tier: the bars a variant must clear (Spearman drop in points, None = the user's max_drop)."""
+
+    name: str
+    min_cosine: float | None
+    max_spearman_drop: float | None
+    batch_invariance: float
+
+
+TIERS = (
+    Tier("exact", 0.9999, None, 0.99999),
+    Tier("near", 0.99, 0.2, 0.999),
+    Tier("compressed", None, None, 0.999),
+)
+TIER_NAMES = tuple(t.name for t in TIERS)
+# The tier a variant of each precision must reach to pass: an fp32 graph that is not exact means the
+# runtime disagrees with PyTorch (tokenizer.json, padding, pooling, engine settings), not rounding.
+EXPECTED_TIER = {"fp32": "exact", "fp16": "near", "bf16": "near"}
+
+
+def meets(tier: str | None, precision: str | None) -> bool:
+    """True when ``tier`` is at least the one ``precision`` promises (EXPECTED_TIER, else compressed)."""
+    if tier is None:
+        return False
+    want = EXPECTED_TIER.get(str(precision), "compressed")
+    return TIER_NAMES.index(tier) <= TIER_NAMES.index(want)
 
 
 @dataclass
@@ -31,51 +64,64 @@ class Verification:
     num_texts: int
     finite: bool
     device: str
-    passed: bool
+    batch_invariance_min_cos: float
+    tier: str | None            # best tier reached: exact, near, compressed, or None
+    passed: bool                # the tier reached is at least the one the precision promises (meets)
+    runtime: str = "stedge_runtime"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-class Runner:
-    """Runs an exported graph (ONNX via onnxruntime, or OpenVINO IR) on numpy feeds."""
+def tier_of(min_cos: float, drop: float, drop_unit: str, max_drop: float, invariance: float,
+            finite: bool) -> str | None:
+    """The best tier whose bars the numbers clear (see TIERS); None when not even ``compressed``."""
+    if not finite:
+        return None
+    for t in TIERS:
+        if invariance < t.batch_invariance:
+            continue
+        if t.min_cosine is not None and min_cos < t.min_cosine:
+            continue
+        if t.name == "compressed" and drop > max_drop:
+            continue
+        if t.max_spearman_drop is not None and drop_unit == "spearman_points" and drop > t.max_spearman_drop:
+            continue
+        return t.name
+    return None
 
-    def __init__(self, backend: str, file: str | os.PathLike, device: str = "cpu", root: str | os.PathLike | None = None) -> None:
-        self.backend = backend
+
+# ------------------------------------------------------------------ graphs on numpy feeds (no artifact yet)
+class Runner:
+    """One exported graph run by the runtime's own engine (``stedge_runtime.engines``) on numpy feeds.
+
+    For checks of a graph before an artifact exists (tests, graph export); variants are verified
+    through ``Reference.compare`` on the artifact instead.
+    """
+
+    def __init__(self, backend: str, file: str | os.PathLike, device: str = "cpu",
+                 root: str | os.PathLike | None = None) -> None:
+        from stedge_runtime.engines import open_engine
+
         file = Path(file)
-        self.device = device
+        if backend not in ("onnx", "openvino"):
+            raise StedgeError(f"unknown backend {backend!r}: expected onnx or openvino")
         if backend == "onnx":
-            ort = require("onnxruntime", "onnx", "running ONNX graphs")
+            require("onnxruntime", "onnx", "running ONNX graphs")
             from .onnx import check_external_data
 
             check_external_data(file, root or file.parent)
-            providers = ["CPUExecutionProvider"]
-            if device == "cuda":
-                if "CUDAExecutionProvider" not in ort.get_available_providers():
-                    raise StedgeError("--device cuda: onnxruntime has no CUDAExecutionProvider here; install stedge[gpu] or use --device cpu")
-                providers.insert(0, "CUDAExecutionProvider")
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 3
-            self._sess = ort.InferenceSession(str(file), opts, providers=providers)
-            self.inputs = [i.name for i in self._sess.get_inputs()]
-            self.outputs = [o.name for o in self._sess.get_outputs()]
-        elif backend == "openvino":
-            ov = require("openvino", "openvino", "running OpenVINO models")
-            core = ov.Core()
-            dev = "GPU" if device == "cuda" else "CPU"
-            self._compiled = core.compile_model(str(file), dev, {"INFERENCE_PRECISION_HINT": "f32"})
-            self._req = self._compiled.create_infer_request()
-            self.inputs = [i.get_any_name() for i in self._compiled.inputs]
-            self.outputs = [o.get_any_name() for o in self._compiled.outputs]
         else:
-            raise StedgeError(f"unknown backend {backend!r}: expected onnx or openvino")
+            require("openvino", "openvino", "running OpenVINO models")
+        self.backend = backend
+        self.device = device
+        dev = "gpu" if device == "cuda" and backend == "openvino" else device
+        self._engine = open_engine(backend, file, dev, "fp32", None, {})
+        self.inputs = list(self._engine.inputs)
+        self.outputs = list(self._engine.outputs)
 
     def __call__(self, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
-        feeds = {k: v for k, v in feeds.items() if k in self.inputs}
-        if self.backend == "onnx":
-            return self._sess.run([output], feeds)[0]
-        res = self._req.infer(feeds)
-        return np.asarray(res[self._compiled.output(output)])
+        return self._engine.run(feeds, output)
 
 
 def _numpy_feeds(feats: dict) -> dict[str, np.ndarray]:
@@ -83,7 +129,7 @@ def _numpy_feeds(feats: dict) -> dict[str, np.ndarray]:
 
 
 def graph_embed(model, runner: Callable, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-    """Embeddings of ``texts`` from an embedding graph, with the model's tokenizer and default prompt."""
+    """Embeddings of ``texts`` from an embedding graph, with the torch model's tokenizer and default prompt."""
     prompt = model.resolve_prompt()
     plen = model.prompt_length(prompt) if prompt else 0
     items = [prompt + t for t in texts] if prompt else list(texts)
@@ -98,7 +144,7 @@ def graph_embed(model, runner: Callable, texts: Sequence[str], batch_size: int =
 
 
 def graph_scores(model, runner: Callable, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
-    """Scores (activation applied) of ``pairs`` from a reranker graph."""
+    """Scores (activation applied) of ``pairs`` from a reranker graph, with the torch model's tokenizer."""
     out = []
     for batch in iter_batches(list(pairs), batch_size):
         feeds = _numpy_feeds(model.tokenize(list(batch)))
@@ -107,64 +153,120 @@ def graph_scores(model, runner: Callable, pairs: Sequence[tuple[str, str]], batc
     return s[:, 0] if s.ndim == 2 and s.shape[1] == 1 else s
 
 
+# ------------------------------------------------------------------ variants through stedge_runtime
+def runtime_device(backend: str, device: str) -> str:
+    """The stedge_runtime device name for an export ``--device`` (cuda is 'gpu' to OpenVINO)."""
+    return "gpu" if device == "cuda" and backend == "openvino" else device
+
+
+def load_runtime(root: Path, variant: str, task: str, device: str = "cpu"):
+    """The artifact at ``root`` loaded as users load it: ``Encoder`` / ``Reranker`` with ``variant`` named
+    and every file's sha256 checked."""
+    from stedge_runtime import Encoder, Reranker
+    from stedge_runtime.manifest import read_manifest
+
+    backend = read_manifest(root, task)["variants"][variant]["backend"]
+    cls = Encoder if task == "embedding" else Reranker
+    return cls.load(root, variant=variant, device=runtime_device(backend, device), verify=True)
+
+
+def _run(obj, task: str, items: Sequence, batch_size: int) -> np.ndarray:
+    if task == "embedding":
+        return np.asarray(obj.encode(list(items), batch_size=batch_size), dtype=np.float32)
+    return np.asarray(obj.predict(list(items), batch_size=batch_size), dtype=np.float32)
+
+
+def batch_invariance(obj, task: str, items: Sequence, batch: int = INVARIANCE_BATCH) -> float:
+    """Min cosine between each item's output alone (batch 1) and inside a mixed batch of ``batch`` items
+    (the items in their order, wrapping around, so lengths and padding differ). Rerankers: the cosine of
+    the score vector alone vs in batches."""
+    items = list(items)
+    n = len(items)
+    alone = _run(obj, task, items, 1)
+    inside = np.empty_like(alone)
+    for start in range(0, n, batch):
+        idx = [(start + j) % n for j in range(batch)]
+        got = _run(obj, task, [items[i] for i in idx], batch)
+        inside[idx[: min(batch, n - start)]] = got[: min(batch, n - start)]
+    if task == "embedding":
+        return float(np.min(pairwise_cosine(alone, inside)))
+    a, b = alone.reshape(n, -1).T, inside.reshape(n, -1).T
+    return float(np.min(pairwise_cosine(a, b)))
+
+
 class Reference:
     """PyTorch fp32 outputs for the verification texts (computed once, shared by all variants)."""
 
-    def __init__(self, model, task: str, texts: Sequence[str], eval_set: PairScores | None, batch_size: int = 32) -> None:
-        self.model, self.task, self.texts, self.eval_set, self.batch_size = model, task, list(texts), eval_set, batch_size
+    def __init__(self, model, task: str, texts: Sequence[str], eval_set: PairScores | None,
+                 batch_size: int = 32) -> None:
+        self.model, self.task, self.texts, self.eval_set = model, task, list(texts), eval_set
+        self.batch_size = batch_size
         if task == "embedding":
+            self.items: list = self.texts
             self.outputs = np.asarray(model.encode(self.texts, batch_size=batch_size), dtype=np.float32)
         else:
-            self.pairs = reranker_pairs(self.texts)
-            self.outputs = np.asarray(model.predict(self.pairs, batch_size=batch_size), dtype=np.float32)
-        self.spearman = self._spearman(None) if eval_set is not None else None
+            self.items = reranker_pairs(self.texts)
+            self.outputs = np.asarray(model.predict(self.items, batch_size=batch_size), dtype=np.float32)
+        self.spearman = self._spearman(self._torch) if eval_set is not None else None
 
-    def _spearman(self, runner: Callable | None) -> float:
+    def _torch(self, items: Sequence) -> np.ndarray:
+        if self.task == "embedding":
+            return np.asarray(self.model.encode(list(items), batch_size=self.batch_size))
+        return np.asarray(self.model.predict(list(items), batch_size=self.batch_size))
+
+    def _spearman(self, run: Callable[[Sequence], np.ndarray]) -> float:
         ev = self.eval_set
         if self.task == "embedding":
-            if runner is None:
-                a = self.model.encode(ev.sentences1, batch_size=self.batch_size)
-                b = self.model.encode(ev.sentences2, batch_size=self.batch_size)
-            else:
-                a = graph_embed(self.model, runner, ev.sentences1, self.batch_size)
-                b = graph_embed(self.model, runner, ev.sentences2, self.batch_size)
-            pred = pairwise_cosine(a, b)
+            pred = pairwise_cosine(run(ev.sentences1), run(ev.sentences2))
         else:
-            pairs = list(zip(ev.sentences1, ev.sentences2))
-            pred = self.model.predict(pairs, batch_size=self.batch_size) if runner is None else graph_scores(self.model, runner, pairs, self.batch_size)
-            pred = np.asarray(pred)
+            pred = np.asarray(run(list(zip(ev.sentences1, ev.sentences2))))
             if pred.ndim == 2:
                 pred = pred[:, -1]
         return spearman(pred, ev.scores)
 
-    def compare(self, runner: Runner, max_drop: float | None) -> Verification:
-        """Verify one graph against the reference; ``max_drop`` None uses the defaults (not fatal)."""
+    def compare(self, root: str | os.PathLike, variant: str, device: str = "cpu",
+                max_drop: float | None = None) -> Verification:
+        """Load ``variant`` of the artifact at ``root`` through stedge_runtime and verify it against the
+        reference; ``max_drop`` None uses the compressed tier's defaults."""
+        import logging
+
+        log = logging.getLogger("stedge_runtime")
+        level = log.level
+        log.setLevel(logging.ERROR)  # the torch side has already warned about truncated texts
+        try:
+            obj = load_runtime(Path(root), variant, self.task, device)
+            return self.verify(obj, device, max_drop, obj.manifest["variants"][variant].get("precision"))
+        finally:
+            log.setLevel(level)
+
+    def verify(self, obj: Any, device: str, max_drop: float | None, precision: str | None = None) -> Verification:
+        """Verify a loaded runtime ``Encoder`` / ``Reranker`` of ``precision`` (see ``compare``)."""
+        got = _run(obj, self.task, self.items, self.batch_size)
         if self.task == "embedding":
-            got = graph_embed(self.model, runner, self.texts, self.batch_size)
             cos = pairwise_cosine(got, self.outputs)
-        else:
-            got = graph_scores(self.model, runner, self.pairs, self.batch_size)
-            ref = self.outputs.reshape(len(self.pairs), -1)
-            g = got.reshape(len(self.pairs), -1)
-            # A score vector per label column: cosine over all pairs (one number per label).
+        else:  # a score vector per label column: one cosine per label over all pairs
+            g, ref = got.reshape(len(self.items), -1), self.outputs.reshape(len(self.items), -1)
             cos = pairwise_cosine(g.T, ref.T)
         finite = bool(np.isfinite(got).all())
         diff = float(np.abs(got.reshape(self.outputs.shape) - self.outputs).max()) if finite else float("inf")
         mean_c = float(np.mean(cos)) if finite else 0.0
         min_c = float(np.min(cos)) if finite else 0.0
-        sp = self._spearman(runner) if self.eval_set is not None and finite else None
+        invariance = batch_invariance(obj, self.task, self.items) if finite else 0.0
+        sp = None
+        if self.eval_set is not None and finite:
+            sp = self._spearman(lambda items: _run(obj, self.task, items, self.batch_size))
         if self.eval_set is not None:
-            unit = "spearman_points"
+            unit, limit = "spearman_points", DEFAULT_MAX_DROP_SPEARMAN if max_drop is None else max_drop
             drop = (self.spearman - sp) * 100 if sp is not None else float("inf")
-            limit = DEFAULT_MAX_DROP_SPEARMAN if max_drop is None else max_drop
         else:
-            unit = "cosine"
+            unit, limit = "cosine", DEFAULT_MAX_DROP_COSINE if max_drop is None else max_drop
             drop = 1.0 - mean_c
-            limit = DEFAULT_MAX_DROP_COSINE if max_drop is None else max_drop
+        tier = tier_of(min_c, drop, unit, limit, invariance, finite)
         return Verification(
             mean_cosine=mean_c, min_cosine=min_c, max_abs_diff=diff, spearman=sp, reference_spearman=self.spearman,
             drop=float(drop), drop_unit=unit, max_drop=float(limit), num_texts=len(self.texts), finite=finite,
-            device=runner.device, passed=finite and drop <= limit,
+            device=device, batch_invariance_min_cos=invariance, tier=tier, passed=meets(tier, precision),
+            runtime=f"stedge_runtime/{type(obj).__name__}",
         )
 
 
@@ -184,14 +286,27 @@ def default_texts() -> list[str]:
 def fail_message(variant: str, v: Verification) -> str:
     """One line saying why a variant failed its check and what to do."""
     if not v.finite:
-        return f"variant {variant}: the graph produced inf/NaN outputs; use a wider precision (fp32) or another --quantize"
+        return (f"variant {variant}: the graph produced inf/NaN outputs; use a wider precision (fp32) or another "
+                "--quantize")
     what = f"Spearman drop {v.drop:.2f} points" if v.drop_unit == "spearman_points" else f"cosine drop {v.drop:.5f}"
     return (f"variant {variant}: {what} exceeds --max-drop {v.max_drop:g}; nothing was written. "
             "Try another --quantize / --calibration-method, more calibration texts, or a larger --max-drop")
 
 
-def check(variant: str, v: Verification) -> None:
-    """Raise CheckFailedError when a variant did not pass."""
-    if not v.passed:
-        raise CheckFailedError(fail_message(variant, v))
+def failure_note(v: Verification, precision: str | None) -> str | None:
+    """Why a variant did not pass (it is then never chosen automatically), or None when it passed."""
+    bar = TIERS[-1].batch_invariance
+    if v.passed or not v.finite:
+        return None
+    if v.batch_invariance_min_cos < bar:
+        return (f"not batch-invariant: a text alone vs inside a batch of {INVARIANCE_BATCH} agrees only to cos "
+                f"{v.batch_invariance_min_cos:.5f} (< {bar}); never chosen automatically")
+    want = EXPECTED_TIER.get(str(precision), "compressed")
+    return (f"reaches tier {v.tier or 'none'}, below the {want} tier a {precision} variant must reach (min cos "
+            f"{v.min_cosine:.5f}); check that tokenizer.json matches the model's tokenizer; never chosen automatically")
 
+
+def check(variant: str, v: Verification) -> None:
+    """Raise CheckFailedError when a variant lost more than the user's --max-drop (or is not finite)."""
+    if not v.finite or v.drop > v.max_drop:
+        raise CheckFailedError(fail_message(variant, v))

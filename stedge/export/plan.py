@@ -1,0 +1,211 @@
+"""Export as a plan: the options checked once, the ``--quantize`` choice interpreted in one table, and the
+immutable list of variants one export writes (``make_plan``). Building happens in ``stedge.export.build``."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..errors import StedgeError
+
+BACKENDS = ("onnx", "openvino", "all")
+DEVICES = ("cpu", "cuda")
+OPTIMIZE = ("O1", "O2", "O3", "O4")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")   # CPUs where OpenVINO runs bf16 natively
+OV_DEVICES = ("cpu", "gpu", "npu", "auto")
+ONNX_DEVICES = ("cpu", "cuda", "tensorrt")
+
+
+@dataclass(frozen=True)
+class QuantizeChoice:
+    """What one ``--quantize`` value adds: variant kinds per backend (see BUILDERS in build.py)."""
+
+    onnx: tuple[str, ...] = ()
+    openvino: tuple[str, ...] = ()
+    calibrated: bool = False        # needs --calibration
+    help: str = ""
+
+
+# The one place the --quantize string is interpreted.
+QUANTIZE: dict[str, QuantizeChoice] = {
+    "none": QuantizeChoice(help="fp32 only"),
+    "fp16": QuantizeChoice(("onnx-fp16",), ("openvino-fp16",), help="fp16 weights and compute (GPUs)"),
+    "bf16": QuantizeChoice((), ("openvino-bf16",), help="the OpenVINO fp32 graph run in bf16 (avx512_bf16 / AMX CPUs)"),
+    "int8": QuantizeChoice(("onnx-int8-dynamic",), ("openvino-int8-weights",),
+                           help="int8 weights, activations quantized per call"),
+    "int8-dynamic": QuantizeChoice(("onnx-int8-dynamic",), help="onnxruntime dynamic int8, one variant per --isa"),
+    "int8-static": QuantizeChoice(("onnx-int8-static",), ("openvino-int8-static",), calibrated=True,
+                                  help="int8 weights and activations calibrated on --calibration"),
+    "int8-weights": QuantizeChoice((), ("openvino-int8-weights",), help="OpenVINO int8 weight compression"),
+    "int4-weights": QuantizeChoice((), ("openvino-int4-weights",), help="OpenVINO int4 weight compression"),
+}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Every export parameter, checked (``check_options``); travels in the build context."""
+
+    backend: str = "onnx"
+    optimize: str | None = None
+    quantize: str = "none"
+    isas: tuple[str, ...] = ()
+    calibration: str | os.PathLike | None = None
+    calibration_column: str | None = None
+    calibration_method: str = "minmax"
+    calibration_size: int = 300
+    eval_data: str | os.PathLike | None = None
+    eval_limit: int | None = None
+    max_drop: float | None = None
+    device: str = "cpu"
+
+    @property
+    def choice(self) -> QuantizeChoice:
+        return QUANTIZE[self.quantize]
+
+    @property
+    def onnx(self) -> bool:
+        return self.backend in ("onnx", "all")
+
+    @property
+    def openvino(self) -> bool:
+        return self.backend in ("openvino", "all")
+
+
+@dataclass(frozen=True)
+class PlannedVariant:
+    """One variant to build: its name, builder ``kind`` and the record fields known before building."""
+
+    name: str
+    kind: str
+    backend: str
+    precision: str
+    file: str
+    devices: tuple[str, ...]
+    optimization: str | None = None
+    isa: str | None = None
+    engine_options: Mapping[str, Any] | None = None
+    cpu_flags_any: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """The variants of one export in build order, and the one that becomes ``default_variant``."""
+
+    options: ExportOptions
+    variants: tuple[PlannedVariant, ...]
+    default: str
+    bf16_here: bool = False
+    names: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", frozenset(v.name for v in self.variants))
+
+
+def check_options(options: ExportOptions) -> ExportOptions:
+    """Raise StedgeError naming the bad argument; return the options with ``optimize`` normalized."""
+    from .quantize import CALIBRATION_METHODS
+
+    o = options
+    if o.backend not in BACKENDS:
+        raise StedgeError(f"--backend must be one of {', '.join(BACKENDS)}, got {o.backend!r}")
+    if o.quantize not in QUANTIZE:
+        raise StedgeError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {o.quantize!r}")
+    if o.device not in DEVICES:
+        raise StedgeError(f"--device must be one of {', '.join(DEVICES)}, got {o.device!r}")
+    if o.calibration_method not in CALIBRATION_METHODS:
+        raise StedgeError(f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, "
+                          f"got {o.calibration_method!r}")
+    if o.max_drop is not None and o.max_drop < 0:
+        raise StedgeError(f"--max-drop must be >= 0, got {o.max_drop}")
+    optimize = o.optimize
+    if optimize is not None:
+        if optimize.upper() not in OPTIMIZE:
+            raise StedgeError(f"--optimize must be one of {', '.join(OPTIMIZE)}, got {optimize!r}")
+        optimize = optimize.upper()
+    choice = QUANTIZE[o.quantize]
+    if choice.openvino and not choice.onnx and o.backend == "onnx":
+        raise StedgeError(f"--quantize {o.quantize} is an OpenVINO variant: add --backend openvino (or all)")
+    if choice.onnx and not choice.openvino and o.backend == "openvino" and o.quantize != "int8":
+        raise StedgeError(f"--quantize {o.quantize} is an onnxruntime variant: use --backend onnx (or all)")
+    if optimize is not None and o.backend == "openvino":
+        raise StedgeError("--optimize O1-O4 are onnxruntime levels: use --backend onnx or all "
+                          "(OpenVINO optimizes when it compiles)")
+    if optimize == "O4" and o.quantize not in ("none", "fp16", "bf16"):
+        raise StedgeError(f"--optimize O4 already converts to fp16: combine --quantize {o.quantize} with O1-O3")
+    if choice.calibrated and o.calibration is None:
+        raise StedgeError(f"--quantize {o.quantize} needs --calibration DATA (a text file, a CSV/TSV/JSONL with "
+                          "--calibration-column, or a datasets name)")
+    from dataclasses import replace
+
+    return replace(o, optimize=optimize)
+
+
+def _onnx_variants(o: ExportOptions) -> list[PlannedVariant]:
+    opt = o.optimize
+    sfx, fsfx = (f"-{opt}", f"_{opt}") if opt else ("", "")
+    out = [PlannedVariant("onnx-fp32", "onnx-fp32", "onnx", "fp32", "onnx/model.onnx", ONNX_DEVICES)]
+    if opt == "O4":
+        out.append(PlannedVariant("onnx-fp16-O4", "onnx-fp16", "onnx", "fp16", "onnx/model_O4.onnx",
+                                  ("cuda", "tensorrt"), "O4"))
+    elif opt:
+        devs = ONNX_DEVICES if opt == "O1" else ("cpu", "cuda")
+        out.append(PlannedVariant(f"onnx-fp32{sfx}", "onnx-optimized", "onnx", "fp32", f"onnx/model{fsfx}.onnx",
+                                  devs, opt))
+    for kind in o.choice.onnx:
+        if kind == "onnx-fp16" and opt != "O4":
+            out.append(PlannedVariant(f"onnx-fp16{sfx}", kind, "onnx", "fp16", f"onnx/model{fsfx}_fp16.onnx",
+                                      ("cuda", "tensorrt"), opt))
+        elif kind == "onnx-int8-dynamic":
+            out += [PlannedVariant(f"onnx-int8-{isa}{sfx}", kind, "onnx", "int8",
+                                   f"onnx/model_qint8_{isa}{fsfx}.onnx", ("cpu",), opt, isa=isa) for isa in o.isas]
+        elif kind == "onnx-int8-static":
+            out.append(PlannedVariant(f"onnx-int8-static{sfx}", kind, "onnx", "int8",
+                                      f"onnx/model_qint8_static{fsfx}.onnx", ("cpu", "tensorrt"), opt))
+    return out
+
+
+_OV_FILES = {
+    "openvino-fp16": ("fp16", "openvino_model_fp16.xml", OV_DEVICES),
+    "openvino-int8-static": ("int8", "openvino_model_qint8_quantized.xml", OV_DEVICES),
+    "openvino-int8-weights": ("int8", "openvino_model_int8_weights.xml", OV_DEVICES),
+    "openvino-int4-weights": ("int4", "openvino_model_int4_weights.xml", ("cpu", "gpu", "auto")),
+}
+
+
+def _openvino_variants(o: ExportOptions, bf16_here: bool) -> list[PlannedVariant]:
+    fp32 = "openvino/openvino_model.xml"
+    out = [PlannedVariant("openvino-fp32", "openvino-fp32", "openvino", "fp32", fp32, OV_DEVICES)]
+    kinds = list(o.choice.openvino)
+    if bf16_here and o.device == "cpu" and "openvino-bf16" not in kinds:
+        kinds.insert(0, "openvino-bf16")  # free (the fp32 files) and verified for real on this CPU
+    for kind in kinds:
+        if kind == "openvino-bf16":
+            out.append(PlannedVariant("openvino-bf16", kind, "openvino", "bf16", fp32, ("cpu",),
+                                      engine_options={"inference_precision": "bf16"}, cpu_flags_any=BF16_FLAGS))
+        else:
+            precision, file, devs = _OV_FILES[kind]
+            out.append(PlannedVariant(kind, kind, "openvino", precision, f"openvino/{file}", devs))
+    return out
+
+
+def _default(variants: list[PlannedVariant], o: ExportOptions) -> str:
+    """The variant the user asked for: the first quantized one, else the optimized one, else the first."""
+    wanted = set(o.choice.onnx) | set(o.choice.openvino)
+    for v in variants:
+        if v.kind in wanted:
+            return v.name
+    for v in variants:
+        if o.optimize and v.optimization == o.optimize:
+            return v.name
+    return variants[0].name
+
+
+def make_plan(options: ExportOptions, cpu_flags: set[str] | frozenset[str] = frozenset()) -> ExportPlan:
+    """The immutable list of variants for checked ``options`` (``cpu_flags``: this CPU's, for bf16)."""
+    bf16_here = bool(set(BF16_FLAGS) & set(cpu_flags))
+    variants: list[PlannedVariant] = []
+    if options.onnx:
+        variants += _onnx_variants(options)
+    if options.openvino:
+        variants += _openvino_variants(options, bf16_here)
+    return ExportPlan(options, tuple(variants), _default(variants, options), bf16_here)

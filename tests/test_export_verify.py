@@ -1,0 +1,185 @@
+"""Export verification through stedge_runtime: precision tiers, batch invariance, a tokenizer.json that
+disagrees with the torch tokenizer, the bf16 variant's engine hint, the plan."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tiny import make_tiny_bert
+
+
+# ------------------------------------------------------------------ tiers (pure)
+@pytest.mark.parametrize("min_cos, drop, unit, invariance, expected", [
+    (0.99995, 0.01, "spearman_points", 0.999995, "exact"),
+    (0.99995, 0.01, "spearman_points", 0.99995, "near"),       # exact needs 0.99999 batch invariance
+    (0.995, 0.1, "spearman_points", 0.9999, "near"),
+    (0.995, 0.3, "spearman_points", 0.9999, "compressed"),     # near allows 0.2 Spearman points
+    (0.95, 0.9, "spearman_points", 0.9999, "compressed"),
+    (0.95, 1.1, "spearman_points", 0.9999, None),              # over max_drop 1.0
+    (0.99995, 0.0, "spearman_points", 0.984, None),            # not batch-invariant: no tier at all
+    (0.995, 0.004, "cosine", 0.9999, "near"),                  # no eval set: near is min cos only
+    (0.98, 0.01, "cosine", 0.9999, "compressed"),
+])
+def test_tiers(min_cos, drop, unit, invariance, expected):
+    from stedge.export.verify import tier_of
+
+    limit = 1.0 if unit == "spearman_points" else 0.05
+    assert tier_of(min_cos, drop, unit, limit, invariance, True) == expected
+    assert tier_of(min_cos, drop, unit, limit, invariance, False) is None
+
+
+def test_a_variant_passes_when_it_reaches_its_precisions_tier():
+    from stedge.export.verify import meets
+
+    assert meets("exact", "fp32") and not meets("near", "fp32") and not meets("compressed", "fp32")
+    assert meets("near", "bf16") and meets("exact", "fp16") and not meets("compressed", "bf16")
+    assert meets("compressed", "int8") and meets("near", "int4") and not meets(None, "int8")
+
+
+class _FakeEncoder:
+    """An encoder whose vectors depend on the longest text of the batch (what dynamic int8 scales do)."""
+
+    def __init__(self, leak: float) -> None:
+        self.leak = leak
+
+    def encode(self, texts, batch_size=32):
+        out = []
+        for i in range(0, len(texts), batch_size):
+            batch = texts[i:i + batch_size]
+            width = max(len(t) for t in batch)
+            for t in batch:
+                v = np.array([len(t), t.count(" ") + 1, 1.0, sum(map(ord, t)) % 7], dtype=np.float32)
+                out.append(v + self.leak * width)
+        return np.stack(out)
+
+
+def test_batch_invariance_measure():
+    from stedge.export.verify import batch_invariance, default_texts
+
+    texts = default_texts()
+    assert batch_invariance(_FakeEncoder(0.0), "embedding", texts) == pytest.approx(1.0)
+    assert batch_invariance(_FakeEncoder(0.5), "embedding", texts) < 0.99
+
+
+# ------------------------------------------------------------------ through the runtime
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_tiny_bert(tmp_path_factory.mktemp("verify") / "model")
+
+
+@pytest.fixture(scope="module")
+def artifact(model_dir, tmp_path_factory):
+    from stedge.export import export_model
+
+    return export_model(str(model_dir), tmp_path_factory.mktemp("verify_art") / "a", backend="all", quantize="bf16")
+
+
+def _edit_tokenizer(folder, edit) -> None:
+    f = folder / "tokenizer.json"
+    tok = json.loads(f.read_text())
+    edit(tok)
+    f.write_text(json.dumps(tok))
+
+
+def _no_lowercase(tok: dict) -> None:
+    tok["normalizer"]["lowercase"] = False
+
+
+def _other_pad(tok: dict) -> None:
+    tok["padding"] = {"strategy": "BatchLongest", "direction": "Right", "pad_to_multiple_of": None, "pad_id": 100,
+                      "pad_type_id": 0, "pad_token": "[UNK]"}
+
+
+def test_records_tier_and_batch_invariance(artifact):
+    for name, v in artifact.manifest["variants"].items():
+        ver = v["verification"]
+        assert ver["tier"] == "exact" and ver["passed"], (name, ver)
+        assert ver["batch_invariance_min_cos"] >= 0.99999, (name, ver)
+        assert ver["runtime"] in ("stedge_runtime/Encoder",), name
+    row = next(r for r in artifact.rows if r["variant"] == "onnx-fp32")
+    assert row["tier"] == "exact" and row["batch_invariance_min_cos"] >= 0.99999
+
+
+def test_tokenizer_that_disagrees_with_torch_fails(artifact, model_dir, tmp_path):
+    """Verification reads the artifact's tokenizer.json: one that tokenizes differently (no lower-casing) makes the
+    fp32 variants miss the exact tier and fail; another pad token / pad id alone cannot change any output (the
+    attention mask hides padding) and still passes."""
+    from stedge.export.verify import Reference, default_texts
+    from stedge.models import SentenceEncoder
+
+    ref = Reference(SentenceEncoder(model_dir, device="cpu"), "embedding", default_texts(), None)
+    for edit, passes in ((_no_lowercase, False), (_other_pad, True)):
+        copy = tmp_path / edit.__name__
+        shutil.copytree(artifact.path, copy)
+        _edit_tokenizer(copy, edit)
+        for variant in ("onnx-fp32", "openvino-fp32"):
+            v = ref.compare(copy, variant)
+            assert v.passed is passes and (v.tier == "exact") is passes, (edit.__name__, variant, v)
+
+
+def test_export_with_a_disagreeing_tokenizer_fails(model_dir, tmp_path, monkeypatch):
+    from stedge.errors import CheckFailedError
+    from stedge.export import export_model
+    from stedge.models import SentenceEncoder
+
+    save = SentenceEncoder.save
+
+    def save_with_other_tokenizer(self, path, *a, **kw):
+        save(self, path, *a, **kw)
+        _edit_tokenizer(path, _no_lowercase)
+
+    monkeypatch.setattr(SentenceEncoder, "save", save_with_other_tokenizer)
+    res = export_model(str(model_dir), tmp_path / "bad")
+    entry = res.manifest["variants"]["onnx-fp32"]
+    ver = entry["verification"]
+    assert not ver["passed"] and ver["tier"] != "exact" and ver["min_cosine"] < 0.99
+    assert "tokenizer.json" in entry["note"] and not next(r for r in res.rows if r["variant"] == "onnx-fp32")["passed"]
+    with pytest.raises(CheckFailedError, match="exceeds --max-drop"):
+        export_model(str(model_dir), tmp_path / "bad2", max_drop=0.01)
+    assert not (tmp_path / "bad2").exists()
+
+
+def test_bf16_variant_carries_its_engine_hint(artifact):
+    from stedge_runtime import Encoder
+
+    from stedge.export.plan import BF16_FLAGS
+    from stedge.export.quantize import cpu_flags
+
+    v = artifact.manifest["variants"]["openvino-bf16"]
+    assert v["precision"] == "bf16" and v["file"] == artifact.manifest["variants"]["openvino-fp32"]["file"]
+    assert v["engine_options"] == {"inference_precision": "bf16"} and v["cpu_flags_any"] == list(BF16_FLAGS)
+    enc = Encoder.load(artifact.path, variant="openvino-bf16")
+    hint = str(enc._engine.compiled.get_property("INFERENCE_PRECISION_HINT"))
+    if set(BF16_FLAGS) & cpu_flags():
+        assert "bfloat16" in hint and v["verification"] is not None
+    else:
+        assert v["verification"] is None and "no avx512_bf16" in v["note"]
+    fp32 = Encoder.load(artifact.path, variant="openvino-fp32")
+    assert "float32" in str(fp32._engine.compiled.get_property("INFERENCE_PRECISION_HINT"))
+
+
+# ------------------------------------------------------------------ the plan
+def test_plan_is_immutable_and_interprets_quantize_once():
+    from dataclasses import FrozenInstanceError
+
+    from stedge.errors import StedgeError
+    from stedge.export.plan import ExportOptions, check_options, make_plan
+
+    o = check_options(ExportOptions(backend="all", quantize="int8-static", calibration="x.txt", optimize="o2"))
+    assert o.optimize == "O2"
+    plain = make_plan(o, set())
+    names = [v.name for v in plain.variants]
+    assert names == ["onnx-fp32", "onnx-fp32-O2", "onnx-int8-static-O2", "openvino-fp32", "openvino-int8-static"]
+    assert plain.default == "onnx-int8-static-O2"
+    bf16 = make_plan(o, {"avx512_bf16"})
+    assert "openvino-bf16" in bf16.names and "openvino-bf16" not in plain.names
+    with pytest.raises(FrozenInstanceError):
+        plain.variants[0].name = "x"  # type: ignore[misc]
+    for bad, match in (({"quantize": "int4-weights"}, "OpenVINO"), ({"quantize": "int8-static"}, "--calibration"),
+                       ({"backend": "openvino", "optimize": "O2"}, "onnxruntime levels"),
+                       ({"quantize": "x"}, "--quantize")):
+        with pytest.raises(StedgeError, match=match):
+            check_options(ExportOptions(**bad))
