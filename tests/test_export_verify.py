@@ -163,7 +163,7 @@ def test_bf16_variant_carries_its_engine_hint(artifact):
 
 # ------------------------------------------------------------------ the plan
 def test_plan_is_immutable_and_interprets_quantize_once():
-    from dataclasses import FrozenInstanceError
+    from dataclasses import FrozenInstanceError, replace
 
     from stedge.errors import StedgeError
     from stedge.export.plan import ExportOptions, check_options, make_plan
@@ -174,8 +174,9 @@ def test_plan_is_immutable_and_interprets_quantize_once():
     names = [v.name for v in plain.variants]
     assert names == ["onnx-fp32", "onnx-fp32-O2", "onnx-int8-static-O2", "openvino-fp32", "openvino-int8-static"]
     assert plain.default == "onnx-int8-static-O2"
-    bf16 = make_plan(o, {"avx512_bf16"})
-    assert "openvino-bf16" in bf16.names and "openvino-bf16" not in plain.names
+    bf16 = make_plan(replace(o, quantize="bf16"), {"avx512_bf16"})
+    assert [v.name for v in bf16.variants] == ["onnx-fp32", "onnx-fp32-O2", "openvino-fp32", "openvino-bf16"]
+    assert bf16.bf16_here and not make_plan(o, {"avx2"}).bf16_here and "openvino-bf16" not in plain.names
     with pytest.raises(FrozenInstanceError):
         plain.variants[0].name = "x"  # type: ignore[misc]
     for bad, match in (({"quantize": "int4-weights"}, "OpenVINO"), ({"quantize": "int8-static"}, "--calibration"),

@@ -16,6 +16,8 @@ from .plan import ExportPlan, PlannedVariant
 logger = logging.getLogger(__name__)
 
 WORK = ".stedge-work"
+# How static int8 ONNX graphs treat the FFN down-projections (see quantize.quantize_static_int8).
+ONNX_FFN_DOWN = "int8-rows"
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class BuildContext:
     fp32: Path | None = None         # the fp32 ONNX graph every variant starts from
     reference: Any = None            # verify.Reference
     batches: list | None = None      # calibration batches (static int8)
+    calibration_source: str | None = None   # the --calibration data, or "built-in"
     entries: dict[str, dict] = field(default_factory=dict)
 
     @property
@@ -209,8 +212,8 @@ def build_onnx_int8_static(ctx: BuildContext, pv: PlannedVariant) -> BuiltVarian
 
     tail = opt.tail_nodes(load_graph(ctx.qbase))
     q = quantize_static_int8(ctx.qbase, _target(ctx, pv), ctx.calibration(), ctx.options.calibration_method,
-                             exclude_nodes=tail)
-    return finish(ctx, pv, quantization=q)
+                             exclude_nodes=tail, ffn_down=ONNX_FFN_DOWN)
+    return finish(ctx, pv, quantization={**q, "calibration": ctx.calibration_source})
 
 
 def _ov_model(ctx: BuildContext):
@@ -254,9 +257,12 @@ def build_openvino_int8_static(ctx: BuildContext, pv: PlannedVariant) -> BuiltVa
     from . import openvino as ovx
     from .quantize import ov_quantize_static
 
-    model, q = ov_quantize_static(_ov_model(ctx), ctx.calibration(), ctx.task)
+    from .quantize import after_gelu_matmuls
+
+    model, q = ov_quantize_static(_ov_model(ctx), ctx.calibration(), ctx.task,
+                                  float_matmuls=after_gelu_matmuls(ctx.fp32))
     ovx.save(model, _target(ctx, pv))
-    return finish(ctx, pv, quantization=q)
+    return finish(ctx, pv, quantization={**q, "calibration": ctx.calibration_source})
 
 
 def _ov_weights(bits: int) -> Callable[[BuildContext, PlannedVariant], BuiltVariant]:

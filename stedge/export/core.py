@@ -149,9 +149,10 @@ def _inputs(options) -> tuple[list[str] | None, Any]:
 
     cal_texts = None
     if options.choice.calibrated:
-        from .calibration import calibration_texts
+        from .calibration import builtin_texts, calibration_texts
 
-        cal_texts = calibration_texts(options.calibration, options.calibration_column, limit=options.calibration_size)
+        cal_texts = (builtin_texts() if options.calibration is None else
+                     calibration_texts(options.calibration, options.calibration_column, limit=options.calibration_size))
     elif options.calibration is not None:
         from .calibration import embedding_texts
 
@@ -188,7 +189,8 @@ def _export(model: str | os.PathLike, out: Path, plan, add: bool, replace_out: b
         build_all(ctx, steps.start)
         shutil.rmtree(ctx.work, ignore_errors=True)
         manifest = ctx.manifest(plan.default)
-        _embedding_calibration(manifest, torch_model, task, cal_texts, plan.options.quantize, existing, tmp)
+        user_texts = cal_texts if plan.options.calibration is not None else None  # not the built-in ones
+        _embedding_calibration(manifest, torch_model, task, user_texts, plan.options.quantize, existing, tmp)
         mf.check_tokenizer(tmp, manifest)
         mf.write(tmp, manifest)
     return manifest
@@ -214,6 +216,9 @@ def _prepare(ctx, cal_texts: list[str] | None, eval_set, steps: _Steps) -> None:
 
         steps.start("Tokenizing calibration texts")
         ctx.batches = calibration_batches(ctx.model, ctx.task, cal_texts)
+        o = ctx.options
+        ctx.calibration_source = (f"built-in ({len(cal_texts)} texts)" if o.calibration is None
+                                  else f"{o.calibration} ({len(cal_texts)} texts)")
 
 
 def _embedding_calibration(manifest: dict, model, task: str, cal_texts, quantize: str, existing: dict | None,

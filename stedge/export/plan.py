@@ -22,7 +22,8 @@ class QuantizeChoice:
 
     onnx: tuple[str, ...] = ()
     openvino: tuple[str, ...] = ()
-    calibrated: bool = False        # needs --calibration
+    calibrated: bool = False        # calibrates: on --calibration, else on the built-in texts
+    needs_calibration: bool = False  # --calibration is required
     help: str = ""
 
 
@@ -31,11 +32,12 @@ QUANTIZE: dict[str, QuantizeChoice] = {
     "none": QuantizeChoice(help="fp32 only"),
     "fp16": QuantizeChoice(("onnx-fp16",), ("openvino-fp16",), help="fp16 weights and compute (GPUs)"),
     "bf16": QuantizeChoice((), ("openvino-bf16",), help="the OpenVINO fp32 graph run in bf16 (avx512_bf16 / AMX CPUs)"),
-    "int8": QuantizeChoice(("onnx-int8-dynamic",), ("openvino-int8-weights",),
-                           help="int8 weights, activations quantized per call"),
-    "int8-dynamic": QuantizeChoice(("onnx-int8-dynamic",), help="onnxruntime dynamic int8, one variant per --isa"),
+    "int8": QuantizeChoice(("onnx-int8-static",), ("openvino-int8-static",), calibrated=True,
+                           help="static int8 (batch-invariant), calibrated on --calibration or built-in texts"),
     "int8-static": QuantizeChoice(("onnx-int8-static",), ("openvino-int8-static",), calibrated=True,
-                                  help="int8 weights and activations calibrated on --calibration"),
+                                  needs_calibration=True, help="static int8 calibrated on --calibration"),
+    "int8-dynamic": QuantizeChoice(("onnx-int8-dynamic",), help="onnxruntime dynamic int8, one variant per --isa "
+                                   "(not batch-invariant: never chosen automatically)"),
     "int8-weights": QuantizeChoice((), ("openvino-int8-weights",), help="OpenVINO int8 weight compression"),
     "int4-weights": QuantizeChoice((), ("openvino-int4-weights",), help="OpenVINO int4 weight compression"),
 }
@@ -125,14 +127,14 @@ def check_options(options: ExportOptions) -> ExportOptions:
     choice = QUANTIZE[o.quantize]
     if choice.openvino and not choice.onnx and o.backend == "onnx":
         raise StedgeError(f"--quantize {o.quantize} is an OpenVINO variant: add --backend openvino (or all)")
-    if choice.onnx and not choice.openvino and o.backend == "openvino" and o.quantize != "int8":
+    if choice.onnx and not choice.openvino and o.backend == "openvino":
         raise StedgeError(f"--quantize {o.quantize} is an onnxruntime variant: use --backend onnx (or all)")
     if optimize is not None and o.backend == "openvino":
         raise StedgeError("--optimize O1-O4 are onnxruntime levels: use --backend onnx or all "
                           "(OpenVINO optimizes when it compiles)")
     if optimize == "O4" and o.quantize not in ("none", "fp16", "bf16"):
         raise StedgeError(f"--optimize O4 already converts to fp16: combine --quantize {o.quantize} with O1-O3")
-    if choice.calibrated and o.calibration is None:
+    if choice.needs_calibration and o.calibration is None:
         raise StedgeError(f"--quantize {o.quantize} needs --calibration DATA (a text file, a CSV/TSV/JSONL with "
                           "--calibration-column, or a datasets name)")
     from dataclasses import replace
@@ -172,19 +174,18 @@ _OV_FILES = {
 }
 
 
-def _openvino_variants(o: ExportOptions, bf16_here: bool) -> list[PlannedVariant]:
+def _openvino_variants(o: ExportOptions) -> list[PlannedVariant]:
     fp32 = "openvino/openvino_model.xml"
     out = [PlannedVariant("openvino-fp32", "openvino-fp32", "openvino", "fp32", fp32, OV_DEVICES)]
-    kinds = list(o.choice.openvino)
-    if bf16_here and o.device == "cpu" and "openvino-bf16" not in kinds:
-        kinds.insert(0, "openvino-bf16")  # free (the fp32 files) and verified for real on this CPU
-    for kind in kinds:
+    for kind in o.choice.openvino:
         if kind == "openvino-bf16":
             out.append(PlannedVariant("openvino-bf16", kind, "openvino", "bf16", fp32, ("cpu",),
                                       engine_options={"inference_precision": "bf16"}, cpu_flags_any=BF16_FLAGS))
         else:
             precision, file, devs = _OV_FILES[kind]
-            out.append(PlannedVariant(kind, kind, "openvino", precision, f"openvino/{file}", devs))
+            # int8-static: the float parts pinned to f32, so a bf16 CPU runs what export verified
+            opts = {"inference_precision": "f32"} if kind == "openvino-int8-static" else None
+            out.append(PlannedVariant(kind, kind, "openvino", precision, f"openvino/{file}", devs, engine_options=opts))
     return out
 
 
@@ -201,11 +202,12 @@ def _default(variants: list[PlannedVariant], o: ExportOptions) -> str:
 
 
 def make_plan(options: ExportOptions, cpu_flags: set[str] | frozenset[str] = frozenset()) -> ExportPlan:
-    """The immutable list of variants for checked ``options`` (``cpu_flags``: this CPU's, for bf16)."""
+    """The immutable list of variants for checked ``options``; ``cpu_flags`` (this CPU's) say whether a bf16
+    variant can be verified here."""
     bf16_here = bool(set(BF16_FLAGS) & set(cpu_flags))
     variants: list[PlannedVariant] = []
     if options.onnx:
         variants += _onnx_variants(options)
     if options.openvino:
-        variants += _openvino_variants(options, bf16_here)
+        variants += _openvino_variants(options)
     return ExportPlan(options, tuple(variants), _default(variants, options), bf16_here)

@@ -6,6 +6,7 @@ mixed batch of 32) and the precision tier the variant reaches (exact / near / co
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -163,11 +164,13 @@ def load_runtime(root: Path, variant: str, task: str, device: str = "cpu"):
     """The artifact at ``root`` loaded as users load it: ``Encoder`` / ``Reranker`` with ``variant`` named
     and every file's sha256 checked."""
     from stedge_runtime import Encoder, Reranker
-    from stedge_runtime.manifest import read_manifest
+    from stedge_runtime.artifact import Manifest
 
-    backend = read_manifest(root, task)["variants"][variant]["backend"]
+    backend = Manifest.read(root, task).variant(variant, root).backend
     cls = Encoder if task == "embedding" else Reranker
-    return cls.load(root, variant=variant, device=runtime_device(backend, device), verify=True)
+    with warnings.catch_warnings():  # the variant is not verified yet: that is what we are doing
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return cls.load(root, variant=variant, device=runtime_device(backend, device), verify=True)
 
 
 def _run(obj, task: str, items: Sequence, batch_size: int) -> np.ndarray:
@@ -235,7 +238,7 @@ class Reference:
         log.setLevel(logging.ERROR)  # the torch side has already warned about truncated texts
         try:
             obj = load_runtime(Path(root), variant, self.task, device)
-            return self.verify(obj, device, max_drop, obj.manifest["variants"][variant].get("precision"))
+            return self.verify(obj, device, max_drop, obj.manifest.variant(variant).precision)
         finally:
             log.setLevel(level)
 

@@ -33,6 +33,8 @@ DEVICES = ("cpu", "cuda", "tensorrt", "gpu", "npu", "auto")
 GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "prompt_length")
 GRAPH_OUTPUTS = ("sentence_embedding", "last_hidden_state", "logits", "scores")
 SIMILARITY_FNS = ("cosine", "dot", "euclidean", "manhattan")
+TIERS = ("exact", "near", "compressed")   # precision tiers, best first (see stedge.export.verify)
+_VERIFICATION_NUMBERS = ("mean_cosine", "min_cosine", "spearman", "reference_spearman", "batch_invariance_min_cos")
 
 # Device families and the engine (variant backend) that serves them.
 ONNX_DEVICES = ("cpu", "cuda", "tensorrt", "ort-openvino")
@@ -121,13 +123,19 @@ def artifact_path(root: Path, rel: str, field_name: str) -> Path:
 # --------------------------------------------------------------------------- records
 @dataclass(frozen=True)
 class Verification:
-    """How a variant compares with PyTorch fp32 at export (``passed`` gates automatic selection)."""
+    """How a variant compares with PyTorch fp32 at export (``passed`` gates automatic selection).
+
+    ``tier``: the best precision tier reached (exact / near / compressed, None when none; absent in artifacts
+    exported before tiers). ``batch_invariance_min_cos``: min cosine of a text's vector alone vs inside a mixed
+    batch of 32 (None when not measured). Both are written by ``stedge.export.verify``."""
 
     passed: bool
     mean_cosine: float | None = None
     min_cosine: float | None = None
     spearman: float | None = None
     reference_spearman: float | None = None
+    tier: str | None = None
+    batch_invariance_min_cos: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -136,11 +144,11 @@ class Verification:
             return None
         f = _Fields(data, where, prefix)
         num = (int, float, type(None))
-        values = {k: f.get(k, num, "a number or null", None) for k in ("mean_cosine", "min_cosine", "spearman",
-                                                                          "reference_spearman")}
+        values = {k: f.get(k, num, "a number or null", None) for k in _VERIFICATION_NUMBERS}
         passed = f.get("passed", (bool,), "true or false")
-        known = {"passed", *values}
-        return cls(passed=passed, **values, extra={k: v for k, v in data.items() if k not in known})
+        tier = f.text("tier", default=None, choices=TIERS, nullable=True)
+        known = {"passed", "tier", *values}
+        return cls(passed=passed, tier=tier, **values, extra={k: v for k, v in data.items() if k not in known})
 
     def get(self, key: str, default: Any = None) -> Any:
         """Any recorded figure by name (typed fields first, then the rest of the record)."""
@@ -149,8 +157,11 @@ class Verification:
         return self.extra.get(key, default)
 
     def to_dict(self) -> dict:
-        out = {k: getattr(self, k) for k in ("mean_cosine", "min_cosine", "spearman", "reference_spearman")}
+        out = {k: getattr(self, k) for k in _VERIFICATION_NUMBERS if k != "batch_invariance_min_cos"}
         out.update(self.extra)
+        if self.tier is not None or self.batch_invariance_min_cos is not None:  # format-1 records without them
+            out["tier"] = self.tier
+            out["batch_invariance_min_cos"] = self.batch_invariance_min_cos
         out["passed"] = self.passed
         return out
 
