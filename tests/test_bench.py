@@ -153,14 +153,14 @@ def test_export_calls_from_variant_names():
 
     assert export_call("onnx-fp32-O3") == ("onnx", "O3", "none", None)
     assert export_call("onnx-fp16-O4") == ("onnx", "O4", "none", None)
-    assert export_call("onnx-int8-avx512_vnni") == ("onnx", None, "int8", "avx512_vnni")
+    assert export_call("onnx-int8-avx512_vnni") == ("onnx", None, "int8-dynamic", "avx512_vnni")
     assert export_call("openvino-int4-weights") == ("openvino", None, "int4-weights", None)
     assert export_call("openvino-bf16") == ("openvino", None, "bf16", None)
     calls = plan_calls(["onnx-fp32", "onnx-fp32-O2", "onnx-int8-avx2", "onnx-int8-static", "openvino-fp32", "openvino-int8-static"])
     assert calls == [
         {"backend": "all", "optimize": None, "quantize": "none"},
         {"backend": "onnx", "optimize": "O2", "quantize": "none"},
-        {"backend": "onnx", "optimize": None, "quantize": "int8", "isa": "avx2"},
+        {"backend": "onnx", "optimize": None, "quantize": "int8-dynamic", "isa": "avx2"},
         {"backend": "all", "optimize": None, "quantize": "int8-static"},
     ]
     for bad in ("tflite-fp32", "onnx-fp32-static", "onnx-int8-sse", "onnx-bf16"):

@@ -18,7 +18,7 @@ def export_call(variant: str) -> tuple[str, str | None, str, str | None]:
     """(backend, optimize, quantize, isa) of the export_model call that writes ``variant``.
 
     ``onnx-fp32`` -> (onnx, None, none); ``onnx-fp32-O3`` -> (onnx, O3, none); ``onnx-fp16-O4`` ->
-    (onnx, O4, none); ``onnx-int8-avx512_vnni`` -> (onnx, None, int8, avx512_vnni);
+    (onnx, O4, none); ``onnx-int8-avx512_vnni`` -> (onnx, None, int8-dynamic, avx512_vnni);
     ``onnx-int8-static`` -> (onnx, None, int8-static); ``openvino-int8-static`` -> (openvino, None,
     int8-static); ``openvino-int4-weights`` -> (openvino, None, int4-weights); ``onnx-fp16`` -> fp16;
     ``openvino-bf16`` -> (openvino, None, bf16).
@@ -44,7 +44,7 @@ def export_call(variant: str) -> tuple[str, str | None, str, str | None]:
     if q in ("static", "weights"):
         return backend, opt, f"{prec}-{q}", None
     if q in INT8_ISAS and prec == "int8" and backend == "onnx":
-        return backend, opt, "int8", q
+        return backend, opt, "int8-dynamic", q
     raise StedgeError(f"variant {variant!r}: unknown quantization; use -static, -weights or an ISA (avx2, avx512, avx512_vnni, arm64)")
 
 

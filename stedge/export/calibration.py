@@ -39,7 +39,8 @@ def builtin_texts() -> list[str]:
     return json.loads((Path(__file__).with_name("calibration_texts.json")).read_text(encoding="utf-8"))
 
 
-def calibration_batches(model, task: str, texts: list[str], batch_size: int = 16, max_length: int = 128) -> list[dict[str, np.ndarray]]:
+def calibration_batches(model, task: str, texts: list[str], batch_size: int = 16,
+                        max_length: int = 128) -> list[dict[str, np.ndarray]]:
     """Tokenized calibration batches of one shape: padded to the longest text (at most ``max_length``),
     ``batch_size`` texts each (a remainder smaller than a batch is left out)."""
     if task == "reranking":

@@ -29,8 +29,11 @@ def render_table(result) -> None:
         sp = "—"
         if r["spearman"] is not None:
             sp = f"{r['spearman'] * 100:.2f} (ref {r['reference_spearman'] * 100:.2f})"
-        drop = "—" if r["drop"] is None else (f"{r['drop']:.2f} pt" if r["drop_unit"] == "spearman_points" else f"{r['drop']:.5f}")
-        passed = "[yellow]not verified[/]" if r["passed"] is None else ("[green]yes[/]" if r["passed"] else "[red]no[/]")
+        drop = "—"
+        if r["drop"] is not None:
+            drop = f"{r['drop']:.2f} pt" if r["drop_unit"] == "spearman_points" else f"{r['drop']:.5f}"
+        passed = "[yellow]not verified[/]" if r["passed"] is None else (
+            "[green]yes[/]" if r["passed"] else "[red]no[/]")
         name = r["variant"] + ("" if r["new"] else " (kept)")
         t.add_row(name, f"{r['size_bytes'] / 1e6:.1f}", _fmt(r["mean_cosine"], ".6f"),
                   _fmt(r["min_cosine"], ".6f"), sp, drop, _fmt(r.get("batch_invariance_min_cos"), ".6f"),
@@ -41,39 +44,60 @@ def render_table(result) -> None:
             Console(stderr=True).print(f"[yellow]{r['variant']}: {r['note']}[/]")
 
 
+HELP = {
+    "model": "Model folder or reference (a sentence-transformers model, a reranker, or a LoRA adapter folder).",
+    "output": "Artifact folder (default: models/<model-name>-stedge).",
+    "optimize": "onnxruntime level: O1, O2, O3 or O4 (O4 = fp16, for GPU).",
+    "quantize": "none; fp16; bf16 (OpenVINO, run in bf16 on avx512_bf16/AMX CPUs); int8 (static, batch-invariant, "
+                "calibrated on --calibration or built-in texts); int8-static (int8 with --calibration required); "
+                "int8-dynamic (onnxruntime dynamic per --isa, not batch-invariant); int8-weights / int4-weights "
+                "(OpenVINO weight compression).",
+    "isa": "int8-dynamic targets: auto (this CPU), all, or avx2, avx512, avx512_vnni, arm64 (comma-separated).",
+    "calibration": "Calibration texts (a text file, CSV/TSV/JSONL, or a datasets name) for int8 / int8-static and, "
+                   "for embedding models, the int8/uint8 output ranges saved with the artifact.",
+    "calibration_method": "minmax, entropy or percentile (ONNX static int8).",
+    "eval": "STS pairs (sentence1, sentence2, score) for Spearman, e.g. stsb/test.tsv.gz.",
+    "max_drop": "The compressed tier's budget: Spearman points with --eval (default 1.0), else 1 - mean cosine "
+                "(default 0.05). Given, a variant losing more fails the export (exit 1, nothing written).",
+    "add": "Add the variants to an existing artifact of the same model (others are kept).",
+}
+
+
 def register(app: typer.Typer) -> None:
-    """Add `stedge export` to the app."""
+    """Add `stedge export`, `stedge pack` and `stedge calibrate` to the app."""
 
     @app.command("export")
     def export_cmd(
-        model: str = typer.Argument(..., help="Model folder or reference (a sentence-transformers model, a reranker, or a LoRA adapter folder)."),
-        output: Optional[Path] = typer.Option(None, "-o", "--output", help="Artifact folder (default: models/<model-name>-stedge)."),
+        model: str = typer.Argument(..., help=HELP["model"]),
+        output: Optional[Path] = typer.Option(None, "-o", "--output", help=HELP["output"]),
         backend: str = typer.Option("onnx", "--backend", help="onnx, openvino or all."),
-        optimize: Optional[str] = typer.Option(None, "--optimize", help="onnxruntime level: O1, O2, O3 or O4 (O4 = fp16, for GPU)."),
-        quantize: str = typer.Option("none", "--quantize", help="none, fp16, bf16 (OpenVINO), int8, int8-dynamic, int8-static, int8-weights or int4-weights (OpenVINO)."),
-        isa: str = typer.Option("auto", "--isa", help="int8 targets: auto (this CPU), all, or avx2, avx512, avx512_vnni, arm64 (comma-separated)."),
-        calibration: Optional[str] = typer.Option(
-            None, "--calibration", help="Calibration texts (a text file, CSV/TSV/JSONL, or a datasets name) for "
-            "int8-static and, for embedding models, the int8/uint8 output ranges saved with the artifact."),
-        calibration_column: Optional[str] = typer.Option(None, "--calibration-column", help="Text column of a calibration table."),
-        calibration_method: str = typer.Option("minmax", "--calibration-method", help="minmax, entropy or percentile (ONNX static int8)."),
-        calibration_size: int = typer.Option(300, "--calibration-size", help="Use at most this many calibration texts."),
-        eval_data: Optional[str] = typer.Option(None, "--eval", help="STS pairs (sentence1, sentence2, score) for Spearman, e.g. stsb/test.tsv.gz."),
-        max_drop: Optional[float] = typer.Option(None, "--max-drop", help="The compressed tier's budget; given, a variant losing more fails the export (exit 1, nothing written): Spearman points with --eval (default 1.0), else 1 - mean cosine (default 0.05)."),
+        optimize: Optional[str] = typer.Option(None, "--optimize", help=HELP["optimize"]),
+        quantize: str = typer.Option("none", "--quantize", help=HELP["quantize"]),
+        isa: str = typer.Option("auto", "--isa", help=HELP["isa"]),
+        calibration: Optional[str] = typer.Option(None, "--calibration", help=HELP["calibration"]),
+        calibration_column: Optional[str] = typer.Option(None, "--calibration-column",
+                                                         help="Text column of a calibration table."),
+        calibration_method: str = typer.Option("minmax", "--calibration-method", help=HELP["calibration_method"]),
+        calibration_size: int = typer.Option(300, "--calibration-size",
+                                             help="Use at most this many calibration texts."),
+        eval_data: Optional[str] = typer.Option(None, "--eval", help=HELP["eval"]),
+        max_drop: Optional[float] = typer.Option(None, "--max-drop", help=HELP["max_drop"]),
         device: str = typer.Option("cpu", "--device", help="Where verification runs: cpu or cuda."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
-        add: bool = typer.Option(False, "--add", help="Add the variants to an existing artifact of the same model (others are kept)."),
+        add: bool = typer.Option(False, "--add", help=HELP["add"]),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
         tune: bool = typer.Option(False, "--tune", help="Then time the variants on this machine (`stedge tune`) so "
                                   "Encoder.load picks the fastest of each precision tier here."),
     ) -> None:
-        """Export MODEL to ONNX / OpenVINO with pooling inside the graph, verify every variant against PyTorch, write stedge.json."""
+        """Export MODEL to ONNX / OpenVINO with pooling inside the graph, verify every variant through
+        stedge_runtime against PyTorch (tier, batch invariance), write stedge.json."""
         from stedge.export import export_model
 
         result = export_model(
             model, output, backend=backend, optimize=optimize, quantize=quantize, isa=isa, calibration=calibration,
-            calibration_column=calibration_column, calibration_method=calibration_method, calibration_size=calibration_size,
-            eval_data=eval_data, max_drop=max_drop, device=device, overwrite=overwrite, add=add, show_progress=not as_json,
+            calibration_column=calibration_column, calibration_method=calibration_method,
+            calibration_size=calibration_size, eval_data=eval_data, max_drop=max_drop, device=device,
+            overwrite=overwrite, add=add, show_progress=not as_json,
         )
         if not as_json:
             render_table(result)
@@ -84,6 +108,12 @@ def register(app: typer.Typer) -> None:
             tuning = tune_after_export(result.path, show=not as_json)
         if as_json:
             typer.echo(json.dumps({**result.to_dict(), **({"tuning": tuning} if tuning else {})}, indent=2))
+
+    _register_pack(app)
+
+
+def _register_pack(app: typer.Typer) -> None:
+    """Add `stedge pack` and `stedge calibrate` (artifact post-processing) to the app."""
 
     @app.command("pack")
     def pack_cmd(

@@ -1,4 +1,6 @@
-"""`export_model`: a model reference in, a verified artifact folder out (ST layout + onnx/ + openvino/ + stedge.json)."""
+"""`export_model`: a model reference in, a verified artifact folder out (ST layout + onnx/ + openvino/ +
+stedge.json). The options become an immutable plan (``plan.py``), built and verified variant by variant
+(``build.py``, ``verify.py``)."""
 from __future__ import annotations
 
 import hashlib
@@ -37,7 +39,8 @@ def source_sha256(*folders: Path) -> str:
     for folder in folders:
         files = sorted(
             p for p in folder.rglob("*")
-            if p.is_file() and p.suffix in (".safetensors", ".bin") and not ({"onnx", "openvino"} & set(p.relative_to(folder).parts))
+            if p.is_file() and p.suffix in (".safetensors", ".bin")
+            and not ({"onnx", "openvino"} & set(p.relative_to(folder).parts))
         )
         for f in files:
             h.update(str(f.relative_to(folder)).encode())
@@ -59,7 +62,8 @@ def load_model(ref: str | os.PathLike) -> tuple[Any, str, dict]:
     if detect_task(path) == "adapter":
         model, base = _merge_adapter(path)
         base_path = model.model_path or path
-        src = {"model": str(ref), "sha256": source_sha256(path, Path(base_path)), "adapter": str(path), "base_model": base}
+        src = {"model": str(ref), "sha256": source_sha256(path, Path(base_path)), "adapter": str(path),
+               "base_model": base}
         return model.eval(), "embedding", src
     task = detect_task(path)
     model = SentenceEncoder(path, device="cpu") if task == "embedding" else CrossEncoder(path, device="cpu")
@@ -122,8 +126,9 @@ def export_model(
         calibration_column=calibration_column, calibration_method=calibration_method,
         calibration_size=calibration_size, eval_data=eval_data, eval_limit=eval_limit, max_drop=max_drop,
         device=device))
+    isas = tuple(isas_for(isa))  # a bad --isa is an error even where only int8-dynamic would use it
     if "onnx-int8-dynamic" in options.choice.onnx and options.onnx:
-        options = replace(options, isas=tuple(isas_for(isa)))
+        options = replace(options, isas=isas)
     plan = make_plan(options, cpu_flags())
     if device == "cuda":
         _check_cuda(backend)
@@ -226,8 +231,8 @@ def _embedding_calibration(manifest: dict, model, task: str, cal_texts, quantize
     """Embedding models: int8/uint8 output ranges from the calibration texts (PyTorch fp32), or the
     existing artifact's when --add brings no new texts."""
     if task != "embedding":
-        if cal_texts is not None and quantize != "int8-static":
-            logger.warning("--calibration is only used by --quantize int8-static for rerankers; ignoring it")
+        if cal_texts is not None and quantize not in ("int8", "int8-static"):
+            logger.warning("--calibration is only used by --quantize int8 / int8-static for rerankers; ignoring it")
         return
     if cal_texts is not None:
         from .calibration import save_embedding_calibration

@@ -81,7 +81,8 @@ def build_graph(model: nn.Module, task: str) -> tuple[nn.Module, GraphSpec]:
         pooling = model.pooling
         use_tt = bool(t.uses_token_type_ids)
         use_pl = pooling is not None and not pooling.include_prompt
-        inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if use_tt else []) + (["prompt_length"] if use_pl else [])
+        inputs = (["input_ids", "attention_mask"] + (["token_type_ids"] if use_tt else [])
+                  + (["prompt_length"] if use_pl else []))
         axes = {n: dict(batch_seq) for n in inputs if n != "prompt_length"}
         if use_pl:
             axes["prompt_length"] = {0: "batch_size"}
@@ -89,7 +90,8 @@ def build_graph(model: nn.Module, task: str) -> tuple[nn.Module, GraphSpec]:
         axes["last_hidden_state"] = dict(batch_seq)
         if pooling is None:
             raise InvalidModelError("the model has no Pooling module: stedge exports sentence encoders with pooling")
-        return EmbeddingGraph(model, use_tt, use_pl).eval(), GraphSpec(inputs, ["sentence_embedding", "last_hidden_state"], axes)
+        spec = GraphSpec(inputs, ["sentence_embedding", "last_hidden_state"], axes)
+        return EmbeddingGraph(model, use_tt, use_pl).eval(), spec
     if task == "reranking":
         use_tt = reranker_uses_token_type_ids(model)
         inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if use_tt else [])
@@ -103,9 +105,11 @@ def build_graph(model: nn.Module, task: str) -> tuple[nn.Module, GraphSpec]:
 def example_inputs(model: nn.Module, task: str, spec: GraphSpec) -> tuple[torch.Tensor, ...]:
     """A small tokenized batch (two texts of different length) in the graph's input order."""
     if task == "embedding":
-        feats = model.tokenize(["stedge exports sentence encoders", "a longer second text, so that padding shows up in the batch"])
+        feats = model.tokenize(["stedge exports sentence encoders",
+                                "a longer second text, so that padding shows up in the batch"])
     else:
-        feats = model.tokenize([("what is stedge", "stedge exports rerankers"), ("query", "a longer document text so that padding shows up")])
+        feats = model.tokenize([("what is stedge", "stedge exports rerankers"),
+                                ("query", "a longer document text so that padding shows up")])
     batch = feats["input_ids"].shape[0]
     out = []
     for name in spec.inputs:

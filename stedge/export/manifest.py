@@ -54,7 +54,8 @@ def model_fields(model, task: str) -> dict:
         t = model.transformer
         pooling = model.pooling
         dense = [
-            {"in_features": m.in_features, "out_features": m.out_features, "activation": type(m.activation_function).__name__}
+            {"in_features": m.in_features, "out_features": m.out_features,
+             "activation": type(m.activation_function).__name__}
             for m in model if type(m).__name__ == "Dense"
         ]
         return {

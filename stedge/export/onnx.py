@@ -48,7 +48,8 @@ def export_onnx(model, task: str, path: str | os.PathLike, opset: int = OPSET) -
         raise InvalidModelError(
             f"cannot export {type(getattr(model, 'transformer', model)).__name__} "
             f"({_arch(model)}) to ONNX: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
-            "Export a supported architecture (BERT, RoBERTa, XLM-R, MPNet, DistilBERT, ...) or open an issue with this message"
+            "Export a supported architecture (BERT, RoBERTa, XLM-R, MPNet, DistilBERT, ...) or open an issue "
+            "with this message"
         ) from e
     proto = onnx.load(str(raw), load_external_data=True)
     save_onnx(proto, path)

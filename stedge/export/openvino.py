@@ -18,7 +18,8 @@ def from_onnx(onnx_path: str | os.PathLike):
     try:
         return ov.convert_model(str(onnx_path))
     except Exception as e:
-        raise InvalidModelError(f"OpenVINO cannot convert {onnx_path} ({type(e).__name__}: {e}); export with --backend onnx instead") from e
+        raise InvalidModelError(f"OpenVINO cannot convert {onnx_path} ({type(e).__name__}: {e}); "
+                                "export with --backend onnx instead") from e
 
 
 def from_torch(model, task: str):

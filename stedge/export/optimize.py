@@ -73,7 +73,8 @@ def optimize(src: str | os.PathLike, dst: str | os.PathLike, level: str, config,
     model_type = ORT_MODEL_TYPES.get(hf_type)
     fusions = spec["fusions"] and model_type is not None
     if spec["fusions"] and model_type is None:
-        logger.warning("no transformer fusions for model type %r in onnxruntime: %s uses general optimizations only", hf_type, level)
+        logger.warning("no transformer fusions for model type %r in onnxruntime: %s uses general optimizations only",
+                       hf_type, level)
     model_type = model_type or "bert"
     options = FusionOptions(model_type)
     options.enable_gelu_approximation = spec["gelu_approximation"]
@@ -86,7 +87,8 @@ def optimize(src: str | os.PathLike, dst: str | os.PathLike, level: str, config,
             optimization_options=options, use_gpu=use_gpu, only_onnxruntime=not fusions,
         )
     except Exception as e:
-        raise StedgeError(f"onnxruntime could not optimize {src} at {level} ({type(e).__name__}: {e}); try a lower --optimize level") from e
+        raise StedgeError(f"onnxruntime could not optimize {src} at {level} ({type(e).__name__}: {e}); "
+                          "try a lower --optimize level") from e
     stats = {k: v for k, v in (opt.get_fused_operator_statistics() or {}).items() if v} if fusions else {}
     save_onnx(opt.model, dst)
     return {
@@ -108,6 +110,7 @@ def to_fp16(src: str | os.PathLike, dst: str | os.PathLike, keep_ops: list[str] 
     ops = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(keep_ops or []))
     model = OnnxModel(proto)
     # symbolic shape inference understands the contrib ops (Attention, SkipLayerNorm) of optimized graphs
-    model.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True, op_block_list=ops, node_block_list=tail)
+    model.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True, op_block_list=ops,
+                                   node_block_list=tail)
     save_onnx(model.model, dst)
     return {"keep_io_types": True, "fp32_ops": sorted(set(keep_ops or [])), "fp32_nodes": len(tail)}

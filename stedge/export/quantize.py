@@ -90,8 +90,10 @@ def quantize_dynamic_int8(src: str | os.PathLike, dst: str | os.PathLike, isa: s
         quantize_dynamic(
             str(src), str(dst), per_channel=cfg["per_channel"], reduce_range=cfg["reduce_range"],
             weight_type=getattr(QuantType, cfg["weight_type"]),
-            # DefaultTensorType: optimized graphs hold contrib ops (Attention, SkipLayerNorm) shape inference cannot type
-            extra_options={"WeightSymmetric": cfg["weight_symmetric"], "ActivationSymmetric": False, "DefaultTensorType": 1},
+            # DefaultTensorType: optimized graphs hold contrib ops (Attention, SkipLayerNorm) shape inference
+            # cannot type
+            extra_options={"WeightSymmetric": cfg["weight_symmetric"], "ActivationSymmetric": False,
+                           "DefaultTensorType": 1},
             use_external_data_format=Path(src).with_name(Path(src).name + "_data").exists(),
         )
     return {"method": "dynamic", "isa": isa, "activations": "QUInt8", "weights": cfg["weight_type"],
@@ -279,7 +281,8 @@ def ov_compress_weights(ov_model, bits: int, group_size: int = 128, ratio: float
             return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM), {
                 "method": "weights", "tool": "nncf", "mode": "int8_asym"}
         try:
-            out = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=group_size, ratio=ratio)
+            out = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=group_size,
+                                        ratio=ratio)
         except Exception:  # a weight width not divisible by the group size: per-channel int4
             group_size = -1
             out = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=-1, ratio=ratio)
