@@ -69,7 +69,7 @@ def artifact(tiny_model, tmp_path_factory) -> Path:
     from stedge.export import export_model
 
     out = tmp_path_factory.mktemp("faults") / "art"
-    export_model(str(tiny_model), out, quantize="int8", isa="avx2")
+    export_model(str(tiny_model), out, quantize="int8-dynamic", isa="avx2")
     return out
 
 
