@@ -6,9 +6,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import platform
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from stedge_runtime.machine import cpu_flags, int8_isa  # noqa: F401  (cpu_flags: the export stage reads it here)
 
 from ..errors import StedgeError, require
 
@@ -27,29 +28,10 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 STATIC_OPS = ["MatMul", "Gemm"]
 
 
-def cpu_flags() -> set[str]:
-    """CPU feature flags from /proc/cpuinfo (empty where unavailable)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def detect_isa() -> str:
-    """The dynamic-quantization target for this CPU: arm64, avx512_vnni, avx512 or avx2."""
-    machine = platform.machine().lower()
-    if machine in ("arm64", "aarch64") or machine.startswith("arm"):
-        return "arm64"
-    flags = cpu_flags()
-    if "avx512_vnni" in flags or "avx512vnni" in flags:
-        return "avx512_vnni"
-    if "avx512f" in flags and "avx512bw" in flags:
-        return "avx512"
-    return "avx2"
+    """The dynamic-quantization target for this CPU: arm64, avx512_vnni, avx512 or avx2
+    (``stedge_runtime.machine.int8_isa``, the one owner of CPU detection)."""
+    return int8_isa()
 
 
 def isas_for(choice: str | None) -> list[str]:
