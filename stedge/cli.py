@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         warnings.showwarning = _show_warning
 
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
     except (StedgeError, RuntimeStedgeError) as e:  # the runtime's errors share the contract (exit_code 2)
         if _debug():
             traceback.print_exc()
@@ -135,6 +135,11 @@ def main(argv: list[str] | None = None) -> None:
         _fail(msg, EXIT_BAD_INPUT)
     except Exception as e:  # noqa: BLE001 - the one place that turns a bug into exit 3
         _internal(e)
+    # without standalone mode typer returns the code of `raise typer.Exit(n)` and of Ctrl-C (130)
+    if isinstance(rc, int) and not isinstance(rc, bool) and rc != 0:
+        if rc == EXIT_INTERRUPTED:
+            typer.secho("interrupted", fg="red", err=True)
+        sys.exit(rc)
 
 
 def _internal(e: BaseException) -> None:

@@ -279,6 +279,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _nested_pid(entry: str, name: str) -> int | None:
+    """The writer pid of ``..<name>.stedge-tmp.<pid>.<hex>.stedge-tmp...`` (a temporary inside a temporary)."""
+    prefix = f"..{name}.{TMP_TAG}."
+    if not entry.startswith(prefix):
+        return None
+    pid = entry[len(prefix):].split(".", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
 def clean_stale(target: str | os.PathLike) -> list[Path]:
     """Remove the temporaries that killed writers of ``target`` left beside it (call under its lock).
 
@@ -292,6 +301,12 @@ def clean_stale(target: str | os.PathLike) -> list[Path]:
         return removed
     for p in sorted(entries, key=lambda q: OLD_TAG not in q.name):  # old versions first: they may be restored
         m = _TMP_RE.match(p.name)
+        nested = _nested_pid(p.name, t.name)
+        if nested is not None and m and m.group("name") != t.name:  # a temporary of our temporary
+            if not _alive(nested) and p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+            continue
         legacy = _LEGACY_RE.match(p.name)
         if not p.is_dir() or p.is_symlink():
             continue
@@ -322,6 +337,9 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False,
     """
     t = _abs(path)
     if _is_own_temporary(t):  # a writer nested in another atomic_dir: the outer one holds the lock
+        if t.is_dir() and not t.is_symlink() and not any(t.iterdir()):
+            yield t  # the outer temporary itself: the outer block renames it or removes it
+            return
         yield from _atomic_dir_locked(t, overwrite, protect)
         return
     with output_lock(t):

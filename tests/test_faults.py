@@ -185,8 +185,12 @@ def test_killed_during_the_final_swap_puts_the_old_version_back(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
     out.rename(tmp_path / f".out.{OLD_TAG}.{pid}")  # renamed away, then killed before the new one moved in
+    nested = tmp_path / f"..out.stedge-tmp.{pid}.ab12cd34.stedge-tmp.{pid}.ef56ab78"  # older stedge nested these
+    nested.mkdir()
+    mine = tmp_path / f".out.stedge-tmp.{os.getpid()}.0123abcd"  # a live writer's: kept
+    mine.mkdir()
     clean_stale(out)
-    assert (out / "stedge.json").read_text() == "{}"
+    assert (out / "stedge.json").read_text() == "{}" and not nested.exists() and mine.exists()
 
 
 def test_second_writer_waits_for_the_lock_then_sees_the_first(tmp_path):
@@ -653,3 +657,42 @@ def test_missing_hashes_need_an_explicit_opt_out(artifact, tmp_path, capsys):
     one_line_error(rc, err, 2, "sha256", "--no-verify")
     rc, err = main_rc(capsys, "embed", art, "hello", "--variant", "onnx-fp32", "--json", "--no-verify")
     assert rc == 0, err
+
+
+def _wait_for_temporary(parent: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not [q for q in parent.iterdir() if ".stedge-tmp." in q.name]:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+
+
+def test_killed_or_interrupted_export_leaves_nothing_behind_after_the_next_run(tiny_model, tmp_path):
+    out = tmp_path / "art"
+    cmd = [sys.executable, "-m", "stedge.cli", "export", str(tiny_model), "-o", str(out)]
+    p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_temporary(tmp_path, p)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err, (p.returncode, err)
+    assert list(tmp_path.iterdir()) == []  # Ctrl-C: the temporary is removed at once
+    p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_temporary(tmp_path, p)
+    p.kill()
+    p.wait(timeout=60)
+    assert not out.exists() and [q for q in tmp_path.iterdir() if ".stedge-tmp." in q.name]
+    r = stedge("export", tiny_model, "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert [q.name for q in tmp_path.iterdir()] == ["art"]  # the dead writer's temporary is gone
+
+
+def test_typer_exit_codes_pass_through_main(capsys, monkeypatch):
+    import typer
+
+    import stedge.models.cli as mcli
+
+    def failed(*a, **k):
+        raise typer.Exit(1)
+
+    monkeypatch.setattr(mcli, "_load_encoder", failed)
+    rc, _ = main_rc(capsys, "embed", ".", "x")
+    assert rc == 1
