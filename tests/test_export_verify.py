@@ -184,3 +184,25 @@ def test_plan_is_immutable_and_interprets_quantize_once():
                        ({"quantize": "x"}, "--quantize")):
         with pytest.raises(StedgeError, match=match):
             check_options(ExportOptions(**bad))
+
+
+def test_add_to_an_artifact_written_before_tiers(artifact, model_dir, tmp_path):
+    """A round-1 manifest (no tier, batch invariance or runtime in its verifications) still loads, and
+    --add keeps its records as they are while the new variant gets the new fields."""
+    from stedge_runtime import Encoder
+
+    from stedge.export import export_model
+
+    old = tmp_path / "old"
+    shutil.copytree(artifact.path, old)
+    m = json.loads((old / "stedge.json").read_text())
+    for v in m["variants"].values():
+        for key in ("tier", "batch_invariance_min_cos", "runtime"):
+            v["verification"].pop(key, None)
+    (old / "stedge.json").write_text(json.dumps(m))
+    assert Encoder.load(old, variant="openvino-fp32").encode("hi").shape == (32,)
+    res = export_model(str(model_dir), old, optimize="O1", add=True)
+    variants = res.manifest["variants"]
+    assert "tier" not in variants["openvino-fp32"]["verification"]
+    assert variants["onnx-fp32-O1"]["verification"]["tier"] == "exact"
+    assert Encoder.load(old).variant in variants
