@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from tiny import make_tiny_bert
 
-TEXTS = ["A man is playing a guitar.", "The quarterly report shows revenue grew by 12%.", "ok", "Le chat dort sur le canapé."]
+TEXTS = ["A man is playing a guitar.", "The quarterly report shows revenue grew by 12%.", "ok",
+         "Le chat dort sur le canapé."]
 
 
 def _graph_vs_torch(model_dir: Path, tmp: Path, prompt: str | None = None) -> float:
@@ -109,7 +110,8 @@ def test_sentence_transformers_loads_the_artifact(tiny_artifact, tiny_model):
     ref = SentenceTransformer(str(tiny_model), device="cpu").encode(TEXTS)
     for backend, file in [("onnx", "onnx/model.onnx"), ("openvino", "openvino/openvino_model.xml"),
                           ("onnx", "onnx/model_qint8_avx512_vnni.onnx")]:
-        st = SentenceTransformer(str(tiny_artifact.path), backend=backend, model_kwargs={"file_name": file}, device="cpu")
+        st = SentenceTransformer(str(tiny_artifact.path), backend=backend, model_kwargs={"file_name": file},
+                                 device="cpu")
         got = st.encode(TEXTS)
         cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
         assert cos.min() > (0.99999 if "qint8" not in file else 0.99), (backend, file, cos)
@@ -182,7 +184,8 @@ def test_failed_max_drop_leaves_nothing(tiny_model, tmp_path):
     from stedge.cli import app
 
     out = tmp_path / "fail"
-    r = CliRunner().invoke(app, ["export", str(tiny_model), "-o", str(out), "--quantize", "int8", "--max-drop", "1e-9", "--json"])
+    r = CliRunner().invoke(app, ["export", str(tiny_model), "-o", str(out), "--quantize", "int8", "--max-drop", "1e-9",
+                                 "--json"])
     from stedge.errors import CheckFailedError
 
     assert isinstance(r.exception, CheckFailedError) and r.exception.exit_code == 1, r.output

@@ -65,7 +65,8 @@ def test_sentence_transformers_loads_and_agrees(minilm_artifact, minilm_path):
 
     texts = ["A man is playing a guitar.", "Stocks fell sharply after the rate hike.", "ok"]
     ref = SentenceTransformer(str(minilm_path), device="cpu").encode(texts)
-    for backend, file, floor in [("onnx", "onnx/model.onnx", 0.99999), ("openvino", "openvino/openvino_model.xml", 0.99999),
+    for backend, file, floor in [("onnx", "onnx/model.onnx", 0.99999),
+                                 ("openvino", "openvino/openvino_model.xml", 0.99999),
                                  ("onnx", "onnx/model_qint8_static.onnx", 0.95)]:
         kwargs = {"file_name": file}
         if backend == "openvino":  # OpenVINO would pick bf16 on CPUs that have it: compare at fp32
