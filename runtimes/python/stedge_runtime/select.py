@@ -327,7 +327,7 @@ def select_variant(variants: Mapping[str, Any], family: str, name: str | None = 
     if sel is None:
         best = sorted(cands, key=lambda n: rule_rank(n, cands[n], family, flags))[0]
         cls = machine.cpu_class(flags) if family == "cpu" else family
-        reason = (f"rule for a {cls} CPU (no tuning profile for this machine): "
+        reason = (f"rule for this CPU ({cls} class; no tuning profile for this machine): "
                   if family == "cpu" else f"rule for device {family}: ")
         reason += f"best {tier}-tier kind {variant_kind(best, cands[best])}"
         sel = Selection(variant=best, source="rule", reason=reason, tier=tier, variant_tier=variant_tier(cands[best]))
