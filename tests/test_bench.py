@@ -346,3 +346,128 @@ def test_wheel_has_only_stedge_and_bench_runs_outside_the_checkout(tiny_model, s
 
     assert (work / "stedge-bench" / cpu_slug() / "smoke" / "results.json").is_file()   # one folder per CPU
     assert any(r.get("auto_tier") == "near" for r in results["rows"])   # tuned from the wheel, then measured
+
+
+# ----------------------------------------------------------------------------- peers in another interpreter
+def _peer_suite(root: Path, tiny_model: Path, peers: str = '["torch"]') -> Path:
+    """A smoke suite on the tiny model with only sentence-transformers peers (the parent computes the reference)."""
+    from stedge.bench.runner import SUITES_DIR
+
+    text = (SUITES_DIR / "smoke.toml").read_text(encoding="utf-8")
+    text = text.replace('ref = "all-MiniLM-L6-v2"', f'ref = "{tiny_model}"').replace('torch = ["fp32"]', "torch = []")
+    text = text.replace('variants = ["onnx-fp32"]', "variants = []").replace('auto = ["near"]', "auto = []")
+    text = text.replace('peers = ["torch", "fastembed"]', f"peers = {peers}")
+    return _suite_toml(root / "peers.toml", text)
+
+
+def test_peer_python_smoke_run_records_the_interpreter(tiny_model, shared_data, tmp_path, monkeypatch):
+    """--peer-python at this very interpreter: the peer is probed, runs there, and its row names the stack."""
+    import importlib.metadata
+    import sys
+
+    from typer.testing import CliRunner
+
+    from stedge.cli import app
+
+    from stedge.bench import runner
+
+    monkeypatch.delenv("STEDGE_BENCH_PEER_PYTHON", raising=False)
+    # the GEMM peak (seconds of matmuls) plays no part here; the smoke run above measures it
+    monkeypatch.setattr(runner, "measure_gemm", lambda threads, device, env: {"gflops": 1.0, "threads": threads,
+                                                                               "device": device})
+    suite = _peer_suite(tmp_path, tiny_model)
+    res = CliRunner().invoke(app, ["bench", str(suite), "--out", str(tmp_path / "out"), "--json",
+                                   "--peer-python", sys.executable])
+    assert res.exit_code == 0, res.output
+    results = json.loads(res.stdout[res.stdout.index("{"):])
+    (row,) = results["rows"]
+    assert row["status"] == "ok" and row["kind"] == "st", row
+    assert row["python"] == os.path.abspath(sys.executable) and results["suite"]["peer_python"] == row["python"]
+    st = importlib.metadata.version("sentence-transformers")
+    assert row["peer_versions"]["sentence-transformers"] == st and row["peer_versions"]["transformers"]
+    assert row["label"] == f"sentence-transformers {'.'.join(st.split('.')[:2])} torch"
+    assert row["accuracy"]["min_cosine"] > 0.99  # the same model as the reference, in another process
+
+
+def test_peer_python_bad_path_is_one_clear_error(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from stedge.bench.peer import resolve_peer_python
+    from stedge.cli import app
+
+    monkeypatch.delenv("STEDGE_BENCH_PEER_PYTHON", raising=False)
+    missing = tmp_path / "no-venv" / "bin" / "python"
+    res = CliRunner().invoke(app, ["bench", "smoke", "--peer-python", str(missing)])
+    assert res.exit_code != 0 and isinstance(res.exception, StedgeError)
+    assert str(missing) in str(res.exception) and "--peer-python" in str(res.exception)
+    plain = tmp_path / "python"
+    plain.write_text("not a program")
+    with pytest.raises(StedgeError, match="not executable"):
+        resolve_peer_python(plain, None)
+    # CLI wins, then the environment, then the suite; relative paths resolve against the working directory
+    plain.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_peer_python(None, "python") == str(plain)
+    monkeypatch.setenv("STEDGE_BENCH_PEER_PYTHON", str(missing))
+    with pytest.raises(StedgeError, match="STEDGE_BENCH_PEER_PYTHON"):
+        resolve_peer_python(None, "python")
+    assert resolve_peer_python("./python", None) == str(plain)
+    monkeypatch.delenv("STEDGE_BENCH_PEER_PYTHON")
+    assert resolve_peer_python(None, None) is None
+
+
+def test_peer_probe_failure_skips_the_subject_with_the_reason(tmp_path):
+    """A peer interpreter that fails, or lacks sentence-transformers, makes its subjects skipped rows saying why."""
+    import subprocess
+    import sys
+
+    from stedge.bench import runner
+    from stedge.bench.subjects import STPeer
+
+    broken = tmp_path / "broken-python"
+    broken.write_text("#!/bin/sh\necho 'cannot start: libpython missing' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    why = STPeer("m", str(tmp_path), "cpu", "openvino", python=str(broken)).unavailable()
+    assert "exit 3" in why and "libpython missing" in why and str(broken) in why
+    bare = tmp_path / "bare"   # a real interpreter without sentence-transformers
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, capture_output=True)
+    sub = STPeer("m", str(tmp_path), "cpu", "torch", python=str(bare / "bin" / "python"))
+    plan = (runner.ModelEntry(name="m", ref="m"), *([None] * 7))
+    row, emb = runner._measure(sub, plan, None, None, {}, {}, {}, tmp_path / "w", None, None, lambda m: None)
+    assert emb is None and row["status"] == "skipped" and row["python"] == sub.python
+    assert "import sentence_transformers failed" in row["reason"] and str(bare) in row["reason"]
+    assert row["label"] == "sentence-transformers torch"   # no version to claim
+
+
+def test_peer_export_runs_in_the_peer_interpreter(tiny_model, tmp_path, monkeypatch):
+    """prepare_peer exports through `python -m stedge.bench.peer_export` in the peer interpreter, into atomic_dir's
+    temporary folder: a failed export leaves no cache folder, a good one is reused while nothing changed."""
+    import sys
+
+    from stedge.bench.runner import prepare_peer
+
+    calls = tmp_path / "calls.log"
+    fake = tmp_path / "python"   # answers the probe, and "exports" unless FAIL is set (after writing half a graph)
+    fake.write_text(f"""#!{sys.executable}
+import json, os, sys
+if sys.argv[1] == "-c":
+    print(json.dumps({{"missing": None, "stedge": True, "cuda": False, "python_version": "3",
+                      "versions": {{"sentence-transformers": "5.7.0"}}}}))
+    sys.exit(0)
+open({str(calls)!r}, "a").write(" ".join(sys.argv[1:]) + "\\n")
+assert sys.argv[1:3] == ["-m", "stedge.bench.peer_export"] and sys.argv[4] == "onnx"
+os.makedirs(os.path.join(sys.argv[5], "onnx"))
+open(os.path.join(sys.argv[5], "onnx", "model.onnx"), "w").write("graph")
+sys.exit(4 if os.environ.get("FAIL") else 0)
+""")
+    fake.chmod(0o755)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FAIL", "1")
+    with pytest.raises(StedgeError, match="exit 4"):
+        prepare_peer(tiny_model, "onnx", cache, "tiny", lambda m: None, str(fake))
+    monkeypatch.delenv("FAIL")
+    assert not (cache / "tiny-st-onnx").exists()
+    out = prepare_peer(tiny_model, "onnx", cache, "tiny", lambda m: None, str(fake))
+    assert (out / "onnx" / "model.onnx").read_text() == "graph" and str(tiny_model) in calls.read_text()
+    assert prepare_peer(tiny_model, "onnx", cache, "tiny", lambda m: None, str(fake)) == out
+    assert len(calls.read_text().splitlines()) == 2   # the second call reused the cache

@@ -16,6 +16,11 @@ def bench(
     threads: Optional[int] = typer.Option(None, "--threads", "-t", min=0, help="Thread budget for every engine (0: all physical cores; default: the suite's)."),
     quick: bool = typer.Option(False, "--quick", help="One repetition, fewer texts and batch sizes: a fast look, not for quoting."),
     as_json: bool = typer.Option(False, "--json", help="Print the results JSON on stdout (progress and logs go to stderr)."),
+    peer_python: Optional[Path] = typer.Option(
+        None, "--peer-python", metavar="PATH",
+        help="Run the sentence-transformers peers in this interpreter, e.g. .venv-compat/bin/python (the "
+             "compatibility venv with its ONNX/OpenVINO backends); default: $STEDGE_BENCH_PEER_PYTHON, else the "
+             "suite's peer_python, else this interpreter."),
 ) -> None:
     """Measure every subject of a suite side by side: speed, latency, memory, cold start and accuracy."""
     from .report import markdown_table
@@ -26,9 +31,14 @@ def bench(
     from .runner import find_suite
 
     if is_corpus_suite(find_suite(suite)):  # embed-corpus throughput: its own subjects and table
+        if peer_python is not None:
+            typer.echo("note: --peer-python applies to speed suites; the corpus suite's subjects run here", err=True)
         _corpus(find_suite(suite), out, threads, quick, as_json)
         return
+    from .peer import resolve_peer_python
+
     s = load_suite(suite)
+    s.peer_python = resolve_peer_python(peer_python, s.peer_python)  # a bad path fails before anything runs
     if quick:
         s = s.quick()
     target = out or default_results_dir(s.name, quick, s.models_dir)
@@ -36,7 +46,8 @@ def bench(
 
     check_writable(target, "--out")  # before minutes of measuring
     log = (lambda msg: typer.echo(msg, err=True))
-    results = run_suite(s, out_dir=target, threads=threads, progress=sys.stderr.isatty() or not as_json, log=log)
+    results = run_suite(s, out_dir=target, threads=threads, progress=sys.stderr.isatty() or not as_json, log=log,
+                        peer_python=s.peer_python)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return

@@ -82,6 +82,7 @@ class Suite:
     tune: bool = True                       # `stedge tune` the artifact here first when its profile is missing or stale
     tune_budget_s: float = 0.0              # 0: stedge tune's default (4 s per variant)
     tune_quick: bool = False                # stedge tune --quick (set by --quick; a full run re-tunes after it)
+    peer_python: str | None = None          # run the sentence-transformers peers there (stedge.bench.peer)
 
     def quick(self) -> "Suite":
         """A shortened copy for a fast look: one repetition, fewer texts and batch sizes."""
@@ -342,37 +343,61 @@ def ensure_profile(artifact: Path, suite: Suite, threads: int, env: dict[str, st
         log(f"warning: stedge tune {artifact} failed ({failed}); auto subjects fall back to the selection rule")
 
 
-def prepare_peer(model_path: Path, backend: str, cache_root: Path, name: str, log: Callable[[str], None]) -> Path:
+def prepare_peer(model_path: Path, backend: str, cache_root: Path, name: str, log: Callable[[str], None],
+                 python: str | None = None) -> Path:
     """A folder sentence-transformers loads with ``backend`` without exporting on load.
 
     torch reads the model folder as is; onnx/openvino use sentence-transformers' own export
     (through optimum), saved once under ``<models_dir>/.bench-cache/`` and reused while the
-    source weights' hash is unchanged.
+    source weights' hash is unchanged. With ``python`` (the peer interpreter) the export runs there
+    (``python -m stedge.bench.peer_export``), into the temporary folder ``atomic_dir`` gives, and the
+    cache is kept apart per interpreter and sentence-transformers version.
     """
     if backend == "torch":
         return model_path
     from stedge.io import atomic_dir, sha256_file
 
+    from .peer import export_st_peer, probe
+
     weights = next((model_path / f for f in ("model.safetensors", "pytorch_model.bin") if (model_path / f).exists()), None)
     digest = sha256_file(weights) if weights else "none"
+    if python is not None:  # another stack exports another graph: its versions are part of the key
+        versions = probe(python, backend).get("versions") or {}
+        digest += "\n" + python + "\n" + json.dumps(versions, sort_keys=True)
     out = cache_root / f"{name}-st-{backend}"
     stamp = out / ".bench-source-sha256"
     if stamp.exists() and stamp.read_text().strip() == digest and (out / STPeer.FILES[backend]).exists():
         return out
-    log(f"exporting the sentence-transformers {backend} peer of {name}")
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(model_path), backend=backend, device="cpu", local_files_only=True)
+    log(f"exporting the sentence-transformers {backend} peer of {name}" + (f" in {python}" if python else ""))
     with atomic_dir(out, overwrite=True) as tmp:
-        model.save(str(tmp))
+        if python is None:
+            export_st_peer(model_path, backend, tmp)
+        else:
+            _export_in(python, model_path, backend, tmp)
         if not (tmp / STPeer.FILES[backend]).exists():
             raise StedgeError(f"sentence-transformers saved no {STPeer.FILES[backend]} for the {backend} peer of {model_path}")
         (tmp / ".bench-source-sha256").write_text(digest)
     return out
 
 
-def make_subjects(entry: ModelEntry, model_path: Path, artifact: Path | None, peer_paths: dict[str, Path], device: str) -> list[Subject]:
-    """Subjects of one model entry, reference (stedge torch fp32) first."""
+def _export_in(python: str, model_path: Path, backend: str, tmp: Path) -> None:
+    """``python -m stedge.bench.peer_export`` in the peer interpreter; its failure is a StedgeError with the tail."""
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        proc = subprocess.run([python, "-m", "stedge.bench.peer_export", str(model_path), backend, str(tmp)],
+                              capture_output=True, text=True, env=env, cwd=work_root(), timeout=1800)
+    except subprocess.TimeoutExpired:
+        raise StedgeError(f"the sentence-transformers {backend} export of {model_path} in {python} timed out") from None
+    if proc.returncode != 0:
+        raise StedgeError(f"the sentence-transformers {backend} export of {model_path} in {python} failed "
+                          f"(exit {proc.returncode}): {proc.stderr.strip()[-800:]}")
+
+
+def make_subjects(entry: ModelEntry, model_path: Path, artifact: Path | None, peer_paths: dict[str, Path], device: str,
+                  peer_python: str | None = None) -> list[Subject]:
+    """Subjects of one model entry, reference (stedge torch fp32) first; sentence-transformers peers run in
+    ``peer_python`` when given."""
     subs: list[Subject] = [StedgeTorch(entry.name, str(model_path), device, p) for p in entry.torch]
     if artifact is not None:
         from .machine import int8_isa
@@ -390,7 +415,8 @@ def make_subjects(entry: ModelEntry, model_path: Path, artifact: Path | None, pe
         if backend == "fastembed":
             subs.append(FastEmbedPeer(entry.name, str(artifact or model_path), device))
             continue
-        subs.append(STPeer(entry.name, str(peer_paths.get(backend, model_path)), device, backend, prec or "fp32"))
+        subs.append(STPeer(entry.name, str(peer_paths.get(backend, model_path)), device, backend, prec or "fp32",
+                           peer_python))
     subs.sort(key=lambda s: not s.is_reference)
     return subs
 
@@ -424,7 +450,8 @@ def run_worker(subject: Subject, job: dict[str, Any], work: Path, env: dict[str,
     job_file.write_text(json.dumps({**job, "subject": subject.spec(), "work_dir": str(work)}), encoding="utf-8")
     err = open(work / "stderr.log", "w", encoding="utf-8")
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "stedge.bench.worker", str(job_file)], stdout=subprocess.PIPE,
+    exe = subject.python or sys.executable  # a peer interpreter (--peer-python) gets the same environment
+    proc = subprocess.Popen([exe, "-m", "stedge.bench.worker", str(job_file)], stdout=subprocess.PIPE,
                             stderr=err, text=True, env=env, cwd=work_root())
     killed = threading.Event()
 
@@ -493,12 +520,20 @@ def _summarize_throughput(raw: dict[str, Any], work_of: dict[str, tuple[int, int
 
 
 def run_suite(suite: Suite, out_dir: Path | None = None, threads: int | None = None, progress: bool = True,
-              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              log: Callable[[str], None] | None = None, peer_python: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run every subject of the suite and return the results dict (see report.RESULTS_SCHEMA).
 
-    ``out_dir`` receives results.json, results.md and the PNG plots (report.write_all).
+    ``out_dir`` receives results.json, results.md and the PNG plots (report.write_all). ``peer_python``
+    (else ``$STEDGE_BENCH_PEER_PYTHON``, else the suite's ``peer_python``) runs the sentence-transformers
+    peers in that interpreter (stedge.bench.peer).
     """
+    import copy
+
     from .machine import cuda_available, load_average
+    from .peer import resolve_peer_python
+
+    suite = copy.copy(suite)
+    suite.peer_python = resolve_peer_python(peer_python, suite.peer_python)
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     n_threads = resolve_threads(suite.threads if threads is None else threads)
@@ -684,10 +719,10 @@ def _plan_model(entry: ModelEntry, model_path: Path, suite: Suite, data: BenchDa
         backend = p.partition(":")[0]
         if backend == "fastembed":
             continue
-        probe = STPeer(entry.name, str(model_path), suite.device, backend)
+        probe = STPeer(entry.name, str(model_path), suite.device, backend, python=suite.peer_python)
         if probe.unavailable() is None:
-            peers[backend] = prepare_peer(model_path, backend, cache_root, entry.name, log)
-    subs = make_subjects(entry, model_path, artifact, peers, suite.device)
+            peers[backend] = prepare_peer(model_path, backend, cache_root, entry.name, log, suite.peer_python)
+    subs = make_subjects(entry, model_path, artifact, peers, suite.device, suite.peer_python)
     ref = None
     if not (subs and subs[0].is_reference and subs[0].device == "cpu" and subs[0].unavailable() is None):
         log(f"{entry.name}: computing the PyTorch fp32 reference on {len(data.sts_texts)} STS texts")

@@ -87,6 +87,7 @@ class Subject:
     kind = ""
     is_peer = False
     is_reference = False
+    python: str | None = None  # the interpreter its worker runs in (None: the harness's own, sys.executable)
 
     def __init__(self, model: str, path: str, device: str = "cpu") -> None:
         self.model = model  # the suite's name for the model
@@ -379,48 +380,86 @@ class STPeer(Subject):
     ``path`` is the model folder; for onnx/openvino it must hold the exported graph
     (``onnx/model.onnx`` or ``openvino/openvino_model.xml``), which the runner prepares once with
     sentence-transformers' own export (see runner.prepare_peer) so loading never re-exports.
+    ``python`` (``stedge bench --peer-python``) runs the subject in another interpreter: availability is
+    that interpreter's probe (stedge.bench.peer), and the label and facts name the versions it has.
     """
 
     kind = "st"
     is_peer = True
     FILES = {"onnx": "onnx/model.onnx", "openvino": "openvino/openvino_model.xml"}
 
-    def __init__(self, model: str, path: str, device: str = "cpu", backend: str = "torch", precision: str = "fp32") -> None:
+    def __init__(self, model: str, path: str, device: str = "cpu", backend: str = "torch", precision: str = "fp32",
+                 python: str | None = None) -> None:
         super().__init__(model, path, device)
         if backend not in ("torch", "onnx", "openvino"):
             raise ValueError(f"sentence-transformers backend must be torch, onnx or openvino, got {backend!r}")
         self.backend = backend
         self.precision = precision
+        self.python = python
+
+    def _probe(self) -> dict[str, Any] | None:
+        """The peer interpreter's probe for this backend (None without a peer interpreter)."""
+        if self.python is None:
+            return None
+        from .peer import probe
+
+        return probe(self.python, self.backend)
 
     @property
     def label(self) -> str:
         extra = "" if self.precision == "fp32" else f" {self.precision}"
-        return f"sentence-transformers {self.backend}{extra}"
+        from .peer import short_version
+
+        ver = short_version(((self._probe() or {}).get("versions") or {}).get("sentence-transformers"))
+        return f"sentence-transformers{' ' + ver if ver else ''} {self.backend}{extra}"
 
     def facts(self) -> dict[str, Any]:
         engine = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino"}[self.backend]
-        return {"backend": self.backend, "precision": self.precision, "optimization": None, "engine": engine}
+        out: dict[str, Any] = {"backend": self.backend, "precision": self.precision, "optimization": None,
+                               "engine": engine}
+        pr = self._probe()
+        if pr is not None:
+            out.update(python=self.python, python_version=pr.get("python_version"), peer_versions=pr.get("versions"))
+        return out
 
     def _extra(self) -> dict[str, Any]:
-        return {"backend": self.backend, "precision": self.precision}
+        extra: dict[str, Any] = {"backend": self.backend, "precision": self.precision}
+        if self.python is not None:
+            extra["python"] = self.python
+        return extra
 
     def unavailable(self) -> str | None:
-        if not _have("sentence_transformers"):
+        pr = self._probe()
+        if pr is not None and not pr["ok"]:
+            return pr["reason"]
+        if pr is None and not _have("sentence_transformers"):
             return "sentence-transformers is not installed"
         fam = _device_family(self.device)
         if self.backend == "onnx":
-            if not (_have("onnxruntime") and _have("optimum")):
+            if pr is None and not (_have("onnxruntime") and _have("optimum")):
                 return "sentence-transformers' ONNX backend needs optimum-onnx and onnxruntime"
+            if pr is not None:
+                return self._peer_device_problem(pr, fam)
             return _cuda_problem(self.device) or _ort_provider_problem(self.device)
         if self.backend == "openvino":
-            if not _have("optimum.intel"):
+            if pr is None and not _have("optimum.intel"):
                 return "sentence-transformers' OpenVINO backend needs optimum-intel"
             if fam != "cpu":
                 return "the OpenVINO peer is measured on the CPU only"
             return None
         if self.precision == "fp16" and fam == "cpu":
             return "fp16 needs a GPU"
-        return _cuda_problem(self.device)
+        return self._peer_device_problem(pr, fam) if pr is not None else _cuda_problem(self.device)
+
+    def _peer_device_problem(self, pr: dict[str, Any], fam: str) -> str | None:
+        """A CUDA device the peer interpreter cannot use (its torch / onnxruntime, as probed)."""
+        if fam not in ("cuda", "tensorrt"):
+            return None
+        if not pr.get("cuda"):
+            return f"device {self.device!r} needs a CUDA GPU; torch in peer python {self.python} sees none"
+        if self.backend == "onnx" and "CUDAExecutionProvider" not in (pr.get("providers") or []):
+            return f"onnxruntime in peer python {self.python} has no CUDAExecutionProvider"
+        return None
 
     def size_bytes(self) -> int:
         p = Path(self.path)
