@@ -30,11 +30,12 @@ test: setup
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not real and not slow" $(PYTEST_ARGS)
 
-# The sentence-transformers peers run in the compatibility venv when it exists (make setup-compat): only there can
-# sentence-transformers use its optimum-based ONNX / OpenVINO backends (stedge bench --peer-python).
-PEER_PY = $(or $(VENV_COMPAT),.venv-compat)/bin/python
 bench: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/stedge bench cpu $(if $(wildcard $(PEER_PY)),--peer-python $(PEER_PY))
+
+# `make bench` runs the sentence-transformers peers in the compatibility venv when it exists (make setup-compat):
+# only there can sentence-transformers use its optimum-based ONNX / OpenVINO backends (stedge bench --peer-python).
+PEER_PY = $(or $(VENV_COMPAT),.venv-compat)/bin/python
 
 wheel: setup
 	$(PY) -m build runtimes/python --wheel -o runtimes/python/dist
