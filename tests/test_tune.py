@@ -104,3 +104,29 @@ def test_export_tune_writes_the_profile(tiny_model, tmp_path):
     out = json.loads(res.stdout[res.stdout.index("{"):])
     assert out["tuning"]["file"] == str(tmp_path / "a" / "tuning" / f"{machine_key()}.json")
     assert Path(out["tuning"]["file"]).is_file() and out["tuning"]["choices"]["exact"]["source"] == "profile"
+
+
+def test_bench_tunes_only_when_the_profile_is_missing_stale_or_quick(art, monkeypatch):
+    import subprocess
+
+    from stedge.bench import runner
+    from stedge_runtime.machine import machine_key
+    from stedge_runtime.profile import write_profile
+    from stedge_runtime.tune import tunable_variants
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    suite = runner.Suite(name="t", file="t.toml", models=[])
+    runner.ensure_profile(art, suite, 2, {}, lambda m: None)
+    assert len(calls) == 1 and calls[0][-5:] == ["tune", str(art), "--threads", "2", "--json"]   # no profile yet
+    todo, _ = tunable_variants(art)
+    prof = {"format_version": 1, "machine": {"key": machine_key()}, "quick": False,
+            "variants": {n: {"status": "ok", "sha256": v["sha256"], "runs": []} for n, v in todo.items()}}
+    write_profile(art, prof)
+    runner.ensure_profile(art, suite, 2, {}, lambda m: None)
+    assert len(calls) == 1                                            # covered: not re-tuned
+    write_profile(art, {**prof, "quick": True})
+    runner.ensure_profile(art, suite, 2, {}, lambda m: None)
+    assert len(calls) == 2 and "--quick" not in calls[1]              # a quick profile is re-tuned by a full run
+    runner.ensure_profile(art, suite.quick(), 2, {}, lambda m: None)
+    assert len(calls) == 2                                            # ... but is enough for a quick one
