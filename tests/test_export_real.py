@@ -60,7 +60,9 @@ def test_manifest_validates_against_the_contract(minilm_artifact, tmp_path):
         write_manifest(tmp_path, broken)
 
 
+@pytest.mark.compat
 def test_sentence_transformers_loads_and_agrees(minilm_artifact, minilm_path):
+    """The compatibility line's sentence-transformers 5 runs every graph kind through its ONNX / OpenVINO backends."""
     from sentence_transformers import SentenceTransformer
 
     texts = ["A man is playing a guitar.", "Stocks fell sharply after the rate hike.", "ok"]
