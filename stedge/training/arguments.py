@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -67,6 +68,10 @@ class SentenceEncoderTrainingArguments(TrainingArguments):
 
     Defaults differ from transformers in two places: ``remove_unused_columns=False`` (the collator
     needs every text column) and ``report_to="none"`` (no tracker unless asked for).
+
+    ``warmup_ratio`` works on every transformers version: 4.x has it, 5.15+ dropped it in favour of a
+    fractional ``warmup_steps``; here it is a field of its own and ``get_warmup_steps`` applies it when
+    ``warmup_steps`` is 0, the way transformers 4.x did.
     """
 
     batch_sampler: str = field(default="batch", metadata={"help": "batch or no_duplicates (for in-batch negatives losses)."})
@@ -76,11 +81,23 @@ class SentenceEncoderTrainingArguments(TrainingArguments):
     prompts: Optional[Any] = field(default=None, metadata={"help": "A prompt string, or a mapping (column|dataset) -> prompt."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator needs every column."})
     report_to: Union[None, str, list[str]] = field(default="none", metadata={"help": "Trackers to report to."})
+    warmup_ratio: float = field(
+        default=0.0,
+        metadata={"help": "Linear warmup over this fraction of the training steps (used when warmup_steps is 0)."},
+    )
 
     def __post_init__(self) -> None:
+        if not 0.0 <= float(self.warmup_ratio) <= 1.0:
+            raise StedgeError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
         super().__post_init__()
         self.batch_sampler = normalize_choice(self.batch_sampler, BATCH_SAMPLERS, "batch_sampler")
         self.multi_dataset_batch_sampler = normalize_choice(
             self.multi_dataset_batch_sampler, MULTI_DATASET_BATCH_SAMPLERS, "multi_dataset_batch_sampler"
         )
         self.prompts = check_prompts(self.prompts)
+
+    def get_warmup_steps(self, num_training_steps: int) -> int:
+        """Warmup steps: ``warmup_steps`` when set, else ``ceil(warmup_ratio * num_training_steps)``."""
+        if self.warmup_ratio and not self.warmup_steps:
+            return math.ceil(num_training_steps * self.warmup_ratio)
+        return super().get_warmup_steps(num_training_steps)

@@ -164,8 +164,8 @@ class SentenceEncoderTrainer(Trainer):
             if args.load_best_model_at_end and args.metric_for_best_model in (None, "loss", "eval_loss"):
                 args.metric_for_best_model = f"eval_{evaluator.primary_metric}"
                 args.greater_is_better = True
-        if args.gradient_checkpointing and not hasattr(model, "gradient_checkpointing_enable"):
-            model.gradient_checkpointing_enable = self._gradient_checkpointing_enable(model)  # type: ignore[attr-defined]
+        if getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing:
+            self._add_checkpointing_hooks(model)
         placeholder = evaluator is not None and eval_dataset is None
         super().__init__(
             model=model, args=args, train_dataset=train_dataset,
@@ -179,13 +179,38 @@ class SentenceEncoderTrainer(Trainer):
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
-    def _gradient_checkpointing_enable(model: Any):
-        def enable(gradient_checkpointing_kwargs: dict | None = None) -> None:
+    def _add_checkpointing_hooks(model: Any) -> None:
+        """Give a SentenceEncoder the hooks transformers.Trainer calls to turn on activation checkpointing.
+
+        transformers 4.x calls ``gradient_checkpointing_enable(gradient_checkpointing_kwargs=...)``, 5.16+
+        adds ``every_n_layers`` / ``offload``, 5.23+ calls ``activation_checkpointing_enable(...)``. Both
+        hooks forward to the underlying transformers model with whatever its version understands.
+        """
+        def enable(kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False) -> None:
             auto = model.transformer.auto_model
-            auto.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs or {"use_reentrant": False})
+            kwargs = kwargs or {"use_reentrant": False}
+            if hasattr(auto, "activation_checkpointing_enable"):
+                auto.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs,
+                                                     every_n_layers=every_n_layers, offload=offload)
+            else:  # only pass what older versions know about when it is not the default
+                extra = {k: v for k, v in (("every_n_layers", every_n_layers), ("offload", offload))
+                         if v not in (1, False)}
+                auto.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs, **extra)
             if getattr(model, "has_adapters", False):
                 auto.enable_input_require_grads()
-        return enable
+
+        def activation_checkpointing_enable(activation_checkpointing_kwargs: dict | None = None,
+                                            every_n_layers: int = 1, offload: bool = False) -> None:
+            enable(activation_checkpointing_kwargs, every_n_layers, offload)
+
+        def gradient_checkpointing_enable(gradient_checkpointing_kwargs: dict | None = None,
+                                          every_n_layers: int = 1, offload: bool = False) -> None:
+            enable(gradient_checkpointing_kwargs, every_n_layers, offload)
+
+        for name, hook in (("activation_checkpointing_enable", activation_checkpointing_enable),
+                           ("gradient_checkpointing_enable", gradient_checkpointing_enable)):
+            if not hasattr(model, name):
+                setattr(model, name, hook)
 
     @staticmethod
     def _add_dataset_name(dataset: Any) -> Any:
