@@ -104,7 +104,9 @@ def test_artifact_manifest_and_files(tiny_artifact, tiny_model):
     assert not any(p.name.startswith(".") for p in tiny_artifact.path.rglob("*"))
 
 
+@pytest.mark.compat
 def test_sentence_transformers_loads_the_artifact(tiny_artifact, tiny_model):
+    """sentence-transformers 5 runs the artifact through its ONNX and OpenVINO backends (the compatibility line)."""
     from sentence_transformers import SentenceTransformer
 
     ref = SentenceTransformer(str(tiny_model), device="cpu").encode(TEXTS)
@@ -115,6 +117,49 @@ def test_sentence_transformers_loads_the_artifact(tiny_artifact, tiny_model):
         got = st.encode(TEXTS)
         cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
         assert cos.min() > (0.99999 if "qint8" not in file else 0.99), (backend, file, cos)
+
+
+_HEAVY = ("torch", "transformers", "sentence_transformers", "datasets", "scipy", "safetensors", "huggingface_hub")
+_RUN_CLI = """
+import json, sys
+from stedge.cli import main
+watch = set(json.loads(sys.argv[2]))
+sys.argv = ["stedge"] + json.loads(sys.argv[1])
+try:
+    main()
+except SystemExit as e:
+    assert not e.code, e.code
+heavy = sorted({m.split(".")[0] for m in sys.modules} & watch)
+print("HEAVY=" + json.dumps(heavy), file=sys.stderr)
+"""
+
+
+def _cli_modules(*args: str) -> tuple[str, list[str]]:
+    """Run the stedge CLI in a fresh interpreter; its stdout and the heavy packages it imported."""
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _RUN_CLI, json.dumps(list(args)), json.dumps(_HEAVY)],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0, r.stderr
+    return r.stdout, json.loads(r.stderr.rsplit("HEAVY=", 1)[1])
+
+
+def test_cli_on_an_artifact_imports_neither_torch_nor_transformers(tiny_artifact, tiny_model, tiny_cross_encoder,
+                                                                   tmp_path):
+    """embed / rank / info on an artifact run on the torch-free runtime and start as fast as it does."""
+    from stedge.export import export_model
+
+    reranker = export_model(str(tiny_cross_encoder), tmp_path / "ce", backend="onnx").path
+    out, heavy = _cli_modules("embed", str(tiny_artifact.path), "hello", "world", "--json")
+    assert heavy == [] and len(json.loads(out)["embeddings"]) == 2
+    out, heavy = _cli_modules("rank", str(reranker), "what is a cat", "A cat.", "Stocks.", "--json")
+    assert heavy == [] and sorted(r["corpus_id"] for r in json.loads(out)) == [0, 1]
+    out, heavy = _cli_modules("info", str(tiny_artifact.path), "--json")
+    assert heavy == [] and json.loads(out)["dimension"] == 32
+    _, heavy = _cli_modules("info", str(tiny_model), "--json")  # a torch model folder does load torch
+    assert "torch" in heavy
 
 
 def test_add_keeps_variants_and_refuses_other_models(tiny_artifact, tiny_model, tmp_path):
@@ -234,6 +279,79 @@ def test_large_models_use_external_data_inside_the_folder(tmp_path, monkeypatch)
     files = ox.check_external_data(tmp_path / "art" / "onnx" / "model.onnx", tmp_path / "art")
     assert [f.name for f in files] == ["model.onnx_data"]
     assert onnx.load(str(tmp_path / "art" / "onnx" / "model.onnx")).graph.initializer
+
+
+@pytest.mark.parametrize("level", ["O2", "O3"])
+def test_o2_o3_fuse_attention_and_match_torch(level, tiny_model, tmp_path):
+    """Export traces eager attention (transformers 5 defaults to SDPA), so onnxruntime fuses Attention again."""
+    from stedge.export.onnx import export_onnx
+    from stedge.export.optimize import optimize
+    from stedge.export.verify import Reference, Runner
+    from stedge.models import SentenceEncoder
+
+    model = SentenceEncoder(tiny_model, device="cpu")
+    auto = model.transformer.auto_model
+    before = auto.config._attn_implementation
+    export_onnx(model, "embedding", tmp_path / "model.onnx")
+    assert auto.config._attn_implementation == before  # the model keeps the attention it had
+    info = optimize(tmp_path / "model.onnx", tmp_path / f"model_{level}.onnx", level, auto.config)
+    assert info["fused_operators"].get("Attention") == auto.config.num_hidden_layers, info["fused_operators"]
+    assert info["fused_operators"].get("SkipLayerNormalization", 0) >= auto.config.num_hidden_layers
+    v = Reference(model, "embedding", TEXTS, None).compare(Runner("onnx", tmp_path / f"model_{level}.onnx"), None)
+    assert v.min_cosine >= 0.9999, v
+
+
+@pytest.mark.parametrize("version,refused", [("4.57.6", False), ("5.3.0", False), ("5.4.0", True), ("5.6.2", True),
+                                             ("5.8.1", True), ("5.9.0", False), ("5.24.0", False), ("5.10.0rc1", False)])
+def test_transformers_that_cannot_trace_are_refused(version, refused):
+    from stedge.errors import StedgeError
+    from stedge.export.onnx import check_traceable
+
+    if refused:
+        with pytest.raises(StedgeError, match=r"cannot trace.*transformers>=5\.9"):
+            check_traceable(version)
+    else:
+        check_traceable(version)
+
+
+def test_every_graph_uses_one_external_data_name(tiny_model, tmp_path, monkeypatch):
+    """int8 graphs (written by onnxruntime.quantization as <file>.data) end up named like the rest: <file>_data."""
+    from stedge.export import export_model
+    from stedge.export import onnx as ox
+
+    monkeypatch.setattr(ox, "EXTERNAL_DATA_THRESHOLD", 1000)  # every tiny graph is "large"
+    res = export_model(str(tiny_model), tmp_path / "art", backend="onnx", quantize="int8", isa="avx2")
+    onnx_files = sorted(p.name for p in (tmp_path / "art" / "onnx").iterdir())
+    assert onnx_files == ["model.onnx", "model.onnx_data", "model_qint8_avx2.onnx", "model_qint8_avx2.onnx_data"]
+    for name, v in res.manifest["variants"].items():
+        assert sorted(v["sha256"]) == [v["file"], v["file"] + "_data"], name
+        assert ox.external_data_files(tmp_path / "art" / v["file"]) == [Path(v["file"]).name + "_data"]
+
+
+def test_artifacts_with_dot_data_external_files_still_load(tiny_model, tmp_path, monkeypatch):
+    """Artifacts written before the one naming keep <file>.onnx.data: the runtime and verification read them."""
+    import onnx
+
+    from stedge.export import export_model
+    from stedge.export import onnx as ox
+    from stedge.io import sha256_file
+    from stedge_runtime import Encoder
+
+    monkeypatch.setattr(ox, "EXTERNAL_DATA_THRESHOLD", 1000)
+    art = tmp_path / "art"
+    export_model(str(tiny_model), art, backend="onnx")
+    ref = Encoder.load(art).encode(TEXTS)
+    graph = art / "onnx" / "model.onnx"
+    proto = onnx.load(str(graph), load_external_data=True)
+    (art / "onnx" / "model.onnx_data").unlink()
+    onnx.save_model(proto, str(graph), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx.data", size_threshold=1024)
+    manifest = json.loads((art / "stedge.json").read_text())
+    manifest["variants"]["onnx-fp32"]["sha256"] = {
+        rel: sha256_file(art / rel) for rel in ("onnx/model.onnx", "onnx/model.onnx.data")}
+    (art / "stedge.json").write_text(json.dumps(manifest))
+    assert [f.name for f in ox.check_external_data(graph, art)] == ["model.onnx.data"]
+    np.testing.assert_allclose(Encoder.load(art, verify=True).encode(TEXTS), ref, atol=1e-6)
 
 
 @pytest.fixture()

@@ -3,12 +3,17 @@ external data file for all but small graphs, and the check that no external-data
 the artifact folder."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import InvalidModelError, StedgeError, require
 from .graph import GraphSpec, build_graph, example_inputs
+
+logger = logging.getLogger(__name__)
 
 OPSET = 17
 # Graphs above this size keep their weights in one external data file beside the graph. protobuf
@@ -16,6 +21,64 @@ OPSET = 17
 # weights instead of parsing and copying them, which on all-MiniLM-L6-v2 fp32 (90 MB) halves session
 # creation (~0.2 s -> ~0.1 s) and lowers the resident memory after load from ~176 MB to ~101 MB.
 EXTERNAL_DATA_THRESHOLD = 32 * 2**20
+# The one name of a graph's external data file: "<graph file>_data" (model.onnx -> model.onnx_data), what
+# sentence-transformers 6 looks for. Graphs written by other tools (onnxruntime.quantization writes
+# "<graph file>.data") are re-saved to it; artifacts written that way before still load (the graph names its file).
+EXTERNAL_DATA_SUFFIX = "_data"
+# transformers releases whose BERT-style models cannot be traced by torch.onnx.export: IndexError in
+# masking_utils.sdpa_mask (5.0-5.3 and 5.9+ trace; so does 4.x).
+UNTRACEABLE_TRANSFORMERS = ((5, 4, 0), (5, 8, 1))
+
+
+def check_traceable(version: str | None = None) -> None:
+    """Refuse a transformers release that cannot trace models for ONNX export, saying which ones can."""
+    from packaging.version import Version
+
+    if version is None:
+        import transformers
+
+        version = transformers.__version__
+    release = Version(version).release[:3]
+    release = release + (0,) * (3 - len(release))
+    lo, hi = UNTRACEABLE_TRANSFORMERS
+    if lo <= release <= hi:
+        raise StedgeError(
+            f"transformers {version} cannot trace models for ONNX export (IndexError in masking_utils.sdpa_mask; "
+            "affects 5.4.0 to 5.8.1). Install a release that can: pip install 'transformers>=5.9' "
+            "(or 'transformers<5.4')"
+        )
+
+
+def _hf_model(model):
+    """The transformers model inside a SentenceEncoder (its Transformer module) or a CrossEncoder."""
+    t = getattr(model, "transformer", None)
+    return getattr(t, "auto_model", None) if t is not None else getattr(model, "model", None)
+
+
+@contextlib.contextmanager
+def eager_attention(model) -> Iterator[None]:
+    """Run the block with the model's eager attention, then restore the implementation it had.
+
+    transformers picks SDPA by default; traced, SDPA becomes a graph onnxruntime's transformer
+    optimizer does not recognise, so O2/O3 would fuse no Attention. The eager path is the
+    MatMul-Softmax-MatMul pattern the fusion is written for, and gives the same numbers.
+    """
+    hf = _hf_model(model)
+    config = getattr(hf, "config", None)
+    current = getattr(config, "_attn_implementation", None)
+    if current in (None, "eager") or not hasattr(hf, "set_attn_implementation"):
+        yield
+        return
+    try:
+        hf.set_attn_implementation("eager")
+    except (ValueError, NotImplementedError) as e:  # custom code without eager attention: trace what it has
+        logger.warning("exporting with %s attention: could not switch to eager (%s)", current, e)
+        yield
+        return
+    try:
+        yield
+    finally:
+        hf.set_attn_implementation(current)
 
 
 def _onnx():
@@ -26,9 +89,11 @@ def export_onnx(model, task: str, path: str | os.PathLike, opset: int = OPSET) -
     """Export a SentenceEncoder / CrossEncoder (on the CPU, eval mode) to ``path`` with pooling inside.
 
     Graphs over 32 MB keep their weights in one external data file ``<name>_data`` beside the graph.
+    Attention is traced in its eager form (see ``eager_attention``).
     """
     import torch
 
+    check_traceable()
     onnx = _onnx()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,7 +103,7 @@ def export_onnx(model, task: str, path: str | os.PathLike, opset: int = OPSET) -
     tmp.mkdir(exist_ok=True)
     raw = tmp / "model.onnx"
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), eager_attention(model):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 graph, args, str(raw), input_names=spec.inputs, output_names=spec.outputs,
@@ -80,7 +145,7 @@ def save_onnx(proto, path: str | os.PathLike, external: bool | None = None) -> l
     if external is None:
         external = needs_external_data(proto)
     if external:
-        location = path.name + "_data"
+        location = path.name + EXTERNAL_DATA_SUFFIX
         if (path.parent / location).exists():
             (path.parent / location).unlink()
         onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -89,6 +154,25 @@ def save_onnx(proto, path: str | os.PathLike, external: bool | None = None) -> l
         return [path, path.parent / location]
     onnx.save_model(proto, str(path))
     return [path]
+
+
+def normalize_external_data(path: str | os.PathLike) -> list[Path]:
+    """Re-save a graph another tool wrote so it follows ``save_onnx``'s layout; return its files (graph first).
+
+    onnxruntime.quantization names external data ``<file>.data``; this rewrites the graph inline
+    (up to 32 MB) or with ``<file>_data`` and removes the old data file.
+    """
+    onnx = _onnx()
+    path = Path(path)
+    old = [path.parent / loc for loc in external_data_files(path)]
+    if not old and path.stat().st_size <= EXTERNAL_DATA_THRESHOLD:
+        return [path]
+    if old == [path.parent / (path.name + EXTERNAL_DATA_SUFFIX)]:
+        return [path, *old]
+    proto = onnx.load(str(path), load_external_data=True)
+    for f in old:
+        f.unlink()
+    return save_onnx(proto, path)
 
 
 def external_data_files(path: str | os.PathLike) -> list[str]:

@@ -67,6 +67,8 @@ def quantize_dynamic_int8(src: str | os.PathLike, dst: str | os.PathLike, isa: s
     require("onnxruntime", "onnx", "int8 quantization")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from .onnx import external_data_files, normalize_external_data
+
     cfg = ISA_CONFIGS[isa]
     with quiet():
         quantize_dynamic(
@@ -76,8 +78,9 @@ def quantize_dynamic_int8(src: str | os.PathLike, dst: str | os.PathLike, isa: s
             # cannot type
             extra_options={"WeightSymmetric": cfg["weight_symmetric"], "ActivationSymmetric": False,
                            "DefaultTensorType": 1},
-            use_external_data_format=Path(src).with_name(Path(src).name + "_data").exists(),
+            use_external_data_format=bool(external_data_files(src)),
         )
+    normalize_external_data(dst)
     return {"method": "dynamic", "isa": isa, "activations": "QUInt8", "weights": cfg["weight_type"],
             "per_channel": cfg["per_channel"], "reduce_range": cfg["reduce_range"],
             "weight_symmetric": cfg["weight_symmetric"]}
@@ -139,6 +142,8 @@ def quantize_static_int8(src: str | os.PathLike, dst: str | os.PathLike, batches
     require("onnxruntime", "onnx", "static int8 quantization")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    from .onnx import normalize_external_data
+
     if method not in CALIBRATION_METHODS:
         raise StedgeError(f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")
     cm = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -162,6 +167,7 @@ def quantize_static_int8(src: str | os.PathLike, dst: str | os.PathLike, batches
     embeddings = quantize_embeddings(dst)
     if ffn_down == "int8-rows" and float_ffn:
         int8_rows(dst, float_ffn)
+    normalize_external_data(dst)
     return {"method": "static", "format": "QDQ", "calibration_method": method, "calibration_batches": len(batches),
             "operators": STATIC_OPS, "activations": "QUInt8", "weights": "QInt8", "per_channel": True,
             "embeddings": "QUInt8 rows dequantized after Gather" if embeddings else None,
