@@ -18,7 +18,9 @@ import os
 import sys
 import traceback
 
+import click
 import typer
+from typer.core import TyperGroup
 
 try:  # typer >= 0.20 carries its own copy of click
     from typer._click import exceptions as click_exceptions
@@ -27,7 +29,19 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 from .errors import StedgeError
 
+class _Group(TyperGroup):
+    """The root group: a ``--json`` command gets a stdout that holds the JSON document alone."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if "--json" in args:  # whatever the libraries underneath draw (transformers 5: a bar per weight load)
+            from .progress import library_progress_off
+
+            ctx.with_resource(library_progress_off())
+        return super().resolve_command(ctx, args)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="stedge",
     help=(
         "Sentence-embedding models and rerankers from fine-tuning to the edge.\n\n"

@@ -46,6 +46,33 @@ def test_dense_and_normalize(tmp_path):
     np.testing.assert_allclose(ours, st_model(path).encode(TEXTS), atol=1e-5)
 
 
+def test_folders_round_trip_with_installed_sentence_transformers(tmp_path):
+    """stedge writes the legacy module types every sentence-transformers (5 and 6) reads, and reads the
+    types the installed one writes (6: sentence_transformers.base.modules...)."""
+    path = make_tiny_bert(tmp_path / "m", dense=16, include_prompt=False, prompts={"query": "query: "},
+                          default_prompt_name="query", max_seq_length=40)
+    st = st_model(path)
+    st.save(str(tmp_path / "by_st"))
+    ours = SentenceEncoder(tmp_path / "by_st", device="cpu")
+    assert (ours.max_seq_length, ours.default_prompt_name, ours.prompts["query"]) == (40, "query", "query: ")
+    np.testing.assert_allclose(ours.encode(TEXTS), st.encode(TEXTS), atol=1e-5)
+    ours.save(tmp_path / "by_stedge")
+    types = [m["type"] for m in json.loads((tmp_path / "by_stedge" / "modules.json").read_text())]
+    assert types == [f"sentence_transformers.models.{n}" for n in ("Transformer", "Pooling", "Dense", "Normalize")]
+    back = st_model(tmp_path / "by_stedge")
+    assert (back.max_seq_length, back.default_prompt_name) == (40, "query")
+    np.testing.assert_allclose(back.encode(TEXTS), st.encode(TEXTS), atol=1e-5)
+
+
+@pytest.mark.parametrize("type_name", ["sentence_transformers.base.modules.transformer.Transformer",
+                                       "sentence_transformers.sentence_transformer.modules.pooling.Pooling",
+                                       "sentence_transformers.models.Dense", "stedge.models.Normalize", "Normalize"])
+def test_module_types_of_every_sentence_transformers_layout_are_known(type_name, tmp_path):
+    from stedge.models.modules import MODULE_TYPES, module_class
+
+    assert module_class(type_name, tmp_path) is MODULE_TYPES[type_name.rsplit(".", 1)[-1]]
+
+
 def test_input_order_and_single_string(tiny_model):
     enc = SentenceEncoder(tiny_model, device="cpu")
     batch = enc.encode(TEXTS, batch_size=2)
