@@ -3,6 +3,7 @@ hand-computed ranking metrics, the BEIR loader, CSV logs, and models that are no
 from __future__ import annotations
 
 import csv
+import importlib
 import gzip
 import json
 import math
@@ -250,6 +251,55 @@ def test_binary_threshold_search_hand_computed():
     f1, p, r, t = best_f1(scores, labels, True)
     assert f1 == pytest.approx(0.8) and (p, r) == (pytest.approx(2 / 3), 1.0) and t == pytest.approx(0.45)
     assert average_precision(labels, scores) == pytest.approx((1 + 2 / 3) / 2)
+
+
+def _applied(scores, labels, t, high=True):
+    """Accuracy and F1 of actually classifying with threshold t (similar = score >= t, or <= t for distances)."""
+    pred = scores >= t if high else scores <= t
+    tp = int((pred & (labels == 1)).sum())
+    f1 = 2 * tp / (pred.sum() + (labels == 1).sum()) if tp else 0.0
+    return float((pred == (labels == 1)).mean()), f1
+
+
+def test_binary_thresholds_never_split_ties_and_may_call_nothing_similar():
+    """The reported accuracy/F1 is what classifying with the reported threshold gives (a threshold cannot
+    split equal scores), and predicting every pair dissimilar is one of the candidates."""
+    from stedge.evaluation.binary_classification import best_accuracy, best_f1
+
+    scores, labels = np.array([0.9, 0.5, 0.5, 0.1]), np.array([1, 1, 0, 0])
+    acc, t = best_accuracy(scores, labels, True)
+    assert acc == 0.75 and t == pytest.approx(0.7)  # splitting the 0.5 tie would claim 1.0
+    scores, labels = np.array([0.9, 0.8, 0.1]), np.array([0, 0, 1])
+    acc, t = best_accuracy(scores, labels, True)
+    assert acc == pytest.approx(2 / 3) and t > 0.9  # nothing similar beats every cut
+    rng = np.random.default_rng(0)
+    for high in (True, False):
+        for _ in range(50):
+            scores = rng.integers(0, 6, size=20).astype(np.float32) / 5  # many ties
+            labels = rng.integers(0, 2, size=20)
+            acc, t = best_accuracy(scores, labels, high)
+            assert acc == pytest.approx(_applied(scores, labels, t, high)[0])
+            f1, _, _, t = best_f1(scores, labels, high)
+            assert f1 == pytest.approx(_applied(scores, labels, t, high)[1])
+
+
+def test_binary_threshold_search_is_sentence_transformers_6_2_rule():
+    """Same rule as sentence-transformers >= 6.2 (5.x and 6.0-6.1 split ties and skip the all-dissimilar cut)."""
+    import sentence_transformers
+    from packaging.version import Version
+
+    from stedge.evaluation.binary_classification import best_accuracy, best_f1
+
+    assert Version(sentence_transformers.__version__) >= Version("6.2"), "the main line tests against ST >= 6.2"
+    ref = importlib.import_module(ST_EVAL).BinaryClassificationEvaluator
+    rng = np.random.default_rng(1)
+    for high in (True, False):
+        for _ in range(100):
+            scores = rng.integers(0, 8, size=15).astype(np.float32) / 7
+            labels = rng.integers(0, 2, size=15)
+            assert best_accuracy(scores, labels, high) == pytest.approx(
+                ref.find_best_acc_and_threshold(scores, labels, high))
+            assert best_f1(scores, labels, high) == pytest.approx(ref.find_best_f1_and_threshold(scores, labels, high))
 
 
 # ------------------------------------------------------------------ reranking

@@ -23,35 +23,48 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def best_accuracy(scores: np.ndarray, labels: np.ndarray, high_is_similar: bool) -> tuple[float, float]:
-    """(best accuracy, threshold halfway between neighbouring scores) over every cut of the sorted scores."""
+# Threshold search. A threshold can only separate different scores, so only the cuts between groups of
+# equal scores are tried (a cut inside a tie reports an accuracy no threshold reaches); the cut that calls
+# every pair dissimilar counts too. Thresholds sit halfway between neighbouring groups (on the group's own
+# score when the midpoint rounds onto the next group) and classify as similar whatever scores at least as
+# high (as low, for distances). sentence-transformers uses the same rule from 6.2 on.
+def _cuts(scores: np.ndarray, labels: np.ndarray, high_is_similar: bool):
+    """Sorted scores and labels (most similar first), the group ends and each cut's threshold."""
     order = np.argsort(-scores if high_is_similar else scores, kind="stable")
     s, y = scores[order], labels[order]
-    pos = np.cumsum(y == 1)[:-1]
-    neg_left = (y == 0).sum() - np.cumsum(y == 0)[:-1]
-    if len(pos) == 0:
-        return 0.0, -1.0
-    acc = (pos + neg_left) / len(y)
+    ends = np.r_[np.flatnonzero(s[:-1] != s[1:]), len(s) - 1]
+    nxt = s[np.minimum(ends + 1, len(s) - 1)]
+    mid = (s[ends] + nxt) / 2
+    thresholds = np.where((ends == len(s) - 1) | (mid == nxt), s[ends], mid)
+    return s, y, ends, thresholds
+
+
+def best_accuracy(scores: np.ndarray, labels: np.ndarray, high_is_similar: bool) -> tuple[float, float]:
+    """(best accuracy, its threshold) over every cut between groups of equal scores, all-dissimilar included."""
+    s, y, ends, thresholds = _cuts(scores, labels, high_is_similar)
+    n = len(y)
+    negatives = int((y == 0).sum())
+    acc = (np.cumsum(y == 1)[ends] + negatives - np.cumsum(y == 0)[ends]) / n
+    none_similar = negatives / n
     i = int(np.argmax(acc))
-    if acc[i] <= 0:
-        return 0.0, -1.0
-    return float(acc[i]), float((s[i] + s[i + 1]) / 2)
+    if acc[i] > none_similar:
+        return float(acc[i]), float(thresholds[i])
+    dtype = np.result_type(scores.dtype, np.float16)
+    return float(none_similar), float(np.nextafter(s[0], np.inf if high_is_similar else -np.inf, dtype=dtype))
 
 
 def best_f1(scores: np.ndarray, labels: np.ndarray, high_is_similar: bool) -> tuple[float, float, float, float]:
-    """(best F1, its precision, its recall, threshold) over every cut of the sorted scores."""
-    order = np.argsort(-scores if high_is_similar else scores, kind="stable")
-    s, y = scores[order], labels[order]
-    correct = np.cumsum(y == 1)[:-1].astype(np.float64)
-    if len(correct) == 0 or correct.max() == 0:
+    """(best F1, its precision, its recall, threshold) over every cut between groups of equal scores."""
+    s, y, ends, thresholds = _cuts(scores, labels, high_is_similar)
+    correct = np.cumsum(y == 1)[ends].astype(np.float64)
+    if correct.max() == 0:
         return 0.0, 0.0, 0.0, 0.0
-    extracted = np.arange(1, len(y))
-    precision = correct / extracted
+    precision = correct / (ends + 1)
     recall = correct / (y == 1).sum()
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = np.where(correct > 0, 2 * precision * recall / (precision + recall), 0.0)
     i = int(np.argmax(f1))
-    return float(f1[i]), float(precision[i]), float(recall[i]), float((s[i] + s[i + 1]) / 2)
+    return float(f1[i]), float(precision[i]), float(recall[i]), float(thresholds[i])
 
 
 class BinaryClassificationEvaluator(Evaluator):
