@@ -18,7 +18,6 @@ import os
 import sys
 import traceback
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -32,7 +31,7 @@ from .errors import StedgeError
 class _Group(TyperGroup):
     """The root group: a ``--json`` command gets a stdout that holds the JSON document alone."""
 
-    def resolve_command(self, ctx: click.Context, args: list[str]):
+    def resolve_command(self, ctx: typer.Context, args: list[str]):
         if "--json" in args:  # whatever the libraries underneath draw (transformers 5: a bar per weight load)
             from .progress import library_progress_off
 
