@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 from .errors import StedgeError
 
+
 class _Group(TyperGroup):
     """The root group: a ``--json`` command gets a stdout that holds the JSON document alone."""
 
