@@ -378,18 +378,18 @@ def test_unwritable_output_is_found_before_the_work(artifact, tiny_model, tmp_pa
 
 def test_vanished_output_folder(tiny_model, tmp_path, capsys, monkeypatch):
     """The output's parent disappears while the export runs: one line, and nothing written elsewhere."""
-    import stedge.export.core as core
+    import stedge.export.build as build
 
     parent = tmp_path / "gone"
     parent.mkdir()
-    real = core._build
+    real = build.build_all
 
     def vanish(*a, **k):
         m = real(*a, **k)
         shutil.rmtree(parent)
         return m
 
-    monkeypatch.setattr(core, "_build", vanish)
+    monkeypatch.setattr(build, "build_all", vanish)
     rc, err = main_rc(capsys, "export", tiny_model, "-o", parent / "art")
     one_line_error(rc, err, 2, "vanished", "nothing was written")
     assert not parent.exists()
