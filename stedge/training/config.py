@@ -327,30 +327,10 @@ def _limit(ds: Any, n: int | None) -> Any:
     return ds.select(range(min(n, len(ds)))) if n else ds
 
 
-def run_training(
-    cfg: TrainConfig,
-    resume: bool | str = False,
-    callbacks: list | None = None,
-    device: str | None = None,
-    keep_checkpoints: bool = False,
-) -> dict[str, Any]:
-    """Train as the config says, save the model atomically to ``cfg.output``, and return a summary.
-
-    Checkpoints go to ``<output>_checkpoints`` (removed after success unless ``keep_checkpoints``);
-    ``resume=True`` continues from the last checkpoint there (a path picks one).
-    """
-    import shutil
-
-    from ..io import atomic_dir, check_output, dir_size
+def _load_model(cfg: TrainConfig, device: str | None) -> Any:
+    """The SentenceEncoder to train, with max_seq_length and a fresh LoRA adapter as the config says."""
     from ..models import SentenceEncoder
-    from .arguments import SentenceEncoderTrainingArguments
-    from .data import load_dataset, prepare_dataset, source_name
-    from .trainer import SentenceEncoderTrainer
 
-    out = Path(cfg.output)
-    check_output(out, cfg.overwrite, protect=[cfg.model] if Path(str(cfg.model)).is_dir() else [])
-    _resume_arg(resume, Path(f"{out}_checkpoints"))  # before any work: earlier checkpoints are never lost
-    t0 = time.perf_counter()
     model = SentenceEncoder(cfg.model, device=device)
     if cfg.max_seq_length:
         model.max_seq_length = int(cfg.max_seq_length)
@@ -362,6 +342,12 @@ def run_training(
             model.add_adapter(peft.LoraConfig(**cfg.lora))
         except TypeError as e:
             raise StedgeError(f"lora: {e} (the keys are peft.LoraConfig arguments: r, lora_alpha, lora_dropout, target_modules...)") from None
+    return model
+
+
+def _training_data(cfg: TrainConfig, model: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """(train data, loss, losses by dataset name): one dataset, or a dict of them for multi-dataset training."""
+    from .data import load_dataset, prepare_dataset
 
     data: dict[str, Any] = {}
     losses: dict[str, Any] = {}
@@ -377,20 +363,21 @@ def run_training(
     else:
         train_data, loss, cols = data["train"], losses["train"], columns["train"]
     train_data = prepare_dataset(train_data, loss, name="train data", columns=cols)
+    return train_data, loss, losses
 
-    evaluator = None
-    if cfg.eval:
-        evaluator = build_evaluator(cfg.eval.get("task"), cfg.eval["data"], limit=cfg.eval.get("limit"),
-                                    name=cfg.eval.get("name") or _stem(cfg.eval["data"]), split=cfg.eval.get("split"))
-    ckpt_dir = Path(f"{out}_checkpoints")
+
+def _training_args(cfg: TrainConfig, ckpt_dir: Path, with_eval: bool, device: str | None, quiet: bool) -> Any:
+    """SentenceEncoderTrainingArguments from stedge's defaults and the config's ``args``."""
+    from .arguments import SentenceEncoderTrainingArguments
+
     args_d = {"save_strategy": "steps", "save_steps": 500, "save_total_limit": 2, "logging_steps": 10}
-    if evaluator is not None:
+    if with_eval:
         args_d["eval_strategy"] = "epoch"
     args_d.update(cfg.args)
     args_d["prompts"] = merged_prompts(cfg)
     if device == "cpu":
         args_d.setdefault("use_cpu", True)
-    if callbacks:
+    if quiet:
         args_d.setdefault("disable_tqdm", True)
     try:
         args = SentenceEncoderTrainingArguments(output_dir=str(ckpt_dir), **args_d)
@@ -399,6 +386,39 @@ def run_training(
                           "multi_dataset_batch_sampler, prompts)") from None
     except ValueError as e:
         raise StedgeError(f"args: {e}") from None
+    return args
+
+
+def run_training(
+    cfg: TrainConfig,
+    resume: bool | str = False,
+    callbacks: list | None = None,
+    device: str | None = None,
+    keep_checkpoints: bool = False,
+) -> dict[str, Any]:
+    """Train as the config says, save the model atomically to ``cfg.output``, and return a summary.
+
+    Checkpoints go to ``<output>_checkpoints`` (removed after success unless ``keep_checkpoints``);
+    ``resume=True`` continues from the last checkpoint there (a path picks one).
+    """
+    import shutil
+
+    from ..io import atomic_dir, check_output, dir_size
+    from .data import source_name
+    from .trainer import SentenceEncoderTrainer
+
+    out = Path(cfg.output)
+    check_output(out, cfg.overwrite, protect=[cfg.model] if Path(str(cfg.model)).is_dir() else [])
+    _resume_arg(resume, Path(f"{out}_checkpoints"))  # before any work: earlier checkpoints are never lost
+    t0 = time.perf_counter()
+    model = _load_model(cfg, device)
+    train_data, loss, losses = _training_data(cfg, model)
+    evaluator = None
+    if cfg.eval:
+        evaluator = build_evaluator(cfg.eval.get("task"), cfg.eval["data"], limit=cfg.eval.get("limit"),
+                                    name=cfg.eval.get("name") or _stem(cfg.eval["data"]), split=cfg.eval.get("split"))
+    ckpt_dir = Path(f"{out}_checkpoints")
+    args = _training_args(cfg, ckpt_dir, evaluator is not None, device, bool(callbacks))
     data_desc = "; ".join(f"{k}: {source_name(s.data)}" for k, s in cfg.datasets.items())
     trainer = SentenceEncoderTrainer(model, args, train_dataset=train_data, loss=loss, evaluator=evaluator,
                                      callbacks=callbacks, base_model=cfg.model,
