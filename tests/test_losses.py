@@ -30,6 +30,7 @@ class FakeModel(nn.Module):
         return self.table.shape[1]
 
     get_embedding_dimension = get_sentence_embedding_dimension
+    _get_untruncated_embedding_dimension = get_sentence_embedding_dimension  # sentence-transformers 6's MatryoshkaLoss
 
     @property
     def device(self):
