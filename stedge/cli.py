@@ -30,13 +30,14 @@ from .errors import StedgeError
 
 
 class _Group(TyperGroup):
-    """The root group: a ``--json`` command gets a stdout that holds the JSON document alone."""
+    """The root group: the libraries underneath draw no progress bars of their own (transformers 5 draws one
+    per weight load and save), so ``--json`` output is the JSON document alone and an error is one line;
+    stedge's own rich bars show the progress of long steps."""
 
     def resolve_command(self, ctx: typer.Context, args: list[str]):
-        if "--json" in args:  # whatever the libraries underneath draw (transformers 5: a bar per weight load)
-            from .progress import library_progress_off
+        from .progress import library_progress_off
 
-            ctx.with_resource(library_progress_off())
+        ctx.with_resource(library_progress_off())
         return super().resolve_command(ctx, args)
 
 
