@@ -268,7 +268,9 @@ class SentenceEncoderTrainer(Trainer):
         done = int(self.state.global_step) - int(start_step)
         if start_step <= 0 or done <= 0:
             return result
-        loss = float(result.training_loss) * int(self.state.global_step) / done
+        # transformers 5 already divides by the steps of this run (it keeps _initial_global_step)
+        scale = 1.0 if hasattr(self, "_initial_global_step") else int(self.state.global_step) / done
+        loss = float(result.training_loss) * scale
         metrics = dict(result.metrics or {})
         metrics["train_loss"] = loss
         for entry in reversed(self.state.log_history):
