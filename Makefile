@@ -12,7 +12,7 @@ TORCH  ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-compat demo test test-fast test-compat check-install bench wheel clean
+.PHONY: setup setup-compat demo lint test test-fast test-compat check-install bench wheel clean
 
 setup: $(VENV)/.stedge-installed
 
@@ -41,6 +41,11 @@ demo: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/stedge embed models/all-MiniLM-L6-v2-stedge "stedge ships sentence embeddings to the edge."
 
 # Tests marked `compat` are deselected here (tests/conftest.py): the main line cannot install their stack.
+# ruff's lint and format settings live in pyproject.toml ([tool.ruff]).
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 test: setup
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q $(PYTEST_ARGS)
 

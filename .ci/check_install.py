@@ -7,6 +7,7 @@ requirements allowed none of those releases pip would have to pick other version
 fails unless every one of them resolves to the newest release. The `train` extra is left out on purpose:
 transformers 5.24+ needs peft>=0.22, which is not published yet (see pyproject.toml).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,10 @@ def newest_stack() -> dict[str, str]:
 
 
 def _versions(report: Path) -> dict[str, str]:
-    return {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"]
-            for i in json.loads(report.read_text())["install"]}
+    return {
+        i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"]
+        for i in json.loads(report.read_text())["install"]
+    }
 
 
 def main() -> int:
@@ -45,8 +48,16 @@ def main() -> int:
     for target in (".", ".[onnx,openvino]"):
         with tempfile.TemporaryDirectory() as tmp:
             report = Path(tmp) / "report.json"
-            r = pip("install", "--dry-run", "--quiet", "--report", str(report), "./runtimes/python", target,
-                    *(f"{k}=={v}" for k, v in pins.items()))
+            r = pip(
+                "install",
+                "--dry-run",
+                "--quiet",
+                "--report",
+                str(report),
+                "./runtimes/python",
+                target,
+                *(f"{k}=={v}" for k, v in pins.items()),
+            )
             if r.returncode:
                 print(f"FAIL stedge {target}: pip cannot install it next to {pins}:\n{r.stderr[-1500:]}")
                 failed = True
@@ -56,8 +67,10 @@ def main() -> int:
             if name in chosen and chosen[name] != version:
                 print(f"FAIL stedge {target}: pip would install {name} {chosen[name]} instead of {version}")
                 failed = True
-        print(f"{'FAIL' if failed else 'ok'} stedge {target} installs next to "
-              + ", ".join(f"{k} {v}" for k, v in pins.items()))
+        print(
+            f"{'FAIL' if failed else 'ok'} stedge {target} installs next to "
+            + ", ".join(f"{k} {v}" for k, v in pins.items())
+        )
     return 1 if failed else 0
 
 

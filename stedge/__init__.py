@@ -1,4 +1,5 @@
 """stedge: sentence-embedding models and rerankers from fine-tuning to the edge."""
+
 from __future__ import annotations
 
 __version__ = "0.1.0"

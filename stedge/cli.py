@@ -10,6 +10,7 @@ Exit codes (the contract scripts rely on, also in the README):
   with ``--debug`` or ``STEDGE_DEBUG=1``;
 * 130 interrupted (Ctrl-C).
 """
+
 from __future__ import annotations
 
 import errno
@@ -55,13 +56,13 @@ app = typer.Typer(
 
 # Stage command modules, each with `register(app: typer.Typer) -> None`.
 STAGES = [
-    "stedge.models.cli",      # embed, similarity, rank, info
-    "stedge.training.cli",    # train, eval
-    "stedge.compress.cli",    # lora merge, distill, pca
-    "stedge.export.cli",      # export
-    "stedge.tune.cli",        # tune
-    "stedge.corpus.cli",      # embed-corpus
-    "stedge.bench.cli",       # bench
+    "stedge.models.cli",  # embed, similarity, rank, info
+    "stedge.training.cli",  # train, eval
+    "stedge.compress.cli",  # lora merge, distill, pca
+    "stedge.export.cli",  # export
+    "stedge.tune.cli",  # tune
+    "stedge.corpus.cli",  # embed-corpus
+    "stedge.bench.cli",  # bench
 ]
 
 for _name in STAGES:
@@ -81,8 +82,9 @@ EXIT_INTERRUPTED = 130
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug",
-                                     help="Show the traceback of an internal error (also STEDGE_DEBUG=1).")) -> None:
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of an internal error (also STEDGE_DEBUG=1)."),
+) -> None:
     if debug:
         os.environ["STEDGE_DEBUG"] = "1"
 
@@ -104,8 +106,17 @@ def _environment_error(e: OSError) -> str | None:
     """A message for an OSError that is about the user's files or machine (not a bug), else None."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"no space left on the device{f' writing {e.filename}' if e.filename else ''}: free space and run again"
-    if e.filename is not None and e.errno in (errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR,
-                                             errno.ENOTDIR, errno.EEXIST, errno.ENOTEMPTY, errno.ELOOP):
+    if e.filename is not None and e.errno in (
+        errno.ENOENT,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.EISDIR,
+        errno.ENOTDIR,
+        errno.EEXIST,
+        errno.ENOTEMPTY,
+        errno.ELOOP,
+    ):
         return f"{e.filename}: {e.strerror}"
     return None
 
@@ -163,8 +174,11 @@ def _internal(e: BaseException) -> None:
         hint = "the traceback is above"
     else:
         hint = "run again with --debug (or STEDGE_DEBUG=1) for the traceback"
-    _fail(f"internal error (a bug in stedge), please report it with the command you ran "
-          f"({type(e).__name__}: {_one_line(e)[:300]}); {hint}", EXIT_INTERNAL)
+    _fail(
+        f"internal error (a bug in stedge), please report it with the command you ran "
+        f"({type(e).__name__}: {_one_line(e)[:300]}); {hint}",
+        EXIT_INTERNAL,
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 Accepted sources: a plain text file (one text per line), CSV/TSV/JSONL/JSON/Parquet files
 (optionally gzip-compressed), or a `datasets` Hub name (``name[:config][@split]``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -10,9 +11,9 @@ import gzip
 import io
 import json
 import os
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Mapping, Set
 from typing import Any, Iterable, Iterator, Sequence
 
 from .errors import InvalidInputError, StedgeError
@@ -122,8 +123,9 @@ def iter_table(path: str | os.PathLike, columns: Sequence[str] | None = None) ->
         yield from _iter_parquet(p, columns)
         return
     if kind == "json":
-        raise InvalidInputError(f"{p}: a .json file cannot be streamed; convert it to JSON Lines (.jsonl), "
-                                "one object per line")
+        raise InvalidInputError(
+            f"{p}: a .json file cannot be streamed; convert it to JSON Lines (.jsonl), one object per line"
+        )
     bad: dict[int, str] = {}
     with _open_binary(p) as f:
         lines = _decoded_lines(f, bad)
@@ -151,8 +153,9 @@ def _iter_jsonl(lines: Iterable[str], bad: dict[int, str]) -> Iterator[tuple[int
         yield n, (row if isinstance(row, dict) else BadRow(f"expected a JSON object, got {type(row).__name__}"))
 
 
-def _iter_csv(p: Path, lines: Iterator[str], bad: dict[int, str], delimiter: str,
-              columns: Sequence[str] | None) -> Iterator[tuple[int, dict | BadRow]]:
+def _iter_csv(
+    p: Path, lines: Iterator[str], bad: dict[int, str], delimiter: str, columns: Sequence[str] | None
+) -> Iterator[tuple[int, dict | BadRow]]:
     reader = csv.reader(lines, delimiter=delimiter)
     try:
         header = next(reader)
@@ -208,15 +211,18 @@ def _iter_parquet(p: Path, columns: Sequence[str] | None) -> Iterator[tuple[int,
 
 def _check_file(p: Path) -> None:
     if p.is_dir():
-        raise InvalidInputError(f"{p} is a folder; pass a text file, a CSV/TSV/JSONL/JSON/Parquet table "
-                                "or a datasets name")
+        raise InvalidInputError(
+            f"{p} is a folder; pass a text file, a CSV/TSV/JSONL/JSON/Parquet table or a datasets name"
+        )
 
 
 def _read_error(p: Path, e: Exception) -> InvalidInputError:
     """A one-line error for a data file that cannot be decoded or parsed."""
     if isinstance(e, UnicodeDecodeError):
-        return InvalidInputError(f"{p} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
-                                 "pass a UTF-8 text file or table (binary files are not read)")
+        return InvalidInputError(
+            f"{p} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+            "pass a UTF-8 text file or table (binary files are not read)"
+        )
     if isinstance(e, json.JSONDecodeError):
         return InvalidInputError(f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})")
     if isinstance(e, (gzip.BadGzipFile, EOFError)):
@@ -278,7 +284,9 @@ def _hub_rows(name: str, split: str | None) -> list[dict]:
     try:
         ds = datasets.load_dataset(name, config, split=split or "train")
     except Exception as e:
-        raise StedgeError(f"could not load dataset '{name}' ({type(e).__name__}: {e}); pass a local file instead") from e
+        raise StedgeError(
+            f"could not load dataset '{name}' ({type(e).__name__}: {e}); pass a local file instead"
+        ) from e
     return list(ds)
 
 
@@ -307,13 +315,21 @@ def read_texts(source: str | os.PathLike, column: str | None = None, limit: int 
         cols = list(rows[0].keys())
         if column is not None:
             if column not in cols:
-                raise StedgeError(f"{source}: no column '{column}' (columns: {', '.join(cols)}); pass --column with one of them")
+                raise StedgeError(
+                    f"{source}: no column '{column}' (columns: {', '.join(cols)}); pass --column with one of them"
+                )
             use = [column]
         else:
-            pair_cols = [c for c in ("sentence1", "sentence2", "anchor", "positive", "negative", "premise", "hypothesis") if c in cols]
+            pair_cols = [
+                c
+                for c in ("sentence1", "sentence2", "anchor", "positive", "negative", "premise", "hypothesis")
+                if c in cols
+            ]
             use = pair_cols or [c for c in TEXT_COLUMNS if c in cols][:1]
             if not use:
-                raise StedgeError(f"{source}: no text column found (columns: {', '.join(cols)}); name one with --column")
+                raise StedgeError(
+                    f"{source}: no text column found (columns: {', '.join(cols)}); name one with --column"
+                )
         seen: set[str] = set()
         texts = []
         for r in rows:
@@ -349,9 +365,7 @@ def read_sts(source: str | os.PathLike, limit: int | None = None) -> PairScores:
     c2 = next((c for c in ("sentence2", "text2", "hypothesis", "positive") if c in cols), None)
     cs = next((c for c in ("score", "label", "similarity") if c in cols), None)
     if not (c1 and c2 and cs):
-        raise StedgeError(
-            f"{source}: expected columns sentence1, sentence2 and score (found: {', '.join(cols)})"
-        )
+        raise StedgeError(f"{source}: expected columns sentence1, sentence2 and score (found: {', '.join(cols)})")
     s1, s2, sc = [], [], []
     for i, r in enumerate(rows[:limit] if limit else rows):
         try:

@@ -1,4 +1,5 @@
 """Errors meant for people: each names the file, field or argument at fault and what to do."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -34,9 +35,7 @@ class MissingDependency(StedgeError, ImportError):
 
     def __init__(self, package: str, extra: str, purpose: str = "") -> None:
         what = f" for {purpose}" if purpose else ""
-        super().__init__(
-            f"'{package}' is needed{what} but is not installed: pip install 'stedge[{extra}]'"
-        )
+        super().__init__(f"'{package}' is needed{what} but is not installed: pip install 'stedge[{extra}]'")
 
 
 def require(module: str, extra: str, purpose: str = ""):

@@ -7,6 +7,7 @@
 
 A reference that resolves nowhere raises ModelNotFoundError listing what was tried.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -92,7 +93,9 @@ def resolve_model(ref: str | os.PathLike, revision: str | None = None, download:
                 errors.append(f"Hugging Face Hub '{rid}': {type(e).__name__}")
         tried.extend(errors)
     else:
-        tried.append("Hugging Face Hub: skipped (offline: HF_HUB_OFFLINE=1)" if _offline() else "Hugging Face Hub: skipped")
+        tried.append(
+            "Hugging Face Hub: skipped (offline: HF_HUB_OFFLINE=1)" if _offline() else "Hugging Face Hub: skipped"
+        )
     raise ModelNotFoundError(f"model '{ref}' not found; tried:\n  - " + "\n  - ".join(tried))
 
 
@@ -125,8 +128,21 @@ def detect_task(path: Path) -> str:
     archs = [str(a) for a in cfg.get("architectures") or []]
     if any(a.endswith("ForSequenceClassification") for a in archs):
         return "reranking"
-    bad = [a for a in archs if a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "ForMaskedLM",
-                                           "ForTokenClassification", "ForQuestionAnswering", "ForImageClassification"))]
+    bad = [
+        a
+        for a in archs
+        if a.endswith(
+            (
+                "ForCausalLM",
+                "LMHeadModel",
+                "ForConditionalGeneration",
+                "ForMaskedLM",
+                "ForTokenClassification",
+                "ForQuestionAnswering",
+                "ForImageClassification",
+            )
+        )
+    ]
     if bad:
         raise InvalidModelError(
             f"{cfg_file}: architecture {bad[0]} is not a sentence encoder or reranker; stedge export handles "

@@ -13,6 +13,7 @@ Every writer of an output folder goes through :func:`atomic_dir`:
   one of its ancestors, a protected path (the source model) or a folder with other content;
 * temporaries left by a killed writer (their pid is dead) are removed on the next write.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,10 +37,22 @@ OLD_TAG = "stedge-old"
 # Top-level files that make a folder one stedge (or sentence-transformers / transformers) wrote.
 MODEL_MARKERS = ("stedge.json", "modules.json", "config.json", "adapter_config.json")
 # Suffixes of the files a model folder or an artifact holds; anything else is the user's and is never deleted.
-MODEL_SUFFIXES = frozenset({
-    ".json", ".safetensors", ".bin", ".txt", ".model", ".md", ".onnx", ".onnx_data", ".data", ".xml",
-    ".tiktoken", ".npy",
-})
+MODEL_SUFFIXES = frozenset(
+    {
+        ".json",
+        ".safetensors",
+        ".bin",
+        ".txt",
+        ".model",
+        ".md",
+        ".onnx",
+        ".onnx_data",
+        ".data",
+        ".xml",
+        ".tiktoken",
+        ".npy",
+    }
+)
 MODEL_NAMES = frozenset({"LICENSE", "NOTICE", ".gitattributes"})
 OWN_HIDDEN = (".stedge", ".bench-")  # hidden files stedge itself writes into its outputs
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
@@ -139,8 +152,12 @@ def check_writable(target: str | os.PathLike, what: str = "-o") -> None:
     os.unlink(anc / f".{t.name}.{TMP_TAG}-probe.{os.getpid()}")
 
 
-def check_output(target: str | os.PathLike, overwrite: bool = False, protect: Iterable[str | os.PathLike] = (),
-                 exists_hint: str = "pass --overwrite or choose another -o") -> Path:
+def check_output(
+    target: str | os.PathLike,
+    overwrite: bool = False,
+    protect: Iterable[str | os.PathLike] = (),
+    exists_hint: str = "pass --overwrite or choose another -o",
+) -> Path:
     """The checks a writer runs BEFORE its work: ``target`` is new (or replaceable with ``overwrite``) and
     writable. Returns the absolute target."""
     t = _abs(target)
@@ -154,11 +171,14 @@ def check_output(target: str | os.PathLike, overwrite: bool = False, protect: It
 
 def write_error(e: OSError, target: Path) -> OutputError | None:
     """An OutputError for an OSError met while writing ``target`` (full disk, read-only, quota), else None."""
-    if e.errno in _WRITE_ERRNOS or (e.errno in (errno.EACCES, errno.EPERM) and e.filename
-                                    and str(e.filename).startswith(str(target.parent))):
+    if e.errno in _WRITE_ERRNOS or (
+        e.errno in (errno.EACCES, errno.EPERM) and e.filename and str(e.filename).startswith(str(target.parent))
+    ):
         where = f" ({e.filename})" if e.filename else ""
-        return OutputError(f"cannot write {target}: {e.strerror or e}{where}; nothing was written, "
-                           "existing files are untouched: free space or choose another -o")
+        return OutputError(
+            f"cannot write {target}: {e.strerror or e}{where}; nothing was written, "
+            "existing files are untouched: free space or choose another -o"
+        )
     return None
 
 
@@ -243,8 +263,9 @@ def output_lock(target: str | os.PathLike) -> Iterator[Path]:
         try:
             fd = _acquire(lock, t)
         except PermissionError as e:
-            raise OutputError(f"-o {t}: cannot write in {t.parent} ({e.strerror}); "
-                              "choose a writable location") from None
+            raise OutputError(
+                f"-o {t}: cannot write in {t.parent} ({e.strerror}); choose a writable location"
+            ) from None
         with _held_guard:
             _held[lock] = [fd, threading.get_ident(), 1]
     try:
@@ -284,7 +305,7 @@ def _nested_pid(entry: str, name: str) -> int | None:
     prefix = f"..{name}.{TMP_TAG}."
     if not entry.startswith(prefix):
         return None
-    pid = entry[len(prefix):].split(".", 1)[0]
+    pid = entry[len(prefix) :].split(".", 1)[0]
     return int(pid) if pid.isdigit() else None
 
 
@@ -325,8 +346,9 @@ def clean_stale(target: str | os.PathLike) -> list[Path]:
 
 # ------------------------------------------------------------------ atomic writes
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, overwrite: bool = False,
-               protect: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
+def atomic_dir(
+    path: str | os.PathLike, overwrite: bool = False, protect: Iterable[str | os.PathLike] = ()
+) -> Iterator[Path]:
     """Yield a temporary sibling folder that replaces ``path`` only if the block succeeds.
 
     Holds the output's lock for the whole block and removes stale temporaries of this output first.
@@ -361,8 +383,9 @@ def _atomic_dir_locked(target: Path, overwrite: bool, protect) -> Iterator[Path]
         tmp = target.parent / f".{target.name}.{TMP_TAG}.{os.getpid()}.{secrets.token_hex(4)}"
         tmp.mkdir()
     except OSError as e:
-        raise OutputError(f"-o {target}: cannot write in {target.parent} ({e.strerror}); "
-                          "choose a writable location") from None
+        raise OutputError(
+            f"-o {target}: cannot write in {target.parent} ({e.strerror}); choose a writable location"
+        ) from None
     try:
         yield tmp
         _default_modes(tmp)
@@ -386,13 +409,16 @@ def _failed_write(e: BaseException, target: Path, tmp: Path, vanished: bool) -> 
     if not isinstance(e, Exception) or (isinstance(e, StedgeError) and not vanished):
         return None
     if vanished:
-        return OutputError(f"cannot write {target}: the folder being written ({tmp.parent}) vanished meanwhile; "
-                           "nothing was written")
+        return OutputError(
+            f"cannot write {target}: the folder being written ({tmp.parent}) vanished meanwhile; nothing was written"
+        )
     text = str(e)
     markers = ("No space left", "os error 28", "Disk quota exceeded", "ENOSPC")
     if any(m in text for m in markers) or _full(target.parent):
-        return OutputError(f"cannot write {target}: no space left on the device ({type(e).__name__}); nothing was "
-                           "written, existing files are untouched: free space or choose another -o")
+        return OutputError(
+            f"cannot write {target}: no space left on the device ({type(e).__name__}); nothing was "
+            "written, existing files are untouched: free space or choose another -o"
+        )
     return None
 
 
@@ -416,8 +442,9 @@ def _swap(tmp: Path, target: Path) -> None:
             old.rename(target)
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):
-            raise OutputError(f"cannot move the finished output into {target} ({e.strerror}); "
-                              "nothing was replaced") from e
+            raise OutputError(
+                f"cannot move the finished output into {target} ({e.strerror}); nothing was replaced"
+            ) from e
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -445,8 +472,9 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
             if isinstance(e, OSError):
                 err = write_error(e, t)
                 if err is None and not t.parent.is_dir():
-                    err = OutputError(f"cannot write {t}: its folder {t.parent} vanished meanwhile; "
-                                      "nothing was written")
+                    err = OutputError(
+                        f"cannot write {t}: its folder {t.parent} vanished meanwhile; nothing was written"
+                    )
                 if err is not None:
                     raise err from e
             raise
@@ -498,8 +526,9 @@ def regular_file(path: str | os.PathLike, limit: int | None = None) -> Path:
     if not stat.S_ISREG(st.st_mode):
         raise InvalidModelError(f"{p} is not a regular file (a folder, device or link to one); restore the file")
     if limit is not None and st.st_size > limit:
-        raise InvalidModelError(f"{p} is {st.st_size} bytes, more than the {limit} such a file can be; "
-                                "restore the file")
+        raise InvalidModelError(
+            f"{p} is {st.st_size} bytes, more than the {limit} such a file can be; restore the file"
+        )
     return p
 
 

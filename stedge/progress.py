@@ -1,4 +1,5 @@
 """Rich progress bars used by every long-running stage."""
+
 from __future__ import annotations
 
 import contextlib
@@ -13,12 +14,25 @@ def make_progress(transient: bool = False, unit: str | None = None):
     """A rich Progress with a bar, counts, elapsed time and ETA, on stderr; with ``unit`` also the
     rate (``1234 rows/s``)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     rate = [_rate_column(unit)] if unit else []
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), *rate,
-        TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=transient,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *rate,
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=transient,
     )
 
 
@@ -34,7 +48,9 @@ def _rate_column(unit: str):
     return RateColumn()
 
 
-def progress_iter(items: Iterable[T], total: int | None = None, description: str = "", enabled: bool = True) -> Iterator[T]:
+def progress_iter(
+    items: Iterable[T], total: int | None = None, description: str = "", enabled: bool = True
+) -> Iterator[T]:
     """Iterate with a progress bar when enabled, plainly otherwise."""
     if not enabled:
         yield from items
@@ -56,8 +72,11 @@ def _library_switches() -> dict[str, tuple[Callable[[], bool], Callable[[], None
     if "huggingface_hub" in sys.modules:
         from huggingface_hub import utils as hub
 
-        out["huggingface_hub"] = (lambda: not hub.are_progress_bars_disabled(), hub.enable_progress_bars,
-                                  hub.disable_progress_bars)
+        out["huggingface_hub"] = (
+            lambda: not hub.are_progress_bars_disabled(),
+            hub.enable_progress_bars,
+            hub.disable_progress_bars,
+        )
     if "transformers" in sys.modules:
         from transformers.utils import logging as tl
 
@@ -65,8 +84,11 @@ def _library_switches() -> dict[str, tuple[Callable[[], bool], Callable[[], None
     if "datasets" in sys.modules:
         import datasets
 
-        out["datasets"] = (datasets.is_progress_bar_enabled, datasets.enable_progress_bars,
-                           datasets.disable_progress_bars)
+        out["datasets"] = (
+            datasets.is_progress_bar_enabled,
+            datasets.enable_progress_bars,
+            datasets.disable_progress_bars,
+        )
     return out
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures. Real-model tests fail (never skip) under CI=true when the model or data is missing."""
+
 from __future__ import annotations
 
 import os

@@ -12,6 +12,7 @@ thread with a time limit, and classifies what happened:
 
 ``python tests/faults.py ARTIFACT MODEL`` prints the table as markdown.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,7 +58,7 @@ def inject(folder: Path, rel: str, fault: str) -> None:
     elif fault == "corrupt":  # same size, bytes in the middle changed
         mid = len(data) // 2
         n = max(1, min(64, len(data) // 8))
-        p.write_bytes(data[:mid] + bytes((b ^ 0x5A) for b in data[mid:mid + n]) + data[mid + n:])
+        p.write_bytes(data[:mid] + bytes((b ^ 0x5A) for b in data[mid : mid + n]) + data[mid + n :])
     elif fault == "garbage":
         p.write_bytes(os.urandom(max(16, min(len(data), 4096))))
     elif fault == "empty":
@@ -96,8 +97,9 @@ def run_limited(fn: Callable[[], np.ndarray], limit: float = TIME_LIMIT_S) -> tu
 
 
 def classify(fault: str, rel: str, status: str, value: object, reference: np.ndarray) -> Outcome:
-    from stedge.errors import StedgeError
     from stedge_runtime.errors import RuntimeStedgeError
+
+    from stedge.errors import StedgeError
 
     if status == "hang":
         return Outcome(fault, rel, "HANG", f"no result in {TIME_LIMIT_S:g} s")
@@ -153,8 +155,9 @@ def encode_model(folder: Path) -> np.ndarray:
     return SentenceEncoder(folder, device="cpu").encode(TEXTS)
 
 
-def run_fault(good: Path, work: Path, rel: str, fault: str, runner: Callable[[Path], np.ndarray],
-              reference: np.ndarray) -> Outcome:
+def run_fault(
+    good: Path, work: Path, rel: str, fault: str, runner: Callable[[Path], np.ndarray], reference: np.ndarray
+) -> Outcome:
     """Copy ``good`` to ``work``, damage ``rel`` with ``fault``, run, classify; ``work`` is removed after."""
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(good, work, symlinks=True)
@@ -179,8 +182,9 @@ def table(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
-def sweep(name: str, good: Path, runner: Callable[[Path], np.ndarray], work: Path,
-          faults: tuple[str, ...] = FAULTS) -> list[Outcome]:
+def sweep(
+    name: str, good: Path, runner: Callable[[Path], np.ndarray], work: Path, faults: tuple[str, ...] = FAULTS
+) -> list[Outcome]:
     """Every fault on every file of ``good``."""
     ref = runner(good)
     outs = []
@@ -207,10 +211,12 @@ def main(argv: list[str]) -> None:
     if argv[:1] == ["--json"]:
         out_json, argv = Path(argv[1]), argv[2:]
     targets = dict(a.split("=", 1) for a in argv)
+
     def runner_for(name: str, good: Path) -> Callable[[Path], np.ndarray]:
         if "artifact" in name:
             return artifact_runner(good)
         return score_model if "reranker" in name else encode_model
+
     outcomes: dict[str, list[Outcome]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in targets.items():

@@ -4,6 +4,7 @@ The smoke run measures a tiny random model through every kind of subject (stedge
 over an exported artifact, a sentence-transformers peer) in a few seconds each; it checks the results
 schema and that every row carries accuracy next to speed. Speed itself is never asserted.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,7 +42,9 @@ def test_suite_errors_name_the_key(tmp_path):
     no_models = _suite_toml(tmp_path / "empty.toml", 'name = "x"\n')
     with pytest.raises(StedgeError, match=r"\[\[models\]\]"):
         load_suite(no_models)
-    head = _suite_toml(tmp_path / "head.toml", 'batch_sizes = [1, 8]\nheadline_batch_size = 32\n[[models]]\nref = "m"\n')
+    head = _suite_toml(
+        tmp_path / "head.toml", 'batch_sizes = [1, 8]\nheadline_batch_size = 32\n[[models]]\nref = "m"\n'
+    )
     with pytest.raises(StedgeError, match="headline_batch_size"):
         load_suite(head)
     base = _suite_toml(tmp_path / "base.toml", '[[models]]\nref = "m"\nbaseline_model = "teacher"\n')
@@ -114,20 +117,32 @@ def test_machine_facts_have_what_the_results_need():
 def test_gpu_subjects_without_cuda(monkeypatch, tmp_path):
     """The CUDA path: subjects say why they cannot run, and a cuda suite refuses to start without a GPU."""
     from stedge.bench import machine, runner
-    from stedge.bench.subjects import RuntimeVariant, STPeer, StedgeTorch
+    from stedge.bench.subjects import RuntimeVariant, StedgeTorch, STPeer
 
     monkeypatch.setattr(machine, "cuda_available", lambda: False)
     assert "CUDA" in StedgeTorch("m", str(tmp_path), "cuda", "fp16").unavailable()
     assert "GPU" in StedgeTorch("m", str(tmp_path), "cpu", "fp16").unavailable()
     assert "CUDA" in STPeer("m", str(tmp_path), "cuda", "torch", "fp16").unavailable()
     assert "CPU only" in STPeer("m", str(tmp_path), "cuda", "openvino").unavailable()
-    (tmp_path / "stedge.json").write_text(json.dumps({
-        "format_version": 1, "dimension": 8,
-        "variants": {"onnx-fp16-O4": {"file": "onnx/m.onnx", "backend": "onnx", "precision": "fp16"}}}))
+    (tmp_path / "stedge.json").write_text(
+        json.dumps(
+            {
+                "format_version": 1,
+                "dimension": 8,
+                "variants": {"onnx-fp16-O4": {"file": "onnx/m.onnx", "backend": "onnx", "precision": "fp16"}},
+            }
+        )
+    )
     assert "CUDA" in RuntimeVariant("m", str(tmp_path), "tensorrt", "onnx-fp16-O4").unavailable()
     assert "no variant" in RuntimeVariant("m", str(tmp_path), "cpu", "onnx-int8-static").unavailable()
 
-    entry = runner.ModelEntry(name="m", ref="m", torch=["fp32", "fp16"], variants=["onnx-fp32", "tensorrt:onnx-fp16-O4"], peers=["torch:fp16", "onnx"])
+    entry = runner.ModelEntry(
+        name="m",
+        ref="m",
+        torch=["fp32", "fp16"],
+        variants=["onnx-fp32", "tensorrt:onnx-fp16-O4"],
+        peers=["torch:fp16", "onnx"],
+    )
     subs = runner.make_subjects(entry, tmp_path, tmp_path, {}, "cuda")
     assert [(s.kind, s.device) for s in subs][:2] == [("stedge-torch", "cuda"), ("stedge-torch", "cuda")]
     assert subs[0].is_reference
@@ -140,10 +155,13 @@ def test_gpu_subjects_without_cuda(monkeypatch, tmp_path):
 
 
 def test_subject_spec_round_trip(tmp_path):
-    from stedge.bench.subjects import RuntimeVariant, STPeer, StedgeTorch, from_spec
+    from stedge.bench.subjects import RuntimeVariant, StedgeTorch, STPeer, from_spec
 
-    for s in (StedgeTorch("m", str(tmp_path), "cpu", "bf16"), RuntimeVariant("m", str(tmp_path), "cuda:1", "onnx-fp16-O4"),
-              STPeer("m", str(tmp_path), "cpu", "openvino")):
+    for s in (
+        StedgeTorch("m", str(tmp_path), "cpu", "bf16"),
+        RuntimeVariant("m", str(tmp_path), "cuda:1", "onnx-fp16-O4"),
+        STPeer("m", str(tmp_path), "cpu", "openvino"),
+    ):
         back = from_spec(json.loads(json.dumps(s.spec())))
         assert type(back) is type(s) and back.spec() == s.spec() and back.id == s.id
 
@@ -156,7 +174,9 @@ def test_export_calls_from_variant_names():
     assert export_call("onnx-int8-avx512_vnni") == ("onnx", None, "int8-dynamic", "avx512_vnni")
     assert export_call("openvino-int4-weights") == ("openvino", None, "int4-weights", None)
     assert export_call("openvino-bf16") == ("openvino", None, "bf16", None)
-    calls = plan_calls(["onnx-fp32", "onnx-fp32-O2", "onnx-int8-avx2", "onnx-int8-static", "openvino-fp32", "openvino-int8-static"])
+    calls = plan_calls(
+        ["onnx-fp32", "onnx-fp32-O2", "onnx-int8-avx2", "onnx-int8-static", "openvino-fp32", "openvino-int8-static"]
+    )
     assert calls == [
         {"backend": "all", "optimize": None, "quantize": "none"},
         {"backend": "onnx", "optimize": "O2", "quantize": "none"},
@@ -170,17 +190,28 @@ def test_export_calls_from_variant_names():
 
 # ----------------------------------------------------------------------------- relative figures
 def _row(model, label, sps, spearman, peer=False, reference=False):
-    return {"model": model, "label": label, "device": "cpu", "status": "ok", "peer": peer, "reference": reference,
-            "headline_sentences_per_s": sps, "accuracy": {"spearman": spearman}}
+    return {
+        "model": model,
+        "label": label,
+        "device": "cpu",
+        "status": "ok",
+        "peer": peer,
+        "reference": reference,
+        "headline_sentences_per_s": sps,
+        "accuracy": {"spearman": spearman},
+    }
 
 
 def test_speedups_and_baseline_model():
     from stedge.bench.runner import ModelEntry, _add_relative
 
     rows = [
-        _row("t", "stedge torch fp32", 100.0, 82.0, reference=True), _row("t", "stedge onnx-fp32", 150.0, 82.0),
-        _row("t", "st torch", 90.0, 82.0, peer=True), _row("t", "st onnx", 120.0, 82.0, peer=True),
-        _row("s", "stedge torch fp32", 180.0, 80.0, reference=True), _row("s", "stedge onnx-fp32", 300.0, 79.5),
+        _row("t", "stedge torch fp32", 100.0, 82.0, reference=True),
+        _row("t", "stedge onnx-fp32", 150.0, 82.0),
+        _row("t", "st torch", 90.0, 82.0, peer=True),
+        _row("t", "st onnx", 120.0, 82.0, peer=True),
+        _row("s", "stedge torch fp32", 180.0, 80.0, reference=True),
+        _row("s", "stedge onnx-fp32", 300.0, 79.5),
         {"model": "t", "label": "gone", "status": "skipped", "reason": "x"},
     ]
     _add_relative(rows, [ModelEntry(name="t", ref="t"), ModelEntry(name="s", ref="s", baseline_model="t")])
@@ -209,13 +240,15 @@ def smoke_results(tiny_model, shared_data, tmp_path_factory):
     text = text.replace('ref = "all-MiniLM-L6-v2"', f'ref = "{tiny_model}"\nartifact = "{root / "artifact"}"')
     # A second entry on the same artifact: no torch subject (the parent computes the reference), the
     # artifact is reused from the first entry's export, and speed is compared with the first model.
-    text += (f'\n[[models]]\nname = "tiny-b"\nref = "{tiny_model}"\nartifact = "{root / "artifact"}"\n'
-             'torch = []\nvariants = ["onnx-fp32"]\nauto = []\nbaseline_model = "all-MiniLM-L6-v2"\n')
+    text += (
+        f'\n[[models]]\nname = "tiny-b"\nref = "{tiny_model}"\nartifact = "{root / "artifact"}"\n'
+        'torch = []\nvariants = ["onnx-fp32"]\nauto = []\nbaseline_model = "all-MiniLM-L6-v2"\n'
+    )
     suite = _suite_toml(root / "smoke.toml", text)
     out = root / "out"
     res = CliRunner().invoke(app, ["bench", str(suite), "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
-    printed = json.loads(res.stdout[res.stdout.index("{"):])
+    printed = json.loads(res.stdout[res.stdout.index("{") :])
     return printed, out
 
 
@@ -238,7 +271,9 @@ def test_smoke_run_schema_and_accuracy_beside_speed(smoke_results):
         assert r["latency_ms"]["p50"] <= r["latency_ms"]["p99"] and r["latency_ms"]["n"] == 8
         assert r["cold_start_s"] > 0 and r["peak_rss_mb"] > 0 and r["size_mb"] > 0 and r["gflops"] > 0
     ref = next(r for r in rows if r["reference"])
-    assert ref["speedup_vs_torch"] == pytest.approx(1.0) and ref["accuracy"]["mean_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert ref["speedup_vs_torch"] == pytest.approx(1.0) and ref["accuracy"]["mean_cosine"] == pytest.approx(
+        1.0, abs=1e-6
+    )
     assert results["threads"]["budget"] == 1 and results["threads"]["env"]["OMP_NUM_THREADS"] == "1"
     assert results["gemm_peak"]["gflops"] > 0
     assert results["models"][0]["layers"] == 2 and results["models"][0]["hidden"] == 32
@@ -254,11 +289,11 @@ def test_smoke_run_auto_subject_and_fastembed(smoke_results):
     # batch-1 calls may be routed to the same variant with other settings when tune measured that faster
     assert auto["label"].startswith("stedge auto near (onnx-fp32") and auto["variant"] == "onnx-fp32"
     sel = auto["subject_info"]["selection"]
-    assert sel["source"] == "profile" and sel["variant"] == "onnx-fp32"   # the harness tuned the artifact first
+    assert sel["source"] == "profile" and sel["variant"] == "onnx-fp32"  # the harness tuned the artifact first
     art = Path(sel["profile"])
     assert art.parent.name == "tuning" and art.is_file()
     (fe,) = [r for r in results["rows"] if r["kind"] == "fastembed"]
-    assert fe["peer"] and fe["accuracy"]["min_cosine"] > 0.999               # the same graph, its own tokenizer
+    assert fe["peer"] and fe["accuracy"]["min_cosine"] > 0.999  # the same graph, its own tokenizer
     assert set(auto["speedup_vs_fastembed"]) == {"1", "8"}
     assert "auto near" in (out / "results.md").read_text()
 
@@ -314,14 +349,33 @@ def test_wheel_has_only_stedge_and_bench_runs_outside_the_checkout(tiny_model, s
 
     root = Path(__file__).resolve().parent.parent
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-                    str(root)], check=True, cwd=tmp_path, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(root)],
+        check=True,
+        cwd=tmp_path,
+        capture_output=True,
+    )
     (whl,) = wheels.glob("stedge-*.whl")
     names = zipfile.ZipFile(whl).namelist()
     assert {n.split("/")[0] for n in names if not n.startswith("stedge-")} == {"stedge"}
     assert "stedge/bench/suites/smoke.toml" in names and not any(n.startswith("benchmarks") for n in names)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-                    str(root / "runtimes" / "python")], check=True, cwd=tmp_path, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(root / "runtimes" / "python"),
+        ],
+        check=True,
+        cwd=tmp_path,
+        capture_output=True,
+    )
     (rt,) = wheels.glob("stedge_runtime-*.whl")
     assert {n.split("/")[0] for n in zipfile.ZipFile(rt).namelist() if ".dist-info" not in n} == {"stedge_runtime"}
     site = tmp_path / "site"
@@ -329,23 +383,40 @@ def test_wheel_has_only_stedge_and_bench_runs_outside_the_checkout(tiny_model, s
     work = tmp_path / "elsewhere"
     work.mkdir()
     suite = (site / "stedge/bench/suites/smoke.toml").read_text(encoding="utf-8")
-    suite = suite.replace('ref = "all-MiniLM-L6-v2"', f'ref = "{tiny_model}"').replace("num_texts = 24", "num_texts = 8")
+    suite = suite.replace('ref = "all-MiniLM-L6-v2"', f'ref = "{tiny_model}"').replace(
+        "num_texts = 24", "num_texts = 8"
+    )
     suite = suite.replace('peers = ["torch", "fastembed"]', "peers = []")
     (work / "mine.toml").write_text(suite, encoding="utf-8")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(root / "runtimes" / "python")]),
-               STEDGE_DATA_DIR=str(shared_data))
-    proc = subprocess.run([sys.executable, "-c", "import stedge.bench, sys; print(stedge.bench.__file__)"],
-                          env=env, cwd=work, capture_output=True, text=True, check=True)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(site), str(root / "runtimes" / "python")]),
+        STEDGE_DATA_DIR=str(shared_data),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", "import stedge.bench, sys; print(stedge.bench.__file__)"],
+        env=env,
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert proc.stdout.strip().startswith(str(site))
-    proc = subprocess.run([sys.executable, "-m", "stedge.cli", "bench", "mine.toml", "--json"], env=env, cwd=work,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stedge.cli", "bench", "mine.toml", "--json"],
+        env=env,
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout[proc.stdout.index("{"):])
+    results = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert all(r["status"] == "ok" for r in results["rows"]), results["rows"]
     from stedge_runtime.machine import cpu_slug
 
-    assert (work / "stedge-bench" / cpu_slug() / "smoke" / "results.json").is_file()   # one folder per CPU
-    assert any(r.get("auto_tier") == "near" for r in results["rows"])   # tuned from the wheel, then measured
+    assert (work / "stedge-bench" / cpu_slug() / "smoke" / "results.json").is_file()  # one folder per CPU
+    assert any(r.get("auto_tier") == "near" for r in results["rows"])  # tuned from the wheel, then measured
 
 
 # ----------------------------------------------------------------------------- peers in another interpreter
@@ -367,19 +438,20 @@ def test_peer_python_smoke_run_records_the_interpreter(tiny_model, shared_data, 
 
     from typer.testing import CliRunner
 
-    from stedge.cli import app
-
     from stedge.bench import runner
+    from stedge.cli import app
 
     monkeypatch.delenv("STEDGE_BENCH_PEER_PYTHON", raising=False)
     # the GEMM peak (seconds of matmuls) plays no part here; the smoke run above measures it
-    monkeypatch.setattr(runner, "measure_gemm", lambda threads, device, env: {"gflops": 1.0, "threads": threads,
-                                                                               "device": device})
+    monkeypatch.setattr(
+        runner, "measure_gemm", lambda threads, device, env: {"gflops": 1.0, "threads": threads, "device": device}
+    )
     suite = _peer_suite(tmp_path, tiny_model)
-    res = CliRunner().invoke(app, ["bench", str(suite), "--out", str(tmp_path / "out"), "--json",
-                                   "--peer-python", sys.executable])
+    res = CliRunner().invoke(
+        app, ["bench", str(suite), "--out", str(tmp_path / "out"), "--json", "--peer-python", sys.executable]
+    )
     assert res.exit_code == 0, res.output
-    results = json.loads(res.stdout[res.stdout.index("{"):])
+    results = json.loads(res.stdout[res.stdout.index("{") :])
     (row,) = results["rows"]
     assert row["status"] == "ok" and row["kind"] == "st", row
     assert row["python"] == os.path.abspath(sys.executable) and results["suite"]["peer_python"] == row["python"]
@@ -429,14 +501,14 @@ def test_peer_probe_failure_skips_the_subject_with_the_reason(tmp_path):
     broken.chmod(0o755)
     why = STPeer("m", str(tmp_path), "cpu", "openvino", python=str(broken)).unavailable()
     assert "exit 3" in why and "libpython missing" in why and str(broken) in why
-    bare = tmp_path / "bare"   # a real interpreter without sentence-transformers
+    bare = tmp_path / "bare"  # a real interpreter without sentence-transformers
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, capture_output=True)
     sub = STPeer("m", str(tmp_path), "cpu", "torch", python=str(bare / "bin" / "python"))
     plan = (runner.ModelEntry(name="m", ref="m"), *([None] * 7))
     row, emb = runner._measure(sub, plan, None, None, {}, {}, {}, tmp_path / "w", None, None, lambda m: None)
     assert emb is None and row["status"] == "skipped" and row["python"] == sub.python
     assert "import sentence_transformers failed" in row["reason"] and str(bare) in row["reason"]
-    assert row["label"] == "sentence-transformers torch"   # no version to claim
+    assert row["label"] == "sentence-transformers torch"  # no version to claim
 
 
 def test_peer_export_runs_in_the_peer_interpreter(tiny_model, tmp_path, monkeypatch):
@@ -447,7 +519,7 @@ def test_peer_export_runs_in_the_peer_interpreter(tiny_model, tmp_path, monkeypa
     from stedge.bench.runner import prepare_peer
 
     calls = tmp_path / "calls.log"
-    fake = tmp_path / "python"   # answers the probe, and "exports" unless FAIL is set (after writing half a graph)
+    fake = tmp_path / "python"  # answers the probe, and "exports" unless FAIL is set (after writing half a graph)
     fake.write_text(f"""#!{sys.executable}
 import json, os, sys
 if sys.argv[1] == "-c":
@@ -470,4 +542,4 @@ sys.exit(4 if os.environ.get("FAIL") else 0)
     out = prepare_peer(tiny_model, "onnx", cache, "tiny", lambda m: None, str(fake))
     assert (out / "onnx" / "model.onnx").read_text() == "graph" and str(tiny_model) in calls.read_text()
     assert prepare_peer(tiny_model, "onnx", cache, "tiny", lambda m: None, str(fake)) == out
-    assert len(calls.read_text().splitlines()) == 2   # the second call reused the cache
+    assert len(calls.read_text().splitlines()) == 2  # the second call reused the cache

@@ -1,4 +1,5 @@
 """Compression on tiny models: layer reduction, PCA, LoRA merge (distillation: test_compress_distill.py)."""
+
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import make_tiny_bert
 from typer.testing import CliRunner
 
 from stedge.cli import app
@@ -15,14 +17,15 @@ from stedge.compress.layers import check_layers, find_layer_list, keep_layers, p
 from stedge.compress.pca import add_pca, fit_pca, pre_normalize_embeddings
 from stedge.errors import InvalidModelError, ModelNotFoundError, StedgeError
 from stedge.models import Dense, Normalize, SentenceEncoder
-from tiny import make_tiny_bert
 
 WORDS = ["cats", "dogs", "cars", "rain", "music", "bread", "chess", "rivers", "trains", "stars"]
 runner = CliRunner()
 
 
 def write_sentences(path: Path, n: int = 60) -> Path:
-    path.write_text("\n".join(f"sentence {i} is about {WORDS[i % 10]} and {WORDS[(i * 3) % 10]}" for i in range(n)) + "\n")
+    path.write_text(
+        "\n".join(f"sentence {i} is about {WORDS[i % 10]} and {WORDS[(i * 3) % 10]}" for i in range(n)) + "\n"
+    )
     return path
 
 
@@ -171,8 +174,7 @@ def test_pca_cli_writes_model_report_and_lineage(tiny_model, files, tmp_path):
     assert [s["step"] for s in steps] == ["pca", "pca"] and steps[-1]["centred"] is False
 
 
-@pytest.mark.parametrize("dim,match", [(33, "larger than the model's embedding width 32"),
-                                       (0, "at least 1")])
+@pytest.mark.parametrize("dim,match", [(33, "larger than the model's embedding width 32"), (0, "at least 1")])
 def test_pca_bad_dim(tiny_model, files, tmp_path, dim, match):
     r = cli("pca", tiny_model, "--dim", dim, "--data", files["sents"], "-o", tmp_path / "x")
     assert isinstance(r.exception, StedgeError) and match in str(r.exception)

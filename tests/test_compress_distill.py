@@ -1,18 +1,19 @@
 """`stedge distill` on tiny models: layer reduction, --student with a projection, teacher cache, bad input."""
+
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
+from test_compress import write_sentences, write_sts
+from tiny import make_tiny_bert
 from typer.testing import CliRunner
 
 from stedge.cli import app
 from stedge.compress.distill import make_student, teacher_embeddings
 from stedge.errors import StedgeError
 from stedge.models import Dense, Normalize, SentenceEncoder
-from test_compress import write_sentences, write_sts
-from tiny import make_tiny_bert
 
 runner = CliRunner()
 
@@ -66,8 +67,27 @@ def test_make_student_layers_and_projection(teacher, tmp_path):
 
 def test_distill_layer_reduction_cli(teacher, files, tmp_path):
     out = tmp_path / "student"
-    r = cli("distill", teacher, "--num-layers", 2, "--data", files["sents"], "--eval", files["sts"], "--epochs", 2,
-            "--batch-size", 16, "--lr", 1e-4, "--cache-dir", files["cache"], "-o", out, "--json")
+    r = cli(
+        "distill",
+        teacher,
+        "--num-layers",
+        2,
+        "--data",
+        files["sents"],
+        "--eval",
+        files["sts"],
+        "--epochs",
+        2,
+        "--batch-size",
+        16,
+        "--lr",
+        1e-4,
+        "--cache-dir",
+        files["cache"],
+        "-o",
+        out,
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert report["before"]["layers"] == 4 and report["after"]["layers"] == 2
@@ -85,8 +105,23 @@ def test_distill_layer_reduction_cli(teacher, files, tmp_path):
     assert "layers_kept=[0, 3]" in (out / "README.md").read_text()
     assert json.loads((out / "compression_report.json").read_text())["comparison"] == cmp
     # the second run reuses the cached teacher embeddings
-    r = cli("distill", teacher, "--layers", "1,2", "--data", files["sents"], "--epochs", 1, "--batch-size", 16,
-            "--cache-dir", files["cache"], "-o", tmp_path / "student2", "--json")
+    r = cli(
+        "distill",
+        teacher,
+        "--layers",
+        "1,2",
+        "--data",
+        files["sents"],
+        "--epochs",
+        1,
+        "--batch-size",
+        16,
+        "--cache-dir",
+        files["cache"],
+        "-o",
+        tmp_path / "student2",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     report2 = json.loads(r.stdout)
     assert report2["timing"]["teacher_embeddings_cached"] is True
@@ -96,21 +131,39 @@ def test_distill_layer_reduction_cli(teacher, files, tmp_path):
 def test_distill_into_other_student(teacher, files, tmp_path):
     narrow = make_tiny_bert(tmp_path / "narrow", hidden=16, layers=1)
     out = tmp_path / "s"
-    r = cli("distill", teacher, "--student", narrow, "--data", files["sents"], "--epochs", 1, "--batch-size", 16,
-            "--cache-dir", files["cache"], "-o", out, "--json")
+    r = cli(
+        "distill",
+        teacher,
+        "--student",
+        narrow,
+        "--data",
+        files["sents"],
+        "--epochs",
+        1,
+        "--batch-size",
+        16,
+        "--cache-dir",
+        files["cache"],
+        "-o",
+        out,
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert report["settings"]["projection"] == [16, 32] and report["after"]["dim"] == 32
     assert SentenceEncoder(out, device="cpu").encode(["hello"]).shape == (1, 32)
 
 
-@pytest.mark.parametrize("args,match", [
-    (["--layers", "0,4"], "index 4 is out of range"),
-    (["--layers", "1,1"], "index 1 is given twice"),
-    (["--num-layers", "5"], "more than the model's 4 layers"),
-    (["--layers", "0,1", "--num-layers", "2"], "not both"),
-    ([], "--layers 0,2,5 or --num-layers N"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--layers", "0,4"], "index 4 is out of range"),
+        (["--layers", "1,1"], "index 1 is given twice"),
+        (["--num-layers", "5"], "more than the model's 4 layers"),
+        (["--layers", "0,1", "--num-layers", "2"], "not both"),
+        ([], "--layers 0,2,5 or --num-layers N"),
+    ],
+)
 def test_distill_bad_layers(teacher, files, tmp_path, args, match):
     r = cli("distill", teacher, *args, "--data", files["sents"], "--cache-dir", files["cache"], "-o", tmp_path / "x")
     assert isinstance(r.exception, StedgeError), r.output

@@ -1,4 +1,5 @@
 """Real-model check for PCA on the bundled all-MiniLM-L6-v2 (marked real)."""
+
 from __future__ import annotations
 
 import numpy as np

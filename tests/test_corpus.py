@@ -1,4 +1,5 @@
 """embed-corpus, local engine: formats, shards, resume after a crash or kill -9, bad input, flat memory."""
+
 from __future__ import annotations
 
 import csv
@@ -19,8 +20,10 @@ from stedge.errors import StedgeError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*batch-invariance")
 REPO = Path(__file__).resolve().parents[1]
-TEXTS = [f"document {i}: " + " ".join(["alpha", "beta", "gamma", "delta", "epsilon"][: 1 + i % 5] * (1 + i % 7))
-         for i in range(230)]
+TEXTS = [
+    f"document {i}: " + " ".join(["alpha", "beta", "gamma", "delta", "epsilon"][: 1 + i % 5] * (1 + i % 7))
+    for i in range(230)
+]
 
 
 @pytest.fixture(scope="module")
@@ -187,8 +190,21 @@ def test_kill_9_midway_then_resume(artifact, tmp_path):
     """A real `kill -9` of the CLI while it writes; the same command finishes the job, equal to one run."""
     n = 20_000
     docs = _jsonl(tmp_path / "docs.jsonl", [{"id": i, "text": f"passage {i} " + "word " * (i % 13)} for i in range(n)])
-    cmd = [sys.executable, "-m", "stedge.cli", "embed-corpus", str(artifact), str(docs), "--id-column", "id",
-           "--shard-rows", "500", "--batch-size", "16", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stedge.cli",
+        "embed-corpus",
+        str(artifact),
+        str(docs),
+        "--id-column",
+        "id",
+        "--shard-rows",
+        "500",
+        "--batch-size",
+        "16",
+        "-q",
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "runtimes" / "python")])}
     part = tmp_path / "part"
     proc = subprocess.Popen([*cmd, "-o", str(part)], env=env, stderr=subprocess.DEVNULL)
@@ -249,8 +265,13 @@ def test_bad_rows_name_file_and_line_and_can_be_skipped(artifact, tmp_path):
     assert (s["rows"], s["skipped_rows"]) == (45, 5)
     m = json.loads((tmp_path / "o2" / "corpus.json").read_text())
     reasons = [b["where"].rsplit(":", 1)[1] + " " + b["reason"] for sh in m["shards"] for b in sh["bad_rows"]]
-    assert reasons == ["10 not UTF-8 (byte 0xe9 at column 14)", "20 'text' is empty", "30 'text' is null",
-                       "40 not valid JSON (Expecting value at column 10)", "45 no field 'text'"]
+    assert reasons == [
+        "10 not UTF-8 (byte 0xe9 at column 14)",
+        "20 'text' is empty",
+        "30 'text' is null",
+        "40 not valid JSON (Expecting value at column 10)",
+        "45 no field 'text'",
+    ]
     ids, _ = read_corpus(tmp_path / "o2")
     assert "10" not in ids and ids[:3] == ["1", "2", "3"] and len(ids) == 45
 
@@ -301,10 +322,23 @@ def test_cli_json_summary_and_errors(artifact, tmp_path):
     from stedge.cli import app
 
     docs = _docs(tmp_path)
-    r = CliRunner().invoke(app, ["embed-corpus", str(artifact), str(docs), "-o", str(tmp_path / "o"), "--json",
-                                 "--shard-rows", "100", "--id-column", "doc_id"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "embed-corpus",
+            str(artifact),
+            str(docs),
+            "-o",
+            str(tmp_path / "o"),
+            "--json",
+            "--shard-rows",
+            "100",
+            "--id-column",
+            "doc_id",
+        ],
+    )
     assert r.exit_code == 0, r.output
-    s = json.loads(r.stdout[r.stdout.index("{"):])
+    s = json.loads(r.stdout[r.stdout.index("{") :])
     assert (s["rows"], s["shards"], s["engine"], s["variant"]) == (len(TEXTS), 3, "local", "onnx-fp32")
 
 
@@ -332,8 +366,13 @@ def test_memory_stays_flat_over_200k_rows(artifact, tmp_path):
         for i in range(200_000):
             f.write(json.dumps({"id": f"r{i}", "text": f"row {i} of a generated corpus, word {i % 977}"}) + "\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "runtimes" / "python")])}
-    r = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(artifact), str(tmp_path / "big.jsonl"),
-                        str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, str(artifact), str(tmp_path / "big.jsonl"), str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr
     marks = json.loads(r.stdout.strip().splitlines()[-1])
     assert len(marks) == 10

@@ -1,5 +1,6 @@
 """embed-corpus on Ray Data: one local Ray instance (2 CPUs) for the module; same vectors and shards as the
 local engine, resume across engines, errors from workers and bad addresses."""
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,9 @@ def test_ray_two_workers_equal_the_local_engine(ray_local, artifact, inputs, loc
     assert (s["engine"], s["rows"], s["shards"], s["done"]) == ("ray", 300, 5, True)
     ray_m = json.loads((out / "corpus.json").read_text())
     local_m = json.loads((local_run / "corpus.json").read_text())
-    assert [(e["rows"], e["start"], e["end"]) for e in ray_m["shards"]] == \
-        [(e["rows"], e["start"], e["end"]) for e in local_m["shards"]]
+    assert [(e["rows"], e["start"], e["end"]) for e in ray_m["shards"]] == [
+        (e["rows"], e["start"], e["end"]) for e in local_m["shards"]
+    ]
     a, b = read_corpus(local_run), read_corpus(out)
     assert a[0] == b[0] == [f"a{i}" for i in range(180)] + [f"b{i}" for i in range(120)]
     np.testing.assert_allclose(b[1], a[1], atol=1e-5)
@@ -77,8 +79,9 @@ def test_ray_resumes_a_crashed_run_of_either_engine(ray_local, artifact, inputs,
     for first in ("local", "ray"):
         out = tmp_path / first
         with pytest.raises(Crash):
-            embed_corpus(str(artifact), inputs, out, id_column="k", shard_rows=70, chunk_rows=32, engine=first,
-                         on_shard=crash)
+            embed_corpus(
+                str(artifact), inputs, out, id_column="k", shard_rows=70, chunk_rows=32, engine=first, on_shard=crash
+            )
         s = embed_corpus(str(artifact), inputs, out, id_column="k", shard_rows=70, chunk_rows=32, engine="ray")
         assert s["resumed_from_row"] == 210 and s["rows"] == 300
         a, b = read_corpus(local_run), read_corpus(out)

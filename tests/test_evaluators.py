@@ -1,10 +1,11 @@
 """Evaluators: metric values against sentence-transformers' own evaluators on the same model and data,
 hand-computed ranking metrics, the BEIR loader, CSV logs, and models that are not stedge's."""
+
 from __future__ import annotations
 
 import csv
-import importlib
 import gzip
+import importlib
 import json
 import math
 import statistics
@@ -14,18 +15,47 @@ import pytest
 
 from stedge.errors import StedgeError
 from stedge.evaluation import (
-    BinaryClassificationEvaluator, EmbeddingSimilarityEvaluator, InformationRetrievalEvaluator, MSEEvaluator,
-    RerankingEvaluator, SequentialEvaluator, TripletEvaluator, load_beir, ranking_metrics,
+    BinaryClassificationEvaluator,
+    EmbeddingSimilarityEvaluator,
+    InformationRetrievalEvaluator,
+    MSEEvaluator,
+    RerankingEvaluator,
+    SequentialEvaluator,
+    TripletEvaluator,
+    load_beir,
+    ranking_metrics,
 )
 
 ST_EVAL = "sentence_transformers.sentence_transformer.evaluation"
 
-S1 = ["A man is playing a guitar.", "A woman is slicing onions.", "The cat sleeps on the sofa.", "Kids play football outside.",
-      "A plane is taking off.", "Someone is cooking pasta.", "The stock market fell today.", "A dog runs in the park.",
-      "Two people are dancing.", "The child reads a book.", "It is raining heavily.", "A bird sits on a wire."]
-S2 = ["A man plays the guitar.", "A man is cutting tomatoes.", "A cat is sleeping.", "Children are playing soccer.",
-      "An airplane departs.", "Pasta is being cooked.", "Shares dropped sharply.", "A cat sits indoors.",
-      "A couple dances a tango.", "A kid looks at pictures.", "The sun is shining.", "A bird is flying away."]
+S1 = [
+    "A man is playing a guitar.",
+    "A woman is slicing onions.",
+    "The cat sleeps on the sofa.",
+    "Kids play football outside.",
+    "A plane is taking off.",
+    "Someone is cooking pasta.",
+    "The stock market fell today.",
+    "A dog runs in the park.",
+    "Two people are dancing.",
+    "The child reads a book.",
+    "It is raining heavily.",
+    "A bird sits on a wire.",
+]
+S2 = [
+    "A man plays the guitar.",
+    "A man is cutting tomatoes.",
+    "A cat is sleeping.",
+    "Children are playing soccer.",
+    "An airplane departs.",
+    "Pasta is being cooked.",
+    "Shares dropped sharply.",
+    "A cat sits indoors.",
+    "A couple dances a tango.",
+    "A kid looks at pictures.",
+    "The sun is shining.",
+    "A bird is flying away.",
+]
 SCORES = [4.8, 1.2, 3.9, 4.2, 4.5, 4.0, 3.5, 0.8, 3.7, 2.5, 0.4, 2.0]
 LABELS = [1, 0, 1, 1, 1, 1, 1, 0, 1, 0, 0, 0]
 
@@ -73,8 +103,14 @@ def test_embedding_similarity_matches_sentence_transformers(ours, st_model, tmp_
     ev = EmbeddingSimilarityEvaluator(S1, S2, [s / 5 for s in SCORES], name="sts-dev", batch_size=5)
     res = ev(ours, output_path=str(tmp_path), epoch=1, steps=10)
     assert ev.primary_metric == "sts-dev_spearman_cosine"
-    ref = st_eval("EmbeddingSimilarityEvaluator", S1, S2, [s / 5 for s in SCORES], name="sts-dev",
-                  similarity_fn_names=["cosine", "euclidean", "manhattan", "dot"])(st_model)
+    ref = st_eval(
+        "EmbeddingSimilarityEvaluator",
+        S1,
+        S2,
+        [s / 5 for s in SCORES],
+        name="sts-dev",
+        similarity_fn_names=["cosine", "euclidean", "manhattan", "dot"],
+    )(st_model)
     keys = [f"sts-dev_{m}_{fn}" for m in ("pearson", "spearman") for fn in ("cosine", "euclidean", "manhattan", "dot")]
     # same embeddings, same numbers up to float32 rounding: sentence-transformers scores in float32, we in
     # float64, and the tiny random model's cosines are so close together that Pearson amplifies it to ~1e-6
@@ -126,7 +162,9 @@ def test_triplet_matches_sentence_transformers(ours, st_model, tmp_path):
     ev = TripletEvaluator(S1, S2, neg, name="nli", similarity_fn_names=["cosine", "dot", "euclidean", "manhattan"])
     res = ev(ours)
     assert ev.primary_metric == "nli_cosine_accuracy"
-    ref = st_eval("TripletEvaluator", S1, S2, neg, name="nli", similarity_fn_names=["cosine", "dot", "euclidean", "manhattan"])(st_model)
+    ref = st_eval(
+        "TripletEvaluator", S1, S2, neg, name="nli", similarity_fn_names=["cosine", "dot", "euclidean", "manhattan"]
+    )(st_model)
     close(res, ref, [f"nli_{fn}_accuracy" for fn in ("cosine", "dot", "euclidean", "manhattan")])
     # hand check of the cosine accuracy
     a, p, n = ours.encode(S1), ours.encode(S2), ours.encode(neg)
@@ -137,13 +175,22 @@ def test_triplet_matches_sentence_transformers(ours, st_model, tmp_path):
         w = csv.writer(f)
         w.writerow(["anchor", "positive", "negative"])
         w.writerows(zip(S1, S2, neg))
-    assert TripletEvaluator.from_file(path, name="nli")(ours)["nli_cosine_accuracy"] == pytest.approx(res["nli_cosine_accuracy"])
+    assert TripletEvaluator.from_file(path, name="nli")(ours)["nli_cosine_accuracy"] == pytest.approx(
+        res["nli_cosine_accuracy"]
+    )
 
 
 # ------------------------------------------------------- information retrieval
 def test_ranking_metrics_hand_computed():
-    m = ranking_metrics([["d1", "d2", "d3"], ["d9", "d8", "d7"]], [{"d2", "d3"}, {"d4"}],
-                        accuracy_at_k=[1, 3], precision_recall_at_k=[3], mrr_at_k=[3], ndcg_at_k=[3], map_at_k=[3])
+    m = ranking_metrics(
+        [["d1", "d2", "d3"], ["d9", "d8", "d7"]],
+        [{"d2", "d3"}, {"d4"}],
+        accuracy_at_k=[1, 3],
+        precision_recall_at_k=[3],
+        mrr_at_k=[3],
+        ndcg_at_k=[3],
+        map_at_k=[3],
+    )
     # query 1: hits at ranks 2 and 3; query 2: no hit
     assert m["accuracy@1"] == 0 and m["accuracy@3"] == 0.5
     assert m["precision@3"] == pytest.approx((2 / 3 + 0) / 2) and m["recall@3"] == pytest.approx(0.5)
@@ -168,28 +215,43 @@ def _ir_data():
 def test_information_retrieval_matches_sentence_transformers(ours, st_model, tmp_path):
     queries, corpus, rel = _ir_data()
     kw = dict(accuracy_at_k=[1, 3, 5], precision_recall_at_k=[1, 3, 5], mrr_at_k=[5], ndcg_at_k=[5], map_at_k=[10])
-    ev = InformationRetrievalEvaluator(queries, corpus, rel, name="toy", corpus_chunk_size=7, batch_size=4,
-                                       similarity_fn_names=["cosine", "dot"], **kw)
+    ev = InformationRetrievalEvaluator(
+        queries, corpus, rel, name="toy", corpus_chunk_size=7, batch_size=4, similarity_fn_names=["cosine", "dot"], **kw
+    )
     assert len(ev.queries) == 6  # the query without relevant docs is skipped
     res = ev(ours, output_path=str(tmp_path))
     assert ev.primary_metric == "toy_cosine_ndcg@5"
     from sentence_transformers.util import cos_sim, dot_score
 
-    ref = st_eval("InformationRetrievalEvaluator", queries, corpus, rel, name="toy", corpus_chunk_size=7,
-                  score_functions={"cosine": cos_sim, "dot": dot_score}, **kw)(st_model)
+    ref = st_eval(
+        "InformationRetrievalEvaluator",
+        queries,
+        corpus,
+        rel,
+        name="toy",
+        corpus_chunk_size=7,
+        score_functions={"cosine": cos_sim, "dot": dot_score},
+        **kw,
+    )(st_model)
     keys = [k for k in ref if k.startswith("toy_cosine_") or k.startswith("toy_dot_")]
     assert len(keys) == 2 * 12
     close(res, ref, keys)
     assert (tmp_path / ev.csv_file).exists()
     # a single chunk gives the same result as many small chunks
-    one = InformationRetrievalEvaluator(queries, corpus, rel, name="toy", similarity_fn_names=["cosine", "dot"], **kw)(ours)
+    one = InformationRetrievalEvaluator(queries, corpus, rel, name="toy", similarity_fn_names=["cosine", "dot"], **kw)(
+        ours
+    )
     close(one, res, keys, tol=1e-9)
 
 
 def _write_beir(folder, gz: bool):
     folder.mkdir()
     (folder / "qrels").mkdir()
-    op = (lambda p: gzip.open(str(p) + ".gz", "wt", encoding="utf-8")) if gz else (lambda p: open(p, "w", encoding="utf-8"))
+    op = (
+        (lambda p: gzip.open(str(p) + ".gz", "wt", encoding="utf-8"))
+        if gz
+        else (lambda p: open(p, "w", encoding="utf-8"))
+    )
     with op(folder / "corpus.jsonl") as f:
         f.write(json.dumps({"_id": 10, "title": "Cats", "text": "Cats purr."}) + "\n")
         f.write(json.dumps({"_id": "11", "title": "", "text": "Dogs bark."}) + "\n")
@@ -237,7 +299,11 @@ def test_binary_classification_matches_sentence_transformers(ours, st_model):
     res = ev(ours)
     assert ev.primary_metric == "para_cosine_ap"
     ref = st_eval("BinaryClassificationEvaluator", S1, S2, LABELS, name="para", similarity_fn_names=fns)(st_model)
-    keys = [f"para_{fn}_{m}" for fn in fns for m in ("accuracy", "accuracy_threshold", "f1", "f1_threshold", "precision", "recall", "ap")]
+    keys = [
+        f"para_{fn}_{m}"
+        for fn in fns
+        for m in ("accuracy", "accuracy_threshold", "f1", "f1_threshold", "precision", "recall", "ap")
+    ]
     close(res, ref, keys, tol=1e-5)
 
 
@@ -298,7 +364,8 @@ def test_binary_threshold_search_is_sentence_transformers_6_2_rule():
             scores = rng.integers(0, 8, size=15).astype(np.float32) / 7
             labels = rng.integers(0, 2, size=15)
             assert best_accuracy(scores, labels, high) == pytest.approx(
-                ref.find_best_acc_and_threshold(scores, labels, high))
+                ref.find_best_acc_and_threshold(scores, labels, high)
+            )
             assert best_f1(scores, labels, high) == pytest.approx(ref.find_best_f1_and_threshold(scores, labels, high))
 
 
@@ -306,7 +373,10 @@ def test_binary_threshold_search_is_sentence_transformers_6_2_rule():
 SAMPLES = [
     {"query": S1[i], "positive": [S2[i]], "negative": [S2[(i + 1) % 12], S2[(i + 5) % 12], S1[(i + 3) % 12]]}
     for i in range(8)
-] + [{"query": S1[9], "positive": [S2[9], S1[10]], "negative": [S2[2]]}, {"query": "no negatives", "positive": ["x"], "negative": []}]
+] + [
+    {"query": S1[9], "positive": [S2[9], S1[10]], "negative": [S2[2]]},
+    {"query": "no negatives", "positive": ["x"], "negative": []},
+]
 
 
 def test_reranking_bi_encoder_matches_sentence_transformers(ours, st_model):
@@ -399,7 +469,9 @@ def test_real_scifact_subset_ndcg_matches_sentence_transformers(minilm_path, sha
     emb = st.encode(list(sub_corpus.values()), batch_size=32, convert_to_tensor=True)
     from sentence_transformers.util import cos_sim
 
-    ref_ev = st_eval("InformationRetrievalEvaluator", sub_q, sub_corpus, sub_rel, name="sf", score_functions={"cosine": cos_sim})
+    ref_ev = st_eval(
+        "InformationRetrievalEvaluator", sub_q, sub_corpus, sub_rel, name="sf", score_functions={"cosine": cos_sim}
+    )
     ref = ref_ev.compute_all_metrics(st, corpus_embeddings=emb)["cosine"]
     ev = InformationRetrievalEvaluator(sub_q, sub_corpus, sub_rel, name="sf")
     res = ev.compute_metrics(st, corpus_embeddings=emb.numpy())

@@ -1,5 +1,6 @@
 """Export stage on tiny random models: graphs match torch for every pooling mode, Dense, prompts,
 cross-encoders, LoRA adapters; the artifact loads in sentence-transformers; bad input fails cleanly."""
+
 from __future__ import annotations
 
 import json
@@ -8,12 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import make_tiny_bert
 from typer.testing import CliRunner
 
-from tiny import make_tiny_bert
-
-TEXTS = ["A man is playing a guitar.", "The quarterly report shows revenue grew by 12%.", "ok",
-         "Le chat dort sur le canapé."]
+TEXTS = [
+    "A man is playing a guitar.",
+    "The quarterly report shows revenue grew by 12%.",
+    "ok",
+    "Le chat dort sur le canapé.",
+]
 
 
 def _graph_vs_torch(model_dir: Path, tmp: Path, prompt: str | None = None) -> float:
@@ -39,8 +43,9 @@ def test_every_pooling_mode_in_graph_matches_torch(pooling, tmp_path):
 def test_dense_and_prompt_length_input(tmp_path):
     from stedge.export.onnx import graph_io
 
-    model = make_tiny_bert(tmp_path / "model", dense=16, include_prompt=False, prompts={"query": "query: "},
-                           default_prompt_name="query")
+    model = make_tiny_bert(
+        tmp_path / "model", dense=16, include_prompt=False, prompts={"query": "query: "}, default_prompt_name="query"
+    )
     assert _graph_vs_torch(model, tmp_path) < 1e-5
     inputs, _ = graph_io(tmp_path / "m.onnx")
     assert "prompt_length" in inputs
@@ -84,8 +89,15 @@ def test_artifact_manifest_and_files(tiny_artifact, tiny_model):
     from stedge.io import sha256_file
 
     m = Manifest.read(tiny_artifact.path).to_dict()
-    assert set(m["variants"]) == {"onnx-fp32", "onnx-int8-avx2", "onnx-int8-avx512", "onnx-int8-avx512_vnni",
-                                  "onnx-int8-arm64", "openvino-fp32", "openvino-int8-weights"}
+    assert set(m["variants"]) == {
+        "onnx-fp32",
+        "onnx-int8-avx2",
+        "onnx-int8-avx512",
+        "onnx-int8-avx512_vnni",
+        "onnx-int8-arm64",
+        "openvino-fp32",
+        "openvino-int8-weights",
+    }
     assert m["task"] == "embedding" and m["dimension"] == 32 and m["normalize"] is True
     assert m["pooling"] == {"mode": "mean", "include_prompt": True} and m["max_seq_length"] == 64
     assert m["default_variant"] == "openvino-int8-weights"  # what the last export asked for
@@ -110,10 +122,14 @@ def test_sentence_transformers_loads_the_artifact(tiny_artifact, tiny_model):
     from sentence_transformers import SentenceTransformer
 
     ref = SentenceTransformer(str(tiny_model), device="cpu").encode(TEXTS)
-    for backend, file in [("onnx", "onnx/model.onnx"), ("openvino", "openvino/openvino_model.xml"),
-                          ("onnx", "onnx/model_qint8_avx512_vnni.onnx")]:
-        st = SentenceTransformer(str(tiny_artifact.path), backend=backend, model_kwargs={"file_name": file},
-                                 device="cpu")
+    for backend, file in [
+        ("onnx", "onnx/model.onnx"),
+        ("openvino", "openvino/openvino_model.xml"),
+        ("onnx", "onnx/model_qint8_avx512_vnni.onnx"),
+    ]:
+        st = SentenceTransformer(
+            str(tiny_artifact.path), backend=backend, model_kwargs={"file_name": file}, device="cpu"
+        )
         got = st.encode(TEXTS)
         cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
         assert cos.min() > (0.99999 if "qint8" not in file else 0.99), (backend, file, cos)
@@ -140,14 +156,19 @@ def _cli_modules(*args: str) -> tuple[str, list[str]]:
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-c", _RUN_CLI, json.dumps(list(args)), json.dumps(_HEAVY)],
-                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    r = subprocess.run(
+        [sys.executable, "-c", _RUN_CLI, json.dumps(list(args)), json.dumps(_HEAVY)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout, json.loads(r.stderr.rsplit("HEAVY=", 1)[1])
 
 
-def test_cli_on_an_artifact_imports_neither_torch_nor_transformers(tiny_artifact, tiny_model, tiny_cross_encoder,
-                                                                   tmp_path):
+def test_cli_on_an_artifact_imports_neither_torch_nor_transformers(
+    tiny_artifact, tiny_model, tiny_cross_encoder, tmp_path
+):
     """embed / rank / info on an artifact run on the torch-free runtime and start as fast as it does."""
     from stedge.export import export_model
 
@@ -202,10 +223,10 @@ def test_lora_adapter_is_merged_before_export(tiny_model, tmp_path):
     import torch
     from peft import LoraConfig
 
-    from stedge.models.adapters import merge_adapter
     from stedge.export import export_model
     from stedge.export.verify import Runner, graph_embed
     from stedge.models import SentenceEncoder
+    from stedge.models.adapters import merge_adapter
 
     enc = SentenceEncoder(tiny_model, device="cpu")
     enc.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"]))
@@ -229,8 +250,9 @@ def test_failed_max_drop_leaves_nothing(tiny_model, tmp_path):
     from stedge.cli import app
 
     out = tmp_path / "fail"
-    r = CliRunner().invoke(app, ["export", str(tiny_model), "-o", str(out), "--quantize", "int8", "--max-drop", "1e-9",
-                                 "--json"])
+    r = CliRunner().invoke(
+        app, ["export", str(tiny_model), "-o", str(out), "--quantize", "int8", "--max-drop", "1e-9", "--json"]
+    )
     from stedge.errors import CheckFailedError
 
     assert isinstance(r.exception, CheckFailedError) and r.exception.exit_code == 1, r.output
@@ -257,8 +279,13 @@ def test_path_traversal_external_data_is_refused(tmp_path):
             e = w.external_data.add()
             e.key, e.value = k, v
         node = helper.make_node("Add", ["x", "w"], ["y"])
-        g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], initializer=[w])
+        g = helper.make_graph(
+            [node],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+            initializer=[w],
+        )
         onnx.save_model(helper.make_model(g), str(art / "onnx" / "model.onnx"))
         with pytest.raises(StedgeError, match="outside the artifact folder"):
             check_external_data(art / "onnx" / "model.onnx", art)
@@ -298,12 +325,25 @@ def test_o2_o3_fuse_attention_and_match_torch(level, tiny_model, tmp_path):
     info = optimize(tmp_path / "model.onnx", tmp_path / f"model_{level}.onnx", level, auto.config)
     assert info["fused_operators"].get("Attention") == auto.config.num_hidden_layers, info["fused_operators"]
     assert info["fused_operators"].get("SkipLayerNormalization", 0) >= auto.config.num_hidden_layers
-    cos = pairwise_cosine(graph_embed(model, Runner("onnx", tmp_path / f"model_{level}.onnx"), TEXTS), model.encode(TEXTS))
+    cos = pairwise_cosine(
+        graph_embed(model, Runner("onnx", tmp_path / f"model_{level}.onnx"), TEXTS), model.encode(TEXTS)
+    )
     assert cos.min() >= 0.9999, cos
 
 
-@pytest.mark.parametrize("version,refused", [("4.57.6", False), ("5.3.0", False), ("5.4.0", True), ("5.6.2", True),
-                                             ("5.8.1", True), ("5.9.0", False), ("5.24.0", False), ("5.10.0rc1", False)])
+@pytest.mark.parametrize(
+    "version,refused",
+    [
+        ("4.57.6", False),
+        ("5.3.0", False),
+        ("5.4.0", True),
+        ("5.6.2", True),
+        ("5.8.1", True),
+        ("5.9.0", False),
+        ("5.24.0", False),
+        ("5.10.0rc1", False),
+    ],
+)
 def test_transformers_that_cannot_trace_are_refused(version, refused):
     from stedge.errors import StedgeError
     from stedge.export.onnx import check_traceable
@@ -315,8 +355,9 @@ def test_transformers_that_cannot_trace_are_refused(version, refused):
         check_traceable(version)
 
 
-@pytest.mark.parametrize("quantize,graph", [("int8-dynamic", "model_qint8_avx2.onnx"),
-                                             ("int8", "model_qint8_static.onnx")])
+@pytest.mark.parametrize(
+    "quantize,graph", [("int8-dynamic", "model_qint8_avx2.onnx"), ("int8", "model_qint8_static.onnx")]
+)
 def test_every_graph_uses_one_external_data_name(quantize, graph, tiny_model, tmp_path, monkeypatch):
     """int8 graphs (onnxruntime.quantization writes <file>.data) end up named like the rest: <file>_data."""
     from stedge.export import export_model
@@ -334,11 +375,11 @@ def test_every_graph_uses_one_external_data_name(quantize, graph, tiny_model, tm
 def test_artifacts_with_dot_data_external_files_still_load(tiny_model, tmp_path, monkeypatch):
     """Artifacts written before the one naming keep <file>.onnx.data: the runtime and verification read them."""
     import onnx
+    from stedge_runtime import Encoder
 
     from stedge.export import export_model
     from stedge.export import onnx as ox
     from stedge.io import sha256_file
-    from stedge_runtime import Encoder
 
     monkeypatch.setattr(ox, "EXTERNAL_DATA_THRESHOLD", 1000)
     art = tmp_path / "art"
@@ -347,11 +388,18 @@ def test_artifacts_with_dot_data_external_files_still_load(tiny_model, tmp_path,
     graph = art / "onnx" / "model.onnx"
     proto = onnx.load(str(graph), load_external_data=True)
     (art / "onnx" / "model.onnx_data").unlink()
-    onnx.save_model(proto, str(graph), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="model.onnx.data", size_threshold=1024)
+    onnx.save_model(
+        proto,
+        str(graph),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.onnx.data",
+        size_threshold=1024,
+    )
     manifest = json.loads((art / "stedge.json").read_text())
     manifest["variants"]["onnx-fp32"]["sha256"] = {
-        rel: sha256_file(art / rel) for rel in ("onnx/model.onnx", "onnx/model.onnx.data")}
+        rel: sha256_file(art / rel) for rel in ("onnx/model.onnx", "onnx/model.onnx.data")
+    }
     (art / "stedge.json").write_text(json.dumps(manifest))
     assert [f.name for f in ox.check_external_data(graph, art)] == ["model.onnx.data"]
     np.testing.assert_allclose(Encoder.load(art, verify=True).encode(TEXTS), ref, atol=1e-6)
@@ -383,19 +431,47 @@ def test_bad_inputs(cli, tiny_model, tmp_path):
     _one_line_error(cli(tiny_model, "-o", tmp_path / "a", "--quantize", "int3"), "--quantize must be one of")
     _one_line_error(cli(tiny_model, "-o", tmp_path / "a", "--backend", "tflite"), "--backend must be one of")
     _one_line_error(cli(tiny_model, "-o", tmp_path / "a", "--optimize", "O9"), "--optimize must be one of")
-    _one_line_error(cli(tiny_model, "-o", tmp_path / "a", "--quantize", "int8-static", "--calibration-method", "avg",
-                        "--calibration", "x.txt"), "--calibration-method must be one of")
+    _one_line_error(
+        cli(
+            tiny_model,
+            "-o",
+            tmp_path / "a",
+            "--quantize",
+            "int8-static",
+            "--calibration-method",
+            "avg",
+            "--calibration",
+            "x.txt",
+        ),
+        "--calibration-method must be one of",
+    )
     _one_line_error(cli(tiny_model, "-o", tmp_path / "a", "--quantize", "int8-static"), "needs --calibration")
     _one_line_error(cli(tiny_model, "-o", tmp_path / "a", "--quantize", "int4-weights"), "--backend openvino")
     _one_line_error(cli(tiny_model, "-o", tmp_path / "a", "--quantize", "int8", "--isa", "sse2"), "--isa must be")
     table = tmp_path / "cal.csv"
     table.write_text("text,label\n" + "".join(f"sentence number {i},1\n" for i in range(40)))
-    _one_line_error(cli(tiny_model, "-o", tmp_path / "a", "--quantize", "int8-static", "--calibration", table,
-                        "--calibration-column", "sentence"), "no column 'sentence'", "--calibration-column")
+    _one_line_error(
+        cli(
+            tiny_model,
+            "-o",
+            tmp_path / "a",
+            "--quantize",
+            "int8-static",
+            "--calibration",
+            table,
+            "--calibration-column",
+            "sentence",
+        ),
+        "no column 'sentence'",
+        "--calibration-column",
+    )
     short = tmp_path / "few.txt"
     short.write_text("one text\nanother text\n")
-    _one_line_error(cli(tiny_model, "-o", tmp_path / "a", "--quantize", "int8-static", "--calibration", short),
-                    "only 2 texts", "at least")
+    _one_line_error(
+        cli(tiny_model, "-o", tmp_path / "a", "--quantize", "int8-static", "--calibration", short),
+        "only 2 texts",
+        "at least",
+    )
     _one_line_error(cli(tiny_model, "-o", tmp_path / "a", "--device", "tpu"), "--device must be one of")
     (tmp_path / "exists").mkdir()
     _one_line_error(cli(tiny_model, "-o", tmp_path / "exists"), "already exists", "--overwrite")
@@ -411,8 +487,14 @@ def test_static_int8_and_fp16_on_tiny(tiny_model, tmp_path):
 
     cal = tmp_path / "cal.txt"
     cal.write_text("\n".join(f"calibration sentence {i} about topic {i % 7}" for i in range(40)))
-    res = export_model(str(tiny_model), tmp_path / "s", backend="all", quantize="int8-static", calibration=str(cal),
-                       calibration_method="percentile")
+    res = export_model(
+        str(tiny_model),
+        tmp_path / "s",
+        backend="all",
+        quantize="int8-static",
+        calibration=str(cal),
+        calibration_method="percentile",
+    )
     v = res.manifest["variants"]
     assert v["onnx-int8-static"]["quantization"]["calibration_method"] == "percentile"
     assert v["onnx-int8-static"]["verification"]["mean_cosine"] > 0.98

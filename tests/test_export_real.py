@@ -1,5 +1,6 @@
 """Export stage on the bundled all-MiniLM-L6-v2 with STS-B: accuracy of every precision, the
 artifact in sentence-transformers, the manifest schema. One export per session, reused."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,12 @@ def minilm_artifact(minilm_path, shared_data, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("minilm") / "all-MiniLM-L6-v2-stedge"
     return export_model(
-        str(minilm_path), out, backend="all", quantize="int8-static",
-        calibration=str(shared_data / "stsb" / "train.tsv.gz"), eval_data=str(shared_data / "stsb" / "test.tsv.gz"),
+        str(minilm_path),
+        out,
+        backend="all",
+        quantize="int8-static",
+        calibration=str(shared_data / "stsb" / "train.tsv.gz"),
+        eval_data=str(shared_data / "stsb" / "test.tsv.gz"),
     )
 
 
@@ -28,8 +33,13 @@ def minilm_artifact_unscored(minilm_path, shared_data, tmp_path_factory):
     from stedge.export import export_model
 
     out = tmp_path_factory.mktemp("minilm_unscored") / "all-MiniLM-L6-v2-stedge"
-    return export_model(str(minilm_path), out, backend="all", quantize="int8-static",
-                        calibration=str(shared_data / "stsb" / "train.tsv.gz"))
+    return export_model(
+        str(minilm_path),
+        out,
+        backend="all",
+        quantize="int8-static",
+        calibration=str(shared_data / "stsb" / "train.tsv.gz"),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -77,9 +87,11 @@ def test_sentence_transformers_loads_and_agrees(minilm_artifact_unscored, minilm
 
     texts = ["A man is playing a guitar.", "Stocks fell sharply after the rate hike.", "ok"]
     ref = SentenceTransformer(str(minilm_path), device="cpu").encode(texts)
-    for backend, file, floor in [("onnx", "onnx/model.onnx", 0.99999),
-                                 ("openvino", "openvino/openvino_model.xml", 0.99999),
-                                 ("onnx", "onnx/model_qint8_static.onnx", 0.95)]:
+    for backend, file, floor in [
+        ("onnx", "onnx/model.onnx", 0.99999),
+        ("openvino", "openvino/openvino_model.xml", 0.99999),
+        ("onnx", "onnx/model_qint8_static.onnx", 0.95),
+    ]:
         kwargs = {"file_name": file}
         if backend == "openvino":  # OpenVINO would pick bf16 on CPUs that have it: compare at fp32
             kwargs["ov_config"] = {"INFERENCE_PRECISION_HINT": "f32"}

@@ -1,5 +1,6 @@
 """Export verification through stedge_runtime: precision tiers, batch invariance, a tokenizer.json that
 disagrees with the torch tokenizer, the bf16 variant's engine hint, the plan."""
+
 from __future__ import annotations
 
 import json
@@ -7,22 +8,24 @@ import shutil
 
 import numpy as np
 import pytest
-
 from tiny import make_tiny_bert
 
 
 # ------------------------------------------------------------------ tiers (pure)
-@pytest.mark.parametrize("min_cos, drop, unit, invariance, expected", [
-    (0.99995, 0.01, "spearman_points", 0.999995, "exact"),
-    (0.99995, 0.01, "spearman_points", 0.99995, "near"),       # exact needs 0.99999 batch invariance
-    (0.995, 0.1, "spearman_points", 0.9999, "near"),
-    (0.995, 0.3, "spearman_points", 0.9999, "compressed"),     # near allows 0.2 Spearman points
-    (0.95, 0.9, "spearman_points", 0.9999, "compressed"),
-    (0.95, 1.1, "spearman_points", 0.9999, None),              # over max_drop 1.0
-    (0.99995, 0.0, "spearman_points", 0.984, None),            # not batch-invariant: no tier at all
-    (0.995, 0.004, "cosine", 0.9999, "near"),                  # no eval set: near is min cos only
-    (0.98, 0.01, "cosine", 0.9999, "compressed"),
-])
+@pytest.mark.parametrize(
+    "min_cos, drop, unit, invariance, expected",
+    [
+        (0.99995, 0.01, "spearman_points", 0.999995, "exact"),
+        (0.99995, 0.01, "spearman_points", 0.99995, "near"),  # exact needs 0.99999 batch invariance
+        (0.995, 0.1, "spearman_points", 0.9999, "near"),
+        (0.995, 0.3, "spearman_points", 0.9999, "compressed"),  # near allows 0.2 Spearman points
+        (0.95, 0.9, "spearman_points", 0.9999, "compressed"),
+        (0.95, 1.1, "spearman_points", 0.9999, None),  # over max_drop 1.0
+        (0.99995, 0.0, "spearman_points", 0.984, None),  # not batch-invariant: no tier at all
+        (0.995, 0.004, "cosine", 0.9999, "near"),  # no eval set: near is min cos only
+        (0.98, 0.01, "cosine", 0.9999, "compressed"),
+    ],
+)
 def test_tiers(min_cos, drop, unit, invariance, expected):
     from stedge.export.verify import tier_of
 
@@ -48,7 +51,7 @@ class _FakeEncoder:
     def encode(self, texts, batch_size=32):
         out = []
         for i in range(0, len(texts), batch_size):
-            batch = texts[i:i + batch_size]
+            batch = texts[i : i + batch_size]
             width = max(len(t) for t in batch)
             for t in batch:
                 v = np.array([len(t), t.count(" ") + 1, 1.0, sum(map(ord, t)) % 7], dtype=np.float32)
@@ -89,8 +92,14 @@ def _no_lowercase(tok: dict) -> None:
 
 
 def _other_pad(tok: dict) -> None:
-    tok["padding"] = {"strategy": "BatchLongest", "direction": "Right", "pad_to_multiple_of": None, "pad_id": 100,
-                      "pad_type_id": 0, "pad_token": "[UNK]"}
+    tok["padding"] = {
+        "strategy": "BatchLongest",
+        "direction": "Right",
+        "pad_to_multiple_of": None,
+        "pad_id": 100,
+        "pad_type_id": 0,
+        "pad_token": "[UNK]",
+    }
 
 
 def test_records_tier_and_batch_invariance(artifact):
@@ -179,9 +188,12 @@ def test_plan_is_immutable_and_interprets_quantize_once():
     assert bf16.bf16_here and not make_plan(o, {"avx2"}).bf16_here and "openvino-bf16" not in plain.names
     with pytest.raises(FrozenInstanceError):
         plain.variants[0].name = "x"  # type: ignore[misc]
-    for bad, match in (({"quantize": "int4-weights"}, "OpenVINO"), ({"quantize": "int8-static"}, "--calibration"),
-                       ({"backend": "openvino", "optimize": "O2"}, "onnxruntime levels"),
-                       ({"quantize": "x"}, "--quantize")):
+    for bad, match in (
+        ({"quantize": "int4-weights"}, "OpenVINO"),
+        ({"quantize": "int8-static"}, "--calibration"),
+        ({"backend": "openvino", "optimize": "O2"}, "onnxruntime levels"),
+        ({"quantize": "x"}, "--quantize"),
+    ):
         with pytest.raises(StedgeError, match=match):
             check_options(ExportOptions(**bad))
 

@@ -6,6 +6,7 @@ intact; every error is one line with the exit-code contract (2 bad input, 1 fail
 training never loses checkpoints; every file of an artifact and of a model folder damaged in turn
 gives a clear error or the right vectors (tests/faults.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tiny import make_tiny_bert
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,8 +36,14 @@ def _env() -> dict:
 
 def stedge(*args, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """`stedge ARGS` in a subprocess (the real entry point with its exit codes)."""
-    return subprocess.run([sys.executable, "-m", "stedge.cli", *map(str, args)], capture_output=True, text=True,
-                          env=_env(), cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "stedge.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
 def main_rc(capsys, *args) -> tuple[int, str]:
@@ -155,8 +161,13 @@ HOLDER = textwrap.dedent("""
 
 
 def _holder(out: Path, sleep: float, tag: str) -> subprocess.Popen:
-    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), str(sleep), tag], env=_env(),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(out), str(sleep), tag],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     return p
 
 
@@ -207,8 +218,13 @@ def test_second_writer_waits_for_the_lock_then_sees_the_first(tmp_path):
     env = dict(os.environ, STEDGE_LOCK_TIMEOUT="0.5")
     holder = _holder(out, 5, "x")
     assert holder.stdout.readline().strip() == "inside"
-    r = subprocess.run([sys.executable, "-c", HOLDER, str(out), "0", "y"], env={**_env(), **env},
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", HOLDER, str(out), "0", "y"],
+        env={**_env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     holder.wait(timeout=60)
     assert r.returncode != 0 and "being written by another stedge process" in r.stderr
 
@@ -218,8 +234,19 @@ def test_concurrent_add_keeps_both_variants_and_concurrent_exports_do_not_clobbe
     shutil.copytree(artifact, copy)
 
     def add(level: str) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "stedge.cli", "export", str(tiny_model), "-o", str(copy), "--add",
-               "--optimize", level, "--json"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "stedge.cli",
+            "export",
+            str(tiny_model),
+            "-o",
+            str(copy),
+            "--add",
+            "--optimize",
+            level,
+            "--json",
+        ]
         return subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     a, b = add("O1"), add("O2")
@@ -264,16 +291,21 @@ def test_bad_text_and_files_are_one_line(tiny_model, artifact, tmp_path, capsys)
         one_line_error(rc, err, 2, "is a folder")
     existing = tmp_path / "existing"
     existing.mkdir()
-    for out, words in ((existing, "is a folder"), (".", "is a folder"), (tmp_path / "e.txt", ".npy"),
-                       (tmp_path / "nodir" / "e.npy", "does not exist")):
+    for out, words in (
+        (existing, "is a folder"),
+        (".", "is a folder"),
+        (tmp_path / "e.txt", ".npy"),
+        (tmp_path / "nodir" / "e.npy", "does not exist"),
+    ):
         rc, err = main_rc(capsys, "embed", artifact, "hello", "-o", out)
         one_line_error(rc, err, 2, words)
     assert not (tmp_path / "existing.npy").exists() and list(existing.iterdir()) == []
 
 
 def test_encode_refuses_dicts_and_sets(tiny_model, artifact):
-    from stedge.models import SentenceEncoder
     from stedge_runtime import Encoder
+
+    from stedge.models import SentenceEncoder
 
     for enc in (SentenceEncoder(tiny_model, device="cpu"), Encoder.load(artifact)):
         for bad in ({"a": 1}, {"a", "b"}, b"bytes"):
@@ -318,8 +350,9 @@ def _umount(path: Path) -> None:
     subprocess.run(["umount", str(path)], capture_output=True)
 
 
-def test_full_disk_during_export_leaves_nothing_and_the_old_output_whole(artifact, tiny_model, tmp_path, capsys,
-                                                                         monkeypatch):
+def test_full_disk_during_export_leaves_nothing_and_the_old_output_whole(
+    artifact, tiny_model, tmp_path, capsys, monkeypatch
+):
     disk = tmp_path / "disk"
     if _tmpfs(disk, "size=1m"):  # a real full disk: the model is 4 MB
         try:
@@ -354,10 +387,12 @@ def test_unwritable_output_is_found_before_the_work(artifact, tiny_model, tmp_pa
         ro.chmod(0o555)
         if os.access(ro, os.W_OK):
             pytest.skip("cannot make an unwritable folder here (root without mount)")
-    import stedge.export.core as core
     import stedge_runtime
 
+    import stedge.export.core as core
+
     calls = []
+
     def must_not_load(*a, **k):
         calls.append(a)
         raise AssertionError("loaded before checking the output")
@@ -407,10 +442,23 @@ def test_rerun_without_resume_keeps_checkpoints_and_resume_reports_the_right_los
     out = tmp_path / "out"
 
     def cfg(steps: int):
-        return config_from_dict({"model": str(tiny_model), "output": str(out), "train_data": str(data),
-                                 "loss": "cosent", "args": {"max_steps": steps, "save_steps": 2, "logging_steps": 1,
-                                          "per_device_train_batch_size": 8, "use_cpu": True, "report_to": []}},
-                                where="test")
+        return config_from_dict(
+            {
+                "model": str(tiny_model),
+                "output": str(out),
+                "train_data": str(data),
+                "loss": "cosent",
+                "args": {
+                    "max_steps": steps,
+                    "save_steps": 2,
+                    "logging_steps": 1,
+                    "per_device_train_batch_size": 8,
+                    "use_cpu": True,
+                    "report_to": [],
+                },
+            },
+            where="test",
+        )
 
     run_training(cfg(4), device="cpu", keep_checkpoints=True)
     shutil.rmtree(out)  # as if killed after checkpoint-4, before the final save
@@ -450,9 +498,12 @@ MANIFEST_FAULTS = {
     "file ../..": (lambda m: m["variants"]["onnx-fp32"].update(file="../../etc/passwd"), "inside the artifact"),
     "file absolute": (lambda m: m["variants"]["onnx-fp32"].update(file="/etc/passwd"), "inside the artifact"),
     "tokenizer absolute": (lambda m: m.update(tokenizer="/etc/passwd"), "tokenizer"),
-    "sha256 key ../": (lambda m: m["variants"]["onnx-fp32"].update(
-        sha256={"onnx/model.onnx": m["variants"]["onnx-fp32"]["sha256"]["onnx/model.onnx"], "../x": "0" * 64}),
-        "inside the artifact"),
+    "sha256 key ../": (
+        lambda m: m["variants"]["onnx-fp32"].update(
+            sha256={"onnx/model.onnx": m["variants"]["onnx-fp32"]["sha256"]["onnx/model.onnx"], "../x": "0" * 64}
+        ),
+        "inside the artifact",
+    ),
     "sha256 removed": (lambda m: m["variants"]["onnx-fp32"].pop("sha256"), "sha256"),
     "variants empty": (lambda m: m.update(variants={}), "variants"),
     "not an object": (lambda m: m.clear(), "format_version"),
@@ -583,18 +634,31 @@ def reranker_artifact(tiny_cross_encoder, tmp_path_factory) -> Path:
     return out
 
 
-def test_fault_injection_over_every_file(artifact, artifact_external, reranker_artifact, tiny_model,
-                                         tiny_cross_encoder, tmp_path):
+def test_fault_injection_over_every_file(
+    artifact, artifact_external, reranker_artifact, tiny_model, tiny_cross_encoder, tmp_path
+):
     """tests/faults.py in a subprocess (memory-capped): every fault on every file gives a clear error or
     the right vectors, never a hang, a traceback or silently wrong vectors."""
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
     out = tmp_path / "faults.json"
-    r = subprocess.run([sys.executable, str(Path(__file__).with_name("faults.py")), "--json", str(out),
-                        f"artifact={artifact}", f"artifact-external-data={artifact_external}", f"model={model}",
-                        f"reranker-artifact={reranker_artifact}", f"reranker-model={tiny_cross_encoder}"],
-                       env=_env(), capture_output=True, text=True,
-                       timeout=1500)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("faults.py")),
+            "--json",
+            str(out),
+            f"artifact={artifact}",
+            f"artifact-external-data={artifact_external}",
+            f"model={model}",
+            f"reranker-artifact={reranker_artifact}",
+            f"reranker-model={tiny_cross_encoder}",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     outcomes = json.loads(out.read_text())
     bad = [o for kind in outcomes.values() for o in kind if o["kind"] not in ("error", "same")]

@@ -1,4 +1,5 @@
 """Model references resolve in order: local dir, HF cache, bundled package, Hub."""
+
 from __future__ import annotations
 
 import pytest

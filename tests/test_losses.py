@@ -1,5 +1,6 @@
 """Losses: registry, column checks, values against hand-computed cases and sentence-transformers,
 gradient flow, the gradient cache (same gradients as MNRL) and Matryoshka (one forward per batch)."""
+
 from __future__ import annotations
 
 import math
@@ -264,14 +265,27 @@ def test_matryoshka_forwards_once_and_sums_truncated_losses(model):
     value = loss(features, labels)
     assert model.calls == 2, "the model must run once per input column, not once per dimension"
     a, b = model.table[[0, 1, 2]].detach(), model.table[[3, 4, 5]].detach()
-    expected = sum(w * inner.compute_loss_from_embeddings([L.shrink(a, d), L.shrink(b, d)], labels).item()
-                   for d, w in [(6, 1.0), (4, 2.0), (2, 0.5)])
+    expected = sum(
+        w * inner.compute_loss_from_embeddings([L.shrink(a, d), L.shrink(b, d)], labels).item()
+        for d, w in [(6, 1.0), (4, 2.0), (2, 0.5)]
+    )
     assert value.item() == pytest.approx(expected, rel=1e-6)
     value.backward()
     assert model.table.grad.abs().sum() > 0
-    ref = st_loss("MatryoshkaLoss", model, loss=st_loss("CoSENTLoss", model), matryoshka_dims=[6, 4, 2], matryoshka_weights=[1.0, 2.0, 0.5])
+    ref = st_loss(
+        "MatryoshkaLoss",
+        model,
+        loss=st_loss("CoSENTLoss", model),
+        matryoshka_dims=[6, 4, 2],
+        matryoshka_weights=[1.0, 2.0, 0.5],
+    )
     assert value.item() == pytest.approx(ref(cols([0, 1, 2], [3, 4, 5]), labels).item(), rel=1e-5)
-    assert loss.get_config_dict() == {"loss": "CoSENTLoss", "matryoshka_dims": [6, 4, 2], "matryoshka_weights": [1.0, 2.0, 0.5], "n_dims_per_step": -1}
+    assert loss.get_config_dict() == {
+        "loss": "CoSENTLoss",
+        "matryoshka_dims": [6, 4, 2],
+        "matryoshka_weights": [1.0, 2.0, 0.5],
+        "n_dims_per_step": -1,
+    }
 
 
 def test_matryoshka_by_name_and_bad_dims(model):

@@ -1,4 +1,5 @@
 """SentenceEncoder / CrossEncoder on tiny random models, checked against sentence-transformers."""
+
 from __future__ import annotations
 
 import json
@@ -7,10 +8,10 @@ import logging
 import numpy as np
 import pytest
 import torch
+from tiny import make_tiny_bert
 
 from stedge import CrossEncoder, SentenceEncoder
 from stedge.errors import InvalidModelError, ModelNotFoundError, StedgeError
-from tiny import make_tiny_bert
 
 TEXTS = ["A man is playing a guitar.", "", "Short", "The quick brown fox jumps over the lazy dog " * 3, "Zebras graze."]
 
@@ -49,8 +50,14 @@ def test_dense_and_normalize(tmp_path):
 def test_folders_round_trip_with_installed_sentence_transformers(tmp_path):
     """stedge writes the legacy module types every sentence-transformers (5 and 6) reads, and reads the
     types the installed one writes (6: sentence_transformers.base.modules...)."""
-    path = make_tiny_bert(tmp_path / "m", dense=16, include_prompt=False, prompts={"query": "query: "},
-                          default_prompt_name="query", max_seq_length=40)
+    path = make_tiny_bert(
+        tmp_path / "m",
+        dense=16,
+        include_prompt=False,
+        prompts={"query": "query: "},
+        default_prompt_name="query",
+        max_seq_length=40,
+    )
     st = st_model(path)
     st.save(str(tmp_path / "by_st"))
     ours = SentenceEncoder(tmp_path / "by_st", device="cpu")
@@ -64,9 +71,16 @@ def test_folders_round_trip_with_installed_sentence_transformers(tmp_path):
     np.testing.assert_allclose(back.encode(TEXTS), st.encode(TEXTS), atol=1e-5)
 
 
-@pytest.mark.parametrize("type_name", ["sentence_transformers.base.modules.transformer.Transformer",
-                                       "sentence_transformers.sentence_transformer.modules.pooling.Pooling",
-                                       "sentence_transformers.models.Dense", "stedge.models.Normalize", "Normalize"])
+@pytest.mark.parametrize(
+    "type_name",
+    [
+        "sentence_transformers.base.modules.transformer.Transformer",
+        "sentence_transformers.sentence_transformer.modules.pooling.Pooling",
+        "sentence_transformers.models.Dense",
+        "stedge.models.Normalize",
+        "Normalize",
+    ],
+)
 def test_module_types_of_every_sentence_transformers_layout_are_known(type_name, tmp_path):
     from stedge.models.modules import MODULE_TYPES, module_class
 
@@ -101,7 +115,9 @@ def test_prompts_and_include_prompt(tmp_path):
 def test_include_prompt_true_matches_st(tmp_path):
     path = make_tiny_bert(tmp_path / "p", prompts={"q": "query: "}, include_prompt=True)
     np.testing.assert_allclose(
-        SentenceEncoder(path, device="cpu").encode(TEXTS, prompt_name="q"), st_model(path).encode(TEXTS, prompt_name="q"), atol=1e-5
+        SentenceEncoder(path, device="cpu").encode(TEXTS, prompt_name="q"),
+        st_model(path).encode(TEXTS, prompt_name="q"),
+        atol=1e-5,
     )
 
 
@@ -131,7 +147,9 @@ def test_save_load_round_trip_and_st_loads_it(tmp_path, tiny_model):
 def test_st_saved_model_loads_in_stedge(tmp_path, tiny_model):
     st = st_model(tiny_model)
     st.save(str(tmp_path / "st"))
-    np.testing.assert_allclose(SentenceEncoder(tmp_path / "st", device="cpu").encode(TEXTS), st.encode(TEXTS), atol=1e-5)
+    np.testing.assert_allclose(
+        SentenceEncoder(tmp_path / "st", device="cpu").encode(TEXTS), st.encode(TEXTS), atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("fn", ["cosine", "dot", "euclidean", "manhattan"])
@@ -141,7 +159,9 @@ def test_similarity_functions_match_st(tiny_model, fn):
     st.similarity_fn_name = fn
     e = enc.encode(TEXTS)
     np.testing.assert_allclose(enc.similarity(e, e), st.similarity(e, e).numpy(), atol=1e-4)
-    np.testing.assert_allclose(enc.similarity_pairwise(e, e[::-1].copy()), st.similarity_pairwise(e, e[::-1].copy()).numpy(), atol=1e-4)
+    np.testing.assert_allclose(
+        enc.similarity_pairwise(e, e[::-1].copy()), st.similarity_pairwise(e, e[::-1].copy()).numpy(), atol=1e-4
+    )
 
 
 def test_bad_inputs(tiny_model, caplog):
@@ -229,7 +249,9 @@ def test_cross_encoder_matches_st(tiny_cross_encoder, tmp_path):
     assert len(ce.rank("q", docs, top_k=2)) == 2
     ce.save(tmp_path / "ce")
     np.testing.assert_allclose(CrossEncoder(tmp_path / "ce", device="cpu").predict(pairs), ce.predict(pairs), atol=1e-6)
-    np.testing.assert_allclose(STCrossEncoder(str(tmp_path / "ce"), device="cpu").predict(pairs), ce.predict(pairs), atol=1e-5)
+    np.testing.assert_allclose(
+        STCrossEncoder(str(tmp_path / "ce"), device="cpu").predict(pairs), ce.predict(pairs), atol=1e-5
+    )
     with pytest.raises(TypeError, match=r"pairs\[0\]"):
         ce.predict([("a", 1)])
     assert ce.predict([]).shape == (0,)
@@ -270,6 +292,8 @@ def test_cli_error_is_one_line(tmp_path):
     import subprocess
     import sys
 
-    p = subprocess.run([sys.executable, "-m", "stedge.cli", "embed", str(tmp_path / "nope"), "x"], capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "stedge.cli", "embed", str(tmp_path / "nope"), "x"], capture_output=True, text=True
+    )
     assert p.returncode == 2
     assert p.stderr.startswith("error: model") and "Traceback" not in p.stderr

@@ -1,13 +1,20 @@
 """Embedding quantization (stedge_runtime.quantization) and quantized search (stedge_runtime.search)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from stedge_runtime import InputError, search
 from stedge_runtime.quantization import (
-    OUTPUT_PRECISIONS, bytes_per_vector, calibration_ranges, dequantize, load_ranges, quantize_embeddings, ranges_bytes,
-    save_ranges, unpack_bits,
+    OUTPUT_PRECISIONS,
+    bytes_per_vector,
+    calibration_ranges,
+    dequantize,
+    load_ranges,
+    quantize_embeddings,
+    ranges_bytes,
+    save_ranges,
+    unpack_bits,
 )
 
 ST_PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
@@ -33,8 +40,13 @@ def test_same_numbers_as_sentence_transformers_on_random_data(precision):
 def test_shapes_dtypes_and_storage():
     emb = _emb(5, 384)
     r = calibration_ranges(_emb(100, 384, 3))
-    for p, (dtype, width) in {"float32": (np.float32, 384), "int8": (np.int8, 384), "uint8": (np.uint8, 384),
-                              "binary": (np.int8, 48), "ubinary": (np.uint8, 48)}.items():
+    for p, (dtype, width) in {
+        "float32": (np.float32, 384),
+        "int8": (np.int8, 384),
+        "uint8": (np.uint8, 384),
+        "binary": (np.int8, 48),
+        "ubinary": (np.uint8, 48),
+    }.items():
         q = quantize_embeddings(emb, p, ranges=r)
         assert q.dtype == dtype and q.shape == (5, width)
         assert bytes_per_vector(p, 384) == q[0].nbytes
@@ -74,8 +86,9 @@ def test_ranges_saved_same_bytes_and_reused(tmp_path):
     assert h1 == h2 and (tmp_path / "a.npy").read_bytes() == (tmp_path / "b.npy").read_bytes() == ranges_bytes(r)
     loaded = load_ranges(tmp_path / "a.npy", 32)
     emb = _emb(10, 32, 6)
-    np.testing.assert_array_equal(quantize_embeddings(emb, "int8", ranges=loaded),
-                                  quantize_embeddings(emb, "int8", calibration_embeddings=cal))
+    np.testing.assert_array_equal(
+        quantize_embeddings(emb, "int8", ranges=loaded), quantize_embeddings(emb, "int8", calibration_embeddings=cal)
+    )
     np.save(tmp_path / "bad.npy", np.zeros((3, 32)))
     with pytest.raises(Exception, match=r"expected float32 ranges of shape \(2, 32\)"):
         load_ranges(tmp_path / "bad.npy", 32)
@@ -162,8 +175,12 @@ def test_search_bad_input_is_a_clear_error():
 
 
 # --------------------------------------------------------------------------- models, artifacts, CLI (tiny model)
-TEXTS = [f"sentence number {i} about {w}" for i, w in enumerate(
-    ["cats", "dogs", "rain", "the stock market", "football", "guitars", "pasta", "planes", "books", "the sun"] * 3)]
+TEXTS = [
+    f"sentence number {i} about {w}"
+    for i, w in enumerate(
+        ["cats", "dogs", "rain", "the stock market", "football", "guitars", "pasta", "planes", "books", "the sun"] * 3
+    )
+]
 
 
 @pytest.fixture(scope="module")
@@ -216,9 +233,10 @@ def test_sentence_encoder_precision_and_dtype_names(tiny):
 def test_export_calibration_saved_and_used_by_the_runtime(calibrated_artifact, tiny, tmp_path):
     import json
 
+    from stedge_runtime import Encoder
+
     from stedge.export import manifest as mf
     from stedge.export.calibration import calibrate_artifact
-    from stedge_runtime import Encoder
 
     m = mf.read(calibrated_artifact)  # validates against the schema
     cal = m["embedding_calibration"]
@@ -229,8 +247,9 @@ def test_export_calibration_saved_and_used_by_the_runtime(calibrated_artifact, t
     np.testing.assert_array_equal(enc.embedding_ranges, load_ranges(file))
     floats = enc.encode(TEXTS[:5])
     for p in ST_PRECISIONS:
-        np.testing.assert_array_equal(enc.encode(TEXTS[:5], precision=p),
-                                      quantize_embeddings(floats, p, ranges=enc.embedding_ranges))
+        np.testing.assert_array_equal(
+            enc.encode(TEXTS[:5], precision=p), quantize_embeddings(floats, p, ranges=enc.embedding_ranges)
+        )
     # stedge calibrate: same texts, same bytes; recorded in stedge.json with the variant that embedded them
     (tmp_path / "t.txt").write_text("\n".join(TEXTS), encoding="utf-8")
     first = calibrate_artifact(calibrated_artifact, tmp_path / "t.txt")
@@ -242,8 +261,10 @@ def test_export_calibration_saved_and_used_by_the_runtime(calibrated_artifact, t
 
     raw = json.loads((calibrated_artifact / "stedge.json").read_text())
     assert Manifest.from_dict(raw).to_dict()["embedding_calibration"] == first  # round trip
-    for bad, field in (({"file": "x.npy"}, "embedding_calibration.sha256"),
-                       ({"file": "../x.npy", "sha256": "0" * 64}, "embedding_calibration.file")):
+    for bad, field in (
+        ({"file": "x.npy"}, "embedding_calibration.sha256"),
+        ({"file": "../x.npy", "sha256": "0" * 64}, "embedding_calibration.file"),
+    ):
         with pytest.raises(Exception, match=field.replace(".", r"\.")):
             Manifest.from_dict({**raw, "embedding_calibration": bad})
     file.write_bytes(data[:-4] + b"\0\0\0\0")
@@ -253,19 +274,22 @@ def test_export_calibration_saved_and_used_by_the_runtime(calibrated_artifact, t
 
 
 def test_pack_keeps_the_calibration(calibrated_artifact, tmp_path):
-    from stedge.export.pack import pack_artifact
     from stedge_runtime import Encoder
+
+    from stedge.export.pack import pack_artifact
 
     res = pack_artifact(calibrated_artifact, tmp_path / "packed")
     assert "embedding_ranges.npy" in res.files
     packed, full = Encoder.load(tmp_path / "packed"), Encoder.load(calibrated_artifact)
-    np.testing.assert_array_equal(packed.encode(TEXTS[:4], precision="uint8"),
-                                  full.encode(TEXTS[:4], precision="uint8"))
+    np.testing.assert_array_equal(
+        packed.encode(TEXTS[:4], precision="uint8"), full.encode(TEXTS[:4], precision="uint8")
+    )
 
 
 def test_runtime_int8_without_calibration_is_a_clear_error(tiny_model, tmp_path):
-    from stedge.export import export_model
     from stedge_runtime import Encoder
+
+    from stedge.export import export_model
 
     export_model(str(tiny_model), tmp_path / "plain")
     enc = Encoder.load(tmp_path / "plain")
@@ -296,8 +320,11 @@ def test_ir_evaluator_quantized_search(tiny):
     # rescoring with every document a candidate ranks the top 5 by float query x dequantized corpus
     ev = InformationRetrievalEvaluator(queries, corpus, rel, name="t", precision="int8", rescore_multiplier=6, **kw)
     ranked = ev.rank(tiny)["cosine"]
-    exp = search(q, dequantize(quantize_embeddings(c, "int8", ranges=calibration_ranges(c)), "int8",
-                               calibration_ranges(c)), top_k=5).indices
+    exp = search(
+        q,
+        dequantize(quantize_embeddings(c, "int8", ranges=calibration_ranges(c)), "int8", calibration_ranges(c)),
+        top_k=5,
+    ).indices
     assert [[d for d, _ in row[:5]] for row in ranked] == [[f"d{i}" for i in row] for row in exp]
     assert all(len(row) == 10 for row in ranked)
     from stedge.errors import StedgeError
@@ -322,8 +349,9 @@ def test_cli_embed_and_eval_with_precision(calibrated_artifact, tiny_model, tmp_
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     assert data["precision"] == "int8" and len(data["embeddings"][0]) == data["dimension"]
-    res = runner.invoke(app, ["embed", str(tiny_model), "a cat", "--precision", "ubinary",
-                              "-o", str(tmp_path / "e.npy")])
+    res = runner.invoke(
+        app, ["embed", str(tiny_model), "a cat", "--precision", "ubinary", "-o", str(tmp_path / "e.npy")]
+    )
     assert res.exit_code == 0, res.output
     e = np.load(tmp_path / "e.npy")
     assert e.dtype == np.uint8 and e.shape[1] * 8 == data["dimension"]
@@ -335,15 +363,15 @@ def test_cli_embed_and_eval_with_precision(calibrated_artifact, tiny_model, tmp_
     beir = tmp_path / "beir"
     (beir / "qrels").mkdir(parents=True)
     with gzip.open(beir / "corpus.jsonl.gz", "wt") as f:
-        f.writelines(json.dumps({"_id": f"d{i}", "title": "", "text": t}) + "\n"
-                     for i, t in enumerate(TEXTS))
+        f.writelines(json.dumps({"_id": f"d{i}", "title": "", "text": t}) + "\n" for i, t in enumerate(TEXTS))
     with gzip.open(beir / "queries.jsonl.gz", "wt") as f:
         f.writelines(json.dumps({"_id": f"q{i}", "text": TEXTS[i]}) + "\n" for i in range(0, 30, 5))
     qrels = "".join(f"q{i}\td{i}\t1\n" for i in range(0, 30, 5))
     (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + qrels)
     ir = ["--data", str(beir), "--task", "ir", "--json"]
-    res = runner.invoke(app, ["eval", str(calibrated_artifact), *ir, "--precision", "binary",
-                              "--rescore-multiplier", "4"])
+    res = runner.invoke(
+        app, ["eval", str(calibrated_artifact), *ir, "--precision", "binary", "--rescore-multiplier", "4"]
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["precision"] == "binary" and out["rescore_multiplier"] == 4
@@ -380,9 +408,10 @@ def test_embed_corpus_stores_quantized_vectors(calibrated_artifact, tiny_model, 
     import json
 
     pytest.importorskip("pyarrow")
+    from stedge_runtime import Encoder
+
     from stedge.corpus import embed_corpus, read_corpus
     from stedge.errors import StedgeError
-    from stedge_runtime import Encoder
 
     src = tmp_path / "docs.jsonl"
     src.write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
@@ -417,10 +446,22 @@ def test_embed_corpus_stores_quantized_vectors(calibrated_artifact, tiny_model, 
 
     from stedge.cli import app
 
-    res = CliRunner().invoke(app, ["embed-corpus", str(calibrated_artifact), str(src), "-o", str(tmp_path / "c"),
-                                   "--precision", "binary", "--json", "-q"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "embed-corpus",
+            str(calibrated_artifact),
+            str(src),
+            "-o",
+            str(tmp_path / "c"),
+            "--precision",
+            "binary",
+            "--json",
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    summary = json.loads(res.output[res.output.index("{"):])
+    summary = json.loads(res.output[res.output.index("{") :])
     assert summary["precision"] == "binary" and summary["width"] * 8 == summary["dimension"]
     with pytest.raises(StedgeError, match="pass one of them"):
         embed_corpus(str(tiny_model), [src], tmp_path / "h", precision="binary", dtype="float16")

@@ -1,4 +1,5 @@
 """Against the real thing: the bundled all-MiniLM-L6-v2 and STS-B test, stedge vs sentence-transformers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -61,7 +62,14 @@ def test_cross_encoder_from_minilm_weights(minilm_path, tmp_path):
     ref.save(str(tmp_path / "ce"))
     ours = CrossEncoder(tmp_path / "ce", device="cpu")
     query = "How do cats communicate?"
-    docs = ["Cats communicate with meows, purrs and body language.", "The stock market fell sharply today.",
-            "Kittens learn to meow to talk to humans.", "A recipe for lemon cake.", ""]
-    np.testing.assert_allclose(ours.predict([(query, d) for d in docs]), ref.predict([(query, d) for d in docs]), atol=1e-5)
+    docs = [
+        "Cats communicate with meows, purrs and body language.",
+        "The stock market fell sharply today.",
+        "Kittens learn to meow to talk to humans.",
+        "A recipe for lemon cake.",
+        "",
+    ]
+    np.testing.assert_allclose(
+        ours.predict([(query, d) for d in docs]), ref.predict([(query, d) for d in docs]), atol=1e-5
+    )
     assert [r["corpus_id"] for r in ours.rank(query, docs)] == [r["corpus_id"] for r in ref.rank(query, docs)]

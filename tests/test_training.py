@@ -1,4 +1,5 @@
 """Training layer: data rules, arguments/prompts, collator, samplers, adapters, trainer, config, CLI, resume."""
+
 from __future__ import annotations
 
 import gzip
@@ -19,7 +20,15 @@ from stedge.errors import StedgeError
 
 STS = {
     "sentence1": ["a cat sits", "a dog runs", "the sun is hot", "rain falls today", "a man eats", "kids play ball"] * 4,
-    "sentence2": ["a kitten sits", "a puppy runs", "the moon is cold", "sunny day", "a person eats food", "children play"] * 4,
+    "sentence2": [
+        "a kitten sits",
+        "a puppy runs",
+        "the moon is cold",
+        "sunny day",
+        "a person eats food",
+        "children play",
+    ]
+    * 4,
     "score": [0.9, 0.8, 0.3, 0.1, 0.7, 0.6] * 4,
 }
 TRIPLETS = {
@@ -38,8 +47,16 @@ def _encoder(path):
 def _args(tmp_path, **kw):
     from stedge.training.arguments import SentenceEncoderTrainingArguments
 
-    base = dict(output_dir=str(tmp_path / "ckpt"), per_device_train_batch_size=8, num_train_epochs=1, use_cpu=True,
-                disable_tqdm=True, save_strategy="no", logging_steps=1, seed=0)
+    base = dict(
+        output_dir=str(tmp_path / "ckpt"),
+        per_device_train_batch_size=8,
+        num_train_epochs=1,
+        use_cpu=True,
+        disable_tqdm=True,
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+    )
     base.update(kw)
     return SentenceEncoderTrainingArguments(**base)
 
@@ -144,15 +161,26 @@ def test_integer_labels_stay_integers():
 def test_arguments_samplers_and_prompt_forms(tmp_path):
     from stedge.training.arguments import SentenceEncoderTrainingArguments, prompt_for
 
-    a = SentenceEncoderTrainingArguments(output_dir=str(tmp_path), batch_sampler="no-duplicates",
-                                         multi_dataset_batch_sampler="round-robin", prompts={"anchor": "q: "})
-    assert (a.batch_sampler, a.multi_dataset_batch_sampler, a.remove_unused_columns) == ("no_duplicates", "round_robin", False)
+    a = SentenceEncoderTrainingArguments(
+        output_dir=str(tmp_path),
+        batch_sampler="no-duplicates",
+        multi_dataset_batch_sampler="round-robin",
+        prompts={"anchor": "q: "},
+    )
+    assert (a.batch_sampler, a.multi_dataset_batch_sampler, a.remove_unused_columns) == (
+        "no_duplicates",
+        "round_robin",
+        False,
+    )
     with pytest.raises(StedgeError, match="batch_sampler must be one of"):
         SentenceEncoderTrainingArguments(output_dir=str(tmp_path), batch_sampler="random")
     with pytest.raises(StedgeError, match="prompts"):
         SentenceEncoderTrainingArguments(output_dir=str(tmp_path), prompts={"x": 3})
     assert prompt_for("p: ", "ds", "anchor") == "p: "
-    assert prompt_for({"anchor": "q: "}, None, "anchor") == "q: " and prompt_for({"anchor": "q: "}, None, "positive") is None
+    assert (
+        prompt_for({"anchor": "q: "}, None, "anchor") == "q: "
+        and prompt_for({"anchor": "q: "}, None, "positive") is None
+    )
     assert prompt_for({"nli": "n: "}, "nli", "anything") == "n: " and prompt_for({"nli": "n: "}, "sts", "a") is None
     nested = {"nli": {"anchor": "q: "}, "sts": {"s1": "s: "}}
     assert prompt_for(nested, "nli", "anchor") == "q: " and prompt_for(nested, "nli", "positive") is None
@@ -165,9 +193,18 @@ def test_collator_prompts_and_prompt_length(tiny_model):
     m = _encoder(tiny_model)
     rows = [{"anchor": "hello", "positive": "world", "label": 1.0}, {"anchor": "a b c", "positive": "d", "label": 0.0}]
     plain = SentenceEncoderDataCollator(m.tokenize)(rows)
-    assert set(plain) == {"anchor_input_ids", "anchor_attention_mask", "anchor_token_type_ids", "positive_input_ids",
-                          "positive_attention_mask", "positive_token_type_ids", "label"} - ({"anchor_token_type_ids", "positive_token_type_ids"} - set(plain))
-    c = SentenceEncoderDataCollator(m.tokenize, prompts={"anchor": "query: "}, prompt_length_fn=m.prompt_length, include_prompt=False)
+    assert set(plain) == {
+        "anchor_input_ids",
+        "anchor_attention_mask",
+        "anchor_token_type_ids",
+        "positive_input_ids",
+        "positive_attention_mask",
+        "positive_token_type_ids",
+        "label",
+    } - ({"anchor_token_type_ids", "positive_token_type_ids"} - set(plain))
+    c = SentenceEncoderDataCollator(
+        m.tokenize, prompts={"anchor": "query: "}, prompt_length_fn=m.prompt_length, include_prompt=False
+    )
     b = c(rows)
     plen = m.prompt_length("query: ")
     assert b["anchor_prompt_length"].tolist() == [plen, plen] and "positive_prompt_length" not in b
@@ -194,8 +231,9 @@ def test_no_duplicates_sampler():
 
     from stedge.training.samplers import NoDuplicatesBatchSampler
 
-    ds = datasets.Dataset.from_dict({"a": ["x", "x", "x", "y", "z", "w", "v", "u"], "b": ["p", "q", "r", "x", "s", "t", "o", "n"],
-                                     "label": [1] * 8})
+    ds = datasets.Dataset.from_dict(
+        {"a": ["x", "x", "x", "y", "z", "w", "v", "u"], "b": ["p", "q", "r", "x", "s", "t", "o", "n"], "label": [1] * 8}
+    )
     s = NoDuplicatesBatchSampler(ds, 3, seed=1)
     batches = list(s)
     assert sorted(i for b in batches for i in b) == list(range(8))
@@ -254,7 +292,12 @@ def test_adapter_methods_and_save_load(tiny_model, tmp_path):
     assert sd and all("lora" in k for k in sd)
     out = m.save(tmp_path / "ad")
     names = {p.name for p in out.iterdir()}
-    assert {"adapter_model.safetensors", "adapter_config.json", "modules.json", "config_sentence_transformers.json"} <= names
+    assert {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "modules.json",
+        "config_sentence_transformers.json",
+    } <= names
     assert "model.safetensors" not in names and "config.json" not in names
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert Path(cfg["base_model_name_or_path"]) == Path(tiny_model).resolve()
@@ -339,9 +382,16 @@ def test_multi_dataset_routes_losses(tiny_model, tmp_path):
     for sampler in ("round_robin", "proportional"):
         calls.clear()
         tr = SentenceEncoderTrainer(
-            m, _args(tmp_path, multi_dataset_batch_sampler=sampler, batch_sampler="no_duplicates",
-                     prompts={"nli": {"anchor": "q: "}, "sts": "s: "}),
-            train_dataset={"sts": STS, "nli": TRIPLETS}, loss={"sts": Rec2(m), "nli": Rec(m)})
+            m,
+            _args(
+                tmp_path,
+                multi_dataset_batch_sampler=sampler,
+                batch_sampler="no_duplicates",
+                prompts={"nli": {"anchor": "q: "}, "sts": "s: "},
+            ),
+            train_dataset={"sts": STS, "nli": TRIPLETS},
+            loss={"sts": Rec2(m), "nli": Rec(m)},
+        )
         tr.train()
         assert ("mnrl", 3, True) in calls and ("cosent", 2, False) in calls
         assert set(calls) == {("mnrl", 3, True), ("cosent", 2, False)}
@@ -373,7 +423,9 @@ def test_lora_trains_only_adapter(tiny_model, tmp_path):
     changed = {k for k, v in _weights(m).items() if not torch.equal(v, before[k])}
     assert changed and all("lora_" in k for k in changed)
     tr.save_model(str(tmp_path / "lora"))
-    assert (tmp_path / "lora" / "adapter_model.safetensors").exists() and not (tmp_path / "lora" / "model.safetensors").exists()
+    assert (tmp_path / "lora" / "adapter_model.safetensors").exists() and not (
+        tmp_path / "lora" / "model.safetensors"
+    ).exists()
     e1 = m.encode(["some text"])
     assert abs(SentenceEncoder(str(tmp_path / "lora"), device="cpu").encode(["some text"]) - e1).max() < 1e-5
 
@@ -383,14 +435,27 @@ def test_checkpoints_best_model_accumulation_checkpointing(tiny_model, tmp_path)
 
     m = _encoder(tiny_model)
     ev = FakeEvaluator()
-    args = _args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2, eval_strategy="steps", eval_steps=2,
-                 load_best_model_at_end=True, gradient_accumulation_steps=2, gradient_checkpointing=True,
-                 per_device_train_batch_size=4)
+    args = _args(
+        tmp_path,
+        max_steps=4,
+        save_strategy="steps",
+        save_steps=2,
+        eval_strategy="steps",
+        eval_steps=2,
+        load_best_model_at_end=True,
+        gradient_accumulation_steps=2,
+        gradient_checkpointing=True,
+        per_device_train_batch_size=4,
+    )
     tr = SentenceEncoderTrainer(m, args, train_dataset=STS, loss="cosent", evaluator=ev)
     tr.train()
     assert tr.args.metric_for_best_model == "eval_score"
     ck = tmp_path / "ckpt" / "checkpoint-2"
-    assert (ck / "modules.json").exists() and (ck / "model.safetensors").exists() and (ck / "1_Pooling" / "config.json").exists()
+    assert (
+        (ck / "modules.json").exists()
+        and (ck / "model.safetensors").exists()
+        and (ck / "1_Pooling" / "config.json").exists()
+    )
     assert tr.state.best_model_checkpoint.endswith("checkpoint-4")  # eval_score grows with steps in FakeEvaluator
     assert m.transformer.auto_model.is_gradient_checkpointing
 
@@ -398,19 +463,31 @@ def test_checkpoints_best_model_accumulation_checkpointing(tiny_model, tmp_path)
 def test_eval_dataset_loss(tiny_model, tmp_path):
     from stedge.training import SentenceEncoderTrainer
 
-    tr = SentenceEncoderTrainer(_encoder(tiny_model), _args(tmp_path, max_steps=1), train_dataset=STS, eval_dataset=STS,
-                                loss="cosent", evaluator=FakeEvaluator())
+    tr = SentenceEncoderTrainer(
+        _encoder(tiny_model),
+        _args(tmp_path, max_steps=1),
+        train_dataset=STS,
+        eval_dataset=STS,
+        loss="cosent",
+        evaluator=FakeEvaluator(),
+    )
     metrics = tr.evaluate()
     assert "eval_loss" in metrics and "eval_score" in metrics and math.isfinite(metrics["eval_loss"])
     ev = FakeEvaluator()
-    tr = SentenceEncoderTrainer(_encoder(tiny_model), _args(tmp_path), train_dataset={"sts": STS, "nli": TRIPLETS},
-                                eval_dataset={"sts": STS, "nli": TRIPLETS}, loss={"sts": "cosent", "nli": "mnrl"}, evaluator=ev)
+    tr = SentenceEncoderTrainer(
+        _encoder(tiny_model),
+        _args(tmp_path),
+        train_dataset={"sts": STS, "nli": TRIPLETS},
+        eval_dataset={"sts": STS, "nli": TRIPLETS},
+        loss={"sts": "cosent", "nli": "mnrl"},
+        evaluator=ev,
+    )
     metrics = tr.evaluate()
     assert {"eval_sts_loss", "eval_nli_loss", "eval_score"} <= set(metrics) and len(ev.calls) == 1
 
 
 # ------------------------------------------------------------------ kill and resume
-RESUME_SCRIPT = textwrap.dedent('''
+RESUME_SCRIPT = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {tests!r})
     import torch
@@ -435,7 +512,7 @@ RESUME_SCRIPT = textwrap.dedent('''
     tr = SentenceEncoderTrainer(m, args, train_dataset=data, loss="mnrl", callbacks=[PauseAfterSave()])
     tr.train(resume_from_checkpoint=(mode == "resume") or None)
     torch.save({{k: v.cpu() for k, v in m.state_dict().items()}}, os.path.join(out, "final.pt"))
-''')
+""")
 
 
 def test_kill_and_resume_matches_uninterrupted(tiny_model, tmp_path):
@@ -443,10 +520,16 @@ def test_kill_and_resume_matches_uninterrupted(tiny_model, tmp_path):
     script.write_text(RESUME_SCRIPT.format(tests=str(Path(__file__).parent), model=str(tiny_model)))
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run([sys.executable, str(script), str(full), "full"], check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, str(script), str(full), "full"], check=True, env=env, capture_output=True, timeout=300
+    )
     killed.mkdir()
-    proc = subprocess.Popen([sys.executable, str(script), str(killed), "kill"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(killed), "kill"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while not (killed / "SAVED").exists():
         assert proc.poll() is None and time.time() < deadline, "the run ended before writing checkpoint-8"
@@ -455,7 +538,9 @@ def test_kill_and_resume_matches_uninterrupted(tiny_model, tmp_path):
     proc.wait()
     assert not (killed / "final.pt").exists() and (killed / "checkpoint-8" / "modules.json").exists()
     assert not (killed / "checkpoint-12").exists()  # killed mid-epoch 2 (6 steps per epoch)
-    r = subprocess.run([sys.executable, str(script), str(killed), "resume"], env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(script), str(killed), "resume"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = torch.load(full / "final.pt"), torch.load(killed / "final.pt")
     assert a.keys() == b.keys()
@@ -487,10 +572,18 @@ def _write_triplets(path: Path) -> Path:
 def test_config_files(tmp_path, fmt):
     from stedge.training.config import load_config, merged_prompts
 
-    d = {"model": "m", "output": "out", "prompts": {"anchor": "q: "},
-         "datasets": {"sts": {"data": "a.tsv", "loss": "cosent", "columns": ["sentence1", "sentence2", "score"]},
-                      "nli": {"data": "b.tsv", "loss": {"name": "mnrl", "scale": 10.0}, "prompts": {"anchor": "n: "}}},
-         "eval": {"data": "c.tsv", "task": "sts"}, "lora": {"r": 4}, "args": {"num_train_epochs": 2, "learning_rate": 1e-4}}
+    d = {
+        "model": "m",
+        "output": "out",
+        "prompts": {"anchor": "q: "},
+        "datasets": {
+            "sts": {"data": "a.tsv", "loss": "cosent", "columns": ["sentence1", "sentence2", "score"]},
+            "nli": {"data": "b.tsv", "loss": {"name": "mnrl", "scale": 10.0}, "prompts": {"anchor": "n: "}},
+        },
+        "eval": {"data": "c.tsv", "task": "sts"},
+        "lora": {"r": 4},
+        "args": {"num_train_epochs": 2, "learning_rate": 1e-4},
+    }
     p = tmp_path / f"c.{fmt}"
     if fmt == "yaml":
         import yaml
@@ -499,7 +592,8 @@ def test_config_files(tmp_path, fmt):
     elif fmt == "json":
         p.write_text(json.dumps(d))
     else:
-        p.write_text(textwrap.dedent('''
+        p.write_text(
+            textwrap.dedent("""
             model = "m"
             output = "out"
             [prompts]
@@ -520,9 +614,14 @@ def test_config_files(tmp_path, fmt):
             [args]
             num_train_epochs = 2
             learning_rate = 1e-4
-        '''))
+        """)
+        )
     cfg = load_config(p)
-    assert cfg.multi and list(cfg.datasets) == ["sts", "nli"] and cfg.datasets["nli"].loss == {"name": "mnrl", "scale": 10.0}
+    assert (
+        cfg.multi
+        and list(cfg.datasets) == ["sts", "nli"]
+        and cfg.datasets["nli"].loss == {"name": "mnrl", "scale": 10.0}
+    )
     assert cfg.datasets["sts"].columns == ["sentence1", "sentence2", "score"] and cfg.lora == {"r": 4}
     assert cfg.args["learning_rate"] == 1e-4 and cfg.eval["task"] == "sts"
     assert merged_prompts(cfg) == {"sts": {"anchor": "q: "}, "nli": {"anchor": "n: "}}
@@ -538,7 +637,9 @@ def test_config_errors(tmp_path):
     with pytest.raises(StedgeError, match="datasets.b: no 'loss'"):
         config_from_dict({"model": "m", "output": "o", "datasets": {"b": {"data": "x"}}})
     with pytest.raises(StedgeError, match="eval.task must be one of"):
-        config_from_dict({"model": "m", "output": "o", "train_data": "x", "loss": "l", "eval": {"data": "x", "task": "qa"}})
+        config_from_dict(
+            {"model": "m", "output": "o", "train_data": "x", "loss": "l", "eval": {"data": "x", "task": "qa"}}
+        )
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed")
     with pytest.raises(StedgeError, match="cannot parse"):
@@ -555,27 +656,50 @@ def test_cli_train_flags_and_eval(tiny_model, tmp_path):
 
     data = _write_sts(tmp_path / "sts.tsv")
     out = tmp_path / "out"
-    r = CliRunner().invoke(app, ["train", str(tiny_model), "--train-data", str(data), "--columns", "sentence1,sentence2,score",
-                                 "--loss", "cosent", "--eval-data", str(data), "--max-steps", "2", "--batch-size", "8",
-                                 "--prompts", "sentence1=q: ", "--device", "cpu", "-o", str(out), "--json"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(tiny_model),
+            "--train-data",
+            str(data),
+            "--columns",
+            "sentence1,sentence2,score",
+            "--loss",
+            "cosent",
+            "--eval-data",
+            str(data),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--prompts",
+            "sentence1=q: ",
+            "--device",
+            "cpu",
+            "-o",
+            str(out),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, (r.output, r.exception)
-    summary = json.loads(r.stdout[r.stdout.index("{"):])
+    summary = json.loads(r.stdout[r.stdout.index("{") :])
     assert summary["steps"] == 2 and "eval_sts_spearman_cosine" in summary["metrics_after"]
     assert set(summary["metrics_before"]) == set(summary["metrics_after"])
     assert not Path(f"{out}_checkpoints").exists() and (out / "README.md").exists()
     assert SentenceEncoder(str(out), device="cpu").prompts == {"sentence1": "q: "}
     r = CliRunner().invoke(app, ["eval", str(out), "--data", str(data), "--task", "sts", "--json"])
     assert r.exit_code == 0, (r.output, r.exception)
-    res = json.loads(r.stdout[r.stdout.index("{"):])
+    res = json.loads(r.stdout[r.stdout.index("{") :])
     assert res["backend"] == "stedge" and res["primary_metric"] in res["metrics"]
     trip = _write_triplets(tmp_path / "trip.tsv")
     r = CliRunner().invoke(app, ["eval", str(tiny_model), "--data", str(trip), "--task", "triplet", "--json"])
     assert r.exit_code == 0, (r.output, r.exception)
-    assert 0.0 <= json.loads(r.stdout[r.stdout.index("{"):])["metrics"][res_key(r)] <= 1.0
+    assert 0.0 <= json.loads(r.stdout[r.stdout.index("{") :])["metrics"][res_key(r)] <= 1.0
 
 
 def res_key(r) -> str:
-    res = json.loads(r.stdout[r.stdout.index("{"):])
+    res = json.loads(r.stdout[r.stdout.index("{") :])
     return res["primary_metric"]
 
 
@@ -585,11 +709,26 @@ def test_cli_bad_input(tiny_model, tmp_path):
     from stedge.cli import app
 
     data = _write_sts(tmp_path / "sts.tsv")
-    base = ["train", str(tiny_model), "--train-data", str(data), "--device", "cpu", "-o", str(tmp_path / "o"), "--max-steps", "1"]
+    base = [
+        "train",
+        str(tiny_model),
+        "--train-data",
+        str(data),
+        "--device",
+        "cpu",
+        "-o",
+        str(tmp_path / "o"),
+        "--max-steps",
+        "1",
+    ]
     r = CliRunner().invoke(app, base + ["--loss", "nope"])
     assert isinstance(r.exception, StedgeError) and "known losses" in str(r.exception)
     r = CliRunner().invoke(app, base + ["--loss", "cosent"])
-    assert isinstance(r.exception, StedgeError) and "genre" in str(r.exception) and "expects 2 input columns" in str(r.exception)
+    assert (
+        isinstance(r.exception, StedgeError)
+        and "genre" in str(r.exception)
+        and "expects 2 input columns" in str(r.exception)
+    )
     r = CliRunner().invoke(app, ["train", str(tiny_model), "--loss", "cosent"])
     assert isinstance(r.exception, StedgeError) and "--train-data" in str(r.exception)
     r = CliRunner().invoke(app, ["eval", str(tiny_model), "--data", str(data), "--task", "qa"])
@@ -605,11 +744,28 @@ def test_cli_lora_flags(tiny_model, tmp_path):
 
     data = _write_sts(tmp_path / "sts.tsv")
     out = tmp_path / "lora"
-    base = ["train", str(tiny_model), "--train-data", str(data), "--columns", "sentence1,sentence2,score", "--loss", "cosent",
-            "--max-steps", "2", "--batch-size", "8", "--device", "cpu", "--json"]
-    r = CliRunner().invoke(app, base + ["--lora-r", "4", "--lora-alpha", "8", "--lora-targets", "query,key,value,dense", "-o", str(out)])
+    base = [
+        "train",
+        str(tiny_model),
+        "--train-data",
+        str(data),
+        "--columns",
+        "sentence1,sentence2,score",
+        "--loss",
+        "cosent",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--json",
+    ]
+    r = CliRunner().invoke(
+        app, base + ["--lora-r", "4", "--lora-alpha", "8", "--lora-targets", "query,key,value,dense", "-o", str(out)]
+    )
     assert r.exit_code == 0, (r.output, r.exception)
-    summary = json.loads(r.stdout[r.stdout.index("{"):])
+    summary = json.loads(r.stdout[r.stdout.index("{") :])
     assert summary["adapter"] is True and summary["adapter_size_bytes"] > 0
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["r"] == 4 and cfg["lora_alpha"] == 8 and set(cfg["target_modules"]) == {"query", "key", "value", "dense"}
@@ -627,18 +783,32 @@ def test_cli_config_multi_dataset_lora(tiny_model, tmp_path):
     from stedge.models import SentenceEncoder
 
     sts, trip = _write_sts(tmp_path / "sts.tsv"), _write_triplets(tmp_path / "trip.tsv")
-    cfg = {"model": str(tiny_model), "output": str(tmp_path / "multi"),
-           "datasets": {"sts": {"data": str(sts), "loss": "cosent", "columns": ["sentence1", "sentence2", "score"]},
-                        "nli": {"data": str(trip), "loss": {"name": "mnrl", "scale": 10.0}, "prompts": {"anchor": "q: "}}},
-           "lora": {"r": 2}, "eval": {"data": str(trip), "task": "triplet"},
-           "args": {"max_steps": 3, "per_device_train_batch_size": 8, "multi_dataset_batch_sampler": "round_robin",
-                    "use_cpu": True}}
+    cfg = {
+        "model": str(tiny_model),
+        "output": str(tmp_path / "multi"),
+        "datasets": {
+            "sts": {"data": str(sts), "loss": "cosent", "columns": ["sentence1", "sentence2", "score"]},
+            "nli": {"data": str(trip), "loss": {"name": "mnrl", "scale": 10.0}, "prompts": {"anchor": "q: "}},
+        },
+        "lora": {"r": 2},
+        "eval": {"data": str(trip), "task": "triplet"},
+        "args": {
+            "max_steps": 3,
+            "per_device_train_batch_size": 8,
+            "multi_dataset_batch_sampler": "round_robin",
+            "use_cpu": True,
+        },
+    }
     p = tmp_path / "train.yaml"
     p.write_text(yaml.safe_dump(cfg))
     r = CliRunner().invoke(app, ["train", "--config", str(p), "--json"])
     assert r.exit_code == 0, (r.output, r.exception)
-    s = json.loads(r.stdout[r.stdout.index("{"):])
-    assert s["adapter"] and s["adapter_size_bytes"] > 0 and s["losses"] == {"sts": "CoSENTLoss", "nli": "MultipleNegativesRankingLoss"}
+    s = json.loads(r.stdout[r.stdout.index("{") :])
+    assert (
+        s["adapter"]
+        and s["adapter_size_bytes"] > 0
+        and s["losses"] == {"sts": "CoSENTLoss", "nli": "MultipleNegativesRankingLoss"}
+    )
     m = SentenceEncoder(str(tmp_path / "multi"), device="cpu")
     assert m.has_adapters and m.prompts == {"anchor": "q: "}
 
@@ -651,8 +821,11 @@ def test_cross_encoder_bce_training(tiny_cross_encoder, tmp_path):
     from stedge.training.cross_encoder import BinaryCrossEntropyLoss
 
     ce = CrossEncoder(str(tiny_cross_encoder), device="cpu")
-    data = {"query": ["what is a cat", "what is rain"] * 8, "document": ["a cat is an animal", "sunny day"] * 8,
-            "label": [1, 0] * 8}
+    data = {
+        "query": ["what is a cat", "what is rain"] * 8,
+        "document": ["a cat is an animal", "sunny day"] * 8,
+        "label": [1, 0] * 8,
+    }
     samples = [{"query": "what is a cat", "positive": ["a cat is an animal"], "negative": ["sunny day", "the moon"]}]
     ev = RerankingEvaluator(samples, name="toy")
     before = {k: v.clone() for k, v in ce.state_dict().items()}
@@ -688,12 +861,24 @@ def test_real_minilm_cosent_small_slice(minilm_path, shared_data, stsb_test, tmp
     seen = read_sts(train_file, limit=200)
     ev_seen = EmbeddingSimilarityEvaluator(seen.sentences1, seen.sentences2, seen.scores, name="seen")
     ev_test = EmbeddingSimilarityEvaluator(stsb_test.sentences1, stsb_test.sentences2, stsb_test.scores, name="test")
-    cfg = config_from_dict({
-        "model": str(minilm_path), "output": str(tmp_path / "out"), "train_data": str(train_file),
-        "columns": ["sentence1", "sentence2", "score"], "loss": "cosent",
-        "args": {"max_steps": 20, "per_device_train_batch_size": 16, "learning_rate": 2e-5, "warmup_ratio": 0.1,
-                 "use_cpu": True, "seed": 0, "disable_tqdm": True},
-    })
+    cfg = config_from_dict(
+        {
+            "model": str(minilm_path),
+            "output": str(tmp_path / "out"),
+            "train_data": str(train_file),
+            "columns": ["sentence1", "sentence2", "score"],
+            "loss": "cosent",
+            "args": {
+                "max_steps": 20,
+                "per_device_train_batch_size": 16,
+                "learning_rate": 2e-5,
+                "warmup_ratio": 0.1,
+                "use_cpu": True,
+                "seed": 0,
+                "disable_tqdm": True,
+            },
+        }
+    )
     cfg.datasets["train"].limit = 200
     summary = run_training(cfg, device="cpu")
     assert summary["steps"] == 20 and summary["train_rows"] == 200
@@ -724,7 +909,7 @@ def test_eval_artifact_runs_through_runtime(tiny_model, tmp_path):
     for name, m in (("torch", str(tiny_model)), ("runtime", str(art))):
         r = CliRunner().invoke(app, ["eval", m, "--data", str(data), "--task", "sts", "--json"])
         assert r.exit_code == 0, (r.output, r.exception)
-        res[name] = json.loads(r.stdout[r.stdout.index("{"):])
+        res[name] = json.loads(r.stdout[r.stdout.index("{") :])
     assert res["runtime"]["backend"] == "stedge_runtime" and res["torch"]["backend"] == "stedge"
     key = res["torch"]["primary_metric"]
     assert abs(res["runtime"]["metrics"][key] - res["torch"]["metrics"][key]) < 1e-3

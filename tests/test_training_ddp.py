@@ -1,4 +1,5 @@
 """`stedge train` under torchrun: 2 processes on the CPU (gloo, DDP through transformers.Trainer)."""
+
 from __future__ import annotations
 
 import json
@@ -20,15 +21,37 @@ def _free_port() -> int:
 
 
 def _torchrun(config: Path, *args: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "runtimes" / "python")]),
-           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "stedge.cli", "train", "--config", str(config),
-           "--device", "cpu", "--json", *args]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "runtimes" / "python")]),
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "stedge.cli",
+        "train",
+        "--config",
+        str(config),
+        "--device",
+        "cpu",
+        "--json",
+        *args,
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
     assert r.stdout.count('"output"') == 1, "only the first process prints the summary"
-    return json.loads(r.stdout[r.stdout.index("{"):])
+    return json.loads(r.stdout[r.stdout.index("{") :])
 
 
 def _weights(folder: Path) -> dict:
@@ -45,10 +68,21 @@ def test_two_processes_train_save_one_model_and_resume(tiny_model, tmp_path):
     (tmp_path / "pairs.tsv").write_text("anchor\tpositive\n" + "\n".join(rows) + "\n")
 
     def config(name: str, steps: int) -> Path:
-        cfg = {"model": str(tiny_model), "output": str(tmp_path / name), "train_data": str(tmp_path / "pairs.tsv"),
-               "loss": "mnrl", "args": {"max_steps": steps, "per_device_train_batch_size": 4, "save_steps": 2,
-                                        "lr_scheduler_type": "constant", "warmup_ratio": 0.0, "learning_rate": 1e-3,
-                                        "seed": 7}}
+        cfg = {
+            "model": str(tiny_model),
+            "output": str(tmp_path / name),
+            "train_data": str(tmp_path / "pairs.tsv"),
+            "loss": "mnrl",
+            "args": {
+                "max_steps": steps,
+                "per_device_train_batch_size": 4,
+                "save_steps": 2,
+                "lr_scheduler_type": "constant",
+                "warmup_ratio": 0.0,
+                "learning_rate": 1e-3,
+                "seed": 7,
+            },
+        }
         path = tmp_path / f"{name}-{steps}.json"
         path.write_text(json.dumps(cfg))
         return path

@@ -1,4 +1,5 @@
 """`stedge tune`, the profile it writes, and `--add` keeping the runtime's choice (tiny models, a few seconds each)."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,9 @@ from typer.testing import CliRunner
 def tiny_onnx_artifact(tiny_model, tmp_path_factory) -> Path:
     from stedge.export import export_model
 
-    return Path(export_model(str(tiny_model), tmp_path_factory.mktemp("tune") / "art", backend="onnx",
-                             show_progress=False).path)
+    return Path(
+        export_model(str(tiny_model), tmp_path_factory.mktemp("tune") / "art", backend="onnx", show_progress=False).path
+    )
 
 
 @pytest.fixture()
@@ -39,7 +41,7 @@ def test_tune_cli_writes_the_profile_and_prints_the_choice(art):
     assert not (art / "tuning").exists()
     res = _cli("tune", str(art), "--quick", "--json", "-b", "4")
     assert res.exit_code == 0, res.output
-    out = json.loads(res.stdout[res.stdout.index("{"):])
+    out = json.loads(res.stdout[res.stdout.index("{") :])
     assert out["file"] == str(art / "tuning" / f"{machine_key()}.json")
     prof = read_profile(art, machine_key())
     assert prof == out["profile"] and prof["batch_sizes"] == [1, 4]
@@ -54,8 +56,11 @@ def test_tune_cli_writes_the_profile_and_prints_the_choice(art):
 def test_info_shows_the_choice_and_ignores_other_machines(art):
     from stedge_runtime.profile import PROFILE_FORMAT, write_profile
 
-    foreign = {"format_version": PROFILE_FORMAT, "machine": {"key": "other-cpu-64c-0123456789", "cpu": "other"},
-               "variants": {}}
+    foreign = {
+        "format_version": PROFILE_FORMAT,
+        "machine": {"key": "other-cpu-64c-0123456789", "cpu": "other"},
+        "variants": {},
+    }
     write_profile(art, foreign)
     res = _cli("info", str(art), "--json")
     assert res.exit_code == 0, res.output
@@ -68,18 +73,19 @@ def test_info_shows_the_choice_and_ignores_other_machines(art):
 
 def test_add_keeps_the_choice(art, tiny_model):
     """The last --add sets default_variant; the runtime's choice does not follow it."""
-    from stedge.export import export_model
     from stedge_runtime import Encoder
     from stedge_runtime.artifact import Manifest
     from stedge_runtime.profile import write_profile
     from stedge_runtime.tune import tune
+
+    from stedge.export import export_model
 
     before = Encoder.load(art).variant
     assert before == "onnx-fp32"
     export_model(str(tiny_model), art, backend="openvino", add=True, show_progress=False)
     m = Manifest.read(art)
     assert set(m.variants) >= {"onnx-fp32", "openvino-fp32"}
-    assert Encoder.load(art).variant == before   # no profile: the rule, not the order of exports
+    assert Encoder.load(art).variant == before  # no profile: the rule, not the order of exports
     write_profile(art, tune(art, variants=["onnx-fp32"], quick=True, budget_s=1))
     export_model(str(tiny_model), art, backend="onnx", optimize="O3", add=True, show_progress=False)
     enc = Encoder.load(art, tier="exact")
@@ -101,7 +107,7 @@ def test_export_tune_writes_the_profile(tiny_model, tmp_path):
 
     res = _cli("export", str(tiny_model), "-o", str(tmp_path / "a"), "--tune", "--json")
     assert res.exit_code == 0, res.output
-    out = json.loads(res.stdout[res.stdout.index("{"):])
+    out = json.loads(res.stdout[res.stdout.index("{") :])
     assert out["tuning"]["file"] == str(tmp_path / "a" / "tuning" / f"{machine_key()}.json")
     assert Path(out["tuning"]["file"]).is_file() and out["tuning"]["choices"]["exact"]["source"] == "profile"
 
@@ -109,24 +115,29 @@ def test_export_tune_writes_the_profile(tiny_model, tmp_path):
 def test_bench_tunes_only_when_the_profile_is_missing_stale_or_quick(art, monkeypatch):
     import subprocess
 
-    from stedge.bench import runner
     from stedge_runtime.machine import machine_key
     from stedge_runtime.profile import write_profile
     from stedge_runtime.tune import tunable_variants
+
+    from stedge.bench import runner
 
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
     suite = runner.Suite(name="t", file="t.toml", models=[])
     runner.ensure_profile(art, suite, 2, {}, lambda m: None)
-    assert len(calls) == 1 and calls[0][-5:] == ["tune", str(art), "--threads", "2", "--json"]   # no profile yet
+    assert len(calls) == 1 and calls[0][-5:] == ["tune", str(art), "--threads", "2", "--json"]  # no profile yet
     todo, _ = tunable_variants(art)
-    prof = {"format_version": 1, "machine": {"key": machine_key()}, "quick": False,
-            "variants": {n: {"status": "ok", "sha256": v["sha256"], "runs": []} for n, v in todo.items()}}
+    prof = {
+        "format_version": 1,
+        "machine": {"key": machine_key()},
+        "quick": False,
+        "variants": {n: {"status": "ok", "sha256": v["sha256"], "runs": []} for n, v in todo.items()},
+    }
     write_profile(art, prof)
     runner.ensure_profile(art, suite, 2, {}, lambda m: None)
-    assert len(calls) == 1                                            # covered: not re-tuned
+    assert len(calls) == 1  # covered: not re-tuned
     write_profile(art, {**prof, "quick": True})
     runner.ensure_profile(art, suite, 2, {}, lambda m: None)
-    assert len(calls) == 2 and "--quick" not in calls[1]              # a quick profile is re-tuned by a full run
+    assert len(calls) == 2 and "--quick" not in calls[1]  # a quick profile is re-tuned by a full run
     runner.ensure_profile(art, suite.quick(), 2, {}, lambda m: None)
-    assert len(calls) == 2                                            # ... but is enough for a quick one
+    assert len(calls) == 2  # ... but is enough for a quick one

@@ -3,6 +3,7 @@
 Written straight to the sentence-transformers layout with plain json/transformers calls, so the
 loaders under test are checked against files they did not write themselves.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,15 +54,24 @@ def make_tiny_bert(
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     cfg = BertConfig(
-        vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=hidden * 2, max_position_embeddings=128,
+        vocab_size=30522,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=128,
     )
     BertModel(cfg).save_pretrained(path, safe_serialization=True)
     copy_tokenizer(path)
-    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}))
+    (path / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False})
+    )
     keys = {
-        "cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens",
-        "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens", "weightedmean": "pooling_mode_weightedmean_tokens",
+        "cls": "pooling_mode_cls_token",
+        "max": "pooling_mode_max_tokens",
+        "mean": "pooling_mode_mean_tokens",
+        "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens",
+        "weightedmean": "pooling_mode_weightedmean_tokens",
         "lasttoken": "pooling_mode_lasttoken",
     }
     assert pooling in keys
@@ -76,18 +86,33 @@ def make_tiny_bert(
     if dense:
         d = path / "2_Dense"
         d.mkdir(exist_ok=True)
-        (d / "config.json").write_text(json.dumps({"in_features": hidden, "out_features": dense, "bias": True, "activation_function": dense_activation}))
+        (d / "config.json").write_text(
+            json.dumps(
+                {"in_features": hidden, "out_features": dense, "bias": True, "activation_function": dense_activation}
+            )
+        )
         lin = torch.nn.Linear(hidden, dense)
-        save_file({"linear.weight": lin.weight.detach().contiguous(), "linear.bias": lin.bias.detach().contiguous()}, str(d / "model.safetensors"))
+        save_file(
+            {"linear.weight": lin.weight.detach().contiguous(), "linear.bias": lin.bias.detach().contiguous()},
+            str(d / "model.safetensors"),
+        )
         modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
     if normalize:
         n = len(modules)
-        modules.append({"idx": n, "name": str(n), "path": f"{n}_Normalize", "type": "sentence_transformers.models.Normalize"})
+        modules.append(
+            {"idx": n, "name": str(n), "path": f"{n}_Normalize", "type": "sentence_transformers.models.Normalize"}
+        )
         (path / f"{n}_Normalize").mkdir(exist_ok=True)
     (path / "modules.json").write_text(json.dumps(modules, indent=2))
-    (path / "config_sentence_transformers.json").write_text(json.dumps({
-        "prompts": prompts or {}, "default_prompt_name": default_prompt_name, "similarity_fn_name": similarity_fn_name,
-    }))
+    (path / "config_sentence_transformers.json").write_text(
+        json.dumps(
+            {
+                "prompts": prompts or {},
+                "default_prompt_name": default_prompt_name,
+                "similarity_fn_name": similarity_fn_name,
+            }
+        )
+    )
     return path
 
 
@@ -99,8 +124,13 @@ def make_tiny_cross_encoder(path: Path, num_labels: int = 1, hidden: int = 32, s
     path = Path(path)
     torch.manual_seed(seed)
     cfg = BertConfig(
-        vocab_size=30522, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=hidden * 2, max_position_embeddings=128, num_labels=num_labels,
+        vocab_size=30522,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=128,
+        num_labels=num_labels,
     )
     BertForSequenceClassification(cfg).save_pretrained(path, safe_serialization=True)
     copy_tokenizer(path)

@@ -1,16 +1,17 @@
 """stedge benchmark harness: every backend side by side, accuracy beside speed.
 
 Two doors: ``stedge bench SUITE`` and ``python -m stedge.bench SUITE``. A suite (a TOML file in
-``stedge/bench/suites/`` (linked from ``benchmarks/suites/``) or any path) names models and the subjects to measure; each subject runs in
-its own subprocess (``stedge.bench.worker``); the parent (``stedge.bench.runner``) builds missing
-artifacts, computes the PyTorch fp32 reference, measures a GEMM peak, and writes the results JSON,
-a Markdown table and PNG plots (``stedge.bench.report``).
+``stedge/bench/suites/`` (linked from ``benchmarks/suites/``) or any path) names models and the
+subjects to measure; each subject runs in its own subprocess (``stedge.bench.worker``); the parent
+(``stedge.bench.runner``) builds missing artifacts, computes the PyTorch fp32 reference, measures a
+GEMM peak, and writes the results JSON, a Markdown table and PNG plots (``stedge.bench.report``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
-SUITES_DIR = Path(__file__).resolve().parent / "suites"   # shipped in the wheel; benchmarks/suites links here
+SUITES_DIR = Path(__file__).resolve().parent / "suites"  # shipped in the wheel; benchmarks/suites links here
 
 
 def work_root() -> Path:

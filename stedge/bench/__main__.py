@@ -1,4 +1,5 @@
 """`python -m stedge.bench SUITE_OR_PATH [--out DIR] [--threads N] [--quick] [--json]` (same as `stedge bench`)."""
+
 from __future__ import annotations
 
 import sys

@@ -4,6 +4,7 @@ Each variant name maps to one export call (backend, optimize, quantize, isa); ca
 in backend are merged (``backend="all"``). The artifact is reused while its stedge.json records the
 model's source hash; only the missing variants are exported, added to it with ``add=True``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Callable
 
 from stedge.errors import StedgeError
 
-INT8_ISAS = ("avx2", "avx512", "avx512_vnni", "arm64")   # dynamic-int8 kernel families (stedge export --isa)
+INT8_ISAS = ("avx2", "avx512", "avx512_vnni", "arm64")  # dynamic-int8 kernel families (stedge export --isa)
 
 
 def export_call(variant: str) -> tuple[str, str | None, str, str | None]:
@@ -45,7 +46,9 @@ def export_call(variant: str) -> tuple[str, str | None, str, str | None]:
         return backend, opt, f"{prec}-{q}", None
     if q in INT8_ISAS and prec == "int8" and backend == "onnx":
         return backend, opt, "int8-dynamic", q
-    raise StedgeError(f"variant {variant!r}: unknown quantization; use -static, -weights or an ISA (avx2, avx512, avx512_vnni, arm64)")
+    raise StedgeError(
+        f"variant {variant!r}: unknown quantization; use -static, -weights or an ISA (avx2, avx512, avx512_vnni, arm64)"
+    )
 
 
 def plan_calls(variants: list[str]) -> list[dict]:
@@ -76,8 +79,14 @@ def _manifest(path: Path):
         return None
 
 
-def build_variants(model_path: Path, artifact: Path, variants: list[str], calibration: tuple[str, int] | None = None,
-                   device: str = "cpu", log: Callable[[str], None] = print) -> Path:
+def build_variants(
+    model_path: Path,
+    artifact: Path,
+    variants: list[str],
+    calibration: tuple[str, int] | None = None,
+    device: str = "cpu",
+    log: Callable[[str], None] = print,
+) -> Path:
     """Make sure ``artifact`` holds ``variants`` of ``model_path`` (exporting what is missing); return it."""
     from stedge.export import export_model
     from stedge.export.core import source_sha256
@@ -98,8 +107,14 @@ def build_variants(model_path: Path, artifact: Path, variants: list[str], calibr
             call["calibration"], call["calibration_size"] = calibration
         first = fresh and i == 0
         log(f"exporting {model_path.name} -> {artifact} ({', '.join(f'{k}={v}' for k, v in call.items() if v)})")
-        export_model(str(model_path), str(artifact), device="cuda" if device.startswith(("cuda", "tensorrt")) else "cpu",
-                     overwrite=first, add=not first, **call)
+        export_model(
+            str(model_path),
+            str(artifact),
+            device="cuda" if device.startswith(("cuda", "tensorrt")) else "cpu",
+            overwrite=first,
+            add=not first,
+            **call,
+        )
     m = _manifest(artifact)
     have = set(m.variants) if m else set()
     still = [v for v in wanted if v not in have]

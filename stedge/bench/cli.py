@@ -1,4 +1,5 @@
 """`stedge bench SUITE_OR_PATH`: run a benchmark suite (also `python -m stedge.bench`)."""
+
 from __future__ import annotations
 
 import json
@@ -11,24 +12,41 @@ import typer
 
 def bench(
     suite: str = typer.Argument(..., help="Suite name in benchmarks/suites/ (cpu, gpu, smoke) or a .toml file."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for results.json, results.md and the PNGs "
-                                       "(default: benchmarks/results/<cpu slug>/<suite> in a checkout, else ./stedge-bench/<cpu slug>/<suite>; with --quick models/bench-<suite>-quick, git-ignored)."),
-    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=0, help="Thread budget for every engine (0: all physical cores; default: the suite's)."),
-    quick: bool = typer.Option(False, "--quick", help="One repetition, fewer texts and batch sizes: a fast look, not for quoting."),
-    as_json: bool = typer.Option(False, "--json", help="Print the results JSON on stdout (progress and logs go to stderr)."),
+    out: Optional[Path] = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Folder for results.json, results.md and the PNGs "
+        "(default: benchmarks/results/<cpu slug>/<suite> in a checkout, else ./stedge-bench/<cpu slug>/<suite>; "
+        "with --quick models/bench-<suite>-quick, git-ignored).",
+    ),
+    threads: Optional[int] = typer.Option(
+        None,
+        "--threads",
+        "-t",
+        min=0,
+        help="Thread budget for every engine (0: all physical cores; default: the suite's).",
+    ),
+    quick: bool = typer.Option(
+        False, "--quick", help="One repetition, fewer texts and batch sizes: a fast look, not for quoting."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the results JSON on stdout (progress and logs go to stderr)."
+    ),
     peer_python: Optional[Path] = typer.Option(
-        None, "--peer-python", metavar="PATH",
+        None,
+        "--peer-python",
+        metavar="PATH",
         help="Run the sentence-transformers peers in this interpreter, e.g. .venv-compat/bin/python (the "
-             "compatibility venv with its ONNX/OpenVINO backends); default: $STEDGE_BENCH_PEER_PYTHON, else the "
-             "suite's peer_python, else this interpreter."),
+        "compatibility venv with its ONNX/OpenVINO backends); default: $STEDGE_BENCH_PEER_PYTHON, else the "
+        "suite's peer_python, else this interpreter.",
+    ),
 ) -> None:
     """Measure every subject of a suite side by side: speed, latency, memory, cold start and accuracy."""
-    from .report import markdown_table
     from . import default_results_dir
-    from .runner import load_suite, run_suite
-
     from .corpus import is_corpus_suite
-    from .runner import find_suite
+    from .report import markdown_table
+    from .runner import find_suite, load_suite, run_suite
 
     if is_corpus_suite(find_suite(suite)):  # embed-corpus throughput: its own subjects and table
         if peer_python is not None:
@@ -45,17 +63,32 @@ def bench(
     from stedge.io import check_writable
 
     check_writable(target, "--out")  # before minutes of measuring
-    log = (lambda msg: typer.echo(msg, err=True))
-    results = run_suite(s, out_dir=target, threads=threads, progress=sys.stderr.isatty() or not as_json, log=log,
-                        peer_python=s.peer_python)
+
+    def log(msg: str) -> None:
+        typer.echo(msg, err=True)
+
+    results = run_suite(
+        s,
+        out_dir=target,
+        threads=threads,
+        progress=sys.stderr.isatty() or not as_json,
+        log=log,
+        peer_python=s.peer_python,
+    )
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
     typer.echo(markdown_table(results))
-    typer.echo(f"\nresults written to {target}/ (results.json, results.md, speedup_vs_accuracy.png, throughput_vs_batch.png)")
+    typer.echo(
+        f"\nresults written to {target}/ (results.json, results.md, speedup_vs_accuracy.png, throughput_vs_batch.png)"
+    )
     failed = [r for r in results["rows"] if r["status"] == "error"]
     if failed:
-        typer.secho(f"{len(failed)} subject(s) failed: " + "; ".join(f"{r['id']}: {r['reason']}" for r in failed), fg="red", err=True)
+        typer.secho(
+            f"{len(failed)} subject(s) failed: " + "; ".join(f"{r['id']}: {r['reason']}" for r in failed),
+            fg="red",
+            err=True,
+        )
         raise typer.Exit(1)
 
 

@@ -11,6 +11,7 @@ tree (Ray's raylet and workers included), sampled every 50 ms.
     stedge bench corpus                 # 100k passages: long on a small CPU
     stedge bench corpus --quick         # 2,000 passages: a look
 """
+
 from __future__ import annotations
 
 import gzip
@@ -20,10 +21,11 @@ import re
 import subprocess
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+import tomllib
 
 from ..errors import StedgeError
 
@@ -139,15 +141,41 @@ print(json.dumps({"rows": len(texts), "seconds": seconds, "load_s": load}))
 """
 
 
-def _command(subject: str, suite: CorpusSuite, model_path: Path, artifact: Path, passages: Path, work: Path,
-             threads: int) -> list[str]:
+def _command(
+    subject: str, suite: CorpusSuite, model_path: Path, artifact: Path, passages: Path, work: Path, threads: int
+) -> list[str]:
     if subject in ("runtime-encode", "st-encode"):
         target = artifact if subject == "runtime-encode" else model_path
-        return [sys.executable, "-c", WORKER, subject, str(target), str(passages), str(threads), str(suite.batch_size),
-                suite.variant]
+        return [
+            sys.executable,
+            "-c",
+            WORKER,
+            subject,
+            str(target),
+            str(passages),
+            str(threads),
+            str(suite.batch_size),
+            suite.variant,
+        ]
     out = work / f"out-{subject}"
-    cmd = [sys.executable, "-m", "stedge.cli", "embed-corpus", str(artifact), str(passages), "--id-column", "id",
-           "-o", str(out), "--overwrite", "--json", "--variant", suite.variant, "--batch-size", str(suite.batch_size)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stedge.cli",
+        "embed-corpus",
+        str(artifact),
+        str(passages),
+        "--id-column",
+        "id",
+        "-o",
+        str(out),
+        "--overwrite",
+        "--json",
+        "--variant",
+        suite.variant,
+        "--batch-size",
+        str(suite.batch_size),
+    ]
     if subject == "corpus-ray":
         per = max(1, threads // suite.ray_workers)
         return cmd + ["--engine", "ray", "--workers", str(suite.ray_workers), "--threads", str(per)]
@@ -163,14 +191,26 @@ def run_subject(subject: str, cmd: list[str], env: dict[str, str], timeout: floa
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         return {"subject": subject, "status": "error", "reason": (stderr.strip().splitlines() or ["?"])[-1]}
-    data = json.loads(stdout[stdout.index("{"):])
+    data = json.loads(stdout[stdout.index("{") :])
     rows, seconds = int(data["rows"]), float(data["seconds"])
-    return {"subject": subject, "status": "ok", "rows": rows, "seconds": round(seconds, 2),
-            "rows_per_s": round(rows / seconds, 1), "wall_s": round(wall, 2), "peak_rss_mb": round(peak / 2**20, 1)}
+    return {
+        "subject": subject,
+        "status": "ok",
+        "rows": rows,
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(rows / seconds, 1),
+        "wall_s": round(wall, 2),
+        "peak_rss_mb": round(peak / 2**20, 1),
+    }
 
 
-def run_corpus_suite(suite: CorpusSuite, out_dir: Path, threads: int | None = None, quick: bool = False,
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_corpus_suite(
+    suite: CorpusSuite,
+    out_dir: Path,
+    threads: int | None = None,
+    quick: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Run every subject of a corpus suite and write results.json / results.md to ``out_dir``."""
     from stedge.data import resolve_data_path
     from stedge.hub import resolve_model
@@ -186,8 +226,9 @@ def run_corpus_suite(suite: CorpusSuite, out_dir: Path, threads: int | None = No
     work.mkdir(parents=True, exist_ok=True)
     passages = make_passages(resolve_data_path(suite.source), n, work / f"passages-{n}.jsonl")
     model_path = resolve_model(suite.model)
-    artifact = build_variants(model_path, work_root() / suite.models_dir / f"{Path(suite.model).name}-bench",
-                              [suite.variant], log=log)
+    artifact = build_variants(
+        model_path, work_root() / suite.models_dir / f"{Path(suite.model).name}-bench", [suite.variant], log=log
+    )
     env = thread_env(threads)
     rows = []
     for subject in suite.subjects:
@@ -201,9 +242,17 @@ def run_corpus_suite(suite: CorpusSuite, out_dir: Path, threads: int | None = No
         if r["status"] == "ok":
             r["x_runtime_encode"] = round(r["rows_per_s"] / base["rows_per_s"], 3) if base else None
             r["x_sentence_transformers"] = round(r["rows_per_s"] / st["rows_per_s"], 3) if st else None
-    results = {"suite": suite.name, "kind": "corpus", "passages": n, "threads": threads, "variant": suite.variant,
-               "model": suite.model, "machine": machine_facts(with_gpu=False), "rows": rows,
-               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    results = {
+        "suite": suite.name,
+        "kind": "corpus",
+        "passages": n,
+        "threads": threads,
+        "variant": suite.variant,
+        "model": suite.model,
+        "machine": machine_facts(with_gpu=False),
+        "rows": rows,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     (out_dir / "results.md").write_text(corpus_table(results) + "\n")
@@ -212,14 +261,19 @@ def run_corpus_suite(suite: CorpusSuite, out_dir: Path, threads: int | None = No
 
 def corpus_table(results: dict[str, Any]) -> str:
     """The results as a Markdown table."""
-    lines = [f"{results['passages']} SciFact-like passages, {results['model']} {results['variant']}, "
-             f"{results['threads']} threads, {results['date']}", "",
-             "| subject | rows/s | x runtime encode | x sentence-transformers | wall s | peak RSS MB |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"{results['passages']} SciFact-like passages, {results['model']} {results['variant']}, "
+        f"{results['threads']} threads, {results['date']}",
+        "",
+        "| subject | rows/s | x runtime encode | x sentence-transformers | wall s | peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in results["rows"]:
         if r["status"] != "ok":
             lines.append(f"| {r['subject']} | failed: {r['reason']} | | | | |")
             continue
-        lines.append(f"| {r['subject']} | {r['rows_per_s']:.1f} | {r['x_runtime_encode'] or '-'} | "
-                     f"{r['x_sentence_transformers'] or '-'} | {r['wall_s']} | {r['peak_rss_mb']} |")
+        lines.append(
+            f"| {r['subject']} | {r['rows_per_s']:.1f} | {r['x_runtime_encode'] or '-'} | "
+            f"{r['x_sentence_transformers'] or '-'} | {r['wall_s']} | {r['peak_rss_mb']} |"
+        )
     return "\n".join(lines)

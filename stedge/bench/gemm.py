@@ -13,6 +13,7 @@ has (fp32; bf16 on avx512_bf16 / AMX; int8 as the better of onnxruntime's MatMul
 ``torch._int_mm``), and each subject's share is taken against the peak of its own precision
 (``peak_for``): int8 subjects against the int8 peak, bf16 against bf16, the rest against fp32.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,9 @@ def model_dims(model_path: str | os.PathLike) -> dict[str, int]:
     cands = [root / "config.json", root / "0_Transformer" / "config.json"]
     file = next((c for c in cands if c.exists()), None)
     if file is None:
-        raise InvalidModelError(f"{root}: no config.json (looked in {', '.join(str(c) for c in cands)}); cannot count FLOPs")
+        raise InvalidModelError(
+            f"{root}: no config.json (looked in {', '.join(str(c) for c in cands)}); cannot count FLOPs"
+        )
     cfg = json.loads(file.read_text(encoding="utf-8"))
     out = {}
     for name, keys in _KEYS.items():
@@ -82,7 +85,7 @@ def gemm_peak(threads: int, device: str = "cpu", size: int | None = None, second
         for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
             a = torch.randn(n, n, device=device, dtype=dtype)
             b = torch.randn(n, n, device=device, dtype=dtype)
-            best = _best(lambda: (a @ b, torch.cuda.synchronize()), 2.0 * n**3, seconds)
+            best = _best(lambda a=a, b=b: (a @ b, torch.cuda.synchronize()), 2.0 * n**3, seconds)
             out[f"gflops_{name}"] = best
         out.update(size=n, library=f"torch {torch.__version__}")
         out["gflops"] = out["gflops_fp32"]
@@ -142,9 +145,12 @@ def _ort_int8(threads: int, n: int, seconds: float) -> dict[str, Any]:
     from stedge_runtime.machine import cpu_flags, int8_isa
 
     graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "int8_gemm",
-        [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
-         helper.make_tensor_value_info("b", TensorProto.INT8, [n, n])],
+        [helper.make_node("MatMulInteger", ["a", "b"], ["c"])],
+        "int8_gemm",
+        [
+            helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
+            helper.make_tensor_value_info("b", TensorProto.INT8, [n, n]),
+        ],
         [helper.make_tensor_value_info("c", TensorProto.INT32, [n, n])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
@@ -152,11 +158,16 @@ def _ort_int8(threads: int, n: int, seconds: float) -> dict[str, Any]:
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    feeds = {"a": np.random.randint(0, 255, (n, n), dtype=np.uint8),
-             "b": np.random.randint(-128, 127, (n, n), dtype=np.int8)}
+    feeds = {
+        "a": np.random.randint(0, 255, (n, n), dtype=np.uint8),
+        "b": np.random.randint(-128, 127, (n, n), dtype=np.int8),
+    }
     isa = "amx_int8" if "amx_int8" in cpu_flags() else int8_isa()
-    return {"gflops_int8_ort": _best(lambda: sess.run(None, feeds), 2.0 * n**3, seconds),
-            "int8_library": f"onnxruntime {ort.__version__} MatMulInteger (onnx {onnx.__version__})", "int8_isa": isa}
+    return {
+        "gflops_int8_ort": _best(lambda: sess.run(None, feeds), 2.0 * n**3, seconds),
+        "int8_library": f"onnxruntime {ort.__version__} MatMulInteger (onnx {onnx.__version__})",
+        "int8_isa": isa,
+    }
 
 
 def peak_for(gemm: dict[str, Any], precision: str | None) -> float | None:

@@ -3,6 +3,7 @@
 CPU detection itself lives in the runtime (``stedge_runtime.machine``, one owner); this adds what only
 the harness needs (GPU, memory, load, every library's version).
 """
+
 from __future__ import annotations
 
 import os
@@ -12,12 +13,36 @@ from typing import Any
 
 from stedge_runtime.machine import ISA_FLAGS, cpu_class, cpu_flags, cpu_model, cpu_slug, int8_isa, machine_key
 
-__all__ = ["ISA_FLAGS", "cpu_flags", "cpu_model", "cpu_slug", "int8_isa", "machine_facts", "gpu_info", "cuda_available",
-           "ort_providers", "library_versions", "load_average"]
+__all__ = [
+    "ISA_FLAGS",
+    "cpu_flags",
+    "cpu_model",
+    "cpu_slug",
+    "int8_isa",
+    "machine_facts",
+    "gpu_info",
+    "cuda_available",
+    "ort_providers",
+    "library_versions",
+    "load_average",
+]
 
 LIBRARIES = (
-    "stedge", "stedge-runtime", "torch", "transformers", "tokenizers", "sentence-transformers", "onnx",
-    "onnxruntime", "onnxruntime-gpu", "optimum", "optimum-onnx", "optimum-intel", "openvino", "nncf", "numpy",
+    "stedge",
+    "stedge-runtime",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "sentence-transformers",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "optimum",
+    "optimum-onnx",
+    "optimum-intel",
+    "openvino",
+    "nncf",
+    "numpy",
 )
 
 
@@ -33,8 +58,11 @@ def gpu_info() -> dict[str, Any] | None:
         if torch.cuda.is_available():
             p = torch.cuda.get_device_properties(0)
             return {
-                "name": p.name, "count": torch.cuda.device_count(), "memory_gb": round(p.total_memory / 2**30, 1),
-                "capability": f"{p.major}.{p.minor}", "cuda": torch.version.cuda,
+                "name": p.name,
+                "count": torch.cuda.device_count(),
+                "memory_gb": round(p.total_memory / 2**30, 1),
+                "capability": f"{p.major}.{p.minor}",
+                "cuda": torch.version.cuda,
             }
     except ImportError:
         pass
@@ -43,10 +71,17 @@ def gpu_info() -> dict[str, Any] | None:
 
     if shutil.which("nvidia-smi"):
         try:
-            out = subprocess.run(
-                ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=20, check=True,
-            ).stdout.strip().splitlines()
+            out = (
+                subprocess.run(
+                    ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                    capture_output=True,
+                    text=True,
+                    timeout=20,
+                    check=True,
+                )
+                .stdout.strip()
+                .splitlines()
+            )
             if out:
                 name, mem, driver = [x.strip() for x in out[0].split(",")]
                 return {"name": name, "count": len(out), "memory": mem, "driver": driver}

@@ -9,6 +9,7 @@ sentence-transformers' best backend, labelled with the version that ran.
 One probe per interpreter and backend (cached for the process): it imports sentence_transformers and the
 backend's libraries there and reports their versions.
 """
+
 from __future__ import annotations
 
 import functools
@@ -67,14 +68,19 @@ def resolve_peer_python(cli: str | os.PathLike | None, suite_value: str | None) 
     ``peer_python`` (None: the peers run in this interpreter). Relative paths resolve against the working
     directory, without following symlinks (a venv's python is one). A missing or non-executable file is a
     StedgeError naming it and where it came from."""
-    for value, where in ((cli, "--peer-python"), (os.environ.get(ENV_VAR) or None, ENV_VAR),
-                         (suite_value, "the suite's peer_python")):
+    for value, where in (
+        (cli, "--peer-python"),
+        (os.environ.get(ENV_VAR) or None, ENV_VAR),
+        (suite_value, "the suite's peer_python"),
+    ):
         if value is None or str(value) == "":
             continue
         path = os.path.abspath(os.path.expanduser(str(value)))
         if not os.path.isfile(path):
-            raise StedgeError(f"{where}: {path} does not exist (give the python of a venv with sentence-transformers, "
-                              "e.g. .venv-compat/bin/python after `make setup-compat`)")
+            raise StedgeError(
+                f"{where}: {path} does not exist (give the python of a venv with sentence-transformers, "
+                "e.g. .venv-compat/bin/python after `make setup-compat`)"
+            )
         if not os.access(path, os.X_OK):
             raise StedgeError(f"{where}: {path} is not executable (chmod +x it, or give a venv's bin/python)")
         return path
@@ -88,9 +94,13 @@ def probe(python: str, backend: str) -> dict[str, Any]:
     modules, dists = BACKEND_MODULES[backend], _DISTS[backend]
     base: dict[str, Any] = {"ok": False, "python": python, "versions": {}}
     try:
-        proc = subprocess.run([python, "-c", _PROBE, backend, json.dumps(modules), json.dumps(dists)],
-                              capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
-                              env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+        proc = subprocess.run(
+            [python, "-c", _PROBE, backend, json.dumps(modules), json.dumps(dists)],
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_S,
+            env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         return {**base, "reason": f"peer python {python} could not be probed ({type(e).__name__}: {e})"}
     lines = proc.stdout.strip().splitlines()
@@ -103,11 +113,16 @@ def probe(python: str, backend: str) -> dict[str, Any]:
         return {**base, "reason": f"peer python {python} failed its probe (exit {proc.returncode}): {tail}"}
     out = {**base, **info, "ok": info.get("missing") is None}
     if info.get("missing"):
-        out["reason"] = (f"sentence-transformers' {backend} backend cannot run in peer python {python}: "
-                         f"import {info['missing']} failed ({info.get('error')})")
+        out["reason"] = (
+            f"sentence-transformers' {backend} backend cannot run in peer python {python}: "
+            f"import {info['missing']} failed ({info.get('error')})"
+        )
     elif not info.get("stedge"):
-        out.update(ok=False, reason=f"peer python {python} cannot import stedge (the bench worker); "
-                                    "pip install -e . in that venv (make setup-compat does)")
+        out.update(
+            ok=False,
+            reason=f"peer python {python} cannot import stedge (the bench worker); "
+            "pip install -e . in that venv (make setup-compat does)",
+        )
     else:
         out["reason"] = None
     return out

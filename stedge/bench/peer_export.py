@@ -3,6 +3,7 @@
 The harness runs this in the peer interpreter (``stedge bench --peer-python``), writing into the temporary
 folder its ``atomic_dir`` gives, so a failed export leaves nothing half-written in the cache.
 """
+
 from __future__ import annotations
 
 import sys

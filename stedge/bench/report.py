@@ -1,4 +1,5 @@
 """Results out: the JSON (with its schema), a Markdown table, and PNG plots (matplotlib, Agg)."""
+
 from __future__ import annotations
 
 import json
@@ -11,20 +12,56 @@ from stedge.errors import StedgeError
 _NUM = {"type": ["number", "null"]}
 _THROUGHPUT = {
     "type": "object",
-    "required": ["sentences_per_s", "sentences_per_s_min", "sentences_per_s_max", "spread_pct", "tokens_per_s", "gflops", "seconds"],
+    "required": [
+        "sentences_per_s",
+        "sentences_per_s_min",
+        "sentences_per_s_max",
+        "spread_pct",
+        "tokens_per_s",
+        "gflops",
+        "seconds",
+    ],
     "properties": {"seconds": {"type": "array", "items": {"type": "number"}, "minItems": 1}},
 }
 ROW_OK_REQUIRED = [
-    "throughput", "headline_sentences_per_s", "latency_ms", "cold_start_s", "peak_rss_mb", "size_mb", "accuracy",
-    "gflops", "gemm_share", "speedup_vs_torch", "speedup_vs_best_peer",
+    "throughput",
+    "headline_sentences_per_s",
+    "latency_ms",
+    "cold_start_s",
+    "peak_rss_mb",
+    "size_mb",
+    "accuracy",
+    "gflops",
+    "gemm_share",
+    "speedup_vs_torch",
+    "speedup_vs_best_peer",
 ]
 RESULTS_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["schema_version", "suite", "started", "finished", "machine", "load_average", "threads", "gemm_peak", "data", "models", "rows"],
+    "required": [
+        "schema_version",
+        "suite",
+        "started",
+        "finished",
+        "machine",
+        "load_average",
+        "threads",
+        "gemm_peak",
+        "data",
+        "models",
+        "rows",
+    ],
     "properties": {
         "schema_version": {"const": 1},
-        "machine": {"type": "object", "required": ["cpu", "isa_flags", "cores_physical", "cores_logical", "gpu", "libraries"]},
-        "threads": {"type": "object", "required": ["budget"], "properties": {"budget": {"type": "integer", "minimum": 1}}},
+        "machine": {
+            "type": "object",
+            "required": ["cpu", "isa_flags", "cores_physical", "cores_logical", "gpu", "libraries"],
+        },
+        "threads": {
+            "type": "object",
+            "required": ["budget"],
+            "properties": {"budget": {"type": "integer", "minimum": 1}},
+        },
         "gemm_peak": {"type": "object", "required": ["gflops", "threads", "device"]},
         "rows": {
             "type": "array",
@@ -39,13 +76,21 @@ RESULTS_SCHEMA: dict[str, Any] = {
                     "properties": {
                         "throughput": {"type": "object", "minProperties": 1, "additionalProperties": _THROUGHPUT},
                         "latency_ms": {"type": "object", "required": ["p50", "p95", "p99"]},
-                        "accuracy": {"type": "object", "required": ["spearman", "mean_cosine", "min_cosine", "pairs"],
-                                     "properties": {"spearman": {"type": "number"}, "mean_cosine": {"type": "number"},
-                                                    "min_cosine": {"type": "number"}}},
+                        "accuracy": {
+                            "type": "object",
+                            "required": ["spearman", "mean_cosine", "min_cosine", "pairs"],
+                            "properties": {
+                                "spearman": {"type": "number"},
+                                "mean_cosine": {"type": "number"},
+                                "min_cosine": {"type": "number"},
+                            },
+                        },
                         "cold_start_s": {"type": "number", "exclusiveMinimum": 0},
                         "peak_rss_mb": {"type": "number", "exclusiveMinimum": 0},
                         "headline_sentences_per_s": {"type": "number", "exclusiveMinimum": 0},
-                        "speedup_vs_torch": _NUM, "speedup_vs_best_peer": _NUM, "gemm_share": _NUM,
+                        "speedup_vs_torch": _NUM,
+                        "speedup_vs_best_peer": _NUM,
+                        "gemm_share": _NUM,
                     },
                 },
                 "else": {"required": ["reason"]},
@@ -87,7 +132,9 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
         best_peer = max(peers, key=lambda r: r["headline_sentences_per_s"], default=None)
         picks = {
             "fastest_fp32_accurate": [r for r in ours if r["accuracy"]["min_cosine"] >= FP32_ACCURATE_MIN_COSINE],
-            "fastest_within_1_spearman_point": [r for r in ours if r["accuracy"].get("spearman_delta", 0.0) >= -SPEARMAN_POINTS],
+            "fastest_within_1_spearman_point": [
+                r for r in ours if r["accuracy"].get("spearman_delta", 0.0) >= -SPEARMAN_POINTS
+            ],
         }
         entry: dict[str, Any] = {"model": model, "best_peer": _brief(best_peer) if best_peer else None}
         for key, cands in picks.items():
@@ -97,7 +144,9 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
                 continue
             e = _brief(best)
             if best_peer:
-                e["throughput_ratio_vs_best_peer"] = best["headline_sentences_per_s"] / best_peer["headline_sentences_per_s"]
+                e["throughput_ratio_vs_best_peer"] = (
+                    best["headline_sentences_per_s"] / best_peer["headline_sentences_per_s"]
+                )
                 e["p50_ratio_vs_best_peer"] = best["latency_ms"]["p50"] / best_peer["latency_ms"]["p50"]
                 e["cold_start_ratio_vs_best_peer"] = best["cold_start_s"] / best_peer["cold_start_s"]
                 e["peak_rss_ratio_vs_best_peer"] = best["peak_rss_mb"] / best_peer["peak_rss_mb"]
@@ -107,10 +156,17 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _brief(r: dict[str, Any]) -> dict[str, Any]:
-    return {"label": r["label"], "sentences_per_s": r["headline_sentences_per_s"], "spearman": r["accuracy"]["spearman"],
-            "min_cosine": r["accuracy"]["min_cosine"], "p50_ms": r["latency_ms"]["p50"], "cold_start_s": r["cold_start_s"],
-            "peak_rss_mb": r["peak_rss_mb"], "size_mb": r.get("size_mb"),
-            "speedup_vs_baseline_model": r.get("speedup_vs_baseline_model")}
+    return {
+        "label": r["label"],
+        "sentences_per_s": r["headline_sentences_per_s"],
+        "spearman": r["accuracy"]["spearman"],
+        "min_cosine": r["accuracy"]["min_cosine"],
+        "p50_ms": r["latency_ms"]["p50"],
+        "cold_start_s": r["cold_start_s"],
+        "peak_rss_mb": r["peak_rss_mb"],
+        "size_mb": r.get("size_mb"),
+        "speedup_vs_baseline_model": r.get("speedup_vs_baseline_model"),
+    }
 
 
 def summary_markdown(results: dict[str, Any]) -> str:
@@ -121,23 +177,33 @@ def summary_markdown(results: dict[str, Any]) -> str:
         peer = s["best_peer"]
         if peer is None:
             continue
-        lines.append(f"- **{s['model']}** — sentence-transformers' best backend: {peer['label']} "
-                     f"({peer['sentences_per_s']:.0f} sent/s at batch {head}, p50 {peer['p50_ms']:.2f} ms, cold start "
-                     f"{peer['cold_start_s']:.2f} s, peak RSS {peer['peak_rss_mb']:.0f} MB, ρ×100 {peer['spearman']:.2f}).")
-        for key, what in (("fastest_fp32_accurate", f"fastest fp32-accurate (min cos ≥ {FP32_ACCURATE_MIN_COSINE})"),
-                          ("fastest_within_1_spearman_point", "fastest within 1 Spearman point")):
+        lines.append(
+            f"- **{s['model']}** — sentence-transformers' best backend: {peer['label']} "
+            f"({peer['sentences_per_s']:.0f} sent/s at batch {head}, p50 {peer['p50_ms']:.2f} ms, cold start "
+            f"{peer['cold_start_s']:.2f} s, peak RSS {peer['peak_rss_mb']:.0f} MB, ρ×100 {peer['spearman']:.2f})."
+        )
+        for key, what in (
+            ("fastest_fp32_accurate", f"fastest fp32-accurate (min cos ≥ {FP32_ACCURATE_MIN_COSINE})"),
+            ("fastest_within_1_spearman_point", "fastest within 1 Spearman point"),
+        ):
             e = s.get(key)
             if not e:
                 continue
             lines.append(
-                f"  - {what}: {e['label']}: {e['sentences_per_s']:.0f} sent/s = **{e['throughput_ratio_vs_best_peer']:.2f}×** the best peer; "
+                f"  - {what}: {e['label']}: {e['sentences_per_s']:.0f} sent/s = "
+                f"**{e['throughput_ratio_vs_best_peer']:.2f}×** the best peer; "
                 f"p50 {e['p50_ms']:.2f} ms ({e['p50_ratio_vs_best_peer']:.2f}×), cold start {e['cold_start_s']:.2f} s "
-                f"({e['cold_start_ratio_vs_best_peer']:.2f}×), peak RSS {e['peak_rss_mb']:.0f} MB ({e['peak_rss_ratio_vs_best_peer']:.2f}×), "
-                f"ρ×100 {e['spearman']:.2f}, min cos {e['min_cosine']:.4f}.")
+                f"({e['cold_start_ratio_vs_best_peer']:.2f}×), peak RSS {e['peak_rss_mb']:.0f} MB "
+                f"({e['peak_rss_ratio_vs_best_peer']:.2f}×), "
+                f"ρ×100 {e['spearman']:.2f}, min cos {e['min_cosine']:.4f}."
+            )
     lines += _auto_lines(results)
     for r in results["rows"]:
         if r.get("status") == "ok" and r.get("speedup_vs_baseline_model") is not None:
-            lines.append(f"- {r['model']} / {r['label']}: {r['speedup_vs_baseline_model']:.2f}× the same subject on {r['baseline_model']}.")
+            lines.append(
+                f"- {r['model']} / {r['label']}: {r['speedup_vs_baseline_model']:.2f}× the same subject on "
+                f"{r['baseline_model']}."
+            )
     return "\n".join(lines)
 
 
@@ -149,8 +215,10 @@ def _auto_lines(results: dict[str, Any]) -> list[str]:
         if r.get("status") != "ok" or not r.get("auto_tier"):
             continue
         sel = (r.get("subject_info") or {}).get("selection") or r.get("selection") or {}
-        text = (f"- {r['model']} / **auto {r['auto_tier']}** picked {sel.get('variant')} ({sel.get('source')}: "
-                f"{sel.get('reason', '')}): {r['headline_sentences_per_s']:.0f} sent/s at batch {head}")
+        text = (
+            f"- {r['model']} / **auto {r['auto_tier']}** picked {sel.get('variant')} ({sel.get('source')}: "
+            f"{sel.get('reason', '')}): {r['headline_sentences_per_s']:.0f} sent/s at batch {head}"
+        )
         if r.get("speedup_vs_best_peer") is not None:
             text += f" = **{r['speedup_vs_best_peer']:.2f}×** {r['best_peer']}"
         text += f", p50 {r['latency_ms']['p50']:.2f} ms, ρ×100 {r['accuracy']['spearman']:.2f}"
@@ -172,25 +240,52 @@ def markdown_table(results: dict[str, Any]) -> str:
     """One row per subject: accuracy beside speed, memory, cold start, efficiency, speedups."""
     bss = results["suite"]["batch_sizes"]
     head = results["suite"]["headline_batch_size"]
-    cols = (["model", "subject", "size MB", "STS-B ρ×100", "Δρ", "min cos", "mean cos"]
-            + [f"sent/s bs={b}" for b in bss]
-            + [f"passages/s bs={head}", "p50 ms", "p99 ms", "cold start s", "peak RSS MB", f"GFLOP/s bs={head}",
-               "% GEMM peak", "× torch", "× best peer"])
+    cols = (
+        ["model", "subject", "size MB", "STS-B ρ×100", "Δρ", "min cos", "mean cos"]
+        + [f"sent/s bs={b}" for b in bss]
+        + [
+            f"passages/s bs={head}",
+            "p50 ms",
+            "p99 ms",
+            "cold start s",
+            "peak RSS MB",
+            f"GFLOP/s bs={head}",
+            "% GEMM peak",
+            "× torch",
+            "× best peer",
+        ]
+    )
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(cols) - 2)) + "|"]
     for r in results["rows"]:
         if r["status"] != "ok":
-            lines.append(f"| {r['model']} | {r['label']} | " + f"{r['status']}: {r.get('reason', '')} |".replace("\n", " ")
-                         + " |" * (len(cols) - 3))
+            lines.append(
+                f"| {r['model']} | {r['label']} | "
+                + f"{r['status']}: {r.get('reason', '')} |".replace("\n", " ")
+                + " |" * (len(cols) - 3)
+            )
             continue
         a = r["accuracy"]
-        cells = [r["model"], r["label"], _f(r["size_mb"]), _f(a["spearman"], "{:.2f}"), _f(a.get("spearman_delta"), "{:+.2f}"),
-                 _f(a["min_cosine"], "{:.4f}"), _f(a["mean_cosine"], "{:.5f}")]
+        cells = [
+            r["model"],
+            r["label"],
+            _f(r["size_mb"]),
+            _f(a["spearman"], "{:.2f}"),
+            _f(a.get("spearman_delta"), "{:+.2f}"),
+            _f(a["min_cosine"], "{:.4f}"),
+            _f(a["mean_cosine"], "{:.5f}"),
+        ]
         cells += [_f(r["throughput"].get(str(b), {}).get("sentences_per_s"), "{:.0f}") for b in bss]
         cells += [_f(r.get("headline_passages_per_s"), "{:.0f}")]
-        cells += [_f(r["latency_ms"]["p50"], "{:.2f}"), _f(r["latency_ms"]["p99"], "{:.2f}"), _f(r["cold_start_s"], "{:.2f}"),
-                  _f(r["peak_rss_mb"], "{:.0f}"), _f(r["gflops"], "{:.1f}"),
-                  _f(None if r["gemm_share"] is None else 100 * r["gemm_share"], "{:.0f}"),
-                  _f(r["speedup_vs_torch"], "{:.2f}"), _f(r["speedup_vs_best_peer"], "{:.2f}")]
+        cells += [
+            _f(r["latency_ms"]["p50"], "{:.2f}"),
+            _f(r["latency_ms"]["p99"], "{:.2f}"),
+            _f(r["cold_start_s"], "{:.2f}"),
+            _f(r["peak_rss_mb"], "{:.0f}"),
+            _f(r["gflops"], "{:.1f}"),
+            _f(None if r["gemm_share"] is None else 100 * r["gemm_share"], "{:.0f}"),
+            _f(r["speedup_vs_torch"], "{:.2f}"),
+            _f(r["speedup_vs_best_peer"], "{:.2f}"),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -202,8 +297,10 @@ def _peaks(g: dict[str, Any]) -> str:
     if g.get("gflops_bf16"):
         parts.append(f"bf16 {g['gflops_bf16']:.0f} ({g.get('bf16_isa')})")
     if g.get("gflops_int8"):
-        parts.append(f"int8 {g['gflops_int8']:.0f} GOP/s ({g.get('int8_isa')}; onnxruntime MatMulInteger "
-                     f"{_f(g.get('gflops_int8_ort'), '{:.0f}')}, torch._int_mm {_f(g.get('gflops_int8_torch'), '{:.0f}')})")
+        parts.append(
+            f"int8 {g['gflops_int8']:.0f} GOP/s ({g.get('int8_isa')}; onnxruntime MatMulInteger "
+            f"{_f(g.get('gflops_int8_ort'), '{:.0f}')}, torch._int_mm {_f(g.get('gflops_int8_torch'), '{:.0f}')})"
+        )
     return ", ".join(parts)
 
 
@@ -212,8 +309,10 @@ def machine_line(results: dict[str, Any]) -> str:
     m = results["machine"]
     gpu = m["gpu"]["name"] if m.get("gpu") else "no GPU"
     load = results["load_average"]
-    return (f"{m['cpu']} ({m['cores_physical']} cores / {m['cores_logical']} threads; {', '.join(m['isa_flags'])}); {gpu}; "
-            f"thread budget {results['threads']['budget']}; load average before {load['before']}, after {load['after']}")
+    return (
+        f"{m['cpu']} ({m['cores_physical']} cores / {m['cores_logical']} threads; {', '.join(m['isa_flags'])}); {gpu}; "
+        f"thread budget {results['threads']['budget']}; load average before {load['before']}, after {load['after']}"
+    )
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -224,32 +323,41 @@ def markdown(results: dict[str, Any]) -> str:
     libs = results["machine"]["libraries"]
     lib_line = ", ".join(f"{k} {v}" for k, v in libs.items())
     models = "; ".join(
-        f"{m['name']}: {m['layers']} layers, hidden {m['hidden']}, reference STS-B ρ×100 {_f(m['reference_spearman'], '{:.2f}')}, "
-        f"{m['mean_tokens_per_text']:.1f} tokens/text" for m in results["models"])
-    return "\n".join([
-        f"# Benchmark: suite `{s['name']}` ({results['started'][:10]})",
-        "",
-        f"- Machine: {machine_line(results)}",
-        f"- Libraries: {lib_line}",
-        f"- Models: {models}",
-        f"- Texts: {d['num_texts']} from `{d['texts']}` per pass, {s['repetitions']} timed passes per batch size after warm-up (median; "
-        f"spread in the JSON); batch-1 latency on {d['num_queries']} short queries from `{d['queries']}`; accuracy on {d['accuracy_pairs']} "
-        f"STS pairs from `{d['accuracy']}` (cosine to the stedge PyTorch fp32 CPU reference over {d['accuracy_texts']} texts).",
-        f"- GEMM peak measured in this run ({g['threads']} threads, {g.get('size')}² matrices): {_peaks(g)}; "
-        "each subject's % GEMM peak is against the peak of its own precision.",
-        f"- Speedups use sentences/s at batch {s['headline_batch_size']}; × torch is vs stedge PyTorch fp32, × best peer vs the fastest "
-        "sentence-transformers backend. Cold start: process start to the first vector (files in the page cache).",
-        *(f"- Skipped model {m['name']}: {m['reason']}" for m in results.get("skipped_models") or []),
-        "",
-        "## Summary",
-        "",
-        summary_markdown(results) or "(no sentence-transformers peer in this run)",
-        "",
-        "## All subjects",
-        "",
-        markdown_table(results),
-        "",
-    ])
+        f"{m['name']}: {m['layers']} layers, hidden {m['hidden']}, reference STS-B ρ×100 "
+        f"{_f(m['reference_spearman'], '{:.2f}')}, "
+        f"{m['mean_tokens_per_text']:.1f} tokens/text"
+        for m in results["models"]
+    )
+    return "\n".join(
+        [
+            f"# Benchmark: suite `{s['name']}` ({results['started'][:10]})",
+            "",
+            f"- Machine: {machine_line(results)}",
+            f"- Libraries: {lib_line}",
+            f"- Models: {models}",
+            f"- Texts: {d['num_texts']} from `{d['texts']}` per pass, {s['repetitions']} timed passes per batch size "
+            "after warm-up (median; "
+            f"spread in the JSON); batch-1 latency on {d['num_queries']} short queries from `{d['queries']}`; "
+            f"accuracy on {d['accuracy_pairs']} "
+            f"STS pairs from `{d['accuracy']}` (cosine to the stedge PyTorch fp32 CPU reference over "
+            f"{d['accuracy_texts']} texts).",
+            f"- GEMM peak measured in this run ({g['threads']} threads, {g.get('size')}² matrices): {_peaks(g)}; "
+            "each subject's % GEMM peak is against the peak of its own precision.",
+            f"- Speedups use sentences/s at batch {s['headline_batch_size']}; × torch is vs stedge PyTorch fp32, × "
+            "best peer vs the fastest "
+            "sentence-transformers backend. Cold start: process start to the first vector (files in the page cache).",
+            *(f"- Skipped model {m['name']}: {m['reason']}" for m in results.get("skipped_models") or []),
+            "",
+            "## Summary",
+            "",
+            summary_markdown(results) or "(no sentence-transformers peer in this run)",
+            "",
+            "## All subjects",
+            "",
+            markdown_table(results),
+            "",
+        ]
+    )
 
 
 # --------------------------------------------------------------------------- plots
@@ -270,9 +378,14 @@ def plot_speedup_vs_accuracy(results: dict[str, Any], path: Path) -> None:
         name = r["label"].replace("sentence-transformers", "ST").replace("stedge ", "")
         if r["model"] != base["model"]:
             name = f"{r['model']}: {name}"
-        ax.annotate(name, (x, r["accuracy"]["spearman"]), fontsize=7, xytext=(3, 3), textcoords="offset points", rotation=20)
+        ax.annotate(
+            name, (x, r["accuracy"]["spearman"]), fontsize=7, xytext=(3, 3), textcoords="offset points", rotation=20
+        )
     ax.set_xscale("log", base=2)
-    ax.set_xlabel(f"speedup vs {base['model']} stedge PyTorch fp32 (sentences/s at batch {results['suite']['headline_batch_size']}, log scale)")
+    ax.set_xlabel(
+        f"speedup vs {base['model']} stedge PyTorch fp32 (sentences/s at batch "
+        f"{results['suite']['headline_batch_size']}, log scale)"
+    )
     ax.set_ylabel("STS-B test Spearman × 100")
     ax.set_title("Speed vs accuracy (circles: stedge, squares: sentence-transformers)")
     ax.grid(alpha=0.3)
@@ -317,8 +430,12 @@ def write_all(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     validate(results)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"json": out_dir / "results.json", "markdown": out_dir / "results.md",
-             "speedup_plot": out_dir / "speedup_vs_accuracy.png", "throughput_plot": out_dir / "throughput_vs_batch.png"}
+    files = {
+        "json": out_dir / "results.json",
+        "markdown": out_dir / "results.md",
+        "speedup_plot": out_dir / "speedup_vs_accuracy.png",
+        "throughput_plot": out_dir / "throughput_vs_batch.png",
+    }
     _write_text(files["json"], json.dumps(results, indent=2))
     _write_text(files["markdown"], markdown(results))
     plot_speedup_vs_accuracy(results, files["speedup_plot"])

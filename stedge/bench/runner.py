@@ -10,6 +10,7 @@ Fairness rules applied here:
 * warm-up before timing, several repetitions, median with min/max spread;
 * one subprocess per subject, so cold start and peak RSS are the subject's own.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,17 +21,18 @@ import sys
 import tempfile
 import threading
 import time
-import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+import tomllib
+
 from stedge.errors import StedgeError
 
-from .subjects import FastEmbedPeer, RuntimeVariant, STPeer, StedgeTorch, Subject
-
 from . import SUITES_DIR, work_root
+from .subjects import FastEmbedPeer, RuntimeVariant, StedgeTorch, STPeer, Subject
+
 SCHEMA_VERSION = 1
 
 
@@ -69,20 +71,22 @@ class Suite:
     models_dir: str = "models"
     texts: str = "stsb/test.tsv.gz"
     num_texts: int = 800
-    num_texts_batch1: int = 0  # throughput at batch size 1 over only the first N texts (0: all); latency has its own queries
+    num_texts_batch1: int = (
+        0  # throughput at batch size 1 over only the first N texts (0: all); latency has its own queries
+    )
     queries: str = "ir/scifact/queries.jsonl.gz"
     num_queries: int = 100
     accuracy: str = "stsb/test.tsv.gz"
     accuracy_pairs: int = 0
     calibration: str = "stsb/train.tsv.gz"
-    calibration_texts: int = 300            # as `stedge export --calibration-size`
-    passages: str = "ir/scifact/corpus.jsonl.gz"   # passage-length texts (abstracts, truncated at max_seq_length)
-    num_passages: int = 128                 # per timed pass; 0 turns passage throughput off
-    passage_batch_sizes: list[int] = field(default_factory=list)   # default: the headline batch size
-    tune: bool = True                       # `stedge tune` the artifact here first when its profile is missing or stale
-    tune_budget_s: float = 0.0              # 0: stedge tune's default (4 s per variant)
-    tune_quick: bool = False                # stedge tune --quick (set by --quick; a full run re-tunes after it)
-    peer_python: str | None = None          # run the sentence-transformers peers there (stedge.bench.peer)
+    calibration_texts: int = 300  # as `stedge export --calibration-size`
+    passages: str = "ir/scifact/corpus.jsonl.gz"  # passage-length texts (abstracts, truncated at max_seq_length)
+    num_passages: int = 128  # per timed pass; 0 turns passage throughput off
+    passage_batch_sizes: list[int] = field(default_factory=list)  # default: the headline batch size
+    tune: bool = True  # `stedge tune` the artifact here first when its profile is missing or stale
+    tune_budget_s: float = 0.0  # 0: stedge tune's default (4 s per variant)
+    tune_quick: bool = False  # stedge tune --quick (set by --quick; a full run re-tunes after it)
+    peer_python: str | None = None  # run the sentence-transformers peers there (stedge.bench.peer)
 
     def quick(self) -> "Suite":
         """A shortened copy for a fast look: one repetition, fewer texts and batch sizes."""
@@ -148,7 +152,9 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
     name = str(data.pop("name", file.stem))
     unknown = set(data) - _SUITE_KEYS
     if unknown:
-        raise StedgeError(f"{file}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_SUITE_KEYS))}")
+        raise StedgeError(
+            f"{file}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_SUITE_KEYS))}"
+        )
     if not isinstance(models_raw, list) or not models_raw:
         raise StedgeError(f"{file}: needs at least one [[models]] table with a 'ref'")
     _check_types(data, Suite, f"{file}: ")
@@ -159,7 +165,10 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
         _check_types(m, ModelEntry, f"{file}: models[{i}].")
         bad = set(m) - _MODEL_KEYS
         if bad:
-            raise StedgeError(f"{file}: models[{i}]: unknown key(s) {', '.join(sorted(bad))}; allowed: {', '.join(sorted(_MODEL_KEYS))}")
+            raise StedgeError(
+                f"{file}: models[{i}]: unknown key(s) {', '.join(sorted(bad))}; allowed: "
+                f"{', '.join(sorted(_MODEL_KEYS))}"
+            )
         if not m.get("ref"):
             raise StedgeError(f"{file}: models[{i}] needs 'ref' (a model reference or an artifact folder)")
         m.setdefault("name", Path(str(m["ref"]).rstrip("/")).name)
@@ -178,10 +187,15 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
     if suite.repetitions < 1:
         raise StedgeError(f"{file}: repetitions must be >= 1, got {suite.repetitions}")
     if suite.headline_batch_size not in suite.batch_sizes:
-        raise StedgeError(f"{file}: headline_batch_size {suite.headline_batch_size} must be one of batch_sizes {suite.batch_sizes}")
+        raise StedgeError(
+            f"{file}: headline_batch_size {suite.headline_batch_size} must be one of batch_sizes {suite.batch_sizes}"
+        )
     for m in models:
         if m.baseline_model is not None and m.baseline_model not in names:
-            raise StedgeError(f"{file}: models '{m.name}': baseline_model {m.baseline_model!r} is not a model of this suite ({', '.join(names)})")
+            raise StedgeError(
+                f"{file}: models '{m.name}': baseline_model {m.baseline_model!r} is not a model of this suite "
+                f"({', '.join(names)})"
+            )
     return suite
 
 
@@ -197,7 +211,13 @@ def resolve_threads(threads: int) -> int:
 def thread_env(threads: int) -> dict[str, str]:
     """Environment for every worker: the thread budget for each library, and quiet logs."""
     env = dict(os.environ)
-    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"):
+    for k in (
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "RAYON_NUM_THREADS",
+        "VECLIB_MAXIMUM_THREADS",
+    ):
         env[k] = str(threads)
     env["TOKENIZERS_PARALLELISM"] = "true"
     env.setdefault("HF_HUB_OFFLINE", "1")
@@ -229,7 +249,9 @@ def _read_sts_any(source: str, limit: int | None):
     try:
         return read_sts(hub, limit=limit), hub
     except StedgeError as e:
-        raise StedgeError(f"STS data {source!r} not found locally and the Hub fallback failed ({e}); set 'accuracy' in the suite") from None
+        raise StedgeError(
+            f"STS data {source!r} not found locally and the Hub fallback failed ({e}); set 'accuracy' in the suite"
+        ) from None
 
 
 def load_data(suite: Suite) -> BenchData:
@@ -246,22 +268,39 @@ def load_data(suite: Suite) -> BenchData:
     else:
         texts = sts_texts[: suite.num_texts]
     if resolve_data_path(suite.queries).exists():
-        queries = read_texts(suite.queries, column="text" if "jsonl" in suite.queries else None, limit=suite.num_queries)
+        queries = read_texts(
+            suite.queries, column="text" if "jsonl" in suite.queries else None, limit=suite.num_queries
+        )
     else:  # the shortest STS sentences stand in for queries
         queries = sorted(sts_texts, key=len)[: suite.num_queries]
     passages: list[str] = []
     if suite.num_passages and resolve_data_path(suite.passages).exists():
-        passages = read_texts(suite.passages, column="text" if "jsonl" in suite.passages else None,
-                              limit=suite.num_passages)
+        passages = read_texts(
+            suite.passages, column="text" if "jsonl" in suite.passages else None, limit=suite.num_passages
+        )
     if len(texts) < 1 or len(queries) < 1:
-        raise StedgeError(f"suite {suite.name}: no throughput texts or queries were read (texts={suite.texts!r}, queries={suite.queries!r})")
+        raise StedgeError(
+            f"suite {suite.name}: no throughput texts or queries were read (texts={suite.texts!r}, "
+            f"queries={suite.queries!r})"
+        )
     return BenchData(
-        texts=texts, queries=queries, sts_texts=sts_texts,
-        sts_i1=[uniq[t] for t in pairs.sentences1], sts_i2=[uniq[t] for t in pairs.sentences2],
+        texts=texts,
+        queries=queries,
+        sts_texts=sts_texts,
+        sts_i1=[uniq[t] for t in pairs.sentences1],
+        sts_i2=[uniq[t] for t in pairs.sentences2],
         sts_scores=list(pairs.scores),
-        sources={"texts": suite.texts, "num_texts": len(texts), "queries": suite.queries, "num_queries": len(queries),
-                 "accuracy": acc_src, "accuracy_pairs": len(pairs), "accuracy_texts": len(sts_texts),
-                 "passages": suite.passages if passages else None, "num_passages": len(passages)},
+        sources={
+            "texts": suite.texts,
+            "num_texts": len(texts),
+            "queries": suite.queries,
+            "num_queries": len(queries),
+            "accuracy": acc_src,
+            "accuracy_pairs": len(pairs),
+            "accuracy_texts": len(sts_texts),
+            "passages": suite.passages if passages else None,
+            "num_passages": len(passages),
+        },
         passages=passages,
     )
 
@@ -288,7 +327,9 @@ def token_counts(model_path: Path, texts: list[str]) -> list[int]:
 # --------------------------------------------------------------------------- building
 
 
-def ensure_artifact(entry: ModelEntry, model_path: Path, suite: Suite, data: BenchData, log: Callable[[str], None]) -> Path | None:
+def ensure_artifact(
+    entry: ModelEntry, model_path: Path, suite: Suite, data: BenchData, log: Callable[[str], None]
+) -> Path | None:
     """The artifact folder with every variant the entry asks for; missing ones are built via export_model."""
     if not entry.variants:
         return None
@@ -302,8 +343,14 @@ def ensure_artifact(entry: ModelEntry, model_path: Path, suite: Suite, data: Ben
     variants = list(entry.variants)
     if "fastembed" in entry.peers and "onnx-fp32" not in variants:
         variants.append("onnx-fp32")  # the graph fastembed runs
-    build_variants(model_path, art, variants, calibration=(suite.calibration, suite.calibration_texts),
-                   device=suite.device, log=log)
+    build_variants(
+        model_path,
+        art,
+        variants,
+        calibration=(suite.calibration, suite.calibration_texts),
+        device=suite.device,
+        log=log,
+    )
     return art
 
 
@@ -334,8 +381,9 @@ def ensure_profile(artifact: Path, suite: Suite, threads: int, env: dict[str, st
         cmd.append("--quick")
     log(f"tuning {artifact.name} on this machine ({len(todo)} variants; stale or new: {', '.join(stale)})")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work_root(),
-                              timeout=max(600, 60 * len(todo)))
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=env, cwd=work_root(), timeout=max(600, 60 * len(todo))
+        )
         failed = proc.stderr.strip()[-800:] if proc.returncode != 0 else None
     except subprocess.TimeoutExpired:
         failed = "timed out"
@@ -343,8 +391,9 @@ def ensure_profile(artifact: Path, suite: Suite, threads: int, env: dict[str, st
         log(f"warning: stedge tune {artifact} failed ({failed}); auto subjects fall back to the selection rule")
 
 
-def prepare_peer(model_path: Path, backend: str, cache_root: Path, name: str, log: Callable[[str], None],
-                 python: str | None = None) -> Path:
+def prepare_peer(
+    model_path: Path, backend: str, cache_root: Path, name: str, log: Callable[[str], None], python: str | None = None
+) -> Path:
     """A folder sentence-transformers loads with ``backend`` without exporting on load.
 
     torch reads the model folder as is; onnx/openvino use sentence-transformers' own export
@@ -359,7 +408,9 @@ def prepare_peer(model_path: Path, backend: str, cache_root: Path, name: str, lo
 
     from .peer import export_st_peer, probe
 
-    weights = next((model_path / f for f in ("model.safetensors", "pytorch_model.bin") if (model_path / f).exists()), None)
+    weights = next(
+        (model_path / f for f in ("model.safetensors", "pytorch_model.bin") if (model_path / f).exists()), None
+    )
     digest = sha256_file(weights) if weights else "none"
     if python is not None:  # another stack exports another graph: its versions are part of the key
         versions = probe(python, backend).get("versions") or {}
@@ -375,7 +426,9 @@ def prepare_peer(model_path: Path, backend: str, cache_root: Path, name: str, lo
         else:
             _export_in(python, model_path, backend, tmp)
         if not (tmp / STPeer.FILES[backend]).exists():
-            raise StedgeError(f"sentence-transformers saved no {STPeer.FILES[backend]} for the {backend} peer of {model_path}")
+            raise StedgeError(
+                f"sentence-transformers saved no {STPeer.FILES[backend]} for the {backend} peer of {model_path}"
+            )
         (tmp / ".bench-source-sha256").write_text(digest)
     return out
 
@@ -385,17 +438,31 @@ def _export_in(python: str, model_path: Path, backend: str, tmp: Path) -> None:
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
     env.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        proc = subprocess.run([python, "-m", "stedge.bench.peer_export", str(model_path), backend, str(tmp)],
-                              capture_output=True, text=True, env=env, cwd=work_root(), timeout=1800)
+        proc = subprocess.run(
+            [python, "-m", "stedge.bench.peer_export", str(model_path), backend, str(tmp)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=work_root(),
+            timeout=1800,
+        )
     except subprocess.TimeoutExpired:
         raise StedgeError(f"the sentence-transformers {backend} export of {model_path} in {python} timed out") from None
     if proc.returncode != 0:
-        raise StedgeError(f"the sentence-transformers {backend} export of {model_path} in {python} failed "
-                          f"(exit {proc.returncode}): {proc.stderr.strip()[-800:]}")
+        raise StedgeError(
+            f"the sentence-transformers {backend} export of {model_path} in {python} failed "
+            f"(exit {proc.returncode}): {proc.stderr.strip()[-800:]}"
+        )
 
 
-def make_subjects(entry: ModelEntry, model_path: Path, artifact: Path | None, peer_paths: dict[str, Path], device: str,
-                  peer_python: str | None = None) -> list[Subject]:
+def make_subjects(
+    entry: ModelEntry,
+    model_path: Path,
+    artifact: Path | None,
+    peer_paths: dict[str, Path],
+    device: str,
+    peer_python: str | None = None,
+) -> list[Subject]:
     """Subjects of one model entry, reference (stedge torch fp32) first; sentence-transformers peers run in
     ``peer_python`` when given."""
     subs: list[Subject] = [StedgeTorch(entry.name, str(model_path), device, p) for p in entry.torch]
@@ -415,8 +482,9 @@ def make_subjects(entry: ModelEntry, model_path: Path, artifact: Path | None, pe
         if backend == "fastembed":
             subs.append(FastEmbedPeer(entry.name, str(artifact or model_path), device))
             continue
-        subs.append(STPeer(entry.name, str(peer_paths.get(backend, model_path)), device, backend, prec or "fp32",
-                           peer_python))
+        subs.append(
+            STPeer(entry.name, str(peer_paths.get(backend, model_path)), device, backend, prec or "fp32", peer_python)
+        )
     subs.sort(key=lambda s: not s.is_reference)
     return subs
 
@@ -437,22 +505,41 @@ def reference_embeddings(model_path: Path, texts: list[str], threads: int) -> An
 def measure_gemm(threads: int, device: str, env: dict[str, str]) -> dict[str, Any]:
     """GEMM peak in a clean process with the workers' thread environment."""
     dev = "cuda" if device.startswith(("cuda", "tensorrt")) else "cpu"
-    proc = subprocess.run([sys.executable, "-m", "stedge.bench.gemm", str(threads), dev], capture_output=True, text=True, env=env, cwd=work_root(), timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stedge.bench.gemm", str(threads), dev],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=work_root(),
+        timeout=300,
+    )
     if proc.returncode != 0:
         raise StedgeError(f"the GEMM peak measurement failed: {proc.stderr.strip()[-500:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_worker(subject: Subject, job: dict[str, Any], work: Path, env: dict[str, str], timeout: float,
-               on_stage: Callable[[str], None]) -> dict[str, Any]:
+def run_worker(
+    subject: Subject,
+    job: dict[str, Any],
+    work: Path,
+    env: dict[str, str],
+    timeout: float,
+    on_stage: Callable[[str], None],
+) -> dict[str, Any]:
     """Start the worker, time its cold start from process start to the first vector, collect result.json."""
     job_file = work / "job.json"
     job_file.write_text(json.dumps({**job, "subject": subject.spec(), "work_dir": str(work)}), encoding="utf-8")
     err = open(work / "stderr.log", "w", encoding="utf-8")
     t0 = time.perf_counter()
     exe = subject.python or sys.executable  # a peer interpreter (--peer-python) gets the same environment
-    proc = subprocess.Popen([exe, "-m", "stedge.bench.worker", str(job_file)], stdout=subprocess.PIPE,
-                            stderr=err, text=True, env=env, cwd=work_root())
+    proc = subprocess.Popen(
+        [exe, "-m", "stedge.bench.worker", str(job_file)],
+        stdout=subprocess.PIPE,
+        stderr=err,
+        text=True,
+        env=env,
+        cwd=work_root(),
+    )
     killed = threading.Event()
 
     def kill() -> None:
@@ -511,16 +598,25 @@ def _summarize_throughput(raw: dict[str, Any], work_of: dict[str, tuple[int, int
         med = float(np.median(secs))
         out[bs] = {
             "sentences_per_s": float(n_texts / med),
-            "sentences_per_s_min": float(rates.min()), "sentences_per_s_max": float(rates.max()),
+            "sentences_per_s_min": float(rates.min()),
+            "sentences_per_s_max": float(rates.max()),
             "spread_pct": float(100 * (rates.max() - rates.min()) / (n_texts / med)),
-            "tokens_per_s": float(n_tokens / med), "gflops": float(flops / med / 1e9),
-            "seconds": [float(s) for s in secs], "texts": n_texts,
+            "tokens_per_s": float(n_tokens / med),
+            "gflops": float(flops / med / 1e9),
+            "seconds": [float(s) for s in secs],
+            "texts": n_texts,
         }
     return out
 
 
-def run_suite(suite: Suite, out_dir: Path | None = None, threads: int | None = None, progress: bool = True,
-              log: Callable[[str], None] | None = None, peer_python: str | os.PathLike | None = None) -> dict[str, Any]:
+def run_suite(
+    suite: Suite,
+    out_dir: Path | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    peer_python: str | os.PathLike | None = None,
+) -> dict[str, Any]:
     """Run every subject of the suite and return the results dict (see report.RESULTS_SCHEMA).
 
     ``out_dir`` receives results.json, results.md and the PNG plots (report.write_all). ``peer_python``
@@ -559,8 +655,9 @@ def run_suite(suite: Suite, out_dir: Path | None = None, threads: int | None = N
             for k, plan in enumerate(plans):
                 for sub in plan[3]:
                     plans[k] = plan = _maybe_reference(plan, sub, data, n_threads, log)
-                    row, emb = _measure(sub, plan, suite, data, gemm, job_common, env, tmp_root / f"{len(rows):03d}",
-                                        bar, task, log)
+                    row, emb = _measure(
+                        sub, plan, suite, data, gemm, job_common, env, tmp_root / f"{len(rows):03d}", bar, task, log
+                    )
                     if emb is not None and plan[4] is None and sub.is_reference and sub.device == "cpu":
                         plans[k] = plan = (*plan[:4], emb, *plan[5:])  # stedge torch fp32 on the CPU *is* the reference
                     rows.append(row)
@@ -577,8 +674,9 @@ def run_suite(suite: Suite, out_dir: Path | None = None, threads: int | None = N
     return results
 
 
-def _prepare_models(suite: Suite, data: BenchData, env: dict[str, str], n_threads: int,
-                    log: Callable[[str], None]) -> tuple[list[tuple], list[dict[str, str]]]:
+def _prepare_models(
+    suite: Suite, data: BenchData, env: dict[str, str], n_threads: int, log: Callable[[str], None]
+) -> tuple[list[tuple], list[dict[str, str]]]:
     """Resolve every model entry and plan it (artifact, peers, subjects, FLOPs); optional ones may be skipped."""
     from stedge.hub import resolve_model
 
@@ -601,17 +699,30 @@ def _prepare_models(suite: Suite, data: BenchData, env: dict[str, str], n_thread
 def _job_common(suite: Suite, data: BenchData, tmp_root: Path, n_threads: int) -> dict[str, Any]:
     """The settings and text files every worker of the run reads."""
     job = {
-        "threads": n_threads, "batch_sizes": suite.batch_sizes, "repetitions": suite.repetitions,
-        "warmup": suite.warmup, "latency_rounds": suite.latency_rounds, "num_texts_batch1": suite.num_texts_batch1,
+        "threads": n_threads,
+        "batch_sizes": suite.batch_sizes,
+        "repetitions": suite.repetitions,
+        "warmup": suite.warmup,
+        "latency_rounds": suite.latency_rounds,
+        "num_texts_batch1": suite.num_texts_batch1,
     }
-    for name, payload in (("texts.json", data.texts), ("queries.json", data.queries), ("accuracy.json", data.sts_texts)):
+    for name, payload in (
+        ("texts.json", data.texts),
+        ("queries.json", data.queries),
+        ("accuracy.json", data.sts_texts),
+    ):
         (tmp_root / name).write_text(json.dumps(payload), encoding="utf-8")
-    job.update(texts=str(tmp_root / "texts.json"), queries=str(tmp_root / "queries.json"),
-               accuracy_texts=str(tmp_root / "accuracy.json"))
+    job.update(
+        texts=str(tmp_root / "texts.json"),
+        queries=str(tmp_root / "queries.json"),
+        accuracy_texts=str(tmp_root / "accuracy.json"),
+    )
     if data.passages:
         (tmp_root / "passages.json").write_text(json.dumps(data.passages), encoding="utf-8")
-        job.update(passages=str(tmp_root / "passages.json"),
-                   passage_batch_sizes=suite.passage_batch_sizes or [suite.headline_batch_size])
+        job.update(
+            passages=str(tmp_root / "passages.json"),
+            passage_batch_sizes=suite.passage_batch_sizes or [suite.headline_batch_size],
+        )
     return job
 
 
@@ -624,16 +735,35 @@ def _maybe_reference(plan: tuple, sub: Subject, data: BenchData, n_threads: int,
     return (*plan[:4], reference_embeddings(model_path, data.sts_texts, n_threads), *plan[5:])
 
 
-def _measure(sub: Subject, plan: tuple, suite: Suite, data: BenchData, gemm: dict, job_common: dict,
-             env: dict[str, str], work: Path, bar, task, log: Callable[[str], None]) -> tuple[dict, Any]:
+def _measure(
+    sub: Subject,
+    plan: tuple,
+    suite: Suite,
+    data: BenchData,
+    gemm: dict,
+    job_common: dict,
+    env: dict[str, str],
+    work: Path,
+    bar,
+    task,
+    log: Callable[[str], None],
+) -> tuple[dict, Any]:
     """One subject's row (and its embeddings when it ran), measured in its own worker process."""
     import numpy as np
 
     from . import gemm as gemm_mod
 
     entry, _model_path, _artifact, _subs, ref, dims, counts, pcounts = plan
-    row: dict[str, Any] = {"id": sub.id, "model": entry.name, "label": sub.label, "kind": sub.kind,
-                           "device": sub.device, "peer": sub.is_peer, "reference": sub.is_reference, **sub.facts()}
+    row: dict[str, Any] = {
+        "id": sub.id,
+        "model": entry.name,
+        "label": sub.label,
+        "kind": sub.kind,
+        "device": sub.device,
+        "peer": sub.is_peer,
+        "reference": sub.is_reference,
+        **sub.facts(),
+    }
     why = sub.unavailable()
     if why is None:
         try:
@@ -676,38 +806,69 @@ def _measure(sub: Subject, plan: tuple, suite: Suite, data: BenchData, gemm: dic
     return row, emb
 
 
-def _results(suite: Suite, plans: list[tuple], rows: list[dict], skipped_models: list[dict], gemm: dict,
-             env: dict[str, str], n_threads: int, data: BenchData, started: datetime, load_before: Any) -> dict:
+def _results(
+    suite: Suite,
+    plans: list[tuple],
+    rows: list[dict],
+    skipped_models: list[dict],
+    gemm: dict,
+    env: dict[str, str],
+    n_threads: int,
+    data: BenchData,
+    started: datetime,
+    load_before: Any,
+) -> dict:
     """The results dict of a run (report.RESULTS_SCHEMA)."""
     from .machine import cuda_available, load_average, machine_facts
 
     dev_family = suite.device.split(":", 1)[0].lower()
     return {
         "schema_version": SCHEMA_VERSION,
-        "suite": {k: v for k, v in suite.__dict__.items() if k != "models"} | {
-            "models": [m.__dict__ for m in suite.models]},
+        "suite": {k: v for k, v in suite.__dict__.items() if k != "models"}
+        | {"models": [m.__dict__ for m in suite.models]},
         "started": started.isoformat(timespec="seconds"),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_facts(with_gpu=dev_family != "cpu" or cuda_available()),
         "load_average": {"before": load_before, "after": load_average()},
-        "threads": {"budget": n_threads, "torch": "torch.set_num_threads", "onnxruntime": "intra_op_num_threads",
-                    "openvino": "INFERENCE_NUM_THREADS",
-                    "env": {k: env[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")}},
+        "threads": {
+            "budget": n_threads,
+            "torch": "torch.set_num_threads",
+            "onnxruntime": "intra_op_num_threads",
+            "openvino": "INFERENCE_NUM_THREADS",
+            "env": {k: env[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")},
+        },
         "gemm_peak": gemm,
         "flops_formula": "L * (2*n*(4*h^2 + 2*h*i) + 4*n^2*h) per text of n tokens (stedge/bench/gemm.py)",
         "data": data.sources,
-        "models": [{"name": e.name, "ref": e.ref, "path": str(mp), "artifact": str(a) if a else None, **dims,
-                    "tokens": int(sum(c)), "mean_tokens_per_text": float(sum(c) / len(c)),
-                    "mean_tokens_per_passage": float(sum(_p) / len(_p)) if _p else None,
-                    "reference_spearman": _accuracy(r, None, data)["spearman"] if r is not None else None}
-                   for e, mp, a, _s, r, dims, c, _p in plans],
+        "models": [
+            {
+                "name": e.name,
+                "ref": e.ref,
+                "path": str(mp),
+                "artifact": str(a) if a else None,
+                **dims,
+                "tokens": int(sum(c)),
+                "mean_tokens_per_text": float(sum(c) / len(c)),
+                "mean_tokens_per_passage": float(sum(_p) / len(_p)) if _p else None,
+                "reference_spearman": _accuracy(r, None, data)["spearman"] if r is not None else None,
+            }
+            for e, mp, a, _s, r, dims, c, _p in plans
+        ],
         "skipped_models": skipped_models,
         "rows": rows,
     }
 
 
-def _plan_model(entry: ModelEntry, model_path: Path, suite: Suite, data: BenchData, env: dict[str, str], n_threads: int,
-                cache_root: Path, log: Callable[[str], None]) -> tuple:
+def _plan_model(
+    entry: ModelEntry,
+    model_path: Path,
+    suite: Suite,
+    data: BenchData,
+    env: dict[str, str],
+    n_threads: int,
+    cache_root: Path,
+    log: Callable[[str], None],
+) -> tuple:
     """Artifact (built and tuned here), peers, subjects, reference, dims and token counts of one model entry."""
     from . import gemm as gemm_mod
 
@@ -762,12 +923,17 @@ def _add_relative(rows: list[dict[str, Any]], models: list[ModelEntry]) -> None:
             v = r["headline_sentences_per_s"]
             r["speedup_vs_torch"] = v / ref["headline_sentences_per_s"] if ref else None
             r["speedup_vs_best_peer"] = v / best_peer["headline_sentences_per_s"] if best_peer else None
-            r["best_peer"] = (best_peer["label"] + ("" if best_peer["model"] == model else f" [{best_peer['model']}]")
-                              if best_peer else None)
+            r["best_peer"] = (
+                best_peer["label"] + ("" if best_peer["model"] == model else f" [{best_peer['model']}]")
+                if best_peer
+                else None
+            )
             if fastembed is not None and r is not fastembed:
                 r["speedup_vs_fastembed"] = {
                     bs: t["sentences_per_s"] / fastembed["throughput"][bs]["sentences_per_s"]
-                    for bs, t in r["throughput"].items() if bs in fastembed["throughput"]}
+                    for bs, t in r["throughput"].items()
+                    if bs in fastembed["throughput"]
+                }
             if ref is not None:
                 r["accuracy"]["spearman_delta"] = r["accuracy"]["spearman"] - ref["accuracy"]["spearman"]
             if base:

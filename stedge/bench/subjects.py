@@ -15,6 +15,7 @@ Kinds:
 * ``fastembed``: fastembed's ``TextEmbedding`` over the artifact's onnx-fp32 graph (a peer).
 * ``runtime`` with ``variant="auto:<tier>"``: what ``Encoder.load(path, tier=...)`` picks on this machine.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -52,13 +53,21 @@ def _cuda_problem(device: str) -> str | None:
 
 def _ort_provider_problem(device: str) -> str | None:
     family = _device_family(device)
-    need = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}.get(family)
+    need = {
+        "cpu": "CPUExecutionProvider",
+        "cuda": "CUDAExecutionProvider",
+        "tensorrt": "TensorrtExecutionProvider",
+    }.get(family)
     if need is None:
         return None
     from .machine import ort_providers
 
     have = ort_providers()
-    return None if need in have else f"onnxruntime has no {need} (installed: {', '.join(have) or 'none'}; pip install onnxruntime-gpu)"
+    return (
+        None
+        if need in have
+        else f"onnxruntime has no {need} (installed: {', '.join(have) or 'none'}; pip install onnxruntime-gpu)"
+    )
 
 
 def _weights_size(path: Path) -> int:
@@ -224,8 +233,9 @@ class RuntimeVariant(Subject):
         if m is None:
             return {"error": f"{self.path}: no readable stedge.json"}
         try:
-            return select_variant(m.variants, _device_family(self.device), None, installed_backends(),
-                                  self.path, tier=self.tier).to_dict()
+            return select_variant(
+                m.variants, _device_family(self.device), None, installed_backends(), self.path, tier=self.tier
+            ).to_dict()
         except RuntimeStedgeError as e:
             return {"error": str(e)}
 
@@ -258,9 +268,17 @@ class RuntimeVariant(Subject):
         backend = v.get("backend") or name.split("-", 1)[0]
         engine = "onnxruntime" if backend == "onnx" else backend
         ver = v.get("verification") or {}
-        out = {"backend": backend, "precision": v.get("precision"), "optimization": v.get("optimization"),
-               "quantization": v.get("quantization"), "engine": engine, "verification": v.get("verification"),
-               "variant": name, "tier": ver.get("tier"), "batch_invariance_min_cos": invariance_of(v)}
+        out = {
+            "backend": backend,
+            "precision": v.get("precision"),
+            "optimization": v.get("optimization"),
+            "quantization": v.get("quantization"),
+            "engine": engine,
+            "verification": v.get("verification"),
+            "variant": name,
+            "tier": ver.get("tier"),
+            "batch_invariance_min_cos": invariance_of(v),
+        }
         if self.tier is not None:
             out.update(auto_tier=self.tier, selection=self.selection())
         return out
@@ -311,8 +329,10 @@ class RuntimeVariant(Subject):
         def encode(texts: list[str], batch_size: int) -> np.ndarray:
             return enc.encode(texts, batch_size=batch_size)
 
-        encode.info = {"selection": enc.selection.to_dict(),  # type: ignore[attr-defined]
-                       "warnings": [str(w.message) for w in caught]}
+        encode.info = {
+            "selection": enc.selection.to_dict(),  # type: ignore[attr-defined]
+            "warnings": [str(w.message) for w in caught],
+        }
         return encode
 
 
@@ -356,15 +376,20 @@ class FastEmbedPeer(Subject):
     def load(self, threads: int) -> EncodeFn:
         from fastembed import TextEmbedding
         from fastembed.common.model_description import ModelSource, PoolingType
-
         from stedge_runtime.artifact import Manifest
 
         m = Manifest.read(self.path)
         name = f"stedge-bench/{Path(self.path).name}"
         if name.lower() not in {d["model"].lower() for d in TextEmbedding.list_supported_models()}:
-            TextEmbedding.add_custom_model(name, pooling=PoolingType.DISABLED, normalization=False,
-                                           sources=ModelSource(hf=name), dim=int(m.dimension or 0), model_file=self.FILE,
-                                           output_name="sentence_embedding")
+            TextEmbedding.add_custom_model(
+                name,
+                pooling=PoolingType.DISABLED,
+                normalization=False,
+                sources=ModelSource(hf=name),
+                dim=int(m.dimension or 0),
+                model_file=self.FILE,
+                output_name="sentence_embedding",
+            )
         model = TextEmbedding(name, specific_model_path=self.path, threads=threads, local_files_only=True)
         model.model.tokenizer.enable_truncation(max_length=int(m.max_seq_length or 512))
 
@@ -388,8 +413,15 @@ class STPeer(Subject):
     is_peer = True
     FILES = {"onnx": "onnx/model.onnx", "openvino": "openvino/openvino_model.xml"}
 
-    def __init__(self, model: str, path: str, device: str = "cpu", backend: str = "torch", precision: str = "fp32",
-                 python: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        path: str,
+        device: str = "cpu",
+        backend: str = "torch",
+        precision: str = "fp32",
+        python: str | None = None,
+    ) -> None:
         super().__init__(model, path, device)
         if backend not in ("torch", "onnx", "openvino"):
             raise ValueError(f"sentence-transformers backend must be torch, onnx or openvino, got {backend!r}")
@@ -415,8 +447,12 @@ class STPeer(Subject):
 
     def facts(self) -> dict[str, Any]:
         engine = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino"}[self.backend]
-        out: dict[str, Any] = {"backend": self.backend, "precision": self.precision, "optimization": None,
-                               "engine": engine}
+        out: dict[str, Any] = {
+            "backend": self.backend,
+            "precision": self.precision,
+            "optimization": None,
+            "engine": engine,
+        }
         pr = self._probe()
         if pr is not None:
             out.update(python=self.python, python_version=pr.get("python_version"), peer_versions=pr.get("versions"))
@@ -481,12 +517,17 @@ class STPeer(Subject):
             so = ort.SessionOptions()
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
-            kwargs = {"file_name": self.FILES["onnx"], "session_options": so,
-                      "provider": "CUDAExecutionProvider" if fam == "cuda" else "CPUExecutionProvider"}
+            kwargs = {
+                "file_name": self.FILES["onnx"],
+                "session_options": so,
+                "provider": "CUDAExecutionProvider" if fam == "cuda" else "CPUExecutionProvider",
+            }
         elif self.backend == "openvino":
             kwargs = {"file_name": self.FILES["openvino"], "ov_config": {"INFERENCE_NUM_THREADS": threads}}
         device = self.device if self.backend == "torch" or fam == "cuda" else "cpu"
-        model = SentenceTransformer(self.path, backend=self.backend, device=device, model_kwargs=kwargs or None, local_files_only=True)
+        model = SentenceTransformer(
+            self.path, backend=self.backend, device=device, model_kwargs=kwargs or None, local_files_only=True
+        )
         if self.precision == "fp16":
             model.half()
         elif self.precision == "bf16":

@@ -13,6 +13,7 @@ The parent (runner.py) writes the job, starts this process and times it from pro
 Lines ``STAGE <what>`` on stdout let the parent show progress. The result goes to ``result.json``.
 Only numpy and the subject's own engine are imported here, so memory and cold start are the subject's.
 """
+
 from __future__ import annotations
 
 import json

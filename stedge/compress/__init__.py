@@ -4,15 +4,22 @@ Each step reads a model directory and writes a model directory (sentence-transfo
 with a before/after report (``compression_report.json``) and its lineage (``stedge_lineage.json``
 and the model card). Imports are lazy so that registering the CLI stays cheap.
 """
+
 from __future__ import annotations
 
 import importlib
 
 _EXPORTS = {
-    "find_layer_list": "layers", "keep_layers": "layers", "spread_layers": "layers",
+    "find_layer_list": "layers",
+    "keep_layers": "layers",
+    "spread_layers": "layers",
     "run_merge": "lora",
-    "add_pca": "pca", "fit_pca": "pca", "reduce_dim": "pca",
-    "make_student": "distill", "run_distill": "distill", "teacher_embeddings": "distill",
+    "add_pca": "pca",
+    "fit_pca": "pca",
+    "reduce_dim": "pca",
+    "make_student": "distill",
+    "run_distill": "distill",
+    "teacher_embeddings": "distill",
 }
 __all__ = sorted(_EXPORTS)
 

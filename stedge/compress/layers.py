@@ -1,4 +1,5 @@
 """Layer reduction: keep a chosen subset of a transformer's layers."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -9,13 +10,13 @@ from ..errors import StedgeError
 
 # Where common architectures keep their stack of layers (attribute path from the base model).
 LAYER_PATHS = (
-    "encoder.layer",      # BERT, RoBERTa, XLM-R, ELECTRA, MPNet, MiniLM
+    "encoder.layer",  # BERT, RoBERTa, XLM-R, ELECTRA, MPNet, MiniLM
     "transformer.layer",  # DistilBERT
-    "encoder.layers",     # BART/Marian encoders, some ViT-style models
-    "layers",             # ModernBERT, Llama/Qwen/Mistral base models (model.layers)
-    "encoder.block",      # T5 encoder
-    "block",              # T5EncoderModel body
-    "h",                  # GPT-2 style
+    "encoder.layers",  # BART/Marian encoders, some ViT-style models
+    "layers",  # ModernBERT, Llama/Qwen/Mistral base models (model.layers)
+    "encoder.block",  # T5 encoder
+    "block",  # T5EncoderModel body
+    "h",  # GPT-2 style
     "transformer.h",
     "model.layers",
 )

@@ -3,6 +3,7 @@
 Detecting, loading and merging adapters lives in ``stedge.models.adapters`` (one home); this module
 keeps the command: the merged-vs-unmerged check, the report and the atomic save.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,23 +11,41 @@ from pathlib import Path
 from ..models.adapters import adapter_config, load_unmerged
 
 SAMPLE_SENTENCES = (
-    "A man is playing a guitar.", "The weather is lovely today.", "Stocks fell sharply on Monday.",
-    "A child is riding a horse on the beach.", "How do I reset my password?", "Quantum computers use qubits.",
-    "She sold the house and moved to the coast.", "Two dogs are running through a field.",
+    "A man is playing a guitar.",
+    "The weather is lovely today.",
+    "Stocks fell sharply on Monday.",
+    "A child is riding a horse on the beach.",
+    "How do I reset my password?",
+    "Quantum computers use qubits.",
+    "She sold the house and moved to the coast.",
+    "Two dogs are running through a field.",
 )
 
 
-def run_merge(adapter: str, output: str, base: str | None = None, eval_path: str | None = None,
-              overwrite: bool = False, batch_size: int = 64, device: str | None = None) -> dict:
+def run_merge(
+    adapter: str,
+    output: str,
+    base: str | None = None,
+    eval_path: str | None = None,
+    overwrite: bool = False,
+    batch_size: int = 64,
+    device: str | None = None,
+) -> dict:
     """`stedge lora merge`: merge, check merged vs unmerged outputs, save; returns the report."""
     import numpy as np
 
     from ..data import read_sts
     from ..errors import CheckFailedError
-    from .report import (eval_sentences, embedding_mse, make_step, min_cosine, model_summary,
-                         save_with_report, sts_spearman)
-
     from ..io import check_output
+    from .report import (
+        embedding_mse,
+        eval_sentences,
+        make_step,
+        min_cosine,
+        model_summary,
+        save_with_report,
+        sts_spearman,
+    )
 
     check_output(output, overwrite, protect=[adapter])
     adapter_dir = Path(adapter)
@@ -39,7 +58,8 @@ def run_merge(adapter: str, output: str, base: str | None = None, eval_path: str
     before["model"] = f"{adapter} (on {ref})"
     before["parameters"] = int(sum(p.numel() for n, p in unmerged.named_parameters()))
     before["weights_bytes"] = (before["weights_bytes"] or 0) + sum(
-        f.stat().st_size for f in adapter_dir.glob("adapter_model.*") if f.is_file())
+        f.stat().st_size for f in adapter_dir.glob("adapter_model.*") if f.is_file()
+    )
     ref_emb = unmerged.encode(texts, batch_size=batch_size)
     if pairs is not None:
         before["spearman"] = sts_spearman(unmerged, pairs, batch_size)
@@ -50,17 +70,37 @@ def run_merge(adapter: str, output: str, base: str | None = None, eval_path: str
     after = model_summary(merged)
     if pairs is not None:
         after["spearman"] = sts_spearman(merged, pairs, batch_size)
-    comparison = {"merged_vs_unmerged_min_cosine": min_cosine(emb, ref_emb),
-                  "merged_vs_unmerged_mse": embedding_mse(emb, ref_emb), "compared_sentences": len(texts)}
+    comparison = {
+        "merged_vs_unmerged_min_cosine": min_cosine(emb, ref_emb),
+        "merged_vs_unmerged_mse": embedding_mse(emb, ref_emb),
+        "compared_sentences": len(texts),
+    }
     if not np.isfinite(emb).all() or comparison["merged_vs_unmerged_min_cosine"] < 0.9999:
         raise CheckFailedError(
             f"merged model disagrees with the adapter on its base: min cosine "
             f"{comparison['merged_vs_unmerged_min_cosine']:.6f} < 0.9999; nothing was written"
         )
-    report = {"command": "lora merge", "before": before, "after": after, "comparison": comparison,
-              "settings": {"adapter": str(adapter), "base": ref, "eval": eval_path}}
-    step = make_step("lora merge", ref, adapter=str(adapter), rank=cfg.get("r"), lora_alpha=cfg.get("lora_alpha"),
-                     target_modules=cfg.get("target_modules"))
-    save_with_report(merged, output, report, step, parent=adapter_dir if (adapter_dir / "stedge_lineage.json").exists()
-                     else unmerged.model_path, overwrite=overwrite)
+    report = {
+        "command": "lora merge",
+        "before": before,
+        "after": after,
+        "comparison": comparison,
+        "settings": {"adapter": str(adapter), "base": ref, "eval": eval_path},
+    }
+    step = make_step(
+        "lora merge",
+        ref,
+        adapter=str(adapter),
+        rank=cfg.get("r"),
+        lora_alpha=cfg.get("lora_alpha"),
+        target_modules=cfg.get("target_modules"),
+    )
+    save_with_report(
+        merged,
+        output,
+        report,
+        step,
+        parent=adapter_dir if (adapter_dir / "stedge_lineage.json").exists() else unmerged.model_path,
+        overwrite=overwrite,
+    )
     return report

@@ -1,4 +1,5 @@
 """PCA as a Dense layer: fit on the model's embeddings, project (and centre) inside the model."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,9 @@ def _normalize_index(encoder: SentenceEncoder) -> int:
     return next((i for i, m in enumerate(encoder) if isinstance(m, Normalize)), len(encoder))
 
 
-def pre_normalize_embeddings(encoder: SentenceEncoder, sentences: Sequence[str], batch_size: int = 64,
-                             show_progress_bar: bool | None = None) -> np.ndarray:
+def pre_normalize_embeddings(
+    encoder: SentenceEncoder, sentences: Sequence[str], batch_size: int = 64, show_progress_bar: bool | None = None
+) -> np.ndarray:
     """Embeddings as the module inserted before Normalize will see them (Normalize skipped)."""
     idx = _normalize_index(encoder)
     head = SentenceEncoder(modules=list(encoder)[:idx], device=str(encoder.device)) if idx < len(encoder) else encoder
@@ -77,16 +79,26 @@ def add_pca(encoder: SentenceEncoder, components: np.ndarray, mean: np.ndarray |
     idx = _normalize_index(encoder)
     mods = list(encoder)
     dense = pca_dense(components, mean).to(encoder.device)
-    out = SentenceEncoder(modules=mods[:idx] + [dense] + mods[idx:], device=str(encoder.device),
-                          prompts=encoder.prompts, default_prompt_name=encoder.default_prompt_name,
-                          similarity_fn_name=encoder.similarity_fn_name)
+    out = SentenceEncoder(
+        modules=mods[:idx] + [dense] + mods[idx:],
+        device=str(encoder.device),
+        prompts=encoder.prompts,
+        default_prompt_name=encoder.default_prompt_name,
+        similarity_fn_name=encoder.similarity_fn_name,
+    )
     out.model_path = encoder.model_path
     out.model_ref = encoder.model_ref
     return out
 
 
-def reduce_dim(encoder: SentenceEncoder, sentences: Sequence[str], dim: int, centred: bool = True,
-               batch_size: int = 64, show_progress_bar: bool | None = None) -> tuple[SentenceEncoder, dict]:
+def reduce_dim(
+    encoder: SentenceEncoder,
+    sentences: Sequence[str],
+    dim: int,
+    centred: bool = True,
+    batch_size: int = 64,
+    show_progress_bar: bool | None = None,
+) -> tuple[SentenceEncoder, dict]:
     """Fit PCA to ``dim`` on ``sentences`` and return (new encoder, fit info)."""
     sentences = list(sentences)
     check_pca_dim(dim, encoder.get_sentence_embedding_dimension(), len(sentences))
@@ -94,15 +106,27 @@ def reduce_dim(encoder: SentenceEncoder, sentences: Sequence[str], dim: int, cen
     comps, mean, ratio = fit_pca(emb, dim)
     out = add_pca(encoder, comps, mean if centred else None)
     info = {
-        "dim_in": int(emb.shape[1]), "dim_out": int(dim), "centred": centred, "fit_sentences": len(sentences),
+        "dim_in": int(emb.shape[1]),
+        "dim_out": int(dim),
+        "centred": centred,
+        "fit_sentences": len(sentences),
         "explained_variance": float(ratio.sum()),
     }
     return out, info
 
 
-def run_pca(model: str, dim: int, data: Sequence[str], output: str, eval_path: str | None = None,
-            centred: bool = True, overwrite: bool = False, batch_size: int = 64, device: str | None = None,
-            show_progress_bar: bool | None = None) -> dict:
+def run_pca(
+    model: str,
+    dim: int,
+    data: Sequence[str],
+    output: str,
+    eval_path: str | None = None,
+    centred: bool = True,
+    overwrite: bool = False,
+    batch_size: int = 64,
+    device: str | None = None,
+    show_progress_bar: bool | None = None,
+) -> dict:
     """`stedge pca`: fit PCA on the model's embeddings of ``data``, save the model, return the report."""
     from ..data import read_sts
     from ..io import check_output
@@ -117,18 +141,36 @@ def run_pca(model: str, dim: int, data: Sequence[str], output: str, eval_path: s
     before["model"] = str(model)
     if pairs is not None:
         before["spearman"] = sts_spearman(encoder, pairs, batch_size)
-    reduced, info = reduce_dim(encoder, sentences, dim, centred=centred, batch_size=batch_size,
-                               show_progress_bar=show_progress_bar)
+    reduced, info = reduce_dim(
+        encoder, sentences, dim, centred=centred, batch_size=batch_size, show_progress_bar=show_progress_bar
+    )
     after = model_summary(reduced)
     comparison: dict = {"explained_variance": info["explained_variance"], "centred": centred}
     if pairs is not None:
         after["spearman"] = sts_spearman(reduced, pairs, batch_size)
         comparison["spearman_change"] = after["spearman"] - before["spearman"]
-    report = {"command": "pca", "before": before, "after": after, "comparison": comparison,
-              "settings": {"dim": dim, "centred": centred, "data": [str(d) for d in data], "eval": eval_path,
-                           "fit_sentences": len(sentences)}}
-    step = make_step("pca", str(model), dim_in=info["dim_in"], dim_out=dim, centred=centred,
-                     fit_data=[str(d) for d in data], fit_sentences=len(sentences),
-                     explained_variance=round(info["explained_variance"], 6))
+    report = {
+        "command": "pca",
+        "before": before,
+        "after": after,
+        "comparison": comparison,
+        "settings": {
+            "dim": dim,
+            "centred": centred,
+            "data": [str(d) for d in data],
+            "eval": eval_path,
+            "fit_sentences": len(sentences),
+        },
+    }
+    step = make_step(
+        "pca",
+        str(model),
+        dim_in=info["dim_in"],
+        dim_out=dim,
+        centred=centred,
+        fit_data=[str(d) for d in data],
+        fit_sentences=len(sentences),
+        explained_variance=round(info["explained_variance"], 6),
+    )
     save_with_report(reduced, output, report, step, parent=encoder.model_path, overwrite=overwrite)
     return report

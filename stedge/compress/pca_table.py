@@ -5,6 +5,7 @@
 The fit and eval sentences are embedded once (before Normalize, as the PCA layer sees them); each
 row then applies the very Dense layer `stedge pca` would insert (``pca_dense``) and the cosine.
 """
+
 from __future__ import annotations
 
 import time
@@ -13,8 +14,9 @@ from typing import List, Optional
 import typer
 
 
-def pca_table(model: str, data: list[str], eval_path: str, dims: list[int], batch_size: int = 64,
-              max_sentences: int | None = None) -> dict:
+def pca_table(
+    model: str, data: list[str], eval_path: str, dims: list[int], batch_size: int = 64, max_sentences: int | None = None
+) -> dict:
     """Spearman x100 on ``eval_path`` for each dim, centred and uncentred, plus the full-width baseline."""
     import torch
 
@@ -46,19 +48,30 @@ def pca_table(model: str, data: list[str], eval_path: str, dims: list[int], batc
                 out = pca_dense(comps, m)({"sentence_embedding": torch.as_tensor(ev)})["sentence_embedding"].numpy()
             row[name] = score(out)
         rows.append(row)
-    return {"model": model, "width": width, "baseline": score(ev), "fit_sentences": len(sentences),
-            "eval_pairs": n, "rows": rows, "seconds": time.perf_counter() - start}
+    return {
+        "model": model,
+        "width": width,
+        "baseline": score(ev),
+        "fit_sentences": len(sentences),
+        "eval_pairs": n,
+        "rows": rows,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def to_markdown(result: dict) -> str:
     """The table as markdown."""
     base = result["baseline"]
-    lines = [f"| dims | centred | uncentred | centred - full | uncentred - full | explained variance |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: |",
-             f"| {result['width']} (no PCA) | {base:.2f} | {base:.2f} | 0.00 | 0.00 | 1.000 |"]
+    lines = [
+        "| dims | centred | uncentred | centred - full | uncentred - full | explained variance |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {result['width']} (no PCA) | {base:.2f} | {base:.2f} | 0.00 | 0.00 | 1.000 |",
+    ]
     for r in result["rows"]:
-        lines.append(f"| {r['dim']} | {r['centred']:.2f} | {r['uncentred']:.2f} | {r['centred'] - base:+.2f} | "
-                     f"{r['uncentred'] - base:+.2f} | {r['explained_variance']:.3f} |")
+        lines.append(
+            f"| {r['dim']} | {r['centred']:.2f} | {r['uncentred']:.2f} | {r['centred'] - base:+.2f} | "
+            f"{r['uncentred'] - base:+.2f} | {r['explained_variance']:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -72,7 +85,9 @@ def main(
     """Print the centred-vs-uncentred PCA table."""
     result = pca_table(model, data, eval_path, [int(x) for x in dims.split(",")], max_sentences=max_sentences)
     typer.echo(to_markdown(result))
-    typer.echo(f"\n{result['fit_sentences']} fit sentences, {result['eval_pairs']} eval pairs, {result['seconds']:.0f} s")
+    typer.echo(
+        f"\n{result['fit_sentences']} fit sentences, {result['eval_pairs']} eval pairs, {result['seconds']:.0f} s"
+    )
 
 
 if __name__ == "__main__":

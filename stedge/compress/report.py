@@ -1,4 +1,5 @@
 """Before/after reports and lineage for compressed models."""
+
 from __future__ import annotations
 
 import json
@@ -76,8 +77,13 @@ def read_lineage(path: str | os.PathLike | None) -> list[dict]:
 
 def make_step(step: str, source: str | None, **details: Any) -> dict:
     """One lineage step: what was done, to which model, with which settings."""
-    return {"step": step, "source": source, **details, "stedge": __version__,
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    return {
+        "step": step,
+        "source": source,
+        **details,
+        "stedge": __version__,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
 
 
 def _fmt(v: Any) -> str:
@@ -92,8 +98,13 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-ROWS = (("dim", "dimensions"), ("layers", "layers"), ("parameters", "parameters"),
-        ("weights_bytes", "weights (bytes)"), ("spearman", "Spearman x100"))
+ROWS = (
+    ("dim", "dimensions"),
+    ("layers", "layers"),
+    ("parameters", "parameters"),
+    ("weights_bytes", "weights (bytes)"),
+    ("spearman", "Spearman x100"),
+)
 
 
 def print_report(report: dict, console=None) -> None:
@@ -115,11 +126,25 @@ def print_report(report: dict, console=None) -> None:
 
 def model_card(steps: Sequence[dict], report: dict) -> str:
     """A short README.md recording how the model was made."""
-    lines = ["---", "library_name: sentence-transformers", "tags:", "- sentence-transformers", "- stedge", "---", "",
-             f"# {Path(report.get('output') or 'model').name}", "",
-             f"Made with `stedge {report['command']}` from `{report['before'].get('model')}`.", "", "## Lineage", ""]
+    lines = [
+        "---",
+        "library_name: sentence-transformers",
+        "tags:",
+        "- sentence-transformers",
+        "- stedge",
+        "---",
+        "",
+        f"# {Path(report.get('output') or 'model').name}",
+        "",
+        f"Made with `stedge {report['command']}` from `{report['before'].get('model')}`.",
+        "",
+        "## Lineage",
+        "",
+    ]
     for i, s in enumerate(steps, 1):
-        details = ", ".join(f"{k}={json.dumps(v)}" for k, v in s.items() if k not in ("step", "source", "stedge", "date"))
+        details = ", ".join(
+            f"{k}={json.dumps(v)}" for k, v in s.items() if k not in ("step", "source", "stedge", "date")
+        )
         lines.append(f"{i}. **{s['step']}** of `{s.get('source')}`" + (f": {details}" if details else ""))
     lines += ["", "## Before / after", "", "| | before | after |", "| --- | ---: | ---: |"]
     for key, label in ROWS:
@@ -130,8 +155,14 @@ def model_card(steps: Sequence[dict], report: dict) -> str:
     return "\n".join(lines)
 
 
-def save_with_report(encoder: SentenceEncoder, output: str | os.PathLike, report: dict, step: dict,
-                     parent: str | os.PathLike | None, overwrite: bool = False) -> Path:
+def save_with_report(
+    encoder: SentenceEncoder,
+    output: str | os.PathLike,
+    report: dict,
+    step: dict,
+    parent: str | os.PathLike | None,
+    overwrite: bool = False,
+) -> Path:
     """Save the model atomically with its lineage (card + stedge_lineage.json) and the report JSON.
 
     Fills ``report['after']['weights_bytes']`` from the written files.

@@ -4,6 +4,7 @@ or on a Ray cluster (`stedge embed-corpus`).
     from stedge.corpus import embed_corpus
     embed_corpus("models/minilm-stedge", ["docs/*.jsonl.gz"], "out/docs", text_column="text", id_column="_id")
 """
+
 from __future__ import annotations
 
 __all__ = ["embed_corpus", "read_corpus"]

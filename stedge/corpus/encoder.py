@@ -1,5 +1,6 @@
 """The model behind a corpus job: an exported artifact (stedge_runtime, torch-free) or a plain model
 (stedge.models.SentenceEncoder), described by a picklable spec so Ray actors can open it too."""
+
 from __future__ import annotations
 
 import warnings
@@ -45,14 +46,21 @@ class CorpusEncoder:
             from stedge_runtime import Encoder
 
             # route=False: every chunk, however small, runs on the one variant recorded in corpus.json
-            self._enc: Any = Encoder.load(spec.model, variant=spec.variant, device=spec.device or "cpu",
-                                          threads=spec.threads, tier=spec.tier, route=False)
+            self._enc: Any = Encoder.load(
+                spec.model,
+                variant=spec.variant,
+                device=spec.device or "cpu",
+                threads=spec.threads,
+                tier=spec.tier,
+                route=False,
+            )
             self.variant: str | None = self._enc.variant
             self.dimension = int(self._enc.dimension)
         else:
             if spec.variant or spec.tier:
-                raise StedgeError(f"--variant / --tier apply to exported artifacts only; "
-                                  f"'{spec.model}' has no stedge.json")
+                raise StedgeError(
+                    f"--variant / --tier apply to exported artifacts only; '{spec.model}' has no stedge.json"
+                )
             from ..models import SentenceEncoder
 
             self._enc = SentenceEncoder(spec.model, device=spec.device)
@@ -60,19 +68,29 @@ class CorpusEncoder:
             self.dimension = int(self._enc.get_sentence_embedding_dimension())
         if spec.prompt_name is not None and spec.prompt_name not in (self._enc.prompts or {}):
             names = ", ".join(sorted(self._enc.prompts or {})) or "none"
-            raise StedgeError(f"--prompt-name {spec.prompt_name!r}: the model has no such prompt "
-                              f"(its prompts: {names})")
+            raise StedgeError(
+                f"--prompt-name {spec.prompt_name!r}: the model has no such prompt (its prompts: {names})"
+            )
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), dimension) float32 vectors, in input order."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         if self._artifact:
-            out = self._enc.encode(list(texts), batch_size=self.spec.batch_size, prompt_name=self.spec.prompt_name,
-                                   normalize_embeddings=self.spec.normalize)
+            out = self._enc.encode(
+                list(texts),
+                batch_size=self.spec.batch_size,
+                prompt_name=self.spec.prompt_name,
+                normalize_embeddings=self.spec.normalize,
+            )
         else:
-            out = self._enc.encode(list(texts), batch_size=self.spec.batch_size, prompt_name=self.spec.prompt_name,
-                                   normalize_embeddings=self.spec.normalize, show_progress_bar=False)
+            out = self._enc.encode(
+                list(texts),
+                batch_size=self.spec.batch_size,
+                prompt_name=self.spec.prompt_name,
+                normalize_embeddings=self.spec.normalize,
+                show_progress_bar=False,
+            )
         return np.asarray(out, dtype=np.float32)
 
     @property
@@ -82,8 +100,12 @@ class CorpusEncoder:
 
     def identity(self) -> dict[str, Any]:
         """What made the vectors: the model, the variant and a hash of its weights (a change means new vectors)."""
-        d: dict[str, Any] = {"ref": self.spec.model, "variant": self.variant,
-                             "prompt_name": self.spec.prompt_name, "normalize": self.spec.normalize}
+        d: dict[str, Any] = {
+            "ref": self.spec.model,
+            "variant": self.variant,
+            "prompt_name": self.spec.prompt_name,
+            "normalize": self.spec.normalize,
+        }
         if self._artifact:
             manifest = self._enc.manifest  # stedge_runtime.artifact.Manifest
             d["kind"] = "artifact"
@@ -112,12 +134,16 @@ class CorpusEncoder:
         bound = INVARIANCE[sel.tier or DEFAULT_TIER]
         if inv is not None and (inv >= bound or sel.source == "named"):  # a named failing variant: the runtime warned
             return
-        what = (f"failed the batch-invariance check (min cos {inv:.5f} < {bound})" if inv is not None
-                else "has no batch-invariance record (exported by an older stedge)")
+        what = (
+            f"failed the batch-invariance check (min cos {inv:.5f} < {bound})"
+            if inv is not None
+            else "has no batch-invariance record (exported by an older stedge)"
+        )
         warnings.warn(
             f"variant {self.variant} of {self.spec.model} {what}: a text's vector may depend on the other texts "
             f"in its batch. Pick another with --variant NAME (`stedge info {self.spec.model}` lists them).",
-            RuntimeWarning, stacklevel=2,
+            RuntimeWarning,
+            stacklevel=2,
         )
 
 

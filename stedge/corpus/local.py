@@ -1,8 +1,9 @@
 """`embed_corpus`: stream the inputs, encode, write shards; the local engine runs everything in this process.
 
-    from stedge.corpus import embed_corpus
-    summary = embed_corpus("models/minilm-stedge", ["docs/*.jsonl"], "out/docs-vectors")
+from stedge.corpus import embed_corpus
+summary = embed_corpus("models/minilm-stedge", ["docs/*.jsonl"], "out/docs-vectors")
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,9 @@ ENGINES = ("local", "ray")
 Encoded = Iterator[tuple[Chunk, list, np.ndarray]]
 
 
-def local_engine(encoder: CorpusEncoder, reader: CorpusReader, start: tuple[int, int], chunk_rows: int,
-                 shard_rows: int) -> Encoded:
+def local_engine(
+    encoder: CorpusEncoder, reader: CorpusReader, start: tuple[int, int], chunk_rows: int, shard_rows: int
+) -> Encoded:
     """Encode chunk after chunk in this process: ``(chunk, text hashes, vectors of its good records)``."""
     for chunk in reader.chunks(start, chunk_rows, shard_rows):
         texts = [t for t in chunk.texts if t is not None]
@@ -91,10 +93,15 @@ def embed_corpus(
         connect(address, workers)
     encoder = CorpusEncoder(spec)
     encoder.warn_batch_invariance()
-    header = {"inputs": [fingerprint(f) for f in files], "model": encoder.identity(), "dimension": encoder.dimension,
-              "dtype": dtype, "precision": dtype,
-              "settings": {"text_column": text_column, "id_column": id_column, "shard_rows": shard_rows},
-              "created_with": {"stedge": _version()}}
+    header = {
+        "inputs": [fingerprint(f) for f in files],
+        "model": encoder.identity(),
+        "dimension": encoder.dimension,
+        "dtype": dtype,
+        "precision": dtype,
+        "settings": {"text_column": text_column, "id_column": id_column, "shard_rows": shard_rows},
+        "created_with": {"stedge": _version()},
+    }
     if precision != "float32":
         header.update(_quantized_storage(encoder, precision, calibration, calibration_column))
     out = Path(output).absolute()
@@ -112,8 +119,9 @@ def _check_precision(precision: str, dtype: str, calibration: Any) -> None:
     with runtime_input_errors():
         check_precision(precision)
     if precision != "float32" and dtype != "float32":
-        raise StedgeError(f"--dtype {dtype} stores float vectors and --precision {precision} quantized ones: "
-                          "pass one of them")
+        raise StedgeError(
+            f"--dtype {dtype} stores float vectors and --precision {precision} quantized ones: pass one of them"
+        )
     if calibration is not None and precision not in ("int8", "uint8"):
         raise StedgeError(f"--calibration applies to --precision int8 or uint8, not {precision}")
 
@@ -123,12 +131,18 @@ def _quantized_storage(encoder: CorpusEncoder, precision: str, calibration: Any,
     where they came from (the calibration texts, else the artifact's saved ranges)."""
     from stedge_runtime.quantization import bytes_per_vector, calibration_ranges
 
-    fields: dict[str, Any] = {"precision": precision, "dtype": "int8" if precision in ("int8", "binary") else "uint8",
-                              "width": bytes_per_vector(precision, encoder.dimension), "ranges": None}
+    fields: dict[str, Any] = {
+        "precision": precision,
+        "dtype": "int8" if precision in ("int8", "binary") else "uint8",
+        "width": bytes_per_vector(precision, encoder.dimension),
+        "ranges": None,
+    }
     if precision in ("binary", "ubinary"):
         if encoder.dimension % 8:
-            raise StedgeError(f"--precision {precision} packs 8 dimensions per byte; the model's dimension "
-                              f"{encoder.dimension} is not a multiple of 8")
+            raise StedgeError(
+                f"--precision {precision} packs 8 dimensions per byte; the model's dimension "
+                f"{encoder.dimension} is not a multiple of 8"
+            )
         return fields
     if calibration is not None:
         from ..export.calibration import embedding_texts
@@ -140,9 +154,11 @@ def _quantized_storage(encoder: CorpusEncoder, precision: str, calibration: Any,
         ranges = encoder.ranges
         fields["calibration"] = {"source": "artifact", "texts": None}
     else:
-        raise StedgeError(f"--precision {precision} needs calibration ranges: pass --calibration TEXTS (a few "
-                          "hundred in-domain texts), or use an artifact calibrated with "
-                          "`stedge calibrate ARTIFACT --texts TEXTS`")
+        raise StedgeError(
+            f"--precision {precision} needs calibration ranges: pass --calibration TEXTS (a few "
+            "hundred in-domain texts), or use an artifact calibrated with "
+            "`stedge calibrate ARTIFACT --texts TEXTS`"
+        )
     fields["ranges"] = np.asarray(ranges, dtype=np.float32).tolist()
     return fields
 
@@ -150,8 +166,19 @@ def _quantized_storage(encoder: CorpusEncoder, precision: str, calibration: Any,
 class _Job:
     """One run over the output folder: prepare or resume the manifest, stream, write, summarize."""
 
-    def __init__(self, out: Path, header: dict, reader: CorpusReader, spec: ModelSpec, encoder: CorpusEncoder | None,
-                 engine: str, chunk_rows: int, shard_rows: int, workers: int, gpus_per_worker: float) -> None:
+    def __init__(
+        self,
+        out: Path,
+        header: dict,
+        reader: CorpusReader,
+        spec: ModelSpec,
+        encoder: CorpusEncoder | None,
+        engine: str,
+        chunk_rows: int,
+        shard_rows: int,
+        workers: int,
+        gpus_per_worker: float,
+    ) -> None:
         self.out, self.header, self.reader, self.spec, self.encoder = out, header, reader, spec, encoder
         self.engine, self.chunk_rows, self.shard_rows = engine, chunk_rows, shard_rows
         self.workers, self.gpus_per_worker = workers, gpus_per_worker
@@ -227,14 +254,23 @@ def _summary(manifest: dict, out: Path, engine: str, t0: float, before: tuple[in
     seconds = time.perf_counter() - t0
     new_rows = int(manifest["rows"]) - before[0]
     return {
-        "output": str(out), "done": bool(manifest.get("done")), "already_complete": already, "engine": engine,
-        "rows": int(manifest["rows"]), "skipped_rows": int(manifest.get("skipped_rows", 0)),
-        "rows_this_run": new_rows, "resumed_from_row": before[0] if before[0] else None,
-        "shards": len(manifest["shards"]), "dimension": manifest["dimension"], "dtype": manifest["dtype"],
+        "output": str(out),
+        "done": bool(manifest.get("done")),
+        "already_complete": already,
+        "engine": engine,
+        "rows": int(manifest["rows"]),
+        "skipped_rows": int(manifest.get("skipped_rows", 0)),
+        "rows_this_run": new_rows,
+        "resumed_from_row": before[0] if before[0] else None,
+        "shards": len(manifest["shards"]),
+        "dimension": manifest["dimension"],
+        "dtype": manifest["dtype"],
         "precision": manifest.get("precision", manifest["dtype"]),
         "width": manifest.get("width", manifest["dimension"]),
-        "model": manifest["model"]["ref"], "variant": manifest["model"].get("variant"),
-        "seconds": round(seconds, 3), "rows_per_s": round(new_rows / seconds, 1) if seconds > 0 else None,
+        "model": manifest["model"]["ref"],
+        "variant": manifest["model"].get("variant"),
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(new_rows / seconds, 1) if seconds > 0 else None,
     }
 
 

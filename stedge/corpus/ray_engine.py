@@ -6,6 +6,7 @@ local engine, so resume works the same way and either engine may continue the ot
 On an existing cluster (``--address``) the inputs and the model must be readable at the same paths on
 every node, and stedge (with stedge-runtime and its engine) installed there.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,8 +37,10 @@ def _probe(address: str) -> None:
         with socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S):
             pass
     except OSError as e:
-        raise StedgeError(f"Ray address {address} does not answer ({e}): start the cluster there "
-                          "(`ray start --head`) or fix --address") from None
+        raise StedgeError(
+            f"Ray address {address} does not answer ({e}): start the cluster there "
+            "(`ray start --head`) or fix --address"
+        ) from None
 
 
 def connect(address: str | None, workers: int) -> Any:
@@ -65,9 +68,16 @@ def _chunk_table(chunk: Chunk):
     import pyarrow as pa
 
     n = len(chunk)
-    return pa.table({"file": pa.array([chunk.file] * n, pa.int32()), "record": pa.array(chunk.records, pa.int64()),
-                     "line": pa.array(chunk.lines, pa.int64()), "id": pa.array(chunk.ids, pa.string()),
-                     "text": pa.array(chunk.texts, pa.string()), "error": pa.array(chunk.errors, pa.string())})
+    return pa.table(
+        {
+            "file": pa.array([chunk.file] * n, pa.int32()),
+            "record": pa.array(chunk.records, pa.int64()),
+            "line": pa.array(chunk.lines, pa.int64()),
+            "id": pa.array(chunk.ids, pa.string()),
+            "text": pa.array(chunk.texts, pa.string()),
+            "error": pa.array(chunk.errors, pa.string()),
+        }
+    )
 
 
 def _datasource(reader: CorpusReader, start: tuple[int, int], chunk_rows: int):
@@ -83,8 +93,9 @@ def _datasource(reader: CorpusReader, start: tuple[int, int], chunk_rows: int):
         def get_name(self) -> str:
             return "StedgeCorpus"
 
-        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                           data_context: Any = None) -> list:
+        def get_read_tasks(
+            self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
+        ) -> list:
             tasks = []
             for fi in range(start[0], len(reader.files)):
                 first = (fi, start[1] if fi == start[0] else 0)
@@ -93,8 +104,9 @@ def _datasource(reader: CorpusReader, start: tuple[int, int], chunk_rows: int):
                     for chunk in reader.chunks(first, chunk_rows, end_file=fi + 1):
                         yield _chunk_table(chunk)
 
-                meta = BlockMetadata(num_rows=None, size_bytes=None, input_files=[str(reader.files[fi])],
-                                     exec_stats=None)
+                meta = BlockMetadata(
+                    num_rows=None, size_bytes=None, input_files=[str(reader.files[fi])], exec_stats=None
+                )
                 tasks.append(ReadTask(read, meta))
             return tasks
 
@@ -117,12 +129,16 @@ class EncodeActor:
         mask = np.array([t is not None for t in texts], dtype=bool)
         full[mask] = vec
         vectors = pa.FixedSizeListArray.from_arrays(pa.array(full.reshape(-1)), self.encoder.dimension)
-        return batch.drop_columns(["text"]).append_column("sha", pa.array(hash_texts(texts), pa.string())) \
-                    .append_column("vector", vectors)
+        return (
+            batch.drop_columns(["text"])
+            .append_column("sha", pa.array(hash_texts(texts), pa.string()))
+            .append_column("vector", vectors)
+        )
 
 
-def ray_engine(spec: ModelSpec, reader: CorpusReader, start: tuple[int, int], chunk_rows: int, workers: int,
-               gpus_per_worker: float) -> Iterator[tuple[Chunk, list, np.ndarray]]:
+def ray_engine(
+    spec: ModelSpec, reader: CorpusReader, start: tuple[int, int], chunk_rows: int, workers: int, gpus_per_worker: float
+) -> Iterator[tuple[Chunk, list, np.ndarray]]:
     """Encode on the Ray actor pool; yields ``(chunk, text hashes, vectors of its good records)`` in corpus order."""
     import ray.data
 
@@ -133,14 +149,23 @@ def ray_engine(spec: ModelSpec, reader: CorpusReader, start: tuple[int, int], ch
     import inspect
 
     # reading is light: no CPU reserved for it, so the actors get them all (named argument since Ray 2.5x)
-    light = {"num_cpus": 0} if "num_cpus" in inspect.signature(ray.data.read_datasource).parameters \
+    light = (
+        {"num_cpus": 0}
+        if "num_cpus" in inspect.signature(ray.data.read_datasource).parameters
         else {"ray_remote_args": {"num_cpus": 0}}
+    )
     if Path(spec.model).exists():  # actors run in other working directories
         spec = replace(spec, model=str(Path(spec.model).resolve()))
     ds = ray.data.read_datasource(_datasource(reader.absolute(), start, chunk_rows), **light)
-    ds = ds.map_batches(EncodeActor, fn_constructor_kwargs={"spec": spec}, batch_size=chunk_rows,
-                        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=workers),
-                        num_gpus=gpus_per_worker or None, num_cpus=1)
+    ds = ds.map_batches(
+        EncodeActor,
+        fn_constructor_kwargs={"spec": spec},
+        batch_size=chunk_rows,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_gpus=gpus_per_worker or None,
+        num_cpus=1,
+    )
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
             yield from _split(batch)
@@ -161,8 +186,7 @@ def _split(batch) -> Iterator[tuple[Chunk, list, np.ndarray]]:
         if a == b:
             continue
         errors = cols["error"][a:b]
-        chunk = Chunk(int(files[a]), cols["record"][a:b], cols["line"][a:b], cols["id"][a:b],
-                      [None] * (b - a), errors)
+        chunk = Chunk(int(files[a]), cols["record"][a:b], cols["line"][a:b], cols["id"][a:b], [None] * (b - a), errors)
         good = np.array([e is None for e in errors], dtype=bool)
         yield chunk, cols["sha"][a:b], vec[a:b][good]
 

@@ -3,6 +3,7 @@
 The formats are those of `stedge.data.iter_table` (text, JSONL, CSV/TSV, gz too, and Parquet). A
 record's place in the corpus is ``(file index, record index in that file)``; resuming starts from one.
 """
+
 from __future__ import annotations
 
 import glob
@@ -136,8 +137,9 @@ def guess_text_column(path: Path) -> str | None:
         for c in TEXT_COLUMNS:
             if c in cols:
                 return c
-        raise StedgeError(f"{path}: no text column found (columns: {', '.join(map(str, cols))}); "
-                          "name one with --text-column")
+        raise StedgeError(
+            f"{path}: no text column found (columns: {', '.join(map(str, cols))}); name one with --text-column"
+        )
     raise StedgeError(f"{path}: empty file (no rows)")
 
 
@@ -161,8 +163,9 @@ class CorpusReader:
 
     def absolute(self) -> "CorpusReader":
         """The same reader with absolute paths (for processes with another working directory)."""
-        return replace(self, files=[f.resolve() for f in self.files],
-                       names=[self.name(i) for i in range(len(self.files))])
+        return replace(
+            self, files=[f.resolve() for f in self.files], names=[self.name(i) for i in range(len(self.files))]
+        )
 
     def records(self, file_index: int, start_record: int = 0) -> Iterator[tuple[int, int, str, str | None, str | None]]:
         """``(record, line, id, text, error)`` of one file from ``start_record`` on; a bad record has an error."""
@@ -203,8 +206,13 @@ class CorpusReader:
             next(gen, None)
             gen.close()
 
-    def chunks(self, start: tuple[int, int] = (0, 0), chunk_rows: int = 1024,
-               shard_rows: int | None = None, end_file: int | None = None) -> Iterator[Chunk]:
+    def chunks(
+        self,
+        start: tuple[int, int] = (0, 0),
+        chunk_rows: int = 1024,
+        shard_rows: int | None = None,
+        end_file: int | None = None,
+    ) -> Iterator[Chunk]:
         """Chunks of at most ``chunk_rows`` good records from ``start`` = (file, record) on, up to file
         ``end_file`` (excluded; default all). With ``shard_rows`` no chunk crosses a multiple of
         ``shard_rows`` good records counted from ``start``, so chunking after a resume at a shard
@@ -215,8 +223,9 @@ class CorpusReader:
             good = 0
             for rec, line, rid, text, error in self.records(fi, start[1] if fi == start[0] else 0):
                 if error is not None and not self.skip_bad_rows:
-                    raise StedgeError(f"{self.name(fi)}:{line}: {error} "
-                                      "(pass --skip-bad-rows to log such rows and go on)")
+                    raise StedgeError(
+                        f"{self.name(fi)}:{line}: {error} (pass --skip-bad-rows to log such rows and go on)"
+                    )
                 chunk.records.append(rec)
                 chunk.lines.append(line)
                 chunk.ids.append(rid)
@@ -258,5 +267,7 @@ def _check_parquet_text(path: Path, column: str | None) -> None:
     if column in schema.names:
         t = schema.field(column).type
         if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)):
-            raise StedgeError(f"{path}: column '{column}' holds {t}, expected strings (a Parquet file of another "
-                              "schema? name the text column with --text-column)")
+            raise StedgeError(
+                f"{path}: column '{column}' holds {t}, expected strings (a Parquet file of another "
+                "schema? name the text column with --text-column)"
+            )

@@ -7,6 +7,7 @@ makes them). `corpus.json` records the inputs, the model and variant, the dimens
 ``dtype``/``precision``/``width``, the int8/uint8 ``ranges`` and every complete shard with the records it
 covers, so a killed run resumes after the last complete shard.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,15 +69,21 @@ def check_folder(out: Path) -> dict | None:
         return None
     manifest = read_manifest(out)
     if manifest is None:
-        raise StedgeError(f"output folder {out} holds files embed-corpus did not write (e.g. {names[0]}): "
-                          "choose another -o or empty it")
+        raise StedgeError(
+            f"output folder {out} holds files embed-corpus did not write (e.g. {names[0]}): "
+            "choose another -o or empty it"
+        )
     foreign = [n for n in names if n != MANIFEST and not SHARD_RE.match(n) and not TMP_RE.match(n)]
     if foreign:
-        raise StedgeError(f"output folder {out} holds files embed-corpus did not write (e.g. {foreign[0]}): "
-                          "move them away or choose another -o")
+        raise StedgeError(
+            f"output folder {out} holds files embed-corpus did not write (e.g. {foreign[0]}): "
+            "move them away or choose another -o"
+        )
     if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
-        raise StedgeError(f"{out / MANIFEST}: format_version {manifest['format_version']} is newer than this stedge "
-                          f"reads ({FORMAT_VERSION}): upgrade stedge")
+        raise StedgeError(
+            f"{out / MANIFEST}: format_version {manifest['format_version']} is newer than this stedge "
+            f"reads ({FORMAT_VERSION}): upgrade stedge"
+        )
     return manifest
 
 
@@ -147,8 +154,15 @@ def prepare(out: Path, header: dict, overwrite: bool) -> dict:
         manifest["inputs"] = header["inputs"]
         return manifest
     out.mkdir(parents=True, exist_ok=True)
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **header, "shards": [], "rows": 0,
-                "skipped_rows": 0, "done": False}
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        **header,
+        "shards": [],
+        "rows": 0,
+        "skipped_rows": 0,
+        "done": False,
+    }
     write_json_atomic(out / MANIFEST, manifest)
     return manifest
 
@@ -170,8 +184,9 @@ class ShardSink:
     """Takes encoded chunks in corpus order and writes shards of ``shard_rows`` rows, each atomically,
     updating corpus.json after each one. ``on_shard(entry)`` is called after a shard is complete."""
 
-    def __init__(self, out: Path, manifest: dict, shard_rows: int,
-                 on_shard: Callable[[dict], None] | None = None) -> None:
+    def __init__(
+        self, out: Path, manifest: dict, shard_rows: int, on_shard: Callable[[dict], None] | None = None
+    ) -> None:
         import pyarrow as pa
 
         self.pa = pa
@@ -183,13 +198,24 @@ class ShardSink:
         self.precision = manifest.get("precision") or "float32"
         self.ranges = np.asarray(manifest["ranges"], dtype=np.float32) if manifest.get("ranges") else None
         self.np_dtype = np.dtype(manifest["dtype"])
-        value_type = {"float32": pa.float32(), "float16": pa.float16(), "int8": pa.int8(),
-                      "uint8": pa.uint8()}[manifest["dtype"]]
+        value_type = {"float32": pa.float32(), "float16": pa.float16(), "int8": pa.int8(), "uint8": pa.uint8()}[
+            manifest["dtype"]
+        ]
         width = int(manifest.get("width") or dim)
-        meta = {"stedge.corpus": json.dumps({"dimension": dim, "dtype": manifest["dtype"], "width": width,
-                                             "precision": manifest["precision"], "model": manifest["model"]})}
-        self.schema = pa.schema([("id", pa.string()), ("text_sha256", pa.string()),
-                                 ("vector", pa.list_(value_type, width))], metadata=meta)
+        meta = {
+            "stedge.corpus": json.dumps(
+                {
+                    "dimension": dim,
+                    "dtype": manifest["dtype"],
+                    "width": width,
+                    "precision": manifest["precision"],
+                    "model": manifest["model"],
+                }
+            )
+        }
+        self.schema = pa.schema(
+            [("id", pa.string()), ("text_sha256", pa.string()), ("vector", pa.list_(value_type, width))], metadata=meta
+        )
         self.dim, self.width = dim, width
         self._new_shard()
 
@@ -224,8 +250,14 @@ class ShardSink:
         sha = [s for b in self.buffer for s in b[1]]
         vec = self._store(np.concatenate([b[2] for b in self.buffer]))
         values = pa.array(vec.reshape(-1), type=self.schema.field("vector").type.value_type)
-        table = pa.Table.from_arrays([pa.array(ids, pa.string()), pa.array(sha, pa.string()),
-                                      pa.FixedSizeListArray.from_arrays(values, self.width)], schema=self.schema)
+        table = pa.Table.from_arrays(
+            [
+                pa.array(ids, pa.string()),
+                pa.array(sha, pa.string()),
+                pa.FixedSizeListArray.from_arrays(values, self.width),
+            ],
+            schema=self.schema,
+        )
         if self.writer is None:
             import pyarrow.parquet as pq
 
@@ -245,9 +277,17 @@ class ShardSink:
             os.fsync(f.fileno())
         name = shard_name(self.index)
         os.replace(self.tmp, self.out / name)
-        entry = {"file": name, "rows": self.rows, "row_start": self.row_start, "row_end": self.row_start + self.rows,
-                 "start": self.start, "end": self.end, "skipped": self.skipped, "bad_rows": self.bad,
-                 "bytes": (self.out / name).stat().st_size}
+        entry = {
+            "file": name,
+            "rows": self.rows,
+            "row_start": self.row_start,
+            "row_end": self.row_start + self.rows,
+            "start": self.start,
+            "end": self.end,
+            "skipped": self.skipped,
+            "bad_rows": self.bad,
+            "bytes": (self.out / name).stat().st_size,
+        }
         m = self.manifest
         m["shards"].append(entry)
         m["rows"] = entry["row_end"]
@@ -262,8 +302,9 @@ class ShardSink:
     def add(self, chunk: Chunk, sha: list[str | None], vectors: np.ndarray) -> None:
         """Append a chunk (records in order; ``vectors`` has one row per good record) to the shards."""
         if vectors.shape != (chunk.good, self.dim):
-            raise StedgeError(f"the encoder returned {vectors.shape} vectors for {chunk.good} texts "
-                              f"of width {self.dim}")
+            raise StedgeError(
+                f"the encoder returned {vectors.shape} vectors for {chunk.good} texts of width {self.dim}"
+            )
         v = 0
         i = 0
         n = len(chunk)

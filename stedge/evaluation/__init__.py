@@ -5,6 +5,7 @@ They take any model with ``encode(texts, batch_size=...)`` (stedge.SentenceEncod
 sentence_transformers.SentenceTransformer, stedge_runtime.Encoder); the reranking evaluator also
 takes anything with ``predict(pairs, batch_size=...)`` (cross-encoders).
 """
+
 from __future__ import annotations
 
 from .base import Evaluator, encode
@@ -17,7 +18,15 @@ from .sequential import SequentialEvaluator
 from .triplet import TripletEvaluator
 
 __all__ = [
-    "Evaluator", "encode", "EmbeddingSimilarityEvaluator", "TripletEvaluator", "InformationRetrievalEvaluator",
-    "load_beir", "ranking_metrics", "MSEEvaluator", "BinaryClassificationEvaluator", "RerankingEvaluator",
+    "Evaluator",
+    "encode",
+    "EmbeddingSimilarityEvaluator",
+    "TripletEvaluator",
+    "InformationRetrievalEvaluator",
+    "load_beir",
+    "ranking_metrics",
+    "MSEEvaluator",
+    "BinaryClassificationEvaluator",
+    "RerankingEvaluator",
     "SequentialEvaluator",
 ]

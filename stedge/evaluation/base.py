@@ -1,4 +1,5 @@
 """What every evaluator shares: metric naming, the CSV log, and encoding through any model's ``encode``."""
+
 from __future__ import annotations
 
 import csv
@@ -34,7 +35,10 @@ def encode(
     stedge_runtime.Encoder; ``prompt_name``/``prompt`` are passed only when given.
     """
     if not hasattr(model, "encode"):
-        raise StedgeError(f"{type(model).__name__} has no encode(): pass an embedding model (SentenceEncoder, SentenceTransformer, stedge_runtime.Encoder)")
+        raise StedgeError(
+            f"{type(model).__name__} has no encode(): pass an embedding model (SentenceEncoder, SentenceTransformer, "
+            "stedge_runtime.Encoder)"
+        )
     kwargs: dict[str, Any] = {"batch_size": batch_size}
     if prompt_name is not None:
         kwargs["prompt_name"] = prompt_name
@@ -50,7 +54,9 @@ def encode(
         out = out.detach().float().cpu().numpy()
     out = np.asarray(out, dtype=np.float32)
     if out.ndim != 2 or out.shape[0] != len(texts):
-        raise StedgeError(f"{type(model).__name__}.encode returned shape {out.shape} for {len(texts)} texts; expected (n, dim)")
+        raise StedgeError(
+            f"{type(model).__name__}.encode returned shape {out.shape} for {len(texts)} texts; expected (n, dim)"
+        )
     return out
 
 
@@ -101,7 +107,9 @@ class Evaluator:
     csv_prefix = "evaluation"
     greater_is_better = True
 
-    def __init__(self, name: str = "", batch_size: int = 32, show_progress_bar: bool | None = None, write_csv: bool = True) -> None:
+    def __init__(
+        self, name: str = "", batch_size: int = 32, show_progress_bar: bool | None = None, write_csv: bool = True
+    ) -> None:
         if batch_size < 1:
             raise StedgeError(f"batch_size must be >= 1, got {batch_size}")
         self.name = name
@@ -127,7 +135,9 @@ class Evaluator:
     def compute_metrics(self, model: Any) -> dict[str, float]:
         raise NotImplementedError
 
-    def __call__(self, model: Any, output_path: str | os.PathLike | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+    def __call__(
+        self, model: Any, output_path: str | os.PathLike | None = None, epoch: int = -1, steps: int = -1
+    ) -> dict[str, float]:
         metrics = {k: float(v) for k, v in self.compute_metrics(model).items()}
         if output_path is not None and self.write_csv:
             self.append_csv(Path(output_path), metrics, epoch, steps)

@@ -1,4 +1,5 @@
 """BinaryClassificationEvaluator: is a pair similar (1) or not (0)? Accuracy, F1 and AP at the best threshold."""
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -94,7 +95,8 @@ class BinaryClassificationEvaluator(Evaluator):
         super().__init__(name=name, batch_size=batch_size, show_progress_bar=show_progress_bar, write_csv=write_csv)
         if not (len(sentences1) == len(sentences2) == len(labels)):
             raise StedgeError(
-                f"BinaryClassificationEvaluator: sentences1 ({len(sentences1)}), sentences2 ({len(sentences2)}) and labels ({len(labels)}) differ in length"
+                f"BinaryClassificationEvaluator: sentences1 ({len(sentences1)}), sentences2 ({len(sentences2)}) and "
+                f"labels ({len(labels)}) differ in length"
             )
         y = np.asarray(labels)
         bad = [i for i, v in enumerate(y.tolist()) if v not in (0, 1)]
@@ -112,7 +114,13 @@ class BinaryClassificationEvaluator(Evaluator):
         fns = similarity_fn_names_for(model, self.given_fn_names)
         self.primary = f"{fns[0]}_ap"
         n = len(self.sentences1)
-        emb = encode_unique(model, self.sentences1 + self.sentences2, batch_size=self.batch_size, prompt_name=self.prompt_name, show_progress_bar=self.show_progress_bar)
+        emb = encode_unique(
+            model,
+            self.sentences1 + self.sentences2,
+            batch_size=self.batch_size,
+            prompt_name=self.prompt_name,
+            show_progress_bar=self.show_progress_bar,
+        )
         e1, e2 = emb[:n], emb[n:]
         out: dict[str, float] = {}
         for fn in fns:
@@ -121,8 +129,15 @@ class BinaryClassificationEvaluator(Evaluator):
             scores = sims if high else -sims  # distances for euclidean/manhattan
             acc, acc_t = best_accuracy(scores, self.labels, high)
             f1, p, r, f1_t = best_f1(scores, self.labels, high)
-            out.update({
-                f"{fn}_accuracy": acc, f"{fn}_accuracy_threshold": acc_t, f"{fn}_f1": f1, f"{fn}_precision": p,
-                f"{fn}_recall": r, f"{fn}_f1_threshold": f1_t, f"{fn}_ap": average_precision(self.labels, sims),
-            })
+            out.update(
+                {
+                    f"{fn}_accuracy": acc,
+                    f"{fn}_accuracy_threshold": acc_t,
+                    f"{fn}_f1": f1,
+                    f"{fn}_precision": p,
+                    f"{fn}_recall": r,
+                    f"{fn}_f1_threshold": f1_t,
+                    f"{fn}_ap": average_precision(self.labels, sims),
+                }
+            )
         return out

@@ -1,4 +1,5 @@
 """EmbeddingSimilarityEvaluator: Spearman and Pearson correlation of embedding similarity with gold scores."""
+
 from __future__ import annotations
 
 import os
@@ -48,7 +49,8 @@ class EmbeddingSimilarityEvaluator(Evaluator):
         super().__init__(name=name, batch_size=batch_size, show_progress_bar=show_progress_bar, write_csv=write_csv)
         if not (len(sentences1) == len(sentences2) == len(scores)):
             raise StedgeError(
-                f"EmbeddingSimilarityEvaluator: sentences1 ({len(sentences1)}), sentences2 ({len(sentences2)}) and scores ({len(scores)}) differ in length"
+                f"EmbeddingSimilarityEvaluator: sentences1 ({len(sentences1)}), sentences2 ({len(sentences2)}) and "
+                f"scores ({len(scores)}) differ in length"
             )
         if len(scores) < 2:
             raise StedgeError("EmbeddingSimilarityEvaluator needs at least 2 scored pairs")
@@ -67,12 +69,13 @@ class EmbeddingSimilarityEvaluator(Evaluator):
         self.primary = f"spearman_{main_similarity}"
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, limit: int | None = None, name: str | None = None, **kwargs: Any) -> "EmbeddingSimilarityEvaluator":
+    def from_file(
+        cls, path: str | os.PathLike, limit: int | None = None, name: str | None = None, **kwargs: Any
+    ) -> "EmbeddingSimilarityEvaluator":
         """From an STS file (sentence1, sentence2, score columns; read by stedge.data.read_sts).
 
         Scores above 1 (STS-B's 0-5 scale) are divided by the maximum to lie in 0-1.
         """
-        from pathlib import Path
 
         from ..data import read_sts
 
@@ -89,8 +92,12 @@ class EmbeddingSimilarityEvaluator(Evaluator):
         from scipy.stats import pearsonr, spearmanr
 
         emb = encode_unique(
-            model, self.sentences1 + self.sentences2, batch_size=self.batch_size,
-            prompt_name=self.prompt_name, prompt=self.prompt, show_progress_bar=self.show_progress_bar,
+            model,
+            self.sentences1 + self.sentences2,
+            batch_size=self.batch_size,
+            prompt_name=self.prompt_name,
+            prompt=self.prompt,
+            show_progress_bar=self.show_progress_bar,
         )
         n = len(self.sentences1)
         e1, e2 = emb[:n], emb[n:]
@@ -102,4 +109,7 @@ class EmbeddingSimilarityEvaluator(Evaluator):
         return out
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {"main_similarity": self.main_similarity, **({"prompt_name": self.prompt_name} if self.prompt_name else {})}
+        return {
+            "main_similarity": self.main_similarity,
+            **({"prompt_name": self.prompt_name} if self.prompt_name else {}),
+        }

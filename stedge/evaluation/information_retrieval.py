@@ -2,6 +2,7 @@
 
 Also ``load_beir(folder, split)`` for BEIR-layout data (corpus.jsonl, queries.jsonl, qrels/<split>.tsv).
 """
+
 from __future__ import annotations
 
 import os
@@ -118,11 +119,13 @@ class InformationRetrievalEvaluator(Evaluator):
         with runtime_input_errors():
             self.precision = check_precision(precision)
         if rescore_multiplier is not None and (not isinstance(rescore_multiplier, int) or rescore_multiplier < 0):
-            raise StedgeError(f"rescore_multiplier must be an integer >= 1 (0/None: no rescoring), "
-                              f"got {rescore_multiplier!r}")
+            raise StedgeError(
+                f"rescore_multiplier must be an integer >= 1 (0/None: no rescoring), got {rescore_multiplier!r}"
+            )
         if rescore_multiplier and precision == "float32":
-            raise StedgeError("rescore_multiplier applies to a quantized corpus: "
-                              "pass precision int8, uint8, binary or ubinary")
+            raise StedgeError(
+                "rescore_multiplier applies to a quantized corpus: pass precision int8, uint8, binary or ubinary"
+            )
         self.rescore_multiplier = rescore_multiplier or None
         self.ranges = ranges
         self.ranges_source: str | None = None
@@ -130,7 +133,10 @@ class InformationRetrievalEvaluator(Evaluator):
         rel = {str(q): {str(d) for d in docs} for q, docs in relevant_docs.items()}
         self.query_ids = [str(q) for q in queries if str(q) in rel and rel[str(q)]]
         if not self.query_ids:
-            raise StedgeError("InformationRetrievalEvaluator: no query has a relevant document (check the ids in relevant_docs against the queries)")
+            raise StedgeError(
+                "InformationRetrievalEvaluator: no query has a relevant document (check the ids in relevant_docs "
+                "against the queries)"
+            )
         if not corpus:
             raise StedgeError("InformationRetrievalEvaluator: the corpus is empty")
         qtext = {str(q): t for q, t in queries.items()}
@@ -140,8 +146,11 @@ class InformationRetrievalEvaluator(Evaluator):
         self.relevant_docs = rel
         self.corpus_chunk_size = int(corpus_chunk_size)
         self.ks = {
-            "accuracy_at_k": list(accuracy_at_k), "precision_recall_at_k": list(precision_recall_at_k),
-            "mrr_at_k": list(mrr_at_k), "ndcg_at_k": list(ndcg_at_k), "map_at_k": list(map_at_k),
+            "accuracy_at_k": list(accuracy_at_k),
+            "precision_recall_at_k": list(precision_recall_at_k),
+            "mrr_at_k": list(mrr_at_k),
+            "ndcg_at_k": list(ndcg_at_k),
+            "map_at_k": list(map_at_k),
         }
         self.max_k = max(max(v) for v in self.ks.values())
         self.given_fn_names = list(similarity_fn_names) if similarity_fn_names else None
@@ -157,15 +166,26 @@ class InformationRetrievalEvaluator(Evaluator):
         ``stedge_runtime.search`` (first similarity function only, see ``_rank_quantized``).
         """
         fns = similarity_fn_names_for(model, self.given_fn_names)
-        q_emb = encode(model, self.queries, batch_size=self.batch_size, prompt_name=self.query_prompt_name, prompt=self.query_prompt)
+        q_emb = encode(
+            model,
+            self.queries,
+            batch_size=self.batch_size,
+            prompt_name=self.query_prompt_name,
+            prompt=self.query_prompt,
+        )
         if self.precision != "float32":
             return self._rank_quantized(model, fns[0], q_emb, corpus_embeddings)
         return self._rank_float(model, fns, q_emb, corpus_embeddings)
 
     def _encode_corpus(self, model: Any, start: int, end: int, progress: Any, task: Any) -> np.ndarray:
         def enc(s: int, e: int) -> np.ndarray:
-            return encode(model, self.corpus[s:e], batch_size=self.batch_size, prompt_name=self.corpus_prompt_name,
-                          prompt=self.corpus_prompt)
+            return encode(
+                model,
+                self.corpus[s:e],
+                batch_size=self.batch_size,
+                prompt_name=self.corpus_prompt_name,
+                prompt=self.corpus_prompt,
+            )
 
         if progress is None:
             return enc(start, end)
@@ -177,8 +197,9 @@ class InformationRetrievalEvaluator(Evaluator):
             progress.update(task, completed=e)
         return np.concatenate(parts)
 
-    def _rank_quantized(self, model: Any, fn: str, q_emb: np.ndarray,
-                        corpus_embeddings: np.ndarray | None) -> dict[str, list[list[tuple[str, float]]]]:
+    def _rank_quantized(
+        self, model: Any, fn: str, q_emb: np.ndarray, corpus_embeddings: np.ndarray | None
+    ) -> dict[str, list[list[tuple[str, float]]]]:
         """Quantize the whole corpus (float embeddings, L2-normalized for cosine) to ``precision`` and
         search it exactly with the float queries, rescoring when ``rescore_multiplier`` is set.
 
@@ -191,11 +212,12 @@ class InformationRetrievalEvaluator(Evaluator):
         from stedge_runtime.search import search
 
         if fn not in ("cosine", "dot"):
-            raise StedgeError(f"precision {self.precision!r} searches by dot product / Hamming distance; "
-                              f"the similarity function {fn!r} is not supported (use cosine or dot)")
+            raise StedgeError(
+                f"precision {self.precision!r} searches by dot product / Hamming distance; "
+                f"the similarity function {fn!r} is not supported (use cosine or dot)"
+            )
         if corpus_embeddings is None:
-            corpus_embeddings = self._with_progress(
-                lambda p, t: self._encode_corpus(model, 0, len(self.corpus), p, t))
+            corpus_embeddings = self._with_progress(lambda p, t: self._encode_corpus(model, 0, len(self.corpus), p, t))
         c_emb = np.asarray(corpus_embeddings, dtype=np.float32)
         if fn == "cosine":
             q_emb = q_emb / np.maximum(np.linalg.norm(q_emb, axis=1, keepdims=True), 1e-12)
@@ -218,8 +240,9 @@ class InformationRetrievalEvaluator(Evaluator):
             k = max(self.ks["ndcg_at_k"])
             t0 = time.perf_counter()
             with runtime_input_errors():
-                top = search(q_emb, stored, self.precision, top_k=k, ranges=ranges,
-                             rescore_multiplier=self.rescore_multiplier)
+                top = search(
+                    q_emb, stored, self.precision, top_k=k, ranges=ranges, rescore_multiplier=self.rescore_multiplier
+                )
             self.search_seconds = time.perf_counter() - t0
             for r, (ti, tv) in enumerate(zip(top.indices, top.scores)):
                 head = set(ti.tolist())
@@ -240,8 +263,9 @@ class InformationRetrievalEvaluator(Evaluator):
         finally:
             progress.stop()
 
-    def _rank_float(self, model: Any, fns: list[str], q_emb: np.ndarray,
-                    corpus_embeddings: np.ndarray | None) -> dict[str, list[list[tuple[str, float]]]]:
+    def _rank_float(
+        self, model: Any, fns: list[str], q_emb: np.ndarray, corpus_embeddings: np.ndarray | None
+    ) -> dict[str, list[list[tuple[str, float]]]]:
         best: dict[str, tuple[np.ndarray, np.ndarray] | None] = {fn: None for fn in fns}
 
         def work(progress: Any, task: Any) -> None:
@@ -266,7 +290,9 @@ class InformationRetrievalEvaluator(Evaluator):
         self._with_progress(work)
         out = {}
         for fn, (idx, vals) in best.items():  # type: ignore[misc]
-            out[fn] = [[(self.corpus_ids[i], float(v)) for i, v in zip(row_i, row_v)] for row_i, row_v in zip(idx, vals)]
+            out[fn] = [
+                [(self.corpus_ids[i], float(v)) for i, v in zip(row_i, row_v)] for row_i, row_v in zip(idx, vals)
+            ]
         return out
 
     def compute_metrics(self, model: Any, corpus_embeddings: np.ndarray | None = None) -> dict[str, float]:
@@ -281,13 +307,19 @@ class InformationRetrievalEvaluator(Evaluator):
         return out
 
     def get_config_dict(self) -> dict[str, Any]:
-        cfg = {k: v for k, v in (("query_prompt_name", self.query_prompt_name), ("corpus_prompt_name", self.corpus_prompt_name)) if v}
+        cfg = {
+            k: v
+            for k, v in (("query_prompt_name", self.query_prompt_name), ("corpus_prompt_name", self.corpus_prompt_name))
+            if v
+        }
         if self.precision != "float32":
             cfg.update(precision=self.precision, rescore_multiplier=self.rescore_multiplier)
         return cfg
 
     @classmethod
-    def from_beir(cls, folder: str | os.PathLike, split: str = "test", name: str | None = None, **kwargs: Any) -> "InformationRetrievalEvaluator":
+    def from_beir(
+        cls, folder: str | os.PathLike, split: str = "test", name: str | None = None, **kwargs: Any
+    ) -> "InformationRetrievalEvaluator":
         """An evaluator over a BEIR-layout folder (see ``load_beir``)."""
         queries, corpus, qrels = load_beir(folder, split)
         return cls(queries, corpus, qrels, name=name if name is not None else f"{Path(folder).name}-{split}", **kwargs)
@@ -306,10 +338,14 @@ def _find(folder: Path, stem: str) -> Path:
     for cand in (folder / stem, folder / f"{stem}.gz"):
         if cand.exists():
             return cand
-    raise StedgeError(f"{folder}: no {stem} or {stem}.gz (a BEIR folder has corpus.jsonl, queries.jsonl and qrels/<split>.tsv)")
+    raise StedgeError(
+        f"{folder}: no {stem} or {stem}.gz (a BEIR folder has corpus.jsonl, queries.jsonl and qrels/<split>.tsv)"
+    )
 
 
-def load_beir(folder: str | os.PathLike, split: str = "test") -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
+def load_beir(
+    folder: str | os.PathLike, split: str = "test"
+) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
     """(queries, corpus, relevant_docs) from a BEIR-layout folder, gz or not.
 
     Documents are ``title + " " + text`` (just the text when there is no title); ids are
@@ -337,7 +373,10 @@ def load_beir(folder: str | os.PathLike, split: str = "test") -> tuple[dict[str,
         reader = csv.DictReader(f, delimiter="\t")
         need = {"query-id", "corpus-id", "score"}
         if not need <= set(reader.fieldnames or []):
-            raise StedgeError(f"{qrels_path}: expected columns query-id, corpus-id, score (found: {', '.join(reader.fieldnames or [])})")
+            raise StedgeError(
+                f"{qrels_path}: expected columns query-id, corpus-id, score (found: "
+                f"{', '.join(reader.fieldnames or [])})"
+            )
         for i, r in enumerate(reader):
             try:
                 score = float(r["score"])

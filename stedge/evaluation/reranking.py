@@ -3,6 +3,7 @@
 Works with a cross-encoder (anything with ``predict(pairs, batch_size=...)``: stedge.CrossEncoder,
 sentence_transformers.CrossEncoder, stedge_runtime.Reranker) or a bi-encoder (anything with ``encode``).
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -58,7 +59,9 @@ class RerankingEvaluator(Evaluator):
         for i, s in enumerate(samples):
             for key in ("query", "positive", "negative"):
                 if key not in s:
-                    raise StedgeError(f"RerankingEvaluator: sample {i} has no '{key}' (each sample needs query, positive, negative)")
+                    raise StedgeError(
+                        f"RerankingEvaluator: sample {i} has no '{key}' (each sample needs query, positive, negative)"
+                    )
             pos = [s["positive"]] if isinstance(s["positive"], str) else list(s["positive"])
             neg = [s["negative"]] if isinstance(s["negative"], str) else list(s["negative"])
             if pos and neg:
@@ -77,10 +80,18 @@ class RerankingEvaluator(Evaluator):
             pairs = [(s["query"], d) for s, ds in zip(self.samples, docs) for d in ds]
             flat = np.asarray(model.predict(pairs, batch_size=self.batch_size), dtype=np.float64)
             if flat.ndim != 1:
-                raise StedgeError(f"RerankingEvaluator: the cross-encoder returns {flat.shape[1:]} scores per pair; it needs one (num_labels=1)")
+                raise StedgeError(
+                    f"RerankingEvaluator: the cross-encoder returns {flat.shape[1:]} scores per pair; it needs one "
+                    "(num_labels=1)"
+                )
         else:
             fn = similarity_fn_names_for(model, [self.similarity_fn_name] if self.similarity_fn_name else None)[0]
-            q = encode(model, [s["query"] for s in self.samples], batch_size=self.batch_size, prompt_name=self.query_prompt_name)
+            q = encode(
+                model,
+                [s["query"] for s in self.samples],
+                batch_size=self.batch_size,
+                prompt_name=self.query_prompt_name,
+            )
             d = encode(model, [t for ds in docs for t in ds], batch_size=self.batch_size)
             flat, start = [], 0
             for i, ds in enumerate(docs):
@@ -102,7 +113,11 @@ class RerankingEvaluator(Evaluator):
             mrr.append(1.0 / (hit[0] + 1) if len(hit) else 0.0)
             ndcg.append(ndcg_at_k(rel, scores, self.at_k))
             ap.append(average_precision(rel, scores))
-        return {"map": float(np.mean(ap)), f"mrr@{self.at_k}": float(np.mean(mrr)), f"ndcg@{self.at_k}": float(np.mean(ndcg))}
+        return {
+            "map": float(np.mean(ap)),
+            f"mrr@{self.at_k}": float(np.mean(mrr)),
+            f"ndcg@{self.at_k}": float(np.mean(ndcg)),
+        }
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"at_k": self.at_k}

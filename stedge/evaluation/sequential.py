@@ -1,4 +1,5 @@
 """SequentialEvaluator: run several evaluators and merge their metrics."""
+
 from __future__ import annotations
 
 import os
@@ -34,7 +35,9 @@ class SequentialEvaluator(Evaluator):
             return self.prefix("sequential_score")
         return self.evaluators[-1].primary_metric
 
-    def __call__(self, model: Any, output_path: str | os.PathLike | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+    def __call__(
+        self, model: Any, output_path: str | os.PathLike | None = None, epoch: int = -1, steps: int = -1
+    ) -> dict[str, float]:
         merged: dict[str, float] = {}
         primaries: list[float] = []
         for ev in self.evaluators:

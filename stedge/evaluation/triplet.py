@@ -1,4 +1,5 @@
 """TripletEvaluator: how often the anchor is more similar to the positive than to the negative."""
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -35,7 +36,8 @@ class TripletEvaluator(Evaluator):
         super().__init__(name=name, batch_size=batch_size, show_progress_bar=show_progress_bar, write_csv=write_csv)
         if not (len(anchors) == len(positives) == len(negatives)):
             raise StedgeError(
-                f"TripletEvaluator: anchors ({len(anchors)}), positives ({len(positives)}) and negatives ({len(negatives)}) differ in length"
+                f"TripletEvaluator: anchors ({len(anchors)}), positives ({len(positives)}) and negatives "
+                f"({len(negatives)}) differ in length"
             )
         if not anchors:
             raise StedgeError("TripletEvaluator needs at least one triplet")
@@ -50,7 +52,9 @@ class TripletEvaluator(Evaluator):
             self.primary = "cosine_accuracy"
 
     @classmethod
-    def from_file(cls, path: str, limit: int | None = None, name: str | None = None, **kwargs: Any) -> "TripletEvaluator":
+    def from_file(
+        cls, path: str, limit: int | None = None, name: str | None = None, **kwargs: Any
+    ) -> "TripletEvaluator":
         """From a table with anchor, positive, negative columns (the first three text columns otherwise)."""
         from ..data import read_rows
         from .embedding_similarity import _name_from_path
@@ -59,9 +63,15 @@ class TripletEvaluator(Evaluator):
         if not rows:
             raise StedgeError(f"{path}: no rows")
         cols = list(rows[0])
-        names = ["anchor", "positive", "negative"] if all(c in cols for c in ("anchor", "positive", "negative")) else cols[:3]
+        names = (
+            ["anchor", "positive", "negative"]
+            if all(c in cols for c in ("anchor", "positive", "negative"))
+            else cols[:3]
+        )
         if len(names) < 3:
-            raise StedgeError(f"{path}: a triplet file needs anchor, positive and negative columns (found: {', '.join(cols)})")
+            raise StedgeError(
+                f"{path}: a triplet file needs anchor, positive and negative columns (found: {', '.join(cols)})"
+            )
         rows = rows[:limit] if limit else rows
         a, p, n = ([str(r[c]) for r in rows] for c in names)
         return cls(a, p, n, name=name if name is not None else _name_from_path(path), **kwargs)
@@ -71,8 +81,12 @@ class TripletEvaluator(Evaluator):
         self.primary = f"{fns[0]}_accuracy"
         n = len(self.anchors)
         emb = encode_unique(
-            model, self.anchors + self.positives + self.negatives, batch_size=self.batch_size,
-            prompt_name=self.prompt_name, prompt=self.prompt, show_progress_bar=self.show_progress_bar,
+            model,
+            self.anchors + self.positives + self.negatives,
+            batch_size=self.batch_size,
+            prompt_name=self.prompt_name,
+            prompt=self.prompt,
+            show_progress_bar=self.show_progress_bar,
         )
         a, p, ng = emb[:n], emb[n : 2 * n], emb[2 * n :]
         out = {}

@@ -4,6 +4,7 @@ verified against PyTorch, described by stedge.json.
     from stedge.export import export_model
     result = export_model("all-MiniLM-L6-v2", "models/minilm-stedge", quantize="int8")
 """
+
 from __future__ import annotations
 
 __all__ = ["export_model", "ExportResult"]

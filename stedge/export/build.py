@@ -2,6 +2,7 @@
 being written and returns a ``BuiltVariant`` (files, settings, verification). Every builder ends in
 ``finish``, which hashes the files, writes a provisional stedge.json and verifies the variant by loading
 the artifact with ``stedge_runtime`` (see ``stedge.export.verify``)."""
+
 from __future__ import annotations
 
 import logging
@@ -38,10 +39,18 @@ class BuiltVariant:
         """The variant's record in stedge.json."""
         p = self.plan
         e: dict[str, Any] = {
-            "file": p.file, "backend": p.backend, "precision": p.precision, "optimization": p.optimization,
-            "optimization_settings": self.optimization_settings, "quantization": self.quantization,
-            "devices": list(self.devices), "inputs": list(inputs), "outputs": list(outputs),
-            "sha256": self.sha256, "size_bytes": self.size_bytes, "verification": self.verification,
+            "file": p.file,
+            "backend": p.backend,
+            "precision": p.precision,
+            "optimization": p.optimization,
+            "optimization_settings": self.optimization_settings,
+            "quantization": self.quantization,
+            "devices": list(self.devices),
+            "inputs": list(inputs),
+            "outputs": list(outputs),
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "verification": self.verification,
         }
         if p.engine_options:
             e["engine_options"] = dict(p.engine_options)
@@ -63,11 +72,11 @@ class BuildContext:
     root: Path
     source: dict
     fields: dict
-    spec: Any = None                 # GraphSpec of the exported graph
-    fp32: Path | None = None         # the fp32 ONNX graph every variant starts from
-    reference: Any = None            # verify.Reference
-    batches: list | None = None      # calibration batches (static int8)
-    calibration_source: str | None = None   # the --calibration data, or "built-in"
+    spec: Any = None  # GraphSpec of the exported graph
+    fp32: Path | None = None  # the fp32 ONNX graph every variant starts from
+    reference: Any = None  # verify.Reference
+    batches: list | None = None  # calibration batches (static int8)
+    calibration_source: str | None = None  # the --calibration data, or "built-in"
     entries: dict[str, dict] = field(default_factory=dict)
 
     @property
@@ -94,8 +103,13 @@ class BuildContext:
 
         fields = dict(self.fields)
         return {
-            "format_version": mf.FORMAT_VERSION, "task": fields.pop("task"), "source": self.source, **fields,
-            "default_variant": default, "variants": dict(self.entries), "created_with": mf.created_with(),
+            "format_version": mf.FORMAT_VERSION,
+            "task": fields.pop("task"),
+            "source": self.source,
+            **fields,
+            "default_variant": default,
+            "variants": dict(self.entries),
+            "created_with": mf.created_with(),
         }
 
     def calibration(self) -> list[dict]:
@@ -119,17 +133,26 @@ def _files_of(pv: PlannedVariant, root: Path) -> list[Path]:
 def _record(ctx: BuildContext, pv: PlannedVariant, verification: dict | None, **settings: Any) -> BuiltVariant:
     files = _files_of(pv, ctx.root)
     rel = tuple(f.relative_to(ctx.root).as_posix() for f in files)
-    hashes: str | dict[str, str] = sha256_file(files[0]) if len(files) == 1 else {
-        r: sha256_file(f) for r, f in zip(rel, files)}
-    built = BuiltVariant(pv, rel, hashes, sum(f.stat().st_size for f in files), tuple(pv.devices),
-                         verification=verification, **settings)
+    hashes: str | dict[str, str] = (
+        sha256_file(files[0]) if len(files) == 1 else {r: sha256_file(f) for r, f in zip(rel, files)}
+    )
+    built = BuiltVariant(
+        pv, rel, hashes, sum(f.stat().st_size for f in files), tuple(pv.devices), verification=verification, **settings
+    )
     ctx.entries.pop(pv.name, None)
     ctx.entries[pv.name] = built.entry(ctx.spec.inputs, ctx.spec.outputs)
     return built
 
 
-def finish(ctx: BuildContext, pv: PlannedVariant, *, verify: bool = True, note: str | None = None,
-           tolerate: bool = False, **settings: Any) -> BuiltVariant:
+def finish(
+    ctx: BuildContext,
+    pv: PlannedVariant,
+    *,
+    verify: bool = True,
+    note: str | None = None,
+    tolerate: bool = False,
+    **settings: Any,
+) -> BuiltVariant:
     """Record the variant's files and verify it through stedge_runtime on the export device.
 
     ``tolerate``: a variant that may not run on this device (fp16 on a CPU) gets a note instead of failing;
@@ -173,8 +196,9 @@ def build_onnx_optimized(ctx: BuildContext, pv: PlannedVariant) -> BuiltVariant:
     """onnxruntime transformer optimizer at O1-O3."""
     from . import optimize as opt
 
-    settings = opt.optimize(ctx.fp32, _target(ctx, pv), pv.optimization, ctx.config,
-                            for_gpu=ctx.options.device == "cuda")
+    settings = opt.optimize(
+        ctx.fp32, _target(ctx, pv), pv.optimization, ctx.config, for_gpu=ctx.options.device == "cuda"
+    )
     return finish(ctx, pv, optimization_settings=settings)
 
 
@@ -211,8 +235,14 @@ def build_onnx_int8_static(ctx: BuildContext, pv: PlannedVariant) -> BuiltVarian
     from .quantize import quantize_static_int8
 
     tail = opt.tail_nodes(load_graph(ctx.qbase))
-    q = quantize_static_int8(ctx.qbase, _target(ctx, pv), ctx.calibration(), ctx.options.calibration_method,
-                             exclude_nodes=tail, ffn_down=ONNX_FFN_DOWN)
+    q = quantize_static_int8(
+        ctx.qbase,
+        _target(ctx, pv),
+        ctx.calibration(),
+        ctx.options.calibration_method,
+        exclude_nodes=tail,
+        ffn_down=ONNX_FFN_DOWN,
+    )
     return finish(ctx, pv, quantization={**q, "calibration": ctx.calibration_source})
 
 
@@ -255,12 +285,11 @@ def build_openvino_fp16(ctx: BuildContext, pv: PlannedVariant) -> BuiltVariant:
 def build_openvino_int8_static(ctx: BuildContext, pv: PlannedVariant) -> BuiltVariant:
     """NNCF post-training int8, calibrated."""
     from . import openvino as ovx
-    from .quantize import ov_quantize_static
+    from .quantize import after_gelu_matmuls, ov_quantize_static
 
-    from .quantize import after_gelu_matmuls
-
-    model, q = ov_quantize_static(_ov_model(ctx), ctx.calibration(), ctx.task,
-                                  float_matmuls=after_gelu_matmuls(ctx.fp32))
+    model, q = ov_quantize_static(
+        _ov_model(ctx), ctx.calibration(), ctx.task, float_matmuls=after_gelu_matmuls(ctx.fp32)
+    )
     ovx.save(model, _target(ctx, pv))
     return finish(ctx, pv, quantization={**q, "calibration": ctx.calibration_source})
 

@@ -1,5 +1,6 @@
 """Calibration data for static quantization: texts from a file or `datasets` name, tokenized into
 equally shaped batches (the histogram calibrators need one sequence length)."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,9 @@ MIN_TEXTS = 16
 DEFAULT_LIMIT = 300
 
 
-def calibration_texts(source: str | os.PathLike, column: str | None = None, limit: int = DEFAULT_LIMIT,
-                      minimum: int = MIN_TEXTS) -> list[str]:
+def calibration_texts(
+    source: str | os.PathLike, column: str | None = None, limit: int = DEFAULT_LIMIT, minimum: int = MIN_TEXTS
+) -> list[str]:
     """Texts for calibration (a text file, a CSV/TSV/JSONL column, or a `datasets` name); at least ``minimum``."""
     try:
         texts = read_texts(source, column=column, limit=limit)
@@ -39,8 +41,9 @@ def builtin_texts() -> list[str]:
     return json.loads((Path(__file__).with_name("calibration_texts.json")).read_text(encoding="utf-8"))
 
 
-def calibration_batches(model, task: str, texts: list[str], batch_size: int = 16,
-                        max_length: int = 128) -> list[dict[str, np.ndarray]]:
+def calibration_batches(
+    model, task: str, texts: list[str], batch_size: int = 16, max_length: int = 128
+) -> list[dict[str, np.ndarray]]:
     """Tokenized calibration batches of one shape: padded to the longest text (at most ``max_length``),
     ``batch_size`` texts each (a remainder smaller than a batch is left out)."""
     if task == "reranking":
@@ -51,8 +54,14 @@ def calibration_batches(model, task: str, texts: list[str], batch_size: int = 16
     tok = model.tokenizer
     limit = min(max_length, getattr(model, "max_seq_length", None) or getattr(model, "max_length", max_length))
     if task == "reranking":
-        enc = tok([a for a, _ in items], [b for _, b in items], padding="longest", truncation="longest_first",
-                  max_length=limit, return_tensors="np")
+        enc = tok(
+            [a for a, _ in items],
+            [b for _, b in items],
+            padding="longest",
+            truncation="longest_first",
+            max_length=limit,
+            return_tensors="np",
+        )
     else:
         enc = tok(items, padding="longest", truncation=True, max_length=limit, return_tensors="np")
     feeds = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
@@ -82,8 +91,9 @@ EMBEDDING_MIN_TEXTS = 16
 EMBEDDING_DEFAULT_LIMIT = 1000
 
 
-def embedding_texts(source: str | os.PathLike, column: str | None = None,
-                    limit: int = EMBEDDING_DEFAULT_LIMIT) -> list[str]:
+def embedding_texts(
+    source: str | os.PathLike, column: str | None = None, limit: int = EMBEDDING_DEFAULT_LIMIT
+) -> list[str]:
     """Texts whose embeddings give the int8/uint8 ranges: at least 16, a few hundred in-domain texts is best."""
     try:
         texts = read_texts(source, column=column, limit=limit)
@@ -106,9 +116,14 @@ def save_embedding_calibration(root: Path, embeddings: np.ndarray, texts: int, v
     return {"file": RANGES_FILE, "sha256": digest, "texts": int(texts), "variant": variant}
 
 
-def calibrate_artifact(path: str | os.PathLike, source: str | os.PathLike, column: str | None = None,
-                       limit: int = EMBEDDING_DEFAULT_LIMIT, variant: str | None = None,
-                       batch_size: int = 32) -> dict:
+def calibrate_artifact(
+    path: str | os.PathLike,
+    source: str | os.PathLike,
+    column: str | None = None,
+    limit: int = EMBEDDING_DEFAULT_LIMIT,
+    variant: str | None = None,
+    batch_size: int = 32,
+) -> dict:
     """Embed calibration texts with an embedding artifact (stedge_runtime, ``variant`` or its default),
     save their ranges beside stedge.json and record them there; returns the ``embedding_calibration`` field.
 
@@ -121,8 +136,9 @@ def calibrate_artifact(path: str | os.PathLike, source: str | os.PathLike, colum
     root = Path(path)
     manifest = mf.read(root)
     if manifest.get("task") != "embedding":
-        raise StedgeError(f"{root}: embedding calibration applies to embedding artifacts, "
-                          f"this one is {manifest.get('task')!r}")
+        raise StedgeError(
+            f"{root}: embedding calibration applies to embedding artifacts, this one is {manifest.get('task')!r}"
+        )
     texts = embedding_texts(source, column, limit)
     enc = Encoder.load(root, variant=variant)
     field = save_embedding_calibration(root, enc.encode(texts, batch_size=batch_size), len(texts), enc.variant)

@@ -1,4 +1,5 @@
 """`stedge export`: a model reference in, a verified ONNX/OpenVINO artifact folder out."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,17 @@ def render_table(result) -> None:
     if not console.is_terminal:
         console = Console(width=130)
     t = Table(title=f"{result.path}  (default: {result.manifest['default_variant']})")
-    for col, just in (("variant", "left"), ("size MB", "right"), ("mean cos", "right"),
-                      ("min cos", "right"), ("Spearman", "right"), ("drop", "right"), ("batch cos", "right"),
-                      ("tier", "center"), ("passed", "center")):
+    for col, just in (
+        ("variant", "left"),
+        ("size MB", "right"),
+        ("mean cos", "right"),
+        ("min cos", "right"),
+        ("Spearman", "right"),
+        ("drop", "right"),
+        ("batch cos", "right"),
+        ("tier", "center"),
+        ("passed", "center"),
+    ):
         t.add_column(col, justify=just)
     for r in result.rows:
         sp = "—"
@@ -32,12 +41,21 @@ def render_table(result) -> None:
         drop = "—"
         if r["drop"] is not None:
             drop = f"{r['drop']:.2f} pt" if r["drop_unit"] == "spearman_points" else f"{r['drop']:.5f}"
-        passed = "[yellow]not verified[/]" if r["passed"] is None else (
-            "[green]yes[/]" if r["passed"] else "[red]no[/]")
+        passed = (
+            "[yellow]not verified[/]" if r["passed"] is None else ("[green]yes[/]" if r["passed"] else "[red]no[/]")
+        )
         name = r["variant"] + ("" if r["new"] else " (kept)")
-        t.add_row(name, f"{r['size_bytes'] / 1e6:.1f}", _fmt(r["mean_cosine"], ".6f"),
-                  _fmt(r["min_cosine"], ".6f"), sp, drop, _fmt(r.get("batch_invariance_min_cos"), ".6f"),
-                  r.get("tier") or "—", passed)
+        t.add_row(
+            name,
+            f"{r['size_bytes'] / 1e6:.1f}",
+            _fmt(r["mean_cosine"], ".6f"),
+            _fmt(r["min_cosine"], ".6f"),
+            sp,
+            drop,
+            _fmt(r.get("batch_invariance_min_cos"), ".6f"),
+            r.get("tier") or "—",
+            passed,
+        )
     console.print(t)
     for r in result.rows:
         if r.get("note"):
@@ -49,16 +67,16 @@ HELP = {
     "output": "Artifact folder (default: models/<model-name>-stedge).",
     "optimize": "onnxruntime level: O1, O2, O3 or O4 (O4 = fp16, for GPU).",
     "quantize": "none; fp16; bf16 (OpenVINO, run in bf16 on avx512_bf16/AMX CPUs); int8 (static, batch-invariant, "
-                "calibrated on --calibration or built-in texts); int8-static (int8 with --calibration required); "
-                "int8-dynamic (onnxruntime dynamic per --isa, not batch-invariant); int8-weights / int4-weights "
-                "(OpenVINO weight compression).",
+    "calibrated on --calibration or built-in texts); int8-static (int8 with --calibration required); "
+    "int8-dynamic (onnxruntime dynamic per --isa, not batch-invariant); int8-weights / int4-weights "
+    "(OpenVINO weight compression).",
     "isa": "int8-dynamic targets: auto (this CPU), all, or avx2, avx512, avx512_vnni, arm64 (comma-separated).",
     "calibration": "Calibration texts (a text file, CSV/TSV/JSONL, or a datasets name) for int8 / int8-static and, "
-                   "for embedding models, the int8/uint8 output ranges saved with the artifact.",
+    "for embedding models, the int8/uint8 output ranges saved with the artifact.",
     "calibration_method": "minmax, entropy or percentile (ONNX static int8).",
     "eval": "STS pairs (sentence1, sentence2, score) for Spearman, e.g. stsb/test.tsv.gz.",
     "max_drop": "The compressed tier's budget: Spearman points with --eval (default 1.0), else 1 - mean cosine "
-                "(default 0.05). Given, a variant losing more fails the export (exit 1, nothing written).",
+    "(default 0.05). Given, a variant losing more fails the export (exit 1, nothing written).",
     "add": "Add the variants to an existing artifact of the same model (others are kept).",
 }
 
@@ -75,29 +93,47 @@ def register(app: typer.Typer) -> None:
         quantize: str = typer.Option("none", "--quantize", help=HELP["quantize"]),
         isa: str = typer.Option("auto", "--isa", help=HELP["isa"]),
         calibration: Optional[str] = typer.Option(None, "--calibration", help=HELP["calibration"]),
-        calibration_column: Optional[str] = typer.Option(None, "--calibration-column",
-                                                         help="Text column of a calibration table."),
+        calibration_column: Optional[str] = typer.Option(
+            None, "--calibration-column", help="Text column of a calibration table."
+        ),
         calibration_method: str = typer.Option("minmax", "--calibration-method", help=HELP["calibration_method"]),
-        calibration_size: int = typer.Option(300, "--calibration-size",
-                                             help="Use at most this many calibration texts."),
+        calibration_size: int = typer.Option(
+            300, "--calibration-size", help="Use at most this many calibration texts."
+        ),
         eval_data: Optional[str] = typer.Option(None, "--eval", help=HELP["eval"]),
         max_drop: Optional[float] = typer.Option(None, "--max-drop", help=HELP["max_drop"]),
         device: str = typer.Option("cpu", "--device", help="Where verification runs: cpu or cuda."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
         add: bool = typer.Option(False, "--add", help=HELP["add"]),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
-        tune: bool = typer.Option(False, "--tune", help="Then time the variants on this machine (`stedge tune`) so "
-                                  "Encoder.load picks the fastest of each precision tier here."),
+        tune: bool = typer.Option(
+            False,
+            "--tune",
+            help="Then time the variants on this machine (`stedge tune`) so "
+            "Encoder.load picks the fastest of each precision tier here.",
+        ),
     ) -> None:
         """Export MODEL to ONNX / OpenVINO with pooling inside the graph, verify every variant through
         stedge_runtime against PyTorch (tier, batch invariance), write stedge.json."""
         from stedge.export import export_model
 
         result = export_model(
-            model, output, backend=backend, optimize=optimize, quantize=quantize, isa=isa, calibration=calibration,
-            calibration_column=calibration_column, calibration_method=calibration_method,
-            calibration_size=calibration_size, eval_data=eval_data, max_drop=max_drop, device=device,
-            overwrite=overwrite, add=add, show_progress=not as_json,
+            model,
+            output,
+            backend=backend,
+            optimize=optimize,
+            quantize=quantize,
+            isa=isa,
+            calibration=calibration,
+            calibration_column=calibration_column,
+            calibration_method=calibration_method,
+            calibration_size=calibration_size,
+            eval_data=eval_data,
+            max_drop=max_drop,
+            device=device,
+            overwrite=overwrite,
+            add=add,
+            show_progress=not as_json,
         )
         if not as_json:
             render_table(result)
@@ -120,7 +156,8 @@ def _register_pack(app: typer.Typer) -> None:
         artifact: Path = typer.Argument(..., help="An artifact folder written by `stedge export`."),
         output: Path = typer.Option(..., "-o", "--output", help="Folder for the runtime-only artifact."),
         variant: Optional[List[str]] = typer.Option(
-            None, "--variant", "-v", help="Variant to keep (repeatable; default: the artifact's default variant)."),
+            None, "--variant", "-v", help="Variant to keep (repeatable; default: the artifact's default variant)."
+        ),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder stedge wrote."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
@@ -134,18 +171,24 @@ def _register_pack(app: typer.Typer) -> None:
             return
         for rel, size in res.files.items():
             typer.echo(f"  {rel:48} {size / 1e6:8.2f} MB")
-        typer.echo(f"wrote {res.path}: {', '.join(res.variants)} (default {res.default_variant}), "
-                   f"{sum(res.files.values()) / 1e6:.2f} MB")
+        typer.echo(
+            f"wrote {res.path}: {', '.join(res.variants)} (default {res.default_variant}), "
+            f"{sum(res.files.values()) / 1e6:.2f} MB"
+        )
 
     @app.command("calibrate")
     def calibrate_cmd(
         artifact: Path = typer.Argument(..., help="Embedding artifact folder (with stedge.json)."),
-        texts: str = typer.Option(..., "--texts", help="Calibration texts: a text file, CSV/TSV/JSONL, or a "
-                                  "datasets name (a few hundred in-domain texts)."),
+        texts: str = typer.Option(
+            ...,
+            "--texts",
+            help="Calibration texts: a text file, CSV/TSV/JSONL, or a datasets name (a few hundred in-domain texts).",
+        ),
         column: Optional[str] = typer.Option(None, "--column", help="Text column of a table."),
         limit: int = typer.Option(1000, "--limit", help="Use at most this many texts."),
         variant: Optional[str] = typer.Option(
-            None, "--variant", help="Variant that embeds them (default: the artifact's choice for the CPU)."),
+            None, "--variant", help="Variant that embeds them (default: the artifact's choice for the CPU)."
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print the embedding_calibration field as JSON."),
     ) -> None:
         """Save int8/uint8 embedding ranges with an artifact; encode(precision="int8") and `stedge embed
@@ -156,5 +199,7 @@ def _register_pack(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(field, indent=2))
         else:
-            typer.echo(f"{artifact / field['file']}: ranges of {field['texts']} texts embedded with "
-                       f"{field['variant']} (sha256 {field['sha256'][:16]}...)")
+            typer.echo(
+                f"{artifact / field['file']}: ranges of {field['texts']} texts embedded with "
+                f"{field['variant']} (sha256 {field['sha256'][:16]}...)"
+            )

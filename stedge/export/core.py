@@ -1,6 +1,7 @@
 """`export_model`: a model reference in, a verified artifact folder out (ST layout + onnx/ + openvino/ +
 stedge.json). The options become an immutable plan (``plan.py``), built and verified variant by variant
 (``build.py``, ``verify.py``)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +18,6 @@ from ..io import atomic_dir, check_output, output_lock, sha256_file
 from .manifest import MANIFEST
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -38,8 +38,10 @@ def source_sha256(*folders: Path) -> str:
     h = hashlib.sha256()
     for folder in folders:
         files = sorted(
-            p for p in folder.rglob("*")
-            if p.is_file() and p.suffix in (".safetensors", ".bin")
+            p
+            for p in folder.rglob("*")
+            if p.is_file()
+            and p.suffix in (".safetensors", ".bin")
             and not ({"onnx", "openvino"} & set(p.relative_to(folder).parts))
         )
         for f in files:
@@ -62,8 +64,12 @@ def load_model(ref: str | os.PathLike) -> tuple[Any, str, dict]:
     if detect_task(path) == "adapter":
         model, base = _merge_adapter(path)
         base_path = model.model_path or path
-        src = {"model": str(ref), "sha256": source_sha256(path, Path(base_path)), "adapter": str(path),
-               "base_model": base}
+        src = {
+            "model": str(ref),
+            "sha256": source_sha256(path, Path(base_path)),
+            "adapter": str(path),
+            "base_model": base,
+        }
         return model.eval(), "embedding", src
     task = detect_task(path)
     model = SentenceEncoder(path, device="cpu") if task == "embedding" else CrossEncoder(path, device="cpu")
@@ -78,8 +84,9 @@ def _check_cuda(backend: str) -> None:
     if backend in ("onnx", "all"):
         ort = require("onnxruntime", "onnx", "verifying on cuda")
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise StedgeError("--device cuda: onnxruntime has no CUDAExecutionProvider here; "
-                              "install stedge[gpu] or use --device cpu")
+            raise StedgeError(
+                "--device cuda: onnxruntime has no CUDAExecutionProvider here; install stedge[gpu] or use --device cpu"
+            )
     if backend in ("openvino", "all"):
         ov = require("openvino", "openvino", "verifying on a GPU")
         if not any(d.startswith("GPU") for d in ov.Core().available_devices):
@@ -121,11 +128,21 @@ def export_model(
     from .plan import ExportOptions, check_options, make_plan
     from .quantize import cpu_flags, isas_for
 
-    options = check_options(ExportOptions(
-        backend=backend, optimize=optimize, quantize=quantize, calibration=calibration,
-        calibration_column=calibration_column, calibration_method=calibration_method,
-        calibration_size=calibration_size, eval_data=eval_data, eval_limit=eval_limit, max_drop=max_drop,
-        device=device))
+    options = check_options(
+        ExportOptions(
+            backend=backend,
+            optimize=optimize,
+            quantize=quantize,
+            calibration=calibration,
+            calibration_column=calibration_column,
+            calibration_method=calibration_method,
+            calibration_size=calibration_size,
+            eval_data=eval_data,
+            eval_limit=eval_limit,
+            max_drop=max_drop,
+            device=device,
+        )
+    )
     isas = tuple(isas_for(isa))  # a bad --isa is an error even where only int8-dynamic would use it
     if "onnx-int8-dynamic" in options.choice.onnx and options.onnx:
         options = replace(options, isas=isas)
@@ -134,11 +151,16 @@ def export_model(
         _check_cuda(backend)
     out = Path(output) if output is not None else Path("models") / f"{model_display_name(model)}-stedge"
     src_path = resolve_model(model)
-    check_output(out, overwrite or add, protect=[src_path],
-                 exists_hint="pass --overwrite to replace it or --add to add variants to it")
+    check_output(
+        out,
+        overwrite or add,
+        protect=[src_path],
+        exists_hint="pass --overwrite to replace it or --add to add variants to it",
+    )
     if add and out.exists() and not (out / MANIFEST).is_file():
-        raise StedgeError(f"--add: {out} has no {MANIFEST}, so it is not an artifact to add variants to; "
-                          "choose another -o")
+        raise StedgeError(
+            f"--add: {out} has no {MANIFEST}, so it is not an artifact to add variants to; choose another -o"
+        )
     steps = _Steps(show_progress)
     try:
         with output_lock(out):  # a second writer of `out` waits here, then sees what the first wrote
@@ -156,8 +178,11 @@ def _inputs(options) -> tuple[list[str] | None, Any]:
     if options.choice.calibrated:
         from .calibration import builtin_texts, calibration_texts
 
-        cal_texts = (builtin_texts() if options.calibration is None else
-                     calibration_texts(options.calibration, options.calibration_column, limit=options.calibration_size))
+        cal_texts = (
+            builtin_texts()
+            if options.calibration is None
+            else calibration_texts(options.calibration, options.calibration_column, limit=options.calibration_size)
+        )
     elif options.calibration is not None:
         from .calibration import embedding_texts
 
@@ -166,8 +191,9 @@ def _inputs(options) -> tuple[list[str] | None, Any]:
     return cal_texts, eval_set
 
 
-def _export(model: str | os.PathLike, out: Path, plan, add: bool, replace_out: bool, src_path: Path,
-            steps: _Steps) -> dict:
+def _export(
+    model: str | os.PathLike, out: Path, plan, add: bool, replace_out: bool, src_path: Path, steps: _Steps
+) -> dict:
     """Load, build and verify inside an atomic folder; return the manifest written."""
     from . import manifest as mf
     from .build import BuildContext, build_all
@@ -176,8 +202,9 @@ def _export(model: str | os.PathLike, out: Path, plan, add: bool, replace_out: b
     steps.start("Loading the model")
     existing = mf.read(out) if add and out.exists() else None
     torch_model, task, source = load_model(model)
-    if existing is not None and ((existing.get("source") or {}).get("sha256") != source["sha256"]
-                                 or existing.get("task") != task):
+    if existing is not None and (
+        (existing.get("source") or {}).get("sha256") != source["sha256"] or existing.get("task") != task
+    ):
         raise StedgeError(
             f"{out / mf.MANIFEST}: the artifact was exported from another model (source sha256 differs); "
             "use --overwrite to replace it or another -o"
@@ -188,8 +215,15 @@ def _export(model: str | os.PathLike, out: Path, plan, add: bool, replace_out: b
         else:
             torch_model.save(tmp)
             torch_model.eval()
-        ctx = BuildContext(torch_model, task, plan, tmp, source, mf.model_fields(torch_model, task),
-                           entries=dict((existing or {}).get("variants") or {}))
+        ctx = BuildContext(
+            torch_model,
+            task,
+            plan,
+            tmp,
+            source,
+            mf.model_fields(torch_model, task),
+            entries=dict((existing or {}).get("variants") or {}),
+        )
         _prepare(ctx, cal_texts, eval_set, steps)
         build_all(ctx, steps.start)
         shutil.rmtree(ctx.work, ignore_errors=True)
@@ -222,12 +256,16 @@ def _prepare(ctx, cal_texts: list[str] | None, eval_set, steps: _Steps) -> None:
         steps.start("Tokenizing calibration texts")
         ctx.batches = calibration_batches(ctx.model, ctx.task, cal_texts)
         o = ctx.options
-        ctx.calibration_source = (f"built-in ({len(cal_texts)} texts)" if o.calibration is None
-                                  else f"{o.calibration} ({len(cal_texts)} texts)")
+        ctx.calibration_source = (
+            f"built-in ({len(cal_texts)} texts)"
+            if o.calibration is None
+            else f"{o.calibration} ({len(cal_texts)} texts)"
+        )
 
 
-def _embedding_calibration(manifest: dict, model, task: str, cal_texts, quantize: str, existing: dict | None,
-                           root: Path) -> None:
+def _embedding_calibration(
+    manifest: dict, model, task: str, cal_texts, quantize: str, existing: dict | None, root: Path
+) -> None:
     """Embedding models: int8/uint8 output ranges from the calibration texts (PyTorch fp32), or the
     existing artifact's when --add brings no new texts."""
     if task != "embedding":
@@ -273,12 +311,22 @@ def _rows(manifest: dict, new: frozenset[str]) -> list[dict]:
     rows = []
     for name, e in manifest["variants"].items():
         ver = e.get("verification") or {}
-        rows.append({
-            "variant": name, "file": e["file"], "size_bytes": e["size_bytes"],
-            "mean_cosine": ver.get("mean_cosine"), "min_cosine": ver.get("min_cosine"),
-            "spearman": ver.get("spearman"), "reference_spearman": ver.get("reference_spearman"),
-            "drop": ver.get("drop"), "drop_unit": ver.get("drop_unit"), "tier": ver.get("tier"),
-            "batch_invariance_min_cos": ver.get("batch_invariance_min_cos"),
-            "passed": ver.get("passed") if ver else None, "note": e.get("note"), "new": name in new,
-        })
+        rows.append(
+            {
+                "variant": name,
+                "file": e["file"],
+                "size_bytes": e["size_bytes"],
+                "mean_cosine": ver.get("mean_cosine"),
+                "min_cosine": ver.get("min_cosine"),
+                "spearman": ver.get("spearman"),
+                "reference_spearman": ver.get("reference_spearman"),
+                "drop": ver.get("drop"),
+                "drop_unit": ver.get("drop_unit"),
+                "tier": ver.get("tier"),
+                "batch_invariance_min_cos": ver.get("batch_invariance_min_cos"),
+                "passed": ver.get("passed") if ver else None,
+                "note": e.get("note"),
+                "new": name in new,
+            }
+        )
     return rows

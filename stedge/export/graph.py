@@ -5,6 +5,7 @@
 * ``RerankerGraph``: a sequence-classification model returning raw ``logits`` and ``scores``
   (the activation applied).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -81,8 +82,11 @@ def build_graph(model: nn.Module, task: str) -> tuple[nn.Module, GraphSpec]:
         pooling = model.pooling
         use_tt = bool(t.uses_token_type_ids)
         use_pl = pooling is not None and not pooling.include_prompt
-        inputs = (["input_ids", "attention_mask"] + (["token_type_ids"] if use_tt else [])
-                  + (["prompt_length"] if use_pl else []))
+        inputs = (
+            ["input_ids", "attention_mask"]
+            + (["token_type_ids"] if use_tt else [])
+            + (["prompt_length"] if use_pl else [])
+        )
         axes = {n: dict(batch_seq) for n in inputs if n != "prompt_length"}
         if use_pl:
             axes["prompt_length"] = {0: "batch_size"}
@@ -105,11 +109,16 @@ def build_graph(model: nn.Module, task: str) -> tuple[nn.Module, GraphSpec]:
 def example_inputs(model: nn.Module, task: str, spec: GraphSpec) -> tuple[torch.Tensor, ...]:
     """A small tokenized batch (two texts of different length) in the graph's input order."""
     if task == "embedding":
-        feats = model.tokenize(["stedge exports sentence encoders",
-                                "a longer second text, so that padding shows up in the batch"])
+        feats = model.tokenize(
+            ["stedge exports sentence encoders", "a longer second text, so that padding shows up in the batch"]
+        )
     else:
-        feats = model.tokenize([("what is stedge", "stedge exports rerankers"),
-                                ("query", "a longer document text so that padding shows up")])
+        feats = model.tokenize(
+            [
+                ("what is stedge", "stedge exports rerankers"),
+                ("query", "a longer document text so that padding shows up"),
+            ]
+        )
     batch = feats["input_ids"].shape[0]
     out = []
     for name in spec.inputs:

@@ -2,6 +2,7 @@
 
 The contract itself (fields, validation, naming, files, devices) lives in ``stedge_runtime.artifact``.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,8 @@ from stedge_runtime.artifact import FORMAT_VERSION, MANIFEST, Manifest, write_ma
 from .. import __version__
 from ..errors import InvalidModelError
 
-
 __all__ = ["FORMAT_VERSION", "MANIFEST", "write", "read", "created_with", "model_fields", "check_tokenizer"]
+
 
 def write(folder: str | os.PathLike, manifest: dict) -> Path:
     """Validate and write ``folder/stedge.json`` through the artifact contract (``stedge_runtime.artifact``)."""
@@ -54,9 +55,13 @@ def model_fields(model, task: str) -> dict:
         t = model.transformer
         pooling = model.pooling
         dense = [
-            {"in_features": m.in_features, "out_features": m.out_features,
-             "activation": type(m.activation_function).__name__}
-            for m in model if type(m).__name__ == "Dense"
+            {
+                "in_features": m.in_features,
+                "out_features": m.out_features,
+                "activation": type(m.activation_function).__name__,
+            }
+            for m in model
+            if type(m).__name__ == "Dense"
         ]
         return {
             "task": "embedding",

@@ -1,6 +1,7 @@
 """torch -> ONNX with the TorchScript exporter (dynamic batch and sequence axes), weights in an
 external data file for all but small graphs, and the check that no external-data location leaves
 the artifact folder."""
+
 from __future__ import annotations
 
 import contextlib
@@ -106,8 +107,15 @@ def export_onnx(model, task: str, path: str | os.PathLike, opset: int = OPSET) -
         with torch.no_grad(), warnings.catch_warnings(), eager_attention(model):
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                graph, args, str(raw), input_names=spec.inputs, output_names=spec.outputs,
-                dynamic_axes=spec.dynamic_axes, opset_version=opset, do_constant_folding=True, dynamo=False,
+                graph,
+                args,
+                str(raw),
+                input_names=spec.inputs,
+                output_names=spec.outputs,
+                dynamic_axes=spec.dynamic_axes,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
             )
     except Exception as e:  # unsupported ops, data-dependent control flow, custom code
         raise InvalidModelError(
@@ -148,8 +156,14 @@ def save_onnx(proto, path: str | os.PathLike, external: bool | None = None) -> l
         location = path.name + EXTERNAL_DATA_SUFFIX
         if (path.parent / location).exists():
             (path.parent / location).unlink()
-        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=location, size_threshold=1024)
+        onnx.save_model(
+            proto,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=location,
+            size_threshold=1024,
+        )
         check_external_data(path, path.parent)
         return [path, path.parent / location]
     onnx.save_model(proto, str(path))

@@ -1,5 +1,6 @@
 """OpenVINO IR: convert the exported ONNX graph (or the torch model) and save
 ``openvino/openvino_model*.xml`` + ``.bin`` (the names sentence-transformers and optimum-intel look for)."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,9 @@ def from_onnx(onnx_path: str | os.PathLike):
     try:
         return ov.convert_model(str(onnx_path))
     except Exception as e:
-        raise InvalidModelError(f"OpenVINO cannot convert {onnx_path} ({type(e).__name__}: {e}); "
-                                "export with --backend onnx instead") from e
+        raise InvalidModelError(
+            f"OpenVINO cannot convert {onnx_path} ({type(e).__name__}: {e}); export with --backend onnx instead"
+        ) from e
 
 
 def from_torch(model, task: str):

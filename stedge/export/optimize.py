@@ -8,11 +8,12 @@
 fp16 conversion keeps float32 inputs/outputs and keeps in float32 the pooling/normalization tail of
 the graph; when the fp16 graph still overflows (inf/NaN), a wider set of ops is kept in float32.
 """
+
 from __future__ import annotations
 
 import logging
-import re
 import os
+import re
 
 from ..errors import StedgeError, require
 from .onnx import save_onnx
@@ -28,15 +29,40 @@ LEVELS: dict[str, dict] = {
 
 # Hugging Face model_type -> the onnxruntime optimizer's model type with matching fusions.
 ORT_MODEL_TYPES = {
-    "bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "camembert": "bert", "electra": "bert",
-    "distilbert": "bert", "mpnet": "bert", "albert": "bert", "deberta-v2": "bert", "ernie": "bert",
-    "nomic_bert": "bert", "modernbert": "bert", "bart": "bart", "t5": "t5", "mt5": "t5", "gpt2": "gpt2",
+    "bert": "bert",
+    "roberta": "bert",
+    "xlm-roberta": "bert",
+    "camembert": "bert",
+    "electra": "bert",
+    "distilbert": "bert",
+    "mpnet": "bert",
+    "albert": "bert",
+    "deberta-v2": "bert",
+    "ernie": "bert",
+    "nomic_bert": "bert",
+    "modernbert": "bert",
+    "bart": "bart",
+    "t5": "t5",
+    "mt5": "t5",
+    "gpt2": "gpt2",
 }
 
 # Ops that stay float32 in the second fp16 attempt (numerically sensitive reductions and normalizations).
 FP16_SENSITIVE_OPS = [
-    "LayerNormalization", "SkipLayerNormalization", "EmbedLayerNormalization", "SimplifiedLayerNormalization",
-    "Softmax", "Pow", "ReduceMean", "ReduceSum", "ReduceL2", "ReduceMax", "Sqrt", "Div", "Erf", "Exp",
+    "LayerNormalization",
+    "SkipLayerNormalization",
+    "EmbedLayerNormalization",
+    "SimplifiedLayerNormalization",
+    "Softmax",
+    "Pow",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceL2",
+    "ReduceMax",
+    "Sqrt",
+    "Div",
+    "Erf",
+    "Exp",
 ]
 
 
@@ -73,8 +99,11 @@ def optimize(src: str | os.PathLike, dst: str | os.PathLike, level: str, config,
     model_type = ORT_MODEL_TYPES.get(hf_type)
     fusions = spec["fusions"] and model_type is not None
     if spec["fusions"] and model_type is None:
-        logger.warning("no transformer fusions for model type %r in onnxruntime: %s uses general optimizations only",
-                       hf_type, level)
+        logger.warning(
+            "no transformer fusions for model type %r in onnxruntime: %s uses general optimizations only",
+            hf_type,
+            level,
+        )
     model_type = model_type or "bert"
     options = FusionOptions(model_type)
     options.enable_gelu_approximation = spec["gelu_approximation"]
@@ -83,17 +112,29 @@ def optimize(src: str | os.PathLike, dst: str | os.PathLike, level: str, config,
     hidden = int(getattr(config, "hidden_size", 0) or 0)
     try:
         opt = optimize_model(
-            str(src), model_type, num_heads, hidden, opt_level=spec["opt_level"],
-            optimization_options=options, use_gpu=use_gpu, only_onnxruntime=not fusions,
+            str(src),
+            model_type,
+            num_heads,
+            hidden,
+            opt_level=spec["opt_level"],
+            optimization_options=options,
+            use_gpu=use_gpu,
+            only_onnxruntime=not fusions,
         )
     except Exception as e:
-        raise StedgeError(f"onnxruntime could not optimize {src} at {level} ({type(e).__name__}: {e}); "
-                          "try a lower --optimize level") from e
+        raise StedgeError(
+            f"onnxruntime could not optimize {src} at {level} ({type(e).__name__}: {e}); try a lower --optimize level"
+        ) from e
     stats = {k: v for k, v in (opt.get_fused_operator_statistics() or {}).items() if v} if fusions else {}
     save_onnx(opt.model, dst)
     return {
-        "level": level, "ort_model_type": model_type, "opt_level": spec["opt_level"], "fusions": fusions,
-        "gelu_approximation": spec["gelu_approximation"], "for_gpu": use_gpu, "fused_operators": stats,
+        "level": level,
+        "ort_model_type": model_type,
+        "opt_level": spec["opt_level"],
+        "fusions": fusions,
+        "gelu_approximation": spec["gelu_approximation"],
+        "for_gpu": use_gpu,
+        "fused_operators": stats,
     }
 
 
@@ -110,7 +151,8 @@ def to_fp16(src: str | os.PathLike, dst: str | os.PathLike, keep_ops: list[str] 
     ops = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(keep_ops or []))
     model = OnnxModel(proto)
     # symbolic shape inference understands the contrib ops (Attention, SkipLayerNorm) of optimized graphs
-    model.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True, op_block_list=ops,
-                                   node_block_list=tail)
+    model.convert_float_to_float16(
+        use_symbolic_shape_infer=True, keep_io_types=True, op_block_list=ops, node_block_list=tail
+    )
     save_onnx(model.model, dst)
     return {"keep_io_types": True, "fp32_ops": sorted(set(keep_ops or [])), "fp32_nodes": len(tail)}

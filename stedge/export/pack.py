@@ -5,6 +5,7 @@ variants, the tokenizer file, the files of those variants (graph + external data
 weights) and the embedding calibration ranges when there are some, each checked against its sha256
 while it is copied, and the tuning profiles (``tuning/``). No torch weights, no model card.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,12 +28,18 @@ class PackResult:
     files: dict[str, int]
 
     def to_dict(self) -> dict:
-        return {"path": str(self.path), "variants": self.variants, "default_variant": self.default_variant,
-                "files": self.files, "size_bytes": sum(self.files.values())}
+        return {
+            "path": str(self.path),
+            "variants": self.variants,
+            "default_variant": self.default_variant,
+            "files": self.files,
+            "size_bytes": sum(self.files.values()),
+        }
 
 
-def pack_artifact(artifact: str | os.PathLike, output: str | os.PathLike, variants: Sequence[str] = (),
-                  overwrite: bool = False) -> PackResult:
+def pack_artifact(
+    artifact: str | os.PathLike, output: str | os.PathLike, variants: Sequence[str] = (), overwrite: bool = False
+) -> PackResult:
     """Copy ``variants`` of ``artifact`` (default: its default variant) with the tokenizer and a manifest
     listing only them into ``output``. Every file is checked against the manifest's sha256 while copied."""
     from stedge_runtime.artifact import Manifest, artifact_path, write_manifest
@@ -74,5 +81,7 @@ def _copy(src: Path, dst: Path, digest: str | None = None, field: str = "") -> N
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
     if digest is not None and sha256_file(dst) != digest:
-        raise StedgeError(f"{src}: sha256 does not match stedge.json {field}; the artifact changed after export: "
-                          "export it again before packing")
+        raise StedgeError(
+            f"{src}: sha256 does not match stedge.json {field}; the artifact changed after export: "
+            "export it again before packing"
+        )

@@ -1,5 +1,6 @@
 """Export as a plan: the options checked once, the ``--quantize`` choice interpreted in one table, and the
 immutable list of variants one export writes (``make_plan``). Building happens in ``stedge.export.build``."""
+
 from __future__ import annotations
 
 import os
@@ -11,7 +12,7 @@ from ..errors import StedgeError
 BACKENDS = ("onnx", "openvino", "all")
 DEVICES = ("cpu", "cuda")
 OPTIMIZE = ("O1", "O2", "O3", "O4")
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")   # CPUs where OpenVINO runs bf16 natively
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # CPUs where OpenVINO runs bf16 natively
 OV_DEVICES = ("cpu", "gpu", "npu", "auto")
 ONNX_DEVICES = ("cpu", "cuda", "tensorrt")
 
@@ -22,7 +23,7 @@ class QuantizeChoice:
 
     onnx: tuple[str, ...] = ()
     openvino: tuple[str, ...] = ()
-    calibrated: bool = False        # calibrates: on --calibration, else on the built-in texts
+    calibrated: bool = False  # calibrates: on --calibration, else on the built-in texts
     needs_calibration: bool = False  # --calibration is required
     help: str = ""
 
@@ -32,12 +33,23 @@ QUANTIZE: dict[str, QuantizeChoice] = {
     "none": QuantizeChoice(help="fp32 only"),
     "fp16": QuantizeChoice(("onnx-fp16",), ("openvino-fp16",), help="fp16 weights and compute (GPUs)"),
     "bf16": QuantizeChoice((), ("openvino-bf16",), help="the OpenVINO fp32 graph run in bf16 (avx512_bf16 / AMX CPUs)"),
-    "int8": QuantizeChoice(("onnx-int8-static",), ("openvino-int8-static",), calibrated=True,
-                           help="static int8 (batch-invariant), calibrated on --calibration or built-in texts"),
-    "int8-static": QuantizeChoice(("onnx-int8-static",), ("openvino-int8-static",), calibrated=True,
-                                  needs_calibration=True, help="static int8 calibrated on --calibration"),
-    "int8-dynamic": QuantizeChoice(("onnx-int8-dynamic",), help="onnxruntime dynamic int8, one variant per --isa "
-                                   "(not batch-invariant: never chosen automatically)"),
+    "int8": QuantizeChoice(
+        ("onnx-int8-static",),
+        ("openvino-int8-static",),
+        calibrated=True,
+        help="static int8 (batch-invariant), calibrated on --calibration or built-in texts",
+    ),
+    "int8-static": QuantizeChoice(
+        ("onnx-int8-static",),
+        ("openvino-int8-static",),
+        calibrated=True,
+        needs_calibration=True,
+        help="static int8 calibrated on --calibration",
+    ),
+    "int8-dynamic": QuantizeChoice(
+        ("onnx-int8-dynamic",),
+        help="onnxruntime dynamic int8, one variant per --isa (not batch-invariant: never chosen automatically)",
+    ),
     "int8-weights": QuantizeChoice((), ("openvino-int8-weights",), help="OpenVINO int8 weight compression"),
     "int4-weights": QuantizeChoice((), ("openvino-int4-weights",), help="OpenVINO int4 weight compression"),
 }
@@ -115,8 +127,9 @@ def check_options(options: ExportOptions) -> ExportOptions:
     if o.device not in DEVICES:
         raise StedgeError(f"--device must be one of {', '.join(DEVICES)}, got {o.device!r}")
     if o.calibration_method not in CALIBRATION_METHODS:
-        raise StedgeError(f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, "
-                          f"got {o.calibration_method!r}")
+        raise StedgeError(
+            f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, got {o.calibration_method!r}"
+        )
     if o.max_drop is not None and o.max_drop < 0:
         raise StedgeError(f"--max-drop must be >= 0, got {o.max_drop}")
     optimize = o.optimize
@@ -130,13 +143,16 @@ def check_options(options: ExportOptions) -> ExportOptions:
     if choice.onnx and not choice.openvino and o.backend == "openvino":
         raise StedgeError(f"--quantize {o.quantize} is an onnxruntime variant: use --backend onnx (or all)")
     if optimize is not None and o.backend == "openvino":
-        raise StedgeError("--optimize O1-O4 are onnxruntime levels: use --backend onnx or all "
-                          "(OpenVINO optimizes when it compiles)")
+        raise StedgeError(
+            "--optimize O1-O4 are onnxruntime levels: use --backend onnx or all (OpenVINO optimizes when it compiles)"
+        )
     if optimize == "O4" and o.quantize not in ("none", "fp16", "bf16"):
         raise StedgeError(f"--optimize O4 already converts to fp16: combine --quantize {o.quantize} with O1-O3")
     if choice.needs_calibration and o.calibration is None:
-        raise StedgeError(f"--quantize {o.quantize} needs --calibration DATA (a text file, a CSV/TSV/JSONL with "
-                          "--calibration-column, or a datasets name)")
+        raise StedgeError(
+            f"--quantize {o.quantize} needs --calibration DATA (a text file, a CSV/TSV/JSONL with "
+            "--calibration-column, or a datasets name)"
+        )
     from dataclasses import replace
 
     return replace(o, optimize=optimize)
@@ -147,22 +163,49 @@ def _onnx_variants(o: ExportOptions) -> list[PlannedVariant]:
     sfx, fsfx = (f"-{opt}", f"_{opt}") if opt else ("", "")
     out = [PlannedVariant("onnx-fp32", "onnx-fp32", "onnx", "fp32", "onnx/model.onnx", ONNX_DEVICES)]
     if opt == "O4":
-        out.append(PlannedVariant("onnx-fp16-O4", "onnx-fp16", "onnx", "fp16", "onnx/model_O4.onnx",
-                                  ("cuda", "tensorrt"), "O4"))
+        out.append(
+            PlannedVariant(
+                "onnx-fp16-O4", "onnx-fp16", "onnx", "fp16", "onnx/model_O4.onnx", ("cuda", "tensorrt"), "O4"
+            )
+        )
     elif opt:
         devs = ONNX_DEVICES if opt == "O1" else ("cpu", "cuda")
-        out.append(PlannedVariant(f"onnx-fp32{sfx}", "onnx-optimized", "onnx", "fp32", f"onnx/model{fsfx}.onnx",
-                                  devs, opt))
+        out.append(
+            PlannedVariant(f"onnx-fp32{sfx}", "onnx-optimized", "onnx", "fp32", f"onnx/model{fsfx}.onnx", devs, opt)
+        )
     for kind in o.choice.onnx:
         if kind == "onnx-fp16" and opt != "O4":
-            out.append(PlannedVariant(f"onnx-fp16{sfx}", kind, "onnx", "fp16", f"onnx/model{fsfx}_fp16.onnx",
-                                      ("cuda", "tensorrt"), opt))
+            out.append(
+                PlannedVariant(
+                    f"onnx-fp16{sfx}", kind, "onnx", "fp16", f"onnx/model{fsfx}_fp16.onnx", ("cuda", "tensorrt"), opt
+                )
+            )
         elif kind == "onnx-int8-dynamic":
-            out += [PlannedVariant(f"onnx-int8-{isa}{sfx}", kind, "onnx", "int8",
-                                   f"onnx/model_qint8_{isa}{fsfx}.onnx", ("cpu",), opt, isa=isa) for isa in o.isas]
+            out += [
+                PlannedVariant(
+                    f"onnx-int8-{isa}{sfx}",
+                    kind,
+                    "onnx",
+                    "int8",
+                    f"onnx/model_qint8_{isa}{fsfx}.onnx",
+                    ("cpu",),
+                    opt,
+                    isa=isa,
+                )
+                for isa in o.isas
+            ]
         elif kind == "onnx-int8-static":
-            out.append(PlannedVariant(f"onnx-int8-static{sfx}", kind, "onnx", "int8",
-                                      f"onnx/model_qint8_static{fsfx}.onnx", ("cpu", "tensorrt"), opt))
+            out.append(
+                PlannedVariant(
+                    f"onnx-int8-static{sfx}",
+                    kind,
+                    "onnx",
+                    "int8",
+                    f"onnx/model_qint8_static{fsfx}.onnx",
+                    ("cpu", "tensorrt"),
+                    opt,
+                )
+            )
     return out
 
 
@@ -179,8 +222,18 @@ def _openvino_variants(o: ExportOptions) -> list[PlannedVariant]:
     out = [PlannedVariant("openvino-fp32", "openvino-fp32", "openvino", "fp32", fp32, OV_DEVICES)]
     for kind in o.choice.openvino:
         if kind == "openvino-bf16":
-            out.append(PlannedVariant("openvino-bf16", kind, "openvino", "bf16", fp32, ("cpu",),
-                                      engine_options={"inference_precision": "bf16"}, cpu_flags_any=BF16_FLAGS))
+            out.append(
+                PlannedVariant(
+                    "openvino-bf16",
+                    kind,
+                    "openvino",
+                    "bf16",
+                    fp32,
+                    ("cpu",),
+                    engine_options={"inference_precision": "bf16"},
+                    cpu_flags_any=BF16_FLAGS,
+                )
+            )
         else:
             precision, file, devs = _OV_FILES[kind]
             # int8-static: the float parts pinned to f32, so a bf16 CPU runs what export verified

@@ -1,6 +1,7 @@
 """Quantization: onnxruntime dynamic int8 (per CPU instruction set, as optimum's
 AutoQuantizationConfig defines them), onnxruntime static int8 (QDQ, calibrated), and OpenVINO
 static int8 / weight-only int8 and int4 with NNCF."""
+
 from __future__ import annotations
 
 import contextlib
@@ -72,18 +73,30 @@ def quantize_dynamic_int8(src: str | os.PathLike, dst: str | os.PathLike, isa: s
     cfg = ISA_CONFIGS[isa]
     with quiet():
         quantize_dynamic(
-            str(src), str(dst), per_channel=cfg["per_channel"], reduce_range=cfg["reduce_range"],
+            str(src),
+            str(dst),
+            per_channel=cfg["per_channel"],
+            reduce_range=cfg["reduce_range"],
             weight_type=getattr(QuantType, cfg["weight_type"]),
             # DefaultTensorType: optimized graphs hold contrib ops (Attention, SkipLayerNorm) shape inference
             # cannot type
-            extra_options={"WeightSymmetric": cfg["weight_symmetric"], "ActivationSymmetric": False,
-                           "DefaultTensorType": 1},
+            extra_options={
+                "WeightSymmetric": cfg["weight_symmetric"],
+                "ActivationSymmetric": False,
+                "DefaultTensorType": 1,
+            },
             use_external_data_format=bool(external_data_files(src)),
         )
     normalize_external_data(dst)
-    return {"method": "dynamic", "isa": isa, "activations": "QUInt8", "weights": cfg["weight_type"],
-            "per_channel": cfg["per_channel"], "reduce_range": cfg["reduce_range"],
-            "weight_symmetric": cfg["weight_symmetric"]}
+    return {
+        "method": "dynamic",
+        "isa": isa,
+        "activations": "QUInt8",
+        "weights": cfg["weight_type"],
+        "per_channel": cfg["per_channel"],
+        "reduce_range": cfg["reduce_range"],
+        "weight_symmetric": cfg["weight_symmetric"],
+    }
 
 
 class _Reader:
@@ -102,8 +115,11 @@ def weight_matmuls(path: str | os.PathLike, exclude: Sequence[str] = ()) -> list
     proto = onnx.load(str(path), load_external_data=False)
     inits = {i.name for i in proto.graph.initializer}
     skip = set(exclude)
-    return [n.name for n in proto.graph.node
-            if n.op_type in STATIC_OPS and n.name not in skip and any(i in inits for i in n.input[1:2])]
+    return [
+        n.name
+        for n in proto.graph.node
+        if n.op_type in STATIC_OPS and n.name not in skip and any(i in inits for i in n.input[1:2])
+    ]
 
 
 GELU_OPS = {"Gelu", "BiasGelu", "FastGelu", "QuickGelu"}
@@ -127,8 +143,14 @@ def after_gelu_matmuls(path: str | os.PathLike) -> list[str]:
     return [n.name for n in proto.graph.node if n.op_type in STATIC_OPS and n.input and gelu_like(n.input[0])]
 
 
-def quantize_static_int8(src: str | os.PathLike, dst: str | os.PathLike, batches: list[dict], method: str = "minmax",
-                         exclude_nodes: Sequence[str] = (), ffn_down: str = "float") -> dict:
+def quantize_static_int8(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    batches: list[dict],
+    method: str = "minmax",
+    exclude_nodes: Sequence[str] = (),
+    ffn_down: str = "float",
+) -> dict:
     """Static int8 in QDQ format, calibrated on ``batches`` (dicts of numpy inputs, equal shapes).
 
     The MatMul/Gemm nodes with constant weights are quantized (activations uint8 asymmetric with fixed
@@ -146,10 +168,17 @@ def quantize_static_int8(src: str | os.PathLike, dst: str | os.PathLike, batches
 
     if method not in CALIBRATION_METHODS:
         raise StedgeError(f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")
-    cm = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-          "percentile": CalibrationMethod.Percentile}[method]
-    extra = {"WeightSymmetric": True, "ActivationSymmetric": False, "DefaultTensorType": 1,
-             "CalibTensorRangeSymmetric": False}
+    cm = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
+    extra = {
+        "WeightSymmetric": True,
+        "ActivationSymmetric": False,
+        "DefaultTensorType": 1,
+        "CalibTensorRangeSymmetric": False,
+    }
     if method == "minmax":
         extra["CalibMovingAverage"] = True
     if method == "percentile":
@@ -158,21 +187,38 @@ def quantize_static_int8(src: str | os.PathLike, dst: str | os.PathLike, batches
     exclude_nodes = list(exclude_nodes) + float_ffn
     with quiet():
         quantize_static(
-            str(src), str(dst), _Reader(batches), quant_format=QuantFormat.QDQ, op_types_to_quantize=STATIC_OPS,
+            str(src),
+            str(dst),
+            _Reader(batches),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=STATIC_OPS,
             nodes_to_quantize=weight_matmuls(src, exclude_nodes),
-            per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=cm, nodes_to_exclude=list(exclude_nodes), extra_options=extra,
+            per_channel=True,
+            reduce_range=False,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=cm,
+            nodes_to_exclude=list(exclude_nodes),
+            extra_options=extra,
             calibration_providers=["CPUExecutionProvider"],
         )
     embeddings = quantize_embeddings(dst)
     if ffn_down == "int8-rows" and float_ffn:
         int8_rows(dst, float_ffn)
     normalize_external_data(dst)
-    return {"method": "static", "format": "QDQ", "calibration_method": method, "calibration_batches": len(batches),
-            "operators": STATIC_OPS, "activations": "QUInt8", "weights": "QInt8", "per_channel": True,
-            "embeddings": "QUInt8 rows dequantized after Gather" if embeddings else None,
-            "ffn_down_projections": {"count": len(float_ffn), "as": ffn_down},
-            "float_nodes": {"tail": len(exclude_nodes) - len(float_ffn)}}
+    return {
+        "method": "static",
+        "format": "QDQ",
+        "calibration_method": method,
+        "calibration_batches": len(batches),
+        "operators": STATIC_OPS,
+        "activations": "QUInt8",
+        "weights": "QInt8",
+        "per_channel": True,
+        "embeddings": "QUInt8 rows dequantized after Gather" if embeddings else None,
+        "ffn_down_projections": {"count": len(float_ffn), "as": ffn_down},
+        "float_nodes": {"tail": len(exclude_nodes) - len(float_ffn)},
+    }
 
 
 def _replace_graph(path: Path, write) -> None:
@@ -193,13 +239,25 @@ def quantize_embeddings(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     proto = require("onnx", "onnx", "int8 quantization").load(str(path), load_external_data=False)
     inits = {i.name for i in proto.graph.initializer}
-    nodes = [n.name for n in proto.graph.node if n.op_type == "Gather" and n.input[0] in inits
-             and "word_embeddings" in n.input[0]]
+    nodes = [
+        n.name
+        for n in proto.graph.node
+        if n.op_type == "Gather" and n.input[0] in inits and "word_embeddings" in n.input[0]
+    ]
     if nodes:
         with quiet():
-            _replace_graph(path, lambda tmp: quantize_dynamic(
-                str(path), str(tmp), op_types_to_quantize=["Gather"], nodes_to_quantize=nodes, per_channel=False,
-                weight_type=QuantType.QUInt8, extra_options={"DefaultTensorType": 1}))
+            _replace_graph(
+                path,
+                lambda tmp: quantize_dynamic(
+                    str(path),
+                    str(tmp),
+                    op_types_to_quantize=["Gather"],
+                    nodes_to_quantize=nodes,
+                    per_channel=False,
+                    weight_type=QuantType.QUInt8,
+                    extra_options={"DefaultTensorType": 1},
+                ),
+            )
     return nodes
 
 
@@ -213,8 +271,15 @@ def int8_rows(path: str | os.PathLike, nodes: Sequence[str], block_size: int = 3
     path = Path(path)
     proto = onnx.load(str(path))
     opset = {o.domain: o.version for o in proto.opset_import}.get("", 17)
-    q = MatMulNBitsQuantizer(proto, bits=8, block_size=block_size, is_symmetric=True, accuracy_level=4,
-                             nodes_to_include=list(nodes), op_types_to_quantize=("MatMul",))
+    q = MatMulNBitsQuantizer(
+        proto,
+        bits=8,
+        block_size=block_size,
+        is_symmetric=True,
+        accuracy_level=4,
+        nodes_to_include=list(nodes),
+        op_types_to_quantize=("MatMul",),
+    )
     with quiet():
         q.process()
     for op in q.model.model.opset_import:  # the quantizer raises the opset; only contrib ops were added
@@ -229,8 +294,13 @@ OV_IGNORED_PATTERNS = [r".*/encoder/encoder\.[1-9]\d*/.*", r".*/activation/.*"]
 OV_SMOOTH_QUANT_ALPHA = 0.5
 
 
-def ov_quantize_static(ov_model, batches: list[dict], task: str, smooth_quant_alpha: float = OV_SMOOTH_QUANT_ALPHA,
-                       float_matmuls: Sequence[str] = ()):
+def ov_quantize_static(
+    ov_model,
+    batches: list[dict],
+    task: str,
+    smooth_quant_alpha: float = OV_SMOOTH_QUANT_ALPHA,
+    float_matmuls: Sequence[str] = (),
+):
     """NNCF post-training int8 quantization of an OpenVINO model: transformer preset, SmoothQuant at
     ``smooth_quant_alpha``, the pooling/normalize tail and ``float_matmuls`` (the FFN down-projections, whose
     GELU-fed inputs no static int8 range holds) in the ignored scope; those MatMuls then get int8 weights
@@ -249,15 +319,29 @@ def ov_quantize_static(ov_model, batches: list[dict], task: str, smooth_quant_al
     scope = nncf.IgnoredScope(patterns=OV_IGNORED_PATTERNS, names=list(float_matmuls), validate=False)
     with quiet():
         q = nncf.quantize(
-            ov_model, nncf.Dataset(data), model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED,
-            subset_size=len(data), ignored_scope=scope, advanced_parameters=adv,
+            ov_model,
+            nncf.Dataset(data),
+            model_type=nncf.ModelType.TRANSFORMER,
+            preset=nncf.QuantizationPreset.MIXED,
+            subset_size=len(data),
+            ignored_scope=scope,
+            advanced_parameters=adv,
         )
         if float_matmuls:
             q = nncf.compress_weights(q, mode=nncf.CompressWeightsMode.INT8_ASYM)
-    return q, {"method": "static", "tool": "nncf", "preset": "mixed", "model_type": "transformer",
-               "smooth_quant_alpha": smooth_quant_alpha, "calibration_texts": count_calibration(data),
-               "ignored_scope": OV_IGNORED_PATTERNS, "ffn_down_projections": {
-                   "count": len(float_matmuls), "as": "int8 weights, float compute" if float_matmuls else "int8"}}
+    return q, {
+        "method": "static",
+        "tool": "nncf",
+        "preset": "mixed",
+        "model_type": "transformer",
+        "smooth_quant_alpha": smooth_quant_alpha,
+        "calibration_texts": count_calibration(data),
+        "ignored_scope": OV_IGNORED_PATTERNS,
+        "ffn_down_projections": {
+            "count": len(float_matmuls),
+            "as": "int8 weights, float compute" if float_matmuls else "int8",
+        },
+    }
 
 
 def ov_compress_weights(ov_model, bits: int, group_size: int = 128, ratio: float = 1.0):
@@ -267,15 +351,25 @@ def ov_compress_weights(ov_model, bits: int, group_size: int = 128, ratio: float
     with quiet():
         if bits == 8:
             return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM), {
-                "method": "weights", "tool": "nncf", "mode": "int8_asym"}
+                "method": "weights",
+                "tool": "nncf",
+                "mode": "int8_asym",
+            }
         try:
-            out = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=group_size,
-                                        ratio=ratio)
+            out = nncf.compress_weights(
+                ov_model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=group_size, ratio=ratio
+            )
         except Exception:  # a weight width not divisible by the group size: per-channel int4
             group_size = -1
             out = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=-1, ratio=ratio)
-    return out, {"method": "weights", "tool": "nncf", "mode": "int4_sym", "group_size": group_size, "ratio": ratio,
-                 "backup_mode": "int8_asym"}
+    return out, {
+        "method": "weights",
+        "tool": "nncf",
+        "mode": "int4_sym",
+        "group_size": group_size,
+        "ratio": ratio,
+        "backup_mode": "int8_asym",
+    }
 
 
 def count_calibration(batches: Iterable[dict]) -> int:

@@ -3,6 +3,7 @@
 artifact's own ``tokenizer.json``, padding and engine settings, and compared with the PyTorch fp32 model:
 mean/min cosine, max abs difference, Spearman on an STS eval set, batch invariance (a text alone vs inside a
 mixed batch of 32) and the precision tier the variant reaches (exact / near / compressed)."""
+
 from __future__ import annotations
 
 import os
@@ -16,9 +17,9 @@ import numpy as np
 from ..data import PairScores, iter_batches, pairwise_cosine, spearman
 from ..errors import CheckFailedError, StedgeError, require
 
-DEFAULT_MAX_DROP_SPEARMAN = 1.0   # points: the compressed tier's budget with an eval set and no --max-drop
-DEFAULT_MAX_DROP_COSINE = 0.05    # 1 - mean cosine: the compressed tier's budget without an eval set
-INVARIANCE_BATCH = 32             # a text alone vs inside a mixed batch of this many texts
+DEFAULT_MAX_DROP_SPEARMAN = 1.0  # points: the compressed tier's budget with an eval set and no --max-drop
+DEFAULT_MAX_DROP_COSINE = 0.05  # 1 - mean cosine: the compressed tier's budget without an eval set
+INVARIANCE_BATCH = 32  # a text alone vs inside a mixed batch of this many texts
 
 
 @dataclass(frozen=True)
@@ -60,22 +61,23 @@ class Verification:
     spearman: float | None
     reference_spearman: float | None
     drop: float
-    drop_unit: str              # "spearman_points" or "cosine"
+    drop_unit: str  # "spearman_points" or "cosine"
     max_drop: float
     num_texts: int
     finite: bool
     device: str
     batch_invariance_min_cos: float
-    tier: str | None            # best tier reached: exact, near, compressed, or None
-    passed: bool                # the tier reached is at least the one the precision promises (meets)
+    tier: str | None  # best tier reached: exact, near, compressed, or None
+    passed: bool  # the tier reached is at least the one the precision promises (meets)
     runtime: str = "stedge_runtime"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def tier_of(min_cos: float, drop: float, drop_unit: str, max_drop: float, invariance: float,
-            finite: bool) -> str | None:
+def tier_of(
+    min_cos: float, drop: float, drop_unit: str, max_drop: float, invariance: float, finite: bool
+) -> str | None:
     """The best tier whose bars the numbers clear (see TIERS); None when not even ``compressed``."""
     if not finite:
         return None
@@ -100,8 +102,9 @@ class Runner:
     through ``Reference.compare`` on the artifact instead.
     """
 
-    def __init__(self, backend: str, file: str | os.PathLike, device: str = "cpu",
-                 root: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, backend: str, file: str | os.PathLike, device: str = "cpu", root: str | os.PathLike | None = None
+    ) -> None:
         from stedge_runtime.engines import open_engine
 
         file = Path(file)
@@ -200,8 +203,9 @@ def batch_invariance(obj, task: str, items: Sequence, batch: int = INVARIANCE_BA
 class Reference:
     """PyTorch fp32 outputs for the verification texts (computed once, shared by all variants)."""
 
-    def __init__(self, model, task: str, texts: Sequence[str], eval_set: PairScores | None,
-                 batch_size: int = 32) -> None:
+    def __init__(
+        self, model, task: str, texts: Sequence[str], eval_set: PairScores | None, batch_size: int = 32
+    ) -> None:
         self.model, self.task, self.texts, self.eval_set = model, task, list(texts), eval_set
         self.batch_size = batch_size
         if task == "embedding":
@@ -227,8 +231,9 @@ class Reference:
                 pred = pred[:, -1]
         return spearman(pred, ev.scores)
 
-    def compare(self, root: str | os.PathLike, variant: str, device: str = "cpu",
-                max_drop: float | None = None) -> Verification:
+    def compare(
+        self, root: str | os.PathLike, variant: str, device: str = "cpu", max_drop: float | None = None
+    ) -> Verification:
         """Load ``variant`` of the artifact at ``root`` through stedge_runtime and verify it against the
         reference; ``max_drop`` None uses the compressed tier's defaults."""
         import logging
@@ -266,9 +271,20 @@ class Reference:
             drop = 1.0 - mean_c
         tier = tier_of(min_c, drop, unit, limit, invariance, finite)
         return Verification(
-            mean_cosine=mean_c, min_cosine=min_c, max_abs_diff=diff, spearman=sp, reference_spearman=self.spearman,
-            drop=float(drop), drop_unit=unit, max_drop=float(limit), num_texts=len(self.texts), finite=finite,
-            device=device, batch_invariance_min_cos=invariance, tier=tier, passed=meets(tier, precision),
+            mean_cosine=mean_c,
+            min_cosine=min_c,
+            max_abs_diff=diff,
+            spearman=sp,
+            reference_spearman=self.spearman,
+            drop=float(drop),
+            drop_unit=unit,
+            max_drop=float(limit),
+            num_texts=len(self.texts),
+            finite=finite,
+            device=device,
+            batch_invariance_min_cos=invariance,
+            tier=tier,
+            passed=meets(tier, precision),
             runtime=f"stedge_runtime/{type(obj).__name__}",
         )
 
@@ -289,11 +305,14 @@ def default_texts() -> list[str]:
 def fail_message(variant: str, v: Verification) -> str:
     """One line saying why a variant failed its check and what to do."""
     if not v.finite:
-        return (f"variant {variant}: the graph produced inf/NaN outputs; use a wider precision (fp32) or another "
-                "--quantize")
+        return (
+            f"variant {variant}: the graph produced inf/NaN outputs; use a wider precision (fp32) or another --quantize"
+        )
     what = f"Spearman drop {v.drop:.2f} points" if v.drop_unit == "spearman_points" else f"cosine drop {v.drop:.5f}"
-    return (f"variant {variant}: {what} exceeds --max-drop {v.max_drop:g}; nothing was written. "
-            "Try another --quantize / --calibration-method, more calibration texts, or a larger --max-drop")
+    return (
+        f"variant {variant}: {what} exceeds --max-drop {v.max_drop:g}; nothing was written. "
+        "Try another --quantize / --calibration-method, more calibration texts, or a larger --max-drop"
+    )
 
 
 def failure_note(v: Verification, precision: str | None) -> str | None:
@@ -302,11 +321,15 @@ def failure_note(v: Verification, precision: str | None) -> str | None:
     if v.passed or not v.finite:
         return None
     if v.batch_invariance_min_cos < bar:
-        return (f"not batch-invariant: a text alone vs inside a batch of {INVARIANCE_BATCH} agrees only to cos "
-                f"{v.batch_invariance_min_cos:.5f} (< {bar}); never chosen automatically")
+        return (
+            f"not batch-invariant: a text alone vs inside a batch of {INVARIANCE_BATCH} agrees only to cos "
+            f"{v.batch_invariance_min_cos:.5f} (< {bar}); never chosen automatically"
+        )
     want = EXPECTED_TIER.get(str(precision), "compressed")
-    return (f"reaches tier {v.tier or 'none'}, below the {want} tier a {precision} variant must reach (min cos "
-            f"{v.min_cosine:.5f}); check that tokenizer.json matches the model's tokenizer; never chosen automatically")
+    return (
+        f"reaches tier {v.tier or 'none'}, below the {want} tier a {precision} variant must reach (min cos "
+        f"{v.min_cosine:.5f}); check that tokenizer.json matches the model's tokenizer; never chosen automatically"
+    )
 
 
 def check(variant: str, v: Verification) -> None:

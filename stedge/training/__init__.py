@@ -2,11 +2,16 @@
 
 Heavy pieces are imported lazily so `import stedge.training` stays cheap.
 """
+
 from __future__ import annotations
 
 __all__ = [
-    "SentenceEncoderTrainer", "SentenceEncoderTrainingArguments", "CrossEncoderTrainer",
-    "CrossEncoderTrainingArguments", "load_dataset", "prepare_dataset",
+    "SentenceEncoderTrainer",
+    "SentenceEncoderTrainingArguments",
+    "CrossEncoderTrainer",
+    "CrossEncoderTrainingArguments",
+    "load_dataset",
+    "prepare_dataset",
 ]
 
 

@@ -7,6 +7,7 @@
 * ``{dataset: prompt}``: per dataset (multi-dataset training);
 * ``{dataset: {column: prompt}}``: per dataset and column.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,12 @@ from ..errors import StedgeError
 
 BATCH_SAMPLERS = ("batch", "no_duplicates")
 MULTI_DATASET_BATCH_SAMPLERS = ("round_robin", "proportional")
-_ALIASES = {"batch_sampler": "batch", "default": "batch", "no-duplicates": "no_duplicates", "round-robin": "round_robin"}
+_ALIASES = {
+    "batch_sampler": "batch",
+    "default": "batch",
+    "no-duplicates": "no_duplicates",
+    "round-robin": "round_robin",
+}
 
 Prompts = Union[str, dict[str, Union[str, dict[str, str]]], None]
 
@@ -74,12 +80,18 @@ class SentenceEncoderTrainingArguments(TrainingArguments):
     ``warmup_steps`` is 0, the way transformers 4.x did.
     """
 
-    batch_sampler: str = field(default="batch", metadata={"help": "batch or no_duplicates (for in-batch negatives losses)."})
+    batch_sampler: str = field(
+        default="batch", metadata={"help": "batch or no_duplicates (for in-batch negatives losses)."}
+    )
     multi_dataset_batch_sampler: str = field(
         default="proportional", metadata={"help": "round_robin or proportional: order of batches across datasets."}
     )
-    prompts: Optional[Any] = field(default=None, metadata={"help": "A prompt string, or a mapping (column|dataset) -> prompt."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator needs every column."})
+    prompts: Optional[Any] = field(
+        default=None, metadata={"help": "A prompt string, or a mapping (column|dataset) -> prompt."}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the collator needs every column."}
+    )
     report_to: Union[None, str, list[str]] = field(default="none", metadata={"help": "Trackers to report to."})
     warmup_ratio: float = field(
         default=0.0,

@@ -1,4 +1,5 @@
 """A generated model card (README.md): base model, data, loss, arguments, final metrics."""
+
 from __future__ import annotations
 
 import json
@@ -7,14 +8,44 @@ from typing import Any
 from .. import __version__
 
 # Arguments worth showing on the card even when left at their defaults.
-_KEY_ARGS = ("num_train_epochs", "max_steps", "per_device_train_batch_size", "learning_rate", "warmup_ratio",
-             "warmup_steps", "weight_decay", "lr_scheduler_type", "seed", "fp16", "bf16",
-             "gradient_accumulation_steps", "batch_sampler", "multi_dataset_batch_sampler", "prompts")
+_KEY_ARGS = (
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "learning_rate",
+    "warmup_ratio",
+    "warmup_steps",
+    "weight_decay",
+    "lr_scheduler_type",
+    "seed",
+    "fp16",
+    "bf16",
+    "gradient_accumulation_steps",
+    "batch_sampler",
+    "multi_dataset_batch_sampler",
+    "prompts",
+)
 
 
-_SKIP_ARGS = {"output_dir", "logging_dir", "hub_token", "push_to_hub_token", "local_rank", "debug", "fsdp", "fsdp_config",
-              "accelerator_config", "report_to", "disable_tqdm", "dataloader_pin_memory", "include_num_input_tokens_seen",
-              "remove_unused_columns", "use_cpu", "logging_steps", "save_steps"}
+_SKIP_ARGS = {
+    "output_dir",
+    "logging_dir",
+    "hub_token",
+    "push_to_hub_token",
+    "local_rank",
+    "debug",
+    "fsdp",
+    "fsdp_config",
+    "accelerator_config",
+    "report_to",
+    "disable_tqdm",
+    "dataloader_pin_memory",
+    "include_num_input_tokens_seen",
+    "remove_unused_columns",
+    "use_cpu",
+    "logging_steps",
+    "save_steps",
+}
 
 
 def _fmt(v: Any) -> str:
@@ -27,16 +58,18 @@ def _fmt(v: Any) -> str:
 
 def loss_description(loss: Any) -> dict[str, str]:
     """Loss class name (and its simple hyper-parameters) per dataset name ('' for one dataset)."""
-    def one(l: Any) -> str:
-        if hasattr(l, "get_config_dict"):
-            inner = ", ".join(f"{k}={v}" for k, v in l.get_config_dict().items())
-            return f"{type(l).__name__}({inner})"
+
+    def one(loss: Any) -> str:
+        if hasattr(loss, "get_config_dict"):
+            inner = ", ".join(f"{k}={v}" for k, v in loss.get_config_dict().items())
+            return f"{type(loss).__name__}({inner})"
         params = {}
-        for k, v in vars(l).items():
+        for k, v in vars(loss).items():
             if not k.startswith("_") and k not in ("training", "model") and isinstance(v, (int, float, str, bool)):
                 params[k] = v
         inner = ", ".join(f"{k}={v}" for k, v in params.items())
-        return f"{type(l).__name__}({inner})"
+        return f"{type(loss).__name__}({inner})"
+
     if isinstance(loss, dict):
         return {k: one(v) for k, v in loss.items()}
     return {"": one(loss)}
@@ -61,16 +94,38 @@ def model_card(
     log_history: list[dict],
 ) -> str:
     """Markdown for README.md of a trained model."""
-    lines = ["---", "library_name: sentence-transformers", "tags:", "- sentence-transformers", "- sentence-similarity",
-             "- stedge"]
+    lines = [
+        "---",
+        "library_name: sentence-transformers",
+        "tags:",
+        "- sentence-transformers",
+        "- sentence-similarity",
+        "- stedge",
+    ]
     if base_model:
         lines.append(f"base_model: {base_model}")
-    lines += ["---", "", f"# {'Adapter on ' if getattr(model, 'has_adapters', False) else ''}{base_model or 'a sentence encoder'}, fine-tuned with stedge", ""]
-    lines.append(f"Trained with stedge {__version__} (transformers.Trainer); loads with `stedge.models.SentenceEncoder` "
-                 "and with `sentence_transformers.SentenceTransformer`" + (" (plus peft)." if getattr(model, "has_adapters", False) else "."))
-    lines += ["", "## Model", "", f"- base model: `{base_model}`", f"- modules: {' -> '.join(type(m).__name__ for m in model)}",
-              f"- dimension: {model.get_sentence_embedding_dimension()}", f"- max_seq_length: {model.max_seq_length}",
-              f"- similarity: {model.similarity_fn_name}"]
+    lines += [
+        "---",
+        "",
+        f"# {'Adapter on ' if getattr(model, 'has_adapters', False) else ''}{base_model or 'a sentence encoder'}, "
+        "fine-tuned with stedge",
+        "",
+    ]
+    lines.append(
+        f"Trained with stedge {__version__} (transformers.Trainer); loads with `stedge.models.SentenceEncoder` "
+        "and with `sentence_transformers.SentenceTransformer`"
+        + (" (plus peft)." if getattr(model, "has_adapters", False) else ".")
+    )
+    lines += [
+        "",
+        "## Model",
+        "",
+        f"- base model: `{base_model}`",
+        f"- modules: {' -> '.join(type(m).__name__ for m in model)}",
+        f"- dimension: {model.get_sentence_embedding_dimension()}",
+        f"- max_seq_length: {model.max_seq_length}",
+        f"- similarity: {model.similarity_fn_name}",
+    ]
     if getattr(model, "has_adapters", False):
         lines.append(f"- adapters: {', '.join(model.active_adapters())} (only the adapter weights are stored here)")
     if model.prompts:

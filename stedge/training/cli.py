@@ -5,6 +5,7 @@
     stedge train --config train.yaml
     stedge eval models/minilm-stsb --data stsb/test.tsv.gz --task sts
 """
+
 from __future__ import annotations
 
 import json
@@ -66,7 +67,14 @@ class RichProgressCallback:
             def on_log(self, args, state, control, logs=None, **kw):
                 if self.quiet or not logs:
                     return
-                evals = {k: v for k, v in logs.items() if k.startswith("eval_") and isinstance(v, (int, float)) and "runtime" not in k and "per_second" not in k}
+                evals = {
+                    k: v
+                    for k, v in logs.items()
+                    if k.startswith("eval_")
+                    and isinstance(v, (int, float))
+                    and "runtime" not in k
+                    and "per_second" not in k
+                }
                 if evals and self.progress is not None:
                     text = ", ".join(f"{k[5:]}={v:.4f}" for k, v in evals.items())
                     self.progress.console.print(f"step {state.global_step}: {text}")
@@ -95,35 +103,63 @@ def _print_summary(summary: dict, as_json: bool) -> None:
     t.add_column("after", justify="right")
     for k in summary.get("metrics_after", {}):
         b = summary["metrics_before"].get(k)
-        t.add_row(k[5:] if k.startswith("eval_") else k, f"{b:.4f}" if b is not None else "-", f"{summary['metrics_after'][k]:.4f}")
+        t.add_row(
+            k[5:] if k.startswith("eval_") else k,
+            f"{b:.4f}" if b is not None else "-",
+            f"{summary['metrics_after'][k]:.4f}",
+        )
     con.print(t)
     extra = f", adapter {summary['adapter_size_bytes'] / 1e6:.2f} MB" if "adapter_size_bytes" in summary else ""
-    con.print(f"{summary['steps']} steps, {summary['epochs']:.2f} epochs, train loss {summary['train_loss']:.4f}, "
-              f"{summary['train_runtime_s']:.1f} s training ({summary['total_time_s']:.1f} s total), "
-              f"{summary['size_bytes'] / 1e6:.1f} MB on disk{extra}")
+    con.print(
+        f"{summary['steps']} steps, {summary['epochs']:.2f} epochs, train loss {summary['train_loss']:.4f}, "
+        f"{summary['train_runtime_s']:.1f} s training ({summary['total_time_s']:.1f} s total), "
+        f"{summary['size_bytes'] / 1e6:.1f} MB on disk{extra}"
+    )
 
 
 def train(
     model: Optional[str] = typer.Argument(None, help="Base model reference (folder, HF cache, bundled name, Hub id)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML/JSON/TOML config (multi-dataset, per-dataset losses...)."),
-    train_data: Optional[str] = typer.Option(None, "--train-data", help="Training data: CSV/TSV/JSON/JSONL/Parquet (gz ok) or a datasets name."),
-    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Evaluation data (run by an evaluator during training)."),
-    eval_task: Optional[str] = typer.Option(None, "--eval-task", help="sts, triplet, ir or rerank (guessed from the columns)."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="YAML/JSON/TOML config (multi-dataset, per-dataset losses...)."
+    ),
+    train_data: Optional[str] = typer.Option(
+        None, "--train-data", help="Training data: CSV/TSV/JSON/JSONL/Parquet (gz ok) or a datasets name."
+    ),
+    eval_data: Optional[str] = typer.Option(
+        None, "--eval-data", help="Evaluation data (run by an evaluator during training)."
+    ),
+    eval_task: Optional[str] = typer.Option(
+        None, "--eval-task", help="sts, triplet, ir or rerank (guessed from the columns)."
+    ),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Use only the first N evaluation rows."),
-    eval_steps: Optional[int] = typer.Option(None, "--eval-steps", help="Evaluate every N steps (default: every epoch)."),
-    loss: Optional[str] = typer.Option(None, "--loss", help="Loss name (mnrl, cosent, angle, cosine, softmax, triplet, ...)."),
-    columns: Optional[str] = typer.Option(None, "--columns", help="Comma-separated columns to use, inputs in order (+ label/score)."),
+    eval_steps: Optional[int] = typer.Option(
+        None, "--eval-steps", help="Evaluate every N steps (default: every epoch)."
+    ),
+    loss: Optional[str] = typer.Option(
+        None, "--loss", help="Loss name (mnrl, cosent, angle, cosine, softmax, triplet, ...)."
+    ),
+    columns: Optional[str] = typer.Option(
+        None, "--columns", help="Comma-separated columns to use, inputs in order (+ label/score)."
+    ),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N training rows."),
     epochs: float = typer.Option(1.0, "--epochs", help="Training epochs."),
     max_steps: int = typer.Option(-1, "--max-steps", help="Stop after N optimizer steps (overrides --epochs)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Batch size per device."),
     lr: float = typer.Option(2e-5, "--lr", help="Peak learning rate."),
     warmup_ratio: float = typer.Option(0.1, "--warmup-ratio", help="Linear warmup over this fraction of the steps."),
-    prompts: Optional[List[str]] = typer.Option(None, "--prompts", help="'prompt', column=prompt (repeatable) or JSON."),
+    prompts: Optional[List[str]] = typer.Option(
+        None, "--prompts", help="'prompt', column=prompt (repeatable) or JSON."
+    ),
     batch_sampler: str = typer.Option("batch", "--batch-sampler", help="batch or no_duplicates."),
-    lora_r: Optional[int] = typer.Option(None, "--lora-r", help="Train a LoRA adapter of this rank instead of the full model."),
+    lora_r: Optional[int] = typer.Option(
+        None, "--lora-r", help="Train a LoRA adapter of this rank instead of the full model."
+    ),
     lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default 2 * r)."),
-    lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="Comma-separated module names to adapt (default: peft's for the architecture, e.g. query,value for BERT)."),
+    lora_targets: Optional[str] = typer.Option(
+        None,
+        "--lora-targets",
+        help="Comma-separated module names to adapt (default: peft's for the architecture, e.g. query,value for BERT).",
+    ),
     max_seq_length: Optional[int] = typer.Option(None, "--max-seq-length", help="Truncate inputs to N tokens."),
     seed: int = typer.Option(42, "--seed", help="Random seed."),
     save_steps: int = typer.Option(500, "--save-steps", help="Write a checkpoint every N steps."),
@@ -137,32 +173,55 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Fine-tune a sentence encoder (full model or LoRA adapter); saves the sentence-transformers layout + model card."""
+    """Fine-tune a sentence encoder (full model or LoRA adapter); saves the sentence-transformers layout + model
+    card."""
     from .config import check_limit, config_from_dict, load_config, run_training
 
     check_limit(eval_limit, "--eval-limit")
 
     if config is not None:
         if model or train_data or loss:
-            raise StedgeError("--config describes the whole run: drop MODEL, --train-data and --loss (put them in the file)")
+            raise StedgeError(
+                "--config describes the whole run: drop MODEL, --train-data and --loss (put them in the file)"
+            )
         cfg = load_config(config)
         if output is not None:
             cfg.output = str(output)
         cfg.overwrite = cfg.overwrite or overwrite
     else:
-        missing = [n for n, v in (("MODEL", model), ("--train-data", train_data), ("--loss", loss), ("-o/--output", output)) if not v]
+        missing = [
+            n
+            for n, v in (("MODEL", model), ("--train-data", train_data), ("--loss", loss), ("-o/--output", output))
+            if not v
+        ]
         if missing:
             raise StedgeError(f"stedge train needs {', '.join(missing)} (or --config FILE)")
         args: dict[str, Any] = {
-            "num_train_epochs": epochs, "max_steps": max_steps, "per_device_train_batch_size": batch_size,
-            "per_device_eval_batch_size": batch_size, "learning_rate": lr, "warmup_ratio": warmup_ratio,
-            "seed": seed, "save_steps": save_steps, "batch_sampler": batch_sampler, "bf16": bf16, "fp16": fp16,
+            "num_train_epochs": epochs,
+            "max_steps": max_steps,
+            "per_device_train_batch_size": batch_size,
+            "per_device_eval_batch_size": batch_size,
+            "learning_rate": lr,
+            "warmup_ratio": warmup_ratio,
+            "seed": seed,
+            "save_steps": save_steps,
+            "batch_sampler": batch_sampler,
+            "bf16": bf16,
+            "fp16": fp16,
         }
         if eval_steps:
             args.update(eval_strategy="steps", eval_steps=eval_steps)
-        d: dict[str, Any] = {"model": model, "output": str(output), "train_data": train_data, "loss": loss,
-                             "columns": columns, "prompts": parse_prompts(prompts), "args": args, "overwrite": overwrite,
-                             "max_seq_length": max_seq_length}
+        d: dict[str, Any] = {
+            "model": model,
+            "output": str(output),
+            "train_data": train_data,
+            "loss": loss,
+            "columns": columns,
+            "prompts": parse_prompts(prompts),
+            "args": args,
+            "overwrite": overwrite,
+            "max_seq_length": max_seq_length,
+        }
         if eval_data:
             d["eval"] = {"data": eval_data, "task": eval_task, "limit": eval_limit}
         if (lora_alpha or lora_targets) and not lora_r:
@@ -183,7 +242,8 @@ def train(
 
 # --------------------------------------------------------------------------- eval
 def load_for_eval(model: str, task: str, device: str | None = None) -> Any:
-    """A torch SentenceEncoder/CrossEncoder, or the runtime Encoder/Reranker for an artifact folder (has stedge.json)."""
+    """A torch SentenceEncoder/CrossEncoder, or the runtime Encoder/Reranker for an artifact folder (has
+    stedge.json)."""
     from stedge_runtime.artifact import Manifest
 
     from ..models.cli import is_artifact_folder
@@ -214,24 +274,36 @@ def _quantized_facts(evaluator: Any, model: Any) -> dict[str, Any]:
     from stedge_runtime.quantization import bytes_per_vector
 
     dim = int(model.get_sentence_embedding_dimension())
-    return {"precision": evaluator.precision, "rescore_multiplier": evaluator.rescore_multiplier,
-            "bytes_per_vector": bytes_per_vector(evaluator.precision, dim),
-            "float32_bytes_per_vector": bytes_per_vector("float32", dim), "ranges": evaluator.ranges_source,
-            "search_seconds": round(evaluator.search_seconds or 0.0, 4)}
+    return {
+        "precision": evaluator.precision,
+        "rescore_multiplier": evaluator.rescore_multiplier,
+        "bytes_per_vector": bytes_per_vector(evaluator.precision, dim),
+        "float32_bytes_per_vector": bytes_per_vector("float32", dim),
+        "ranges": evaluator.ranges_source,
+        "search_seconds": round(evaluator.search_seconds or 0.0, 4),
+    }
 
 
 def eval_cmd(
-    model: str = typer.Argument(..., help="Model reference, or an exported artifact folder (runs through stedge_runtime)."),
-    data: str = typer.Option(..., "--data", help="Eval data: STS pairs, triplets, rerank rows, or a BEIR folder for ir."),
+    model: str = typer.Argument(
+        ..., help="Model reference, or an exported artifact folder (runs through stedge_runtime)."
+    ),
+    data: str = typer.Option(
+        ..., "--data", help="Eval data: STS pairs, triplets, rerank rows, or a BEIR folder for ir."
+    ),
     task: str = typer.Option(..., "--task", help="sts, triplet, ir or rerank."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N rows (queries for ir)."),
     split: Optional[str] = typer.Option(None, "--split", help="qrels split for ir (default test)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ..."),
     precision: str = typer.Option(
-        "float32", "--precision", help="ir: store the corpus as float32, int8, uint8, binary or ubinary."),
+        "float32", "--precision", help="ir: store the corpus as float32, int8, uint8, binary or ubinary."
+    ),
     rescore_multiplier: int = typer.Option(
-        0, "--rescore-multiplier", help="ir with a quantized --precision: the top 10 come from rescoring the best "
-        "M x 10 candidates with the float query (0: off)."),
+        0,
+        "--rescore-multiplier",
+        help="ir with a quantized --precision: the top 10 come from rescoring the best "
+        "M x 10 candidates with the float query (0: off).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Evaluate a model or an exported artifact exactly the same way (STS Spearman, triplet accuracy, IR, rerank)."""
@@ -251,9 +323,15 @@ def eval_cmd(
     t0 = time.perf_counter()
     metrics = evaluator(m)
     elapsed = time.perf_counter() - t0
-    result = {"model": model, "task": task, "data": data, "backend": type(m).__module__.split(".")[0],
-              "primary_metric": evaluator.primary_metric, "metrics": {k: float(v) for k, v in metrics.items()},
-              "seconds": round(elapsed, 2)}
+    result = {
+        "model": model,
+        "task": task,
+        "data": data,
+        "backend": type(m).__module__.split(".")[0],
+        "primary_metric": evaluator.primary_metric,
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "seconds": round(elapsed, 2),
+    }
     if ir:
         result.update(_quantized_facts(evaluator, m))
     if as_json:
@@ -269,10 +347,12 @@ def eval_cmd(
         t.add_row(k + (" *" if k == evaluator.primary_metric else ""), f"{v:.4f}")
     Console().print(t)
     if ir:
-        Console().print(f"corpus stored as {result['precision']}: {result['bytes_per_vector']} bytes per vector "
-                        f"(float32: {result['float32_bytes_per_vector']}), "
-                        f"rescore x{result['rescore_multiplier'] or 0}, "
-                        f"ranges: {result['ranges'] or '-'}, search {result['search_seconds']:.3f} s")
+        Console().print(
+            f"corpus stored as {result['precision']}: {result['bytes_per_vector']} bytes per vector "
+            f"(float32: {result['float32_bytes_per_vector']}), "
+            f"rescore x{result['rescore_multiplier'] or 0}, "
+            f"ranges: {result['ranges'] or '-'}, search {result['search_seconds']:.3f} s"
+        )
     Console().print(f"{elapsed:.1f} s")
 
 

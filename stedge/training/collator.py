@@ -4,6 +4,7 @@ Output keys: ``{column}_input_ids``, ``{column}_attention_mask`` (and ``token_ty
 ``{column}_prompt_length`` when a prompt is prepended and the pooling excludes prompt tokens,
 ``label`` when the data has a label (``label`` or ``score``), and ``dataset_name`` for multi-dataset batches.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable

@@ -22,6 +22,7 @@ A config file, for everything the flags do not cover (multi-dataset, per-dataset
       per_device_train_batch_size: 16
       learning_rate: 2.0e-5
 """
+
 from __future__ import annotations
 
 import json
@@ -29,12 +30,25 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import StedgeError
 
-TOP_KEYS = ("model", "output", "overwrite", "train_data", "loss", "columns", "datasets", "prompts", "eval", "lora", "args",
-            "max_seq_length", "seed")
+TOP_KEYS = (
+    "model",
+    "output",
+    "overwrite",
+    "train_data",
+    "loss",
+    "columns",
+    "datasets",
+    "prompts",
+    "eval",
+    "lora",
+    "args",
+    "max_seq_length",
+    "seed",
+)
 DATASET_KEYS = ("data", "loss", "columns", "prompts", "split", "limit")
 EVAL_KEYS = ("data", "task", "limit", "split", "name")
 EVAL_TASKS = ("sts", "triplet", "ir", "rerank")
@@ -137,8 +151,14 @@ def config_from_dict(d: dict, where: str = "config") -> TrainConfig:
             loss = spec.get("loss", d.get("loss"))
             if loss is None:
                 raise StedgeError(f"{w}: no 'loss' (give one per dataset or a top-level 'loss')")
-            datasets[str(name)] = DatasetSpec(spec["data"], loss, _columns(spec.get("columns", d.get("columns")), w),
-                                              spec.get("prompts"), spec.get("split"), spec.get("limit"))
+            datasets[str(name)] = DatasetSpec(
+                spec["data"],
+                loss,
+                _columns(spec.get("columns", d.get("columns")), w),
+                spec.get("prompts"),
+                spec.get("split"),
+                spec.get("limit"),
+            )
     elif "train_data" in d:
         if d.get("loss") is None:
             raise StedgeError(f"{where}: 'loss' is required")
@@ -150,7 +170,9 @@ def config_from_dict(d: dict, where: str = "config") -> TrainConfig:
         if isinstance(ev, str):
             ev = {"data": ev}
         if not isinstance(ev, dict) or "data" not in ev:
-            raise StedgeError(f"{where}: 'eval' must be a path or a mapping with 'data' (and 'task': {', '.join(EVAL_TASKS)})")
+            raise StedgeError(
+                f"{where}: 'eval' must be a path or a mapping with 'data' (and 'task': {', '.join(EVAL_TASKS)})"
+            )
         _check_keys(ev, EVAL_KEYS, f"{where}: eval")
         if ev.get("task") is not None and ev["task"] not in EVAL_TASKS:
             raise StedgeError(f"{where}: eval.task must be one of {', '.join(EVAL_TASKS)}, got {ev['task']!r}")
@@ -163,9 +185,18 @@ def config_from_dict(d: dict, where: str = "config") -> TrainConfig:
             lora = {"r": lora}
         else:
             raise StedgeError(f"{where}: 'lora' must be a mapping of peft.LoraConfig arguments (e.g. {{r: 8}})")
-    return TrainConfig(model=str(d["model"]), output=str(d["output"]), datasets=datasets, prompts=d.get("prompts"),
-                       eval=ev, lora=lora, args=args, overwrite=bool(d.get("overwrite", False)),
-                       max_seq_length=d.get("max_seq_length"), multi=multi)
+    return TrainConfig(
+        model=str(d["model"]),
+        output=str(d["output"]),
+        datasets=datasets,
+        prompts=d.get("prompts"),
+        eval=ev,
+        lora=lora,
+        args=args,
+        overwrite=bool(d.get("overwrite", False)),
+        max_seq_length=d.get("max_seq_length"),
+        multi=multi,
+    )
 
 
 def load_config(path: str | os.PathLike) -> TrainConfig:
@@ -221,8 +252,14 @@ def detect_eval_task(columns: list[str]) -> str:
     )
 
 
-def build_evaluator(task: str | None, data: Any, limit: int | None = None, name: str = "eval",
-                    split: str | None = None, **ir_options: Any):
+def build_evaluator(
+    task: str | None,
+    data: Any,
+    limit: int | None = None,
+    name: str = "eval",
+    split: str | None = None,
+    **ir_options: Any,
+):
     """An evaluator for a task over a data source (STS pairs, triplets, a BEIR folder, or rerank rows).
 
     ``ir_options`` (precision, rescore_multiplier, ranges) go to the InformationRetrievalEvaluator.
@@ -277,7 +314,10 @@ def _pick(cols: list[str], *args: Any) -> list[str]:
         c = next((x for x in alternatives if x in cols), None)
         if c is None:
             if len(inputs) < n:
-                raise StedgeError(f"eval data {data}: expected {n} text columns ({', '.join(a[0] for a in names)}), found {', '.join(cols)}")
+                raise StedgeError(
+                    f"eval data {data}: expected {n} text columns ({', '.join(a[0] for a in names)}), found "
+                    f"{', '.join(cols)}"
+                )
             c = inputs[i]
         chosen.append(c)
     return chosen
@@ -304,7 +344,10 @@ def rerank_samples(rows: list[dict], data: Any) -> list[dict]:
         doc = next((c for c in ("document", "passage", "text", "sentence2", "positive") if c in cols), None)
         lab = next((c for c in ("label", "score") if c in cols), None)
         if doc is None or lab is None:
-            raise StedgeError(f"rerank data {data}: expected query/positive/negative or query/document/label columns, found {', '.join(cols)}")
+            raise StedgeError(
+                f"rerank data {data}: expected query/positive/negative or query/document/label columns, found "
+                f"{', '.join(cols)}"
+            )
         for i, r in enumerate(rows):
             try:
                 rel = float(r[lab]) > 0
@@ -341,7 +384,9 @@ def _load_model(cfg: TrainConfig, device: str | None) -> Any:
         try:
             model.add_adapter(peft.LoraConfig(**cfg.lora))
         except TypeError as e:
-            raise StedgeError(f"lora: {e} (the keys are peft.LoraConfig arguments: r, lora_alpha, lora_dropout, target_modules...)") from None
+            raise StedgeError(
+                f"lora: {e} (the keys are peft.LoraConfig arguments: r, lora_alpha, lora_dropout, target_modules...)"
+            ) from None
     return model
 
 
@@ -382,8 +427,10 @@ def _training_args(cfg: TrainConfig, ckpt_dir: Path, with_eval: bool, device: st
     try:
         args = SentenceEncoderTrainingArguments(output_dir=str(ckpt_dir), **args_d)
     except TypeError as e:
-        raise StedgeError(f"args: {e} (keys are transformers TrainingArguments fields plus batch_sampler, "
-                          "multi_dataset_batch_sampler, prompts)") from None
+        raise StedgeError(
+            f"args: {e} (keys are transformers TrainingArguments fields plus batch_sampler, "
+            "multi_dataset_batch_sampler, prompts)"
+        ) from None
     except ValueError as e:
         raise StedgeError(f"args: {e}") from None
     return args
@@ -415,14 +462,26 @@ def run_training(
     train_data, loss, losses = _training_data(cfg, model)
     evaluator = None
     if cfg.eval:
-        evaluator = build_evaluator(cfg.eval.get("task"), cfg.eval["data"], limit=cfg.eval.get("limit"),
-                                    name=cfg.eval.get("name") or _stem(cfg.eval["data"]), split=cfg.eval.get("split"))
+        evaluator = build_evaluator(
+            cfg.eval.get("task"),
+            cfg.eval["data"],
+            limit=cfg.eval.get("limit"),
+            name=cfg.eval.get("name") or _stem(cfg.eval["data"]),
+            split=cfg.eval.get("split"),
+        )
     ckpt_dir = Path(f"{out}_checkpoints")
     args = _training_args(cfg, ckpt_dir, evaluator is not None, device, bool(callbacks))
     data_desc = "; ".join(f"{k}: {source_name(s.data)}" for k, s in cfg.datasets.items())
-    trainer = SentenceEncoderTrainer(model, args, train_dataset=train_data, loss=loss, evaluator=evaluator,
-                                     callbacks=callbacks, base_model=cfg.model,
-                                     data_description=f"{data_desc} — {_describe(train_data)}")
+    trainer = SentenceEncoderTrainer(
+        model,
+        args,
+        train_dataset=train_data,
+        loss=loss,
+        evaluator=evaluator,
+        callbacks=callbacks,
+        base_model=cfg.model,
+        data_description=f"{data_desc} — {_describe(train_data)}",
+    )
     if callbacks:  # our callbacks report progress: drop transformers' tqdm bar / stdout printer
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -443,12 +502,19 @@ def run_training(
             shutil.rmtree(ckpt_dir, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     summary: dict[str, Any] = {
-        "output": str(out), "model": cfg.model, "train_rows": _rows(train_data),
-        "steps": int(trainer.state.global_step), "epochs": float(trainer.state.epoch or 0),
-        "train_loss": float(result.training_loss), "resumed_from_step": _resumed_from(trainer),
+        "output": str(out),
+        "model": cfg.model,
+        "train_rows": _rows(train_data),
+        "steps": int(trainer.state.global_step),
+        "epochs": float(trainer.state.epoch or 0),
+        "train_loss": float(result.training_loss),
+        "resumed_from_step": _resumed_from(trainer),
         "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 2),
-        "total_time_s": round(time.perf_counter() - t0, 2), "losses": {k: type(v).__name__ for k, v in losses.items()},
-        "metrics_before": before, "metrics_after": after, "adapter": bool(model.has_adapters),
+        "total_time_s": round(time.perf_counter() - t0, 2),
+        "losses": {k: type(v).__name__ for k, v in losses.items()},
+        "metrics_before": before,
+        "metrics_after": after,
+        "adapter": bool(model.has_adapters),
         "size_bytes": dir_size(out),
     }
     if model.has_adapters and (out / "adapter_model.safetensors").exists():
@@ -466,6 +532,7 @@ def _resumed_from(trainer: Any) -> int | None:
 def _resume_arg(resume: bool | str, ckpt_dir: Path) -> Any:
     """``resume_from_checkpoint`` for the trainer. Without ``resume``, checkpoints of an earlier run in
     ``ckpt_dir`` are an error (training from step 0 would rotate them away): say how to resume."""
+
     def step(p: Path) -> int:
         tail = p.name.rsplit("-", 1)[-1]
         return int(tail) if tail.isdigit() else -1

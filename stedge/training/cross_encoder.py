@@ -1,9 +1,10 @@
 """CrossEncoder fine-tuning on transformers.Trainer: binary cross-entropy on (query, document, label) rows.
 
-    trainer = CrossEncoderTrainer(ce, args, train_dataset={"query": [...], "document": [...], "label": [1, 0, ...]},
-                                  evaluator=RerankingEvaluator(samples))
-    trainer.train(); trainer.save_model("models/my-reranker")
+trainer = CrossEncoderTrainer(ce, args, train_dataset={"query": [...], "document": [...], "label": [1, 0, ...]},
+                              evaluator=RerankingEvaluator(samples))
+trainer.train(); trainer.save_model("models/my-reranker")
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,9 +53,19 @@ class BinaryCrossEntropyLoss(nn.Module):
 class CrossEncoderTrainer(SentenceEncoderTrainer):
     """Trainer for ``stedge.models.CrossEncoder``: 2 text columns + label; default loss BCEWithLogits."""
 
-    def __init__(self, model: Any, args: Any = None, train_dataset: Any = None, eval_dataset: Any = None,
-                 loss: nn.Module | None = None, evaluator: Any = None, callbacks: list | None = None,
-                 columns: Any = None, optimizers: tuple = (None, None), base_model: str | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        args: Any = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        loss: nn.Module | None = None,
+        evaluator: Any = None,
+        callbacks: list | None = None,
+        columns: Any = None,
+        optimizers: tuple = (None, None),
+        base_model: str | None = None,
+    ) -> None:
         from transformers import Trainer
 
         if args is None:
@@ -69,20 +80,33 @@ class CrossEncoderTrainer(SentenceEncoderTrainer):
         from .data import describe
 
         self.data_description = describe(train_dataset) if train_dataset is not None else ""
-        if evaluator is not None and eval_dataset is None and args.load_best_model_at_end \
-                and args.metric_for_best_model in (None, "loss", "eval_loss"):
+        if (
+            evaluator is not None
+            and eval_dataset is None
+            and args.load_best_model_at_end
+            and args.metric_for_best_model in (None, "loss", "eval_loss")
+        ):
             args.metric_for_best_model = f"eval_{evaluator.primary_metric}"
             args.greater_is_better = True
         placeholder = evaluator is not None and eval_dataset is None
-        Trainer.__init__(self, model=model, args=args, train_dataset=train_dataset,
-                         eval_dataset=[{"placeholder": 1}] if placeholder else eval_dataset,
-                         data_collator=CrossEncoderDataCollator(model.tokenize), callbacks=callbacks, optimizers=optimizers)
+        Trainer.__init__(
+            self,
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=[{"placeholder": 1}] if placeholder else eval_dataset,
+            data_collator=CrossEncoderDataCollator(model.tokenize),
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
         if placeholder:
             self.eval_dataset = None
         self._move_losses()
         self.can_return_loss = True
 
-    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
+    def compute_loss(
+        self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ):
         labels = inputs.pop("label", None)
         if labels is None:
             raise StedgeError("cross-encoder training needs a label column (label or score)")
@@ -92,10 +116,24 @@ class CrossEncoderTrainer(SentenceEncoderTrainer):
     def model_card(self) -> str:
         from .card import _changed_args, _fmt, loss_description
 
-        lines = ["---", "library_name: sentence-transformers", "tags:", "- cross-encoder", "- reranker", "- stedge", "---", "",
-                 f"# Cross-encoder fine-tuned from {self.base_model} with stedge", "",
-                 f"- base model: `{self.base_model}`", f"- data: {self.data_description}",
-                 f"- loss: `{loss_description(self.loss)['']}`", "", "| argument | value |", "| --- | --- |"]
+        lines = [
+            "---",
+            "library_name: sentence-transformers",
+            "tags:",
+            "- cross-encoder",
+            "- reranker",
+            "- stedge",
+            "---",
+            "",
+            f"# Cross-encoder fine-tuned from {self.base_model} with stedge",
+            "",
+            f"- base model: `{self.base_model}`",
+            f"- data: {self.data_description}",
+            f"- loss: `{loss_description(self.loss)['']}`",
+            "",
+            "| argument | value |",
+            "| --- | --- |",
+        ]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in _changed_args(self.args).items()]
         from .card import final_metrics
 

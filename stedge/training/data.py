@@ -8,6 +8,7 @@ are themselves sources is a multi-dataset (``DatasetDict``).
 Format rules: a column named ``label`` or ``score`` is the label; every other column is an input,
 in order, and their count must fit the loss.
 """
+
 from __future__ import annotations
 
 import math
@@ -103,7 +104,9 @@ def _check_vector_labels(values: Sequence[Any], name: str, label: str) -> None:
         except (TypeError, ValueError):
             raise StedgeError(f"{name}: row {i + 1}: {label} is not a vector of numbers") from None
         if arr.ndim != 1 or (width is not None and arr.shape[0] != width):
-            raise StedgeError(f"{name}: row {i + 1}: {label} has shape {arr.shape}, expected a vector of length {width}")
+            raise StedgeError(
+                f"{name}: row {i + 1}: {label} has shape {arr.shape}, expected a vector of length {width}"
+            )
         if not np.isfinite(arr).all():
             raise StedgeError(f"{name}: row {i + 1}: {label} holds a non-finite number")
         width = arr.shape[0]
@@ -112,7 +115,11 @@ def _check_vector_labels(values: Sequence[Any], name: str, label: str) -> None:
 def loss_spec(loss: Any) -> tuple[int, int | None, bool]:
     """(min input columns, max input columns or None for no limit, needs a label) declared by a loss."""
     needs_label = bool(getattr(loss, "needs_label", False))
-    for lo_name, hi_name in (("min_inputs", "max_inputs"), ("min_columns", "max_columns"), ("min_input_columns", "max_input_columns")):
+    for lo_name, hi_name in (
+        ("min_inputs", "max_inputs"),
+        ("min_columns", "max_columns"),
+        ("min_input_columns", "max_input_columns"),
+    ):
         if hasattr(loss, lo_name):
             return int(getattr(loss, lo_name)), getattr(loss, hi_name, None), needs_label
     for attr in ("num_inputs", "input_columns", "num_columns", "n_inputs"):
@@ -158,7 +165,9 @@ def prepare_dataset(dataset: Any, loss: Any = None, name: str = "train data", co
                 raise StedgeError(f"{name}: no loss for dataset '{key}' (losses given for: {', '.join(loss)})")
             sub_loss = loss[key] if isinstance(loss, Mapping) else loss
             sub_cols = columns[key] if isinstance(columns, Mapping) else columns
-            out[key] = prepare_dataset(load_dataset(sub, name=f"{name} '{key}'"), sub_loss, name=f"{name} '{key}'", columns=sub_cols)
+            out[key] = prepare_dataset(
+                load_dataset(sub, name=f"{name} '{key}'"), sub_loss, name=f"{name} '{key}'", columns=sub_cols
+            )
         return ds_mod.DatasetDict(out)
     if isinstance(loss, Mapping):
         raise StedgeError(f"{name}: a dict of losses needs a dict of datasets (one loss per dataset name)")
@@ -167,7 +176,9 @@ def prepare_dataset(dataset: Any, loss: Any = None, name: str = "train data", co
     if columns:
         missing = [c for c in columns if c not in found]
         if missing:
-            raise StedgeError(f"{name}: no column {', '.join(repr(c) for c in missing)} (columns found: {', '.join(found) or 'none'})")
+            raise StedgeError(
+                f"{name}: no column {', '.join(repr(c) for c in missing)} (columns found: {', '.join(found) or 'none'})"
+            )
         ds = ds.select_columns(list(columns))
     if len(ds) == 0:
         raise StedgeError(f"{name} is empty: it has no rows (columns: {', '.join(found) or 'none'})")

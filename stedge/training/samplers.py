@@ -8,6 +8,7 @@
 
 Multi-dataset samplers yield indices into a ``ConcatDataset`` of the datasets; each batch comes from one dataset.
 """
+
 from __future__ import annotations
 
 from typing import Iterator, Sequence
@@ -15,7 +16,7 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
-from .data import LABEL_COLUMNS, DATASET_NAME_COLUMN
+from .data import DATASET_NAME_COLUMN, LABEL_COLUMNS
 
 
 class _Seeded(Sampler):
@@ -60,8 +61,14 @@ class NoDuplicatesBatchSampler(DefaultBatchSampler):
     Rows that would repeat a text wait for a later batch; the last batches may be smaller.
     """
 
-    def __init__(self, dataset, batch_size: int, drop_last: bool = False, seed: int = 0,
-                 label_columns: Sequence[str] = LABEL_COLUMNS) -> None:
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        drop_last: bool = False,
+        seed: int = 0,
+        label_columns: Sequence[str] = LABEL_COLUMNS,
+    ) -> None:
         super().__init__(len(dataset), batch_size, drop_last, True, seed)
         cols = [c for c in dataset.column_names if c not in label_columns and c != DATASET_NAME_COLUMN]
         columns = [dataset[c] for c in cols]

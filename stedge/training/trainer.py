@@ -10,6 +10,7 @@ fp16/bf16, gradient accumulation/checkpointing, torchrun/accelerate) works as us
 * checkpoints and the final model are written in the sentence-transformers layout (only the adapter
   when the model holds one) with a generated README.md model card.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,7 @@ from ..errors import StedgeError
 from .arguments import SentenceEncoderTrainingArguments, prompt_for
 from .collator import SentenceEncoderDataCollator, split_features
 from .data import DATASET_NAME_COLUMN, describe, prepare_dataset, split_columns
-from .samplers import (DefaultBatchSampler, NoDuplicatesBatchSampler, ProportionalBatchSampler,
-                       RoundRobinBatchSampler)
+from .samplers import DefaultBatchSampler, NoDuplicatesBatchSampler, ProportionalBatchSampler, RoundRobinBatchSampler
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,11 @@ class SentenceEncoderTrainer(Trainer):
         if args is None:
             args = SentenceEncoderTrainingArguments(output_dir="models/checkpoints")
         elif not isinstance(args, SentenceEncoderTrainingArguments):
-            fields = {k: v for k, v in args.to_dict().items() if k in SentenceEncoderTrainingArguments.__dataclass_fields__ and not k.startswith("_")}
+            fields = {
+                k: v
+                for k, v in args.to_dict().items()
+                if k in SentenceEncoderTrainingArguments.__dataclass_fields__ and not k.startswith("_")
+            }
             args = SentenceEncoderTrainingArguments(**fields)
         self.loss = resolve_loss(loss, model)
         if train_dataset is not None:
@@ -157,7 +161,9 @@ class SentenceEncoderTrainer(Trainer):
         if data_collator is None:
             pooling = getattr(model, "pooling", None)
             data_collator = SentenceEncoderDataCollator(
-                model.tokenize, prompts=args.prompts, prompt_length_fn=model.prompt_length,
+                model.tokenize,
+                prompts=args.prompts,
+                prompt_length_fn=model.prompt_length,
                 include_prompt=pooling.include_prompt if pooling is not None else True,
             )
         if evaluator is not None and eval_dataset is None:
@@ -168,9 +174,13 @@ class SentenceEncoderTrainer(Trainer):
             self._add_checkpointing_hooks(model)
         placeholder = evaluator is not None and eval_dataset is None
         super().__init__(
-            model=model, args=args, train_dataset=train_dataset,
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
             eval_dataset=[{"placeholder": 1}] if placeholder else eval_dataset,
-            data_collator=data_collator, callbacks=callbacks, optimizers=optimizers,
+            data_collator=data_collator,
+            callbacks=callbacks,
+            optimizers=optimizers,
         )
         if placeholder:
             self.eval_dataset = None
@@ -186,29 +196,36 @@ class SentenceEncoderTrainer(Trainer):
         adds ``every_n_layers`` / ``offload``, 5.23+ calls ``activation_checkpointing_enable(...)``. Both
         hooks forward to the underlying transformers model with whatever its version understands.
         """
+
         def enable(kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False) -> None:
             auto = model.transformer.auto_model
             kwargs = kwargs or {"use_reentrant": False}
             if hasattr(auto, "activation_checkpointing_enable"):
-                auto.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs,
-                                                     every_n_layers=every_n_layers, offload=offload)
+                auto.activation_checkpointing_enable(
+                    activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers, offload=offload
+                )
             else:  # only pass what older versions know about when it is not the default
-                extra = {k: v for k, v in (("every_n_layers", every_n_layers), ("offload", offload))
-                         if v not in (1, False)}
+                extra = {
+                    k: v for k, v in (("every_n_layers", every_n_layers), ("offload", offload)) if v not in (1, False)
+                }
                 auto.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs, **extra)
             if getattr(model, "has_adapters", False):
                 auto.enable_input_require_grads()
 
-        def activation_checkpointing_enable(activation_checkpointing_kwargs: dict | None = None,
-                                            every_n_layers: int = 1, offload: bool = False) -> None:
+        def activation_checkpointing_enable(
+            activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+        ) -> None:
             enable(activation_checkpointing_kwargs, every_n_layers, offload)
 
-        def gradient_checkpointing_enable(gradient_checkpointing_kwargs: dict | None = None,
-                                          every_n_layers: int = 1, offload: bool = False) -> None:
+        def gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+        ) -> None:
             enable(gradient_checkpointing_kwargs, every_n_layers, offload)
 
-        for name, hook in (("activation_checkpointing_enable", activation_checkpointing_enable),
-                           ("gradient_checkpointing_enable", gradient_checkpointing_enable)):
+        for name, hook in (
+            ("activation_checkpointing_enable", activation_checkpointing_enable),
+            ("gradient_checkpointing_enable", gradient_checkpointing_enable),
+        ):
             if not hasattr(model, name):
                 setattr(model, name, hook)
 
@@ -218,8 +235,14 @@ class SentenceEncoderTrainer(Trainer):
             return dataset
         from datasets import DatasetDict
 
-        return DatasetDict({k: (v.remove_columns(DATASET_NAME_COLUMN) if DATASET_NAME_COLUMN in v.column_names else v)
-                            .add_column(DATASET_NAME_COLUMN, [k] * len(v)) for k, v in dataset.items()})
+        return DatasetDict(
+            {
+                k: (v.remove_columns(DATASET_NAME_COLUMN) if DATASET_NAME_COLUMN in v.column_names else v).add_column(
+                    DATASET_NAME_COLUMN, [k] * len(v)
+                )
+                for k, v in dataset.items()
+            }
+        )
 
     @staticmethod
     def _columns_of(dataset: Any) -> dict[str, list[str]]:
@@ -231,16 +254,16 @@ class SentenceEncoderTrainer(Trainer):
         return list(self.loss.values()) if isinstance(self.loss, dict) else [self.loss]
 
     def _move_losses(self) -> None:
-        for l in self._losses():
-            l.to(self.args.device)
+        for loss in self._losses():
+            loss.to(self.args.device)
 
     def create_optimizer(self):
         """transformers' optimizer over the model, plus any parameters the losses own (e.g. a Softmax classifier)."""
         opt = super().create_optimizer()
         own = {id(p) for p in self.model.parameters()}
         extra, seen = [], set()
-        for l in self._losses():
-            for p in l.parameters():
+        for loss in self._losses():
+            for p in loss.parameters():
                 if p.requires_grad and id(p) not in own and id(p) not in seen:
                     seen.add(id(p))
                     extra.append(p)
@@ -289,13 +312,20 @@ class SentenceEncoderTrainer(Trainer):
         return DefaultBatchSampler(len(dataset), batch_size, drop_last=drop_last, shuffle=shuffle, seed=seed)
 
     def _dataloader(self, dataset: Any, batch_size: int, shuffle: bool) -> DataLoader:
-        params: dict[str, Any] = {"collate_fn": self.data_collator, "num_workers": self.args.dataloader_num_workers,
-                                  "pin_memory": self.args.dataloader_pin_memory}
+        params: dict[str, Any] = {
+            "collate_fn": self.data_collator,
+            "num_workers": self.args.dataloader_num_workers,
+            "pin_memory": self.args.dataloader_pin_memory,
+        }
         if hasattr(dataset, "keys"):
             parts = list(dataset.values())
             samplers = [self._batch_sampler(d, batch_size, shuffle) for d in parts]
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            cls = RoundRobinBatchSampler if self.args.multi_dataset_batch_sampler == "round_robin" else ProportionalBatchSampler
+            cls = (
+                RoundRobinBatchSampler
+                if self.args.multi_dataset_batch_sampler == "round_robin"
+                else ProportionalBatchSampler
+            )
             if not shuffle:
                 cls = ProportionalBatchSampler
             sampler = cls(samplers, [len(d) for d in parts], seed=seed)
@@ -320,7 +350,9 @@ class SentenceEncoderTrainer(Trainer):
         return self.accelerator.prepare(self._dataloader(ds, self.args.eval_batch_size, shuffle=False))
 
     # ------------------------------------------------------------------ loss
-    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
+    def compute_loss(
+        self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ):
         """Route the batch to its dataset's loss; features per input column, in column order."""
         dataset_name = inputs.pop(DATASET_NAME_COLUMN, None)
         if isinstance(dataset_name, (list, tuple)):
@@ -334,7 +366,9 @@ class SentenceEncoderTrainer(Trainer):
             loss = torch.stack(list(loss.values())).sum()
         return (loss, {}) if return_outputs else loss
 
-    def prediction_step(self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None):
+    def prediction_step(
+        self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
+    ):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
             loss = self.compute_loss(model, inputs)
@@ -351,7 +385,9 @@ class SentenceEncoderTrainer(Trainer):
         self.model.train(was_training)
         return {f"{metric_key_prefix}_{k}": float(v) for k, v in results.items() if isinstance(v, (int, float))}
 
-    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
+    def evaluate(
+        self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
         """Eval loss on the eval dataset (when there is one) plus the evaluator's metrics, logged together."""
         metrics: dict[str, float] = {}
         if eval_dataset is not None or self.eval_dataset is not None:
@@ -370,8 +406,9 @@ class SentenceEncoderTrainer(Trainer):
     def model_card(self) -> str:
         from .card import model_card
 
-        return model_card(self.model, self.base_model, self.data_description, self.loss, self.args,
-                          self.state.log_history)
+        return model_card(
+            self.model, self.base_model, self.data_description, self.loss, self.args, self.state.log_history
+        )
 
     def _write_model(self, folder: Path) -> None:
         self.model.save(folder, overwrite=True, model_card=self.model_card())
@@ -398,7 +435,9 @@ class SentenceEncoderTrainer(Trainer):
         from ..models import SentenceEncoder
 
         target = model if model is not None else self.model
-        loaded = SentenceEncoder(resume_from_checkpoint, device="cpu", trust_remote_code=getattr(target, "trust_remote_code", False))
+        loaded = SentenceEncoder(
+            resume_from_checkpoint, device="cpu", trust_remote_code=getattr(target, "trust_remote_code", False)
+        )
         missing, unexpected = target.load_state_dict(loaded.state_dict(), strict=False)
         if missing or unexpected:
             raise StedgeError(

@@ -4,6 +4,7 @@ The measuring and the profile format live in the torch-free runtime (``stedge_ru
 ``stedge_runtime.profile``, ``stedge_runtime.select``); this package adds the command, the table and
 the ``stedge export --tune`` hook.
 """
+
 from __future__ import annotations
 
 from .cli import register, render_choice, render_profile, run_tune

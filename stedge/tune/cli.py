@@ -1,4 +1,5 @@
 """`stedge tune ARTIFACT`: time every verified variant here, write tuning/<machine key>.json, print the table."""
+
 from __future__ import annotations
 
 import json
@@ -12,16 +13,23 @@ import typer
 from ..errors import StedgeError
 
 
-def run_tune(path: str | Path, variants: list[str] | None = None, threads: int | None = None, quick: bool = False,
-             budget_s: float | None = None, texts: list[str] | None = None, batch_sizes: tuple[int, ...] = (32,),
-             show_progress: bool = True, write: bool = True) -> tuple[dict[str, Any], Path | None]:
+def run_tune(
+    path: str | Path,
+    variants: list[str] | None = None,
+    threads: int | None = None,
+    quick: bool = False,
+    budget_s: float | None = None,
+    texts: list[str] | None = None,
+    batch_sizes: tuple[int, ...] = (32,),
+    show_progress: bool = True,
+    write: bool = True,
+) -> tuple[dict[str, Any], Path | None]:
     """Tune the artifact at ``path``; returns (profile, file written or None). Progress bar on stderr."""
+    from stedge_runtime.artifact import has_manifest
     from stedge_runtime.profile import write_profile
     from stedge_runtime.tune import tune
 
     from ..progress import make_progress
-
-    from stedge_runtime.artifact import has_manifest
 
     root = Path(path)
     if not has_manifest(root):
@@ -77,7 +85,6 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
     """The tuning table: one row per variant and setting; the chosen ones marked per tier."""
     from rich.console import Console
     from rich.table import Table
-
     from stedge_runtime.select import variant_tier
 
     console = Console()
@@ -87,8 +94,16 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
     bs = [str(b) for b in prof.get("batch_sizes", [1, 32]) if b != 1]
     units = [f for f in m["isa_flags"] if "vnni" in f or "bf16" in f or f.startswith("amx")] or [m.get("cpu_class", "")]
     t = Table(title=f"{m['cpu']} ({m['cores_physical']} cores, {', '.join(units)}) - profile {m['key']}")
-    for col in ("variant", "tier", "settings", "bs=1 p50 ms", *[f"short bs={b} /s" for b in bs],
-                *[f"passage bs={b} /s" for b in bs], "alone vs batch", "chosen"):
+    for col in (
+        "variant",
+        "tier",
+        "settings",
+        "bs=1 p50 ms",
+        *[f"short bs={b} /s" for b in bs],
+        *[f"passage bs={b} /s" for b in bs],
+        "alone vs batch",
+        "chosen",
+    ):
         t.add_column(col, justify="left" if col in ("variant", "tier", "settings", "chosen") else "right")
     marks = _marks(choices)
     for name, entry in prof["variants"].items():
@@ -101,10 +116,16 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
         for run in entry["runs"]:
             s = run["settings"]
             bulk = run.get("bulk") or {}
-            t.add_row(name, tier, _settings(s), f"{run['batch1_ms_p50']:.2f}",
-                      *[f"{bulk.get('short', {}).get(b, 0):.0f}" for b in bs],
-                      *[f"{bulk.get('passage', {}).get(b, 0):.1f}" for b in bs], inv_s,
-                      marks.get((name, json.dumps(s, sort_keys=True)), ""))
+            t.add_row(
+                name,
+                tier,
+                _settings(s),
+                f"{run['batch1_ms_p50']:.2f}",
+                *[f"{bulk.get('short', {}).get(b, 0):.0f}" for b in bs],
+                *[f"{bulk.get('passage', {}).get(b, 0):.1f}" for b in bs],
+                inv_s,
+                marks.get((name, json.dumps(s, sort_keys=True)), ""),
+            )
     console.print(t)
     for name, why in (prof.get("skipped") or {}).items():
         console.print(f"[yellow]not tuned: {name}: {why}[/]")
@@ -146,15 +167,19 @@ def render_choice(choices: dict[str, Any], console: Any = None) -> None:
 def tune_cmd(
     artifact: Path = typer.Argument(..., help="Artifact folder written by `stedge export`."),
     variant: Optional[list[str]] = typer.Option(None, "--variant", "-v", help="Tune only these variants (repeatable)."),
-    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1,
-                                          help="Only this thread count (default: all physical cores)."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", "-t", min=1, help="Only this thread count (default: all physical cores)."
+    ),
     quick: bool = typer.Option(False, "--quick", help="Engine defaults only and fewer texts (~1.5 s per variant)."),
-    budget: Optional[float] = typer.Option(None, "--budget", min=1.0,
-                                           help="Target total seconds (default 4 per variant)."),
-    texts: Optional[Path] = typer.Option(None, "--texts",
-                                         help="A text file (one text per line) instead of the built-in samples."),
-    batch_size: list[int] = typer.Option([32], "--batch-size", "-b",
-                                         help="Bulk batch sizes to time (repeatable; batch 1 is always timed)."),
+    budget: Optional[float] = typer.Option(
+        None, "--budget", min=1.0, help="Target total seconds (default 4 per variant)."
+    ),
+    texts: Optional[Path] = typer.Option(
+        None, "--texts", help="A text file (one text per line) instead of the built-in samples."
+    ),
+    batch_size: list[int] = typer.Option(
+        [32], "--batch-size", "-b", help="Bulk batch sizes to time (repeatable; batch 1 is always timed)."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Measure and print, but do not write the profile."),
     as_json: bool = typer.Option(False, "--json", help="Print the profile and the choices as JSON."),
 ) -> None:
@@ -172,8 +197,17 @@ def tune_cmd(
             raise StedgeError(f"--texts {texts}: cannot read it as UTF-8 text ({e})") from None
         if not lines:
             raise StedgeError(f"--texts {texts}: no non-empty lines")
-    prof, file = run_tune(artifact, variant or None, threads, quick, budget, lines, tuple(batch_size),
-                          show_progress=not as_json, write=not dry_run)
+    prof, file = run_tune(
+        artifact,
+        variant or None,
+        threads,
+        quick,
+        budget,
+        lines,
+        tuple(batch_size),
+        show_progress=not as_json,
+        write=not dry_run,
+    )
     choices = best_choices(artifact, profile=prof)
     if as_json:
         typer.echo(json.dumps({"profile": prof, "file": str(file) if file else None, "choices": choices}, indent=2))

@@ -9,6 +9,7 @@ Cold start = a new Python process from spawn to the first vector of
 (VmRSS) and its peak (VmHWM); ``cold_start_cpu_s`` is its CPU time (user + sys), which a busy
 machine inflates less than wall time. Linux only (reads /proc).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,12 @@ print(vm['VmRSS'] // 1024, vm['VmHWM'] // 1024)
 """
 
 SHORT_QUERIES = [
-    "how do I reset my password", "best pizza near me", "what is the capital of France",
-    "symptoms of the flu", "cheap flights to Tokyo", "a man is playing a guitar",
+    "how do I reset my password",
+    "best pizza near me",
+    "what is the capital of France",
+    "symptoms of the flu",
+    "cheap flights to Tokyo",
+    "a man is playing a guitar",
 ]
 
 
@@ -41,20 +46,30 @@ def cold_start(path: str, variant: str | None = None, threads: int | None = None
     for _ in range(repeats):
         t = time.perf_counter()
         c = resource.getrusage(resource.RUSAGE_CHILDREN)
-        out = subprocess.run([sys.executable, "-c", COLD, path, variant or "", str(threads or 0)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", COLD, path, variant or "", str(threads or 0)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         times.append(time.perf_counter() - t)
         c2 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu.append(c2.ru_utime + c2.ru_stime - c.ru_utime - c.ru_stime)
         r, p = map(int, out.stdout.split()[-2:])
         rss.append(r)
         peak.append(p)
-    return {"cold_start_s": statistics.median(times), "cold_start_min_s": min(times),
-            "cold_start_cpu_s": statistics.median(cpu),
-            "rss_mb": statistics.median(rss), "peak_rss_mb": statistics.median(peak)}
+    return {
+        "cold_start_s": statistics.median(times),
+        "cold_start_min_s": min(times),
+        "cold_start_cpu_s": statistics.median(cpu),
+        "rss_mb": statistics.median(rss),
+        "peak_rss_mb": statistics.median(peak),
+    }
 
 
-def batch1_latency(path: str, texts: list[str], variant: str | None = None, threads: int | None = None, calls: int = 1000) -> dict:
+def batch1_latency(
+    path: str, texts: list[str], variant: str | None = None, threads: int | None = None, calls: int = 1000
+) -> dict:
     """p50 / p90 / mean of encode([text]) in ms over ``calls`` calls cycling through ``texts`` (after 50
     warm-up calls). ``p50_cpu_ms`` is the calling thread's CPU time per call: with threads=1 ONNX
     Runtime computes in the calling thread, so it estimates the latency on an idle core even when
@@ -72,8 +87,13 @@ def batch1_latency(path: str, texts: list[str], variant: str | None = None, thre
         cpu.append((time.thread_time() - c) * 1000)
     lat.sort()
     cpu.sort()
-    return {"variant": enc.variant, "p50_ms": lat[len(lat) // 2], "p90_ms": lat[int(len(lat) * 0.9)],
-            "mean_ms": statistics.fmean(lat), "p50_cpu_ms": cpu[len(cpu) // 2]}
+    return {
+        "variant": enc.variant,
+        "p50_ms": lat[len(lat) // 2],
+        "p90_ms": lat[int(len(lat) * 0.9)],
+        "mean_ms": statistics.fmean(lat),
+        "p50_cpu_ms": cpu[len(cpu) // 2],
+    }
 
 
 def main() -> None:
@@ -89,7 +109,10 @@ def main() -> None:
     if a.texts:
         with open(a.texts, encoding="utf-8") as f:
             texts = [line.strip() for line in f if line.strip()]
-    res = {**cold_start(a.artifact, a.variant, a.threads, a.repeats), **batch1_latency(a.artifact, texts, a.variant, a.threads, a.calls)}
+    res = {
+        **cold_start(a.artifact, a.variant, a.threads, a.repeats),
+        **batch1_latency(a.artifact, texts, a.variant, a.threads, a.calls),
+    }
     print(json.dumps(res, indent=2))
 
 

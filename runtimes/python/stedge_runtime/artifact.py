@@ -6,6 +6,7 @@ it with :meth:`Manifest.read`. Both directions run the same validation (:meth:`M
 which names the field at fault. The module also owns variant naming, the files a variant consists
 of, paths kept inside the artifact, device fit, variant selection and the sha256 checks.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,7 +34,7 @@ DEVICES = ("cpu", "cuda", "tensorrt", "gpu", "npu", "auto")
 GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "prompt_length")
 GRAPH_OUTPUTS = ("sentence_embedding", "last_hidden_state", "logits", "scores")
 SIMILARITY_FNS = ("cosine", "dot", "euclidean", "manhattan")
-TIERS = ("exact", "near", "compressed")   # precision tiers, best first (see stedge.export.verify)
+TIERS = ("exact", "near", "compressed")  # precision tiers, best first (see stedge.export.verify)
 _VERIFICATION_NUMBERS = ("mean_cosine", "min_cosine", "spearman", "reference_spearman", "batch_invariance_min_cos")
 
 # Device families and the engine (variant backend) that serves them.
@@ -177,7 +178,7 @@ class VariantRecord:
     devices: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
-    sha256: Mapping[str, str] = field(default_factory=dict)   # relative path -> hex digest, graph first
+    sha256: Mapping[str, str] = field(default_factory=dict)  # relative path -> hex digest, graph first
     size_bytes: int | None = None
     optimization: str | None = None
     quantization: Mapping[str, Any] | None = None
@@ -201,13 +202,29 @@ class VariantRecord:
             check_relpath(rel, f"{prefix}sha256 key", where)
             if not isinstance(digest, str) or not _HEX64.match(digest):
                 raise ArtifactError(f"{where}: field '{prefix}sha256.{rel}' is not a sha256 hex digest")
-        known = {"file", "backend", "precision", "devices", "inputs", "outputs", "sha256", "size_bytes",
-                 "optimization", "quantization", "verification", "note"}
+        known = {
+            "file",
+            "backend",
+            "precision",
+            "devices",
+            "inputs",
+            "outputs",
+            "sha256",
+            "size_bytes",
+            "optimization",
+            "quantization",
+            "verification",
+            "note",
+        }
         return cls(
-            name=name, file=file, backend=f.text("backend", choices=BACKENDS),
+            name=name,
+            file=file,
+            backend=f.text("backend", choices=BACKENDS),
             precision=f.text("precision", default="fp32", choices=PRECISIONS),
-            devices=f.strings("devices", DEVICES, default=[]), inputs=f.strings("inputs", GRAPH_INPUTS, default=[]),
-            outputs=f.strings("outputs", GRAPH_OUTPUTS, default=[]), sha256=digests,
+            devices=f.strings("devices", DEVICES, default=[]),
+            inputs=f.strings("inputs", GRAPH_INPUTS, default=[]),
+            outputs=f.strings("outputs", GRAPH_OUTPUTS, default=[]),
+            sha256=digests,
             size_bytes=f.integer("size_bytes", default=None, minimum=1, nullable=True),
             optimization=f.text("optimization", default=None, choices=OPTIMIZATIONS, nullable=True),
             quantization=f.obj("quantization", default=None, nullable=True),
@@ -218,9 +235,16 @@ class VariantRecord:
 
     def to_dict(self) -> dict:
         out = {
-            "file": self.file, "backend": self.backend, "precision": self.precision, "optimization": self.optimization,
-            "quantization": self.quantization, "devices": list(self.devices), "inputs": list(self.inputs),
-            "outputs": list(self.outputs), "sha256": dict(self.sha256), "size_bytes": self.size_bytes,
+            "file": self.file,
+            "backend": self.backend,
+            "precision": self.precision,
+            "optimization": self.optimization,
+            "quantization": self.quantization,
+            "devices": list(self.devices),
+            "inputs": list(self.inputs),
+            "outputs": list(self.outputs),
+            "sha256": dict(self.sha256),
+            "size_bytes": self.size_bytes,
             "verification": self.verification.to_dict() if self.verification else None,
         }
         out.update(self.extra)
@@ -255,10 +279,10 @@ class EmbeddingCalibration:
     """``embedding_calibration``: the int8/uint8 output ranges saved with an embedding artifact
     (``stedge calibrate`` / ``stedge export --calibration``; read by stedge_runtime.quantization)."""
 
-    file: str                      # relative path of the float32 .npy of shape (2, dimension)
+    file: str  # relative path of the float32 .npy of shape (2, dimension)
     sha256: str
-    texts: int | None = None       # how many calibration texts the ranges come from
-    variant: str | None = None     # the variant that embedded them (None: the PyTorch model at export)
+    texts: int | None = None  # how many calibration texts the ranges come from
+    variant: str | None = None  # the variant that embedded them (None: the PyTorch model at export)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -268,10 +292,13 @@ class EmbeddingCalibration:
         if not _HEX64.match(digest):
             raise f.fail("sha256", "64 lowercase hex digits")
         known = {fl.name for fl in fields(cls)} - {"extra"}
-        return cls(file=check_relpath(f.text("file"), "embedding_calibration.file", where), sha256=digest,
-                   texts=f.integer("texts", default=None, minimum=1, nullable=True),
-                   variant=f.text("variant", default=None, nullable=True),
-                   extra={k: v for k, v in data.items() if k not in known})
+        return cls(
+            file=check_relpath(f.text("file"), "embedding_calibration.file", where),
+            sha256=digest,
+            texts=f.integer("texts", default=None, minimum=1, nullable=True),
+            variant=f.text("variant", default=None, nullable=True),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
 
     def to_dict(self) -> dict:
         out = {"file": self.file, "sha256": self.sha256, "texts": self.texts, "variant": self.variant}
@@ -314,11 +341,15 @@ class Manifest:
         try:
             st = file.stat()
             if not stat.S_ISREG(st.st_mode) or st.st_size > MANIFEST_LIMIT:
-                raise ArtifactError(f"{file} is not a regular file of at most {MANIFEST_LIMIT} bytes (a folder, a device "
-                                    "or a link to one): this artifact is damaged or hostile; re-export the model")
+                raise ArtifactError(
+                    f"{file} is not a regular file of at most {MANIFEST_LIMIT} bytes (a folder, a device "
+                    "or a link to one): this artifact is damaged or hostile; re-export the model"
+                )
             raw = file.read_bytes()
         except FileNotFoundError:
-            raise ArtifactError(f"{file} is missing: {root} is not a stedge artifact (run `stedge export` on the model)") from None
+            raise ArtifactError(
+                f"{file} is missing: {root} is not a stedge artifact (run `stedge export` on the model)"
+            ) from None
         except OSError as e:
             raise ArtifactError(f"{file} cannot be read ({e.strerror or e})") from None
         try:
@@ -361,18 +392,28 @@ class Manifest:
             raise f.fail("prompts", "an object of prompt name -> prompt text")
         known = {fl.name for fl in fields(cls)} - {"extra"}
         return cls(
-            format_version=version, task=task, variants=variants,
+            format_version=version,
+            task=task,
+            variants=variants,
             tokenizer=check_relpath(f.text("tokenizer", default="tokenizer.json"), "tokenizer", where),
             max_seq_length=f.integer("max_seq_length", default=512, minimum=1),
             do_lower_case=f.get("do_lower_case", (bool,), "true or false", False),
-            dimension=dimension, pooling=f.obj("pooling", default=None, nullable=True),
-            normalize=f.get("normalize", (bool,), "true or false", False), prompts=prompts,
+            dimension=dimension,
+            pooling=f.obj("pooling", default=None, nullable=True),
+            normalize=f.get("normalize", (bool,), "true or false", False),
+            prompts=prompts,
             default_prompt_name=f.text("default_prompt_name", default=None, nullable=True),
-            similarity_fn_name=f.text("similarity_fn_name", default=None, nullable=True,
-                                      choices=SIMILARITY_FNS + ("cos_sim", "dot_product", "dot_score")),
+            similarity_fn_name=f.text(
+                "similarity_fn_name",
+                default=None,
+                nullable=True,
+                choices=SIMILARITY_FNS + ("cos_sim", "dot_product", "dot_score"),
+            ),
             num_labels=f.integer("num_labels", default=None, minimum=1, nullable=True),
-            activation=f.text("activation", default=None, nullable=True), default_variant=default,
-            source=f.obj("source", default={}), created_with=f.obj("created_with", default={}),
+            activation=f.text("activation", default=None, nullable=True),
+            default_variant=default,
+            source=f.obj("source", default={}),
+            created_with=f.obj("created_with", default={}),
             embedding_calibration=_calibration(f, where),
             extra={k: v for k, v in data.items() if k not in known},
         )
@@ -381,10 +422,17 @@ class Manifest:
     def to_dict(self) -> dict:
         """The JSON form (what :func:`write_manifest` writes)."""
         out: dict[str, Any] = {
-            "format_version": self.format_version, "task": self.task, "source": dict(self.source),
-            "tokenizer": self.tokenizer, "max_seq_length": self.max_seq_length, "do_lower_case": self.do_lower_case,
-            "pooling": self.pooling, "normalize": self.normalize, "dimension": self.dimension,
-            "prompts": dict(self.prompts), "default_prompt_name": self.default_prompt_name,
+            "format_version": self.format_version,
+            "task": self.task,
+            "source": dict(self.source),
+            "tokenizer": self.tokenizer,
+            "max_seq_length": self.max_seq_length,
+            "do_lower_case": self.do_lower_case,
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "dimension": self.dimension,
+            "prompts": dict(self.prompts),
+            "default_prompt_name": self.default_prompt_name,
             "similarity_fn_name": self.similarity_fn_name,
         }
         if self.task == "reranking":
@@ -437,8 +485,10 @@ def write_manifest(folder: str | os.PathLike, manifest: Manifest | Mapping[str, 
         raise ArtifactError(f"{path}: field 'default_variant' is missing: name one of {', '.join(m.variants)}")
     unhashed = [n for n, v in m.variants.items() if not v.sha256 or v.file not in v.sha256]
     if unhashed:
-        raise ArtifactError(f"{path}: variants {', '.join(unhashed)} carry no sha256 of their files; every variant "
-                            "written must, so that apps can check them")
+        raise ArtifactError(
+            f"{path}: variants {', '.join(unhashed)} carry no sha256 of their files; every variant "
+            "written must, so that apps can check them"
+        )
     text = json.dumps(_json_safe(m.to_dict()), indent=2, ensure_ascii=False) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{MANIFEST}.", suffix=".tmp")
     try:
@@ -483,8 +533,10 @@ class VariantName:
 def variant_name(backend: str, precision: str, optimization: str | None = None, qualifier: str | None = None) -> str:
     """Build a variant name; :func:`parse_variant_name` reads it back."""
     if backend not in BACKENDS or precision not in PRECISIONS:
-        raise ArtifactError(f"variant name: backend {backend!r} / precision {precision!r} unknown "
-                            f"(backends {', '.join(BACKENDS)}; precisions {', '.join(PRECISIONS)})")
+        raise ArtifactError(
+            f"variant name: backend {backend!r} / precision {precision!r} unknown "
+            f"(backends {', '.join(BACKENDS)}; precisions {', '.join(PRECISIONS)})"
+        )
     if optimization is not None and optimization not in OPTIMIZATIONS:
         raise ArtifactError(f"variant name: optimization {optimization!r} is not one of {', '.join(OPTIMIZATIONS)}")
     if qualifier is not None and not all(_NAME_PART.match(p) for p in qualifier.split("-")):
@@ -495,7 +547,12 @@ def variant_name(backend: str, precision: str, optimization: str | None = None, 
 def parse_variant_name(name: str, where: str = "variant name") -> VariantName:
     """Split a variant name into backend, precision, qualifier and optimization (clear error when malformed)."""
     parts = name.split("-") if isinstance(name, str) else []
-    if len(parts) < 2 or parts[0] not in BACKENDS or parts[1] not in PRECISIONS or not all(map(_NAME_PART.match, parts)):
+    if (
+        len(parts) < 2
+        or parts[0] not in BACKENDS
+        or parts[1] not in PRECISIONS
+        or not all(map(_NAME_PART.match, parts))
+    ):
         raise ArtifactError(
             f"{where}: variant {name!r} is not <backend>-<precision>[-<qualifier>][-O<n>] "
             f"(backend {' / '.join(BACKENDS)}, precision {' / '.join(PRECISIONS)}), e.g. onnx-fp32-O3, onnx-int8-static"
@@ -524,8 +581,14 @@ def backends_for(family: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def choose_variant(m: Manifest, family: str, name: str | None, installed: set[str], where: Path | str = MANIFEST,
-                   tier: str | None = None) -> str:
+def choose_variant(
+    m: Manifest,
+    family: str,
+    name: str | None,
+    installed: set[str],
+    where: Path | str = MANIFEST,
+    tier: str | None = None,
+) -> str:
     """The variant to run on a device family: ``name`` when given (checked to fit), else the fastest variant
     of precision ``tier`` for this machine. The rule (tiers, batch invariance, this machine's tuning profile,
     CPU flags) is ``stedge_runtime.select.select_variant``; this returns only the name."""
@@ -604,8 +667,9 @@ def check_calibration_file(root: Path, cal: EmbeddingCalibration, verify: bool |
     label = f"{MANIFEST} embedding_calibration.file"
     path = artifact_path(root, cal.file, "embedding_calibration.file")
     if not path.is_file():
-        raise ArtifactError(f"{path} is missing ({label}): run `stedge calibrate {root} --texts FILE` again "
-                            "or restore the file")
+        raise ArtifactError(
+            f"{path} is missing ({label}): run `stedge calibrate {root} --texts FILE` again or restore the file"
+        )
     if verify:
         _check_one(path, cal.sha256, f"{MANIFEST} embedding_calibration.sha256", verify, None)
     return path
@@ -614,8 +678,10 @@ def check_calibration_file(root: Path, cal: EmbeddingCalibration, verify: bool |
 def _check_one(path: Path, expected: str, field_name: str, verify: bool | str, limit: int | None) -> None:
     st = path.stat()
     if limit is not None and st.st_size > limit:
-        raise ArtifactError(f"{path}: {st.st_size} bytes, more than all files of {field_name} together ({limit}): "
-                            "the file changed after export; export the model again or restore the file")
+        raise ArtifactError(
+            f"{path}: {st.st_size} bytes, more than all files of {field_name} together ({limit}): "
+            "the file changed after export; export the model again or restore the file"
+        )
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, expected)
     cache_key = "|".join(map(str, key))
     if verify == "cached":

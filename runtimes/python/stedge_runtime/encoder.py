@@ -1,19 +1,16 @@
 """Encoder (sentence embeddings) and Reranker (pair scores) over a stedge artifact."""
+
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping, Set
 from dataclasses import replace
 from pathlib import Path
-from collections.abc import Mapping, Set
 from typing import Any, Sequence
 
 import numpy as np
 
-from .engines import installed_backends, open_engine
-from .errors import ArtifactError, DeviceError, InputError
-from .inputs import as_pairs, rank_documents, resolve_prompt
-from .similarity import check_name, similarity_matrix
 from .artifact import (
     MANIFEST,
     ONNX_DEVICES,
@@ -24,8 +21,12 @@ from .artifact import (
     check_variant_files,
     device_family,
 )
+from .engines import installed_backends, open_engine
+from .errors import ArtifactError, DeviceError, InputError
+from .inputs import as_pairs, rank_documents, resolve_prompt
 from .quantization import check_precision, load_ranges, quantize_embeddings
 from .select import Selection, select_variant
+from .similarity import check_name, similarity_matrix
 from .tokenize import Tokenizer, batches, pad
 
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "prompt_length")
@@ -37,8 +38,17 @@ class _Artifact:
     task = ""
     needed_outputs: tuple[str, ...] = ()
 
-    def __init__(self, root: Path, manifest: Manifest, variant: str, engine: Any, tokenizer: Tokenizer, max_batch_tokens: int,
-                 selection: Selection | None = None, latency_engine: Any = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        manifest: Manifest,
+        variant: str,
+        engine: Any,
+        tokenizer: Tokenizer,
+        max_batch_tokens: int,
+        selection: Selection | None = None,
+        latency_engine: Any = None,
+    ) -> None:
         self.path = root
         self._manifest = manifest
         self._variant = variant
@@ -76,7 +86,10 @@ class _Artifact:
         root = Path(path)
         known = tuple(dict.fromkeys(ONNX_DEVICES + OPENVINO_DEVICES))
         if not isinstance(device, str) or device_family(device) not in known:
-            raise DeviceError(f"device {device!r} is not one stedge_runtime knows; use one of: {', '.join(known)} (':N' / '.N' picks an index)")
+            raise DeviceError(
+                f"device {device!r} is not one stedge_runtime knows; use one of: {', '.join(known)} (':N' / '.N' "
+                "picks an index)"
+            )
         m = Manifest.read(root, cls.task)
         choice = {"tier": tier, "route": route, "use_profile": profile}
         try:
@@ -96,19 +109,34 @@ class _Artifact:
         return obj
 
     @classmethod
-    def _open(cls, root: Path, m: Manifest, variant: str | None, device: str, threads: int | None, verify: bool | str,
-              options: dict, choice: dict) -> tuple[Selection, tuple[Any, Any]]:
+    def _open(
+        cls,
+        root: Path,
+        m: Manifest,
+        variant: str | None,
+        device: str,
+        threads: int | None,
+        verify: bool | str,
+        options: dict,
+        choice: dict,
+    ) -> tuple[Selection, tuple[Any, Any]]:
         family = device_family(device)
-        sel = select_variant(m.variants, family, variant, installed_backends(), root, key=None,
-                             where=str(root / MANIFEST), **choice)
+        sel = select_variant(
+            m.variants, family, variant, installed_backends(), root, key=None, where=str(root / MANIFEST), **choice
+        )
         user = dict(options, **({"threads": threads} if threads is not None else {}))
         engine = cls._engine(root, m, sel.variant, device, verify, {**sel.settings, **user})
         latency = None
         if sel.latency_variant is not None:
             lv = m.variants[sel.latency_variant]
             if options and lv.backend != m.variants[sel.variant].backend:
-                sel = replace(sel, latency_variant=None, latency_settings={}, notes=sel.notes + (
-                    f"batch-1 routing to {sel.latency_variant} off: engine options were given for {sel.variant}",))
+                sel = replace(
+                    sel,
+                    latency_variant=None,
+                    latency_settings={},
+                    notes=sel.notes
+                    + (f"batch-1 routing to {sel.latency_variant} off: engine options were given for {sel.variant}",),
+                )
             else:
                 latency = cls._engine(root, m, sel.latency_variant, device, verify, {**sel.latency_settings, **user})
         return sel, (engine, latency)
@@ -125,7 +153,8 @@ class _Artifact:
         missing = [o for o in cls.needed_outputs if o not in engine.outputs]
         if unknown or missing:
             raise ArtifactError(
-                f"{file}: graph does not follow the stedge contract (unknown inputs {unknown}, missing outputs {missing})"
+                f"{file}: graph does not follow the stedge contract (unknown inputs {unknown}, missing outputs "
+                f"{missing})"
             )
         return engine
 
@@ -158,7 +187,7 @@ class _Artifact:
     def _run(self, items: list, batch_size: int, output: str, width: int, extra: dict | None = None) -> np.ndarray:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        one = len(items) == 1 or batch_size == 1   # batch-1 calls may run on the latency variant (selection)
+        one = len(items) == 1 or batch_size == 1  # batch-1 calls may run on the latency variant (selection)
         engine = self._latency_engine if one and self._latency_engine is not None else self._engine
         type_ids = "token_type_ids" in engine.inputs
         encs = self._tok.encode(items)
@@ -179,7 +208,7 @@ class _Artifact:
             return out
         for idx in groups:
             feeds = feeds_of(idx)
-            res = self._engine_run(lambda: engine.run(feeds, output), feeds)
+            res = self._engine_run(lambda feeds=feeds: engine.run(feeds, output), feeds)
             out[idx] = self._checked(res, len(idx), width, output)
         return out
 
@@ -300,8 +329,11 @@ class Encoder(_Artifact):
         """The calibration ranges (2, dimension) saved with the artifact, or None when it has none."""
         if not hasattr(self, "_ranges"):
             cal = self._manifest.embedding_calibration
-            self._ranges = None if cal is None else load_ranges(
-                check_calibration_file(self.path, cal, self._verify), self.dimension)
+            self._ranges = (
+                None
+                if cal is None
+                else load_ranges(check_calibration_file(self.path, cal, self._verify), self.dimension)
+            )
         return self._ranges
 
     def _prompt_length(self, prompt: str) -> int:
@@ -332,7 +364,9 @@ class Reranker(_Artifact):
     def num_labels(self) -> int:
         return int(self._manifest.num_labels or 1)
 
-    def predict(self, pairs: Sequence[Sequence[str]], batch_size: int = 32, apply_activation: bool = True) -> np.ndarray:
+    def predict(
+        self, pairs: Sequence[Sequence[str]], batch_size: int = 32, apply_activation: bool = True
+    ) -> np.ndarray:
         """Scores in input order: (n,) for one label, (n, num_labels) otherwise; one pair gives a scalar row."""
         items, single = as_pairs(pairs)
         if not items:
@@ -342,10 +376,23 @@ class Reranker(_Artifact):
             out = out[:, 0]
         return out[0] if single else out
 
-    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None, return_documents: bool = False, batch_size: int = 32) -> list[dict]:
+    def rank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        top_k: int | None = None,
+        return_documents: bool = False,
+        batch_size: int = 32,
+    ) -> list[dict]:
         """Documents sorted by score, best first: [{corpus_id, score(, text)}]."""
-        return rank_documents(lambda pairs: self.predict(pairs, batch_size=batch_size), query, documents,
-                              self.num_labels, top_k, return_documents)
+        return rank_documents(
+            lambda pairs: self.predict(pairs, batch_size=batch_size),
+            query,
+            documents,
+            self.num_labels,
+            top_k,
+            return_documents,
+        )
 
     def __repr__(self) -> str:
         return f"Reranker({self.path}, variant={self.variant}, device={self.device}, num_labels={self.num_labels})"

@@ -3,6 +3,7 @@
 Both expose ``inputs`` (graph input names), ``outputs``, ``device`` (what actually runs) and
 ``run(feeds, output) -> np.ndarray``; ``run`` is safe to call from many threads at once.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -13,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DeviceError, MissingEngine, RuntimeStedgeError
 from .artifact import device_family
+from .errors import DeviceError, MissingEngine, RuntimeStedgeError
 
 ORT_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -67,10 +68,20 @@ class OrtEngine:
     copied back to the host.
     """
 
-    OPTIONS = ("graph_optimization_level", "enable_cpu_mem_arena", "enable_mem_pattern", "inter_op_num_threads",
-               "allow_spinning", "provider_options", "session_config", "log_severity_level")
+    OPTIONS = (
+        "graph_optimization_level",
+        "enable_cpu_mem_arena",
+        "enable_mem_pattern",
+        "inter_op_num_threads",
+        "allow_spinning",
+        "provider_options",
+        "session_config",
+        "log_severity_level",
+    )
 
-    def __init__(self, file: Path, device: str, precision: str | None, threads: int | None, options: dict[str, Any]) -> None:
+    def __init__(
+        self, file: Path, device: str, precision: str | None, threads: int | None, options: dict[str, Any]
+    ) -> None:
         _check_options(options, self.OPTIONS, "onnxruntime")
         ort = _import("onnxruntime", "onnxruntime")
         self._ort = ort
@@ -88,7 +99,12 @@ class OrtEngine:
         so.inter_op_num_threads = int(options.get("inter_op_num_threads", 1))
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         level = options.get("graph_optimization_level", "all")
-        levels = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+        levels = {
+            "disable": "ORT_DISABLE_ALL",
+            "basic": "ORT_ENABLE_BASIC",
+            "extended": "ORT_ENABLE_EXTENDED",
+            "all": "ORT_ENABLE_ALL",
+        }
         if level not in levels:
             raise RuntimeStedgeError(f"graph_optimization_level must be one of {', '.join(levels)}, got {level!r}")
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, levels[level])
@@ -102,10 +118,17 @@ class OrtEngine:
         self.device_id = _device_index(device) if family in ("cuda", "tensorrt") else 0
         popts = dict(options.get("provider_options") or {})
         if family == "cuda":
-            providers = [(provider, {"device_id": self.device_id, "arena_extend_strategy": "kSameAsRequested", **popts})]
+            providers = [
+                (provider, {"device_id": self.device_id, "arena_extend_strategy": "kSameAsRequested", **popts})
+            ]
         elif family == "tensorrt":
-            trt = {"device_id": self.device_id, "trt_fp16_enable": precision == "fp16", "trt_engine_cache_enable": True,
-                   "trt_engine_cache_path": str(file.parent / ".trt_cache"), **popts}
+            trt = {
+                "device_id": self.device_id,
+                "trt_fp16_enable": precision == "fp16",
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(file.parent / ".trt_cache"),
+                **popts,
+            }
             providers = [(provider, trt), ("CUDAExecutionProvider", {"device_id": self.device_id})]
         elif family == "ort-openvino":
             sub = device.partition(":")[2].upper() or "CPU"
@@ -120,7 +143,9 @@ class OrtEngine:
             raise RuntimeStedgeError(f"{file}: onnxruntime could not load the graph ({e})") from None
         used = self.session.get_providers()
         if used[0] != provider:
-            raise DeviceError(f"device {device!r}: onnxruntime could not start {provider} (session uses {', '.join(used)})")
+            raise DeviceError(
+                f"device {device!r}: onnxruntime could not start {provider} (session uses {', '.join(used)})"
+            )
         self.device = device
         self.io_binding = family in ("cuda", "tensorrt")
         self.inputs = [i.name for i in self.session.get_inputs()]
@@ -153,7 +178,9 @@ class OpenVINOEngine:
 
     OPTIONS = ("performance_hint", "cache_dir", "num_streams", "inference_precision", "config")
 
-    def __init__(self, file: Path, device: str, precision: str | None, threads: int | None, options: dict[str, Any]) -> None:
+    def __init__(
+        self, file: Path, device: str, precision: str | None, threads: int | None, options: dict[str, Any]
+    ) -> None:
         _check_options(options, self.OPTIONS, "openvino")
         ov = _import("openvino", "openvino")
         core = ov.Core()
@@ -161,7 +188,9 @@ class OpenVINOEngine:
         target = device.upper()
         available = list(core.available_devices)
         if family not in ("auto",) and not any(d == target or d.split(".")[0] == target for d in available):
-            raise DeviceError(f"device {device!r} is not available to OpenVINO; available devices: {', '.join(available)}")
+            raise DeviceError(
+                f"device {device!r} is not available to OpenVINO; available devices: {', '.join(available)}"
+            )
         config: dict[str, Any] = {"PERFORMANCE_HINT": str(options.get("performance_hint", "LATENCY")).upper()}
         if threads and family == "cpu":
             config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -197,7 +226,6 @@ class OpenVINOEngine:
         res = req.infer({k: v for k, v in feeds.items() if k in self.inputs})
         return np.array(res[self.compiled.output(output)], copy=True)
 
-
     def run_many(self, feeds_list: list[dict[str, np.ndarray]], output: str) -> list[np.ndarray]:
         """Run several batches on ``parallel`` infer requests at once (results in order).
 
@@ -224,7 +252,9 @@ class OpenVINOEngine:
             self._queue_lock.release()
 
 
-def open_engine(backend: str, file: Path, device: str, precision: str | None, threads: int | None, options: dict[str, Any]):
+def open_engine(
+    backend: str, file: Path, device: str, precision: str | None, threads: int | None, options: dict[str, Any]
+):
     """The engine for a variant backend ('onnx' -> OrtEngine, 'openvino' -> OpenVINOEngine)."""
     cls = OrtEngine if backend == "onnx" else OpenVINOEngine
     return cls(file, device, precision, threads, options)

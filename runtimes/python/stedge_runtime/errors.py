@@ -3,6 +3,7 @@
 The runtime stands alone (it never imports ``stedge``); the ``stedge`` CLI maps these errors to its
 own one-line messages and exit codes (``exit_code`` below: 2, bad input).
 """
+
 from __future__ import annotations
 
 
@@ -24,7 +25,9 @@ class MissingEngine(RuntimeStedgeError, ImportError):
     """The engine a variant needs (onnxruntime or openvino) is not installed."""
 
     def __init__(self, package: str, extra: str) -> None:
-        super().__init__(f"'{package}' is needed to run this variant but is not installed: pip install 'stedge-runtime[{extra}]'")
+        super().__init__(
+            f"'{package}' is needed to run this variant but is not installed: pip install 'stedge-runtime[{extra}]'"
+        )
 
 
 class InputError(RuntimeStedgeError, ValueError):

@@ -3,6 +3,7 @@
 ``stedge_runtime.Encoder`` / ``Reranker`` and ``stedge.models.SentenceEncoder`` / ``CrossEncoder`` call
 these, so a prompt, a pair or a ranking means the same thing whichever engine runs the model.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
@@ -12,8 +13,12 @@ import numpy as np
 from .errors import InputError
 
 
-def resolve_prompt(prompts: Mapping[str, str], default_prompt_name: str | None, prompt_name: str | None = None,
-                   prompt: str | None = None) -> str | None:
+def resolve_prompt(
+    prompts: Mapping[str, str],
+    default_prompt_name: str | None,
+    prompt_name: str | None = None,
+    prompt: str | None = None,
+) -> str | None:
     """The prompt text to prepend: ``prompt``, else ``prompts[prompt_name]``, else the default prompt, else None."""
     if prompt is not None:
         return prompt
@@ -21,7 +26,9 @@ def resolve_prompt(prompts: Mapping[str, str], default_prompt_name: str | None, 
     if name is None:
         return None
     if name not in prompts:
-        raise InputError(f"prompt_name {name!r} not found; this model's prompts: {', '.join(sorted(prompts)) or 'none'}")
+        raise InputError(
+            f"prompt_name {name!r} not found; this model's prompts: {', '.join(sorted(prompts)) or 'none'}"
+        )
     return prompts[name]
 
 
@@ -35,8 +42,14 @@ def as_pairs(pairs: Any) -> tuple[list[tuple[str, str]], bool]:
     return [(p[0], p[1]) for p in items], single
 
 
-def rank_documents(score: Callable[[list[tuple[str, str]]], np.ndarray], query: str, documents: Sequence[str],
-                   num_labels: int, top_k: int | None = None, return_documents: bool = False) -> list[dict]:
+def rank_documents(
+    score: Callable[[list[tuple[str, str]]], np.ndarray],
+    query: str,
+    documents: Sequence[str],
+    num_labels: int,
+    top_k: int | None = None,
+    return_documents: bool = False,
+) -> list[dict]:
     """Documents sorted by ``score`` of (query, document), best first: [{corpus_id, score(, text)}]."""
     if not isinstance(query, str):
         raise TypeError(f"query must be str, got {type(query).__name__}")

@@ -5,6 +5,7 @@ selection rule (bf16 / AMX / VNNI) and the benchmark harness (results folder per
 Linux reads ``/proc/cpuinfo``; elsewhere the flags are empty and the rule falls back to plain fp32/int8.
 Nothing here imports an engine: versions come from the installed package metadata.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,9 +19,27 @@ from typing import Any
 
 # ISA flags that decide which kernels the engines pick (as /proc/cpuinfo spells them).
 ISA_FLAGS = (
-    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-    "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "amx_fp16", "asimd", "asimddp", "sve",
-    "i8mm", "bf16",
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "amx_fp16",
+    "asimd",
+    "asimddp",
+    "sve",
+    "i8mm",
+    "bf16",
 )
 # Engines whose version changes the timings a tuning profile holds.
 ENGINES = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "openvino")

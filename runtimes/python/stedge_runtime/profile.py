@@ -15,6 +15,7 @@ not touched. Layout (``format_version`` 1)::
                                    "bulk": {"short": {"32": 1650.0}, "passage": {"32": 140.0}}}]}},
      "agreement": {"A|B": min cosine between the vectors of variants A and B on the short texts}}
 """
+
 from __future__ import annotations
 
 import json
@@ -57,8 +58,9 @@ def read_profile(root: str | os.PathLike, key: str) -> dict[str, Any] | None:
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise ArtifactError(f"{file}: not a readable tuning profile ({e}); "
-                            "delete it and run `stedge tune` again") from None
+        raise ArtifactError(
+            f"{file}: not a readable tuning profile ({e}); delete it and run `stedge tune` again"
+        ) from None
     check_profile(data, file)
     if data["machine"].get("key") != key:
         raise ArtifactError(
@@ -77,8 +79,10 @@ def check_profile(data: Any, where: str | os.PathLike) -> None:
     if not isinstance(version, int):
         raise ArtifactError(f"{where}: field 'format_version' is missing or not an integer")
     if version > PROFILE_FORMAT:
-        raise ArtifactError(f"{where}: format_version {version} is newer than this runtime reads ({PROFILE_FORMAT}); "
-                            "upgrade stedge-runtime or run `stedge tune` again")
+        raise ArtifactError(
+            f"{where}: format_version {version} is newer than this runtime reads ({PROFILE_FORMAT}); "
+            "upgrade stedge-runtime or run `stedge tune` again"
+        )
     if not isinstance(data.get("machine"), dict):
         raise ArtifactError(f"{where}: field 'machine' is missing or not an object")
     variants = data.get("variants")
@@ -88,8 +92,9 @@ def check_profile(data: Any, where: str | os.PathLike) -> None:
         if not isinstance(v, dict) or v.get("status") not in ("ok", "error"):
             raise ArtifactError(f"{where}: variants.{name}.status must be 'ok' or 'error'")
         runs = v.get("runs", [])
-        if not isinstance(runs, list) or not all(isinstance(r, dict) and isinstance(r.get("settings"), dict)
-                                                 for r in runs):
+        if not isinstance(runs, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("settings"), dict) for r in runs
+        ):
             raise ArtifactError(f"{where}: variants.{name}.runs must be a list of objects with 'settings'")
 
 

@@ -17,6 +17,7 @@ Ranges are computed once from calibration embeddings (``calibration_ranges``), s
 artifact (``save_ranges`` / ``load_ranges``, see ``stedge calibrate`` and ``stedge export
 --calibration``) so that every later call quantizes with the same buckets.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -121,8 +122,9 @@ def quantize_embeddings(
             return q_vals.astype(np.uint8)
         return (q_vals - 128).astype(np.int8)
     if dim % 8:
-        raise InputError(f"precision {precision!r} packs 8 dimensions per byte; the dimension {dim} "
-                         "is not a multiple of 8")
+        raise InputError(
+            f"precision {precision!r} packs 8 dimensions per byte; the dimension {dim} is not a multiple of 8"
+        )
     packed = np.packbits(emb > 0, axis=-1).reshape(emb.shape[0], -1)
     if precision == "ubinary":
         return packed
@@ -188,8 +190,9 @@ def load_ranges(path: str | os.PathLike, dimension: int | None = None) -> np.nda
     try:
         r = np.load(path, allow_pickle=False)
     except FileNotFoundError:
-        raise ArtifactError(f"{path} is missing (the embedding calibration ranges): "
-                            "run `stedge calibrate` again") from None
+        raise ArtifactError(
+            f"{path} is missing (the embedding calibration ranges): run `stedge calibrate` again"
+        ) from None
     except (OSError, ValueError) as e:
         raise ArtifactError(f"{path} is not a .npy array of calibration ranges ({e})") from None
     if r.dtype != np.float32 or r.ndim != 2 or r.shape[0] != 2 or (dimension is not None and r.shape[1] != dimension):

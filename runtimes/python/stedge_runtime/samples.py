@@ -3,6 +3,7 @@
 Timings need texts of realistic lengths, not meaning; these are varied English sentences of 4-40
 words, so the tuner runs anywhere without data files.
 """
+
 from __future__ import annotations
 
 SHORT = (

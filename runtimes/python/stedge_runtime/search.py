@@ -28,6 +28,7 @@ an index library: faiss (``IndexBinaryFlat`` / ``IndexBinaryHNSW``, ``IndexHNSWF
 (``metric="hamming"``, ``dtype="i8"``); ``sentence_transformers.quantization.semantic_search_faiss``
 / ``semantic_search_usearch`` wrap them with the same precisions.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,8 +51,10 @@ class SearchResult:
 
     def to_lists(self) -> list[list[dict[str, Any]]]:
         """[[{"corpus_id": row, "score": s}, ...] per query], the shape sentence-transformers returns."""
-        return [[{"corpus_id": int(i), "score": float(s)} for i, s in zip(ri, rs)]
-                for ri, rs in zip(self.indices, self.scores)]
+        return [
+            [{"corpus_id": int(i), "score": float(s)} for i, s in zip(ri, rs)]
+            for ri, rs in zip(self.indices, self.scores)
+        ]
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
@@ -72,8 +75,8 @@ def hamming_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = np.empty((len(wa), len(wb)), dtype=np.int32)
     step = max(1, 4_000_000 // max(1, len(wb) * wb.shape[1]))  # bound the (step, n_b, words) temporary
     for s in range(0, len(wa), step):
-        x = np.bitwise_xor(wa[s:s + step, None, :], wb[None, :, :])
-        out[s:s + step] = _popcount(x).sum(-1, dtype=np.int32)
+        x = np.bitwise_xor(wa[s : s + step, None, :], wb[None, :, :])
+        out[s : s + step] = _popcount(x).sum(-1, dtype=np.int32)
     return out
 
 
@@ -97,22 +100,33 @@ def _check_inputs(query: np.ndarray, corpus: np.ndarray, precision: str) -> tupl
         raise InputError(f"corpus_embeddings must be 2-D (n, width), got shape {corpus.shape}")
     if query.ndim != 2:
         raise InputError(f"query_embeddings must be 2-D (n, width), got shape {query.shape}")
-    want = {"float32": (np.float32, np.float64, np.float16), "int8": (np.int8,), "uint8": (np.uint8,),
-            "binary": (np.int8,), "ubinary": (np.uint8,)}[precision]
+    want = {
+        "float32": (np.float32, np.float64, np.float16),
+        "int8": (np.int8,),
+        "uint8": (np.uint8,),
+        "binary": (np.int8,),
+        "ubinary": (np.uint8,),
+    }[precision]
     if corpus.dtype not in want:
-        raise InputError(f"corpus_embeddings are {corpus.dtype}, but precision {precision!r} stores "
-                         f"{np.dtype(want[0]).name}: pass the precision they were quantized to")
+        raise InputError(
+            f"corpus_embeddings are {corpus.dtype}, but precision {precision!r} stores "
+            f"{np.dtype(want[0]).name}: pass the precision they were quantized to"
+        )
     packed = precision in ("binary", "ubinary")
     dim = corpus.shape[1] * 8 if packed else corpus.shape[1]
     q_float = np.issubdtype(query.dtype, np.floating)
     if q_float and query.shape[1] != dim:
-        raise InputError(f"query_embeddings have dimension {query.shape[1]}, the corpus has {dim}"
-                         + (f" ({corpus.shape[1]} packed bytes)" if packed else "")
-                         + ": embed both with the same model")
+        raise InputError(
+            f"query_embeddings have dimension {query.shape[1]}, the corpus has {dim}"
+            + (f" ({corpus.shape[1]} packed bytes)" if packed else "")
+            + ": embed both with the same model"
+        )
     if not q_float and (query.dtype != corpus.dtype or query.shape[1] != corpus.shape[1]):
-        raise InputError(f"quantized query_embeddings ({query.dtype}, width {query.shape[1]}) do not match the "
-                         f"corpus ({corpus.dtype}, width {corpus.shape[1]}): pass float queries or quantize "
-                         "both the same way")
+        raise InputError(
+            f"quantized query_embeddings ({query.dtype}, width {query.shape[1]}) do not match the "
+            f"corpus ({corpus.dtype}, width {corpus.shape[1]}): pass float queries or quantize "
+            "both the same way"
+        )
     return q_float, dim
 
 
@@ -132,8 +146,9 @@ def _scores(q: np.ndarray, c: np.ndarray, precision: str) -> np.ndarray:
     return (q.astype(ftype) @ c.astype(ftype).T).astype(np.int64)
 
 
-def _rescore(query: np.ndarray, corpus: np.ndarray, idx: np.ndarray, precision: str,
-             ranges: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _rescore(
+    query: np.ndarray, corpus: np.ndarray, idx: np.ndarray, precision: str, ranges: np.ndarray | None, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     cand = corpus[idx]  # (n_q, m*k, width)
     if precision in ("binary", "ubinary"):
         vals = np.unpackbits(as_ubinary(cand, precision), axis=-1).astype(np.float32)
@@ -170,14 +185,17 @@ def search(
         raise InputError(f"top_k must be an integer >= 1, got {top_k!r}")
     rescore = bool(rescore_multiplier)
     if rescore and (not isinstance(rescore_multiplier, (int, np.integer)) or rescore_multiplier < 1):
-        raise InputError(f"rescore_multiplier must be an integer >= 1 (or None for no rescoring), "
-                         f"got {rescore_multiplier!r}")
+        raise InputError(
+            f"rescore_multiplier must be an integer >= 1 (or None for no rescoring), got {rescore_multiplier!r}"
+        )
     if rescore and not q_float:
         raise InputError("rescoring needs float query embeddings; pass them unquantized")
     if precision in ("int8", "uint8") and (q_float or rescore):
         if ranges is None:
-            raise InputError(f"a {precision} corpus needs the ranges it was quantized with (ranges=) to quantize "
-                             "float queries and to rescore")
+            raise InputError(
+                f"a {precision} corpus needs the ranges it was quantized with (ranges=) to quantize "
+                "float queries and to rescore"
+            )
         ranges = check_ranges(ranges, dim)
     q = quantize_embeddings(query, precision, ranges=ranges) if q_float else query
     if precision == "float32":
@@ -188,7 +206,7 @@ def search(
     first_k = top_k * int(rescore_multiplier) if rescore else top_k
     best_i = best_v = None
     for start in range(0, len(corpus), chunk_size):
-        chunk = corpus[start:start + chunk_size]
+        chunk = corpus[start : start + chunk_size]
         if precision == "float32":
             chunk = chunk.astype(np.float32, copy=False)
         idx, vals = _top_k(_scores(q, chunk, precision), first_k)

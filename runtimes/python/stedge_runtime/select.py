@@ -24,6 +24,7 @@
    highest optimization level; then the name. GPUs keep their own order (fp16 first). The manifest's
    ``default_variant`` (set by the last export) plays no part.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,8 +35,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from . import machine
-from .errors import ArtifactError, DeviceError
 from .artifact import backends_for
+from .errors import ArtifactError, DeviceError
 from .profile import list_profiles, read_profile
 
 TIERS = ("exact", "near", "compressed")
@@ -48,15 +49,20 @@ KIND_ORDER = {
     "amx": ("bf16", "int8-static", "int8", "fp32", "int8-weights", "int4", "fp16"),
     "avx512_bf16": ("int8", "int8-static", "bf16", "fp32", "int8-weights", "int4", "fp16"),
     "cpu": ("int8", "int8-static", "fp32", "int8-weights", "int4", "fp16", "bf16"),
-    "cuda": ("fp16", "fp32"), "tensorrt": ("fp16", "fp32"),
+    "cuda": ("fp16", "fp32"),
+    "tensorrt": ("fp16", "fp32"),
     "ort-openvino": ("int8", "int8-static", "fp32", "fp16"),
     "gpu": ("fp16", "int8", "int8-static", "int8-weights", "fp32", "int4"),
     "npu": ("int8", "int8-static", "int8-weights", "fp16", "fp32", "int4"),
     "auto": ("int8", "int8-static", "fp32", "int8-weights", "fp16", "int4"),
 }
 # Which dynamic-int8 kernel ISAs a CPU of a given int8_isa runs correctly (avx2 needs reduce_range).
-ISA_RUNS = {"avx512_vnni": ("avx512_vnni", "avx512", "avx2"), "avx512": ("avx512", "avx2"), "avx2": ("avx2",),
-            "arm64": ("arm64",)}
+ISA_RUNS = {
+    "avx512_vnni": ("avx512_vnni", "avx512", "avx2"),
+    "avx512": ("avx512", "avx2"),
+    "avx2": ("avx2",),
+    "arm64": ("arm64",),
+}
 
 
 @dataclass(frozen=True)
@@ -64,18 +70,18 @@ class Selection:
     """What was chosen and why (``Encoder.selection``; ``stedge info`` prints it)."""
 
     variant: str
-    source: str                                   # "named", "profile" or "rule"
+    source: str  # "named", "profile" or "rule"
     reason: str
-    tier: str | None = None                       # requested tier (None when the variant was named)
-    variant_tier: str | None = None               # the chosen variant's own tier
-    settings: dict[str, Any] = field(default_factory=dict)   # engine settings from the profile
-    latency_variant: str | None = None            # batch-1 calls run here when set
+    tier: str | None = None  # requested tier (None when the variant was named)
+    variant_tier: str | None = None  # the chosen variant's own tier
+    settings: dict[str, Any] = field(default_factory=dict)  # engine settings from the profile
+    latency_variant: str | None = None  # batch-1 calls run here when set
     latency_settings: dict[str, Any] = field(default_factory=dict)
-    profile: str | None = None                    # the profile file used
+    profile: str | None = None  # the profile file used
     machine_key: str | None = None
-    excluded: dict[str, str] = field(default_factory=dict)   # variant -> why it was not eligible
-    notes: tuple[str, ...] = ()                   # ignored profiles, untuned variants, routing decisions
-    warnings: tuple[str, ...] = ()                # things the caller must be told (RuntimeWarning)
+    excluded: dict[str, str] = field(default_factory=dict)  # variant -> why it was not eligible
+    notes: tuple[str, ...] = ()  # ignored profiles, untuned variants, routing decisions
+    warnings: tuple[str, ...] = ()  # things the caller must be told (RuntimeWarning)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -184,8 +190,10 @@ def _why_not(name: str, v: Any, family: str, installed: set[str], tier: str, fla
     if inv is not None and inv < INVARIANCE[tier]:
         return f"not batch-invariant (alone vs in a batch: min cos {inv:.5f} < {INVARIANCE[tier]})"
     if inv is None and variant_kind(name, v) == "int8":
-        return ("dynamic int8 scales activations per batch, so a text's vector depends on its batch-mates, "
-                "and this export did not measure it (re-export with this stedge)")
+        return (
+            "dynamic int8 scales activations per batch, so a text's vector depends on its batch-mates, "
+            "and this export did not measure it (re-export with this stedge)"
+        )
     want_flags = _get(v, "cpu_flags_any")
     if family == "cpu" and want_flags and not set(want_flags) & flags:
         return f"needs a CPU with one of {', '.join(want_flags)}"
@@ -216,8 +224,13 @@ def rule_rank(name: str, v: Any, family: str, flags: set[str]) -> tuple:
 # ------------------------------------------------------------------ the profile
 def _bulk_score(run: dict) -> float | None:
     """Geometric mean of the bulk sentences/s a run measured (short and passage texts, every bulk batch)."""
-    vals = [float(x) for texts in (run.get("bulk") or {}).values() if isinstance(texts, Mapping)
-            for x in texts.values() if isinstance(x, (int, float)) and x > 0]
+    vals = [
+        float(x)
+        for texts in (run.get("bulk") or {}).values()
+        if isinstance(texts, Mapping)
+        for x in texts.values()
+        if isinstance(x, (int, float)) and x > 0
+    ]
     return math.exp(sum(math.log(x) for x in vals) / len(vals)) if vals else None
 
 
@@ -237,10 +250,17 @@ def _tuned(name: str, v: Any, prof: dict) -> tuple[dict | None, str | None]:
     return entry, None
 
 
-def _from_profile(prof: dict, file: Path, cands: dict[str, Any], tier: str, route: bool | None,
-                  excluded: dict[str, str], notes: list[str]) -> Selection | None:
+def _from_profile(
+    prof: dict,
+    file: Path,
+    cands: dict[str, Any],
+    tier: str,
+    route: bool | None,
+    excluded: dict[str, str],
+    notes: list[str],
+) -> Selection | None:
     """Choose among eligible variants from a profile; None when no eligible variant was tuned."""
-    bulk: list[tuple[float, float, str, dict]] = []   # (score, batch-1 p50, name, settings)
+    bulk: list[tuple[float, float, str, dict]] = []  # (score, batch-1 p50, name, settings)
     lat: list[tuple[float, str, dict]] = []
     for name, v in cands.items():
         entry, why = _tuned(name, v, prof)
@@ -260,14 +280,16 @@ def _from_profile(prof: dict, file: Path, cands: dict[str, Any], tier: str, rout
     if not bulk:
         return None
     best = max(b[0] for b in bulk)
-    close = [b for b in bulk if b[0] >= 0.97 * best]   # within 3 %: take the better batch-1 latency
+    close = [b for b in bulk if b[0] >= 0.97 * best]  # within 3 %: take the better batch-1 latency
     score, p50, name, settings = min(close, key=lambda b: (b[1], -b[0], b[2]))
     others = sorted({b[2] for b in bulk} - {name})
     run = next(r for r in prof["variants"][name]["runs"] if r["settings"] == settings)
-    rates = ", ".join(f"{kind} bs={bs} {val:.0f}/s" for kind, d in (run.get("bulk") or {}).items()
-                      for bs, val in d.items())
-    reason = (f"fastest {tier}-tier variant in bulk on this machine per its tuning profile "
-              f"({rates}; bs=1 p50 {p50:.2f} ms)")
+    rates = ", ".join(
+        f"{kind} bs={bs} {val:.0f}/s" for kind, d in (run.get("bulk") or {}).items() for bs, val in d.items()
+    )
+    reason = (
+        f"fastest {tier}-tier variant in bulk on this machine per its tuning profile ({rates}; bs=1 p50 {p50:.2f} ms)"
+    )
     if others:
         reason += f"; also tuned: {', '.join(others)}"
     sel: dict[str, Any] = {}
@@ -279,13 +301,25 @@ def _from_profile(prof: dict, file: Path, cands: dict[str, Any], tier: str, rout
             notes.append(f"batch-1 calls would be faster on {lname} {lsettings} ({gain}); not routed (route=False)")
         elif lname == name or route or (agree is not None and agree >= INVARIANCE[tier]):
             sel = {"latency_variant": lname, "latency_settings": dict(lsettings)}
-            notes.append(f"batch-1 calls go to {lname} {lsettings} ({gain}"
-                         + (")" if lname == name else f"; min cos to {name}: {agree})"))
+            notes.append(
+                f"batch-1 calls go to {lname} {lsettings} ({gain}"
+                + (")" if lname == name else f"; min cos to {name}: {agree})")
+            )
         else:
-            notes.append(f"batch-1 calls would be faster on {lname} ({gain}) but its vectors differ from {name}'s "
-                         f"(min cos {agree}, needs {INVARIANCE[tier]}); not routed (route=True forces it)")
-    return Selection(variant=name, source="profile", reason=reason, tier=tier, variant_tier=variant_tier(cands[name]),
-                     settings=dict(settings), profile=str(file), **sel)
+            notes.append(
+                f"batch-1 calls would be faster on {lname} ({gain}) but its vectors differ from {name}'s "
+                f"(min cos {agree}, needs {INVARIANCE[tier]}); not routed (route=True forces it)"
+            )
+    return Selection(
+        variant=name,
+        source="profile",
+        reason=reason,
+        tier=tier,
+        variant_tier=variant_tier(cands[name]),
+        settings=dict(settings),
+        profile=str(file),
+        **sel,
+    )
 
 
 def _agreement(prof: dict, a: str, b: str) -> float | None:
@@ -295,10 +329,20 @@ def _agreement(prof: dict, a: str, b: str) -> float | None:
 
 
 # ------------------------------------------------------------------ entry point
-def select_variant(variants: Mapping[str, Any], family: str, name: str | None = None,
-                   installed: set[str] | None = None, root: str | os.PathLike | None = None, tier: str | None = None,
-                   flags: set[str] | None = None, key: str | None = None, use_profile: bool = True,
-                   route: bool | None = None, where: str = "stedge.json", profile: dict | None = None) -> Selection:
+def select_variant(
+    variants: Mapping[str, Any],
+    family: str,
+    name: str | None = None,
+    installed: set[str] | None = None,
+    root: str | os.PathLike | None = None,
+    tier: str | None = None,
+    flags: set[str] | None = None,
+    key: str | None = None,
+    use_profile: bool = True,
+    route: bool | None = None,
+    where: str = "stedge.json",
+    profile: dict | None = None,
+) -> Selection:
     """Choose the variant to run (see the module docstring); ``root`` is the artifact folder (for profiles).
 
     ``flags``/``key`` default to this machine's CPU flags and machine key (tests pass fakes).
@@ -317,7 +361,8 @@ def select_variant(variants: Mapping[str, Any], family: str, name: str | None = 
     if not cands:
         raise DeviceError(
             f"{where}: no variant fits device {family!r} at tier {tier!r} with the installed engines "
-            f"({', '.join(sorted(installed)) or 'none'}): " + "; ".join(f"{n}: {why}" for n, why in excluded.items())
+            f"({', '.join(sorted(installed)) or 'none'}): "
+            + "; ".join(f"{n}: {why}" for n, why in excluded.items())
             + ". Pass tier='compressed', name a variant, or export one that fits"
         )
     notes: list[str] = []
@@ -327,19 +372,30 @@ def select_variant(variants: Mapping[str, Any], family: str, name: str | None = 
     if sel is None:
         best = sorted(cands, key=lambda n: rule_rank(n, cands[n], family, flags))[0]
         cls = machine.cpu_class(flags) if family == "cpu" else family
-        reason = (f"rule for this CPU ({cls} class; no tuning profile for this machine): "
-                  if family == "cpu" else f"rule for device {family}: ")
+        reason = (
+            f"rule for this CPU ({cls} class; no tuning profile for this machine): "
+            if family == "cpu"
+            else f"rule for device {family}: "
+        )
         reason += f"best {tier}-tier kind {variant_kind(best, cands[best])}"
         sel = Selection(variant=best, source="rule", reason=reason, tier=tier, variant_tier=variant_tier(cands[best]))
     if batch_invariance(cands[sel.variant]) is None:
         notes.append(f"{sel.variant}: batch invariance was not measured at export (an older stedge wrote it)")
-    return dataclasses.replace(sel, excluded=excluded, notes=tuple(notes),
-                               machine_key=sel.machine_key or (key if key else None))
+    return dataclasses.replace(
+        sel, excluded=excluded, notes=tuple(notes), machine_key=sel.machine_key or (key if key else None)
+    )
 
 
-def _profile_choice(root: Path, cands: dict[str, Any], tier: str, route: bool | None,
-                    excluded: dict[str, str], notes: list[str], key: str | None,
-                    prof: dict | None = None) -> Selection | None:
+def _profile_choice(
+    root: Path,
+    cands: dict[str, Any],
+    tier: str,
+    route: bool | None,
+    excluded: dict[str, str],
+    notes: list[str],
+    key: str | None,
+    prof: dict | None = None,
+) -> Selection | None:
     key = key or machine.machine_key()
     if prof is None:
         try:
@@ -359,17 +415,21 @@ def _profile_choice(root: Path, cands: dict[str, Any], tier: str, route: bool | 
     return dataclasses.replace(sel, machine_key=key)
 
 
-def _named(variants: Mapping[str, Any], name: str, family: str, tier: str, flags: set[str], installed: set[str],
-           where: str) -> Selection:
+def _named(
+    variants: Mapping[str, Any], name: str, family: str, tier: str, flags: set[str], installed: set[str], where: str
+) -> Selection:
     if name not in variants:
         raise ArtifactError(f"{where}: unknown variant {name!r}; this artifact has: {', '.join(variants)}")
     v = variants[name]
     if not fits(v, family):
-        raise ArtifactError(f"{where}: variant {name!r} ({_get(v, 'backend')}, devices {_get(v, 'devices')}) "
-                            f"does not run on device {family!r}; pick another variant or device")
+        raise ArtifactError(
+            f"{where}: variant {name!r} ({_get(v, 'backend')}, devices {_get(v, 'devices')}) "
+            f"does not run on device {family!r}; pick another variant or device"
+        )
     warn = []
     why = _why_not(name, v, family, installed | {_get(v, "backend")}, "compressed", flags)
     if why is not None:
         warn.append(f"variant {name!r} would not be chosen automatically: {why}")
-    return Selection(variant=name, source="named", reason="named by the caller", variant_tier=variant_tier(v),
-                     warnings=tuple(warn))
+    return Selection(
+        variant=name, source="named", reason="named by the caller", variant_tier=variant_tier(v), warnings=tuple(warn)
+    )

@@ -3,6 +3,7 @@
 The torch side (``stedge.models.similarity``) computes the same four functions on tensors, for
 training; a test holds the two equal.
 """
+
 from __future__ import annotations
 
 import numpy as np

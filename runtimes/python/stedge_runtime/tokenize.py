@@ -1,4 +1,5 @@
 """Tokenization with `tokenizers` and length-sorted batching under a token budget."""
+
 from __future__ import annotations
 
 import logging
@@ -62,7 +63,8 @@ class Tokenizer:
                         if not self._warned:
                             self._warned = True
                             logger.warning(
-                                "A text is longer than max_seq_length=%d tokens: it is truncated (this warning is shown once).",
+                                "A text is longer than max_seq_length=%d tokens: it is truncated (this warning is "
+                                "shown once).",
                                 self.max_length,
                             )
                     break

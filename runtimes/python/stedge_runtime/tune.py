@@ -8,6 +8,7 @@ inside a mixed batch, and how far the variants' vectors agree with each other (f
 calls). ``write_profile`` stores the result as ``tuning/<machine key>.json`` (stedge_runtime.profile),
 which ``Encoder.load`` reads (stedge_runtime.select). The `stedge tune` command wraps this with a table.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -19,9 +20,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import machine
+from .artifact import MANIFEST, Manifest
 from .engines import installed_backends
 from .errors import InputError, RuntimeStedgeError
-from .artifact import MANIFEST, Manifest
 from .profile import PROFILE_FORMAT
 from .samples import SHORT, passages
 from .select import fits, select_variant, variant_tier
@@ -82,8 +83,10 @@ class _Workloads:
             self.mixed = self.probe + self.passage[: 32 - len(self.probe)]
 
     def summary(self, count: Callable[[list], float]) -> dict[str, Any]:
-        return {"short": {"texts": len(self.short), "mean_tokens": count(self.short)},
-                "passage": {"texts": len(self.passage), "mean_tokens": count(self.passage)}}
+        return {
+            "short": {"texts": len(self.short), "mean_tokens": count(self.short)},
+            "passage": {"texts": len(self.passage), "mean_tokens": count(self.passage)},
+        }
 
 
 def _call(model: Any, task: str) -> Callable[[Any, int], np.ndarray]:
@@ -119,19 +122,25 @@ def measure(model: Any, work: _Workloads, batch_sizes: Sequence[int], seconds: f
     share = 0.7 * seconds / (2 * len(batch_sizes))
     for kind, items in (("short", work.short), ("passage", work.passage)):
         for bs in batch_sizes:
-            secs = _timed(lambda: run(items, bs), 1, share)
+            secs = _timed(lambda items=items, bs=bs: run(items, bs), 1, share)
             bulk[kind][str(bs)] = round(len(items) / statistics.median(secs), 2)
     lat.sort()
-    return {"batch1_ms_p50": round(statistics.median(lat), 4),
-            "batch1_ms_p90": round(lat[int(0.9 * (len(lat) - 1))], 4), "bulk": bulk}
+    return {
+        "batch1_ms_p50": round(statistics.median(lat), 4),
+        "batch1_ms_p90": round(lat[int(0.9 * (len(lat) - 1))], 4),
+        "bulk": bulk,
+    }
 
 
 def _probe(model: Any, work: _Workloads) -> tuple[np.ndarray, np.ndarray]:
     """Vectors of the probe texts alone (batch 1) and inside the mixed batch of 32."""
     run = _call(model, work.task)
     alone = np.stack([np.atleast_1d(run([t], 1)).reshape(-1) for t in work.probe])
-    batch = np.atleast_2d(run(work.mixed, 32))[: len(work.probe)] if work.task == "embedding" \
+    batch = (
+        np.atleast_2d(run(work.mixed, 32))[: len(work.probe)]
+        if work.task == "embedding"
         else run(work.mixed, 32)[: len(work.probe)].reshape(len(work.probe), -1)
+    )
     return alone, batch
 
 
@@ -158,9 +167,16 @@ def _task_of(root: Path) -> str:
     return Manifest.read(root).task
 
 
-def tune(path: str | Path, variants: Sequence[str] | None = None, threads: int | None = None, quick: bool = False,
-         budget_s: float | None = None, texts: Sequence[str] | None = None, batch_sizes: Sequence[int] = (32,),
-         progress: Progress | None = None) -> dict[str, Any]:
+def tune(
+    path: str | Path,
+    variants: Sequence[str] | None = None,
+    threads: int | None = None,
+    quick: bool = False,
+    budget_s: float | None = None,
+    texts: Sequence[str] | None = None,
+    batch_sizes: Sequence[int] = (32,),
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Time the artifact's CPU variants on this machine; returns the profile (write it with profile.write_profile).
 
     ``variants`` limits the set (default: every verified variant the installed engines run on the CPU);
@@ -175,26 +191,35 @@ def tune(path: str | Path, variants: Sequence[str] | None = None, threads: int |
     if variants:
         unknown = [v for v in variants if v not in todo and v not in skipped]
         if unknown:
-            raise InputError(f"{root}: no variant(s) {', '.join(unknown)}; "
-                             f"this artifact has: {', '.join([*todo, *skipped])}")
+            raise InputError(
+                f"{root}: no variant(s) {', '.join(unknown)}; this artifact has: {', '.join([*todo, *skipped])}"
+            )
         todo = {n: v for n, v in todo.items() if n in variants}
     if not todo:
-        raise RuntimeStedgeError(f"{root}: no variant to tune on this CPU: "
-                                 + "; ".join(f"{n}: {why}" for n, why in skipped.items()))
+        raise RuntimeStedgeError(
+            f"{root}: no variant to tune on this CPU: " + "; ".join(f"{n}: {why}" for n, why in skipped.items())
+        )
     bad = [b for b in batch_sizes if not isinstance(b, int) or b < 2]
     if bad:
-        raise InputError(f"bulk batch sizes must be integers >= 2 (batch 1 is always measured), "
-                         f"got {list(batch_sizes)}")
+        raise InputError(
+            f"bulk batch sizes must be integers >= 2 (batch 1 is always measured), got {list(batch_sizes)}"
+        )
     work = _Workloads(task, texts, quick)
     per_variant = (budget_s / len(todo)) if budget_s else (1.5 if quick else 4.0)
     cls = Reranker if task == "reranking" else Encoder
     cases = [(n, s) for n, v in todo.items() for s in settings_grid(v["backend"], threads, quick)]
     facts = machine.machine_facts()
     prof: dict[str, Any] = {
-        "format_version": PROFILE_FORMAT, "machine": {**facts, "key": machine.machine_key(facts)},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "runtime": _runtime_version(),
-        "task": task, "budget_s": round(per_variant * len(todo), 2), "quick": bool(quick),
-        "batch_sizes": [1, *batch_sizes], "variants": {}, "skipped": skipped,
+        "format_version": PROFILE_FORMAT,
+        "machine": {**facts, "key": machine.machine_key(facts)},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "runtime": _runtime_version(),
+        "task": task,
+        "budget_s": round(per_variant * len(todo), 2),
+        "quick": bool(quick),
+        "batch_sizes": [1, *batch_sizes],
+        "variants": {},
+        "skipped": skipped,
     }
     probes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     tok_count = None
@@ -229,7 +254,7 @@ def _agreement(probes: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, fl
     out = {}
     names = sorted(probes)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             (a1, ab), (b1, bb) = probes[a], probes[b]
             if a1.shape != b1.shape:
                 continue
@@ -257,8 +282,9 @@ def _runtime_version() -> str:
     return __version__
 
 
-def best_choices(root: str | Path, tiers: Sequence[str] = ("exact", "near", "compressed"),
-                 profile: dict[str, Any] | None = None) -> dict[str, Any]:
+def best_choices(
+    root: str | Path, tiers: Sequence[str] = ("exact", "near", "compressed"), profile: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """What Encoder.load would choose on this machine for each tier ({tier: Selection dict or error});
     ``profile`` replaces the profile on disk (a measured one not written yet)."""
     root = Path(root)
@@ -266,8 +292,16 @@ def best_choices(root: str | Path, tiers: Sequence[str] = ("exact", "near", "com
     out: dict[str, Any] = {}
     for tier in tiers:
         try:
-            out[tier] = select_variant(m.variants, "cpu", None, installed_backends(), root, tier=tier,
-                                       where=str(root / MANIFEST), profile=profile).to_dict()
+            out[tier] = select_variant(
+                m.variants,
+                "cpu",
+                None,
+                installed_backends(),
+                root,
+                tier=tier,
+                where=str(root / MANIFEST),
+                profile=profile,
+            ).to_dict()
         except RuntimeStedgeError as e:
             out[tier] = {"error": str(e)}
     return out

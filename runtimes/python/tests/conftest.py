@@ -1,4 +1,5 @@
 """Fixtures for the runtime tests: the shared ones from tests/conftest.py plus built artifacts."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -44,8 +45,11 @@ def tiny_artifact(tiny_model, tmp_path_factory) -> Path:
 def tiny_prompt_model(tmp_path_factory) -> Path:
     """Tiny encoder with prompts, a default prompt and include_prompt=False (prompt_length input)."""
     return make_tiny_bert(
-        tmp_path_factory.mktemp("tiny_prompt") / "model", prompts={"query": "query: ", "doc": "passage: "},
-        default_prompt_name="query", include_prompt=False, max_seq_length=16,
+        tmp_path_factory.mktemp("tiny_prompt") / "model",
+        prompts={"query": "query: ", "doc": "passage: "},
+        default_prompt_name="query",
+        include_prompt=False,
+        max_seq_length=16,
     )
 
 

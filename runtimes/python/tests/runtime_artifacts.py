@@ -1,5 +1,6 @@
 """Artifacts for the runtime tests, written by the one exporter (stedge.export.export_model), so
 the runtime is tested against real exporter output."""
+
 from __future__ import annotations
 
 from pathlib import Path

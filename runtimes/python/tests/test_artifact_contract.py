@@ -1,5 +1,6 @@
 """The artifact contract (stedge_runtime.artifact): one validation for reading and writing, naming,
 variant files, paths kept inside the artifact, and integrity checks."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from stedge_runtime import ArtifactError, Encoder
 from stedge_runtime.artifact import (
     FORMAT_VERSION,
@@ -49,20 +49,25 @@ def test_round_trip_keeps_every_field_and_unknown_ones(art, tmp_path):
     assert Manifest.from_dict(json.loads(json.dumps(m.to_dict()))) == m
 
 
-@pytest.mark.parametrize("edit,match", [
-    (lambda m: m.update(format_version=FORMAT_VERSION + 1), "newer than this stedge_runtime reads"),
-    (lambda m: m.pop("format_version"), "field 'format_version' is '<missing>'"),
-    (lambda m: m.update(max_seq_length="256"), "field 'max_seq_length' is '256', expected an integer"),
-    (lambda m: m.update(do_lower_case=1), "field 'do_lower_case' is 1, expected true or false"),
-    (lambda m: m.update(dimension=True), "field 'dimension' is True"),
-    (lambda m: m.pop("dimension"), "field 'dimension' is '<missing>'"),
-    (lambda m: m["variants"]["onnx-fp32"].update(precision="fp64"), "variants.onnx-fp32.precision"),
-    (lambda m: m["variants"]["onnx-fp32"].update(devices="cpu"), "variants.onnx-fp32.devices"),
-    (lambda m: m["variants"]["onnx-fp32"].update(verification={"passed": "yes"}),
-     "variants.onnx-fp32.verification.passed"),
-    (lambda m: m.update(default_variant="onnx-fp64"), "field 'default_variant'"),
-    (lambda m: m.update(task="generation"), "field 'task'"),
-])
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda m: m.update(format_version=FORMAT_VERSION + 1), "newer than this stedge_runtime reads"),
+        (lambda m: m.pop("format_version"), "field 'format_version' is '<missing>'"),
+        (lambda m: m.update(max_seq_length="256"), "field 'max_seq_length' is '256', expected an integer"),
+        (lambda m: m.update(do_lower_case=1), "field 'do_lower_case' is 1, expected true or false"),
+        (lambda m: m.update(dimension=True), "field 'dimension' is True"),
+        (lambda m: m.pop("dimension"), "field 'dimension' is '<missing>'"),
+        (lambda m: m["variants"]["onnx-fp32"].update(precision="fp64"), "variants.onnx-fp32.precision"),
+        (lambda m: m["variants"]["onnx-fp32"].update(devices="cpu"), "variants.onnx-fp32.devices"),
+        (
+            lambda m: m["variants"]["onnx-fp32"].update(verification={"passed": "yes"}),
+            "variants.onnx-fp32.verification.passed",
+        ),
+        (lambda m: m.update(default_variant="onnx-fp64"), "field 'default_variant'"),
+        (lambda m: m.update(task="generation"), "field 'task'"),
+    ],
+)
 def test_bad_fields_are_named_when_reading_and_writing(art, tmp_path, edit, match):
     raw = _raw(art)
     edit(raw)
@@ -104,8 +109,10 @@ def test_files_of_a_variant(art):
     assert Manifest.from_dict(raw).variants["onnx-fp32"].files() == ["onnx/model.onnx", "onnx/model.onnx_data"]
 
 
-@pytest.mark.parametrize("field,value", [("file", "../../etc/passwd"), ("file", "/etc/passwd"),
-                                         ("tokenizer", "../tokenizer.json"), ("sha256key", "../x")])
+@pytest.mark.parametrize(
+    "field,value",
+    [("file", "../../etc/passwd"), ("file", "/etc/passwd"), ("tokenizer", "../tokenizer.json"), ("sha256key", "../x")],
+)
 def test_paths_must_stay_inside(art, field, value):
     raw = _raw(art)
     v = raw["variants"]["onnx-fp32"]

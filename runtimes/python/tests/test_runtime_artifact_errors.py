@@ -1,4 +1,5 @@
 """Broken artifacts, unknown variants, unavailable devices and the variant choice rule."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from stedge_runtime import ArtifactError, DeviceError, Encoder, Reranker, RuntimeStedgeError
 from stedge_runtime.artifact import Manifest, choose_variant
 
@@ -46,13 +46,18 @@ def test_wrong_task(tiny_artifact):
         Reranker.load(tiny_artifact)
 
 
-@pytest.mark.parametrize("variant,file", [("onnx-fp32", "onnx/model.onnx"), ("openvino-fp32", "openvino/openvino_model.bin")])
+@pytest.mark.parametrize(
+    "variant,file", [("onnx-fp32", "onnx/model.onnx"), ("openvino-fp32", "openvino/openvino_model.bin")]
+)
 def test_sha256_mismatch(art, variant, file):
     Encoder.load(art, variant=variant)  # hashes and caches the good file
     with open(art / file, "ab") as f:
         f.write(b"\0")
-    with pytest.raises(ArtifactError, match=rf"{file}: (sha256 .* does not match|.* more than all files of) "
-                                            rf"stedge.json variants.{variant}.sha256"):
+    with pytest.raises(
+        ArtifactError,
+        match=rf"{file}: (sha256 .* does not match|.* more than all files of) "
+        rf"stedge.json variants.{variant}.sha256",
+    ):
         Encoder.load(art, variant=variant)
 
 
@@ -139,13 +144,20 @@ def test_openvino_auto_and_options(tiny_artifact, tmp_path):
 
 
 def _m(default=None, **variants) -> Manifest:
-    return Manifest.from_dict({"format_version": 1, "task": "embedding", "dimension": 4, "variants": variants,
-                               "default_variant": default})
+    return Manifest.from_dict(
+        {"format_version": 1, "task": "embedding", "dimension": 4, "variants": variants, "default_variant": default}
+    )
 
 
 def _v(backend, precision, devices, passed=True, opt=None) -> dict:
-    return {"file": "f", "backend": backend, "precision": precision, "devices": devices, "optimization": opt,
-            "verification": {"passed": passed, "min_cosine": 1.0 if precision == "fp32" else 0.995}}
+    return {
+        "file": "f",
+        "backend": backend,
+        "precision": precision,
+        "devices": devices,
+        "optimization": opt,
+        "verification": {"passed": passed, "min_cosine": 1.0 if precision == "fp32" else 0.995},
+    }
 
 
 def test_variant_choice_rule(tmp_path):
@@ -159,13 +171,13 @@ def test_variant_choice_rule(tmp_path):
         "openvino-int8-static": _v("openvino", "int8", ["cpu", "gpu", "npu"]),
     }
     m = _m(**variants)
-    assert choose_variant(m, "cpu", None, onnx, tmp_path) == "onnx-fp32-O3"      # int8 failed its check
+    assert choose_variant(m, "cpu", None, onnx, tmp_path) == "onnx-fp32-O3"  # int8 failed its check
     assert choose_variant(m, "cpu", None, both, tmp_path) == "openvino-int8-static"  # int8 that passed wins on CPU
     assert choose_variant(m, "cuda", None, onnx, tmp_path) == "onnx-fp16-O4"
     assert choose_variant(m, "gpu", None, both, tmp_path) == "openvino-int8-static"
     m = _m(default="onnx-fp32", **variants)
     assert choose_variant(m, "cpu", None, both, tmp_path) == "openvino-int8-static"  # default_variant plays no part
-    assert choose_variant(m, "cuda", None, onnx, tmp_path) == "onnx-fp16-O4"     # the default is for the CPU
+    assert choose_variant(m, "cuda", None, onnx, tmp_path) == "onnx-fp16-O4"  # the default is for the CPU
     with pytest.raises(DeviceError, match="no variant fits device 'gpu'"):
         choose_variant(m, "gpu", None, onnx, tmp_path)
     with pytest.raises(ArtifactError, match="variant 'onnx-int8' .* does not run on device 'cuda'"):

@@ -1,11 +1,11 @@
 """Encoder on tiny artifacts: parity with the torch encoder, batching, prompts, bad input."""
+
 from __future__ import annotations
 
 import logging
 
 import numpy as np
 import pytest
-
 from stedge_runtime import Encoder, InputError, is_artifact
 
 TEXTS = [
@@ -42,7 +42,11 @@ def test_properties_and_default_variant(tiny_artifact, torch_tiny):
     assert enc.dimension == enc.get_sentence_embedding_dimension() == torch_tiny.get_sentence_embedding_dimension()
     assert enc.max_seq_length == torch_tiny.max_seq_length
     assert enc.prompts == {} and enc.manifest.task == "embedding"
-    assert is_artifact(tiny_artifact) and not is_artifact(tiny_artifact / "onnx") and not is_artifact(tiny_artifact / "nope")
+    assert (
+        is_artifact(tiny_artifact)
+        and not is_artifact(tiny_artifact / "onnx")
+        and not is_artifact(tiny_artifact / "nope")
+    )
 
 
 def test_order_batches_and_token_budget(tiny_artifact):
@@ -93,11 +97,14 @@ def test_normalize_and_similarity(tiny_artifact, torch_tiny):
     np.testing.assert_allclose(enc.similarity(a, b), torch_tiny.similarity(a, b), atol=1e-5)
     np.testing.assert_allclose(enc.similarity_pairwise(a, b), torch_tiny.similarity_pairwise(a, b), atol=1e-5)
     from stedge_runtime.similarity import similarity_matrix
+
     from stedge.models.similarity import get_similarity
 
     for name in ("cosine", "dot", "euclidean", "manhattan"):  # one numpy implementation, equal to the torch one
         np.testing.assert_allclose(similarity_matrix(name, a, b), get_similarity(name)(a, b).numpy(), atol=1e-4)
-        np.testing.assert_allclose(similarity_matrix(name, a, b, pairwise=True), get_similarity(name, True)(a, b).numpy(), atol=1e-4)
+        np.testing.assert_allclose(
+            similarity_matrix(name, a, b, pairwise=True), get_similarity(name, True)(a, b).numpy(), atol=1e-4
+        )
     with pytest.raises(InputError, match="equally shaped"):
         enc.similarity_pairwise(a, b[:2])
 

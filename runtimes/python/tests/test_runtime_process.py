@@ -1,4 +1,5 @@
 """Threads, memory over many calls, and the torch-free import (both in subprocesses)."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-
 from stedge_runtime import Encoder, Reranker
 
 
@@ -81,7 +81,8 @@ from stedge_runtime import Encoder, Reranker
 e = Encoder.load(sys.argv[1], variant=sys.argv[3])
 e.encode(["hi", ""]); e.similarity(e.encode(["a"]), e.encode(["b"]))
 Reranker.load(sys.argv[2], variant=sys.argv[3]).rank("q", ["a", "b"])
-print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "sentence_transformers"))))
+heavy = ("torch", "transformers", "sentence_transformers")
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in heavy)))
 """
 
 

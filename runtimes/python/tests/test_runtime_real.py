@@ -1,9 +1,8 @@
 """The fp32 artifact of the bundled all-MiniLM-L6-v2 against PyTorch on STS-B test sentences."""
+
 from __future__ import annotations
 
-import numpy as np
 import pytest
-
 from stedge_runtime import Encoder
 
 
@@ -18,4 +17,3 @@ def test_minilm_matches_torch(minilm_artifact, minilm_path, stsb_test):
     ref = SentenceTransformer(str(minilm_path), device="cpu").encode(texts, batch_size=32, convert_to_numpy=True)
     cos = enc.similarity_pairwise(got, ref)
     assert cos.min() >= 0.9999, cos.min()
-

@@ -1,9 +1,9 @@
 """Reranker on a tiny cross-encoder artifact: parity with the torch CrossEncoder, ranking, bad input."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from stedge_runtime import Reranker
 
 PAIRS = [

@@ -1,4 +1,5 @@
 """Variant selection: tiers, batch invariance, tuning profiles (this machine vs another), routing, --add."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from stedge_runtime import Encoder, machine
 from stedge_runtime.errors import ArtifactError, DeviceError
 from stedge_runtime.profile import PROFILE_FORMAT, list_profiles, profile_file, read_profile, write_profile
@@ -21,12 +21,25 @@ BOTH = {"onnx", "openvino"}
 
 
 def _v(backend, precision, tier, inv, name="", **extra) -> dict:
-    ver = {"passed": tier is not None, "min_cosine": 0.9999 if tier == "exact" else 0.99, "tier": tier,
-           "batch_invariance_min_cos": inv}
+    ver = {
+        "passed": tier is not None,
+        "min_cosine": 0.9999 if tier == "exact" else 0.99,
+        "tier": tier,
+        "batch_invariance_min_cos": inv,
+    }
     q = {"method": "dynamic", "isa": "avx2"} if precision == "int8" else None
     q = {"method": "static"} if "static" in name else q
-    return {"file": "f", "backend": backend, "precision": precision, "devices": ["cpu"], "optimization": None,
-            "quantization": q, "verification": ver, "sha256": f"hash-{name}", **extra}
+    return {
+        "file": "f",
+        "backend": backend,
+        "precision": precision,
+        "devices": ["cpu"],
+        "optimization": None,
+        "quantization": q,
+        "verification": ver,
+        "sha256": f"hash-{name}",
+        **extra,
+    }
 
 
 def _variants() -> dict:
@@ -35,8 +48,15 @@ def _variants() -> dict:
         "openvino-fp32": _v("openvino", "fp32", "exact", 1.0, "openvino-fp32"),
         "onnx-int8-static": _v("onnx", "int8", "near", 0.9999, "onnx-int8-static"),
         "onnx-int8-avx2": _v("onnx", "int8", "compressed", 0.984, "onnx-int8-avx2"),
-        "openvino-bf16": _v("openvino", "bf16", "near", 0.9998, "openvino-bf16",
-                            cpu_flags_any=["avx512_bf16", "amx_bf16"], engine_options={"inference_precision": "bf16"}),
+        "openvino-bf16": _v(
+            "openvino",
+            "bf16",
+            "near",
+            0.9998,
+            "openvino-bf16",
+            cpu_flags_any=["avx512_bf16", "amx_bf16"],
+            engine_options={"inference_precision": "bf16"},
+        ),
     }
 
 
@@ -47,14 +67,14 @@ def _sel(variants, tmp_path, flags, tier="near", key="machine-a", **kw):
 # ------------------------------------------------------------------ tiers and the rule without a profile
 def test_tier_filtering_and_rule_by_cpu(tmp_path):
     vs = _variants()
-    assert _sel(vs, tmp_path, PLAIN, "exact").variant == "onnx-fp32"            # only fp32 is exact; ONNX first
-    assert _sel(vs, tmp_path, PLAIN, "near").variant == "onnx-int8-static"      # bf16 needs avx512_bf16/AMX
-    assert _sel(vs, tmp_path, ZEN4, "near").variant == "onnx-int8-static"       # int8 before bf16 without AMX
+    assert _sel(vs, tmp_path, PLAIN, "exact").variant == "onnx-fp32"  # only fp32 is exact; ONNX first
+    assert _sel(vs, tmp_path, PLAIN, "near").variant == "onnx-int8-static"  # bf16 needs avx512_bf16/AMX
+    assert _sel(vs, tmp_path, ZEN4, "near").variant == "onnx-int8-static"  # int8 before bf16 without AMX
     amx = _sel(vs, tmp_path, AMX, "near")
     assert (amx.variant, amx.source, amx.variant_tier) == ("openvino-bf16", "rule", "near")
     assert "amx" in amx.reason
     comp = _sel(vs, tmp_path, PLAIN, "compressed")
-    assert comp.variant == "onnx-int8-static"                                   # dynamic int8 is not batch-invariant
+    assert comp.variant == "onnx-int8-static"  # dynamic int8 is not batch-invariant
     assert "not batch-invariant" in comp.excluded["onnx-int8-avx2"]
     assert "avx512_bf16" in _sel(vs, tmp_path, PLAIN).excluded["openvino-bf16"]
     assert "below the requested exact" in _sel(vs, tmp_path, PLAIN, "exact").excluded["onnx-int8-static"]
@@ -71,14 +91,22 @@ def test_nothing_eligible_names_every_reason(tmp_path):
 def test_old_manifests_derive_tiers_and_refuse_unmeasured_dynamic_int8(tmp_path):
     old = {
         "onnx-fp32": {"backend": "onnx", "precision": "fp32", "verification": {"passed": True, "min_cosine": 1.0}},
-        "onnx-int8-avx512_vnni": {"backend": "onnx", "precision": "int8", "quantization": {"method": "dynamic"},
-                                  "verification": {"passed": True, "min_cosine": 0.96}},
-        "openvino-int8-weights": {"backend": "openvino", "precision": "int8", "quantization": {"method": "weights"},
-                                  "verification": {"passed": True, "min_cosine": 0.997}},
+        "onnx-int8-avx512_vnni": {
+            "backend": "onnx",
+            "precision": "int8",
+            "quantization": {"method": "dynamic"},
+            "verification": {"passed": True, "min_cosine": 0.96},
+        },
+        "openvino-int8-weights": {
+            "backend": "openvino",
+            "precision": "int8",
+            "quantization": {"method": "weights"},
+            "verification": {"passed": True, "min_cosine": 0.997},
+        },
     }
     assert [variant_tier(v) for v in old.values()] == ["exact", "compressed", "near"]
     sel = _sel(old, tmp_path, ZEN4, "compressed")
-    assert sel.variant == "onnx-fp32"   # weight-only int8 ranks after fp32 in the rule
+    assert sel.variant == "onnx-fp32"  # weight-only int8 ranks after fp32 in the rule
     assert "activations per batch" in sel.excluded["onnx-int8-avx512_vnni"]
     assert any("not measured at export" in n for n in sel.notes)
 
@@ -95,7 +123,7 @@ def test_default_variant_and_add_order_play_no_part(tmp_path):
     vs = _variants()
     before = _sel(vs, tmp_path, ZEN4).variant
     added = {**vs, "onnx-fp32-O3": {**_v("onnx", "fp32", "exact", 1.0, "onnx-fp32-O3"), "optimization": "O3"}}
-    assert _sel(added, tmp_path, ZEN4).variant == before                       # a lower-ranked --add keeps the choice
+    assert _sel(added, tmp_path, ZEN4).variant == before  # a lower-ranked --add keeps the choice
     reordered = dict(reversed(list(vs.items())))
     assert _sel(reordered, tmp_path, ZEN4).variant == before
 
@@ -104,18 +132,31 @@ def test_default_variant_and_add_order_play_no_part(tmp_path):
 def _profile(key: str, runs: dict, agreement: dict | None = None, sha: dict | None = None) -> dict:
     variants = {}
     for name, (p50, short, passage) in runs.items():
-        variants[name] = {"status": "ok", "sha256": (sha or {}).get(name, f"hash-{name}"),
-                          "batch_invariance_min_cos": 1.0,
-                          "runs": [{"settings": {"threads": 2}, "batch1_ms_p50": p50,
-                                    "bulk": {"short": {"32": short}, "passage": {"32": passage}}}]}
-    return {"format_version": PROFILE_FORMAT, "machine": {"key": key, "cpu": "fake"}, "variants": variants,
-            "agreement": agreement or {}}
+        variants[name] = {
+            "status": "ok",
+            "sha256": (sha or {}).get(name, f"hash-{name}"),
+            "batch_invariance_min_cos": 1.0,
+            "runs": [
+                {
+                    "settings": {"threads": 2},
+                    "batch1_ms_p50": p50,
+                    "bulk": {"short": {"32": short}, "passage": {"32": passage}},
+                }
+            ],
+        }
+    return {
+        "format_version": PROFILE_FORMAT,
+        "machine": {"key": key, "cpu": "fake"},
+        "variants": variants,
+        "agreement": agreement or {},
+    }
 
 
 def test_profile_written_read_and_ignored_on_another_machine(tmp_path):
     vs = _variants()
-    prof = _profile("machine-a", {"openvino-fp32": (3.0, 900, 90), "onnx-fp32": (2.0, 500, 50),
-                                  "onnx-int8-static": (1.0, 800, 60)})
+    prof = _profile(
+        "machine-a", {"openvino-fp32": (3.0, 900, 90), "onnx-fp32": (2.0, 500, 50), "onnx-int8-static": (1.0, 800, 60)}
+    )
     file = write_profile(tmp_path, prof)
     assert file == profile_file(tmp_path, "machine-a") and not list(file.parent.glob(".*tmp"))
     assert read_profile(tmp_path, "machine-a") == prof and read_profile(tmp_path, "machine-b") is None
@@ -123,7 +164,7 @@ def test_profile_written_read_and_ignored_on_another_machine(tmp_path):
     here = _sel(vs, tmp_path, ZEN4, "exact")
     assert (here.variant, here.source, here.settings) == ("openvino-fp32", "profile", {"threads": 2})
     assert here.profile == str(file) and here.machine_key == "machine-a"
-    near = _sel(vs, tmp_path, ZEN4, "near")   # the fastest in bulk among exact+near variants
+    near = _sel(vs, tmp_path, ZEN4, "near")  # the fastest in bulk among exact+near variants
     assert near.variant == "openvino-fp32"
     other = _sel(vs, tmp_path, ZEN4, "exact", key="machine-b")
     assert (other.variant, other.source) == ("onnx-fp32", "rule")
@@ -138,7 +179,7 @@ def test_profile_file_checks(tmp_path):
     profile_file(tmp_path, "machine-c").write_text(json.dumps({"format_version": 99, "machine": {}, "variants": {}}))
     with pytest.raises(ArtifactError, match="format_version 99 is newer"):
         read_profile(tmp_path, "machine-c")
-    sel = _sel(_variants(), tmp_path, PLAIN, "exact", key="machine-c")          # a broken profile: the rule decides
+    sel = _sel(_variants(), tmp_path, PLAIN, "exact", key="machine-c")  # a broken profile: the rule decides
     assert sel.source == "rule" and any("tuning profile ignored" in n for n in sel.notes)
 
 
@@ -182,7 +223,7 @@ def test_machine_key_and_cpu_class(monkeypatch):
     key = machine.machine_key(facts)
     assert key == machine.machine_key(facts) and key.startswith(machine.slug(facts["cpu"], 32))
     other = dict(facts, engines={**facts["engines"], "onnxruntime": "0.0.1"})
-    assert machine.machine_key(other) != key                     # an engine upgrade is another machine
+    assert machine.machine_key(other) != key  # an engine upgrade is another machine
     assert machine.cpu_class(AMX) == "amx" and machine.cpu_class(ZEN4) == "avx512_bf16"
     assert machine.cpu_class({"avx2", "avx_vnni"}) == "vnni"
     monkeypatch.setattr(machine.platform, "machine", lambda: "x86_64")
@@ -260,21 +301,26 @@ def test_tune_a_reranker(tiny_ce_artifact, tmp_path):
 
 def test_batch1_calls_run_on_the_latency_variant(own_artifact):
     m = json.loads((own_artifact / "stedge.json").read_text())
-    prof = _profile(machine.machine_key(), {"openvino-fp32": (3.0, 900, 90), "onnx-fp32": (1.0, 500, 50)},
-                    {"onnx-fp32|openvino-fp32": 0.99999},
-                    sha={n: v["sha256"] for n, v in m["variants"].items()})
+    prof = _profile(
+        machine.machine_key(),
+        {"openvino-fp32": (3.0, 900, 90), "onnx-fp32": (1.0, 500, 50)},
+        {"onnx-fp32|openvino-fp32": 0.99999},
+        sha={n: v["sha256"] for n, v in m["variants"].items()},
+    )
     write_profile(own_artifact, prof)
     enc = Encoder.load(own_artifact, tier="exact")
     assert (enc.variant, enc.selection.latency_variant) == ("openvino-fp32", "onnx-fp32")
     calls = {"latency": 0, "bulk": 0}
     for which, engine in (("latency", enc._latency_engine), ("bulk", enc._engine)):
+
         def counted(feeds, output, _run=engine.run, _which=which):
             calls[_which] += 1
             return _run(feeds, output)
+
         engine.run = counted
     single = enc.encode("one query")
     enc.encode(["a", "b", "c"], batch_size=1)
     assert calls == {"latency": 4, "bulk": 0}
     bulk = enc.encode(["one query", "a longer document text", "c"], batch_size=8)
     assert calls["bulk"] == 1
-    np.testing.assert_allclose(single, bulk[0], atol=1e-5)   # fp32 on both engines: the same vector
+    np.testing.assert_allclose(single, bulk[0], atol=1e-5)  # fp32 on both engines: the same vector

@@ -4,6 +4,7 @@ Every loss is ``Loss(model, **params)`` (a torch module) whose ``forward(sentenc
 returns a scalar; ``min_inputs``/``max_inputs``/``needs_label`` say what data it takes and
 ``get_config_dict()`` what goes into the model card.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -23,9 +24,22 @@ from .softmax import SoftmaxLoss
 from .triplet import TripletLoss
 
 __all__ = [
-    "Loss", "LOSSES", "get_loss", "build_loss", "loss_names", "shrink",
-    "MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss", "CoSENTLoss", "AnglELoss",
-    "CosineSimilarityLoss", "SoftmaxLoss", "TripletLoss", "ContrastiveLoss", "MSELoss", "MarginMSELoss",
+    "Loss",
+    "LOSSES",
+    "get_loss",
+    "build_loss",
+    "loss_names",
+    "shrink",
+    "MultipleNegativesRankingLoss",
+    "CachedMultipleNegativesRankingLoss",
+    "CoSENTLoss",
+    "AnglELoss",
+    "CosineSimilarityLoss",
+    "SoftmaxLoss",
+    "TripletLoss",
+    "ContrastiveLoss",
+    "MSELoss",
+    "MarginMSELoss",
     "MatryoshkaLoss",
 ]
 
@@ -51,8 +65,14 @@ def _key(name: str) -> str:
 
 
 _LOOKUP = {_key(k): v for k, v in LOSSES.items()}
-_LOOKUP.update({"multiple-negatives-ranking": MultipleNegativesRankingLoss, "cosine-similarity": CosineSimilarityLoss,
-                "cached-multiple-negatives-ranking": CachedMultipleNegativesRankingLoss, "cmnrl": CachedMultipleNegativesRankingLoss})
+_LOOKUP.update(
+    {
+        "multiple-negatives-ranking": MultipleNegativesRankingLoss,
+        "cosine-similarity": CosineSimilarityLoss,
+        "cached-multiple-negatives-ranking": CachedMultipleNegativesRankingLoss,
+        "cmnrl": CachedMultipleNegativesRankingLoss,
+    }
+)
 
 
 def loss_names() -> list[str]:

@@ -1,4 +1,5 @@
 """AnglELoss: CoSENT over the angle difference of the embeddings seen as complex vectors (AnglE)."""
+
 from __future__ import annotations
 
 from typing import Any, Callable

@@ -1,4 +1,5 @@
 """The base class every stedge loss builds on: column checks, embedding, config for the model card."""
+
 from __future__ import annotations
 
 from typing import Any, Iterable

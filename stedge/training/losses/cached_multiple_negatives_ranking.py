@@ -10,6 +10,7 @@
 The gradients equal MultipleNegativesRankingLoss's on the whole batch; memory grows with
 ``mini_batch_size`` instead of the batch size.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -31,7 +32,9 @@ class RandContext:
 
     def __init__(self) -> None:
         self.cpu_state = torch.get_rng_state()
-        self.cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        self.cuda_states = (
+            torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        )
 
     @contextmanager
     def replay(self) -> Iterator[None]:
@@ -69,7 +72,9 @@ class CachedMultipleNegativesRankingLoss(Loss):
         if scale <= 0:
             raise StedgeError(f"CachedMultipleNegativesRankingLoss: scale must be > 0, got {scale}")
         if int(mini_batch_size) < 1:
-            raise StedgeError(f"CachedMultipleNegativesRankingLoss: mini_batch_size must be >= 1, got {mini_batch_size}")
+            raise StedgeError(
+                f"CachedMultipleNegativesRankingLoss: mini_batch_size must be >= 1, got {mini_batch_size}"
+            )
         self.scale = float(scale)
         self.similarity_fn_name = check_similarity_fn_name(similarity_fn_name)
         self.mini_batch_size = int(mini_batch_size)
@@ -89,7 +94,10 @@ class CachedMultipleNegativesRankingLoss(Loss):
         return reps, states
 
     def forward(
-        self, sentence_features: list[dict[str, Tensor]], labels: Tensor | None = None, embedding_loss: EmbeddingLoss | None = None
+        self,
+        sentence_features: list[dict[str, Tensor]],
+        labels: Tensor | None = None,
+        embedding_loss: EmbeddingLoss | None = None,
     ) -> Tensor:
         """The loss; its backward runs the cached mini-batch backward passes.
 

@@ -1,4 +1,5 @@
 """ContrastiveLoss: pull similar pairs (label 1) together, push dissimilar ones (label 0) beyond a margin."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,7 +17,9 @@ class ContrastiveLoss(Loss):
     max_inputs = 2
     needs_label = True
 
-    def __init__(self, model: nn.Module, distance_metric: str = "cosine", margin: float = 0.5, size_average: bool = True) -> None:
+    def __init__(
+        self, model: nn.Module, distance_metric: str = "cosine", margin: float = 0.5, size_average: bool = True
+    ) -> None:
         super().__init__(model)
         self.distance = get_distance(distance_metric, "ContrastiveLoss")
         self.distance_metric = distance_metric

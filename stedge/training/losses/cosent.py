@@ -1,4 +1,5 @@
 """CoSENTLoss: a pairwise ranking loss on (sentence1, sentence2, score) rows."""
+
 from __future__ import annotations
 
 from typing import Any, Callable

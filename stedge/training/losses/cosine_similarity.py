@@ -1,4 +1,5 @@
 """CosineSimilarityLoss: regress the cosine similarity of a pair onto its gold score."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """MarginMSELoss: match the student's margin sim(q, pos) - sim(q, neg) to the teacher's margin."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,10 +1,10 @@
 """MatryoshkaLoss: train so that the first d dimensions of each embedding work on their own."""
+
 from __future__ import annotations
 
 import random
 from typing import Any, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from ...errors import StedgeError
@@ -37,7 +37,9 @@ class MatryoshkaLoss(Loss):
         if isinstance(loss, MatryoshkaLoss):
             raise StedgeError("MatryoshkaLoss cannot wrap another MatryoshkaLoss")
         if not hasattr(loss, "compute_loss_from_embeddings"):
-            raise StedgeError(f"MatryoshkaLoss needs a loss with compute_loss_from_embeddings, got {type(loss).__name__}")
+            raise StedgeError(
+                f"MatryoshkaLoss needs a loss with compute_loss_from_embeddings, got {type(loss).__name__}"
+            )
         dims = [int(d) for d in matryoshka_dims]
         if not dims or any(d <= 0 for d in dims):
             raise StedgeError(f"MatryoshkaLoss: matryoshka_dims must be positive integers, got {list(matryoshka_dims)}")

@@ -1,4 +1,5 @@
 """MSELoss: distillation, the student embedding regresses onto the teacher embedding given as label."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -34,7 +35,8 @@ class MSELoss(Loss):
         for student, teacher in zip(embeddings, targets):
             if student.shape != teacher.shape:
                 raise StedgeError(
-                    f"MSELoss: student embeddings {tuple(student.shape)} and teacher embeddings {tuple(teacher.shape)} differ in shape"
+                    f"MSELoss: student embeddings {tuple(student.shape)} and teacher embeddings "
+                    f"{tuple(teacher.shape)} differ in shape"
                 )
             losses.append(nn.functional.mse_loss(student, teacher.to(student.device, student.dtype)))
         return torch.stack(losses).mean()

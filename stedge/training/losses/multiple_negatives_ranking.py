@@ -1,4 +1,5 @@
 """MultipleNegativesRankingLoss: InfoNCE with in-batch negatives (and hard negatives from extra columns)."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """SoftmaxLoss: a linear classifier over (u, v, |u - v|) trained with cross-entropy (NLI-style)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -35,7 +36,9 @@ class SoftmaxLoss(Loss):
             embedding_dimension = model.get_sentence_embedding_dimension()
         n = 2 * concatenation_sent_rep + concatenation_sent_difference + concatenation_sent_multiplication
         if n == 0:
-            raise StedgeError("SoftmaxLoss: enable at least one of concatenation_sent_rep, _difference, _multiplication")
+            raise StedgeError(
+                "SoftmaxLoss: enable at least one of concatenation_sent_rep, _difference, _multiplication"
+            )
         self.num_labels = int(num_labels)
         self.embedding_dimension = int(embedding_dimension)
         self.concatenation_sent_rep = concatenation_sent_rep
@@ -62,7 +65,8 @@ class SoftmaxLoss(Loss):
         target = labels.to(a.device).view(-1).long()
         if target.numel() and (target.min() < 0 or target.max() >= self.num_labels):
             raise StedgeError(
-                f"SoftmaxLoss: labels must be class ids 0..{self.num_labels - 1}, found {int(target.min())}..{int(target.max())}"
+                f"SoftmaxLoss: labels must be class ids 0..{self.num_labels - 1}, found "
+                f"{int(target.min())}..{int(target.max())}"
             )
         return nn.functional.cross_entropy(self.logits(a, b), target)
 

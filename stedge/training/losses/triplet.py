@@ -1,4 +1,5 @@
 """TripletLoss: the anchor must be closer to the positive than to the negative by a margin."""
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -34,7 +35,9 @@ class TripletLoss(Loss):
     max_inputs = 3
     needs_label = False
 
-    def __init__(self, model: nn.Module, distance_metric: str = "euclidean", triplet_margin: float | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, distance_metric: str = "euclidean", triplet_margin: float | None = None
+    ) -> None:
         super().__init__(model)
         self.distance = get_distance(distance_metric, "TripletLoss")
         self.distance_metric = distance_metric
