@@ -478,10 +478,10 @@ class STPeer(Subject):
                 return self._peer_device_problem(pr, fam)
             return _cuda_problem(self.device) or _ort_provider_problem(self.device)
         if self.backend == "openvino":
+            if fam != "cpu":  # whatever is installed: the device rules it out first
+                return "the OpenVINO peer is measured on the CPU only"
             if pr is None and not _have("optimum.intel"):
                 return "sentence-transformers' OpenVINO backend needs optimum-intel"
-            if fam != "cpu":
-                return "the OpenVINO peer is measured on the CPU only"
             return None
         if self.precision == "fp16" and fam == "cpu":
             return "fp16 needs a GPU"
