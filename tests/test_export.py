@@ -21,7 +21,7 @@ TEXTS = [
 
 
 def _graph_vs_torch(model_dir: Path, tmp: Path, prompt: str | None = None) -> float:
-    from stedge.export.onnx import export_onnx, graph_io
+    from stedge.export.onnx_graph import export_onnx, graph_io
     from stedge.export.verify import Runner, graph_embed
     from stedge.models import SentenceEncoder
 
@@ -41,7 +41,7 @@ def test_every_pooling_mode_in_graph_matches_torch(pooling, tmp_path):
 
 
 def test_dense_and_prompt_length_input(tmp_path):
-    from stedge.export.onnx import graph_io
+    from stedge.export.onnx_graph import graph_io
 
     model = make_tiny_bert(
         tmp_path / "model", dense=16, include_prompt=False, prompts={"query": "query: "}, default_prompt_name="query"
@@ -54,7 +54,7 @@ def test_dense_and_prompt_length_input(tmp_path):
 def test_token_type_ids_only_when_used(tmp_path):
     from transformers import BertConfig
 
-    from stedge.export.onnx import export_onnx
+    from stedge.export.onnx_graph import export_onnx
     from stedge.models import SentenceEncoder
 
     path = make_tiny_bert(tmp_path / "model")
@@ -266,7 +266,7 @@ def test_path_traversal_external_data_is_refused(tmp_path):
     from onnx import TensorProto, helper
 
     from stedge.errors import StedgeError
-    from stedge.export.onnx import check_external_data
+    from stedge.export.onnx_graph import check_external_data
     from stedge.export.verify import Runner
 
     art = tmp_path / "art"
@@ -296,7 +296,7 @@ def test_path_traversal_external_data_is_refused(tmp_path):
 def test_large_models_use_external_data_inside_the_folder(tmp_path, monkeypatch):
     import onnx
 
-    from stedge.export import onnx as ox
+    from stedge.export import onnx_graph as ox
 
     model = make_tiny_bert(tmp_path / "model")
     from stedge.models import SentenceEncoder
@@ -312,7 +312,7 @@ def test_large_models_use_external_data_inside_the_folder(tmp_path, monkeypatch)
 def test_o2_o3_fuse_attention_and_match_torch(level, tiny_model, tmp_path):
     """Export traces eager attention (transformers 5 defaults to SDPA), so onnxruntime fuses Attention again."""
     from stedge.data import pairwise_cosine
-    from stedge.export.onnx import export_onnx
+    from stedge.export.onnx_graph import export_onnx
     from stedge.export.optimize import optimize
     from stedge.export.verify import Runner, graph_embed
     from stedge.models import SentenceEncoder
@@ -346,7 +346,7 @@ def test_o2_o3_fuse_attention_and_match_torch(level, tiny_model, tmp_path):
 )
 def test_transformers_that_cannot_trace_are_refused(version, refused):
     from stedge.errors import StedgeError
-    from stedge.export.onnx import check_traceable
+    from stedge.export.onnx_graph import check_traceable
 
     if refused:
         with pytest.raises(StedgeError, match=r"cannot trace.*transformers>=5\.9"):
@@ -361,7 +361,7 @@ def test_transformers_that_cannot_trace_are_refused(version, refused):
 def test_every_graph_uses_one_external_data_name(quantize, graph, tiny_model, tmp_path, monkeypatch):
     """int8 graphs (onnxruntime.quantization writes <file>.data) end up named like the rest: <file>_data."""
     from stedge.export import export_model
-    from stedge.export import onnx as ox
+    from stedge.export import onnx_graph as ox
 
     monkeypatch.setattr(ox, "EXTERNAL_DATA_THRESHOLD", 1000)  # every tiny graph is "large"
     res = export_model(str(tiny_model), tmp_path / "art", backend="onnx", quantize=quantize, isa="avx2")
@@ -378,7 +378,7 @@ def test_artifacts_with_dot_data_external_files_still_load(tiny_model, tmp_path,
     from stedge_runtime import Encoder
 
     from stedge.export import export_model
-    from stedge.export import onnx as ox
+    from stedge.export import onnx_graph as ox
     from stedge.io import sha256_file
 
     monkeypatch.setattr(ox, "EXTERNAL_DATA_THRESHOLD", 1000)

@@ -84,7 +84,7 @@ def artifact(tiny_model, tmp_path_factory) -> Path:
 def artifact_external(tiny_model, tmp_path_factory) -> Path:
     """A tiny artifact whose graphs keep their weights in external data files (as graphs over 32 MB do)."""
     from stedge.export import export_model
-    from stedge.export import onnx as ox
+    from stedge.export import onnx_graph as ox
 
     out = tmp_path_factory.mktemp("faults") / "art-ext"
     saved = ox.EXTERNAL_DATA_THRESHOLD
@@ -365,7 +365,7 @@ def test_full_disk_during_export_leaves_nothing_and_the_old_output_whole(
     # simulated ENOSPC (machines without tmpfs): while replacing an existing artifact
     import errno
 
-    from stedge.export import onnx as ox
+    from stedge.export import onnx_graph as ox
 
     out = tmp_path / "art"
     shutil.copytree(artifact, out)

@@ -125,7 +125,7 @@ def _files_of(pv: PlannedVariant, root: Path) -> list[Path]:
     main = root / pv.file
     if pv.backend == "openvino":
         return [main, main.with_suffix(".bin")]
-    from .onnx import check_external_data
+    from .onnx_graph import check_external_data
 
     return [main] + check_external_data(main, root)
 
@@ -231,7 +231,7 @@ def build_onnx_int8_dynamic(ctx: BuildContext, pv: PlannedVariant) -> BuiltVaria
 def build_onnx_int8_static(ctx: BuildContext, pv: PlannedVariant) -> BuiltVariant:
     """onnxruntime static int8 (QDQ), calibrated."""
     from . import optimize as opt
-    from .onnx import load_graph
+    from .onnx_graph import load_graph
     from .quantize import quantize_static_int8
 
     tail = opt.tail_nodes(load_graph(ctx.qbase))

@@ -237,7 +237,7 @@ def _export(
 
 def _prepare(ctx, cal_texts: list[str] | None, eval_set, steps: _Steps) -> None:
     """Export the fp32 ONNX graph, compute the PyTorch reference, tokenize calibration texts."""
-    from . import onnx as ox
+    from . import onnx_graph as ox
     from .verify import Reference, default_texts
 
     ctx.work.mkdir(exist_ok=True)

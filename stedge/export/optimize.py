@@ -16,7 +16,7 @@ import os
 import re
 
 from ..errors import StedgeError, require
-from .onnx import save_onnx
+from .onnx_graph import save_onnx
 
 logger = logging.getLogger(__name__)
 

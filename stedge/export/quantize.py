@@ -68,7 +68,7 @@ def quantize_dynamic_int8(src: str | os.PathLike, dst: str | os.PathLike, isa: s
     require("onnxruntime", "onnx", "int8 quantization")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from .onnx import external_data_files, normalize_external_data
+    from .onnx_graph import external_data_files, normalize_external_data
 
     cfg = ISA_CONFIGS[isa]
     with quiet():
@@ -164,7 +164,7 @@ def quantize_static_int8(
     require("onnxruntime", "onnx", "static int8 quantization")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from .onnx import normalize_external_data
+    from .onnx_graph import normalize_external_data
 
     if method not in CALIBRATION_METHODS:
         raise StedgeError(f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")

@@ -112,7 +112,7 @@ class Runner:
             raise StedgeError(f"unknown backend {backend!r}: expected onnx or openvino")
         if backend == "onnx":
             require("onnxruntime", "onnx", "running ONNX graphs")
-            from .onnx import check_external_data
+            from .onnx_graph import check_external_data
 
             check_external_data(file, root or file.parent)
         else:
