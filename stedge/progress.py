@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -119,5 +120,7 @@ def library_progress_off() -> Iterator[None]:
         # libraries first imported inside the block read the switched environment: turn them back on
         if not saved_env[_PROGRESS_ENV[0]]:
             restore += [sw[1] for name, sw in _library_switches().items() if name not in before]
-        for enable in restore:
-            enable()
+        with warnings.catch_warnings():  # huggingface_hub warns when its import-time switch still says "off"
+            warnings.simplefilter("ignore")
+            for enable in restore:
+                enable()
