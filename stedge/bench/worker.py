@@ -106,12 +106,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         pass_texts = texts[:n1] if bs == 1 and n1 else texts
         for _ in range(int(job.get("warmup", 1))):
             encode(pass_texts[: max(2 * bs, 16)], bs)
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            encode(pass_texts, bs)
-            times.append(time.perf_counter() - t)
-        through[str(bs)] = {"seconds": times}
+        through[str(bs)] = {"seconds": _timed_passes(encode, pass_texts, bs, reps)}
     result["throughput_raw"] = through
 
     # 2b. passage-length texts at the bulk batch sizes the job names (fewer texts, same protocol)
@@ -121,12 +116,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         for bs in job.get("passage_batch_sizes") or []:
             _stage(f"passages bs={bs}")
             encode(passages[: max(bs, 8)], bs)
-            times = []
-            for _ in range(reps):
-                t = time.perf_counter()
-                encode(passages, bs)
-                times.append(time.perf_counter() - t)
-            pthrough[str(bs)] = {"seconds": times}
+            pthrough[str(bs)] = {"seconds": _timed_passes(encode, passages, bs, reps)}
         result["passage_throughput_raw"] = pthrough
 
     # 3. batch-1 latency on short queries
@@ -162,6 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(json.dumps(res), encoding="utf-8")
     os.replace(tmp, work / "result.json")
     return 0 if res["status"] == "ok" else 1
+
+
+def _timed_passes(encode, texts: list[str], bs: int, reps: int) -> list[float]:
+    """Seconds of ``reps`` full passes of ``encode(texts, bs)``."""
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        encode(texts, bs)
+        times.append(time.perf_counter() - t)
+    return times
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 MODEL is any model reference (folder, HF cache, bundled name, Hub id). An exported artifact
 folder (one with stedge.json) runs through the torch-free runtime instead of torch.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,12 @@ def is_artifact_folder(model: str) -> bool:
                 f"{p} has {graphs[0]}/ but no stedge.json, so it is not a complete stedge artifact; "
                 "export the model again (stedge export) or restore stedge.json"
             )
-        typer.secho(f"note: {p} has no stedge.json: running its torch weights with PyTorch "
-                    f"(the graphs in {graphs[0]}/ are not used)", fg="yellow", err=True)
+        typer.secho(
+            f"note: {p} has no stedge.json: running its torch weights with PyTorch "
+            f"(the graphs in {graphs[0]}/ are not used)",
+            fg="yellow",
+            err=True,
+        )
     return False
 
 
@@ -54,52 +59,56 @@ def _npy_output(output: Optional[Path]) -> Optional[Path]:
 TIER_HELP = "Precision tier for the automatic variant choice: exact, near (default) or compressed (artifacts)."
 
 
-NO_VERIFY_HELP = ("Artifacts: skip the sha256 check of the graph files (for an artifact without hashes; "
-                  "paths stay confined to the artifact).")
+NO_VERIFY_HELP = (
+    "Artifacts: skip the sha256 check of the graph files (for an artifact without hashes; "
+    "paths stay confined to the artifact)."
+)
 
 
-def _load_encoder(model: str, variant: Optional[str], device: Optional[str], tier: Optional[str] = None,
-                  no_verify: bool = False):
+def _load(kind: str, model: str, variant: Optional[str], device: Optional[str], tier: Optional[str], no_verify: bool):
+    """An artifact through the runtime (Encoder / Reranker), else the torch model (SentenceEncoder / CrossEncoder)."""
     if is_artifact_folder(model):
-        from stedge_runtime import Encoder
+        import stedge_runtime
 
-        return Encoder.load(model, variant=variant, device=device or "cpu", tier=tier,
-                            verify=False if no_verify else "cached")
+        cls = stedge_runtime.Encoder if kind == "encoder" else stedge_runtime.Reranker
+        return cls.load(
+            model, variant=variant, device=device or "cpu", tier=tier, verify=False if no_verify else "cached"
+        )
     if variant or tier:
         raise StedgeError(f"--variant / --tier apply to exported artifacts only; '{model}' has no stedge.json")
-    from . import SentenceEncoder
+    from . import CrossEncoder, SentenceEncoder
 
-    return SentenceEncoder(model, device=device)
+    return (SentenceEncoder if kind == "encoder" else CrossEncoder)(model, device=device)
 
 
-def _load_reranker(model: str, variant: Optional[str], device: Optional[str], tier: Optional[str] = None,
-                   no_verify: bool = False):
-    if is_artifact_folder(model):
-        from stedge_runtime import Reranker
+def _load_encoder(
+    model: str, variant: Optional[str], device: Optional[str], tier: Optional[str] = None, no_verify: bool = False
+):
+    return _load("encoder", model, variant, device, tier, no_verify)
 
-        return Reranker.load(model, variant=variant, device=device or "cpu", tier=tier,
-                             verify=False if no_verify else "cached")
-    if variant or tier:
-        raise StedgeError(f"--variant / --tier apply to exported artifacts only; '{model}' has no stedge.json")
-    from . import CrossEncoder
 
-    return CrossEncoder(model, device=device)
+def _load_reranker(
+    model: str, variant: Optional[str], device: Optional[str], tier: Optional[str] = None, no_verify: bool = False
+):
+    return _load("reranker", model, variant, device, tier, no_verify)
 
 
 def _encode(enc, texts: list[str], batch_size: int, prompt_name: Optional[str], normalize: bool, **quant):
     """SentenceEncoder and stedge_runtime.Encoder share encode's signature; ``quant``: precision,
     ranges, calibration_embeddings."""
-    return enc.encode(texts, batch_size=batch_size, prompt_name=prompt_name, normalize_embeddings=normalize,
-                      **quant)
+    return enc.encode(texts, batch_size=batch_size, prompt_name=prompt_name, normalize_embeddings=normalize, **quant)
 
 
-def _quant_options(enc, precision: str, calibration: Optional[str], calibration_column: Optional[str],
-                   batch_size: int, normalize: bool) -> dict:
+def _quant_options(
+    enc, precision: str, calibration: Optional[str], calibration_column: Optional[str], batch_size: int, normalize: bool
+) -> dict:
     """encode's precision keywords for `stedge embed`: calibration texts are embedded the same way first."""
     if calibration is None:
         if precision in ("int8", "uint8") and getattr(enc, "embedding_ranges", None) is None:
-            raise StedgeError(f"--precision {precision} needs calibration ranges: pass --calibration TEXTS, "
-                              "or use an artifact calibrated with `stedge calibrate ARTIFACT --texts TEXTS`")
+            raise StedgeError(
+                f"--precision {precision} needs calibration ranges: pass --calibration TEXTS, "
+                "or use an artifact calibrated with `stedge calibrate ARTIFACT --texts TEXTS`"
+            )
         return {"precision": precision}
     if precision not in ("int8", "uint8"):
         raise StedgeError(f"--calibration applies to --precision int8 or uint8, not {precision}")
@@ -112,7 +121,9 @@ def _quant_options(enc, precision: str, calibration: Optional[str], calibration_
 def embed(
     model: str = typer.Argument(..., help="Model reference or exported artifact folder."),
     texts: Optional[List[str]] = typer.Argument(None, help="Texts to embed."),
-    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read texts from a file (one per line, or a table with --column)."),
+    file: Optional[Path] = typer.Option(
+        None, "--file", "-f", help="Read texts from a file (one per line, or a table with --column)."
+    ),
     column: Optional[str] = typer.Option(None, help="Text column when --file is a CSV/TSV/JSONL table."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the embeddings to a .npy file."),
     batch_size: int = typer.Option(32, help="Texts per batch."),
@@ -122,12 +133,15 @@ def embed(
     tier: Optional[str] = typer.Option(None, "--tier", help=TIER_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: best available)."),
     no_verify: bool = typer.Option(False, "--no-verify", help=NO_VERIFY_HELP),
-    precision: str = typer.Option("float32", "--precision",
-                                  help="Output: float32, int8, uint8 (calibrated), binary or ubinary (packed bits)."),
+    precision: str = typer.Option(
+        "float32", "--precision", help="Output: float32, int8, uint8 (calibrated), binary or ubinary (packed bits)."
+    ),
     calibration: Optional[str] = typer.Option(
-        None, "--calibration", help="int8/uint8: texts to take the ranges from (default: the artifact's ranges)."),
-    calibration_column: Optional[str] = typer.Option(None, "--calibration-column",
-                                                     help="Text column of a calibration table."),
+        None, "--calibration", help="int8/uint8: texts to take the ranges from (default: the artifact's ranges)."
+    ),
+    calibration_column: Optional[str] = typer.Option(
+        None, "--calibration-column", help="Text column of a calibration table."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: {dimension, precision, count, embeddings}."),
 ) -> None:
     """Embed texts with a model or an exported artifact (optionally quantized: --precision)."""
@@ -163,8 +177,7 @@ def embed(
             head = ", ".join(fmt.format(x) for x in v[:6].tolist())
             typer.echo(f"{t[:40]!r:44} [{head}, ...] dim={dim} {precision} ({v.nbytes} bytes)")
     else:
-        typer.echo(f"wrote {emb.shape[0]} x {emb.shape[1]} {emb.dtype} embeddings ({precision}) to {output}",
-                   err=True)
+        typer.echo(f"wrote {emb.shape[0]} x {emb.shape[1]} {emb.dtype} embeddings ({precision}) to {output}", err=True)
 
 
 def similarity(
@@ -229,8 +242,10 @@ def _variant_lines(manifest: Any) -> None:
         min_cos = v.verification.min_cosine if v.verification else None
         inv = batch_invariance(v)
         inv_s = "not measured" if inv is None else f"{inv:.5f}"
-        typer.echo(f"  {name:28} {v.file:40} {(v.size_bytes or 0) / 1e6:8.1f} MB  "
-                   f"min_cos={min_cos}  tier={variant_tier(v) or 'none'}  alone-vs-batch={inv_s}")
+        typer.echo(
+            f"  {name:28} {v.file:40} {(v.size_bytes or 0) / 1e6:8.1f} MB  "
+            f"min_cos={min_cos}  tier={variant_tier(v) or 'none'}  alone-vs-batch={inv_s}"
+        )
 
 
 def info(
@@ -243,18 +258,22 @@ def info(
         from stedge_runtime.tune import best_choices
 
         manifest = Manifest.read(model)
-        choices = best_choices(model)   # what Encoder.load picks on this machine per tier, and why
+        choices = best_choices(model)  # what Encoder.load picks on this machine per tier, and why
         if as_json:
             typer.echo(json.dumps({**manifest.to_dict(), "selection": choices}, indent=2))
             return
         pooling = (manifest.pooling or {}).get("mode")
-        typer.echo(f"artifact {model}: task={manifest.task} dim={manifest.dimension} "
-                   f"max_seq_length={manifest.max_seq_length} pooling={pooling}")
+        typer.echo(
+            f"artifact {model}: task={manifest.task} dim={manifest.dimension} "
+            f"max_seq_length={manifest.max_seq_length} pooling={pooling}"
+        )
         _variant_lines(manifest)
         cal = manifest.embedding_calibration
         if cal is not None:
-            typer.echo(f"  int8/uint8 output ranges: {cal.file} from {cal.texts or '?'} texts "
-                       f"({cal.variant or 'PyTorch at export'})")
+            typer.echo(
+                f"  int8/uint8 output ranges: {cal.file} from {cal.texts or '?'} texts "
+                f"({cal.variant or 'PyTorch at export'})"
+            )
         from ..tune.cli import render_choice
 
         render_choice(choices)
@@ -267,8 +286,14 @@ def info(
         from . import CrossEncoder
 
         ce = CrossEncoder(path, device="cpu")
-        data = {"path": str(path), "task": "reranking", "num_labels": ce.num_labels, "max_length": ce.max_length,
-                "activation": type(ce.activation).__name__, "parameters": sum(p.numel() for p in ce.parameters())}
+        data = {
+            "path": str(path),
+            "task": "reranking",
+            "num_labels": ce.num_labels,
+            "max_length": ce.max_length,
+            "activation": type(ce.activation).__name__,
+            "parameters": sum(p.numel() for p in ce.parameters()),
+        }
         typer.echo(json.dumps(data, indent=2) if as_json else "\n".join(f"{k}: {v}" for k, v in data.items()))
         return
     enc = SentenceEncoder(path, device="cpu")
