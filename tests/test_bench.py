@@ -65,6 +65,27 @@ def test_quick_shrinks_a_suite():
 
 
 # ----------------------------------------------------------------------------- FLOPs
+def test_best_round_takes_each_figure_from_its_best_round():
+    from stedge.bench.runner import best_round
+
+    def row(rate, p50, cold, rss):
+        return {
+            "status": "ok",
+            "throughput": {"32": {"sentences_per_s": rate}},
+            "latency_ms": {"p50": p50},
+            "cold_start_s": cold,
+            "peak_rss_mb": rss,
+        }
+
+    best = best_round([row(300.0, 4.0, 0.5, 500.0), row(400.0, 5.0, 0.7, 480.0)], 32)
+    assert best["throughput"]["32"]["sentences_per_s"] == 400.0 and best["latency_ms"] == {"p50": 4.0}
+    assert (best["cold_start_s"], best["peak_rss_mb"], best["rounds"]) == (0.5, 500.0, 2)
+    assert best["rounds_headline_sentences_per_s"] == [300.0, 400.0]
+    failed = {"status": "error", "reason": "boom"}
+    assert best_round([failed, failed], 32) == failed
+    assert best_round([failed, row(1.0, 1.0, 1.0, 1.0)], 32)["rounds"] == 1
+
+
 def test_flops_match_the_parameter_count(tmp_path):
     """The linear part of the formula is 2 FLOPs per weight per token; attention adds 4*n^2*h per layer."""
     import torch
@@ -269,6 +290,8 @@ def test_smoke_run_schema_and_accuracy_beside_speed(smoke_results):
         for t in r["throughput"].values():
             assert t["sentences_per_s"] > 0 and t["tokens_per_s"] > t["sentences_per_s"] and len(t["seconds"]) == 1
         assert r["latency_ms"]["p50"] <= r["latency_ms"]["p99"] and r["latency_ms"]["n"] == 8
+        assert r["rounds"] == 2 and len(r["rounds_headline_sentences_per_s"]) == 2  # the suite says rounds = 2
+        assert r["headline_sentences_per_s"] == pytest.approx(max(r["rounds_headline_sentences_per_s"]), rel=1e-3)
         assert r["cold_start_s"] > 0 and r["peak_rss_mb"] > 0 and r["size_mb"] > 0 and r["gflops"] > 0
     ref = next(r for r in rows if r["reference"])
     assert ref["speedup_vs_torch"] == pytest.approx(1.0) and ref["accuracy"]["mean_cosine"] == pytest.approx(

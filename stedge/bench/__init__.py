@@ -24,7 +24,7 @@ def work_root() -> Path:
 
 
 def default_results_dir(suite_name: str, quick: bool, models_dir: str = "models") -> Path:
-    """``benchmarks/results/<cpu slug>/<suite>`` in a checkout (one folder per CPU, e.g. ``amd-epyc/cpu``),
+    """``benchmarks/results/<cpu slug>/<suite>`` in a checkout (one folder per CPU, e.g. ``amd-epyc-avx512-bf16/cpu``),
     else ``stedge-bench/<cpu slug>/<suite>``; quick runs go to ``models_dir``."""
     from stedge_runtime.machine import cpu_slug
 

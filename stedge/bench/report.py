@@ -337,7 +337,14 @@ def markdown(results: dict[str, Any]) -> str:
             f"- Models: {models}",
             f"- Texts: {d['num_texts']} from `{d['texts']}` per pass, {s['repetitions']} timed passes per batch size "
             "after warm-up (median; "
-            f"spread in the JSON); batch-1 latency on {d['num_queries']} short queries from `{d['queries']}`; "
+            f"spread in the JSON)"
+            + (
+                f"; every subject ran {s.get('rounds')} times in alternating order and the best round counts "
+                "(`rounds_headline_sentences_per_s` in the JSON)"
+                if (s.get("rounds") or 1) > 1
+                else ""
+            )
+            + f"; batch-1 latency on {d['num_queries']} short queries from `{d['queries']}`; "
             f"accuracy on {d['accuracy_pairs']} "
             f"STS pairs from `{d['accuracy']}` (cosine to the stedge PyTorch fp32 CPU reference over "
             f"{d['accuracy_texts']} texts).",

@@ -164,9 +164,23 @@ def slug(text: str, limit: int = 48) -> str:
     return s[:limit].rstrip("-") or "unknown-cpu"
 
 
-def cpu_slug() -> str:
-    """Folder name for this CPU's benchmark results: the model name, slugged (``amd-epyc``)."""
-    return slug(cpu_model())
+def isa_tag(flags: set[str] | None = None) -> str:
+    """The matrix-unit class of the CPU as a folder-name part: ``amx``, ``avx512-bf16``, ``avx512-vnni``,
+    ``avx-vnni``, ``avx512``, ``avx2`` or ``arm64``. CPU model names alone do not tell machines apart
+    (a KVM guest says ``AMD EPYC`` on Zen 3 and Zen 4 alike), and these are what change the fastest variant."""
+    flags = cpu_flags() if flags is None else flags
+    cls = cpu_class(flags)
+    if cls == "vnni":
+        return "avx512-vnni" if {"avx512_vnni", "avx512vnni"} & flags else "avx-vnni"
+    if cls == "plain":
+        return int8_isa(flags)
+    return cls.replace("_", "-")
+
+
+def cpu_slug(flags: set[str] | None = None, model: str | None = None) -> str:
+    """Folder name for this CPU's benchmark results: model name and ISA class, slugged
+    (``amd-epyc-avx512-bf16`` for a Zen 4 guest, ``amd-epyc-avx2`` for a Zen 3 one)."""
+    return f"{slug(model or cpu_model())}-{isa_tag(flags)}"
 
 
 def machine_facts() -> dict[str, Any]:

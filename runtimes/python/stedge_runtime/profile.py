@@ -11,9 +11,12 @@ not touched. Layout (``format_version`` 1)::
      "variants": {NAME: {"status": "ok" | "error", "error": str?, "sha256": <manifest hash(es)>,
                          "batch_invariance_min_cos": 0.99998,    # measured here: alone vs in a batch of 32
                          "runs": [{"settings": {"threads": 2, "allow_spinning": true},
-                                   "batch1_ms_p50": 1.9, "batch1_ms_p90": 2.3,
+                                   "batch1_ms_p50": 1.9, "batch1_ms_p90": 2.3, "rounds": 2,
                                    "bulk": {"short": {"32": 1650.0}, "passage": {"32": 140.0}}}]}},
      "agreement": {"A|B": min cosine between the vectors of variants A and B on the short texts}}
+
+Each run is the best of ``rounds`` measurements of that (variant, settings) case, taken in alternating
+order so that load from elsewhere during one of them does not decide the choice.
 """
 
 from __future__ import annotations

@@ -11,12 +11,14 @@
    and, for dynamic int8, whose kernel ISA this CPU runs. Everything left out is listed with the reason.
 3. With a tuning profile for **this** machine (``tuning/<machine key>.json``, written by ``stedge tune``;
    profiles of other machines are ignored), the fastest eligible variant in bulk runs (geometric mean of
-   sentences/s over the measured bulk batches, short and passage-length texts), with the engine settings
-   that were fastest for it. Batch-1 calls go to another variant (or the same one with other settings)
-   only when the profile shows it at least 20 % faster at batch 1 *and* its vectors agree with the bulk
-   variant's to the tier's batch-invariance bound, so a query embedded alone still matches documents
-   embedded in bulk. Variants added after the profile was measured are not chosen until ``stedge tune``
-   runs again (the selection says so), so ``stedge export --add`` never changes the choice silently.
+   sentences/s over the measured bulk batches, short and passage-length texts), with the engine's default
+   settings unless another setting was at least 10 % faster for it in bulk (tuning noise must not buy a
+   setting such as an OpenVINO throughput hint, which halves batch-1 speed on 2 cores). Batch-1 calls go to
+   another variant (or the same one with other settings) only when the profile shows it at least 20 % faster
+   at batch 1 *and* its vectors agree with the bulk variant's to the tier's batch-invariance bound, so a query
+   embedded alone still matches documents embedded in bulk. Variants added after the profile was measured are
+   not chosen until ``stedge tune`` runs again (the selection says so), so ``stedge export --add`` never
+   changes the choice silently.
 4. Without a profile, the rule ranks kinds of variant by the CPU (``machine.cpu_class``):
    ``amx``: bf16 > int8 static > int8 > fp32; ``avx512_bf16``: int8 > int8 static > bf16 > fp32;
    other CPUs: int8 > int8 static > fp32 (bf16 is never taken on a CPU without avx512_bf16/AMX);
@@ -43,6 +45,7 @@ TIERS = ("exact", "near", "compressed")
 DEFAULT_TIER = "near"
 # Batch invariance each tier needs: min cos of a text alone vs inside a mixed batch of 32.
 INVARIANCE = {"exact": 0.99999, "near": 0.999, "compressed": 0.999}
+SETTINGS_GAIN = 1.1  # a non-default engine setting must be this much faster in bulk to be used
 ROUTE_GAIN = 0.8  # route batch-1 calls when their p50 is at most this share of the bulk variant's
 # Best first, per CPU class (machine.cpu_class) and for other device families.
 KIND_ORDER = {
@@ -234,6 +237,17 @@ def _bulk_score(run: dict) -> float | None:
     return math.exp(sum(math.log(x) for x in vals) / len(vals)) if vals else None
 
 
+def _settled_run(runs: list[dict]) -> dict:
+    """The run whose settings a variant gets: the engine's default (the first run `stedge tune` measures)
+    unless another setting was at least ``SETTINGS_GAIN`` faster in bulk. A few percent either way is
+    within a tuning run's noise, and a non-default setting that only won by noise (an OpenVINO throughput
+    hint halving batch-1 speed, say) costs more elsewhere than it gained."""
+    base = runs[0]
+    best = max(runs, key=lambda r: _bulk_score(r) or 0.0)
+    b0, b1 = _bulk_score(base), _bulk_score(best)
+    return best if b0 is None or (b1 is not None and b1 >= SETTINGS_GAIN * b0) else base
+
+
 def _hash_of(v: Any) -> Any:
     return _get(v, "sha256")
 
@@ -271,12 +285,13 @@ def _from_profile(
         if isinstance(inv, (int, float)) and inv < INVARIANCE[tier]:
             excluded[name] = f"not batch-invariant on this machine (tune measured min cos {inv:.5f})"
             continue
-        for run in entry["runs"]:
-            score, p50 = _bulk_score(run), run.get("batch1_ms_p50")
-            if score is not None:
-                bulk.append((score, float(p50) if isinstance(p50, (int, float)) else math.inf, name, run["settings"]))
-            if isinstance(p50, (int, float)):
-                lat.append((float(p50), name, run["settings"]))
+        run = _settled_run(entry["runs"])
+        score, p50 = _bulk_score(run), run.get("batch1_ms_p50")
+        if score is not None:
+            bulk.append((score, float(p50) if isinstance(p50, (int, float)) else math.inf, name, run["settings"]))
+        for r in entry["runs"]:
+            if isinstance(r.get("batch1_ms_p50"), (int, float)):
+                lat.append((float(r["batch1_ms_p50"]), name, r["settings"]))
     if not bulk:
         return None
     best = max(b[0] for b in bulk)

@@ -28,6 +28,7 @@ from .samples import SHORT, passages
 from .select import fits, select_variant, variant_tier
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
+ROUNDS = 2  # every case is measured this many times, in alternating order; the best round counts
 
 
 def settings_grid(backend: str, threads: int | None = None, quick: bool = False) -> list[dict[str, Any]]:
@@ -222,31 +223,77 @@ def tune(
         "skipped": skipped,
     }
     probes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    tok_count = None
-    for i, (name, settings) in enumerate(cases):
+    counter: list[Callable[[list], float]] = []
+    rounds = 1 if quick else ROUNDS
+    # Rounds in alternating order: a case measured while the machine was busy gets a second chance at a
+    # quieter moment, and a slow drift (thermal, a neighbour's job) does not favour the cases measured first.
+    order = [c for r in range(rounds) for c in (cases if r % 2 == 0 else cases[::-1])]
+    measured: dict[tuple[str, str], list[dict]] = {}
+    for i, (name, settings) in enumerate(order):
         if progress:
-            progress(f"{name} {_fmt(settings)}", i, len(cases))
+            progress(f"{name} {_fmt(settings)}", i, len(order))
         entry = prof["variants"].setdefault(name, {"status": "ok", "sha256": todo[name].get("sha256"), "runs": []})
         if entry["status"] != "ok":
             continue
-        n_settings = sum(1 for c in cases if c[0] == name)
+        share = per_variant / (rounds * sum(1 for c in cases if c[0] == name))
         try:
-            model = cls.load(root, variant=name, **settings)
-            if tok_count is None:
-                tok_count = _token_counter(model)
-            if name not in probes:
-                probes[name] = _probe(model, work)
-                inv = float(_cos_rows(*probes[name]).min())
-                entry["batch_invariance_min_cos"] = round(inv, 6)
-            entry["runs"].append({"settings": settings, **measure(model, work, batch_sizes, per_variant / n_settings)})
-            del model
+            res = _measure_case(cls, root, name, settings, work, batch_sizes, share, probes, counter)
         except Exception as e:  # an engine that cannot run a graph here is a result, not a crash
             entry.update(status="error", error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}", runs=[])
+            continue
+        measured.setdefault((name, _fmt(settings)), []).append(res)
+        if name in probes and "batch_invariance_min_cos" not in entry:
+            entry["batch_invariance_min_cos"] = round(float(_cos_rows(*probes[name]).min()), 6)
+    for name, settings in cases:
+        entry = prof["variants"][name]
+        if entry["status"] == "ok" and (name, _fmt(settings)) in measured:
+            entry["runs"].append({"settings": settings, **best_of(measured[(name, _fmt(settings))])})
+    tok_count = counter[0] if counter else None
     if progress:
         progress("done", len(cases), len(cases))
     prof["workloads"] = work.summary(tok_count or (lambda items: 0.0))
     prof["agreement"] = _agreement(probes)
     return prof
+
+
+def _measure_case(
+    cls: Any,
+    root: Path,
+    name: str,
+    settings: dict[str, Any],
+    work: _Workloads,
+    batch_sizes: Sequence[int],
+    seconds: float,
+    probes: dict[str, tuple[np.ndarray, np.ndarray]],
+    counter: list,
+) -> dict[str, Any]:
+    """Load one variant with one engine setting, probe it once (batch invariance), time it."""
+    model = cls.load(root, variant=name, **settings)
+    try:
+        if not counter:
+            counter.append(_token_counter(model))
+        if name not in probes:
+            probes[name] = _probe(model, work)
+        return measure(model, work, batch_sizes, seconds)
+    finally:
+        del model
+
+
+def best_of(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run from several rounds of the same case: the lowest batch-1 times, the highest bulk rates
+    (load from elsewhere only ever slows a measurement down), and how many rounds were taken."""
+    out = {
+        "batch1_ms_p50": min(r["batch1_ms_p50"] for r in results),
+        "batch1_ms_p90": min(r["batch1_ms_p90"] for r in results),
+        "bulk": {},
+        "rounds": len(results),
+    }
+    for r in results:
+        for kind, rates in r["bulk"].items():
+            for bs, val in rates.items():
+                cur = out["bulk"].setdefault(kind, {}).get(bs)
+                out["bulk"][kind][bs] = val if cur is None else max(cur, val)
+    return out
 
 
 def _agreement(probes: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:

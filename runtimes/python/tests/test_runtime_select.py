@@ -231,6 +231,52 @@ def test_machine_key_and_cpu_class(monkeypatch):
     assert machine.slug("Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz") == "intel-xeon-platinum-8480"
 
 
+def test_results_folder_tells_cpus_with_one_model_name_apart(monkeypatch):
+    """A KVM guest reports 'AMD EPYC' on Zen 3 and Zen 4: the ISA class keeps their results apart."""
+    monkeypatch.setattr(machine.platform, "machine", lambda: "x86_64")
+    assert machine.cpu_slug(ZEN4, "AMD EPYC") == "amd-epyc-avx512-bf16"
+    assert machine.cpu_slug(PLAIN, "AMD EPYC") == "amd-epyc-avx2"
+    assert machine.cpu_slug(AMX, "Intel(R) Xeon(R) Platinum 8480+") == "intel-xeon-platinum-8480-amx"
+    assert machine.cpu_slug({"avx2", "avx512f", "avx512bw", "avx512_vnni"}, "Xeon") == "xeon-avx512-vnni"
+    assert machine.cpu_slug({"avx2", "avx512f", "avx512bw"}, "Xeon") == "xeon-avx512"
+    assert machine.cpu_slug({"avx2", "avx_vnni"}, "Core") == "core-avx-vnni"
+
+
+def test_a_non_default_engine_setting_must_win_clearly(tmp_path):
+    """Within 10 % in bulk, the engine's default setting (the first run) is kept: tuning noise must not
+    buy a throughput hint that halves batch-1 speed; a clear win is taken."""
+    vs = _variants()
+    prof = _profile("machine-a", {"openvino-fp32": (3.0, 900, 90)})
+    runs = prof["variants"]["openvino-fp32"]["runs"]
+    runs[0]["settings"] = {"threads": 2, "performance_hint": "LATENCY"}
+    runs.append(
+        {
+            "settings": {"threads": 2, "performance_hint": "THROUGHPUT"},
+            "batch1_ms_p50": 6.0,
+            "bulk": {"short": {"32": 960}, "passage": {"32": 95}},
+        }
+    )
+    write_profile(tmp_path, prof)
+    sel = _sel(vs, tmp_path, PLAIN, "exact")
+    assert sel.variant == "openvino-fp32" and sel.settings["performance_hint"] == "LATENCY"
+    runs[1]["bulk"] = {"short": {"32": 1200}, "passage": {"32": 120}}
+    write_profile(tmp_path, prof)
+    assert _sel(vs, tmp_path, PLAIN, "exact").settings["performance_hint"] == "THROUGHPUT"
+
+
+def test_tune_keeps_the_best_round_of_each_case():
+    from stedge_runtime.tune import best_of
+
+    a = {"batch1_ms_p50": 2.0, "batch1_ms_p90": 3.0, "bulk": {"short": {"32": 500.0}, "passage": {"32": 40.0}}}
+    b = {"batch1_ms_p50": 1.5, "batch1_ms_p90": 4.0, "bulk": {"short": {"32": 450.0}, "passage": {"32": 45.0}}}
+    assert best_of([a, b]) == {
+        "batch1_ms_p50": 1.5,
+        "batch1_ms_p90": 3.0,
+        "bulk": {"short": {"32": 500.0}, "passage": {"32": 45.0}},
+        "rounds": 2,
+    }
+
+
 # ------------------------------------------------------------------ end to end on a tiny artifact
 @pytest.fixture()
 def own_artifact(tiny_artifact, tmp_path) -> Path:
@@ -244,6 +290,7 @@ def test_tune_writes_profile_and_load_uses_it(own_artifact, monkeypatch):
 
     prof = tune(own_artifact, quick=True, budget_s=2)
     assert set(prof["variants"]) == {"onnx-fp32", "openvino-fp32"}
+    assert all(r["rounds"] == 1 for e in prof["variants"].values() for r in e["runs"])  # quick: one round
     for entry in prof["variants"].values():
         assert entry["status"] == "ok" and entry["batch_invariance_min_cos"] > 0.999
         run = entry["runs"][0]
@@ -289,9 +336,11 @@ def test_tune_a_reranker(tiny_ce_artifact, tmp_path):
 
     art = tmp_path / "ce"
     shutil.copytree(tiny_ce_artifact, art)
-    prof = tune(art, variants=["onnx-fp32"], quick=True, budget_s=1)
+    prof = tune(art, variants=["onnx-fp32"], budget_s=1)  # full: every setting, two rounds each
     entry = prof["variants"]["onnx-fp32"]
     assert prof["task"] == "reranking" and entry["status"] == "ok", entry
+    assert len(entry["runs"]) >= 2 and all(r["rounds"] == 2 for r in entry["runs"])
+    assert entry["runs"][0]["settings"]["allow_spinning"] is True  # the engine's default first
     assert entry["batch_invariance_min_cos"] > 0.999 and entry["runs"][0]["bulk"]["passage"]["32"] > 0
     write_profile(art, prof)
     rr = Reranker.load(art, tier="exact")
