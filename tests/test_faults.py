@@ -580,6 +580,14 @@ def test_pack_ships_only_what_the_runtime_reads(artifact, tmp_path, capsys):
     np.testing.assert_allclose(got, ref, atol=1e-6)
     rc, err = main_rc(capsys, "pack", artifact, "-o", tmp_path / "x", "--variant", "onnx-fp99")
     one_line_error(rc, err, 2, "onnx-fp99")
+    # without --variant: what Encoder.load picks for the tier here (not the last export's default_variant)
+    for tier in ("exact", "compressed"):
+        rc, err = main_rc(capsys, "pack", artifact, "-o", tmp_path / tier, "--tier", tier)
+        assert rc == 0, err
+        packed = json.loads((tmp_path / tier / "stedge.json").read_text())
+        want = Encoder.load(artifact, tier=tier).selection
+        assert list(packed["variants"]) == [n for n in (want.variant, want.latency_variant) if n]
+        assert Encoder.load(tmp_path / tier, tier=tier).variant == want.variant
     rc, err = main_rc(capsys, "pack", artifact, "-o", artifact, "--overwrite")
     one_line_error(rc, err, 2, "source model")
     bad = tmp_path / "bad"

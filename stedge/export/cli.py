@@ -13,6 +13,14 @@ def _fmt(x, spec: str) -> str:
     return "—" if x is None else format(x, spec)
 
 
+def _auto_line(path) -> str:
+    """What Encoder.load picks per tier on this machine, for the table title."""
+    from stedge_runtime.tune import best_choices
+
+    picks = best_choices(path)
+    return "Encoder.load here: " + ", ".join(f"{tier} -> {sel.get('variant', 'none')}" for tier, sel in picks.items())
+
+
 def render_table(result) -> None:
     """Print the variants table (variant, file size, cosine, Spearman, passed) with rich."""
     from rich.console import Console
@@ -21,7 +29,7 @@ def render_table(result) -> None:
     console = Console()
     if not console.is_terminal:
         console = Console(width=130)
-    t = Table(title=f"{result.path}  (default: {result.manifest['default_variant']})")
+    t = Table(title=f"{result.path}  ({_auto_line(result.path)})")
     for col, just in (
         ("variant", "left"),
         ("size MB", "right"),
@@ -156,8 +164,13 @@ def _register_pack(app: typer.Typer) -> None:
         artifact: Path = typer.Argument(..., help="An artifact folder written by `stedge export`."),
         output: Path = typer.Option(..., "-o", "--output", help="Folder for the runtime-only artifact."),
         variant: Optional[List[str]] = typer.Option(
-            None, "--variant", "-v", help="Variant to keep (repeatable; default: the artifact's default variant)."
+            None,
+            "--variant",
+            "-v",
+            help="Variant to keep (repeatable; default: what Encoder.load picks for --tier on this machine, "
+            "with its batch-1 variant when calls are routed).",
         ),
+        tier: str = typer.Option("near", "--tier", help="exact, near or compressed: what is packed without --variant."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder stedge wrote."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
@@ -165,7 +178,7 @@ def _register_pack(app: typer.Typer) -> None:
         chosen variants' files (sha256-checked) and a stedge.json listing only them."""
         from stedge.export.pack import pack_artifact
 
-        res = pack_artifact(artifact, output, variant or [], overwrite=overwrite)
+        res = pack_artifact(artifact, output, variant or [], overwrite=overwrite, tier=tier)
         if as_json:
             typer.echo(json.dumps(res.to_dict(), indent=2))
             return

@@ -37,17 +37,34 @@ class PackResult:
         }
 
 
+def default_pack_variants(root: Path, tier: str = "near") -> list[str]:
+    """What ``Encoder.load(root, tier=tier)`` runs on this machine: the bulk variant and, when batch-1
+    calls are routed elsewhere, that one too (an app built and tested here gets the same choice)."""
+    from stedge_runtime.errors import RuntimeStedgeError
+    from stedge_runtime.tune import best_choices
+
+    sel = best_choices(root, (tier,))[tier]
+    if "error" in sel:
+        raise RuntimeStedgeError(f"{sel['error']}; name the variants to pack with --variant")
+    return [n for n in (sel["variant"], sel.get("latency_variant")) if n]
+
+
 def pack_artifact(
-    artifact: str | os.PathLike, output: str | os.PathLike, variants: Sequence[str] = (), overwrite: bool = False
+    artifact: str | os.PathLike,
+    output: str | os.PathLike,
+    variants: Sequence[str] = (),
+    overwrite: bool = False,
+    tier: str = "near",
 ) -> PackResult:
-    """Copy ``variants`` of ``artifact`` (default: its default variant) with the tokenizer and a manifest
-    listing only them into ``output``. Every file is checked against the manifest's sha256 while copied."""
+    """Copy ``variants`` of ``artifact`` (default: what ``Encoder.load`` picks for ``tier`` on this
+    machine) with the tokenizer and a manifest listing only them into ``output``. Every file is checked
+    against the manifest's sha256 while copied."""
     from stedge_runtime.artifact import Manifest, artifact_path, write_manifest
     from stedge_runtime.profile import list_profiles
 
     root = Path(artifact)
     m = Manifest.read(root)
-    names = list(dict.fromkeys(variants)) or [m.default_variant or next(iter(m.variants))]
+    names = list(dict.fromkeys(variants)) or default_pack_variants(root, tier)
     chosen = {n: m.variant(n, root / "stedge.json") for n in names}
     check_output(output, overwrite, protect=[root])
     files: dict[str, int] = {}
