@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from stedge_runtime import select
 
 from ..data import PairScores, iter_batches, pairwise_cosine, spearman
 from ..errors import CheckFailedError, StedgeError, require
@@ -32,11 +33,7 @@ class Tier:
     batch_invariance: float
 
 
-TIERS = (
-    Tier("exact", 0.9999, None, 0.99999),
-    Tier("near", 0.99, 0.2, 0.999),
-    Tier("compressed", None, None, 0.999),
-)
+TIERS = tuple(Tier(n, select.MIN_COS[n], select.MAX_SPEARMAN_DROP[n], select.INVARIANCE[n]) for n in select.TIERS)
 TIER_NAMES = tuple(t.name for t in TIERS)
 # The tier a variant of each precision must reach to pass: an fp32 graph that is not exact means the
 # runtime disagrees with PyTorch (tokenizer.json, padding, pooling, engine settings), not rounding.

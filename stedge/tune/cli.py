@@ -102,6 +102,7 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
         *[f"short bs={b} /s" for b in bs],
         *[f"passage bs={b} /s" for b in bs],
         "alone vs batch",
+        "cos to exact here",
         "chosen",
     ):
         t.add_column(col, justify="left" if col in ("variant", "tier", "settings", "chosen") else "right")
@@ -110,8 +111,10 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
         tier = variant_tier(manifest_variants.get(name, {})) or "-"
         inv = entry.get("batch_invariance_min_cos")
         inv_s = "-" if inv is None else (f"{inv:.5f}" if inv >= 0.999 else f"[red]{inv:.5f}[/]")
+        here = entry.get("min_cos_to_exact")
+        here_s = "-" if here is None else (f"{here:.4f}" if here >= 0.99 else f"[yellow]{here:.4f}[/]")
         if entry["status"] != "ok":
-            t.add_row(name, tier, "", f"[red]{entry.get('error', 'failed')}[/]", *[""] * (2 * len(bs)), inv_s, "")
+            t.add_row(name, tier, "", f"[red]{entry.get('error', 'failed')}[/]", *[""] * (2 * len(bs)), inv_s, "", "")
             continue
         for run in entry["runs"]:
             s = run["settings"]
@@ -124,6 +127,7 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
                 *[f"{bulk.get('short', {}).get(b, 0):.0f}" for b in bs],
                 *[f"{bulk.get('passage', {}).get(b, 0):.1f}" for b in bs],
                 inv_s,
+                here_s,
                 marks.get((name, json.dumps(s, sort_keys=True)), ""),
             )
     console.print(t)

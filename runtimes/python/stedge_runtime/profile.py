@@ -10,6 +10,7 @@ not touched. Layout (``format_version`` 1)::
      "workloads": {"short": {"texts": 64, "mean_tokens": 14.2}, "passage": {"texts": 32, "mean_tokens": 256.0}},
      "variants": {NAME: {"status": "ok" | "error", "error": str?, "sha256": <manifest hash(es)>,
                          "batch_invariance_min_cos": 0.99998,    # measured here: alone vs in a batch of 32
+                         "min_cos_to_exact": 0.9962, "exact_reference": "onnx-fp32",  # vs an exact variant, here
                          "runs": [{"settings": {"threads": 2, "allow_spinning": true},
                                    "batch1_ms_p50": 1.9, "batch1_ms_p90": 2.3, "rounds": 2,
                                    "bulk": {"short": {"32": 1650.0}, "passage": {"32": 140.0}}}]}},

@@ -16,9 +16,11 @@
    setting such as an OpenVINO throughput hint, which halves batch-1 speed on 2 cores). Batch-1 calls go to
    another variant (or the same one with other settings) only when the profile shows it at least 20 % faster
    at batch 1 *and* its vectors agree with the bulk variant's to the tier's batch-invariance bound, so a query
-   embedded alone still matches documents embedded in bulk. Variants added after the profile was measured are
-   not chosen until ``stedge tune`` runs again (the selection says so), so ``stedge export --add`` never
-   changes the choice silently.
+   embedded alone still matches documents embedded in bulk. A variant whose vectors on this machine agree with
+   an exact-tier fp32 variant run here (``min_cos_to_exact`` in the profile) below the tier's min cosine is
+   left out: export verified it on the exporting CPU, and int8 kernels round differently by ISA. Variants
+   added after the profile was measured are not chosen until ``stedge tune`` runs again (the selection says
+   so), so ``stedge export --add`` never changes the choice silently.
 4. Without a profile, the rule ranks kinds of variant by the CPU (``machine.cpu_class``):
    ``amx``: bf16 > int8 static > int8 > fp32; ``avx512_bf16``: int8 > int8 static > bf16 > fp32;
    other CPUs: int8 > int8 static > fp32 (bf16 is never taken on a CPU without avx512_bf16/AMX);
@@ -43,6 +45,10 @@ from .profile import list_profiles, read_profile
 
 TIERS = ("exact", "near", "compressed")
 DEFAULT_TIER = "near"
+# The bars of each precision tier (their one owner: the exporter's verification reads them from here).
+# Min cosine to PyTorch fp32 (at export) or to an exact-tier variant run on this machine (stedge tune):
+MIN_COS = {"exact": 0.9999, "near": 0.99, "compressed": None}
+MAX_SPEARMAN_DROP = {"exact": None, "near": 0.2, "compressed": None}  # points, with an eval set
 # Batch invariance each tier needs: min cos of a text alone vs inside a mixed batch of 32.
 INVARIANCE = {"exact": 0.99999, "near": 0.999, "compressed": 0.999}
 SETTINGS_GAIN = 1.1  # a non-default engine setting must be this much faster in bulk to be used
@@ -134,9 +140,9 @@ def variant_tier(v: Any) -> str | None:
     mc = _get(ver, "min_cosine")
     sp, ref = _get(ver, "spearman"), _get(ver, "reference_spearman")
     drop = None if sp is None or ref is None else 100.0 * (ref - sp)
-    if mc is not None and mc >= 0.9999:
+    if mc is not None and mc >= MIN_COS["exact"]:
         return "exact"
-    if mc is not None and mc >= 0.99 and (drop is None or drop <= 0.2):
+    if mc is not None and mc >= MIN_COS["near"] and (drop is None or drop <= MAX_SPEARMAN_DROP["near"]):
         return "near"
     return "compressed"
 
@@ -284,6 +290,13 @@ def _from_profile(
         inv = entry.get("batch_invariance_min_cos")
         if isinstance(inv, (int, float)) and inv < INVARIANCE[tier]:
             excluded[name] = f"not batch-invariant on this machine (tune measured min cos {inv:.5f})"
+            continue
+        here, bar = entry.get("min_cos_to_exact"), MIN_COS[tier]
+        if bar is not None and isinstance(here, (int, float)) and here < bar:
+            excluded[name] = (
+                f"on this machine its vectors agree with the exact-tier {entry.get('exact_reference')} only to "
+                f"min cos {here:.4f} (tier {tier} needs {bar}; int8 kernels differ by CPU)"
+            )
             continue
         run = _settled_run(entry["runs"])
         score, p50 = _bulk_score(run), run.get("batch1_ms_p50")

@@ -253,6 +253,7 @@ def tune(
         progress("done", len(cases), len(cases))
     prof["workloads"] = work.summary(tok_count or (lambda items: 0.0))
     prof["agreement"] = _agreement(probes)
+    _accuracy_here(prof["variants"], probes, todo)
     return prof
 
 
@@ -294,6 +295,23 @@ def best_of(results: list[dict[str, Any]]) -> dict[str, Any]:
                 cur = out["bulk"].setdefault(kind, {}).get(bs)
                 out["bulk"][kind][bs] = val if cur is None else max(cur, val)
     return out
+
+
+def _accuracy_here(entries: dict[str, Any], probes: dict[str, tuple[np.ndarray, np.ndarray]], todo: dict) -> None:
+    """Each variant's min cosine to an exact-tier fp32 variant run here (``min_cos_to_exact``), over the probe
+    texts alone and the mixed batch. Export verified the tier on the exporting machine's CPU; int8 kernels
+    differ by ISA (an AVX2 CPU without VNNI rounds differently from an AVX-512 VNNI one), so the selection
+    holds each variant to its tier's bar again with what this machine computes."""
+    exact = [n for n in probes if variant_tier(todo[n]) == "exact" and todo[n].get("precision") == "fp32"]
+    if not exact:
+        return
+    ref = sorted(exact, key=lambda n: (todo[n].get("backend") != "onnx", n))[0]
+    r1, rb = probes[ref]
+    for name, (a1, ab) in probes.items():
+        if name == ref or a1.shape != r1.shape or ab.shape != rb.shape:
+            continue
+        mc = min(float(_cos_rows(a1, r1).min()), float(_cos_rows(ab, rb).min()))
+        entries[name].update(min_cos_to_exact=round(mc, 6), exact_reference=ref)
 
 
 def _agreement(probes: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:

@@ -217,6 +217,21 @@ def test_variant_not_invariant_on_this_machine_is_excluded(tmp_path):
     assert sel.variant == "onnx-fp32" and "tune measured" in sel.excluded["onnx-int8-static"]
 
 
+def test_a_variant_less_accurate_on_this_machine_leaves_its_tier(tmp_path):
+    """Exported as near on one CPU, measured here (tune) at min cos 0.98 to an exact variant: compressed only."""
+    vs = _variants()
+    prof = _profile("machine-a", {"onnx-int8-static": (1.0, 2000, 200), "onnx-fp32": (2.0, 500, 50)})
+    prof["variants"]["onnx-int8-static"].update(min_cos_to_exact=0.98, exact_reference="onnx-fp32")
+    write_profile(tmp_path, prof)
+    near = _sel(vs, tmp_path, PLAIN, "near")
+    assert near.variant == "onnx-fp32"
+    assert "agree with the exact-tier onnx-fp32 only to" in near.excluded["onnx-int8-static"]
+    assert _sel(vs, tmp_path, PLAIN, "compressed").variant == "onnx-int8-static"  # no cosine bar there
+    prof["variants"]["onnx-int8-static"]["min_cos_to_exact"] = 0.995
+    write_profile(tmp_path, prof)
+    assert _sel(vs, tmp_path, PLAIN, "near").variant == "onnx-int8-static"
+
+
 # ------------------------------------------------------------------ machine facts
 def test_machine_key_and_cpu_class(monkeypatch):
     facts = machine.machine_facts()
@@ -296,6 +311,9 @@ def test_tune_writes_profile_and_load_uses_it(own_artifact, monkeypatch):
         run = entry["runs"][0]
         assert run["batch1_ms_p50"] > 0 and run["bulk"]["short"]["32"] > 0 and run["bulk"]["passage"]["32"] > 0
     assert prof["agreement"]["onnx-fp32|openvino-fp32"] > 0.9999
+    here = prof["variants"]["openvino-fp32"]
+    assert here["exact_reference"] == "onnx-fp32" and here["min_cos_to_exact"] > 0.9999
+    assert "min_cos_to_exact" not in prof["variants"]["onnx-fp32"]  # the reference itself
     file = write_profile(own_artifact, prof)
     assert file.parent.name == "tuning" and file.stem == machine.machine_key()
     enc = Encoder.load(own_artifact, tier="exact")
