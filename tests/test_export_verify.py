@@ -102,8 +102,20 @@ def _other_pad(tok: dict) -> None:
     }
 
 
+def _unverified_here(name: str, v: dict) -> bool:
+    """openvino-bf16 on a CPU without avx512_bf16/AMX: written, not verified (OpenVINO would run fp32)."""
+    from stedge_runtime import machine
+
+    if v["verification"] is not None:
+        return False
+    assert name == "openvino-bf16" and not machine.has_bf16() and "not verified" in v["note"], (name, v)
+    return True
+
+
 def test_records_tier_and_batch_invariance(artifact):
     for name, v in artifact.manifest["variants"].items():
+        if _unverified_here(name, v):
+            continue
         ver = v["verification"]
         assert ver["tier"] == "exact" and ver["passed"], (name, ver)
         assert ver["batch_invariance_min_cos"] >= 0.99999, (name, ver)
@@ -208,9 +220,10 @@ def test_add_to_an_artifact_written_before_tiers(artifact, model_dir, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(artifact.path, old)
     m = json.loads((old / "stedge.json").read_text())
-    for v in m["variants"].values():
+    for name, v in m["variants"].items():
         for key in ("tier", "batch_invariance_min_cos", "runtime"):
-            v["verification"].pop(key, None)
+            if not _unverified_here(name, v):
+                v["verification"].pop(key, None)
     (old / "stedge.json").write_text(json.dumps(m))
     assert Encoder.load(old, variant="openvino-fp32").encode("hi").shape == (32,)
     res = export_model(str(model_dir), old, optimize="O1", add=True)

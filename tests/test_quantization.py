@@ -388,19 +388,34 @@ def test_real_minilm_precisions_equal_sentence_transformers(minilm_path, stsb_te
     quantize_embeddings with the same calibration texts."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.util.quantization import quantize_embeddings as st_quantize
+    from stedge_runtime.quantization import quantize_embeddings
 
     from stedge.models import SentenceEncoder
 
     texts, cal_texts = stsb_test.sentences1[:48], stsb_test.sentences2[:200]
     ours, st = SentenceEncoder(minilm_path, device="cpu"), SentenceTransformer(str(minilm_path), device="cpu")
     cal_ours, cal_st = ours.encode(cal_texts), st.encode(cal_texts)
+    emb_st = st.encode(texts)
     for p in ST_PRECISIONS:
+        want = st_quantize(emb_st, p, calibration_embeddings=cal_st)
+        # the quantizer itself, on the same floats: bit for bit
+        np.testing.assert_array_equal(quantize_embeddings(emb_st, p, calibration_embeddings=cal_st), want)
         got = ours.encode(texts, precision=p, calibration_embeddings=cal_ours)
-        want = st_quantize(st.encode(texts), p, calibration_embeddings=cal_st)
         assert got.dtype == want.dtype and got.shape == want.shape
-        np.testing.assert_array_equal(got, want)
+        # two torch forward passes agree to ~1e-7, so a value sitting on a bucket edge may land one bucket
+        # over on some CPUs (seen: 1 of 18,432 int8 codes on an AVX2 Zen 3)
+        _close_codes(got, want, p)
         if p in ("binary", "ubinary"):  # no calibration: sentence-transformers' own encode(precision=...)
-            np.testing.assert_array_equal(got, st.encode(texts, precision=p))
+            _close_codes(got, st.encode(texts, precision=p), p)
+
+
+def _close_codes(got: np.ndarray, want: np.ndarray, precision: str) -> None:
+    from stedge_runtime.quantization import unpack_bits
+
+    if precision in ("binary", "ubinary"):
+        got, want = unpack_bits(got, precision), unpack_bits(want, precision)
+    diff = np.abs(got.astype(np.int64) - want.astype(np.int64))
+    assert diff.max() <= 1 and np.mean(diff != 0) <= 1e-3, (precision, int(diff.max()), float(np.mean(diff != 0)))
 
 
 # --------------------------------------------------------------------------- embed-corpus --precision
