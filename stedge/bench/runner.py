@@ -629,6 +629,8 @@ def run_suite(
     """
     import copy
 
+    from stedge_runtime.tune import alternating_rounds
+
     from .machine import cuda_available, load_average
     from .peer import resolve_peer_python
 
@@ -655,23 +657,20 @@ def run_suite(
     try:
         job_common = _job_common(suite, data, tmp_root, n_threads)
         order = [(k, j) for k, plan in enumerate(plans) for j in range(len(plan[3]))]
-        done: dict[tuple[int, int], list[tuple[dict, Any]]] = {}
+        done: dict[tuple[int, int], list[dict]] = {}
         with _progress(progress) as bar:
             task = bar.add_task("benchmark", total=len(order) * suite.rounds) if bar else None
-            # Rounds in alternating order: a subject measured while the machine was busy gets a second
-            # chance, and slow drift does not favour the subjects measured first.
-            for r in range(suite.rounds):
-                for k, j in order if r % 2 == 0 else order[::-1]:
-                    sub = plans[k][3][j]
-                    plans[k] = plan = _maybe_reference(plans[k], sub, data, n_threads, log)
-                    work = tmp_root / f"{k:02d}-{j:02d}-r{r}"
-                    row, emb = _measure(sub, plan, suite, data, gemm, job_common, env, work, bar, task, log)
-                    if emb is not None and plan[4] is None and sub.is_reference and sub.device == "cpu":
-                        plans[k] = plan = (*plan[:4], emb, *plan[5:])  # stedge torch fp32 on the CPU *is* the reference
-                    done.setdefault((k, j), []).append((row, emb))
-                    if bar:
-                        bar.advance(task)
-        rows = [best_round([row for row, _ in done[kj]], suite.headline_batch_size) for kj in order]
+            for r, (k, j) in alternating_rounds(order, suite.rounds):
+                sub = plans[k][3][j]
+                plans[k] = plan = _maybe_reference(plans[k], sub, data, n_threads, log)
+                work = tmp_root / f"{k:02d}-{j:02d}-r{r}"
+                row, emb = _measure(sub, plan, suite, data, gemm, job_common, env, work, bar, task, log)
+                if emb is not None and plan[4] is None and sub.is_reference and sub.device == "cpu":
+                    plans[k] = plan = (*plan[:4], emb, *plan[5:])  # stedge torch fp32 on the CPU *is* the reference
+                done.setdefault((k, j), []).append(row)
+                if bar:
+                    bar.advance(task)
+        rows = [best_round(done[kj], suite.headline_batch_size) for kj in order]
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     _add_relative(rows, suite.models)
@@ -742,8 +741,6 @@ def best_round(rows: list[dict[str, Any]], headline: int) -> dict[str, Any]:
     ok = [r for r in rows if r.get("status") == "ok"]
     if not ok:
         return rows[0]
-    if len(ok) == 1 and len(rows) == 1:
-        return {**ok[0], "rounds": 1}
 
     def rate(r: dict) -> float:
         return float((r.get("throughput") or {}).get(str(headline), {}).get("sentences_per_s") or 0.0)

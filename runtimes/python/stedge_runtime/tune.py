@@ -15,7 +15,7 @@ import statistics
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -223,32 +223,32 @@ def tune(
         "skipped": skipped,
     }
     probes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    counter: list[Callable[[list], float]] = []
+    tok_count: Callable[[list], float] | None = None
     rounds = 1 if quick else ROUNDS
-    # Rounds in alternating order: a case measured while the machine was busy gets a second chance at a
-    # quieter moment, and a slow drift (thermal, a neighbour's job) does not favour the cases measured first.
-    order = [c for r in range(rounds) for c in (cases if r % 2 == 0 else cases[::-1])]
     measured: dict[tuple[str, str], list[dict]] = {}
-    for i, (name, settings) in enumerate(order):
+    for i, (_, (name, settings)) in enumerate(alternating_rounds(cases, rounds)):
         if progress:
-            progress(f"{name} {_fmt(settings)}", i, len(order))
+            progress(f"{name} {_fmt(settings)}", i, rounds * len(cases))
         entry = prof["variants"].setdefault(name, {"status": "ok", "sha256": todo[name].get("sha256"), "runs": []})
         if entry["status"] != "ok":
             continue
         share = per_variant / (rounds * sum(1 for c in cases if c[0] == name))
         try:
-            res = _measure_case(cls, root, name, settings, work, batch_sizes, share, probes, counter)
+            model = cls.load(root, variant=name, **settings)
+            tok_count = tok_count or _token_counter(model)
+            if name not in probes:
+                probes[name] = _probe(model, work)
+                entry["batch_invariance_min_cos"] = round(float(_cos_rows(*probes[name]).min()), 6)
+            res = measure(model, work, batch_sizes, share)
+            del model  # one engine at a time
         except Exception as e:  # an engine that cannot run a graph here is a result, not a crash
             entry.update(status="error", error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}", runs=[])
             continue
         measured.setdefault((name, _fmt(settings)), []).append(res)
-        if name in probes and "batch_invariance_min_cos" not in entry:
-            entry["batch_invariance_min_cos"] = round(float(_cos_rows(*probes[name]).min()), 6)
     for name, settings in cases:
         entry = prof["variants"][name]
         if entry["status"] == "ok" and (name, _fmt(settings)) in measured:
             entry["runs"].append({"settings": settings, **best_of(measured[(name, _fmt(settings))])})
-    tok_count = counter[0] if counter else None
     if progress:
         progress("done", len(cases), len(cases))
     prof["workloads"] = work.summary(tok_count or (lambda items: 0.0))
@@ -257,27 +257,14 @@ def tune(
     return prof
 
 
-def _measure_case(
-    cls: Any,
-    root: Path,
-    name: str,
-    settings: dict[str, Any],
-    work: _Workloads,
-    batch_sizes: Sequence[int],
-    seconds: float,
-    probes: dict[str, tuple[np.ndarray, np.ndarray]],
-    counter: list,
-) -> dict[str, Any]:
-    """Load one variant with one engine setting, probe it once (batch invariance), time it."""
-    model = cls.load(root, variant=name, **settings)
-    try:
-        if not counter:
-            counter.append(_token_counter(model))
-        if name not in probes:
-            probes[name] = _probe(model, work)
-        return measure(model, work, batch_sizes, seconds)
-    finally:
-        del model
+def alternating_rounds(items: Sequence[Any], rounds: int) -> Iterator[tuple[int, Any]]:
+    """``(round, item)`` for every item, ``rounds`` times, every other round in reverse order: an item
+    measured while the machine was busy gets a second chance at a quieter moment, and a slow drift
+    (thermal, a neighbour's job) does not favour the items measured first. The harness runs its
+    subjects the same way (``stedge bench``, suite key ``rounds``)."""
+    for r in range(rounds):
+        for item in items if r % 2 == 0 else items[::-1]:
+            yield r, item
 
 
 def best_of(results: list[dict[str, Any]]) -> dict[str, Any]:
