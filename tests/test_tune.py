@@ -135,6 +135,12 @@ def test_bench_tunes_only_when_the_profile_is_missing_stale_or_quick(art, monkey
     }
     write_profile(art, prof)
     runner.ensure_profile(art, suite, 2, {}, lambda m: None)
+    assert len(calls) == 2  # written before stedge tuned the token budget: re-tuned
+    prof["batch_tokens"] = {"best": 1024, "default": 1024, "rates": {}}
+    write_profile(art, prof)
+    calls.clear()
+    calls.append("first")
+    runner.ensure_profile(art, suite, 2, {}, lambda m: None)
     assert len(calls) == 1  # covered: not re-tuned
     write_profile(art, {**prof, "quick": True})
     runner.ensure_profile(art, suite, 2, {}, lambda m: None)

@@ -373,8 +373,8 @@ def ensure_profile(artifact: Path, suite: Suite, threads: int, env: dict[str, st
         prof = {}
     have = prof.get("variants") or {}
     stale = [n for n, v in todo.items() if n not in have or have[n].get("sha256") != v.get("sha256")]
-    if prof.get("quick") and not suite.tune_quick:
-        stale = list(todo)  # a quick profile is not good enough for a full run
+    if (prof.get("quick") or "batch_tokens" not in prof) and prof and not suite.tune_quick:
+        stale = list(todo)  # a quick profile, or one without the token budget, is not good enough for a full run
     if not stale:
         log(f"{artifact.name}: this machine's tuning profile covers every variant; not re-tuning")
         return

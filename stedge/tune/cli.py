@@ -131,6 +131,16 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
                 marks.get((name, json.dumps(s, sort_keys=True)), ""),
             )
     console.print(t)
+    bt = prof.get("batch_tokens")
+    if bt:
+        rates = "; ".join(
+            f"{b}: short {r.get('short', 0):.0f}/s, passages {r.get('passage', 0):.1f}/s"
+            for b, r in bt["rates"].items()
+        )
+        console.print(
+            f"padded tokens per engine call, on {bt['variant']} (short bs={bt['batch_sizes']['short']}, passages "
+            f"bs={bt['batch_sizes']['passage']}): {rates} -> [bold]{bt['best']}[/] (default {bt['default']})"
+        )
     for name, why in (prof.get("skipped") or {}).items():
         console.print(f"[yellow]not tuned: {name}: {why}[/]")
     render_choice(choices, console)
@@ -163,6 +173,8 @@ def render_choice(choices: dict[str, Any], console: Any = None) -> None:
         line = f"tier {tier}: [bold]{c['variant']}[/] {_settings(c.get('settings') or {})} - {c['reason']}"
         if c.get("latency_variant"):
             line += f"; batch-1 calls: {c['latency_variant']} {_settings(c.get('latency_settings') or {})}"
+        if c.get("max_batch_tokens"):
+            line += f"; at most {c['max_batch_tokens']} tokens per call"
         console.print(line)
         for note in c.get("notes") or []:
             console.print(f"    [dim]{note}[/]")
@@ -188,8 +200,9 @@ def tune_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the profile and the choices as JSON."),
 ) -> None:
     """Time every verified variant of ARTIFACT on this machine (engine settings, batch 1 and bulk, short texts and
-    passages) and write ARTIFACT/tuning/<machine key>.json, which Encoder.load uses to choose the fastest variant
-    of each precision tier here. Profiles of other machines are kept and ignored here."""
+    passages; then the padded tokens per engine call, on the fastest) and write ARTIFACT/tuning/<machine key>.json,
+    which Encoder.load uses to choose the fastest variant of each precision tier here and its batch size in tokens.
+    Profiles of other machines are kept and ignored here."""
     from stedge_runtime.artifact import Manifest
     from stedge_runtime.tune import best_choices
 

@@ -25,7 +25,7 @@ from .engines import installed_backends, open_engine
 from .errors import ArtifactError, DeviceError, InputError
 from .inputs import as_pairs, rank_documents, resolve_prompt
 from .quantization import check_precision, load_ranges, quantize_embeddings
-from .select import Selection, select_variant
+from .select import Selection, default_batch_tokens, select_variant
 from .similarity import check_name, similarity_matrix
 from .tokenize import Tokenizer, batches, pad
 
@@ -68,7 +68,7 @@ class _Artifact:
         threads: int | None = None,
         fallback: bool = False,
         verify: bool | str = "cached",
-        max_batch_tokens: int = 16384,
+        max_batch_tokens: int | None = None,
         tier: str | None = None,
         route: bool | None = None,
         profile: bool = True,
@@ -81,9 +81,15 @@ class _Artifact:
         batch-1 calls may run on a faster second variant when the profile shows it and the vectors agree
         (None), always when faster (True) or never (False). ``selection`` says what was chosen and why.
         An unavailable device is an error unless ``fallback=True``, which warns and runs on the CPU.
-        ``verify`` controls the sha256 check ("cached", True, False). ``engine_options`` go to the engine
-        (see OrtEngine / OpenVINOEngine) and win over the variant's and the profile's settings."""
+        ``verify`` controls the sha256 check ("cached", True, False). ``max_batch_tokens`` caps the padded
+        tokens (rows x longest row) of one engine call: by default the budget the profile measured, else
+        1024 on a CPU and 16384 on a GPU (stedge_runtime.select.BATCH_TOKENS). ``engine_options`` go to the
+        engine (see OrtEngine / OpenVINOEngine) and win over the variant's and the profile's settings."""
         root = Path(path)
+        if max_batch_tokens is not None and (
+            isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, int) or max_batch_tokens < 1
+        ):
+            raise InputError(f"max_batch_tokens must be an integer >= 1 (or None), got {max_batch_tokens!r}")
         known = tuple(dict.fromkeys(ONNX_DEVICES + OPENVINO_DEVICES))
         if not isinstance(device, str) or device_family(device) not in known:
             raise DeviceError(
@@ -100,11 +106,13 @@ class _Artifact:
             warnings.warn(f"{e}. Falling back to the CPU (fallback=True).", RuntimeWarning, stacklevel=2)
             v = variant if variant in m.variants and m.variants[variant].fits("cpu") else None
             sel, engines = cls._open(root, m, v, "cpu", threads, verify, engine_options, choice)
+            device = "cpu"
         for w in sel.warnings:
             warnings.warn(f"{root}: {w}", RuntimeWarning, stacklevel=2)
         tok_file = artifact_path(root, m.tokenizer, "tokenizer")
         tok = Tokenizer(tok_file, m.max_seq_length, m.do_lower_case)
-        obj = cls(root, m, sel.variant, engines[0], tok, max_batch_tokens, sel, engines[1])
+        budget = max_batch_tokens or sel.max_batch_tokens or default_batch_tokens(device)
+        obj = cls(root, m, sel.variant, engines[0], tok, budget, sel, engines[1])
         obj._verify = verify
         return obj
 

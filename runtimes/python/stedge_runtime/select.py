@@ -20,7 +20,8 @@
    an exact-tier fp32 variant run here (``min_cos_to_exact`` in the profile) below the tier's min cosine is
    left out: export verified it on the exporting CPU, and int8 kernels round differently by ISA. Variants
    added after the profile was measured are not chosen until ``stedge tune`` runs again (the selection says
-   so), so ``stedge export --add`` never changes the choice silently.
+   so), so ``stedge export --add`` never changes the choice silently. The profile's measured token budget
+   per engine call (``batch_tokens``) comes with the choice; without it a CPU gets ``BATCH_TOKENS``.
 4. Without a profile, the rule ranks kinds of variant by the CPU (``machine.cpu_class``):
    ``amx``: bf16 > int8 static > int8 > fp32; ``avx512_bf16``: int8 > int8 static > bf16 > fp32;
    other CPUs: int8 > int8 static > fp32 (bf16 is never taken on a CPU without avx512_bf16/AMX);
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from . import machine
-from .artifact import backends_for
+from .artifact import backends_for, device_family
 from .errors import ArtifactError, DeviceError
 from .profile import list_profiles, read_profile
 
@@ -52,6 +53,12 @@ MAX_SPEARMAN_DROP = {"exact": None, "near": 0.2, "compressed": None}  # points, 
 # Batch invariance each tier needs: min cos of a text alone vs inside a mixed batch of 32.
 INVARIANCE = {"exact": 0.99999, "near": 0.999, "compressed": 0.999}
 SETTINGS_GAIN = 1.1  # a non-default engine setting must be this much faster in bulk to be used
+# Padded tokens per engine call (rows x longest row). On a CPU, small batches stay in cache: MiniLM on a
+# 2-core Zen 3, onnxruntime and OpenVINO alike, ran 23-31 % faster at 1024 than at 16384 on passages and
+# on large batches of short texts, and 512-2048 are within a few % of 1024. GPUs want big batches.
+# `stedge tune` measures the budget on the machine (profile key ``batch_tokens``).
+BATCH_TOKENS = {"cpu": 1024}
+GPU_BATCH_TOKENS = 16384
 ROUTE_GAIN = 0.8  # route batch-1 calls when their p50 is at most this share of the bulk variant's
 # Best first, per CPU class (machine.cpu_class) and for other device families.
 KIND_ORDER = {
@@ -86,6 +93,7 @@ class Selection:
     settings: dict[str, Any] = field(default_factory=dict)  # engine settings from the profile
     latency_variant: str | None = None  # batch-1 calls run here when set
     latency_settings: dict[str, Any] = field(default_factory=dict)
+    max_batch_tokens: int | None = None  # the tuned token budget per engine call (None: the device default)
     profile: str | None = None  # the profile file used
     machine_key: str | None = None
     excluded: dict[str, str] = field(default_factory=dict)  # variant -> why it was not eligible
@@ -254,6 +262,32 @@ def _settled_run(runs: list[dict]) -> dict:
     return best if b0 is None or (b1 is not None and b1 >= SETTINGS_GAIN * b0) else base
 
 
+def default_batch_tokens(device: str) -> int:
+    """Padded tokens per engine call on ``device`` when nothing was tuned (``BATCH_TOKENS``; the
+    ONNX Runtime OpenVINO EP on its CPU counts as a CPU)."""
+    family = device_family(device)
+    if family == "ort-openvino" and device.partition(":")[2].upper() in ("", "CPU"):
+        family = "cpu"
+    return BATCH_TOKENS.get(family, GPU_BATCH_TOKENS)
+
+
+def settled_batch_tokens(rates: Mapping[str, Any], default: int) -> int:
+    """The token budget to use from measured ``{budget: {workload: rate}}``: ``default`` unless another
+    budget was at least ``SETTINGS_GAIN`` faster (geometric mean over the workloads), as for settings."""
+    ok = {
+        int(b): {k: float(x) for k, x in (r or {}).items() if isinstance(x, (int, float)) and x > 0}
+        for b, r in rates.items()
+        if str(b).isdigit()
+    }
+    kinds = set.intersection(*(set(r) for r in ok.values())) if ok else set()  # compare like with like
+    scores = {b: math.exp(sum(math.log(r[k]) for k in kinds) / len(kinds)) for b, r in ok.items() if kinds}
+    if not scores:
+        return default
+    best = max(scores, key=lambda b: (scores[b], -b))
+    base = scores.get(default)
+    return best if base is None or scores[best] >= SETTINGS_GAIN * base else default
+
+
 def _hash_of(v: Any) -> Any:
     return _get(v, "sha256")
 
@@ -321,6 +355,10 @@ def _from_profile(
     if others:
         reason += f"; also tuned: {', '.join(others)}"
     sel: dict[str, Any] = {}
+    budget = (prof.get("batch_tokens") or {}).get("best")
+    if isinstance(budget, int) and budget >= 1:
+        sel["max_batch_tokens"] = budget
+        notes.append(f"bulk batches of at most {budget} padded tokens (tuned on this machine)")
     lp50, lname, lsettings = min(lat, key=lambda x: (x[0], x[1])) if lat else (math.inf, None, {})
     if lname is not None and (lname, lsettings) != (name, settings) and lp50 <= ROUTE_GAIN * p50:
         gain = f"batch-1 p50 {lp50:.2f} ms vs {p50:.2f} ms"
@@ -328,7 +366,7 @@ def _from_profile(
         if route is False:
             notes.append(f"batch-1 calls would be faster on {lname} {lsettings} ({gain}); not routed (route=False)")
         elif lname == name or route or (agree is not None and agree >= INVARIANCE[tier]):
-            sel = {"latency_variant": lname, "latency_settings": dict(lsettings)}
+            sel.update(latency_variant=lname, latency_settings=dict(lsettings))
             notes.append(
                 f"batch-1 calls go to {lname} {lsettings} ({gain}"
                 + (")" if lname == name else f"; min cos to {name}: {agree})")

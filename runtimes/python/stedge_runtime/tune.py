@@ -3,10 +3,12 @@
 ``tune(path)`` loads each variant the installed engines can run on the CPU, with each engine setting
 worth trying (threads; ONNX Runtime intra-op spinning on/off; OpenVINO PERFORMANCE_HINT LATENCY /
 THROUGHPUT and streams), and times batch-1 calls on short texts and bulk batches on short and
-passage-length texts. It also checks, on this machine, that a text's vector alone matches its vector
-inside a mixed batch, and how far the variants' vectors agree with each other (for routing batch-1
-calls). ``write_profile`` stores the result as ``tuning/<machine key>.json`` (stedge_runtime.profile),
-which ``Encoder.load`` reads (stedge_runtime.select). The `stedge tune` command wraps this with a table.
+passage-length texts; then, on the fastest variant, how many padded tokens one engine call should
+take (``max_batch_tokens``: small batches stay in the CPU's caches). It also checks, on this machine,
+that a text's vector alone matches its vector inside a mixed batch, and how far the variants' vectors
+agree with each other (for routing batch-1 calls). ``write_profile`` stores the result as
+``tuning/<machine key>.json`` (stedge_runtime.profile), which ``Encoder.load`` reads (stedge_runtime.select).
+The `stedge tune` command wraps this with a table.
 """
 
 from __future__ import annotations
@@ -25,10 +27,20 @@ from .engines import installed_backends
 from .errors import InputError, RuntimeStedgeError
 from .profile import PROFILE_FORMAT
 from .samples import SHORT, passages
-from .select import fits, select_variant, variant_tier
+from .select import (
+    _bulk_score,
+    _settled_run,
+    default_batch_tokens,
+    fits,
+    select_variant,
+    settled_batch_tokens,
+    variant_tier,
+)
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 ROUNDS = 2  # every case is measured this many times, in alternating order; the best round counts
+# Token budgets per engine call tried on the fastest variant (Encoder.load's max_batch_tokens).
+BATCH_TOKEN_GRID = (512, 1024, 2048, 4096, 16384)
 
 
 def settings_grid(backend: str, threads: int | None = None, quick: bool = False) -> list[dict[str, Any]]:
@@ -74,6 +86,9 @@ class _Workloads:
         self.latency = self.short[:n_lat]
         self.probe = self.short[:16]
         self.mixed = self.probe + self.passage[: 32 - len(self.probe)]  # padded to passage length in one batch
+        # For the token budget: one large batch of short texts and one of passages (several budgets' worth).
+        self.big_short = [short[i % len(short)] for i in range(192)]
+        self.big_passage = passages(short, count=24)
         self.task = task
         if task == "reranking":
             q = self.short
@@ -82,6 +97,8 @@ class _Workloads:
             self.latency = self.short[: len(self.latency)]
             self.probe = self.short[:16]
             self.mixed = self.probe + self.passage[: 32 - len(self.probe)]
+            self.big_short = [(q[i % len(q)], q[(i + 3) % len(q)]) for i in range(len(self.big_short))]
+            self.big_passage = [(q[i % len(q)], p) for i, p in enumerate(self.big_passage)]
 
     def summary(self, count: Callable[[list], float]) -> dict[str, Any]:
         return {
@@ -182,7 +199,8 @@ def tune(
 
     ``variants`` limits the set (default: every verified variant the installed engines run on the CPU);
     ``budget_s`` is the target total time (default 4 s per variant, 1.5 s with ``quick``, which also
-    tries only the engines' default settings); ``texts`` replaces the built-in samples.
+    tries only the engines' default settings and skips the token-budget sweep, about 10-15 s on 2 cores
+    for a MiniLM, outside the budget); ``texts`` replaces the built-in samples.
     """
     from .encoder import Encoder, Reranker
 
@@ -249,12 +267,56 @@ def tune(
         entry = prof["variants"][name]
         if entry["status"] == "ok" and (name, _fmt(settings)) in measured:
             entry["runs"].append({"settings": settings, **best_of(measured[(name, _fmt(settings))])})
+    if not quick:
+        prof["batch_tokens"] = _tune_batch_tokens(cls, root, prof["variants"], work, rounds, progress)
     if progress:
         progress("done", len(cases), len(cases))
     prof["workloads"] = work.summary(tok_count or (lambda items: 0.0))
     prof["agreement"] = _agreement(probes)
     _accuracy_here(prof["variants"], probes, todo)
     return prof
+
+
+def _tune_batch_tokens(
+    cls: Any, root: Path, entries: dict[str, Any], work: _Workloads, rounds: int, progress: Progress | None
+) -> dict[str, Any] | None:
+    """Time the fastest variant (its settled settings) with each token budget in ``BATCH_TOKEN_GRID`` on a
+    large batch of short texts and one of passages. The budget is about the CPU's caches and the model's
+    width, not the graph's precision, so one variant stands for all. The CPU default stays unless another
+    budget is ``SETTINGS_GAIN`` faster (select.settled_batch_tokens). None when no variant ran."""
+    ranked = [
+        (_bulk_score(run) or 0.0, name, run["settings"])
+        for name, e in entries.items()
+        if e["status"] == "ok" and e["runs"]
+        for run in [_settled_run(e["runs"])]
+    ]
+    if not ranked:
+        return None
+    _, name, settings = max(ranked, key=lambda r: r[0])
+    model = cls.load(root, variant=name, **settings)
+    run = _call(model, work.task)
+    run(work.big_short[:8], 8)
+    rates: dict[str, dict[str, float]] = {}
+    loads = (("short", work.big_short), ("passage", work.big_passage))
+    for i, (_, budget) in enumerate(alternating_rounds(BATCH_TOKEN_GRID, rounds)):
+        if progress:
+            progress(f"{name}: at most {budget} tokens per call", i, rounds * len(BATCH_TOKEN_GRID))
+        model.max_batch_tokens = budget
+        for kind, items in loads:
+            t = time.perf_counter()
+            run(items, len(items))
+            rate = len(items) / (time.perf_counter() - t)
+            got = rates.setdefault(str(budget), {})
+            got[kind] = round(max(rate, got.get(kind, 0.0)), 2)
+    default = default_batch_tokens("cpu")
+    return {
+        "variant": name,
+        "settings": settings,
+        "batch_sizes": {"short": len(work.big_short), "passage": len(work.big_passage)},
+        "rates": rates,
+        "default": default,
+        "best": settled_batch_tokens(rates, default),
+    }
 
 
 def alternating_rounds(items: Sequence[Any], rounds: int) -> Iterator[tuple[int, Any]]:

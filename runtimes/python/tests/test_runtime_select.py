@@ -279,6 +279,30 @@ def test_a_non_default_engine_setting_must_win_clearly(tmp_path):
     assert _sel(vs, tmp_path, PLAIN, "exact").settings["performance_hint"] == "THROUGHPUT"
 
 
+def test_token_budget_per_call_default_tuned_and_named(tmp_path):
+    """A CPU gets 1024 padded tokens per engine call, a GPU 16384; a tuned budget is used only when it was
+    clearly faster than the default, and comes with the profile's choice (not with a named variant)."""
+    from stedge_runtime.select import default_batch_tokens, settled_batch_tokens
+
+    assert default_batch_tokens("cpu") == 1024 and default_batch_tokens("ort-openvino:CPU") == 1024
+    assert default_batch_tokens("cuda:1") == 16384 and default_batch_tokens("GPU.0") == 16384
+    rates = {"1024": {"short": 500, "passage": 20}, "4096": {"short": 530, "passage": 21}, "16384": {"short": 300}}
+    assert settled_batch_tokens(rates, 1024) == 1024  # 5 % is noise; 16384 counts on short texts only
+    rates["4096"] = {"short": 600, "passage": 24}
+    assert settled_batch_tokens(rates, 1024) == 4096
+    assert settled_batch_tokens({}, 1024) == 1024 and settled_batch_tokens({"512": {"short": 9}}, 1024) == 512
+    vs = _variants()
+    prof = _profile("machine-a", {"onnx-fp32": (3.0, 900, 90)})
+    write_profile(tmp_path, prof)
+    assert _sel(vs, tmp_path, PLAIN, "exact").max_batch_tokens is None  # no sweep (quick): the device default
+    prof["batch_tokens"] = {"rates": rates, "default": 1024, "best": 4096}
+    write_profile(tmp_path, prof)
+    sel = _sel(vs, tmp_path, PLAIN, "exact")
+    assert sel.max_batch_tokens == 4096 and any("4096 padded tokens" in n for n in sel.notes)
+    named = select_variant(vs, "cpu", "onnx-fp32", BOTH, tmp_path, flags=PLAIN, key="machine-a")
+    assert named.max_batch_tokens is None
+
+
 def test_tune_keeps_the_best_round_of_each_case():
     from stedge_runtime.tune import best_of
 
@@ -323,6 +347,25 @@ def test_tune_writes_profile_and_load_uses_it(own_artifact, monkeypatch):
     other = Encoder.load(own_artifact, tier="exact")
     assert other.selection.source == "rule" and other.variant == "onnx-fp32"
     assert any(file.name in n for n in other.selection.notes)
+
+
+def test_tune_measures_the_token_budget_and_load_uses_it(own_artifact):
+    from stedge_runtime.errors import InputError
+    from stedge_runtime.tune import BATCH_TOKEN_GRID, tune
+
+    prof = tune(own_artifact, variants=["onnx-fp32"], threads=1, budget_s=1)
+    bt = prof["batch_tokens"]
+    assert bt["variant"] == "onnx-fp32" and bt["default"] == 1024 and bt["best"] in BATCH_TOKEN_GRID
+    assert set(bt["rates"]) == {str(b) for b in BATCH_TOKEN_GRID}
+    assert all(r["short"] > 0 and r["passage"] > 0 for r in bt["rates"].values())
+    bt["best"] = 512  # whatever this machine measured, the load takes what the profile says
+    write_profile(own_artifact, prof)
+    enc = Encoder.load(own_artifact, tier="exact")
+    assert enc.selection.max_batch_tokens == 512 and enc.max_batch_tokens == 512
+    assert Encoder.load(own_artifact, tier="exact", max_batch_tokens=40).max_batch_tokens == 40  # the caller wins
+    assert Encoder.load(own_artifact, variant="onnx-fp32").max_batch_tokens == 1024  # named: the CPU default
+    with pytest.raises(InputError, match="max_batch_tokens must be an integer >= 1"):
+        Encoder.load(own_artifact, max_batch_tokens=0)
 
 
 def test_load_refuses_a_variant_that_fails_invariance_unless_named(own_artifact):
