@@ -215,7 +215,7 @@ class OpenVINOEngine:
             self.parallel = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         except (RuntimeError, TypeError, ValueError):
             self.parallel = 1
-        self._queue = None
+        self._queue: list[Any] | None = None  # the infer requests run_many shares out
         self._queue_lock = threading.Lock()
 
     def run(self, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
@@ -229,24 +229,38 @@ class OpenVINOEngine:
     def run_many(self, feeds_list: list[dict[str, np.ndarray]], output: str) -> list[np.ndarray]:
         """Run several batches on ``parallel`` infer requests at once (results in order).
 
-        One caller at a time uses the shared request queue; a concurrent caller runs its batches on
-        its own thread's request instead, so calls from many threads stay safe.
+        The batches go round-robin to the requests; a request's result is read (on this thread) before it
+        takes its next batch. No Python callback runs on OpenVINO's threads: the cyclic garbage collector,
+        run by any thread that allocates, could otherwise free another engine there, and a compiled model
+        destroyed on its own worker thread aborts the process ("Resource deadlock avoided").
+        One caller at a time uses the shared requests; a concurrent caller runs its batches on its own
+        thread's request instead, so calls from many threads stay safe.
         """
         if self.parallel <= 1 or len(feeds_list) <= 1 or not self._queue_lock.acquire(blocking=False):
             return [self.run(f, output) for f in feeds_list]
         try:
             if self._queue is None:
-                self._queue = self._ov.AsyncInferQueue(self.compiled, self.parallel)
+                self._queue = [self.compiled.create_infer_request() for _ in range(self.parallel)]
             port = self.compiled.output(output)
             results: list[Any] = [None] * len(feeds_list)
+            running: list[int | None] = [None] * len(self._queue)  # batch index on each request
 
-            def done(request: Any, index: int) -> None:
-                results[index] = np.array(request.results[port], copy=True)
+            def collect(k: int) -> None:
+                j = running[k]
+                if j is not None:
+                    self._queue[k].wait()
+                    results[j] = np.array(self._queue[k].get_tensor(port).data, copy=True)
+                    running[k] = None
 
-            self._queue.set_callback(done)
-            for i, feeds in enumerate(feeds_list):
-                self._queue.start_async({k: v for k, v in feeds.items() if k in self.inputs}, userdata=i)
-            self._queue.wait_all()
+            try:
+                for i, feeds in enumerate(feeds_list):
+                    k = i % len(self._queue)
+                    collect(k)
+                    self._queue[k].start_async({n: v for n, v in feeds.items() if n in self.inputs})
+                    running[k] = i
+            finally:
+                for k in range(len(self._queue)):
+                    collect(k)
             return results
         finally:
             self._queue_lock.release()

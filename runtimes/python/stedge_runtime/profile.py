@@ -14,7 +14,10 @@ not touched. Layout (``format_version`` 1)::
                          "runs": [{"settings": {"threads": 2, "allow_spinning": true},
                                    "batch1_ms_p50": 1.9, "batch1_ms_p90": 2.3, "rounds": 2,
                                    "bulk": {"short": {"32": 1650.0}, "passage": {"32": 140.0}}}]}},
-     "agreement": {"A|B": min cosine between the vectors of variants A and B on the short texts}}
+     "agreement": {"A|B": min cosine between the vectors of variants A and B on the short texts},
+     "batch_tokens": {"variant": "onnx-fp32", "settings": {...}, "batch_sizes": {"short": 192, "passage": 24},
+                      "rates": {"1024": {"short": 620.0, "passage": 27.0}, ...}, "default": 1024,
+                      "best": 1024}}    # padded tokens per engine call; absent in --quick profiles
 
 Each run is the best of ``rounds`` measurements of that (variant, settings) case, taken in alternating
 order so that load from elsewhere during one of them does not decide the choice.

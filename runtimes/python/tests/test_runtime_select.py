@@ -391,6 +391,34 @@ def test_openvino_throughput_hint_runs_batches_side_by_side(tiny_artifact):
     assert thr.encode(texts[:1]).shape == (1, thr.dimension)
 
 
+def test_openvino_parallel_batches_run_no_python_on_openvino_threads(tiny_artifact):
+    """A Python callback on an OpenVINO worker thread may run the cyclic garbage collector there, which can
+    free another engine's compiled model on its own worker thread: the process aborts ("Resource deadlock
+    avoided", seen in `stedge tune`). With the collector made to run at every allocation, every collection
+    during a parallel bulk call must happen on the calling thread."""
+    import gc
+    import threading
+
+    thr = Encoder.load(tiny_artifact, variant="openvino-fp32", threads=2, performance_hint="THROUGHPUT", num_streams=2)
+    texts = [f"sentence number {i} " * (1 + i % 5) for i in range(40)]
+    thr.encode(texts, batch_size=4)
+    seen: set[int] = set()
+
+    def where(phase: str, info: dict) -> None:
+        seen.add(threading.get_ident())
+
+    old = gc.get_threshold()
+    gc.callbacks.append(where)
+    gc.set_threshold(1, 1, 1)
+    try:
+        for _ in range(3):
+            thr.encode(texts, batch_size=4)
+    finally:
+        gc.set_threshold(*old)
+        gc.callbacks.remove(where)
+    assert seen == {threading.get_ident()}
+
+
 def test_tune_a_reranker(tiny_ce_artifact, tmp_path):
     from stedge_runtime import Reranker
     from stedge_runtime.tune import tune
