@@ -210,7 +210,6 @@ class OpenVINOEngine:
         self.inputs = [i.any_name for i in self.compiled.inputs]
         self.outputs = [n for o in self.compiled.outputs for n in o.names]
         self._local = threading.local()
-        self._ov = ov
         try:  # THROUGHPUT hints compile several streams: bulk calls then run that many batches at once
             self.parallel = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         except (RuntimeError, TypeError, ValueError):

@@ -55,7 +55,7 @@ INVARIANCE = {"exact": 0.99999, "near": 0.999, "compressed": 0.999}
 SETTINGS_GAIN = 1.1  # a non-default engine setting must be this much faster in bulk to be used
 # Padded tokens per engine call (rows x longest row). On a CPU, small batches stay in cache: MiniLM on a
 # 2-core Zen 3, onnxruntime and OpenVINO alike, ran 23-31 % faster at 1024 than at 16384 on passages and
-# on large batches of short texts, and 512-2048 are within a few % of 1024. GPUs want big batches.
+# on large batches of short texts; 512 was within a few % of 1024, 2048 5-14 % slower. GPUs want big batches.
 # `stedge tune` measures the budget on the machine (profile key ``batch_tokens``).
 BATCH_TOKENS = {"cpu": 1024}
 GPU_BATCH_TOKENS = 16384
