@@ -20,7 +20,8 @@ def export_call(variant: str) -> tuple[str, str | None, str, str | None]:
 
     ``onnx-fp32`` -> (onnx, None, none); ``onnx-fp32-O3`` -> (onnx, O3, none); ``onnx-fp16-O4`` ->
     (onnx, O4, none); ``onnx-int8-avx512_vnni`` -> (onnx, None, int8-dynamic, avx512_vnni);
-    ``onnx-int8-static`` -> (onnx, None, int8-static); ``openvino-int8-static`` -> (openvino, None,
+    ``onnx-int8-static`` -> (onnx, None, int8-static); ``onnx-int8-rows`` -> (onnx, None, int8-rows);
+    ``openvino-int8-static`` -> (openvino, None,
     int8-static); ``openvino-int4-weights`` -> (openvino, None, int4-weights); ``onnx-fp16`` -> fp16;
     ``openvino-bf16`` -> (openvino, None, bf16).
     """
@@ -42,12 +43,13 @@ def export_call(variant: str) -> tuple[str, str | None, str, str | None]:
         if backend != "openvino" or q:
             raise StedgeError(f"variant {variant!r}: bf16 is an OpenVINO variant without a suffix (openvino-bf16)")
         return backend, opt, "bf16", None
-    if q in ("static", "weights"):
+    if q in ("static", "weights", "rows"):
         return backend, opt, f"{prec}-{q}", None
     if q in INT8_ISAS and prec == "int8" and backend == "onnx":
         return backend, opt, "int8-dynamic", q
     raise StedgeError(
-        f"variant {variant!r}: unknown quantization; use -static, -weights or an ISA (avx2, avx512, avx512_vnni, arm64)"
+        f"variant {variant!r}: unknown quantization; use -static, -rows, -weights "
+        "or an ISA (avx2, avx512, avx512_vnni, arm64)"
     )
 
 
@@ -103,7 +105,7 @@ def build_variants(
         return artifact
     calls = plan_calls(missing)
     for i, call in enumerate(calls):
-        if call["quantize"] in ("int8-static",) and calibration is not None:
+        if call["quantize"] in ("int8-static", "int8-rows") and calibration is not None:
             call["calibration"], call["calibration_size"] = calibration
         first = fresh and i == 0
         log(f"exporting {model_path.name} -> {artifact} ({', '.join(f'{k}={v}' for k, v in call.items() if v)})")

@@ -246,6 +246,19 @@ def build_onnx_int8_static(ctx: BuildContext, pv: PlannedVariant) -> BuiltVarian
     return finish(ctx, pv, quantization={**q, "calibration": ctx.calibration_source})
 
 
+def build_onnx_int8_rows(ctx: BuildContext, pv: PlannedVariant) -> BuiltVariant:
+    """onnxruntime int8 with activations quantized per row at run time, from the fp32 graph (calibration
+    only picks the outlier channels that stay float)."""
+    from . import optimize as opt
+    from .onnx_graph import load_graph
+    from .quantize import quantize_rows_int8
+
+    q = quantize_rows_int8(
+        ctx.fp32, _target(ctx, pv), ctx.calibration(), exclude_nodes=opt.tail_nodes(load_graph(ctx.fp32))
+    )
+    return finish(ctx, pv, quantization={**q, "calibration": ctx.calibration_source})
+
+
 def _ov_model(ctx: BuildContext):
     from . import openvino as ovx
 
@@ -313,6 +326,7 @@ BUILDERS: dict[str, Callable[[BuildContext, PlannedVariant], BuiltVariant]] = {
     "onnx-fp16": build_onnx_fp16,
     "onnx-int8-dynamic": build_onnx_int8_dynamic,
     "onnx-int8-static": build_onnx_int8_static,
+    "onnx-int8-rows": build_onnx_int8_rows,
     "openvino-fp32": build_openvino_fp32,
     "openvino-bf16": build_openvino_bf16,
     "openvino-fp16": build_openvino_fp16,

@@ -74,12 +74,14 @@ HELP = {
     "model": "Model folder or reference (a sentence-transformers model, a reranker, or a LoRA adapter folder).",
     "output": "Artifact folder (default: models/<model-name>-stedge).",
     "optimize": "onnxruntime level: O1, O2, O3 or O4 (O4 = fp16, for GPU).",
-    "quantize": "none; fp16; bf16 (OpenVINO, run in bf16 on avx512_bf16/AMX CPUs); int8 (static, batch-invariant, "
-    "calibrated on --calibration or built-in texts); int8-static (int8 with --calibration required); "
-    "int8-dynamic (onnxruntime dynamic per --isa, not batch-invariant); int8-weights / int4-weights "
+    "quantize": "none; fp16; bf16 (OpenVINO, run in bf16 on avx512_bf16/AMX CPUs); int8 (static and, for "
+    "onnxruntime, per-row too: batch-invariant, calibrated on --calibration or built-in texts); int8-static "
+    "(static int8 with --calibration required); int8-rows (onnxruntime int8, activations quantized per row at run "
+    "time); int8-dynamic (onnxruntime dynamic per --isa, not batch-invariant); int8-weights / int4-weights "
     "(OpenVINO weight compression).",
     "isa": "int8-dynamic targets: auto (this CPU), all, or avx2, avx512, avx512_vnni, arm64 (comma-separated).",
-    "calibration": "Calibration texts (a text file, CSV/TSV/JSONL, or a datasets name) for int8 / int8-static and, "
+    "calibration": "Calibration texts (a text file, CSV/TSV/JSONL, or a datasets name) for int8 / int8-static / "
+    "int8-rows and, "
     "for embedding models, the int8/uint8 output ranges saved with the artifact.",
     "calibration_method": "minmax, entropy or percentile (ONNX static int8).",
     "eval": "STS pairs (sentence1, sentence2, score) for Spearman, e.g. stsb/test.tsv.gz.",

@@ -118,12 +118,13 @@ def export_model(
     Variants: ONNX fp32 (always, with ``backend`` onnx/all), ``optimize`` O1-O4 (onnxruntime
     levels; O4 is fp16), ``quantize`` (see ``stedge.export.plan.QUANTIZE``: fp16, bf16, int8,
     int8-dynamic (one variant per ``isa``: auto = this CPU, all, or names), int8-static (calibrated
-    on ``calibration``), int8-weights, int4-weights). OpenVINO fp32 always with backend openvino/all,
-    and OpenVINO bf16 too on a CPU with avx512_bf16 / AMX. Every variant is verified by loading the
-    artifact with stedge_runtime and comparing with PyTorch fp32 on real texts (Spearman on
-    ``eval_data``, batch invariance, the precision tier reached); with ``max_drop`` a variant over it
-    raises CheckFailedError and nothing is written. ``add`` keeps the variants of an existing artifact
-    of the same source model; ``overwrite`` replaces it.
+    on ``calibration``), int8-rows (activations quantized per row at run time), int8-weights,
+    int4-weights). OpenVINO fp32 always with backend openvino/all, and OpenVINO bf16 too on a CPU
+    with avx512_bf16 / AMX. Every variant is verified by loading the artifact with stedge_runtime and
+    comparing with PyTorch fp32 on real texts (Spearman on ``eval_data``, batch invariance, the
+    precision tier reached); with ``max_drop`` a variant over it raises CheckFailedError and nothing
+    is written. ``add`` keeps the variants of an existing artifact of the same source model;
+    ``overwrite`` replaces it.
     """
     from .plan import ExportOptions, check_options, make_plan
     from .quantize import cpu_flags, isas_for
@@ -269,8 +270,10 @@ def _embedding_calibration(
     """Embedding models: int8/uint8 output ranges from the calibration texts (PyTorch fp32), or the
     existing artifact's when --add brings no new texts."""
     if task != "embedding":
-        if cal_texts is not None and quantize not in ("int8", "int8-static"):
-            logger.warning("--calibration is only used by --quantize int8 / int8-static for rerankers; ignoring it")
+        if cal_texts is not None and quantize not in ("int8", "int8-static", "int8-rows"):
+            logger.warning(
+                "--calibration is only used by --quantize int8 / int8-static / int8-rows for rerankers; ignoring it"
+            )
         return
     if cal_texts is not None:
         from .calibration import save_embedding_calibration

@@ -34,10 +34,10 @@ QUANTIZE: dict[str, QuantizeChoice] = {
     "fp16": QuantizeChoice(("onnx-fp16",), ("openvino-fp16",), help="fp16 weights and compute (GPUs)"),
     "bf16": QuantizeChoice((), ("openvino-bf16",), help="the OpenVINO fp32 graph run in bf16 (avx512_bf16 / AMX CPUs)"),
     "int8": QuantizeChoice(
-        ("onnx-int8-static",),
+        ("onnx-int8-static", "onnx-int8-rows"),
         ("openvino-int8-static",),
         calibrated=True,
-        help="static int8 (batch-invariant), calibrated on --calibration or built-in texts",
+        help="static int8 and per-row int8 (both batch-invariant), calibrated on --calibration or built-in texts",
     ),
     "int8-static": QuantizeChoice(
         ("onnx-int8-static",),
@@ -45,6 +45,12 @@ QUANTIZE: dict[str, QuantizeChoice] = {
         calibrated=True,
         needs_calibration=True,
         help="static int8 calibrated on --calibration",
+    ),
+    "int8-rows": QuantizeChoice(
+        ("onnx-int8-rows",),
+        calibrated=True,
+        help="onnxruntime int8 with activations quantized per row at run time (batch-invariant; outlier channels "
+        "found on --calibration or built-in texts stay float)",
     ),
     "int8-dynamic": QuantizeChoice(
         ("onnx-int8-dynamic",),
@@ -194,6 +200,8 @@ def _onnx_variants(o: ExportOptions) -> list[PlannedVariant]:
                 )
                 for isa in o.isas
             ]
+        elif kind == "onnx-int8-rows":  # from the plain fp32 graph: O2+ fuse the MatMuls it quantizes
+            out.append(PlannedVariant("onnx-int8-rows", kind, "onnx", "int8", "onnx/model_qint8_rows.onnx", ("cpu",)))
         elif kind == "onnx-int8-static":
             out.append(
                 PlannedVariant(

@@ -23,8 +23,9 @@
    so), so ``stedge export --add`` never changes the choice silently. The profile's measured token budget
    per engine call (``batch_tokens``) comes with the choice; without it a CPU gets ``BATCH_TOKENS``.
 4. Without a profile, the rule ranks kinds of variant by the CPU (``machine.cpu_class``):
-   ``amx``: bf16 > int8 static > int8 > fp32; ``avx512_bf16``: int8 > int8 static > bf16 > fp32;
-   other CPUs: int8 > int8 static > fp32 (bf16 is never taken on a CPU without avx512_bf16/AMX);
+   ``amx``: bf16 > int8 static > int8 per row > int8 > fp32; ``avx512_bf16``: int8 per row > int8 >
+   int8 static > bf16 > fp32; other CPUs: int8 per row > int8 > int8 static > fp32 (bf16 is never taken
+   on a CPU without avx512_bf16/AMX; dynamic int8 is eligible only where export measured it batch-invariant);
    then weight-only int8, int4 and fp16. Ties: OpenVINO first for bf16 and static int8 on AMX, else ONNX first; then the
    highest optimization level; then the name. GPUs keep their own order (fp16 first). The manifest's
    ``default_variant`` (set by the last export) plays no part.
@@ -62,15 +63,15 @@ GPU_BATCH_TOKENS = 16384
 ROUTE_GAIN = 0.8  # route batch-1 calls when their p50 is at most this share of the bulk variant's
 # Best first, per CPU class (machine.cpu_class) and for other device families.
 KIND_ORDER = {
-    "amx": ("bf16", "int8-static", "int8", "fp32", "int8-weights", "int4", "fp16"),
-    "avx512_bf16": ("int8", "int8-static", "bf16", "fp32", "int8-weights", "int4", "fp16"),
-    "cpu": ("int8", "int8-static", "fp32", "int8-weights", "int4", "fp16", "bf16"),
+    "amx": ("bf16", "int8-static", "int8-rows", "int8", "fp32", "int8-weights", "int4", "fp16"),
+    "avx512_bf16": ("int8-rows", "int8", "int8-static", "bf16", "fp32", "int8-weights", "int4", "fp16"),
+    "cpu": ("int8-rows", "int8", "int8-static", "fp32", "int8-weights", "int4", "fp16", "bf16"),
     "cuda": ("fp16", "fp32"),
     "tensorrt": ("fp16", "fp32"),
-    "ort-openvino": ("int8", "int8-static", "fp32", "fp16"),
+    "ort-openvino": ("int8", "int8-static", "int8-rows", "fp32", "fp16"),
     "gpu": ("fp16", "int8", "int8-static", "int8-weights", "fp32", "int4"),
     "npu": ("int8", "int8-static", "int8-weights", "fp16", "fp32", "int4"),
-    "auto": ("int8", "int8-static", "fp32", "int8-weights", "fp16", "int4"),
+    "auto": ("int8", "int8-static", "int8-rows", "fp32", "int8-weights", "fp16", "int4"),
 }
 # Which dynamic-int8 kernel ISAs a CPU of a given int8_isa runs correctly (avx2 needs reduce_range).
 ISA_RUNS = {
@@ -163,7 +164,8 @@ def batch_invariance(v: Any) -> float | None:
 
 
 def variant_kind(name: str, v: Any) -> str:
-    """What the rule ranks: bf16, int8-static, int8 (dynamic), int8-weights (weight-only), fp32, fp16 or int4."""
+    """What the rule ranks: bf16, int8-static, int8-rows (activations per row at run time), int8 (dynamic),
+    int8-weights (weight-only), fp32, fp16 or int4."""
     prec = str(_get(v, "precision") or "")
     if prec != "int8":
         return prec
@@ -173,6 +175,8 @@ def variant_kind(name: str, v: Any) -> str:
         return "int8-static"
     if method == "weights" or "-weights" in name:
         return "int8-weights"
+    if method == "rows" or name.endswith("-rows") or "-rows-" in name:
+        return "int8-rows"
     return "int8"
 
 
