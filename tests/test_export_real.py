@@ -116,6 +116,30 @@ def test_dynamic_int8_spearman_drop(minilm_artifact, minilm, stsb_test, tmp_path
     assert drop <= 1.0, drop
 
 
+def test_rows_int8_reaches_near_and_the_rule_picks_it(minilm_path, shared_data, tmp_path):
+    """Per-row int8 on the real model: near tier (min cos >= 0.99, Spearman within 0.2), exactly
+    batch-invariant, a quarter of the fp32 size, and what Encoder.load(tier="near") takes without a profile."""
+    from stedge_runtime import Encoder
+
+    from stedge.export import export_model
+
+    res = export_model(
+        str(minilm_path),
+        tmp_path / "rows",
+        quantize="int8-rows",
+        calibration=str(shared_data / "stsb" / "train.tsv.gz"),
+        eval_data=str(shared_data / "stsb" / "test.tsv.gz"),
+    )
+    v = res.manifest["variants"]
+    ver = v["onnx-int8-rows"]["verification"]
+    assert ver["tier"] == "near" and ver["passed"], ver
+    assert ver["min_cosine"] >= 0.99 and ver["drop"] <= 0.2 and ver["batch_invariance_min_cos"] >= 0.99999, ver
+    assert v["onnx-int8-rows"]["size_bytes"] < 0.3 * v["onnx-fp32"]["size_bytes"]
+    assert v["onnx-int8-rows"]["quantization"]["float_outlier_channels"]["channels"] > 0
+    enc = Encoder.load(res.path, tier="near")
+    assert enc.variant == "onnx-int8-rows" and enc.selection.source == "rule"
+
+
 @pytest.mark.parametrize("level", ["O1", "O2", "O3"])
 def test_optimization_levels_match_torch(level, minilm_artifact, minilm, tmp_path):
     from stedge.data import pairwise_cosine
