@@ -325,6 +325,8 @@ def test_smoke_run_second_model_reuses_artifact_and_compares(smoke_results):
     results, _ = smoke_results
     (b,) = [r for r in results["rows"] if r["model"] == "tiny-b"]
     assert b["status"] == "ok" and b["label"] == "stedge onnx-fp32"
+    info = b["subject_info"]  # the token budget per engine call: the profile's, else the CPU's default
+    assert info["max_batch_tokens"] == (info["selection"]["max_batch_tokens"] or 1024)
     assert b["accuracy"]["min_cosine"] > 0.99  # against the reference the parent computed
     assert b["speedup_vs_torch"] is None and b["speedup_vs_baseline_model"] > 0
     assert results["models"][1]["reference_spearman"] == results["models"][0]["reference_spearman"]

@@ -356,9 +356,14 @@ def test_transformers_that_cannot_trace_are_refused(version, refused):
 
 
 @pytest.mark.parametrize(
-    "quantize,graph", [("int8-dynamic", "model_qint8_avx2.onnx"), ("int8", "model_qint8_static.onnx")]
+    "quantize,graphs",
+    [
+        ("int8-dynamic", ["model_qint8_avx2.onnx"]),
+        ("int8", ["model_qint8_static.onnx", "model_qint8_rows.onnx"]),
+        ("int8-rows", ["model_qint8_rows.onnx"]),
+    ],
 )
-def test_every_graph_uses_one_external_data_name(quantize, graph, tiny_model, tmp_path, monkeypatch):
+def test_every_graph_uses_one_external_data_name(quantize, graphs, tiny_model, tmp_path, monkeypatch):
     """int8 graphs (onnxruntime.quantization writes <file>.data) end up named like the rest: <file>_data."""
     from stedge.export import export_model
     from stedge.export import onnx_graph as ox
@@ -366,7 +371,8 @@ def test_every_graph_uses_one_external_data_name(quantize, graph, tiny_model, tm
     monkeypatch.setattr(ox, "EXTERNAL_DATA_THRESHOLD", 1000)  # every tiny graph is "large"
     res = export_model(str(tiny_model), tmp_path / "art", backend="onnx", quantize=quantize, isa="avx2")
     onnx_files = sorted(p.name for p in (tmp_path / "art" / "onnx").iterdir())
-    assert onnx_files == sorted(["model.onnx", "model.onnx_data", graph, graph + "_data"])
+    expected = ["model.onnx", "model.onnx_data"] + [f for g in graphs for f in (g, g + "_data")]
+    assert onnx_files == sorted(expected)
     for name, v in res.manifest["variants"].items():
         assert sorted(v["sha256"]) == [v["file"], v["file"] + "_data"], name
         assert ox.external_data_files(tmp_path / "art" / v["file"]) == [Path(v["file"]).name + "_data"]

@@ -331,6 +331,7 @@ class RuntimeVariant(Subject):
 
         encode.info = {
             "selection": enc.selection.to_dict(),  # type: ignore[attr-defined]
+            "max_batch_tokens": enc.max_batch_tokens,  # type: ignore[attr-defined]  (named: the device default)
             "warnings": [str(w.message) for w in caught],
         }
         return encode

@@ -363,6 +363,84 @@ def outlier_channels(
     return found
 
 
+def _rows_node(op: str, inputs: list[str], output: str, **attrs):
+    """One node named after its single output (the per-row int8 graph's naming)."""
+    from onnx import helper
+
+    return helper.make_node(op, inputs, [output], output, **attrs)
+
+
+def _rows_quantize_input(g, x0: str, p: str, width: int, out_ch: list[int], opset: int) -> list:
+    """The nodes that quantize MatMul input ``x0`` (``width`` channels) per row to ``{p}/q`` with scale
+    ``{p}/scale``; its ``out_ch`` outlier channels are zeroed there and gathered to ``{p}/outliers``."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    node = _rows_node
+    pre, x = [], x0
+    if out_ch:  # inliers go int8 (outliers zeroed), outliers a thin float MatMul
+        mask = np.ones(width, np.float32)
+        mask[out_ch] = 0.0
+        g.initializer.extend(
+            [
+                numpy_helper.from_array(mask, f"{p}/inlier_mask"),
+                numpy_helper.from_array(np.array(out_ch, np.int64), f"{p}/outlier_index"),
+            ]
+        )
+        pre = [
+            node("Mul", [x0, f"{p}/inlier_mask"], f"{p}/inliers"),
+            node("Gather", [x0, f"{p}/outlier_index"], f"{p}/outliers", axis=-1),
+        ]
+        x = f"{p}/inliers"
+    reduce = (
+        node("ReduceMax", [f"{p}/abs", "rows/last_axis"], f"{p}/max", keepdims=1)
+        if opset >= 18
+        else node("ReduceMax", [f"{p}/abs"], f"{p}/max", axes=[-1], keepdims=1)
+    )
+    return pre + [
+        node("Abs", [x], f"{p}/abs"),
+        reduce,
+        node("Max", [f"{p}/max", "rows/tiny"], f"{p}/max_pos"),
+        node("Mul", [f"{p}/max_pos", "rows/inv_127"], f"{p}/scale"),
+        node("Div", [x, f"{p}/scale"], f"{p}/scaled"),
+        node("QuantizeLinear", [f"{p}/scaled", "rows/one", "rows/zero_point"], f"{p}/q"),
+    ]
+
+
+def _rows_matmul(g, n, w, p: str, out_ch: list[int]) -> list:
+    """The nodes that replace MatMul ``n`` (float weight ``w``) on the per-row quantized input ``p``: int8
+    weights per column, and a float MatMul on the outlier channels ``out_ch`` added back."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    node = _rows_node
+    qmax = 2 ** (ROWS_WEIGHT_BITS - 1) - 1
+    m = f"{n.name}/rows"
+    ws = np.abs(w).max(axis=0) / qmax
+    ws[ws == 0] = 1.0
+    wq = np.clip(np.round(w / ws), -qmax, qmax).astype(np.int8)
+    g.initializer.extend([numpy_helper.from_array(wq, f"{m}/weight"), numpy_helper.from_array(ws, f"{m}/wscale")])
+    y = f"{m}/int8_part" if out_ch else n.output[0]
+    # int32 products to float with the weight scales in one pass (onnxruntime's MatMulIntegerToFloat: its
+    # activation scale is per tensor, so the row scale is a Mul after it)
+    out = [
+        node(
+            "MatMulIntegerToFloat",
+            [f"{p}/q", f"{m}/weight", "rows/one", f"{m}/wscale", "rows/zero_point"],
+            f"{m}/wscaled",
+            domain="com.microsoft",
+        ),
+        node("Mul", [f"{m}/wscaled", f"{p}/scale"], y),
+    ]
+    if out_ch:
+        g.initializer.append(numpy_helper.from_array(w[out_ch], f"{m}/outlier_weight"))
+        out += [
+            node("MatMul", [f"{p}/outliers", f"{m}/outlier_weight"], f"{m}/float_part"),
+            helper.make_node("Add", [y, f"{m}/float_part"], [n.output[0]], f"{m}/add_float_part"),
+        ]
+    return out
+
+
 def quantize_rows_int8(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -393,7 +471,6 @@ def quantize_rows_int8(
     by_input: dict[str, list] = {}
     for n in targets:
         by_input.setdefault(n.input[0], []).append(n)
-    qmax = 2 ** (ROWS_WEIGHT_BITS - 1) - 1
     const = {
         "rows/one": np.array(1.0, np.float32),
         "rows/inv_127": np.array(1.0 / 127.0, np.float32),
@@ -405,69 +482,15 @@ def quantize_rows_int8(
     if not any(o.domain == "com.microsoft" for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
-    def node(op: str, inputs: list[str], output: str, **attrs):
-        return helper.make_node(op, inputs, [output], output, **attrs)
-
     before: dict[str, list] = {}  # node name -> the nodes to insert before it
     instead: dict[str, list] = {}  # node name -> its replacement
     for x0, ns in by_input.items():
         p = f"{ns[0].name}/rows"
-        weights = [numpy_helper.to_array(inits[n.input[1]]).astype(np.float32) for n in ns]
         out_ch = outliers.get(x0, [])
-        pre, x = [], x0
-        if out_ch:  # inliers go int8 (outliers zeroed), outliers a thin float MatMul
-            mask = np.ones(weights[0].shape[0], np.float32)
-            mask[out_ch] = 0.0
-            g.initializer.extend(
-                [
-                    numpy_helper.from_array(mask, f"{p}/inlier_mask"),
-                    numpy_helper.from_array(np.array(out_ch, np.int64), f"{p}/outlier_index"),
-                ]
-            )
-            pre = [
-                node("Mul", [x0, f"{p}/inlier_mask"], f"{p}/inliers"),
-                node("Gather", [x0, f"{p}/outlier_index"], f"{p}/outliers", axis=-1),
-            ]
-            x = f"{p}/inliers"
-        reduce = (
-            node("ReduceMax", [f"{p}/abs", "rows/last_axis"], f"{p}/max", keepdims=1)
-            if opset >= 18
-            else node("ReduceMax", [f"{p}/abs"], f"{p}/max", axes=[-1], keepdims=1)
-        )
-        before[ns[0].name] = pre + [
-            node("Abs", [x], f"{p}/abs"),
-            reduce,
-            node("Max", [f"{p}/max", "rows/tiny"], f"{p}/max_pos"),
-            node("Mul", [f"{p}/max_pos", "rows/inv_127"], f"{p}/scale"),
-            node("Div", [x, f"{p}/scale"], f"{p}/scaled"),
-            node("QuantizeLinear", [f"{p}/scaled", "rows/one", "rows/zero_point"], f"{p}/q"),
-        ]
+        weights = [numpy_helper.to_array(inits[n.input[1]]).astype(np.float32) for n in ns]
+        before[ns[0].name] = _rows_quantize_input(g, x0, p, weights[0].shape[0], out_ch, opset)
         for n, w in zip(ns, weights):
-            m = f"{n.name}/rows"
-            ws = np.abs(w).max(axis=0) / qmax
-            ws[ws == 0] = 1.0
-            wq = np.clip(np.round(w / ws), -qmax, qmax).astype(np.int8)
-            g.initializer.extend(
-                [numpy_helper.from_array(wq, f"{m}/weight"), numpy_helper.from_array(ws, f"{m}/wscale")]
-            )
-            y = f"{m}/int8_part" if out_ch else n.output[0]
-            # int32 products to float with the weight scales in one pass (onnxruntime's MatMulIntegerToFloat:
-            # its activation scale is per tensor, so the row scale is a Mul after it)
-            instead[n.name] = [
-                node(
-                    "MatMulIntegerToFloat",
-                    [f"{p}/q", f"{m}/weight", "rows/one", f"{m}/wscale", "rows/zero_point"],
-                    f"{m}/wscaled",
-                    domain="com.microsoft",
-                ),
-                node("Mul", [f"{m}/wscaled", f"{p}/scale"], y),
-            ]
-            if out_ch:
-                g.initializer.append(numpy_helper.from_array(w[out_ch], f"{m}/outlier_weight"))
-                instead[n.name] += [
-                    node("MatMul", [f"{p}/outliers", f"{m}/outlier_weight"], f"{m}/float_part"),
-                    helper.make_node("Add", [y, f"{m}/float_part"], [n.output[0]], f"{m}/add_float_part"),
-                ]
+            instead[n.name] = _rows_matmul(g, n, w, p, out_ch)
     nodes = []
     for n in g.node:
         nodes += before.get(n.name, []) + instead.get(n.name, [n])

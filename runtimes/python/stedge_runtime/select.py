@@ -243,26 +243,31 @@ def rule_rank(name: str, v: Any, family: str, flags: set[str]) -> tuple:
 
 
 # ------------------------------------------------------------------ the profile
-def _bulk_score(run: dict) -> float | None:
+def _geomean(values: list[float]) -> float | None:
+    return math.exp(sum(math.log(x) for x in values) / len(values)) if values else None
+
+
+def bulk_score(run: dict) -> float | None:
     """Geometric mean of the bulk sentences/s a run measured (short and passage texts, every bulk batch)."""
-    vals = [
-        float(x)
-        for texts in (run.get("bulk") or {}).values()
-        if isinstance(texts, Mapping)
-        for x in texts.values()
-        if isinstance(x, (int, float)) and x > 0
-    ]
-    return math.exp(sum(math.log(x) for x in vals) / len(vals)) if vals else None
+    return _geomean(
+        [
+            float(x)
+            for texts in (run.get("bulk") or {}).values()
+            if isinstance(texts, Mapping)
+            for x in texts.values()
+            if isinstance(x, (int, float)) and x > 0
+        ]
+    )
 
 
-def _settled_run(runs: list[dict]) -> dict:
+def settled_run(runs: list[dict]) -> dict:
     """The run whose settings a variant gets: the engine's default (the first run `stedge tune` measures)
     unless another setting was at least ``SETTINGS_GAIN`` faster in bulk. A few percent either way is
     within a tuning run's noise, and a non-default setting that only won by noise (an OpenVINO throughput
     hint halving batch-1 speed, say) costs more elsewhere than it gained."""
     base = runs[0]
-    best = max(runs, key=lambda r: _bulk_score(r) or 0.0)
-    b0, b1 = _bulk_score(base), _bulk_score(best)
+    best = max(runs, key=lambda r: bulk_score(r) or 0.0)
+    b0, b1 = bulk_score(base), bulk_score(best)
     return best if b0 is None or (b1 is not None and b1 >= SETTINGS_GAIN * b0) else base
 
 
@@ -284,7 +289,7 @@ def settled_batch_tokens(rates: Mapping[str, Any], default: int) -> int:
         if str(b).isdigit()
     }
     kinds = set.intersection(*(set(r) for r in ok.values())) if ok else set()  # compare like with like
-    scores = {b: math.exp(sum(math.log(r[k]) for k in kinds) / len(kinds)) for b, r in ok.items() if kinds}
+    scores = {b: _geomean([r[k] for k in sorted(kinds)]) for b, r in ok.items() if kinds}
     if not scores:
         return default
     best = max(scores, key=lambda b: (scores[b], -b))
@@ -336,8 +341,8 @@ def _from_profile(
                 f"min cos {here:.4f} (tier {tier} needs {bar}; int8 kernels differ by CPU)"
             )
             continue
-        run = _settled_run(entry["runs"])
-        score, p50 = _bulk_score(run), run.get("batch1_ms_p50")
+        run = settled_run(entry["runs"])
+        score, p50 = bulk_score(run), run.get("batch1_ms_p50")
         if score is not None:
             bulk.append((score, float(p50) if isinstance(p50, (int, float)) else math.inf, name, run["settings"]))
         for r in entry["runs"]:

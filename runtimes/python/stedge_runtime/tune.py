@@ -28,12 +28,12 @@ from .errors import InputError, RuntimeStedgeError
 from .profile import PROFILE_FORMAT
 from .samples import SHORT, passages
 from .select import (
-    _bulk_score,
-    _settled_run,
+    bulk_score,
     default_batch_tokens,
     fits,
     select_variant,
     settled_batch_tokens,
+    settled_run,
     variant_tier,
 )
 
@@ -285,10 +285,10 @@ def _tune_batch_tokens(
     width, not the graph's precision, so one variant stands for all. The CPU default stays unless another
     budget is ``SETTINGS_GAIN`` faster (select.settled_batch_tokens). None when no variant ran."""
     ranked = [
-        (_bulk_score(run) or 0.0, name, run["settings"])
+        (bulk_score(run) or 0.0, name, run["settings"])
         for name, e in entries.items()
         if e["status"] == "ok" and e["runs"]
-        for run in [_settled_run(e["runs"])]
+        for run in [settled_run(e["runs"])]
     ]
     if not ranked:
         return None
