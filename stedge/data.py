@@ -251,12 +251,13 @@ def _read_rows(p: Path, source: str | os.PathLike, split: str | None = None) -> 
             return _hub_rows(source, split)
         raise StedgeError(f"data file {source} not found (also looked in {data_root()})")
     kind = _kind(p)
-    if kind in ("tsv", "csv"):
-        with _open_text(p) as f:
-            return list(csv.DictReader(f, delimiter="\t" if kind == "tsv" else ","))
-    if kind == "jsonl":
-        with _open_text(p) as f:
-            return [json.loads(line) for line in f if line.strip()]
+    if kind in ("tsv", "csv", "jsonl"):  # the streaming reader, strict: the first unreadable record is an error
+        rows = []
+        for line, row in iter_table(p):
+            if isinstance(row, BadRow):
+                raise InvalidInputError(f"{p}:{line}: {row.reason}")
+            rows.append(row)
+        return rows
     if kind == "json":
         with _open_text(p) as f:
             data = json.load(f)

@@ -769,3 +769,27 @@ def test_typer_exit_codes_pass_through_main(capsys, monkeypatch):
     monkeypatch.setattr(mcli, "_load_encoder", failed)
     rc, _ = main_rc(capsys, "embed", ".", "x")
     assert rc == 1
+
+
+def test_tables_are_read_by_the_one_streaming_reader_and_bad_records_name_their_line(tmp_path):
+    """read_rows (training/eval tables) and iter_table (corpus) parse alike; read_rows is strict."""
+    import gzip
+
+    from stedge.data import read_rows
+    from stedge.errors import InvalidInputError
+
+    good = tmp_path / "pairs.tsv.gz"
+    with gzip.open(good, "wt", encoding="utf-8") as f:
+        f.write('\ufeffsentence1\tsentence2\tscore\n"a, quoted"\tb\t1.5\n\nc\td\t0\n')
+    assert read_rows(good) == [
+        {"sentence1": "a, quoted", "sentence2": "b", "score": "1.5"},
+        {"sentence1": "c", "sentence2": "d", "score": "0"},
+    ]
+    short = tmp_path / "short.csv"
+    short.write_text("anchor,positive\nx,y\nlonely\n", encoding="utf-8")
+    with pytest.raises(InvalidInputError, match=r"short\.csv:3: 1 fields, the header has 2"):
+        read_rows(short)
+    broken = tmp_path / "rows.jsonl"
+    broken.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(InvalidInputError, match=r"rows\.jsonl:2: not UTF-8 \(byte 0xe9"):
+        read_rows(broken)
