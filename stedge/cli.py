@@ -13,6 +13,7 @@ Exit codes (the contract scripts rely on, also in the README):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import os
@@ -181,5 +182,21 @@ def _internal(e: BaseException) -> None:
     )
 
 
+def run() -> None:
+    """The `stedge` command: `main`, then an interpreter teardown that Ctrl-C cannot break.
+
+    Once the command has finished (its output complete and in place, or its error reported), nothing is left to
+    interrupt; tearing down torch, onnxruntime and OpenVINO still takes about a second, and a Ctrl-C landing
+    there used to print a KeyboardInterrupt from an atexit hook or kill the process by SIGINT (exit -2), even
+    occasionally crash a native library, after a successful export."""
+    import signal
+
+    try:
+        main()
+    finally:
+        with contextlib.suppress(ValueError):  # not the main thread: leave the handlers alone
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 if __name__ == "__main__":
-    main()
+    run()
