@@ -107,6 +107,56 @@ def test_outlier_channels_found_on_calibration_stay_float(tmp_path):
     assert np.array_equal(alone[0], _run(split, x)[0])
 
 
+def test_the_noisiest_matmul_inputs_stay_float_within_the_share(tmp_path):
+    """Rows whose max is far above their rms (after GELU: a few large values, in other channels each time)
+    lose the most to one int8 scale per row: the noisiest inputs stay float, within ROWS_FLOAT_SHARE of the
+    multiply-adds."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from stedge.export.quantize import ROWS_FLOAT_SHARE, noisy_inputs, quantize_rows_int8
+
+    rng = np.random.default_rng(3)
+    w_big, w_small = (rng.normal(size=s).astype(np.float32) for s in ((64, 64), (64, 4)))
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w_big"], ["y"], "/layer.0/big/MatMul"),
+            helper.make_node("MatMul", ["z", "w_small"], ["v"], "/layer.0/small/MatMul"),
+        ],
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, None, 64]) for n in ("x", "z")],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "v")],
+        [numpy_helper.from_array(w_big, "w_big"), numpy_helper.from_array(w_small, "w_small")],
+    )
+    src = tmp_path / "f.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+
+    def spiky(n):
+        z = rng.normal(size=(n, 6, 64)).astype(np.float32) * 0.1
+        z[np.arange(n)[:, None], np.arange(6)[None, :], rng.integers(0, 64, size=(n, 6))] = 20.0
+        return z
+
+    cal = [{"x": rng.normal(size=(4, 6, 64)).astype(np.float32), "z": spiky(4)} for _ in range(3)]
+    small_share = 4 / (64 + 4)
+    assert small_share < ROWS_FLOAT_SHARE
+    chosen = noisy_inputs(src, cal, {})
+    both = noisy_inputs(src, cal, {}, share=1.0)
+    assert list(chosen) == ["z"] and list(both) == ["z", "x"] and both["z"] > 2 * both["x"]
+    assert noisy_inputs(src, cal, {}, share=small_share / 2) == {}  # over the budget: nothing
+    q = quantize_rows_int8(src, tmp_path / "q.onnx", cal, embeddings=False)
+    assert q["matmuls"] == 1 and q["float_matmuls"]["inputs"] == 1 and q["float_matmuls"]["matmuls"] == 1
+    ops = {n.name: n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
+    assert ops["/layer.0/small/MatMul"] == "MatMul" and "/layer.0/big/MatMul" not in ops
+    z = spiky(2)
+    assert np.allclose(ort_run(tmp_path / "q.onnx", {"x": z, "z": z})[1], z @ w_small, atol=1e-4)
+
+
+def ort_run(path, feeds):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
 @pytest.fixture(scope="module")
 def rows_artifact(tiny_model, tmp_path_factory):
     from stedge.export import export_model

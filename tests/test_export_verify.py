@@ -67,6 +67,36 @@ def test_batch_invariance_measure():
     assert batch_invariance(_FakeEncoder(0.5), "embedding", texts) < 0.99
 
 
+class _OffOn(_FakeEncoder):
+    """_FakeEncoder (no leak) whose vector of one text points elsewhere."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(0.0)
+        self.text = text
+
+    def encode(self, texts, batch_size=32):
+        out = super().encode(texts, batch_size)
+        out[[i for i, t in enumerate(texts) if t == self.text]] *= np.array([1, -1, 1, 1], dtype=np.float32)
+        return out
+
+
+def test_min_cosine_covers_the_eval_set_texts():
+    """With an eval set, a variant's cosine check covers every eval text (both sides of each pair), not only
+    the verification texts: a variant off on one eval text alone leaves the exact tier."""
+    from stedge.data import PairScores
+    from stedge.export.verify import Reference, default_texts
+
+    texts = default_texts()[:16]
+    ev = PairScores(["a cat sits", "two dogs run far", "rain again"], ["a cat sat", "dogs ran", "sun today"], [4, 3, 0])
+    ref = Reference(_FakeEncoder(0.0), "embedding", texts, ev)
+    same = ref.verify(_FakeEncoder(0.0), "cpu", None, "fp32")
+    assert same.tier == "exact" and same.num_texts == 16 + 6 and same.min_cosine == pytest.approx(1.0)
+    off = ref.verify(_OffOn("dogs ran"), "cpu", None, "fp32")
+    assert off.min_cosine < 0.99 and off.tier != "exact" and not off.passed
+    no_eval = Reference(_FakeEncoder(0.0), "embedding", texts, None)
+    assert no_eval.verify(_OffOn("dogs ran"), "cpu", None).tier == "exact"  # the text is not checked without it
+
+
 # ------------------------------------------------------------------ through the runtime
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
