@@ -273,6 +273,19 @@ def smoke_results(tiny_model, shared_data, tmp_path_factory):
     return printed, out
 
 
+def test_smoke_artifact_is_verified_on_the_suites_sts_pairs(smoke_results):
+    """The harness exports with its accuracy pairs as export's eval set: the tiers the auto subjects choose by
+    are the ones `stedge export --eval` gives (Spearman drop, min cos over the eval texts too)."""
+    from stedge_runtime.artifact import Manifest
+
+    results, out = smoke_results
+    m = Manifest.read(out.parent / "artifact")
+    pairs = next(r for r in results["rows"] if r["model"] != "tiny-b")["accuracy"]["pairs"]
+    for name, v in m.variants.items():
+        assert v.verification is not None and v.verification.spearman is not None, name
+        assert v.verification.extra["num_texts"] > 64 + pairs, name  # built-in texts, then the eval texts
+
+
 def test_smoke_run_schema_and_accuracy_beside_speed(smoke_results):
     from stedge.bench.report import validate
 

@@ -88,8 +88,13 @@ def build_variants(
     calibration: tuple[str, int] | None = None,
     device: str = "cpu",
     log: Callable[[str], None] = print,
+    eval_data: tuple[str, int | None] | None = None,
 ) -> Path:
-    """Make sure ``artifact`` holds ``variants`` of ``model_path`` (exporting what is missing); return it."""
+    """Make sure ``artifact`` holds ``variants`` of ``model_path`` (exporting what is missing); return it.
+
+    ``eval_data`` (STS pairs, limit): every variant is verified on them too (Spearman and min cosine over their
+    texts), so the tiers the auto subjects choose by are the ones users get from ``stedge export --eval``; an
+    artifact verified without an eval set is exported again."""
     from stedge.export import export_model
     from stedge.export.core import source_sha256
 
@@ -98,6 +103,8 @@ def build_variants(
     wanted = list(dict.fromkeys(v.split(":", 1)[-1].replace("{isa}", int8_isa()) for v in variants))
     m = _manifest(artifact)
     fresh = m is None or m.source.get("sha256") != source_sha256(model_path)
+    if not fresh and eval_data is not None:
+        fresh = any(v.verification is None or v.verification.spearman is None for v in m.variants.values())
     have = set() if fresh else set(m.variants)
     missing = [v for v in wanted if v not in have]
     if not missing:
@@ -107,6 +114,8 @@ def build_variants(
     for i, call in enumerate(calls):
         if call["quantize"] in ("int8-static", "int8-rows") and calibration is not None:
             call["calibration"], call["calibration_size"] = calibration
+        if eval_data is not None:
+            call["eval_data"], call["eval_limit"] = eval_data
         first = fresh and i == 0
         log(f"exporting {model_path.name} -> {artifact} ({', '.join(f'{k}={v}' for k, v in call.items() if v)})")
         export_model(

@@ -354,8 +354,20 @@ def ensure_artifact(
         calibration=(suite.calibration, suite.calibration_texts),
         device=suite.device,
         log=log,
+        eval_data=_local_eval(data, suite),
     )
     return art
+
+
+def _local_eval(data: BenchData, suite: Suite) -> tuple[str, int | None] | None:
+    """The suite's STS pairs as export's eval set (tiers by Spearman and min cos on their texts) when they are
+    a local file; the Hub fallback is not passed on (export would download it again)."""
+    from stedge.data import resolve_data_path
+
+    src = data.sources.get("accuracy")
+    if not src or not resolve_data_path(src).is_file():
+        return None
+    return str(resolve_data_path(src)), suite.accuracy_pairs or None
 
 
 def ensure_profile(artifact: Path, suite: Suite, threads: int, env: dict[str, str], log: Callable[[str], None]) -> None:

@@ -50,7 +50,7 @@ QUANTIZE: dict[str, QuantizeChoice] = {
         ("onnx-int8-rows",),
         calibrated=True,
         help="onnxruntime int8 with activations quantized per row at run time (batch-invariant; outlier channels "
-        "found on --calibration or built-in texts stay float)",
+        "and the noisiest MatMuls, found on --calibration or built-in texts, stay float)",
     ),
     "int8-dynamic": QuantizeChoice(
         ("onnx-int8-dynamic",),

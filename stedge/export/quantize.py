@@ -1,6 +1,7 @@
 """Quantization: onnxruntime dynamic int8 (per CPU instruction set, as optimum's
 AutoQuantizationConfig defines them), onnxruntime static int8 (QDQ, calibrated), int8 with activations
-quantized per row at run time (batch-invariant, no calibration), and OpenVINO static int8 / weight-only
+quantized per row at run time (batch-invariant; calibration only picks the channels and MatMuls that stay
+float), and OpenVINO static int8 / weight-only
 int8 and int4 with NNCF."""
 
 from __future__ import annotations
@@ -508,7 +509,8 @@ def quantize_rows_int8(
     weights (``ROWS_WEIGHT_BITS``, per channel), so a token's result never depends on the other rows of its
     batch (batch-invariant, unlike onnxruntime's dynamic int8, which scales the whole batch at once). Inputs
     shared by several MatMuls (query, key, value) are quantized once. The outlier channels found on the
-    calibration ``batches`` (outlier_channels) stay float. ``embeddings``: the word-embedding table to uint8
+    calibration ``batches`` (outlier_channels) stay float, and so do the MatMuls on the noisiest inputs
+    (noisy_inputs, within ``ROWS_FLOAT_SHARE`` of the multiply-adds). ``embeddings``: the word-embedding table to uint8
     too (quantize_embeddings). Standard ONNX operators and onnxruntime's MatMulIntegerToFloat (per-column weight
     scales; checked on onnxruntime 1.17 and 1.32)."""
     onnx = require("onnx", "onnx", "int8 quantization")
