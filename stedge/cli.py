@@ -189,8 +189,11 @@ def run() -> None:
     interrupt; tearing down torch, onnxruntime and OpenVINO still takes about a second, and a Ctrl-C landing
     there used to print a KeyboardInterrupt from an atexit hook or kill the process by SIGINT (exit -2), even
     occasionally crash a native library, after a successful export."""
+    import faulthandler
     import signal
 
+    with contextlib.suppress(RuntimeError, ValueError, OSError):  # stderr without a file descriptor
+        faulthandler.enable()  # a crash inside a native library prints the Python stack (for a bug report)
     try:
         main()
     finally:

@@ -741,11 +741,13 @@ def _wait_for_temporary(parent: Path, proc: subprocess.Popen, timeout: float = 3
 
 # `stedge export` whose verification waits for a signal: the export sits inside its temporary folder for as long
 # as a test needs (a plain tiny export leaves it after about a second, too short to hit reliably under load)
+# (HELD_MARKER is created when it gets there: a signal then lands in Python code, not inside a native library)
 _HELD_EXPORT = """
-import sys, time
+import os, sys, time
 import stedge.export.verify as verify
 compare = verify.Reference.compare
 def held(self, *args, **kwargs):
+    open(os.environ["HELD_MARKER"], "w").close()
     time.sleep(600)
     return compare(self, *args, **kwargs)
 verify.Reference.compare = held
@@ -757,13 +759,19 @@ run()
 def test_killed_or_interrupted_export_leaves_nothing_behind_after_the_next_run(tiny_model, tmp_path):
     out = tmp_path / "art"
     cmd = [sys.executable, "-c", _HELD_EXPORT, "export", str(tiny_model), "-o", str(out)]
-    p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_temporary(tmp_path, p)
+    marker = tmp_path.parent / f"{tmp_path.name}.held"
+    env = {**_env(), "HELD_MARKER": str(marker), "PYTHONFAULTHANDLER": "1"}
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not marker.exists():
+        assert p.poll() is None and time.time() < deadline, p.communicate()
+        time.sleep(0.05)
+    assert [q for q in tmp_path.iterdir() if ".stedge-tmp." in q.name]
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err, (p.returncode, err)
     assert list(tmp_path.iterdir()) == []  # Ctrl-C: the temporary is removed at once
-    p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_temporary(tmp_path, p)
     p.kill()
     p.wait(timeout=60)
