@@ -50,6 +50,9 @@ def test_suite_errors_name_the_key(tmp_path):
     base = _suite_toml(tmp_path / "base.toml", '[[models]]\nref = "m"\nbaseline_model = "teacher"\n')
     with pytest.raises(StedgeError, match="teacher"):
         load_suite(base)
+    most = _suite_toml(tmp_path / "most.toml", 'rounds = 3\nmax_rounds = 2\n[[models]]\nref = "m"\n')
+    with pytest.raises(StedgeError, match="max_rounds"):
+        load_suite(most)
     with pytest.raises(StedgeError, match="cpu, gpu, smoke"):
         load_suite("no-such-suite")
 
@@ -80,10 +83,33 @@ def test_best_round_takes_each_figure_from_its_best_round():
     best = best_round([row(300.0, 4.0, 0.5, 500.0), row(400.0, 5.0, 0.7, 480.0)], 32)
     assert best["throughput"]["32"]["sentences_per_s"] == 400.0 and best["latency_ms"] == {"p50": 4.0}
     assert (best["cold_start_s"], best["peak_rss_mb"], best["rounds"]) == (0.5, 500.0, 2)
-    assert best["rounds_headline_sentences_per_s"] == [300.0, 400.0]
+    assert best["rounds_headline_sentences_per_s"] == [300.0, 400.0] and best["rounds_agree"] is False
+    assert best_round([row(380.0, 4.0, 0.5, 500.0), row(400.0, 5.0, 0.7, 480.0)], 32)["rounds_agree"] is True
     failed = {"status": "error", "reason": "boom"}
     assert best_round([failed, failed], 32) == failed
     assert best_round([failed, row(1.0, 1.0, 1.0, 1.0)], 32)["rounds"] == 1
+
+
+def test_subjects_whose_best_rounds_disagree_run_again_up_to_max_rounds():
+    """A noisy subject runs again until its two best rounds agree within ROUNDS_AGREE (or max_rounds);
+    a steady one and a failed one run only the suite's rounds; extra rounds alternate their order too."""
+    from stedge.bench.runner import measure_rounds, rounds_agree
+
+    rates = {"noisy": [600, 816, 790], "steady": [500, 510], "stays": [300, 400, 320, 330, 399], "failed": []}
+    calls, extra = [], []
+
+    def measure(r, key):
+        calls.append((r, key))
+        if key == "failed":
+            return {"status": "error", "reason": "boom"}
+        return {"status": "ok", "throughput": {"32": {"sentences_per_s": rates[key][r]}}}
+
+    order = ["noisy", "steady", "stays", "failed"]
+    done = measure_rounds(order, 2, 4, 32, measure, extra.append)
+    assert {k: len(v) for k, v in done.items()} == {"noisy": 3, "steady": 2, "stays": 4, "failed": 2}
+    assert calls[8:] == [(2, "noisy"), (2, "stays"), (3, "stays")] and extra == [2, 1]
+    assert measure_rounds(order, 2, 0, 32, measure) and len(calls) == 11 + 8  # max_rounds 0: rounds only
+    assert rounds_agree([816, 790, 600]) and not rounds_agree([400, 330, 320]) and rounds_agree([5.0])
 
 
 def test_flops_match_the_parameter_count(tmp_path):

@@ -253,6 +253,7 @@ def markdown_table(results: dict[str, Any]) -> str:
             "% GEMM peak",
             "× torch",
             "× best peer",
+            "rounds",
         ]
     )
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(cols) - 2)) + "|"]
@@ -285,9 +286,38 @@ def markdown_table(results: dict[str, Any]) -> str:
             _f(None if r["gemm_share"] is None else 100 * r["gemm_share"], "{:.0f}"),
             _f(r["speedup_vs_torch"], "{:.2f}"),
             _f(r["speedup_vs_best_peer"], "{:.2f}"),
+            _rounds_cell(r),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _rounds_cell(r: dict[str, Any]) -> str:
+    """How many rounds a subject ran, with * when its two best still disagree (runner.rounds_agree)."""
+    return f"{r.get('rounds', 1)}{'' if r.get('rounds_agree', True) else ' *'}"
+
+
+def _rounds_text(results: dict[str, Any]) -> str:
+    """The Texts line's part on rounds: how many, the re-run rule, and which subjects stayed noisy."""
+    from .runner import ROUNDS_AGREE
+
+    s = results["suite"]
+    rounds, most = s.get("rounds") or 1, max(s.get("max_rounds") or 0, s.get("rounds") or 1)
+    if most <= 1:
+        return ""
+    text = f"; every subject ran {rounds} times in alternating order and the best round counts"
+    if most > rounds:
+        text += (
+            f", and a subject whose two best rounds at batch {s['headline_batch_size']} differed by more than "
+            f"{ROUNDS_AGREE:.0%} ran again, up to {most} rounds"
+        )
+    noisy = [r for r in results["rows"] if r.get("status") == "ok" and not r.get("rounds_agree", True)]
+    if noisy:
+        text += (
+            f"; * in the rounds column: the two best rounds still differ by more (a re-run may land lower; "
+            f"{len(noisy)} of {sum(r.get('status') == 'ok' for r in results['rows'])} subjects)"
+        )
+    return text + " (`rounds_headline_sentences_per_s` in the JSON)"
 
 
 def _peaks(g: dict[str, Any]) -> str:
@@ -338,12 +368,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"- Texts: {d['num_texts']} from `{d['texts']}` per pass, {s['repetitions']} timed passes per batch size "
             "after warm-up (median; "
             f"spread in the JSON)"
-            + (
-                f"; every subject ran {s.get('rounds')} times in alternating order and the best round counts "
-                "(`rounds_headline_sentences_per_s` in the JSON)"
-                if (s.get("rounds") or 1) > 1
-                else ""
-            )
+            + _rounds_text(results)
             + f"; batch-1 latency on {d['num_queries']} short queries from `{d['queries']}`; "
             f"accuracy on {d['accuracy_pairs']} "
             f"STS pairs from `{d['accuracy']}` (cosine to the stedge PyTorch fp32 CPU reference over "

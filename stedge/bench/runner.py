@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import tomllib
 
@@ -66,6 +66,7 @@ class Suite:
     headline_batch_size: int = 32
     repetitions: int = 3
     rounds: int = 1  # every subject runs this many times, in alternating order; the best round counts
+    max_rounds: int = 0  # up to this many when its two best rounds differ by more than ROUNDS_AGREE (0: rounds)
     warmup: int = 1
     latency_rounds: int = 1
     timeout_s: int = 900
@@ -96,6 +97,7 @@ class Suite:
         s = copy.deepcopy(self)
         s.repetitions = 1
         s.rounds = 1
+        s.max_rounds = 1
         s.batch_sizes = sorted({self.batch_sizes[0], self.headline_batch_size})
         s.num_texts = min(self.num_texts, 128)
         s.num_texts_batch1 = min(self.num_texts_batch1 or 32, 32)
@@ -190,6 +192,8 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
         raise StedgeError(f"{file}: repetitions must be >= 1, got {suite.repetitions}")
     if suite.rounds < 1:
         raise StedgeError(f"{file}: rounds must be >= 1, got {suite.rounds}")
+    if suite.max_rounds and suite.max_rounds < suite.rounds:
+        raise StedgeError(f"{file}: max_rounds must be 0 or >= rounds ({suite.rounds}), got {suite.max_rounds}")
     if suite.headline_batch_size not in suite.batch_sizes:
         raise StedgeError(
             f"{file}: headline_batch_size {suite.headline_batch_size} must be one of batch_sizes {suite.batch_sizes}"
@@ -641,8 +645,6 @@ def run_suite(
     """
     import copy
 
-    from stedge_runtime.tune import alternating_rounds
-
     from .machine import cuda_available, load_average
     from .peer import resolve_peer_python
 
@@ -669,19 +671,29 @@ def run_suite(
     try:
         job_common = _job_common(suite, data, tmp_root, n_threads)
         order = [(k, j) for k, plan in enumerate(plans) for j in range(len(plan[3]))]
-        done: dict[tuple[int, int], list[dict]] = {}
         with _progress(progress) as bar:
-            task = bar.add_task("benchmark", total=len(order) * suite.rounds) if bar else None
-            for r, (k, j) in alternating_rounds(order, suite.rounds):
+            total = [len(order) * suite.rounds]
+            task = bar.add_task("benchmark", total=total[0]) if bar else None
+
+            def measure(r: int, kj: tuple[int, int]) -> dict[str, Any]:
+                k, j = kj
                 sub = plans[k][3][j]
                 plans[k] = plan = _maybe_reference(plans[k], sub, data, n_threads, log)
                 work = tmp_root / f"{k:02d}-{j:02d}-r{r}"
                 row, emb = _measure(sub, plan, suite, data, gemm, job_common, env, work, bar, task, log)
                 if emb is not None and plan[4] is None and sub.is_reference and sub.device == "cpu":
-                    plans[k] = plan = (*plan[:4], emb, *plan[5:])  # stedge torch fp32 on the CPU *is* the reference
-                done.setdefault((k, j), []).append(row)
+                    plans[k] = (*plan[:4], emb, *plan[5:])  # stedge torch fp32 on the CPU *is* the reference
                 if bar:
                     bar.advance(task)
+                return row
+
+            def more(n: int) -> None:
+                log(f"{n} subject(s) whose two best rounds differ by more than {ROUNDS_AGREE:.0%} run again")
+                total[0] += n
+                if bar:
+                    bar.update(task, total=total[0])
+
+            done = measure_rounds(order, suite.rounds, suite.max_rounds, suite.headline_batch_size, measure, more)
         rows = [best_round(done[kj], suite.headline_batch_size) for kj in order]
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
@@ -746,18 +758,63 @@ def _job_common(suite: Suite, data: BenchData, tmp_root: Path, n_threads: int) -
     return job
 
 
+# A subject's two best headline rounds within this share of each other agree; else it runs again (max_rounds).
+ROUNDS_AGREE = 0.10
+
+
+def headline_rate(row: dict[str, Any], headline: int) -> float:
+    """A measured row's sentences/s at the headline batch size (0 when it has none)."""
+    return float((row.get("throughput") or {}).get(str(headline), {}).get("sentences_per_s") or 0.0)
+
+
+def rounds_agree(rates: Sequence[float], within: float = ROUNDS_AGREE) -> bool:
+    """Whether the two best of a subject's round rates lie within ``within`` of each other (True with fewer
+    than two: nothing to compare). Load from elsewhere only slows a pass down, so two rounds near the top
+    say the best one is the machine's speed and not a lucky or unlucky minute."""
+    top = sorted(rates, reverse=True)[:2]
+    return len(top) < 2 or top[1] >= (1.0 - within) * top[0]
+
+
+def measure_rounds(
+    order: Sequence[Any],
+    rounds: int,
+    max_rounds: int,
+    headline: int,
+    measure: Callable[[int, Any], dict[str, Any]],
+    more: Callable[[int], None] | None = None,
+) -> dict[Any, list[dict[str, Any]]]:
+    """Every subject of ``order`` measured ``rounds`` times in alternating order (``measure(round, subject)``
+    returns its row), then once more per extra round, up to ``max_rounds``, for the subjects whose two best
+    rounds still disagree (rounds_agree); ``more(n)`` hears how many run again. Failed rows do not count."""
+    from stedge_runtime.tune import alternating_rounds
+
+    done: dict[Any, list[dict[str, Any]]] = {}
+    for r, key in alternating_rounds(order, rounds):
+        done.setdefault(key, []).append(measure(r, key))
+    for r in range(rounds, max_rounds):
+        again = [
+            key
+            for key in order
+            if not rounds_agree([headline_rate(x, headline) for x in done[key] if x.get("status") == "ok"])
+        ]
+        if not again:
+            break
+        if more:
+            more(len(again))
+        for key in again if r % 2 == 0 else again[::-1]:
+            done[key].append(measure(r, key))
+    return done
+
+
 def best_round(rows: list[dict[str, Any]], headline: int) -> dict[str, Any]:
     """One row from a subject's rounds: the round with the highest headline throughput gives the
     throughput figures (load from elsewhere only ever slows a pass down), the round with the lowest
-    p50 the latency, the lowest cold start and the highest peak RSS; ``rounds`` says how many ran."""
+    p50 the latency, the lowest cold start and the highest peak RSS; ``rounds`` says how many ran and
+    ``rounds_agree`` whether the two best agree (rounds_agree)."""
     ok = [r for r in rows if r.get("status") == "ok"]
     if not ok:
         return rows[0]
-
-    def rate(r: dict) -> float:
-        return float((r.get("throughput") or {}).get(str(headline), {}).get("sentences_per_s") or 0.0)
-
-    best = dict(max(ok, key=rate))
+    best = dict(max(ok, key=lambda r: headline_rate(r, headline)))
     fast = min(ok, key=lambda r: (r.get("latency_ms") or {}).get("p50", float("inf")))
     best["latency_ms"] = fast.get("latency_ms")
     colds = [r["cold_start_s"] for r in ok if isinstance(r.get("cold_start_s"), (int, float))]
@@ -766,8 +823,10 @@ def best_round(rows: list[dict[str, Any]], headline: int) -> dict[str, Any]:
         vals = [r[key] for r in ok if isinstance(r.get(key), (int, float))]
         if vals:
             best[key] = max(vals)
+    rates = [headline_rate(r, headline) for r in ok]
     best["rounds"] = len(ok)
-    best["rounds_headline_sentences_per_s"] = [round(rate(r), 1) for r in ok]
+    best["rounds_headline_sentences_per_s"] = [round(x, 1) for x in rates]
+    best["rounds_agree"] = rounds_agree(rates)
     return best
 
 
