@@ -369,9 +369,10 @@ def _local_eval(data: BenchData, suite: Suite) -> tuple[str, int | None] | None:
     from stedge.data import resolve_data_path
 
     src = data.sources.get("accuracy")
-    if not src or not resolve_data_path(src).is_file():
+    path = resolve_data_path(src) if src else None
+    if path is None or not path.is_file():
         return None
-    return str(resolve_data_path(src)), suite.accuracy_pairs or None
+    return str(path), suite.accuracy_pairs or None
 
 
 def ensure_profile(artifact: Path, suite: Suite, threads: int, env: dict[str, str], log: Callable[[str], None]) -> None:
