@@ -53,6 +53,9 @@ def test_suite_errors_name_the_key(tmp_path):
     most = _suite_toml(tmp_path / "most.toml", 'rounds = 3\nmax_rounds = 2\n[[models]]\nref = "m"\n')
     with pytest.raises(StedgeError, match="max_rounds"):
         load_suite(most)
+    inter = _suite_toml(tmp_path / "inter.toml", 'interleave_batch_sizes = [64]\n[[models]]\nref = "m"\n')
+    with pytest.raises(StedgeError, match="interleave_batch_sizes"):
+        load_suite(inter)
     with pytest.raises(StedgeError, match="cpu, gpu, smoke"):
         load_suite("no-such-suite")
 
@@ -64,6 +67,7 @@ def test_quick_shrinks_a_suite():
     q = s.quick()
     assert q.repetitions == 1 and q.num_texts <= 128 and set(q.batch_sizes) <= set(s.batch_sizes)
     assert q.headline_batch_size in q.batch_sizes
+    assert q.interleave_cycles <= 3 and set(q.interleave_batch_sizes) <= set(q.batch_sizes)
     assert s.repetitions == 3  # the original is untouched
 
 
@@ -110,6 +114,42 @@ def test_subjects_whose_best_rounds_disagree_run_again_up_to_max_rounds():
     assert calls[8:] == [(2, "noisy"), (2, "stays"), (3, "stays")] and extra == [2, 1]
     assert measure_rounds(order, 2, 0, 32, measure) and len(calls) == 11 + 8  # max_rounds 0: rounds only
     assert rounds_agree([816, 790, 600]) and not rounds_agree([400, 330, 320]) and rounds_agree([5.0])
+
+
+def test_interleaved_ratios_are_medians_of_per_cycle_ratios():
+    from stedge.bench.interleave import paired_speedup, summarize
+
+    # B takes twice A's time; in cycle 1 a slow spell doubles both, in cycle 3 only B has a blip
+    a, b = [1.0, 2.0, 1.0, 1.0], [2.0, 4.0, 2.0, 2.6]
+    assert paired_speedup(a, b) == pytest.approx(2.0)  # the spell does not move the ratio
+    assert paired_speedup(b, a) == pytest.approx(0.5)
+    assert paired_speedup([1.0, 1.0, 1.0], [3.0, 1.0, 2.0]) == pytest.approx(2.0)  # odd count: the middle one
+    assert paired_speedup([], [1.0]) is None
+    s = summarize(a, 100)
+    assert s["seconds"] == a and s["sentences_per_s"] == pytest.approx(100.0)  # median of 100, 50, 100, 100
+    assert s["sentences_per_s_min"] == pytest.approx(50.0) and s["sentences_per_s_max"] == pytest.approx(100.0)
+
+
+def test_interleaved_phase_goes_on_without_a_worker_that_fails(tiny_model, tmp_path):
+    from stedge.bench.interleave import run_interleaved
+    from stedge.bench.runner import thread_env
+    from stedge.bench.subjects import StedgeTorch
+
+    texts = tmp_path / "texts.json"
+    texts.write_text(json.dumps([f"sentence number {i} of the interleaved test" for i in range(12)]))
+    job = {"threads": 1, "texts": str(texts), "serve_batch_sizes": [1, 4], "num_texts_batch1": 3}
+    subjects = [
+        ("good", StedgeTorch("tiny", str(tiny_model))),
+        ("bad", StedgeTorch("tiny", str(tmp_path / "no-such-model"))),
+        ("also good", StedgeTorch("tiny", str(tiny_model))),
+    ]
+    cycles = []
+    got = run_interleaved(subjects, job, tmp_path / "work", thread_env(1), 3, 120, on_cycle=cycles.append)
+    assert cycles == [1, 2, 3]
+    assert "did not load" in got["bad"]["error"] and "no-such-model" in got["bad"]["error"]
+    for key in ("good", "also good"):
+        assert set(got[key]["seconds"]) == {"1", "4"}  # one pass per batch size and cycle
+        assert all(len(v) == 3 and min(v) > 0 for v in got[key]["seconds"].values())
 
 
 def test_flops_match_the_parameter_count(tmp_path):
@@ -332,6 +372,9 @@ def test_smoke_run_schema_and_accuracy_beside_speed(smoke_results):
         assert r["rounds"] == 2 and len(r["rounds_headline_sentences_per_s"]) == 2  # the suite says rounds = 2
         assert r["headline_sentences_per_s"] == pytest.approx(max(r["rounds_headline_sentences_per_s"]), rel=1e-3)
         assert r["cold_start_s"] > 0 and r["peak_rss_mb"] > 0 and r["size_mb"] > 0 and r["gflops"] > 0
+        inter = r["interleaved"]  # the smoke suite's interleave_cycles = 3, interleave_batch_sizes = [1, 8]
+        assert inter["cycles"] == 3 and set(inter["throughput"]) == {"1", "8"} and inter["speedup_vs_best_peer"] > 0
+        assert all(len(t["seconds"]) == 3 and t["sentences_per_s"] > 0 for t in inter["throughput"].values())
     ref = next(r for r in rows if r["reference"])
     assert ref["speedup_vs_torch"] == pytest.approx(1.0) and ref["accuracy"]["mean_cosine"] == pytest.approx(
         1.0, abs=1e-6
@@ -357,6 +400,10 @@ def test_smoke_run_auto_subject_and_fastembed(smoke_results):
     (fe,) = [r for r in results["rows"] if r["kind"] == "fastembed"]
     assert fe["peer"] and fe["accuracy"]["min_cosine"] > 0.999  # the same graph, its own tokenizer
     assert set(auto["speedup_vs_fastembed"]) == {"1", "8"}
+    assert set(auto["interleaved"]["speedup_vs_fastembed"]) == {"1", "8"}
+    assert auto["interleaved"]["best_peer"] == fe["best_peer"]
+    (st,) = [r for r in results["rows"] if r["kind"] == "st"]  # the only sentence-transformers peer: ratio 1 to itself
+    assert st["interleaved"]["speedup_vs_best_peer"] == pytest.approx(1.0)
     assert "auto near" in (out / "results.md").read_text()
 
 
@@ -375,6 +422,7 @@ def test_smoke_run_writes_table_and_plots(smoke_results):
     results, out = smoke_results
     md = (out / "results.md").read_text()
     assert "| model | subject |" in md and "stedge onnx-fp32" in md and results["machine"]["cpu"] in md
+    assert "× best peer, interleaved" in md and "ran 3 cycles of one pass each" in md
     assert md.count("\n| ") >= 1 + len(results["rows"])
     for png in ("speedup_vs_accuracy.png", "throughput_vs_batch.png"):
         data = (out / png).read_bytes()

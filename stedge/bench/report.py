@@ -91,6 +91,10 @@ RESULTS_SCHEMA: dict[str, Any] = {
                         "speedup_vs_torch": _NUM,
                         "speedup_vs_best_peer": _NUM,
                         "gemm_share": _NUM,
+                        "interleaved": {
+                            "type": "object",
+                            "anyOf": [{"required": ["cycles", "throughput"]}, {"required": ["error"]}],
+                        },
                     },
                 },
                 "else": {"required": ["reason"]},
@@ -150,6 +154,7 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
                 e["p50_ratio_vs_best_peer"] = best["latency_ms"]["p50"] / best_peer["latency_ms"]["p50"]
                 e["cold_start_ratio_vs_best_peer"] = best["cold_start_s"] / best_peer["cold_start_s"]
                 e["peak_rss_ratio_vs_best_peer"] = best["peak_rss_mb"] / best_peer["peak_rss_mb"]
+            e["interleaved_ratio_vs_best_peer"] = _interleaved(best, "speedup_vs_best_peer")
             entry[key] = e
         out.append(entry)
     return out
@@ -191,7 +196,8 @@ def summary_markdown(results: dict[str, Any]) -> str:
                 continue
             lines.append(
                 f"  - {what}: {e['label']}: {e['sentences_per_s']:.0f} sent/s = "
-                f"**{e['throughput_ratio_vs_best_peer']:.2f}×** the best peer; "
+                f"**{e['throughput_ratio_vs_best_peer']:.2f}×** the best peer"
+                f"{_interleaved_clause(e.get('interleaved_ratio_vs_best_peer'))}; "
                 f"p50 {e['p50_ms']:.2f} ms ({e['p50_ratio_vs_best_peer']:.2f}×), cold start {e['cold_start_s']:.2f} s "
                 f"({e['cold_start_ratio_vs_best_peer']:.2f}×), peak RSS {e['peak_rss_mb']:.0f} MB "
                 f"({e['peak_rss_ratio_vs_best_peer']:.2f}×), "
@@ -221,14 +227,22 @@ def _auto_lines(results: dict[str, Any]) -> list[str]:
         )
         if r.get("speedup_vs_best_peer") is not None:
             text += f" = **{r['speedup_vs_best_peer']:.2f}×** {r['best_peer']}"
+            text += _interleaved_clause(_interleaved(r, "speedup_vs_best_peer"))
         text += f", p50 {r['latency_ms']['p50']:.2f} ms, ρ×100 {r['accuracy']['spearman']:.2f}"
         if r.get("headline_passages_per_s"):
             text += f", {r['headline_passages_per_s']:.0f} passages/s"
         vs_fe = r.get("speedup_vs_fastembed") or {}
         if vs_fe:
             text += "; × fastembed by batch size: " + ", ".join(f"bs={b} {x:.2f}" for b, x in vs_fe.items())
+        vs_fe = _interleaved(r, "speedup_vs_fastembed") or {}
+        if vs_fe:
+            text += "; in the interleaved phase: " + ", ".join(f"bs={b} {x:.2f}" for b, x in vs_fe.items())
         out.append(text + ".")
     return out
+
+
+def _interleaved_clause(ratio: float | None) -> str:
+    return "" if ratio is None else f" ({ratio:.2f}× in the interleaved phase)"
 
 
 # --------------------------------------------------------------------------- markdown
@@ -254,6 +268,7 @@ def markdown_table(results: dict[str, Any]) -> str:
             "× torch",
             "× best peer",
             "rounds",
+            "× best peer, interleaved",
         ]
     )
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(cols) - 2)) + "|"]
@@ -287,9 +302,29 @@ def markdown_table(results: dict[str, Any]) -> str:
             _f(r["speedup_vs_torch"], "{:.2f}"),
             _f(r["speedup_vs_best_peer"], "{:.2f}"),
             _rounds_cell(r),
+            _f(_interleaved(r, "speedup_vs_best_peer"), "{:.2f}"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _interleaved(r: dict[str, Any], key: str) -> Any:
+    """A figure of the row's interleaved phase (None when it had none)."""
+    return (r.get("interleaved") or {}).get(key)
+
+
+def _interleaved_text(results: dict[str, Any]) -> str:
+    """The Texts line's part on the interleaved phase (runner._interleave)."""
+    s = results["suite"]
+    if not s.get("interleave_cycles"):
+        return ""
+    sizes = ", ".join(map(str, s.get("interleave_batch_sizes") or [s["headline_batch_size"]]))
+    return (
+        f"; then all subjects were loaded at once and ran {s['interleave_cycles']} cycles of one pass each at "
+        f"batch size {sizes}, in turn, the order reversed every cycle: *× best peer, interleaved* (batch "
+        f"{s['headline_batch_size']}) is the median of the per-cycle ratios, which a slow spell of the machine "
+        "cannot tilt towards one subject (`interleaved` in the JSON, with fastembed ratios per batch size)"
+    )
 
 
 def _rounds_cell(r: dict[str, Any]) -> str:
@@ -369,6 +404,7 @@ def markdown(results: dict[str, Any]) -> str:
             "after warm-up (median; "
             f"spread in the JSON)"
             + _rounds_text(results)
+            + _interleaved_text(results)
             + f"; batch-1 latency on {d['num_queries']} short queries from `{d['queries']}`; "
             f"accuracy on {d['accuracy_pairs']} "
             f"STS pairs from `{d['accuracy']}` (cosine to the stedge PyTorch fp32 CPU reference over "

@@ -8,7 +8,9 @@ Fairness rules applied here:
   ``torch.set_num_threads`` (torch subjects), ``intra_op_num_threads`` (ONNX Runtime) and
   ``INFERENCE_NUM_THREADS`` (OpenVINO), all set from the suite's ``threads`` and recorded;
 * warm-up before timing, several repetitions, median with min/max spread;
-* one subprocess per subject, so cold start and peak RSS are the subject's own.
+* one subprocess per subject, so cold start and peak RSS are the subject's own;
+* with ``interleave_cycles``, a last phase with every subject loaded at once and measured in turn
+  (interleave.py), whose ratios a slow spell of the machine cannot tilt towards one subject.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ class Suite:
     repetitions: int = 3
     rounds: int = 1  # every subject runs this many times, in alternating order; the best round counts
     max_rounds: int = 0  # up to this many when its two best rounds differ by more than ROUNDS_AGREE (0: rounds)
+    interleave_cycles: int = 0  # then this many cycles of one pass per subject, all alive at once (interleave.py)
+    interleave_batch_sizes: list[int] = field(default_factory=list)  # their batch sizes (default: the headline)
     warmup: int = 1
     latency_rounds: int = 1
     timeout_s: int = 900
@@ -98,7 +102,9 @@ class Suite:
         s.repetitions = 1
         s.rounds = 1
         s.max_rounds = 1
+        s.interleave_cycles = min(self.interleave_cycles, 3)
         s.batch_sizes = sorted({self.batch_sizes[0], self.headline_batch_size})
+        s.interleave_batch_sizes = [b for b in self.interleave_batch_sizes if b in s.batch_sizes]
         s.num_texts = min(self.num_texts, 128)
         s.num_texts_batch1 = min(self.num_texts_batch1 or 32, 32)
         s.num_queries = min(self.num_queries, 20)
@@ -197,6 +203,11 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
     if suite.headline_batch_size not in suite.batch_sizes:
         raise StedgeError(
             f"{file}: headline_batch_size {suite.headline_batch_size} must be one of batch_sizes {suite.batch_sizes}"
+        )
+    if suite.interleave_cycles < 0 or not set(suite.interleave_batch_sizes) <= set(suite.batch_sizes):
+        raise StedgeError(
+            f"{file}: interleave_cycles must be >= 0 (got {suite.interleave_cycles}) and interleave_batch_sizes "
+            f"a subset of batch_sizes {suite.batch_sizes} (got {suite.interleave_batch_sizes})"
         )
     for m in models:
         if m.baseline_model is not None and m.baseline_model not in names:
@@ -695,16 +706,63 @@ def run_suite(
                     bar.update(task, total=total[0])
 
             done = measure_rounds(order, suite.rounds, suite.max_rounds, suite.headline_batch_size, measure, more)
-        rows = [best_round(done[kj], suite.headline_batch_size) for kj in order]
+            rows = [best_round(done[kj], suite.headline_batch_size) for kj in order]
+            if suite.interleave_cycles > 0:
+                _interleave(rows, [plans[k][3][j] for k, j in order], suite, job_common, env, tmp_root, bar, log)
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
-    _add_relative(rows, suite.models)
+    _add_relative(rows, suite.models, suite.headline_batch_size)
     results = _results(suite, plans, rows, skipped_models, gemm, env, n_threads, data, started, load_before)
     if out_dir is not None:
         from .report import write_all
 
         write_all(results, Path(out_dir))
     return results
+
+
+def _interleave(
+    rows: list[dict[str, Any]],
+    subs: list[Subject],
+    suite: Suite,
+    job_common: dict[str, Any],
+    env: dict[str, str],
+    tmp_root: Path,
+    bar,
+    log: Callable[[str], None],
+) -> None:
+    """The interleaved phase (interleave.py) over every subject measured ok; each row gets ``interleaved``:
+    ``cycles`` and per batch size the rates over the cycles (``throughput``), or the ``error``."""
+    from .interleave import run_interleaved, summarize
+
+    todo = [(i, sub) for i, (row, sub) in enumerate(zip(rows, subs)) if row.get("status") == "ok"]
+    if not todo:
+        return
+    sizes = suite.interleave_batch_sizes or [suite.headline_batch_size]
+    log(
+        f"interleaved phase: {len(todo)} subjects loaded at once, {suite.interleave_cycles} cycles of one pass "
+        f"each at batch size {', '.join(map(str, sizes))}"
+    )
+    task = bar.add_task("interleaved cycles", total=suite.interleave_cycles) if bar else None
+    job = {**job_common, "serve_batch_sizes": sizes}
+    got = run_interleaved(
+        todo,
+        job,
+        tmp_root / "interleaved",
+        env,
+        suite.interleave_cycles,
+        suite.timeout_s,
+        on_cycle=(lambda c: bar.update(task, completed=c)) if bar else None,
+    )
+    for i, res in got.items():
+        if "error" in res:
+            log(f"interleaved phase: {rows[i]['id']}: {res['error']}")
+            rows[i]["interleaved"] = {"error": res["error"]}
+            continue
+        thr = rows[i]["throughput"]
+        rows[i]["interleaved"] = {
+            "cycles": suite.interleave_cycles,
+            "throughput": {b: summarize(secs, thr[b]["texts"]) for b, secs in res["seconds"].items()},
+        }
 
 
 def _prepare_models(
@@ -1009,9 +1067,10 @@ def _progress(enabled: bool):
     return make_progress()
 
 
-def _add_relative(rows: list[dict[str, Any]], models: list[ModelEntry]) -> None:
+def _add_relative(rows: list[dict[str, Any]], models: list[ModelEntry], headline: int | None = None) -> None:
     """Speedup vs stedge torch fp32, vs the best sentence-transformers peer and vs fastembed at every batch
-    size (same model, same device); Spearman deltas."""
+    size (same model, same device); Spearman deltas; with ``headline`` (the suite's headline batch size),
+    the interleaved phase's ratios too."""
     ok = [r for r in rows if r.get("status") == "ok"]
     by_model: dict[str, list[dict]] = {}
     for r in ok:
@@ -1045,6 +1104,38 @@ def _add_relative(rows: list[dict[str, Any]], models: list[ModelEntry]) -> None:
                 twin = next((b for b in by_model.get(base, []) if _twin_key(b) == _twin_key(r)), None)
                 r["speedup_vs_baseline_model"] = v / twin["headline_sentences_per_s"] if twin else None
                 r["baseline_model"] = base
+        if headline is not None:
+            _add_interleaved_relative(rs, peers, fastembed, model, str(headline))
+
+
+def _add_interleaved_relative(
+    rs: list[dict[str, Any]], peers: list[dict[str, Any]], fastembed: dict[str, Any] | None, model: str, head: str
+) -> None:
+    """The interleaved phase's ratios, medians of per-cycle ratios (interleave.paired_speedup): to the best
+    peer at the headline batch size (the peer with the highest interleaved median there), and to fastembed
+    at every interleaved batch size."""
+    from .interleave import paired_speedup
+
+    def secs(r: dict[str, Any] | None, bs: str) -> list[float]:
+        return (((r or {}).get("interleaved") or {}).get("throughput") or {}).get(bs, {}).get("seconds") or []
+
+    def rate(r: dict[str, Any]) -> float:
+        return r["interleaved"]["throughput"][head]["sentences_per_s"]
+
+    best = max((p for p in peers if secs(p, head)), key=rate, default=None)
+    for r in rs:
+        inter = r.get("interleaved") or {}
+        if "throughput" not in inter:
+            continue
+        if best is not None and secs(r, head):
+            inter["speedup_vs_best_peer"] = paired_speedup(secs(r, head), secs(best, head))
+            inter["best_peer"] = best["label"] + ("" if best["model"] == model else f" [{best['model']}]")
+        if fastembed is not None and r is not fastembed:
+            inter["speedup_vs_fastembed"] = {
+                bs: paired_speedup(secs(r, bs), secs(fastembed, bs))
+                for bs in inter["throughput"]
+                if secs(fastembed, bs)
+            }
 
 
 def _peers(rs: list[dict[str, Any]]) -> list[dict[str, Any]]:

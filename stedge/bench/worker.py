@@ -12,6 +12,11 @@ The parent (runner.py) writes the job, starts this process and times it from pro
 
 Lines ``STAGE <what>`` on stdout let the parent show progress. The result goes to ``result.json``.
 Only numpy and the subject's own engine are imported here, so memory and cold start are the subject's.
+
+``python -m stedge.bench.worker JOB.json --serve`` is the interleaved phase's worker (interleave.py): it
+loads the subject, warms it up at the job's ``serve_batch_sizes``, prints ``READY`` and then answers each
+``PASS <bs> ...`` line on stdin with one timed pass per batch size over the throughput texts (the first
+``num_texts_batch1`` at batch size 1, as above), ``SECONDS <s> ...``, until ``QUIT``.
 """
 
 from __future__ import annotations
@@ -136,10 +141,38 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def serve(job: dict[str, Any]) -> None:
+    """The interleaved phase's loop: load, warm up at every batch size, ``READY``; then ``PASS <bs> ...`` ->
+    ``SECONDS <s> ...`` (one timed pass per batch size named, in that order), ``QUIT`` ends."""
+    from .subjects import from_spec
+
+    encode = from_spec(job["subject"]).load(int(job["threads"]))
+    texts = json.loads(Path(job["texts"]).read_text(encoding="utf-8"))
+    n1 = int(job.get("num_texts_batch1") or 0)
+
+    def pass_texts(bs: int) -> list[str]:  # as the isolated throughput passes
+        return texts[:n1] if bs == 1 and n1 else texts
+
+    for bs in job["serve_batch_sizes"]:
+        encode(pass_texts(int(bs)), int(bs))  # a whole warm-up pass: every shape the timed passes meet
+    print("READY", flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        if words and words[0] == "PASS":
+            secs = [_timed_passes(encode, pass_texts(int(b)), int(b), 1)[0] for b in words[1:]]
+            print("SECONDS " + " ".join(repr(x) for x in secs), flush=True)
+        elif words == ["QUIT"]:
+            break
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: ``python -m stedge.bench.worker JOB.json``; writes result.json into the job's work_dir."""
+    """Entry point: ``python -m stedge.bench.worker JOB.json [--serve]``; writes result.json into the job's
+    work_dir (``--serve``: the interleaved phase's loop, see serve)."""
     args = sys.argv[1:] if argv is None else argv
     job = json.loads(Path(args[0]).read_text(encoding="utf-8"))
+    if "--serve" in args[1:]:
+        serve(job)
+        return 0
     work = Path(job["work_dir"])
     try:
         res = run_job(job)
