@@ -18,6 +18,7 @@ start, accuracy).
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import threading
@@ -34,24 +35,19 @@ GAP_S = 0.2  # idle between two passes: ONNX Runtime and OpenMP pools spin for a
 def paired_speedup(seconds: Sequence[float], base_seconds: Sequence[float]) -> float | None:
     """Median over cycles of one subject's rate over another's in the same cycle (same texts, so the rate
     ratio is the inverse ratio of pass times); None when they share no cycle."""
-    ratios = sorted(b / a for a, b in zip(seconds, base_seconds) if a > 0 and b > 0)
-    return _median(ratios) if ratios else None
+    ratios = [b / a for a, b in zip(seconds, base_seconds) if a > 0 and b > 0]
+    return statistics.median(ratios) if ratios else None
 
 
 def summarize(seconds: Sequence[float], n_texts: int) -> dict[str, Any]:
     """Rates over the cycles of one subject at one batch size: median, min and max sentences/s, pass times."""
-    rates = sorted(n_texts / s for s in seconds)
+    rates = [n_texts / s for s in seconds]
     return {
-        "sentences_per_s": _median(rates),
-        "sentences_per_s_min": rates[0],
-        "sentences_per_s_max": rates[-1],
+        "sentences_per_s": statistics.median(rates),
+        "sentences_per_s_min": min(rates),
+        "sentences_per_s_max": max(rates),
         "seconds": [float(s) for s in seconds],
     }
-
-
-def _median(sorted_values: Sequence[float]) -> float:
-    mid = len(sorted_values) // 2
-    return sorted_values[mid] if len(sorted_values) % 2 else 0.5 * (sorted_values[mid - 1] + sorted_values[mid])
 
 
 def run_interleaved(

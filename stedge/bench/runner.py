@@ -1087,11 +1087,7 @@ def _add_relative(rows: list[dict[str, Any]], models: list[ModelEntry], headline
             v = r["headline_sentences_per_s"]
             r["speedup_vs_torch"] = v / ref["headline_sentences_per_s"] if ref else None
             r["speedup_vs_best_peer"] = v / best_peer["headline_sentences_per_s"] if best_peer else None
-            r["best_peer"] = (
-                best_peer["label"] + ("" if best_peer["model"] == model else f" [{best_peer['model']}]")
-                if best_peer
-                else None
-            )
+            r["best_peer"] = _peer_label(best_peer, model) if best_peer else None
             if fastembed is not None and r is not fastembed:
                 r["speedup_vs_fastembed"] = {
                     bs: t["sentences_per_s"] / fastembed["throughput"][bs]["sentences_per_s"]
@@ -1129,13 +1125,18 @@ def _add_interleaved_relative(
             continue
         if best is not None and secs(r, head):
             inter["speedup_vs_best_peer"] = paired_speedup(secs(r, head), secs(best, head))
-            inter["best_peer"] = best["label"] + ("" if best["model"] == model else f" [{best['model']}]")
+            inter["best_peer"] = _peer_label(best, model)
         if fastembed is not None and r is not fastembed:
             inter["speedup_vs_fastembed"] = {
                 bs: paired_speedup(secs(r, bs), secs(fastembed, bs))
                 for bs in inter["throughput"]
                 if secs(fastembed, bs)
             }
+
+
+def _peer_label(peer: dict[str, Any], model: str) -> str:
+    """A peer row's label as the rows of ``model`` name it (with its own model when that is another)."""
+    return peer["label"] + ("" if peer["model"] == model else f" [{peer['model']}]")
 
 
 def _peers(rs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -108,7 +108,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     n1 = int(job.get("num_texts_batch1") or 0)
     for bs in job["batch_sizes"]:
         _stage(f"throughput bs={bs}")
-        pass_texts = texts[:n1] if bs == 1 and n1 else texts
+        pass_texts = _pass_texts(texts, bs, n1)
         for _ in range(int(job.get("warmup", 1))):
             encode(pass_texts[: max(2 * bs, 16)], bs)
         through[str(bs)] = {"seconds": _timed_passes(encode, pass_texts, bs, reps)}
@@ -149,17 +149,13 @@ def serve(job: dict[str, Any]) -> None:
     encode = from_spec(job["subject"]).load(int(job["threads"]))
     texts = json.loads(Path(job["texts"]).read_text(encoding="utf-8"))
     n1 = int(job.get("num_texts_batch1") or 0)
-
-    def pass_texts(bs: int) -> list[str]:  # as the isolated throughput passes
-        return texts[:n1] if bs == 1 and n1 else texts
-
     for bs in job["serve_batch_sizes"]:
-        encode(pass_texts(int(bs)), int(bs))  # a whole warm-up pass: every shape the timed passes meet
+        encode(_pass_texts(texts, int(bs), n1), int(bs))  # a whole warm-up pass: every shape the timed passes meet
     print("READY", flush=True)
     for line in sys.stdin:
         words = line.split()
         if words and words[0] == "PASS":
-            secs = [_timed_passes(encode, pass_texts(int(b)), int(b), 1)[0] for b in words[1:]]
+            secs = [_timed_passes(encode, _pass_texts(texts, int(b), n1), int(b), 1)[0] for b in words[1:]]
             print("SECONDS " + " ".join(repr(x) for x in secs), flush=True)
         elif words == ["QUIT"]:
             break
@@ -185,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(json.dumps(res), encoding="utf-8")
     os.replace(tmp, work / "result.json")
     return 0 if res["status"] == "ok" else 1
+
+
+def _pass_texts(texts: list[str], bs: int, n1: int) -> list[str]:
+    """The texts of one throughput pass: the first ``n1`` at batch size 1 (when set), else all."""
+    return texts[:n1] if bs == 1 and n1 else texts
 
 
 def _timed_passes(encode, texts: list[str], bs: int, reps: int) -> list[float]:
