@@ -117,7 +117,9 @@ def test_subjects_whose_best_rounds_disagree_run_again_up_to_max_rounds():
 
 
 def test_interleaved_ratios_are_medians_of_per_cycle_ratios():
-    from stedge.bench.interleave import paired_speedup, summarize
+    from stedge_runtime.tune import paired_speedup
+
+    from stedge.bench.interleave import summarize
 
     # B takes twice A's time; in cycle 1 a slow spell doubles both, in cycle 3 only B has a blip
     a, b = [1.0, 2.0, 1.0, 1.0], [2.0, 4.0, 2.0, 2.6]

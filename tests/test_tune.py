@@ -53,6 +53,18 @@ def test_tune_cli_writes_the_profile_and_prints_the_choice(art):
     assert getattr(bad.exception, "exit_code", None) == 2 and "no variant(s) nope" in str(bad.exception)
 
 
+def test_full_tune_has_its_paired_final(art):
+    """A full tune ends with the paired final; with one variant there is nothing to pair, and it says so."""
+    res = _cli("tune", str(art), "--budget", "1", "-b", "4", "--paired-cycles", "2", "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert "paired final: not run (contenders within 0.85 of a tier's best: onnx-fp32)" in res.stdout
+    out = _cli("tune", str(art), "--budget", "1", "-b", "4", "--paired-cycles", "0", "--dry-run", "--json")
+    final = json.loads(out.stdout[out.stdout.index("{") :])["profile"]["paired"]
+    assert final["cycles"] == 0 and list(final["contenders"]) == ["onnx-fp32"]
+    bad = _cli("tune", str(art), "--paired-cycles", "-1")
+    assert bad.exit_code == 2 and "--paired-cycles" in bad.output
+
+
 def test_info_shows_the_choice_and_ignores_other_machines(art):
     from stedge_runtime.profile import PROFILE_FORMAT, write_profile
 
@@ -137,6 +149,10 @@ def test_bench_tunes_only_when_the_profile_is_missing_stale_or_quick(art, monkey
     runner.ensure_profile(art, suite, 2, {}, lambda m: None)
     assert len(calls) == 2  # written before stedge tuned the token budget: re-tuned
     prof["batch_tokens"] = {"best": 1024, "default": 1024, "rates": {}}
+    write_profile(art, prof)
+    runner.ensure_profile(art, suite, 2, {}, lambda m: None)
+    assert len(calls) == 3  # written before stedge tune had its paired final: re-tuned
+    prof["paired"] = {"cycles": 0, "reference": None, "contenders": {}}
     write_profile(art, prof)
     calls.clear()
     calls.append("first")

@@ -10,7 +10,8 @@ keeps its value. The order reverses from one cycle to the next (no subject alway
 and the parent waits ``GAP_S`` between passes so the previous engine's spinning threads are asleep when
 the next pass starts.
 
-The ratios this phase reports are medians of per-cycle ratios (paired_speedup); the rates beside them are
+The ratios this phase reports are medians of per-cycle ratios
+(stedge_runtime.tune.paired_speedup, which `stedge tune`'s paired final uses too); the rates beside them are
 medians over cycles. The isolated rounds still give everything else (batch sizes, latency, memory, cold
 start, accuracy).
 """
@@ -30,13 +31,6 @@ from . import work_root
 from .subjects import Subject
 
 GAP_S = 0.2  # idle between two passes: ONNX Runtime and OpenMP pools spin for a while after their last task
-
-
-def paired_speedup(seconds: Sequence[float], base_seconds: Sequence[float]) -> float | None:
-    """Median over cycles of one subject's rate over another's in the same cycle (same texts, so the rate
-    ratio is the inverse ratio of pass times); None when they share no cycle."""
-    ratios = [b / a for a, b in zip(seconds, base_seconds) if a > 0 and b > 0]
-    return statistics.median(ratios) if ratios else None
 
 
 def summarize(seconds: Sequence[float], n_texts: int) -> dict[str, Any]:

@@ -401,8 +401,8 @@ def ensure_profile(artifact: Path, suite: Suite, threads: int, env: dict[str, st
         prof = {}
     have = prof.get("variants") or {}
     stale = [n for n, v in todo.items() if n not in have or have[n].get("sha256") != v.get("sha256")]
-    if (prof.get("quick") or "batch_tokens" not in prof) and prof and not suite.tune_quick:
-        stale = list(todo)  # a quick profile, or one without the token budget, is not good enough for a full run
+    if (prof.get("quick") or "batch_tokens" not in prof or "paired" not in prof) and prof and not suite.tune_quick:
+        stale = list(todo)  # a quick profile, or one from before the token budget or the paired final, is re-tuned
     if not stale:
         log(f"{artifact.name}: this machine's tuning profile covers every variant; not re-tuning")
         return
@@ -1107,10 +1107,10 @@ def _add_relative(rows: list[dict[str, Any]], models: list[ModelEntry], headline
 def _add_interleaved_relative(
     rs: list[dict[str, Any]], peers: list[dict[str, Any]], fastembed: dict[str, Any] | None, model: str, head: str
 ) -> None:
-    """The interleaved phase's ratios, medians of per-cycle ratios (interleave.paired_speedup): to the best
+    """The interleaved phase's ratios, medians of per-cycle ratios (stedge_runtime.tune.paired_speedup): to the best
     peer at the headline batch size (the peer with the highest interleaved median there), and to fastembed
     at every interleaved batch size."""
-    from .interleave import paired_speedup
+    from stedge_runtime.tune import paired_speedup
 
     def secs(r: dict[str, Any] | None, bs: str) -> list[float]:
         return (((r or {}).get("interleaved") or {}).get("throughput") or {}).get(bs, {}).get("seconds") or []

@@ -23,11 +23,13 @@ def run_tune(
     batch_sizes: tuple[int, ...] = (32,),
     show_progress: bool = True,
     write: bool = True,
+    paired_cycles: int | None = None,
 ) -> tuple[dict[str, Any], Path | None]:
-    """Tune the artifact at ``path``; returns (profile, file written or None). Progress bar on stderr."""
+    """Tune the artifact at ``path``; returns (profile, file written or None). Progress bar on stderr.
+    ``paired_cycles``: cycles of the paired final (None: stedge_runtime.tune.PAIRED_CYCLES; 0 skips it)."""
     from stedge_runtime.artifact import has_manifest
     from stedge_runtime.profile import write_profile
-    from stedge_runtime.tune import tune
+    from stedge_runtime.tune import PAIRED_CYCLES, tune
 
     from ..progress import make_progress
 
@@ -40,8 +42,9 @@ def run_tune(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # each variant is named on purpose
+            cycles = PAIRED_CYCLES if paired_cycles is None else paired_cycles
             if not show_progress:
-                prof = tune(root, variants, threads, quick, budget_s, texts, batch_sizes)
+                prof = tune(root, variants, threads, quick, budget_s, texts, batch_sizes, paired_cycles=cycles)
             else:
                 with make_progress(transient=True) as bar:
                     task = bar.add_task("tuning", total=None)
@@ -49,7 +52,7 @@ def run_tune(
                     def progress(what: str, done: int, total: int) -> None:
                         bar.update(task, description=f"tuning {what}", completed=done, total=total)
 
-                    prof = tune(root, variants, threads, quick, budget_s, texts, batch_sizes, progress)
+                    prof = tune(root, variants, threads, quick, budget_s, texts, batch_sizes, progress, cycles)
     finally:
         quiet.setLevel(level)
     return prof, (write_profile(root, prof) if write else None)
@@ -141,9 +144,31 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
             f"padded tokens per engine call, on {bt['variant']} (short bs={bt['batch_sizes']['short']}, passages "
             f"bs={bt['batch_sizes']['passage']}): {rates} -> [bold]{bt['best']}[/] (default {bt['default']})"
         )
+    _render_paired(prof.get("paired"), console)
     for name, why in (prof.get("skipped") or {}).items():
         console.print(f"[yellow]not tuned: {name}: {why}[/]")
     render_choice(choices, console)
+
+
+def _render_paired(final: dict[str, Any] | None, console: Any) -> None:
+    """The paired final: one line per contender, its median per-cycle speedup over the reference."""
+    if not final:
+        return
+    names = ", ".join(final.get("contenders") or {}) or "none"
+    if not final.get("cycles"):
+        console.print(f"paired final: not run (contenders within {final.get('within')} of a tier's best: {names})")
+        return
+    ref = final["reference"]
+    console.print(
+        f"paired final: {final['cycles']} cycles, contenders side by side, one pass each in turn; "
+        f"median per-cycle speedup over {ref}:"
+    )
+    for name, c in final["contenders"].items():
+        if "error" in c:
+            console.print(f"    {name}: [red]{c['error']}[/]")
+            continue
+        parts = ", ".join(f"{key} {v:.3f}x" for key, v in c["speedup"].items())
+        console.print(f"    {name} ({_settings(c['settings'])}): bulk {c['bulk_speedup']:.3f}x ({parts})")
 
 
 def _marks(choices: dict[str, Any]) -> dict[tuple[str, str], str]:
@@ -196,11 +221,19 @@ def tune_cmd(
     batch_size: list[int] = typer.Option(
         [32], "--batch-size", "-b", help="Bulk batch sizes to time (repeatable; batch 1 is always timed)."
     ),
+    paired_cycles: Optional[int] = typer.Option(
+        None,
+        "--paired-cycles",
+        min=0,
+        help="Cycles of the paired final, which times the variants within 15 % of a tier's best side by side "
+        "(default 7; 0 skips it).",
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Measure and print, but do not write the profile."),
     as_json: bool = typer.Option(False, "--json", help="Print the profile and the choices as JSON."),
 ) -> None:
     """Time every verified variant of ARTIFACT on this machine (engine settings, batch 1 and bulk, short texts and
-    passages; then the padded tokens per engine call, on the fastest) and write ARTIFACT/tuning/<machine key>.json,
+    passages; then the padded tokens per engine call, on the fastest; then a paired final of the close
+    contenders, side by side pass after pass) and write ARTIFACT/tuning/<machine key>.json,
     which Encoder.load uses to choose the fastest variant of each precision tier here and its batch size in tokens.
     Profiles of other machines are kept and ignored here."""
     from stedge_runtime.artifact import Manifest
@@ -224,6 +257,7 @@ def tune_cmd(
         tuple(batch_size),
         show_progress=not as_json,
         write=not dry_run,
+        paired_cycles=paired_cycles,
     )
     choices = best_choices(artifact, profile=prof)
     if as_json:

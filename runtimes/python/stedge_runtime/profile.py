@@ -17,10 +17,18 @@ not touched. Layout (``format_version`` 1)::
      "agreement": {"A|B": min cosine between the vectors of variants A and B on the short texts},
      "batch_tokens": {"variant": "onnx-fp32", "settings": {...}, "batch_sizes": {"short": 192, "passage": 24},
                       "rates": {"1024": {"short": 620.0, "passage": 27.0}, ...}, "default": 1024,
-                      "best": 1024}}    # padded tokens per engine call; absent in --quick profiles
+                      "best": 1024},    # padded tokens per engine call; absent in --quick profiles
+     "paired": {"cycles": 7, "within": 0.85, "gap_s": 0.1, "reference": "onnx-int8-rows",
+                "contenders": {NAME: {"settings": {...}, "seconds": {"batch1": [...], "short bs=32": [...],
+                                                                     "passage bs=32": [...]},
+                                      "speedup": {"batch1": 1.02, "short bs=32": 0.97, "passage bs=32": 0.95},
+                                      "bulk_speedup": 0.96, "batch1_speedup": 1.02, "error": str?}}}}
+                    # the paired final; absent in --quick profiles; cycles 0 when fewer than two contenders
 
 Each run is the best of ``rounds`` measurements of that (variant, settings) case, taken in alternating
-order so that load from elsewhere during one of them does not decide the choice.
+order so that load from elsewhere during one of them does not decide the choice. The paired final then
+times the close contenders side by side (stedge_runtime.tune.paired_final); its speedups are medians of
+per-cycle ratios to the reference, and selection ranks the contenders by them.
 """
 
 from __future__ import annotations
@@ -103,6 +111,15 @@ def check_profile(data: Any, where: str | os.PathLike) -> None:
             isinstance(r, dict) and isinstance(r.get("settings"), dict) for r in runs
         ):
             raise ArtifactError(f"{where}: variants.{name}.runs must be a list of objects with 'settings'")
+    paired = data.get("paired")
+    if paired is not None and not (
+        isinstance(paired, dict)
+        and isinstance(paired.get("contenders"), dict)
+        and all(isinstance(c, dict) and isinstance(c.get("settings"), dict) for c in paired["contenders"].values())
+    ):
+        raise ArtifactError(
+            f"{where}: field 'paired' must be an object whose 'contenders' map names to objects with 'settings'"
+        )
 
 
 def write_profile(root: str | os.PathLike, profile: dict[str, Any]) -> Path:

@@ -13,7 +13,10 @@
    profiles of other machines are ignored), the fastest eligible variant in bulk runs (geometric mean of
    sentences/s over the measured bulk batches, short and passage-length texts), with the engine's default
    settings unless another setting was at least 10 % faster for it in bulk (tuning noise must not buy a
-   setting such as an OpenVINO throughput hint, which halves batch-1 speed on 2 cores). Batch-1 calls go to
+   setting such as an OpenVINO throughput hint, which halves batch-1 speed on 2 cores). Where the profile
+   has a paired final (``paired``: the close contenders timed side by side, pass after pass), a contender's
+   score is the reference's score times its median per-cycle speedup over the reference, so variants a few
+   percent apart are ranked by what was measured under the same conditions. Batch-1 calls go to
    another variant (or the same one with other settings) only when the profile shows it at least 20 % faster
    at batch 1 *and* its vectors agree with the bulk variant's to the tier's batch-invariance bound, so a query
    embedded alone still matches documents embedded in bulk. A variant whose vectors on this machine agree with
@@ -243,13 +246,14 @@ def rule_rank(name: str, v: Any, family: str, flags: set[str]) -> tuple:
 
 
 # ------------------------------------------------------------------ the profile
-def _geomean(values: list[float]) -> float | None:
+def geomean(values: list[float]) -> float | None:
+    """Geometric mean of positive values (None for none)."""
     return math.exp(sum(math.log(x) for x in values) / len(values)) if values else None
 
 
 def bulk_score(run: dict) -> float | None:
     """Geometric mean of the bulk sentences/s a run measured (short and passage texts, every bulk batch)."""
-    return _geomean(
+    return geomean(
         [
             float(x)
             for texts in (run.get("bulk") or {}).values()
@@ -289,7 +293,7 @@ def settled_batch_tokens(rates: Mapping[str, Any], default: int) -> int:
         if str(b).isdigit()
     }
     kinds = set.intersection(*(set(r) for r in ok.values())) if ok else set()  # compare like with like
-    scores = {b: _geomean([r[k] for k in sorted(kinds)]) for b, r in ok.items() if kinds}
+    scores = {b: geomean([r[k] for k in sorted(kinds)]) for b, r in ok.items() if kinds}
     if not scores:
         return default
     best = max(scores, key=lambda b: (scores[b], -b))
@@ -325,6 +329,7 @@ def _from_profile(
     """Choose among eligible variants from a profile; None when no eligible variant was tuned."""
     bulk: list[tuple[float, float, str, dict]] = []  # (score, batch-1 p50, name, settings)
     lat: list[tuple[float, str, dict]] = []
+    paired = paired_scores(prof)
     for name, v in cands.items():
         entry, why = _tuned(name, v, prof)
         if entry is None:
@@ -343,24 +348,22 @@ def _from_profile(
             continue
         run = settled_run(entry["runs"])
         score, p50 = bulk_score(run), run.get("batch1_ms_p50")
+        if name in paired and paired[name][2] == run["settings"]:
+            score, p50 = paired[name][:2]
         if score is not None:
             bulk.append((score, float(p50) if isinstance(p50, (int, float)) else math.inf, name, run["settings"]))
         for r in entry["runs"]:
-            if isinstance(r.get("batch1_ms_p50"), (int, float)):
+            if name in paired and paired[name][2] == r["settings"]:
+                lat.append((paired[name][1], name, r["settings"]))  # the final's figure, as for bulk
+            elif isinstance(r.get("batch1_ms_p50"), (int, float)):
                 lat.append((float(r["batch1_ms_p50"]), name, r["settings"]))
     if not bulk:
         return None
     best = max(b[0] for b in bulk)
     close = [b for b in bulk if b[0] >= 0.97 * best]  # within 3 %: take the better batch-1 latency
     score, p50, name, settings = min(close, key=lambda b: (b[1], -b[0], b[2]))
+    reason = _profile_reason(prof, tier, name, settings, name in paired and paired[name][2] == settings)
     others = sorted({b[2] for b in bulk} - {name})
-    run = next(r for r in prof["variants"][name]["runs"] if r["settings"] == settings)
-    rates = ", ".join(
-        f"{kind} bs={bs} {val:.0f}/s" for kind, d in (run.get("bulk") or {}).items() for bs, val in d.items()
-    )
-    reason = (
-        f"fastest {tier}-tier variant in bulk on this machine per its tuning profile ({rates}; bs=1 p50 {p50:.2f} ms)"
-    )
     if others:
         reason += f"; also tuned: {', '.join(others)}"
     sel: dict[str, Any] = {}
@@ -395,6 +398,52 @@ def _from_profile(
         profile=str(file),
         **sel,
     )
+
+
+def _profile_reason(prof: dict, tier: str, name: str, settings: dict, in_final: bool) -> str:
+    """Why the profile chose ``name``: its rates and batch-1 p50 in the rounds, and its paired-final figures."""
+    run = next(r for r in prof["variants"][name]["runs"] if r["settings"] == settings)
+    rates = ", ".join(
+        f"{kind} bs={bs} {val:.0f}/s" for kind, d in (run.get("bulk") or {}).items() for bs, val in d.items()
+    )
+    reason = (
+        f"fastest {tier}-tier variant in bulk on this machine per its tuning profile ({rates}; "
+        f"bs=1 p50 {run['batch1_ms_p50']:.2f} ms)"
+    )
+    if in_final:
+        final = prof["paired"]
+        ref, c = final["reference"], final["contenders"][name]
+        reason += (
+            f"; paired final ({final['cycles']} cycles): reference {ref}"
+            if name == ref
+            else f"; paired final ({final['cycles']} cycles): {c['bulk_speedup']:.3f}x {ref} in bulk, "
+            f"{c['batch1_speedup']:.3f}x at batch 1"
+        )
+    return reason
+
+
+def paired_scores(prof: dict) -> dict[str, tuple[float, float, dict]]:
+    """``{variant: (bulk score, batch-1 p50 ms, settings)}`` from the profile's paired final, on the scale of the
+    rounds: the reference's settled run times each contender's median per-cycle speedup over it (in bulk;
+    at batch 1 its p50 over the batch-1 speedup). Empty when the profile has no usable final (none, fewer
+    than two contenders timed, or a reference whose settled settings are not the ones the final ran)."""
+    final = prof.get("paired")
+    if not isinstance(final, Mapping) or not final.get("cycles"):
+        return {}
+    ref, cont = final.get("reference"), final.get("contenders")
+    entry = (prof.get("variants") or {}).get(ref) if isinstance(ref, str) else None
+    if not isinstance(cont, Mapping) or not isinstance(entry, Mapping) or not entry.get("runs"):
+        return {}
+    base = settled_run(entry["runs"])
+    score, p50 = bulk_score(base), base.get("batch1_ms_p50")
+    if score is None or not isinstance(p50, (int, float)) or (cont.get(ref) or {}).get("settings") != base["settings"]:
+        return {}
+    out = {}
+    for name, c in cont.items():
+        bulk, one = c.get("bulk_speedup"), c.get("batch1_speedup")
+        if isinstance(bulk, (int, float)) and isinstance(one, (int, float)) and bulk > 0 and one > 0:
+            out[name] = (score * float(bulk), float(p50) / float(one), c.get("settings"))
+    return out
 
 
 def _agreement(prof: dict, a: str, b: str) -> float | None:

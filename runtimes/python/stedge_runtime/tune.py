@@ -6,7 +6,11 @@ THROUGHPUT and streams), and times batch-1 calls on short texts and bulk batches
 passage-length texts; then, on the fastest variant, how many padded tokens one engine call should
 take (``max_batch_tokens``: small batches stay in the CPU's caches). It also checks, on this machine,
 that a text's vector alone matches its vector inside a mixed batch, and how far the variants' vectors
-agree with each other (for routing batch-1 calls). ``write_profile`` stores the result as
+agree with each other (for routing batch-1 calls). Last comes the **paired final**: the variants within
+``PAIRED_WITHIN`` of the best of some tier in those rounds are loaded side by side and timed in turn, pass
+after pass, for ``PAIRED_CYCLES`` cycles; a contender's speed is the median of its per-cycle ratios to one
+reference (a slow spell of the machine falls on every contender's pass alike, so it cannot pick the
+winner, as it can between rounds measured seconds apart). ``write_profile`` stores the result as
 ``tuning/<machine key>.json`` (stedge_runtime.profile), which ``Encoder.load`` reads (stedge_runtime.select).
 The `stedge tune` command wraps this with a table.
 """
@@ -28,9 +32,11 @@ from .errors import InputError, RuntimeStedgeError
 from .profile import PROFILE_FORMAT
 from .samples import SHORT, passages
 from .select import (
+    TIERS,
     bulk_score,
     default_batch_tokens,
     fits,
+    geomean,
     select_variant,
     settled_batch_tokens,
     settled_run,
@@ -41,6 +47,10 @@ Progress = Callable[[str, int, int], None]  # (what, done, total)
 ROUNDS = 2  # every case is measured this many times, in alternating order; the best round counts
 # Token budgets per engine call tried on the fastest variant (Encoder.load's max_batch_tokens).
 BATCH_TOKEN_GRID = (512, 1024, 2048, 4096, 16384)
+PAIRED_CYCLES = 7  # cycles of the paired final (tune's ``paired_cycles``; 0 skips it)
+PAIRED_WITHIN = 0.85  # rounds' bulk score, as a share of its tier's best, that takes a variant to the final
+PAIRED_GAP_S = 0.1  # idle before each pass of the final: the previous engine's spinning threads fall asleep
+PAIRED_PASSAGES = 8  # passages per passage pass of the final (the short and batch-1 passes take the rounds' texts)
 
 
 def settings_grid(backend: str, threads: int | None = None, quick: bool = False) -> list[dict[str, Any]]:
@@ -194,13 +204,15 @@ def tune(
     texts: Sequence[str] | None = None,
     batch_sizes: Sequence[int] = (32,),
     progress: Progress | None = None,
+    paired_cycles: int = PAIRED_CYCLES,
 ) -> dict[str, Any]:
     """Time the artifact's CPU variants on this machine; returns the profile (write it with profile.write_profile).
 
     ``variants`` limits the set (default: every verified variant the installed engines run on the CPU);
-    ``budget_s`` is the target total time (default 4 s per variant, 1.5 s with ``quick``, which also
-    tries only the engines' default settings and skips the token-budget sweep, about 10-15 s on 2 cores
-    for a MiniLM, outside the budget); ``texts`` replaces the built-in samples.
+    ``budget_s`` is the target total time of the rounds (default 4 s per variant, 1.5 s with ``quick``);
+    the token-budget sweep (about 10-15 s on 2 cores for a MiniLM) and the paired final come on top, and
+    ``quick`` skips both and tries only the engines' default settings. ``texts`` replaces the built-in
+    samples; ``paired_cycles`` is the number of cycles of the paired final (0 skips it; see ``paired_final``).
     """
     from .encoder import Encoder, Reranker
 
@@ -218,6 +230,8 @@ def tune(
         raise RuntimeStedgeError(
             f"{root}: no variant to tune on this CPU: " + "; ".join(f"{n}: {why}" for n, why in skipped.items())
         )
+    if isinstance(paired_cycles, bool) or not isinstance(paired_cycles, int) or paired_cycles < 0:
+        raise InputError(f"paired_cycles must be an integer >= 0 (0 skips the paired final), got {paired_cycles!r}")
     bad = [b for b in batch_sizes if not isinstance(b, int) or b < 2]
     if bad:
         raise InputError(
@@ -269,12 +283,131 @@ def tune(
             entry["runs"].append({"settings": settings, **best_of(measured[(name, _fmt(settings))])})
     if not quick:
         prof["batch_tokens"] = _tune_batch_tokens(cls, root, prof["variants"], work, rounds, progress)
-    if progress:
-        progress("done", len(cases), len(cases))
     prof["workloads"] = work.summary(tok_count or (lambda items: 0.0))
     prof["agreement"] = _agreement(probes)
     _accuracy_here(prof["variants"], probes, todo)
+    if not quick:  # after the accuracy here: a variant that left its tier on this machine is no contender there
+        prof["paired"] = paired_final(cls, root, prof, work, batch_sizes, paired_cycles, progress)
+    if progress:
+        progress("done", len(cases), len(cases))
     return prof
+
+
+def contenders(root: str | Path, prof: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{variant: settings}`` for the paired final: per tier, every variant ``Encoder.load`` could choose there
+    from ``prof`` (the same eligibility: tier, batch invariance and accuracy on this machine) whose bulk score in
+    the rounds, with its settled settings, is at least ``PAIRED_WITHIN`` of the tier's best; all tiers together."""
+    root = Path(root)
+    m = Manifest.read(root)
+    entries = prof.get("variants") or {}
+    scored = {
+        name: (bulk_score(run) or 0.0, run["settings"])
+        for name, e in entries.items()
+        if e.get("status") == "ok" and e.get("runs")
+        for run in [settled_run(e["runs"])]
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for tier in TIERS:
+        try:
+            sel = select_variant(m.variants, "cpu", None, installed_backends(), root, tier=tier, profile=prof)
+        except RuntimeStedgeError:
+            continue  # nothing eligible at this tier
+        here = {n: sc for n, sc in scored.items() if n in m.variants and n not in sel.excluded}
+        top = max((sc[0] for sc in here.values()), default=0.0)
+        for name, (score, settings) in sorted(here.items(), key=lambda kv: -kv[1][0]):
+            if top > 0 and score >= PAIRED_WITHIN * top:
+                out.setdefault(name, settings)
+    return out
+
+
+def paired_final(
+    cls: Any,
+    root: Path,
+    prof: dict[str, Any],
+    work: _Workloads,
+    batch_sizes: Sequence[int],
+    cycles: int = PAIRED_CYCLES,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """The paired final: load every contender (``contenders``) at once, with its settings and the tuned token
+    budget, and run ``cycles`` cycles; per workload (batch 1 on the short texts, then each bulk batch size on
+    short texts and on passages), each contender runs one timed pass in turn, ``PAIRED_GAP_S`` apart, the
+    order reversed every other pass. Returns the profile's ``paired`` record: per contender its pass times
+    and its ``speedup`` over the ``reference`` (the contender with the best bulk score in the rounds) as the
+    median of per-cycle ratios, per workload, with ``bulk_speedup`` their geometric mean over the bulk
+    workloads and ``batch1_speedup`` (what stedge_runtime.select ranks by). A contender that fails to load or
+    run gets an ``error`` and the others go on. With fewer than two contenders (or ``cycles`` 0) nothing is
+    timed and ``cycles`` is 0."""
+    picks = contenders(root, prof)
+    out: dict[str, Any] = {
+        "cycles": 0,
+        "within": PAIRED_WITHIN,
+        "gap_s": PAIRED_GAP_S,
+        "reference": None,
+        "contenders": {n: {"settings": s} for n, s in picks.items()},
+    }
+    if len(picks) < 2 or cycles < 1:
+        return out
+    budget = (prof.get("batch_tokens") or {}).get("best")
+    load_kw = {"max_batch_tokens": budget} if isinstance(budget, int) and budget >= 1 else {}
+    passes: list[tuple[str, str | None, list, int]] = [("batch1", None, work.latency, 1)]
+    passes += [("short", str(b), work.short, b) for b in batch_sizes]
+    passes += [("passage", str(b), work.passage[:PAIRED_PASSAGES], b) for b in batch_sizes]
+    runs: dict[str, Callable[[Any, int], np.ndarray]] = {}
+    for name, settings in picks.items():
+        try:
+            run = _call(cls.load(root, variant=name, **settings, **load_kw), work.task)
+            run(work.short[:8], 8)  # warm-up: sessions allocate on first use
+            run([work.short[0]], 1)
+        except Exception as e:  # as in the rounds: a contender that cannot run is a result
+            out["contenders"][name]["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            continue
+        runs[name] = run
+    seconds: dict[str, dict[str, list[float]]] = {n: {} for n in runs}
+    for c in range(cycles):
+        if progress:
+            progress(f"paired final: {', '.join(runs)}", c, cycles)
+        for k, (kind, bs, items, size) in enumerate(passes):
+            key = kind if bs is None else f"{kind} bs={bs}"
+            names = list(runs)
+            for name in names[::-1] if (c + k) % 2 else names:
+                time.sleep(PAIRED_GAP_S)
+                try:
+                    t = time.perf_counter()
+                    if size == 1:
+                        for item in items:
+                            runs[name]([item], 1)
+                    else:
+                        runs[name](items, size)
+                    seconds[name].setdefault(key, []).append(time.perf_counter() - t)
+                except Exception as e:
+                    out["contenders"][name]["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                    del runs[name]
+                    seconds.pop(name)
+    runs.clear()  # the engines go before the next thing runs
+    if len(seconds) < 2:
+        return out
+    scores = {n: bulk_score(settled_run(prof["variants"][n]["runs"])) or 0.0 for n in seconds}
+    ref = max(seconds, key=lambda n: (scores[n], n))
+    out.update(cycles=cycles, reference=ref)
+    for name, times in seconds.items():
+        speedup = {key: round(paired_speedup(ts, seconds[ref][key]) or 0.0, 4) for key, ts in times.items()}
+        bulk = [v for key, v in speedup.items() if key != "batch1" and v > 0]  # pass times are > 0
+        out["contenders"][name].update(
+            seconds={key: [round(t, 5) for t in ts] for key, ts in times.items()},
+            speedup=speedup,
+            bulk_speedup=round(geomean(bulk) or 0.0, 4),
+            batch1_speedup=speedup["batch1"],
+        )
+    return out
+
+
+def paired_speedup(seconds: Sequence[float], base_seconds: Sequence[float]) -> float | None:
+    """Median over cycles of one subject's rate over another's in the same cycle (same texts, so the rate
+    ratio is the inverse ratio of pass times); None when they share no cycle. The paired final here and the
+    harness's interleaved phase (stedge bench) both rank by it."""
+    ratios = [b / a for a, b in zip(seconds, base_seconds) if a > 0 and b > 0]
+    return statistics.median(ratios) if ratios else None
 
 
 def _tune_batch_tokens(

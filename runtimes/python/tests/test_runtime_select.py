@@ -303,6 +303,69 @@ def test_token_budget_per_call_default_tuned_and_named(tmp_path):
     assert named.max_batch_tokens is None
 
 
+def _paired(reference: str, cycles: int = 5, **speedups: tuple[float, float]) -> dict:
+    return {
+        "cycles": cycles,
+        "reference": reference,
+        "contenders": {
+            name.replace("_", "-"): {"settings": {"threads": 2}, "bulk_speedup": bulk, "batch1_speedup": one}
+            for name, (bulk, one) in speedups.items()
+        },
+    }
+
+
+def test_the_paired_final_ranks_the_close_contenders(tmp_path):
+    """The rounds put openvino-fp32 6 % ahead; the paired final puts onnx-fp32 8 % ahead of it: the final
+    decides. A final that did not run, or ran other settings than the settled ones, is ignored."""
+    vs = _variants()
+    prof = _profile("machine-a", {"openvino-fp32": (3.0, 900, 90), "onnx-fp32": (3.0, 850, 85)})
+    write_profile(tmp_path, prof)
+    assert _sel(vs, tmp_path, PLAIN, "exact").variant == "openvino-fp32"  # the rounds alone
+    prof["paired"] = _paired("openvino-fp32", openvino_fp32=(1.0, 1.0), onnx_fp32=(1.08, 0.95))
+    write_profile(tmp_path, prof)
+    sel = _sel(vs, tmp_path, PLAIN, "exact")
+    assert sel.variant == "onnx-fp32" and sel.latency_variant is None
+    assert "paired final (5 cycles): 1.080x openvino-fp32 in bulk, 0.950x at batch 1" in sel.reason
+    assert "bs=1 p50 3.00 ms" in sel.reason  # the rates and p50 quoted are the rounds' own
+    for broken in (
+        {**prof["paired"], "cycles": 0},  # fewer than two contenders: nothing was timed side by side
+        {**prof["paired"], "reference": "onnx-int8-static"},  # a reference the final did not run
+        _paired("openvino-fp32", openvino_fp32=(1.0, 1.0), onnx_fp32=(1.08, 0.95)) | {"contenders": {}},
+    ):
+        write_profile(tmp_path, {**prof, "paired": broken})
+        assert _sel(vs, tmp_path, PLAIN, "exact").variant == "openvino-fp32"
+    other = _paired("openvino-fp32", openvino_fp32=(1.0, 1.0), onnx_fp32=(1.08, 0.95))
+    other["contenders"]["onnx-fp32"]["settings"] = {"threads": 1}  # not the settings the rounds settled on
+    write_profile(tmp_path, {**prof, "paired": other})
+    assert _sel(vs, tmp_path, PLAIN, "exact").variant == "openvino-fp32"
+
+
+def test_the_paired_final_decides_batch1_routing_too(tmp_path):
+    """Equal batch-1 p50 in the rounds; the final shows onnx-fp32 1.3x faster at batch 1 (and 0.9x in bulk):
+    batch-1 calls go there, since the vectors agree."""
+    vs = _variants()
+    prof = _profile(
+        "machine-a", {"openvino-fp32": (3.0, 900, 90), "onnx-fp32": (3.0, 850, 85)}, {"onnx-fp32|openvino-fp32": 1.0}
+    )
+    write_profile(tmp_path, prof)
+    assert _sel(vs, tmp_path, PLAIN, "exact").latency_variant is None
+    prof["paired"] = _paired("openvino-fp32", openvino_fp32=(1.0, 1.0), onnx_fp32=(0.9, 1.3))
+    write_profile(tmp_path, prof)
+    sel = _sel(vs, tmp_path, PLAIN, "exact")
+    assert (sel.variant, sel.latency_variant) == ("openvino-fp32", "onnx-fp32")
+    assert any("batch-1 p50 2.31 ms vs 3.00 ms" in n for n in sel.notes)
+
+
+def test_a_malformed_paired_final_is_named(tmp_path):
+    prof = _profile("machine-a", {"onnx-fp32": (1.0, 10, 1)})
+    with pytest.raises(ArtifactError, match="field 'paired' must be an object"):
+        write_profile(tmp_path, {**prof, "paired": {"contenders": {"onnx-fp32": {}}}})
+    profile_file(tmp_path, "machine-a").parent.mkdir()
+    profile_file(tmp_path, "machine-a").write_text(json.dumps({**prof, "paired": []}))
+    with pytest.raises(ArtifactError, match="field 'paired'"):
+        read_profile(tmp_path, "machine-a")
+
+
 def test_tune_keeps_the_best_round_of_each_case():
     from stedge_runtime.tune import best_of
 
@@ -366,6 +429,64 @@ def test_tune_measures_the_token_budget_and_load_uses_it(own_artifact):
     assert Encoder.load(own_artifact, variant="onnx-fp32").max_batch_tokens == 1024  # named: the CPU default
     with pytest.raises(InputError, match="max_batch_tokens must be an integer >= 1"):
         Encoder.load(own_artifact, max_batch_tokens=0)
+
+
+def _rounds(prof: dict, rates: dict[str, float]) -> dict:
+    """``prof`` with each variant's rounds set to one run at ``rates[name]`` sentences/s (short and passage)."""
+    for name, rate in rates.items():
+        run = prof["variants"][name]["runs"][0]
+        prof["variants"][name]["runs"] = [{**run, "bulk": {"short": {"8": rate}, "passage": {"8": rate / 10}}}]
+    return prof
+
+
+def test_paired_final_times_the_contenders_side_by_side(own_artifact):
+    from stedge_runtime.tune import _Workloads, contenders, paired_final, tune
+
+    prof = _rounds(
+        tune(own_artifact, quick=True, budget_s=1, batch_sizes=(8,)), {"onnx-fp32": 90, "openvino-fp32": 100}
+    )
+    assert contenders(own_artifact, prof) == {n: prof["variants"][n]["runs"][0]["settings"] for n in prof["variants"]}
+    work = _Workloads("embedding", None, quick=True)
+    final = paired_final(Encoder, own_artifact, prof, work, (8,), cycles=3)
+    assert final["cycles"] == 3 and final["reference"] == "openvino-fp32"  # the better rounds
+    keys = {"batch1", "short bs=8", "passage bs=8"}
+    for c in final["contenders"].values():
+        assert set(c["seconds"]) == keys and all(len(ts) == 3 and min(ts) > 0 for ts in c["seconds"].values())
+        r = c["speedup"]
+        assert c["batch1_speedup"] == r["batch1"] and c["bulk_speedup"] == pytest.approx(
+            (r["short bs=8"] * r["passage bs=8"]) ** 0.5, rel=1e-3
+        )
+        ratios = sorted(
+            b / a for a, b in zip(c["seconds"]["batch1"], final["contenders"]["openvino-fp32"]["seconds"]["batch1"])
+        )
+        assert r["batch1"] == pytest.approx(ratios[1], rel=1e-3)  # the median of the per-cycle ratios
+    assert set(final["contenders"]["openvino-fp32"]["speedup"].values()) == {1.0}
+    write_profile(own_artifact, {**prof, "paired": final})
+    sel = Encoder.load(own_artifact, tier="exact").selection
+    assert sel.source == "profile" and "paired final (3 cycles)" in sel.reason
+
+    slow = _rounds(prof, {"onnx-fp32": 50, "openvino-fp32": 100})  # 50 % behind: not a contender
+    assert list(contenders(own_artifact, slow)) == ["openvino-fp32"]
+    alone = paired_final(Encoder, own_artifact, slow, work, (8,), cycles=3)
+    assert alone["cycles"] == 0 and alone["reference"] is None and list(alone["contenders"]) == ["openvino-fp32"]
+
+
+def test_a_contender_that_cannot_run_leaves_the_final(own_artifact):
+    from stedge_runtime.tune import _Workloads, paired_final, tune
+
+    class Broken(Encoder):
+        @classmethod
+        def load(cls, path, variant=None, **kw):
+            if variant == "onnx-fp32":
+                raise RuntimeError("engine gave up")
+            return Encoder.load(path, variant=variant, **kw)
+
+    prof = _rounds(
+        tune(own_artifact, quick=True, budget_s=1, batch_sizes=(8,)), {"onnx-fp32": 90, "openvino-fp32": 100}
+    )
+    final = paired_final(Broken, own_artifact, prof, _Workloads("embedding", None, quick=True), (8,), cycles=2)
+    assert final["contenders"]["onnx-fp32"]["error"] == "RuntimeError: engine gave up"
+    assert final["cycles"] == 0 and "speedup" not in final["contenders"]["openvino-fp32"]
 
 
 def test_load_refuses_a_variant_that_fails_invariance_unless_named(own_artifact):
