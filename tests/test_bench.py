@@ -354,6 +354,19 @@ def test_smoke_artifact_is_verified_on_the_suites_sts_pairs(smoke_results):
         assert v.verification.extra["num_texts"] > 64 + pairs, name  # built-in texts, then the eval texts
 
 
+def test_a_one_off_suite_file_is_kept_beside_its_results(smoke_results, tmp_path):
+    """The run above used a suite file of its own: it lies beside the results as suite.toml; a bundled suite is
+    named in results.json and not copied."""
+    from stedge.bench import SUITES_DIR
+    from stedge.bench.cli import keep_suite_file
+
+    results, out = smoke_results
+    kept = (out / "suite.toml").read_text(encoding="utf-8")
+    assert (out.parent / "smoke.toml").read_text(encoding="utf-8") == kept
+    keep_suite_file(SUITES_DIR / "smoke.toml", tmp_path)
+    assert not (tmp_path / "suite.toml").exists()
+
+
 def test_smoke_run_schema_and_accuracy_beside_speed(smoke_results):
     from stedge.bench.report import validate
 

@@ -46,6 +46,10 @@ def test_tune_cli_writes_the_profile_and_prints_the_choice(art):
     prof = read_profile(art, machine_key())
     assert prof == out["profile"] and prof["batch_sizes"] == [1, 4]
     assert set(prof["variants"]["onnx-fp32"]["runs"][0]["bulk"]["passage"]) == {"4"}
+    run = prof["variants"]["onnx-fp32"]["runs"][0]
+    assert run["batch1_ms_p50"] > 0 and run["batch1_ms_p50_long"] > 0  # batch 1 at two query lengths
+    lengths = prof["workloads"]
+    assert lengths["batch1_long"]["mean_tokens"] > 1.5 * lengths["batch1"]["mean_tokens"] > 0
     assert out["choices"]["exact"]["variant"] == "onnx-fp32" and out["choices"]["exact"]["source"] == "profile"
     table = _cli("tune", str(art), "--quick", "--dry-run")
     assert table.exit_code == 0 and "tier exact: onnx-fp32" in table.stdout and "alone vs batch" in table.stdout

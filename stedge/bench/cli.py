@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -48,14 +49,15 @@ def bench(
     from .report import markdown_table
     from .runner import find_suite, load_suite, run_suite
 
-    if is_corpus_suite(find_suite(suite)):  # embed-corpus throughput: its own subjects and table
+    file = find_suite(suite)
+    if is_corpus_suite(file):  # embed-corpus throughput: its own subjects and table
         if peer_python is not None:
             typer.echo("note: --peer-python applies to speed suites; the corpus suite's subjects run here", err=True)
-        _corpus(find_suite(suite), out, threads, quick, as_json)
+        _corpus(file, out, threads, quick, as_json)
         return
     from .peer import resolve_peer_python
 
-    s = load_suite(suite)
+    s = load_suite(file)
     s.peer_python = resolve_peer_python(peer_python, s.peer_python)  # a bad path fails before anything runs
     if quick:
         s = s.quick()
@@ -75,6 +77,7 @@ def bench(
         log=log,
         peer_python=s.peer_python,
     )
+    keep_suite_file(file, target)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
@@ -99,9 +102,24 @@ def _corpus(file: Path, out: Optional[Path], threads: Optional[int], quick: bool
     s = load_corpus_suite(file)
     target = out or default_results_dir(s.name, quick, s.models_dir)
     results = run_corpus_suite(s, target, threads=threads, quick=quick, log=lambda msg: typer.echo(msg, err=True))
+    keep_suite_file(file, target)
     typer.echo(json.dumps(results, indent=2) if as_json else corpus_table(results))
     if any(r["status"] != "ok" for r in results["rows"]):
         raise typer.Exit(1)
+
+
+def keep_suite_file(file: Path, target: Path) -> None:
+    """A suite file that is not a bundled one is copied beside its results as ``suite.toml`` (written atomically),
+    so a run made with a one-off suite can be repeated from its folder; bundled suites are named in results.json."""
+    from . import SUITES_DIR
+
+    file = Path(file).resolve()
+    if file.parent == SUITES_DIR.resolve() or not Path(target).is_dir():
+        return
+    dest = Path(target) / "suite.toml"
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.write_text(file.read_text(encoding="utf-8"), encoding="utf-8")
+    os.replace(tmp, dest)
 
 
 def register(app: typer.Typer) -> None:

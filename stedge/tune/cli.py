@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from stedge_runtime.tune import PAIRED_CYCLES, PAIRED_WITHIN
 
 from ..errors import StedgeError
 
@@ -92,16 +93,24 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
 
     console = Console()
     if not console.is_terminal:
-        console = Console(width=140)
+        console = Console(width=160)
     m = prof["machine"]
     bs = [str(b) for b in prof.get("batch_sizes", [1, 32]) if b != 1]
     units = [f for f in m["isa_flags"] if "vnni" in f or "bf16" in f or f.startswith("amx")] or [m.get("cpu_class", "")]
-    t = Table(title=f"{m['cpu']} ({m['cores_physical']} cores, {', '.join(units)}) - profile {m['key']}")
+    w = prof.get("workloads") or {}
+    tokens = [w.get(k, {}).get("mean_tokens") for k in ("batch1", "batch1_long")]
+    caption = None
+    if all(tokens):
+        caption = f"bs=1 on short queries ({tokens[0]:.0f} tokens) and longer ones ({tokens[1]:.0f})"
+    t = Table(
+        title=f"{m['cpu']} ({m['cores_physical']} cores, {', '.join(units)}) - profile {m['key']}", caption=caption
+    )
     for col in (
         "variant",
         "tier",
         "settings",
         "bs=1 p50 ms",
+        "bs=1 longer",
         *[f"short bs={b} /s" for b in bs],
         *[f"passage bs={b} /s" for b in bs],
         "alone vs batch",
@@ -117,7 +126,8 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
         here = entry.get("min_cos_to_exact")
         here_s = "-" if here is None else (f"{here:.4f}" if here >= 0.99 else f"[yellow]{here:.4f}[/]")
         if entry["status"] != "ok":
-            t.add_row(name, tier, "", f"[red]{entry.get('error', 'failed')}[/]", *[""] * (2 * len(bs)), inv_s, "", "")
+            failed = f"[red]{entry.get('error', 'failed')}[/]"
+            t.add_row(name, tier, "", failed, "", *[""] * (2 * len(bs)), inv_s, "", "")
             continue
         for run in entry["runs"]:
             s = run["settings"]
@@ -127,6 +137,7 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
                 tier,
                 _settings(s),
                 f"{run['batch1_ms_p50']:.2f}",
+                f"{run['batch1_ms_p50_long']:.2f}" if "batch1_ms_p50_long" in run else "-",
                 *[f"{bulk.get('short', {}).get(b, 0):.0f}" for b in bs],
                 *[f"{bulk.get('passage', {}).get(b, 0):.1f}" for b in bs],
                 inv_s,
@@ -225,8 +236,8 @@ def tune_cmd(
         None,
         "--paired-cycles",
         min=0,
-        help="Cycles of the paired final, which times the variants within 15 % of a tier's best side by side "
-        "(default 7; 0 skips it).",
+        help=f"Cycles of the paired final, which times the variants within {100 - round(PAIRED_WITHIN * 100)} % "
+        f"of a tier's best side by side (default {PAIRED_CYCLES}; 0 skips it).",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Measure and print, but do not write the profile."),
     as_json: bool = typer.Option(False, "--json", help="Print the profile and the choices as JSON."),

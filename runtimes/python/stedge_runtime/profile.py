@@ -7,12 +7,14 @@ not touched. Layout (``format_version`` 1)::
 
     {"format_version": 1, "machine": {...machine_facts(), "key": KEY}, "created": ISO-8601 UTC,
      "runtime": "<stedge_runtime version>", "budget_s": 12.0, "quick": false,
-     "workloads": {"short": {"texts": 64, "mean_tokens": 14.2}, "passage": {"texts": 32, "mean_tokens": 256.0}},
+     "workloads": {"short": {"texts": 64, "mean_tokens": 14.2}, "passage": {"texts": 32, "mean_tokens": 256.0},
+                   "batch1": {...}, "batch1_long": {"texts": 16, "mean_tokens": 27.1}},
      "variants": {NAME: {"status": "ok" | "error", "error": str?, "sha256": <manifest hash(es)>,
                          "batch_invariance_min_cos": 0.99998,    # measured here: alone vs in a batch of 32
                          "min_cos_to_exact": 0.9962, "exact_reference": "onnx-fp32",  # vs an exact variant, here
                          "runs": [{"settings": {"threads": 2, "allow_spinning": true},
                                    "batch1_ms_p50": 1.9, "batch1_ms_p90": 2.3, "rounds": 2,
+                                   "batch1_ms_p50_long": 2.6,   # longer queries (two short texts joined)
                                    "bulk": {"short": {"32": 1650.0}, "passage": {"32": 140.0}}}]}},
      "agreement": {"A|B": min cosine between the vectors of variants A and B on the short texts},
      "batch_tokens": {"variant": "onnx-fp32", "settings": {...}, "batch_sizes": {"short": 192, "passage": 24},

@@ -16,15 +16,16 @@
    setting such as an OpenVINO throughput hint, which halves batch-1 speed on 2 cores). Where the profile
    has a paired final (``paired``: the close contenders timed side by side, pass after pass), a contender's
    score is the reference's score times its median per-cycle speedup over the reference, so variants a few
-   percent apart are ranked by what was measured under the same conditions. Batch-1 calls go to
-   another variant (or the same one with other settings) only when the profile shows it at least 20 % faster
-   at batch 1 *and* its vectors agree with the bulk variant's to the tier's batch-invariance bound, so a query
-   embedded alone still matches documents embedded in bulk. A variant whose vectors on this machine agree with
-   an exact-tier fp32 variant run here (``min_cos_to_exact`` in the profile) below the tier's min cosine is
-   left out: export verified it on the exporting CPU, and int8 kernels round differently by ISA. Variants
-   added after the profile was measured are not chosen until ``stedge tune`` runs again (the selection says
-   so), so ``stedge export --add`` never changes the choice silently. The profile's measured token budget
-   per engine call (``batch_tokens``) comes with the choice; without it a CPU gets ``BATCH_TOKENS``.
+   percent apart are ranked by what was measured under the same conditions. Batch-1 calls go to another variant (or
+   the same one with other settings) only when the profile shows it at least 20 % faster at batch 1, on short
+   queries and on the longer ones (``batch1_ms_p50_long``: two short texts joined; which engine wins at batch 1 can
+   flip with query length), *and* its vectors agree with the bulk variant's to the tier's batch-invariance bound, so
+   a query embedded alone still matches documents embedded in bulk. A variant whose vectors on this machine agree
+   with an exact-tier fp32 variant run here (``min_cos_to_exact`` in the profile) below the tier's min cosine is
+   left out: export verified it on the exporting CPU, and int8 kernels round differently by ISA. Variants added
+   after the profile was measured are not chosen until ``stedge tune`` runs again (the selection says so), so
+   ``stedge export --add`` never changes the choice silently. The profile's measured token budget per engine call
+   (``batch_tokens``) comes with the choice; without it a CPU gets ``BATCH_TOKENS``.
 4. Without a profile, the rule ranks kinds of variant by the CPU (``machine.cpu_class``):
    ``amx``: bf16 > int8 static > int8 per row > int8 > fp32; ``avx512_bf16``: int8 per row > int8 >
    int8 static > bf16 > fp32; other CPUs: int8 per row > int8 > int8 static > fp32 (bf16 is never taken
@@ -37,6 +38,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -329,6 +331,7 @@ def _from_profile(
     """Choose among eligible variants from a profile; None when no eligible variant was tuned."""
     bulk: list[tuple[float, float, str, dict]] = []  # (score, batch-1 p50, name, settings)
     lat: list[tuple[float, str, dict]] = []
+    longer: dict[tuple[str, str], float] = {}  # (name, settings) -> batch-1 p50 on the longer queries
     paired = paired_scores(prof)
     for name, v in cands.items():
         entry, why = _tuned(name, v, prof)
@@ -353,6 +356,8 @@ def _from_profile(
         if score is not None:
             bulk.append((score, float(p50) if isinstance(p50, (int, float)) else math.inf, name, run["settings"]))
         for r in entry["runs"]:
+            if isinstance(r.get("batch1_ms_p50_long"), (int, float)):
+                longer[(name, _key(r["settings"]))] = float(r["batch1_ms_p50_long"])
             if name in paired and paired[name][2] == r["settings"]:
                 lat.append((paired[name][1], name, r["settings"]))  # the final's figure, as for bulk
             elif isinstance(r.get("batch1_ms_p50"), (int, float)):
@@ -371,8 +376,23 @@ def _from_profile(
     if isinstance(budget, int) and budget >= 1:
         sel["max_batch_tokens"] = budget
         notes.append(f"bulk batches of at most {budget} padded tokens (tuned on this machine)")
-    lp50, lname, lsettings = min(lat, key=lambda x: (x[0], x[1])) if lat else (math.inf, None, {})
-    if lname is not None and (lname, lsettings) != (name, settings) and lp50 <= ROUTE_GAIN * p50:
+    # Routing must pay on short queries and on the longer ones (profiles from before those were timed: short only).
+    own_long = longer.get((name, _key(settings)))
+
+    def pays_on_longer(n: str, st: dict) -> bool:
+        other = longer.get((n, _key(st)))
+        return own_long is None or other is None or other <= ROUTE_GAIN * own_long
+
+    faster = [x for x in lat if (x[1], x[2]) != (name, settings) and x[0] <= ROUTE_GAIN * p50]
+    both = [x for x in faster if pays_on_longer(x[1], x[2])]
+    if faster and not both:
+        f50, fname, fsettings = min(faster, key=lambda x: (x[0], x[1]))
+        notes.append(
+            f"batch-1 calls would be faster on {fname} for short queries (p50 {f50:.2f} ms vs {p50:.2f} ms) but not "
+            f"on longer ones ({longer[(fname, _key(fsettings))]:.2f} ms vs {own_long:.2f} ms); not routed"
+        )
+    lp50, lname, lsettings = min(both, key=lambda x: (x[0], x[1])) if both else (math.inf, None, {})
+    if lname is not None:
         gain = f"batch-1 p50 {lp50:.2f} ms vs {p50:.2f} ms"
         agree = _agreement(prof, name, lname)
         if route is False:
@@ -446,6 +466,11 @@ def paired_scores(prof: dict) -> dict[str, tuple[float, float, dict]]:
     return out
 
 
+def _key(settings: Mapping[str, Any]) -> str:
+    """Engine settings as a hashable key."""
+    return json.dumps(dict(settings), sort_keys=True)
+
+
 def _agreement(prof: dict, a: str, b: str) -> float | None:
     agree = prof.get("agreement") or {}
     val = agree.get(f"{a}|{b}", agree.get(f"{b}|{a}"))
@@ -470,7 +495,8 @@ def select_variant(
     """Choose the variant to run (see the module docstring); ``root`` is the artifact folder (for profiles).
 
     ``flags``/``key`` default to this machine's CPU flags and machine key (tests pass fakes).
-    ``route``: None routes batch-1 calls only when the vectors agree, True whenever faster, False never.
+    ``route``: None routes batch-1 calls only when the vectors agree, True whenever faster (at both query
+    lengths), False never.
     ``profile`` is a profile dict to use instead of the one on disk (``stedge tune --dry-run``).
     """
     tier = tier or DEFAULT_TIER

@@ -208,6 +208,29 @@ def test_batch1_routing_needs_agreeing_vectors(tmp_path):
     assert _sel(vs, tmp_path, PLAIN, "near", route=True).latency_variant == "onnx-fp32"
 
 
+def test_batch1_routing_must_pay_on_longer_queries_too(tmp_path):
+    """On the AMX guest, onnx-fp32-O3 beat openvino-bf16 at batch 1 on 13-token texts and lost on 24-token ones:
+    a batch-1 variant is routed only when it is faster at both lengths the tune timed."""
+    vs = _variants()
+    runs = {"openvino-fp32": (3.6, 900, 90), "onnx-fp32": (2.7, 500, 50)}
+    agree = {"onnx-fp32|openvino-fp32": 0.99999}
+    prof = _profile("machine-a", runs, agree)
+    prof["variants"]["openvino-fp32"]["runs"][0]["batch1_ms_p50_long"] = 3.9
+    prof["variants"]["onnx-fp32"]["runs"][0]["batch1_ms_p50_long"] = 4.7
+    write_profile(tmp_path, prof)
+    sel = _sel(vs, tmp_path, PLAIN, "near")
+    assert (sel.variant, sel.latency_variant) == ("openvino-fp32", None)
+    assert any("not on longer ones (4.70 ms vs 3.90 ms); not routed" in n for n in sel.notes), sel.notes
+    assert _sel(vs, tmp_path, PLAIN, "near", route=True).latency_variant is None  # not faster: nothing to force
+    prof["variants"]["onnx-fp32"]["runs"][0]["batch1_ms_p50_long"] = 2.9  # faster at both lengths: routed
+    write_profile(tmp_path, prof)
+    assert _sel(vs, tmp_path, PLAIN, "near").latency_variant == "onnx-fp32"
+    del prof["variants"]["openvino-fp32"]["runs"][0]["batch1_ms_p50_long"]  # a profile from before: short only
+    prof["variants"]["onnx-fp32"]["runs"][0]["batch1_ms_p50_long"] = 9.9
+    write_profile(tmp_path, prof)
+    assert _sel(vs, tmp_path, PLAIN, "near").latency_variant == "onnx-fp32"
+
+
 def test_variant_not_invariant_on_this_machine_is_excluded(tmp_path):
     vs = _variants()
     prof = _profile("machine-a", {"onnx-int8-static": (1.0, 2000, 200), "onnx-fp32": (2.0, 500, 50)})
@@ -377,6 +400,7 @@ def test_tune_keeps_the_best_round_of_each_case():
         "bulk": {"short": {"32": 500.0}, "passage": {"32": 45.0}},
         "rounds": 2,
     }
+    assert best_of([{**a, "batch1_ms_p50_long": 3.0}, {**b, "batch1_ms_p50_long": 2.5}])["batch1_ms_p50_long"] == 2.5
 
 
 # ------------------------------------------------------------------ end to end on a tiny artifact
