@@ -376,6 +376,33 @@ def _from_profile(
     if isinstance(budget, int) and budget >= 1:
         sel["max_batch_tokens"] = budget
         notes.append(f"bulk batches of at most {budget} padded tokens (tuned on this machine)")
+    sel.update(_batch1_route(prof, tier, route, name, settings, p50, lat, longer, notes))
+    return Selection(
+        variant=name,
+        source="profile",
+        reason=reason,
+        tier=tier,
+        variant_tier=variant_tier(cands[name]),
+        settings=dict(settings),
+        profile=str(file),
+        **sel,
+    )
+
+
+def _batch1_route(
+    prof: dict,
+    tier: str,
+    route: bool | None,
+    name: str,
+    settings: dict,
+    p50: float,
+    lat: list[tuple[float, str, dict]],
+    longer: dict[tuple[str, str], float],
+    notes: list[str],
+) -> dict[str, Any]:
+    """Where batch-1 calls go when not to the bulk choice ``name``: ``{latency_variant, latency_settings}`` or {}.
+    ``lat`` holds (batch-1 p50 on short queries, variant, settings); ``longer`` the p50 on the longer queries."""
+    out: dict[str, Any] = {}
     # Routing must pay on short queries and on the longer ones (profiles from before those were timed: short only).
     own_long = longer.get((name, _key(settings)))
 
@@ -398,7 +425,7 @@ def _from_profile(
         if route is False:
             notes.append(f"batch-1 calls would be faster on {lname} {lsettings} ({gain}); not routed (route=False)")
         elif lname == name or route or (agree is not None and agree >= INVARIANCE[tier]):
-            sel.update(latency_variant=lname, latency_settings=dict(lsettings))
+            out = dict(latency_variant=lname, latency_settings=dict(lsettings))
             notes.append(
                 f"batch-1 calls go to {lname} {lsettings} ({gain}"
                 + (")" if lname == name else f"; min cos to {name}: {agree})")
@@ -408,16 +435,7 @@ def _from_profile(
                 f"batch-1 calls would be faster on {lname} ({gain}) but its vectors differ from {name}'s "
                 f"(min cos {agree}, needs {INVARIANCE[tier]}); not routed (route=True forces it)"
             )
-    return Selection(
-        variant=name,
-        source="profile",
-        reason=reason,
-        tier=tier,
-        variant_tier=variant_tier(cands[name]),
-        settings=dict(settings),
-        profile=str(file),
-        **sel,
-    )
+    return out
 
 
 def _profile_reason(prof: dict, tier: str, name: str, settings: dict, in_final: bool) -> str:
