@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -112,14 +111,11 @@ def keep_suite_file(file: Path, target: Path) -> None:
     """A suite file that is not a bundled one is copied beside its results as ``suite.toml`` (written atomically),
     so a run made with a one-off suite can be repeated from its folder; bundled suites are named in results.json."""
     from . import SUITES_DIR
+    from .report import write_text_atomic
 
     file = Path(file).resolve()
-    if file.parent == SUITES_DIR.resolve() or not Path(target).is_dir():
-        return
-    dest = Path(target) / "suite.toml"
-    tmp = dest.with_name(dest.name + ".tmp")
-    tmp.write_text(file.read_text(encoding="utf-8"), encoding="utf-8")
-    os.replace(tmp, dest)
+    if file.parent != SUITES_DIR.resolve() and Path(target).is_dir():
+        write_text_atomic(Path(target) / "suite.toml", file.read_text(encoding="utf-8"))
 
 
 def register(app: typer.Typer) -> None:

@@ -504,14 +504,15 @@ def write_all(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
         "speedup_plot": out_dir / "speedup_vs_accuracy.png",
         "throughput_plot": out_dir / "throughput_vs_batch.png",
     }
-    _write_text(files["json"], json.dumps(results, indent=2))
-    _write_text(files["markdown"], markdown(results))
+    write_text_atomic(files["json"], json.dumps(results, indent=2))
+    write_text_atomic(files["markdown"], markdown(results))
     plot_speedup_vs_accuracy(results, files["speedup_plot"])
     plot_throughput_vs_batch(results, files["throughput_plot"])
     return files
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary sibling and ``os.replace`` (never half-written)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

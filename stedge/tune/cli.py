@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from stedge_runtime.tune import PAIRED_CYCLES, PAIRED_WITHIN
 
 from ..errors import StedgeError
 
@@ -236,8 +235,8 @@ def tune_cmd(
         None,
         "--paired-cycles",
         min=0,
-        help=f"Cycles of the paired final, which times the variants within {100 - round(PAIRED_WITHIN * 100)} % "
-        f"of a tier's best side by side (default {PAIRED_CYCLES}; 0 skips it).",
+        help="Cycles of the paired final, which times each tier's close contenders side by side (0 skips it; "
+        "default: stedge_runtime.tune.PAIRED_CYCLES, the margin PAIRED_WITHIN).",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Measure and print, but do not write the profile."),
     as_json: bool = typer.Option(False, "--json", help="Print the profile and the choices as JSON."),

@@ -38,7 +38,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -330,8 +329,7 @@ def _from_profile(
 ) -> Selection | None:
     """Choose among eligible variants from a profile; None when no eligible variant was tuned."""
     bulk: list[tuple[float, float, str, dict]] = []  # (score, batch-1 p50, name, settings)
-    lat: list[tuple[float, str, dict]] = []
-    longer: dict[tuple[str, str], float] = {}  # (name, settings) -> batch-1 p50 on the longer queries
+    lat: list[tuple[float, str, dict, float | None]] = []  # (batch-1 p50, name, settings, p50 on longer queries)
     paired = paired_scores(prof)
     for name, v in cands.items():
         entry, why = _tuned(name, v, prof)
@@ -356,12 +354,12 @@ def _from_profile(
         if score is not None:
             bulk.append((score, float(p50) if isinstance(p50, (int, float)) else math.inf, name, run["settings"]))
         for r in entry["runs"]:
-            if isinstance(r.get("batch1_ms_p50_long"), (int, float)):
-                longer[(name, _key(r["settings"]))] = float(r["batch1_ms_p50_long"])
+            long = r.get("batch1_ms_p50_long")
+            long = float(long) if isinstance(long, (int, float)) else None
             if name in paired and paired[name][2] == r["settings"]:
-                lat.append((paired[name][1], name, r["settings"]))  # the final's figure, as for bulk
+                lat.append((paired[name][1], name, r["settings"], long))  # the final's figure, as for bulk
             elif isinstance(r.get("batch1_ms_p50"), (int, float)):
-                lat.append((float(r["batch1_ms_p50"]), name, r["settings"]))
+                lat.append((float(r["batch1_ms_p50"]), name, r["settings"], long))
     if not bulk:
         return None
     best = max(b[0] for b in bulk)
@@ -376,7 +374,7 @@ def _from_profile(
     if isinstance(budget, int) and budget >= 1:
         sel["max_batch_tokens"] = budget
         notes.append(f"bulk batches of at most {budget} padded tokens (tuned on this machine)")
-    sel.update(_batch1_route(prof, tier, route, name, settings, p50, lat, longer, notes))
+    sel.update(_batch1_route(prof, tier, route, name, settings, p50, lat, notes))
     return Selection(
         variant=name,
         source="profile",
@@ -396,29 +394,23 @@ def _batch1_route(
     name: str,
     settings: dict,
     p50: float,
-    lat: list[tuple[float, str, dict]],
-    longer: dict[tuple[str, str], float],
+    lat: list[tuple[float, str, dict, float | None]],
     notes: list[str],
 ) -> dict[str, Any]:
     """Where batch-1 calls go when not to the bulk choice ``name``: ``{latency_variant, latency_settings}`` or {}.
-    ``lat`` holds (batch-1 p50 on short queries, variant, settings); ``longer`` the p50 on the longer queries."""
+    ``lat`` holds (batch-1 p50 on short queries, variant, settings, p50 on the longer queries or None)."""
     out: dict[str, Any] = {}
     # Routing must pay on short queries and on the longer ones (profiles from before those were timed: short only).
-    own_long = longer.get((name, _key(settings)))
-
-    def pays_on_longer(n: str, st: dict) -> bool:
-        other = longer.get((n, _key(st)))
-        return own_long is None or other is None or other <= ROUTE_GAIN * own_long
-
+    own_long = next((x[3] for x in lat if (x[1], x[2]) == (name, settings)), None)
     faster = [x for x in lat if (x[1], x[2]) != (name, settings) and x[0] <= ROUTE_GAIN * p50]
-    both = [x for x in faster if pays_on_longer(x[1], x[2])]
+    both = [x for x in faster if own_long is None or x[3] is None or x[3] <= ROUTE_GAIN * own_long]
     if faster and not both:
-        f50, fname, fsettings = min(faster, key=lambda x: (x[0], x[1]))
+        f50, fname, _, flong = min(faster, key=lambda x: (x[0], x[1]))
         notes.append(
             f"batch-1 calls would be faster on {fname} for short queries (p50 {f50:.2f} ms vs {p50:.2f} ms) but not "
-            f"on longer ones ({longer[(fname, _key(fsettings))]:.2f} ms vs {own_long:.2f} ms); not routed"
+            f"on longer ones ({flong:.2f} ms vs {own_long:.2f} ms); not routed"
         )
-    lp50, lname, lsettings = min(both, key=lambda x: (x[0], x[1])) if both else (math.inf, None, {})
+    lp50, lname, lsettings, _ = min(both, key=lambda x: (x[0], x[1])) if both else (math.inf, None, {}, None)
     if lname is not None:
         gain = f"batch-1 p50 {lp50:.2f} ms vs {p50:.2f} ms"
         agree = _agreement(prof, name, lname)
@@ -482,11 +474,6 @@ def paired_scores(prof: dict) -> dict[str, tuple[float, float, dict]]:
         if isinstance(bulk, (int, float)) and isinstance(one, (int, float)) and bulk > 0 and one > 0:
             out[name] = (score * float(bulk), float(p50) / float(one), c.get("settings"))
     return out
-
-
-def _key(settings: Mapping[str, Any]) -> str:
-    """Engine settings as a hashable key."""
-    return json.dumps(dict(settings), sort_keys=True)
 
 
 def _agreement(prof: dict, a: str, b: str) -> float | None:

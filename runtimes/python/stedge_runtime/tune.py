@@ -108,8 +108,8 @@ class _Workloads:
             self.short = [(q[i], q[(i + 1) % len(q)]) for i in range(len(q))]
             self.passage = [(q[i], p) for i, p in enumerate(self.passage)]
             self.latency = self.short[: len(self.latency)]
-            self.latency_long = [(a, f"{b} {c}") for (a, b), (_, c) in zip(self.latency, self.latency[1:])]
-            self.latency_long = self.latency_long[: len(self.latency) // 2]
+            pairs = zip(self.latency[: len(self.latency) // 2], self.latency[1:])
+            self.latency_long = [(a, f"{b} {c}") for (a, b), (_, c) in pairs]
             self.probe = self.short[:16]
             self.mixed = self.probe + self.passage[: 32 - len(self.probe)]
             self.big_short = [(q[i % len(q)], q[(i + 3) % len(q)]) for i in range(len(self.big_short))]
