@@ -408,7 +408,7 @@ def paired_final(
         speedup = {key: round(paired_speedup(ts, seconds[ref][key]) or 0.0, 4) for key, ts in times.items()}
         bulk = [v for key, v in speedup.items() if key != "batch1" and v > 0]  # pass times are > 0
         out["contenders"][name].update(
-            seconds={key: [round(t, 5) for t in ts] for key, ts in times.items()},
+            seconds={key: [float(f"{t:.6g}") for t in ts] for key, ts in times.items()},  # 6 digits: a 1 ms pass too
             speedup=speedup,
             bulk_speedup=round(geomean(bulk) or 0.0, 4),
             batch1_speedup=speedup["batch1"],
