@@ -139,7 +139,10 @@ def test_interleaved_phase_goes_on_without_a_worker_that_fails(tiny_model, tmp_p
 
     texts = tmp_path / "texts.json"
     texts.write_text(json.dumps([f"sentence number {i} of the interleaved test" for i in range(12)]))
-    job = {"threads": 1, "texts": str(texts), "serve_batch_sizes": [1, 4], "num_texts_batch1": 3}
+    passages = tmp_path / "passages.json"
+    passages.write_text(json.dumps([" ".join(["a longer passage of the interleaved test"] * 8)] * 5))
+    job = {"threads": 1, "texts": str(texts), "passages": str(passages), "num_texts_batch1": 3}
+    job["serve_batch_sizes"] = ["1", "4", "p4"]  # "p4": one pass over the passages at batch size 4
     subjects = [
         ("good", StedgeTorch("tiny", str(tiny_model))),
         ("bad", StedgeTorch("tiny", str(tmp_path / "no-such-model"))),
@@ -150,8 +153,10 @@ def test_interleaved_phase_goes_on_without_a_worker_that_fails(tiny_model, tmp_p
     assert cycles == [1, 2, 3]
     assert "did not load" in got["bad"]["error"] and "no-such-model" in got["bad"]["error"]
     for key in ("good", "also good"):
-        assert set(got[key]["seconds"]) == {"1", "4"}  # one pass per batch size and cycle
+        assert set(got[key]["seconds"]) == {"1", "4", "p4"}  # one pass per batch size and cycle
         assert all(len(v) == 3 and min(v) > 0 for v in got[key]["seconds"].values())
+        # 5 passages of ~56 tokens take longer than 12 short sentences at the same batch size
+        assert sorted(got[key]["seconds"]["p4"])[1] > sorted(got[key]["seconds"]["4"])[1]
 
 
 def test_flops_match_the_parameter_count(tmp_path):
@@ -390,6 +395,8 @@ def test_smoke_run_schema_and_accuracy_beside_speed(smoke_results):
         inter = r["interleaved"]  # the smoke suite's interleave_cycles = 3, interleave_batch_sizes = [1, 8]
         assert inter["cycles"] == 3 and set(inter["throughput"]) == {"1", "8"} and inter["speedup_vs_best_peer"] > 0
         assert all(len(t["seconds"]) == 3 and t["sentences_per_s"] > 0 for t in inter["throughput"].values())
+        assert set(inter["passages"]) == {"8"} and len(inter["passages"]["8"]["seconds"]) == 3  # passages too
+        assert inter["passage_speedup_vs_best_peer"] > 0 and inter["passage_best_peer"]
     ref = next(r for r in rows if r["reference"])
     assert ref["speedup_vs_torch"] == pytest.approx(1.0) and ref["accuracy"]["mean_cosine"] == pytest.approx(
         1.0, abs=1e-6
@@ -419,7 +426,9 @@ def test_smoke_run_auto_subject_and_fastembed(smoke_results):
     assert auto["interleaved"]["best_peer"] == fe["best_peer"]
     (st,) = [r for r in results["rows"] if r["kind"] == "st"]  # the only sentence-transformers peer: ratio 1 to itself
     assert st["interleaved"]["speedup_vs_best_peer"] == pytest.approx(1.0)
+    assert st["interleaved"]["passage_speedup_vs_best_peer"] == pytest.approx(1.0)
     assert "auto near" in (out / "results.md").read_text()
+    assert "on passages in the interleaved phase" in (out / "results.md").read_text()
 
 
 def test_smoke_run_second_model_reuses_artifact_and_compares(smoke_results):
@@ -438,6 +447,7 @@ def test_smoke_run_writes_table_and_plots(smoke_results):
     md = (out / "results.md").read_text()
     assert "| model | subject |" in md and "stedge onnx-fp32" in md and results["machine"]["cpu"] in md
     assert "× best peer, interleaved" in md and "ran 3 cycles of one pass each" in md
+    assert "| passages × best peer, interleaved |" in md and "and over the passages" in md
     assert md.count("\n| ") >= 1 + len(results["rows"])
     for png in ("speedup_vs_accuracy.png", "throughput_vs_batch.png"):
         data = (out / png).read_bytes()

@@ -4,11 +4,11 @@ A cloud guest has slow spells that last minutes (benchmarks/README.md). The roun
 subject after another, a minute or two each, so a spell can fall on one subject and not on the one it is
 compared with. Here every subject's worker stays loaded (``python -m stedge.bench.worker JOB --serve``) and
 the parent asks each in turn for one timed pass at a batch size, then each at the next batch size (the
-suite's ``interleave_batch_sizes``), cycle after cycle. All subjects' passes at one batch size follow one
-another within seconds, so a spell slows all of them alike and two subjects' ratio *in the same cycle*
-keeps its value. The order reverses from one cycle to the next (no subject always follows the same one),
-and the parent waits ``GAP_S`` between passes so the previous engine's spinning threads are asleep when
-the next pass starts.
+suite's ``interleave_batch_sizes``, then the passage batch sizes over the passages), cycle after cycle.
+All subjects' passes at one batch size follow one another within seconds, so a spell slows all of them
+alike and two subjects' ratio *in the same cycle* keeps its value. The order reverses from one cycle to
+the next (no subject always follows the same one), and the parent waits ``GAP_S`` between passes so the
+previous engine's spinning threads are asleep when the next pass starts.
 
 The ratios this phase reports are medians of per-cycle ratios
 (stedge_runtime.tune.paired_speedup, which `stedge tune`'s paired final uses too); the rates beside them are
@@ -54,10 +54,10 @@ def run_interleaved(
     on_cycle: Callable[[int], None] | None = None,
 ) -> dict[Hashable, dict[str, Any]]:
     """Start every subject's serving worker (one after another, each ``READY`` before the next starts),
-    then run ``cycles`` cycles: per batch size of ``job["serve_batch_sizes"]``, one timed pass of each;
-    return ``{key: {"seconds": {bs: [...]}}}`` (one entry per cycle), or ``{key: {"error": ...}}`` for a
-    subject whose worker failed (the others go on without it)."""
-    sizes = [str(int(b)) for b in job["serve_batch_sizes"]]
+    then run ``cycles`` cycles: per batch size of ``job["serve_batch_sizes"]`` (``"p32"``: passages at 32),
+    one timed pass of each; return ``{key: {"seconds": {size: [...]}}}`` (one entry per cycle), or
+    ``{key: {"error": ...}}`` for a subject whose worker failed (the others go on without it)."""
+    sizes = [str(b) for b in job["serve_batch_sizes"]]
     live: list[tuple[Hashable, subprocess.Popen, Path]] = []
     out: dict[Hashable, dict[str, Any]] = {}
     logs = []

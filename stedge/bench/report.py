@@ -231,6 +231,11 @@ def _auto_lines(results: dict[str, Any]) -> list[str]:
         text += f", p50 {r['latency_ms']['p50']:.2f} ms, ρ×100 {r['accuracy']['spearman']:.2f}"
         if r.get("headline_passages_per_s"):
             text += f", {r['headline_passages_per_s']:.0f} passages/s"
+            if _interleaved(r, "passage_speedup_vs_best_peer") is not None:
+                text += (
+                    f" ({_interleaved(r, 'passage_speedup_vs_best_peer'):.2f}× "
+                    f"{_interleaved(r, 'passage_best_peer')} on passages in the interleaved phase)"
+                )
         vs_fe = r.get("speedup_vs_fastembed") or {}
         if vs_fe:
             text += "; × fastembed by batch size: " + ", ".join(f"bs={b} {x:.2f}" for b, x in vs_fe.items())
@@ -269,6 +274,7 @@ def markdown_table(results: dict[str, Any]) -> str:
             "× best peer",
             "rounds",
             "× best peer, interleaved",
+            "passages × best peer, interleaved",
         ]
     )
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(cols) - 2)) + "|"]
@@ -303,6 +309,7 @@ def markdown_table(results: dict[str, Any]) -> str:
             _f(r["speedup_vs_best_peer"], "{:.2f}"),
             _rounds_cell(r),
             _f(_interleaved(r, "speedup_vs_best_peer"), "{:.2f}"),
+            _f(_interleaved(r, "passage_speedup_vs_best_peer"), "{:.2f}"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -319,11 +326,14 @@ def _interleaved_text(results: dict[str, Any]) -> str:
     if not s.get("interleave_cycles"):
         return ""
     sizes = ", ".join(map(str, s.get("interleave_batch_sizes") or [s["headline_batch_size"]]))
+    passages = any("passages" in (r.get("interleaved") or {}) for r in results["rows"])
     return (
         f"; then all subjects were loaded at once and ran {s['interleave_cycles']} cycles of one pass each at "
-        f"batch size {sizes}, in turn, the order reversed every cycle: *× best peer, interleaved* (batch "
-        f"{s['headline_batch_size']}) is the median of the per-cycle ratios, which a slow spell of the machine "
-        "cannot tilt towards one subject (`interleaved` in the JSON, with fastembed ratios per batch size)"
+        f"batch size {sizes}{' and over the passages' if passages else ''}, in turn, the order reversed every "
+        f"cycle: *× best peer, interleaved* (batch {s['headline_batch_size']}) is the median of the per-cycle "
+        "ratios, which a slow spell of the machine cannot tilt towards one subject"
+        + (", and *passages × best peer, interleaved* the same over the passages" if passages else "")
+        + " (`interleaved` in the JSON, with fastembed ratios per batch size)"
     )
 
 

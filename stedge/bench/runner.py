@@ -731,19 +731,21 @@ def _interleave(
     log: Callable[[str], None],
 ) -> None:
     """The interleaved phase (interleave.py) over every subject measured ok; each row gets ``interleaved``:
-    ``cycles`` and per batch size the rates over the cycles (``throughput``), or the ``error``."""
+    ``cycles`` and per batch size the rates over the cycles (``throughput``; ``passages`` at the passage
+    batch sizes when the suite measures passages), or the ``error``."""
     from .interleave import run_interleaved, summarize
 
     todo = [(i, sub) for i, (row, sub) in enumerate(zip(rows, subs)) if row.get("status") == "ok"]
     if not todo:
         return
-    sizes = suite.interleave_batch_sizes or [suite.headline_batch_size]
+    sizes = [str(b) for b in suite.interleave_batch_sizes or [suite.headline_batch_size]]
+    psizes = [str(b) for b in job_common.get("passage_batch_sizes") or []]  # set when passages are measured
     log(
         f"interleaved phase: {len(todo)} subjects loaded at once, {suite.interleave_cycles} cycles of one pass "
-        f"each at batch size {', '.join(map(str, sizes))}"
+        f"each at batch size {', '.join(sizes)}" + (f", then passages at {', '.join(psizes)}" if psizes else "")
     )
     task = bar.add_task("interleaved cycles", total=suite.interleave_cycles) if bar else None
-    job = {**job_common, "serve_batch_sizes": sizes}
+    job = {**job_common, "serve_batch_sizes": sizes + [f"p{b}" for b in psizes]}
     got = run_interleaved(
         todo,
         job,
@@ -758,11 +760,14 @@ def _interleave(
             log(f"interleaved phase: {rows[i]['id']}: {res['error']}")
             rows[i]["interleaved"] = {"error": res["error"]}
             continue
-        thr = rows[i]["throughput"]
+        thr, pthr = rows[i]["throughput"], rows[i].get("passages") or {}
+        secs = res["seconds"]
         rows[i]["interleaved"] = {
             "cycles": suite.interleave_cycles,
-            "throughput": {b: summarize(secs, thr[b]["texts"]) for b, secs in res["seconds"].items()},
+            "throughput": {b: summarize(secs[b], thr[b]["texts"]) for b in sizes},
         }
+        if psizes and all(b in pthr for b in psizes):
+            rows[i]["interleaved"]["passages"] = {b: summarize(secs[f"p{b}"], pthr[b]["texts"]) for b in psizes}
 
 
 def _prepare_models(
@@ -1108,17 +1113,19 @@ def _add_interleaved_relative(
     rs: list[dict[str, Any]], peers: list[dict[str, Any]], fastembed: dict[str, Any] | None, model: str, head: str
 ) -> None:
     """The interleaved phase's ratios, medians of per-cycle ratios (stedge_runtime.tune.paired_speedup): to the best
-    peer at the headline batch size (the peer with the highest interleaved median there), and to fastembed
-    at every interleaved batch size."""
+    peer at the headline batch size (the peer with the highest interleaved median there), the same on
+    passages at the headline batch size (``passage_speedup_vs_best_peer``: the best peer on passages), and to
+    fastembed at every interleaved batch size."""
     from stedge_runtime.tune import paired_speedup
 
-    def secs(r: dict[str, Any] | None, bs: str) -> list[float]:
-        return (((r or {}).get("interleaved") or {}).get("throughput") or {}).get(bs, {}).get("seconds") or []
+    def secs(r: dict[str, Any] | None, bs: str, what: str = "throughput") -> list[float]:
+        return (((r or {}).get("interleaved") or {}).get(what) or {}).get(bs, {}).get("seconds") or []
 
-    def rate(r: dict[str, Any]) -> float:
-        return r["interleaved"]["throughput"][head]["sentences_per_s"]
+    def best_of(what: str) -> dict[str, Any] | None:
+        ok = [p for p in peers if secs(p, head, what)]
+        return max(ok, key=lambda p: p["interleaved"][what][head]["sentences_per_s"], default=None)
 
-    best = max((p for p in peers if secs(p, head)), key=rate, default=None)
+    best, pbest = best_of("throughput"), best_of("passages")
     for r in rs:
         inter = r.get("interleaved") or {}
         if "throughput" not in inter:
@@ -1126,6 +1133,11 @@ def _add_interleaved_relative(
         if best is not None and secs(r, head):
             inter["speedup_vs_best_peer"] = paired_speedup(secs(r, head), secs(best, head))
             inter["best_peer"] = _peer_label(best, model)
+        if pbest is not None and secs(r, head, "passages"):
+            inter["passage_speedup_vs_best_peer"] = paired_speedup(
+                secs(r, head, "passages"), secs(pbest, head, "passages")
+            )
+            inter["passage_best_peer"] = _peer_label(pbest, model)
         if fastembed is not None and r is not fastembed:
             inter["speedup_vs_fastembed"] = {
                 bs: paired_speedup(secs(r, bs), secs(fastembed, bs))

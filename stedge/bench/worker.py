@@ -16,7 +16,8 @@ Only numpy and the subject's own engine are imported here, so memory and cold st
 ``python -m stedge.bench.worker JOB.json --serve`` is the interleaved phase's worker (interleave.py): it
 loads the subject, warms it up at the job's ``serve_batch_sizes``, prints ``READY`` and then answers each
 ``PASS <bs> ...`` line on stdin with one timed pass per batch size over the throughput texts (the first
-``num_texts_batch1`` at batch size 1, as above), ``SECONDS <s> ...``, until ``QUIT``.
+``num_texts_batch1`` at batch size 1, as above; ``p<bs>``: over the passages), ``SECONDS <s> ...``, until
+``QUIT``.
 """
 
 from __future__ import annotations
@@ -143,19 +144,25 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
 def serve(job: dict[str, Any]) -> None:
     """The interleaved phase's loop: load, warm up at every batch size, ``READY``; then ``PASS <bs> ...`` ->
-    ``SECONDS <s> ...`` (one timed pass per batch size named, in that order), ``QUIT`` ends."""
+    ``SECONDS <s> ...`` (one timed pass per batch size named, in that order; ``p<bs>`` is a pass over the
+    passages), ``QUIT`` ends."""
     from .subjects import from_spec
 
     encode = from_spec(job["subject"]).load(int(job["threads"]))
     texts = json.loads(Path(job["texts"]).read_text(encoding="utf-8"))
+    passages = json.loads(Path(job["passages"]).read_text(encoding="utf-8")) if job.get("passages") else []
     n1 = int(job.get("num_texts_batch1") or 0)
-    for bs in job["serve_batch_sizes"]:
-        encode(_pass_texts(texts, int(bs), n1), int(bs))  # a whole warm-up pass: every shape the timed passes meet
+
+    def pass_of(size: str) -> tuple[list[str], int]:  # "32": short texts at batch size 32; "p32": passages
+        return (passages, int(size[1:])) if size.startswith("p") else (_pass_texts(texts, int(size), n1), int(size))
+
+    for size in job["serve_batch_sizes"]:
+        encode(*pass_of(str(size)))  # a whole warm-up pass: every shape the timed passes meet
     print("READY", flush=True)
     for line in sys.stdin:
         words = line.split()
         if words and words[0] == "PASS":
-            secs = [_timed_passes(encode, _pass_texts(texts, int(b), n1), int(b), 1)[0] for b in words[1:]]
+            secs = [_timed_passes(encode, *pass_of(size), 1)[0] for size in words[1:]]
             print("SECONDS " + " ".join(repr(x) for x in secs), flush=True)
         elif words == ["QUIT"]:
             break
