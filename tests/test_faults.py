@@ -741,14 +741,17 @@ def _wait_for_temporary(parent: Path, proc: subprocess.Popen, timeout: float = 3
 
 # `stedge export` whose verification waits for a signal: the export sits inside its temporary folder for as long
 # as a test needs (a plain tiny export leaves it after about a second, too short to hit reliably under load)
-# (HELD_MARKER is created when it gets there: a signal then lands in Python code, not inside a native library)
+# (HELD_MARKER is created when it gets there: a signal then lands in Python code, not inside a native library;
+# the wait is in short sleeps because the kernel may hand SIGINT to an engine's thread, which does not wake the main
+# thread from one long sleep, and Python raises KeyboardInterrupt only when the main thread runs again)
 _HELD_EXPORT = """
 import os, sys, time
 import stedge.export.verify as verify
 compare = verify.Reference.compare
 def held(self, *args, **kwargs):
     open(os.environ["HELD_MARKER"], "w").close()
-    time.sleep(600)
+    for _ in range(6000):
+        time.sleep(0.1)
     return compare(self, *args, **kwargs)
 verify.Reference.compare = held
 from stedge.cli import run

@@ -154,6 +154,8 @@ def serve(job: dict[str, Any]) -> None:
     n1 = int(job.get("num_texts_batch1") or 0)
 
     def pass_of(size: str) -> tuple[list[str], int]:  # "32": short texts at batch size 32; "p32": passages
+        if size.startswith("p") and not passages:
+            raise ValueError(f"job {job['work_dir']}: pass {size!r} is over the passages, but the job has none")
         return (passages, int(size[1:])) if size.startswith("p") else (_pass_texts(texts, int(size), n1), int(size))
 
     for size in job["serve_batch_sizes"]:
