@@ -430,6 +430,15 @@ def test_smoke_run_auto_subject_and_fastembed(smoke_results):
     assert st["interleaved"]["passage_speedup_vs_best_peer"] == pytest.approx(1.0)
     assert "auto near" in (out / "results.md").read_text()
     assert "on passages in the interleaved phase" in (out / "results.md").read_text()
+    from stedge.bench.report import interleaved_share, summary
+
+    # how much of its best-round rate a subject kept with every subject resident: the peer's and ours side by side
+    share = interleaved_share(st, "8")
+    rate = st["interleaved"]["throughput"]["8"]["sentences_per_s"]
+    assert share == pytest.approx(rate / st["headline_sentences_per_s"])
+    assert summary(results)[0]["best_peer"]["interleaved_share_of_best_round"] == share
+    assert f"kept {100 * share:.0f} % of its best-round rate" in (out / "results.md").read_text()
+    assert interleaved_share({"headline_sentences_per_s": 10.0}, "8") is None  # no interleaved phase: no figure
 
 
 def test_smoke_run_second_model_reuses_artifact_and_compares(smoke_results):
