@@ -127,6 +127,7 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
     backend (throughput at the headline batch size, batch-1 p50, cold start, peak RSS)."""
     out = []
     rows = [r for r in results["rows"] if r["status"] == "ok"]
+    head = str(results["suite"]["headline_batch_size"])
     for model in dict.fromkeys(r["model"] for r in rows):
         rs = [r for r in rows if r["model"] == model]
         ours = [r for r in rs if not r["peer"]]
@@ -134,7 +135,6 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
         if not ours:
             continue
         best_peer = max(peers, key=lambda r: r["headline_sentences_per_s"], default=None)
-        head = str(results["suite"]["headline_batch_size"])
         picks = {
             "fastest_fp32_accurate": [r for r in ours if r["accuracy"]["min_cosine"] >= FP32_ACCURATE_MIN_COSINE],
             "fastest_within_1_spearman_point": [
@@ -188,7 +188,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
             f"- **{s['model']}** — sentence-transformers' best backend: {peer['label']} "
             f"({peer['sentences_per_s']:.0f} sent/s at batch {head}, p50 {peer['p50_ms']:.2f} ms, cold start "
             f"{peer['cold_start_s']:.2f} s, peak RSS {peer['peak_rss_mb']:.0f} MB, ρ×100 {peer['spearman']:.2f}"
-            f"{_share_clause(peer.get('interleaved_share_of_best_round'), 'it ')})."
+            f"{_share_clause(peer.get('interleaved_share_of_best_round'))})."
         )
         for key, what in (
             ("fastest_fp32_accurate", f"fastest fp32-accurate (min cos ≥ {FP32_ACCURATE_MIN_COSINE})"),
@@ -257,8 +257,8 @@ def interleaved_share(r: dict[str, Any], head: str) -> float | None:
     return rate / r["headline_sentences_per_s"] if rate and r.get("headline_sentences_per_s") else None
 
 
-def _share_clause(share: float | None, who: str = "") -> str:
-    return "" if share is None else f"; in the interleaved phase {who}kept {100 * share:.0f} % of its best-round rate"
+def _share_clause(share: float | None) -> str:
+    return "" if share is None else f"; in the interleaved phase it kept {100 * share:.0f} % of its best-round rate"
 
 
 def _interleaved_clause(ratio: float | None, share: float | None = None) -> str:

@@ -154,9 +154,11 @@ def serve(job: dict[str, Any]) -> None:
     n1 = int(job.get("num_texts_batch1") or 0)
 
     def pass_of(size: str) -> tuple[list[str], int]:  # "32": short texts at batch size 32; "p32": passages
-        if size.startswith("p") and not passages:
+        if not size.startswith("p"):
+            return _pass_texts(texts, int(size), n1), int(size)
+        if not passages:
             raise ValueError(f"job {job['work_dir']}: pass {size!r} is over the passages, but the job has none")
-        return (passages, int(size[1:])) if size.startswith("p") else (_pass_texts(texts, int(size), n1), int(size))
+        return passages, int(size[1:])
 
     for size in job["serve_batch_sizes"]:
         encode(*pass_of(str(size)))  # a whole warm-up pass: every shape the timed passes meet
