@@ -201,6 +201,20 @@ def test_int8_isa_from_flags(monkeypatch):
     assert machine.int8_isa(set()) == "arm64"
 
 
+def test_st_openvino_peer_counts_as_bf16_where_openvino_runs_bf16(monkeypatch):
+    """OpenVINO's CPU plugin runs an fp32 model in bf16 on avx512_bf16 / AMX CPUs, so the peer's share of
+    the GEMM peak is taken against the bf16 peak there (a 123 % share of the fp32 peak was reported before)."""
+    from stedge_runtime import machine
+
+    from stedge.bench.subjects import STPeer
+
+    ov, onnx = STPeer("m", "p", backend="openvino"), STPeer("m", "p", backend="onnx")
+    monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx2", "avx512f", "amx_bf16", "avx512_bf16"})
+    assert ov.facts()["precision"] == "bf16" and onnx.facts()["precision"] == "fp32"
+    monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx2", "fma"})
+    assert ov.facts()["precision"] == "fp32"
+
+
 def test_machine_facts_have_what_the_results_need():
     from stedge.bench.machine import machine_facts
 

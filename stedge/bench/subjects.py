@@ -450,7 +450,7 @@ class STPeer(Subject):
         engine = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino"}[self.backend]
         out: dict[str, Any] = {
             "backend": self.backend,
-            "precision": self.precision,
+            "precision": self._arithmetic(),
             "optimization": None,
             "engine": engine,
         }
@@ -458,6 +458,16 @@ class STPeer(Subject):
         if pr is not None:
             out.update(python=self.python, python_version=pr.get("python_version"), peer_versions=pr.get("versions"))
         return out
+
+    def _arithmetic(self) -> str:
+        """The precision the engine computes in: OpenVINO's CPU plugin runs an fp32 model in bf16 by default
+        where the CPU has avx512_bf16 or AMX (so its share of the GEMM peak is against the bf16 peak)."""
+        if self.backend == "openvino" and self.precision == "fp32" and _device_family(self.device) == "cpu":
+            from stedge_runtime.machine import cpu_flags
+
+            if cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+                return "bf16"
+        return self.precision
 
     def _extra(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"backend": self.backend, "precision": self.precision}

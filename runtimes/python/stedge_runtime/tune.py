@@ -50,6 +50,7 @@ BATCH_TOKEN_GRID = (512, 1024, 2048, 4096, 16384)
 PAIRED_CYCLES = 7  # cycles of the paired final (tune's ``paired_cycles``; 0 skips it)
 PAIRED_WITHIN = 0.85  # rounds' bulk score, as a share of its tier's best, that takes a variant to the final
 PAIRED_GAP_S = 0.1  # idle before each pass of the final: the previous engine's spinning threads fall asleep
+STATIC_BATCH1 = 8  # query lengths (in steps of 16 tokens, up to 128) that get a static OpenVINO compilation
 PAIRED_PASSAGES = 8  # passages per passage pass of the final (the short and batch-1 passes take the rounds' texts)
 
 
@@ -58,7 +59,9 @@ def settings_grid(backend: str, threads: int | None = None, quick: bool = False)
 
     ONNX Runtime: spinning on / off at ``threads`` (all physical cores by default); OpenVINO:
     PERFORMANCE_HINT LATENCY / THROUGHPUT (the runtime then runs bulk batches on parallel infer
-    requests). Without ``quick`` and with >= 4 cores, half the cores and two explicit streams are tried too.
+    requests), and without ``quick`` LATENCY with static-shape compilations for batch-1 calls
+    (``static_batch1``). Without ``quick`` and with >= 4 cores, half the cores and two explicit streams are
+    tried too.
     """
     cores = machine.physical_cores()
     t = int(threads) if threads else cores
@@ -70,6 +73,8 @@ def settings_grid(backend: str, threads: int | None = None, quick: bool = False)
         grid = [{"threads": t, "performance_hint": "LATENCY"}, {"threads": t, "performance_hint": "THROUGHPUT"}]
         if not quick and t >= 4:
             grid.append({"threads": t, "performance_hint": "THROUGHPUT", "num_streams": 2})
+        if not quick:  # static compilations for one-row calls (OpenVINOEngine._static_for), judged on batch 1
+            grid.append({"threads": t, "performance_hint": "LATENCY", "static_batch1": STATIC_BATCH1})
     return grid[:1] if quick else grid
 
 
@@ -145,7 +150,8 @@ def measure(model: Any, work: _Workloads, batch_sizes: Sequence[int], seconds: f
     short texts and passages."""
     run = _call(model, work.task)
     run(work.short[:8], 8)  # warm-up: sessions allocate on first use
-    run([work.short[0]], 1)
+    for item in (work.latency + work.latency_long) * 2:  # and static_batch1 compiles a length the second time
+        run([item], 1)
 
     def batch1(items: list, share: float) -> list[float]:
         out = []
@@ -372,7 +378,8 @@ def paired_final(
         try:
             run = _call(cls.load(root, variant=name, **settings, **load_kw), work.task)
             run(work.short[:8], 8)  # warm-up: sessions allocate on first use
-            run([work.short[0]], 1)
+            for item in work.latency * 2:  # and static_batch1 compiles a length the second time
+                run([item], 1)
         except Exception as e:  # as in the rounds: a contender that cannot run is a result
             out["contenders"][name]["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
             continue

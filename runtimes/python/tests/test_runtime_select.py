@@ -302,6 +302,38 @@ def test_a_non_default_engine_setting_must_win_clearly(tmp_path):
     assert _sel(vs, tmp_path, PLAIN, "exact").settings["performance_hint"] == "THROUGHPUT"
 
 
+def test_static_batch1_is_judged_on_batch1_alone(tmp_path):
+    """static_batch1 joins the chosen settings when batch 1 got >= 10 % faster at both query lengths, whatever
+    its bulk figures (it does not touch bulk calls); slower at either length, it stays off."""
+    vs = _variants()
+    prof = _profile("machine-a", {"openvino-fp32": (3.0, 900, 90)})
+    runs = prof["variants"]["openvino-fp32"]["runs"]
+    runs[0].update(settings={"threads": 2, "performance_hint": "LATENCY"}, batch1_ms_p50_long=4.0)
+    runs.append(
+        {
+            "settings": {"threads": 2, "performance_hint": "LATENCY", "static_batch1": 8},
+            "batch1_ms_p50": 2.0,
+            "batch1_ms_p50_long": 2.9,
+            "bulk": {"short": {"32": 700}, "passage": {"32": 70}},  # noise: must not count against it
+        }
+    )
+    write_profile(tmp_path, prof)
+    assert _sel(vs, tmp_path, PLAIN, "exact").settings == runs[1]["settings"]
+    runs[1]["batch1_ms_p50_long"] = 3.9  # not 10 % faster on the longer queries
+    write_profile(tmp_path, prof)
+    assert _sel(vs, tmp_path, PLAIN, "exact").settings == runs[0]["settings"]
+
+
+def test_tune_tries_static_batch1_on_openvino_only():
+    from stedge_runtime.tune import STATIC_BATCH1, settings_grid
+
+    full = settings_grid("openvino", threads=2)
+    assert {"threads": 2, "performance_hint": "LATENCY", "static_batch1": STATIC_BATCH1} in full
+    assert full[0] == {"threads": 2, "performance_hint": "LATENCY"}  # the engine's default stays first
+    assert not any("static_batch1" in s for s in settings_grid("openvino", threads=2, quick=True))
+    assert not any("static_batch1" in s for s in settings_grid("onnx", threads=2))
+
+
 def test_token_budget_per_call_default_tuned_and_named(tmp_path):
     """A CPU gets 1024 padded tokens per engine call, a GPU 16384; a tuned budget is used only when it was
     clearly faster than the default, and comes with the profile's choice (not with a named variant)."""
@@ -534,6 +566,33 @@ def test_openvino_throughput_hint_runs_batches_side_by_side(tiny_artifact):
     assert lat._engine.parallel == 1 and thr._engine.parallel >= 2
     np.testing.assert_allclose(thr.encode(texts, batch_size=4), lat.encode(texts, batch_size=4), atol=1e-6)
     assert thr.encode(texts[:1]).shape == (1, thr.dimension)
+
+
+def test_openvino_static_batch1_compiles_repeated_query_lengths(tiny_artifact):
+    """static_batch1: a one-text call is padded to a multiple of 16 tokens; a length seen twice gets its own
+    static compilation, up to the limit; the vectors (and token outputs, cut back) are the dynamic graph's."""
+    plain = Encoder.load(tiny_artifact, variant="openvino-fp32", threads=2)
+    static = Encoder.load(tiny_artifact, variant="openvino-fp32", threads=2, static_batch1=2)
+    eng = static._engine
+    queries = ["a query", "a rather longer query with " + "many words " * 6, "the longest query " + "of all " * 16]
+    lengths = [len(static._tok.encode([q])[0].ids) for q in queries]
+    assert len({-(-n // 16) for n in lengths}) == 3, lengths  # three length buckets
+    first = np.stack([static.encode(q) for q in queries])
+    assert eng._static == {}  # each length seen once: the dynamic graph ran
+    again = np.stack([static.encode(q) for q in queries])
+    assert sorted(eng._static) == sorted({-(-n // 16) * 16 for n in lengths})[:2]  # two lengths, then the limit
+    want = np.stack([plain.encode(q) for q in queries])
+    np.testing.assert_allclose(first, want, atol=1e-5)
+    np.testing.assert_allclose(again, want, atol=1e-5)
+    static.encode(queries, batch_size=3)  # bulk calls never compile a static shape
+    assert len(eng._static) == 2
+    ids = np.array([static._tok.encode([queries[0]])[0].ids], dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    tokens = eng.run(feeds, "last_hidden_state")  # padded to 16 in the static graph, cut back to the call's tokens
+    assert tokens.shape[:2] == ids.shape
+    np.testing.assert_allclose(tokens, plain._engine.run(feeds, "last_hidden_state"), atol=1e-5)
+    with pytest.raises(Exception, match="static_batch1"):
+        Encoder.load(tiny_artifact, variant="openvino-fp32", static_batch1=-1)
 
 
 def test_openvino_parallel_batches_run_no_python_on_openvino_threads(tiny_artifact):
