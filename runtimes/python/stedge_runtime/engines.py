@@ -248,12 +248,16 @@ class OpenVINOEngine:
         req = requests.get(id(compiled))
         if req is None:
             req = requests[id(compiled)] = compiled.create_infer_request()
-        out = req.infer(feeds)[compiled.output(output)]
+        out = req.infer(feeds, share_inputs=True)[compiled.output(output)]  # the arrays outlive the call
         return np.array(out[:, :tokens] if out.ndim >= 3 else out, copy=True)
 
     def _pad(self, a: np.ndarray) -> np.ndarray:
         extra = -a.shape[1] % self.STATIC_PAD
-        return np.pad(a, ((0, 0), (0, extra))) if extra else a
+        if not extra:
+            return a
+        out = np.zeros((a.shape[0], a.shape[1] + extra), dtype=a.dtype)  # np.pad takes ~30 us a call
+        out[:, : a.shape[1]] = a
+        return out
 
     def _static_for(self, feeds: dict[str, np.ndarray]) -> Any:
         """The static-shape compilation for a one-row call, or None to run the dynamic graph.
