@@ -315,6 +315,20 @@ def _weights(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def test_only_the_writing_process_saves(tiny_model, tmp_path, monkeypatch):
+    """transformers 5 calls Trainer._save on every torchrun process; the others must not touch the folder
+    (two processes writing one checkpoint's temporary folder raced: a CI-style failure of the DDP test)."""
+    from stedge.training import SentenceEncoderTrainer
+
+    tr = SentenceEncoderTrainer(_encoder(tiny_model), _args(tmp_path, max_steps=1), train_dataset=STS, loss="cosent")
+    monkeypatch.setattr(type(tr.args), "should_save", property(lambda self: False))
+    tr._save(str(tmp_path / "other_rank"))
+    assert not (tmp_path / "other_rank").exists()
+    monkeypatch.undo()
+    tr._save(str(tmp_path / "writer"))
+    assert (tmp_path / "writer" / "model.safetensors").exists()
+
+
 def test_trainer_cosent_prompts_and_card(tiny_model, tmp_path):
     from stedge.models import SentenceEncoder
     from stedge.training import SentenceEncoderTrainer

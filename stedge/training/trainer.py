@@ -414,7 +414,12 @@ class SentenceEncoderTrainer(Trainer):
         self.model.save(folder, overwrite=True, model_card=self.model_card())
 
     def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
-        """Write the model in the sentence-transformers layout (adapter only, when it has one) + README.md."""
+        """Write the model in the sentence-transformers layout (adapter only, when it has one) + README.md.
+
+        Only the writing process writes: transformers 5 calls ``_save`` on every rank (its own returns early on
+        the others), and two torchrun processes writing one checkpoint's temporary folder raced each other."""
+        if not self.args.should_save:
+            return
         out = Path(output_dir or self.args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         tmp = out / ".stedge-model.tmp"

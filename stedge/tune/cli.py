@@ -81,6 +81,8 @@ def _settings(s: dict[str, Any]) -> str:
         parts.append(str(s["performance_hint"]).lower())
     if "num_streams" in s:
         parts.append(f"{s['num_streams']} streams")
+    if s.get("snippets") is False:
+        parts.append("no snippets")
     if s.get("static_batch1"):
         parts.append("static batch-1")
     return ", ".join(parts)

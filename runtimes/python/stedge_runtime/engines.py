@@ -174,11 +174,21 @@ class OpenVINOEngine:
     ``cache_dir`` (compiled-model cache: faster second load, needed on GPU/NPU), ``num_streams``,
     ``inference_precision`` (f32 by default for fp32 variants on CPU and AUTO, so bf16-capable
     CPUs keep fp32 accuracy; GPU/NPU keep their own default, f16), ``static_batch1`` (on the CPU, at most
-    this many static-shape compilations for one-row calls: see ``_static_for``), ``config`` (any other OpenVINO
+    this many static-shape compilations for one-row calls: see ``_static_for``), ``snippets`` (CPU: False
+    turns off the plugin's fused "snippets" kernels, SNIPPETS_MODE=DISABLE: attention then runs as plain
+    MatMul/Softmax nodes, faster for short texts on some CPUs), ``config`` (any other OpenVINO
     properties).
     """
 
-    OPTIONS = ("performance_hint", "cache_dir", "num_streams", "inference_precision", "static_batch1", "config")
+    OPTIONS = (
+        "performance_hint",
+        "cache_dir",
+        "num_streams",
+        "inference_precision",
+        "static_batch1",
+        "snippets",
+        "config",
+    )
     STATIC_PAD = 16  # static_batch1 pads one-row calls to a multiple of this many tokens (measured: 8 switches
     # compilations too often between queries, 32 pads too much)
     STATIC_MAX_TOKENS = 128  # longer one-row calls run the dynamic graph (the per-shape cost matters less there)
@@ -204,6 +214,8 @@ class OpenVINOEngine:
         prec = options.get("inference_precision", "f32" if precision == "fp32" and family in ("cpu", "auto") else None)
         if prec:
             config["INFERENCE_PRECISION_HINT"] = str(prec)
+        if options.get("snippets") is False and family == "cpu":
+            config["SNIPPETS_MODE"] = "DISABLE"
         config.update(options.get("config") or {})
         if options.get("cache_dir"):
             core.set_property({"CACHE_DIR": str(options["cache_dir"])})
@@ -213,6 +225,7 @@ class OpenVINOEngine:
         except RuntimeError as e:
             raise RuntimeStedgeError(f"{file}: OpenVINO could not compile the graph for {target} ({e})") from None
         self.device = device
+        self.config = config  # the properties compiled with (the plugin does not report all of them back)
         self.inputs = [i.any_name for i in self.compiled.inputs]
         self.outputs = [n for o in self.compiled.outputs for n in o.names]
         self._local = threading.local()

@@ -59,9 +59,9 @@ def settings_grid(backend: str, threads: int | None = None, quick: bool = False)
 
     ONNX Runtime: spinning on / off at ``threads`` (all physical cores by default); OpenVINO:
     PERFORMANCE_HINT LATENCY / THROUGHPUT (the runtime then runs bulk batches on parallel infer
-    requests), and without ``quick`` LATENCY with static-shape compilations for batch-1 calls
-    (``static_batch1``). Without ``quick`` and with >= 4 cores, half the cores and two explicit streams are
-    tried too.
+    requests), and without ``quick`` LATENCY without the fused "snippets" kernels (``snippets=False``) and
+    both LATENCY settings with static-shape compilations for batch-1 calls (``static_batch1``). Without
+    ``quick`` and with >= 4 cores, half the cores and two explicit streams are tried too.
     """
     cores = machine.physical_cores()
     t = int(threads) if threads else cores
@@ -73,8 +73,10 @@ def settings_grid(backend: str, threads: int | None = None, quick: bool = False)
         grid = [{"threads": t, "performance_hint": "LATENCY"}, {"threads": t, "performance_hint": "THROUGHPUT"}]
         if not quick and t >= 4:
             grid.append({"threads": t, "performance_hint": "THROUGHPUT", "num_streams": 2})
-        if not quick:  # static compilations for one-row calls (OpenVINOEngine._static_for), judged on batch 1
-            grid.append({"threads": t, "performance_hint": "LATENCY", "static_batch1": STATIC_BATCH1})
+        if not quick:  # without the fused attention kernels; and static compilations for one-row calls
+            # (OpenVINOEngine._static_for, judged on batch 1 alone) on top of either LATENCY setting
+            grid.append({"threads": t, "performance_hint": "LATENCY", "snippets": False})
+            grid += [{**g, "static_batch1": STATIC_BATCH1} for g in grid if g["performance_hint"] == "LATENCY"]
     return grid[:1] if quick else grid
 
 
@@ -274,7 +276,8 @@ def tune(
         "variants": {},
         "skipped": skipped,
     }
-    probes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    probes: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}  # per variant, one per setting (first: the default)
+    probed: set[tuple[str, str]] = set()
     tok_count: Callable[[list], float] | None = None
     rounds = 1 if quick else ROUNDS
     measured: dict[tuple[str, str], list[dict]] = {}
@@ -288,9 +291,11 @@ def tune(
         try:
             model = cls.load(root, variant=name, **settings)
             tok_count = tok_count or _token_counter(model)
-            if name not in probes:
-                probes[name] = _probe(model, work)
-                entry["batch_invariance_min_cos"] = round(float(_cos_rows(*probes[name]).min()), 6)
+            if (name, _fmt(settings)) not in probed:  # every setting: an engine setting may change the arithmetic
+                probed.add((name, _fmt(settings)))
+                probes.setdefault(name, []).append(_probe(model, work))
+                inv = min(float(_cos_rows(*p).min()) for p in probes[name])
+                entry["batch_invariance_min_cos"] = round(inv, 6)
             res = measure(model, work, batch_sizes, share)
             del model  # one engine at a time
         except Exception as e:  # an engine that cannot run a graph here is a result, not a crash
@@ -304,7 +309,7 @@ def tune(
     if not quick:
         prof["batch_tokens"] = _tune_batch_tokens(cls, root, prof["variants"], work, rounds, progress)
     prof["workloads"] = work.summary(tok_count or (lambda items: 0.0))
-    prof["agreement"] = _agreement(probes)
+    prof["agreement"] = _agreement({n: p[0] for n, p in probes.items()})
     _accuracy_here(prof["variants"], probes, todo)
     if not quick:  # after the accuracy here: a variant that left its tier on this machine is no contender there
         prof["paired"] = paired_final(cls, root, prof, work, batch_sizes, paired_cycles, progress)
@@ -502,20 +507,23 @@ def best_of(results: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _accuracy_here(entries: dict[str, Any], probes: dict[str, tuple[np.ndarray, np.ndarray]], todo: dict) -> None:
+def _accuracy_here(entries: dict[str, Any], probes: dict[str, list[tuple[np.ndarray, np.ndarray]]], todo: dict) -> None:
     """Each variant's min cosine to an exact-tier fp32 variant run here (``min_cos_to_exact``), over the probe
-    texts alone and the mixed batch. Export verified the tier on the exporting machine's CPU; int8 kernels
-    differ by ISA (an AVX2 CPU without VNNI rounds differently from an AVX-512 VNNI one), so the selection
-    holds each variant to its tier's bar again with what this machine computes."""
+    texts alone and the mixed batch, and over every engine setting tried (the reference: its first setting).
+    Export verified the tier on the exporting machine's CPU; int8 kernels differ by ISA (an AVX2 CPU without
+    VNNI rounds differently from an AVX-512 VNNI one), and engine settings can pick other kernels, so the
+    selection holds each variant to its tier's bar again with what this machine computes."""
     exact = [n for n in probes if variant_tier(todo[n]) == "exact" and todo[n].get("precision") == "fp32"]
     if not exact:
         return
     ref = sorted(exact, key=lambda n: (todo[n].get("backend") != "onnx", n))[0]
-    r1, rb = probes[ref]
-    for name, (a1, ab) in probes.items():
-        if name == ref or a1.shape != r1.shape or ab.shape != rb.shape:
+    r1, rb = probes[ref][0]
+    for name, cases in probes.items():
+        cases = cases[1:] if name == ref else cases
+        same = [(a1, ab) for a1, ab in cases if a1.shape == r1.shape and ab.shape == rb.shape]
+        if not same:
             continue
-        mc = min(float(_cos_rows(a1, r1).min()), float(_cos_rows(ab, rb).min()))
+        mc = min(min(float(_cos_rows(a1, r1).min()), float(_cos_rows(ab, rb).min())) for a1, ab in same)
         entries[name].update(min_cos_to_exact=round(mc, 6), exact_reference=ref)
 
 

@@ -324,14 +324,16 @@ def test_static_batch1_is_judged_on_batch1_alone(tmp_path):
     assert _sel(vs, tmp_path, PLAIN, "exact").settings == runs[0]["settings"]
 
 
-def test_tune_tries_static_batch1_on_openvino_only():
+def test_tune_tries_static_batch1_and_no_snippets_on_openvino_only():
     from stedge_runtime.tune import STATIC_BATCH1, settings_grid
 
     full = settings_grid("openvino", threads=2)
     assert {"threads": 2, "performance_hint": "LATENCY", "static_batch1": STATIC_BATCH1} in full
+    no_snippets = {"threads": 2, "performance_hint": "LATENCY", "snippets": False}
+    assert no_snippets in full and {**no_snippets, "static_batch1": STATIC_BATCH1} in full
     assert full[0] == {"threads": 2, "performance_hint": "LATENCY"}  # the engine's default stays first
     assert not any("static_batch1" in s for s in settings_grid("openvino", threads=2, quick=True))
-    assert not any("static_batch1" in s for s in settings_grid("onnx", threads=2))
+    assert not any("static_batch1" in s or "snippets" in s for s in settings_grid("onnx", threads=2))
 
 
 def test_token_budget_per_call_default_tuned_and_named(tmp_path):
@@ -593,6 +595,31 @@ def test_openvino_static_batch1_compiles_repeated_query_lengths(tiny_artifact):
     np.testing.assert_allclose(tokens, plain._engine.run(feeds, "last_hidden_state"), atol=1e-5)
     with pytest.raises(Exception, match="static_batch1"):
         Encoder.load(tiny_artifact, variant="openvino-fp32", static_batch1=-1)
+
+
+def test_openvino_without_snippets_gives_the_same_vectors(tiny_artifact):
+    texts = [f"sentence number {i} " * (1 + i % 5) for i in range(12)]
+    plain = Encoder.load(tiny_artifact, variant="openvino-fp32", threads=2)
+    off = Encoder.load(tiny_artifact, variant="openvino-fp32", threads=2, snippets=False)
+    assert off._engine.config["SNIPPETS_MODE"] == "DISABLE" and "SNIPPETS_MODE" not in plain._engine.config
+    np.testing.assert_allclose(off.encode(texts, batch_size=4), plain.encode(texts, batch_size=4), atol=1e-5)
+
+
+def test_tune_holds_every_setting_to_the_tier(monkeypatch):
+    """min_cos_to_exact and batch invariance are the worst over every engine setting tried: a setting that
+    picks other kernels must not bring in vectors nobody checked."""
+    from stedge_runtime.tune import _accuracy_here
+
+    rng = np.random.default_rng(0)
+    ref = (rng.normal(size=(4, 8)), rng.normal(size=(4, 8)))
+    worse = (ref[0] + 0.3 * rng.normal(size=(4, 8)), ref[1])
+    todo = {"onnx-fp32": {"precision": "fp32", "verification": {"tier": "exact"}}, "ov": {"precision": "bf16"}}
+    monkeypatch.setattr("stedge_runtime.tune.variant_tier", lambda v: "exact" if v.get("verification") else "near")
+    entries = {"onnx-fp32": {}, "ov": {}}
+    _accuracy_here(entries, {"onnx-fp32": [ref], "ov": [ref, worse]}, todo)
+    assert entries["ov"]["min_cos_to_exact"] < 0.99 and "min_cos_to_exact" not in entries["onnx-fp32"]
+    _accuracy_here(entries, {"onnx-fp32": [ref], "ov": [ref]}, todo)
+    assert entries["ov"]["min_cos_to_exact"] == 1.0
 
 
 def test_openvino_parallel_batches_run_no_python_on_openvino_threads(tiny_artifact):
