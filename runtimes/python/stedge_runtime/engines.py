@@ -233,7 +233,8 @@ class OpenVINOEngine:
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise RuntimeStedgeError(f"engine option static_batch1={n!r}: expected an integer, 0 (off) or more")
         # Static shapes need (batch, tokens) inputs; token outputs (batch, tokens, ...) are cut back to the call.
-        static_ok = family == "cpu" and all(i.get_partial_shape().rank.get_length() == 2 for i in model.inputs)
+        ranks = [i.get_partial_shape().rank for i in model.inputs]
+        static_ok = family == "cpu" and all(r.is_static and r.get_length() == 2 for r in ranks)
         self.static_batch1 = n if static_ok else 0
         self._static_src = (core, model, target, config) if self.static_batch1 else None
         self._static: dict[int, Any] = {}  # padded tokens -> compiled static model for one row
@@ -294,9 +295,13 @@ class OpenVINOEngine:
             if key in self._static or seen < 2 or len(self._static) >= self.static_batch1:
                 return self._static.get(key)
             core, model, target, config = self._static_src
-            shaped = model.clone()
-            shaped.reshape({i.any_name: [1, key] for i in shaped.inputs})
-            self._static[key] = core.compile_model(shaped, target, config)
+            try:
+                shaped = model.clone()
+                shaped.reshape({i.any_name: [1, key] for i in shaped.inputs})
+                self._static[key] = core.compile_model(shaped, target, config)
+            except RuntimeError:  # a graph that cannot take a static shape keeps running the dynamic one
+                self.static_batch1 = 0
+                return None
             return self._static[key]
 
     def run_many(self, feeds_list: list[dict[str, np.ndarray]], output: str) -> list[np.ndarray]:

@@ -596,6 +596,16 @@ def test_openvino_static_batch1_compiles_repeated_query_lengths(tiny_artifact):
     with pytest.raises(Exception, match="static_batch1"):
         Encoder.load(tiny_artifact, variant="openvino-fp32", static_batch1=-1)
 
+    class NoStatic:  # a graph OpenVINO cannot compile for a static shape keeps running the dynamic one
+        def compile_model(self, *args, **kwargs):
+            raise RuntimeError("cannot reshape")
+
+    failing = Encoder.load(tiny_artifact, variant="openvino-fp32", threads=2, static_batch1=2)
+    failing._engine._static_src = (NoStatic(), *failing._engine._static_src[1:])
+    got = np.stack([failing.encode(q) for q in queries * 2])
+    np.testing.assert_allclose(got, np.concatenate([want, want]), atol=1e-5)
+    assert failing._engine.static_batch1 == 0 and failing._engine._static == {}
+
 
 def test_openvino_without_snippets_gives_the_same_vectors(tiny_artifact):
     texts = [f"sentence number {i} " * (1 + i % 5) for i in range(12)]
