@@ -463,9 +463,9 @@ class STPeer(Subject):
         """The precision the engine computes in: OpenVINO's CPU plugin runs an fp32 model in bf16 by default
         where the CPU has avx512_bf16 or AMX (so its share of the GEMM peak is against the bf16 peak)."""
         if self.backend == "openvino" and self.precision == "fp32" and _device_family(self.device) == "cpu":
-            from stedge_runtime.machine import cpu_flags
+            from stedge_runtime.machine import has_bf16
 
-            if cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+            if has_bf16():
                 return "bf16"
         return self.precision
 

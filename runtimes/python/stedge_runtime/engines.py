@@ -269,7 +269,7 @@ class OpenVINOEngine:
         extra = -a.shape[1] % self.STATIC_PAD
         if not extra:
             return a
-        out = np.zeros((a.shape[0], a.shape[1] + extra), dtype=a.dtype)  # np.pad takes ~30 us a call
+        out = np.zeros((a.shape[0], a.shape[1] + extra), dtype=a.dtype)  # np.pad took ~30 us per input
         out[:, : a.shape[1]] = a
         return out
 
