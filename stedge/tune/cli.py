@@ -83,6 +83,8 @@ def _settings(s: dict[str, Any]) -> str:
         parts.append(f"{s['num_streams']} streams")
     if s.get("snippets") is False:
         parts.append("no snippets")
+    if s.get("snippets_above"):
+        parts.append(f"no snippets <= {s['snippets_above']} tokens")
     if s.get("static_batch1"):
         parts.append("static batch-1")
     return ", ".join(parts)

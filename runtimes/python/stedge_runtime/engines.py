@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import itertools
 import threading
 from pathlib import Path
 from typing import Any
@@ -176,8 +177,9 @@ class OpenVINOEngine:
     CPUs keep fp32 accuracy; GPU/NPU keep their own default, f16), ``static_batch1`` (on the CPU, at most
     this many static-shape compilations for one-row calls: see ``_static_for``), ``snippets`` (CPU: False
     turns off the plugin's fused "snippets" kernels, SNIPPETS_MODE=DISABLE: attention then runs as plain
-    MatMul/Softmax nodes, faster for short texts on some CPUs), ``config`` (any other OpenVINO
-    properties).
+    MatMul/Softmax nodes, faster for short texts on some CPUs), ``snippets_above`` (CPU: N keeps the
+    snippets for calls longer than N tokens per row; shorter multi-row calls run a second compilation
+    without them, made on first use: see ``_compiled_for``), ``config`` (any other OpenVINO properties).
     """
 
     OPTIONS = (
@@ -187,6 +189,7 @@ class OpenVINOEngine:
         "inference_precision",
         "static_batch1",
         "snippets",
+        "snippets_above",
         "config",
     )
     STATIC_PAD = 16  # static_batch1 pads one-row calls to a multiple of this many tokens (measured: 8 switches
@@ -236,7 +239,19 @@ class OpenVINOEngine:
         ranks = [i.get_partial_shape().rank for i in model.inputs]
         static_ok = family == "cpu" and all(r.is_static and r.get_length() == 2 for r in ranks)
         self.static_batch1 = n if static_ok else 0
-        self._static_src = (core, model, target, config) if self.static_batch1 else None
+        cut = options.get("snippets_above") or 0
+        if isinstance(cut, bool) or not isinstance(cut, int) or cut < 0:
+            raise RuntimeStedgeError(
+                f"engine option snippets_above={cut!r}: expected an integer, a length in tokens (0: off)"
+            )
+        if cut and options.get("snippets") is False:
+            raise RuntimeStedgeError(
+                "engine options snippets=False and snippets_above both given: snippets=False turns the snippets off "
+                "for every call, snippets_above only for calls of at most that many tokens; pass one of them"
+            )
+        self.snippets_above = cut if family == "cpu" else 0
+        self._plain: Any = None  # the compilation without snippets, for calls of <= snippets_above tokens
+        self._src = (core, model, target, config) if self.static_batch1 or self.snippets_above else None
         self._static: dict[int, Any] = {}  # padded tokens -> compiled static model for one row
         self._seen: dict[int, int] = {}
         self._static_lock = threading.Lock()
@@ -244,17 +259,15 @@ class OpenVINOEngine:
             self.parallel = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         except (RuntimeError, TypeError, ValueError):
             self.parallel = 1
-        self._queue: list[Any] | None = None  # the infer requests run_many shares out
+        self._queues: dict[int, list[Any]] = {}  # id(compilation) -> the infer requests run_many shares out
         self._queue_lock = threading.Lock()
 
     def run(self, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
         """Run the graph and return one output (copied out of the infer request)."""
         feeds = {k: v for k, v in feeds.items() if k in self.inputs}
-        compiled = self._static_for(feeds) if self.static_batch1 else None
+        compiled, static = self._compiled_for(feeds)
         tokens = next(iter(feeds.values())).shape[1]
-        if compiled is None:
-            compiled = self.compiled
-        else:
+        if static:
             feeds = {k: self._pad(v) for k, v in feeds.items()}
         requests = getattr(self._local, "requests", None)
         if requests is None:
@@ -262,7 +275,9 @@ class OpenVINOEngine:
         req = requests.get(id(compiled))
         if req is None:
             req = requests[id(compiled)] = compiled.create_infer_request()
-        out = req.infer(feeds, share_inputs=True)[compiled.output(output)]  # the arrays outlive the call
+        # Inputs are copied into the request: shared inputs (share_inputs=True) corrupted the heap in a
+        # `stedge tune` run that switched between engines and shapes (a crash in malloc, twice in two runs).
+        out = req.infer(feeds, share_inputs=False)[compiled.output(output)]
         return np.array(out[:, :tokens] if out.ndim >= 3 else out, copy=True)
 
     def _pad(self, a: np.ndarray) -> np.ndarray:
@@ -272,6 +287,35 @@ class OpenVINOEngine:
         out = np.zeros((a.shape[0], a.shape[1] + extra), dtype=a.dtype)  # np.pad took ~30 us per input
         out[:, : a.shape[1]] = a
         return out
+
+    def _compiled_for(self, feeds: dict[str, np.ndarray]) -> tuple[Any, bool]:
+        """The compilation a call runs on, and whether it is a static one (its inputs then get padded).
+
+        One-row calls may get a static compilation (``_static_for``). With ``snippets_above=N``, multi-row
+        calls of at most N tokens per row run a compilation without the snippets: OpenVINO's fused attention
+        kernel costs more than it saves on short rows (measured on an AMX guest, bf16 MiniLM, batches of 32:
+        1.0-1.2x as fast without it up to 64 tokens, 0.85x at 256), so one engine keeps both and picks by
+        length. One-row calls keep the snippets (they ran 2-5 % faster with them there).
+        """
+        rows, tokens = next(iter(feeds.values())).shape
+        if self.static_batch1:
+            compiled = self._static_for(feeds)
+            if compiled is not None:
+                return compiled, True
+        if self.snippets_above and rows > 1 and tokens <= self.snippets_above:
+            return self._plain or self._compile_plain(), False
+        return self.compiled, False
+
+    def _compile_plain(self) -> Any:
+        with self._static_lock:
+            if self._plain is None:
+                core, model, target, config = self._src
+                try:
+                    self._plain = core.compile_model(model, target, {**config, "SNIPPETS_MODE": "DISABLE"})
+                except RuntimeError:  # a plugin that cannot compile it that way keeps the one compilation
+                    self.snippets_above = 0
+                    return self.compiled
+            return self._plain
 
     def _static_for(self, feeds: dict[str, np.ndarray]) -> Any:
         """The static-shape compilation for a one-row call, or None to run the dynamic graph.
@@ -294,7 +338,7 @@ class OpenVINOEngine:
             self._seen[key] = seen = self._seen.get(key, 0) + 1
             if key in self._static or seen < 2 or len(self._static) >= self.static_batch1:
                 return self._static.get(key)
-            core, model, target, config = self._static_src
+            core, model, target, config = self._src
             try:
                 shaped = model.clone()
                 shaped.reshape({i.any_name: [1, key] for i in shaped.inputs})
@@ -312,36 +356,52 @@ class OpenVINOEngine:
         run by any thread that allocates, could otherwise free another engine there, and a compiled model
         destroyed on its own worker thread aborts the process ("Resource deadlock avoided").
         One caller at a time uses the shared requests; a concurrent caller runs its batches on its own
-        thread's request instead, so calls from many threads stay safe.
+        thread's request instead, so calls from many threads stay safe. With ``snippets_above``, each run of
+        consecutive batches on the same compilation (batches come sorted by length) finishes before the next
+        run starts, so the two compilations never compete for the cores.
         """
         if self.parallel <= 1 or len(feeds_list) <= 1 or not self._queue_lock.acquire(blocking=False):
             return [self.run(f, output) for f in feeds_list]
         try:
-            if self._queue is None:
-                self._queue = [self.compiled.create_infer_request() for _ in range(self.parallel)]
-            port = self.compiled.output(output)
-            results: list[Any] = [None] * len(feeds_list)
-            running: list[int | None] = [None] * len(self._queue)  # batch index on each request
-
-            def collect(k: int) -> None:
-                j = running[k]
-                if j is not None:
-                    self._queue[k].wait()
-                    results[j] = np.array(self._queue[k].get_tensor(port).data, copy=True)
-                    running[k] = None
-
-            try:
-                for i, feeds in enumerate(feeds_list):
-                    k = i % len(self._queue)
-                    collect(k)
-                    self._queue[k].start_async({n: v for n, v in feeds.items() if n in self.inputs})
-                    running[k] = i
-            finally:
-                for k in range(len(self._queue)):
-                    collect(k)
+            results: list[Any] = []
+            for compiled, group in itertools.groupby(feeds_list, key=self._bulk_compiled):
+                results += self._run_parallel(compiled, list(group), output)
             return results
         finally:
             self._queue_lock.release()
+
+    def _bulk_compiled(self, feeds: dict[str, np.ndarray]) -> Any:
+        """The compilation a batch of ``run_many`` runs on (no static ones: those are for single calls)."""
+        rows, tokens = next(iter(feeds.values())).shape
+        if self.snippets_above and rows > 1 and tokens <= self.snippets_above:
+            return self._plain or self._compile_plain()
+        return self.compiled
+
+    def _run_parallel(self, compiled: Any, feeds_list: list[dict[str, np.ndarray]], output: str) -> list[Any]:
+        queue = self._queues.get(id(compiled))
+        if queue is None:
+            queue = self._queues[id(compiled)] = [compiled.create_infer_request() for _ in range(self.parallel)]
+        port = compiled.output(output)
+        results: list[Any] = [None] * len(feeds_list)
+        running: list[int | None] = [None] * len(queue)  # batch index on each request
+
+        def collect(k: int) -> None:
+            j = running[k]
+            if j is not None:
+                queue[k].wait()
+                results[j] = np.array(queue[k].get_tensor(port).data, copy=True)
+                running[k] = None
+
+        try:
+            for i, feeds in enumerate(feeds_list):
+                k = i % len(queue)
+                collect(k)
+                queue[k].start_async({n: v for n, v in feeds.items() if n in self.inputs})
+                running[k] = i
+        finally:
+            for k in range(len(queue)):
+                collect(k)
+        return results
 
 
 def open_engine(

@@ -21,8 +21,12 @@
    queries and on the longer ones (``batch1_ms_p50_long``: two short texts joined; which engine wins at batch 1 can
    flip with query length), *and* its vectors agree with the bulk variant's to the tier's batch-invariance bound, so
    a query embedded alone still matches documents embedded in bulk. A variant whose vectors on this machine agree
-   with an exact-tier fp32 variant run here (``min_cos_to_exact`` in the profile) below the tier's min cosine is
-   left out: export verified it on the exporting CPU, and int8 kernels round differently by ISA. Variants added
+   with an exact-tier fp32 variant run here (``min_cos_to_exact`` in the profile) below the tier's min cosine, or
+   whose alone-vs-batch agreement measured here is below the tier's bound, is left out: export verified it on the
+   exporting CPU, and int8 kernels round differently by ISA. Both are measured per engine setting (a setting can
+   pick other kernels), and only the settings that meet the tier are considered for it (``runs_for_tier``), so an
+   exact-tier bf16 graph may run one setting for the exact tier and a faster, slightly less invariant one for
+   near. Variants added
    after the profile was measured are not chosen until ``stedge tune`` runs again (the selection says so), so
    ``stedge export --add`` never changes the choice silently. The profile's measured token budget per engine call
    (``batch_tokens``) comes with the choice; without it a CPU gets ``BATCH_TOKENS``.
@@ -58,6 +62,7 @@ MAX_SPEARMAN_DROP = {"exact": None, "near": 0.2, "compressed": None}  # points, 
 # Batch invariance each tier needs: min cos of a text alone vs inside a mixed batch of 32.
 INVARIANCE = {"exact": 0.99999, "near": 0.999, "compressed": 0.999}
 SETTINGS_GAIN = 1.1  # a non-default engine setting must be this much faster in bulk to be used
+SETTINGS_FLOOR = 0.95  # ... or that much faster on one kind of text and at least this fast on the others
 # Padded tokens per engine call (rows x longest row). On a CPU, small batches stay in cache: MiniLM on a
 # 2-core Zen 3, onnxruntime and OpenVINO alike, ran 23-31 % faster at 1024 than at 16384 on passages and
 # on large batches of short texts; 512 was within a few % of 1024, 2048 5-14 % slower. GPUs want big batches.
@@ -252,30 +257,46 @@ def geomean(values: list[float]) -> float | None:
     return math.exp(sum(math.log(x) for x in values) / len(values)) if values else None
 
 
+def _bulk_rates(run: dict) -> dict[str, list[float]]:
+    """The bulk sentences/s a run measured, per kind of text (short, passage), every bulk batch size."""
+    return {
+        kind: [float(x) for x in texts.values() if isinstance(x, (int, float)) and x > 0]
+        for kind, texts in (run.get("bulk") or {}).items()
+        if isinstance(texts, Mapping)
+    }
+
+
 def bulk_score(run: dict) -> float | None:
     """Geometric mean of the bulk sentences/s a run measured (short and passage texts, every bulk batch)."""
-    return geomean(
-        [
-            float(x)
-            for texts in (run.get("bulk") or {}).values()
-            if isinstance(texts, Mapping)
-            for x in texts.values()
-            if isinstance(x, (int, float)) and x > 0
-        ]
-    )
+    return geomean([x for rates in _bulk_rates(run).values() for x in rates])
+
+
+def _earns_place(run: dict, base: dict) -> bool:
+    """Whether a non-default setting was worth using over the default's run ``base``: at least SETTINGS_GAIN
+    faster in bulk over every kind of text together, or on one kind (short texts, passages) while at least
+    SETTINGS_FLOOR as fast on every other: a setting made for one text length (OpenVINO's
+    ``snippets_above``) should not need to gain where it changes nothing."""
+    score, score0 = bulk_score(run), bulk_score(base)
+    if score0 is None:
+        return True
+    if score is not None and score >= SETTINGS_GAIN * score0:
+        return True
+    have, was = _bulk_rates(run), _bulk_rates(base)
+    ratios = [geomean(have[k]) / geomean(was[k]) for k in was if was[k] and have.get(k) and len(have[k]) == len(was[k])]
+    return len(ratios) == len(was) and max(ratios) >= SETTINGS_GAIN and min(ratios) >= SETTINGS_FLOOR
 
 
 def settled_run(runs: list[dict]) -> dict:
     """The run whose settings a variant gets: the engine's default (the first run `stedge tune` measures)
-    unless another setting was at least ``SETTINGS_GAIN`` faster in bulk. A few percent either way is
-    within a tuning run's noise, and a non-default setting that only won by noise (an OpenVINO throughput
-    hint halving batch-1 speed, say) costs more elsewhere than it gained. OpenVINO's ``static_batch1`` is
-    judged on batch 1 alone, as an addition to those settings."""
+    unless another setting earned its place (``_earns_place``: ``SETTINGS_GAIN`` faster in bulk, overall or
+    on one kind of text without losing on the others). A few percent either way is within a tuning run's
+    noise, and a non-default setting that only won by noise (an OpenVINO throughput hint halving batch-1
+    speed, say) costs more elsewhere than it gained. OpenVINO's ``static_batch1`` is judged on batch 1
+    alone, as an addition to those settings."""
     plain = [r for r in runs if not (r.get("settings") or {}).get("static_batch1")]
     base = plain[0] if plain else runs[0]
-    best = max(plain or runs, key=lambda r: bulk_score(r) or 0.0)
-    b0, b1 = bulk_score(base), bulk_score(best)
-    chosen = best if b0 is None or (b1 is not None and b1 >= SETTINGS_GAIN * b0) else base
+    better = [r for r in plain[1:] if _earns_place(r, base)]
+    chosen = max(better, key=lambda r: bulk_score(r) or 0.0) if better else base
     # static_batch1 only changes one-row calls: it joins the chosen settings when it made batch 1 at least
     # SETTINGS_GAIN faster at both query lengths (bulk figures would differ by noise alone).
     for r in runs:
@@ -329,6 +350,29 @@ def _tuned(name: str, v: Any, prof: dict) -> tuple[dict | None, str | None]:
     return entry, None
 
 
+def runs_for_tier(entry: Mapping[str, Any], tier: str) -> tuple[list[dict], str | None]:
+    """The runs (one per engine setting) of a tuned variant whose vectors met ``tier`` on this machine, and
+    why the others did not (None when none was left out). Batch invariance and min cos to an exact variant are
+    read per run, where the profile has them, else from the variant's worst over its settings (profiles
+    written before per-setting figures)."""
+    ok: list[dict] = []
+    why: list[str] = []
+    for r in entry.get("runs") or []:
+        inv = r.get("batch_invariance_min_cos", entry.get("batch_invariance_min_cos"))
+        here, bar = r.get("min_cos_to_exact", entry.get("min_cos_to_exact")), MIN_COS[tier]
+        label = "" if r.get("settings") is None else f" with {r['settings']}"
+        if isinstance(inv, (int, float)) and inv < INVARIANCE[tier]:
+            why.append(f"not batch-invariant on this machine{label} (tune measured min cos {inv:.6f})")
+        elif bar is not None and isinstance(here, (int, float)) and here < bar:
+            why.append(
+                f"on this machine its vectors{label} agree with the exact-tier {entry.get('exact_reference')} only "
+                f"to min cos {here:.4f} (tier {tier} needs {bar}; int8 kernels differ by CPU)"
+            )
+        else:
+            ok.append(r)
+    return ok, ("; ".join(why) if why else None)
+
+
 def _from_profile(
     prof: dict,
     file: Path,
@@ -347,24 +391,19 @@ def _from_profile(
         if entry is None:
             notes.append(f"{name}: {why} (run `stedge tune` to consider it)")
             continue
-        inv = entry.get("batch_invariance_min_cos")
-        if isinstance(inv, (int, float)) and inv < INVARIANCE[tier]:
-            excluded[name] = f"not batch-invariant on this machine (tune measured min cos {inv:.5f})"
+        runs, why = runs_for_tier(entry, tier)
+        if not runs:
+            excluded[name] = why
             continue
-        here, bar = entry.get("min_cos_to_exact"), MIN_COS[tier]
-        if bar is not None and isinstance(here, (int, float)) and here < bar:
-            excluded[name] = (
-                f"on this machine its vectors agree with the exact-tier {entry.get('exact_reference')} only to "
-                f"min cos {here:.4f} (tier {tier} needs {bar}; int8 kernels differ by CPU)"
-            )
-            continue
-        run = settled_run(entry["runs"])
+        if why:
+            notes.append(f"{name}: some engine settings left out at tier {tier}: {why}")
+        run = settled_run(runs)
         score, p50 = bulk_score(run), run.get("batch1_ms_p50")
         if name in paired and paired[name][2] == run["settings"]:
             score, p50 = paired[name][:2]
         if score is not None:
             bulk.append((score, float(p50) if isinstance(p50, (int, float)) else math.inf, name, run["settings"]))
-        for r in entry["runs"]:
+        for r in runs:
             long = r.get("batch1_ms_p50_long")
             long = float(long) if isinstance(long, (int, float)) else None
             if name in paired and paired[name][2] == r["settings"]:
@@ -421,22 +460,30 @@ def _batch1_route(
             f"batch-1 calls would be faster on {fname} for short queries (p50 {f50:.2f} ms vs {p50:.2f} ms) but not "
             f"on longer ones ({flong:.2f} ms vs {own_long:.2f} ms); not routed"
         )
-    lp50, lname, lsettings, _ = min(both, key=lambda x: (x[0], x[1])) if both else (math.inf, None, {}, None)
-    if lname is not None:
+    def agrees(x: tuple) -> bool:
+        agree = _agreement(prof, name, x[1])
+        return x[1] == name or (agree is not None and agree >= INVARIANCE[tier])
+
+    # The fastest route whose vectors agree with the bulk variant's (route=True: the fastest of all).
+    fine = both if route else [x for x in both if agrees(x)]
+    top = min(both, key=lambda x: (x[0], x[1])) if both else None
+    if top is not None and top not in fine:
+        agree = _agreement(prof, name, top[1])
+        notes.append(
+            f"batch-1 calls would be faster on {top[1]} (batch-1 p50 {top[0]:.2f} ms vs {p50:.2f} ms) but its vectors "
+            f"differ from {name}'s (min cos {agree}, needs {INVARIANCE[tier]}); not routed there (route=True forces it)"
+        )
+    if fine:
+        lp50, lname, lsettings, _ = min(fine, key=lambda x: (x[0], x[1]))
         gain = f"batch-1 p50 {lp50:.2f} ms vs {p50:.2f} ms"
         agree = _agreement(prof, name, lname)
         if route is False:
             notes.append(f"batch-1 calls would be faster on {lname} {lsettings} ({gain}); not routed (route=False)")
-        elif lname == name or route or (agree is not None and agree >= INVARIANCE[tier]):
+        else:
             out = dict(latency_variant=lname, latency_settings=dict(lsettings))
             notes.append(
                 f"batch-1 calls go to {lname} {lsettings} ({gain}"
                 + (")" if lname == name else f"; min cos to {name}: {agree})")
-            )
-        else:
-            notes.append(
-                f"batch-1 calls would be faster on {lname} ({gain}) but its vectors differ from {name}'s "
-                f"(min cos {agree}, needs {INVARIANCE[tier]}); not routed (route=True forces it)"
             )
     return out
 
@@ -467,7 +514,7 @@ def paired_scores(prof: dict) -> dict[str, tuple[float, float, dict]]:
     """``{variant: (bulk score, batch-1 p50 ms, settings)}`` from the profile's paired final, on the scale of the
     rounds: the reference's settled run times each contender's median per-cycle speedup over it (in bulk;
     at batch 1 its p50 over the batch-1 speedup). Empty when the profile has no usable final (none, fewer
-    than two contenders timed, or a reference whose settled settings are not the ones the final ran)."""
+    than two contenders timed, or a reference with no run in the rounds at the settings the final ran)."""
     final = prof.get("paired")
     if not isinstance(final, Mapping) or not final.get("cycles"):
         return {}
@@ -475,9 +522,12 @@ def paired_scores(prof: dict) -> dict[str, tuple[float, float, dict]]:
     entry = (prof.get("variants") or {}).get(ref) if isinstance(ref, str) else None
     if not isinstance(cont, Mapping) or not isinstance(entry, Mapping) or not entry.get("runs"):
         return {}
-    base = settled_run(entry["runs"])
+    ran = (cont.get(ref) or {}).get("settings")
+    base = next((r for r in entry["runs"] if r.get("settings") == ran), None)
+    if base is None:
+        return {}
     score, p50 = bulk_score(base), base.get("batch1_ms_p50")
-    if score is None or not isinstance(p50, (int, float)) or (cont.get(ref) or {}).get("settings") != base["settings"]:
+    if score is None or not isinstance(p50, (int, float)):
         return {}
     out = {}
     for name, c in cont.items():

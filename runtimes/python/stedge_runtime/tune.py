@@ -37,6 +37,7 @@ from .select import (
     default_batch_tokens,
     fits,
     geomean,
+    runs_for_tier,
     select_variant,
     settled_batch_tokens,
     settled_run,
@@ -50,6 +51,7 @@ BATCH_TOKEN_GRID = (512, 1024, 2048, 4096, 16384)
 PAIRED_CYCLES = 7  # cycles of the paired final (tune's ``paired_cycles``; 0 skips it)
 PAIRED_WITHIN = 0.85  # rounds' bulk score, as a share of its tier's best, that takes a variant to the final
 PAIRED_GAP_S = 0.1  # idle before each pass of the final: the previous engine's spinning threads fall asleep
+SNIPPETS_ABOVE = 64  # tokens per row up to which OpenVINO's snippets_above setting runs without the snippets
 STATIC_BATCH1 = 8  # query lengths (in steps of 16 tokens, up to 128) that get a static OpenVINO compilation
 PAIRED_PASSAGES = 8  # passages per passage pass of the final (the short and batch-1 passes take the rounds' texts)
 
@@ -59,9 +61,10 @@ def settings_grid(backend: str, threads: int | None = None, quick: bool = False)
 
     ONNX Runtime: spinning on / off at ``threads`` (all physical cores by default); OpenVINO:
     PERFORMANCE_HINT LATENCY / THROUGHPUT (the runtime then runs bulk batches on parallel infer
-    requests), and without ``quick`` LATENCY without the fused "snippets" kernels (``snippets=False``) and
-    both LATENCY settings with static-shape compilations for batch-1 calls (``static_batch1``). Without
-    ``quick`` and with >= 4 cores, half the cores and two explicit streams are tried too.
+    requests), and without ``quick`` both hints without the fused "snippets" kernels on batches of at most
+    SNIPPETS_ABOVE tokens (``snippets_above``) and the LATENCY settings with static-shape compilations for
+    batch-1 calls (``static_batch1``). Without ``quick`` and with >= 4 cores, half the cores and two explicit
+    streams are tried too.
     """
     cores = machine.physical_cores()
     t = int(threads) if threads else cores
@@ -73,9 +76,9 @@ def settings_grid(backend: str, threads: int | None = None, quick: bool = False)
         grid = [{"threads": t, "performance_hint": "LATENCY"}, {"threads": t, "performance_hint": "THROUGHPUT"}]
         if not quick and t >= 4:
             grid.append({"threads": t, "performance_hint": "THROUGHPUT", "num_streams": 2})
-        if not quick:  # without the fused attention kernels; and static compilations for one-row calls
-            # (OpenVINOEngine._static_for, judged on batch 1 alone) on top of either LATENCY setting
-            grid.append({"threads": t, "performance_hint": "LATENCY", "snippets": False})
+        if not quick:  # both hints without the fused attention kernels on short batches (OpenVINOEngine._compiled_for);
+            # and static compilations for one-row calls (_static_for, judged on batch 1 alone) on the LATENCY ones
+            grid += [{**g, "snippets_above": SNIPPETS_ABOVE} for g in grid[:2]]
             grid += [{**g, "static_batch1": STATIC_BATCH1} for g in grid if g["performance_hint"] == "LATENCY"]
     return grid[:1] if quick else grid
 
@@ -97,7 +100,9 @@ class _Workloads:
         short = [t for t in (texts or SHORT) if t.strip()]
         if not short:
             raise InputError("tune needs at least one non-empty text")
-        n_short, n_pass, n_lat = (32, 8, 12) if quick else (96, 16, 32)
+        # 256 short texts make 8 batches of 32: an OpenVINO throughput hint runs batches side by side, and
+        # 3 batches (96 texts, before) left one stream idle for a third of the pass.
+        n_short, n_pass, n_lat = (32, 8, 12) if quick else (256, 16, 32)
         self.short = [short[i % len(short)] for i in range(n_short)]
         self.passage = passages(short, count=n_pass)
         self.latency = self.short[:n_lat]
@@ -276,8 +281,7 @@ def tune(
         "variants": {},
         "skipped": skipped,
     }
-    probes: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}  # per variant, one per setting (first: the default)
-    probed: set[tuple[str, str]] = set()
+    probes: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}  # variant -> setting -> probe (first: default)
     tok_count: Callable[[list], float] | None = None
     rounds = 1 if quick else ROUNDS
     measured: dict[tuple[str, str], list[dict]] = {}
@@ -291,11 +295,8 @@ def tune(
         try:
             model = cls.load(root, variant=name, **settings)
             tok_count = tok_count or _token_counter(model)
-            if (name, _fmt(settings)) not in probed:  # every setting: an engine setting may change the arithmetic
-                probed.add((name, _fmt(settings)))
-                probes.setdefault(name, []).append(_probe(model, work))
-                inv = min(float(_cos_rows(*p).min()) for p in probes[name])
-                entry["batch_invariance_min_cos"] = round(inv, 6)
+            if _fmt(settings) not in probes.get(name, {}):  # every setting: it may change the arithmetic
+                probes.setdefault(name, {})[_fmt(settings)] = _probe(model, work)
             res = measure(model, work, batch_sizes, share)
             del model  # one engine at a time
         except Exception as e:  # an engine that cannot run a graph here is a result, not a crash
@@ -309,7 +310,7 @@ def tune(
     if not quick:
         prof["batch_tokens"] = _tune_batch_tokens(cls, root, prof["variants"], work, rounds, progress)
     prof["workloads"] = work.summary(tok_count or (lambda items: 0.0))
-    prof["agreement"] = _agreement({n: p[0] for n, p in probes.items()})
+    prof["agreement"] = _agreement({n: next(iter(p.values())) for n, p in probes.items() if p})  # default settings
     _accuracy_here(prof["variants"], probes, todo)
     if not quick:  # after the accuracy here: a variant that left its tier on this machine is no contender there
         prof["paired"] = paired_final(cls, root, prof, work, batch_sizes, paired_cycles, progress)
@@ -321,23 +322,25 @@ def tune(
 def contenders(root: str | Path, prof: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """``{variant: settings}`` for the paired final: per tier, every variant ``Encoder.load`` could choose there
     from ``prof`` (the same eligibility: tier, batch invariance and accuracy on this machine) whose bulk score in
-    the rounds, with its settled settings, is at least ``PAIRED_WITHIN`` of the tier's best; all tiers together."""
+    the rounds, with the settings it would run with at that tier, is at least ``PAIRED_WITHIN`` of the tier's
+    best; all tiers together (a variant whose settings differ by tier joins with those of the first tier)."""
     root = Path(root)
     m = Manifest.read(root)
     entries = prof.get("variants") or {}
-    scored = {
-        name: (bulk_score(run) or 0.0, run["settings"])
-        for name, e in entries.items()
-        if e.get("status") == "ok" and e.get("runs")
-        for run in [settled_run(e["runs"])]
-    }
     out: dict[str, dict[str, Any]] = {}
     for tier in TIERS:
         try:
             sel = select_variant(m.variants, "cpu", None, installed_backends(), root, tier=tier, profile=prof)
         except RuntimeStedgeError:
             continue  # nothing eligible at this tier
-        here = {n: sc for n, sc in scored.items() if n in m.variants and n not in sel.excluded}
+        here = {  # each variant with the settings this tier would run it with
+            name: (bulk_score(run) or 0.0, run["settings"])
+            for name, e in entries.items()
+            if e.get("status") == "ok" and name in m.variants and name not in sel.excluded
+            for runs in [runs_for_tier(e, tier)[0]]
+            if runs
+            for run in [settled_run(runs)]
+        }
         top = max((sc[0] for sc in here.values()), default=0.0)
         for name, (score, settings) in sorted(here.items(), key=lambda kv: -kv[1][0]):
             if top > 0 and score >= PAIRED_WITHIN * top:
@@ -413,7 +416,10 @@ def paired_final(
     runs.clear()  # the engines go before the next thing runs
     if len(seconds) < 2:
         return out
-    scores = {n: bulk_score(settled_run(prof["variants"][n]["runs"])) or 0.0 for n in seconds}
+    ran = {  # each contender's run in the rounds at the settings the final ran
+        n: next((r for r in prof["variants"][n]["runs"] if r["settings"] == picks[n]), {}) for n in seconds
+    }
+    scores = {n: bulk_score(r) or 0.0 for n, r in ran.items()}
     ref = max(seconds, key=lambda n: (scores[n], n))
     out.update(cycles=cycles, reference=ref)
     for name, times in seconds.items():
@@ -507,24 +513,41 @@ def best_of(results: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _accuracy_here(entries: dict[str, Any], probes: dict[str, list[tuple[np.ndarray, np.ndarray]]], todo: dict) -> None:
-    """Each variant's min cosine to an exact-tier fp32 variant run here (``min_cos_to_exact``), over the probe
-    texts alone and the mixed batch, and over every engine setting tried (the reference: its first setting).
-    Export verified the tier on the exporting machine's CPU; int8 kernels differ by ISA (an AVX2 CPU without
-    VNNI rounds differently from an AVX-512 VNNI one), and engine settings can pick other kernels, so the
-    selection holds each variant to its tier's bar again with what this machine computes."""
-    exact = [n for n in probes if variant_tier(todo[n]) == "exact" and todo[n].get("precision") == "fp32"]
+def _accuracy_here(
+    entries: dict[str, Any], probes: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], todo: dict
+) -> None:
+    """What this machine computes, per engine setting (each run's ``batch_invariance_min_cos`` and
+    ``min_cos_to_exact``) and per variant (the worst over its settings, for the table): the min cosine of
+    the probe texts alone vs inside the mixed batch, and to an exact-tier fp32 variant run here (its first
+    setting), over the probe texts alone and in the batch. Export verified the tier on the exporting
+    machine's CPU; int8 kernels differ by ISA (an AVX2 CPU without VNNI rounds differently from an AVX-512
+    VNNI one), and engine settings can pick other kernels, so the selection holds each setting to its
+    tier's bar again with what this machine computes (select.runs_for_tier)."""
+
+    def record(name: str, key: str, values: dict[str, float]) -> None:
+        entries[name][key] = round(min(values.values()), 6)
+        for run in entries[name].get("runs") or []:
+            if _fmt(run["settings"]) in values:
+                run[key] = round(values[_fmt(run["settings"])], 6)
+
+    for name, by_setting in probes.items():
+        if by_setting:
+            inv = {k: float(_cos_rows(a, b).min()) for k, (a, b) in by_setting.items()}
+            record(name, "batch_invariance_min_cos", inv)
+    exact = [n for n in probes if probes[n] and variant_tier(todo[n]) == "exact" and todo[n].get("precision") == "fp32"]
     if not exact:
         return
     ref = sorted(exact, key=lambda n: (todo[n].get("backend") != "onnx", n))[0]
-    r1, rb = probes[ref][0]
-    for name, cases in probes.items():
-        cases = cases[1:] if name == ref else cases
-        same = [(a1, ab) for a1, ab in cases if a1.shape == r1.shape and ab.shape == rb.shape]
-        if not same:
-            continue
-        mc = min(min(float(_cos_rows(a1, r1).min()), float(_cos_rows(ab, rb).min())) for a1, ab in same)
-        entries[name].update(min_cos_to_exact=round(mc, 6), exact_reference=ref)
+    first, (r1, rb) = next(iter(probes[ref].items()))
+    for name, by_setting in probes.items():
+        cos = {
+            k: 1.0 if (name, k) == (ref, first) else min(float(_cos_rows(a1, r1).min()), float(_cos_rows(ab, rb).min()))
+            for k, (a1, ab) in by_setting.items()
+            if a1.shape == r1.shape and ab.shape == rb.shape
+        }
+        if len(cos) > (1 if name == ref else 0):  # the reference against itself alone says nothing
+            record(name, "min_cos_to_exact", cos)
+            entries[name]["exact_reference"] = ref
 
 
 def _agreement(probes: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
