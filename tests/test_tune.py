@@ -133,7 +133,7 @@ def test_bench_tunes_only_when_the_profile_is_missing_stale_or_quick(art, monkey
 
     from stedge_runtime.machine import machine_key
     from stedge_runtime.profile import write_profile
-    from stedge_runtime.tune import tunable_variants
+    from stedge_runtime.tune import settings_grid, tunable_variants
 
     from stedge.bench import runner
 
@@ -147,7 +147,14 @@ def test_bench_tunes_only_when_the_profile_is_missing_stale_or_quick(art, monkey
         "format_version": 1,
         "machine": {"key": machine_key()},
         "quick": False,
-        "variants": {n: {"status": "ok", "sha256": v["sha256"], "runs": []} for n, v in todo.items()},
+        "variants": {
+            n: {
+                "status": "ok",
+                "sha256": v["sha256"],
+                "runs": [{"settings": g} for g in settings_grid(v["backend"], 2)],
+            }
+            for n, v in todo.items()
+        },
     }
     write_profile(art, prof)
     runner.ensure_profile(art, suite, 2, {}, lambda m: None)
@@ -162,7 +169,19 @@ def test_bench_tunes_only_when_the_profile_is_missing_stale_or_quick(art, monkey
     calls.append("first")
     runner.ensure_profile(art, suite, 2, {}, lambda m: None)
     assert len(calls) == 1  # covered: not re-tuned
-    write_profile(art, {**prof, "quick": True})
+    name = next(iter(todo))
+    runs = prof["variants"][name]["runs"]
+    prof["variants"][name]["runs"] = runs[:1]  # measured before the tuner tried the settings it tries today
+    write_profile(art, prof)
+    runner.ensure_profile(art, suite, 2, {}, lambda m: None)
+    assert len(calls) == 2
+    prof["variants"][name]["runs"] = runs
+    calls.pop()
+    quick = {
+        n: {**e, "runs": [{"settings": g} for g in settings_grid(todo[n]["backend"], 2, quick=True)]}
+        for n, e in prof["variants"].items()
+    }
+    write_profile(art, {**prof, "quick": True, "variants": quick})
     runner.ensure_profile(art, suite, 2, {}, lambda m: None)
     assert len(calls) == 2 and "--quick" not in calls[1]  # a quick profile is re-tuned by a full run
     runner.ensure_profile(art, suite.quick(), 2, {}, lambda m: None)

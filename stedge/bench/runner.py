@@ -388,11 +388,15 @@ def _local_eval(data: BenchData, suite: Suite) -> tuple[str, int | None] | None:
 
 def ensure_profile(artifact: Path, suite: Suite, threads: int, env: dict[str, str], log: Callable[[str], None]) -> None:
     """Run `stedge tune` on the artifact (in a clean process, at the thread budget) unless this machine's
-    profile already covers every variant the CPU can run, each with the hash it has now."""
+    profile already covers every variant the CPU can run, each with the hash it has now and with every engine
+    setting the tuner tries today (a profile from an older settings grid is re-tuned)."""
     from stedge_runtime.errors import RuntimeStedgeError
     from stedge_runtime.machine import machine_key
     from stedge_runtime.profile import read_profile
-    from stedge_runtime.tune import tunable_variants
+    from stedge_runtime.tune import settings_grid, tunable_variants
+
+    def tried(entry: dict) -> set:
+        return {tuple(sorted(r["settings"].items())) for r in entry.get("runs") or []}
 
     todo, _ = tunable_variants(artifact)
     try:
@@ -401,6 +405,14 @@ def ensure_profile(artifact: Path, suite: Suite, threads: int, env: dict[str, st
         prof = {}
     have = prof.get("variants") or {}
     stale = [n for n, v in todo.items() if n not in have or have[n].get("sha256") != v.get("sha256")]
+    stale += [
+        n
+        for n, v in todo.items()
+        if n not in stale
+        and have[n].get("status") == "ok"
+        and tried(have[n])
+        != tried({"runs": [{"settings": s} for s in settings_grid(v["backend"], threads or None, suite.tune_quick)]})
+    ]
     if (prof.get("quick") or "batch_tokens" not in prof or "paired" not in prof) and prof and not suite.tune_quick:
         stale = list(todo)  # a quick profile, or one from before the token budget or the paired final, is re-tuned
     if not stale:

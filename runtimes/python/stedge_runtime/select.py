@@ -12,8 +12,8 @@
 3. With a tuning profile for **this** machine (``tuning/<machine key>.json``, written by ``stedge tune``;
    profiles of other machines are ignored), the fastest eligible variant in bulk runs (geometric mean of
    sentences/s over the measured bulk batches, short and passage-length texts), with the engine's default
-   settings unless another setting was at least 10 % faster for it in bulk (tuning noise must not buy a
-   setting such as an OpenVINO throughput hint, which halves batch-1 speed on 2 cores). Where the profile
+   settings unless another setting was at least 10 % faster for it in bulk, over both kinds of text or on
+   one while at least 0.95x on the other (``settled_run``: tuning noise must not buy a setting). Where the profile
    has a paired final (``paired``: the close contenders timed side by side, pass after pass), a contender's
    score is the reference's score times its median per-cycle speedup over the reference, so variants a few
    percent apart are ranked by what was measured under the same conditions. Batch-1 calls go to another variant (or
