@@ -460,6 +460,7 @@ def _batch1_route(
             f"batch-1 calls would be faster on {fname} for short queries (p50 {f50:.2f} ms vs {p50:.2f} ms) but not "
             f"on longer ones ({flong:.2f} ms vs {own_long:.2f} ms); not routed"
         )
+
     def agrees(x: tuple) -> bool:
         agree = _agreement(prof, name, x[1])
         return x[1] == name or (agree is not None and agree >= INVARIANCE[tier])
