@@ -649,6 +649,32 @@ def test_openvino_static_batch1_compiles_repeated_query_lengths(tiny_artifact):
     assert failing._engine.static_batch1 == 0 and failing._engine._static == {}
 
 
+def test_openvino_engines_of_one_file_share_its_graph(tiny_artifact, tmp_path):
+    """A bulk route and a batch-1 route on one OpenVINO file read it once (its weights mapped once, not counted
+    twice in the RSS); a file written anew is read anew, and the graph goes once no engine holds it."""
+    import gc
+    import shutil
+
+    from stedge_runtime import engines
+
+    bulk = Encoder.load(tiny_artifact, variant="openvino-fp32", threads=2, snippets_above=16)
+    one = Encoder.load(tiny_artifact, variant="openvino-fp32", threads=2, static_batch1=2)
+    assert bulk._engine._src[1] is one._engine._src[1]
+    texts = [f"sentence number {i} " * (1 + i % 3) for i in range(6)]
+    for q in texts[:2] * 2:  # static compilations from the shared graph
+        one.encode(q)
+    assert len(one._engine._static) >= 1
+    np.testing.assert_allclose(one.encode(texts[:2]), bulk.encode(texts[:2], batch_size=1), atol=1e-5)
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_artifact, copy)
+    other = Encoder.load(copy, variant="openvino-fp32", threads=2, static_batch1=2)
+    assert other._engine._src[1] is not one._engine._src[1]
+    held = len(engines._GRAPHS)
+    del bulk, one, other
+    gc.collect()
+    assert len(engines._GRAPHS) <= held - 2
+
+
 def test_openvino_without_snippets_gives_the_same_vectors(tiny_artifact):
     texts = [f"sentence number {i} " * (1 + i % 5) for i in range(12)]
     plain = Encoder.load(tiny_artifact, variant="openvino-fp32", threads=2)
