@@ -54,8 +54,11 @@ def test_suite_errors_name_the_key(tmp_path):
     with pytest.raises(StedgeError, match="max_rounds"):
         load_suite(most)
     inter = _suite_toml(tmp_path / "inter.toml", 'interleave_batch_sizes = [64]\n[[models]]\nref = "m"\n')
-    with pytest.raises(StedgeError, match="interleave_batch_sizes"):
+    with pytest.raises(StedgeError, match=r"interleave_batch_sizes \[64\] has \[64\], which batch_sizes"):
         load_suite(inter)
+    cycles = _suite_toml(tmp_path / "cycles.toml", 'interleave_cycles = -1\n[[models]]\nref = "m"\n')
+    with pytest.raises(StedgeError, match="interleave_cycles must be >= 0"):
+        load_suite(cycles)
     with pytest.raises(StedgeError, match="cpu, gpu, smoke"):
         load_suite("no-such-suite")
 

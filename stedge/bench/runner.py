@@ -204,10 +204,16 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
         raise StedgeError(
             f"{file}: headline_batch_size {suite.headline_batch_size} must be one of batch_sizes {suite.batch_sizes}"
         )
-    if suite.interleave_cycles < 0 or not set(suite.interleave_batch_sizes) <= set(suite.batch_sizes):
+    if suite.interleave_cycles < 0:
         raise StedgeError(
-            f"{file}: interleave_cycles must be >= 0 (got {suite.interleave_cycles}) and interleave_batch_sizes "
-            f"a subset of batch_sizes {suite.batch_sizes} (got {suite.interleave_batch_sizes})"
+            f"{file}: interleave_cycles must be >= 0 (0: no interleaved phase), got {suite.interleave_cycles}"
+        )
+    extra = sorted(set(suite.interleave_batch_sizes) - set(suite.batch_sizes))
+    if extra:
+        raise StedgeError(
+            f"{file}: interleave_batch_sizes {suite.interleave_batch_sizes} has {extra}, which batch_sizes "
+            f"{suite.batch_sizes} lacks: the interleaved phase only runs batch sizes the rounds measured; add them "
+            "to batch_sizes or drop them here"
         )
     for m in models:
         if m.baseline_model is not None and m.baseline_model not in names:
