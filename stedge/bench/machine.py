@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import os
 import platform
-from importlib import metadata
 from typing import Any
 
-from stedge_runtime.machine import ISA_FLAGS, cpu_class, cpu_flags, cpu_model, cpu_slug, int8_isa, machine_key
+from stedge_runtime.machine import (
+    ISA_FLAGS,
+    cpu_class,
+    cpu_flags,
+    cpu_model,
+    cpu_slug,
+    installed_versions,
+    int8_isa,
+    machine_key,
+)
 
 __all__ = [
     "ISA_FLAGS",
@@ -110,13 +118,7 @@ def ort_providers() -> list[str]:
 
 def library_versions() -> dict[str, str]:
     """Installed versions of the libraries that matter for the numbers."""
-    out = {}
-    for name in LIBRARIES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
+    return installed_versions(LIBRARIES)
 
 
 def load_average() -> list[float] | None:

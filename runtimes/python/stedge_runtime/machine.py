@@ -15,7 +15,7 @@ import platform
 import re
 from functools import lru_cache
 from importlib import metadata
-from typing import Any
+from typing import Any, Iterable
 
 # ISA flags that decide which kernels the engines pick (as /proc/cpuinfo spells them).
 ISA_FLAGS = (
@@ -146,15 +146,20 @@ def has_bf16(flags: set[str] | None = None) -> bool:
     return bool({"avx512_bf16", "amx_bf16", "bf16"} & flags)
 
 
-def engine_versions() -> dict[str, str]:
-    """Installed engine versions (package metadata; nothing is imported)."""
+def installed_versions(names: Iterable[str]) -> dict[str, str]:
+    """Versions of the installed packages among ``names`` (package metadata; nothing is imported)."""
     out = {}
-    for name in ENGINES:
+    for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
     return out
+
+
+def engine_versions() -> dict[str, str]:
+    """Installed engine versions (package metadata; nothing is imported)."""
+    return installed_versions(ENGINES)
 
 
 def slug(text: str, limit: int = 48) -> str:
