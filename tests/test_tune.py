@@ -69,6 +69,28 @@ def test_full_tune_has_its_paired_final(art):
     assert bad.exit_code == 2 and "--paired-cycles" in bad.output
 
 
+def test_tune_measures_each_tiers_memory_in_a_fresh_process(art):
+    """Once the profile is written, each tier's choice runs in a fresh process and its peak RSS goes into the
+    profile (tiers with the same choice share one measurement); Encoder.load's notes and `stedge info` quote it.
+    --no-memory, --quick and --dry-run skip it."""
+    from stedge_runtime import Encoder
+
+    res = _cli("tune", str(art), "--budget", "1", "-b", "4", "--paired-cycles", "0", "--json")
+    assert res.exit_code == 0, res.output
+    mem = json.loads(res.stdout[res.stdout.index("{") :])["profile"]["memory"]
+    tiers = mem["tiers"]
+    assert set(tiers) == {"exact", "near", "compressed"} and mem["created"]
+    assert 30 < tiers["exact"]["peak_rss_mb"] < 4096  # numpy + tokenizers + onnxruntime alone are > 30 MB
+    assert tiers["near"] == tiers["exact"] == tiers["compressed"]  # one variant: one choice, measured once
+    assert "route_off_mb" not in tiers["exact"]  # no batch-1 route to turn off
+    note = f"peak RSS of a process running this tier's choice here: {tiers['near']['peak_rss_mb']:.0f} MB"
+    assert any(n.startswith(note) for n in Encoder.load(art).selection.notes)
+    assert note in _cli("info", str(art)).stdout
+    for flags in (["--no-memory"], ["--quick"]):
+        out = _cli("tune", str(art), "--budget", "1", "-b", "4", "--paired-cycles", "0", "--json", *flags)
+        assert out.exit_code == 0 and "memory" not in json.loads(out.stdout[out.stdout.index("{") :])["profile"]
+
+
 def test_info_shows_the_choice_and_ignores_other_machines(art):
     from stedge_runtime.profile import PROFILE_FORMAT, write_profile
 

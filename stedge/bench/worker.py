@@ -42,22 +42,10 @@ def _rss_bytes() -> int | None:
 
 
 def _peak_rss_bytes() -> int:
-    """Peak resident memory of this process's address space.
+    """Peak resident memory of this process (stedge_runtime.machine.peak_rss_bytes)."""
+    from stedge_runtime.machine import peak_rss_bytes
 
-    Linux: VmHWM from /proc/self/status (reset by exec, unlike getrusage's ru_maxrss, which a child
-    started by fork+exec inherits from its parent). Elsewhere: ru_maxrss.
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
+    return peak_rss_bytes()
 
 
 def _stage(what: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,12 +25,15 @@ def run_tune(
     show_progress: bool = True,
     write: bool = True,
     paired_cycles: int | None = None,
+    memory: bool = True,
 ) -> tuple[dict[str, Any], Path | None]:
     """Tune the artifact at ``path``; returns (profile, file written or None). Progress bar on stderr.
-    ``paired_cycles``: cycles of the paired final (None: stedge_runtime.tune.PAIRED_CYCLES; 0 skips it)."""
+    ``paired_cycles``: cycles of the paired final (None: stedge_runtime.tune.PAIRED_CYCLES; 0 skips it).
+    ``memory``: once the profile is written (not with ``quick``), measure each tier's peak RSS in a fresh process
+    (stedge_runtime.tune.tier_memory) and add it to the profile."""
     from stedge_runtime.artifact import has_manifest
     from stedge_runtime.profile import write_profile
-    from stedge_runtime.tune import PAIRED_CYCLES, tune
+    from stedge_runtime.tune import PAIRED_CYCLES, best_choices, tier_memory, tune
 
     from ..progress import make_progress
 
@@ -55,7 +59,26 @@ def run_tune(
                     prof = tune(root, variants, threads, quick, budget_s, texts, batch_sizes, progress, cycles)
     finally:
         quiet.setLevel(level)
-    return prof, (write_profile(root, prof) if write else None)
+    if not write:
+        return prof, None
+    file = write_profile(root, prof)
+    if memory and not quick:  # the children load what Encoder.load would: the profile must be on disk first
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        if not show_progress:
+            tiers = tier_memory(root, best_choices(root), texts, batch_sizes)
+        else:
+            with make_progress(transient=True) as bar:
+                task = bar.add_task("memory", total=None)
+                tiers = tier_memory(
+                    root,
+                    best_choices(root),
+                    texts,
+                    batch_sizes,
+                    lambda what, done, total: bar.update(task, description=what, completed=done, total=total),
+                )
+        prof["memory"] = {"created": created, "tiers": tiers}
+        file = write_profile(root, prof)
+    return prof, file
 
 
 def tune_after_export(path: str | Path, show: bool = True) -> dict[str, Any]:
@@ -244,13 +267,20 @@ def tune_cmd(
         help="Cycles of the paired final, which times each tier's close contenders side by side (0 skips it; "
         "default: stedge_runtime.tune.PAIRED_CYCLES, the margin PAIRED_WITHIN).",
     ),
+    memory: bool = typer.Option(
+        True,
+        "--memory/--no-memory",
+        help="Once the profile is written, measure each tier's peak RSS in a fresh process (a few seconds per tier; "
+        "not with --quick or --dry-run).",
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Measure and print, but do not write the profile."),
     as_json: bool = typer.Option(False, "--json", help="Print the profile and the choices as JSON."),
 ) -> None:
     """Time every verified variant of ARTIFACT on this machine (engine settings, batch 1 and bulk, short texts and
     passages; then the padded tokens per engine call, on the fastest; then a paired final of the close
     contenders, side by side pass after pass) and write ARTIFACT/tuning/<machine key>.json,
-    which Encoder.load uses to choose the fastest variant of each precision tier here and its batch size in tokens.
+    which Encoder.load uses to choose the fastest variant of each precision tier here and its batch size in tokens;
+    then each tier's choice runs in a fresh process for its peak RSS, kept in the profile (--no-memory skips it).
     Profiles of other machines are kept and ignored here."""
     from stedge_runtime.artifact import Manifest
     from stedge_runtime.tune import best_choices
@@ -274,6 +304,7 @@ def tune_cmd(
         show_progress=not as_json,
         write=not dry_run,
         paired_cycles=paired_cycles,
+        memory=memory,
     )
     choices = best_choices(artifact, profile=prof)
     if as_json:

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import re
+import sys
 from functools import lru_cache
 from importlib import metadata
 from typing import Any, Iterable
@@ -144,6 +145,27 @@ def has_bf16(flags: set[str] | None = None) -> bool:
     """True when the CPU computes bf16 natively (avx512_bf16 or AMX; Arm bf16)."""
     flags = cpu_flags() if flags is None else flags
     return bool({"avx512_bf16", "amx_bf16", "bf16"} & flags)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process.
+
+    Linux: VmHWM from /proc/self/status (reset by exec, unlike getrusage's ru_maxrss, which a child
+    started by fork+exec inherits from its parent). Elsewhere: ru_maxrss (0 where even that is missing).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
 
 
 def installed_versions(names: Iterable[str]) -> dict[str, str]:

@@ -425,6 +425,14 @@ def _from_profile(
         sel["max_batch_tokens"] = budget
         notes.append(f"bulk batches of at most {budget} padded tokens (tuned on this machine)")
     sel.update(_batch1_route(prof, tier, route, name, settings, p50, lat, notes))
+    mem = ((prof.get("memory") or {}).get("tiers") or {}).get(tier) or {}
+    if isinstance(mem.get("peak_rss_mb"), (int, float)):
+        off = mem.get("route_off_mb")
+        notes.append(
+            f"peak RSS of a process running this tier's choice here: {mem['peak_rss_mb']:.0f} MB"
+            + (f" ({off:.0f} MB with route=False)" if isinstance(off, (int, float)) else "")
+            + " (stedge tune's workloads)"
+        )
     return Selection(
         variant=name,
         source="profile",

@@ -17,7 +17,10 @@ The `stedge tune` command wraps this with a table.
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,6 +57,7 @@ PAIRED_GAP_S = 0.1  # idle before each pass of the final: the previous engine's 
 SNIPPETS_ABOVE = 64  # tokens per row up to which OpenVINO's snippets_above setting runs without the snippets
 STATIC_BATCH1 = 8  # query lengths (in steps of 16 tokens, up to 128) that get a static OpenVINO compilation
 PAIRED_PASSAGES = 8  # passages per passage pass of the final (the short and batch-1 passes take the rounds' texts)
+MEMORY_TIMEOUT_S = 300.0  # per child process of tier_memory
 
 
 def settings_grid(backend: str, threads: int | None = None, quick: bool = False) -> list[dict[str, Any]]:
@@ -606,3 +610,87 @@ def best_choices(
         except RuntimeStedgeError as e:
             out[tier] = {"error": str(e)}
     return out
+
+
+def tier_memory(
+    root: str | Path,
+    choices: dict[str, Any],
+    texts: Sequence[str] | None = None,
+    batch_sizes: Sequence[int] = (32,),
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """What each tier's choice costs in memory here: the peak RSS (MB) of a fresh Python process that runs
+    ``Encoder.load(root, tier=...)`` (or Reranker) and the tune's workloads (bulk short texts and passages at
+    ``batch_sizes``, then the batch-1 texts twice, one call each). Call it after the profile is on disk: the
+    child loads what ``Encoder.load`` would. With a batch-1 route, ``route_off_mb`` is the same with
+    ``route=False``. ``choices`` is ``best_choices``'s output; tiers with the same choice share one
+    measurement. Returns ``{tier: {"peak_rss_mb": ..., "route_off_mb": ...} or {"error": ...}}``."""
+    root = Path(root)
+    out: dict[str, Any] = {}
+    done: dict[str, dict[str, Any]] = {}
+    keys = ("variant", "settings", "latency_variant", "latency_settings", "max_batch_tokens")
+    todo = [(t, c) for t, c in choices.items() if "variant" in c]
+    for i, (tier, c) in enumerate(todo):
+        key = json.dumps({k: c.get(k) for k in keys}, sort_keys=True)
+        if key not in done:
+            if progress:
+                progress(f"memory of tier {tier}", i, len(todo))
+            got: dict[str, Any] = {}
+            for route, field in ((None, "peak_rss_mb"), (False, "route_off_mb")):
+                if route is False and not c.get("latency_variant"):
+                    continue
+                spec = {"root": str(root), "tier": tier, "route": route, "texts": texts, "batch_sizes": [*batch_sizes]}
+                try:
+                    got[field] = _memory_in_child(spec)
+                except RuntimeStedgeError as e:
+                    got = {"error": str(e)}
+                    break
+            done[key] = got
+        out[tier] = dict(done[key])
+    return out
+
+
+def _memory_in_child(spec: dict[str, Any]) -> float:
+    """Run ``_memory_child`` in a fresh interpreter (this one's) and return its peak RSS in MB."""
+    code = "import sys; from stedge_runtime.tune import _memory_child; _memory_child(sys.argv[1])"
+    try:
+        res = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            timeout=MEMORY_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise RuntimeStedgeError(f"the memory probe of tier {spec['tier']} ran past {MEMORY_TIMEOUT_S:.0f} s") from None
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
+    if res.returncode != 0 or not lines:
+        why = (res.stderr.strip().splitlines() or [f"exit status {res.returncode}"])[-1][:300]
+        raise RuntimeStedgeError(f"the memory probe of tier {spec['tier']} failed: {why}")
+    mb = json.loads(lines[-1]).get("peak_rss_mb")
+    if not isinstance(mb, (int, float)) or mb <= 0:
+        raise RuntimeStedgeError(f"the memory probe of tier {spec['tier']} could not read the peak RSS on this OS")
+    return float(mb)
+
+
+def _memory_child(spec_json: str) -> None:
+    """The child of ``tier_memory``: load one tier's choice, run the tune's workloads, print the peak RSS."""
+    import warnings
+
+    from .encoder import Encoder, Reranker
+
+    spec = json.loads(spec_json)
+    root = Path(spec["root"])
+    task = _task_of(root)
+    cls = Reranker if task == "reranking" else Encoder
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        model = cls.load(root, tier=spec["tier"], route=spec["route"])
+    work = _Workloads(task, spec.get("texts"), quick=False)
+    run = _call(model, task)
+    for bs in spec["batch_sizes"]:
+        run(work.short, bs)
+        run(work.passage, bs)
+    for _ in range(2):  # twice: a static batch-1 compilation is made the second time a length comes
+        for item in work.latency + work.latency_long:
+            run([item], 1)
+    print(json.dumps({"peak_rss_mb": round(machine.peak_rss_bytes() / 2**20, 1)}), flush=True)

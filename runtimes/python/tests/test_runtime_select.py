@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from stedge_runtime import Encoder, machine
-from stedge_runtime.errors import ArtifactError, DeviceError
+from stedge_runtime.errors import ArtifactError, DeviceError, RuntimeStedgeError
 from stedge_runtime.profile import PROFILE_FORMAT, list_profiles, profile_file, read_profile, write_profile
 from stedge_runtime.select import select_variant, variant_tier
 
@@ -673,6 +673,49 @@ def test_openvino_engines_of_one_file_share_its_graph(tiny_artifact, tmp_path):
     del bulk, one, other
     gc.collect()
     assert len(engines._GRAPHS) <= held - 2
+
+
+def test_tier_memory_measures_each_choice_once_and_the_route_off(tiny_artifact, monkeypatch):
+    """tier_memory runs one child per distinct choice, a second with route=False where the tier routes batch-1
+    calls; a child that fails is an error for its tier, not a crash."""
+    from stedge_runtime import tune as tune_mod
+
+    calls = []
+
+    def fake(spec):
+        calls.append((spec["tier"], spec["route"]))
+        if spec["tier"] == "compressed":
+            raise RuntimeStedgeError("the memory probe of tier compressed failed: boom")
+        return 100.0 if spec["route"] is None else 80.0
+
+    monkeypatch.setattr(tune_mod, "_memory_in_child", fake)
+    routed = {"variant": "openvino-fp32", "settings": {"threads": 2}, "latency_variant": "onnx-fp32"}
+    choices = {
+        "exact": {"variant": "onnx-fp32", "settings": {"threads": 2}},
+        "near": routed,
+        "near-again": dict(routed),
+        "compressed": {"variant": "openvino-fp32", "settings": {}},
+        "broken": {"error": "nothing eligible"},
+    }
+    out = tune_mod.tier_memory(tiny_artifact, choices)
+    assert out["exact"] == {"peak_rss_mb": 100.0}
+    assert out["near"] == out["near-again"] == {"peak_rss_mb": 100.0, "route_off_mb": 80.0}
+    assert out["compressed"] == {"error": "the memory probe of tier compressed failed: boom"}
+    assert "broken" not in out
+    assert calls == [("exact", None), ("near", None), ("near", False), ("compressed", None)]
+
+
+def test_memory_child_reports_the_peak_rss_and_its_failures(tiny_artifact, tmp_path):
+    """The real child: a fresh interpreter loads the tier and prints its peak RSS; one that cannot load the
+    artifact gives an error naming the tier and the cause."""
+    from stedge_runtime.tune import _memory_in_child
+
+    mb = _memory_in_child(
+        {"root": str(tiny_artifact), "tier": "near", "route": None, "texts": None, "batch_sizes": [4]}
+    )
+    assert 30 < mb < 4096
+    with pytest.raises(RuntimeStedgeError, match=r"memory probe of tier near failed: .*stedge.json"):
+        _memory_in_child({"root": str(tmp_path), "tier": "near", "route": None, "texts": None, "batch_sizes": [4]})
 
 
 def test_openvino_without_snippets_gives_the_same_vectors(tiny_artifact):
