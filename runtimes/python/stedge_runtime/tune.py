@@ -18,6 +18,7 @@ The `stedge tune` command wraps this with a table.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -653,12 +654,16 @@ def tier_memory(
 def _memory_in_child(spec: dict[str, Any]) -> float:
     """Run ``_memory_child`` in a fresh interpreter (this one's) and return its peak RSS in MB."""
     code = "import sys; from stedge_runtime.tune import _memory_child; _memory_child(sys.argv[1])"
+    env = dict(os.environ)  # this stedge_runtime, wherever this process found it
+    home = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (home, env.get("PYTHONPATH")) if p)
     try:
         res = subprocess.run(
             [sys.executable, "-c", code, json.dumps(spec)],
             capture_output=True,
             text=True,
             timeout=MEMORY_TIMEOUT_S,
+            env=env,
         )
     except subprocess.TimeoutExpired:
         raise RuntimeStedgeError(f"the memory probe of tier {spec['tier']} ran past {MEMORY_TIMEOUT_S:.0f} s") from None
