@@ -12,6 +12,7 @@ after pass, for ``PAIRED_CYCLES`` cycles; a contender's speed is the median of i
 reference (a slow spell of the machine falls on every contender's pass alike, so it cannot pick the
 winner, as it can between rounds measured seconds apart). ``write_profile`` stores the result as
 ``tuning/<machine key>.json`` (stedge_runtime.profile), which ``Encoder.load`` reads (stedge_runtime.select).
+``tier_memory`` then measures each tier's choice in a fresh process for its peak RSS.
 The `stedge tune` command wraps this with a table.
 """
 
@@ -653,13 +654,14 @@ def tier_memory(
 
 def _memory_in_child(spec: dict[str, Any]) -> float:
     """Run ``_memory_child`` in a fresh interpreter (this one's) and return its peak RSS in MB."""
-    code = "import sys; from stedge_runtime.tune import _memory_child; _memory_child(sys.argv[1])"
+    code = "import sys; from stedge_runtime.tune import _memory_child; _memory_child(sys.stdin.read())"
     env = dict(os.environ)  # this stedge_runtime, wherever this process found it
     home = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (home, env.get("PYTHONPATH")) if p)
     try:
-        res = subprocess.run(
-            [sys.executable, "-c", code, json.dumps(spec)],
+        res = subprocess.run(  # the spec on stdin: --texts may be longer than one argument may be
+            [sys.executable, "-c", code],
+            input=json.dumps(spec),
             capture_output=True,
             text=True,
             timeout=MEMORY_TIMEOUT_S,
@@ -667,6 +669,10 @@ def _memory_in_child(spec: dict[str, Any]) -> float:
         )
     except subprocess.TimeoutExpired:
         raise RuntimeStedgeError(f"the memory probe of tier {spec['tier']} ran past {MEMORY_TIMEOUT_S:.0f} s") from None
+    except OSError as e:
+        raise RuntimeStedgeError(
+            f"the memory probe of tier {spec['tier']} could not start {sys.executable}: {e}"
+        ) from None
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
     if res.returncode != 0 or not lines:
         why = (res.stderr.strip().splitlines() or [f"exit status {res.returncode}"])[-1][:300]

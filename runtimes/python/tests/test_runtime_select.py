@@ -716,6 +716,9 @@ def test_memory_child_reports_the_peak_rss_and_its_failures(tiny_artifact, tmp_p
     assert 30 < mb < 4096
     with pytest.raises(RuntimeStedgeError, match=r"memory probe of tier near failed: .*stedge.json"):
         _memory_in_child({"root": str(tmp_path), "tier": "near", "route": None, "texts": None, "batch_sizes": [4]})
+    many = [f"text number {i} with a few more words" for i in range(5000)]  # ~190 KB: more than one argv string
+    spec = {"root": str(tiny_artifact), "tier": "near", "route": None, "texts": many, "batch_sizes": [4]}
+    assert _memory_in_child(spec) > 30
 
 
 def test_openvino_without_snippets_gives_the_same_vectors(tiny_artifact):
