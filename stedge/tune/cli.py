@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 
@@ -35,8 +36,6 @@ def run_tune(
     from stedge_runtime.profile import write_profile
     from stedge_runtime.tune import PAIRED_CYCLES, best_choices, tier_memory, tune
 
-    from ..progress import make_progress
-
     root = Path(path)
     if not has_manifest(root):
         raise StedgeError(f"{root}: not an artifact folder (no stedge.json); pass a folder written by `stedge export`")
@@ -47,16 +46,8 @@ def run_tune(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # each variant is named on purpose
             cycles = PAIRED_CYCLES if paired_cycles is None else paired_cycles
-            if not show_progress:
-                prof = tune(root, variants, threads, quick, budget_s, texts, batch_sizes, paired_cycles=cycles)
-            else:
-                with make_progress(transient=True) as bar:
-                    task = bar.add_task("tuning", total=None)
-
-                    def progress(what: str, done: int, total: int) -> None:
-                        bar.update(task, description=f"tuning {what}", completed=done, total=total)
-
-                    prof = tune(root, variants, threads, quick, budget_s, texts, batch_sizes, progress, cycles)
+            with _bar(show_progress, "tuning") as progress:
+                prof = tune(root, variants, threads, quick, budget_s, texts, batch_sizes, progress, cycles)
     finally:
         quiet.setLevel(level)
     if not write:
@@ -64,21 +55,24 @@ def run_tune(
     file = write_profile(root, prof)
     if memory and not quick:  # the children load what Encoder.load would: the profile must be on disk first
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        if not show_progress:
-            tiers = tier_memory(root, best_choices(root), texts, batch_sizes)
-        else:
-            with make_progress(transient=True) as bar:
-                task = bar.add_task("memory", total=None)
-                tiers = tier_memory(
-                    root,
-                    best_choices(root),
-                    texts,
-                    batch_sizes,
-                    lambda what, done, total: bar.update(task, description=what, completed=done, total=total),
-                )
+        with _bar(show_progress, "measuring the memory of") as progress:
+            tiers = tier_memory(root, best_choices(root), texts, batch_sizes, progress)
         prof["memory"] = {"created": created, "tiers": tiers}
         file = write_profile(root, prof)
     return prof, file
+
+
+@contextmanager
+def _bar(show: bool, label: str) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A transient progress bar on stderr as a tune progress callback ``(what, done, total)``; None if not ``show``."""
+    if not show:
+        yield None
+        return
+    from ..progress import make_progress
+
+    with make_progress(transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda what, done, total: bar.update(task, description=f"{label} {what}", completed=done, total=total)
 
 
 def tune_after_export(path: str | Path, show: bool = True) -> dict[str, Any]:

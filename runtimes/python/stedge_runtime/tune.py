@@ -636,7 +636,7 @@ def tier_memory(
         key = json.dumps({k: c.get(k) for k in keys}, sort_keys=True)
         if key not in done:
             if progress:
-                progress(f"memory of tier {tier}", i, len(todo))
+                progress(f"tier {tier}", i, len(todo))
             got: dict[str, Any] = {}
             for route, field in ((None, "peak_rss_mb"), (False, "route_off_mb")):
                 if route is False and not c.get("latency_variant"):
