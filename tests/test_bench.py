@@ -266,6 +266,41 @@ def test_gpu_subjects_without_cuda(monkeypatch, tmp_path):
         runner.run_suite(runner.load_suite("gpu"), progress=False, log=lambda m: None)
 
 
+def test_cuda_suite_without_onnxruntime_gpu(monkeypatch, tmp_path):
+    """A GPU whose onnxruntime has no CUDA/TensorRT provider: the suite's ONNX variants are not exported (minutes
+    for subjects that would only be skipped), each is skipped with the provider's name, the torch subjects stay;
+    the results folder is named after the GPU."""
+    from stedge import bench
+    from stedge.bench import machine, runner, subjects
+
+    monkeypatch.setattr(machine, "cuda_available", lambda: True)
+    monkeypatch.setattr(machine, "ort_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(machine, "gpu_info", lambda: {"name": "NVIDIA H200", "count": 1})
+    entry = runner.ModelEntry(name="m", ref="m", torch=["fp32"], variants=["onnx-fp32", "tensorrt:onnx-fp16-O4"])
+    suite = runner.Suite(name="g", file="g.toml", models=[entry], device="cuda", models_dir=str(tmp_path))
+    built, said = [], []
+    monkeypatch.setattr("stedge.bench.build.build_variants", lambda *a, **k: built.append(a))
+    art = runner.ensure_artifact(entry, tmp_path / "model", suite, None, said.append)
+    assert built == [] and not art.exists()
+    assert any("onnx-fp32 for cuda" in m and "CUDAExecutionProvider" in m for m in said)
+    assert any("onnx-fp16-O4 for tensorrt" in m and "TensorrtExecutionProvider" in m for m in said)
+    subs = runner.make_subjects(entry, tmp_path / "model", art, {}, "cuda")
+    why = {s.variant: s.unavailable() for s in subs if s.kind == "runtime"}
+    assert "CUDAExecutionProvider" in why["onnx-fp32"] and "TensorrtExecutionProvider" in why["onnx-fp16-O4"]
+    assert "CUDAExecutionProvider" in why["auto:near"]
+    assert subjects.engine_problem("openvino-bf16", "cuda").endswith("CPU only (device 'cuda')")
+    assert subjects.engine_problem("onnx-fp32", "cpu") is None
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    assert bench.default_results_dir("gpu", False, device="cuda:0").relative_to(tmp_path).parts[2:] == (
+        "nvidia-h200",
+        "gpu",
+    )
+    monkeypatch.setattr(machine, "gpu_info", lambda: None)  # no GPU to name: the CPU's folder, as before
+    assert bench.default_results_dir("gpu", False, device="cuda").parent.name != "nvidia-h200"
+
+
 def test_subject_spec_round_trip(tmp_path):
     from stedge.bench.subjects import RuntimeVariant, StedgeTorch, STPeer, from_spec
 
@@ -491,6 +526,32 @@ def test_schema_rejects_a_row_without_accuracy(smoke_results):
     del broken["rows"][1]["accuracy"]
     with pytest.raises(StedgeError, match="rows/1"):
         validate(broken)
+
+
+def test_results_that_fail_the_check_are_kept(smoke_results, tmp_path, monkeypatch):
+    """Minutes of measuring are never lost to the schema check: a failing check (or no jsonschema installed)
+    writes results.unchecked.json, names it in the error, and writes no results.json."""
+    import copy
+
+    from stedge.bench.report import write_all
+
+    results, _ = smoke_results
+    broken = copy.deepcopy(results)
+    del broken["rows"][1]["accuracy"]
+    with pytest.raises(StedgeError, match="results.unchecked.json"):
+        write_all(broken, tmp_path / "a")
+    kept = json.loads((tmp_path / "a" / "results.unchecked.json").read_text())
+    assert kept["rows"][0] == broken["rows"][0] and not (tmp_path / "a" / "results.json").exists()
+
+    from stedge import errors
+
+    def no_jsonschema(module, extra, purpose=""):
+        raise errors.MissingDependency(module, extra, purpose)
+
+    monkeypatch.setattr(errors, "require", no_jsonschema)
+    with pytest.raises(StedgeError, match="jsonschema.*\n.*results.unchecked.json"):
+        write_all(copy.deepcopy(results), tmp_path / "b")
+    assert (tmp_path / "b" / "results.unchecked.json").exists()
 
 
 def test_cli_unknown_suite_is_a_clear_error():

@@ -179,6 +179,31 @@ def test_bad_inputs(tiny_model, caplog):
     assert enc.encode(["x"], precision="bfloat16").shape == (1, 32)
 
 
+def test_weights_already_in_the_compute_dtype_skip_autocast(tiny_model, monkeypatch):
+    """encoder.bfloat16() then dtype=bfloat16 runs the bf16 weights as they are (no autocast around every layer,
+    the fast path on a GPU); an fp32 encoder asked for bf16 still uses autocast. Rows stay float32, close to fp32."""
+    import torch
+
+    enc = SentenceEncoder(tiny_model, device="cpu")
+    ref = enc.encode(TEXTS)
+    entered = []
+    real = torch.autocast
+
+    def spy(*a, **k):
+        entered.append(k.get("dtype"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    auto = enc.encode(TEXTS, dtype="bfloat16")
+    assert entered == [torch.bfloat16]
+    enc.bfloat16()
+    cast = enc.encode(TEXTS, dtype="bfloat16")
+    assert entered == [torch.bfloat16] and cast.dtype == np.float32
+    for got in (auto, cast):
+        cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+        assert cos.min() > 0.99
+
+
 def test_broken_model_folders(tmp_path, tiny_model):
     with pytest.raises(ModelNotFoundError, match="tried"):
         SentenceEncoder(tmp_path / "nowhere")

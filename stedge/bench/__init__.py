@@ -23,14 +23,19 @@ def work_root() -> Path:
     return Path.cwd()
 
 
-def default_results_dir(suite_name: str, quick: bool, models_dir: str = "models") -> Path:
-    """``benchmarks/results/<cpu slug>/<suite>`` in a checkout (one folder per CPU, e.g. ``amd-epyc-avx512-bf16/cpu``),
-    else ``stedge-bench/<cpu slug>/<suite>``; quick runs go to ``models_dir``."""
+def default_results_dir(suite_name: str, quick: bool, models_dir: str = "models", device: str = "cpu") -> Path:
+    """``benchmarks/results/<machine slug>/<suite>`` in a checkout, else ``stedge-bench/<machine slug>/<suite>``.
+
+    One folder per CPU (e.g. ``amd-epyc-avx512-bf16/cpu``), or per GPU for a CUDA / TensorRT suite (e.g.
+    ``nvidia-h200/gpu``); quick runs go to ``models_dir``."""
     from stedge_runtime.machine import cpu_slug
+
+    from .machine import gpu_slug
 
     root = work_root()
     if quick:
         return root / models_dir / f"bench-{suite_name}-quick"
+    slug = (gpu_slug() if device.split(":", 1)[0] in ("cuda", "tensorrt") else None) or cpu_slug()
     if (root / "benchmarks" / "results").is_dir():
-        return root / "benchmarks" / "results" / cpu_slug() / suite_name
-    return root / "stedge-bench" / cpu_slug() / suite_name
+        return root / "benchmarks" / "results" / slug / suite_name
+    return root / "stedge-bench" / slug / suite_name

@@ -60,7 +60,7 @@ def bench(
     s.peer_python = resolve_peer_python(peer_python, s.peer_python)  # a bad path fails before anything runs
     if quick:
         s = s.quick()
-    target = out or default_results_dir(s.name, quick, s.models_dir)
+    target = out or default_results_dir(s.name, quick, s.models_dir, s.device)
     from stedge.io import check_writable
 
     check_writable(target, "--out")  # before minutes of measuring

@@ -70,7 +70,7 @@ def gemm_peak(threads: int, device: str = "cpu", size: int | None = None, second
 
     CPU: torch fp32 (numpy when torch is absent); bf16 (torch, where the CPU has avx512_bf16 / AMX);
     int8 through onnxruntime's MatMulInteger (what the int8 variants run) and ``torch._int_mm``.
-    CUDA: torch fp32 (TF32 off) and fp16.
+    CUDA: torch fp32 (TF32 off), fp16 and bf16.
     """
     out: dict[str, Any] = {"device": device, "threads": threads}
     try:
@@ -82,7 +82,7 @@ def gemm_peak(threads: int, device: str = "cpu", size: int | None = None, second
             raise InvalidModelError(f"device {device!r}: torch sees no CUDA device; cannot measure a GPU GEMM peak")
         torch.backends.cuda.matmul.allow_tf32 = False
         n = size or 8192
-        for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
+        for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)):
             a = torch.randn(n, n, device=device, dtype=dtype)
             b = torch.randn(n, n, device=device, dtype=dtype)
             best = _best(lambda a=a, b=b: (a @ b, torch.cuda.synchronize()), 2.0 * n**3, seconds)

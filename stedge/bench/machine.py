@@ -29,6 +29,7 @@ __all__ = [
     "int8_isa",
     "machine_facts",
     "gpu_info",
+    "gpu_slug",
     "cuda_available",
     "ort_providers",
     "library_versions",
@@ -96,6 +97,14 @@ def gpu_info() -> dict[str, Any] | None:
         except (subprocess.SubprocessError, ValueError):
             return None
     return None
+
+
+def gpu_slug() -> str | None:
+    """The first GPU's name as a folder name (``NVIDIA H200`` -> ``nvidia-h200``), None without a GPU."""
+    import re
+
+    name = (gpu_info() or {}).get("name")
+    return re.sub(r"[^a-z0-9]+", "-", str(name).lower()).strip("-") or None if name else None
 
 
 def cuda_available() -> bool:

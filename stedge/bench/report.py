@@ -388,7 +388,8 @@ def _peaks(g: dict[str, Any]) -> str:
     if g.get("gflops_fp16"):
         parts.append(f"fp16 {g['gflops_fp16']:.0f}")
     if g.get("gflops_bf16"):
-        parts.append(f"bf16 {g['gflops_bf16']:.0f} ({g.get('bf16_isa')})")
+        isa = f" ({g['bf16_isa']})" if g.get("bf16_isa") else ""  # a CPU names the instructions; a GPU has none
+        parts.append(f"bf16 {g['gflops_bf16']:.0f}{isa}")
     if g.get("gflops_int8"):
         parts.append(
             f"int8 {g['gflops_int8']:.0f} GOP/s ({g.get('int8_isa')}; onnxruntime MatMulInteger "
@@ -521,11 +522,17 @@ def _pyplot():
 
 
 def write_all(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """Validate, then write results.json, results.md, speedup_vs_accuracy.png and throughput_vs_batch.png."""
-    results["summary"] = summary(results)
-    validate(results)
+    """Validate, add the summary, then write results.json, results.md, speedup_vs_accuracy.png and
+    throughput_vs_batch.png (results that fail the check are kept as results.unchecked.json)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        validate(results)  # before the summary, which reads the rows the check vouches for
+    except StedgeError as e:  # minutes of measuring are never lost to a check: kept beside, under another name
+        kept = out_dir / "results.unchecked.json"
+        write_text_atomic(kept, json.dumps(results, indent=2))
+        raise StedgeError(f"{e}\nthe measurements are kept in {kept}") from None
+    results["summary"] = summary(results)
     files = {
         "json": out_dir / "results.json",
         "markdown": out_dir / "results.md",

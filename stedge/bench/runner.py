@@ -368,6 +368,9 @@ def ensure_artifact(
     variants = list(entry.variants)
     if "fastembed" in entry.peers and "onnx-fp32" not in variants:
         variants.append("onnx-fp32")  # the graph fastembed runs
+    variants = _runnable_here(variants, suite.device, log)
+    if not variants:
+        return art  # nothing to build: each variant's subject is recorded as skipped, with the engine's reason
     build_variants(
         model_path,
         art,
@@ -378,6 +381,22 @@ def ensure_artifact(
         eval_data=_local_eval(data, suite),
     )
     return art
+
+
+def _runnable_here(variants: list[str], device: str, log: Callable[[str], None]) -> list[str]:
+    """The suite's variants some engine installed here can run on its device (``tensorrt:`` prefixed ones on
+    TensorRT); the others are not exported, since their subjects would be skipped after minutes of exporting."""
+    from .subjects import engine_problem
+
+    keep = []
+    for v in variants:
+        name, dev = (v.split(":", 1)[1], "tensorrt") if v.startswith("tensorrt:") else (v, device)
+        why = engine_problem(name, dev)
+        if why is None:
+            keep.append(v)
+        else:
+            log(f"not exporting {name} for {dev}: {why}")
+    return keep
 
 
 def _local_eval(data: BenchData, suite: Suite) -> tuple[str, int | None] | None:

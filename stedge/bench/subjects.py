@@ -8,7 +8,7 @@ that gives float32 numpy embeddings in input order.
 
 Kinds:
 
-* ``stedge-torch``: ``stedge.SentenceEncoder`` in fp32 (fp16 / bf16 via autocast on CUDA; bf16 also on CPU).
+* ``stedge-torch``: ``stedge.SentenceEncoder`` in fp32; fp16 / bf16 with the weights cast on CUDA, bf16 autocast on CPU.
 * ``runtime``: ``stedge_runtime.Encoder`` over one variant of an artifact (ONNX Runtime on cpu / cuda /
   tensorrt, OpenVINO on cpu).
 * ``st``: sentence-transformers' own ``SentenceTransformer`` with backend torch, onnx or openvino (the peers).
@@ -68,6 +68,22 @@ def _ort_provider_problem(device: str) -> str | None:
         if need in have
         else f"onnxruntime has no {need} (installed: {', '.join(have) or 'none'}; pip install onnxruntime-gpu)"
     )
+
+
+def engine_problem(variant: str, device: str) -> str | None:
+    """Why no engine installed here can run the artifact variant named ``variant`` on ``device`` (None when one
+    can): onnxruntime and its provider for the device for ``onnx-*``, OpenVINO on the CPU for ``openvino-*``."""
+    backend = variant.split("-", 1)[0]
+    if backend == "onnx":
+        if not _have("onnxruntime"):
+            return "onnxruntime is not installed"
+        return _cuda_problem(device) or _ort_provider_problem(device)
+    if backend == "openvino":
+        if not _have("openvino"):
+            return "openvino is not installed"
+        if _device_family(device) != "cpu":
+            return f"OpenVINO variants are measured on the CPU only (device {device!r})"
+    return None
 
 
 def _weights_size(path: Path) -> int:
@@ -140,7 +156,7 @@ class Subject:
 
 
 class StedgeTorch(Subject):
-    """stedge's PyTorch SentenceEncoder; fp16/bf16 run under autocast (fp16 on CUDA only)."""
+    """stedge's PyTorch SentenceEncoder; fp16/bf16: weights cast to that dtype on CUDA, bf16 autocast on the CPU."""
 
     kind = "stedge-torch"
 
@@ -181,8 +197,11 @@ class StedgeTorch(Subject):
         from stedge import SentenceEncoder
 
         enc = SentenceEncoder(self.path, device=self.device)
-        dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[self.precision]
+        dtype: str | None = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[self.precision]
         cuda = _device_family(self.device) == "cuda"
+        if cuda and self.precision != "fp32":  # on a GPU the weights themselves go to fp16 / bf16 (as
+            enc.to(getattr(torch, dtype))  # sentence-transformers' .half()): autocast ran 0.77x fp32 at bs 128
+            dtype = None
 
         def encode(texts: list[str], batch_size: int) -> np.ndarray:
             out = enc.encode(texts, batch_size=batch_size, dtype=dtype, show_progress_bar=False)
@@ -290,22 +309,21 @@ class RuntimeVariant(Subject):
         if not _have("stedge_runtime"):
             return "stedge_runtime is not installed (pip install -e runtimes/python)"
         if self.tier is not None:
+            if _device_family(self.device) != "cpu":  # the runtime runs ONNX graphs there: its provider first
+                why = _cuda_problem(self.device) or _ort_provider_problem(self.device)
+                if why:
+                    return why
             sel = self.selection() or {}
             return f"nothing to choose at tier {self.tier}: {sel['error']}" if "error" in sel else None
+        why = engine_problem(self.variant, self.device)
+        if why:
+            return why
         v = self._manifest_variant()
         if v is None:
             return f"{self.path}/stedge.json has no variant {self.variant!r}"
         devices = [str(d).lower() for d in v.get("devices") or []]
         if devices and _device_family(self.device) not in devices:
             return f"the manifest lists variant {self.variant!r} for {', '.join(devices)} only, not {self.device!r}"
-        if v.get("backend") == "onnx":
-            if not _have("onnxruntime"):
-                return "onnxruntime is not installed"
-            return _cuda_problem(self.device) or _ort_provider_problem(self.device)
-        if not _have("openvino"):
-            return "openvino is not installed"
-        if _device_family(self.device) != "cpu":
-            return f"OpenVINO variants are measured on the CPU only (device {self.device!r})"
         return None
 
     def size_bytes(self) -> int:
