@@ -187,21 +187,26 @@ def _render_paired(final: dict[str, Any] | None, console: Any) -> None:
     """The paired final: one line per contender, its median per-cycle speedup over the reference."""
     if not final:
         return
-    names = ", ".join(final.get("contenders") or {}) or "none"
+    names = ", ".join(_contender(k, c) for k, c in (final.get("contenders") or {}).items()) or "none"
     if not final.get("cycles"):
         console.print(f"paired final: not run (contenders within {final.get('within')} of a tier's best: {names})")
         return
     ref = final["reference"]
     console.print(
         f"paired final: {final['cycles']} cycles, contenders side by side, one pass each in turn; "
-        f"median per-cycle speedup over {ref}:"
+        f"median per-cycle speedup over {_contender(ref, final['contenders'][ref])}:"
     )
     for name, c in final["contenders"].items():
         if "error" in c:
-            console.print(f"    {name}: [red]{c['error']}[/]")
+            console.print(f"    {_contender(name, c)}: [red]{c['error']}[/]")
             continue
         parts = ", ".join(f"{key} {v:.3f}x" for key, v in c["speedup"].items())
-        console.print(f"    {name} ({_settings(c['settings'])}): bulk {c['bulk_speedup']:.3f}x ({parts})")
+        console.print(f"    {_contender(name, c)}: bulk {c['bulk_speedup']:.3f}x ({parts})")
+
+
+def _contender(cid: str, c: dict[str, Any]) -> str:
+    """A contender of the paired final as ``variant (settings)`` (its id names the variant in older profiles)."""
+    return f"{c.get('variant') or cid} ({_settings(c.get('settings') or {})})"
 
 
 def _marks(choices: dict[str, Any]) -> dict[tuple[str, str], str]:

@@ -21,7 +21,9 @@ not touched. Layout (``format_version`` 1)::
                       "rates": {"1024": {"short": 620.0, "passage": 27.0}, ...}, "default": 1024,
                       "best": 1024},    # padded tokens per engine call; absent in --quick profiles
      "paired": {"cycles": 7, "within": 0.85, "gap_s": 0.1, "reference": "onnx-int8-rows",
-                "contenders": {NAME: {"settings": {...}, "seconds": {"batch1": [...], "short bs=32": [...],
+                "contenders": {ID: {"variant": NAME, "settings": {...},   # ID: NAME, or "NAME (settings)" for a
+                                    # variant's further settings (profiles before them: keyed by NAME, no "variant")
+                                    "seconds": {"batch1": [...], "short bs=32": [...],
                                                                      "passage bs=32": [...]},
                                       "speedup": {"batch1": 1.02, "short bs=32": 0.97, "passage bs=32": 0.95},
                                       "bulk_speedup": 0.96, "batch1_speedup": 1.02, "error": str?}}}}

@@ -9,27 +9,27 @@
    (``exact`` > ``near`` > ``compressed``), whose batch invariance (``verification.batch_invariance_min_cos``)
    meets the tier (0.99999 for exact, 0.999 otherwise), whose ``cpu_flags_any`` (if any) this CPU has,
    and, for dynamic int8, whose kernel ISA this CPU runs. Everything left out is listed with the reason.
-3. With a tuning profile for **this** machine (``tuning/<machine key>.json``, written by ``stedge tune``;
-   profiles of other machines are ignored), the fastest eligible variant in bulk runs (geometric mean of
-   sentences/s over the measured bulk batches, short and passage-length texts), with the engine's default
-   settings unless another setting was at least 10 % faster for it in bulk, over both kinds of text or on
-   one while at least 0.95x on the other (``settled_run``: tuning noise must not buy a setting). Where the profile
-   has a paired final (``paired``: the close contenders timed side by side, pass after pass), a contender's
-   score is the reference's score times its median per-cycle speedup over the reference, so variants a few
-   percent apart are ranked by what was measured under the same conditions. Batch-1 calls go to another variant (or
-   the same one with other settings) only when the profile shows it at least 20 % faster at batch 1, on short
-   queries and on the longer ones (``batch1_ms_p50_long``: two short texts joined; which engine wins at batch 1 can
-   flip with query length), *and* its vectors agree with the bulk variant's to the tier's batch-invariance bound, so
-   a query embedded alone still matches documents embedded in bulk. A variant whose vectors on this machine agree
-   with an exact-tier fp32 variant run here (``min_cos_to_exact`` in the profile) below the tier's min cosine, or
-   whose alone-vs-batch agreement measured here is below the tier's bound, is left out: export verified it on the
-   exporting CPU, and int8 kernels round differently by ISA. Both are measured per engine setting (a setting can
-   pick other kernels), and only the settings that meet the tier are considered for it (``runs_for_tier``), so an
-   exact-tier bf16 graph may run one setting for the exact tier and a faster, slightly less invariant one for
-   near. Variants added
-   after the profile was measured are not chosen until ``stedge tune`` runs again (the selection says so), so
-   ``stedge export --add`` never changes the choice silently. The profile's measured token budget per engine call
-   (``batch_tokens``) comes with the choice; without it a CPU gets ``BATCH_TOKENS``.
+3. With a tuning profile for **this** machine (``tuning/<machine key>.json``, written by ``stedge tune``; profiles
+   of other machines are ignored), the fastest eligible variant in bulk runs (geometric mean of sentences/s over the
+   measured bulk batches, short and passage-length texts), with the engine's default settings unless another setting
+   was at least 10 % faster for it in bulk, over both kinds of text or on one while at least 0.95x on the other
+   (``settled_run``: tuning noise must not buy a setting). Where the profile has a paired final (``paired``: the
+   close contenders timed side by side, pass after pass), a contender's score is the reference's score times its
+   median per-cycle speedup over the reference, so variants a few percent apart are ranked by what was measured
+   under the same conditions; where the final timed a variant's default settings beside others, those figures settle
+   its settings (``PAIRED_SETTINGS_GAIN``, 5 %). Batch-1 calls go to another variant (or the same one with other
+   settings) only when the profile shows it at least 20 % faster at batch 1, on short queries and on the longer ones
+   (``batch1_ms_p50_long``: two short texts joined; which engine wins at batch 1 can flip with query length), *and*
+   its vectors agree with the bulk variant's to the tier's batch-invariance bound, so a query embedded alone still
+   matches documents embedded in bulk. A variant whose vectors on this machine agree with an exact-tier fp32 variant
+   run here (``min_cos_to_exact`` in the profile) below the tier's min cosine, or whose alone-vs-batch agreement
+   measured here is below the tier's bound, is left out: export verified it on the exporting CPU, and int8 kernels
+   round differently by ISA. Both are measured per engine setting (a setting can pick other kernels), and only the
+   settings that meet the tier are considered for it (``runs_for_tier``), so an exact-tier bf16 graph may run one
+   setting for the exact tier and a faster, slightly less invariant one for near. Variants added after the profile
+   was measured are not chosen until ``stedge tune`` runs again (the selection says so), so ``stedge export --add``
+   never changes the choice silently. The profile's measured token budget per engine call (``batch_tokens``) comes
+   with the choice; without it a CPU gets ``BATCH_TOKENS``.
 4. Without a profile, the rule ranks kinds of variant by the CPU (``machine.cpu_class``):
    ``amx``: bf16 > int8 static > int8 per row > int8 > fp32; ``avx512_bf16``: int8 per row > int8 >
    int8 static > bf16 > fp32; other CPUs: int8 per row > int8 > int8 static > fp32 (bf16 is never taken
@@ -63,6 +63,10 @@ MAX_SPEARMAN_DROP = {"exact": None, "near": 0.2, "compressed": None}  # points, 
 INVARIANCE = {"exact": 0.99999, "near": 0.999, "compressed": 0.999}
 SETTINGS_GAIN = 1.1  # a non-default engine setting must be this much faster in bulk to be used
 SETTINGS_FLOOR = 0.95  # ... or that much faster on one kind of text and at least this fast on the others
+# In the paired final (side by side, medians of per-cycle ratios) the noise is smaller: there a non-default setting of
+# a variant timed beside its default replaces it when this much faster (overall, or on one kind of text while at
+# least SETTINGS_FLOOR on the others).
+PAIRED_SETTINGS_GAIN = 1.05
 # Padded tokens per engine call (rows x longest row). On a CPU, small batches stay in cache: MiniLM on a
 # 2-core Zen 3, onnxruntime and OpenVINO alike, ran 23-31 % faster at 1024 than at 16384 on passages and
 # on large batches of short texts; 512 was within a few % of 1024, 2048 5-14 % slower. GPUs want big batches.
@@ -286,17 +290,48 @@ def _earns_place(run: dict, base: dict) -> bool:
     return len(ratios) == len(was) and max(ratios) >= SETTINGS_GAIN and min(ratios) >= SETTINGS_FLOOR
 
 
-def settled_run(runs: list[dict]) -> dict:
+def settings_key(settings: Mapping[str, Any] | None) -> str:
+    """A run's engine settings as a key for its bulk figures: ``static_batch1`` left out, since it only changes
+    one-row calls (the paired final times plain settings)."""
+    import json
+
+    return json.dumps({k: v for k, v in (settings or {}).items() if k != "static_batch1"}, sort_keys=True)
+
+
+def _earns_place_paired(fig: Mapping[str, Any], base: Mapping[str, Any]) -> bool:
+    """``_earns_place`` on the paired final's figures: ``PAIRED_SETTINGS_GAIN`` faster over all bulk workloads, or
+    on one kind of text while at least ``SETTINGS_FLOOR`` as fast on every other."""
+    if fig["score"] >= PAIRED_SETTINGS_GAIN * base["score"]:
+        return True
+    have, was = fig.get("kinds") or {}, base.get("kinds") or {}
+    ratios = [have[k] / was[k] for k in was if was[k] and have.get(k)]
+    return (
+        bool(ratios)
+        and len(ratios) == len(was)
+        and max(ratios) >= PAIRED_SETTINGS_GAIN
+        and min(ratios) >= SETTINGS_FLOOR
+    )
+
+
+def settled_run(runs: list[dict], paired: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
     """The run whose settings a variant gets: the engine's default (the first run `stedge tune` measures)
     unless another setting earned its place (``_earns_place``: ``SETTINGS_GAIN`` faster in bulk, overall or
     on one kind of text without losing on the others). A few percent either way is within a tuning run's
     noise, and a non-default setting that only won by noise (an OpenVINO throughput hint halving batch-1
-    speed, say) costs more elsewhere than it gained. OpenVINO's ``static_batch1`` is judged on batch 1
+    speed, say) costs more elsewhere than it gained. Where the paired final timed the default beside other
+    settings of the variant (``paired``: this variant's figures from ``paired_scores``), those figures decide
+    instead, with the smaller margin ``PAIRED_SETTINGS_GAIN``. OpenVINO's ``static_batch1`` is judged on batch 1
     alone, as an addition to those settings."""
     plain = [r for r in runs if not (r.get("settings") or {}).get("static_batch1")]
     base = plain[0] if plain else runs[0]
-    better = [r for r in plain[1:] if _earns_place(r, base)]
-    chosen = max(better, key=lambda r: bulk_score(r) or 0.0) if better else base
+    figs = paired or {}
+    timed = [(r, figs[settings_key(r.get("settings"))]) for r in plain if settings_key(r.get("settings")) in figs]
+    if len(timed) > 1 and timed[0][0] is base:
+        better = [(r, fig) for r, fig in timed[1:] if _earns_place_paired(fig, timed[0][1])]
+        chosen = max(better, key=lambda rf: rf[1]["score"])[0] if better else base
+    else:
+        better = [r for r in plain[1:] if _earns_place(r, base)]
+        chosen = max(better, key=lambda r: bulk_score(r) or 0.0) if better else base
     # static_batch1 only changes one-row calls: it joins the chosen settings when it made batch 1 at least
     # SETTINGS_GAIN faster at both query lengths (bulk figures would differ by noise alone).
     for r in runs:
@@ -397,17 +432,22 @@ def _from_profile(
             continue
         if why:
             notes.append(f"{name}: some engine settings left out at tier {tier}: {why}")
-        run = settled_run(runs)
+        mine = paired.get(name) or {}
+        run = settled_run(runs, mine)
         score, p50 = bulk_score(run), run.get("batch1_ms_p50")
-        if name in paired and paired[name][2] == run["settings"]:
-            score, p50 = paired[name][:2]
+        fig = mine.get(settings_key(run["settings"]))
+        if fig is not None:
+            score = fig["score"]
+            if fig["settings"] == run["settings"]:  # the final's batch-1 figure is for the settings it ran
+                p50 = fig["p50"]
         if score is not None:
             bulk.append((score, float(p50) if isinstance(p50, (int, float)) else math.inf, name, run["settings"]))
         for r in runs:
             long = r.get("batch1_ms_p50_long")
             long = float(long) if isinstance(long, (int, float)) else None
-            if name in paired and paired[name][2] == r["settings"]:
-                lat.append((paired[name][1], name, r["settings"], long))  # the final's figure, as for bulk
+            fig = mine.get(settings_key(r["settings"]))
+            if fig is not None and fig["settings"] == r["settings"]:
+                lat.append((fig["p50"], name, r["settings"], long))  # the final's figure, as for bulk
             elif isinstance(r.get("batch1_ms_p50"), (int, float)):
                 lat.append((float(r["batch1_ms_p50"]), name, r["settings"], long))
     if not bulk:
@@ -415,7 +455,7 @@ def _from_profile(
     best = max(b[0] for b in bulk)
     close = [b for b in bulk if b[0] >= 0.97 * best]  # within 3 %: take the better batch-1 latency
     score, p50, name, settings = min(close, key=lambda b: (b[1], -b[0], b[2]))
-    reason = _profile_reason(prof, tier, name, settings, name in paired and paired[name][2] == settings)
+    reason = _profile_reason(prof, tier, name, settings, settings_key(settings) in (paired.get(name) or {}))
     others = sorted({b[2] for b in bulk} - {name})
     if others:
         reason += f"; also tuned: {', '.join(others)}"
@@ -509,40 +549,59 @@ def _profile_reason(prof: dict, tier: str, name: str, settings: dict, in_final: 
     )
     if in_final:
         final = prof["paired"]
-        ref, c = final["reference"], final["contenders"][name]
+        ref = final["reference"]
+        cid, c = next(
+            (k, c)
+            for k, c in final["contenders"].items()
+            if (c.get("variant") or k) == name and settings_key(c.get("settings")) == settings_key(settings)
+        )
         reason += (
             f"; paired final ({final['cycles']} cycles): reference {ref}"
-            if name == ref
+            if cid == ref
             else f"; paired final ({final['cycles']} cycles): {c['bulk_speedup']:.3f}x {ref} in bulk, "
             f"{c['batch1_speedup']:.3f}x at batch 1"
         )
     return reason
 
 
-def paired_scores(prof: dict) -> dict[str, tuple[float, float, dict]]:
-    """``{variant: (bulk score, batch-1 p50 ms, settings)}`` from the profile's paired final, on the scale of the
-    rounds: the reference's settled run times each contender's median per-cycle speedup over it (in bulk;
-    at batch 1 its p50 over the batch-1 speedup). Empty when the profile has no usable final (none, fewer
-    than two contenders timed, or a reference with no run in the rounds at the settings the final ran)."""
+def paired_scores(prof: dict) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{variant: {settings_key: {"score", "p50", "settings", "kinds"}}}`` from the profile's paired final, on the
+    scale of the rounds: the reference's run times each contender's median per-cycle speedup over it (``score``:
+    in bulk; ``p50``: at batch 1, its p50 over the batch-1 speedup; ``kinds``: the speedup per kind of text, short
+    and passage). A variant may have been timed at several settings. Empty when the profile has no usable final
+    (none, fewer than two contenders timed, or a reference with no run in the rounds at the settings it ran).
+    Contenders are keyed by an id (the variant's name for its first settings); profiles written before settings
+    were paired key them by variant name and have no ``variant`` field."""
     final = prof.get("paired")
     if not isinstance(final, Mapping) or not final.get("cycles"):
         return {}
     ref, cont = final.get("reference"), final.get("contenders")
-    entry = (prof.get("variants") or {}).get(ref) if isinstance(ref, str) else None
-    if not isinstance(cont, Mapping) or not isinstance(entry, Mapping) or not entry.get("runs"):
+    if not isinstance(cont, Mapping) or not isinstance(cont.get(ref), Mapping):
         return {}
-    ran = (cont.get(ref) or {}).get("settings")
-    base = next((r for r in entry["runs"] if r.get("settings") == ran), None)
+    ref_c = cont[ref]
+    entry = (prof.get("variants") or {}).get(ref_c.get("variant") or ref)
+    if not isinstance(entry, Mapping) or not entry.get("runs"):
+        return {}
+    base = next((r for r in entry["runs"] if r.get("settings") == ref_c.get("settings")), None)
     if base is None:
         return {}
     score, p50 = bulk_score(base), base.get("batch1_ms_p50")
     if score is None or not isinstance(p50, (int, float)):
         return {}
-    out = {}
-    for name, c in cont.items():
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for cid, c in cont.items():
         bulk, one = c.get("bulk_speedup"), c.get("batch1_speedup")
         if isinstance(bulk, (int, float)) and isinstance(one, (int, float)) and bulk > 0 and one > 0:
-            out[name] = (score * float(bulk), float(p50) / float(one), c.get("settings"))
+            per_kind: dict[str, list[float]] = {}
+            for key, v in (c.get("speedup") or {}).items():
+                if key != "batch1" and isinstance(v, (int, float)) and v > 0:
+                    per_kind.setdefault(key.split(" ", 1)[0], []).append(float(v))
+            out.setdefault(c.get("variant") or cid, {})[settings_key(c.get("settings"))] = {
+                "score": score * float(bulk),
+                "p50": float(p50) / float(one),
+                "settings": c.get("settings"),
+                "kinds": {k: geomean(v) for k, v in per_kind.items()},
+            }
     return out
 
 

@@ -7,7 +7,9 @@ passage-length texts; then, on the fastest variant, how many padded tokens one e
 take (``max_batch_tokens``: small batches stay in the CPU's caches). It also checks, on this machine,
 that a text's vector alone matches its vector inside a mixed batch, and how far the variants' vectors
 agree with each other (for routing batch-1 calls). Last comes the **paired final**: the variants within
-``PAIRED_WITHIN`` of the best of some tier in those rounds are loaded side by side and timed in turn, pass
+``PAIRED_WITHIN`` of the best of some tier in those rounds, each with the settings the rounds gave it, its
+engine's default settings and its best other settings (so a setting that won or lost by the rounds' noise is
+judged again), are loaded side by side and timed in turn, pass
 after pass, for ``PAIRED_CYCLES`` cycles; a contender's speed is the median of its per-cycle ratios to one
 reference (a slow spell of the machine falls on every contender's pass alike, so it cannot pick the
 winner, as it can between rounds measured seconds apart). ``write_profile`` stores the result as
@@ -44,6 +46,7 @@ from .select import (
     geomean,
     runs_for_tier,
     select_variant,
+    settings_key,
     settled_batch_tokens,
     settled_run,
     variant_tier,
@@ -326,31 +329,52 @@ def tune(
 
 
 def contenders(root: str | Path, prof: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{variant: settings}`` for the paired final: per tier, every variant ``Encoder.load`` could choose there
-    from ``prof`` (the same eligibility: tier, batch invariance and accuracy on this machine) whose bulk score in
-    the rounds, with the settings it would run with at that tier, is at least ``PAIRED_WITHIN`` of the tier's
-    best; all tiers together (a variant whose settings differ by tier joins with those of the first tier)."""
+    """``{id: {"variant": name, "settings": settings}}`` for the paired final: per tier, every variant
+    ``Encoder.load`` could choose there from ``prof`` (the same eligibility: tier, batch invariance and accuracy on
+    this machine) whose bulk score in the rounds, with the settings it would run with at that tier, is at least
+    ``PAIRED_WITHIN`` of the tier's best. Each joins with those settings (``static_batch1`` left out: it changes
+    batch-1 calls only, which the rounds judge), its engine's default settings and its fastest other settings in
+    the rounds, where these met the tier and came within ``PAIRED_WITHIN`` of its own score: the final then
+    decides between them (``select.settled_run``). All tiers together; a variant's first settings take its
+    name as id, others ``name (k=v ...)``."""
     root = Path(root)
     m = Manifest.read(root)
     entries = prof.get("variants") or {}
     out: dict[str, dict[str, Any]] = {}
+
+    def add(name: str, settings: dict[str, Any] | None) -> None:
+        plain = {k: v for k, v in (settings or {}).items() if k != "static_batch1"}
+        if any(c["variant"] == name and settings_key(c["settings"]) == settings_key(plain) for c in out.values()):
+            return
+        cid = name if name not in out else f"{name} ({_fmt(plain)})"
+        out[cid] = {"variant": name, "settings": plain}
+
     for tier in TIERS:
         try:
             sel = select_variant(m.variants, "cpu", None, installed_backends(), root, tier=tier, profile=prof)
         except RuntimeStedgeError:
             continue  # nothing eligible at this tier
-        here = {  # each variant with the settings this tier would run it with
-            name: (bulk_score(run) or 0.0, run["settings"])
-            for name, e in entries.items()
-            if e.get("status") == "ok" and name in m.variants and name not in sel.excluded
-            for runs in [runs_for_tier(e, tier)[0]]
-            if runs
-            for run in [settled_run(runs)]
-        }
-        top = max((sc[0] for sc in here.values()), default=0.0)
-        for name, (score, settings) in sorted(here.items(), key=lambda kv: -kv[1][0]):
-            if top > 0 and score >= PAIRED_WITHIN * top:
-                out.setdefault(name, settings)
+        here = {}  # each variant: its score and run at the settings this tier would give it, and its plain runs
+        for name, e in entries.items():
+            if e.get("status") != "ok" or name not in m.variants or name in sel.excluded:
+                continue
+            runs = runs_for_tier(e, tier)[0]
+            if not runs:
+                continue
+            run = settled_run(runs)
+            plain = [r for r in runs if not (r.get("settings") or {}).get("static_batch1")]
+            here[name] = (bulk_score(run) or 0.0, run, plain)
+        top = max((h[0] for h in here.values()), default=0.0)
+        for name, (score, run, plain) in sorted(here.items(), key=lambda kv: -kv[1][0]):
+            if top <= 0 or score < PAIRED_WITHIN * top:
+                continue
+            add(name, run["settings"])
+            others = [r for r in plain if settings_key(r["settings"]) != settings_key(run["settings"])]
+            close = [r for r in others if (bulk_score(r) or 0.0) >= PAIRED_WITHIN * score]
+            if plain and plain[0] in close:
+                add(name, plain[0]["settings"])  # the default: did the other setting earn its place?
+            if close:
+                add(name, max(close, key=lambda r: bulk_score(r) or 0.0)["settings"])
     return out
 
 
@@ -378,7 +402,7 @@ def paired_final(
         "within": PAIRED_WITHIN,
         "gap_s": PAIRED_GAP_S,
         "reference": None,
-        "contenders": {n: {"settings": s} for n, s in picks.items()},
+        "contenders": {cid: dict(c) for cid, c in picks.items()},
     }
     if len(picks) < 2 or cycles < 1:
         return out
@@ -388,9 +412,9 @@ def paired_final(
     passes += [("short", str(b), work.short, b) for b in batch_sizes]
     passes += [("passage", str(b), work.passage[:PAIRED_PASSAGES], b) for b in batch_sizes]
     runs: dict[str, Callable[[Any, int], np.ndarray]] = {}
-    for name, settings in picks.items():
+    for name, pick in picks.items():
         try:
-            run = _call(cls.load(root, variant=name, **settings, **load_kw), work.task)
+            run = _call(cls.load(root, variant=pick["variant"], **pick["settings"], **load_kw), work.task)
             run(work.short[:8], 8)  # warm-up: sessions allocate on first use
             for item in work.latency * 2:  # and static_batch1 compiles a length the second time
                 run([item], 1)
@@ -423,7 +447,8 @@ def paired_final(
     if len(seconds) < 2:
         return out
     ran = {  # each contender's run in the rounds at the settings the final ran
-        n: next((r for r in prof["variants"][n]["runs"] if r["settings"] == picks[n]), {}) for n in seconds
+        n: next((r for r in prof["variants"][picks[n]["variant"]]["runs"] if r["settings"] == picks[n]["settings"]), {})
+        for n in seconds
     }
     scores = {n: bulk_score(r) or 0.0 for n, r in ran.items()}
     ref = max(seconds, key=lambda n: (scores[n], n))

@@ -545,7 +545,9 @@ def test_paired_final_times_the_contenders_side_by_side(own_artifact):
     prof = _rounds(
         tune(own_artifact, quick=True, budget_s=1, batch_sizes=(8,)), {"onnx-fp32": 90, "openvino-fp32": 100}
     )
-    assert contenders(own_artifact, prof) == {n: prof["variants"][n]["runs"][0]["settings"] for n in prof["variants"]}
+    assert contenders(own_artifact, prof) == {
+        n: {"variant": n, "settings": prof["variants"][n]["runs"][0]["settings"]} for n in prof["variants"]
+    }
     work = _Workloads("embedding", None, quick=True)
     final = paired_final(Encoder, own_artifact, prof, work, (8,), cycles=3)
     assert final["cycles"] == 3 and final["reference"] == "openvino-fp32"  # the better rounds
@@ -569,6 +571,70 @@ def test_paired_final_times_the_contenders_side_by_side(own_artifact):
     assert list(contenders(own_artifact, slow)) == ["openvino-fp32"]
     alone = paired_final(Encoder, own_artifact, slow, work, (8,), cycles=3)
     assert alone["cycles"] == 0 and alone["reference"] is None and list(alone["contenders"]) == ["openvino-fp32"]
+
+
+def test_the_final_times_a_variants_settings_side_by_side(own_artifact):
+    """A setting that lost the rounds' 10 % rule by a little (8 % ahead of the default) goes to the final beside
+    the default, as its own contender; static_batch1 stays out of it. The final's side-by-side figures then
+    decide, with a 5 % margin (or 5 % on one kind of text while >= 0.95x on the other)."""
+    from stedge_runtime.select import settled_run
+    from stedge_runtime.tune import _Workloads, contenders, paired_final, tune
+
+    prof = _rounds(
+        tune(own_artifact, quick=True, budget_s=1, batch_sizes=(8,)), {"onnx-fp32": 50, "openvino-fp32": 100}
+    )
+    base = {**prof["variants"]["openvino-fp32"]["runs"][0], "batch1_ms_p50": 1.0, "batch1_ms_p50_long": 1.2}
+    hint = {**base, "settings": {**base["settings"], "performance_hint": "THROUGHPUT"}}
+    hint["bulk"] = {"short": {"8": 108.0}, "passage": {"8": 10.8}}
+    static = {
+        **base,
+        "settings": {**base["settings"], "static_batch1": 8},
+        "batch1_ms_p50": 0.5,
+        "batch1_ms_p50_long": 0.6,
+    }
+    prof["variants"]["openvino-fp32"]["runs"] = [base, hint, static]
+    picks = contenders(own_artifact, prof)
+    assert picks == {
+        "openvino-fp32": {"variant": "openvino-fp32", "settings": base["settings"]},
+        "openvino-fp32 (threads=2 performance_hint=THROUGHPUT)": {
+            "variant": "openvino-fp32",
+            "settings": hint["settings"],
+        },
+    }
+    final = paired_final(Encoder, own_artifact, prof, _Workloads("embedding", None, quick=True), (8,), cycles=2)
+    assert final["cycles"] == 2 and set(final["contenders"]) == set(picks)
+    assert all(c["variant"] == "openvino-fp32" and "bulk_speedup" in c for c in final["contenders"].values())
+
+    def with_final(short: float, passage: float) -> dict:
+        alt = "openvino-fp32 (threads=2 performance_hint=THROUGHPUT)"
+        cont = {
+            "openvino-fp32": {
+                **picks["openvino-fp32"],
+                "speedup": {"batch1": 1.0, "short bs=8": 1.0, "passage bs=8": 1.0},
+            },
+            alt: {**picks[alt], "speedup": {"batch1": 0.9, "short bs=8": short, "passage bs=8": passage}},
+        }
+        for c in cont.values():
+            sp = c["speedup"]
+            c.update(bulk_speedup=(sp["short bs=8"] * sp["passage bs=8"]) ** 0.5, batch1_speedup=sp["batch1"])
+        return {**prof, "paired": {"cycles": 5, "reference": "openvino-fp32", "contenders": cont}}
+
+    runs = prof["variants"]["openvino-fp32"]["runs"]
+    assert settled_run(runs) is static  # the rounds: the default (THROUGHPUT's 8 % is noise) plus static_batch1
+    from stedge_runtime.select import paired_scores
+
+    for (short, passage), hint_wins in {
+        (1.07, 1.06): True,
+        (1.03, 1.03): False,
+        (1.10, 0.97): True,
+        (1.10, 0.90): False,
+    }.items():
+        figs = paired_scores(with_final(short, passage))["openvino-fp32"]
+        assert (settled_run(runs, figs) is hint) is hint_wins, (short, passage)
+        write_profile(own_artifact, with_final(short, passage))
+        sel = Encoder.load(own_artifact, tier="exact").selection
+        assert (sel.settings.get("performance_hint") == "THROUGHPUT") is hint_wins
+        assert "paired final (5 cycles)" in sel.reason
 
 
 def test_a_contender_that_cannot_run_leaves_the_final(own_artifact):
