@@ -18,6 +18,7 @@ def bench(
         "-o",
         help="Folder for results.json, results.md and the PNGs "
         "(default: benchmarks/results/<cpu slug>/<suite> in a checkout, else ./stedge-bench/<cpu slug>/<suite>; "
+        "a CUDA suite uses the GPU's name, e.g. nvidia-h200, as the slug; "
         "with --quick models/bench-<suite>-quick, git-ignored).",
     ),
     threads: Optional[int] = typer.Option(
