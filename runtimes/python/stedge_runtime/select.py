@@ -318,20 +318,23 @@ def settled_run(runs: list[dict], paired: Mapping[str, Mapping[str, Any]] | None
     unless another setting earned its place (``_earns_place``: ``SETTINGS_GAIN`` faster in bulk, overall or
     on one kind of text without losing on the others). A few percent either way is within a tuning run's
     noise, and a non-default setting that only won by noise (an OpenVINO throughput hint halving batch-1
-    speed, say) costs more elsewhere than it gained. Where the paired final timed the default beside other
-    settings of the variant (``paired``: this variant's figures from ``paired_scores``), those figures decide
-    instead, with the smaller margin ``PAIRED_SETTINGS_GAIN``. OpenVINO's ``static_batch1`` is judged on batch 1
+    speed, say) costs more elsewhere than it gained. Where the paired final timed several settings of the
+    variant (``paired``: this variant's figures from ``paired_scores``), those figures decide instead, with the
+    smaller margin ``PAIRED_SETTINGS_GAIN``: another setting must beat the default by it, or, where the default
+    was too slow to be timed, the rounds' choice. OpenVINO's ``static_batch1`` is judged on batch 1
     alone, as an addition to those settings."""
     plain = [r for r in runs if not (r.get("settings") or {}).get("static_batch1")]
     base = plain[0] if plain else runs[0]
+    better = [r for r in plain[1:] if _earns_place(r, base)]
+    chosen = max(better, key=lambda r: bulk_score(r) or 0.0) if better else base
     figs = paired or {}
     timed = [(r, figs[settings_key(r.get("settings"))]) for r in plain if settings_key(r.get("settings")) in figs]
-    if len(timed) > 1 and timed[0][0] is base:
-        better = [(r, fig) for r, fig in timed[1:] if _earns_place_paired(fig, timed[0][1])]
-        chosen = max(better, key=lambda rf: rf[1]["score"])[0] if better else base
-    else:
-        better = [r for r in plain[1:] if _earns_place(r, base)]
-        chosen = max(better, key=lambda r: bulk_score(r) or 0.0) if better else base
+    # the final decides against the default where it was timed, else against the rounds' choice (the default was
+    # too slow in the rounds to be timed)
+    anchor = next((rf for rf in timed if rf[0] is base), None) or next((rf for rf in timed if rf[0] is chosen), None)
+    if len(timed) > 1 and anchor is not None:
+        win = [(r, fig) for r, fig in timed if r is not anchor[0] and _earns_place_paired(fig, anchor[1])]
+        chosen = max(win, key=lambda rf: rf[1]["score"])[0] if win else anchor[0]
     # static_batch1 only changes one-row calls: it joins the chosen settings when it made batch 1 at least
     # SETTINGS_GAIN faster at both query lengths (bulk figures would differ by noise alone).
     for r in runs:

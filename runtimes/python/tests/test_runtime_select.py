@@ -577,7 +577,7 @@ def test_the_final_times_a_variants_settings_side_by_side(own_artifact):
     """A setting that lost the rounds' 10 % rule by a little (8 % ahead of the default) goes to the final beside
     the default, as its own contender; static_batch1 stays out of it. The final's side-by-side figures then
     decide, with a 5 % margin (or 5 % on one kind of text while >= 0.95x on the other)."""
-    from stedge_runtime.select import settled_run
+    from stedge_runtime.select import settings_key, settled_run
     from stedge_runtime.tune import _Workloads, contenders, paired_final, tune
 
     prof = _rounds(
@@ -635,6 +635,19 @@ def test_the_final_times_a_variants_settings_side_by_side(own_artifact):
         sel = Encoder.load(own_artifact, tier="exact").selection
         assert (sel.settings.get("performance_hint") == "THROUGHPUT") is hint_wins
         assert "paired final (5 cycles)" in sel.reason
+
+    # The default 40 % behind in the rounds (not timed): THROUGHPUT, the rounds' choice, is what the final's
+    # other setting must beat by 5 %.
+    slow = {**base, "bulk": {"short": {"8": 60.0}, "passage": {"8": 6.0}}}
+    snip = {**hint, "settings": {**hint["settings"], "snippets_above": 64}}
+    runs2 = [slow, hint, snip]
+    assert settled_run(runs2) is hint  # the rounds: 108 vs 60 earns its place; snippets' 108 ties it
+    for s_short, won in {1.07: True, 1.02: False}.items():
+        figs = {
+            settings_key(hint["settings"]): {"score": 100.0, "kinds": {"short": 1.0, "passage": 1.0}},
+            settings_key(snip["settings"]): {"score": 100.0 * s_short, "kinds": {"short": s_short, "passage": 1.0}},
+        }
+        assert (settled_run(runs2, figs) is snip) is won
 
 
 def test_a_contender_that_cannot_run_leaves_the_final(own_artifact):
