@@ -104,7 +104,9 @@ def gpu_slug() -> str | None:
     import re
 
     name = (gpu_info() or {}).get("name")
-    return re.sub(r"[^a-z0-9]+", "-", str(name).lower()).strip("-") or None if name else None
+    if not name:
+        return None
+    return re.sub(r"[^a-z0-9]+", "-", str(name).lower()).strip("-") or None
 
 
 def cuda_available() -> bool:

@@ -304,7 +304,7 @@ class SentenceEncoder(AdapterMixin, nn.Sequential):
                     out = torch.nn.functional.normalize(out, p=2, dim=1)
                 # On a GPU the copy back is queued, not waited for, so the host goes on to the next batch while the
                 # GPU finishes this one; one synchronize at the end, before the rows are read. (On the H200 this gained
-                # 15-30 % on passages and at batch 512; at batch 128 the host's tokenizing and launching set the pace.)
+                # 11-31 % on passages and at batch 512; at batch 128 the host's tokenizing and launching set the pace.)
                 results.append(out.to("cpu", non_blocking=True) if cuda else out.cpu())
         if cuda:
             torch.cuda.synchronize(dev)

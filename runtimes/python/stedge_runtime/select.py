@@ -42,6 +42,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -290,12 +291,19 @@ def _earns_place(run: dict, base: dict) -> bool:
     return len(ratios) == len(was) and max(ratios) >= SETTINGS_GAIN and min(ratios) >= SETTINGS_FLOOR
 
 
-def settings_key(settings: Mapping[str, Any] | None) -> str:
-    """A run's engine settings as a key for its bulk figures: ``static_batch1`` left out, since it only changes
-    one-row calls (the paired final times plain settings)."""
-    import json
+def plain_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Engine settings without ``static_batch1``, which only changes one-row calls (bulk figures are the same)."""
+    return {k: v for k, v in (settings or {}).items() if k != "static_batch1"}
 
-    return json.dumps({k: v for k, v in (settings or {}).items() if k != "static_batch1"}, sort_keys=True)
+
+def plain_runs(runs: list[dict]) -> list[dict]:
+    """The runs measured without ``static_batch1`` (the engine's default first)."""
+    return [r for r in runs if not (r.get("settings") or {}).get("static_batch1")]
+
+
+def settings_key(settings: Mapping[str, Any] | None) -> str:
+    """A run's engine settings as a key for its bulk figures (``plain_settings``: the paired final times those)."""
+    return json.dumps(plain_settings(settings), sort_keys=True)
 
 
 def _earns_place_paired(fig: Mapping[str, Any], base: Mapping[str, Any]) -> bool:
@@ -323,7 +331,7 @@ def settled_run(runs: list[dict], paired: Mapping[str, Mapping[str, Any]] | None
     smaller margin ``PAIRED_SETTINGS_GAIN``: another setting must beat the default by it, or, where the default
     was too slow to be timed, the rounds' choice. OpenVINO's ``static_batch1`` is judged on batch 1
     alone, as an addition to those settings."""
-    plain = [r for r in runs if not (r.get("settings") or {}).get("static_batch1")]
+    plain = plain_runs(runs)
     base = plain[0] if plain else runs[0]
     better = [r for r in plain[1:] if _earns_place(r, base)]
     chosen = max(better, key=lambda r: bulk_score(r) or 0.0) if better else base

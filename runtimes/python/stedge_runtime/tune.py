@@ -44,6 +44,8 @@ from .select import (
     default_batch_tokens,
     fits,
     geomean,
+    plain_runs,
+    plain_settings,
     runs_for_tier,
     select_variant,
     settings_key,
@@ -343,7 +345,7 @@ def contenders(root: str | Path, prof: dict[str, Any]) -> dict[str, dict[str, An
     out: dict[str, dict[str, Any]] = {}
 
     def add(name: str, settings: dict[str, Any] | None) -> None:
-        plain = {k: v for k, v in (settings or {}).items() if k != "static_batch1"}
+        plain = plain_settings(settings)
         if any(c["variant"] == name and settings_key(c["settings"]) == settings_key(plain) for c in out.values()):
             return
         cid = name if name not in out else f"{name} ({_fmt(plain)})"
@@ -362,7 +364,7 @@ def contenders(root: str | Path, prof: dict[str, Any]) -> dict[str, dict[str, An
             if not runs:
                 continue
             run = settled_run(runs)
-            plain = [r for r in runs if not (r.get("settings") or {}).get("static_batch1")]
+            plain = plain_runs(runs)
             here[name] = (bulk_score(run) or 0.0, run, plain)
         top = max((h[0] for h in here.values()), default=0.0)
         for name, (score, run, plain) in sorted(here.items(), key=lambda kv: -kv[1][0]):
