@@ -511,6 +511,71 @@ def test_static_int8_and_fp16_on_tiny(tiny_model, tmp_path):
     assert e["verification"] is None or e["verification"]["min_cosine"] > 0.999
 
 
+def _cast_graph(duplicate: bool, rename: bool = False):
+    """x (fp16) -> Cast to fp32 -> Relu and Neg, as onnxruntime's fp16 converter before 1.32 writes it: one Cast per
+    consumer, with the same name and output (``duplicate``), or a second Cast of another name (``rename``)."""
+    from onnx import TensorProto, helper
+
+    cast = helper.make_node("Cast", ["x"], ["x_cast_to_fp32"], to=TensorProto.FLOAT, name="x_cast_to_fp32_node")
+    nodes = [cast]
+    if duplicate:
+        again = helper.make_node("Cast", ["x"], ["x_cast_to_fp32"], to=TensorProto.FLOAT, name="x_cast_to_fp32_node")
+        if rename:
+            again.name = "another_cast"
+        nodes.append(again)
+    nodes += [helper.make_node("Relu", ["x_cast_to_fp32"], ["a"], name="relu"),
+              helper.make_node("Neg", ["x_cast_to_fp32"], ["b"], name="neg")]
+    info = helper.make_tensor_value_info("x_cast_to_fp32", TensorProto.FLOAT, [2])
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in ("a", "b")],
+        value_info=[info, info] if duplicate else [info])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def test_fp16_graphs_with_the_duplicate_casts_of_onnxruntime_1_31_load(tiny_model, tmp_path, monkeypatch):
+    """onnxruntime-gpu 1.31 (the newest onnxruntime-gpu in December 2026) writes one Cast per fp32-kept consumer of
+    an fp16 value, all with one name and output, and then refuses to load the graph: the H200 run lost its O4
+    variant to it. Export drops the repeats; two nodes that really differ under one name still stop it."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    from stedge.errors import StedgeError
+    from stedge.export.onnx_graph import drop_duplicate_nodes
+
+    broken = _cast_graph(duplicate=True)
+    with pytest.raises(Exception, match="same node name"):
+        ort.InferenceSession(broken.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert drop_duplicate_nodes(broken.graph) == 1 and len(broken.graph.value_info) == 1
+    sess = ort.InferenceSession(broken.SerializeToString(), providers=["CPUExecutionProvider"])
+    a, b = sess.run(None, {"x": np.array([1.5, -2.0], np.float16)})
+    assert a.tolist() == [1.5, 0.0] and b.tolist() == [-1.5, 2.0]
+    assert drop_duplicate_nodes(_cast_graph(duplicate=False).graph) == 0
+    with pytest.raises(StedgeError, match="same output 'x_cast_to_fp32'.*upgrade onnxruntime"):
+        drop_duplicate_nodes(_cast_graph(duplicate=True, rename=True).graph)
+
+    # Through export: the converter made to repeat one of its Casts, as 1.31 does; the fp16 variant still verifies.
+    real = OnnxModel.convert_float_to_float16
+
+    def like_1_31(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        casts = [n for n in self.model.graph.node if n.op_type == "Cast" and n.name.endswith("_cast_to_fp32_node")]
+        assert casts, "the fp16 converter kept nothing in fp32 on the tiny model"
+        self.model.graph.node.append(onnx.NodeProto.FromString(casts[0].SerializeToString()))
+
+    monkeypatch.setattr(OnnxModel, "convert_float_to_float16", like_1_31)
+    from stedge.export import export_model
+
+    res = export_model(str(tiny_model), tmp_path / "h", quantize="fp16")
+    e = res.manifest["variants"]["onnx-fp16"]
+    assert e["verification"] is not None and e["verification"]["min_cosine"] > 0.999, e.get("note")
+    names = [n.name for n in onnx.load(str(tmp_path / "h" / e["file"])).graph.node if n.name]
+    assert len(names) == len(set(names))
+
+
 def test_openvino_straight_from_torch(tmp_path):
     from stedge.export import openvino as ovx
     from stedge.export.verify import Runner, graph_embed

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -141,6 +142,42 @@ def _arch(model) -> str:
 def needs_external_data(proto) -> bool:
     """Whether a ModelProto is saved with external data (over 32 MB; required over 2 GB)."""
     return proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
+
+
+def drop_duplicate_nodes(graph) -> int:
+    """Remove nodes identical to an earlier one (op, name, inputs, outputs, attributes) and repeated value_info
+    entries; then check that node names and outputs are unique. Returns how many nodes were removed.
+
+    onnxruntime's fp16 converter before 1.32 adds one Cast per fp32-kept consumer of an fp16 value, each with the
+    same name and output (onnxruntime then refuses the graph: "two nodes with same node name"); one of them does.
+    """
+    seen: set[bytes] = set()
+    keep = []
+    for node in graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key not in seen:
+            seen.add(key)
+            keep.append(node)
+    removed = len(graph.node) - len(keep)
+    if removed:
+        del graph.node[:]
+        graph.node.extend(keep)
+        infos, names = [], set()
+        for vi in graph.value_info:
+            if vi.name not in names:
+                names.add(vi.name)
+                infos.append(vi)
+        del graph.value_info[:]
+        graph.value_info.extend(infos)
+    for what, values in (("node name", [n.name for n in graph.node if n.name]),
+                         ("output", [o for n in graph.node for o in n.output if o])):
+        dup = next((v for v, c in Counter(values).items() if c > 1), None)
+        if dup is not None:
+            raise StedgeError(
+                f"the graph has two nodes with the same {what} {dup!r}, which onnxruntime refuses to load; "
+                "upgrade onnxruntime (pip install -U onnxruntime) and export again"
+            )
+    return removed
 
 
 def save_onnx(proto, path: str | os.PathLike, external: bool | None = None) -> list[Path]:

@@ -16,7 +16,7 @@ import os
 import re
 
 from ..errors import StedgeError, require
-from .onnx_graph import save_onnx
+from .onnx_graph import drop_duplicate_nodes, save_onnx
 
 logger = logging.getLogger(__name__)
 
@@ -154,5 +154,8 @@ def to_fp16(src: str | os.PathLike, dst: str | os.PathLike, keep_ops: list[str] 
     model.convert_float_to_float16(
         use_symbolic_shape_infer=True, keep_io_types=True, op_block_list=ops, node_block_list=tail
     )
+    dropped = drop_duplicate_nodes(model.model.graph)
+    if dropped:
+        logger.info("fp16 graph: dropped %d duplicate Cast node(s) made by onnxruntime's converter", dropped)
     save_onnx(model.model, dst)
     return {"keep_io_types": True, "fp32_ops": sorted(set(keep_ops or [])), "fp32_nodes": len(tail)}

@@ -6,9 +6,11 @@ Both expose ``inputs`` (graph input names), ``outputs``, ``device`` (what actual
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import itertools
+import sys
 import threading
 import weakref
 from pathlib import Path
@@ -50,6 +52,27 @@ def _device_index(device: str) -> int:
         return int(idx) if idx else 0
     except ValueError:
         raise DeviceError(f"device {device!r}: expected an integer index after ':' (e.g. 'cuda:1')") from None
+
+
+_cuda_libraries_loaded = False
+
+
+def _load_cuda_libraries(ort: Any) -> None:
+    """Load the CUDA and cuDNN libraries of pip's nvidia-* packages once, before the first CUDA/TensorRT session.
+
+    onnxruntime-gpu's CUDA provider links against libcudart/libcublas/libcudnn but, installed by pip, finds them only
+    on LD_LIBRARY_PATH or after ``import torch``; ``onnxruntime.preload_dlls`` (1.21+) loads them from the nvidia
+    packages. What it prints goes to stderr, so ``--json`` output stays clean.
+    """
+    global _cuda_libraries_loaded
+    if _cuda_libraries_loaded or not hasattr(ort, "preload_dlls"):
+        return
+    _cuda_libraries_loaded = True
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            ort.preload_dlls()
+        except (OSError, RuntimeError) as e:  # the session start then says which provider could not start
+            print(f"onnxruntime.preload_dlls: {e}", file=sys.stderr)
 
 
 def _check_options(given: dict, allowed: tuple[str, ...], engine: str) -> None:
@@ -118,6 +141,8 @@ class OrtEngine:
         for k, v in (options.get("session_config") or {}).items():
             so.add_session_config_entry(str(k), str(v))
         self.device_id = _device_index(device) if family in ("cuda", "tensorrt") else 0
+        if family in ("cuda", "tensorrt"):
+            _load_cuda_libraries(ort)
         popts = dict(options.get("provider_options") or {})
         if family == "cuda":
             providers = [
@@ -145,8 +170,14 @@ class OrtEngine:
             raise RuntimeStedgeError(f"{file}: onnxruntime could not load the graph ({e})") from None
         used = self.session.get_providers()
         if used[0] != provider:
+            hint = (
+                ": it needs CUDA 12+/cuDNN 9 libraries matching onnxruntime-gpu's build, from "
+                "pip install 'onnxruntime-gpu[cuda,cudnn]', a CUDA build of torch, or LD_LIBRARY_PATH"
+                + ("; TensorRT also needs its own libraries (pip install tensorrt)" if family == "tensorrt" else "")
+                if family in ("cuda", "tensorrt") else ""
+            )
             raise DeviceError(
-                f"device {device!r}: onnxruntime could not start {provider} (session uses {', '.join(used)})"
+                f"device {device!r}: onnxruntime could not start {provider} (session uses {', '.join(used)}){hint}"
             )
         self.device = device
         self.io_binding = family in ("cuda", "tensorrt")

@@ -120,6 +120,37 @@ def test_unavailable_cuda_names_providers_and_falls_back_only_when_asked(tiny_ar
     assert enc.device == "cpu" and enc.encode(["hi"]).shape == (1, enc.dimension)
 
 
+def test_cuda_provider_that_cannot_start_loads_libraries_once_and_says_what_is_missing(tiny_artifact, monkeypatch,
+                                                                                       capsys):
+    """onnxruntime-gpu lists CUDA but cannot start it (no CUDA libraries): the pip nvidia libraries are preloaded once
+    (onnxruntime's messages go to stderr, never stdout), and the error names what to install."""
+    import onnxruntime as ort
+    from stedge_runtime import engines
+
+    preloads = []
+
+    def preload_dlls(**kw):
+        preloads.append(kw)
+        print("Failed to load libcudart.so.13")  # onnxruntime prints to stdout
+
+    real_session = ort.InferenceSession
+
+    def cpu_only_session(path, sess_options=None, providers=None):
+        return real_session(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "preload_dlls", preload_dlls, raising=False)
+    monkeypatch.setattr(ort, "InferenceSession", cpu_only_session)
+    monkeypatch.setattr(engines, "_cuda_libraries_loaded", False)
+    for _ in range(2):
+        with pytest.raises(DeviceError, match=r"could not start CUDAExecutionProvider \(session uses "
+                                              r"CPUExecutionProvider\): it needs CUDA .*onnxruntime-gpu\[cuda,cudnn\]"):
+            Encoder.load(tiny_artifact, variant="onnx-fp32", device="cuda")
+    assert preloads == [{}]
+    out = capsys.readouterr()
+    assert out.out == "" and "Failed to load libcudart" in out.err
+
+
 def test_unknown_device(tiny_artifact):
     with pytest.raises(DeviceError, match="device 'mps' is not one stedge_runtime knows; use one of: cpu, cuda"):
         Encoder.load(tiny_artifact, device="mps")
