@@ -149,7 +149,7 @@ def drop_duplicate_nodes(graph) -> int:
     entries; then check that node names and outputs are unique. Returns how many nodes were removed.
 
     onnxruntime's fp16 converter before 1.32 adds one Cast per fp32-kept consumer of an fp16 value, each with the
-    same name and output (onnxruntime then refuses the graph: "two nodes with same node name"); one of them does.
+    same name and output (onnxruntime then refuses the graph: "two nodes with same node name"); the first is kept.
     """
     seen: set[bytes] = set()
     keep = []

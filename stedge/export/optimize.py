@@ -156,6 +156,6 @@ def to_fp16(src: str | os.PathLike, dst: str | os.PathLike, keep_ops: list[str] 
     )
     dropped = drop_duplicate_nodes(model.model.graph)
     if dropped:
-        logger.info("fp16 graph: dropped %d duplicate Cast node(s) made by onnxruntime's converter", dropped)
+        logger.info("fp16 graph: dropped %d repeated node(s) made by onnxruntime's converter", dropped)
     save_onnx(model.model, dst)
     return {"keep_io_types": True, "fp32_ops": sorted(set(keep_ops or [])), "fp32_nodes": len(tail)}
