@@ -523,13 +523,18 @@ def _cast_graph(duplicate: bool, rename: bool = False):
         if rename:
             again.name = "another_cast"
         nodes.append(again)
-    nodes += [helper.make_node("Relu", ["x_cast_to_fp32"], ["a"], name="relu"),
-              helper.make_node("Neg", ["x_cast_to_fp32"], ["b"], name="neg")]
+    nodes += [
+        helper.make_node("Relu", ["x_cast_to_fp32"], ["a"], name="relu"),
+        helper.make_node("Neg", ["x_cast_to_fp32"], ["b"], name="neg"),
+    ]
     info = helper.make_tensor_value_info("x_cast_to_fp32", TensorProto.FLOAT, [2])
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2])],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2])],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in ("a", "b")],
-        value_info=[info, info] if duplicate else [info])
+        value_info=[info, info] if duplicate else [info],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     return model
@@ -574,6 +579,15 @@ def test_fp16_graphs_with_the_duplicate_casts_of_onnxruntime_1_31_load(tiny_mode
     assert e["verification"] is not None and e["verification"]["min_cosine"] > 0.999, e.get("note")
     names = [n.name for n in onnx.load(str(tmp_path / "h" / e["file"])).graph.node if n.name]
     assert len(names) == len(set(names))
+
+    # Without the repair the graph is one no device loads: the export stops (it once recorded it as "not verified
+    # on cpu", and the artifact shipped a graph that failed on the GPU), and nothing is left behind.
+    from stedge.export import optimize
+
+    monkeypatch.setattr(optimize, "drop_duplicate_nodes", lambda graph: 0)
+    with pytest.raises(Exception, match="invalid model"):
+        export_model(str(tiny_model), tmp_path / "broken", quantize="fp16")
+    assert not (tmp_path / "broken").exists()
 
 
 def test_openvino_straight_from_torch(tmp_path):

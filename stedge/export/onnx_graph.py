@@ -169,8 +169,10 @@ def drop_duplicate_nodes(graph) -> int:
                 infos.append(vi)
         del graph.value_info[:]
         graph.value_info.extend(infos)
-    for what, values in (("node name", [n.name for n in graph.node if n.name]),
-                         ("output", [o for n in graph.node for o in n.output if o])):
+    for what, values in (
+        ("node name", [n.name for n in graph.node if n.name]),
+        ("output", [o for n in graph.node for o in n.output if o]),
+    ):
         dup = next((v for v, c in Counter(values).items() if c > 1), None)
         if dup is not None:
             raise StedgeError(

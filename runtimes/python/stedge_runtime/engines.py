@@ -174,7 +174,8 @@ class OrtEngine:
                 ": it needs CUDA 12+/cuDNN 9 libraries matching onnxruntime-gpu's build, from "
                 "pip install 'onnxruntime-gpu[cuda,cudnn]', a CUDA build of torch, or LD_LIBRARY_PATH"
                 + ("; TensorRT also needs its own libraries (pip install tensorrt)" if family == "tensorrt" else "")
-                if family in ("cuda", "tensorrt") else ""
+                if family in ("cuda", "tensorrt")
+                else ""
             )
             raise DeviceError(
                 f"device {device!r}: onnxruntime could not start {provider} (session uses {', '.join(used)}){hint}"

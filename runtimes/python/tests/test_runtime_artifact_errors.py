@@ -120,8 +120,9 @@ def test_unavailable_cuda_names_providers_and_falls_back_only_when_asked(tiny_ar
     assert enc.device == "cpu" and enc.encode(["hi"]).shape == (1, enc.dimension)
 
 
-def test_cuda_provider_that_cannot_start_loads_libraries_once_and_says_what_is_missing(tiny_artifact, monkeypatch,
-                                                                                       capsys):
+def test_cuda_provider_that_cannot_start_loads_libraries_once_and_says_what_is_missing(
+    tiny_artifact, monkeypatch, capsys
+):
     """onnxruntime-gpu lists CUDA but cannot start it (no CUDA libraries): the pip nvidia libraries are preloaded once
     (onnxruntime's messages go to stderr, never stdout), and the error names what to install."""
     import onnxruntime as ort
@@ -143,8 +144,11 @@ def test_cuda_provider_that_cannot_start_loads_libraries_once_and_says_what_is_m
     monkeypatch.setattr(ort, "InferenceSession", cpu_only_session)
     monkeypatch.setattr(engines, "_cuda_libraries_loaded", False)
     for _ in range(2):
-        with pytest.raises(DeviceError, match=r"could not start CUDAExecutionProvider \(session uses "
-                                              r"CPUExecutionProvider\): it needs CUDA .*onnxruntime-gpu\[cuda,cudnn\]"):
+        with pytest.raises(
+            DeviceError,
+            match=r"could not start CUDAExecutionProvider \(session uses "
+            r"CPUExecutionProvider\): it needs CUDA .*onnxruntime-gpu\[cuda,cudnn\]",
+        ):
             Encoder.load(tiny_artifact, variant="onnx-fp32", device="cuda")
     assert preloads == [{}]
     out = capsys.readouterr()
