@@ -170,13 +170,14 @@ class OrtEngine:
             raise RuntimeStedgeError(f"{file}: onnxruntime could not load the graph ({e})") from None
         used = self.session.get_providers()
         if used[0] != provider:
-            hint = (
-                ": it needs CUDA 12+/cuDNN 9 libraries matching onnxruntime-gpu's build, from "
-                "pip install 'onnxruntime-gpu[cuda,cudnn]', a CUDA build of torch, or LD_LIBRARY_PATH"
-                + ("; TensorRT also needs its own libraries (pip install tensorrt)" if family == "tensorrt" else "")
-                if family in ("cuda", "tensorrt")
-                else ""
-            )
+            hint = ""
+            if family in ("cuda", "tensorrt"):
+                hint = (
+                    ": it needs CUDA 12+/cuDNN 9 libraries matching onnxruntime-gpu's build, from "
+                    "pip install 'onnxruntime-gpu[cuda,cudnn]', a CUDA build of torch, or LD_LIBRARY_PATH"
+                )
+            if family == "tensorrt":
+                hint += "; TensorRT also needs its own libraries (pip install tensorrt)"
             raise DeviceError(
                 f"device {device!r}: onnxruntime could not start {provider} (session uses {', '.join(used)}){hint}"
             )
