@@ -98,6 +98,20 @@ def test_tune_measures_each_tiers_memory_in_a_fresh_process(art):
     note = f"peak RSS of a process running this tier's choice here: {tiers['near']['peak_rss_mb']:.0f} MB"
     assert any(n.startswith(note) for n in Encoder.load(art).selection.notes)
     assert note in _cli("info", str(art)).stdout
+    # what a memory budget may fall back to: the variant's settings measured here (the tier's own figure reused)
+    configs = {json.dumps(c["settings"], sort_keys=True): c for c in mem["configs"]}
+    assert {c["variant"] for c in mem["configs"]} == {"onnx-fp32"} and len(configs) == len(mem["configs"]) >= 1
+    chosen = json.dumps(tiers["near"]["choice"]["settings"], sort_keys=True)
+    assert configs[chosen]["peak_rss_mb"] == tiers["near"]["peak_rss_mb"]
+    roomy = _cli("info", str(art), "--max-memory-mb", "100000", "--json")
+    sel = json.loads(roomy.stdout)["selection"]["near"]
+    assert sel["max_memory_mb"] == 100000 and sel["peak_rss_mb"] == tiers["near"]["peak_rss_mb"] and not sel["warnings"]
+    with pytest.warns(RuntimeWarning, match="fits max_memory_mb=1: .* running the lightest"):
+        tight = Encoder.load(art, max_memory_mb=1)
+    assert tight.variant == "onnx-fp32" and tight.encode("still runs").shape == (32,)
+    out = _cli("embed", str(art), "one text", "--max-memory-mb", "1", "--json")
+    assert out.exit_code == 0 and json.loads(out.stdout[out.stdout.index("{") :])["count"] == 1
+    assert "running the lightest" in _cli("info", str(art), "--max-memory-mb", "1").stdout
     for flags in (["--no-memory"], ["--quick"]):
         out = _cli("tune", str(art), "--budget", "1", "-b", "4", "--paired-cycles", "0", "--json", *flags)
         assert out.exit_code == 0 and "memory" not in json.loads(out.stdout[out.stdout.index("{") :])["profile"]

@@ -57,6 +57,10 @@ def _npy_output(output: Optional[Path]) -> Optional[Path]:
 
 
 TIER_HELP = "Precision tier for the automatic variant choice: exact, near (default) or compressed (artifacts)."
+MEMORY_HELP = (
+    "Artifacts: the automatic choice must have peaked at most this many MB in `stedge tune`'s memory probe on this "
+    "machine (a batch-1 route is dropped, or a lighter variant or setting taken; a warning when none fits)."
+)
 
 
 NO_VERIFY_HELP = (
@@ -65,32 +69,51 @@ NO_VERIFY_HELP = (
 )
 
 
-def _load(kind: str, model: str, variant: Optional[str], device: Optional[str], tier: Optional[str], no_verify: bool):
+def _load(
+    kind: str,
+    model: str,
+    variant: Optional[str],
+    device: Optional[str],
+    tier: Optional[str],
+    no_verify: bool,
+    max_memory_mb: Optional[float] = None,
+):
     """An artifact through the runtime (Encoder / Reranker), else the torch model (SentenceEncoder / CrossEncoder)."""
     if is_artifact_folder(model):
         import stedge_runtime
 
         cls = stedge_runtime.Encoder if kind == "encoder" else stedge_runtime.Reranker
-        return cls.load(
-            model, variant=variant, device=device or "cpu", tier=tier, verify=False if no_verify else "cached"
+        verify = False if no_verify else "cached"
+        return cls.load(model, variant=variant, device=device or "cpu", tier=tier, verify=verify, max_memory_mb=max_memory_mb)
+    if variant or tier or max_memory_mb:
+        raise StedgeError(
+            f"--variant / --tier / --max-memory-mb apply to exported artifacts only; '{model}' has no stedge.json"
         )
-    if variant or tier:
-        raise StedgeError(f"--variant / --tier apply to exported artifacts only; '{model}' has no stedge.json")
     from . import CrossEncoder, SentenceEncoder
 
     return (SentenceEncoder if kind == "encoder" else CrossEncoder)(model, device=device)
 
 
 def _load_encoder(
-    model: str, variant: Optional[str], device: Optional[str], tier: Optional[str] = None, no_verify: bool = False
+    model: str,
+    variant: Optional[str],
+    device: Optional[str],
+    tier: Optional[str] = None,
+    no_verify: bool = False,
+    max_memory_mb: Optional[float] = None,
 ):
-    return _load("encoder", model, variant, device, tier, no_verify)
+    return _load("encoder", model, variant, device, tier, no_verify, max_memory_mb)
 
 
 def _load_reranker(
-    model: str, variant: Optional[str], device: Optional[str], tier: Optional[str] = None, no_verify: bool = False
+    model: str,
+    variant: Optional[str],
+    device: Optional[str],
+    tier: Optional[str] = None,
+    no_verify: bool = False,
+    max_memory_mb: Optional[float] = None,
 ):
-    return _load("reranker", model, variant, device, tier, no_verify)
+    return _load("reranker", model, variant, device, tier, no_verify, max_memory_mb)
 
 
 def _encode(enc, texts: list[str], batch_size: int, prompt_name: Optional[str], normalize: bool, **quant):
@@ -131,6 +154,7 @@ def embed(
     normalize: bool = typer.Option(False, help="L2-normalize the embeddings."),
     variant: Optional[str] = typer.Option(None, help="Artifact variant (see `stedge info ARTIFACT`)."),
     tier: Optional[str] = typer.Option(None, "--tier", help=TIER_HELP),
+    max_memory_mb: Optional[float] = typer.Option(None, "--max-memory-mb", min=1.0, help=MEMORY_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: best available)."),
     no_verify: bool = typer.Option(False, "--no-verify", help=NO_VERIFY_HELP),
     precision: str = typer.Option(
@@ -157,7 +181,7 @@ def embed(
 
     with runtime_input_errors():
         check_precision(precision)  # before loading the model
-    enc = _load_encoder(model, variant, device, tier, no_verify)
+    enc = _load_encoder(model, variant, device, tier, no_verify, max_memory_mb)
     quant = _quant_options(enc, precision, calibration, calibration_column, batch_size, normalize)
     emb = _encode(enc, items, batch_size, prompt_name, normalize, **quant)
     dim = int(enc.get_sentence_embedding_dimension())
@@ -186,6 +210,7 @@ def similarity(
     b: str = typer.Argument(..., help="Second text."),
     variant: Optional[str] = typer.Option(None, help="Artifact variant."),
     tier: Optional[str] = typer.Option(None, "--tier", help=TIER_HELP),
+    max_memory_mb: Optional[float] = typer.Option(None, "--max-memory-mb", min=1.0, help=MEMORY_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
     no_verify: bool = typer.Option(False, "--no-verify", help=NO_VERIFY_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -194,7 +219,7 @@ def similarity(
     from ..data import check_texts
 
     check_texts([a, b], "A/B")
-    enc = _load_encoder(model, variant, device, tier, no_verify)
+    enc = _load_encoder(model, variant, device, tier, no_verify, max_memory_mb)
     emb = _encode(enc, [a, b], 32, None, False)
     score = float(enc.similarity(emb[:1], emb[1:])[0][0])
     fn = getattr(enc, "similarity_fn_name", "cosine")
@@ -212,6 +237,7 @@ def rank(
     top_k: Optional[int] = typer.Option(None, help="Keep the best K."),
     variant: Optional[str] = typer.Option(None, help="Artifact variant."),
     tier: Optional[str] = typer.Option(None, "--tier", help=TIER_HELP),
+    max_memory_mb: Optional[float] = typer.Option(None, "--max-memory-mb", min=1.0, help=MEMORY_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
     no_verify: bool = typer.Option(False, "--no-verify", help=NO_VERIFY_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: a list of {corpus_id, score, text}."),
@@ -225,7 +251,7 @@ def rank(
         docs += read_texts(file)
     if not docs:
         raise StedgeError("no documents: pass DOC arguments or --file PATH")
-    rr = _load_reranker(model, variant, device, tier, no_verify)
+    rr = _load_reranker(model, variant, device, tier, no_verify, max_memory_mb)
     res = rr.rank(query, docs, top_k=top_k, return_documents=True)
     if as_json:
         typer.echo(json.dumps(res))
@@ -250,15 +276,17 @@ def _variant_lines(manifest: Any) -> None:
 
 def info(
     model: str = typer.Argument(..., help="Model reference or exported artifact folder."),
+    max_memory_mb: Optional[float] = typer.Option(None, "--max-memory-mb", min=1.0, help=MEMORY_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Describe a model or artifact: modules, dimension, prompts, variants."""
+    """Describe a model or artifact: modules, dimension, prompts, variants, and what the runtime chooses per tier
+    on this machine (within --max-memory-mb when given)."""
     if is_artifact_folder(model):
         from stedge_runtime.artifact import Manifest
         from stedge_runtime.tune import best_choices
 
         manifest = Manifest.read(model)
-        choices = best_choices(model)  # what Encoder.load picks on this machine per tier, and why
+        choices = best_choices(model, max_memory_mb=max_memory_mb)  # what Encoder.load picks here per tier, and why
         if as_json:
             typer.echo(json.dumps({**manifest.to_dict(), "selection": choices}, indent=2))
             return
@@ -278,6 +306,8 @@ def info(
 
         render_choice(choices)
         return
+    if max_memory_mb is not None:
+        raise StedgeError(f"--max-memory-mb applies to exported artifacts only; '{model}' has no stedge.json")
     from ..hub import detect_task, resolve_model
     from . import SentenceEncoder
 

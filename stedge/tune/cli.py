@@ -30,11 +30,12 @@ def run_tune(
 ) -> tuple[dict[str, Any], Path | None]:
     """Tune the artifact at ``path``; returns (profile, file written or None). Progress bar on stderr.
     ``paired_cycles``: cycles of the paired final (None: stedge_runtime.tune.PAIRED_CYCLES; 0 skips it).
-    ``memory``: once the profile is written (not with ``quick``), measure each tier's peak RSS in a fresh process
-    (stedge_runtime.tune.tier_memory) and add it to the profile."""
+    ``memory``: once the profile is written (not with ``quick``), measure in fresh processes the peak RSS of
+    each tier's choice and of each configuration a memory budget may fall back to (stedge_runtime.tune.tier_memory,
+    config_memory) and add them to the profile."""
     from stedge_runtime.artifact import has_manifest
     from stedge_runtime.profile import write_profile
-    from stedge_runtime.tune import PAIRED_CYCLES, best_choices, tier_memory, tune
+    from stedge_runtime.tune import PAIRED_CYCLES, best_choices, config_memory, tier_memory, tune
 
     root = Path(path)
     if not has_manifest(root):
@@ -57,7 +58,8 @@ def run_tune(
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with _bar(show_progress, "measuring the memory of") as progress:
             tiers = tier_memory(root, best_choices(root), texts, batch_sizes, progress)
-        prof["memory"] = {"created": created, "tiers": tiers}
+            configs = config_memory(root, prof, tiers, texts, batch_sizes, progress)
+        prof["memory"] = {"created": created, "tiers": tiers, "configs": configs}
         file = write_profile(root, prof)
     return prof, file
 
@@ -111,7 +113,7 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
     """The tuning table: one row per variant and setting; the chosen ones marked per tier."""
     from rich.console import Console
     from rich.table import Table
-    from stedge_runtime.select import variant_tier
+    from stedge_runtime.select import memory_config_key, variant_tier
 
     console = Console()
     if not console.is_terminal:
@@ -137,10 +139,15 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
         *[f"passage bs={b} /s" for b in bs],
         "alone vs batch",
         "cos to exact here",
+        "peak MB",
         "chosen",
     ):
         t.add_column(col, justify="left" if col in ("variant", "tier", "settings", "chosen") else "right")
     marks = _marks(choices)
+    peaks = {
+        memory_config_key(c["variant"], c.get("settings")): c.get("peak_rss_mb")
+        for c in (prof.get("memory") or {}).get("configs") or []
+    }
     for name, entry in prof["variants"].items():
         tier = variant_tier(manifest_variants.get(name, {})) or "-"
         inv = entry.get("batch_invariance_min_cos")
@@ -149,7 +156,7 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
         here_s = "-" if here is None else (f"{here:.4f}" if here >= 0.99 else f"[yellow]{here:.4f}[/]")
         if entry["status"] != "ok":
             failed = f"[red]{entry.get('error', 'failed')}[/]"
-            t.add_row(name, tier, "", failed, "", *[""] * (2 * len(bs)), inv_s, "", "")
+            t.add_row(name, tier, "", failed, "", *[""] * (2 * len(bs)), inv_s, "", "", "")
             continue
         for run in entry["runs"]:
             s = run["settings"]
@@ -164,6 +171,7 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
                 *[f"{bulk.get('passage', {}).get(b, 0):.1f}" for b in bs],
                 inv_s,
                 here_s,
+                _mb(peaks.get(memory_config_key(name, s))),
                 marks.get((name, json.dumps(s, sort_keys=True)), ""),
             )
     console.print(t)
@@ -181,6 +189,11 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
     for name, why in (prof.get("skipped") or {}).items():
         console.print(f"[yellow]not tuned: {name}: {why}[/]")
     render_choice(choices, console)
+
+
+def _mb(value: Any) -> str:
+    """A peak RSS figure for the table ("-": not measured)."""
+    return f"{value:.0f}" if isinstance(value, (int, float)) else "-"
 
 
 def _render_paired(final: dict[str, Any] | None, console: Any) -> None:
@@ -238,7 +251,11 @@ def render_choice(choices: dict[str, Any], console: Any = None) -> None:
             line += f"; batch-1 calls: {c['latency_variant']} {_settings(c.get('latency_settings') or {})}"
         if c.get("max_batch_tokens"):
             line += f"; at most {c['max_batch_tokens']} tokens per call"
+        if c.get("peak_rss_mb"):
+            line += f"; peak RSS {c['peak_rss_mb']:.0f} MB here"
         console.print(line)
+        for warning in c.get("warnings") or []:
+            console.print(f"    [yellow]{warning}[/]")
         for note in c.get("notes") or []:
             console.print(f"    [dim]{note}[/]")
 
@@ -269,8 +286,9 @@ def tune_cmd(
     memory: bool = typer.Option(
         True,
         "--memory/--no-memory",
-        help="Once the profile is written, measure each tier's peak RSS in a fresh process (a few seconds per tier; "
-        "not with --quick or --dry-run).",
+        help="Once the profile is written, measure in a fresh process the peak RSS of each tier's choice and of each "
+        "configuration a memory budget (max_memory_mb, --max-memory-mb) may fall back to (a few seconds each; not "
+        "with --quick or --dry-run).",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Measure and print, but do not write the profile."),
     as_json: bool = typer.Option(False, "--json", help="Print the profile and the choices as JSON."),
@@ -279,7 +297,8 @@ def tune_cmd(
     passages; then the padded tokens per engine call, on the fastest; then a paired final of the close
     contenders, side by side pass after pass) and write ARTIFACT/tuning/<machine key>.json,
     which Encoder.load uses to choose the fastest variant of each precision tier here and its batch size in tokens;
-    then each tier's choice runs in a fresh process for its peak RSS, kept in the profile (--no-memory skips it).
+    then each tier's choice, and each configuration a memory budget may fall back to, runs in a fresh process for
+    its peak RSS, kept in the profile (--no-memory skips it).
     Profiles of other machines are kept and ignored here."""
     from stedge_runtime.artifact import Manifest
     from stedge_runtime.tune import best_choices

@@ -72,6 +72,7 @@ class _Artifact:
         tier: str | None = None,
         route: bool | None = None,
         profile: bool = True,
+        max_memory_mb: float | None = None,
         **engine_options: Any,
     ):
         """Load an artifact folder for ``device`` (cpu, cuda[:N], tensorrt[:N], ort-openvino[:DEV],
@@ -79,7 +80,10 @@ class _Artifact:
         precision ``tier`` (exact, near (default), compressed) is chosen from this machine's tuning profile,
         or by the rule in stedge_runtime.select without one (``profile=False`` skips the profile). ``route``:
         batch-1 calls may run on a faster second variant when the profile shows it and the vectors agree
-        (None), always when faster (True) or never (False). ``selection`` says what was chosen and why.
+        (None), always when faster (True) or never (False). ``max_memory_mb``: the choice must have peaked at
+        most that much in `stedge tune`'s memory probe here (a route is dropped, or a lighter configuration
+        taken; a warning when nothing measured fits or nothing was measured). ``selection`` says what was
+        chosen and why.
         An unavailable device is an error unless ``fallback=True``, which warns and runs on the CPU.
         ``verify`` controls the sha256 check ("cached", True, False). ``max_batch_tokens`` caps the padded
         tokens (rows x longest row) of one engine call: by default the budget the profile measured, else
@@ -97,7 +101,7 @@ class _Artifact:
                 "picks an index)"
             )
         m = Manifest.read(root, cls.task)
-        choice = {"tier": tier, "route": route, "use_profile": profile}
+        choice = {"tier": tier, "route": route, "use_profile": profile, "max_memory_mb": max_memory_mb}
         try:
             sel, engines = cls._open(root, m, variant, device, threads, verify, engine_options, choice)
         except DeviceError as e:

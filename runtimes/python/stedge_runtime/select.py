@@ -37,6 +37,11 @@
    then weight-only int8, int4 and fp16. Ties: OpenVINO first for bf16 and static int8 on AMX, else ONNX first; then the
    highest optimization level; then the name. GPUs keep their own order (fp16 first). The manifest's
    ``default_variant`` (set by the last export) plays no part.
+5. A memory budget (``max_memory_mb``) is checked against what ``stedge tune`` measured here: the peak RSS of a
+   fresh process running each tier's choice, and each eligible variant at the settings a tier would give it
+   and at its engine's defaults (profile ``memory``). A choice over the budget loses its batch-1 route first,
+   then gives way to the fastest measured configuration within the budget (by the same ranking); when none
+   fits, the lightest runs with a warning, and without figures the budget is not checked (a warning too).
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from typing import Any, Mapping
 
 from . import machine
 from .artifact import backends_for, device_family
-from .errors import ArtifactError, DeviceError
+from .errors import ArtifactError, DeviceError, InputError
 from .profile import list_profiles, read_profile
 
 TIERS = ("exact", "near", "compressed")
@@ -75,6 +80,7 @@ PAIRED_SETTINGS_GAIN = 1.05
 BATCH_TOKENS = {"cpu": 1024}
 GPU_BATCH_TOKENS = 16384
 ROUTE_GAIN = 0.8  # route batch-1 calls when their p50 is at most this share of the bulk variant's
+BULK_CLOSE = 0.97  # bulk scores within this share of the best count as equal: the better batch-1 p50 wins
 # Best first, per CPU class (machine.cpu_class) and for other device families.
 KIND_ORDER = {
     "amx": ("bf16", "int8-static", "int8-rows", "int8", "fp32", "int8-weights", "int4", "fp16"),
@@ -109,6 +115,8 @@ class Selection:
     latency_variant: str | None = None  # batch-1 calls run here when set
     latency_settings: dict[str, Any] = field(default_factory=dict)
     max_batch_tokens: int | None = None  # the tuned token budget per engine call (None: the device default)
+    peak_rss_mb: float | None = None  # what a process running this choice peaked at here (stedge tune), if measured
+    max_memory_mb: float | None = None  # the caller's memory budget (None: none)
     profile: str | None = None  # the profile file used
     machine_key: str | None = None
     excluded: dict[str, str] = field(default_factory=dict)  # variant -> why it was not eligible
@@ -427,9 +435,15 @@ def _from_profile(
     route: bool | None,
     excluded: dict[str, str],
     notes: list[str],
+    max_memory_mb: float | None = None,
+    warned: list[str] | None = None,
 ) -> Selection | None:
-    """Choose among eligible variants from a profile; None when no eligible variant was tuned."""
+    """Choose among eligible variants from a profile; None when no eligible variant was tuned. With
+    ``max_memory_mb``, the choice must have peaked at most that much here (``_within_memory``); what the
+    caller must hear goes to ``warned``."""
+    warned = [] if warned is None else warned
     bulk: list[tuple[float, float, str, dict]] = []  # (score, batch-1 p50, name, settings)
+    every: list[tuple[float, float, str, dict]] = []  # the same for each setting that met the tier (memory budget)
     lat: list[tuple[float, str, dict, float | None]] = []  # (batch-1 p50, name, settings, p50 on longer queries)
     paired = paired_scores(prof)
     for name, v in cands.items():
@@ -454,6 +468,7 @@ def _from_profile(
         if score is not None:
             bulk.append((score, float(p50) if isinstance(p50, (int, float)) else math.inf, name, run["settings"]))
         for r in runs:
+            every.append(_scored(r, mine.get(settings_key(r["settings"])), name))
             long = r.get("batch1_ms_p50_long")
             long = float(long) if isinstance(long, (int, float)) else None
             fig = mine.get(settings_key(r["settings"]))
@@ -464,7 +479,7 @@ def _from_profile(
     if not bulk:
         return None
     best = max(b[0] for b in bulk)
-    close = [b for b in bulk if b[0] >= 0.97 * best]  # within 3 %: take the better batch-1 latency
+    close = [b for b in bulk if b[0] >= BULK_CLOSE * best]  # within 3 %: take the better batch-1 latency
     score, p50, name, settings = min(close, key=lambda b: (b[1], -b[0], b[2]))
     reason = _profile_reason(prof, tier, name, settings, settings_key(settings) in (paired.get(name) or {}))
     others = sorted({b[2] for b in bulk} - {name})
@@ -475,15 +490,24 @@ def _from_profile(
     if isinstance(budget, int) and budget >= 1:
         sel["max_batch_tokens"] = budget
         notes.append(f"bulk batches of at most {budget} padded tokens (tuned on this machine)")
-    sel.update(_batch1_route(prof, tier, route, name, settings, p50, lat, notes))
+    mine: list[str] = []  # notes on this choice's route and memory: they go if a memory budget changes it
+    sel.update(_batch1_route(prof, tier, route, name, settings, p50, lat, mine))
     mem = ((prof.get("memory") or {}).get("tiers") or {}).get(tier) or {}
     if isinstance(mem.get("peak_rss_mb"), (int, float)):
         off = mem.get("route_off_mb")
-        notes.append(
+        mine.append(
             f"peak RSS of a process running this tier's choice here: {mem['peak_rss_mb']:.0f} MB"
             + (f" ({off:.0f} MB with route=False)" if isinstance(off, (int, float)) else "")
             + " (stedge tune's workloads)"
         )
+    peak = _peak_of(prof, tier, route, name, settings, sel)
+    first = (name, settings, sel)
+    said: list[str] = []
+    if max_memory_mb is not None:
+        name, settings, sel, peak, reason = _within_memory(
+            prof, tier, max_memory_mb, (name, settings, sel, peak, reason), every, said, warned
+        )
+    notes.extend((mine if (name, settings, sel) == first else []) + said)
     return Selection(
         variant=name,
         source="profile",
@@ -492,6 +516,8 @@ def _from_profile(
         variant_tier=variant_tier(cands[name]),
         settings=dict(settings),
         profile=str(file),
+        peak_rss_mb=peak,
+        max_memory_mb=max_memory_mb,
         **sel,
     )
 
@@ -546,6 +572,120 @@ def _batch1_route(
                 + (")" if lname == name else f"; min cos to {name}: {agree})")
             )
     return out
+
+
+# ------------------------------------------------------------------ a memory budget (max_memory_mb)
+def memory_config_key(variant: str, settings: Mapping[str, Any] | None) -> str:
+    """A configuration measured for memory: one variant with its engine settings, no batch-1 route."""
+    return f"{variant} {json.dumps(dict(settings or {}), sort_keys=True)}"
+
+
+def _measured_configs(prof: dict) -> dict[str, float]:
+    """``{memory_config_key: peak RSS MB}`` from the profile's ``memory.configs`` (stedge tune's children)."""
+    out: dict[str, float] = {}
+    for c in (prof.get("memory") or {}).get("configs") or []:
+        if isinstance(c, Mapping) and isinstance(c.get("variant"), str):
+            mb = c.get("peak_rss_mb")
+            if isinstance(mb, (int, float)) and mb > 0:
+                out[memory_config_key(c["variant"], c.get("settings"))] = float(mb)
+    return out
+
+
+def _scored(run: dict, fig: Mapping[str, Any] | None, name: str) -> tuple[float, float, str, dict]:
+    """(bulk score, batch-1 p50, name, settings) of one run, from the paired final where it timed these settings."""
+    score = fig["score"] if fig is not None else bulk_score(run)
+    p50 = fig["p50"] if fig is not None and fig["settings"] == run["settings"] else run.get("batch1_ms_p50")
+    return (score or 0.0, float(p50) if isinstance(p50, (int, float)) else math.inf, name, run["settings"])
+
+
+def _peak_of(prof: dict, tier: str, route: bool | None, name: str, settings: dict, sel: dict) -> float | None:
+    """What a process running this choice peaked at here: the tier's figure where it measured this very
+    choice (batch-1 route included), else that of the bulk configuration alone when nothing is routed."""
+    entry = ((prof.get("memory") or {}).get("tiers") or {}).get(tier) or {}
+    lv, ls = sel.get("latency_variant"), sel.get("latency_settings") or {}
+    measured = entry.get("choice")
+    if isinstance(measured, Mapping):
+        got = (measured.get("variant"), measured.get("settings") or {})
+        same = got + (measured.get("latency_variant"), measured.get("latency_settings") or {}) == (
+            name,
+            settings,
+            lv,
+            ls,
+        )
+    else:  # profiles before the choice was recorded measured Encoder.load(tier=tier) with route=None
+        same = route is None
+    if same and isinstance(entry.get("peak_rss_mb"), (int, float)):
+        return float(entry["peak_rss_mb"])
+    return _measured_configs(prof).get(memory_config_key(name, settings)) if lv is None else None
+
+
+def _within_memory(
+    prof: dict,
+    tier: str,
+    budget: float,
+    current: tuple[str, dict, dict, float | None, str],
+    every: list[tuple[float, float, str, dict]],
+    notes: list[str],
+    warned: list[str],
+) -> tuple[str, dict, dict, float | None, str]:
+    """The choice ``current`` (name, settings, route and token budget, peak MB, reason) under a memory budget:
+    kept when it peaked within ``budget`` MB here; else the same without its batch-1 route, when that fits;
+    else the fastest configuration of ``every`` (each eligible variant and setting at this tier) that
+    `stedge tune` measured within the budget, by the same rule as without one; else the lightest measured,
+    with a warning. Without memory figures, a warning that the budget was not checked."""
+    name, settings, sel, peak, reason = current
+    configs = _measured_configs(prof)
+    if peak is not None and peak <= budget:
+        notes.append(f"max_memory_mb={budget:g}: this choice peaked at {peak:.0f} MB here, within it")
+        return current
+    if peak is None and not configs:
+        warned.append(
+            f"max_memory_mb={budget:g} was not checked: this machine's tuning profile has no memory figures "
+            "(run `stedge tune` without --no-memory or --quick)"
+        )
+        return current
+    was = f"{name} {settings}" + (
+        f" (with batch-1 calls on {sel['latency_variant']})" if "latency_variant" in sel else ""
+    )
+    was += f" peaked at {peak:.0f} MB here" if peak is not None else " has no memory figure here"
+    plain = {k: v for k, v in sel.items() if k not in ("latency_variant", "latency_settings")}
+    alone = configs.get(memory_config_key(name, settings))
+    if "latency_variant" in sel and alone is not None and alone <= budget:
+        notes.append(f"max_memory_mb={budget:g}: {was}; without its batch-1 route {alone:.0f} MB: route off")
+        return name, settings, plain, alone, reason
+    sized = [(e, configs[k]) for e in every if (k := memory_config_key(e[2], e[3])) in configs]
+    fit = [(e, mb) for e, mb in sized if mb <= budget]
+    if not sized:
+        head = f"max_memory_mb={budget:g} " + ("is exceeded" if peak is not None else "was not checked")
+        warned.append(f"{head}: {was}, and no other tier-{tier} configuration was measured (run `stedge tune`)")
+        return current
+    if fit:
+        top = max(e[0] for e, _ in fit)
+        (score, _, new, st), mb = min(
+            ((e, mb) for e, mb in fit if e[0] >= BULK_CLOSE * top), key=lambda x: (x[0][1], -x[0][0], x[0][2])
+        )
+        notes.append(
+            f"max_memory_mb={budget:g}: {was}; the fastest tier-{tier} configuration within it: {new} {st} "
+            f"({mb:.0f} MB)"
+        )
+    else:
+        (score, _, new, st), mb = min(sized, key=lambda x: (x[1], -x[0][0]))
+        if (new, st) != (name, settings):
+            lightest = f"{new} {st}, which peaked at {mb:.0f} MB"
+        else:
+            lightest = "it" + (f" without its batch-1 route ({mb:.0f} MB)" if "latency_variant" in sel else "")
+        warned.append(
+            f"no tier-{tier} configuration measured here fits max_memory_mb={budget:g}: {was}; running the lightest, "
+            f"{lightest} (a lower tier, or a smaller variant exported, may fit)"
+        )
+    in_final = settings_key(st) in (paired_scores(prof).get(new) or {})
+    return (
+        new,
+        dict(st),
+        plain,
+        mb,
+        f"within max_memory_mb={budget:g}: " + _profile_reason(prof, tier, new, st, in_final),
+    )
 
 
 def _profile_reason(prof: dict, tier: str, name: str, settings: dict, in_final: bool) -> str:
@@ -636,6 +776,7 @@ def select_variant(
     route: bool | None = None,
     where: str = "stedge.json",
     profile: dict | None = None,
+    max_memory_mb: float | None = None,
 ) -> Selection:
     """Choose the variant to run (see the module docstring); ``root`` is the artifact folder (for profiles).
 
@@ -643,14 +784,25 @@ def select_variant(
     ``route``: None routes batch-1 calls only when the vectors agree, True whenever faster (at both query
     lengths), False never.
     ``profile`` is a profile dict to use instead of the one on disk (``stedge tune --dry-run``).
+    ``max_memory_mb``: the choice must have peaked at most that many MB in `stedge tune`'s memory probe here
+    (``_within_memory``); without memory figures, or for a named variant, it is not checked (said so).
     """
     tier = tier or DEFAULT_TIER
     if tier not in TIERS:
         raise ArtifactError(f"tier must be one of {', '.join(TIERS)}, got {tier!r}")
+    if max_memory_mb is not None and (
+        isinstance(max_memory_mb, bool) or not isinstance(max_memory_mb, (int, float)) or not max_memory_mb > 0
+    ):
+        raise InputError(f"max_memory_mb must be a number of MB > 0 (or None), got {max_memory_mb!r}")
     installed = set(installed or ())
     flags = machine.cpu_flags() if flags is None else set(flags)
     if name is not None:
-        return _named(variants, name, family, tier, flags, installed, where)
+        sel = _named(variants, name, family, tier, flags, installed, where)
+        if max_memory_mb is not None:
+            sel = dataclasses.replace(
+                sel, notes=(f"max_memory_mb={max_memory_mb:g} is not applied to a named variant",)
+            )
+        return sel
     excluded = {n: why for n, v in variants.items() if (why := _why_not(n, v, family, installed, tier, flags))}
     cands = {n: v for n, v in variants.items() if n not in excluded}
     if not cands:
@@ -661,9 +813,15 @@ def select_variant(
             + ". Pass tier='compressed', name a variant, or export one that fits"
         )
     notes: list[str] = []
+    warned: list[str] = []
     sel = None
     if use_profile and root is not None and family == "cpu":
-        sel = _profile_choice(Path(root), cands, tier, route, excluded, notes, key, profile)
+        sel = _profile_choice(Path(root), cands, tier, route, excluded, notes, key, profile, max_memory_mb, warned)
+    if sel is None and max_memory_mb is not None:
+        warned.append(
+            f"max_memory_mb={max_memory_mb:g} was not checked: no tuning profile with memory figures for this "
+            f"machine{'' if family == 'cpu' else ' (profiles are for CPUs)'} (run `stedge tune`)"
+        )
     if sel is None:
         best = sorted(cands, key=lambda n: rule_rank(n, cands[n], family, flags))[0]
         cls = machine.cpu_class(flags) if family == "cpu" else family
@@ -677,7 +835,12 @@ def select_variant(
     if batch_invariance(cands[sel.variant]) is None:
         notes.append(f"{sel.variant}: batch invariance was not measured at export (an older stedge wrote it)")
     return dataclasses.replace(
-        sel, excluded=excluded, notes=tuple(notes), machine_key=sel.machine_key or (key if key else None)
+        sel,
+        excluded=excluded,
+        notes=tuple(notes),
+        warnings=tuple(warned),
+        max_memory_mb=max_memory_mb,
+        machine_key=sel.machine_key or (key if key else None),
     )
 
 
@@ -690,6 +853,8 @@ def _profile_choice(
     notes: list[str],
     key: str | None,
     prof: dict | None = None,
+    max_memory_mb: float | None = None,
+    warned: list[str] | None = None,
 ) -> Selection | None:
     key = key or machine.machine_key()
     if prof is None:
@@ -703,7 +868,9 @@ def _profile_choice(
         notes.append(f"profiles of other machines ignored: {', '.join(others)} (this machine: {key})")
     if prof is None:
         return None
-    sel = _from_profile(prof, root / "tuning" / f"{key}.json", cands, tier, route, excluded, notes)
+    sel = _from_profile(
+        prof, root / "tuning" / f"{key}.json", cands, tier, route, excluded, notes, max_memory_mb, warned
+    )
     if sel is None:
         notes.append("the profile for this machine has no eligible variant measured; the rule decided")
         return None

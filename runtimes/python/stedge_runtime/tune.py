@@ -14,7 +14,8 @@ after pass, for ``PAIRED_CYCLES`` cycles; a contender's speed is the median of i
 reference (a slow spell of the machine falls on every contender's pass alike, so it cannot pick the
 winner, as it can between rounds measured seconds apart). ``write_profile`` stores the result as
 ``tuning/<machine key>.json`` (stedge_runtime.profile), which ``Encoder.load`` reads (stedge_runtime.select).
-``tier_memory`` then measures each tier's choice in a fresh process for its peak RSS.
+``tier_memory`` then measures each tier's choice in a fresh process for its peak RSS, and ``config_memory``
+each configuration a memory budget may fall back to (``memory_configs``).
 The `stedge tune` command wraps this with a table.
 """
 
@@ -44,6 +45,8 @@ from .select import (
     default_batch_tokens,
     fits,
     geomean,
+    memory_config_key,
+    paired_scores,
     plain_runs,
     plain_settings,
     runs_for_tier,
@@ -617,10 +620,14 @@ def _runtime_version() -> str:
 
 
 def best_choices(
-    root: str | Path, tiers: Sequence[str] = ("exact", "near", "compressed"), profile: dict[str, Any] | None = None
+    root: str | Path,
+    tiers: Sequence[str] = ("exact", "near", "compressed"),
+    profile: dict[str, Any] | None = None,
+    max_memory_mb: float | None = None,
 ) -> dict[str, Any]:
     """What Encoder.load would choose on this machine for each tier ({tier: Selection dict or error});
-    ``profile`` replaces the profile on disk (a measured one not written yet)."""
+    ``profile`` replaces the profile on disk (a measured one not written yet); ``max_memory_mb`` as in
+    Encoder.load."""
     root = Path(root)
     m = Manifest.read(root)
     out: dict[str, Any] = {}
@@ -635,6 +642,7 @@ def best_choices(
                 tier=tier,
                 where=str(root / MANIFEST),
                 profile=profile,
+                max_memory_mb=max_memory_mb,
             ).to_dict()
         except RuntimeStedgeError as e:
             out[tier] = {"error": str(e)}
@@ -653,7 +661,8 @@ def tier_memory(
     ``batch_sizes``, then the batch-1 texts twice, one call each). Call it after the profile is on disk: the
     child loads what ``Encoder.load`` would. With a batch-1 route, ``route_off_mb`` is the same with
     ``route=False``. ``choices`` is ``best_choices``'s output; tiers with the same choice share one
-    measurement. Returns ``{tier: {"peak_rss_mb": ..., "route_off_mb": ...} or {"error": ...}}``."""
+    measurement. Returns ``{tier: {"peak_rss_mb": ..., "route_off_mb": ..., "choice": {...}} or {"error": ...}}``
+    (``choice``: the variant, settings and batch-1 route measured, which selection matches against)."""
     root = Path(root)
     out: dict[str, Any] = {}
     done: dict[str, dict[str, Any]] = {}
@@ -664,7 +673,7 @@ def tier_memory(
         if key not in done:
             if progress:
                 progress(f"tier {tier}", i, len(todo))
-            got: dict[str, Any] = {}
+            got: dict[str, Any] = {"choice": {k: c.get(k) for k in keys[:4]}}
             for route, field in ((None, "peak_rss_mb"), (False, "route_off_mb")):
                 if route is False and not c.get("latency_variant"):
                     continue
@@ -677,6 +686,73 @@ def tier_memory(
             done[key] = got
         out[tier] = dict(done[key])
     return out
+
+
+def memory_configs(root: str | Path, prof: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a memory budget may fall back to (select's ``max_memory_mb``): per tier, each variant ``Encoder.load``
+    could choose there from ``prof`` (``contenders``' eligibility) at the settings that tier would give it and at
+    the first settings measured that met the tier (its engine's default), without a batch-1 route. Returns
+    ``[{"variant", "settings"}]``, each configuration once."""
+    root = Path(root)
+    m = Manifest.read(root)
+    paired = paired_scores(prof)
+    out: dict[str, dict[str, Any]] = {}
+    for tier in TIERS:
+        try:
+            sel = select_variant(m.variants, "cpu", None, installed_backends(), root, tier=tier, profile=prof)
+        except RuntimeStedgeError:
+            continue  # nothing eligible at this tier
+        for name, e in (prof.get("variants") or {}).items():
+            if e.get("status") != "ok" or name not in m.variants or name in sel.excluded:
+                continue
+            runs = runs_for_tier(e, tier)[0]
+            if not runs:
+                continue
+            for r in (settled_run(runs, paired.get(name)), (plain_runs(runs) or runs)[0]):
+                out.setdefault(memory_config_key(name, r["settings"]), {"variant": name, "settings": r["settings"]})
+    return list(out.values())
+
+
+def config_memory(
+    root: str | Path,
+    prof: dict[str, Any],
+    tiers: dict[str, Any],
+    texts: Sequence[str] | None = None,
+    batch_sizes: Sequence[int] = (32,),
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """The peak RSS (MB) of each of ``memory_configs`` in a fresh process, as ``tier_memory`` measures a tier
+    (the variant named, with its settings and the profile's token budget). A tier measurement (``tiers``, from
+    ``tier_memory``) of the same configuration is reused: its figure without a route. Returns
+    ``[{"variant", "settings", "peak_rss_mb"} or {"variant", "settings", "error"}]``."""
+    known: dict[str, float] = {}
+    for t in tiers.values():
+        c = t.get("choice") or {}
+        mb = t.get("route_off_mb") if c.get("latency_variant") else t.get("peak_rss_mb")
+        if isinstance(mb, (int, float)) and c.get("variant"):
+            known[memory_config_key(c["variant"], c.get("settings"))] = float(mb)
+    budget = (prof.get("batch_tokens") or {}).get("best")
+    todo = memory_configs(root, prof)
+    out = []
+    for i, c in enumerate(todo):
+        key = memory_config_key(c["variant"], c["settings"])
+        if key not in known:
+            if progress:
+                progress(f"{c['variant']} {_fmt(c['settings'])}", i, len(todo))
+            spec = {"root": str(root), "variant": c["variant"], "settings": c["settings"], "texts": texts}
+            spec.update(batch_sizes=[*batch_sizes], max_batch_tokens=budget if isinstance(budget, int) else None)
+            try:
+                known[key] = _memory_in_child(spec)
+            except RuntimeStedgeError as e:
+                out.append({**c, "error": str(e)})
+                continue
+        out.append({**c, "peak_rss_mb": known[key]})
+    return out
+
+
+def _probed(spec: dict[str, Any]) -> str:
+    """What a memory probe loads, for its errors: a tier or a named variant with settings."""
+    return f"tier {spec['tier']}" if "tier" in spec else f"{spec['variant']} ({_fmt(spec.get('settings') or {})})"
 
 
 def _memory_in_child(spec: dict[str, Any]) -> float:
@@ -695,23 +771,22 @@ def _memory_in_child(spec: dict[str, Any]) -> float:
             env=env,
         )
     except subprocess.TimeoutExpired:
-        raise RuntimeStedgeError(f"the memory probe of tier {spec['tier']} ran past {MEMORY_TIMEOUT_S:.0f} s") from None
+        raise RuntimeStedgeError(f"the memory probe of {_probed(spec)} ran past {MEMORY_TIMEOUT_S:.0f} s") from None
     except OSError as e:
-        raise RuntimeStedgeError(
-            f"the memory probe of tier {spec['tier']} could not start {sys.executable}: {e}"
-        ) from None
+        raise RuntimeStedgeError(f"the memory probe of {_probed(spec)} could not start {sys.executable}: {e}") from None
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
     if res.returncode != 0 or not lines:
         why = (res.stderr.strip().splitlines() or [f"exit status {res.returncode}"])[-1][:300]
-        raise RuntimeStedgeError(f"the memory probe of tier {spec['tier']} failed: {why}")
+        raise RuntimeStedgeError(f"the memory probe of {_probed(spec)} failed: {why}")
     mb = json.loads(lines[-1]).get("peak_rss_mb")
     if not isinstance(mb, (int, float)) or mb <= 0:
-        raise RuntimeStedgeError(f"the memory probe of tier {spec['tier']} could not read the peak RSS on this OS")
+        raise RuntimeStedgeError(f"the memory probe of {_probed(spec)} could not read the peak RSS on this OS")
     return float(mb)
 
 
 def _memory_child(spec_json: str) -> None:
-    """The child of ``tier_memory``: load one tier's choice, run the tune's workloads, print the peak RSS."""
+    """The child of ``tier_memory`` and ``config_memory``: load one tier's choice (``tier``, ``route``) or one
+    variant (``variant``, ``settings``, ``max_batch_tokens``), run the tune's workloads, print the peak RSS."""
     import warnings
 
     from .encoder import Encoder, Reranker
@@ -722,7 +797,12 @@ def _memory_child(spec_json: str) -> None:
     cls = Reranker if task == "reranking" else Encoder
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        model = cls.load(root, tier=spec["tier"], route=spec["route"])
+        if "tier" in spec:
+            model = cls.load(root, tier=spec["tier"], route=spec["route"])
+        else:
+            model = cls.load(
+                root, variant=spec["variant"], max_batch_tokens=spec.get("max_batch_tokens"), **spec["settings"]
+            )
     work = _Workloads(task, spec.get("texts"), quick=False)
     run = _call(model, task)
     for bs in spec["batch_sizes"]:

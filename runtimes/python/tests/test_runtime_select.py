@@ -251,6 +251,95 @@ def test_batch1_routing_must_pay_on_longer_queries_too(tmp_path):
     assert _sel(vs, tmp_path, PLAIN, "near").latency_variant == "onnx-fp32"
 
 
+def _memory_profile(configs: dict | None) -> dict:
+    """near: openvino-fp32 in bulk (900/s), batch-1 calls routed to onnx-fp32; onnx-int8-static 700/s. The tier's
+    choice peaked at 400 MB with its route, 300 without; ``configs``: the other configurations' peaks."""
+    runs = {"openvino-fp32": (3.0, 900, 90), "onnx-fp32": (1.0, 500, 50), "onnx-int8-static": (2.9, 700, 70)}
+    prof = _profile("machine-a", runs, {"onnx-fp32|openvino-fp32": 0.99999})
+    choice = {"variant": "openvino-fp32", "settings": {"threads": 2}}
+    choice.update(latency_variant="onnx-fp32", latency_settings={"threads": 2})
+    prof["memory"] = {"tiers": {"near": {"choice": choice, "peak_rss_mb": 400.0, "route_off_mb": 300.0}}}
+    if configs is not None:
+        prof["memory"]["configs"] = [
+            {"variant": n, "settings": {"threads": 2}, "peak_rss_mb": mb} for n, mb in configs.items()
+        ] + [{"variant": "onnx-fp32", "settings": {"threads": 1}, "error": "the memory probe failed: boom"}]
+    return prof
+
+
+def test_a_memory_budget_drops_the_route_then_takes_the_fastest_configuration_that_fits(tmp_path):
+    """max_memory_mb against what stedge tune measured here: a choice within it stays; over it, the batch-1 route
+    goes first; then the fastest measured configuration within the budget (not the lightest) runs."""
+    from stedge_runtime.errors import InputError
+
+    vs = _variants()
+    write_profile(tmp_path, _memory_profile({"openvino-fp32": 300.0, "onnx-int8-static": 180.0, "onnx-fp32": 120.0}))
+    free = _sel(vs, tmp_path, PLAIN)
+    assert (free.variant, free.latency_variant, free.peak_rss_mb, free.max_memory_mb) == (
+        "openvino-fp32",
+        "onnx-fp32",
+        400.0,
+        None,
+    )
+    roomy = _sel(vs, tmp_path, PLAIN, max_memory_mb=500)
+    assert (roomy.variant, roomy.latency_variant, roomy.reason) == ("openvino-fp32", "onnx-fp32", free.reason)
+    assert roomy.max_memory_mb == 500 and any("peaked at 400 MB here, within it" in n for n in roomy.notes)
+    alone = _sel(vs, tmp_path, PLAIN, max_memory_mb=350)
+    assert (alone.variant, alone.latency_variant, alone.latency_settings, alone.peak_rss_mb) == (
+        "openvino-fp32",
+        None,
+        {},
+        300.0,
+    )
+    assert any("without its batch-1 route 300 MB: route off" in n for n in alone.notes), alone.notes
+    assert not any("batch-1 calls go to" in n for n in alone.notes), alone.notes  # the dropped route is not claimed
+    fast = _sel(vs, tmp_path, PLAIN, max_memory_mb=250)  # int8-static (700/s, 180 MB) beats onnx-fp32 (500/s, 120 MB)
+    assert (fast.variant, fast.latency_variant, fast.peak_rss_mb, fast.warnings) == (
+        "onnx-int8-static",
+        None,
+        180.0,
+        (),
+    )
+    assert fast.reason.startswith("within max_memory_mb=250: fastest near-tier variant")
+    assert any("the fastest tier-near configuration within it: onnx-int8-static" in n for n in fast.notes)
+    assert _sel(vs, tmp_path, PLAIN, max_memory_mb=150).variant == "onnx-fp32"
+    over = _sel(vs, tmp_path, PLAIN, max_memory_mb=100)  # nothing fits: the lightest, and the caller is told
+    assert (over.variant, over.peak_rss_mb) == ("onnx-fp32", 120.0)
+    assert (
+        len(over.warnings) == 1
+        and "no tier-near configuration measured here fits max_memory_mb=100" in over.warnings[0]
+    )
+    exact = _sel(vs, tmp_path, PLAIN, tier="exact", max_memory_mb=250)  # int8 is not exact: onnx-fp32 is left
+    assert (exact.variant, exact.peak_rss_mb) == ("onnx-fp32", 120.0)
+    for bad in (0, -5, True, "200"):
+        with pytest.raises(InputError, match="max_memory_mb must be a number of MB > 0"):
+            _sel(vs, tmp_path, PLAIN, max_memory_mb=bad)
+
+
+def test_a_memory_budget_without_figures_is_said_not_checked(tmp_path):
+    """No memory figures (tuned with --no-memory or --quick), no profile for this machine, or a named variant: the
+    choice is the usual one, with a warning (or, for a named variant, a note) that the budget was not applied."""
+    vs = _variants()
+    prof = _memory_profile(None)
+    del prof["memory"]
+    write_profile(tmp_path, prof)
+    sel = _sel(vs, tmp_path, PLAIN, max_memory_mb=100)
+    assert (sel.variant, sel.latency_variant, sel.peak_rss_mb) == ("openvino-fp32", "onnx-fp32", None)
+    assert len(sel.warnings) == 1 and "max_memory_mb=100 was not checked" in sel.warnings[0]
+    assert "without --no-memory or --quick" in sel.warnings[0]
+    write_profile(tmp_path, _memory_profile(None))  # the tier's own figure only: over it, nothing else measured
+    only = _sel(vs, tmp_path, PLAIN, max_memory_mb=100)
+    assert only.variant == "openvino-fp32" and "max_memory_mb=100 is exceeded" in only.warnings[0]
+    rule = _sel(vs, tmp_path, PLAIN, key="machine-b", max_memory_mb=100)
+    assert rule.source == "rule" and "no tuning profile with memory figures" in rule.warnings[0]
+    named = select_variant(vs, "cpu", "onnx-fp32", BOTH, tmp_path, flags=PLAIN, key="machine-a", max_memory_mb=100)
+    assert named.variant == "onnx-fp32" and named.notes == ("max_memory_mb=100 is not applied to a named variant",)
+    old = _memory_profile({"onnx-fp32": 120.0})  # a tier figure from before the choice was recorded
+    del old["memory"]["tiers"]["near"]["choice"]
+    write_profile(tmp_path, old)
+    assert _sel(vs, tmp_path, PLAIN).peak_rss_mb == 400.0  # it measured Encoder.load(tier=...) with route=None
+    assert _sel(vs, tmp_path, PLAIN, route=True).peak_rss_mb is None  # route=True may route elsewhere: unknown
+
+
 def test_variant_not_invariant_on_this_machine_is_excluded(tmp_path):
     vs = _variants()
     prof = _profile("machine-a", {"onnx-int8-static": (1.0, 2000, 200), "onnx-fp32": (2.0, 500, 50)})
@@ -777,11 +866,78 @@ def test_tier_memory_measures_each_choice_once_and_the_route_off(tiny_artifact, 
         "broken": {"error": "nothing eligible"},
     }
     out = tune_mod.tier_memory(tiny_artifact, choices)
-    assert out["exact"] == {"peak_rss_mb": 100.0}
-    assert out["near"] == out["near-again"] == {"peak_rss_mb": 100.0, "route_off_mb": 80.0}
+    plain = {"latency_variant": None, "latency_settings": None}
+    assert out["exact"] == {"peak_rss_mb": 100.0, "choice": {**choices["exact"], **plain}}  # what it measured
+    assert (
+        out["near"]
+        == out["near-again"]
+        == {
+            "peak_rss_mb": 100.0,
+            "route_off_mb": 80.0,
+            "choice": {**routed, "latency_settings": None},
+        }
+    )
     assert out["compressed"] == {"error": "the memory probe of tier compressed failed: boom"}
     assert "broken" not in out
     assert calls == [("exact", None), ("near", None), ("near", False), ("compressed", None)]
+
+
+def test_config_memory_measures_what_a_budget_may_fall_back_to(tiny_artifact, monkeypatch):
+    """Each eligible variant at the settings a tier gives it and at its engine's default, once; a configuration a
+    tier measurement already ran (its figure without a route) is not run again; a failing child is an error."""
+    from stedge_runtime import tune as tune_mod
+
+    def run(settings: dict, rate: float) -> dict:
+        return {
+            "settings": settings,
+            "batch1_ms_p50": 2.0,
+            "bulk": {"short": {"32": rate}, "passage": {"32": rate / 10}},
+        }
+
+    lat, thr = {"threads": 2, "performance_hint": "LATENCY"}, {"threads": 2, "performance_hint": "THROUGHPUT"}
+    prof = {
+        "format_version": PROFILE_FORMAT,
+        "machine": {"key": machine.machine_key()},
+        "variants": {
+            "onnx-fp32": {"status": "ok", "runs": [run({"threads": 2, "allow_spinning": True}, 500.0)]},
+            "openvino-fp32": {"status": "ok", "runs": [run(lat, 400.0), run(thr, 600.0)]},  # THROUGHPUT earns it
+        },
+    }
+    assert tune_mod.memory_configs(tiny_artifact, prof) == [
+        {"variant": "onnx-fp32", "settings": {"threads": 2, "allow_spinning": True}},
+        {"variant": "openvino-fp32", "settings": thr},
+        {"variant": "openvino-fp32", "settings": lat},
+    ]
+    specs = []
+
+    def fake(spec):
+        specs.append(spec)
+        if spec["variant"] == "onnx-fp32":
+            raise RuntimeStedgeError("the memory probe of onnx-fp32 (threads=2 allow_spinning=True) failed: boom")
+        return 250.0
+
+    monkeypatch.setattr(tune_mod, "_memory_in_child", fake)
+    prof["batch_tokens"] = {"best": 2048}
+    tiers = {
+        "exact": {
+            "choice": {"variant": "openvino-fp32", "settings": thr, "latency_variant": None},
+            "peak_rss_mb": 300.0,
+        }
+    }
+    out = tune_mod.config_memory(tiny_artifact, prof, tiers, batch_sizes=(4,))
+    assert out == [
+        {
+            "variant": "onnx-fp32",
+            "settings": {"threads": 2, "allow_spinning": True},
+            "error": "the memory probe of onnx-fp32 (threads=2 allow_spinning=True) failed: boom",
+        },
+        {"variant": "openvino-fp32", "settings": thr, "peak_rss_mb": 300.0},  # the tier's figure
+        {"variant": "openvino-fp32", "settings": lat, "peak_rss_mb": 250.0},
+    ]
+    assert [(s["variant"], s["settings"], s["max_batch_tokens"], s["batch_sizes"]) for s in specs] == [
+        ("onnx-fp32", {"threads": 2, "allow_spinning": True}, 2048, [4]),
+        ("openvino-fp32", lat, 2048, [4]),
+    ]
 
 
 def test_memory_child_reports_the_peak_rss_and_its_failures(tiny_artifact, tmp_path):
@@ -798,6 +954,10 @@ def test_memory_child_reports_the_peak_rss_and_its_failures(tiny_artifact, tmp_p
     many = [f"text number {i} with a few more words" for i in range(5000)]  # ~190 KB: more than one argv string
     spec = {"root": str(tiny_artifact), "tier": "near", "route": None, "texts": many, "batch_sizes": [4]}
     assert _memory_in_child(spec) > 30
+    named = {"root": str(tiny_artifact), "variant": "openvino-fp32", "settings": {"threads": 1}, "texts": None}
+    assert 30 < _memory_in_child({**named, "batch_sizes": [4], "max_batch_tokens": 256}) < 4096
+    with pytest.raises(RuntimeStedgeError, match=r"memory probe of nope \(threads=1\) failed: .*unknown variant"):
+        _memory_in_child({**named, "variant": "nope", "batch_sizes": [4]})
 
 
 def test_openvino_without_snippets_gives_the_same_vectors(tiny_artifact):

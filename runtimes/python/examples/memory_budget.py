@@ -1,0 +1,69 @@
+"""What each memory budget runs, and what that process really peaks at.
+
+    python memory_budget.py ARTIFACT [--tier near] [BUDGET_MB ...]   (default budgets: none 400 300 200)
+
+For each budget ("none" for no budget) a fresh Python process loads ``Encoder.load(ARTIFACT, tier=...,
+max_memory_mb=...)``, runs the workloads of `stedge tune`'s memory probe (256 short texts and 16 passages at
+batch 32, then 32 queries and 16 longer ones one at a time, twice) and prints one JSON line: the choice, the peak
+the profile predicted (``selection.peak_rss_mb``), the peak it measured, and any warning. Run `stedge tune
+ARTIFACT` on this machine first: the budget is checked against the memory figures it writes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+
+def child(root: str, tier: str, budget: float | None) -> None:
+    """Load with the budget, run the probe's workloads, print one JSON line."""
+    from stedge_runtime import Encoder, machine
+    from stedge_runtime.samples import SHORT, passages
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        enc = Encoder.load(root, tier=tier, max_memory_mb=budget)
+    short = [SHORT[i % len(SHORT)] for i in range(256)]
+    enc.encode(short, batch_size=32)
+    enc.encode(passages(short, count=16), batch_size=32)
+    longer = [f"{short[i]} {short[i + 16]}" for i in range(16)]
+    for _ in range(2):
+        for q in short[:32] + longer:
+            enc.encode(q)
+    s = enc.selection
+    print(
+        json.dumps(
+            {
+                "max_memory_mb": budget,
+                "variant": s.variant,
+                "settings": s.settings,
+                "batch1_variant": s.latency_variant,
+                "predicted_mb": s.peak_rss_mb,
+                "peak_rss_mb": round(machine.peak_rss_bytes() / 2**20, 1),
+                "warnings": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)],
+            }
+        )
+    )
+
+
+def main(argv: list[str]) -> None:
+    """One fresh process per budget."""
+    if not argv or argv[0].startswith("-"):
+        sys.exit(__doc__)
+    root, rest, tier = argv[0], argv[1:], "near"
+    if "--tier" in rest:
+        i = rest.index("--tier")
+        tier, rest = rest[i + 1], rest[:i] + rest[i + 2 :]
+    for b in rest or ["none", "400", "300", "200"]:
+        code = "import sys; sys.path[:0] = [sys.argv[1]]; from memory_budget import child; child(*sys.argv[2:4], "
+        code += "None if sys.argv[4] == 'none' else float(sys.argv[4]))"
+        here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
+        out = subprocess.run([sys.executable, "-c", code, here, root, tier, b], capture_output=True, text=True)
+        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+        print(lines[-1] if lines else json.dumps({"max_memory_mb": b, "error": out.stderr.strip()[-300:]}), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
