@@ -94,26 +94,14 @@ def _load(
     return (SentenceEncoder if kind == "encoder" else CrossEncoder)(model, device=device)
 
 
-def _load_encoder(
-    model: str,
-    variant: Optional[str],
-    device: Optional[str],
-    tier: Optional[str] = None,
-    no_verify: bool = False,
-    max_memory_mb: Optional[float] = None,
-):
-    return _load("encoder", model, variant, device, tier, no_verify, max_memory_mb)
+def _load_encoder(*args: Any):
+    """``_load("encoder", model, variant, device, tier, no_verify, max_memory_mb)``."""
+    return _load("encoder", *args)
 
 
-def _load_reranker(
-    model: str,
-    variant: Optional[str],
-    device: Optional[str],
-    tier: Optional[str] = None,
-    no_verify: bool = False,
-    max_memory_mb: Optional[float] = None,
-):
-    return _load("reranker", model, variant, device, tier, no_verify, max_memory_mb)
+def _load_reranker(*args: Any):
+    """``_load("reranker", model, variant, device, tier, no_verify, max_memory_mb)``."""
+    return _load("reranker", *args)
 
 
 def _encode(enc, texts: list[str], batch_size: int, prompt_name: Optional[str], normalize: bool, **quant):
