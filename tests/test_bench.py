@@ -61,6 +61,12 @@ def test_suite_errors_name_the_key(tmp_path):
         load_suite(cycles)
     with pytest.raises(StedgeError, match="cpu, gpu, smoke"):
         load_suite("no-such-suite")
+    for entry in ("fast", "near@", "near@-3", "near@lots"):
+        auto = _suite_toml(tmp_path / "auto.toml", f'[[models]]\nref = "m"\nauto = ["exact", "{entry}"]\n')
+        with pytest.raises(StedgeError, match=r"models\[0\]\.auto: auto entry .* optionally with a memory budget"):
+            load_suite(auto)
+    ok = _suite_toml(tmp_path / "ok.toml", '[[models]]\nref = "m"\nauto = ["near", "near@300", "exact@250.5"]\n')
+    assert load_suite(ok).models[0].auto == ["near", "near@300", "exact@250.5"]
 
 
 def test_quick_shrinks_a_suite():

@@ -112,6 +112,14 @@ def test_tune_measures_each_tiers_memory_in_a_fresh_process(art):
     out = _cli("embed", str(art), "one text", "--max-memory-mb", "1", "--json")
     assert out.exit_code == 0 and json.loads(out.stdout[out.stdout.index("{") :])["count"] == 1
     assert "running the lightest" in _cli("info", str(art), "--max-memory-mb", "1").stdout
+    from stedge.bench.subjects import RuntimeVariant  # the harness's auto subject with a budget: "near@MB"
+
+    sub = RuntimeVariant("m", str(art), "cpu", "auto:near@1")
+    assert (sub.tier, sub.max_memory_mb, sub.label) == ("near", 1.0, "stedge auto near <= 1 MB (onnx-fp32)")
+    assert sub.facts()["auto_tier"] == "near@1" and "running the lightest" in sub.selection()["warnings"][0]
+    run = sub.load(1)
+    assert run(["a text"], 1).shape == (1, 32) and run.info["selection"]["max_memory_mb"] == 1.0
+    assert any("running the lightest" in w for w in run.info["warnings"])
     for flags in (["--no-memory"], ["--quick"]):
         out = _cli("tune", str(art), "--budget", "1", "-b", "4", "--paired-cycles", "0", "--json", *flags)
         assert out.exit_code == 0 and "memory" not in json.loads(out.stdout[out.stdout.index("{") :])["profile"]
@@ -217,6 +225,13 @@ def test_bench_tunes_only_when_the_profile_is_missing_stale_or_quick(art, monkey
     calls.append("first")
     runner.ensure_profile(art, suite, 2, {}, lambda m: None)
     assert len(calls) == 1  # covered: not re-tuned
+    runner.ensure_profile(art, suite, 2, {}, lambda m: None, budgets=True)
+    assert len(calls) == 2  # an auto subject with a memory budget needs each configuration's figure: re-tuned
+    prof["memory"] = {"tiers": {}, "configs": []}
+    write_profile(art, prof)
+    runner.ensure_profile(art, suite, 2, {}, lambda m: None, budgets=True)
+    assert len(calls) == 2
+    calls.pop()
     name = next(iter(todo))
     runs = prof["variants"][name]["runs"]
     prof["variants"][name]["runs"] = runs[:1]  # measured before the tuner tried the settings it tries today

@@ -33,7 +33,7 @@ import tomllib
 from stedge.errors import StedgeError
 
 from . import SUITES_DIR, work_root
-from .subjects import FastEmbedPeer, RuntimeVariant, StedgeTorch, STPeer, Subject
+from .subjects import FastEmbedPeer, RuntimeVariant, StedgeTorch, STPeer, Subject, parse_auto
 
 SCHEMA_VERSION = 1
 
@@ -50,7 +50,8 @@ class ModelEntry:
     variants: list[str] = field(default_factory=list)
     peers: list[str] = field(default_factory=list)
     baseline_model: str | None = None  # compare speed with this other model of the suite (a teacher)
-    auto: list[str] = field(default_factory=lambda: ["near"])  # tiers measured as Encoder.load(tier=...) picks them
+    # tiers measured as Encoder.load(tier=...) picks them; "near@300": with max_memory_mb=300
+    auto: list[str] = field(default_factory=lambda: ["near"])
     optional: bool = False  # skip (and say so) when the ref does not resolve, e.g. a student not trained yet
 
 
@@ -182,9 +183,14 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
         if not m.get("ref"):
             raise StedgeError(f"{file}: models[{i}] needs 'ref' (a model reference or an artifact folder)")
         m.setdefault("name", Path(str(m["ref"]).rstrip("/")).name)
-        for key in ("torch", "variants", "peers"):
+        for key in ("torch", "variants", "peers", "auto"):
             if key in m and not (isinstance(m[key], list) and all(isinstance(x, str) for x in m[key])):
                 raise StedgeError(f"{file}: models[{i}].{key} must be a list of strings")
+        for spec in m.get("auto", []):
+            try:
+                parse_auto(spec)
+            except ValueError as e:
+                raise StedgeError(f"{file}: models[{i}].auto: {e}") from None
         models.append(ModelEntry(**m))
     names = [m.name for m in models]
     if len(set(names)) != len(names):
@@ -411,10 +417,18 @@ def _local_eval(data: BenchData, suite: Suite) -> tuple[str, int | None] | None:
     return str(path), suite.accuracy_pairs or None
 
 
-def ensure_profile(artifact: Path, suite: Suite, threads: int, env: dict[str, str], log: Callable[[str], None]) -> None:
+def ensure_profile(
+    artifact: Path,
+    suite: Suite,
+    threads: int,
+    env: dict[str, str],
+    log: Callable[[str], None],
+    budgets: bool = False,
+) -> None:
     """Run `stedge tune` on the artifact (in a clean process, at the thread budget) unless this machine's
     profile already covers every variant the CPU can run, each with the hash it has now and with every engine
-    setting the tuner tries today (a profile from an older settings grid is re-tuned)."""
+    setting the tuner tries today (a profile from an older settings grid is re-tuned). ``budgets``: an auto
+    subject has a memory budget, so a profile without the figures of each configuration is re-tuned too."""
     from stedge_runtime.errors import RuntimeStedgeError
     from stedge_runtime.machine import machine_key
     from stedge_runtime.profile import read_profile
@@ -440,6 +454,8 @@ def ensure_profile(artifact: Path, suite: Suite, threads: int, env: dict[str, st
     ]
     if (prof.get("quick") or "batch_tokens" not in prof or "paired" not in prof) and prof and not suite.tune_quick:
         stale = list(todo)  # a quick profile, or one from before the token budget or the paired final, is re-tuned
+    if budgets and prof and "configs" not in (prof.get("memory") or {}):
+        stale = list(todo)  # a memory budget is checked against figures this profile does not have
     if not stale:
         log(f"{artifact.name}: this machine's tuning profile covers every variant; not re-tuning")
         return
@@ -1079,7 +1095,7 @@ def _plan_model(
 
     artifact = ensure_artifact(entry, model_path, suite, data, log)
     if artifact is not None and entry.auto and suite.tune and suite.device.split(":", 1)[0] == "cpu":
-        ensure_profile(artifact, suite, n_threads, env, log)
+        ensure_profile(artifact, suite, n_threads, env, log, budgets=any("@" in a for a in entry.auto))
     peers = {}
     for p in entry.peers:
         backend = p.partition(":")[0]

@@ -212,11 +212,31 @@ class StedgeTorch(Subject):
         return encode
 
 
+def parse_auto(spec: str) -> tuple[str, float | None]:
+    """A suite's ``auto`` entry: ``"<tier>"`` or ``"<tier>@<MB>"`` (Encoder.load's ``max_memory_mb``) ->
+    (tier, MB or None). Raises ValueError saying what is expected."""
+    from stedge_runtime.select import TIERS
+
+    tier, at, mb = str(spec).partition("@")
+    try:
+        budget = float(mb) if at else None
+    except ValueError:
+        budget = -1.0
+    if tier not in TIERS or (budget is not None and not budget > 0):
+        raise ValueError(
+            f"auto entry {spec!r}: expected a tier ({', '.join(TIERS)}), optionally with a memory budget in MB "
+            "after '@' (near@300)"
+        )
+    return tier, budget
+
+
 class RuntimeVariant(Subject):
     """One variant of an artifact through the torch-free stedge_runtime.Encoder.
 
     ``variant="auto:<tier>"`` measures what ``Encoder.load(path, tier=<tier>)`` chooses on this machine
     (the tuning profile, else the rule; see stedge_runtime.select); the label names the chosen variant.
+    ``"auto:<tier>@<MB>"`` adds ``max_memory_mb=<MB>`` (the fastest configuration that peaked within it in
+    `stedge tune`'s memory probe).
     """
 
     kind = "runtime"
@@ -228,7 +248,12 @@ class RuntimeVariant(Subject):
     @property
     def tier(self) -> str | None:
         """The tier of an auto subject (None for a named variant)."""
-        return self.variant.split(":", 1)[1] if self.variant.startswith("auto:") else None
+        return parse_auto(self.variant[5:])[0] if self.variant.startswith("auto:") else None
+
+    @property
+    def max_memory_mb(self) -> float | None:
+        """The memory budget of an auto subject (None: none, or a named variant)."""
+        return parse_auto(self.variant[5:])[1] if self.variant.startswith("auto:") else None
 
     def _manifest(self) -> Any:
         """The artifact's typed manifest (None when it cannot be read)."""
@@ -253,7 +278,13 @@ class RuntimeVariant(Subject):
             return {"error": f"{self.path}: no readable stedge.json"}
         try:
             return select_variant(
-                m.variants, _device_family(self.device), None, installed_backends(), self.path, tier=self.tier
+                m.variants,
+                _device_family(self.device),
+                None,
+                installed_backends(),
+                self.path,
+                tier=self.tier,
+                max_memory_mb=self.max_memory_mb,
             ).to_dict()
         except RuntimeStedgeError as e:
             return {"error": str(e)}
@@ -276,7 +307,8 @@ class RuntimeVariant(Subject):
             chosen = sel.get("variant") or "none"
             if sel.get("latency_variant"):
                 chosen += f", bs=1: {sel['latency_variant']}"
-            return f"stedge auto {self.tier} ({chosen}){where}"
+            budget = "" if self.max_memory_mb is None else f" <= {self.max_memory_mb:g} MB"
+            return f"stedge auto {self.tier}{budget} ({chosen}){where}"
         inv = invariance_of(self._manifest_variant())
         flag = " (not batch-invariant)" if inv is not None and inv < 0.999 else ""
         return f"stedge {self.variant}{where}{flag}"
@@ -299,7 +331,7 @@ class RuntimeVariant(Subject):
             "batch_invariance_min_cos": invariance_of(v),
         }
         if self.tier is not None:
-            out.update(auto_tier=self.tier, selection=self.selection())
+            out.update(auto_tier=self.variant[5:], selection=self.selection())  # "near", or "near@300" with a budget
         return out
 
     def _extra(self) -> dict[str, Any]:
@@ -340,7 +372,9 @@ class RuntimeVariant(Subject):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
             if self.tier is not None:
-                enc = Encoder.load(self.path, tier=self.tier, device=self.device, threads=threads)
+                enc = Encoder.load(
+                    self.path, tier=self.tier, device=self.device, threads=threads, max_memory_mb=self.max_memory_mb
+                )
             else:
                 enc = Encoder.load(self.path, variant=self.variant, device=self.device, threads=threads)
 

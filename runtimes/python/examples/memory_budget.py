@@ -1,12 +1,14 @@
 """What each memory budget runs, and what that process really peaks at.
 
-    python memory_budget.py ARTIFACT [--tier near] [BUDGET_MB ...]   (default budgets: none 400 300 200)
+    python memory_budget.py ARTIFACT [--tier near] [--more] [BUDGET_MB ...]   (default budgets: none 400 300 200)
 
 For each budget ("none" for no budget) a fresh Python process loads ``Encoder.load(ARTIFACT, tier=...,
 max_memory_mb=...)``, runs the workloads of `stedge tune`'s memory probe (256 short texts and 16 passages at
-batch 32, then 32 queries and 16 longer ones one at a time, twice) and prints one JSON line: the choice, the peak
-the profile predicted (``selection.peak_rss_mb``), the peak it measured, and any warning. Run `stedge tune
-ARTIFACT` on this machine first: the budget is checked against the memory figures it writes.
+batch 32, then 32 queries and 16 longer ones one at a time, twice, then 192 texts of 1-240 words at batch 32, half
+of them at batch 8 and a quarter one at a time), then, with ``--more``, 2,000 further texts of varied lengths in
+the same three ways, and prints one JSON line: the choice, the peak the profile predicted
+(``selection.peak_rss_mb``), the peak it measured, and any warning. Run `stedge tune ARTIFACT` on this machine
+first: the budget is checked against the memory figures it writes.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import sys
 import warnings
 
 
-def child(root: str, tier: str, budget: float | None) -> None:
-    """Load with the budget, run the probe's workloads, print one JSON line."""
+def child(root: str, tier: str, budget: float | None, more: bool = False) -> None:
+    """Load with the budget, run the probe's workloads (and ``more``), print one JSON line."""
     from stedge_runtime import Encoder, machine
-    from stedge_runtime.samples import SHORT, passages
+    from stedge_runtime.samples import SHORT, passages, varied
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -32,11 +34,17 @@ def child(root: str, tier: str, budget: float | None) -> None:
     for _ in range(2):
         for q in short[:32] + longer:
             enc.encode(q)
+    for texts in [varied(short, 192)] + ([varied(short[7:] + short[:7], 2000)] if more else []):
+        enc.encode(texts, batch_size=32)
+        enc.encode(texts[: len(texts) // 2], batch_size=8)
+        for t in texts[: len(texts) // 4]:
+            enc.encode(t)
     s = enc.selection
     print(
         json.dumps(
             {
                 "max_memory_mb": budget,
+                "more": more,
                 "variant": s.variant,
                 "settings": s.settings,
                 "batch1_variant": s.latency_variant,
@@ -56,11 +64,14 @@ def main(argv: list[str]) -> None:
     if "--tier" in rest:
         i = rest.index("--tier")
         tier, rest = rest[i + 1], rest[:i] + rest[i + 2 :]
+    more = "--more" in rest
+    rest = [r for r in rest if r != "--more"]
     for b in rest or ["none", "400", "300", "200"]:
         code = "import sys; sys.path[:0] = [sys.argv[1]]; from memory_budget import child; child(*sys.argv[2:4], "
-        code += "None if sys.argv[4] == 'none' else float(sys.argv[4]))"
+        code += "None if sys.argv[4] == 'none' else float(sys.argv[4]), sys.argv[5] == '1')"
         here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
-        out = subprocess.run([sys.executable, "-c", code, here, root, tier, b], capture_output=True, text=True)
+        args = [sys.executable, "-c", code, here, root, tier, b, "1" if more else "0"]
+        out = subprocess.run(args, capture_output=True, text=True)
         lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
         print(lines[-1] if lines else json.dumps({"max_memory_mb": b, "error": out.stderr.strip()[-300:]}), flush=True)
 

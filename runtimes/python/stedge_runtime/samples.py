@@ -72,3 +72,10 @@ def passages(texts: tuple[str, ...] | list[str] = SHORT, count: int = 16, words:
             j += 7  # a stride co-prime with the sample count varies the passages
         out.append(" ".join(parts))
     return out
+
+
+def varied(texts: tuple[str, ...] | list[str] = SHORT, count: int = 192, most: int = 240) -> list[str]:
+    """``count`` texts of 1 to ``most`` words, their lengths spread over that range (a stride of 37 words), cut
+    from ``texts``' words: inputs of many shapes, for an engine whose memory grows with the shapes it sees."""
+    words = " ".join(texts).split()
+    return [" ".join(words[(i * 7 + k) % len(words)] for k in range(1 + (i * 37) % most)) for i in range(count)]

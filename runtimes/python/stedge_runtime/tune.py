@@ -38,7 +38,7 @@ from .artifact import MANIFEST, Manifest
 from .engines import installed_backends
 from .errors import InputError, RuntimeStedgeError
 from .profile import PROFILE_FORMAT
-from .samples import SHORT, passages
+from .samples import SHORT, passages, varied
 from .select import (
     TIERS,
     bulk_score,
@@ -68,6 +68,10 @@ SNIPPETS_ABOVE = 64  # tokens per row up to which OpenVINO's snippets_above sett
 STATIC_BATCH1 = 8  # query lengths (in steps of 16 tokens, up to 128) that get a static OpenVINO compilation
 PAIRED_PASSAGES = 8  # passages per passage pass of the final (the short and batch-1 passes take the rounds' texts)
 MEMORY_TIMEOUT_S = 300.0  # per child process of tier_memory
+# Texts of many lengths (1-240 words) the memory probe runs after the tune's workloads: at batch 32, a half of them
+# at batch 8 and a quarter one at a time. OpenVINO's RSS grows with the input shapes it has run (its runtime
+# cache: bf16 MiniLM on the AMX guest, about 0.7 MB per new one-row length); ONNX Runtime's stays flat.
+MEMORY_VARIED = 192
 
 
 def settings_grid(backend: str, threads: int | None = None, quick: bool = False) -> list[dict[str, Any]]:
@@ -125,6 +129,8 @@ class _Workloads:
         self.latency_long = [f"{self.short[i]} {self.short[i + half]}" for i in range(half)]
         self.probe = self.short[:16]
         self.mixed = self.probe + self.passage[: 32 - len(self.probe)]  # padded to passage length in one batch
+        # For the memory probe: inputs of many lengths (OpenVINO keeps state per input shape it has run).
+        self.varied = varied(short, count=MEMORY_VARIED)
         # For the token budget: one large batch of short texts and one of passages (several budgets' worth).
         self.big_short = [short[i % len(short)] for i in range(192)]
         self.big_passage = passages(short, count=24)
@@ -138,6 +144,7 @@ class _Workloads:
             self.latency_long = [(a, f"{b} {c}") for (a, b), (_, c) in pairs]
             self.probe = self.short[:16]
             self.mixed = self.probe + self.passage[: 32 - len(self.probe)]
+            self.varied = [(q[i % len(q)], t) for i, t in enumerate(self.varied)]
             self.big_short = [(q[i % len(q)], q[(i + 3) % len(q)]) for i in range(len(self.big_short))]
             self.big_passage = [(q[i % len(q)], p) for i, p in enumerate(self.big_passage)]
 
@@ -658,7 +665,8 @@ def tier_memory(
 ) -> dict[str, Any]:
     """What each tier's choice costs in memory here: the peak RSS (MB) of a fresh Python process that runs
     ``Encoder.load(root, tier=...)`` (or Reranker) and the tune's workloads (bulk short texts and passages at
-    ``batch_sizes``, then the batch-1 texts twice, one call each). Call it after the profile is on disk: the
+    ``batch_sizes``, then the batch-1 texts twice, one call each, then ``MEMORY_VARIED`` texts of many lengths at
+    batch 32, 8 and 1). Call it after the profile is on disk: the
     child loads what ``Encoder.load`` would. With a batch-1 route, ``route_off_mb`` is the same with
     ``route=False``. ``choices`` is ``best_choices``'s output; tiers with the same choice share one
     measurement. Returns ``{tier: {"peak_rss_mb": ..., "route_off_mb": ..., "choice": {...}} or {"error": ...}}``
@@ -811,4 +819,8 @@ def _memory_child(spec_json: str) -> None:
     for _ in range(2):  # twice: a static batch-1 compilation is made the second time a length comes
         for item in work.latency + work.latency_long:
             run([item], 1)
+    run(work.varied, 32)  # inputs of many shapes, in bulk and one at a time
+    run(work.varied[: len(work.varied) // 2], 8)
+    for item in work.varied[: len(work.varied) // 4]:
+        run([item], 1)
     print(json.dumps({"peak_rss_mb": round(machine.peak_rss_bytes() / 2**20, 1)}), flush=True)
