@@ -940,6 +940,21 @@ def test_config_memory_measures_what_a_budget_may_fall_back_to(tiny_artifact, mo
     ]
 
 
+def test_the_memory_probe_runs_inputs_of_many_lengths():
+    """OpenVINO's RSS grows with the input shapes it has run, so the probe's texts spread over 1-240 words (pairs
+    for a reranker)."""
+    from stedge_runtime.samples import varied
+    from stedge_runtime.tune import MEMORY_VARIED, _Workloads
+
+    texts = varied(count=192)
+    lengths = [len(t.split()) for t in texts]
+    assert min(lengths) == 1 and max(lengths) > 230 and len(set(lengths)) == 192  # every text a length of its own
+    work = _Workloads("embedding", None, quick=False)
+    assert len(work.varied) == MEMORY_VARIED and work.varied[:3] == texts[:3]
+    pairs = _Workloads("reranking", None, quick=False).varied
+    assert len(pairs) == MEMORY_VARIED and all(isinstance(p, tuple) and len(p) == 2 for p in pairs)
+
+
 def test_memory_child_reports_the_peak_rss_and_its_failures(tiny_artifact, tmp_path):
     """The real child: a fresh interpreter loads the tier and prints its peak RSS; one that cannot load the
     artifact gives an error naming the tier and the cause."""
