@@ -1106,6 +1106,14 @@ def test_tune_a_reranker(tiny_ce_artifact, tmp_path):
     rr = Reranker.load(art, tier="exact")
     assert rr.variant == "onnx-fp32" and rr.selection.source == "profile"
     assert any("openvino-fp32: not tuned" in n for n in rr.selection.notes)
+    from stedge_runtime.tune import best_choices, config_memory, tier_memory  # the memory probe on pairs
+
+    tiers = tier_memory(art, best_choices(art, tiers=("exact",)), batch_sizes=(4,))
+    configs = config_memory(art, prof, tiers, batch_sizes=(4,))
+    assert 30 < tiers["exact"]["peak_rss_mb"] < 4096 and configs and all("peak_rss_mb" in c for c in configs), configs
+    write_profile(art, {**prof, "memory": {"tiers": tiers, "configs": configs}})
+    tight = Reranker.load(art, tier="exact", max_memory_mb=tiers["exact"]["peak_rss_mb"] + 1)
+    assert tight.selection.peak_rss_mb == tiers["exact"]["peak_rss_mb"] and not tight.selection.warnings
 
 
 def test_batch1_calls_run_on_the_latency_variant(own_artifact):
