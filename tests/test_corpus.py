@@ -135,6 +135,17 @@ def test_plain_model_through_torch(tiny_model, tmp_path):
     np.testing.assert_allclose(read_corpus(out)[1], ref, atol=1e-5)
 
 
+def test_a_memory_budget_reaches_each_encoder(artifact, tiny_model, tmp_path):
+    """--max-memory-mb is Encoder.load's budget per encoder: here, with no tuning profile, it says it was not
+    checked; on a torch model it is refused."""
+    docs = _docs(tmp_path)
+    with pytest.warns(RuntimeWarning, match="max_memory_mb=50 was not checked"):
+        s = embed_corpus(str(artifact), [str(docs)], tmp_path / "out", max_memory_mb=50)
+    assert s["rows"] == len(TEXTS) and s["variant"] == "onnx-fp32"
+    with pytest.raises(StedgeError, match="--max-memory-mb apply to exported artifacts only"):
+        embed_corpus(str(tiny_model), [str(docs)], tmp_path / "plain", max_memory_mb=50)
+
+
 def test_warns_when_the_variant_is_not_known_to_be_batch_invariant(artifact, tmp_path):
     import shutil
     import warnings

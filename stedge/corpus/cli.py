@@ -52,6 +52,13 @@ def embed_corpus_cmd(
         "--tier",
         help="Precision tier for the automatic variant choice: exact, near (default) or compressed (artifacts).",
     ),
+    max_memory_mb: Optional[float] = typer.Option(
+        None,
+        "--max-memory-mb",
+        min=1.0,
+        help="Artifacts: each encoder's choice (one per Ray actor) must have peaked at most this many MB in `stedge "
+        "tune`'s memory probe here (see `stedge info ARTIFACT --max-memory-mb N`).",
+    ),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: the CPU for artifacts)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Engine threads per encoder (artifacts)."),
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (an actor pool on Ray Data)."),
@@ -89,6 +96,7 @@ def embed_corpus_cmd(
         device=device,
         threads=threads,
         tier=tier,
+        max_memory_mb=max_memory_mb,
         engine=engine,
         address=address,
         workers=workers,

@@ -25,6 +25,7 @@ class ModelSpec:
     batch_size: int = 32
     threads: int | None = None
     tier: str | None = None
+    max_memory_mb: float | None = None  # per encoder (each Ray actor holds one): Encoder.load's budget
 
     @property
     def is_artifact(self) -> bool:
@@ -53,13 +54,15 @@ class CorpusEncoder:
                 threads=spec.threads,
                 tier=spec.tier,
                 route=False,
+                max_memory_mb=spec.max_memory_mb,
             )
             self.variant: str | None = self._enc.variant
             self.dimension = int(self._enc.dimension)
         else:
-            if spec.variant or spec.tier:
+            if spec.variant or spec.tier or spec.max_memory_mb:
                 raise StedgeError(
-                    f"--variant / --tier apply to exported artifacts only; '{spec.model}' has no stedge.json"
+                    f"--variant / --tier / --max-memory-mb apply to exported artifacts only; '{spec.model}' has no "
+                    "stedge.json"
                 )
             from ..models import SentenceEncoder
 

@@ -53,6 +53,7 @@ def embed_corpus(
     device: str | None = None,
     threads: int | None = None,
     tier: str | None = None,
+    max_memory_mb: float | None = None,
     engine: str = "local",
     address: str | None = None,
     workers: int = 2,
@@ -68,7 +69,8 @@ def embed_corpus(
     setting is refused unless ``overwrite``. ``engine="ray"`` runs the encoding on a Ray actor pool
     (``address`` of an existing cluster, else a local instance). ``precision`` int8/uint8/binary/ubinary
     stores quantized vectors (stedge_runtime.quantization); int8/uint8 take their ranges from the
-    ``calibration`` texts, else the artifact's saved ones, and record them in corpus.json. See
+    ``calibration`` texts, else the artifact's saved ones, and record them in corpus.json. ``max_memory_mb``
+    is each encoder's budget (Encoder.load's: the fastest configuration that peaked within it here). See
     `stedge embed-corpus --help`.
     """
     t0 = time.perf_counter()
@@ -86,7 +88,7 @@ def embed_corpus(
         text_column = next((c for c in map(guess_text_column, files) if c is not None), None)
     reader = CorpusReader(files, text_column, id_column, skip_bad_rows)
     reader.check()
-    spec = ModelSpec(str(model), variant, device, prompt_name, normalize, batch_size, threads, tier)
+    spec = ModelSpec(str(model), variant, device, prompt_name, normalize, batch_size, threads, tier, max_memory_mb)
     if engine == "ray":  # fail fast on a bad address, before loading anything
         from .ray_engine import connect
 
