@@ -112,6 +112,12 @@ def test_tune_measures_each_tiers_memory_in_a_fresh_process(art):
     out = _cli("embed", str(art), "one text", "--max-memory-mb", "1", "--json")
     assert out.exit_code == 0 and json.loads(out.stdout[out.stdout.index("{") :])["count"] == 1
     assert "running the lightest" in _cli("info", str(art), "--max-memory-mb", "1").stdout
+    packed = _cli("pack", str(art), "-o", str(art.parent / "app"), "--max-memory-mb", "100000", "--json")
+    assert packed.exit_code == 0 and json.loads(packed.stdout[packed.stdout.index("{") :])["variants"] == ["onnx-fp32"]
+    with pytest.warns(RuntimeWarning, match="fits max_memory_mb=1"):  # pack says what Encoder.load would say
+        from stedge.export.pack import default_pack_variants
+
+        assert default_pack_variants(art, "near", 1) == ["onnx-fp32"]
     from stedge.bench.subjects import RuntimeVariant  # the harness's auto subject with a budget: "near@MB"
 
     sub = RuntimeVariant("m", str(art), "cpu", "auto:near@1")

@@ -173,6 +173,13 @@ def _register_pack(app: typer.Typer) -> None:
             "with its batch-1 variant when calls are routed).",
         ),
         tier: str = typer.Option("near", "--tier", help="exact, near or compressed: what is packed without --variant."),
+        max_memory_mb: Optional[float] = typer.Option(
+            None,
+            "--max-memory-mb",
+            min=1.0,
+            help="Without --variant: what Encoder.load picks for --tier within this many MB (its peak RSS in `stedge "
+            "tune`'s memory probe here).",
+        ),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder stedge wrote."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
@@ -180,7 +187,9 @@ def _register_pack(app: typer.Typer) -> None:
         chosen variants' files (sha256-checked) and a stedge.json listing only them."""
         from stedge.export.pack import pack_artifact
 
-        res = pack_artifact(artifact, output, variant or [], overwrite=overwrite, tier=tier)
+        res = pack_artifact(
+            artifact, output, variant or [], overwrite=overwrite, tier=tier, max_memory_mb=max_memory_mb
+        )
         if as_json:
             typer.echo(json.dumps(res.to_dict(), indent=2))
             return

@@ -37,15 +37,19 @@ class PackResult:
         }
 
 
-def default_pack_variants(root: Path, tier: str = "near") -> list[str]:
-    """What ``Encoder.load(root, tier=tier)`` runs on this machine: the bulk variant and, when batch-1
-    calls are routed elsewhere, that one too (an app built and tested here gets the same choice)."""
+def default_pack_variants(root: Path, tier: str = "near", max_memory_mb: float | None = None) -> list[str]:
+    """What ``Encoder.load(root, tier=tier, max_memory_mb=...)`` runs on this machine: the bulk variant and, when
+    batch-1 calls are routed elsewhere, that one too (an app built and tested here gets the same choice)."""
+    import warnings
+
     from stedge_runtime.errors import RuntimeStedgeError
     from stedge_runtime.tune import best_choices
 
-    sel = best_choices(root, (tier,))[tier]
+    sel = best_choices(root, (tier,), max_memory_mb=max_memory_mb)[tier]
     if "error" in sel:
         raise RuntimeStedgeError(f"{sel['error']}; name the variants to pack with --variant")
+    for w in sel.get("warnings") or []:  # a budget nothing fits, or one not checked: as Encoder.load says it
+        warnings.warn(f"{root}: {w}", RuntimeWarning, stacklevel=2)
     return [n for n in (sel["variant"], sel.get("latency_variant")) if n]
 
 
@@ -55,16 +59,17 @@ def pack_artifact(
     variants: Sequence[str] = (),
     overwrite: bool = False,
     tier: str = "near",
+    max_memory_mb: float | None = None,
 ) -> PackResult:
-    """Copy ``variants`` of ``artifact`` (default: what ``Encoder.load`` picks for ``tier`` on this
-    machine) with the tokenizer and a manifest listing only them into ``output``. Every file is checked
-    against the manifest's sha256 while copied."""
+    """Copy ``variants`` of ``artifact`` (default: what ``Encoder.load`` picks for ``tier``, within
+    ``max_memory_mb`` when given, on this machine) with the tokenizer and a manifest listing only them into
+    ``output``. Every file is checked against the manifest's sha256 while copied."""
     from stedge_runtime.artifact import Manifest, artifact_path, write_manifest
     from stedge_runtime.profile import list_profiles
 
     root = Path(artifact)
     m = Manifest.read(root)
-    names = list(dict.fromkeys(variants)) or default_pack_variants(root, tier)
+    names = list(dict.fromkeys(variants)) or default_pack_variants(root, tier, max_memory_mb)
     chosen = {n: m.variant(n, root / "stedge.json") for n in names}
     check_output(output, overwrite, protect=[root])
     files: dict[str, int] = {}
