@@ -459,16 +459,11 @@ def _from_profile(
             notes.append(f"{name}: some engine settings left out at tier {tier}: {why}")
         mine = paired.get(name) or {}
         run = settled_run(runs, mine)
-        score, p50 = bulk_score(run), run.get("batch1_ms_p50")
-        fig = mine.get(settings_key(run["settings"]))
-        if fig is not None:
-            score = fig["score"]
-            if fig["settings"] == run["settings"]:  # the final's batch-1 figure is for the settings it ran
-                p50 = fig["p50"]
-        if score is not None:
-            bulk.append((score, float(p50) if isinstance(p50, (int, float)) else math.inf, name, run["settings"]))
+        if (scored := _scored(run, mine.get(settings_key(run["settings"])), name)) is not None:
+            bulk.append(scored)
         for r in runs:
-            every.append(_scored(r, mine.get(settings_key(r["settings"])), name))
+            if (scored := _scored(r, mine.get(settings_key(r["settings"])), name)) is not None:
+                every.append(scored)
             long = r.get("batch1_ms_p50_long")
             long = float(long) if isinstance(long, (int, float)) else None
             fig = mine.get(settings_key(r["settings"]))
@@ -500,12 +495,13 @@ def _from_profile(
             + (f" ({off:.0f} MB with route=False)" if isinstance(off, (int, float)) else "")
             + " (stedge tune's workloads)"
         )
-    peak = _peak_of(prof, tier, route, name, settings, sel)
+    configs = _measured_configs(prof)
+    peak = _peak_of(mem, configs, route, name, settings, sel)
     first = (name, settings, sel)
     said: list[str] = []
     if max_memory_mb is not None:
         name, settings, sel, peak, reason = _within_memory(
-            prof, tier, max_memory_mb, (name, settings, sel, peak, reason), every, said, warned
+            prof, tier, max_memory_mb, (name, settings, sel, peak, reason), every, configs, paired, said, warned
         )
     notes.extend((mine if (name, settings, sel) == first else []) + said)
     return Selection(
@@ -591,32 +587,32 @@ def _measured_configs(prof: dict) -> dict[str, float]:
     return out
 
 
-def _scored(run: dict, fig: Mapping[str, Any] | None, name: str) -> tuple[float, float, str, dict]:
-    """(bulk score, batch-1 p50, name, settings) of one run, from the paired final where it timed these settings."""
+def _scored(run: dict, fig: Mapping[str, Any] | None, name: str) -> tuple[float, float, str, dict] | None:
+    """(bulk score, batch-1 p50, name, settings) of one run, from the paired final where it timed these settings
+    (its batch-1 figure only where it ran these very settings); None without a bulk score."""
     score = fig["score"] if fig is not None else bulk_score(run)
     p50 = fig["p50"] if fig is not None and fig["settings"] == run["settings"] else run.get("batch1_ms_p50")
-    return (score or 0.0, float(p50) if isinstance(p50, (int, float)) else math.inf, name, run["settings"])
+    if score is None:
+        return None
+    return (score, float(p50) if isinstance(p50, (int, float)) else math.inf, name, run["settings"])
 
 
-def _peak_of(prof: dict, tier: str, route: bool | None, name: str, settings: dict, sel: dict) -> float | None:
-    """What a process running this choice peaked at here: the tier's figure where it measured this very
-    choice (batch-1 route included), else that of the bulk configuration alone when nothing is routed."""
-    entry = ((prof.get("memory") or {}).get("tiers") or {}).get(tier) or {}
+def _peak_of(
+    entry: Mapping[str, Any], configs: Mapping[str, float], route: bool | None, name: str, settings: dict, sel: dict
+) -> float | None:
+    """What a process running this choice peaked at here: the tier's memory ``entry`` where it measured this very
+    choice (batch-1 route included), else the figure of the bulk configuration alone (``configs``) when nothing is
+    routed."""
     lv, ls = sel.get("latency_variant"), sel.get("latency_settings") or {}
     measured = entry.get("choice")
     if isinstance(measured, Mapping):
-        got = (measured.get("variant"), measured.get("settings") or {})
-        same = got + (measured.get("latency_variant"), measured.get("latency_settings") or {}) == (
-            name,
-            settings,
-            lv,
-            ls,
-        )
+        keys = ("variant", "settings", "latency_variant", "latency_settings")
+        same = [measured.get(k) or None for k in keys] == [name, settings or None, lv, ls or None]
     else:  # profiles before the choice was recorded measured Encoder.load(tier=tier) with route=None
         same = route is None
     if same and isinstance(entry.get("peak_rss_mb"), (int, float)):
         return float(entry["peak_rss_mb"])
-    return _measured_configs(prof).get(memory_config_key(name, settings)) if lv is None else None
+    return configs.get(memory_config_key(name, settings)) if lv is None else None
 
 
 def _within_memory(
@@ -625,6 +621,8 @@ def _within_memory(
     budget: float,
     current: tuple[str, dict, dict, float | None, str],
     every: list[tuple[float, float, str, dict]],
+    configs: Mapping[str, float],
+    paired: Mapping[str, Mapping[str, Any]],
     notes: list[str],
     warned: list[str],
 ) -> tuple[str, dict, dict, float | None, str]:
@@ -632,9 +630,9 @@ def _within_memory(
     kept when it peaked within ``budget`` MB here; else the same without its batch-1 route, when that fits;
     else the fastest configuration of ``every`` (each eligible variant and setting at this tier) that
     `stedge tune` measured within the budget, by the same rule as without one; else the lightest measured,
-    with a warning. Without memory figures, a warning that the budget was not checked."""
+    with a warning. Without memory figures, a warning that the budget was not checked. ``configs``: the
+    profile's figures (``_measured_configs``); ``paired``: its ``paired_scores``."""
     name, settings, sel, peak, reason = current
-    configs = _measured_configs(prof)
     if peak is not None and peak <= budget:
         notes.append(f"max_memory_mb={budget:g}: this choice peaked at {peak:.0f} MB here, within it")
         return current
@@ -678,7 +676,7 @@ def _within_memory(
             f"no tier-{tier} configuration measured here fits max_memory_mb={budget:g}: {was}; running the lightest, "
             f"{lightest} (a lower tier, or a smaller variant exported, may fit)"
         )
-    in_final = settings_key(st) in (paired_scores(prof).get(new) or {})
+    in_final = settings_key(st) in (paired.get(new) or {})
     return (
         new,
         dict(st),

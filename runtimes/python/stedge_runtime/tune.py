@@ -340,6 +340,25 @@ def tune(
     return prof
 
 
+def eligible_runs(root: str | Path, prof: dict[str, Any]) -> dict[str, dict[str, list[dict]]]:
+    """``{tier: {variant: its runs that met the tier}}``: per tier, each variant ``Encoder.load`` could choose
+    there from ``prof`` (tuned here, not excluded by the selection; tiers with nothing eligible are left out)."""
+    root = Path(root)
+    m = Manifest.read(root)
+    out: dict[str, dict[str, list[dict]]] = {}
+    for tier in TIERS:
+        try:
+            sel = select_variant(m.variants, "cpu", None, installed_backends(), root, tier=tier, profile=prof)
+        except RuntimeStedgeError:
+            continue  # nothing eligible at this tier
+        for name, e in (prof.get("variants") or {}).items():
+            if e.get("status") == "ok" and name in m.variants and name not in sel.excluded:
+                runs = runs_for_tier(e, tier)[0]
+                if runs:
+                    out.setdefault(tier, {})[name] = runs
+    return out
+
+
 def contenders(root: str | Path, prof: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """``{id: {"variant": name, "settings": settings}}`` for the paired final: per tier, every variant
     ``Encoder.load`` could choose there from ``prof`` (the same eligibility: tier, batch invariance and accuracy on
@@ -349,9 +368,6 @@ def contenders(root: str | Path, prof: dict[str, Any]) -> dict[str, dict[str, An
     the rounds, where these met the tier and came within ``PAIRED_WITHIN`` of its own score: the final then
     decides between them (``select.settled_run``). All tiers together; a variant's first settings take its
     name as id, others ``name (k=v ...)``."""
-    root = Path(root)
-    m = Manifest.read(root)
-    entries = prof.get("variants") or {}
     out: dict[str, dict[str, Any]] = {}
 
     def add(name: str, settings: dict[str, Any] | None) -> None:
@@ -361,21 +377,11 @@ def contenders(root: str | Path, prof: dict[str, Any]) -> dict[str, dict[str, An
         cid = name if name not in out else f"{name} ({_fmt(plain)})"
         out[cid] = {"variant": name, "settings": plain}
 
-    for tier in TIERS:
-        try:
-            sel = select_variant(m.variants, "cpu", None, installed_backends(), root, tier=tier, profile=prof)
-        except RuntimeStedgeError:
-            continue  # nothing eligible at this tier
+    for eligible in eligible_runs(root, prof).values():
         here = {}  # each variant: its score and run at the settings this tier would give it, and its plain runs
-        for name, e in entries.items():
-            if e.get("status") != "ok" or name not in m.variants or name in sel.excluded:
-                continue
-            runs = runs_for_tier(e, tier)[0]
-            if not runs:
-                continue
+        for name, runs in eligible.items():
             run = settled_run(runs)
-            plain = plain_runs(runs)
-            here[name] = (bulk_score(run) or 0.0, run, plain)
+            here[name] = (bulk_score(run) or 0.0, run, plain_runs(runs))
         top = max((h[0] for h in here.values()), default=0.0)
         for name, (score, run, plain) in sorted(here.items(), key=lambda kv: -kv[1][0]):
             if top <= 0 or score < PAIRED_WITHIN * top:
@@ -698,24 +704,13 @@ def tier_memory(
 
 def memory_configs(root: str | Path, prof: dict[str, Any]) -> list[dict[str, Any]]:
     """What a memory budget may fall back to (select's ``max_memory_mb``): per tier, each variant ``Encoder.load``
-    could choose there from ``prof`` (``contenders``' eligibility) at the settings that tier would give it and at
+    could choose there from ``prof`` (``eligible_runs``) at the settings that tier would give it and at
     the first settings measured that met the tier (its engine's default), without a batch-1 route. Returns
     ``[{"variant", "settings"}]``, each configuration once."""
-    root = Path(root)
-    m = Manifest.read(root)
     paired = paired_scores(prof)
     out: dict[str, dict[str, Any]] = {}
-    for tier in TIERS:
-        try:
-            sel = select_variant(m.variants, "cpu", None, installed_backends(), root, tier=tier, profile=prof)
-        except RuntimeStedgeError:
-            continue  # nothing eligible at this tier
-        for name, e in (prof.get("variants") or {}).items():
-            if e.get("status") != "ok" or name not in m.variants or name in sel.excluded:
-                continue
-            runs = runs_for_tier(e, tier)[0]
-            if not runs:
-                continue
+    for eligible in eligible_runs(root, prof).values():
+        for name, runs in eligible.items():
             for r in (settled_run(runs, paired.get(name)), (plain_runs(runs) or runs)[0]):
                 out.setdefault(memory_config_key(name, r["settings"]), {"variant": name, "settings": r["settings"]})
     return list(out.values())
