@@ -307,6 +307,30 @@ def test_cuda_suite_without_onnxruntime_gpu(monkeypatch, tmp_path):
     assert bench.default_results_dir("gpu", False, device="cuda").parent.name != "nvidia-h200"
 
 
+def test_candidates_are_exported_for_the_auto_subjects_but_not_measured_by_name(monkeypatch, tmp_path):
+    """A suite of auto subjects alone: ``candidates`` join the export (after the named variants, once each), and
+    only the named variants and the auto tiers become subjects."""
+    from types import SimpleNamespace
+
+    from stedge.bench import runner
+
+    data = SimpleNamespace(sources={})  # no local STS pairs: no eval set passed to the export
+    entry = runner.ModelEntry(
+        name="m", ref="m", torch=[], variants=["onnx-fp32"], candidates=["openvino-bf16", "onnx-fp32"], auto=["near"]
+    )
+    suite = runner.Suite(name="c", file="c.toml", models=[entry], models_dir=str(tmp_path))
+    built = []
+    monkeypatch.setattr("stedge.bench.build.build_variants", lambda model, art, variants, **k: built.append(variants))
+    art = runner.ensure_artifact(entry, tmp_path / "model", suite, data, lambda m: None)
+    assert built == [["onnx-fp32", "openvino-bf16"]]
+    subs = runner.make_subjects(entry, tmp_path / "model", art, {}, "cpu")
+    assert sorted(s.variant for s in subs) == ["auto:near", "onnx-fp32"]
+    only = runner.ModelEntry(name="m", ref="m", torch=[], candidates=["openvino-bf16"], auto=["near"])
+    assert runner.ensure_artifact(only, tmp_path / "model", suite, data, lambda m: None) == art
+    assert built[-1] == ["openvino-bf16"]
+    assert [s.variant for s in runner.make_subjects(only, tmp_path / "model", art, {}, "cpu")] == ["auto:near"]
+
+
 def test_subject_spec_round_trip(tmp_path):
     from stedge.bench.subjects import RuntimeVariant, StedgeTorch, STPeer, from_spec
 

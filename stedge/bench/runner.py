@@ -48,6 +48,8 @@ class ModelEntry:
     artifact: str | None = None
     torch: list[str] = field(default_factory=lambda: ["fp32"])
     variants: list[str] = field(default_factory=list)
+    # exported for the auto subjects to choose from, but not measured by name (a suite of auto subjects alone)
+    candidates: list[str] = field(default_factory=list)
     peers: list[str] = field(default_factory=list)
     baseline_model: str | None = None  # compare speed with this other model of the suite (a teacher)
     # tiers measured as Encoder.load(tier=...) picks them; "near@300": with max_memory_mb=300
@@ -362,7 +364,7 @@ def ensure_artifact(
     entry: ModelEntry, model_path: Path, suite: Suite, data: BenchData, log: Callable[[str], None]
 ) -> Path | None:
     """The artifact folder with every variant the entry asks for; missing ones are built via export_model."""
-    if not entry.variants:
+    if not entry.variants and not entry.candidates:
         return None
     from stedge_runtime.artifact import is_artifact
 
@@ -371,7 +373,7 @@ def ensure_artifact(
     art = Path(entry.artifact) if entry.artifact else work_root() / suite.models_dir / f"{entry.name}-bench"
     from .build import build_variants
 
-    variants = list(entry.variants)
+    variants = list(dict.fromkeys(entry.variants + entry.candidates))
     if "fastembed" in entry.peers and "onnx-fp32" not in variants:
         variants.append("onnx-fp32")  # the graph fastembed runs
     variants = _runnable_here(variants, suite.device, log)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -981,6 +982,23 @@ def test_openvino_without_snippets_gives_the_same_vectors(tiny_artifact):
     off = Encoder.load(tiny_artifact, variant="openvino-fp32", threads=2, snippets=False)
     assert off._engine.config["SNIPPETS_MODE"] == "DISABLE" and "SNIPPETS_MODE" not in plain._engine.config
     np.testing.assert_allclose(off.encode(texts, batch_size=4), plain.encode(texts, batch_size=4), atol=1e-5)
+
+
+def test_openvino_bounds_its_per_shape_caches_on_the_cpu(tiny_artifact, monkeypatch):
+    """OpenVINO's CPU memory grew with every new input shape (its runtime cache held 5,000, its oneDNN 1,024
+    primitives): the engine caps both by default; the caller's config and environment win."""
+    from stedge_runtime.engines import OpenVINOEngine
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    enc = Encoder.load(tiny_artifact, variant="openvino-fp32", threads=1)
+    shapes = str(OpenVINOEngine.RUNTIME_CACHE_SHAPES)
+    assert enc._engine.config["CPU_RUNTIME_CACHE_CAPACITY"] == shapes
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(OpenVINOEngine.ONEDNN_CACHE_PRIMITIVES)
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "999")
+    mine = Encoder.load(tiny_artifact, variant="openvino-fp32", threads=1, config={"CPU_RUNTIME_CACHE_CAPACITY": "7"})
+    assert mine._engine.config["CPU_RUNTIME_CACHE_CAPACITY"] == "7"  # compiled with it (the plugin does not report it)
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "999"
+    np.testing.assert_allclose(mine.encode(["a b c", "d e"]), enc.encode(["a b c", "d e"]), atol=1e-6)
 
 
 @pytest.mark.parametrize("hint", ["LATENCY", "THROUGHPUT"])
