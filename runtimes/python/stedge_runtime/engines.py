@@ -216,8 +216,8 @@ class OpenVINOEngine:
     snippets for calls longer than N tokens per row; shorter multi-row calls run a second compilation
     without them, made on first use: see ``_compiled_for``), ``config`` (any other OpenVINO properties).
     On the CPU the per-shape caches are capped (RUNTIME_CACHE_SHAPES, ONEDNN_CACHE_PRIMITIVES), so one
-    compilation's memory levels off with texts of ever new lengths (several compilations still grow, more
-    slowly); ``config`` and the environment override the caps.
+    compilation's memory levels off with texts of ever new lengths (each compilation and stream keeps its own
+    shapes, so several level off later and higher); ``config`` and the environment override the caps.
     """
 
     OPTIONS = (
