@@ -238,7 +238,7 @@ class OpenVINOEngine:
     # grew without end (bf16 MiniLM, LATENCY: 372 -> 751 MB over 2,000 varied texts). With these two caps it
     # levels off (350 MB), at no cost measured on short texts, queries or passages (runtimes/python/README.md).
     RUNTIME_CACHE_SHAPES = 200  # per compilation; config={"CPU_RUNTIME_CACHE_CAPACITY": ...} overrides it
-    ONEDNN_CACHE_PRIMITIVES = 256  # per process, via $ONEDNN_PRIMITIVE_CACHE_CAPACITY when it is unset
+    ONEDNN_CACHE_PRIMITIVES = 256  # per process: $ONEDNN_PRIMITIVE_CACHE_CAPACITY, when unset, while compiling
 
     def __init__(
         self, file: Path, device: str, precision: str | None, threads: int | None, options: dict[str, Any]
@@ -265,14 +265,13 @@ class OpenVINOEngine:
             config["SNIPPETS_MODE"] = "DISABLE"
         if family == "cpu":
             config["CPU_RUNTIME_CACHE_CAPACITY"] = str(self.RUNTIME_CACHE_SHAPES)
-        if family in ("cpu", "auto"):  # read by the plugin's oneDNN when it first builds a primitive
-            os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(self.ONEDNN_CACHE_PRIMITIVES))
         config.update(options.get("config") or {})
         if options.get("cache_dir"):
             core.set_property({"CACHE_DIR": str(options["cache_dir"])})
         try:
             model = _read_graph(core, file)
-            self.compiled = _compile(core, model, target, config)
+            with _onednn_cache(self.ONEDNN_CACHE_PRIMITIVES if family in ("cpu", "auto") else None):
+                self.compiled = _compile(core, model, target, config)
         except RuntimeError as e:
             raise RuntimeStedgeError(f"{file}: OpenVINO could not compile the graph for {target} ({e})") from None
         self.device = device
@@ -468,6 +467,23 @@ def _read_graph(core: Any, file: Path) -> Any:
         if model is None:
             model = _GRAPHS[key] = core.read_model(str(file))
         return model
+
+
+@contextlib.contextmanager
+def _onednn_cache(capacity: int | None):
+    """``ONEDNN_PRIMITIVE_CACHE_CAPACITY=capacity`` while OpenVINO compiles, where the caller left it unset. The
+    plugin's oneDNN reads it once per process, by the end of the first compilation (measured: RSS stayed at
+    the capped level with the variable removed right after the load), so it is removed again and child
+    processes (the harness's peers, say) keep their own defaults."""
+    name = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+    if capacity is None or name in os.environ:
+        yield
+        return
+    os.environ[name] = str(capacity)
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
 
 
 def _compile(core: Any, model: Any, target: str, config: dict, shape: list[int] | None = None) -> Any:

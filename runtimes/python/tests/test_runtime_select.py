@@ -986,18 +986,23 @@ def test_openvino_without_snippets_gives_the_same_vectors(tiny_artifact):
 
 def test_openvino_bounds_its_per_shape_caches_on_the_cpu(tiny_artifact, monkeypatch):
     """OpenVINO's CPU memory grew with every new input shape (its runtime cache held 5,000, its oneDNN 1,024
-    primitives): the engine caps both by default; the caller's config and environment win."""
-    from stedge_runtime.engines import OpenVINOEngine
+    primitives): the engine caps both by default, oneDNN's through its variable while compiling only (so child
+    processes keep their defaults); the caller's config and environment win."""
+    from stedge_runtime import engines
 
-    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    name = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+    seen = []
+    compile_ = engines._compile
+    monkeypatch.setattr(engines, "_compile", lambda *a, **k: seen.append(os.environ.get(name)) or compile_(*a, **k))
+    monkeypatch.delenv(name, raising=False)
     enc = Encoder.load(tiny_artifact, variant="openvino-fp32", threads=1)
-    shapes = str(OpenVINOEngine.RUNTIME_CACHE_SHAPES)
+    shapes = str(engines.OpenVINOEngine.RUNTIME_CACHE_SHAPES)
     assert enc._engine.config["CPU_RUNTIME_CACHE_CAPACITY"] == shapes
-    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(OpenVINOEngine.ONEDNN_CACHE_PRIMITIVES)
-    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "999")
+    assert seen == [str(engines.OpenVINOEngine.ONEDNN_CACHE_PRIMITIVES)] and name not in os.environ
+    monkeypatch.setenv(name, "999")
     mine = Encoder.load(tiny_artifact, variant="openvino-fp32", threads=1, config={"CPU_RUNTIME_CACHE_CAPACITY": "7"})
     assert mine._engine.config["CPU_RUNTIME_CACHE_CAPACITY"] == "7"  # compiled with it (the plugin does not report it)
-    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "999"
+    assert seen[-1] == "999" and os.environ[name] == "999"
     np.testing.assert_allclose(mine.encode(["a b c", "d e"]), enc.encode(["a b c", "d e"]), atol=1e-6)
 
 
