@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -132,6 +133,7 @@ def test_tune_measures_each_tiers_memory_in_a_fresh_process(art):
 
 
 def test_info_shows_the_choice_and_ignores_other_machines(art):
+    from stedge_runtime.artifact import Manifest
     from stedge_runtime.profile import PROFILE_FORMAT, write_profile
 
     foreign = {
@@ -147,6 +149,9 @@ def test_info_shows_the_choice_and_ignores_other_machines(art):
     assert any("other-cpu-64c-0123456789.json" in n for n in sel["near"]["notes"])
     text = _cli("info", str(art))
     assert "tier=exact" in text.stdout and "tier near: onnx-fp32" in text.stdout
+    rows = [ln for ln in text.stdout.splitlines() if "alone-vs-batch=" in ln]  # one row per variant, aligned
+    assert len(rows) == len(Manifest.read(art).variants) and len({ln.index(" MB ") for ln in rows}) == 1
+    assert all(re.search(r"min_cos=\d\.\d{6}  tier=\w+  alone-vs-batch=\d\.\d{6}$", ln) for ln in rows), rows
 
 
 def test_add_keeps_the_choice(art, tiny_model):

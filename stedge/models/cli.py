@@ -252,13 +252,16 @@ def _variant_lines(manifest: Any) -> None:
     """One line per variant: file, size, min cosine, tier and batch invariance."""
     from stedge_runtime.select import batch_invariance, variant_tier
 
+    def six(x: float | None) -> str:  # 6 decimals: the exact tier's bounds (0.9999, 0.99999) stay readable
+        return "not measured" if x is None else f"{x:.6f}"
+
+    names = max((len(n) for n in manifest.variants), default=0)
+    files = max((len(v.file) for v in manifest.variants.values()), default=0)
     for name, v in manifest.variants.items():
         min_cos = v.verification.min_cosine if v.verification else None
-        inv = batch_invariance(v)
-        inv_s = "not measured" if inv is None else f"{inv:.5f}"
         typer.echo(
-            f"  {name:28} {v.file:40} {(v.size_bytes or 0) / 1e6:8.1f} MB  "
-            f"min_cos={min_cos}  tier={variant_tier(v) or 'none'}  alone-vs-batch={inv_s}"
+            f"  {name:{names}}  {v.file:{files}}  {(v.size_bytes or 0) / 1e6:6.1f} MB  "
+            f"min_cos={six(min_cos)}  tier={variant_tier(v) or 'none'}  alone-vs-batch={six(batch_invariance(v))}"
         )
 
 
