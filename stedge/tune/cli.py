@@ -106,6 +106,10 @@ def _settings(s: dict[str, Any]) -> str:
         parts.append(f"no snippets <= {s['snippets_above']} tokens")
     if s.get("static_batch1"):
         parts.append("static batch-1")
+    if s.get("shape_cache"):
+        parts.append(f"{s['shape_cache']} shapes cached (budgets only)")
+    known = ("threads", "allow_spinning", "performance_hint", "num_streams", "snippets", "snippets_above")
+    parts += [f"{k}={v}" for k, v in s.items() if k not in (*known, "static_batch1", "shape_cache")]
     return ", ".join(parts)
 
 

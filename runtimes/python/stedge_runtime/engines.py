@@ -214,7 +214,10 @@ class OpenVINOEngine:
     turns off the plugin's fused "snippets" kernels, SNIPPETS_MODE=DISABLE: attention then runs as plain
     MatMul/Softmax nodes, faster for short texts on some CPUs), ``snippets_above`` (CPU: N keeps the
     snippets for calls longer than N tokens per row; shorter multi-row calls run a second compilation
-    without them, made on first use: see ``_compiled_for``), ``config`` (any other OpenVINO properties).
+    without them, made on first use: see ``_compiled_for``), ``shape_cache`` (CPU: N input shapes kept prepared
+    per compilation instead of RUNTIME_CACHE_SHAPES, and oneDNN's primitive cap scaled alike: a smaller,
+    flatter footprint for some speed, which `stedge tune` measures for memory budgets), ``config`` (any other
+    OpenVINO properties).
     On the CPU the per-shape caches are capped (RUNTIME_CACHE_SHAPES, ONEDNN_CACHE_PRIMITIVES), so one
     compilation's memory levels off with texts of ever new lengths (each compilation and stream keeps its own
     shapes, so several level off later and higher); ``config`` and the environment override the caps.
@@ -228,6 +231,7 @@ class OpenVINOEngine:
         "static_batch1",
         "snippets",
         "snippets_above",
+        "shape_cache",
         "config",
     )
     STATIC_PAD = 16  # static_batch1 pads one-row calls to a multiple of this many tokens (measured: 8 switches
@@ -263,14 +267,22 @@ class OpenVINOEngine:
             config["INFERENCE_PRECISION_HINT"] = str(prec)
         if options.get("snippets") is False and family == "cpu":
             config["SNIPPETS_MODE"] = "DISABLE"
+        shapes = options.get("shape_cache")
+        shapes = self.RUNTIME_CACHE_SHAPES if shapes is None else shapes
+        if isinstance(shapes, bool) or not isinstance(shapes, int) or shapes < 1:
+            raise RuntimeStedgeError(
+                f"engine option shape_cache={shapes!r}: expected an integer >= 1, the input shapes "
+                f"kept prepared per compilation (default {self.RUNTIME_CACHE_SHAPES})"
+            )
         if family == "cpu":
-            config["CPU_RUNTIME_CACHE_CAPACITY"] = str(self.RUNTIME_CACHE_SHAPES)
+            config["CPU_RUNTIME_CACHE_CAPACITY"] = str(shapes)
         config.update(options.get("config") or {})
         if options.get("cache_dir"):
             core.set_property({"CACHE_DIR": str(options["cache_dir"])})
         try:
             model = _read_graph(core, file)
-            with _onednn_cache(self.ONEDNN_CACHE_PRIMITIVES if family in ("cpu", "auto") else None):
+            primitives = -(-shapes * self.ONEDNN_CACHE_PRIMITIVES // self.RUNTIME_CACHE_SHAPES)  # scaled, rounded up
+            with _onednn_cache(primitives if family in ("cpu", "auto") else None):
                 self.compiled = _compile(core, model, target, config)
         except RuntimeError as e:
             raise RuntimeStedgeError(f"{file}: OpenVINO could not compile the graph for {target} ({e})") from None

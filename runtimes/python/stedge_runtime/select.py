@@ -305,8 +305,18 @@ def plain_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def plain_runs(runs: list[dict]) -> list[dict]:
-    """The runs measured without ``static_batch1`` (the engine's default first)."""
-    return [r for r in runs if not (r.get("settings") or {}).get("static_batch1")]
+    """The runs measured without ``static_batch1`` (the engine's default first), and not for memory budgets
+    alone (``budget_only``)."""
+    return [
+        r for r in runs if not (r.get("settings") or {}).get("static_batch1") and not budget_only(r.get("settings"))
+    ]
+
+
+def budget_only(settings: Mapping[str, Any] | None) -> bool:
+    """Settings `stedge tune` measures only as a fallback for memory budgets: OpenVINO's smaller per-shape caches
+    (``shape_cache``). They cost speed only with ever-new input lengths, which the tune's timings do not show, so
+    they are never chosen, nor routed to, without a budget."""
+    return bool((settings or {}).get("shape_cache"))
 
 
 def settings_key(settings: Mapping[str, Any] | None) -> str:
@@ -464,6 +474,8 @@ def _from_profile(
         for r in runs:
             if (scored := _scored(r, mine.get(settings_key(r["settings"])), name)) is not None:
                 every.append(scored)
+            if budget_only(r["settings"]):
+                continue
             long = r.get("batch1_ms_p50_long")
             long = float(long) if isinstance(long, (int, float)) else None
             fig = mine.get(settings_key(r["settings"]))
@@ -652,7 +664,7 @@ def _within_memory(
         notes.append(f"max_memory_mb={budget:g}: {was}; without its batch-1 route {alone:.0f} MB: route off")
         return name, settings, plain, alone, reason
     sized = [(e, configs[k]) for e in every if (k := memory_config_key(e[2], e[3])) in configs]
-    fit = [(e, mb) for e, mb in sized if mb <= budget]
+    fit = [(e, mb) for e, mb in sized if mb <= budget and not _lean_needless(e[2], e[3], configs, budget)]
     if not sized:
         head = f"max_memory_mb={budget:g} " + ("is exceeded" if peak is not None else "was not checked")
         warned.append(f"{head}: {was}, and no other tier-{tier} configuration was measured (run `stedge tune`)")
@@ -684,6 +696,16 @@ def _within_memory(
         mb,
         f"within max_memory_mb={budget:g}: " + _profile_reason(prof, tier, new, st, in_final),
     )
+
+
+def _lean_needless(name: str, settings: Mapping[str, Any], configs: Mapping[str, float], budget: float) -> bool:
+    """A budget-only setting (``budget_only``) where the same settings without it fit ``budget`` too: the tune's
+    timings cannot tell the two apart (they differ only on inputs of ever-new lengths, where the smaller caches
+    are slower), so the budget runs the full caches."""
+    if not budget_only(settings):
+        return False
+    full = configs.get(memory_config_key(name, {k: v for k, v in settings.items() if k != "shape_cache"}))
+    return full is not None and full <= budget
 
 
 def _profile_reason(prof: dict, tier: str, name: str, settings: dict, in_final: bool) -> str:

@@ -41,6 +41,7 @@ from .profile import PROFILE_FORMAT
 from .samples import SHORT, passages, varied
 from .select import (
     TIERS,
+    budget_only,
     bulk_score,
     default_batch_tokens,
     fits,
@@ -66,6 +67,10 @@ PAIRED_WITHIN = 0.85  # rounds' bulk score, as a share of its tier's best, that 
 PAIRED_GAP_S = 0.1  # idle before each pass of the final: the previous engine's spinning threads fall asleep
 SNIPPETS_ABOVE = 64  # tokens per row up to which OpenVINO's snippets_above setting runs without the snippets
 STATIC_BATCH1 = 8  # query lengths (in steps of 16 tokens, up to 128) that get a static OpenVINO compilation
+# OpenVINO's per-shape caches for a memory budget (engine option shape_cache): 50 shapes (oneDNN 64 primitives)
+# held bf16 MiniLM, LATENCY, at 283-292 MB through 2,000 varied texts where the default 200 reached 350 MB, for
+# 11 % of the bulk rate on those texts (runtimes/python/README.md). Timed and measured for budgets only.
+LEAN_SHAPES = 50
 PAIRED_PASSAGES = 8  # passages per passage pass of the final (the short and batch-1 passes take the rounds' texts)
 MEMORY_TIMEOUT_S = 300.0  # per child process of tier_memory
 # Texts of many lengths (1-240 words) the memory probe runs after the tune's workloads: at batch 32, a half of them
@@ -81,8 +86,9 @@ def settings_grid(backend: str, threads: int | None = None, quick: bool = False)
     PERFORMANCE_HINT LATENCY / THROUGHPUT (the runtime then runs bulk batches on parallel infer
     requests), and without ``quick`` both hints without the fused "snippets" kernels on batches of at most
     SNIPPETS_ABOVE tokens (``snippets_above``) and the LATENCY settings with static-shape compilations for
-    batch-1 calls (``static_batch1``). Without ``quick`` and with >= 4 cores, half the cores and two explicit
-    streams are tried too.
+    batch-1 calls (``static_batch1``), and LATENCY with smaller per-shape caches (``shape_cache``), which only a
+    memory budget may choose (``select.budget_only``). Without ``quick`` and with >= 4 cores, half the cores and
+    two explicit streams are tried too.
     """
     cores = machine.physical_cores()
     t = int(threads) if threads else cores
@@ -98,6 +104,7 @@ def settings_grid(backend: str, threads: int | None = None, quick: bool = False)
             # and static compilations for one-row calls (_static_for, judged on batch 1 alone) on the LATENCY ones
             grid += [{**g, "snippets_above": SNIPPETS_ABOVE} for g in grid[:2]]
             grid += [{**g, "static_batch1": STATIC_BATCH1} for g in grid if g["performance_hint"] == "LATENCY"]
+            grid.append({"threads": t, "performance_hint": "LATENCY", "shape_cache": LEAN_SHAPES})
     return grid[:1] if quick else grid
 
 
@@ -704,14 +711,16 @@ def tier_memory(
 
 def memory_configs(root: str | Path, prof: dict[str, Any]) -> list[dict[str, Any]]:
     """What a memory budget may fall back to (select's ``max_memory_mb``): per tier, each variant ``Encoder.load``
-    could choose there from ``prof`` (``eligible_runs``) at the settings that tier would give it and at
-    the first settings measured that met the tier (its engine's default), without a batch-1 route. Returns
-    ``[{"variant", "settings"}]``, each configuration once."""
+    could choose there from ``prof`` (``eligible_runs``) at the settings that tier would give it, at
+    the first settings measured that met the tier (its engine's default) and at settings measured for budgets
+    alone (``select.budget_only``), without a batch-1 route. Returns ``[{"variant", "settings"}]``, each
+    configuration once."""
     paired = paired_scores(prof)
     out: dict[str, dict[str, Any]] = {}
     for eligible in eligible_runs(root, prof).values():
         for name, runs in eligible.items():
-            for r in (settled_run(runs, paired.get(name)), (plain_runs(runs) or runs)[0]):
+            lean = [r for r in runs if budget_only(r["settings"])]
+            for r in (settled_run(runs, paired.get(name)), (plain_runs(runs) or runs)[0], *lean):
                 out.setdefault(memory_config_key(name, r["settings"]), {"variant": name, "settings": r["settings"]})
     return list(out.values())
 

@@ -316,6 +316,43 @@ def test_a_memory_budget_drops_the_route_then_takes_the_fastest_configuration_th
             _sel(vs, tmp_path, PLAIN, max_memory_mb=bad)
 
 
+def test_smaller_shape_caches_are_for_memory_budgets_only(tmp_path):
+    """OpenVINO with smaller per-shape caches (shape_cache) costs speed only with ever-new input lengths, which the
+    tune's timings do not show: without a budget it is never chosen, nor routed to, however it timed; under a
+    budget that only it fits among the fast configurations, it runs rather than a slower lighter one."""
+    vs = _variants()
+    lean = {"threads": 2, "shape_cache": 50}
+    prof = _memory_profile({"openvino-fp32": 300.0, "onnx-int8-static": 180.0, "onnx-fp32": 120.0})
+    runs = prof["variants"]["openvino-fp32"]["runs"]
+    runs.append({"settings": lean, "batch1_ms_p50": 0.5, "bulk": {"short": {"32": 1200}, "passage": {"32": 120}}})
+    prof["memory"]["configs"].append({"variant": "openvino-fp32", "settings": lean, "peak_rss_mb": 200.0})
+    write_profile(tmp_path, prof)
+    free = _sel(vs, tmp_path, PLAIN)  # 1.33x in bulk and the fastest batch 1: still not taken, nor routed to
+    assert (free.variant, free.settings, free.latency_variant, free.latency_settings) == (
+        "openvino-fp32",
+        {"threads": 2},
+        "onnx-fp32",
+        {"threads": 2},
+    )
+    assert not any("shape_cache" in n for n in free.notes), free.notes
+    tight = _sel(vs, tmp_path, PLAIN, max_memory_mb=250)  # int8-static (700/s, 180 MB) would fit too
+    assert (tight.variant, tight.settings, tight.latency_variant, tight.peak_rss_mb) == (
+        "openvino-fp32",
+        lean,
+        None,
+        200.0,
+    )
+    assert any(f"within it: openvino-fp32 {lean}" in n for n in tight.notes), tight.notes
+    assert _sel(vs, tmp_path, PLAIN, max_memory_mb=190).variant == "onnx-int8-static"
+    roomy = _sel(vs, tmp_path, PLAIN, max_memory_mb=350)  # the full caches fit: the timings cannot tell them apart
+    assert (roomy.variant, roomy.settings, roomy.latency_variant, roomy.peak_rss_mb) == (
+        "openvino-fp32",
+        {"threads": 2},
+        None,
+        300.0,
+    )
+
+
 def test_a_memory_budget_without_figures_is_said_not_checked(tmp_path):
     """No memory figures (tuned with --no-memory or --quick), no profile for this machine, or a named variant: the
     choice is the usual one, with a warning (or, for a named variant, a note) that the budget was not applied."""
@@ -456,7 +493,7 @@ def test_a_setting_for_one_kind_of_text_is_judged_there(tmp_path):
 
 
 def test_tune_tries_static_batch1_and_short_batch_snippets_on_openvino_only():
-    from stedge_runtime.tune import SNIPPETS_ABOVE, STATIC_BATCH1, settings_grid
+    from stedge_runtime.tune import LEAN_SHAPES, SNIPPETS_ABOVE, STATIC_BATCH1, settings_grid
 
     full = settings_grid("openvino", threads=2)
     assert {"threads": 2, "performance_hint": "LATENCY", "static_batch1": STATIC_BATCH1} in full
@@ -466,6 +503,10 @@ def test_tune_tries_static_batch1_and_short_batch_snippets_on_openvino_only():
     assert full[0] == {"threads": 2, "performance_hint": "LATENCY"}  # the engine's default stays first
     assert not any("static_batch1" in s for s in settings_grid("openvino", threads=2, quick=True))
     assert not any("static_batch1" in s or "snippets" in s for s in settings_grid("onnx", threads=2))
+    lean = [s for s in full if "shape_cache" in s]  # smaller per-shape caches: timed for memory budgets only
+    assert lean == [{"threads": 2, "performance_hint": "LATENCY", "shape_cache": LEAN_SHAPES}]
+    assert not any("shape_cache" in s for s in settings_grid("openvino", threads=2, quick=True))
+    assert not any("shape_cache" in s for s in settings_grid("onnx", threads=2))
 
 
 def test_token_budget_per_call_default_tuned_and_named(tmp_path):
@@ -896,19 +937,22 @@ def test_config_memory_measures_what_a_budget_may_fall_back_to(tiny_artifact, mo
         }
 
     lat, thr = {"threads": 2, "performance_hint": "LATENCY"}, {"threads": 2, "performance_hint": "THROUGHPUT"}
+    lean = {**lat, "shape_cache": 50}
     prof = {
         "format_version": PROFILE_FORMAT,
         "machine": {"key": machine.machine_key()},
         "variants": {
             "onnx-fp32": {"status": "ok", "runs": [run({"threads": 2, "allow_spinning": True}, 500.0)]},
-            "openvino-fp32": {"status": "ok", "runs": [run(lat, 400.0), run(thr, 600.0)]},  # THROUGHPUT earns it
-        },
+            "openvino-fp32": {"status": "ok", "runs": [run(lat, 400.0), run(thr, 600.0), run(lean, 700.0)]},
+        },  # THROUGHPUT earns its place; the smaller caches, budget-only, never do
     }
     assert tune_mod.memory_configs(tiny_artifact, prof) == [
         {"variant": "onnx-fp32", "settings": {"threads": 2, "allow_spinning": True}},
         {"variant": "openvino-fp32", "settings": thr},
         {"variant": "openvino-fp32", "settings": lat},
+        {"variant": "openvino-fp32", "settings": lean},
     ]
+    del prof["variants"]["openvino-fp32"]["runs"][2]  # the rest of this test as before
     specs = []
 
     def fake(spec):
@@ -1004,6 +1048,14 @@ def test_openvino_bounds_its_per_shape_caches_on_the_cpu(tiny_artifact, monkeypa
     assert mine._engine.config["CPU_RUNTIME_CACHE_CAPACITY"] == "7"  # compiled with it (the plugin does not report it)
     assert seen[-1] == "999" and os.environ[name] == "999"
     np.testing.assert_allclose(mine.encode(["a b c", "d e"]), enc.encode(["a b c", "d e"]), atol=1e-6)
+    # shape_cache=N: both caps smaller (oneDNN's scaled alike), for memory budgets; the same vectors
+    monkeypatch.delenv(name)
+    lean = Encoder.load(tiny_artifact, variant="openvino-fp32", threads=1, shape_cache=50)
+    assert lean._engine.config["CPU_RUNTIME_CACHE_CAPACITY"] == "50" and seen[-1] == "64" and name not in os.environ
+    np.testing.assert_allclose(lean.encode(["a b c", "d e"]), enc.encode(["a b c", "d e"]), atol=1e-6)
+    for bad in (0, -3, 2.5, True, "50"):
+        with pytest.raises(RuntimeStedgeError, match=r"shape_cache=.*expected an integer >= 1"):
+            Encoder.load(tiny_artifact, variant="openvino-fp32", threads=1, shape_cache=bad)
 
 
 @pytest.mark.parametrize("hint", ["LATENCY", "THROUGHPUT"])
