@@ -260,3 +260,12 @@ def test_bench_tunes_only_when_the_profile_is_missing_stale_or_quick(art, monkey
     assert len(calls) == 2 and "--quick" not in calls[1]  # a quick profile is re-tuned by a full run
     runner.ensure_profile(art, suite.quick(), 2, {}, lambda m: None)
     assert len(calls) == 2  # ... but is enough for a quick one
+
+
+def test_the_table_labels_every_engine_setting():
+    """Each setting the tune times has a readable label; the budget-only one says so; an unknown one shows as k=v."""
+    from stedge.tune.cli import _settings
+
+    lean = {"threads": 2, "performance_hint": "LATENCY", "shape_cache": 50}
+    assert _settings(lean) == "2t, latency, 50 shapes cached (budgets only)"
+    assert _settings({"threads": 1, "allow_spinning": False, "new_knob": 3}) == "1t, no spin, new_knob=3"

@@ -108,8 +108,17 @@ def _settings(s: dict[str, Any]) -> str:
         parts.append("static batch-1")
     if s.get("shape_cache"):
         parts.append(f"{s['shape_cache']} shapes cached (budgets only)")
-    known = ("threads", "allow_spinning", "performance_hint", "num_streams", "snippets", "snippets_above")
-    parts += [f"{k}={v}" for k, v in s.items() if k not in (*known, "static_batch1", "shape_cache")]
+    shown = (
+        "threads",
+        "allow_spinning",
+        "performance_hint",
+        "num_streams",
+        "snippets",
+        "snippets_above",
+        "static_batch1",
+        "shape_cache",
+    )  # the keys above; any other as k=v
+    parts += [f"{k}={v}" for k, v in s.items() if k not in shown]
     return ", ".join(parts)
 
 

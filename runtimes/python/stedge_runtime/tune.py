@@ -67,9 +67,10 @@ PAIRED_WITHIN = 0.85  # rounds' bulk score, as a share of its tier's best, that 
 PAIRED_GAP_S = 0.1  # idle before each pass of the final: the previous engine's spinning threads fall asleep
 SNIPPETS_ABOVE = 64  # tokens per row up to which OpenVINO's snippets_above setting runs without the snippets
 STATIC_BATCH1 = 8  # query lengths (in steps of 16 tokens, up to 128) that get a static OpenVINO compilation
-# OpenVINO's per-shape caches for a memory budget (engine option shape_cache): 50 shapes (oneDNN 64 primitives)
-# held bf16 MiniLM, LATENCY, at 283-292 MB through 2,000 varied texts where the default 200 reached 350 MB, for
-# 11 % of the bulk rate on those texts (runtimes/python/README.md). Timed and measured for budgets only.
+# OpenVINO's per-shape caches for a memory budget (engine option shape_cache): 50 shapes (oneDNN 64 primitives).
+# bf16 MiniLM, LATENCY, on the AMX guest: 285 MB in the tune's probe against 332 MB with the default 200, 328
+# against 391 MB after 2,000 more varied texts, and about 11 % slower on 2,048 STS-B texts at batch 32
+# (runtimes/python/README.md). Timed and measured for budgets only.
 LEAN_SHAPES = 50
 PAIRED_PASSAGES = 8  # passages per passage pass of the final (the short and batch-1 passes take the rounds' texts)
 MEMORY_TIMEOUT_S = 300.0  # per child process of tier_memory
