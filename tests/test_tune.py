@@ -96,6 +96,7 @@ def test_tune_measures_each_tiers_memory_in_a_fresh_process(art):
     assert 30 < tiers["exact"]["peak_rss_mb"] < 4096  # numpy + tokenizers + onnxruntime alone are > 30 MB
     assert tiers["near"] == tiers["exact"] == tiers["compressed"]  # one variant: one choice, measured once
     assert "route_off_mb" not in tiers["exact"]  # no batch-1 route to turn off
+    assert 0 <= tiers["exact"]["growth_mb"] < tiers["exact"]["peak_rss_mb"]  # what the probe's second half added
     note = f"peak RSS of a process running this tier's choice here: {tiers['near']['peak_rss_mb']:.0f} MB"
     assert any(n.startswith(note) for n in Encoder.load(art).selection.notes)
     assert note in _cli("info", str(art)).stdout
@@ -269,3 +270,13 @@ def test_the_table_labels_every_engine_setting():
     lean = {"threads": 2, "performance_hint": "LATENCY", "shape_cache": 50}
     assert _settings(lean) == "2t, latency, 50 shapes cached (budgets only)"
     assert _settings({"threads": 1, "allow_spinning": False, "new_knob": 3}) == "1t, no spin, new_knob=3"
+
+
+def test_the_table_marks_memory_still_growing():
+    """A peak figure whose probe was still growing at its end carries a "+" (a memory budget does not take it);
+    one that leveled off, or from a profile before the measure, does not."""
+    from stedge.tune.cli import _caption, _mb
+
+    assert (_mb(300.0, 30.0), _mb(300.0, 2.0), _mb(300.0), _mb(None)) == ("300+", "300", "300", "-")
+    assert "peak MB +: still growing" in _caption([12.0, 23.0], {"a": "300+", "b": "-"})
+    assert _caption([None, None], {"a": "300"}) is None and "+" not in _caption([12.0, 23.0], {"a": "300"})

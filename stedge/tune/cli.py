@@ -136,9 +136,11 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
     units = [f for f in m["isa_flags"] if "vnni" in f or "bf16" in f or f.startswith("amx")] or [m.get("cpu_class", "")]
     w = prof.get("workloads") or {}
     tokens = [w.get(k, {}).get("mean_tokens") for k in ("batch1", "batch1_long")]
-    caption = None
-    if all(tokens):
-        caption = f"bs=1 on short queries ({tokens[0]:.0f} tokens) and longer ones ({tokens[1]:.0f})"
+    peaks = {
+        memory_config_key(c["variant"], c.get("settings")): _mb(c.get("peak_rss_mb"), c.get("growth_mb"))
+        for c in (prof.get("memory") or {}).get("configs") or []
+    }
+    caption = _caption(tokens, peaks)
     t = Table(
         title=f"{m['cpu']} ({m['cores_physical']} cores, {', '.join(units)}) - profile {m['key']}", caption=caption
     )
@@ -157,10 +159,6 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
     ):
         t.add_column(col, justify="left" if col in ("variant", "tier", "settings", "chosen") else "right")
     marks = _marks(choices)
-    peaks = {
-        memory_config_key(c["variant"], c.get("settings")): c.get("peak_rss_mb")
-        for c in (prof.get("memory") or {}).get("configs") or []
-    }
     for name, entry in prof["variants"].items():
         tier = variant_tier(manifest_variants.get(name, {})) or "-"
         inv = entry.get("batch_invariance_min_cos")
@@ -184,7 +182,7 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
                 *[f"{bulk.get('passage', {}).get(b, 0):.1f}" for b in bs],
                 inv_s,
                 here_s,
-                _mb(peaks.get(memory_config_key(name, s))),
+                peaks.get(memory_config_key(name, s), "-"),
                 marks.get((name, json.dumps(s, sort_keys=True)), ""),
             )
     console.print(t)
@@ -204,9 +202,24 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
     render_choice(choices, console)
 
 
-def _mb(value: Any) -> str:
-    """A peak RSS figure for the table ("-": not measured)."""
-    return f"{value:.0f}" if isinstance(value, (int, float)) else "-"
+def _caption(tokens: list, peaks: dict[str, str]) -> str | None:
+    """The table's caption: the batch-1 query lengths, and what a "+" on a peak figure means where one has it."""
+    parts = []
+    if all(tokens):
+        parts.append(f"bs=1 on short queries ({tokens[0]:.0f} tokens) and longer ones ({tokens[1]:.0f})")
+    if any(v.endswith("+") for v in peaks.values()):
+        parts.append("peak MB +: still growing at the end of the memory probe (a memory budget does not take it)")
+    return "; ".join(parts) or None
+
+
+def _mb(value: Any, growth: Any = None) -> str:
+    """A peak RSS figure for the table ("-": not measured; "+": still growing at the end of the probe, which a
+    memory budget does not take)."""
+    from stedge_runtime.select import still_growing
+
+    if not isinstance(value, (int, float)):
+        return "-"
+    return f"{value:.0f}" + ("+" if still_growing(value, growth) else "")
 
 
 def _render_paired(final: dict[str, Any] | None, console: Any) -> None:
@@ -300,8 +313,9 @@ def tune_cmd(
         True,
         "--memory/--no-memory",
         help="Once the profile is written, measure in a fresh process the peak RSS of each tier's choice and of each "
-        "configuration a memory budget (max_memory_mb, --max-memory-mb) may fall back to (a few seconds each; not "
-        "with --quick or --dry-run).",
+        "configuration a memory budget (max_memory_mb, --max-memory-mb) may fall back to, and whether it had "
+        "leveled off by the end (a budget takes only what did; about 10-15 s each for MiniLM on 2 cores; not with "
+        "--quick or --dry-run).",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Measure and print, but do not write the profile."),
     as_json: bool = typer.Option(False, "--json", help="Print the profile and the choices as JSON."),

@@ -4,11 +4,12 @@
 
 For each budget ("none" for no budget) a fresh Python process loads ``Encoder.load(ARTIFACT, tier=...,
 max_memory_mb=...)``, runs the workloads of `stedge tune`'s memory probe (256 short texts and 16 passages at
-batch 32, then 32 queries and 16 longer ones one at a time, twice, then 192 texts of 1-240 words at batch 32, half
-of them at batch 8 and a quarter one at a time), then, with ``--more``, 2,000 further texts of varied lengths in
-the same three ways, and prints one JSON line: the choice, the peak the profile predicted
-(``selection.peak_rss_mb``), the peak it measured, and any warning. Run `stedge tune ARTIFACT` on this machine
-first: the budget is checked against the memory figures it writes.
+batch 32, then 32 queries and 16 longer ones one at a time, twice, then 768 texts of 1-240 words in two halves of
+all lengths: each at batch 32, half of it at batch 8 and a quarter one at a time, twice), then, with ``--more``,
+4,000 further texts of varied lengths (other words, the same lengths) in rounds of 1,000 run the same three ways,
+and prints one JSON line: the choice, the peak the profile predicted (``selection.peak_rss_mb``), the peak it
+measured after the probe's workloads and, with ``--more``, after each round, and any warning. Run `stedge tune
+ARTIFACT` on this machine first: the budget is checked against the memory figures it writes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,17 @@ def child(root: str, tier: str, budget: float | None, more: bool = False) -> Non
     """Load with the budget, run the probe's workloads (and ``more``), print one JSON line."""
     from stedge_runtime import Encoder, machine
     from stedge_runtime.samples import SHORT, passages, varied
+    from stedge_runtime.tune import MEMORY_VARIED
+
+    def sweep(texts: list[str], singles_twice: bool) -> None:
+        enc.encode(texts, batch_size=32)
+        enc.encode(texts[: len(texts) // 2], batch_size=8)
+        for _ in range(2 if singles_twice else 1):
+            for t in texts[: len(texts) // 4]:
+                enc.encode(t)
+
+    def peak() -> float:
+        return round(machine.peak_rss_bytes() / 2**20, 1)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -34,22 +46,24 @@ def child(root: str, tier: str, budget: float | None, more: bool = False) -> Non
     for _ in range(2):
         for q in short[:32] + longer:
             enc.encode(q)
-    for texts in [varied(short, 192)] + ([varied(short[7:] + short[:7], 2000)] if more else []):
-        enc.encode(texts, batch_size=32)
-        enc.encode(texts[: len(texts) // 2], batch_size=8)
-        for t in texts[: len(texts) // 4]:
-            enc.encode(t)
+    probe = varied(short, MEMORY_VARIED)
+    sweep(probe[: len(probe) // 2], True)
+    sweep(probe[len(probe) // 2 :], True)
+    after = [peak()]
+    for r in range(1, 5) if more else ():
+        sweep(varied(short[r:] + short[:r], 1000), False)
+        after.append(peak())
     s = enc.selection
     print(
         json.dumps(
             {
                 "max_memory_mb": budget,
-                "more": more,
                 "variant": s.variant,
                 "settings": s.settings,
                 "batch1_variant": s.latency_variant,
                 "predicted_mb": s.peak_rss_mb,
-                "peak_rss_mb": round(machine.peak_rss_bytes() / 2**20, 1),
+                "peak_rss_mb": after[0],
+                "after_more_rounds_mb": after[1:],
                 "warnings": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)],
             }
         )

@@ -202,38 +202,40 @@ class _Artifact:
         one = len(items) == 1 or batch_size == 1  # batch-1 calls may run on the latency variant (selection)
         engine = self._latency_engine if one and self._latency_engine is not None else self._engine
         type_ids = "token_type_ids" in engine.inputs
-        encs = self._tok.encode(items)
+        tokens = self._tok.tokens(items, type_ids)
         out = np.empty((len(items), width), dtype=np.float32)
-        groups = list(batches(encs, batch_size, self.max_batch_tokens))
+        groups = list(batches(tokens.lengths, batch_size, self.max_batch_tokens))
 
         def feeds_of(idx: Any) -> dict[str, np.ndarray]:
-            feeds = pad(encs, idx, self._tok.pad_id, type_ids)
+            feeds = pad(tokens, idx, self._tok.pad_id, type_ids)
             for k, v in (extra or {}).items():
                 feeds[k] = np.full(len(idx), v, dtype=np.int64)
             return feeds
 
         if getattr(engine, "parallel", 1) > 1 and len(groups) > 1:  # OpenVINO streams: batches run side by side
-            feeds_list = [feeds_of(idx) for idx in groups]
-            results = self._engine_run(lambda: engine.run_many(feeds_list, output), feeds_list[0])
+            # padded as the requests take them, so only the batches in flight are in memory
+            largest = (len(groups[0]), int(tokens.lengths.max()))
+            results = self._engine_run(lambda: engine.run_many((feeds_of(i) for i in groups), output), largest)
             for idx, res in zip(groups, results):
                 out[idx] = self._checked(res, len(idx), width, output)
             return out
         for idx in groups:
             feeds = feeds_of(idx)
-            res = self._engine_run(lambda feeds=feeds: engine.run(feeds, output), feeds)
+            res = self._engine_run(lambda feeds=feeds: engine.run(feeds, output), feeds["input_ids"].shape)
             out[idx] = self._checked(res, len(idx), width, output)
         return out
 
-    def _engine_run(self, call: Any, feeds: dict) -> Any:
-        """One engine call (``call()``, on ``feeds``); an engine failure on input the runtime built is the
-        artifact's fault (its max_seq_length longer than the graph's positions, a damaged graph): one line naming it."""
+    def _engine_run(self, call: Any, shape: tuple) -> Any:
+        """One engine call (``call()``, on a batch of ``shape``, or batches of at most it); an engine failure on
+        input the runtime built is the artifact's fault (its max_seq_length longer than the graph's positions, a
+        damaged graph): one line naming it."""
         try:
             return call()
         except Exception as e:  # onnxruntime / openvino raise their own types
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise ArtifactError(
                 f"{self.path} variant {self._variant}: the engine failed on a batch of shape "
-                f"{feeds['input_ids'].shape} ({type(e).__name__}: {first}); check stedge.json max_seq_length "
+                f"{tuple(shape)} ({type(e).__name__}: {first}); check stedge.json max_seq_length "
                 f"({self._tok.max_length}) against the model, or re-export it"
             ) from None
 

@@ -15,7 +15,7 @@ import sys
 import threading
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -405,24 +405,26 @@ class OpenVINOEngine:
                 return None
             return self._static[key]
 
-    def run_many(self, feeds_list: list[dict[str, np.ndarray]], output: str) -> list[np.ndarray]:
+    def run_many(self, feeds_list: Iterable[dict[str, np.ndarray]], output: str) -> list[np.ndarray]:
         """Run several batches on ``parallel`` infer requests at once (results in order).
 
         The batches go round-robin to the requests; a request's result is read (on this thread) before it
-        takes its next batch. No Python callback runs on OpenVINO's threads: the cyclic garbage collector,
-        run by any thread that allocates, could otherwise free another engine there, and a compiled model
-        destroyed on its own worker thread aborts the process ("Resource deadlock avoided").
+        takes its next batch. ``feeds_list`` may be a generator: a batch is taken from it only when a request
+        is free, so only the batches in flight need to be in memory. No Python callback runs on OpenVINO's
+        threads: the cyclic garbage collector, run by any thread that allocates, could otherwise free another
+        engine there, and a compiled model destroyed on its own worker thread aborts the process ("Resource
+        deadlock avoided").
         One caller at a time uses the shared requests; a concurrent caller runs its batches on its own
         thread's request instead, so calls from many threads stay safe. With ``snippets_above``, each run of
         consecutive batches on the same compilation (batches come sorted by length) finishes before the next
         run starts, so the two compilations never compete for the cores.
         """
-        if self.parallel <= 1 or len(feeds_list) <= 1 or not self._queue_lock.acquire(blocking=False):
+        if self.parallel <= 1 or not self._queue_lock.acquire(blocking=False):
             return [self.run(f, output) for f in feeds_list]
         try:
             results: list[Any] = []
             for compiled, group in itertools.groupby(feeds_list, key=self._bulk_compiled):
-                results += self._run_parallel(compiled, list(group), output)
+                results += self._run_parallel(compiled, group, output)
             return results
         finally:
             self._queue_lock.release()
@@ -434,12 +436,12 @@ class OpenVINOEngine:
             return self._plain or self._compile_plain()
         return self.compiled
 
-    def _run_parallel(self, compiled: Any, feeds_list: list[dict[str, np.ndarray]], output: str) -> list[Any]:
+    def _run_parallel(self, compiled: Any, feeds_list: Iterable[dict[str, np.ndarray]], output: str) -> list[Any]:
         queue = self._queues.get(id(compiled))
         if queue is None:
             queue = self._queues[id(compiled)] = [compiled.create_infer_request() for _ in range(self.parallel)]
         port = compiled.output(output)
-        results: list[Any] = [None] * len(feeds_list)
+        results: list[Any] = []
         running: list[int | None] = [None] * len(queue)  # batch index on each request
 
         def collect(k: int) -> None:
@@ -453,6 +455,7 @@ class OpenVINOEngine:
             for i, feeds in enumerate(feeds_list):
                 k = i % len(queue)
                 collect(k)
+                results.append(None)
                 queue[k].start_async({n: v for n, v in feeds.items() if n in self.inputs})
                 running[k] = i
         finally:

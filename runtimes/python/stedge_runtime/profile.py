@@ -28,14 +28,18 @@ not touched. Layout (``format_version`` 1)::
                                       "speedup": {"batch1": 1.02, "short bs=32": 0.97, "passage bs=32": 0.95},
                                       "bulk_speedup": 0.96, "batch1_speedup": 1.02, "error": str?}}}}
                     # the paired final; absent in --quick profiles; cycles 0 when fewer than two contenders
-     "memory": {"created": ISO-8601 UTC, "tiers": {TIER: {"peak_rss_mb": 491.0, "route_off_mb": 378.0,
+     "memory": {"created": ISO-8601 UTC, "tiers": {TIER: {"peak_rss_mb": 491.0, "growth_mb": 12.0,
+                                                          "route_off_mb": 378.0, "route_off_growth_mb": 3.0,
                                                           "choice": {"variant", "settings", "latency_variant",
                                                                      "latency_settings"}} | {"error": str}},
-                "configs": [{"variant": NAME, "settings": {...}, "peak_rss_mb": 154.0} | {..., "error": str}]}
+                "configs": [{"variant": NAME, "settings": {...}, "peak_rss_mb": 154.0, "growth_mb": 0.5}
+                            | {..., "error": str}]}
                     # peak RSS of a fresh process running each tier's choice (stedge_runtime.tune.tier_memory);
                     # route_off_mb: the same with route=False, where the tier routes batch-1 calls; choice: what
                     # ran (profiles before it: Encoder.load(tier=TIER)); configs: each variant alone at the
-                    # settings a tier gives it and at its defaults (tune.config_memory), for max_memory_mb
+                    # settings a tier gives it and at its defaults (tune.config_memory), for max_memory_mb;
+                    # growth_mb: what the second half of the probe's varied texts added (select.still_growing;
+                    # profiles before it have none)
 
 Each run is the best of ``rounds`` measurements of that (variant, settings) case, taken in alternating
 order so that load from elsewhere during one of them does not decide the choice. The paired final then

@@ -39,9 +39,10 @@
    ``default_variant`` (set by the last export) plays no part.
 5. A memory budget (``max_memory_mb``) is checked against what ``stedge tune`` measured here: the peak RSS of a
    fresh process running each tier's choice, and each eligible variant at the settings a tier would give it
-   and at its engine's defaults (profile ``memory``). A choice over the budget loses its batch-1 route first,
-   then gives way to the fastest measured configuration within the budget (by the same ranking); when none
-   fits, the lightest runs with a warning, and without figures the budget is not checked (a warning too).
+   and at its engine's defaults (profile ``memory``). Only a figure whose memory had leveled off by the end of
+   the probe counts as within a budget (``still_growing``). A choice over the budget loses its batch-1 route
+   first, then gives way to the fastest measured configuration within the budget (by the same ranking); when
+   none fits, the lightest runs with a warning, and without figures the budget is not checked (a warning too).
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ BATCH_TOKENS = {"cpu": 1024}
 GPU_BATCH_TOKENS = 16384
 ROUTE_GAIN = 0.8  # route batch-1 calls when their p50 is at most this share of the bulk variant's
 BULK_CLOSE = 0.97  # bulk scores within this share of the best count as equal: the better batch-1 p50 wins
+# A memory probe whose second half of varied texts (stedge tune's growth_mb) added more than this share of its peak
+# RSS had not leveled off, and a budget does not take it. bf16 MiniLM on the AMX guest: one LATENCY compilation
+# added 1.6-1.7 % (and rose 2 MB more over 4,000 more varied texts); THROUGHPUT's two streams 4-4.5 % (26 MB more),
+# the near tier's several compilations 9-10 % (206 MB more, still rising) (runtimes/python/README.md#memory).
+GROWING_SHARE = 0.03
 # Best first, per CPU class (machine.cpu_class) and for other device families.
 KIND_ORDER = {
     "amx": ("bf16", "int8-static", "int8-rows", "int8", "fp32", "int8-weights", "int4", "fp16"),
@@ -502,18 +508,19 @@ def _from_profile(
     mem = ((prof.get("memory") or {}).get("tiers") or {}).get(tier) or {}
     if isinstance(mem.get("peak_rss_mb"), (int, float)):
         off = mem.get("route_off_mb")
+        grew = " and still growing" if still_growing(mem["peak_rss_mb"], mem.get("growth_mb")) else ""
         mine.append(
-            f"peak RSS of a process running this tier's choice here: {mem['peak_rss_mb']:.0f} MB"
+            f"peak RSS of a process running this tier's choice here: {mem['peak_rss_mb']:.0f} MB{grew}"
             + (f" ({off:.0f} MB with route=False)" if isinstance(off, (int, float)) else "")
             + " (stedge tune's workloads)"
         )
-    configs = _measured_configs(prof)
-    peak = _peak_of(mem, configs, route, name, settings, sel)
-    first = (name, settings, sel)
+    measured = _measured_configs(prof)
+    peak, peak_growing = _peak_of(mem, *measured, route, name, settings, sel)
+    first, current = (name, settings, sel), (name, settings, sel, peak, reason)
     said: list[str] = []
     if max_memory_mb is not None:
         name, settings, sel, peak, reason = _within_memory(
-            prof, tier, max_memory_mb, (name, settings, sel, peak, reason), every, configs, paired, said, warned
+            prof, tier, max_memory_mb, current, peak_growing, every, measured, paired, said, warned
         )
     notes.extend((mine if (name, settings, sel) == first else []) + said)
     return Selection(
@@ -588,15 +595,28 @@ def memory_config_key(variant: str, settings: Mapping[str, Any] | None) -> str:
     return f"{variant} {json.dumps(dict(settings or {}), sort_keys=True)}"
 
 
-def _measured_configs(prof: dict) -> dict[str, float]:
-    """``{memory_config_key: peak RSS MB}`` from the profile's ``memory.configs`` (stedge tune's children)."""
+def still_growing(peak_mb: Any, growth_mb: Any) -> bool:
+    """Whether a memory probe's second half of varied texts added more than GROWING_SHARE of its peak (stedge
+    tune's ``growth_mb``): its memory had not leveled off, so the peak says little of a longer run. Figures from
+    before the measure (no growth) count as leveled off."""
+    ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (peak_mb, growth_mb))
+    return ok and growth_mb > GROWING_SHARE * peak_mb
+
+
+def _measured_configs(prof: dict) -> tuple[dict[str, float], set[str]]:
+    """``{memory_config_key: peak RSS MB}`` from the profile's ``memory.configs`` (stedge tune's children), and
+    the keys of those still growing at the end of their probe (``still_growing``)."""
     out: dict[str, float] = {}
+    growing: set[str] = set()
     for c in (prof.get("memory") or {}).get("configs") or []:
         if isinstance(c, Mapping) and isinstance(c.get("variant"), str):
             mb = c.get("peak_rss_mb")
             if isinstance(mb, (int, float)) and mb > 0:
-                out[memory_config_key(c["variant"], c.get("settings"))] = float(mb)
-    return out
+                key = memory_config_key(c["variant"], c.get("settings"))
+                out[key] = float(mb)
+                if still_growing(mb, c.get("growth_mb")):
+                    growing.add(key)
+    return out, growing
 
 
 def _scored(run: dict, fig: Mapping[str, Any] | None, name: str) -> tuple[float, float, str, dict] | None:
@@ -610,11 +630,17 @@ def _scored(run: dict, fig: Mapping[str, Any] | None, name: str) -> tuple[float,
 
 
 def _peak_of(
-    entry: Mapping[str, Any], configs: Mapping[str, float], route: bool | None, name: str, settings: dict, sel: dict
-) -> float | None:
-    """What a process running this choice peaked at here: the tier's memory ``entry`` where it measured this very
-    choice (batch-1 route included), else the figure of the bulk configuration alone (``configs``) when nothing is
-    routed."""
+    entry: Mapping[str, Any],
+    configs: Mapping[str, float],
+    growing: set[str],
+    route: bool | None,
+    name: str,
+    settings: dict,
+    sel: dict,
+) -> tuple[float | None, bool]:
+    """What a process running this choice peaked at here, and whether it was still growing then: the tier's memory
+    ``entry`` where it measured this very choice (batch-1 route included), else the figure of the bulk
+    configuration alone (``configs``, ``growing``) when nothing is routed."""
     lv, ls = sel.get("latency_variant"), sel.get("latency_settings") or {}
     measured = entry.get("choice")
     if isinstance(measured, Mapping):
@@ -623,8 +649,11 @@ def _peak_of(
     else:  # profiles before the choice was recorded measured Encoder.load(tier=tier) with route=None
         same = route is None
     if same and isinstance(entry.get("peak_rss_mb"), (int, float)):
-        return float(entry["peak_rss_mb"])
-    return configs.get(memory_config_key(name, settings)) if lv is None else None
+        return float(entry["peak_rss_mb"]), still_growing(entry["peak_rss_mb"], entry.get("growth_mb"))
+    if lv is not None:
+        return None, False
+    key = memory_config_key(name, settings)
+    return configs.get(key), key in growing
 
 
 def _within_memory(
@@ -632,20 +661,23 @@ def _within_memory(
     tier: str,
     budget: float,
     current: tuple[str, dict, dict, float | None, str],
+    current_growing: bool,
     every: list[tuple[float, float, str, dict]],
-    configs: Mapping[str, float],
+    measured: tuple[Mapping[str, float], set[str]],
     paired: Mapping[str, Mapping[str, Any]],
     notes: list[str],
     warned: list[str],
 ) -> tuple[str, dict, dict, float | None, str]:
     """The choice ``current`` (name, settings, route and token budget, peak MB, reason) under a memory budget:
-    kept when it peaked within ``budget`` MB here; else the same without its batch-1 route, when that fits;
-    else the fastest configuration of ``every`` (each eligible variant and setting at this tier) that
-    `stedge tune` measured within the budget, by the same rule as without one; else the lightest measured,
-    with a warning. Without memory figures, a warning that the budget was not checked. ``configs``: the
-    profile's figures (``_measured_configs``); ``paired``: its ``paired_scores``."""
+    kept when it peaked within ``budget`` MB here and had leveled off (not ``current_growing``); else the same
+    without its batch-1 route, when that fits; else the fastest configuration of ``every`` (each eligible variant
+    and setting at this tier) that `stedge tune` measured within the budget and leveled off, by the same rule as
+    without one; else the lightest measured, with a warning. Without memory figures, a warning
+    that the budget was not checked. ``measured``: the profile's figures and those still growing
+    (``_measured_configs``); ``paired``: its ``paired_scores``."""
     name, settings, sel, peak, reason = current
-    if peak is not None and peak <= budget:
+    configs, growing = measured
+    if peak is not None and peak <= budget and not current_growing:
         notes.append(f"max_memory_mb={budget:g}: this choice peaked at {peak:.0f} MB here, within it")
         return current
     if peak is None and not configs:
@@ -658,13 +690,22 @@ def _within_memory(
         f" (with batch-1 calls on {sel['latency_variant']})" if "latency_variant" in sel else ""
     )
     was += f" peaked at {peak:.0f} MB here" if peak is not None else " has no memory figure here"
+    if current_growing:
+        was += " and was still growing at the end of stedge tune's probe (a budget takes only what leveled off)"
     plain = {k: v for k, v in sel.items() if k not in ("latency_variant", "latency_settings")}
-    alone = configs.get(memory_config_key(name, settings))
-    if "latency_variant" in sel and alone is not None and alone <= budget:
+    key = memory_config_key(name, settings)
+    alone = configs.get(key)
+    if "latency_variant" in sel and alone is not None and alone <= budget and key not in growing:
         notes.append(f"max_memory_mb={budget:g}: {was}; without its batch-1 route {alone:.0f} MB: route off")
         return name, settings, plain, alone, reason
     sized = [(e, configs[k]) for e in every if (k := memory_config_key(e[2], e[3])) in configs]
-    fit = [(e, mb) for e, mb in sized if mb <= budget and not _lean_needless(e[2], e[3], configs, budget)]
+    fit = [
+        (e, mb)
+        for e, mb in sized
+        if mb <= budget
+        and memory_config_key(e[2], e[3]) not in growing
+        and not _lean_needless(e[2], e[3], configs, growing, budget)
+    ]
     if not sized:
         head = f"max_memory_mb={budget:g} " + ("is exceeded" if peak is not None else "was not checked")
         warned.append(f"{head}: {was}, and no other tier-{tier} configuration was measured (run `stedge tune`)")
@@ -698,14 +739,17 @@ def _within_memory(
     )
 
 
-def _lean_needless(name: str, settings: Mapping[str, Any], configs: Mapping[str, float], budget: float) -> bool:
-    """A budget-only setting (``budget_only``) where the same settings without it fit ``budget`` too: the tune's
-    timings cannot tell the two apart (they differ only on inputs of ever-new lengths, where the smaller caches
-    are slower), so the budget runs the full caches."""
+def _lean_needless(
+    name: str, settings: Mapping[str, Any], configs: Mapping[str, float], growing: set[str], budget: float
+) -> bool:
+    """A budget-only setting (``budget_only``) where the same settings without it fit ``budget`` too (and leveled
+    off): the tune's timings cannot tell the two apart (they differ only on inputs of ever-new lengths, where the
+    smaller caches are slower), so the budget runs the full caches."""
     if not budget_only(settings):
         return False
-    full = configs.get(memory_config_key(name, {k: v for k, v in settings.items() if k != "shape_cache"}))
-    return full is not None and full <= budget
+    key = memory_config_key(name, {k: v for k, v in settings.items() if k != "shape_cache"})
+    full = configs.get(key)
+    return full is not None and full <= budget and key not in growing
 
 
 def _profile_reason(prof: dict, tier: str, name: str, settings: dict, in_final: bool) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence, Tuple, Union
 
@@ -14,6 +16,23 @@ from .errors import ArtifactError, InputError
 logger = logging.getLogger("stedge_runtime")
 
 Text = Union[str, Tuple[str, str]]
+# Texts tokenized at a time by Tokenizer.tokens. `tokenizers` keeps much per text besides the ids (tokens, offsets,
+# the overflow of a truncated text): about 3 KB for an STS-B sentence and 46 KB for a SciFact passage (MiniLM,
+# 256 tokens). Only the ids are kept, so one encode call's memory grows with its ids, not with those objects.
+TOKENIZE_CHUNK = 128
+
+
+@dataclass
+class Tokens:
+    """Token ids of many texts in flat arrays: row i is ``ids[starts[i] : starts[i] + lengths[i]]``."""
+
+    ids: np.ndarray  # int32
+    type_ids: np.ndarray | None  # int8, where the graph takes token_type_ids
+    starts: np.ndarray  # int64
+    lengths: np.ndarray  # int64
+
+    def __len__(self) -> int:
+        return len(self.lengths)
 
 
 class Tokenizer:
@@ -70,6 +89,26 @@ class Tokenizer:
                     break
         return encs
 
+    def tokens(self, items: Sequence[Text], type_ids: bool = False) -> Tokens:
+        """The ids (and ``type_ids``) of texts or (a, b) pairs, truncated to max_length, tokenized
+        TOKENIZE_CHUNK at a time (see there)."""
+        ids, tts, lengths = [], [], []
+        for i in range(0, len(items), TOKENIZE_CHUNK):
+            encs = self.encode(items[i : i + TOKENIZE_CHUNK])
+            n = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+            total = int(n.sum())
+            ids.append(np.fromiter(itertools.chain.from_iterable(e.ids for e in encs), dtype=np.int32, count=total))
+            if type_ids:
+                tt = itertools.chain.from_iterable(e.type_ids for e in encs)
+                tts.append(np.fromiter(tt, dtype=np.int8, count=total))
+            lengths.append(n)
+            del encs
+        lens = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+        starts = np.zeros(len(lens), dtype=np.int64)
+        np.cumsum(lens[:-1], out=starts[1:])
+        flat = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
+        return Tokens(flat, (np.concatenate(tts) if tts else np.zeros(0, np.int8)) if type_ids else None, starts, lens)
+
 
 def _check_unicode(items: Sequence[Text]) -> None:
     """Raise InputError naming the first text that is not valid Unicode (a lone surrogate)."""
@@ -86,12 +125,12 @@ def _check_unicode(items: Sequence[Text]) -> None:
                 continue
 
 
-def batches(encs: list, batch_size: int, max_tokens: int) -> Iterator[np.ndarray]:
-    """Indices of encodings, longest first, grouped so a batch has <= batch_size rows and
+def batches(lengths: np.ndarray, batch_size: int, max_tokens: int) -> Iterator[np.ndarray]:
+    """Indices of rows of these token ``lengths``, longest first, grouped so a batch has <= batch_size rows and
     rows x longest length <= max_tokens (a single row may exceed it)."""
-    lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
-    if len(encs) <= batch_size and len(encs) * int(lengths.max()) <= max_tokens:
-        yield np.arange(len(encs))  # one batch: no sorting needed
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if len(lengths) <= batch_size and len(lengths) * int(lengths.max()) <= max_tokens:
+        yield np.arange(len(lengths))  # one batch: no sorting needed
         return
     order = np.argsort(-lengths, kind="stable")
     start = 0
@@ -102,20 +141,19 @@ def batches(encs: list, batch_size: int, max_tokens: int) -> Iterator[np.ndarray
         start += n
 
 
-def pad(encs: list, idx: np.ndarray, pad_id: int, type_ids: bool) -> dict[str, np.ndarray]:
+def pad(tokens: Tokens, idx: np.ndarray, pad_id: int, type_ids: bool) -> dict[str, np.ndarray]:
     """int64 input_ids / attention_mask (/ token_type_ids) for the rows ``idx``, padded to the longest."""
-    rows = [encs[i] for i in idx]
-    width = max(len(e.ids) for e in rows)
-    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    tt = np.zeros((len(rows), width), dtype=np.int64) if type_ids else None
-    for r, e in enumerate(rows):
-        n = len(e.ids)
-        ids[r, :n] = e.ids
-        mask[r, :n] = 1
-        if tt is not None:
-            tt[r, :n] = e.type_ids
-    out = {"input_ids": ids, "attention_mask": mask}
-    if tt is not None:
+    lengths = tokens.lengths[idx]
+    width = int(lengths.max())
+    pos = np.arange(width)
+    keep = pos < lengths[:, None]  # row-major, so it lines up with the rows' ids one after another
+    src = (tokens.starts[idx][:, None] + pos)[keep]
+    ids = np.full((len(idx), width), pad_id, dtype=np.int64)
+    ids[keep] = tokens.ids[src]
+    out = {"input_ids": ids, "attention_mask": keep.astype(np.int64)}
+    if type_ids:
+        tt = np.zeros((len(idx), width), dtype=np.int64)
+        if tokens.type_ids is not None:
+            tt[keep] = tokens.type_ids[src]
         out["token_type_ids"] = tt
     return out

@@ -74,10 +74,14 @@ STATIC_BATCH1 = 8  # query lengths (in steps of 16 tokens, up to 128) that get a
 LEAN_SHAPES = 50
 PAIRED_PASSAGES = 8  # passages per passage pass of the final (the short and batch-1 passes take the rounds' texts)
 MEMORY_TIMEOUT_S = 300.0  # per child process of tier_memory
-# Texts of many lengths (1-240 words) the memory probe runs after the tune's workloads: at batch 32, a half of them
-# at batch 8 and a quarter one at a time. OpenVINO's RSS grows with the input shapes it has run (its runtime
-# cache: bf16 MiniLM on the AMX guest, about 0.7 MB per new one-row length); ONNX Runtime's stays flat.
-MEMORY_VARIED = 192
+# Texts of many lengths (1-240 words) the memory probe runs after the tune's workloads, in two halves that each
+# cover every length: at batch 32, a half of them at batch 8 and a quarter one at a time, twice (so the static
+# batch-1 compilations are made). OpenVINO's RSS grows with the input shapes it has run (its runtime cache: bf16
+# MiniLM on the AMX guest, about 0.7 MB per new one-row length), and the second half shows whether it has leveled
+# off. With 192 texts in one pass (before), one-compilation configurations there grew another 2-7 % over 4,000
+# more varied texts, and the near tier's choice (several compilations) 53 %; with 768, LATENCY added 6 MB in its
+# second half and ended within 2 MB of where 4,000 more texts took it (runtimes/python/README.md#memory).
+MEMORY_VARIED = 768
 
 
 def settings_grid(backend: str, threads: int | None = None, quick: bool = False) -> list[dict[str, Any]]:
@@ -624,8 +628,7 @@ def _token_counter(model: Any) -> Callable[[list], float]:
     tok = model._tok
 
     def count(items: list) -> float:
-        encs = tok.encode(items)
-        return round(float(np.mean([len(e.ids) for e in encs])), 1) if encs else 0.0
+        return round(float(tok.tokens(items).lengths.mean()), 1) if items else 0.0
 
     return count
 
@@ -682,9 +685,11 @@ def tier_memory(
     ``batch_sizes``, then the batch-1 texts twice, one call each, then ``MEMORY_VARIED`` texts of many lengths at
     batch 32, 8 and 1). Call it after the profile is on disk: the
     child loads what ``Encoder.load`` would. With a batch-1 route, ``route_off_mb`` is the same with
-    ``route=False``. ``choices`` is ``best_choices``'s output; tiers with the same choice share one
-    measurement. Returns ``{tier: {"peak_rss_mb": ..., "route_off_mb": ..., "choice": {...}} or {"error": ...}}``
-    (``choice``: the variant, settings and batch-1 route measured, which selection matches against)."""
+    ``route=False``. ``growth_mb`` (``route_off_growth_mb``): what the second half of the varied texts added to
+    the peak (``_memory_child``). ``choices`` is ``best_choices``'s output; tiers with the same choice share one
+    measurement. Returns ``{tier: {"peak_rss_mb", "growth_mb", "route_off_mb", "route_off_growth_mb", "choice"}
+    or {"error": ...}}`` (``choice``: the variant, settings and batch-1 route measured, which selection matches
+    against)."""
     root = Path(root)
     out: dict[str, Any] = {}
     done: dict[str, dict[str, Any]] = {}
@@ -696,12 +701,13 @@ def tier_memory(
             if progress:
                 progress(f"tier {tier}", i, len(todo))
             got: dict[str, Any] = {"choice": {k: c.get(k) for k in keys[:4]}}
-            for route, field in ((None, "peak_rss_mb"), (False, "route_off_mb")):
+            fields = ((None, "peak_rss_mb", "growth_mb"), (False, "route_off_mb", "route_off_growth_mb"))
+            for route, field, grew in fields:
                 if route is False and not c.get("latency_variant"):
                     continue
                 spec = {"root": str(root), "tier": tier, "route": route, "texts": texts, "batch_sizes": [*batch_sizes]}
                 try:
-                    got[field] = _memory_in_child(spec)
+                    got[field], got[grew] = _memory_in_child(spec)
                 except RuntimeStedgeError as e:
                     got = {"error": str(e)}
                     break
@@ -737,13 +743,15 @@ def config_memory(
     """The peak RSS (MB) of each of ``memory_configs`` in a fresh process, as ``tier_memory`` measures a tier
     (the variant named, with its settings and the profile's token budget). A tier measurement (``tiers``, from
     ``tier_memory``) of the same configuration is reused: its figure without a route. Returns
-    ``[{"variant", "settings", "peak_rss_mb"} or {"variant", "settings", "error"}]``."""
-    known: dict[str, float] = {}
+    ``[{"variant", "settings", "peak_rss_mb", "growth_mb"} or {"variant", "settings", "error"}]``."""
+    known: dict[str, tuple[float, float | None]] = {}
     for t in tiers.values():
         c = t.get("choice") or {}
-        mb = t.get("route_off_mb") if c.get("latency_variant") else t.get("peak_rss_mb")
+        routed = bool(c.get("latency_variant"))
+        mb = t.get("route_off_mb") if routed else t.get("peak_rss_mb")
+        grew = t.get("route_off_growth_mb") if routed else t.get("growth_mb")
         if isinstance(mb, (int, float)) and c.get("variant"):
-            known[memory_config_key(c["variant"], c.get("settings"))] = float(mb)
+            known[memory_config_key(c["variant"], c.get("settings"))] = (float(mb), grew)
     budget = (prof.get("batch_tokens") or {}).get("best")
     todo = memory_configs(root, prof)
     out = []
@@ -759,7 +767,7 @@ def config_memory(
             except RuntimeStedgeError as e:
                 out.append({**c, "error": str(e)})
                 continue
-        out.append({**c, "peak_rss_mb": known[key]})
+        out.append({**c, "peak_rss_mb": known[key][0], "growth_mb": known[key][1]})
     return out
 
 
@@ -768,8 +776,9 @@ def _probed(spec: dict[str, Any]) -> str:
     return f"tier {spec['tier']}" if "tier" in spec else f"{spec['variant']} ({_fmt(spec.get('settings') or {})})"
 
 
-def _memory_in_child(spec: dict[str, Any]) -> float:
-    """Run ``_memory_child`` in a fresh interpreter (this one's) and return its peak RSS in MB."""
+def _memory_in_child(spec: dict[str, Any]) -> tuple[float, float]:
+    """Run ``_memory_child`` in a fresh interpreter (this one's) and return its peak RSS in MB and what the
+    second half of its varied texts added to it (MB)."""
     code = "import sys; from stedge_runtime.tune import _memory_child; _memory_child(sys.stdin.read())"
     env = dict(os.environ)  # this stedge_runtime, wherever this process found it
     home = str(Path(__file__).resolve().parent.parent)
@@ -791,15 +800,18 @@ def _memory_in_child(spec: dict[str, Any]) -> float:
     if res.returncode != 0 or not lines:
         why = (res.stderr.strip().splitlines() or [f"exit status {res.returncode}"])[-1][:300]
         raise RuntimeStedgeError(f"the memory probe of {_probed(spec)} failed: {why}")
-    mb = json.loads(lines[-1]).get("peak_rss_mb")
+    got = json.loads(lines[-1])
+    mb, grew = got.get("peak_rss_mb"), got.get("growth_mb")
     if not isinstance(mb, (int, float)) or mb <= 0:
         raise RuntimeStedgeError(f"the memory probe of {_probed(spec)} could not read the peak RSS on this OS")
-    return float(mb)
+    return float(mb), float(grew)
 
 
 def _memory_child(spec_json: str) -> None:
     """The child of ``tier_memory`` and ``config_memory``: load one tier's choice (``tier``, ``route``) or one
-    variant (``variant``, ``settings``, ``max_batch_tokens``), run the tune's workloads, print the peak RSS."""
+    variant (``variant``, ``settings``, ``max_batch_tokens``), run the tune's workloads, then the varied texts in
+    two halves of all lengths, and print the peak RSS and what the second half added to it: a configuration
+    whose memory has leveled off adds next to nothing there (select.GROWING_SHARE)."""
     import warnings
 
     from .encoder import Encoder, Reranker
@@ -824,8 +836,13 @@ def _memory_child(spec_json: str) -> None:
     for _ in range(2):  # twice: a static batch-1 compilation is made the second time a length comes
         for item in work.latency + work.latency_long:
             run([item], 1)
-    run(work.varied, 32)  # inputs of many shapes, in bulk and one at a time
-    run(work.varied[: len(work.varied) // 2], 8)
-    for item in work.varied[: len(work.varied) // 4]:
-        run([item], 1)
-    print(json.dumps({"peak_rss_mb": round(machine.peak_rss_bytes() / 2**20, 1)}), flush=True)
+    half = len(work.varied) // 2
+    peaks = []
+    for texts in (work.varied[:half], work.varied[half:]):  # inputs of many shapes, in bulk and one at a time
+        run(texts, 32)
+        run(texts[: len(texts) // 2], 8)
+        for _ in range(2):  # twice, as the batch-1 texts: static batch-1 compilations for these lengths too
+            for item in texts[: len(texts) // 4]:
+                run([item], 1)
+        peaks.append(machine.peak_rss_bytes() / 2**20)
+    print(json.dumps({"peak_rss_mb": round(peaks[-1], 1), "growth_mb": round(peaks[-1] - peaks[0], 1)}), flush=True)

@@ -59,6 +59,32 @@ def test_order_batches_and_token_budget(tiny_artifact):
     np.testing.assert_allclose(enc.encode(texts, batch_size=32), one_by_one, atol=1e-5)
 
 
+def test_texts_are_tokenized_a_chunk_at_a_time(tiny_artifact, tiny_ce_artifact, monkeypatch):
+    """One encode call keeps only its texts' ids, not `tokenizers`' per-text objects: the texts go to the
+    tokenizer TOKENIZE_CHUNK at a time, and the flat ids (and pairs' type ids) are the tokenizer's own."""
+    from stedge_runtime import Reranker, tokenize
+
+    enc = Encoder.load(tiny_artifact, variant="onnx-fp32")
+    texts = TEXTS + [f"text {i} " + "word " * i for i in range(4)]
+    want = enc.encode(texts, batch_size=4)
+    sizes: list[int] = []
+    real = enc._tok.encode
+    monkeypatch.setattr(tokenize, "TOKENIZE_CHUNK", 3)
+    monkeypatch.setattr(enc._tok, "encode", lambda items: sizes.append(len(items)) or real(items))
+    np.testing.assert_allclose(enc.encode(texts, batch_size=4), want, atol=1e-6)
+    assert sizes == [3, 3, 3, 1]
+    rr = Reranker.load(tiny_ce_artifact, variant="onnx-fp32")
+    pairs = [(t, texts[-1 - i]) for i, t in enumerate(texts)]
+    toks = rr._tok.tokens(pairs, type_ids=True)
+    feeds = tokenize.pad(toks, np.arange(len(pairs)), rr._tok.pad_id, type_ids=True)
+    for i, e in enumerate(real(pairs)):
+        n = len(e.ids)
+        assert toks.lengths[i] == n and feeds["attention_mask"][i].sum() == n
+        assert feeds["input_ids"][i, :n].tolist() == e.ids and feeds["token_type_ids"][i, :n].tolist() == e.type_ids
+        assert set(feeds["input_ids"][i, n:].tolist()) <= {rr._tok.pad_id}
+    assert feeds["token_type_ids"].max() == 1  # the second text of each pair
+
+
 def test_single_string_empty_list_empty_string(tiny_artifact):
     enc = Encoder.load(tiny_artifact)
     v = enc.encode("hello")

@@ -316,6 +316,42 @@ def test_a_memory_budget_drops_the_route_then_takes_the_fastest_configuration_th
             _sel(vs, tmp_path, PLAIN, max_memory_mb=bad)
 
 
+def test_a_memory_budget_takes_only_what_leveled_off(tmp_path):
+    """A figure whose probe was still growing at its end (its second half of varied texts added more than
+    GROWING_SHARE of the peak) says little of a longer run: a budget passes over it, the tier's choice and its
+    route-off figure included; when nothing fits, the lightest runs, as before. Figures from before the measure
+    (no growth_mb) count as leveled off."""
+    from stedge_runtime.select import GROWING_SHARE, still_growing
+
+    assert still_growing(100.0, 100.0 * GROWING_SHARE + 0.1) and not still_growing(100.0, 100.0 * GROWING_SHARE)
+    assert not still_growing(100.0, None) and not still_growing(None, 50.0)
+    vs = _variants()
+    prof = _memory_profile({"openvino-fp32": 300.0, "onnx-int8-static": 180.0, "onnx-fp32": 120.0})
+    prof["memory"]["tiers"]["near"].update(growth_mb=40.0, route_off_growth_mb=2.0)
+    write_profile(tmp_path, prof)
+    assert _sel(vs, tmp_path, PLAIN).peak_rss_mb == 400.0  # without a budget nothing changes
+    assert any("400 MB and still growing" in n for n in _sel(vs, tmp_path, PLAIN).notes)
+    roomy = _sel(vs, tmp_path, PLAIN, max_memory_mb=500)  # 400 MB, but growing: the route goes
+    assert (roomy.variant, roomy.latency_variant, roomy.peak_rss_mb) == ("openvino-fp32", None, 300.0)
+    assert any("still growing at the end of stedge tune's probe" in n for n in roomy.notes), roomy.notes
+    grown = {c["variant"]: c for c in prof["memory"]["configs"] if "peak_rss_mb" in c}
+    grown["openvino-fp32"]["growth_mb"] = 30.0  # the bulk engine alone grows too: the fastest that leveled off
+    grown["onnx-int8-static"]["growth_mb"] = 1.0
+    write_profile(tmp_path, prof)
+    assert (_sel(vs, tmp_path, PLAIN, max_memory_mb=500).variant, _sel(vs, tmp_path, PLAIN).variant) == (
+        "onnx-int8-static",
+        "openvino-fp32",
+    )
+    grown["onnx-int8-static"]["growth_mb"] = 20.0
+    grown["onnx-fp32"]["growth_mb"] = 0.0
+    write_profile(tmp_path, prof)
+    assert _sel(vs, tmp_path, PLAIN, max_memory_mb=500).variant == "onnx-fp32"
+    grown["onnx-fp32"].update(peak_rss_mb=150.0, growth_mb=10.0)  # nothing leveled off within 100 MB, nor at all
+    write_profile(tmp_path, prof)
+    over = _sel(vs, tmp_path, PLAIN, max_memory_mb=100)
+    assert over.variant == "onnx-fp32" and "fits max_memory_mb=100" in over.warnings[0]
+
+
 def test_smaller_shape_caches_are_for_memory_budgets_only(tmp_path):
     """OpenVINO with smaller per-shape caches (shape_cache) costs speed only with ever-new input lengths, which the
     tune's timings do not show: without a budget it is never chosen, nor routed to, however it timed; under a
@@ -822,6 +858,42 @@ def test_openvino_throughput_hint_runs_batches_side_by_side(tiny_artifact):
     assert thr.encode(texts[:1]).shape == (1, thr.dimension)
 
 
+def test_openvino_run_many_pads_batches_as_requests_come_free(tiny_artifact):
+    """run_many takes its batches from a generator one at a time, each when a request is free, so a large
+    encode call never holds every padded batch at once; results come back in order."""
+    from stedge_runtime.tokenize import pad
+
+    thr = Encoder.load(tiny_artifact, variant="openvino-fp32", threads=2, performance_hint="THROUGHPUT", num_streams=2)
+    eng = thr._engine
+    texts = [f"sentence number {i} " * (1 + i % 5) for i in range(12)]
+    toks = thr._tok.tokens(texts, type_ids=True)
+    feeds = [pad(toks, np.arange(i, i + 2), thr._tok.pad_id, True) for i in range(0, 12, 2)]
+    events: list[str] = []
+
+    class Logged:  # an infer request that notes each start
+        def __init__(self, request):
+            self._request = request
+
+        def start_async(self, inputs):
+            events.append("start")
+            return self._request.start_async(inputs)
+
+        def __getattr__(self, name):
+            return getattr(self._request, name)
+
+    eng._queues[id(eng.compiled)] = [Logged(eng.compiled.create_infer_request()) for _ in range(eng.parallel)]
+
+    def batches():
+        for f in feeds:
+            events.append("pull")
+            yield f
+
+    got = eng.run_many(batches(), "sentence_embedding")
+    assert events == ["pull", "start"] * len(feeds)
+    for g, f in zip(got, feeds):
+        np.testing.assert_allclose(g, eng.run(f, "sentence_embedding"), atol=1e-6)
+
+
 def test_openvino_static_batch1_compiles_repeated_query_lengths(tiny_artifact):
     """static_batch1: a one-text call is padded to a multiple of 16 tokens; a length seen twice gets its own
     static compilation, up to the limit; the vectors (and token outputs, cut back) are the dynamic graph's."""
@@ -896,7 +968,7 @@ def test_tier_memory_measures_each_choice_once_and_the_route_off(tiny_artifact, 
         calls.append((spec["tier"], spec["route"]))
         if spec["tier"] == "compressed":
             raise RuntimeStedgeError("the memory probe of tier compressed failed: boom")
-        return 100.0 if spec["route"] is None else 80.0
+        return (100.0, 5.0) if spec["route"] is None else (80.0, 1.0)
 
     monkeypatch.setattr(tune_mod, "_memory_in_child", fake)
     routed = {"variant": "openvino-fp32", "settings": {"threads": 2}, "latency_variant": "onnx-fp32"}
@@ -909,13 +981,15 @@ def test_tier_memory_measures_each_choice_once_and_the_route_off(tiny_artifact, 
     }
     out = tune_mod.tier_memory(tiny_artifact, choices)
     plain = {"latency_variant": None, "latency_settings": None}
-    assert out["exact"] == {"peak_rss_mb": 100.0, "choice": {**choices["exact"], **plain}}  # what it measured
+    assert out["exact"] == {"peak_rss_mb": 100.0, "growth_mb": 5.0, "choice": {**choices["exact"], **plain}}
     assert (
         out["near"]
         == out["near-again"]
         == {
             "peak_rss_mb": 100.0,
+            "growth_mb": 5.0,
             "route_off_mb": 80.0,
+            "route_off_growth_mb": 1.0,
             "choice": {**routed, "latency_settings": None},
         }
     )
@@ -959,7 +1033,7 @@ def test_config_memory_measures_what_a_budget_may_fall_back_to(tiny_artifact, mo
         specs.append(spec)
         if spec["variant"] == "onnx-fp32":
             raise RuntimeStedgeError("the memory probe of onnx-fp32 (threads=2 allow_spinning=True) failed: boom")
-        return 250.0
+        return 250.0, 2.0
 
     monkeypatch.setattr(tune_mod, "_memory_in_child", fake)
     prof["batch_tokens"] = {"best": 2048}
@@ -967,6 +1041,7 @@ def test_config_memory_measures_what_a_budget_may_fall_back_to(tiny_artifact, mo
         "exact": {
             "choice": {"variant": "openvino-fp32", "settings": thr, "latency_variant": None},
             "peak_rss_mb": 300.0,
+            "growth_mb": 20.0,
         }
     }
     out = tune_mod.config_memory(tiny_artifact, prof, tiers, batch_sizes=(4,))
@@ -976,8 +1051,8 @@ def test_config_memory_measures_what_a_budget_may_fall_back_to(tiny_artifact, mo
             "settings": {"threads": 2, "allow_spinning": True},
             "error": "the memory probe of onnx-fp32 (threads=2 allow_spinning=True) failed: boom",
         },
-        {"variant": "openvino-fp32", "settings": thr, "peak_rss_mb": 300.0},  # the tier's figure
-        {"variant": "openvino-fp32", "settings": lat, "peak_rss_mb": 250.0},
+        {"variant": "openvino-fp32", "settings": thr, "peak_rss_mb": 300.0, "growth_mb": 20.0},  # the tier's
+        {"variant": "openvino-fp32", "settings": lat, "peak_rss_mb": 250.0, "growth_mb": 2.0},
     ]
     assert [(s["variant"], s["settings"], s["max_batch_tokens"], s["batch_sizes"]) for s in specs] == [
         ("onnx-fp32", {"threads": 2, "allow_spinning": True}, 2048, [4]),
@@ -987,7 +1062,7 @@ def test_config_memory_measures_what_a_budget_may_fall_back_to(tiny_artifact, mo
 
 def test_the_memory_probe_runs_inputs_of_many_lengths():
     """OpenVINO's RSS grows with the input shapes it has run, so the probe's texts spread over 1-240 words (pairs
-    for a reranker)."""
+    for a reranker), in two halves of the same lengths."""
     from stedge_runtime.samples import varied
     from stedge_runtime.tune import MEMORY_VARIED, _Workloads
 
@@ -996,6 +1071,8 @@ def test_the_memory_probe_runs_inputs_of_many_lengths():
     assert min(lengths) == 1 and max(lengths) > 230 and len(set(lengths)) == 192  # every text a length of its own
     work = _Workloads("embedding", None, quick=False)
     assert len(work.varied) == MEMORY_VARIED and work.varied[:3] == texts[:3]
+    half = MEMORY_VARIED // 2  # each half of the probe covers every length: the second shows what still grows
+    assert {len(t.split()) for t in work.varied[:half]} == {len(t.split()) for t in work.varied[half:]}
     pairs = _Workloads("reranking", None, quick=False).varied
     assert len(pairs) == MEMORY_VARIED and all(isinstance(p, tuple) and len(p) == 2 for p in pairs)
 
@@ -1005,17 +1082,17 @@ def test_memory_child_reports_the_peak_rss_and_its_failures(tiny_artifact, tmp_p
     artifact gives an error naming the tier and the cause."""
     from stedge_runtime.tune import _memory_in_child
 
-    mb = _memory_in_child(
+    mb, grew = _memory_in_child(
         {"root": str(tiny_artifact), "tier": "near", "route": None, "texts": None, "batch_sizes": [4]}
     )
-    assert 30 < mb < 4096
+    assert 30 < mb < 4096 and 0 <= grew < mb
     with pytest.raises(RuntimeStedgeError, match=r"memory probe of tier near failed: .*stedge.json"):
         _memory_in_child({"root": str(tmp_path), "tier": "near", "route": None, "texts": None, "batch_sizes": [4]})
     many = [f"text number {i} with a few more words" for i in range(5000)]  # ~190 KB: more than one argv string
     spec = {"root": str(tiny_artifact), "tier": "near", "route": None, "texts": many, "batch_sizes": [4]}
-    assert _memory_in_child(spec) > 30
+    assert _memory_in_child(spec)[0] > 30
     named = {"root": str(tiny_artifact), "variant": "openvino-fp32", "settings": {"threads": 1}, "texts": None}
-    assert 30 < _memory_in_child({**named, "batch_sizes": [4], "max_batch_tokens": 256}) < 4096
+    assert 30 < _memory_in_child({**named, "batch_sizes": [4], "max_batch_tokens": 256})[0] < 4096
     with pytest.raises(RuntimeStedgeError, match=r"memory probe of nope \(threads=1\) failed: .*unknown variant"):
         _memory_in_child({**named, "variant": "nope", "batch_sizes": [4]})
 
