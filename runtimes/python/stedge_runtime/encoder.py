@@ -214,7 +214,7 @@ class _Artifact:
 
         if getattr(engine, "parallel", 1) > 1 and len(groups) > 1:  # OpenVINO streams: batches run side by side
             # padded as the requests take them, so only the batches in flight are in memory
-            largest = (len(groups[0]), int(tokens.lengths.max()))
+            largest = (max(len(g) for g in groups), int(tokens.lengths.max()))  # for an error message
             results = self._engine_run(lambda: engine.run_many((feeds_of(i) for i in groups), output), largest)
             for idx, res in zip(groups, results):
                 out[idx] = self._checked(res, len(idx), width, output)
