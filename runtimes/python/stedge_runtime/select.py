@@ -717,7 +717,7 @@ def _within_memory(
         )
         notes.append(
             f"max_memory_mb={budget:g}: {was}; the fastest tier-{tier} configuration within it: {new} {st} "
-            f"({mb:.0f} MB)"
+            f"({mb:.0f} MB)" + _passed_over(sized, growing, budget, score)
         )
     else:
         (score, _, new, st), mb = min(sized, key=lambda x: (x[1], -x[0][0]))
@@ -737,6 +737,18 @@ def _within_memory(
         mb,
         f"within max_memory_mb={budget:g}: " + _profile_reason(prof, tier, new, st, in_final),
     )
+
+
+def _passed_over(
+    sized: list[tuple[tuple[float, float, str, dict], float]], growing: set[str], budget: float, score: float
+) -> str:
+    """The note's tail naming faster configurations within ``budget`` that a budget passed over as still growing."""
+    over = [
+        f"{e[2]} {e[3]} ({mb:.0f} MB)"
+        for e, mb in sorted(sized, key=lambda x: -x[0][0])
+        if mb <= budget and e[0] > score and memory_config_key(e[2], e[3]) in growing
+    ]
+    return f"; faster but still growing at the end of the probe: {', '.join(over)}" if over else ""
 
 
 def _lean_needless(

@@ -342,6 +342,8 @@ def test_a_memory_budget_takes_only_what_leveled_off(tmp_path):
         "onnx-int8-static",
         "openvino-fp32",
     )
+    said = " ".join(_sel(vs, tmp_path, PLAIN, max_memory_mb=500).notes)  # what was passed over, and why
+    assert "faster but still growing at the end of the probe: openvino-fp32 {'threads': 2} (300 MB)" in said
     grown["onnx-int8-static"]["growth_mb"] = 20.0
     grown["onnx-fp32"]["growth_mb"] = 0.0
     write_profile(tmp_path, prof)
