@@ -314,7 +314,7 @@ def tune_cmd(
         "--memory/--no-memory",
         help="Once the profile is written, measure in a fresh process the peak RSS of each tier's choice and of each "
         "configuration a memory budget (max_memory_mb, --max-memory-mb) may fall back to, and whether it had "
-        "leveled off by the end (a budget takes only what did; about 10-15 s each for MiniLM on 2 cores; not with "
+        "leveled off by the end (a budget takes only what did; about 12-17 s each for MiniLM on 2 cores; not with "
         "--quick or --dry-run).",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Measure and print, but do not write the profile."),

@@ -3,13 +3,12 @@
     python memory_budget.py ARTIFACT [--tier near] [--more] [BUDGET_MB ...]   (default budgets: none 400 300 200)
 
 For each budget ("none" for no budget) a fresh Python process loads ``Encoder.load(ARTIFACT, tier=...,
-max_memory_mb=...)``, runs the workloads of `stedge tune`'s memory probe (256 short texts and 16 passages at
-batch 32, then 32 queries and 16 longer ones one at a time, twice, then 768 texts of 1-240 words in two halves of
-all lengths: each at batch 32, half of it at batch 8 and a quarter one at a time, twice), then, with ``--more``,
-4,000 further texts of varied lengths (other words, the same lengths) in rounds of 1,000 run the same three ways,
-and prints one JSON line: the choice, the peak the profile predicted (``selection.peak_rss_mb``), the peak it
-measured after the probe's workloads and, with ``--more``, after each round, and any warning. Run `stedge tune
-ARTIFACT` on this machine first: the budget is checked against the memory figures it writes.
+max_memory_mb=...)``, runs the workloads of `stedge tune`'s memory probe (``stedge_runtime.tune.memory_workloads``),
+then, with ``--more``, 4,000 further texts of varied lengths (other words, the same lengths) in rounds of 1,000
+(``varied_sweep``, one-text calls once), and prints one JSON line: the choice, the peak the profile predicted
+(``selection.peak_rss_mb``), the peak it measured after the probe's workloads and, with ``--more``, after each
+round, and any warning. Run `stedge tune ARTIFACT` on this machine first: the budget is checked against the memory
+figures it writes.
 """
 
 from __future__ import annotations
@@ -23,36 +22,17 @@ import warnings
 def child(root: str, tier: str, budget: float | None, more: bool = False) -> None:
     """Load with the budget, run the probe's workloads (and ``more``), print one JSON line."""
     from stedge_runtime import Encoder, machine
-    from stedge_runtime.samples import SHORT, passages, varied
-    from stedge_runtime.tune import MEMORY_VARIED
-
-    def sweep(texts: list[str], singles_twice: bool) -> None:
-        enc.encode(texts, batch_size=32)
-        enc.encode(texts[: len(texts) // 2], batch_size=8)
-        for _ in range(2 if singles_twice else 1):
-            for t in texts[: len(texts) // 4]:
-                enc.encode(t)
-
-    def peak() -> float:
-        return round(machine.peak_rss_bytes() / 2**20, 1)
+    from stedge_runtime.samples import SHORT, varied
+    from stedge_runtime.tune import memory_workloads, varied_sweep
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         enc = Encoder.load(root, tier=tier, max_memory_mb=budget)
+    after = [memory_workloads(enc, "embedding")[0]]
     short = [SHORT[i % len(SHORT)] for i in range(256)]
-    enc.encode(short, batch_size=32)
-    enc.encode(passages(short, count=16), batch_size=32)
-    longer = [f"{short[i]} {short[i + 16]}" for i in range(16)]
-    for _ in range(2):
-        for q in short[:32] + longer:
-            enc.encode(q)
-    probe = varied(short, MEMORY_VARIED)
-    sweep(probe[: len(probe) // 2], True)
-    sweep(probe[len(probe) // 2 :], True)
-    after = [peak()]
     for r in range(1, 5) if more else ():
-        sweep(varied(short[r:] + short[:r], 1000), False)
-        after.append(peak())
+        varied_sweep(enc, "embedding", varied(short[r:] + short[:r], 1000), one_at_a_time=1)
+        after.append(round(machine.peak_rss_bytes() / 2**20, 1))
     s = enc.selection
     print(
         json.dumps(

@@ -53,7 +53,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from . import machine
 from .artifact import backends_for, device_family
@@ -677,6 +677,10 @@ def _within_memory(
     (``_measured_configs``); ``paired``: its ``paired_scores``."""
     name, settings, sel, peak, reason = current
     configs, growing = measured
+
+    def fits(key: str) -> bool:  # measured here within the budget, and leveled off
+        return configs.get(key, math.inf) <= budget and key not in growing
+
     if peak is not None and peak <= budget and not current_growing:
         notes.append(f"max_memory_mb={budget:g}: this choice peaked at {peak:.0f} MB here, within it")
         return current
@@ -695,17 +699,11 @@ def _within_memory(
     plain = {k: v for k, v in sel.items() if k not in ("latency_variant", "latency_settings")}
     key = memory_config_key(name, settings)
     alone = configs.get(key)
-    if "latency_variant" in sel and alone is not None and alone <= budget and key not in growing:
+    if "latency_variant" in sel and fits(key):
         notes.append(f"max_memory_mb={budget:g}: {was}; without its batch-1 route {alone:.0f} MB: route off")
         return name, settings, plain, alone, reason
     sized = [(e, configs[k]) for e in every if (k := memory_config_key(e[2], e[3])) in configs]
-    fit = [
-        (e, mb)
-        for e, mb in sized
-        if mb <= budget
-        and memory_config_key(e[2], e[3]) not in growing
-        and not _lean_needless(e[2], e[3], configs, growing, budget)
-    ]
+    fit = [(e, mb) for e, mb in sized if fits(memory_config_key(e[2], e[3])) and not _lean_needless(e[2], e[3], fits)]
     if not sized:
         head = f"max_memory_mb={budget:g} " + ("is exceeded" if peak is not None else "was not checked")
         warned.append(f"{head}: {was}, and no other tier-{tier} configuration was measured (run `stedge tune`)")
@@ -751,17 +749,12 @@ def _passed_over(
     return f"; faster but still growing at the end of the probe: {', '.join(over)}" if over else ""
 
 
-def _lean_needless(
-    name: str, settings: Mapping[str, Any], configs: Mapping[str, float], growing: set[str], budget: float
-) -> bool:
-    """A budget-only setting (``budget_only``) where the same settings without it fit ``budget`` too (and leveled
-    off): the tune's timings cannot tell the two apart (they differ only on inputs of ever-new lengths, where the
-    smaller caches are slower), so the budget runs the full caches."""
-    if not budget_only(settings):
-        return False
-    key = memory_config_key(name, {k: v for k, v in settings.items() if k != "shape_cache"})
-    full = configs.get(key)
-    return full is not None and full <= budget and key not in growing
+def _lean_needless(name: str, settings: Mapping[str, Any], fits: Callable[[str], bool]) -> bool:
+    """A budget-only setting (``budget_only``) where the same settings without it fit the budget too (``fits``:
+    measured within it and leveled off): the tune's timings cannot tell the two apart (they differ only on inputs
+    of ever-new lengths, where the smaller caches are slower), so the budget runs the full caches."""
+    full = {k: v for k, v in settings.items() if k != "shape_cache"}
+    return budget_only(settings) and fits(memory_config_key(name, full))
 
 
 def _profile_reason(prof: dict, tier: str, name: str, settings: dict, in_final: bool) -> str:

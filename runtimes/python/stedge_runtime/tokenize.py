@@ -31,9 +31,6 @@ class Tokens:
     starts: np.ndarray  # int64
     lengths: np.ndarray  # int64
 
-    def __len__(self) -> int:
-        return len(self.lengths)
-
 
 class Tokenizer:
     """tokenizer.json with truncation to ``max_length`` (warned once) and no fixed padding."""
@@ -102,12 +99,11 @@ class Tokenizer:
                 tt = itertools.chain.from_iterable(e.type_ids for e in encs)
                 tts.append(np.fromiter(tt, dtype=np.int8, count=total))
             lengths.append(n)
-            del encs
-        lens = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+        lens = np.concatenate(lengths or [np.zeros(0, np.int64)])
         starts = np.zeros(len(lens), dtype=np.int64)
         np.cumsum(lens[:-1], out=starts[1:])
-        flat = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
-        return Tokens(flat, (np.concatenate(tts) if tts else np.zeros(0, np.int8)) if type_ids else None, starts, lens)
+        flat = np.concatenate(ids or [np.zeros(0, np.int32)])
+        return Tokens(flat, np.concatenate(tts or [np.zeros(0, np.int8)]) if type_ids else None, starts, lens)
 
 
 def _check_unicode(items: Sequence[Text]) -> None:

@@ -828,9 +828,19 @@ def _memory_child(spec_json: str) -> None:
             model = cls.load(
                 root, variant=spec["variant"], max_batch_tokens=spec.get("max_batch_tokens"), **spec["settings"]
             )
-    work = _Workloads(task, spec.get("texts"), quick=False)
+    peak, growth = memory_workloads(model, task, spec.get("texts"), spec["batch_sizes"])
+    print(json.dumps({"peak_rss_mb": peak, "growth_mb": growth}), flush=True)
+
+
+def memory_workloads(
+    model: Any, task: str, texts: Sequence[str] | None = None, batch_sizes: Sequence[int] = (32,)
+) -> tuple[float, float]:
+    """The memory probe's workloads on a loaded Encoder or Reranker: the tune's bulk texts and passages at
+    ``batch_sizes``, its batch-1 texts twice, then ``MEMORY_VARIED`` varied texts in two halves of the same
+    lengths (``varied_sweep``). Returns this process's peak RSS (MB) and what the second half added to it."""
+    work = _Workloads(task, texts, quick=False)
     run = _call(model, task)
-    for bs in spec["batch_sizes"]:
+    for bs in batch_sizes:
         run(work.short, bs)
         run(work.passage, bs)
     for _ in range(2):  # twice: a static batch-1 compilation is made the second time a length comes
@@ -838,11 +848,18 @@ def _memory_child(spec_json: str) -> None:
             run([item], 1)
     half = len(work.varied) // 2
     peaks = []
-    for texts in (work.varied[:half], work.varied[half:]):  # inputs of many shapes, in bulk and one at a time
-        run(texts, 32)
-        run(texts[: len(texts) // 2], 8)
-        for _ in range(2):  # twice, as the batch-1 texts: static batch-1 compilations for these lengths too
-            for item in texts[: len(texts) // 4]:
-                run([item], 1)
+    for part in (work.varied[:half], work.varied[half:]):
+        varied_sweep(model, task, part)
         peaks.append(machine.peak_rss_bytes() / 2**20)
-    print(json.dumps({"peak_rss_mb": round(peaks[-1], 1), "growth_mb": round(peaks[-1] - peaks[0], 1)}), flush=True)
+    return round(peaks[-1], 1), round(peaks[-1] - peaks[0], 1)
+
+
+def varied_sweep(model: Any, task: str, texts: list, one_at_a_time: int = 2) -> None:
+    """Inputs of many shapes: ``texts`` at batch 32, half of them at batch 8 and a quarter one at a time,
+    ``one_at_a_time`` times (twice, as the batch-1 texts: static batch-1 compilations for these lengths too)."""
+    run = _call(model, task)
+    run(texts, 32)
+    run(texts[: len(texts) // 2], 8)
+    for _ in range(one_at_a_time):
+        for item in texts[: len(texts) // 4]:
+            run([item], 1)
