@@ -357,7 +357,8 @@ def test_a_memory_budget_takes_only_what_leveled_off(tmp_path):
 def test_smaller_shape_caches_are_for_memory_budgets_only(tmp_path):
     """OpenVINO with smaller per-shape caches (shape_cache) costs speed only with ever-new input lengths, which the
     tune's timings do not show: without a budget it is never chosen, nor routed to, however it timed; under a
-    budget that only it fits among the fast configurations, it runs rather than a slower lighter one."""
+    budget that only it fits among the fast configurations (the full caches over it, or still growing at the end
+    of the probe), it runs rather than a slower lighter one."""
     vs = _variants()
     lean = {"threads": 2, "shape_cache": 50}
     prof = _memory_profile({"openvino-fp32": 300.0, "onnx-int8-static": 180.0, "onnx-fp32": 120.0})
@@ -389,6 +390,11 @@ def test_smaller_shape_caches_are_for_memory_budgets_only(tmp_path):
         None,
         300.0,
     )
+    full = next(c for c in prof["memory"]["configs"] if c["variant"] == "openvino-fp32" and c["settings"] != lean)
+    full["growth_mb"] = 30.0  # the full caches within the budget but still growing: the smaller ones run
+    write_profile(tmp_path, prof)
+    grew = _sel(vs, tmp_path, PLAIN, max_memory_mb=350)
+    assert (grew.variant, grew.settings, grew.peak_rss_mb) == ("openvino-fp32", lean, 200.0), grew.notes
 
 
 def test_a_memory_budget_without_figures_is_said_not_checked(tmp_path):
