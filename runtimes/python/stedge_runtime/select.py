@@ -478,7 +478,8 @@ def _from_profile(
         if (scored := _scored(run, mine.get(settings_key(run["settings"])), name)) is not None:
             bulk.append(scored)
         for r in runs:
-            if (scored := _scored(r, mine.get(settings_key(r["settings"])), name)) is not None:
+            twin = _static_twin(r, runs)
+            if (scored := _scored(r, mine.get(settings_key(r["settings"])), name, twin)) is not None:
                 every.append(scored)
             if budget_only(r["settings"]):
                 continue
@@ -619,14 +620,27 @@ def _measured_configs(prof: dict) -> tuple[dict[str, float], set[str]]:
     return out, growing
 
 
-def _scored(run: dict, fig: Mapping[str, Any] | None, name: str) -> tuple[float, float, str, dict] | None:
+def _scored(
+    run: dict, fig: Mapping[str, Any] | None, name: str, twin: dict | None = None
+) -> tuple[float, float, str, dict] | None:
     """(bulk score, batch-1 p50, name, settings) of one run, from the paired final where it timed these settings
-    (its batch-1 figure only where it ran these very settings); None without a bulk score."""
-    score = fig["score"] if fig is not None else bulk_score(run)
+    (its batch-1 figure only where it ran these very settings); None without a bulk score. ``twin``: the run of the
+    same settings without ``static_batch1``, whose bulk calls are the same, so its bulk score counts for both."""
+    score = fig["score"] if fig is not None else bulk_score(twin or run)
     p50 = fig["p50"] if fig is not None and fig["settings"] == run["settings"] else run.get("batch1_ms_p50")
     if score is None:
         return None
     return (score, float(p50) if isinstance(p50, (int, float)) else math.inf, name, run["settings"])
+
+
+def _static_twin(run: dict, runs: list[dict]) -> dict | None:
+    """The run of ``run``'s settings without ``static_batch1`` (None when ``run`` has none, or it was not timed)."""
+    return next((r for r in runs if _static_twin_of(run["settings"], r["settings"])), None)
+
+
+def _static_twin_of(settings: Mapping[str, Any], plain: Mapping[str, Any]) -> bool:
+    """Whether ``settings`` are ``plain`` with static batch-1 compilations added (``static_batch1``)."""
+    return bool(settings.get("static_batch1")) and plain_settings(settings) == dict(plain)
 
 
 def _peak_of(
@@ -670,9 +684,11 @@ def _within_memory(
 ) -> tuple[str, dict, dict, float | None, str]:
     """The choice ``current`` (name, settings, route and token budget, peak MB, reason) under a memory budget:
     kept when it peaked within ``budget`` MB here and had leveled off (not ``current_growing``); else the same
-    without its batch-1 route, when that fits; else the fastest configuration of ``every`` (each eligible variant
-    and setting at this tier) that `stedge tune` measured within the budget and leveled off, by the same rule as
-    without one; else the lightest measured, with a warning. Without memory figures, a warning
+    without its batch-1 route, when that fits (with static batch-1 compilations of its settings, where those were
+    measured and fit too); else the fastest configuration of ``every`` (each eligible variant and setting at this
+    tier; a static_batch1 setting scored in bulk as its settings without it, ``_static_twin``) that `stedge tune`
+    measured within the budget and leveled off, by the same rule as without one; else the lightest measured, with
+    a warning. Without memory figures, a warning
     that the budget was not checked. ``measured``: the profile's figures and those still growing
     (``_measured_configs``); ``paired``: its ``paired_scores``."""
     name, settings, sel, peak, reason = current
@@ -700,6 +716,13 @@ def _within_memory(
     key = memory_config_key(name, settings)
     alone = configs.get(key)
     if "latency_variant" in sel and fits(key):
+        twin = next((e[3] for e in every if e[2] == name and _static_twin_of(e[3], settings)), None)
+        if twin is not None and fits(tk := memory_config_key(name, twin)):  # same bulk calls, one-row calls static
+            notes.append(
+                f"max_memory_mb={budget:g}: {was}; without its batch-1 route, with static batch-1 compilations "
+                f"{configs[tk]:.0f} MB: route off, {twin}"
+            )
+            return name, dict(twin), plain, configs[tk], reason
         notes.append(f"max_memory_mb={budget:g}: {was}; without its batch-1 route {alone:.0f} MB: route off")
         return name, settings, plain, alone, reason
     sized = [(e, configs[k]) for e in every if (k := memory_config_key(e[2], e[3])) in configs]

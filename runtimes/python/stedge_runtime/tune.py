@@ -719,15 +719,22 @@ def tier_memory(
 def memory_configs(root: str | Path, prof: dict[str, Any]) -> list[dict[str, Any]]:
     """What a memory budget may fall back to (select's ``max_memory_mb``): per tier, each variant ``Encoder.load``
     could choose there from ``prof`` (``eligible_runs``) at the settings that tier would give it, at
-    the first settings measured that met the tier (its engine's default) and at settings measured for budgets
-    alone (``select.budget_only``), without a batch-1 route. Returns ``[{"variant", "settings"}]``, each
-    configuration once."""
+    the first settings measured that met the tier (its engine's default), at settings measured for budgets
+    alone (``select.budget_only``), and each of those with the static batch-1 compilations where they were timed
+    (``static_batch1``: the same bulk calls, faster one-row calls, one engine), without a batch-1 route. Returns
+    ``[{"variant", "settings"}]``, each configuration once."""
     paired = paired_scores(prof)
     out: dict[str, dict[str, Any]] = {}
     for eligible in eligible_runs(root, prof).values():
         for name, runs in eligible.items():
             lean = [r for r in runs if budget_only(r["settings"])]
-            for r in (settled_run(runs, paired.get(name)), (plain_runs(runs) or runs)[0], *lean):
+            base = [settled_run(runs, paired.get(name)), (plain_runs(runs) or runs)[0], *lean]
+            static = [
+                r
+                for r in runs
+                if r["settings"].get("static_batch1") and plain_settings(r["settings"]) in [b["settings"] for b in base]
+            ]
+            for r in (*base, *static):
                 out.setdefault(memory_config_key(name, r["settings"]), {"variant": name, "settings": r["settings"]})
     return list(out.values())
 

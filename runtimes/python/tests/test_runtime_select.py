@@ -397,6 +397,37 @@ def test_smaller_shape_caches_are_for_memory_budgets_only(tmp_path):
     assert (grew.variant, grew.settings, grew.peak_rss_mb) == ("openvino-fp32", lean, 200.0), grew.notes
 
 
+def test_a_memory_budget_keeps_static_batch1_compilations_where_they_fit(tmp_path):
+    """The settings a budget falls back to, with OpenVINO's static batch-1 compilations (static_batch1) where
+    stedge tune measured that configuration within the budget: the same bulk calls (the bulk score of the settings
+    without them counts for both, whatever the rounds gave the static run), faster one-row calls, one engine."""
+    vs = _variants()
+    static = {"threads": 2, "static_batch1": 8}
+    prof = _memory_profile({"openvino-fp32": 300.0, "onnx-int8-static": 180.0, "onnx-fp32": 120.0})
+    runs = prof["variants"]["openvino-fp32"]["runs"]  # its bulk rounds came out slower: noise, the same calls
+    runs.append({"settings": static, "batch1_ms_p50": 1.5, "bulk": {"short": {"32": 600}, "passage": {"32": 60}}})
+    prof["memory"]["configs"].append({"variant": "openvino-fp32", "settings": static, "peak_rss_mb": 350.0})
+    write_profile(tmp_path, prof)
+    assert _sel(vs, tmp_path, PLAIN).settings == {"threads": 2}  # without a budget: the route, as before
+    roomy = _sel(vs, tmp_path, PLAIN, max_memory_mb=360)  # the route does not fit; its static twin does
+    assert (roomy.variant, roomy.settings, roomy.latency_variant, roomy.peak_rss_mb) == (
+        "openvino-fp32",
+        static,
+        None,
+        350.0,
+    )
+    assert any("with static batch-1 compilations 350 MB: route off" in n for n in roomy.notes), roomy.notes
+    tight = _sel(vs, tmp_path, PLAIN, max_memory_mb=320)
+    assert (tight.settings, tight.peak_rss_mb) == ({"threads": 2}, 300.0)
+    plain = next(
+        c for c in prof["memory"]["configs"] if (c["variant"], c["settings"]) == ("openvino-fp32", {"threads": 2})
+    )
+    plain["growth_mb"] = 30.0  # the route-off figure still growing: the fastest that fits, scored as its twin
+    write_profile(tmp_path, prof)
+    grew = _sel(vs, tmp_path, PLAIN, max_memory_mb=360)
+    assert (grew.variant, grew.settings, grew.peak_rss_mb) == ("openvino-fp32", static, 350.0), grew.notes
+
+
 def test_a_memory_budget_without_figures_is_said_not_checked(tmp_path):
     """No memory figures (tuned with --no-memory or --quick), no profile for this machine, or a named variant: the
     choice is the usual one, with a warning (or, for a named variant, a note) that the budget was not applied."""
@@ -1020,12 +1051,15 @@ def test_config_memory_measures_what_a_budget_may_fall_back_to(tiny_artifact, mo
 
     lat, thr = {"threads": 2, "performance_hint": "LATENCY"}, {"threads": 2, "performance_hint": "THROUGHPUT"}
     lean = {**lat, "shape_cache": 50}
+    static = {**lat, "static_batch1": 8}  # the default's static twin: probed; a twin of unprobed settings: not
+    other = {**lat, "snippets_above": 64, "static_batch1": 8}
+    runs = [run(lat, 400.0), run(thr, 600.0), run(lean, 700.0), run(static, 400.0), run(other, 400.0)]
     prof = {
         "format_version": PROFILE_FORMAT,
         "machine": {"key": machine.machine_key()},
         "variants": {
             "onnx-fp32": {"status": "ok", "runs": [run({"threads": 2, "allow_spinning": True}, 500.0)]},
-            "openvino-fp32": {"status": "ok", "runs": [run(lat, 400.0), run(thr, 600.0), run(lean, 700.0)]},
+            "openvino-fp32": {"status": "ok", "runs": runs},
         },  # THROUGHPUT earns its place; the smaller caches, budget-only, never do
     }
     assert tune_mod.memory_configs(tiny_artifact, prof) == [
@@ -1033,8 +1067,9 @@ def test_config_memory_measures_what_a_budget_may_fall_back_to(tiny_artifact, mo
         {"variant": "openvino-fp32", "settings": thr},
         {"variant": "openvino-fp32", "settings": lat},
         {"variant": "openvino-fp32", "settings": lean},
+        {"variant": "openvino-fp32", "settings": static},
     ]
-    del prof["variants"]["openvino-fp32"]["runs"][2]  # the rest of this test as before
+    del prof["variants"]["openvino-fp32"]["runs"][2:]  # the rest of this test as before
     specs = []
 
     def fake(spec):
