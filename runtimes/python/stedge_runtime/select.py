@@ -635,11 +635,12 @@ def _scored(
 
 def _static_twin(run: dict, runs: list[dict]) -> dict | None:
     """The run of ``run``'s settings without ``static_batch1`` (None when ``run`` has none, or it was not timed)."""
-    return next((r for r in runs if _static_twin_of(run["settings"], r["settings"])), None)
+    return next((r for r in runs if static_twin_of(run["settings"], r["settings"])), None)
 
 
-def _static_twin_of(settings: Mapping[str, Any], plain: Mapping[str, Any]) -> bool:
-    """Whether ``settings`` are ``plain`` with static batch-1 compilations added (``static_batch1``)."""
+def static_twin_of(settings: Mapping[str, Any], plain: Mapping[str, Any]) -> bool:
+    """Whether ``settings`` are ``plain`` with static batch-1 compilations added (``static_batch1``): the same
+    bulk calls, faster one-row calls."""
     return bool(settings.get("static_batch1")) and plain_settings(settings) == dict(plain)
 
 
@@ -716,7 +717,7 @@ def _within_memory(
     key = memory_config_key(name, settings)
     alone = configs.get(key)
     if "latency_variant" in sel and fits(key):
-        twin = next((e[3] for e in every if e[2] == name and _static_twin_of(e[3], settings)), None)
+        twin = next((e[3] for e in every if e[2] == name and static_twin_of(e[3], settings)), None)
         if twin is not None and fits(tk := memory_config_key(name, twin)):  # same bulk calls, one-row calls static
             notes.append(
                 f"max_memory_mb={budget:g}: {was}; without its batch-1 route, with static batch-1 compilations "

@@ -55,6 +55,7 @@ from .select import (
     settings_key,
     settled_batch_tokens,
     settled_run,
+    static_twin_of,
     variant_tier,
 )
 
@@ -729,11 +730,7 @@ def memory_configs(root: str | Path, prof: dict[str, Any]) -> list[dict[str, Any
         for name, runs in eligible.items():
             lean = [r for r in runs if budget_only(r["settings"])]
             base = [settled_run(runs, paired.get(name)), (plain_runs(runs) or runs)[0], *lean]
-            static = [
-                r
-                for r in runs
-                if r["settings"].get("static_batch1") and plain_settings(r["settings"]) in [b["settings"] for b in base]
-            ]
+            static = [r for r in runs if any(static_twin_of(r["settings"], b["settings"]) for b in base)]
             for r in (*base, *static):
                 out.setdefault(memory_config_key(name, r["settings"]), {"variant": name, "settings": r["settings"]})
     return list(out.values())
