@@ -37,7 +37,8 @@ not touched. Layout (``format_version`` 1)::
                     # peak RSS of a fresh process running each tier's choice (stedge_runtime.tune.tier_memory);
                     # route_off_mb: the same with route=False, where the tier routes batch-1 calls; choice: what
                     # ran (profiles before it: Encoder.load(tier=TIER)); configs: each variant alone at the
-                    # settings a tier gives it and at its defaults (tune.config_memory), for max_memory_mb;
+                    # settings a budget may fall back to (tune.memory_configs: a tier's, its defaults, budget-only
+                    # ones and their static_batch1 twins), for max_memory_mb;
                     # growth_mb: what the second half of the probe's varied texts added (select.still_growing;
                     # profiles before it have none)
 

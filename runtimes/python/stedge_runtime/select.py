@@ -39,10 +39,12 @@
    ``default_variant`` (set by the last export) plays no part.
 5. A memory budget (``max_memory_mb``) is checked against what ``stedge tune`` measured here: the peak RSS of a
    fresh process running each tier's choice, and each eligible variant at the settings a tier would give it
-   and at its engine's defaults (profile ``memory``). Only a figure whose memory had leveled off by the end of
-   the probe counts as within a budget (``still_growing``). A choice over the budget loses its batch-1 route
-   first, then gives way to the fastest measured configuration within the budget (by the same ranking); when
-   none fits, the lightest runs with a warning, and without figures the budget is not checked (a warning too).
+   and at its engine's defaults, each also with its static batch-1 compilations where those were timed (profile
+   ``memory``). Only a figure whose memory had leveled off by the end of the probe counts as within a budget
+   (``still_growing``). A choice over the budget loses its batch-1 route first (keeping static batch-1
+   compilations of its settings where they fit), then gives way to the fastest measured configuration within
+   the budget (by the same ranking); when none fits, the lightest runs with a warning, and without figures the
+   budget is not checked (a warning too).
 """
 
 from __future__ import annotations
