@@ -42,9 +42,10 @@
    and at its engine's defaults, each also with its static batch-1 compilations where those were timed (profile
    ``memory``). Only a figure whose memory had leveled off by the end of the probe counts as within a budget
    (``still_growing``). A choice over the budget loses its batch-1 route first (keeping static batch-1
-   compilations of its settings where they fit), then gives way to the fastest measured configuration within
-   the budget (by the same ranking); when none fits, the lightest runs with a warning, and without figures the
-   budget is not checked (a warning too).
+   compilations of its settings where they fit: all ``STATIC_BATCH1`` of them, else ``LEAN_STATIC_BATCH1``),
+   then gives way to the fastest measured configuration within the budget (by the same ranking); when none fits,
+   the lightest runs with a warning, and without figures the budget is not checked (a warning too). Settings
+   measured for budgets alone (``budget_only``) run only where the fuller ones they trim do not fit.
 """
 
 from __future__ import annotations
@@ -89,6 +90,12 @@ BULK_CLOSE = 0.97  # bulk scores within this share of the best count as equal: t
 # added 1.6-1.7 % (and rose 2 MB more over 4,000 more varied texts); THROUGHPUT's two streams 4-4.5 % (26 MB more),
 # the near tier's several compilations 9-10 % (206 MB more, still rising) (runtimes/python/README.md#memory).
 GROWING_SHARE = 0.03
+# OpenVINO's static batch-1 compilations (engine option static_batch1) `stedge tune` times: one per padded query
+# length, up to STATIC_BATCH1 lengths; and, for memory budgets alone (``budget_only``), LEAN_STATIC_BATCH1 of them.
+# Each costs memory of its own (bf16 MiniLM, LATENCY, on the AMX guest: 357 MB without, 418 / 450 / 481 / 615 MB with
+# 2 / 3 / 4 / 8), and queries of about 20 tokens fall in two or three padded lengths (runtimes/python/README.md).
+STATIC_BATCH1 = 8
+LEAN_STATIC_BATCH1 = 3
 # Best first, per CPU class (machine.cpu_class) and for other device families.
 KIND_ORDER = {
     "amx": ("bf16", "int8-static", "int8-rows", "int8", "fp32", "int8-weights", "int4", "fp16"),
@@ -322,9 +329,21 @@ def plain_runs(runs: list[dict]) -> list[dict]:
 
 def budget_only(settings: Mapping[str, Any] | None) -> bool:
     """Settings `stedge tune` measures only as a fallback for memory budgets: OpenVINO's smaller per-shape caches
-    (``shape_cache``). They cost speed only with ever-new input lengths, which the tune's timings do not show, so
-    they are never chosen, nor routed to, without a budget."""
-    return bool((settings or {}).get("shape_cache"))
+    (``shape_cache``) and fewer static batch-1 compilations than ``STATIC_BATCH1`` (``LEAN_STATIC_BATCH1``). They
+    cost speed only with ever-new input lengths (or queries of more lengths), which the tune's timings do not show,
+    so they are never chosen, nor routed to, without a budget."""
+    s = settings or {}
+    return bool(s.get("shape_cache")) or 0 < (s.get("static_batch1") or 0) < STATIC_BATCH1
+
+
+def fuller_settings(settings: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The settings a budget-only setting (``budget_only``) trims: without ``shape_cache``, or with
+    ``STATIC_BATCH1`` static batch-1 compilations (None for other settings)."""
+    if not budget_only(settings):
+        return None
+    if settings.get("shape_cache"):
+        return {k: v for k, v in settings.items() if k != "shape_cache"}
+    return {**settings, "static_batch1": STATIC_BATCH1}
 
 
 def settings_key(settings: Mapping[str, Any] | None) -> str:
@@ -373,6 +392,8 @@ def settled_run(runs: list[dict], paired: Mapping[str, Mapping[str, Any]] | None
     # SETTINGS_GAIN faster at both query lengths (bulk figures would differ by noise alone).
     for r in runs:
         settings = dict(r.get("settings") or {})
+        if budget_only(settings):  # fewer static compilations: for memory budgets alone
+            continue
         if settings.pop("static_batch1", None) and settings == chosen.get("settings"):
             keys = ("batch1_ms_p50", "batch1_ms_p50_long")
             if all(chosen.get(k) and r.get(k) and chosen[k] >= SETTINGS_GAIN * r[k] for k in keys):
@@ -719,13 +740,18 @@ def _within_memory(
     key = memory_config_key(name, settings)
     alone = configs.get(key)
     if "latency_variant" in sel and fits(key):
-        twin = next((e[3] for e in every if e[2] == name and static_twin_of(e[3], settings)), None)
-        if twin is not None and fits(tk := memory_config_key(name, twin)):  # same bulk calls, one-row calls static
+        # same bulk calls, one-row calls static: the most static compilations that fit
+        twins = sorted((e[3] for e in every if e[2] == name and static_twin_of(e[3], settings)), key=_statics)
+        twin = next((t for t in reversed(twins) if fits(memory_config_key(name, t))), None)
+        if twin is not None:
+            tk = memory_config_key(name, twin)
             notes.append(
                 f"max_memory_mb={budget:g}: {was}; without its batch-1 route, with static batch-1 compilations "
                 f"{configs[tk]:.0f} MB: route off, {twin}"
             )
-            return name, dict(twin), plain, configs[tk], reason
+            in_final = settings_key(twin) in (paired.get(name) or {})
+            why = f"within max_memory_mb={budget:g}: " + _profile_reason(prof, tier, name, twin, in_final)
+            return name, dict(twin), plain, configs[tk], why
         notes.append(f"max_memory_mb={budget:g}: {was}; without its batch-1 route {alone:.0f} MB: route off")
         return name, settings, plain, alone, reason
     sized = [(e, configs[k]) for e in every if (k := memory_config_key(e[2], e[3])) in configs]
@@ -776,22 +802,32 @@ def _passed_over(
 
 
 def _lean_needless(name: str, settings: Mapping[str, Any], fits: Callable[[str], bool]) -> bool:
-    """A budget-only setting (``budget_only``) where the same settings without it fit the budget too (``fits``:
-    measured within it and leveled off): the tune's timings cannot tell the two apart (they differ only on inputs
-    of ever-new lengths, where the smaller caches are slower), so the budget runs the full caches."""
-    full = {k: v for k, v in settings.items() if k != "shape_cache"}
-    return budget_only(settings) and fits(memory_config_key(name, full))
+    """A budget-only setting (``budget_only``) where the fuller settings it trims (``fuller_settings``) fit the
+    budget too (``fits``: measured within it and leveled off): the tune's timings cannot tell the two apart (they
+    differ only on inputs of ever-new lengths, or queries of more lengths, where the lean ones are slower), so the
+    budget runs the full caches and compilations."""
+    full = fuller_settings(settings)
+    return full is not None and fits(memory_config_key(name, full))
+
+
+def _statics(settings: Mapping[str, Any]) -> int:
+    """How many static batch-1 compilations ``settings`` allow (``static_batch1``; 0 without)."""
+    return int(settings.get("static_batch1") or 0)
 
 
 def _profile_reason(prof: dict, tier: str, name: str, settings: dict, in_final: bool) -> str:
-    """Why the profile chose ``name``: its rates and batch-1 p50 in the rounds, and its paired-final figures."""
-    run = next(r for r in prof["variants"][name]["runs"] if r["settings"] == settings)
+    """Why the profile chose ``name``: its rates and batch-1 p50 in the rounds, and its paired-final figures. A
+    static twin (``static_batch1``) quotes the bulk figures of its settings without it, which scored it."""
+    runs = prof["variants"][name]["runs"]
+    run = next(r for r in runs if r["settings"] == settings)
+    twin = _static_twin(run, runs) if settings.get("static_batch1") else None
     rates = ", ".join(
-        f"{kind} bs={bs} {val:.0f}/s" for kind, d in (run.get("bulk") or {}).items() for bs, val in d.items()
+        f"{kind} bs={bs} {val:.0f}/s" for kind, d in ((twin or run).get("bulk") or {}).items() for bs, val in d.items()
     )
     reason = (
-        f"fastest {tier}-tier variant in bulk on this machine per its tuning profile ({rates}; "
-        f"bs=1 p50 {run['batch1_ms_p50']:.2f} ms)"
+        f"fastest {tier}-tier variant in bulk on this machine per its tuning profile ({rates}"
+        + (" without static batch-1 compilations, the same bulk calls" if twin is not None else "")
+        + f"; bs=1 p50 {run['batch1_ms_p50']:.2f} ms)"
     )
     if in_final:
         final = prof["paired"]
@@ -804,8 +840,8 @@ def _profile_reason(prof: dict, tier: str, name: str, settings: dict, in_final: 
         reason += (
             f"; paired final ({final['cycles']} cycles): reference {ref}"
             if cid == ref
-            else f"; paired final ({final['cycles']} cycles): {c['bulk_speedup']:.3f}x {ref} in bulk, "
-            f"{c['batch1_speedup']:.3f}x at batch 1"
+            else f"; paired final ({final['cycles']} cycles): {c['bulk_speedup']:.3f}x {ref} in bulk"
+            + ("" if settings.get("static_batch1") else f", {c['batch1_speedup']:.3f}x at batch 1")
         )
     return reason
 

@@ -40,6 +40,8 @@ from .errors import InputError, RuntimeStedgeError
 from .profile import PROFILE_FORMAT
 from .samples import SHORT, passages, varied
 from .select import (
+    LEAN_STATIC_BATCH1,
+    STATIC_BATCH1,
     TIERS,
     budget_only,
     bulk_score,
@@ -67,7 +69,6 @@ PAIRED_CYCLES = 7  # cycles of the paired final (tune's ``paired_cycles``; 0 ski
 PAIRED_WITHIN = 0.85  # rounds' bulk score, as a share of its tier's best, that takes a variant to the final
 PAIRED_GAP_S = 0.1  # idle before each pass of the final: the previous engine's spinning threads fall asleep
 SNIPPETS_ABOVE = 64  # tokens per row up to which OpenVINO's snippets_above setting runs without the snippets
-STATIC_BATCH1 = 8  # query lengths (in steps of 16 tokens, up to 128) that get a static OpenVINO compilation
 # OpenVINO's per-shape caches for a memory budget (engine option shape_cache): 50 shapes (oneDNN 64 primitives).
 # bf16 MiniLM, LATENCY, on the AMX guest: 285 MB in the tune's probe against 332 MB with the default 200, 328
 # against 391 MB after 2,000 more varied texts, and about 11 % slower on 2,048 STS-B texts at batch 32
@@ -92,8 +93,9 @@ def settings_grid(backend: str, threads: int | None = None, quick: bool = False)
     PERFORMANCE_HINT LATENCY / THROUGHPUT (the runtime then runs bulk batches on parallel infer
     requests), and without ``quick`` both hints without the fused "snippets" kernels on batches of at most
     SNIPPETS_ABOVE tokens (``snippets_above``) and the LATENCY settings with static-shape compilations for
-    batch-1 calls (``static_batch1``), and LATENCY with smaller per-shape caches (``shape_cache``), which only a
-    memory budget may choose (``select.budget_only``). Without ``quick`` and with >= 4 cores, half the cores and
+    batch-1 calls (``static_batch1``: STATIC_BATCH1 lengths), and two that only a memory budget may choose
+    (``select.budget_only``): LATENCY with smaller per-shape caches (``shape_cache``), and LATENCY with
+    LEAN_STATIC_BATCH1 static compilations. Without ``quick`` and with >= 4 cores, half the cores and
     two explicit streams are tried too.
     """
     cores = machine.physical_cores()
@@ -110,7 +112,9 @@ def settings_grid(backend: str, threads: int | None = None, quick: bool = False)
             # and static compilations for one-row calls (_static_for, judged on batch 1 alone) on the LATENCY ones
             grid += [{**g, "snippets_above": SNIPPETS_ABOVE} for g in grid[:2]]
             grid += [{**g, "static_batch1": STATIC_BATCH1} for g in grid if g["performance_hint"] == "LATENCY"]
+            # for memory budgets alone: smaller per-shape caches, and fewer static compilations on the default
             grid.append({"threads": t, "performance_hint": "LATENCY", "shape_cache": LEAN_SHAPES})
+            grid.append({**grid[0], "static_batch1": LEAN_STATIC_BATCH1})
     return grid[:1] if quick else grid
 
 

@@ -428,6 +428,42 @@ def test_a_memory_budget_keeps_static_batch1_compilations_where_they_fit(tmp_pat
     assert (grew.variant, grew.settings, grew.peak_rss_mb) == ("openvino-fp32", static, 350.0), grew.notes
 
 
+def test_a_tight_memory_budget_keeps_fewer_static_batch1_compilations(tmp_path):
+    """Fewer static batch-1 compilations (LEAN_STATIC_BATCH1, timed and measured for budgets alone): never chosen
+    nor routed to without a budget, however they timed; under a budget the full count does not fit, they run, on
+    the route-off path and among the configurations that fit; where the full count fits, it runs instead."""
+    from stedge_runtime.select import LEAN_STATIC_BATCH1, STATIC_BATCH1, budget_only, fuller_settings
+
+    full, lean = {"threads": 2, "static_batch1": STATIC_BATCH1}, {"threads": 2, "static_batch1": LEAN_STATIC_BATCH1}
+    assert budget_only(lean) and not budget_only(full) and fuller_settings(lean) == full
+    assert fuller_settings(full) is None and fuller_settings({"threads": 2, "shape_cache": 50}) == {"threads": 2}
+    vs = _variants()
+    prof = _memory_profile({"openvino-fp32": 300.0, "onnx-int8-static": 180.0, "onnx-fp32": 120.0})
+    runs = prof["variants"]["openvino-fp32"]["runs"]
+    runs.append({"settings": full, "batch1_ms_p50": 1.5, "bulk": {"short": {"32": 600}, "passage": {"32": 60}}})
+    runs.append({"settings": lean, "batch1_ms_p50": 0.4, "bulk": {"short": {"32": 990}, "passage": {"32": 99}}})
+    configs = prof["memory"]["configs"]
+    configs += [
+        {"variant": "openvino-fp32", "settings": s, "peak_rss_mb": mb} for s, mb in ((full, 380.0), (lean, 340.0))
+    ]
+    write_profile(tmp_path, prof)
+    free = _sel(vs, tmp_path, PLAIN)  # the fastest batch 1 of all, yet only for budgets: the usual route
+    assert (free.settings, free.latency_variant, free.latency_settings) == ({"threads": 2}, "onnx-fp32", {"threads": 2})
+    assert not any(f"'static_batch1': {LEAN_STATIC_BATCH1}" in n for n in free.notes), free.notes
+    roomy = _sel(vs, tmp_path, PLAIN, max_memory_mb=390)  # the route does not fit, the full count does
+    assert (roomy.settings, roomy.latency_variant, roomy.peak_rss_mb) == (full, None, 380.0), roomy.notes
+    tight = _sel(vs, tmp_path, PLAIN, max_memory_mb=350)  # only the lean count fits beside the route-off settings
+    assert (tight.settings, tight.latency_variant, tight.peak_rss_mb) == (lean, None, 340.0), tight.notes
+    assert any("with static batch-1 compilations 340 MB: route off" in n for n in tight.notes), tight.notes
+    assert "short bs=32 900/s, passage bs=32 90/s without static batch-1" in tight.reason  # its twin's figures
+    assert _sel(vs, tmp_path, PLAIN, max_memory_mb=320).settings == {"threads": 2}  # neither fits
+    plain = next(c for c in configs if (c["variant"], c["settings"]) == ("openvino-fp32", {"threads": 2}))
+    plain["growth_mb"] = 30.0  # the route-off settings still growing: among those that fit, scored as their twin
+    write_profile(tmp_path, prof)
+    assert _sel(vs, tmp_path, PLAIN, max_memory_mb=350).settings == lean
+    assert _sel(vs, tmp_path, PLAIN, max_memory_mb=390).settings == full  # the lean count is needless there
+
+
 def test_a_memory_budget_without_figures_is_said_not_checked(tmp_path):
     """No memory figures (tuned with --no-memory or --quick), no profile for this machine, or a named variant: the
     choice is the usual one, with a warning (or, for a named variant, a note) that the budget was not applied."""
@@ -568,7 +604,8 @@ def test_a_setting_for_one_kind_of_text_is_judged_there(tmp_path):
 
 
 def test_tune_tries_static_batch1_and_short_batch_snippets_on_openvino_only():
-    from stedge_runtime.tune import LEAN_SHAPES, SNIPPETS_ABOVE, STATIC_BATCH1, settings_grid
+    from stedge_runtime.select import budget_only
+    from stedge_runtime.tune import LEAN_SHAPES, LEAN_STATIC_BATCH1, SNIPPETS_ABOVE, STATIC_BATCH1, settings_grid
 
     full = settings_grid("openvino", threads=2)
     assert {"threads": 2, "performance_hint": "LATENCY", "static_batch1": STATIC_BATCH1} in full
@@ -580,6 +617,9 @@ def test_tune_tries_static_batch1_and_short_batch_snippets_on_openvino_only():
     assert not any("static_batch1" in s or "snippets" in s for s in settings_grid("onnx", threads=2))
     lean = [s for s in full if "shape_cache" in s]  # smaller per-shape caches: timed for memory budgets only
     assert lean == [{"threads": 2, "performance_hint": "LATENCY", "shape_cache": LEAN_SHAPES}]
+    few = [s for s in full if 0 < s.get("static_batch1", 0) < STATIC_BATCH1]  # fewer static ones: budgets only
+    assert few == [{"threads": 2, "performance_hint": "LATENCY", "static_batch1": LEAN_STATIC_BATCH1}]
+    assert 0 < LEAN_STATIC_BATCH1 < STATIC_BATCH1 and all(budget_only(s) for s in lean + few)
     assert not any("shape_cache" in s for s in settings_grid("openvino", threads=2, quick=True))
     assert not any("shape_cache" in s for s in settings_grid("onnx", threads=2))
 
@@ -1053,7 +1093,8 @@ def test_config_memory_measures_what_a_budget_may_fall_back_to(tiny_artifact, mo
     lean = {**lat, "shape_cache": 50}
     static = {**lat, "static_batch1": 8}  # the default's static twin: probed; a twin of unprobed settings: not
     other = {**lat, "snippets_above": 64, "static_batch1": 8}
-    runs = [run(lat, 400.0), run(thr, 600.0), run(lean, 700.0), run(static, 400.0), run(other, 400.0)]
+    few = {**lat, "static_batch1": 3}  # fewer static compilations, for budgets alone: probed
+    runs = [run(lat, 400.0), run(thr, 600.0), run(lean, 700.0), run(static, 400.0), run(other, 400.0), run(few, 400.0)]
     prof = {
         "format_version": PROFILE_FORMAT,
         "machine": {"key": machine.machine_key()},
@@ -1067,6 +1108,7 @@ def test_config_memory_measures_what_a_budget_may_fall_back_to(tiny_artifact, mo
         {"variant": "openvino-fp32", "settings": thr},
         {"variant": "openvino-fp32", "settings": lat},
         {"variant": "openvino-fp32", "settings": lean},
+        {"variant": "openvino-fp32", "settings": few},
         {"variant": "openvino-fp32", "settings": static},
     ]
     del prof["variants"]["openvino-fp32"]["runs"][2:]  # the rest of this test as before
