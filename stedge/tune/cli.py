@@ -93,7 +93,7 @@ def tune_after_export(path: str | Path, show: bool = True) -> dict[str, Any]:
 
 
 def _settings(s: dict[str, Any]) -> str:
-    from stedge_runtime.select import STATIC_BATCH1
+    from stedge_runtime.select import budget_only
 
     parts = [f"{s['threads']}t"] if "threads" in s else []
     if "allow_spinning" in s:
@@ -107,7 +107,7 @@ def _settings(s: dict[str, Any]) -> str:
     if s.get("snippets_above"):
         parts.append(f"no snippets <= {s['snippets_above']} tokens")
     if s.get("static_batch1"):
-        lean = " (budgets only)" if 0 < s["static_batch1"] < STATIC_BATCH1 else ""
+        lean = " (budgets only)" if budget_only({"static_batch1": s["static_batch1"]}) else ""
         parts.append(f"static batch-1 x{s['static_batch1']}{lean}")
     if s.get("shape_cache"):
         parts.append(f"{s['shape_cache']} shapes cached (budgets only)")

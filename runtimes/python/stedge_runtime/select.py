@@ -518,7 +518,7 @@ def _from_profile(
     best = max(b[0] for b in bulk)
     close = [b for b in bulk if b[0] >= BULK_CLOSE * best]  # within 3 %: take the better batch-1 latency
     score, p50, name, settings = min(close, key=lambda b: (b[1], -b[0], b[2]))
-    reason = _profile_reason(prof, tier, name, settings, settings_key(settings) in (paired.get(name) or {}))
+    reason = _profile_reason(prof, tier, name, settings, paired)
     others = sorted({b[2] for b in bulk} - {name})
     if others:
         reason += f"; also tuned: {', '.join(others)}"
@@ -741,16 +741,16 @@ def _within_memory(
     alone = configs.get(key)
     if "latency_variant" in sel and fits(key):
         # same bulk calls, one-row calls static: the most static compilations that fit
-        twins = sorted((e[3] for e in every if e[2] == name and static_twin_of(e[3], settings)), key=_statics)
-        twin = next((t for t in reversed(twins) if fits(memory_config_key(name, t))), None)
-        if twin is not None:
+        twins = [e[3] for e in every if e[2] == name and static_twin_of(e[3], settings)]
+        twins = [t for t in twins if fits(memory_config_key(name, t))]
+        if twins:
+            twin = max(twins, key=lambda t: t["static_batch1"])
             tk = memory_config_key(name, twin)
             notes.append(
                 f"max_memory_mb={budget:g}: {was}; without its batch-1 route, with static batch-1 compilations "
                 f"{configs[tk]:.0f} MB: route off, {twin}"
             )
-            in_final = settings_key(twin) in (paired.get(name) or {})
-            why = f"within max_memory_mb={budget:g}: " + _profile_reason(prof, tier, name, twin, in_final)
+            why = f"within max_memory_mb={budget:g}: " + _profile_reason(prof, tier, name, twin, paired)
             return name, dict(twin), plain, configs[tk], why
         notes.append(f"max_memory_mb={budget:g}: {was}; without its batch-1 route {alone:.0f} MB: route off")
         return name, settings, plain, alone, reason
@@ -779,13 +779,12 @@ def _within_memory(
             f"no tier-{tier} configuration measured here fits max_memory_mb={budget:g}: {was}; running the lightest, "
             f"{lightest} (a lower tier, or a smaller variant exported, may fit)"
         )
-    in_final = settings_key(st) in (paired.get(new) or {})
     return (
         new,
         dict(st),
         plain,
         mb,
-        f"within max_memory_mb={budget:g}: " + _profile_reason(prof, tier, new, st, in_final),
+        f"within max_memory_mb={budget:g}: " + _profile_reason(prof, tier, new, st, paired),
     )
 
 
@@ -810,17 +809,13 @@ def _lean_needless(name: str, settings: Mapping[str, Any], fits: Callable[[str],
     return full is not None and fits(memory_config_key(name, full))
 
 
-def _statics(settings: Mapping[str, Any]) -> int:
-    """How many static batch-1 compilations ``settings`` allow (``static_batch1``; 0 without)."""
-    return int(settings.get("static_batch1") or 0)
-
-
-def _profile_reason(prof: dict, tier: str, name: str, settings: dict, in_final: bool) -> str:
-    """Why the profile chose ``name``: its rates and batch-1 p50 in the rounds, and its paired-final figures. A
-    static twin (``static_batch1``) quotes the bulk figures of its settings without it, which scored it."""
+def _profile_reason(prof: dict, tier: str, name: str, settings: dict, paired: Mapping[str, Mapping[str, Any]]) -> str:
+    """Why the profile chose ``name``: its rates and batch-1 p50 in the rounds, and its paired-final figures where
+    the final timed these settings (``paired``: ``paired_scores``). A static twin (``static_batch1``) quotes the
+    bulk figures of its settings without it, which scored it."""
     runs = prof["variants"][name]["runs"]
     run = next(r for r in runs if r["settings"] == settings)
-    twin = _static_twin(run, runs) if settings.get("static_batch1") else None
+    twin = _static_twin(run, runs)
     rates = ", ".join(
         f"{kind} bs={bs} {val:.0f}/s" for kind, d in ((twin or run).get("bulk") or {}).items() for bs, val in d.items()
     )
@@ -829,7 +824,7 @@ def _profile_reason(prof: dict, tier: str, name: str, settings: dict, in_final: 
         + (" without static batch-1 compilations, the same bulk calls" if twin is not None else "")
         + f"; bs=1 p50 {run['batch1_ms_p50']:.2f} ms)"
     )
-    if in_final:
+    if settings_key(settings) in (paired.get(name) or {}):
         final = prof["paired"]
         ref = final["reference"]
         cid, c = next(
