@@ -213,8 +213,8 @@ def run_distill(
             learning_rate=lr,
             warmup_ratio=warmup_ratio,
             seed=seed,
-            disable_tqdm=show_progress_bar is False,
         ),
+        quiet=show_progress_bar is False,
     )
     student_model.eval()
     final_metrics = history[-1] if history else trainer.run_evaluator()
@@ -334,13 +334,17 @@ def _check_args(epochs: float, output: str, overwrite: bool) -> None:
     check_output(output, overwrite)
 
 
-def _fit(student_model, train, evaluator, teacher: str, settings: dict) -> tuple[list[dict], float, object]:
-    """Train the student on (sentence, teacher vector) rows with MSE: (eval history, seconds, trainer)."""
+def _fit(
+    student_model, train, evaluator, teacher: str, settings: dict, quiet: bool = False
+) -> tuple[list[dict], float, object]:
+    """Train the student on (sentence, teacher vector) rows with MSE: (eval history, seconds, trainer); progress
+    on a rich bar (none when ``quiet``), as `stedge train`."""
     import contextlib
     import sys
     import tempfile
 
     from ..training import SentenceEncoderTrainer, SentenceEncoderTrainingArguments
+    from ..training.callbacks import RichProgressCallback, report_progress_with_rich
     from ..training.losses import MSELoss
 
     with tempfile.TemporaryDirectory(prefix="stedge-distill-") as work:
@@ -359,7 +363,9 @@ def _fit(student_model, train, evaluator, teacher: str, settings: dict) -> tuple
             loss=MSELoss(student_model),
             evaluator=evaluator,
             base_model=teacher,
+            callbacks=[RichProgressCallback(quiet=quiet)],
         )
+        report_progress_with_rich(trainer)
         started = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # transformers prints its logs; keep stdout for --json
             trainer.train()

@@ -483,10 +483,9 @@ def run_training(
         data_description=f"{data_desc} — {_describe(train_data)}",
     )
     if callbacks:  # our callbacks report progress: drop transformers' tqdm bar / stdout printer
-        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+        from .callbacks import report_progress_with_rich
 
-        trainer.remove_callback(PrinterCallback)
-        trainer.remove_callback(ProgressCallback)
+        report_progress_with_rich(trainer)
     before = trainer.run_evaluator() if evaluator is not None else {}
     resume_arg = _resume_arg(resume, ckpt_dir)
     result = trainer.train(resume_from_checkpoint=resume_arg)
