@@ -76,6 +76,7 @@ RESULTS_SCHEMA: dict[str, Any] = {
                     "properties": {
                         "throughput": {"type": "object", "minProperties": 1, "additionalProperties": _THROUGHPUT},
                         "latency_ms": {"type": "object", "required": ["p50", "p95", "p99"]},
+                        "latency_after_idle_ms": {"type": "object", "required": ["p50", "p95", "p99", "gap_ms"]},
                         "accuracy": {
                             "type": "object",
                             "required": ["spearman", "mean_cosine", "min_cosine", "pairs"],
@@ -169,11 +170,25 @@ def _brief(r: dict[str, Any], head: str) -> dict[str, Any]:
         "spearman": r["accuracy"]["spearman"],
         "min_cosine": r["accuracy"]["min_cosine"],
         "p50_ms": r["latency_ms"]["p50"],
+        "p50_after_idle_ms": _idle_p50(r),
         "cold_start_s": r["cold_start_s"],
         "peak_rss_mb": r["peak_rss_mb"],
         "size_mb": r.get("size_mb"),
         "speedup_vs_baseline_model": r.get("speedup_vs_baseline_model"),
     }
+
+
+def _idle_p50(r: dict[str, Any]) -> float | None:
+    """The row's batch-1 p50 after idle gaps (None when the suite measured none)."""
+    return (r.get("latency_after_idle_ms") or {}).get("p50")
+
+
+def _idle_clause(p50: float | None, peer_p50: float | None) -> str:
+    """' (after idle: X ms[, Y× the peer])' for a summary line, or nothing when not measured."""
+    if p50 is None:
+        return ""
+    ratio = f", {p50 / peer_p50:.2f}×" if peer_p50 else ""
+    return f" (after idle: {p50:.2f} ms{ratio})"
 
 
 def summary_markdown(results: dict[str, Any]) -> str:
@@ -186,7 +201,8 @@ def summary_markdown(results: dict[str, Any]) -> str:
             continue
         lines.append(
             f"- **{s['model']}** — sentence-transformers' best backend: {peer['label']} "
-            f"({peer['sentences_per_s']:.0f} sent/s at batch {head}, p50 {peer['p50_ms']:.2f} ms, cold start "
+            f"({peer['sentences_per_s']:.0f} sent/s at batch {head}, p50 {peer['p50_ms']:.2f} ms"
+            f"{_idle_clause(peer['p50_after_idle_ms'], None)}, cold start "
             f"{peer['cold_start_s']:.2f} s, peak RSS {peer['peak_rss_mb']:.0f} MB, ρ×100 {peer['spearman']:.2f}"
             f"{_share_clause(peer.get('interleaved_share_of_best_round'))})."
         )
@@ -201,7 +217,9 @@ def summary_markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"  - {what}: {e['label']}: {e['sentences_per_s']:.0f} sent/s = "
                 f"**{e['throughput_ratio_vs_best_peer']:.2f}×** the best peer{inter}; "
-                f"p50 {e['p50_ms']:.2f} ms ({e['p50_ratio_vs_best_peer']:.2f}×), cold start {e['cold_start_s']:.2f} s "
+                f"p50 {e['p50_ms']:.2f} ms ({e['p50_ratio_vs_best_peer']:.2f}×)"
+                f"{_idle_clause(e['p50_after_idle_ms'], peer['p50_after_idle_ms'])}, "
+                f"cold start {e['cold_start_s']:.2f} s "
                 f"({e['cold_start_ratio_vs_best_peer']:.2f}×), peak RSS {e['peak_rss_mb']:.0f} MB "
                 f"({e['peak_rss_ratio_vs_best_peer']:.2f}×), "
                 f"ρ×100 {e['spearman']:.2f}, min cos {e['min_cosine']:.4f}."
@@ -231,7 +249,8 @@ def _auto_lines(results: dict[str, Any]) -> list[str]:
         if r.get("speedup_vs_best_peer") is not None:
             text += f" = **{r['speedup_vs_best_peer']:.2f}×** {r['best_peer']}"
             text += _interleaved_clause(_interleaved(r, "speedup_vs_best_peer"), interleaved_share(r, str(head)))
-        text += f", p50 {r['latency_ms']['p50']:.2f} ms, ρ×100 {r['accuracy']['spearman']:.2f}"
+        text += f", p50 {r['latency_ms']['p50']:.2f} ms{_idle_clause(_idle_p50(r), None)}"
+        text += f", ρ×100 {r['accuracy']['spearman']:.2f}"
         if r.get("headline_passages_per_s"):
             text += f", {r['headline_passages_per_s']:.0f} passages/s"
             if _interleaved(r, "passage_speedup_vs_best_peer") is not None:
@@ -284,6 +303,7 @@ def markdown_table(results: dict[str, Any]) -> str:
             f"passages/s bs={head}",
             "p50 ms",
             "p99 ms",
+            "p50 ms after idle",
             "cold start s",
             "peak RSS MB",
             f"GFLOP/s bs={head}",
@@ -319,6 +339,7 @@ def markdown_table(results: dict[str, Any]) -> str:
         cells += [
             _f(r["latency_ms"]["p50"], "{:.2f}"),
             _f(r["latency_ms"]["p99"], "{:.2f}"),
+            _f(_idle_p50(r), "{:.2f}"),
             _f(r["cold_start_s"], "{:.2f}"),
             _f(r["peak_rss_mb"], "{:.0f}"),
             _f(r["gflops"], "{:.1f}"),
@@ -409,6 +430,16 @@ def machine_line(results: dict[str, Any]) -> str:
     )
 
 
+def _idle_text(suite: dict[str, Any]) -> str:
+    gap = suite.get("idle_gap_ms") or 0
+    if not gap:
+        return ""
+    return (
+        f", back to back and again with the process idle {gap} ms before each query (`p50 ms after idle`: what an "
+        "interactive app sees, its threads asleep and caches cooled)"
+    )
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The whole Markdown report: setup, table, notes on how to read it."""
     s = results["suite"]
@@ -434,7 +465,9 @@ def markdown(results: dict[str, Any]) -> str:
             f"spread in the JSON)"
             + _rounds_text(results)
             + _interleaved_text(results)
-            + f"; batch-1 latency on {d['num_queries']} short queries from `{d['queries']}`; "
+            + f"; batch-1 latency on {d['num_queries']} short queries from `{d['queries']}`"
+            + _idle_text(s)
+            + "; "
             f"accuracy on {d['accuracy_pairs']} "
             f"STS pairs from `{d['accuracy']}` (cosine to the stedge PyTorch fp32 CPU reference over "
             f"{d['accuracy_texts']} texts).",

@@ -7,7 +7,9 @@ The parent (runner.py) writes the job, starts this process and times it from pro
    Spearman and cosine to the PyTorch fp32 reference; scipy never enters this process);
 2. throughput: for each batch size, a warm-up pass over a slice, then ``repetitions`` timed passes over
    all throughput texts; then the same on passage-length texts (SciFact abstracts) at the bulk batch sizes;
-3. latency: batch-1 calls on short queries after two warm-up passes over them (p50 / p95 / p99);
+3. latency: batch-1 calls on short queries after two warm-up passes over them (p50 / p95 / p99); then,
+   when the job sets ``idle_gap_ms``, the same queries again with the process idle that long before each call
+   (an interactive app's queries: threads asleep, caches cooled);
 4. memory: peak RSS of this process (VmHWM on Linux, else ``resource.getrusage``).
 
 Lines ``STAGE <what>`` on stdout let the parent show progress. The result goes to ``result.json``.
@@ -46,6 +48,11 @@ def _peak_rss_bytes() -> int:
     from stedge_runtime.machine import peak_rss_bytes
 
     return peak_rss_bytes()
+
+
+def _latency_figures(ms: list[float]) -> dict[str, float]:
+    """p50 / p95 / p99, mean and count of per-call milliseconds."""
+    return {**_percentiles(ms, (50, 95, 99)), "mean": float(sum(ms) / len(ms)), "n": len(ms)}
 
 
 def _stage(what: str) -> None:
@@ -125,7 +132,17 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             t = time.perf_counter()
             encode([q], 1)
             lat.append((time.perf_counter() - t) * 1000.0)
-    result["latency_ms"] = {**_percentiles(lat, (50, 95, 99)), "mean": float(sum(lat) / len(lat)), "n": len(lat)}
+    result["latency_ms"] = _latency_figures(lat)
+    gap_ms = float(job.get("idle_gap_ms") or 0)
+    if gap_ms > 0:  # 3b. the same queries, each after the process sat idle: what an interactive app sees
+        _stage(f"latency after {gap_ms:g} ms idle")
+        idle = []
+        for q in queries:
+            time.sleep(gap_ms / 1000.0)
+            t = time.perf_counter()
+            encode([q], 1)
+            idle.append((time.perf_counter() - t) * 1000.0)
+        result["latency_after_idle_ms"] = {**_latency_figures(idle), "gap_ms": gap_ms}
 
     result["peak_rss_mb"] = _peak_rss_bytes() / 2**20
     return result
