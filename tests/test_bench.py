@@ -547,6 +547,13 @@ def test_smoke_run_writes_table_and_plots(smoke_results):
     assert "| p50 ms after idle |" in md and "idle 20 ms before each query" in md
     auto = next(r for r in results["rows"] if r.get("auto_tier"))
     assert f"(after idle: {auto['latency_after_idle_ms']['p50']:.2f} ms)" in md  # beside its back-to-back p50
+    from stedge.bench.report import summary
+
+    (entry,) = [e for e in summary(results) if e["best_peer"]]  # in the JSON summary too, against the best peer
+    best = entry["fastest_fp32_accurate"]
+    assert best["p50_after_idle_ratio_vs_best_peer"] == pytest.approx(
+        best["p50_after_idle_ms"] / entry["best_peer"]["p50_after_idle_ms"]
+    )
     assert md.count("\n| ") >= 1 + len(results["rows"])
     for png in ("speedup_vs_accuracy.png", "throughput_vs_batch.png"):
         data = (out / png).read_bytes()

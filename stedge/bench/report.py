@@ -154,6 +154,8 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
                     best["headline_sentences_per_s"] / best_peer["headline_sentences_per_s"]
                 )
                 e["p50_ratio_vs_best_peer"] = best["latency_ms"]["p50"] / best_peer["latency_ms"]["p50"]
+                idle, peer_idle = _idle_p50(best), _idle_p50(best_peer)
+                e["p50_after_idle_ratio_vs_best_peer"] = idle / peer_idle if idle and peer_idle else None
                 e["cold_start_ratio_vs_best_peer"] = best["cold_start_s"] / best_peer["cold_start_s"]
                 e["peak_rss_ratio_vs_best_peer"] = best["peak_rss_mb"] / best_peer["peak_rss_mb"]
             e["interleaved_ratio_vs_best_peer"] = _interleaved(best, "speedup_vs_best_peer")
@@ -183,12 +185,11 @@ def _idle_p50(r: dict[str, Any]) -> float | None:
     return (r.get("latency_after_idle_ms") or {}).get("p50")
 
 
-def _idle_clause(p50: float | None, peer_p50: float | None) -> str:
-    """' (after idle: X ms[, Y× the peer])' for a summary line, or nothing when not measured."""
+def _idle_clause(p50: float | None, ratio: float | None) -> str:
+    """' (after idle: X ms[, Y×])' for a summary line (Y: against the best peer), or nothing when not measured."""
     if p50 is None:
         return ""
-    ratio = f", {p50 / peer_p50:.2f}×" if peer_p50 else ""
-    return f" (after idle: {p50:.2f} ms{ratio})"
+    return f" (after idle: {p50:.2f} ms{f', {ratio:.2f}×' if ratio else ''})"
 
 
 def summary_markdown(results: dict[str, Any]) -> str:
@@ -218,7 +219,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
                 f"  - {what}: {e['label']}: {e['sentences_per_s']:.0f} sent/s = "
                 f"**{e['throughput_ratio_vs_best_peer']:.2f}×** the best peer{inter}; "
                 f"p50 {e['p50_ms']:.2f} ms ({e['p50_ratio_vs_best_peer']:.2f}×)"
-                f"{_idle_clause(e['p50_after_idle_ms'], peer['p50_after_idle_ms'])}, "
+                f"{_idle_clause(e['p50_after_idle_ms'], e.get('p50_after_idle_ratio_vs_best_peer'))}, "
                 f"cold start {e['cold_start_s']:.2f} s "
                 f"({e['cold_start_ratio_vs_best_peer']:.2f}×), peak RSS {e['peak_rss_mb']:.0f} MB "
                 f"({e['peak_rss_ratio_vs_best_peer']:.2f}×), "
