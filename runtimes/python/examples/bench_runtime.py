@@ -2,12 +2,15 @@
 benchmarks/ owns the official ones; it can call ``cold_start`` and ``batch1_latency`` directly).
 
     python runtimes/python/examples/bench_runtime.py ARTIFACT [--variant onnx-fp32] [--threads 1]
-        [--texts file.txt] [--repeats 5] [--calls 1000]
+        [--texts file.txt] [--repeats 5] [--calls 1000] [--idle-ms 50]
 
 Cold start = a new Python process from spawn to the first vector of
 ``Encoder.load(P).encode(['hi'])``; RSS is that process's resident set after the first vector
 (VmRSS) and its peak (VmHWM); ``cold_start_cpu_s`` is its CPU time (user + sys), which a busy
-machine inflates less than wall time. Linux only (reads /proc).
+machine inflates less than wall time. Linux only (reads /proc). ``--idle-ms`` also times batch-1 calls
+that each come after that long asleep, as an interactive app's queries do (``p50_after_idle_ms``): back-to-back
+calls find the engine's threads awake and its weights in cache, and after a pause a machine may need several
+times as long (see the runtime README, "Speed notes").
 """
 
 from __future__ import annotations
@@ -68,12 +71,18 @@ def cold_start(path: str, variant: str | None = None, threads: int | None = None
 
 
 def batch1_latency(
-    path: str, texts: list[str], variant: str | None = None, threads: int | None = None, calls: int = 1000
+    path: str,
+    texts: list[str],
+    variant: str | None = None,
+    threads: int | None = None,
+    calls: int = 1000,
+    idle_ms: float = 0.0,
 ) -> dict:
     """p50 / p90 / mean of encode([text]) in ms over ``calls`` calls cycling through ``texts`` (after 50
     warm-up calls). ``p50_cpu_ms`` is the calling thread's CPU time per call: with threads=1 ONNX
     Runtime computes in the calling thread, so it estimates the latency on an idle core even when
-    the machine is busy."""
+    the machine is busy. With ``idle_ms`` > 0, also p50 / p90 of min(calls, 100) calls each made after
+    sleeping that long (``p50_after_idle_ms``)."""
     from stedge_runtime import Encoder
 
     enc = Encoder.load(path, variant=variant, threads=threads)
@@ -87,13 +96,25 @@ def batch1_latency(
         cpu.append((time.thread_time() - c) * 1000)
     lat.sort()
     cpu.sort()
-    return {
+    out = {
         "variant": enc.variant,
         "p50_ms": lat[len(lat) // 2],
         "p90_ms": lat[int(len(lat) * 0.9)],
         "mean_ms": statistics.fmean(lat),
         "p50_cpu_ms": cpu[len(cpu) // 2],
     }
+    if idle_ms > 0:
+        idle = []
+        for i in range(min(calls, 100)):
+            time.sleep(idle_ms / 1000)
+            t = time.perf_counter()
+            enc.encode([texts[i % len(texts)]])
+            idle.append((time.perf_counter() - t) * 1000)
+        idle.sort()
+        out.update(
+            idle_ms=idle_ms, p50_after_idle_ms=idle[len(idle) // 2], p90_after_idle_ms=idle[int(len(idle) * 0.9)]
+        )
+    return out
 
 
 def main() -> None:
@@ -104,6 +125,7 @@ def main() -> None:
     ap.add_argument("--texts", help="a text file, one query per line (default: a few short queries)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--calls", type=int, default=1000)
+    ap.add_argument("--idle-ms", type=float, default=0.0, help="also time calls each made after this long idle")
     a = ap.parse_args()
     texts = SHORT_QUERIES
     if a.texts:
@@ -111,7 +133,7 @@ def main() -> None:
             texts = [line.strip() for line in f if line.strip()]
     res = {
         **cold_start(a.artifact, a.variant, a.threads, a.repeats),
-        **batch1_latency(a.artifact, texts, a.variant, a.threads, a.calls),
+        **batch1_latency(a.artifact, texts, a.variant, a.threads, a.calls, a.idle_ms),
     }
     print(json.dumps(res, indent=2))
 

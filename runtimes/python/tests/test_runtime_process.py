@@ -89,3 +89,21 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in heavy)))
 @pytest.mark.parametrize("variant", ["onnx-fp32", "openvino-fp32"])
 def test_torch_free(tiny_artifact, tiny_ce_artifact, variant):
     assert json.loads(_run(TORCH_FREE_CODE, str(tiny_artifact), str(tiny_ce_artifact), variant)) == []
+
+
+def test_bench_runtime_example_times_calls_after_idle(tiny_artifact):
+    """examples/bench_runtime.py, which the runtime README gives for measuring on one's own machine: cold start, RSS
+    and batch-1 latency back to back and, with --idle-ms, after each pause."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "bench_runtime.py"
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    args = [str(tiny_artifact), "--variant", "onnx-fp32", "--threads", "1", "--repeats", "1", "--calls", "12"]
+    out = subprocess.run(
+        [sys.executable, str(script), *args, "--idle-ms", "5"], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout)
+    assert res["variant"] == "onnx-fp32" and res["cold_start_s"] > 0 and res["rss_mb"] > 0
+    assert 0 < res["p50_ms"] <= res["p90_ms"] and res["idle_ms"] == 5.0
+    assert 0 < res["p50_after_idle_ms"] <= res["p90_after_idle_ms"]
