@@ -50,6 +50,18 @@ def _peak_rss_bytes() -> int:
     return peak_rss_bytes()
 
 
+def _batch1_ms(encode, queries: list[str], idle_s: float = 0.0) -> list[float]:
+    """Milliseconds of ``encode([q], 1)`` for each query, each call after ``idle_s`` asleep (0: back to back)."""
+    out = []
+    for q in queries:
+        if idle_s:
+            time.sleep(idle_s)
+        t = time.perf_counter()
+        encode([q], 1)
+        out.append((time.perf_counter() - t) * 1000.0)
+    return out
+
+
 def _latency_figures(ms: list[float]) -> dict[str, float]:
     """p50 / p95 / p99, mean and count of per-call milliseconds."""
     return {**_percentiles(ms, (50, 95, 99)), "mean": float(sum(ms) / len(ms)), "n": len(ms)}
@@ -126,22 +138,12 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     warmup = (queries * 2)[: int(job.get("latency_warmup", 2 * len(queries)))]
     for q in warmup:  # twice over: a runtime may compile a query length the second time it sees it
         encode([q], 1)
-    lat = []
-    for _ in range(int(job.get("latency_rounds", 1))):
-        for q in queries:
-            t = time.perf_counter()
-            encode([q], 1)
-            lat.append((time.perf_counter() - t) * 1000.0)
+    lat = [ms for _ in range(int(job.get("latency_rounds", 1))) for ms in _batch1_ms(encode, queries)]
     result["latency_ms"] = _latency_figures(lat)
     gap_ms = float(job.get("idle_gap_ms") or 0)
     if gap_ms > 0:  # 3b. the same queries, each after the process sat idle: what an interactive app sees
         _stage(f"latency after {gap_ms:g} ms idle")
-        idle = []
-        for q in queries:
-            time.sleep(gap_ms / 1000.0)
-            t = time.perf_counter()
-            encode([q], 1)
-            idle.append((time.perf_counter() - t) * 1000.0)
+        idle = _batch1_ms(encode, queries, gap_ms / 1000.0)
         result["latency_after_idle_ms"] = {**_latency_figures(idle), "gap_ms": gap_ms}
 
     result["peak_rss_mb"] = _peak_rss_bytes() / 2**20

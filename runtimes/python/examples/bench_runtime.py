@@ -88,14 +88,7 @@ def batch1_latency(
     enc = Encoder.load(path, variant=variant, threads=threads)
     for t in texts[:50]:
         enc.encode([t])
-    lat, cpu = [], []
-    for i in range(calls):
-        t, c = time.perf_counter(), time.thread_time()
-        enc.encode([texts[i % len(texts)]])
-        lat.append((time.perf_counter() - t) * 1000)
-        cpu.append((time.thread_time() - c) * 1000)
-    lat.sort()
-    cpu.sort()
+    lat, cpu = _timed_calls(enc, texts, calls)
     out = {
         "variant": enc.variant,
         "p50_ms": lat[len(lat) // 2],
@@ -104,17 +97,25 @@ def batch1_latency(
         "p50_cpu_ms": cpu[len(cpu) // 2],
     }
     if idle_ms > 0:
-        idle = []
-        for i in range(min(calls, 100)):
-            time.sleep(idle_ms / 1000)
-            t = time.perf_counter()
-            enc.encode([texts[i % len(texts)]])
-            idle.append((time.perf_counter() - t) * 1000)
-        idle.sort()
+        idle, _ = _timed_calls(enc, texts, min(calls, 100), idle_ms / 1000)
         out.update(
             idle_ms=idle_ms, p50_after_idle_ms=idle[len(idle) // 2], p90_after_idle_ms=idle[int(len(idle) * 0.9)]
         )
     return out
+
+
+def _timed_calls(enc, texts: list[str], calls: int, idle_s: float = 0.0) -> tuple[list[float], list[float]]:
+    """Sorted wall and calling-thread CPU milliseconds of ``calls`` one-text calls cycling through ``texts``,
+    each after ``idle_s`` asleep (0: back to back)."""
+    lat, cpu = [], []
+    for i in range(calls):
+        if idle_s:
+            time.sleep(idle_s)
+        t, c = time.perf_counter(), time.thread_time()
+        enc.encode([texts[i % len(texts)]])
+        lat.append((time.perf_counter() - t) * 1000)
+        cpu.append((time.thread_time() - c) * 1000)
+    return sorted(lat), sorted(cpu)
 
 
 def main() -> None:
