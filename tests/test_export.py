@@ -261,6 +261,30 @@ def test_failed_max_drop_leaves_nothing(tiny_model, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_quantize_auto_builds_the_plan_for_this_cpu_and_the_runtime_picks_from_it(tiny_model, tmp_path):
+    """`stedge export --quantize auto` (no --backend): the variants make_plan gives for this CPU's flags, OpenVINO's
+    included where it is installed, every one verified with a tier; Encoder.load's rule picks one of them."""
+    import importlib.util
+
+    from stedge_runtime import Encoder
+
+    from stedge.cli import app
+    from stedge.export.plan import ExportOptions, check_options, make_plan, resolve_backend
+    from stedge.export.quantize import cpu_flags
+
+    out = tmp_path / "auto"
+    r = CliRunner().invoke(app, ["export", str(tiny_model), "-o", str(out), "--quantize", "auto", "--json"])
+    assert r.exit_code == 0, r.output
+    built = json.loads(r.stdout[r.stdout.index("{") :])["variants"]
+    backend = resolve_backend(None, "auto")
+    assert backend == ("all" if importlib.util.find_spec("openvino") else "onnx")
+    plan = make_plan(check_options(ExportOptions(backend=backend, quantize="auto")), cpu_flags())
+    assert [v["variant"] for v in built] == [v.name for v in plan.variants]
+    assert all(v["tier"] for v in built), built
+    near = Encoder.load(out, tier="near", profile=False)
+    assert near.selection.variant in plan.names and near.selection.source == "rule"
+
+
 def test_path_traversal_external_data_is_refused(tmp_path):
     import onnx
     from onnx import TensorProto, helper

@@ -240,6 +240,55 @@ def test_plan_is_immutable_and_interprets_quantize_once():
             check_options(ExportOptions(**bad))
 
 
+def test_quantize_auto_plans_what_may_win_on_this_cpu(monkeypatch):
+    """--quantize auto: int8 static and per-row on every backend built, openvino-bf16 only where the CPU runs bf16
+    (and verification runs on it); an unset --backend takes OpenVINO too where it is installed."""
+    import importlib.util
+
+    from stedge.export import plan as p
+
+    def names(backend: str, flags: set[str], device: str = "cpu") -> list[str]:
+        o = p.check_options(p.ExportOptions(backend=backend, quantize="auto", device=device))
+        return [v.name for v in p.make_plan(o, flags).variants]
+
+    onnx = ["onnx-fp32", "onnx-int8-static", "onnx-int8-rows"]
+    assert names("all", {"amx_bf16", "avx512_vnni"}) == [
+        *onnx,
+        "openvino-fp32",
+        "openvino-int8-static",
+        "openvino-bf16",
+    ]
+    assert names("all", {"avx512_bf16"})[-1] == "openvino-bf16"
+    assert names("all", {"avx2"}) == [*onnx, "openvino-fp32", "openvino-int8-static"]
+    assert names("all", {"amx_bf16"}, device="cuda") == [*onnx, "openvino-fp32", "openvino-int8-static"]
+    assert names("onnx", {"amx_bf16"}) == onnx
+    assert p.QUANTIZE["auto"].calibrated
+    installed = importlib.util.find_spec("openvino") is not None
+    assert p.resolve_backend(None, "auto") == ("all" if installed else "onnx")
+    assert p.resolve_backend(None, "auto", "cuda") == "onnx"
+    assert p.resolve_backend(None, "int8") == "onnx" and p.resolve_backend("openvino", "auto") == "openvino"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    assert p.resolve_backend(None, "auto") == "onnx"
+
+
+def test_export_notes_a_missing_bf16_variant_on_a_bf16_cpu(monkeypatch, tmp_path):
+    """`stedge export` names the command that adds openvino-bf16 when this CPU runs bf16 and the artifact lacks it."""
+    from types import SimpleNamespace
+
+    from stedge.export import cli, quantize
+
+    result = SimpleNamespace(path=tmp_path / "a", rows=[{"variant": "onnx-fp32"}, {"variant": "onnx-int8-rows"}])
+    monkeypatch.setattr(quantize, "cpu_flags", lambda: {"amx_bf16", "avx512_bf16", "avx2"})
+    hint = cli.bf16_hint(result, "all-MiniLM-L6-v2")
+    assert "amx_bf16, avx512_bf16" in hint and "--quantize auto" in hint
+    assert f"stedge export all-MiniLM-L6-v2 -o {tmp_path / 'a'} --add --backend openvino --quantize bf16" in hint
+    assert cli.bf16_hint(result, "m", device="cuda") is None
+    with_bf16 = SimpleNamespace(path=result.path, rows=[*result.rows, {"variant": "openvino-bf16"}])
+    assert cli.bf16_hint(with_bf16, "m") is None
+    monkeypatch.setattr(quantize, "cpu_flags", lambda: {"avx2", "avx512_vnni"})
+    assert cli.bf16_hint(result, "m") is None
+
+
 def test_add_to_an_artifact_written_before_tiers(artifact, model_dir, tmp_path):
     """A round-1 manifest (no tier, batch invariance or runtime in its verifications) still loads, and
     --add keeps its records as they are while the new variant gets the new fields."""

@@ -70,6 +70,22 @@ def render_table(result) -> None:
             Console(stderr=True).print(f"[yellow]{r['variant']}: {r['note']}[/]")
 
 
+def bf16_hint(result, model: str, device: str = "cpu") -> str | None:
+    """A note when this CPU runs bf16 and the artifact has no openvino-bf16: on such CPUs it is often the fastest
+    verified variant (None otherwise)."""
+    from stedge.export.plan import BF16_FLAGS
+    from stedge.export.quantize import cpu_flags
+
+    have = sorted(set(BF16_FLAGS) & set(cpu_flags()))
+    if device != "cpu" or not have or any(r["variant"] == "openvino-bf16" for r in result.rows):
+        return None
+    return (
+        f"this CPU runs bf16 ({', '.join(have)}) and {result.path} has no openvino-bf16, often the fastest verified "
+        f"variant on such CPUs: add it with `stedge export {model} -o {result.path} --add --backend openvino "
+        "--quantize bf16 --tune` (or export with --quantize auto)"
+    )
+
+
 HELP = {
     "model": "Model folder or reference (a sentence-transformers model, a reranker, or a LoRA adapter folder).",
     "output": "Artifact folder (default: models/<model-name>-stedge).",
@@ -78,7 +94,8 @@ HELP = {
     "onnxruntime, per-row too: batch-invariant, calibrated on --calibration or built-in texts); int8-static "
     "(static int8 with --calibration required); int8-rows (onnxruntime int8, activations quantized per row at run "
     "time); int8-dynamic (onnxruntime dynamic per --isa, not batch-invariant); int8-weights / int4-weights "
-    "(OpenVINO weight compression).",
+    "(OpenVINO weight compression); auto (every variant that may be the fastest verified one on this CPU: int8 "
+    "static and per-row, and bf16 where the CPU runs it; add --tune to time them).",
     "isa": "int8-dynamic targets: auto (this CPU), all, or avx2, avx512, avx512_vnni, arm64 (comma-separated).",
     "calibration": "Calibration texts (a text file, CSV/TSV/JSONL, or a datasets name) for int8 / int8-static / "
     "int8-rows and, "
@@ -98,7 +115,11 @@ def register(app: typer.Typer) -> None:
     def export_cmd(
         model: str = typer.Argument(..., help=HELP["model"]),
         output: Optional[Path] = typer.Option(None, "-o", "--output", help=HELP["output"]),
-        backend: str = typer.Option("onnx", "--backend", help="onnx, openvino or all."),
+        backend: Optional[str] = typer.Option(
+            None,
+            "--backend",
+            help="onnx, openvino or all (default: onnx; with --quantize auto, all where OpenVINO is installed).",
+        ),
         optimize: Optional[str] = typer.Option(None, "--optimize", help=HELP["optimize"]),
         quantize: str = typer.Option("none", "--quantize", help=HELP["quantize"]),
         isa: str = typer.Option("auto", "--isa", help=HELP["isa"]),
@@ -147,6 +168,11 @@ def register(app: typer.Typer) -> None:
         )
         if not as_json:
             render_table(result)
+            hint = bf16_hint(result, model, device)
+            if hint:
+                from rich.console import Console
+
+                Console(stderr=True).print(f"[yellow]{hint}[/]", highlight=False)
         tuning = None
         if tune:
             from stedge.tune.cli import tune_after_export

@@ -97,7 +97,7 @@ def export_model(
     model: str | os.PathLike,
     output: str | os.PathLike | None = None,
     *,
-    backend: str = "onnx",
+    backend: str | None = None,
     optimize: str | None = None,
     quantize: str = "none",
     isa: str | None = "auto",
@@ -115,20 +115,21 @@ def export_model(
 ) -> ExportResult:
     """Export ``model`` to a verified artifact folder and return what was written.
 
-    Variants: ONNX fp32 (always, with ``backend`` onnx/all), ``optimize`` O1-O4 (onnxruntime
-    levels; O4 is fp16), ``quantize`` (see ``stedge.export.plan.QUANTIZE``: fp16, bf16, int8,
-    int8-dynamic (one variant per ``isa``: auto = this CPU, all, or names), int8-static (calibrated
-    on ``calibration``), int8-rows (activations quantized per row at run time), int8-weights,
-    int4-weights). OpenVINO fp32 always with backend openvino/all, and OpenVINO bf16 too on a CPU
-    with avx512_bf16 / AMX. Every variant is verified by loading the artifact with stedge_runtime and
-    comparing with PyTorch fp32 on real texts (Spearman on ``eval_data``, batch invariance, the
-    precision tier reached); with ``max_drop`` a variant over it raises CheckFailedError and nothing
-    is written. ``add`` keeps the variants of an existing artifact of the same source model;
-    ``overwrite`` replaces it.
+    Variants: ONNX fp32 (always, with ``backend`` onnx/all; unset: onnx, or all for ``quantize="auto"``
+    where OpenVINO is installed), ``optimize`` O1-O4 (onnxruntime levels; O4 is fp16), ``quantize`` (see
+    ``stedge.export.plan.QUANTIZE``: fp16, bf16, int8, int8-dynamic (one variant per ``isa``: auto = this
+    CPU, all, or names), int8-static (calibrated on ``calibration``), int8-rows (activations quantized per
+    row at run time), int8-weights, int4-weights, auto (int8 static and per-row, and bf16 on a CPU with
+    avx512_bf16 / AMX)). OpenVINO fp32 always with backend openvino/all. Every variant is verified by
+    loading the artifact with stedge_runtime and comparing with PyTorch fp32 on real texts (Spearman on
+    ``eval_data``, batch invariance, the precision tier reached); with ``max_drop`` a variant over it raises
+    CheckFailedError and nothing is written. ``add`` keeps the variants of an existing artifact of the same
+    source model; ``overwrite`` replaces it.
     """
-    from .plan import ExportOptions, check_options, make_plan
+    from .plan import ExportOptions, check_options, make_plan, resolve_backend
     from .quantize import cpu_flags, isas_for
 
+    backend = resolve_backend(backend, quantize, device)
     options = check_options(
         ExportOptions(
             backend=backend,
@@ -230,7 +231,7 @@ def _export(
         shutil.rmtree(ctx.work, ignore_errors=True)
         manifest = ctx.manifest(plan.default)
         user_texts = cal_texts if plan.options.calibration is not None else None  # not the built-in ones
-        _embedding_calibration(manifest, torch_model, task, user_texts, plan.options.quantize, existing, tmp)
+        _embedding_calibration(manifest, torch_model, task, user_texts, plan.options.choice.calibrated, existing, tmp)
         mf.check_tokenizer(tmp, manifest)
         mf.write(tmp, manifest)
     return manifest
@@ -265,14 +266,15 @@ def _prepare(ctx, cal_texts: list[str] | None, eval_set, steps: _Steps) -> None:
 
 
 def _embedding_calibration(
-    manifest: dict, model, task: str, cal_texts, quantize: str, existing: dict | None, root: Path
+    manifest: dict, model, task: str, cal_texts, calibrated: bool, existing: dict | None, root: Path
 ) -> None:
     """Embedding models: int8/uint8 output ranges from the calibration texts (PyTorch fp32), or the
-    existing artifact's when --add brings no new texts."""
+    existing artifact's when --add brings no new texts. ``calibrated``: the --quantize choice calibrates graphs."""
     if task != "embedding":
-        if cal_texts is not None and quantize not in ("int8", "int8-static", "int8-rows"):
+        if cal_texts is not None and not calibrated:
             logger.warning(
-                "--calibration is only used by --quantize int8 / int8-static / int8-rows for rerankers; ignoring it"
+                "--calibration is only used by --quantize int8 / int8-static / int8-rows / auto for rerankers; "
+                "ignoring it"
             )
         return
     if cal_texts is not None:

@@ -56,6 +56,13 @@ QUANTIZE: dict[str, QuantizeChoice] = {
         ("onnx-int8-dynamic",),
         help="onnxruntime dynamic int8, one variant per --isa (not batch-invariant: never chosen automatically)",
     ),
+    "auto": QuantizeChoice(
+        ("onnx-int8-static", "onnx-int8-rows"),
+        ("openvino-int8-static", "openvino-bf16"),
+        calibrated=True,
+        help="every variant that may be the fastest verified one on this CPU: int8 (static and per-row) and, on "
+        "CPUs that run bf16 (avx512_bf16 / AMX), openvino-bf16; with --backend unset, OpenVINO's too when installed",
+    ),
     "int8-weights": QuantizeChoice((), ("openvino-int8-weights",), help="OpenVINO int8 weight compression"),
     "int4-weights": QuantizeChoice((), ("openvino-int4-weights",), help="OpenVINO int4 weight compression"),
 }
@@ -119,6 +126,18 @@ class ExportPlan:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", frozenset(v.name for v in self.variants))
+
+
+def resolve_backend(backend: str | None, quantize: str, device: str = "cpu") -> str:
+    """``--backend`` when given; unset, ``all`` for ``--quantize auto`` verified on the CPU where OpenVINO is
+    installed (its bf16 and int8 graphs are candidates there), else ``onnx``."""
+    if backend is not None:
+        return backend
+    if quantize == "auto" and device == "cpu":
+        import importlib.util
+
+        return "all" if importlib.util.find_spec("openvino") is not None else "onnx"
+    return "onnx"
 
 
 def check_options(options: ExportOptions) -> ExportOptions:
@@ -225,10 +244,12 @@ _OV_FILES = {
 }
 
 
-def _openvino_variants(o: ExportOptions) -> list[PlannedVariant]:
+def _openvino_variants(o: ExportOptions, bf16_here: bool) -> list[PlannedVariant]:
     fp32 = "openvino/openvino_model.xml"
     out = [PlannedVariant("openvino-fp32", "openvino-fp32", "openvino", "fp32", fp32, OV_DEVICES)]
     for kind in o.choice.openvino:
+        if kind == "openvino-bf16" and o.quantize == "auto" and not (bf16_here and o.device == "cpu"):
+            continue  # auto builds only what can run here: elsewhere OpenVINO would run this graph in fp32
         if kind == "openvino-bf16":
             out.append(
                 PlannedVariant(
@@ -270,5 +291,5 @@ def make_plan(options: ExportOptions, cpu_flags: set[str] | frozenset[str] = fro
     if options.onnx:
         variants += _onnx_variants(options)
     if options.openvino:
-        variants += _openvino_variants(options)
+        variants += _openvino_variants(options, bf16_here)
     return ExportPlan(options, tuple(variants), _default(variants, options), bf16_here)
