@@ -272,21 +272,21 @@ def test_quantize_auto_plans_what_may_win_on_this_cpu(monkeypatch):
 
 
 def test_export_notes_a_missing_bf16_variant_on_a_bf16_cpu(monkeypatch, tmp_path):
-    """`stedge export` names the command that adds openvino-bf16 when this CPU runs bf16 and the artifact lacks it."""
-    from types import SimpleNamespace
+    """`stedge export` (and `stedge tune`) name the command that adds openvino-bf16 when this CPU runs bf16 and the
+    artifact lacks it."""
+    import stedge_runtime.machine as machine
 
-    from stedge.export import cli, quantize
+    from stedge.export.plan import bf16_hint
 
-    result = SimpleNamespace(path=tmp_path / "a", rows=[{"variant": "onnx-fp32"}, {"variant": "onnx-int8-rows"}])
-    monkeypatch.setattr(quantize, "cpu_flags", lambda: {"amx_bf16", "avx512_bf16", "avx2"})
-    hint = cli.bf16_hint(result, "all-MiniLM-L6-v2")
+    path, variants = tmp_path / "a", ["onnx-fp32", "onnx-int8-rows"]
+    monkeypatch.setattr(machine, "cpu_flags", lambda: {"amx_bf16", "avx512_bf16", "avx2"})
+    hint = bf16_hint(path, variants, "all-MiniLM-L6-v2")
     assert "amx_bf16, avx512_bf16" in hint and "--quantize auto" in hint
-    assert f"stedge export all-MiniLM-L6-v2 -o {tmp_path / 'a'} --add --backend openvino --quantize bf16" in hint
-    assert cli.bf16_hint(result, "m", device="cuda") is None
-    with_bf16 = SimpleNamespace(path=result.path, rows=[*result.rows, {"variant": "openvino-bf16"}])
-    assert cli.bf16_hint(with_bf16, "m") is None
-    monkeypatch.setattr(quantize, "cpu_flags", lambda: {"avx2", "avx512_vnni"})
-    assert cli.bf16_hint(result, "m") is None
+    assert f"stedge export all-MiniLM-L6-v2 -o {path} --add --backend openvino --quantize bf16" in hint
+    assert bf16_hint(path, variants, "m", device="cuda") is None
+    assert bf16_hint(path, [*variants, "openvino-bf16"], "m") is None
+    monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx2", "avx512_vnni"})
+    assert bf16_hint(path, variants, "m") is None
 
 
 def test_add_to_an_artifact_written_before_tiers(artifact, model_dir, tmp_path):

@@ -58,6 +58,23 @@ def test_tune_cli_writes_the_profile_and_prints_the_choice(art):
     assert getattr(bad.exception, "exit_code", None) == 2 and "no variant(s) nope" in str(bad.exception)
 
 
+def test_tune_notes_a_missing_bf16_variant_on_a_bf16_cpu(art, monkeypatch):
+    """On a CPU that runs bf16, `stedge tune` on an artifact without openvino-bf16 names the export that adds it
+    (the artifact's source model in the command); elsewhere it says nothing of it."""
+    import stedge_runtime.machine as machine
+
+    flags = machine.cpu_flags()
+    monkeypatch.setattr(machine, "cpu_flags", lambda: flags | {"amx_bf16"})
+    res = _cli("tune", str(art), "--quick", "--dry-run")
+    assert res.exit_code == 0, res.output
+    source = json.loads((art / "stedge.json").read_text())["source"]["model"]
+    said = " ".join(res.stderr.split())
+    assert "has no openvino-bf16" in said and f"stedge export {source} -o {art} --add --backend openvino" in said
+    monkeypatch.setattr(machine, "cpu_flags", lambda: flags - {"amx_bf16", "avx512_bf16"})
+    quiet = _cli("tune", str(art), "--quick", "--dry-run")
+    assert quiet.exit_code == 0 and "openvino-bf16" not in quiet.stderr
+
+
 def test_full_tune_has_its_paired_final(art):
     """A full tune ends with the paired final. With one variant, its engine settings are what is paired: the
     settings the rounds gave it (spinning: the default, which no-spin rarely beats by 10 %) and the other setting,

@@ -70,22 +70,6 @@ def render_table(result) -> None:
             Console(stderr=True).print(f"[yellow]{r['variant']}: {r['note']}[/]")
 
 
-def bf16_hint(result, model: str, device: str = "cpu") -> str | None:
-    """A note when this CPU runs bf16 and the artifact has no openvino-bf16: on such CPUs it is often the fastest
-    verified variant (None otherwise)."""
-    from stedge.export.plan import BF16_FLAGS
-    from stedge.export.quantize import cpu_flags
-
-    have = sorted(set(BF16_FLAGS) & set(cpu_flags()))
-    if device != "cpu" or not have or any(r["variant"] == "openvino-bf16" for r in result.rows):
-        return None
-    return (
-        f"this CPU runs bf16 ({', '.join(have)}) and {result.path} has no openvino-bf16, often the fastest verified "
-        f"variant on such CPUs: add it with `stedge export {model} -o {result.path} --add --backend openvino "
-        "--quantize bf16 --tune` (or export with --quantize auto)"
-    )
-
-
 HELP = {
     "model": "Model folder or reference (a sentence-transformers model, a reranker, or a LoRA adapter folder).",
     "output": "Artifact folder (default: models/<model-name>-stedge).",
@@ -168,7 +152,9 @@ def register(app: typer.Typer) -> None:
         )
         if not as_json:
             render_table(result)
-            hint = bf16_hint(result, model, device)
+            from stedge.export.plan import bf16_hint
+
+            hint = bf16_hint(result.path, [r["variant"] for r in result.rows], model, device)
             if hint:
                 from rich.console import Console
 

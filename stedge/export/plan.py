@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from ..errors import StedgeError
 
@@ -126,6 +126,22 @@ class ExportPlan:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", frozenset(v.name for v in self.variants))
+
+
+def bf16_hint(path: str | os.PathLike, variants: Iterable[str], model: str, device: str = "cpu") -> str | None:
+    """A note for `stedge export` and `stedge tune` when this CPU runs bf16 and the artifact at ``path`` (with
+    ``variants``, exported from ``model``) has no openvino-bf16, often the fastest verified variant on such CPUs;
+    None otherwise."""
+    from stedge_runtime.machine import cpu_flags
+
+    have = sorted(set(BF16_FLAGS) & set(cpu_flags()))
+    if device != "cpu" or not have or "openvino-bf16" in set(variants):
+        return None
+    return (
+        f"this CPU runs bf16 ({', '.join(have)}) and {path} has no openvino-bf16, often the fastest verified variant "
+        f"on such CPUs: add it with `stedge export {model} -o {path} --add --backend openvino --quantize bf16 "
+        "--tune` (or export with --quantize auto)"
+    )
 
 
 def resolve_backend(backend: str | None, quantize: str, device: str = "cpu") -> str:

@@ -361,6 +361,13 @@ def tune_cmd(
     m = Manifest.read(artifact)
     render_profile(prof, {n: v.to_dict() for n, v in m.variants.items()}, choices)
     typer.echo(f"profile written to {file}" if file else "profile not written (--dry-run)")
+    from rich.console import Console
+
+    from stedge.export.plan import bf16_hint
+
+    hint = bf16_hint(artifact, m.variants, str(m.source.get("model") or "MODEL"))
+    if hint:
+        Console(stderr=True).print(f"[yellow]{hint}[/]", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
