@@ -285,6 +285,43 @@ def test_quantize_auto_builds_the_plan_for_this_cpu_and_the_runtime_picks_from_i
     assert near.selection.variant in plan.names and near.selection.source == "rule"
 
 
+def test_pack_adds_a_variant_for_cpus_without_bf16(tiny_model, tmp_path, monkeypatch):
+    """An artifact whose choice here is openvino-bf16 (this CPU made to look like AMX) packs, by default, also what
+    Encoder.load picks on an AVX2-class CPU, so the app runs there; --no-portable and --variant pack only what they
+    name. The packed artifact loads on both kinds of CPU."""
+    import stedge_runtime.machine as machine
+    from stedge_runtime import Encoder
+    from stedge_runtime.select import select_variant
+
+    from stedge.cli import app
+    from stedge.export import quantize
+    from stedge.export.pack import PORTABLE_FLAGS
+
+    amx = {"sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"}
+    for mod in (machine, quantize):
+        monkeypatch.setattr(mod, "cpu_flags", lambda: set(amx))
+    art = tmp_path / "art"
+    r = CliRunner().invoke(app, ["export", str(tiny_model), "-o", str(art), "--backend", "all", "--quantize", "auto"])
+    assert r.exit_code == 0, r.output
+    variants = json.loads((art / "stedge.json").read_text())["variants"]
+    plain_pick = select_variant(variants, "cpu", installed={"onnx", "openvino"}, tier="near", flags=set(PORTABLE_FLAGS))
+    plain_pick = plain_pick.variant
+    assert plain_pick != "openvino-bf16"
+    r = CliRunner().invoke(app, ["pack", str(art), "-o", str(tmp_path / "p"), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout[r.stdout.index("{") :])
+    assert res["variants"] == ["openvino-bf16", plain_pick], res
+    assert f"{plain_pick} added for CPUs without amx_bf16 or avx512_bf16" in res["notes"][0]
+    assert Encoder.load(tmp_path / "p", tier="near").selection.variant == "openvino-bf16"
+    for args, want in ((["--no-portable"], ["openvino-bf16"]), (["--variant", "openvino-bf16"], ["openvino-bf16"])):
+        r = CliRunner().invoke(app, ["pack", str(art), "-o", str(tmp_path / "q"), "--overwrite", "--json", *args])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout[r.stdout.index("{") :])["variants"] == want
+    monkeypatch.setattr(machine, "cpu_flags", lambda: set(PORTABLE_FLAGS))
+    elsewhere = Encoder.load(tmp_path / "p", tier="near")
+    assert elsewhere.selection.variant == plain_pick and elsewhere.encode(["a query"]).shape == (1, elsewhere.dimension)
+
+
 def test_path_traversal_external_data_is_refused(tmp_path):
     import onnx
     from onnx import TensorProto, helper

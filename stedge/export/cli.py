@@ -192,19 +192,36 @@ def _register_pack(app: typer.Typer) -> None:
             help="Without --variant: what Encoder.load picks for --tier within this many MB (its peak RSS in `stedge "
             "tune`'s memory probe here).",
         ),
+        portable: bool = typer.Option(
+            True,
+            "--portable/--no-portable",
+            help="Without --variant: when what this machine picks runs only on some CPUs (openvino-bf16 needs "
+            "avx512_bf16 or AMX), also pack what Encoder.load picks for --tier on a CPU without those flags, so the "
+            "app runs on any CPU.",
+        ),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder stedge wrote."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Copy an artifact without its torch weights, for apps that ship stedge_runtime: the tokenizer, the
         chosen variants' files (sha256-checked) and a stedge.json listing only them."""
+        from rich.console import Console
+
         from stedge.export.pack import pack_artifact
 
         res = pack_artifact(
-            artifact, output, variant or [], overwrite=overwrite, tier=tier, max_memory_mb=max_memory_mb
+            artifact,
+            output,
+            variant or [],
+            overwrite=overwrite,
+            tier=tier,
+            max_memory_mb=max_memory_mb,
+            portable=portable,
         )
         if as_json:
             typer.echo(json.dumps(res.to_dict(), indent=2))
             return
+        for note in res.notes:
+            Console(stderr=True).print(f"[yellow]{note}[/]", highlight=False)
         for rel, size in res.files.items():
             typer.echo(f"  {rel:48} {size / 1e6:8.2f} MB")
         typer.echo(

@@ -10,22 +10,28 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from ..errors import StedgeError
 from ..io import atomic_dir, check_output, sha256_file
 
+# The CPU a packed artifact must also run on when what this machine chose needs CPU flags (openvino-bf16): an
+# AVX2-class x86 CPU (stedge_runtime.machine.cpu_class "plain"), which every x86 CPU the engines support covers.
+PORTABLE_FLAGS = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"})
+
 
 @dataclass
 class PackResult:
-    """What pack wrote: the folder, its variants and default, and its files with their sizes."""
+    """What pack wrote: the folder, its variants and default, its files with their sizes, and notes on why a
+    variant was added (``portable_variant``)."""
 
     path: Path
     variants: list[str]
     default_variant: str
     files: dict[str, int]
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -34,6 +40,7 @@ class PackResult:
             "default_variant": self.default_variant,
             "files": self.files,
             "size_bytes": sum(self.files.values()),
+            "notes": self.notes,
         }
 
 
@@ -50,7 +57,38 @@ def default_pack_variants(root: Path, tier: str = "near", max_memory_mb: float |
         raise RuntimeStedgeError(f"{sel['error']}; name the variants to pack with --variant")
     for w in sel.get("warnings") or []:  # a budget nothing fits, or one not checked: as Encoder.load says it
         warnings.warn(f"{root}: {w}", RuntimeWarning, stacklevel=2)
-    return [n for n in (sel["variant"], sel.get("latency_variant")) if n]
+    return list(dict.fromkeys(n for n in (sel["variant"], sel.get("latency_variant")) if n))
+
+
+def portable_variant(root: Path, names: Sequence[str], tier: str = "near") -> tuple[str | None, str | None]:
+    """When a variant of ``names`` runs only on CPUs with certain flags (openvino-bf16), the variant
+    ``Encoder.load(root, tier=tier)`` picks on a CPU without them (an AVX2-class x86 CPU, PORTABLE_FLAGS, by the
+    rule: no profile is made there), so the packed artifact runs on any CPU. Returns (variant to add or None, a note
+    for the user or None); the note is a warning when no variant of the tier runs there."""
+    from stedge_runtime.artifact import Manifest
+    from stedge_runtime.engines import installed_backends
+    from stedge_runtime.errors import RuntimeStedgeError
+    from stedge_runtime.select import cpu_requirements, select_variant
+
+    m = Manifest.read(root)
+    need = sorted({f for n in names for f in cpu_requirements(m.variants[n])})
+    if not need:
+        return None, None
+    try:
+        sel = select_variant(
+            m.variants, "cpu", None, installed_backends(), root, tier=tier, flags=set(PORTABLE_FLAGS), use_profile=False
+        )
+    except RuntimeStedgeError:
+        return None, (
+            f"{', '.join(names)} run only on CPUs with one of {', '.join(need)}, and no tier-{tier} variant of {root} "
+            "runs on others: name one to add with --variant (or export one, e.g. --quantize int8 --add)"
+        )
+    if sel.variant in names:
+        return None, None
+    return sel.variant, (
+        f"{sel.variant} added for CPUs without {' or '.join(need)} (what Encoder.load picks at tier {tier} there); "
+        "--no-portable leaves it out"
+    )
 
 
 def pack_artifact(
@@ -60,16 +98,23 @@ def pack_artifact(
     overwrite: bool = False,
     tier: str = "near",
     max_memory_mb: float | None = None,
+    portable: bool = True,
 ) -> PackResult:
     """Copy ``variants`` of ``artifact`` (default: what ``Encoder.load`` picks for ``tier``, within
-    ``max_memory_mb`` when given, on this machine) with the tokenizer and a manifest listing only them into
-    ``output``. Every file is checked against the manifest's sha256 while copied."""
+    ``max_memory_mb`` when given, on this machine, and, when ``portable`` and that needs CPU flags such as bf16's,
+    what it picks on a CPU without them: ``portable_variant``) with the tokenizer and a manifest listing only them
+    into ``output``. Every file is checked against the manifest's sha256 while copied."""
     from stedge_runtime.artifact import Manifest, artifact_path, write_manifest
     from stedge_runtime.profile import list_profiles
 
     root = Path(artifact)
     m = Manifest.read(root)
     names = list(dict.fromkeys(variants)) or default_pack_variants(root, tier, max_memory_mb)
+    notes: list[str] = []
+    if portable and not variants:
+        extra, note = portable_variant(root, names, tier)
+        names += [extra] if extra else []
+        notes += [note] if note else []
     chosen = {n: m.variant(n, root / "stedge.json") for n in names}
     check_output(output, overwrite, protect=[root])
     files: dict[str, int] = {}
@@ -94,7 +139,7 @@ def pack_artifact(
             files[rel] = prof.stat().st_size
         default = m.default_variant if m.default_variant in chosen else names[0]
         write_manifest(tmp, m.with_variants(chosen, default))
-    return PackResult(Path(output).resolve(), names, default, files)
+    return PackResult(Path(output).resolve(), names, default, files, notes)
 
 
 def _copy(src: Path, dst: Path, digest: str | None = None, field: str = "") -> None:

@@ -200,6 +200,12 @@ def batch_invariance(v: Any) -> float | None:
     return float(val) if isinstance(val, (int, float)) else None
 
 
+def cpu_requirements(v: Any) -> tuple[str, ...]:
+    """The CPU flags a variant needs one of (its record's ``cpu_flags_any``, e.g. openvino-bf16's avx512_bf16 /
+    amx_bf16); empty when it runs on any CPU its engine runs on."""
+    return tuple(_get(v, "cpu_flags_any") or ())
+
+
 def variant_kind(name: str, v: Any) -> str:
     """What the rule ranks: bf16, int8-static, int8-rows (activations per row at run time), int8 (dynamic),
     int8-weights (weight-only), fp32, fp16 or int4."""
@@ -252,7 +258,7 @@ def _why_not(name: str, v: Any, family: str, installed: set[str], tier: str, fla
             "dynamic int8 scales activations per batch, so a text's vector depends on its batch-mates, "
             "and this export did not measure it (re-export with this stedge)"
         )
-    want_flags = _get(v, "cpu_flags_any")
+    want_flags = cpu_requirements(v)
     if family == "cpu" and want_flags and not set(want_flags) & flags:
         return f"needs a CPU with one of {', '.join(want_flags)}"
     if family == "cpu" and variant_kind(name, v) == "int8":
