@@ -170,6 +170,23 @@ def register(app: typer.Typer) -> None:
     _register_pack(app)
 
 
+def _print_pack(res, as_json: bool) -> None:
+    """`stedge pack`'s report: its JSON, or its notes (stderr), files and summary line."""
+    from rich.console import Console
+
+    if as_json:
+        typer.echo(json.dumps(res.to_dict(), indent=2))
+        return
+    for note in res.notes:
+        Console(stderr=True).print(f"[yellow]{note}[/]", highlight=False)
+    for rel, size in res.files.items():
+        typer.echo(f"  {rel:48} {size / 1e6:8.2f} MB")
+    typer.echo(
+        f"wrote {res.path}: {', '.join(res.variants)} (default {res.default_variant}), "
+        f"{sum(res.files.values()) / 1e6:.2f} MB"
+    )
+
+
 def _register_pack(app: typer.Typer) -> None:
     """Add `stedge pack` and `stedge calibrate` (artifact post-processing) to the app."""
 
@@ -204,8 +221,6 @@ def _register_pack(app: typer.Typer) -> None:
     ) -> None:
         """Copy an artifact without its torch weights, for apps that ship stedge_runtime: the tokenizer, the
         chosen variants' files (sha256-checked) and a stedge.json listing only them."""
-        from rich.console import Console
-
         from stedge.export.pack import pack_artifact
 
         res = pack_artifact(
@@ -217,17 +232,7 @@ def _register_pack(app: typer.Typer) -> None:
             max_memory_mb=max_memory_mb,
             portable=portable,
         )
-        if as_json:
-            typer.echo(json.dumps(res.to_dict(), indent=2))
-            return
-        for note in res.notes:
-            Console(stderr=True).print(f"[yellow]{note}[/]", highlight=False)
-        for rel, size in res.files.items():
-            typer.echo(f"  {rel:48} {size / 1e6:8.2f} MB")
-        typer.echo(
-            f"wrote {res.path}: {', '.join(res.variants)} (default {res.default_variant}), "
-            f"{sum(res.files.values()) / 1e6:.2f} MB"
-        )
+        _print_pack(res, as_json)
 
     @app.command("calibrate")
     def calibrate_cmd(
