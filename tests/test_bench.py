@@ -598,6 +598,24 @@ def test_results_that_fail_the_check_are_kept(smoke_results, tmp_path, monkeypat
     assert (tmp_path / "b" / "results.unchecked.json").exists()
 
 
+def test_a_suite_without_a_torch_subject_writes_no_speedup_plot(smoke_results, tmp_path):
+    """The speed-vs-accuracy plot's x axis is the stedge PyTorch fp32 subject: without one it is not drawn, an earlier
+    run's is not left beside these results, and write_all does not list it."""
+    import copy
+
+    from stedge.bench.report import write_all
+
+    results, _ = smoke_results
+    no_torch = copy.deepcopy(results)
+    no_torch["rows"] = [r for r in no_torch["rows"] if not r["reference"] and r["kind"] != "stedge-torch"]
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "speedup_vs_accuracy.png").write_bytes(b"an earlier run's plot")
+    files = write_all(no_torch, out)
+    assert "speedup_plot" not in files and not (out / "speedup_vs_accuracy.png").exists()
+    assert (out / "throughput_vs_batch.png").read_bytes()[:4] == b"\x89PNG" and (out / "results.json").is_file()
+
+
 def test_cli_unknown_suite_is_a_clear_error():
     from typer.testing import CliRunner
 

@@ -82,9 +82,8 @@ def bench(
         typer.echo(json.dumps(results, indent=2))
         return
     typer.echo(markdown_table(results))
-    typer.echo(
-        f"\nresults written to {target}/ (results.json, results.md, speedup_vs_accuracy.png, throughput_vs_batch.png)"
-    )
+    names = ("results.json", "results.md", "speedup_vs_accuracy.png", "throughput_vs_batch.png")
+    typer.echo(f"\nresults written to {target}/ ({', '.join(n for n in names if (Path(target) / n).is_file())})")
     failed = [r for r in results["rows"] if r["status"] == "error"]
     if failed:
         typer.secho(

@@ -492,16 +492,16 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- plots
-def plot_speedup_vs_accuracy(results: dict[str, Any], path: Path) -> None:
-    """Scatter: speedup vs stedge PyTorch fp32 (x) against STS-B Spearman (y), one point per subject."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 6))
+def plot_speedup_vs_accuracy(results: dict[str, Any], path: Path) -> bool:
+    """Scatter: speedup vs stedge PyTorch fp32 (x) against STS-B Spearman (y), one point per subject. Returns
+    whether it was drawn: a suite without a stedge PyTorch fp32 subject has no x axis for it."""
     ok = [r for r in results["rows"] if r["status"] == "ok"]
     # One x axis for every model: the first model's stedge PyTorch fp32 (so a student sits beside its teacher).
     base = next((r for r in ok if r["reference"]), None)
     if base is None:
-        plt.close(fig)
-        return
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 6))
     for r in ok:
         x = r["headline_sentences_per_s"] / base["headline_sentences_per_s"]
         color = "tab:gray" if r["peer"] else ("tab:red" if r["kind"] == "stedge-torch" else "tab:blue")
@@ -523,6 +523,7 @@ def plot_speedup_vs_accuracy(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True
 
 
 def plot_throughput_vs_batch(results: dict[str, Any], path: Path) -> None:
@@ -556,8 +557,9 @@ def _pyplot():
 
 
 def write_all(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """Validate, add the summary, then write results.json, results.md, speedup_vs_accuracy.png and
-    throughput_vs_batch.png (results that fail the check are kept as results.unchecked.json)."""
+    """Validate, add the summary, then write results.json, results.md, speedup_vs_accuracy.png (where the suite has
+    a stedge PyTorch fp32 subject; an earlier run's is removed otherwise) and throughput_vs_batch.png (results that
+    fail the check are kept as results.unchecked.json). Returns the files written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -575,7 +577,8 @@ def write_all(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     }
     write_text_atomic(files["json"], json.dumps(results, indent=2))
     write_text_atomic(files["markdown"], markdown(results))
-    plot_speedup_vs_accuracy(results, files["speedup_plot"])
+    if not plot_speedup_vs_accuracy(results, files["speedup_plot"]):
+        files.pop("speedup_plot").unlink(missing_ok=True)  # never beside results it was not drawn from
     plot_throughput_vs_batch(results, files["throughput_plot"])
     return files
 
