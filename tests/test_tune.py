@@ -59,8 +59,8 @@ def test_tune_cli_writes_the_profile_and_prints_the_choice(art):
 
 
 def test_tune_notes_a_missing_bf16_variant_on_a_bf16_cpu(art, monkeypatch):
-    """On a CPU that runs bf16, `stedge tune` on an artifact without openvino-bf16 names the export that adds it
-    (the artifact's source model in the command); elsewhere it says nothing of it."""
+    """On a CPU that runs bf16, `stedge tune` and `stedge info` on an artifact without openvino-bf16 name the export
+    that adds it (the artifact's source model in the command); elsewhere they say nothing of it."""
     import stedge_runtime.machine as machine
 
     flags = machine.cpu_flags()
@@ -70,9 +70,12 @@ def test_tune_notes_a_missing_bf16_variant_on_a_bf16_cpu(art, monkeypatch):
     source = json.loads((art / "stedge.json").read_text())["source"]["model"]
     said = " ".join(res.stderr.split())
     assert "has no openvino-bf16" in said and f"stedge export {source} -o {art} --add --backend openvino" in said
+    info = _cli("info", str(art))
+    assert info.exit_code == 0 and "note: this CPU runs bf16" in info.stderr and "--quantize auto" in info.stderr
     monkeypatch.setattr(machine, "cpu_flags", lambda: flags - {"amx_bf16", "avx512_bf16"})
-    quiet = _cli("tune", str(art), "--quick", "--dry-run")
-    assert quiet.exit_code == 0 and "openvino-bf16" not in quiet.stderr
+    for args in (("tune", str(art), "--quick", "--dry-run"), ("info", str(art))):
+        quiet = _cli(*args)
+        assert quiet.exit_code == 0 and "openvino-bf16" not in quiet.stderr, args
 
 
 def test_full_tune_has_its_paired_final(art):

@@ -293,9 +293,13 @@ def info(
                 f"  int8/uint8 output ranges: {cal.file} from {cal.texts or '?'} texts "
                 f"({cal.variant or 'PyTorch at export'})"
             )
+        from ..export.plan import bf16_hint
         from ..tune.cli import render_choice
 
         render_choice(choices)
+        hint = bf16_hint(model, manifest.variants, str(manifest.source.get("model") or "MODEL"))
+        if hint:
+            typer.echo(f"note: {hint}", err=True)
         return
     if max_memory_mb is not None:
         raise StedgeError(f"--max-memory-mb applies to exported artifacts only; '{model}' has no stedge.json")
