@@ -129,9 +129,9 @@ class ExportPlan:
 
 
 def bf16_hint(path: str | os.PathLike, variants: Iterable[str], model: str, device: str = "cpu") -> str | None:
-    """A note for `stedge export`, `stedge tune` and `stedge info` when this CPU runs bf16 and the artifact at ``path`` (with
-    ``variants``, exported from ``model``) has no openvino-bf16, often the fastest verified variant on such CPUs;
-    None otherwise."""
+    """A note for `stedge export`, `stedge tune` and `stedge info` when this CPU runs bf16 and the artifact at
+    ``path`` (with ``variants``, exported from ``model``) has no openvino-bf16, often the fastest verified variant on
+    such CPUs; None otherwise."""
     from stedge_runtime.machine import cpu_flags
 
     have = sorted(set(BF16_FLAGS) & set(cpu_flags()))
