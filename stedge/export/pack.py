@@ -12,7 +12,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..errors import StedgeError
 from ..io import atomic_dir, check_output, sha256_file
@@ -60,17 +60,16 @@ def default_pack_variants(root: Path, tier: str = "near", max_memory_mb: float |
     return list(dict.fromkeys(n for n in (sel["variant"], sel.get("latency_variant")) if n))
 
 
-def portable_variant(root: Path, names: Sequence[str], tier: str = "near") -> tuple[str | None, str | None]:
+def portable_variant(root: Path, m: Any, names: Sequence[str], tier: str = "near") -> tuple[str | None, str | None]:
     """When a variant of ``names`` runs only on CPUs with certain flags (openvino-bf16), the variant
     ``Encoder.load(root, tier=tier)`` picks on a CPU without them (an AVX2-class x86 CPU, PORTABLE_FLAGS, by the
-    rule: no profile is made there), so the packed artifact runs on any CPU. Returns (variant to add or None, a note
-    for the user or None); the note is a warning when no variant of the tier runs there."""
-    from stedge_runtime.artifact import Manifest
+    rule: no profile is made there), so the packed artifact runs on any CPU; ``m`` is the artifact's Manifest.
+    Returns (variant to add or None, a note for the user or None); the note is a warning when no variant of the
+    tier runs there."""
     from stedge_runtime.engines import installed_backends
     from stedge_runtime.errors import RuntimeStedgeError
     from stedge_runtime.select import cpu_requirements, select_variant
 
-    m = Manifest.read(root)
     need = sorted({f for n in names for f in cpu_requirements(m.variants[n])})
     if not need:
         return None, None
@@ -112,7 +111,7 @@ def pack_artifact(
     names = list(dict.fromkeys(variants)) or default_pack_variants(root, tier, max_memory_mb)
     notes: list[str] = []
     if portable and not variants:
-        extra, note = portable_variant(root, names, tier)
+        extra, note = portable_variant(root, m, names, tier)
         names += [extra] if extra else []
         notes += [note] if note else []
     chosen = {n: m.variant(n, root / "stedge.json") for n in names}
