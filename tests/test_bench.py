@@ -427,7 +427,7 @@ def smoke_results(tiny_model, shared_data, tmp_path_factory):
     out = root / "out"
     res = CliRunner().invoke(app, ["bench", str(suite), "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
-    printed = json.loads(res.stdout[res.stdout.index("{") :])
+    printed = json.loads(res.stdout)
     return printed, out
 
 
@@ -698,7 +698,7 @@ def test_wheel_has_only_stedge_and_bench_runs_outside_the_checkout(tiny_model, s
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout[proc.stdout.index("{") :])
+    results = json.loads(proc.stdout)
     assert all(r["status"] == "ok" for r in results["rows"]), results["rows"]
     from stedge_runtime.machine import cpu_slug
 
@@ -738,7 +738,7 @@ def test_peer_python_smoke_run_records_the_interpreter(tiny_model, shared_data, 
         app, ["bench", str(suite), "--out", str(tmp_path / "out"), "--json", "--peer-python", sys.executable]
     )
     assert res.exit_code == 0, res.output
-    results = json.loads(res.stdout[res.stdout.index("{") :])
+    results = json.loads(res.stdout)
     (row,) = results["rows"]
     assert row["status"] == "ok" and row["kind"] == "st", row
     assert row["python"] == os.path.abspath(sys.executable) and results["suite"]["peer_python"] == row["python"]

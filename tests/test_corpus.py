@@ -349,7 +349,7 @@ def test_cli_json_summary_and_errors(artifact, tmp_path):
         ],
     )
     assert r.exit_code == 0, r.output
-    s = json.loads(r.stdout[r.stdout.index("{") :])
+    s = json.loads(r.stdout)
     assert (s["rows"], s["shards"], s["engine"], s["variant"]) == (len(TEXTS), 3, "local", "onnx-fp32")
 
 

@@ -216,7 +216,23 @@ def test_cross_encoder_export(tiny_cross_encoder, tmp_path):
         e = m["variants"][v]
         got = graph_scores(ce, Runner(e["backend"], res.path / e["file"]), pairs)
         assert np.abs(got - ce.predict(pairs)).max() < 1e-5
-        assert e["verification"]["passed"]
+        assert e["verification"]["passed"] and e["verification"]["agreement"] == "score"
+    _old_reranker_verifications_are_noted(res.path)
+
+
+def _old_reranker_verifications_are_noted(art) -> None:
+    """`stedge info` on a reranker: its variants' lines say min_agr (score agreement); variants verified before
+    it (no `agreement` in their record: the cosine of the score vectors) get a note to export again."""
+    from stedge.cli import app
+
+    info = CliRunner().invoke(app, ["info", str(art)])
+    assert info.exit_code == 0 and "min_agr=" in info.stdout and "older stedge" not in info.stderr
+    mf = art / "stedge.json"
+    data = json.loads(mf.read_text())
+    del data["variants"]["onnx-fp32"]["verification"]["agreement"]
+    mf.write_text(json.dumps(data))
+    info = CliRunner().invoke(app, ["info", str(art)])
+    assert info.exit_code == 0 and "note: onnx-fp32: verified by an older stedge" in info.stderr
 
 
 def test_lora_adapter_is_merged_before_export(tiny_model, tmp_path):
@@ -275,7 +291,7 @@ def test_quantize_auto_builds_the_plan_for_this_cpu_and_the_runtime_picks_from_i
     out = tmp_path / "auto"
     r = CliRunner().invoke(app, ["export", str(tiny_model), "-o", str(out), "--quantize", "auto", "--json"])
     assert r.exit_code == 0, r.output
-    built = json.loads(r.stdout[r.stdout.index("{") :])["variants"]
+    built = json.loads(r.stdout)["variants"]
     backend = resolve_backend(None, "auto")
     assert backend == ("all" if importlib.util.find_spec("openvino") else "onnx")
     plan = make_plan(check_options(ExportOptions(backend=backend, quantize="auto")), cpu_flags())
@@ -309,14 +325,14 @@ def test_pack_adds_a_variant_for_cpus_without_bf16(tiny_model, tmp_path, monkeyp
     assert plain_pick != "openvino-bf16"
     r = CliRunner().invoke(app, ["pack", str(art), "-o", str(tmp_path / "p"), "--json"])
     assert r.exit_code == 0, r.output
-    res = json.loads(r.stdout[r.stdout.index("{") :])
+    res = json.loads(r.stdout)
     assert res["variants"] == ["openvino-bf16", plain_pick], res
     assert f"{plain_pick} added for CPUs without amx_bf16 or avx512_bf16" in res["notes"][0]
     assert Encoder.load(tmp_path / "p", tier="near").selection.variant == "openvino-bf16"
     for args, want in ((["--no-portable"], ["openvino-bf16"]), (["--variant", "openvino-bf16"], ["openvino-bf16"])):
         r = CliRunner().invoke(app, ["pack", str(art), "-o", str(tmp_path / "q"), "--overwrite", "--json", *args])
         assert r.exit_code == 0, r.output
-        assert json.loads(r.stdout[r.stdout.index("{") :])["variants"] == want
+        assert json.loads(r.stdout)["variants"] == want
     monkeypatch.setattr(machine, "cpu_flags", lambda: set(PORTABLE_FLAGS))
     elsewhere = Encoder.load(tmp_path / "p", tier="near")
     assert elsewhere.selection.variant == plain_pick and elsewhere.encode(["a query"]).shape == (1, elsewhere.dimension)

@@ -97,6 +97,81 @@ def test_min_cosine_covers_the_eval_set_texts():
     assert no_eval.verify(_OffOn("dogs ran"), "cpu", None).tier == "exact"  # the text is not checked without it
 
 
+class _FakeReranker:
+    """Sigmoid-like scores in 0.1-0.9 from each pair's text; ``off`` is added to the score of every pair whose
+    first text has an odd length, ``leak`` times the batch's longest pair to every score (a batch-dependent run)."""
+
+    def __init__(self, off: float = 0.0, leak: float = 0.0) -> None:
+        self.off, self.leak = off, leak
+
+    def predict(self, pairs, batch_size=32):
+        out = []
+        for i in range(0, len(pairs), batch_size):
+            batch = pairs[i : i + batch_size]
+            width = max(len(a) + len(b) for a, b in batch)
+            for a, b in batch:
+                s = 0.1 + 0.8 * ((sum(map(ord, a + b)) % 97) / 96)
+                out.append(s + self.off * (len(a) % 2) + self.leak * width)
+        return np.asarray(out, dtype=np.float32)
+
+
+def test_reranker_scores_are_judged_by_score_agreement():
+    """A reranker variant whose scores are off by 0.01 on a 0.1-0.9 scale: the raw cosine of the score vectors
+    (what verification used) stays above the exact tier's 0.9999 bar, the score agreement does not, and the tier
+    is near. Its batch invariance is measured the same way, and an eval set's pairs are checked too."""
+    from stedge_runtime.similarity import agreement, score_agreement
+
+    from stedge.data import PairScores
+    from stedge.export.verify import Reference, batch_invariance, default_texts, reranker_pairs
+
+    texts = default_texts()
+    ref = Reference(_FakeReranker(), "reranking", texts, None)
+    same = ref.verify(_FakeReranker(), "cpu", None, "fp32")
+    assert same.tier == "exact" and same.passed and same.agreement == "score" and same.min_cosine == 1.0
+    off = ref.verify(_FakeReranker(off=0.01), "cpu", None, "int8")
+    a, b = _FakeReranker(off=0.01).predict(ref.items), ref.outputs
+    assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.9999  # the old measure called it exact
+    assert off.min_cosine == pytest.approx(float(score_agreement(a, b).min())) and off.min_cosine < 0.9999
+    assert off.tier == "near" and off.passed
+    assert ref.verify(_FakeReranker(off=0.1), "cpu", None, "int8").tier == "compressed"
+    pairs = reranker_pairs(texts)
+    assert batch_invariance(_FakeReranker(), "reranking", pairs) == 1.0
+    assert batch_invariance(_FakeReranker(leak=1e-4), "reranking", pairs) < 0.999  # no tier takes it
+    assert list(agreement("reranking", ref.outputs, ref.outputs)) == [1.0] * len(pairs)
+    ev = PairScores(["a cat sits.", "two dogs run far", "rain"], ["a cat sat", "dogs ran", "sun today"], [4, 3, 0])
+    even = [t for t in texts if len(t) % 2 == 0][:2]
+    with_eval = Reference(_FakeReranker(), "reranking", even, ev)  # first texts of odd length: only in the eval set
+    assert not any(len(a) % 2 for a, _ in with_eval.items)
+    assert with_eval.verify(_FakeReranker(off=0.1), "cpu", None, "int8").tier != "exact"
+    no_eval = Reference(_FakeReranker(), "reranking", even, None)
+    assert no_eval.verify(_FakeReranker(off=0.1), "cpu", None).tier == "exact"  # those pairs are not checked
+
+
+def test_score_agreement_scale():
+    """score_agreement: 1 for equal scores, the cosine-like scale (1 - (d/spread)^2/2) otherwise, whatever the
+    scores' offset; constant columns agree only when equal; agreement() keeps cosine for embeddings."""
+    from stedge_runtime.similarity import agreement, score_agreement
+
+    r = np.linspace(0.0, 1.0, 101)
+    assert score_agreement(r, r).tolist() == [1.0] * 101
+    spread = r.std()
+    bumped = r.copy()
+    bumped[7] += 0.1 * spread  # one pair off by a tenth of the spread
+    got = score_agreement(r, bumped)
+    assert got[7] == pytest.approx(1 - 0.1**2 / 2, abs=2e-4) and (np.delete(got, 7) == 1.0).all()
+    assert score_agreement(r + 100, bumped + 100)[7] == pytest.approx(got[7])  # an offset changes nothing
+    assert score_agreement(np.ones(4), np.ones(4)).tolist() == [1.0] * 4
+    assert score_agreement(np.ones(3), np.array([1.0, 1.0, 2.0])).tolist() == [1.0, 1.0, -1.0]
+    two = np.stack([r, r[::-1]], 1)  # two label columns: the worst per pair
+    off = two.copy()
+    off[3, 1] += 0.5
+    assert score_agreement(two, off)[3] < 0 and score_agreement(two, off)[4] == 1.0
+    e = np.array([[1.0, 0.0], [0.0, 2.0]])
+    assert agreement("embedding", e, e * 3).tolist() == [1.0, 1.0]
+    with pytest.raises(Exception, match="equally shaped"):
+        score_agreement(r, r[:5])
+
+
 # ------------------------------------------------------------------ through the runtime
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):

@@ -476,7 +476,7 @@ def test_embed_corpus_stores_quantized_vectors(calibrated_artifact, tiny_model, 
         ],
     )
     assert res.exit_code == 0, res.output
-    summary = json.loads(res.output[res.output.index("{") :])
+    summary = json.loads(res.stdout)
     assert summary["precision"] == "binary" and summary["width"] * 8 == summary["dimension"]
     with pytest.raises(StedgeError, match="pass one of them"):
         embed_corpus(str(tiny_model), [src], tmp_path / "h", precision="binary", dtype="float16")

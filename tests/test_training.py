@@ -708,23 +708,23 @@ def test_cli_train_flags_and_eval(tiny_model, tmp_path):
         ],
     )
     assert r.exit_code == 0, (r.output, r.exception)
-    summary = json.loads(r.stdout[r.stdout.index("{") :])
+    summary = json.loads(r.stdout)
     assert summary["steps"] == 2 and "eval_sts_spearman_cosine" in summary["metrics_after"]
     assert set(summary["metrics_before"]) == set(summary["metrics_after"])
     assert not Path(f"{out}_checkpoints").exists() and (out / "README.md").exists()
     assert SentenceEncoder(str(out), device="cpu").prompts == {"sentence1": "q: "}
     r = CliRunner().invoke(app, ["eval", str(out), "--data", str(data), "--task", "sts", "--json"])
     assert r.exit_code == 0, (r.output, r.exception)
-    res = json.loads(r.stdout[r.stdout.index("{") :])
+    res = json.loads(r.stdout)
     assert res["backend"] == "stedge" and res["primary_metric"] in res["metrics"]
     trip = _write_triplets(tmp_path / "trip.tsv")
     r = CliRunner().invoke(app, ["eval", str(tiny_model), "--data", str(trip), "--task", "triplet", "--json"])
     assert r.exit_code == 0, (r.output, r.exception)
-    assert 0.0 <= json.loads(r.stdout[r.stdout.index("{") :])["metrics"][res_key(r)] <= 1.0
+    assert 0.0 <= json.loads(r.stdout)["metrics"][res_key(r)] <= 1.0
 
 
 def res_key(r) -> str:
-    res = json.loads(r.stdout[r.stdout.index("{") :])
+    res = json.loads(r.stdout)
     return res["primary_metric"]
 
 
@@ -790,7 +790,7 @@ def test_cli_lora_flags(tiny_model, tmp_path):
         app, base + ["--lora-r", "4", "--lora-alpha", "8", "--lora-targets", "query,key,value,dense", "-o", str(out)]
     )
     assert r.exit_code == 0, (r.output, r.exception)
-    summary = json.loads(r.stdout[r.stdout.index("{") :])
+    summary = json.loads(r.stdout)
     assert summary["adapter"] is True and summary["adapter_size_bytes"] > 0
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["r"] == 4 and cfg["lora_alpha"] == 8 and set(cfg["target_modules"]) == {"query", "key", "value", "dense"}
@@ -828,7 +828,7 @@ def test_cli_config_multi_dataset_lora(tiny_model, tmp_path):
     p.write_text(yaml.safe_dump(cfg))
     r = CliRunner().invoke(app, ["train", "--config", str(p), "--json"])
     assert r.exit_code == 0, (r.output, r.exception)
-    s = json.loads(r.stdout[r.stdout.index("{") :])
+    s = json.loads(r.stdout)
     assert (
         s["adapter"]
         and s["adapter_size_bytes"] > 0
@@ -934,7 +934,7 @@ def test_eval_artifact_runs_through_runtime(tiny_model, tmp_path):
     for name, m in (("torch", str(tiny_model)), ("runtime", str(art))):
         r = CliRunner().invoke(app, ["eval", m, "--data", str(data), "--task", "sts", "--json"])
         assert r.exit_code == 0, (r.output, r.exception)
-        res[name] = json.loads(r.stdout[r.stdout.index("{") :])
+        res[name] = json.loads(r.stdout)
     assert res["runtime"]["backend"] == "stedge_runtime" and res["torch"]["backend"] == "stedge"
     key = res["torch"]["primary_metric"]
     assert abs(res["runtime"]["metrics"][key] - res["torch"]["metrics"][key]) < 1e-3

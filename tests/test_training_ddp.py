@@ -51,7 +51,7 @@ def _torchrun(config: Path, *args: str) -> dict:
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
     assert r.stdout.count('"output"') == 1, "only the first process prints the summary"
-    return json.loads(r.stdout[r.stdout.index("{") :])
+    return json.loads(r.stdout)
 
 
 def _weights(folder: Path) -> dict:

@@ -42,7 +42,7 @@ def test_tune_cli_writes_the_profile_and_prints_the_choice(art):
     assert not (art / "tuning").exists()
     res = _cli("tune", str(art), "--quick", "--json", "-b", "4")
     assert res.exit_code == 0, res.output
-    out = json.loads(res.stdout[res.stdout.index("{") :])
+    out = json.loads(res.stdout)
     assert out["file"] == str(art / "tuning" / f"{machine_key()}.json")
     prof = read_profile(art, machine_key())
     assert prof == out["profile"] and prof["batch_sizes"] == [1, 4]
@@ -86,7 +86,7 @@ def test_full_tune_has_its_paired_final(art):
 
     res = _cli("tune", str(art), "--budget", "1", "-b", "4", "--paired-cycles", "2", "--dry-run", "--json")
     assert res.exit_code == 0, res.output
-    prof = json.loads(res.stdout[res.stdout.index("{") :])["profile"]
+    prof = json.loads(res.stdout)["profile"]
     final, runs = prof["paired"], prof["variants"]["onnx-fp32"]["runs"]
     settled = settled_run(runs)["settings"]  # the rounds' rule
     mine = next(bulk_score(r) for r in runs if r["settings"] == settled)
@@ -96,7 +96,7 @@ def test_full_tune_has_its_paired_final(art):
     text = _cli("tune", str(art), "--budget", "1", "-b", "4", "--paired-cycles", "2", "--dry-run")
     assert text.exit_code == 0 and "paired final: " in text.stdout and "onnx-fp32 (2t, " in text.stdout
     out = _cli("tune", str(art), "--budget", "1", "-b", "4", "--paired-cycles", "0", "--dry-run", "--json")
-    final = json.loads(out.stdout[out.stdout.index("{") :])["profile"]["paired"]
+    final = json.loads(out.stdout)["profile"]["paired"]
     assert final["cycles"] == 0 and {c["variant"] for c in final["contenders"].values()} == {"onnx-fp32"}
     bad = _cli("tune", str(art), "--paired-cycles", "-1")
     assert bad.exit_code == 2 and "--paired-cycles" in bad.output
@@ -110,7 +110,7 @@ def test_tune_measures_each_tiers_memory_in_a_fresh_process(art):
 
     res = _cli("tune", str(art), "--budget", "1", "-b", "4", "--paired-cycles", "0", "--json")
     assert res.exit_code == 0, res.output
-    mem = json.loads(res.stdout[res.stdout.index("{") :])["profile"]["memory"]
+    mem = json.loads(res.stdout)["profile"]["memory"]
     tiers = mem["tiers"]
     assert set(tiers) == {"exact", "near", "compressed"} and mem["created"]
     assert 30 < tiers["exact"]["peak_rss_mb"] < 4096  # numpy + tokenizers + onnxruntime alone are > 30 MB
@@ -132,10 +132,10 @@ def test_tune_measures_each_tiers_memory_in_a_fresh_process(art):
         tight = Encoder.load(art, max_memory_mb=1)
     assert tight.variant == "onnx-fp32" and tight.encode("still runs").shape == (32,)
     out = _cli("embed", str(art), "one text", "--max-memory-mb", "1", "--json")
-    assert out.exit_code == 0 and json.loads(out.stdout[out.stdout.index("{") :])["count"] == 1
+    assert out.exit_code == 0 and json.loads(out.stdout)["count"] == 1
     assert "running the lightest" in _cli("info", str(art), "--max-memory-mb", "1").stdout
     packed = _cli("pack", str(art), "-o", str(art.parent / "app"), "--max-memory-mb", "100000", "--json")
-    assert packed.exit_code == 0 and json.loads(packed.stdout[packed.stdout.index("{") :])["variants"] == ["onnx-fp32"]
+    assert packed.exit_code == 0 and json.loads(packed.stdout)["variants"] == ["onnx-fp32"]
     with pytest.warns(RuntimeWarning, match="fits max_memory_mb=1"):  # pack says what Encoder.load would say
         from stedge.export.pack import default_pack_variants
 
@@ -150,7 +150,7 @@ def test_tune_measures_each_tiers_memory_in_a_fresh_process(art):
     assert any("running the lightest" in w for w in run.info["warnings"])
     for flags in (["--no-memory"], ["--quick"]):
         out = _cli("tune", str(art), "--budget", "1", "-b", "4", "--paired-cycles", "0", "--json", *flags)
-        assert out.exit_code == 0 and "memory" not in json.loads(out.stdout[out.stdout.index("{") :])["profile"]
+        assert out.exit_code == 0 and "memory" not in json.loads(out.stdout)["profile"]
 
 
 def test_info_shows_the_choice_and_ignores_other_machines(art):
@@ -211,7 +211,7 @@ def test_export_tune_writes_the_profile(tiny_model, tmp_path):
 
     res = _cli("export", str(tiny_model), "-o", str(tmp_path / "a"), "--tune", "--json")
     assert res.exit_code == 0, res.output
-    out = json.loads(res.stdout[res.stdout.index("{") :])
+    out = json.loads(res.stdout)
     assert out["tuning"]["file"] == str(tmp_path / "a" / "tuning" / f"{machine_key()}.json")
     assert Path(out["tuning"]["file"]).is_file() and out["tuning"]["choices"]["exact"]["source"] == "profile"
 

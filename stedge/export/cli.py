@@ -30,14 +30,18 @@ def render_table(result) -> None:
     if not console.is_terminal:
         console = Console(width=130)
     t = Table(title=f"{result.path}  ({_auto_line(result.path)})")
+    cos = "cos"
+    if any(r.get("agreement") == "score" for r in result.rows):  # a reranker: scores, not vectors
+        cos = "agr"
+        t.caption = "agr: score agreement with PyTorch, 1 - (score difference / spread of the scores)^2 / 2 per pair"
     for col, just in (
         ("variant", "left"),
         ("size MB", "right"),
-        ("mean cos", "right"),
-        ("min cos", "right"),
+        (f"mean {cos}", "right"),
+        (f"min {cos}", "right"),
         ("Spearman", "right"),
         ("drop", "right"),
-        ("batch cos", "right"),
+        (f"batch {cos}", "right"),
         ("tier", "center"),
         ("passed", "center"),
     ):

@@ -330,6 +330,7 @@ def _rows(manifest: dict, new: frozenset[str]) -> list[dict]:
                 "tier": ver.get("tier"),
                 "batch_invariance_min_cos": ver.get("batch_invariance_min_cos"),
                 "passed": ver.get("passed") if ver else None,
+                "agreement": ver.get("agreement", "cosine") if ver else None,  # what the *cos* figures measure
                 "note": e.get("note"),
                 "new": name in new,
             }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -53,14 +54,17 @@ def isas_for(choice: str | None) -> list[str]:
 
 @contextlib.contextmanager
 def quiet():
-    """Silence the root-logger advice of onnxruntime.quantization and NNCF's INFO tables."""
+    """Silence the root-logger advice of onnxruntime.quantization and NNCF's INFO tables, and send what the
+    quantizers print (NNCF's progress bars: rich's default console writes to stdout) to stderr, where stedge's
+    own progress goes: stdout carries results alone (``--json``)."""
     root = logging.getLogger()
     loggers = [root, logging.getLogger("nncf")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     finally:
         for lg, lv in zip(loggers, levels):
             lg.setLevel(lv)

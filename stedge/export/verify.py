@@ -1,8 +1,9 @@
 """Verification through the runtime users run: each variant of the artifact being written is loaded with
 ``stedge_runtime`` (``Encoder`` / ``Reranker``, the variant named, sha256 checked), run on real texts with the
 artifact's own ``tokenizer.json``, padding and engine settings, and compared with the PyTorch fp32 model:
-mean/min cosine, max abs difference, Spearman on an STS eval set, batch invariance (a text alone vs inside a
-mixed batch of 32) and the precision tier the variant reaches (exact / near / compressed)."""
+mean/min cosine (for a reranker's scores, ``stedge_runtime.similarity.score_agreement`` on the same scale), max
+abs difference, Spearman on an STS eval set, batch invariance (a text alone vs inside a mixed batch of 32) and the
+precision tier the variant reaches (exact / near / compressed)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from stedge_runtime import select
+from stedge_runtime.similarity import agreement
 
-from ..data import PairScores, iter_batches, pairwise_cosine, spearman
+from ..data import PairScores, iter_batches, spearman
 from ..errors import CheckFailedError, StedgeError, require
 
 DEFAULT_MAX_DROP_SPEARMAN = 1.0  # points: the compressed tier's budget with an eval set and no --max-drop
@@ -67,6 +69,7 @@ class Verification:
     tier: str | None  # best tier reached: exact, near, compressed, or None
     passed: bool  # the tier reached is at least the one the precision promises (meets)
     runtime: str = "stedge_runtime"
+    agreement: str = "cosine"  # what the *_cos(ine) figures measure: "cosine", or "score" for a reranker's scores
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -181,8 +184,8 @@ def _run(obj, task: str, items: Sequence, batch_size: int) -> np.ndarray:
 
 def batch_invariance(obj, task: str, items: Sequence, batch: int = INVARIANCE_BATCH) -> float:
     """Min cosine between each item's output alone (batch 1) and inside a mixed batch of ``batch`` items
-    (the items in their order, wrapping around, so lengths and padding differ). Rerankers: the cosine of
-    the score vector alone vs in batches."""
+    (the items in their order, wrapping around, so lengths and padding differ). Rerankers: the score agreement
+    of each pair alone vs in a batch (``stedge_runtime.similarity.agreement``)."""
     items = list(items)
     n = len(items)
     alone = _run(obj, task, items, 1)
@@ -191,19 +194,20 @@ def batch_invariance(obj, task: str, items: Sequence, batch: int = INVARIANCE_BA
         idx = [(start + j) % n for j in range(batch)]
         got = _run(obj, task, [items[i] for i in idx], batch)
         inside[idx[: min(batch, n - start)]] = got[: min(batch, n - start)]
-    if task == "embedding":
-        return float(np.min(pairwise_cosine(alone, inside)))
-    a, b = alone.reshape(n, -1).T, inside.reshape(n, -1).T
-    return float(np.min(pairwise_cosine(a, b)))
+    return float(np.min(agreement(_agreement_task(task), alone, inside)))
+
+
+def _agreement_task(task: str) -> str:
+    return "embedding" if task == "embedding" else "reranking"
 
 
 class Reference:
     """PyTorch fp32 outputs for the verification texts (computed once, shared by all variants).
 
-    With an eval set, an embedding model's cosine check covers the eval set's texts too (both sides of every
-    pair): the variant embeds them for the Spearman anyway, and a tier's min cosine should hold on the
-    user's own data, not only on the built-in texts (MiniLM's OpenVINO static int8 on a Zen 4: 0.9957 on
-    the 128 verification texts, 0.9701 on the 2,758 STS-B test texts)."""
+    With an eval set, the agreement check covers the eval set too (both sides of every pair for an embedding
+    model, every pair's score for a reranker): the variant runs them for the Spearman anyway, and a tier's bar
+    should hold on the user's own data, not only on the built-in texts (MiniLM's OpenVINO static int8 on a
+    Zen 4: min cos 0.9957 on the 128 verification texts, 0.9701 on the 2,758 STS-B test texts)."""
 
     def __init__(
         self, model, task: str, texts: Sequence[str], eval_set: PairScores | None, batch_size: int = 32
@@ -216,7 +220,7 @@ class Reference:
         else:
             self.items = reranker_pairs(self.texts)
             self.outputs = np.asarray(model.predict(self.items, batch_size=batch_size), dtype=np.float32)
-        self.eval_outputs: tuple[np.ndarray, np.ndarray] | None = None  # (sentences1, sentences2) for embeddings
+        self.eval_outputs: tuple[np.ndarray, ...] | None = None  # embeddings: (sentences1, sentences2); scores
         self.spearman = None
         if eval_set is not None:
             self.spearman, self.eval_outputs = self._spearman(self._torch)
@@ -226,16 +230,14 @@ class Reference:
             return np.asarray(self.model.encode(list(items), batch_size=self.batch_size), dtype=np.float32)
         return np.asarray(self.model.predict(list(items), batch_size=self.batch_size))
 
-    def _spearman(self, run: Callable[[Sequence], np.ndarray]) -> tuple[float, tuple[np.ndarray, np.ndarray] | None]:
-        """(Spearman on the eval set, the embeddings of both sides for an embedding model else None)."""
+    def _spearman(self, run: Callable[[Sequence], np.ndarray]) -> tuple[float, tuple[np.ndarray, ...]]:
+        """(Spearman on the eval set, its outputs: the embeddings of both sides, or a reranker's scores)."""
         ev = self.eval_set
         if self.task == "embedding":
             a, b = run(ev.sentences1), run(ev.sentences2)
-            return spearman(pairwise_cosine(a, b), ev.scores), (a, b)
-        pred = np.asarray(run(list(zip(ev.sentences1, ev.sentences2))))
-        if pred.ndim == 2:
-            pred = pred[:, -1]
-        return spearman(pred, ev.scores), None
+            return spearman(agreement("embedding", a, b), ev.scores), (a, b)
+        pred = np.asarray(run(list(zip(ev.sentences1, ev.sentences2))), dtype=np.float32)
+        return spearman(pred[:, -1] if pred.ndim == 2 else pred, ev.scores), (pred,)
 
     def compare(
         self, root: str | os.PathLike, variant: str, device: str = "cpu", max_drop: float | None = None
@@ -256,22 +258,19 @@ class Reference:
     def verify(self, obj: Any, device: str, max_drop: float | None, precision: str | None = None) -> Verification:
         """Verify a loaded runtime ``Encoder`` / ``Reranker`` of ``precision`` (see ``compare``)."""
         got = _run(obj, self.task, self.items, self.batch_size)
-        if self.task == "embedding":
-            cos = pairwise_cosine(got, self.outputs)
-        else:  # a score vector per label column: one cosine per label over all pairs
-            g, ref = got.reshape(len(self.items), -1), self.outputs.reshape(len(self.items), -1)
-            cos = pairwise_cosine(g.T, ref.T)
+        task = _agreement_task(self.task)
         finite = bool(np.isfinite(got).all())
+        cos = agreement(task, got.reshape(self.outputs.shape), self.outputs) if finite else np.zeros(1)
         diff = float(np.abs(got.reshape(self.outputs.shape) - self.outputs).max()) if finite else float("inf")
         invariance = batch_invariance(obj, self.task, self.items) if finite else 0.0
         sp, n_eval = None, 0
         if self.eval_set is not None and finite:
             sp, mine = self._spearman(lambda items: _run(obj, self.task, items, self.batch_size))
-            if mine is not None and self.eval_outputs is not None:
+            if self.eval_outputs is not None:
                 finite = all(bool(np.isfinite(x).all()) for x in mine)
-                pairs = zip(mine, self.eval_outputs)
-                cos = np.concatenate([cos, *(pairwise_cosine(x, ref) for x, ref in pairs)])
-                n_eval = 2 * len(self.eval_set.scores)
+                if finite:
+                    cos = np.concatenate([cos, *(agreement(task, x, ref) for x, ref in zip(mine, self.eval_outputs))])
+                n_eval = len(mine) * len(self.eval_set.scores)
         mean_c = float(np.mean(cos)) if finite else 0.0
         min_c = float(np.min(cos)) if finite else 0.0
         if self.eval_set is not None:
@@ -297,6 +296,7 @@ class Reference:
             tier=tier,
             passed=meets(tier, precision),
             runtime=f"stedge_runtime/{type(obj).__name__}",
+            agreement="cosine" if task == "embedding" else "score",
         )
 
 

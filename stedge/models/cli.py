@@ -249,7 +249,8 @@ def rank(
 
 
 def _variant_lines(manifest: Any) -> None:
-    """One line per variant: file, size, min cosine, tier and batch invariance."""
+    """One line per variant: file, size, min cosine (a reranker's: min score agreement), tier and batch
+    invariance."""
     from stedge_runtime.select import batch_invariance, variant_tier
 
     def six(x: float | None) -> str:  # 6 decimals: the exact tier's bounds (0.9999, 0.99999) stay readable
@@ -259,9 +260,18 @@ def _variant_lines(manifest: Any) -> None:
     files = max((len(v.file) for v in manifest.variants.values()), default=0)
     for name, v in manifest.variants.items():
         min_cos = v.verification.min_cosine if v.verification else None
+        measure = "min_agr" if v.verification and v.verification.get("agreement") == "score" else "min_cos"
         typer.echo(
             f"  {name:{names}}  {v.file:{files}}  {(v.size_bytes or 0) / 1e6:6.1f} MB  "
-            f"min_cos={six(min_cos)}  tier={variant_tier(v) or 'none'}  alone-vs-batch={six(batch_invariance(v))}"
+            f"{measure}={six(min_cos)}  tier={variant_tier(v) or 'none'}  alone-vs-batch={six(batch_invariance(v))}"
+        )
+    old = [n for n, v in manifest.variants.items() if v.verification and v.verification.get("agreement") is None]
+    if manifest.task == "reranking" and old:
+        typer.echo(
+            f"note: {', '.join(old)}: verified by an older stedge, by the cosine of the score vectors, which "
+            "stays near 1 whenever scores share an offset: their tiers may be too high. Export again to verify "
+            "them by score agreement.",
+            err=True,
         )
 
 

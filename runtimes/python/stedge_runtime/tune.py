@@ -60,6 +60,7 @@ from .select import (
     static_twin_of,
     variant_tier,
 )
+from .similarity import agreement
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 ROUNDS = 2  # every case is measured this many times, in alternating order; the best round counts
@@ -116,16 +117,6 @@ def settings_grid(backend: str, threads: int | None = None, quick: bool = False)
             grid.append({"threads": t, "performance_hint": "LATENCY", "shape_cache": LEAN_SHAPES})
             grid.append({**grid[0], "static_batch1": LEAN_STATIC_BATCH1})
     return grid[:1] if quick else grid
-
-
-def _cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = np.atleast_2d(np.asarray(a, dtype=np.float64))
-    b = np.atleast_2d(np.asarray(b, dtype=np.float64))
-    if a.shape[0] == 1 or a.shape[1] == 1:  # reranker scores: one vector of scores
-        a, b = a.reshape(1, -1), b.reshape(1, -1)
-    num = (a * b).sum(1)
-    den = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-    return num / den
 
 
 class _Workloads:
@@ -348,8 +339,9 @@ def tune(
     if not quick:
         prof["batch_tokens"] = _tune_batch_tokens(cls, root, prof["variants"], work, rounds, progress)
     prof["workloads"] = work.summary(tok_count or (lambda items: 0.0))
-    prof["agreement"] = _agreement({n: next(iter(p.values())) for n, p in probes.items() if p})  # default settings
-    _accuracy_here(prof["variants"], probes, todo)
+    default = {n: next(iter(p.values())) for n, p in probes.items() if p}  # each variant's default settings
+    prof["agreement"] = _agreement(default, task)
+    _accuracy_here(prof["variants"], probes, todo, task)
     if not quick:  # after the accuracy here: a variant that left its tier on this machine is no contender there
         prof["paired"] = paired_final(cls, root, prof, work, batch_sizes, paired_cycles, progress)
     if progress:
@@ -580,7 +572,10 @@ def best_of(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _accuracy_here(
-    entries: dict[str, Any], probes: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], todo: dict
+    entries: dict[str, Any],
+    probes: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
+    todo: dict,
+    task: str = "embedding",
 ) -> None:
     """What this machine computes, per engine setting (each run's ``batch_invariance_min_cos`` and
     ``min_cos_to_exact``) and per variant (the worst over its settings, for the table): the min cosine of
@@ -588,7 +583,8 @@ def _accuracy_here(
     setting), over the probe texts alone and in the batch. Export verified the tier on the exporting
     machine's CPU; int8 kernels differ by ISA (an AVX2 CPU without VNNI rounds differently from an AVX-512
     VNNI one), and engine settings can pick other kernels, so the selection holds each setting to its
-    tier's bar again with what this machine computes (select.runs_for_tier)."""
+    tier's bar again with what this machine computes (select.runs_for_tier). A reranker's scores are compared by
+    ``similarity.agreement`` (score agreement), on the same scale."""
 
     def record(name: str, key: str, values: dict[str, float]) -> None:
         entries[name][key] = round(min(values.values()), 6)
@@ -598,7 +594,7 @@ def _accuracy_here(
 
     for name, by_setting in probes.items():
         if by_setting:
-            inv = {k: float(_cos_rows(a, b).min()) for k, (a, b) in by_setting.items()}
+            inv = {k: float(agreement(task, a, b).min()) for k, (a, b) in by_setting.items()}
             record(name, "batch_invariance_min_cos", inv)
     exact = [n for n in probes if probes[n] and variant_tier(todo[n]) == "exact" and todo[n].get("precision") == "fp32"]
     if not exact:
@@ -607,7 +603,9 @@ def _accuracy_here(
     first, (r1, rb) = next(iter(probes[ref].items()))
     for name, by_setting in probes.items():
         cos = {
-            k: 1.0 if (name, k) == (ref, first) else min(float(_cos_rows(a1, r1).min()), float(_cos_rows(ab, rb).min()))
+            k: 1.0
+            if (name, k) == (ref, first)
+            else min(float(agreement(task, a1, r1).min()), float(agreement(task, ab, rb).min()))
             for k, (a1, ab) in by_setting.items()
             if a1.shape == r1.shape and ab.shape == rb.shape
         }
@@ -616,8 +614,9 @@ def _accuracy_here(
             entries[name]["exact_reference"] = ref
 
 
-def _agreement(probes: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """Min cosine, over the probe texts, of one variant's vector alone vs another's in a batch (both ways)."""
+def _agreement(probes: dict[str, tuple[np.ndarray, np.ndarray]], task: str = "embedding") -> dict[str, float]:
+    """Min cosine (a reranker's: score agreement), over the probe texts, of one variant's output alone vs another's
+    in a batch (both ways)."""
     out = {}
     names = sorted(probes)
     for i, a in enumerate(names):
@@ -625,7 +624,7 @@ def _agreement(probes: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, fl
             (a1, ab), (b1, bb) = probes[a], probes[b]
             if a1.shape != b1.shape:
                 continue
-            out[f"{a}|{b}"] = round(float(min(_cos_rows(a1, bb).min(), _cos_rows(b1, ab).min())), 6)
+            out[f"{a}|{b}"] = round(float(min(agreement(task, a1, bb).min(), agreement(task, b1, ab).min())), 6)
     return out
 
 

@@ -1267,6 +1267,25 @@ def test_tune_holds_every_setting_to_the_tier(monkeypatch):
     assert entries["ov"]["min_cos_to_exact"] == 1.0
 
 
+def test_tune_judges_reranker_scores_by_score_agreement():
+    """A reranker's probes are score columns: tune compares them pair by pair against the spread of the scores
+    (similarity.score_agreement), so a variant off by 0.01 on 0.1-0.9 scores leaves the exact tier here, where
+    the raw cosine of the score vectors (what tune used) stayed above 0.9999."""
+    from stedge_runtime.tune import _accuracy_here, _agreement
+
+    scores = np.linspace(0.1, 0.9, 24).reshape(-1, 1)
+    off = scores + 0.01 * (np.arange(24) % 2).reshape(-1, 1)
+    flat = off.ravel() @ scores.ravel() / np.linalg.norm(off) / np.linalg.norm(scores)
+    assert flat > 0.9999
+    todo = {"onnx-fp32": {"precision": "fp32", "verification": {"tier": "exact"}}, "int8": {"precision": "int8"}}
+    entries = {"onnx-fp32": {"runs": [{"settings": {}}]}, "int8": {"runs": [{"settings": {}}]}}
+    probes = {"onnx-fp32": {"": (scores, scores)}, "int8": {"": (off, off)}}
+    _accuracy_here(entries, probes, todo, "reranking")
+    assert 0.999 < entries["int8"]["min_cos_to_exact"] < 0.9999 and entries["int8"]["batch_invariance_min_cos"] == 1
+    agree = _agreement({"onnx-fp32": (scores, scores), "int8": (off, off)}, "reranking")["int8|onnx-fp32"]
+    assert agree == entries["int8"]["min_cos_to_exact"]
+
+
 def test_each_tier_runs_a_variant_with_the_settings_that_meet_it(tmp_path):
     """A bf16 graph whose faster setting is 0.99998 batch-invariant leaves the exact tier (0.99999) with that
     setting only: exact runs it with the default setting, near with the faster one. A profile without
