@@ -156,7 +156,7 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
         *[f"short bs={b} /s" for b in bs],
         *[f"passage bs={b} /s" for b in bs],
         "alone vs batch",
-        "cos to exact here",
+        "score agr. to exact here" if prof.get("task") == "reranking" else "cos to exact here",
         "peak MB",
         "chosen",
     ):

@@ -1286,6 +1286,17 @@ def test_tune_judges_reranker_scores_by_score_agreement():
     assert agree == entries["int8"]["min_cos_to_exact"]
 
 
+def test_tune_probes_a_reranker_over_its_score_range():
+    """Score agreement measures differences against the spread of the probe's scores, so the probe pairs texts
+    with themselves too (high scores) as export's verification does: 16 pairs of unrelated texts scored 0.06-0.13
+    with an STS cross-encoder, and its bf16 variant then looked batch-dependent (0.998) on this machine."""
+    from stedge_runtime.tune import _Workloads
+
+    w = _Workloads("reranking", None, quick=False)
+    same = [a == b for a, b in w.probe]
+    assert any(same) and not all(same) and w.mixed[: len(w.probe)] == w.probe and len(w.mixed) == 32
+
+
 def test_each_tier_runs_a_variant_with_the_settings_that_meet_it(tmp_path):
     """A bf16 graph whose faster setting is 0.99998 batch-invariant leaves the exact tier (0.99999) with that
     setting only: exact runs it with the default setting, near with the faster one. A profile without
