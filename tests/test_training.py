@@ -938,3 +938,45 @@ def test_eval_artifact_runs_through_runtime(tiny_model, tmp_path):
     assert res["runtime"]["backend"] == "stedge_runtime" and res["torch"]["backend"] == "stedge"
     key = res["torch"]["primary_metric"]
     assert abs(res["runtime"]["metrics"][key] - res["torch"]["metrics"][key]) < 1e-3
+
+
+def test_eval_rerank_on_a_cross_encoder_and_its_artifact(tiny_cross_encoder, tmp_path):
+    """`stedge eval --task rerank`: JSON lines of {query, positive: [...], negative: [...]} (RerankingEvaluator's
+    samples; a list crashed the loader with an internal error) give the same metrics for the torch cross-encoder
+    and its artifact; the artifact's result names the variant that ran, which --variant / --tier choose; those
+    options are an error for a torch model, and a row that is not text names its row and column."""
+    from typer.testing import CliRunner
+
+    from stedge.cli import app
+    from stedge.export.core import export_model
+
+    art = tmp_path / "art"
+    export_model(str(tiny_cross_encoder), art, backend="all")
+    rows = [
+        {"query": "what is a cat", "positive": ["a cat is an animal"], "negative": ["sunny day", "the moon"]},
+        {"query": "what is rain", "positive": ["rain is water falling", "wet weather"], "negative": ["a cat"]},
+    ]
+    data = tmp_path / "rerank.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = ["--data", str(data), "--task", "rerank", "--json"]
+    res = {}
+    for name, args in (
+        ("torch", [str(tiny_cross_encoder)]),
+        ("near", [str(art)]),
+        ("ov", [str(art), "--variant", "openvino-fp32"]),
+    ):
+        r = CliRunner().invoke(app, ["eval", *args, *base])
+        assert r.exit_code == 0, (r.output, r.exception)
+        res[name] = json.loads(r.stdout)
+    key = res["torch"]["primary_metric"]
+    assert key == "rerank_ndcg@10" and "variant" not in res["torch"]
+    assert all(abs(res[n]["metrics"][key] - res["torch"]["metrics"][key]) < 1e-6 for n in ("near", "ov"))
+    assert res["ov"]["variant"] == "openvino-fp32" and res["ov"]["variant_tier"] == "exact"
+    assert res["near"]["variant"] in ("onnx-fp32", "openvino-fp32") and res["near"]["selection"]
+    r = CliRunner().invoke(app, ["eval", str(tiny_cross_encoder), *base, "--tier", "exact"])
+    assert isinstance(r.exception, StedgeError) and "artifacts only" in str(r.exception)
+    data.write_text(json.dumps({"query": "q", "positive": ["a"], "negative": [3]}) + "\n")
+    r = CliRunner().invoke(app, ["eval", str(art), *base])
+    assert isinstance(r.exception, StedgeError) and "row 1: negative must be a text or a list of texts" in str(
+        r.exception
+    )

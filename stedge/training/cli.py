@@ -16,6 +16,7 @@ from typing import Any, List, Optional
 import typer
 
 from ..errors import StedgeError
+from ..models.cli import MEMORY_HELP, TIER_HELP
 
 
 def parse_prompts(values: list[str] | None) -> Any:
@@ -193,26 +194,26 @@ def train(
 
 
 # --------------------------------------------------------------------------- eval
-def load_for_eval(model: str, task: str, device: str | None = None) -> Any:
+def load_for_eval(
+    model: str,
+    task: str,
+    device: str | None = None,
+    variant: str | None = None,
+    tier: str | None = None,
+    max_memory_mb: float | None = None,
+) -> Any:
     """A torch SentenceEncoder/CrossEncoder, or the runtime Encoder/Reranker for an artifact folder (has
-    stedge.json)."""
+    stedge.json): ``variant`` named, else the choice for ``tier`` within ``max_memory_mb``, as `stedge embed` and
+    `stedge rank` load it (those three are errors for a torch model)."""
     from stedge_runtime.artifact import Manifest
 
-    from ..models.cli import is_artifact_folder
+    from ..models.cli import _load, is_artifact_folder
 
     if is_artifact_folder(model):
-        from stedge_runtime import Encoder, Reranker
-
-        if Manifest.read(model).task == "reranking":
-            return Reranker.load(model, device=device or "cpu")
-        return Encoder.load(model, device=device or "cpu")
-    if task == "rerank" and _is_cross_encoder(model):
-        from ..models import CrossEncoder
-
-        return CrossEncoder(model, device=device)
-    from ..models import SentenceEncoder
-
-    return SentenceEncoder(model, device=device)
+        kind = "reranker" if Manifest.read(model).task == "reranking" else "encoder"
+    else:
+        kind = "reranker" if task == "rerank" and _is_cross_encoder(model) else "encoder"
+    return _load(kind, model, variant, device, tier, False, max_memory_mb)
 
 
 def _is_cross_encoder(model: str) -> bool:
@@ -256,9 +257,14 @@ def eval_cmd(
         help="ir with a quantized --precision: the top 10 come from rescoring the best "
         "M x 10 candidates with the float query (0: off).",
     ),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Artifact variant (see `stedge info ARTIFACT`)."),
+    tier: Optional[str] = typer.Option(None, "--tier", help=TIER_HELP),
+    max_memory_mb: Optional[float] = typer.Option(None, "--max-memory-mb", min=1.0, help=MEMORY_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
-    """Evaluate a model or an exported artifact exactly the same way (STS Spearman, triplet accuracy, IR, rerank)."""
+    """Evaluate a model or an exported artifact exactly the same way (STS Spearman, triplet accuracy, IR, rerank);
+    for an artifact, the variant `stedge embed` would run (--variant, --tier, --max-memory-mb choose it), named in
+    the result."""
     import time
 
     from .config import EVAL_TASKS, _stem, build_evaluator, check_limit
@@ -271,7 +277,7 @@ def eval_cmd(
     if precision == "float32" and not rescore_multiplier:
         ir = {}
     evaluator = build_evaluator(task, data, limit=limit, name=_stem(data), split=split, **ir)
-    m = load_for_eval(model, task, device)
+    m = load_for_eval(model, task, device, variant, tier, max_memory_mb)
     t0 = time.perf_counter()
     metrics = evaluator(m)
     elapsed = time.perf_counter() - t0
@@ -284,6 +290,9 @@ def eval_cmd(
         "metrics": {k: float(v) for k, v in metrics.items()},
         "seconds": round(elapsed, 2),
     }
+    sel = getattr(m, "selection", None)  # an artifact: which variant ran, and why
+    if sel is not None:
+        result.update(variant=sel.variant, variant_tier=sel.variant_tier, selection=sel.reason)
     if ir:
         result.update(_quantized_facts(evaluator, m))
     if as_json:
@@ -292,7 +301,8 @@ def eval_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"{task} on {data} ({result['backend']})")
+    ran = f"{result['backend']}: {sel.variant}, tier {sel.variant_tier or 'none'}" if sel else result["backend"]
+    t = Table(title=f"{task} on {data} ({ran})")
     t.add_column("metric")
     t.add_column("value", justify="right")
     for k, v in result["metrics"].items():

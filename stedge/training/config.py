@@ -326,20 +326,29 @@ def _pick(cols: list[str], *args: Any) -> list[str]:
 def rerank_samples(rows: list[dict], data: Any) -> list[dict]:
     """Group rerank rows into {query, positive: [...], negative: [...]} samples.
 
-    Accepted rows: (query, positive, negative) triplets, or (query, document, label) with label 1 = relevant.
+    Accepted rows: (query, positive, negative), where positive and negative hold a text or a list of texts (so one
+    JSON line per sample, as RerankingEvaluator takes them, works too), or (query, document, label) with label
+    1 = relevant.
     """
     cols = list(rows[0])
     q = next((c for c in ("query", "anchor", "question", "sentence1") if c in cols), None)
     if q is None:
         raise StedgeError(f"rerank data {data}: needs a query column (query/anchor/question), found {', '.join(cols)}")
+
+    def texts(i: int, col: str, many: bool) -> list[str]:
+        v = rows[i][col]
+        vals = v if many and isinstance(v, list) else [v]
+        if not all(isinstance(x, str) for x in vals):
+            what = "a text or a list of texts" if many else "a text"
+            raise StedgeError(f"rerank data {data}: row {i + 1}: {col} must be {what}, got {type(v).__name__}")
+        return vals
+
     samples: dict[str, dict] = {}
     if "positive" in cols and "negative" in cols:
-        for r in rows:
-            s = samples.setdefault(r[q], {"query": r[q], "positive": [], "negative": []})
-            if r["positive"] not in s["positive"]:
-                s["positive"].append(r["positive"])
-            if r["negative"] not in s["negative"]:
-                s["negative"].append(r["negative"])
+        for i, r in enumerate(rows):
+            s = samples.setdefault(texts(i, q, False)[0], {"query": r[q], "positive": [], "negative": []})
+            for col in ("positive", "negative"):
+                s[col].extend(t for t in dict.fromkeys(texts(i, col, True)) if t not in s[col])
     else:
         doc = next((c for c in ("document", "passage", "text", "sentence2", "positive") if c in cols), None)
         lab = next((c for c in ("label", "score") if c in cols), None)
@@ -353,8 +362,8 @@ def rerank_samples(rows: list[dict], data: Any) -> list[dict]:
                 rel = float(r[lab]) > 0
             except (TypeError, ValueError):
                 raise StedgeError(f"rerank data {data}: row {i + 1}: {lab} {r[lab]!r} is not a number") from None
-            s = samples.setdefault(r[q], {"query": r[q], "positive": [], "negative": []})
-            s["positive" if rel else "negative"].append(r[doc])
+            s = samples.setdefault(texts(i, q, False)[0], {"query": r[q], "positive": [], "negative": []})
+            s["positive" if rel else "negative"].append(texts(i, doc, False)[0])
     return [s for s in samples.values() if s["positive"]]
 
 
