@@ -980,3 +980,29 @@ def test_eval_rerank_on_a_cross_encoder_and_its_artifact(tiny_cross_encoder, tmp
     assert isinstance(r.exception, StedgeError) and "row 1: negative must be a text or a list of texts" in str(
         r.exception
     )
+
+
+def test_sentence_stages_refuse_a_cross_encoder(tiny_cross_encoder, tmp_path):
+    """A reranker folder (a *ForSequenceClassification model) loaded as a sentence encoder lost its head and was
+    mean-pooled: `stedge train --loss cosent`, `stedge pca` and `stedge embed` on it wrote or printed a useless
+    bi-encoder's output. Now it is an error (exit 2) that says how to load it, and nothing is written."""
+    from typer.testing import CliRunner
+
+    from stedge.cli import app
+    from stedge.errors import InvalidModelError
+    from stedge.models import CrossEncoder, SentenceEncoder
+
+    with pytest.raises(InvalidModelError, match="is a cross-encoder .* stedge.CrossEncoder"):
+        SentenceEncoder(str(tiny_cross_encoder), device="cpu")
+    assert CrossEncoder(str(tiny_cross_encoder), device="cpu").predict([("a", "b")]).shape == (1,)
+    data = _write_sts(tmp_path / "sts.tsv")
+    calls = {
+        "train": ["train", str(tiny_cross_encoder), "--train-data", str(data), "--loss", "cosent", "--max-steps", "1"],
+        "pca": ["pca", str(tiny_cross_encoder), "--dim", "4", "--data", str(data)],
+    }
+    for name, args in calls.items():
+        r = CliRunner().invoke(app, [*args, "-o", str(tmp_path / name)])
+        assert isinstance(r.exception, InvalidModelError) and "cross-encoder" in str(r.exception), (name, r.output)
+        assert not (tmp_path / name).exists()
+    r = CliRunner().invoke(app, ["embed", str(tiny_cross_encoder), "hello"])
+    assert isinstance(r.exception, InvalidModelError)

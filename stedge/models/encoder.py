@@ -125,6 +125,15 @@ class SentenceEncoder(AdapterMixin, nn.Sequential):
                     "the folder is damaged; restore modules.json or save the model again"
                 )
             if (path / "config.json").exists():
+                from ..hub import detect_task
+
+                if detect_task(path) == "reranking":  # its head would be dropped: a silent, useless bi-encoder
+                    raise InvalidModelError(
+                        f"{path} is a cross-encoder (reranker: a *ForSequenceClassification model), not a sentence "
+                        "encoder: load it with stedge.CrossEncoder (stedge rank, stedge export and stedge eval --task "
+                        "rerank take it); stedge train, distill and pca work on sentence encoders (fine-tune a "
+                        "reranker with stedge.training.CrossEncoderTrainer)"
+                    )
                 # A plain Hugging Face model: Transformer + mean pooling, as sentence-transformers does.
                 logger.warning("%s has no modules.json: using the transformer with mean pooling", path)
                 t = Transformer(path, trust_remote_code=trust_remote_code)
