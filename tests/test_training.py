@@ -985,7 +985,7 @@ def test_eval_rerank_on_a_cross_encoder_and_its_artifact(tiny_cross_encoder, tmp
 def test_sentence_stages_refuse_a_cross_encoder(tiny_cross_encoder, tmp_path):
     """A reranker folder (a *ForSequenceClassification model) loaded as a sentence encoder lost its head and was
     mean-pooled: `stedge train --loss cosent`, `stedge pca` and `stedge embed` on it wrote or printed a useless
-    bi-encoder's output. Now it is an error (exit 2) that says how to load it, and nothing is written."""
+    bi-encoder's output. Now it is an error (exit 2) that says what to do, and nothing is written."""
     from typer.testing import CliRunner
 
     from stedge.cli import app
@@ -1002,7 +1002,51 @@ def test_sentence_stages_refuse_a_cross_encoder(tiny_cross_encoder, tmp_path):
     }
     for name, args in calls.items():
         r = CliRunner().invoke(app, [*args, "-o", str(tmp_path / name)])
-        assert isinstance(r.exception, InvalidModelError) and "cross-encoder" in str(r.exception), (name, r.output)
+        assert isinstance(r.exception, StedgeError) and "cross-encoder" in str(r.exception), (name, r.output)
         assert not (tmp_path / name).exists()
     r = CliRunner().invoke(app, ["embed", str(tiny_cross_encoder), "hello"])
     assert isinstance(r.exception, InvalidModelError)
+
+
+def test_cli_trains_a_cross_encoder_with_bce(tiny_cross_encoder, tiny_model, tmp_path):
+    """`stedge train RERANKER --loss bce` fine-tunes the cross-encoder itself (query, document, label rows; rerank
+    evaluation before and after) and saves a cross-encoder; from a sentence encoder, bce makes a new reranker; the
+    bi-encoder options and losses, and labels outside [0, 1], are errors that say so, with nothing written."""
+    from typer.testing import CliRunner
+
+    from stedge.cli import app
+    from stedge.models import CrossEncoder
+
+    data = tmp_path / "pairs.tsv"
+    rows = [("what is a cat", "a cat is an animal", 1), ("what is a cat", "sunny day", 0)] * 4
+    rows += [("what is rain", "water falling from clouds", 1), ("what is rain", "the moon", 0)] * 4
+    data.write_text("query\tdocument\tlabel\n" + "".join(f"{q}\t{d}\t{lab}\n" for q, d, lab in rows))
+    before = CrossEncoder(str(tiny_cross_encoder), device="cpu")
+    out = tmp_path / "ce"
+    base = ["train", str(tiny_cross_encoder), "--train-data", str(data), "--max-steps", "3", "--device", "cpu"]
+    r = CliRunner().invoke(
+        app, [*base, "--loss", "bce", "--eval-data", str(data), "--lr", "1e-3", "-o", str(out), "--json"]
+    )
+    assert r.exit_code == 0, (r.output, r.exception)
+    summary = json.loads(r.stdout)
+    assert summary["losses"] == {"train": "BinaryCrossEntropyLoss"} and summary["steps"] == 3
+    assert any(k.endswith("ndcg@10") for k in summary["metrics_after"])
+    after = CrossEncoder(str(out), device="cpu")
+    pairs = [("what is a cat", "a cat is an animal")]
+    assert after.num_labels == 1 and abs(after.predict(pairs) - before.predict(pairs)).max() > 1e-6
+    assert "cross-encoder" in (out / "README.md").read_text()
+    r = CliRunner().invoke(app, ["train", str(tiny_model), *base[2:], "--loss", "bce", "-o", str(tmp_path / "new")])
+    assert r.exit_code == 0, (r.output, r.exception)  # a sentence encoder + bce: a new one-label reranker
+    assert CrossEncoder(str(tmp_path / "new"), device="cpu").num_labels == 1
+    bad = tmp_path / "scores.tsv"
+    bad.write_text("query\tdocument\tscore\nq\td\t3\nq\te\t0\n")
+    for extra, message in (
+        (["--loss", "cosent"], "trains with loss bce"),
+        (["--loss", "bce", "--lora-r", "4"], "LoRA"),
+        (["--loss", "bce", "--prompts", "q: "], "prompts"),
+        (["--loss", "bce", "--eval-data", str(data), "--eval-task", "sts"], "--eval-task rerank"),
+        (["--loss", "bce", "--train-data", str(bad)], "labels from 0 to 1"),
+    ):
+        r = CliRunner().invoke(app, [*base, *extra, "-o", str(tmp_path / "x")])
+        assert isinstance(r.exception, StedgeError) and message in str(r.exception), (extra, r.output)
+        assert not (tmp_path / "x").exists()

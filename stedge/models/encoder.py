@@ -131,8 +131,8 @@ class SentenceEncoder(AdapterMixin, nn.Sequential):
                     raise InvalidModelError(
                         f"{path} is a cross-encoder (reranker: a *ForSequenceClassification model), not a sentence "
                         "encoder: load it with stedge.CrossEncoder (stedge rank, stedge export and stedge eval --task "
-                        "rerank take it); stedge train, distill and pca work on sentence encoders (fine-tune a "
-                        "reranker with stedge.training.CrossEncoderTrainer)"
+                        "rerank take it, and stedge train MODEL --loss bce fine-tunes it); embed, similarity, "
+                        "embed-corpus, distill and pca work on sentence encoders"
                     )
                 # A plain Hugging Face model: Transformer + mean pooling, as sentence-transformers does.
                 logger.warning("%s has no modules.json: using the transformer with mean pooling", path)

@@ -87,7 +87,7 @@ def train(
         None, "--eval-steps", help="Evaluate every N steps (default: every epoch)."
     ),
     loss: Optional[str] = typer.Option(
-        None, "--loss", help="Loss name (mnrl, cosent, angle, cosine, softmax, triplet, ...)."
+        None, "--loss", help="Loss name (mnrl, cosent, angle, cosine, softmax, triplet, ...; bce for a cross-encoder)."
     ),
     columns: Optional[str] = typer.Option(
         None, "--columns", help="Comma-separated columns to use, inputs in order (+ label/score)."
@@ -124,7 +124,8 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Fine-tune a sentence encoder (full model or LoRA adapter); saves the sentence-transformers layout + model
+    """Fine-tune a sentence encoder (full model or LoRA adapter), or with --loss bce a cross-encoder (reranker; a new
+    one from a sentence encoder) on (query, document, label) rows; saves the sentence-transformers layout + model
     card."""
     from .config import check_limit, config_from_dict, load_config, run_training
 
@@ -212,14 +213,10 @@ def load_for_eval(
     if is_artifact_folder(model):
         kind = "reranker" if Manifest.read(model).task == "reranking" else "encoder"
     else:
-        kind = "reranker" if task == "rerank" and _is_cross_encoder(model) else "encoder"
+        from .config import is_cross_encoder
+
+        kind = "reranker" if task == "rerank" and is_cross_encoder(model) else "encoder"
     return _load(kind, model, variant, device, tier, False, max_memory_mb)
-
-
-def _is_cross_encoder(model: str) -> bool:
-    from ..hub import detect_task, resolve_model
-
-    return detect_task(resolve_model(model)) == "reranking"
 
 
 def _quantized_facts(evaluator: Any, model: Any) -> dict[str, Any]:

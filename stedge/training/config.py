@@ -206,9 +206,20 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
 
 
 # --------------------------------------------------------------------------- runs
+CROSS_ENCODER_LOSSES = ("bce", "binary-cross-entropy", "binarycrossentropyloss")
+
+
 def _loss_from_spec(spec: Any, model: Any) -> Any:
     from .losses import build_loss
 
+    if is_cross_encoder_model(model):
+        name = spec if isinstance(spec, str) else spec.get("name") if isinstance(spec, dict) else None
+        if not isinstance(name, str) or name.strip().lower().replace("_", "-") not in CROSS_ENCODER_LOSSES:
+            raise StedgeError(f"a cross-encoder (reranker) trains with loss bce (BinaryCrossEntropyLoss), got {spec!r}")
+        from .cross_encoder import BinaryCrossEntropyLoss
+
+        params = {k: v for k, v in spec.items() if k != "name"} if isinstance(spec, dict) else {}
+        return BinaryCrossEntropyLoss(model, **params)
     if isinstance(spec, str):
         return build_loss(spec, model)
     if isinstance(spec, dict) and "name" in spec:
@@ -379,10 +390,51 @@ def _limit(ds: Any, n: int | None) -> Any:
     return ds.select(range(min(n, len(ds)))) if n else ds
 
 
-def _load_model(cfg: TrainConfig, device: str | None) -> Any:
-    """The SentenceEncoder to train, with max_seq_length and a fresh LoRA adapter as the config says."""
-    from ..models import SentenceEncoder
+def is_cross_encoder(ref: str) -> bool:
+    """Whether a model reference is a cross-encoder (reranker) folder (stedge.hub.detect_task)."""
+    from ..hub import detect_task, resolve_model
 
+    return detect_task(resolve_model(ref)) == "reranking"
+
+
+def is_cross_encoder_model(model: Any) -> bool:
+    """Whether a loaded model is a stedge CrossEncoder."""
+    from ..models import CrossEncoder
+
+    return isinstance(model, CrossEncoder)
+
+
+def _bce(cfg: TrainConfig) -> bool:
+    """Whether the run's loss is the cross-encoder's (bce)."""
+    names = [d.loss if isinstance(d.loss, str) else (d.loss or {}).get("name") for d in cfg.datasets.values()]
+    return any(isinstance(n, str) and n.strip().lower().replace("_", "-") in CROSS_ENCODER_LOSSES for n in names)
+
+
+def _cross_encoder_config(cfg: TrainConfig) -> None:
+    """What a cross-encoder run cannot take (one dataset, no LoRA, no prompts; evaluation: rerank)."""
+    where = f"{cfg.model} trains as a cross-encoder (reranker)"
+    if cfg.multi:
+        raise StedgeError(f"{where}: it trains on one dataset (query, document, label), not {len(cfg.datasets)}")
+    if cfg.lora:
+        raise StedgeError(f"{where}: LoRA adapters are trained for sentence encoders; drop --lora-r / lora")
+    if merged_prompts(cfg):
+        raise StedgeError(f"{where}: prompts do not apply to a cross-encoder; drop --prompts")
+    if cfg.eval and cfg.eval.get("task") not in (None, "rerank"):
+        raise StedgeError(f"{where}: it is evaluated with --eval-task rerank, not {cfg.eval.get('task')}")
+    if cfg.eval:
+        cfg.eval["task"] = "rerank"
+
+
+def _load_model(cfg: TrainConfig, device: str | None) -> Any:
+    """The SentenceEncoder (or, for a reranker folder, CrossEncoder) to train, with max_seq_length and a fresh LoRA
+    adapter as the config says."""
+    from ..models import CrossEncoder, SentenceEncoder
+
+    reranker = is_cross_encoder(cfg.model)
+    if reranker or _bce(cfg):  # bce on a sentence encoder or plain model: a new reranker with a one-label head
+        _cross_encoder_config(cfg)
+        labels = None if reranker else 1
+        return CrossEncoder(cfg.model, num_labels=labels, device=device, max_length=cfg.max_seq_length or None)
     model = SentenceEncoder(cfg.model, device=device)
     if cfg.max_seq_length:
         model.max_seq_length = int(cfg.max_seq_length)
@@ -417,7 +469,22 @@ def _training_data(cfg: TrainConfig, model: Any) -> tuple[Any, Any, dict[str, An
     else:
         train_data, loss, cols = data["train"], losses["train"], columns["train"]
     train_data = prepare_dataset(train_data, loss, name="train data", columns=cols)
+    if is_cross_encoder_model(model):
+        _check_bce_labels(train_data)
     return train_data, loss, losses
+
+
+def _check_bce_labels(data: Any) -> None:
+    """Binary cross-entropy takes labels in [0, 1]: a 0-5 STS score column must be scaled first."""
+    col = next((c for c in ("label", "score") if c in data.column_names), None)
+    if col is None or not len(data):
+        return
+    lo, hi = min(data[col]), max(data[col])
+    if lo < 0 or hi > 1:
+        raise StedgeError(
+            f"train data: column '{col}' holds {lo:g} to {hi:g}; the bce loss needs labels from 0 to 1 "
+            "(1 = relevant): scale them (an STS score / 5)"
+        )
 
 
 def _training_args(cfg: TrainConfig, ckpt_dir: Path, with_eval: bool, device: str | None, quiet: bool) -> Any:
@@ -481,16 +548,15 @@ def run_training(
     ckpt_dir = Path(f"{out}_checkpoints")
     args = _training_args(cfg, ckpt_dir, evaluator is not None, device, bool(callbacks))
     data_desc = "; ".join(f"{k}: {source_name(s.data)}" for k, s in cfg.datasets.items())
-    trainer = SentenceEncoderTrainer(
-        model,
-        args,
-        train_dataset=train_data,
-        loss=loss,
-        evaluator=evaluator,
-        callbacks=callbacks,
-        base_model=cfg.model,
-        data_description=f"{data_desc} — {_describe(train_data)}",
-    )
+    kwargs = {"train_dataset": train_data, "loss": loss, "evaluator": evaluator, "callbacks": callbacks}
+    if is_cross_encoder_model(model):
+        from .cross_encoder import CrossEncoderTrainer
+
+        trainer = CrossEncoderTrainer(model, args, base_model=cfg.model, **kwargs)
+    else:
+        trainer = SentenceEncoderTrainer(
+            model, args, base_model=cfg.model, data_description=f"{data_desc} — {_describe(train_data)}", **kwargs
+        )
     if callbacks:  # our callbacks report progress: drop transformers' tqdm bar / stdout printer
         from .callbacks import report_progress_with_rich
 
@@ -522,10 +588,10 @@ def run_training(
         "losses": {k: type(v).__name__ for k, v in losses.items()},
         "metrics_before": before,
         "metrics_after": after,
-        "adapter": bool(model.has_adapters),
+        "adapter": bool(getattr(model, "has_adapters", False)),
         "size_bytes": dir_size(out),
     }
-    if model.has_adapters and (out / "adapter_model.safetensors").exists():
+    if getattr(model, "has_adapters", False) and (out / "adapter_model.safetensors").exists():
         summary["adapter_size_bytes"] = (out / "adapter_model.safetensors").stat().st_size
     return summary
 
