@@ -209,12 +209,17 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
 CROSS_ENCODER_LOSSES = ("bce", "binary-cross-entropy", "binarycrossentropyloss")
 
 
+def _is_bce(spec: Any) -> bool:
+    """Whether a loss spec (a name, or a mapping with one) names the cross-encoder's loss (bce)."""
+    name = spec.get("name") if isinstance(spec, dict) else spec
+    return isinstance(name, str) and name.strip().lower().replace("_", "-") in CROSS_ENCODER_LOSSES
+
+
 def _loss_from_spec(spec: Any, model: Any) -> Any:
     from .losses import build_loss
 
     if is_cross_encoder_model(model):
-        name = spec if isinstance(spec, str) else spec.get("name") if isinstance(spec, dict) else None
-        if not isinstance(name, str) or name.strip().lower().replace("_", "-") not in CROSS_ENCODER_LOSSES:
+        if not _is_bce(spec):
             raise StedgeError(f"a cross-encoder (reranker) trains with loss bce (BinaryCrossEntropyLoss), got {spec!r}")
         from .cross_encoder import BinaryCrossEntropyLoss
 
@@ -406,8 +411,7 @@ def is_cross_encoder_model(model: Any) -> bool:
 
 def _bce(cfg: TrainConfig) -> bool:
     """Whether the run's loss is the cross-encoder's (bce)."""
-    names = [d.loss if isinstance(d.loss, str) else (d.loss or {}).get("name") for d in cfg.datasets.values()]
-    return any(isinstance(n, str) and n.strip().lower().replace("_", "-") in CROSS_ENCODER_LOSSES for n in names)
+    return any(_is_bce(d.loss) for d in cfg.datasets.values())
 
 
 def _cross_encoder_config(cfg: TrainConfig) -> None:
