@@ -194,11 +194,7 @@ def batch_invariance(obj, task: str, items: Sequence, batch: int = INVARIANCE_BA
         idx = [(start + j) % n for j in range(batch)]
         got = _run(obj, task, [items[i] for i in idx], batch)
         inside[idx[: min(batch, n - start)]] = got[: min(batch, n - start)]
-    return float(np.min(agreement(_agreement_task(task), alone, inside)))
-
-
-def _agreement_task(task: str) -> str:
-    return "embedding" if task == "embedding" else "reranking"
+    return float(np.min(agreement(task, alone, inside)))
 
 
 class Reference:
@@ -257,11 +253,11 @@ class Reference:
 
     def verify(self, obj: Any, device: str, max_drop: float | None, precision: str | None = None) -> Verification:
         """Verify a loaded runtime ``Encoder`` / ``Reranker`` of ``precision`` (see ``compare``)."""
-        got = _run(obj, self.task, self.items, self.batch_size)
-        task = _agreement_task(self.task)
+        task = self.task  # "embedding" or "reranking", as similarity.agreement takes it
+        got = _run(obj, task, self.items, self.batch_size).reshape(self.outputs.shape)
         finite = bool(np.isfinite(got).all())
-        cos = agreement(task, got.reshape(self.outputs.shape), self.outputs) if finite else np.zeros(1)
-        diff = float(np.abs(got.reshape(self.outputs.shape) - self.outputs).max()) if finite else float("inf")
+        cos = agreement(task, got, self.outputs) if finite else np.zeros(1)
+        diff = float(np.abs(got - self.outputs).max()) if finite else float("inf")
         invariance = batch_invariance(obj, self.task, self.items) if finite else 0.0
         sp, n_eval = None, 0
         if self.eval_set is not None and finite:

@@ -258,14 +258,17 @@ def _variant_lines(manifest: Any) -> None:
 
     names = max((len(n) for n in manifest.variants), default=0)
     files = max((len(v.file) for v in manifest.variants.values()), default=0)
+    old = []  # reranker variants verified before score agreement (no `agreement` in their record)
     for name, v in manifest.variants.items():
-        min_cos = v.verification.min_cosine if v.verification else None
-        measure = "min_agr" if v.verification and v.verification.get("agreement") == "score" else "min_cos"
+        ver = v.verification
+        measure = ver.get("agreement") if ver else "cosine"
+        if measure is None:
+            old.append(name)
         typer.echo(
             f"  {name:{names}}  {v.file:{files}}  {(v.size_bytes or 0) / 1e6:6.1f} MB  "
-            f"{measure}={six(min_cos)}  tier={variant_tier(v) or 'none'}  alone-vs-batch={six(batch_invariance(v))}"
+            f"{'min_agr' if measure == 'score' else 'min_cos'}={six(ver.min_cosine if ver else None)}  "
+            f"tier={variant_tier(v) or 'none'}  alone-vs-batch={six(batch_invariance(v))}"
         )
-    old = [n for n, v in manifest.variants.items() if v.verification and v.verification.get("agreement") is None]
     if manifest.task == "reranking" and old:
         typer.echo(
             f"note: {', '.join(old)}: verified by an older stedge, by the cosine of the score vectors, which "
