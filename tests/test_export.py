@@ -201,6 +201,39 @@ def test_add_keeps_variants_and_refuses_other_models(tiny_artifact, tiny_model, 
         export_model(str(other), out, add=True)
 
 
+def test_add_keeps_the_ir_the_bf16_variant_shares(tiny_model, tmp_path):
+    """openvino-bf16 runs the fp32 IR's own files. An --add that took OpenVINO again converted that IR anew, and a
+    new conversion is not byte-identical (OpenVINO numbers node names per process): openvino-bf16's sha256 no
+    longer matched and the runtime refused to load it. Now the IR it shares stays and is verified again as fp32;
+    an artifact whose kept variant's files changed anyway is refused with nothing written."""
+    from stedge.errors import StedgeError
+    from stedge.export import export_model
+    from stedge.io import sha256_file
+
+    def stale(root):
+        variants = json.loads((root / "stedge.json").read_text())["variants"]
+        out = []
+        for name, v in variants.items():
+            d = {v["file"]: v["sha256"]} if isinstance(v["sha256"], str) else v["sha256"]
+            out += [name for rel, h in d.items() if sha256_file(root / rel) != h]
+        return out
+
+    art = tmp_path / "art"
+    export_model(str(tiny_model), art, backend="openvino", quantize="bf16", show_progress=False)
+    ir = art / "openvino" / "openvino_model.xml"
+    before = ir.read_bytes()
+    res = export_model(str(tiny_model), art, backend="all", quantize="int8", add=True, show_progress=False)
+    assert {"openvino-bf16", "openvino-fp32", "openvino-int8-static"} <= set(res.manifest["variants"])
+    assert ir.read_bytes() == before and stale(art) == []
+    ir.write_bytes(before.replace(b"opset1", b"opset1 ", 1))  # a kept variant's file changed after export
+    manifest = (art / "stedge.json").read_bytes()
+    with pytest.raises(StedgeError, match="openvino-bf16, openvino-fp32 no longer match their records"):
+        export_model(str(tiny_model), art, backend="onnx", optimize="O1", add=True, show_progress=False)
+    assert (art / "stedge.json").read_bytes() == manifest and not (art / "onnx" / "model_O1.onnx").exists()
+    export_model(str(tiny_model), art, backend="openvino", quantize="bf16", add=True, show_progress=False)
+    assert stale(art) == []  # naming them again rebuilds them
+
+
 def test_cross_encoder_export(tiny_cross_encoder, tmp_path):
     from stedge.export import export_model
     from stedge.export.verify import Runner, graph_scores

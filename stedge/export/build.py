@@ -271,11 +271,38 @@ def _ov_model(ctx: BuildContext):
 
 
 def build_openvino_fp32(ctx: BuildContext, pv: PlannedVariant) -> BuiltVariant:
-    """The fp32 graph as OpenVINO IR."""
+    """The fp32 graph as OpenVINO IR. With --add, an IR that another variant kept from the artifact runs (the
+    bf16 one shares it) stays as it is and is verified again as fp32: a new conversion is not byte-identical
+    (OpenVINO numbers its node names per process), so rewriting it would leave that variant's record false."""
     from . import openvino as ovx
 
-    ovx.save(_ov_model(ctx), _target(ctx, pv))
+    if not kept_variants_on(ctx, pv.file):
+        ovx.save(_ov_model(ctx), _target(ctx, pv))
     return finish(ctx, pv)
+
+
+def _digests(entry: dict) -> dict[str, str]:
+    """A variant record's files and their sha256 (one digest is the graph file's)."""
+    d = entry.get("sha256")
+    return {entry["file"]: d} if isinstance(d, str) else dict(d or {})
+
+
+def _intact(root: Path, entry: dict) -> bool:
+    return all((root / r).is_file() and sha256_file(root / r) == h for r, h in _digests(entry).items())
+
+
+def kept_variants_on(ctx: BuildContext, rel: str) -> list[str]:
+    """Variants kept from the artifact (not rebuilt by this export) whose intact files include ``rel``."""
+    planned = {v.name for v in ctx.plan.variants}
+    return [
+        name for name, e in ctx.entries.items() if name not in planned and rel in _digests(e) and _intact(ctx.root, e)
+    ]
+
+
+def stale_kept_variants(ctx: BuildContext) -> list[str]:
+    """Variants kept from the artifact (not rebuilt by this export) whose files differ from their records."""
+    planned = {v.name for v in ctx.plan.variants}
+    return [name for name, e in ctx.entries.items() if name not in planned and not _intact(ctx.root, e)]
 
 
 def build_openvino_bf16(ctx: BuildContext, pv: PlannedVariant) -> BuiltVariant:

@@ -92,7 +92,8 @@ HELP = {
     "eval": "STS pairs (sentence1, sentence2, score) for Spearman, e.g. stsb/test.tsv.gz.",
     "max_drop": "The compressed tier's budget: Spearman points with --eval (default 1.0), else 1 - mean cosine "
     "(default 0.05). Given, a variant losing more fails the export (exit 1, nothing written).",
-    "add": "Add the variants to an existing artifact of the same model (others are kept).",
+    "add": "Add the variants to an existing artifact of the same model (others are kept, with the files they were "
+    "verified on).",
 }
 
 

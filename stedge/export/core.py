@@ -226,8 +226,10 @@ def _export(
             mf.model_fields(torch_model, task),
             entries=dict((existing or {}).get("variants") or {}),
         )
+        _check_kept(ctx, out, "they were changed after their export")
         _prepare(ctx, cal_texts, eval_set, steps)
         build_all(ctx, steps.start)
+        _check_kept(ctx, out, "this export rewrote a file they share, which is a stedge bug: please report it")
         shutil.rmtree(ctx.work, ignore_errors=True)
         manifest = ctx.manifest(plan.default)
         user_texts = cal_texts if plan.options.calibration is not None else None  # not the built-in ones
@@ -235,6 +237,19 @@ def _export(
         mf.check_tokenizer(tmp, manifest)
         mf.write(tmp, manifest)
     return manifest
+
+
+def _check_kept(ctx, out: Path, why: str) -> None:
+    """--add keeps the artifact's other variants only while their files are the ones they were verified on."""
+    from .build import stale_kept_variants
+
+    stale = stale_kept_variants(ctx)
+    if stale:
+        raise StedgeError(
+            f"{out}: the files of {', '.join(stale)} no longer match their records in {MANIFEST}: {why}. --add "
+            f"cannot keep them, so nothing was written. Export them again in this call (add their --quantize "
+            f"choice) or start over with --overwrite"
+        )
 
 
 def _prepare(ctx, cal_texts: list[str] | None, eval_set, steps: _Steps) -> None:
