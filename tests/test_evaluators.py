@@ -125,6 +125,33 @@ def test_embedding_similarity_matches_sentence_transformers(ours, st_model, tmp_
     assert rows[0][:3] == ["epoch", "steps", "pearson_cosine"] and len(rows) == 3 and rows[2][:2] == ["2", "20"]
 
 
+def test_embedding_similarity_rates_a_cross_encoder_by_its_pair_scores(tiny_cross_encoder):
+    """A cross-encoder has no embeddings: the STS evaluator correlates its own pair scores with the gold ones, as
+    sentence-transformers' CrossEncoderCorrelationEvaluator does (same keys, same numbers), and says its primary
+    metric is `spearman`, before and after the call."""
+    from sentence_transformers.cross_encoder import CrossEncoder as STCrossEncoder
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderCorrelationEvaluator
+
+    from stedge.models import CrossEncoder
+
+    gold = [s / 5 for s in SCORES]
+    ev = EmbeddingSimilarityEvaluator(S1, S2, gold, name="sts-dev", batch_size=5)
+    ce = CrossEncoder(tiny_cross_encoder, device="cpu")
+    assert ev.primary_metric_for(ce) == "sts-dev_spearman"
+    res = ev(ce)
+    assert set(res) == {"sts-dev_pearson", "sts-dev_spearman"} and ev.primary_metric == "sts-dev_spearman"
+    st_ce = STCrossEncoder(str(tiny_cross_encoder), device="cpu")
+    ref = CrossEncoderCorrelationEvaluator(list(zip(S1, S2)), gold, name="sts-dev")(st_ce)
+    close(res, ref, ["sts-dev_pearson", "sts-dev_spearman"], tol=1e-5)
+
+    class TwoLabels:  # a cross-encoder with two labels per pair
+        def predict(self, pairs, batch_size=32):
+            return np.ones((len(pairs), 2))
+
+    with pytest.raises(StedgeError, match="one score per pair"):
+        ev(TwoLabels())
+
+
 def test_embedding_similarity_from_file_scales_scores(tmp_path, ours):
     path = tmp_path / "dev.tsv"
     with open(path, "w", newline="") as f:

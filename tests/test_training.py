@@ -982,6 +982,53 @@ def test_eval_rerank_on_a_cross_encoder_and_its_artifact(tiny_cross_encoder, tmp
     )
 
 
+def test_eval_sts_on_a_cross_encoder_and_its_artifact(tiny_cross_encoder, tmp_path):
+    """`stedge eval --task sts` on a cross-encoder correlates its pair scores with the gold ones (it was refused as a
+    sentence encoder); its artifact gives the same figures through the runtime; a task that needs embeddings is an
+    error naming the two that apply."""
+    from typer.testing import CliRunner
+
+    from stedge.cli import app
+    from stedge.export.core import export_model
+
+    art = tmp_path / "art"
+    export_model(str(tiny_cross_encoder), art, backend="onnx")
+    data = _write_sts(tmp_path / "sts.tsv")
+    res = {}
+    for name, m in (("torch", str(tiny_cross_encoder)), ("runtime", str(art))):
+        r = CliRunner().invoke(app, ["eval", m, "--data", str(data), "--task", "sts", "--json"])
+        assert r.exit_code == 0, (r.output, r.exception)
+        res[name] = json.loads(r.stdout)
+    assert res["torch"]["primary_metric"] == res["runtime"]["primary_metric"] == "sts_spearman"
+    assert set(res["torch"]["metrics"]) == {"sts_pearson", "sts_spearman"}
+    for key in res["torch"]["metrics"]:
+        assert abs(res["runtime"]["metrics"][key] - res["torch"]["metrics"][key]) < 1e-4, key
+    for m in (str(tiny_cross_encoder), str(art)):
+        r = CliRunner().invoke(app, ["eval", m, "--data", str(data), "--task", "triplet"])
+        assert isinstance(r.exception, StedgeError) and "use --task rerank (ranking) or --task sts" in str(r.exception)
+
+
+def test_cross_encoder_training_evaluates_sts_pairs_by_correlation(tiny_cross_encoder, tmp_path):
+    """`stedge train RERANKER --loss bce --eval-data STS` (sentence1, sentence2, score: no query column) evaluates the
+    correlation of the reranker's scores with the gold ones, as sentence-transformers' STS-B cross-encoder example
+    does, and keeps the best checkpoint by that Spearman; query/document/label eval rows still get a rerank
+    evaluation (test_cli_trains_a_cross_encoder_with_bce)."""
+    from typer.testing import CliRunner
+
+    from stedge.cli import app
+
+    data = tmp_path / "sts.tsv"
+    rows = zip(STS["sentence1"], STS["sentence2"], STS["score"])  # scores 0-1, as bce takes them
+    data.write_text("sentence1\tsentence2\tscore\n" + "".join(f"{a}\t{b}\t{c}\n" for a, b, c in rows))
+    out = tmp_path / "ce"
+    args = ["train", str(tiny_cross_encoder), "--train-data", str(data), "--loss", "bce", "--eval-data", str(data)]
+    r = CliRunner().invoke(app, [*args, "--max-steps", "2", "--device", "cpu", "-o", str(out), "--json"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    summary = json.loads(r.stdout)
+    assert {k.rsplit("_", 1)[-1] for k in summary["metrics_after"]} >= {"pearson", "spearman"}
+    assert not any("ndcg" in k for k in summary["metrics_after"])
+
+
 def test_sentence_stages_refuse_a_cross_encoder(tiny_cross_encoder, tmp_path):
     """A reranker folder (a *ForSequenceClassification model) loaded as a sentence encoder lost its head and was
     mean-pooled: `stedge train --loss cosent`, `stedge pca` and `stedge embed` on it wrote or printed a useless
@@ -1044,7 +1091,7 @@ def test_cli_trains_a_cross_encoder_with_bce(tiny_cross_encoder, tiny_model, tmp
         (["--loss", "cosent"], "trains with loss bce"),
         (["--loss", "bce", "--lora-r", "4"], "LoRA"),
         (["--loss", "bce", "--prompts", "q: "], "prompts"),
-        (["--loss", "bce", "--eval-data", str(data), "--eval-task", "sts"], "--eval-task rerank"),
+        (["--loss", "bce", "--eval-data", str(data), "--eval-task", "triplet"], "--eval-task rerank (ranking) or sts"),
         (["--loss", "bce", "--train-data", str(bad)], "labels from 0 to 1"),
     ):
         r = CliRunner().invoke(app, [*base, *extra, "-o", str(tmp_path / "x")])

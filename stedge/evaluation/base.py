@@ -127,6 +127,10 @@ class Evaluator:
         """The full key of the metric that ranks models (e.g. 'sts-dev_spearman_cosine')."""
         return self.prefix(self.primary)
 
+    def primary_metric_for(self, model: Any) -> str:
+        """The primary metric's full key when ``model`` is evaluated (the same for every model here)."""
+        return self.primary_metric
+
     @property
     def csv_file(self) -> str:
         return f"{self.csv_prefix}{'_' + self.name if self.name else ''}_results.csv"

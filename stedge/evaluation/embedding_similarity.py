@@ -22,12 +22,19 @@ def _name_from_path(path: str | os.PathLike) -> str:
     return f"{p.parent.name}-{stem}" if p.parent.name else stem
 
 
+def _scores_pairs(model: Any) -> bool:
+    """A cross-encoder: it scores pairs (``predict``) and has no embeddings (``encode``)."""
+    return hasattr(model, "predict") and not hasattr(model, "encode")
+
+
 class EmbeddingSimilarityEvaluator(Evaluator):
     """STS-style evaluation: for sentence pairs with gold scores, the correlation between the
     scores and the similarity of the embeddings, for cosine, euclidean, manhattan and dot.
 
     Metrics (prefixed with ``name``): ``pearson_<fn>`` and ``spearman_<fn>``; the primary one is
     ``spearman_<main_similarity>`` (cosine by default). Values are correlations in [-1, 1].
+    A cross-encoder (a model with ``predict`` and no ``encode``) is rated by its own pair scores instead:
+    ``pearson`` and ``spearman``, primary ``spearman``.
     """
 
     csv_prefix = "similarity_evaluation"
@@ -91,6 +98,9 @@ class EmbeddingSimilarityEvaluator(Evaluator):
     def compute_metrics(self, model: Any) -> dict[str, float]:
         from scipy.stats import pearsonr, spearmanr
 
+        if _scores_pairs(model):
+            return self._cross_encoder_metrics(model)
+        self.primary = f"spearman_{self.main_similarity}"
         emb = encode_unique(
             model,
             self.sentences1 + self.sentences2,
@@ -107,6 +117,26 @@ class EmbeddingSimilarityEvaluator(Evaluator):
             out[f"pearson_{fn}"] = float(pearsonr(self.scores, sims)[0])
             out[f"spearman_{fn}"] = float(spearmanr(self.scores, sims)[0])
         return out
+
+    def primary_metric_for(self, model: Any) -> str:
+        """The primary metric's full key for ``model``: ``spearman`` for a cross-encoder, else per similarity."""
+        return self.prefix("spearman" if _scores_pairs(model) else f"spearman_{self.main_similarity}")
+
+    def _cross_encoder_metrics(self, model: Any) -> dict[str, float]:
+        """A cross-encoder (``predict(pairs)``: stedge.CrossEncoder, stedge_runtime.Reranker) scores each pair
+        itself; its ``pearson`` and ``spearman`` with the gold scores, as sentence-transformers'
+        CrossEncoderCorrelationEvaluator reports them (primary: ``spearman``)."""
+        from scipy.stats import pearsonr, spearmanr
+
+        pairs = list(zip(self.sentences1, self.sentences2))
+        pred = np.asarray(model.predict(pairs, batch_size=self.batch_size), dtype=np.float64)
+        if pred.ndim != 1 or len(pred) != len(pairs):
+            raise StedgeError(
+                f"EmbeddingSimilarityEvaluator: the cross-encoder returned shape {pred.shape} for {len(pairs)} pairs; "
+                "STS correlation needs one score per pair (num_labels=1)"
+            )
+        self.primary = "spearman"
+        return {"pearson": float(pearsonr(self.scores, pred)[0]), "spearman": float(spearmanr(self.scores, pred)[0])}
 
     def get_config_dict(self) -> dict[str, Any]:
         return {

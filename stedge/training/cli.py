@@ -80,7 +80,9 @@ def train(
         None, "--eval-data", help="Evaluation data (run by an evaluator during training)."
     ),
     eval_task: Optional[str] = typer.Option(
-        None, "--eval-task", help="sts, triplet, ir or rerank (guessed from the columns)."
+        None,
+        "--eval-task",
+        help="sts, triplet, ir or rerank (guessed from the columns; a cross-encoder: rerank or sts).",
     ),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Use only the first N evaluation rows."),
     eval_steps: Optional[int] = typer.Option(
@@ -209,13 +211,17 @@ def load_for_eval(
     from stedge_runtime.artifact import Manifest
 
     from ..models.cli import _load, is_artifact_folder
+    from .config import CROSS_ENCODER_EVAL_TASKS, is_cross_encoder
 
     if is_artifact_folder(model):
         kind = "reranker" if Manifest.read(model).task == "reranking" else "encoder"
     else:
-        from .config import is_cross_encoder
-
-        kind = "reranker" if task == "rerank" and is_cross_encoder(model) else "encoder"
+        kind = "reranker" if is_cross_encoder(model) else "encoder"
+    if kind == "reranker" and task not in CROSS_ENCODER_EVAL_TASKS:
+        raise StedgeError(
+            f"{model} is a cross-encoder (reranker): it scores pairs and has no embeddings, so --task {task} does "
+            f"not apply; use --task rerank (ranking) or --task sts (correlation of its scores with the gold ones)"
+        )
     return _load(kind, model, variant, device, tier, False, max_memory_mb)
 
 
@@ -241,7 +247,7 @@ def eval_cmd(
     data: str = typer.Option(
         ..., "--data", help="Eval data: STS pairs, triplets, rerank rows, or a BEIR folder for ir."
     ),
-    task: str = typer.Option(..., "--task", help="sts, triplet, ir or rerank."),
+    task: str = typer.Option(..., "--task", help="sts, triplet, ir or rerank (a cross-encoder: rerank or sts)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N rows (queries for ir)."),
     split: Optional[str] = typer.Option(None, "--split", help="qrels split for ir (default test)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ..."),
@@ -259,9 +265,9 @@ def eval_cmd(
     max_memory_mb: Optional[float] = typer.Option(None, "--max-memory-mb", min=1.0, help=MEMORY_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
-    """Evaluate a model or an exported artifact exactly the same way (STS Spearman, triplet accuracy, IR, rerank);
-    for an artifact, the variant `stedge embed` would run (--variant, --tier, --max-memory-mb choose it), named in
-    the result."""
+    """Evaluate a model or an exported artifact exactly the same way (STS Spearman, triplet accuracy, IR, rerank;
+    a cross-encoder takes rerank, or sts: the correlation of its pair scores); for an artifact, the variant
+    `stedge embed` would run (--variant, --tier, --max-memory-mb choose it), named in the result."""
     import time
 
     from .config import EVAL_TASKS, _stem, build_evaluator, check_limit

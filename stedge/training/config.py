@@ -52,6 +52,8 @@ TOP_KEYS = (
 DATASET_KEYS = ("data", "loss", "columns", "prompts", "split", "limit")
 EVAL_KEYS = ("data", "task", "limit", "split", "name")
 EVAL_TASKS = ("sts", "triplet", "ir", "rerank")
+# A cross-encoder scores pairs: ranking (rerank) or the correlation of its scores with gold ones (sts).
+CROSS_ENCODER_EVAL_TASKS = ("rerank", "sts")
 
 
 @dataclass
@@ -415,7 +417,8 @@ def _bce(cfg: TrainConfig) -> bool:
 
 
 def _cross_encoder_config(cfg: TrainConfig) -> None:
-    """What a cross-encoder run cannot take (one dataset, no LoRA, no prompts; evaluation: rerank)."""
+    """What a cross-encoder run cannot take (one dataset, no LoRA, no prompts; evaluation: rerank or sts, by the
+    eval data's columns when --eval-task is not given)."""
     where = f"{cfg.model} trains as a cross-encoder (reranker)"
     if cfg.multi:
         raise StedgeError(f"{where}: it trains on one dataset (query, document, label), not {len(cfg.datasets)}")
@@ -423,10 +426,27 @@ def _cross_encoder_config(cfg: TrainConfig) -> None:
         raise StedgeError(f"{where}: LoRA adapters are trained for sentence encoders; drop --lora-r / lora")
     if merged_prompts(cfg):
         raise StedgeError(f"{where}: prompts do not apply to a cross-encoder; drop --prompts")
-    if cfg.eval and cfg.eval.get("task") not in (None, "rerank"):
-        raise StedgeError(f"{where}: it is evaluated with --eval-task rerank, not {cfg.eval.get('task')}")
-    if cfg.eval:
-        cfg.eval["task"] = "rerank"
+    if not cfg.eval:
+        return
+    task = cfg.eval.get("task")
+    if task is not None and task not in CROSS_ENCODER_EVAL_TASKS:
+        raise StedgeError(
+            f"{where}: it is evaluated with --eval-task rerank (ranking) or sts (score correlation), not {task}"
+        )
+    cfg.eval["task"] = task or _cross_encoder_eval_task(cfg.eval)
+
+
+def _cross_encoder_eval_task(ev: dict) -> str:
+    """rerank for ranking rows (a query column, or positive/negative), sts for scored pairs of two texts."""
+    from ..data import read_rows
+    from .data import split_columns
+
+    rows = read_rows(ev["data"], split=ev.get("split"))
+    cols = list(rows[0]) if rows else []
+    if {"query", "anchor", "question", "positive", "negative"} & set(cols):
+        return "rerank"
+    inputs, label = split_columns(cols)
+    return "sts" if label is not None and len(inputs) == 2 else "rerank"
 
 
 def _load_model(cfg: TrainConfig, device: str | None) -> Any:

@@ -86,7 +86,8 @@ class CrossEncoderTrainer(SentenceEncoderTrainer):
             and args.load_best_model_at_end
             and args.metric_for_best_model in (None, "loss", "eval_loss")
         ):
-            args.metric_for_best_model = f"eval_{evaluator.primary_metric}"
+            for_model = getattr(evaluator, "primary_metric_for", None)  # stedge's: the key for this model
+            args.metric_for_best_model = f"eval_{for_model(model) if for_model else evaluator.primary_metric}"
             args.greater_is_better = True
         placeholder = evaluator is not None and eval_dataset is None
         Trainer.__init__(
