@@ -60,6 +60,11 @@ def encode(
     return out
 
 
+def scores_pairs(model: Any) -> bool:
+    """A cross-encoder: it scores (text, text) pairs itself (``predict``) and has no embeddings (``encode``)."""
+    return hasattr(model, "predict") and not hasattr(model, "encode")
+
+
 def encode_unique(model: Any, texts: Sequence[str], batch_size: int = 32, **kw: Any) -> np.ndarray:
     """Embeddings for ``texts`` encoding each distinct text once (rows in input order)."""
     unique = list(dict.fromkeys(texts))

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import StedgeError
-from .base import Evaluator, encode_unique, pairwise_scores
+from .base import Evaluator, encode_unique, pairwise_scores, scores_pairs
 
 ALL_SIMILARITIES = ("cosine", "euclidean", "manhattan", "dot")
 
@@ -20,11 +20,6 @@ def _name_from_path(path: str | os.PathLike) -> str:
     p = Path(str(path))
     stem = p.name.split(".")[0]
     return f"{p.parent.name}-{stem}" if p.parent.name else stem
-
-
-def _scores_pairs(model: Any) -> bool:
-    """A cross-encoder: it scores pairs (``predict``) and has no embeddings (``encode``)."""
-    return hasattr(model, "predict") and not hasattr(model, "encode")
 
 
 class EmbeddingSimilarityEvaluator(Evaluator):
@@ -96,10 +91,10 @@ class EmbeddingSimilarityEvaluator(Evaluator):
         return cls(pairs.sentences1, pairs.sentences2, scores.tolist(), name=name, **kwargs)
 
     def compute_metrics(self, model: Any) -> dict[str, float]:
+        if scores_pairs(model):
+            return self._cross_encoder_metrics(model)
         from scipy.stats import pearsonr, spearmanr
 
-        if _scores_pairs(model):
-            return self._cross_encoder_metrics(model)
         self.primary = f"spearman_{self.main_similarity}"
         emb = encode_unique(
             model,
@@ -120,7 +115,7 @@ class EmbeddingSimilarityEvaluator(Evaluator):
 
     def primary_metric_for(self, model: Any) -> str:
         """The primary metric's full key for ``model``: ``spearman`` for a cross-encoder, else per similarity."""
-        return self.prefix("spearman" if _scores_pairs(model) else f"spearman_{self.main_similarity}")
+        return self.prefix("spearman" if scores_pairs(model) else f"spearman_{self.main_similarity}")
 
     def _cross_encoder_metrics(self, model: Any) -> dict[str, float]:
         """A cross-encoder (``predict(pairs)``: stedge.CrossEncoder, stedge_runtime.Reranker) scores each pair

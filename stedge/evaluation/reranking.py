@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import StedgeError
-from .base import Evaluator, all_pairs_scores, encode, similarity_fn_names_for
+from .base import Evaluator, all_pairs_scores, encode, scores_pairs, similarity_fn_names_for
 from .binary_classification import average_precision
 
 
@@ -76,7 +76,7 @@ class RerankingEvaluator(Evaluator):
 
     def _scores(self, model: Any) -> list[np.ndarray]:
         docs = [s["positive"] + s["negative"] for s in self.samples]
-        if hasattr(model, "predict"):
+        if scores_pairs(model):
             pairs = [(s["query"], d) for s, ds in zip(self.samples, docs) for d in ds]
             flat = np.asarray(model.predict(pairs, batch_size=self.batch_size), dtype=np.float64)
             if flat.ndim != 1:

@@ -291,18 +291,20 @@ def _intact(root: Path, entry: dict) -> bool:
     return all((root / r).is_file() and sha256_file(root / r) == h for r, h in _digests(entry).items())
 
 
-def kept_variants_on(ctx: BuildContext, rel: str) -> list[str]:
-    """Variants kept from the artifact (not rebuilt by this export) whose intact files include ``rel``."""
+def _kept(ctx: BuildContext) -> dict[str, dict]:
+    """The records of variants kept from the artifact: those this export does not rebuild."""
     planned = {v.name for v in ctx.plan.variants}
-    return [
-        name for name, e in ctx.entries.items() if name not in planned and rel in _digests(e) and _intact(ctx.root, e)
-    ]
+    return {name: e for name, e in ctx.entries.items() if name not in planned}
+
+
+def kept_variants_on(ctx: BuildContext, rel: str) -> list[str]:
+    """Kept variants whose files include ``rel`` (export checked before building that their files are intact)."""
+    return [name for name, e in _kept(ctx).items() if rel in _digests(e)]
 
 
 def stale_kept_variants(ctx: BuildContext) -> list[str]:
-    """Variants kept from the artifact (not rebuilt by this export) whose files differ from their records."""
-    planned = {v.name for v in ctx.plan.variants}
-    return [name for name, e in ctx.entries.items() if name not in planned and not _intact(ctx.root, e)]
+    """Kept variants whose files differ from their records."""
+    return [name for name, e in _kept(ctx).items() if not _intact(ctx.root, e)]
 
 
 def build_openvino_bf16(ctx: BuildContext, pv: PlannedVariant) -> BuiltVariant:

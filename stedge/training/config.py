@@ -276,17 +276,19 @@ def build_evaluator(
     limit: int | None = None,
     name: str = "eval",
     split: str | None = None,
+    cross_encoder: bool = False,
     **ir_options: Any,
 ):
     """An evaluator for a task over a data source (STS pairs, triplets, a BEIR folder, or rerank rows).
 
+    ``cross_encoder``: the task, when not given, is rerank or sts (from the columns), as a cross-encoder takes.
     ``ir_options`` (precision, rescore_multiplier, ranges) go to the InformationRetrievalEvaluator.
     """
     from ..data import read_rows, resolve_data_path
 
     check_limit(limit, "limit")
 
-    if task == "ir" or (task is None and resolve_data_path(data).is_dir()):
+    if task == "ir" or (task is None and not cross_encoder and resolve_data_path(data).is_dir()):
         from ..evaluation import InformationRetrievalEvaluator, load_beir
 
         queries, corpus, qrels = load_beir(resolve_data_path(data), split=split or "test")
@@ -303,7 +305,7 @@ def build_evaluator(
     if limit:
         rows = rows[:limit]
     cols = list(rows[0])
-    task = task or detect_eval_task(cols)
+    task = task or (_cross_encoder_eval_task(cols) if cross_encoder else detect_eval_task(cols))
     from .data import split_columns
 
     inputs, label = split_columns(cols)
@@ -426,23 +428,17 @@ def _cross_encoder_config(cfg: TrainConfig) -> None:
         raise StedgeError(f"{where}: LoRA adapters are trained for sentence encoders; drop --lora-r / lora")
     if merged_prompts(cfg):
         raise StedgeError(f"{where}: prompts do not apply to a cross-encoder; drop --prompts")
-    if not cfg.eval:
-        return
-    task = cfg.eval.get("task")
+    task = (cfg.eval or {}).get("task")
     if task is not None and task not in CROSS_ENCODER_EVAL_TASKS:
         raise StedgeError(
             f"{where}: it is evaluated with --eval-task rerank (ranking) or sts (score correlation), not {task}"
         )
-    cfg.eval["task"] = task or _cross_encoder_eval_task(cfg.eval)
 
 
-def _cross_encoder_eval_task(ev: dict) -> str:
+def _cross_encoder_eval_task(cols: list[str]) -> str:
     """rerank for ranking rows (a query column, or positive/negative), sts for scored pairs of two texts."""
-    from ..data import read_rows
     from .data import split_columns
 
-    rows = read_rows(ev["data"], split=ev.get("split"))
-    cols = list(rows[0]) if rows else []
     if {"query", "anchor", "question", "positive", "negative"} & set(cols):
         return "rerank"
     inputs, label = split_columns(cols)
@@ -568,6 +564,7 @@ def run_training(
             limit=cfg.eval.get("limit"),
             name=cfg.eval.get("name") or _stem(cfg.eval["data"]),
             split=cfg.eval.get("split"),
+            cross_encoder=is_cross_encoder_model(model),
         )
     ckpt_dir = Path(f"{out}_checkpoints")
     args = _training_args(cfg, ckpt_dir, evaluator is not None, device, bool(callbacks))
