@@ -283,6 +283,44 @@ def test_bench_tunes_only_when_the_profile_is_missing_stale_or_quick(art, monkey
     assert len(calls) == 2  # ... but is enough for a quick one
 
 
+def test_bench_says_what_a_tune_stopped_in_its_memory_probe_left(art, monkeypatch):
+    """`stedge tune` writes its timings, then probes memory: stopped there (the harness's timeout), the auto
+    subjects still use the timings, and the harness says so; stopped before them, they fall back to the rule."""
+    import subprocess
+
+    from stedge_runtime.machine import machine_key
+    from stedge_runtime.profile import write_profile
+    from stedge_runtime.tune import tunable_variants
+
+    from stedge.bench import runner
+
+    todo, _ = tunable_variants(art)
+    timings = {
+        "format_version": 1,
+        "machine": {"key": machine_key()},
+        "created": "2026-12-05T18:56:24+00:00",
+        "variants": {n: {"status": "ok", "sha256": v["sha256"], "runs": []} for n, v in todo.items()},
+    }
+
+    def stopped_in_memory_probe(cmd, **kw):
+        write_profile(art, timings)
+        raise subprocess.TimeoutExpired(cmd, kw["timeout"])
+
+    logs: list[str] = []
+    suite = runner.Suite(name="t", file="t.toml", models=[])
+    monkeypatch.setattr(subprocess, "run", stopped_in_memory_probe)
+    runner.ensure_profile(art, suite, 2, {}, logs.append)
+    assert f"timed out after {runner.TUNE_TIMEOUT_S} s" in logs[-1] and "the auto subjects use them" in logs[-1]
+    (art / "tuning" / f"{machine_key()}.json").unlink()
+
+    def stopped_before(cmd, **kw):
+        raise subprocess.TimeoutExpired(cmd, kw["timeout"])
+
+    monkeypatch.setattr(subprocess, "run", stopped_before)
+    runner.ensure_profile(art, suite, 2, {}, logs.append)
+    assert "fall back to the selection rule" in logs[-1]
+
+
 def test_the_table_labels_every_engine_setting():
     """Each setting the tune times has a readable label; the budget-only one says so; an unknown one shows as k=v."""
     from stedge.tune.cli import _settings

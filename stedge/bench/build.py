@@ -81,11 +81,23 @@ def _manifest(path: Path):
         return None
 
 
+def stale_calibration(manifest, source: str | None) -> list[str]:
+    """The variants of ``manifest`` calibrated on other texts than ``source`` ("builtin": the built-in ones), or on a
+    file's first rows (artifacts from before calibration texts were spread over the file)."""
+    from stedge.export.calibration import calibrated_on
+
+    return [
+        name
+        for name, v in manifest.variants.items()
+        if (v.quantization or {}).get("calibration") and not calibrated_on(v.quantization["calibration"], source)
+    ]
+
+
 def build_variants(
     model_path: Path,
     artifact: Path,
     variants: list[str],
-    calibration: tuple[str, int] | None = None,
+    calibration: tuple[str | None, int] | None = None,
     device: str = "cpu",
     log: Callable[[str], None] = print,
     eval_data: tuple[str, int | None] | None = None,
@@ -94,7 +106,11 @@ def build_variants(
 
     ``eval_data`` (STS pairs, limit): every variant is verified on them too (Spearman and min cosine over their
     texts), so the tiers the auto subjects choose by are the ones users get from ``stedge export --eval``; an
-    artifact verified without an eval set is exported again."""
+    artifact verified without an eval set is exported again.
+
+    ``calibration`` (source, at most this many texts; source "builtin": the export's built-in texts) calibrates the
+    int8-static and int8-rows variants; an artifact whose calibrated variants name other texts is exported
+    again. Without it, what the artifact has is kept (new exports of int8-static need it)."""
     from stedge.export import export_model
     from stedge.export.core import source_sha256
 
@@ -105,6 +121,10 @@ def build_variants(
     fresh = m is None or m.source.get("sha256") != source_sha256(model_path)
     if not fresh and eval_data is not None:
         fresh = any(v.verification is None or v.verification.spearman is None for v in m.variants.values())
+    stale = [] if fresh or calibration is None else stale_calibration(m, calibration[0])
+    if stale:
+        log(f"{artifact}: {', '.join(stale)} calibrated on other texts than the suite's; exporting again")
+        fresh = True
     have = set() if fresh else set(m.variants)
     missing = [v for v in wanted if v not in have]
     if not missing:

@@ -85,9 +85,10 @@ HELP = {
     "(OpenVINO weight compression); auto (every variant that may be the fastest verified one on this CPU: int8 "
     "static and per-row, and bf16 where the CPU runs it; add --tune to time them).",
     "isa": "int8-dynamic targets: auto (this CPU), all, or avx2, avx512, avx512_vnni, arm64 (comma-separated).",
-    "calibration": "Calibration texts (a text file, CSV/TSV/JSONL, or a datasets name) for int8 / int8-static / "
-    "int8-rows and, "
-    "for embedding models, the int8/uint8 output ranges saved with the artifact.",
+    "calibration": "Calibration texts (a text file, CSV/TSV/JSONL, or a datasets name; at most --calibration-size, "
+    "spread over it) for int8 / int8-static / int8-rows and, for embedding models, the int8/uint8 output ranges "
+    "saved with the artifact. 'builtin' names the built-in texts (varied genres and lengths; --quantize int8 and "
+    "auto use them without --calibration).",
     "calibration_method": "minmax, entropy or percentile (ONNX static int8).",
     "eval": "STS pairs (sentence1, sentence2, score) for Spearman, e.g. stsb/test.tsv.gz.",
     "max_drop": "The compressed tier's budget: Spearman points with --eval (default 1.0), else 1 - mean cosine "
@@ -118,7 +119,7 @@ def register(app: typer.Typer) -> None:
         ),
         calibration_method: str = typer.Option("minmax", "--calibration-method", help=HELP["calibration_method"]),
         calibration_size: int = typer.Option(
-            300, "--calibration-size", help="Use at most this many calibration texts."
+            300, "--calibration-size", help="Use at most this many calibration texts, spread evenly over the file."
         ),
         eval_data: Optional[str] = typer.Option(None, "--eval", help=HELP["eval"]),
         max_drop: Optional[float] = typer.Option(None, "--max-drop", help=HELP["max_drop"]),

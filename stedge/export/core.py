@@ -184,7 +184,7 @@ def _inputs(options) -> tuple[list[str] | None, Any]:
             builtin_texts()
             if options.calibration is None
             else calibration_texts(options.calibration, options.calibration_column, limit=options.calibration_size)
-        )
+        )  # "builtin" as --calibration names the built-in texts
     elif options.calibration is not None:
         from .calibration import embedding_texts
 
@@ -268,16 +268,12 @@ def _prepare(ctx, cal_texts: list[str] | None, eval_set, steps: _Steps) -> None:
         texts = texts + [t for t in eval_set.sentences1[:64] if t.strip()]
     ctx.reference = Reference(ctx.model, ctx.task, texts, eval_set)
     if cal_texts is not None and ctx.plan.options.choice.calibrated:
-        from .calibration import calibration_batches
+        from .calibration import calibration_batches, calibration_label
 
         steps.start("Tokenizing calibration texts")
         ctx.batches = calibration_batches(ctx.model, ctx.task, cal_texts)
         o = ctx.options
-        ctx.calibration_source = (
-            f"built-in ({len(cal_texts)} texts)"
-            if o.calibration is None
-            else f"{o.calibration} ({len(cal_texts)} texts)"
-        )
+        ctx.calibration_source = calibration_label(o.calibration, len(cal_texts))
 
 
 def _embedding_calibration(

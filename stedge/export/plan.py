@@ -192,7 +192,7 @@ def check_options(options: ExportOptions) -> ExportOptions:
     if choice.needs_calibration and o.calibration is None:
         raise StedgeError(
             f"--quantize {o.quantize} needs --calibration DATA (a text file, a CSV/TSV/JSONL with "
-            "--calibration-column, or a datasets name)"
+            "--calibration-column, a datasets name, or builtin for the built-in texts)"
         )
     from dataclasses import replace
 
