@@ -919,22 +919,28 @@ def test_real_minilm_cosent_small_slice(minilm_path, shared_data, stsb_test, tmp
     assert abs(st.encode(texts) - ours.encode(texts)).max() < 1e-5
 
 
-def test_eval_artifact_runs_through_runtime(tiny_model, tmp_path):
-    """`stedge eval` on an exported artifact (stedge.json) uses stedge_runtime and agrees with torch."""
+def _eval_sts_model_and_artifact(model: Path, tmp_path: Path) -> tuple[Path, Path, dict]:
+    """Export ``model`` (ONNX) and run `stedge eval --task sts --json` on both: (artifact, data, {torch, runtime})."""
     from typer.testing import CliRunner
 
     from stedge.cli import app
     from stedge.export.core import export_model
 
     art = tmp_path / "art"
-    export_model(str(tiny_model), art, backend="onnx")
-    assert (art / "stedge.json").exists()
+    export_model(str(model), art, backend="onnx")
     data = _write_sts(tmp_path / "sts.tsv")
     res = {}
-    for name, m in (("torch", str(tiny_model)), ("runtime", str(art))):
+    for name, m in (("torch", str(model)), ("runtime", str(art))):
         r = CliRunner().invoke(app, ["eval", m, "--data", str(data), "--task", "sts", "--json"])
         assert r.exit_code == 0, (r.output, r.exception)
         res[name] = json.loads(r.stdout)
+    return art, data, res
+
+
+def test_eval_artifact_runs_through_runtime(tiny_model, tmp_path):
+    """`stedge eval` on an exported artifact (stedge.json) uses stedge_runtime and agrees with torch."""
+    art, _, res = _eval_sts_model_and_artifact(tiny_model, tmp_path)
+    assert (art / "stedge.json").exists()
     assert res["runtime"]["backend"] == "stedge_runtime" and res["torch"]["backend"] == "stedge"
     key = res["torch"]["primary_metric"]
     assert abs(res["runtime"]["metrics"][key] - res["torch"]["metrics"][key]) < 1e-3
@@ -989,16 +995,8 @@ def test_eval_sts_on_a_cross_encoder_and_its_artifact(tiny_cross_encoder, tmp_pa
     from typer.testing import CliRunner
 
     from stedge.cli import app
-    from stedge.export.core import export_model
 
-    art = tmp_path / "art"
-    export_model(str(tiny_cross_encoder), art, backend="onnx")
-    data = _write_sts(tmp_path / "sts.tsv")
-    res = {}
-    for name, m in (("torch", str(tiny_cross_encoder)), ("runtime", str(art))):
-        r = CliRunner().invoke(app, ["eval", m, "--data", str(data), "--task", "sts", "--json"])
-        assert r.exit_code == 0, (r.output, r.exception)
-        res[name] = json.loads(r.stdout)
+    art, data, res = _eval_sts_model_and_artifact(tiny_cross_encoder, tmp_path)
     assert res["torch"]["primary_metric"] == res["runtime"]["primary_metric"] == "sts_spearman"
     assert set(res["torch"]["metrics"]) == {"sts_pearson", "sts_spearman"}
     for key in res["torch"]["metrics"]:

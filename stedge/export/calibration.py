@@ -18,23 +18,28 @@ BUILTIN = "builtin"  # --calibration builtin: the built-in texts, named (int8-st
 
 
 def calibration_texts(
-    source: str | os.PathLike, column: str | None = None, limit: int = DEFAULT_LIMIT, minimum: int = MIN_TEXTS
+    source: str | os.PathLike | None, column: str | None = None, limit: int = DEFAULT_LIMIT, minimum: int = MIN_TEXTS
 ) -> list[str]:
     """Texts for calibration (a text file, a CSV/TSV/JSONL column, or a `datasets` name); at least ``minimum``.
 
-    At most ``limit`` texts, spread evenly over the source (see `spread`), not its first rows; ``"builtin"``:
-    the built-in texts."""
+    At most ``limit`` texts, spread evenly over the source (see `spread`), not its first rows; None or
+    ``"builtin"``: the built-in texts."""
     try:
-        texts = spread(builtin_texts() if is_builtin(source) else read_texts(source, column=column), limit)
+        texts = _drawn(source, column, limit)
     except StedgeError as e:
         msg = str(e).replace("--column", "--calibration-column")
         raise StedgeError(f"--calibration: {msg}") from None
     if len(texts) < minimum:
         raise StedgeError(
-            f"--calibration {source}: only {len(texts)} texts, static quantization needs at least {minimum}; "
-            "pass a larger file (a few hundred in-domain texts is best)"
+            f"--calibration {source or BUILTIN}: only {len(texts)} texts, static quantization needs at least "
+            f"{minimum}; pass a larger file or --calibration-size (a few hundred in-domain texts is best)"
         )
     return texts
+
+
+def _drawn(source: str | os.PathLike | None, column: str | None, limit: int | None) -> list[str]:
+    """At most ``limit`` texts of ``source`` (None or "builtin": the built-in ones), spread over it."""
+    return spread(builtin_texts() if is_builtin(source) else read_texts(source, column=column), limit)
 
 
 def spread(texts: list[str], limit: int | None) -> list[str]:
@@ -142,7 +147,7 @@ def embedding_texts(
     """Texts whose embeddings give the int8/uint8 ranges (at most ``limit``, spread over the source): at least
     16, a few hundred in-domain texts is best."""
     try:
-        texts = spread(builtin_texts() if is_builtin(source) else read_texts(source, column=column), limit)
+        texts = _drawn(source, column, limit)
     except StedgeError as e:
         raise StedgeError(f"calibration texts: {e}") from None
     if len(texts) < EMBEDDING_MIN_TEXTS:

@@ -178,13 +178,10 @@ def _inputs(options) -> tuple[list[str] | None, Any]:
 
     cal_texts = None
     if options.choice.calibrated:
-        from .calibration import builtin_texts, calibration_texts
+        from .calibration import calibration_texts
 
-        cal_texts = (
-            builtin_texts()
-            if options.calibration is None
-            else calibration_texts(options.calibration, options.calibration_column, limit=options.calibration_size)
-        )  # "builtin" as --calibration names the built-in texts
+        # no --calibration (or "builtin"): the built-in texts
+        cal_texts = calibration_texts(options.calibration, options.calibration_column, limit=options.calibration_size)
     elif options.calibration is not None:
         from .calibration import embedding_texts
 
