@@ -202,6 +202,12 @@ class _Artifact:
         one = len(items) == 1 or batch_size == 1  # batch-1 calls may run on the latency variant (selection)
         engine = self._latency_engine if one and self._latency_engine is not None else self._engine
         type_ids = "token_type_ids" in engine.inputs
+        if len(items) == 1:  # the one-text path (Tokenizer.one): an app's query, one call at a time
+            feeds = self._tok.one(items[0], type_ids)
+            for k, v in (extra or {}).items():
+                feeds[k] = np.full(1, v, dtype=np.int64)
+            res = self._engine_run(lambda: engine.run(feeds, output), feeds["input_ids"].shape)
+            return self._checked(res, 1, width, output)
         tokens = self._tok.tokens(items, type_ids)
         out = np.empty((len(items), width), dtype=np.float32)
         groups = list(batches(tokens.lengths, batch_size, self.max_batch_tokens))

@@ -85,6 +85,36 @@ def test_texts_are_tokenized_a_chunk_at_a_time(tiny_artifact, tiny_ce_artifact, 
     assert feeds["token_type_ids"].max() == 1  # the second text of each pair
 
 
+def test_one_text_path_gives_the_batch_inputs(tiny_artifact, tiny_ce_artifact, monkeypatch):
+    """A one-text call builds its inputs with Tokenizer.one, not the flat arrays of `tokens` + `pad`: the same
+    arrays for texts (empty and truncated ones too) and pairs, and the same vectors as inside a batch."""
+    from stedge_runtime import Reranker, tokenize
+
+    enc = Encoder.load(tiny_artifact, variant="onnx-fp32")
+    rr = Reranker.load(tiny_ce_artifact, variant="onnx-fp32")
+    long = "word " * 500  # past max_seq_length
+    for tok, items, type_ids in (
+        (enc._tok, TEXTS + [long], "token_type_ids" in enc._engine.inputs),
+        (rr._tok, [("q", "a document"), ("", long), (long, "b")], True),  # pairs
+    ):
+        for item in items:
+            want = tokenize.pad(tok.tokens([item], type_ids), np.arange(1), tok.pad_id, type_ids)
+            got = tok.one(item, type_ids)
+            assert got.keys() == want.keys()
+            for k in want:
+                assert got[k].dtype == want[k].dtype == np.int64 and np.array_equal(got[k], want[k]), (item, k)
+    batch = enc.encode(TEXTS, batch_size=32)
+    pairs = [("q", "a document"), ("", long), (long, "b")]
+    scores = rr.predict(pairs)
+    monkeypatch.setattr(enc._tok, "tokens", None)  # one text must not go through the batch path
+    monkeypatch.setattr(rr._tok, "tokens", None)
+    for i, t in enumerate(TEXTS):
+        np.testing.assert_allclose(enc.encode(t), batch[i], atol=1e-5)
+        np.testing.assert_allclose(enc.encode([t], batch_size=8)[0], batch[i], atol=1e-5)
+    for i, pair in enumerate(pairs):
+        np.testing.assert_allclose(rr.predict([pair]), scores[i : i + 1], atol=1e-5)
+
+
 def test_single_string_empty_list_empty_string(tiny_artifact):
     enc = Encoder.load(tiny_artifact)
     v = enc.encode("hello")
@@ -146,6 +176,10 @@ def test_prompts_like_torch(tiny_prompt_artifact, tiny_prompt_model):
     np.testing.assert_allclose(enc.encode(texts), ref.encode(texts), atol=1e-5)  # default prompt
     np.testing.assert_allclose(enc.encode(texts, prompt_name="doc"), ref.encode(texts, prompt_name="doc"), atol=1e-5)
     np.testing.assert_allclose(enc.encode(texts, prompt="x: "), ref.encode(texts, prompt="x: "), atol=1e-5)
+    # one text (Tokenizer.one's path) gets its prompt_length too
+    np.testing.assert_allclose(
+        enc.encode(texts[0], prompt_name="doc"), ref.encode(texts, prompt_name="doc")[0], atol=1e-5
+    )
     # an explicit empty prompt overrides the default one
     assert not np.allclose(enc.encode(texts, prompt=""), enc.encode(texts), atol=1e-5)
     with pytest.raises(InputError, match="prompt_name 'nope' not found.*doc, query"):
