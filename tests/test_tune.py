@@ -328,6 +328,8 @@ def test_the_table_labels_every_engine_setting():
     lean = {"threads": 2, "performance_hint": "LATENCY", "shape_cache": 50}
     assert _settings(lean) == "2t, latency, 50 shapes cached (budgets only)"
     assert _settings({"threads": 1, "allow_spinning": False, "new_knob": 3}) == "1t, no spin, new_knob=3"
+    static = {"threads": 2, "performance_hint": "LATENCY", "static_batch1": 8, "static_pad": 8}
+    assert _settings(static) == "2t, latency, static batch-1 x8, padded to 8"
 
 
 def test_the_table_marks_memory_still_growing():

@@ -108,7 +108,8 @@ def _settings(s: dict[str, Any]) -> str:
         parts.append(f"no snippets <= {s['snippets_above']} tokens")
     if s.get("static_batch1"):
         lean = " (budgets only)" if budget_only({"static_batch1": s["static_batch1"]}) else ""
-        parts.append(f"static batch-1 x{s['static_batch1']}{lean}")
+        pad = f", padded to {s['static_pad']}" if s.get("static_pad") else ""
+        parts.append(f"static batch-1 x{s['static_batch1']}{pad}{lean}")
     if s.get("shape_cache"):
         parts.append(f"{s['shape_cache']} shapes cached (budgets only)")
     shown = (
@@ -119,6 +120,7 @@ def _settings(s: dict[str, Any]) -> str:
         "snippets",
         "snippets_above",
         "static_batch1",
+        "static_pad",
         "shape_cache",
     )  # the keys above; any other as k=v
     parts += [f"{k}={v}" for k, v in s.items() if k not in shown]

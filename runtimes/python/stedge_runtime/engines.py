@@ -210,7 +210,9 @@ class OpenVINOEngine:
     ``cache_dir`` (compiled-model cache: faster second load, needed on GPU/NPU), ``num_streams``,
     ``inference_precision`` (f32 by default for fp32 variants on CPU and AUTO, so bf16-capable
     CPUs keep fp32 accuracy; GPU/NPU keep their own default, f16), ``static_batch1`` (on the CPU, at most
-    this many static-shape compilations for one-row calls: see ``_static_for``), ``snippets`` (CPU: False
+    this many static-shape compilations for one-row calls: see ``_static_for``), ``static_pad`` (with
+    ``static_batch1``: one-row calls are padded to a multiple of this many tokens, STATIC_PAD by default),
+    ``snippets`` (CPU: False
     turns off the plugin's fused "snippets" kernels, SNIPPETS_MODE=DISABLE: attention then runs as plain
     MatMul/Softmax nodes, faster for short texts on some CPUs), ``snippets_above`` (CPU: N keeps the
     snippets for calls longer than N tokens per row; shorter multi-row calls run a second compilation
@@ -229,13 +231,15 @@ class OpenVINOEngine:
         "num_streams",
         "inference_precision",
         "static_batch1",
+        "static_pad",
         "snippets",
         "snippets_above",
         "shape_cache",
         "config",
     )
-    STATIC_PAD = 16  # static_batch1 pads one-row calls to a multiple of this many tokens (measured: 8 switches
-    # compilations too often between queries, 32 pads too much)
+    STATIC_PAD = 16  # static_batch1 pads one-row calls to a multiple of this many tokens unless static_pad says
+    # otherwise: finer padding switches compilations more often between queries, coarser pads more. Which is faster
+    # depends on the machine, so `stedge tune` times 16 against 8 (select.STATIC_PADS).
     STATIC_MAX_TOKENS = 128  # longer one-row calls run the dynamic graph (the per-shape cost matters less there)
     # CPU memory per input shape. OpenVINO keeps each shape it ran prepared (CPU_RUNTIME_CACHE_CAPACITY, 5,000
     # by default) and its oneDNN keeps up to 1,024 primitives: with texts of ever new lengths an encoder's RSS
@@ -291,12 +295,10 @@ class OpenVINOEngine:
         self.inputs = [i.any_name for i in self.compiled.inputs]
         self.outputs = [n for o in self.compiled.outputs for n in o.names]
         self._local = threading.local()
-        n = options.get("static_batch1") or 0
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise RuntimeStedgeError(f"engine option static_batch1={n!r}: expected an integer, 0 (off) or more")
         # Static shapes need (batch, tokens) inputs; token outputs (batch, tokens, ...) are cut back to the call.
         ranks = [i.get_partial_shape().rank for i in model.inputs]
         static_ok = family == "cpu" and all(r.is_static and r.get_length() == 2 for r in ranks)
+        n, self.static_pad = self._static_options(options)
         self.static_batch1 = n if static_ok else 0
         cut = options.get("snippets_above") or 0
         if isinstance(cut, bool) or not isinstance(cut, int) or cut < 0:
@@ -321,6 +323,21 @@ class OpenVINOEngine:
         self._queues: dict[int, list[Any]] = {}  # id(compilation) -> the infer requests run_many shares out
         self._queue_lock = threading.Lock()
 
+    @classmethod
+    def _static_options(cls, options: dict[str, Any]) -> tuple[int, int]:
+        """The engine options ``static_batch1`` (0: off) and ``static_pad`` (STATIC_PAD by default), checked."""
+        n = options.get("static_batch1") or 0
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise RuntimeStedgeError(f"engine option static_batch1={n!r}: expected an integer, 0 (off) or more")
+        pad = options.get("static_pad")
+        pad = cls.STATIC_PAD if pad is None else pad
+        if isinstance(pad, bool) or not isinstance(pad, int) or not 1 <= pad <= cls.STATIC_MAX_TOKENS:
+            raise RuntimeStedgeError(
+                f"engine option static_pad={pad!r}: expected an integer from 1 to {cls.STATIC_MAX_TOKENS}, the "
+                "multiple of tokens one-row calls are padded to for their static compilations"
+            )
+        return n, pad
+
     def run(self, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
         """Run the graph and return one output (copied out of the infer request)."""
         feeds = {k: v for k, v in feeds.items() if k in self.inputs}
@@ -340,7 +357,7 @@ class OpenVINOEngine:
         return np.array(out[:, :tokens] if out.ndim >= 3 else out, copy=True)
 
     def _pad(self, a: np.ndarray) -> np.ndarray:
-        extra = -a.shape[1] % self.STATIC_PAD
+        extra = -a.shape[1] % self.static_pad
         if not extra:
             return a
         out = np.zeros((a.shape[0], a.shape[1] + extra), dtype=a.dtype)  # np.pad took ~30 us per input
@@ -381,13 +398,13 @@ class OpenVINOEngine:
 
         OpenVINO's CPU plugin re-prepares its nodes whenever a dynamic graph, or the shared kernels, see
         another input shape: about 0.5 ms per call for MiniLM on 2 cores, a third of a batch-1 query's time.
-        So one-row calls are padded to a multiple of STATIC_PAD tokens (masked like any batch padding), and
+        So one-row calls are padded to a multiple of ``static_pad`` tokens (masked like any batch padding), and
         the second time such a length comes it gets its own static compilation (~0.15 s, ~40 MB for MiniLM in
         bf16), up to ``static_batch1`` lengths of at most STATIC_MAX_TOKENS. Other calls, lengths seen once and
         lengths past the limits run the dynamic graph.
         """
         rows, tokens = next(iter(feeds.values())).shape
-        key = tokens + (-tokens % self.STATIC_PAD)
+        key = tokens + (-tokens % self.static_pad)
         if rows != 1 or key > self.STATIC_MAX_TOKENS:
             return None
         compiled = self._static.get(key)

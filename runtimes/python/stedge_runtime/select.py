@@ -60,6 +60,7 @@ from typing import Any, Callable, Mapping
 
 from . import machine
 from .artifact import backends_for, device_family
+from .engines import OpenVINOEngine
 from .errors import ArtifactError, DeviceError, InputError
 from .profile import list_profiles, read_profile
 
@@ -96,6 +97,15 @@ GROWING_SHARE = 0.03
 # 2 / 3 / 4 / 8), and queries of about 20 tokens fall in two or three padded lengths (runtimes/python/README.md).
 STATIC_BATCH1 = 8
 LEAN_STATIC_BATCH1 = 3
+# What one-row calls are padded to for those compilations (engine option static_pad): the engine's default first
+# (OpenVINOEngine.STATIC_PAD, 16), then the finer padding `stedge tune` times against it, side by side in one process
+# (tune.static_pad_duel), and takes where it ran at least STATIC_PAD_GAIN faster. Finer padding means fewer padded
+# tokens but more compilations to switch between: on a Zen 4 guest 8 ran 6-14 % faster than 16 (OpenVINO int8 and
+# bf16, all-MiniLM-L6-v2 and its 3-layer student, SciFact queries), while an earlier probe on an AMX guest had 16
+# ahead (runtimes/python/README.md, "Tuning").
+STATIC_PADS = (OpenVINOEngine.STATIC_PAD, 8)
+STATIC_PAD_GAIN = 1.05
+STATIC_KEYS = ("static_batch1", "static_pad")  # engine settings that change one-row calls alone
 # Best first, per CPU class (machine.cpu_class) and for other device families.
 KIND_ORDER = {
     "amx": ("bf16", "int8-static", "int8-rows", "int8", "fp32", "int8-weights", "int4", "fp16"),
@@ -321,8 +331,9 @@ def _earns_place(run: dict, base: dict) -> bool:
 
 
 def plain_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Engine settings without ``static_batch1``, which only changes one-row calls (bulk figures are the same)."""
-    return {k: v for k, v in (settings or {}).items() if k != "static_batch1"}
+    """Engine settings without ``static_batch1`` and its ``static_pad`` (STATIC_KEYS), which only change one-row
+    calls (bulk figures are the same)."""
+    return {k: v for k, v in (settings or {}).items() if k not in STATIC_KEYS}
 
 
 def plain_runs(runs: list[dict]) -> list[dict]:
@@ -397,10 +408,10 @@ def settled_run(runs: list[dict], paired: Mapping[str, Mapping[str, Any]] | None
     # static_batch1 only changes one-row calls: it joins the chosen settings when it made batch 1 at least
     # SETTINGS_GAIN faster at both query lengths (bulk figures would differ by noise alone).
     for r in runs:
-        settings = dict(r.get("settings") or {})
+        settings = r.get("settings") or {}
         if budget_only(settings):  # fewer static compilations: for memory budgets alone
             continue
-        if settings.pop("static_batch1", None) and settings == chosen.get("settings"):
+        if static_twin_of(settings, chosen.get("settings") or {}):
             keys = ("batch1_ms_p50", "batch1_ms_p50_long")
             if all(chosen.get(k) and r.get(k) and chosen[k] >= SETTINGS_GAIN * r[k] for k in keys):
                 return r
@@ -668,8 +679,8 @@ def _static_twin(run: dict, runs: list[dict]) -> dict | None:
 
 
 def static_twin_of(settings: Mapping[str, Any], plain: Mapping[str, Any]) -> bool:
-    """Whether ``settings`` are ``plain`` with static batch-1 compilations added (``static_batch1``): the same
-    bulk calls, faster one-row calls."""
+    """Whether ``settings`` are ``plain`` with static batch-1 compilations added (``static_batch1``, and maybe
+    their ``static_pad``): the same bulk calls, faster one-row calls."""
     return bool(settings.get("static_batch1")) and plain_settings(settings) == dict(plain)
 
 

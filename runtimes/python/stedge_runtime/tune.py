@@ -42,6 +42,8 @@ from .samples import SHORT, passages, varied
 from .select import (
     LEAN_STATIC_BATCH1,
     STATIC_BATCH1,
+    STATIC_PAD_GAIN,
+    STATIC_PADS,
     TIERS,
     budget_only,
     bulk_score,
@@ -219,6 +221,68 @@ def measure(model: Any, work: _Workloads, batch_sizes: Sequence[int], seconds: f
     }
 
 
+STATIC_PAD_PASSES = 10  # passes of the static-padding duel over the tune's short and longer queries
+
+
+def static_pad_duel(
+    cls: Any, root: Path, name: str, settings: dict[str, Any], work: _Workloads, passes: int = STATIC_PAD_PASSES
+) -> dict[str, Any]:
+    """Batch-1 p50 of variant ``name`` with ``settings`` (static_batch1) at each padding of STATIC_PADS.
+
+    One engine per padding, loaded side by side; each pass runs every engine over all the tune's short and longer
+    queries in turn, as an app's one engine runs them (its static compilations switching with the lengths), the
+    engines' order reversed every pass. Returns ``{"p50_ms": {pad: ms}, "chosen": pad}``: the finer padding where
+    it ran at least STATIC_PAD_GAIN faster, else the engine's default (STATIC_PADS[0]).
+    """
+    runs = {pad: _call(cls.load(root, variant=name, **settings, static_pad=pad), work.task) for pad in STATIC_PADS}
+    items = work.latency + work.latency_long
+    for run in runs.values():
+        for item in items * 2:  # static_batch1 compiles a length the second time
+            run([item], 1)
+    ms: dict[int, list[float]] = {pad: [] for pad in runs}
+    for i in range(passes):
+        for pad in list(runs) if i % 2 == 0 else list(runs)[::-1]:
+            for item in items:
+                t = time.perf_counter()
+                runs[pad]([item], 1)
+                ms[pad].append((time.perf_counter() - t) * 1000.0)
+    p50 = {pad: statistics.median(v) for pad, v in ms.items()}
+    return {"p50_ms": {str(pad): round(v, 4) for pad, v in p50.items()}, "chosen": chosen_static_pad(p50)}
+
+
+def chosen_static_pad(p50: dict[int, float]) -> int:
+    """The padding of STATIC_PADS to use from the duel's batch-1 p50s: the fastest where it beat the engine's
+    default by at least STATIC_PAD_GAIN, else the default."""
+    default = STATIC_PADS[0]
+    best = min(p50, key=lambda pad: p50[pad])
+    return best if p50[default] >= STATIC_PAD_GAIN * p50[best] else default
+
+
+def _static_pads(cls: Any, root: Path, todo: dict[str, Any], work: _Workloads, threads: int | None, progress) -> dict:
+    """Each OpenVINO variant's static-padding duel (``static_pad_duel``) on its LATENCY settings with STATIC_BATCH1
+    static compilations; an engine that fails records its error and keeps the default padding."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, v in todo.items():
+        grid = settings_grid(v["backend"], threads)
+        static = next((s for s in grid if s.get("static_batch1") == STATIC_BATCH1), None)
+        if static is None:
+            continue
+        if progress:
+            progress(f"{name} static padding {' vs '.join(map(str, STATIC_PADS))}", 0, 1)
+        try:
+            out[name] = static_pad_duel(cls, root, name, static, work)
+        except Exception as e:  # the rounds then record the engine's failure on these settings
+            out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}", "chosen": STATIC_PADS[0]}
+    return out
+
+
+def _padded(settings: dict[str, Any], duel: dict[str, Any] | None) -> dict[str, Any]:
+    """``settings`` with the duel's padding where they have static compilations and it chose other than the
+    default."""
+    pad = (duel or {}).get("chosen", STATIC_PADS[0])
+    return {**settings, "static_pad": pad} if settings.get("static_batch1") and pad != STATIC_PADS[0] else settings
+
+
 def _probe(model: Any, work: _Workloads) -> tuple[np.ndarray, np.ndarray]:
     """Vectors of the probe texts alone (batch 1) and inside the mixed batch of 32."""
     run = _call(model, work.task)
@@ -269,8 +333,9 @@ def tune(
 
     ``variants`` limits the set (default: every verified variant the installed engines run on the CPU);
     ``budget_s`` is the target total time of the rounds (default 4 s per variant, 1.5 s with ``quick``);
-    the token-budget sweep (about 10-15 s on 2 cores for a MiniLM) and the paired final come on top, and
-    ``quick`` skips both and tries only the engines' default settings. ``texts`` replaces the built-in
+    the token-budget sweep (about 10-15 s on 2 cores for a MiniLM), the paired final and, per OpenVINO variant,
+    the static-padding duel (``static_pad_duel``, a few seconds) come on top, and ``quick`` skips them and tries
+    only the engines' default settings. ``texts`` replaces the built-in
     samples; ``paired_cycles`` is the number of cycles of the paired final (0 skips it; see ``paired_final``).
     """
     from .encoder import Encoder, Reranker
@@ -299,7 +364,8 @@ def tune(
     work = _Workloads(task, texts, quick)
     per_variant = (budget_s / len(todo)) if budget_s else (1.5 if quick else 4.0)
     cls = Reranker if task == "reranking" else Encoder
-    cases = [(n, s) for n, v in todo.items() for s in settings_grid(v["backend"], threads, quick)]
+    pads = {} if quick else _static_pads(cls, root, todo, work, threads, progress)
+    cases = [(n, _padded(s, pads.get(n))) for n, v in todo.items() for s in settings_grid(v["backend"], threads, quick)]
     facts = machine.machine_facts()
     prof: dict[str, Any] = {
         "format_version": PROFILE_FORMAT,
@@ -339,6 +405,8 @@ def tune(
         entry = prof["variants"][name]
         if entry["status"] == "ok" and (name, _fmt(settings)) in measured:
             entry["runs"].append({"settings": settings, **best_of(measured[(name, _fmt(settings))])})
+    for name in set(pads) & set(prof["variants"]):
+        prof["variants"][name]["static_pad"] = pads[name]
     if not quick:
         prof["batch_tokens"] = _tune_batch_tokens(cls, root, prof["variants"], work, rounds, progress)
     prof["workloads"] = work.summary(tok_count or (lambda items: 0.0))

@@ -582,6 +582,32 @@ def test_static_batch1_is_judged_on_batch1_alone(tmp_path):
     assert _sel(vs, tmp_path, PLAIN, "exact").settings == runs[0]["settings"]
 
 
+def test_static_pad_goes_with_static_batch1(tmp_path):
+    """A static twin with the tune's padding (static_pad) is judged like one without: it joins the chosen
+    settings when batch 1 got >= 10 % faster at both lengths, and counts as the same bulk settings (plain_settings,
+    static_twin_of, fuller_settings of its budget-only twin)."""
+    from stedge_runtime.select import (
+        LEAN_STATIC_BATCH1,
+        STATIC_BATCH1,
+        fuller_settings,
+        plain_settings,
+        static_twin_of,
+    )
+
+    vs = _variants()
+    prof = _profile("machine-a", {"openvino-fp32": (3.0, 900, 90)})
+    runs = prof["variants"]["openvino-fp32"]["runs"]
+    lat = {"threads": 2, "performance_hint": "LATENCY"}
+    runs[0].update(settings=lat, batch1_ms_p50_long=4.0)
+    static = {**lat, "static_batch1": STATIC_BATCH1, "static_pad": 8}
+    runs.append({"settings": static, "batch1_ms_p50": 2.0, "batch1_ms_p50_long": 2.9, "bulk": runs[0]["bulk"]})
+    write_profile(tmp_path, prof)
+    assert _sel(vs, tmp_path, PLAIN, "exact").settings == static
+    assert plain_settings(static) == lat and static_twin_of(static, lat) and not static_twin_of(lat, lat)
+    lean = {**static, "static_batch1": LEAN_STATIC_BATCH1}
+    assert fuller_settings(lean) == static
+
+
 def test_a_setting_for_one_kind_of_text_is_judged_there(tmp_path):
     """A setting that only changes short batches (snippets_above) is used when it is >= 10 % faster on short
     texts and no more than 5 % slower on passages, though its gain over both together is under 10 %; a
@@ -756,6 +782,30 @@ def test_tune_writes_profile_and_load_uses_it(own_artifact, monkeypatch):
     other = Encoder.load(own_artifact, tier="exact")
     assert other.selection.source == "rule" and other.variant == "onnx-fp32"
     assert any(file.name in n for n in other.selection.notes)
+
+
+def test_tune_duels_the_static_padding_of_openvino_variants(own_artifact, monkeypatch):
+    """Before its rounds a full tune times each OpenVINO variant's static batch-1 compilations padded to 16 and
+    to 8 side by side (static_pad_duel); the finer padding is taken where it ran >= 5 % faster, and the rounds then
+    time every static setting with it (the budget-only one too); ONNX variants have no duel, --quick none."""
+    from stedge_runtime import tune as tune_mod
+
+    static = {"threads": 1, "performance_hint": "LATENCY", "static_batch1": 8}
+    work = tune_mod._Workloads("embedding", None, True)
+    duel = tune_mod.static_pad_duel(Encoder, own_artifact, "openvino-fp32", static, work, passes=2)
+    assert set(duel["p50_ms"]) == {"16", "8"} and all(v > 0 for v in duel["p50_ms"].values())
+    assert duel["chosen"] == tune_mod.chosen_static_pad({int(k): v for k, v in duel["p50_ms"].items()})
+    assert tune_mod.chosen_static_pad({16: 2.0, 8: 1.8}) == 8
+    assert tune_mod.chosen_static_pad({16: 2.0, 8: 1.95}) == 16  # within 5 %: the default
+    assert tune_mod.chosen_static_pad({16: 1.8, 8: 2.0}) == 16
+    monkeypatch.setattr(tune_mod, "static_pad_duel", lambda *a, **k: {"p50_ms": {"16": 2.0, "8": 1.8}, "chosen": 8})
+    prof = tune_mod.tune(own_artifact, threads=1, budget_s=1, paired_cycles=0)
+    ov = prof["variants"]["openvino-fp32"]
+    statics = [r["settings"] for r in ov["runs"] if r["settings"].get("static_batch1")]
+    assert len(statics) == 3 and all(s["static_pad"] == 8 for s in statics)  # LATENCY, + snippets, the lean one
+    assert not any("static_pad" in r["settings"] for r in ov["runs"] if not r["settings"].get("static_batch1"))
+    assert ov["static_pad"]["chosen"] == 8 and "static_pad" not in prof["variants"]["onnx-fp32"]
+    assert all("static_pad" not in e for e in tune_mod.tune(own_artifact, quick=True, budget_s=1)["variants"].values())
 
 
 def test_tune_measures_the_token_budget_and_load_uses_it(own_artifact):
@@ -1008,6 +1058,27 @@ def test_openvino_static_batch1_compiles_repeated_query_lengths(tiny_artifact):
     got = np.stack([failing.encode(q) for q in queries * 2])
     np.testing.assert_allclose(got, np.concatenate([want, want]), atol=1e-5)
     assert failing._engine.static_batch1 == 0 and failing._engine._static == {}
+
+
+def test_openvino_static_pad_sets_the_padding_of_one_row_calls(tiny_artifact):
+    """static_pad=8: one-text calls are padded to a multiple of 8 tokens for their static compilations (16 by
+    default), with the dynamic graph's vectors; a padding that is not an integer from 1 to STATIC_MAX_TOKENS is
+    refused by name."""
+    from stedge_runtime.engines import OpenVINOEngine
+
+    plain = Encoder.load(tiny_artifact, variant="openvino-fp32", threads=2)
+    fine = Encoder.load(tiny_artifact, variant="openvino-fp32", threads=2, static_batch1=4, static_pad=8)
+    queries = ["a query", "a rather longer query with " + "many words " * 3]
+    lengths = [len(fine._tok.encode([q])[0].ids) for q in queries]
+    for _ in range(2):  # a length gets its static compilation the second time
+        got = np.stack([fine.encode(q) for q in queries])
+    assert sorted(fine._engine._static) == sorted({-(-n // 8) * 8 for n in lengths}), lengths
+    assert any(n % 16 and -(-n // 8) * 8 != -(-n // 16) * 16 for n in lengths), lengths  # 8 and 16 differ here
+    np.testing.assert_allclose(got, np.stack([plain.encode(q) for q in queries]), atol=1e-5)
+    assert plain._engine.static_pad == OpenVINOEngine.STATIC_PAD == 16
+    for bad in (0, True, 2.5, OpenVINOEngine.STATIC_MAX_TOKENS + 1):
+        with pytest.raises(Exception, match="static_pad"):
+            Encoder.load(tiny_artifact, variant="openvino-fp32", static_batch1=2, static_pad=bad)
 
 
 def test_openvino_engines_of_one_file_share_its_graph(tiny_artifact, tmp_path):
