@@ -302,7 +302,10 @@ def tune_cmd(
         None, "--budget", min=1.0, help="Target total seconds (default 4 per variant)."
     ),
     texts: Optional[Path] = typer.Option(
-        None, "--texts", help="A text file (one text per line) instead of the built-in samples."
+        None,
+        "--texts",
+        help="A text file (one text per line) instead of the built-in samples: your app's queries, since batch-1 "
+        "choices such as OpenVINO's static padding depend on their lengths.",
     ),
     batch_size: list[int] = typer.Option(
         [32], "--batch-size", "-b", help="Bulk batch sizes to time (repeatable; batch 1 is always timed)."

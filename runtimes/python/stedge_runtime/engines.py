@@ -212,9 +212,8 @@ class OpenVINOEngine:
     CPUs keep fp32 accuracy; GPU/NPU keep their own default, f16), ``static_batch1`` (on the CPU, at most
     this many static-shape compilations for one-row calls: see ``_static_for``), ``static_pad`` (with
     ``static_batch1``: one-row calls are padded to a multiple of this many tokens, STATIC_PAD by default),
-    ``snippets`` (CPU: False
-    turns off the plugin's fused "snippets" kernels, SNIPPETS_MODE=DISABLE: attention then runs as plain
-    MatMul/Softmax nodes, faster for short texts on some CPUs), ``snippets_above`` (CPU: N keeps the
+    ``snippets`` (CPU: False turns off the plugin's fused "snippets" kernels, SNIPPETS_MODE=DISABLE: attention
+    then runs as plain MatMul/Softmax nodes, faster for short texts on some CPUs), ``snippets_above`` (CPU: N keeps the
     snippets for calls longer than N tokens per row; shorter multi-row calls run a second compilation
     without them, made on first use: see ``_compiled_for``), ``shape_cache`` (CPU: N input shapes kept prepared
     per compilation instead of RUNTIME_CACHE_SHAPES, and oneDNN's primitive cap scaled alike: a smaller,

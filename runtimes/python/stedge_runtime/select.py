@@ -100,9 +100,10 @@ LEAN_STATIC_BATCH1 = 3
 # What one-row calls are padded to for those compilations (engine option static_pad): the engine's default first
 # (OpenVINOEngine.STATIC_PAD, 16), then the finer padding `stedge tune` times against it, side by side in one process
 # (tune.static_pad_duel), and takes where it ran at least STATIC_PAD_GAIN faster. Finer padding means fewer padded
-# tokens but more compilations to switch between: on a Zen 4 guest 8 ran 6-14 % faster than 16 (OpenVINO int8 and
-# bf16, all-MiniLM-L6-v2 and its 3-layer student, SciFact queries), while an earlier probe on an AMX guest had 16
-# ahead (runtimes/python/README.md, "Tuning").
+# tokens but more compilations to switch between. On a Zen 4 guest 8 gave a 6-14 % lower p50 than 16 on SciFact
+# queries (OpenVINO int8 and bf16, all-MiniLM-L6-v2 and its 3-layer student) and came level or behind on the tune's
+# shorter built-in texts; an earlier, unrecorded probe on an AMX guest had 16 ahead (runtimes/python/README.md,
+# "Tuning").
 STATIC_PADS = (OpenVINOEngine.STATIC_PAD, 8)
 STATIC_PAD_GAIN = 1.05
 STATIC_KEYS = ("static_batch1", "static_pad")  # engine settings that change one-row calls alone
