@@ -240,12 +240,11 @@ def static_pad_duel(
         for item in items * 2:  # static_batch1 compiles a length the second time
             run([item], 1)
     ms: dict[int, list[float]] = {pad: [] for pad in runs}
-    for i in range(passes):
-        for pad in list(runs) if i % 2 == 0 else list(runs)[::-1]:
-            for item in items:
-                t = time.perf_counter()
-                runs[pad]([item], 1)
-                ms[pad].append((time.perf_counter() - t) * 1000.0)
+    for _, pad in alternating_rounds(list(runs), passes):
+        for item in items:
+            t = time.perf_counter()
+            runs[pad]([item], 1)
+            ms[pad].append((time.perf_counter() - t) * 1000.0)
     p50 = {pad: statistics.median(v) for pad, v in ms.items()}
     return {"p50_ms": {str(pad): round(v, 4) for pad, v in p50.items()}, "chosen": chosen_static_pad(p50)}
 
@@ -258,7 +257,9 @@ def chosen_static_pad(p50: dict[int, float]) -> int:
     return best if p50[default] >= STATIC_PAD_GAIN * p50[best] else default
 
 
-def _static_pads(cls: Any, root: Path, todo: dict[str, Any], work: _Workloads, threads: int | None, progress) -> dict:
+def _static_pads(
+    cls: Any, root: Path, todo: dict[str, Any], work: _Workloads, threads: int | None, progress: Progress | None
+) -> dict[str, dict[str, Any]]:
     """Each OpenVINO variant's static-padding duel (``static_pad_duel``) on its LATENCY settings with STATIC_BATCH1
     static compilations; an engine that fails records its error and keeps the default padding."""
     out: dict[str, dict[str, Any]] = {}
