@@ -161,6 +161,42 @@ def test_empty_dataset_and_non_text_input():
         prepare_dataset({"a": [3], "b": ["x"]}, None)
 
 
+def test_label_range_rescales_labels_onto_0_1():
+    """Labels outside what the loss can learn from (cosine: -1..1) are an error that names --label-range; a label range
+    maps them onto 0..1, refuses labels outside it, and is parsed from LO:HI or [LO, HI] per dataset or for all."""
+    from stedge.training.config import config_from_dict
+    from stedge.training.data import prepare_dataset
+    from stedge.training.losses import CosineSimilarityLoss, MatryoshkaLoss
+
+    data = {"a": ["x", "y", "z"], "b": ["u", "v", "w"], "score": ["0", "2.5", "5"]}
+    loss = CosineSimilarityLoss(torch.nn.Identity())
+    with pytest.raises(
+        StedgeError, match=r"holds 0 to 5; CosineSimilarityLoss needs labels from -1 to 1.*-label-range"
+    ):
+        prepare_dataset(data, loss)
+    assert prepare_dataset(data, loss, label_range=(0.0, 5.0))["score"] == [0.0, 0.5, 1.0]
+    assert prepare_dataset(data, None, label_range=(-5.0, 5.0))["score"] == [0.5, 0.75, 1.0]
+    wrapped = MatryoshkaLoss(torch.nn.Identity(), loss, [4, 2])
+    with pytest.raises(StedgeError, match="needs labels from -1 to 1"):
+        prepare_dataset(data, wrapped)
+    with pytest.raises(StedgeError, match="row 3: score 5 lies outside the label range 0 to 4"):
+        prepare_dataset(data, loss, label_range=(0.0, 4.0))
+    with pytest.raises(StedgeError, match="no label column"):
+        prepare_dataset({"a": ["x"], "b": ["y"]}, None, label_range=(0.0, 5.0))
+    base = {"model": "m", "output": "o", "loss": "cosine"}
+    assert config_from_dict({**base, "train_data": "t", "label_range": "0:5"}).datasets["train"].label_range == (0, 5)
+    multi = config_from_dict(
+        {**base, "label_range": [0, 5], "datasets": {"a": {"data": "x"}, "b": {"data": "y", "label_range": "-1:1"}}}
+    )
+    assert multi.datasets["a"].label_range == (0, 5) and multi.datasets["b"].label_range == (-1, 1)
+    for bad in ("5:0", "a:b", [1], "1:1", "0:inf"):
+        with pytest.raises(StedgeError, match="expected two numbers LO < HI"):
+            config_from_dict({**base, "train_data": "t", "label_range": bad})
+    ranges = {"sts": (0.0, 5.0), "pairs": None}
+    both = prepare_dataset({"sts": data, "pairs": {**data, "score": ["0", "1", "0"]}}, loss, label_range=ranges)
+    assert both["sts"]["score"] == [0.0, 0.5, 1.0] and both["pairs"]["score"] == [0, 1, 0]
+
+
 def test_integer_labels_stay_integers():
     from stedge.training.data import prepare_dataset
 
@@ -1090,8 +1126,14 @@ def test_cli_trains_a_cross_encoder_with_bce(tiny_cross_encoder, tiny_model, tmp
         (["--loss", "bce", "--lora-r", "4"], "LoRA"),
         (["--loss", "bce", "--prompts", "q: "], "prompts"),
         (["--loss", "bce", "--eval-data", str(data), "--eval-task", "triplet"], "--eval-task rerank (ranking) or sts"),
-        (["--loss", "bce", "--train-data", str(bad)], "labels from 0 to 1"),
+        (["--loss", "bce", "--train-data", str(bad)], "needs labels from 0 to 1: give the range"),
+        (["--loss", "bce", "--train-data", str(bad), "--label-range", "0:2"], "outside the label range 0 to 2"),
+        (["--loss", "bce", "--train-data", str(bad), "--label-range", "5:0"], "expected two numbers LO < HI"),
     ):
         r = CliRunner().invoke(app, [*base, *extra, "-o", str(tmp_path / "x")])
         assert isinstance(r.exception, StedgeError) and message in str(r.exception), (extra, r.output)
         assert not (tmp_path / "x").exists()
+    r = CliRunner().invoke(
+        app, [*base, "--loss", "bce", "--train-data", str(bad), "--label-range", "0:3", "-o", str(tmp_path / "y")]
+    )
+    assert r.exit_code == 0 and CrossEncoder(str(tmp_path / "y"), device="cpu").num_labels == 1, r.output

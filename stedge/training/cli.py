@@ -95,6 +95,11 @@ def train(
         None, "--columns", help="Comma-separated columns to use, inputs in order (+ label/score)."
     ),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N training rows."),
+    label_range: Optional[str] = typer.Option(
+        None,
+        "--label-range",
+        help="LO:HI, the range the labels run over in the data: rescaled onto 0-1 (STS-B scores, bce or cosine: 0:5).",
+    ),
     epochs: float = typer.Option(1.0, "--epochs", help="Training epochs."),
     max_steps: int = typer.Option(-1, "--max-steps", help="Stop after N optimizer steps (overrides --epochs)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Batch size per device."),
@@ -134,9 +139,10 @@ def train(
     check_limit(eval_limit, "--eval-limit")
 
     if config is not None:
-        if model or train_data or loss:
+        if model or train_data or loss or label_range:
             raise StedgeError(
-                "--config describes the whole run: drop MODEL, --train-data and --loss (put them in the file)"
+                "--config describes the whole run: drop MODEL, --train-data, --loss and --label-range (put them in "
+                "the file)"
             )
         cfg = load_config(config)
         if output is not None:
@@ -171,6 +177,7 @@ def train(
             "train_data": train_data,
             "loss": loss,
             "columns": columns,
+            "label_range": label_range,
             "prompts": parse_prompts(prompts),
             "args": args,
             "overwrite": overwrite,

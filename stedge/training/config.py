@@ -8,7 +8,8 @@ A config file, for everything the flags do not cover (multi-dataset, per-dataset
       stsb:
         data: stsb/train.tsv.gz
         columns: [sentence1, sentence2, score]
-        loss: cosent
+        loss: cosine
+        label_range: [0, 5]            # the scores run from 0 to 5: rescaled onto 0-1, as the cosine loss needs
       nli:
         data: nli/triplets.tsv.gz
         columns: [anchor, positive, negative]
@@ -26,6 +27,7 @@ A config file, for everything the flags do not cover (multi-dataset, per-dataset
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -48,8 +50,9 @@ TOP_KEYS = (
     "args",
     "max_seq_length",
     "seed",
+    "label_range",
 )
-DATASET_KEYS = ("data", "loss", "columns", "prompts", "split", "limit")
+DATASET_KEYS = ("data", "loss", "columns", "prompts", "split", "limit", "label_range")
 EVAL_KEYS = ("data", "task", "limit", "split", "name")
 EVAL_TASKS = ("sts", "triplet", "ir", "rerank")
 # A cross-encoder scores pairs: ranking (rerank) or the correlation of its scores with gold ones (sts).
@@ -66,6 +69,7 @@ class DatasetSpec:
     prompts: Any = None
     split: str | None = None
     limit: int | None = None
+    label_range: tuple[float, float] | None = None  # labels run from lo to hi in the data: rescaled onto 0..1
 
 
 @dataclass
@@ -127,6 +131,23 @@ def _columns(value: Any, where: str) -> list[str] | None:
     return value
 
 
+def label_range(value: Any, where: str) -> tuple[float, float] | None:
+    """``"LO:HI"`` or ``[LO, HI]`` (the range a data set's labels run over) as two floats, LO < HI."""
+    if value is None:
+        return None
+    parts = value.split(":") if isinstance(value, str) else value
+    try:
+        lo, hi = (float(x) for x in parts)
+    except (TypeError, ValueError):
+        lo = hi = math.nan
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise StedgeError(
+            f"{where}: label range {value!r}: expected two numbers LO < HI, the range the labels run over in the "
+            "data (e.g. 0:5 for STS-B scores, or [0, 5] in a config file)"
+        )
+    return lo, hi
+
+
 def config_from_dict(d: dict, where: str = "config") -> TrainConfig:
     """Validate a parsed config mapping into a TrainConfig (errors name the key at fault)."""
     _check_keys(d, TOP_KEYS, where)
@@ -160,11 +181,13 @@ def config_from_dict(d: dict, where: str = "config") -> TrainConfig:
                 spec.get("prompts"),
                 spec.get("split"),
                 spec.get("limit"),
+                label_range(spec.get("label_range", d.get("label_range")), w),
             )
     elif "train_data" in d:
         if d.get("loss") is None:
             raise StedgeError(f"{where}: 'loss' is required")
-        datasets["train"] = DatasetSpec(d["train_data"], d["loss"], _columns(d.get("columns"), where))
+        cols, rng = _columns(d.get("columns"), where), label_range(d.get("label_range"), where)
+        datasets["train"] = DatasetSpec(d["train_data"], d["loss"], cols, label_range=rng)
     else:
         raise StedgeError(f"{where}: 'datasets' or 'train_data' is required")
     ev = d.get("eval")
@@ -478,33 +501,20 @@ def _training_data(cfg: TrainConfig, model: Any) -> tuple[Any, Any, dict[str, An
     data: dict[str, Any] = {}
     losses: dict[str, Any] = {}
     columns: dict[str, Any] = {}
+    ranges: dict[str, Any] = {}
     for name, spec in cfg.datasets.items():
         ds = load_dataset(spec.data, split=spec.split, name=f"dataset '{name}'")
         check_limit(spec.limit, f"dataset '{name}': limit")
         data[name] = _limit(ds, spec.limit)
         losses[name] = _loss_from_spec(spec.loss, model)
         columns[name] = spec.columns
+        ranges[name] = spec.label_range
     if cfg.multi:
-        train_data, loss, cols = data, losses, columns
+        train_data, loss, cols, rng = data, losses, columns, ranges
     else:
-        train_data, loss, cols = data["train"], losses["train"], columns["train"]
-    train_data = prepare_dataset(train_data, loss, name="train data", columns=cols)
-    if is_cross_encoder_model(model):
-        _check_bce_labels(train_data)
+        train_data, loss, cols, rng = data["train"], losses["train"], columns["train"], ranges["train"]
+    train_data = prepare_dataset(train_data, loss, name="train data", columns=cols, label_range=rng)
     return train_data, loss, losses
-
-
-def _check_bce_labels(data: Any) -> None:
-    """Binary cross-entropy takes labels in [0, 1]: a 0-5 STS score column must be scaled first."""
-    col = next((c for c in ("label", "score") if c in data.column_names), None)
-    if col is None or not len(data):
-        return
-    lo, hi = min(data[col]), max(data[col])
-    if lo < 0 or hi > 1:
-        raise StedgeError(
-            f"train data: column '{col}' holds {lo:g} to {hi:g}; the bce loss needs labels from 0 to 1 "
-            "(1 = relevant): scale them (an STS score / 5)"
-        )
 
 
 def _training_args(cfg: TrainConfig, ckpt_dir: Path, with_eval: bool, device: str | None, quiet: bool) -> Any:

@@ -32,6 +32,7 @@ class BinaryCrossEntropyLoss(nn.Module):
     min_inputs = 2
     max_inputs = 2
     needs_label = True
+    label_bounds = (0.0, 1.0)  # 1 = relevant; prepare_dataset refuses labels outside
 
     def __init__(self, model: nn.Module, pos_weight: float | None = None) -> None:
         super().__init__()

@@ -147,8 +147,15 @@ def split_columns(column_names: Sequence[str]) -> tuple[list[str], str | None]:
     return inputs, label
 
 
-def prepare_dataset(dataset: Any, loss: Any = None, name: str = "train data", columns: Sequence[str] | None = None):
-    """Select ``columns`` (if given), check the data against the loss, and turn the label numeric.
+def prepare_dataset(
+    dataset: Any,
+    loss: Any = None,
+    name: str = "train data",
+    columns: Sequence[str] | None = None,
+    label_range: tuple[float, float] | Mapping[str, Any] | None = None,
+):
+    """Select ``columns`` (if given), check the data against the loss, and turn the label numeric; with
+    ``label_range`` (lo, hi), the labels, which must lie in it, are rescaled onto 0..1.
 
     Errors name the columns found and the ones expected, the row of a bad label, or an empty dataset.
     A ``DatasetDict`` is checked dataset by dataset; ``loss`` may then be a dict keyed by dataset name.
@@ -165,8 +172,13 @@ def prepare_dataset(dataset: Any, loss: Any = None, name: str = "train data", co
                 raise StedgeError(f"{name}: no loss for dataset '{key}' (losses given for: {', '.join(loss)})")
             sub_loss = loss[key] if isinstance(loss, Mapping) else loss
             sub_cols = columns[key] if isinstance(columns, Mapping) else columns
+            sub_range = label_range.get(key) if isinstance(label_range, Mapping) else label_range
             out[key] = prepare_dataset(
-                load_dataset(sub, name=f"{name} '{key}'"), sub_loss, name=f"{name} '{key}'", columns=sub_cols
+                load_dataset(sub, name=f"{name} '{key}'"),
+                sub_loss,
+                name=f"{name} '{key}'",
+                columns=sub_cols,
+                label_range=sub_range,
             )
         return ds_mod.DatasetDict(out)
     if isinstance(loss, Mapping):
@@ -198,6 +210,12 @@ def prepare_dataset(dataset: Any, loss: Any = None, name: str = "train data", co
         for i, v in enumerate(ds[col]):
             if not isinstance(v, str):
                 raise StedgeError(f"{name}: row {i + 1}, column '{col}': expected text, got {type(v).__name__} {v!r}")
+    if label_range is not None and (label is None or _is_vector_label(ds[0][label])):
+        what = "teacher embeddings" if label is not None else "no label column"
+        raise StedgeError(
+            f"{name}: a label range was given, but the data has {what} (a label range rescales numeric labels "
+            f"'{' or '.join(LABEL_COLUMNS)}' onto 0-1); drop --label-range / label_range"
+        )
     if label is not None and _is_vector_label(ds[0][label]):
         _check_vector_labels(ds[label], name, label)  # teacher embeddings (MSELoss): keep the column as it is
     elif label is not None:
@@ -207,10 +225,41 @@ def prepare_dataset(dataset: Any, loss: Any = None, name: str = "train data", co
             if x is None:
                 raise StedgeError(f"{name}: row {i + 1}: {label} {v!r} is not a finite number (labels must be numeric)")
             values.append(x)
-        if any(isinstance(x, float) for x in values):
+        if label_range is not None:
+            values = rescale_labels(values, label_range, name, label)
+        elif any(isinstance(x, float) for x in values):
             values = [float(x) for x in values]
+        _check_label_bounds(values, loss, name, label)
         ds = ds.remove_columns(label).add_column(label, values)
     return ds
+
+
+def _check_label_bounds(values: Sequence[float], loss: Any, name: str, label: str) -> None:
+    """Labels outside what the loss can learn from (its ``label_bounds``: 0-1 for bce, -1-1 for the cosine loss)
+    would train on targets it can never reach: an error that says how to rescale them."""
+    bounds = getattr(loss, "label_bounds", None)
+    if bounds is None or not values:
+        return
+    lo, hi = min(values), max(values)
+    if lo < bounds[0] or hi > bounds[1]:
+        raise StedgeError(
+            f"{name}: column '{label}' holds {lo:g} to {hi:g}; {type(loss).__name__} needs labels from {bounds[0]:g} "
+            f"to {bounds[1]:g}: give the range they run over, --label-range LO:HI (STS-B scores: 0:5; label_range = "
+            "[LO, HI] in a config file), and they are rescaled onto 0-1"
+        )
+
+
+def rescale_labels(values: Sequence[float], label_range: tuple[float, float], name: str, label: str) -> list[float]:
+    """Labels that run from ``lo`` to ``hi`` (``label_range``) mapped onto 0..1 as ``(x - lo) / (hi - lo)``; a label
+    outside the range is an error naming its row, since a wrong range would train on wrong targets silently."""
+    lo, hi = label_range
+    for i, x in enumerate(values):
+        if not lo <= x <= hi:
+            raise StedgeError(
+                f"{name}: row {i + 1}: {label} {x:g} lies outside the label range {lo:g} to {hi:g}; give the range "
+                f"the labels run over (--label-range LO:HI, or label_range = [LO, HI] in a config file)"
+            )
+    return [(float(x) - lo) / (hi - lo) for x in values]
 
 
 def dataset_columns(dataset: Any) -> dict[str, list[str]]:

@@ -43,6 +43,7 @@ class Loss(nn.Module):
     min_inputs: int = 1
     max_inputs: int | None = None
     needs_label: bool = False
+    label_bounds: tuple[float, float] | None = None  # the labels the loss can learn from (data outside: an error)
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()

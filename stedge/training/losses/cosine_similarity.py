@@ -10,11 +10,12 @@ from .base import Loss, as_float_labels
 
 
 class CosineSimilarityLoss(Loss):
-    """MSE between cos(u, v) and the label (scale labels to 0-1 or -1-1 first, e.g. STS-B score / 5)."""
+    """MSE between cos(u, v) and the label, which must lie in -1..1 (a 0-5 STS-B score: ``--label-range 0:5``)."""
 
     min_inputs = 2
     max_inputs = 2
     needs_label = True
+    label_bounds = (-1.0, 1.0)  # what a cosine can reach
 
     def __init__(self, model: nn.Module, loss_fct: nn.Module | None = None) -> None:
         super().__init__(model)

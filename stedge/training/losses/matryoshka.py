@@ -68,6 +68,10 @@ class MatryoshkaLoss(Loss):
     def needs_label(self) -> bool:  # type: ignore[override]
         return self.loss.needs_label
 
+    @property
+    def label_bounds(self) -> tuple[float, float] | None:  # type: ignore[override]
+        return self.loss.label_bounds
+
     def _dims_this_step(self) -> list[int]:
         idx = list(range(len(self.matryoshka_dims)))
         if 0 < self.n_dims_per_step < len(idx):
