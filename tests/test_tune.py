@@ -58,6 +58,31 @@ def test_tune_cli_writes_the_profile_and_prints_the_choice(art):
     assert getattr(bad.exception, "exit_code", None) == 2 and "no variant(s) nope" in str(bad.exception)
 
 
+def test_tune_queries_option_times_batch1_on_the_apps_queries(art, tmp_path):
+    """`stedge tune --queries FILE`: batch-1 calls run on the app's queries (the profile says so and keeps their
+    fingerprint; the table's caption too); bulk workloads stay the built-in ones; empty or unreadable files are
+    named."""
+    from stedge_runtime.tune import texts_sha256
+
+    queries = [f"does protein {i} bind the receptor in human cells" for i in range(40)]
+    q = tmp_path / "queries.txt"
+    q.write_text("\n".join(queries) + "\n\n", encoding="utf-8")
+    res = _cli("tune", str(art), "--quick", "--dry-run", "--json", "--queries", str(q))
+    assert res.exit_code == 0, res.output
+    w = json.loads(res.stdout)["profile"]["workloads"]
+    base = json.loads(_cli("tune", str(art), "--quick", "--dry-run", "--json").stdout)["profile"]["workloads"]
+    assert w["batch1"]["source"] == "queries" and w["batch1"]["sha256"] == texts_sha256(queries)
+    assert w["batch1"]["mean_tokens"] != base["batch1"]["mean_tokens"] and base["batch1"]["source"] == "built-in"
+    assert w["short"] == base["short"] and w["passage"] == base["passage"]
+    table = _cli("tune", str(art), "--quick", "--dry-run", "--queries", str(q))
+    assert table.exit_code == 0 and "bs=1 on your queries" in table.stdout
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    for path, why in ((empty, "no non-empty lines"), (tmp_path / "nope.txt", "cannot read it")):
+        bad = _cli("tune", str(art), "--quick", "--dry-run", "--queries", str(path))
+        assert getattr(bad.exception, "exit_code", None) == 2 and f"--queries {path}: {why}" in str(bad.exception)
+
+
 def test_tune_notes_a_missing_bf16_variant_on_a_bf16_cpu(art, monkeypatch):
     """On a CPU that runs bf16, `stedge tune` and `stedge info` on an artifact without openvino-bf16 name the export
     that adds it (the artifact's source model in the command); elsewhere they say nothing of it."""
@@ -281,6 +306,57 @@ def test_bench_tunes_only_when_the_profile_is_missing_stale_or_quick(art, monkey
     assert len(calls) == 2 and "--quick" not in calls[1]  # a quick profile is re-tuned by a full run
     runner.ensure_profile(art, suite.quick(), 2, {}, lambda m: None)
     assert len(calls) == 2  # ... but is enough for a quick one
+
+
+def test_bench_tunes_batch1_on_the_suites_queries(art, monkeypatch):
+    """The harness passes its batch-1 queries to `stedge tune --queries` (one a line), and re-tunes a profile whose
+    batch-1 calls ran on other queries, or on none."""
+    import subprocess
+
+    from stedge_runtime.machine import machine_key
+    from stedge_runtime.profile import write_profile
+    from stedge_runtime.tune import settings_grid, texts_sha256, tunable_variants
+
+    from stedge.bench import runner
+
+    calls, sent = [], []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        if "--queries" in cmd:
+            sent.append(Path(cmd[cmd.index("--queries") + 1]).read_text(encoding="utf-8").splitlines())
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    suite = runner.Suite(name="t", file="t.toml", models=[])
+    queries = ["what binds\nthe receptor", "is p53 a tumour suppressor", "  "]
+    runner.ensure_profile(art, suite, 2, {}, lambda m: None, queries=queries)
+    assert sent == [["what binds the receptor", "is p53 a tumour suppressor"]]
+    todo, _ = tunable_variants(art)
+    runs = {
+        n: {"status": "ok", "sha256": v["sha256"], "runs": [{"settings": g} for g in settings_grid(v["backend"], 2)]}
+        for n, v in todo.items()
+    }
+    prof = {
+        "format_version": 1,
+        "machine": {"key": machine_key()},
+        "quick": False,
+        "variants": runs,
+        "batch_tokens": {"best": 1024},
+        "paired": {"cycles": 0, "reference": None, "contenders": {}},
+        "workloads": {"batch1": {"source": "built-in"}},
+    }
+    write_profile(art, prof)
+    runner.ensure_profile(art, suite, 2, {}, lambda m: None)
+    assert len(calls) == 1  # no queries asked: the profile covers the run
+    runner.ensure_profile(art, suite, 2, {}, lambda m: None, queries=queries)
+    assert len(calls) == 2  # tuned on the built-in texts: re-tuned on the queries
+    prof["workloads"]["batch1"] = {"source": "queries", "sha256": texts_sha256(sent[0])}
+    write_profile(art, prof)
+    runner.ensure_profile(art, suite, 2, {}, lambda m: None, queries=queries)
+    assert len(calls) == 2  # tuned on these queries: kept
+    runner.ensure_profile(art, suite, 2, {}, lambda m: None, queries=queries[1:])
+    assert len(calls) == 3  # other queries: re-tuned
 
 
 def test_bench_says_what_a_tune_stopped_in_its_memory_probe_left(art, monkeypatch):

@@ -432,15 +432,18 @@ def ensure_profile(
     env: dict[str, str],
     log: Callable[[str], None],
     budgets: bool = False,
+    queries: list[str] | None = None,
 ) -> None:
     """Run `stedge tune` on the artifact (in a clean process, at the thread budget) unless this machine's
     profile already covers every variant the CPU can run, each with the hash it has now and with every engine
     setting the tuner tries today (a profile from an older settings grid is re-tuned). ``budgets``: an auto
-    subject has a memory budget, so a profile without the figures of each configuration is re-tuned too."""
+    subject has a memory budget, so a profile without the figures of each configuration is re-tuned too.
+    ``queries``: the suite's batch-1 queries, which the tune's batch-1 calls then run on (`stedge tune --queries`),
+    so that its batch-1 choices fit the queries the harness times; a profile tuned on others is re-tuned."""
     from stedge_runtime.errors import RuntimeStedgeError
     from stedge_runtime.machine import machine_key
     from stedge_runtime.profile import read_profile
-    from stedge_runtime.tune import settings_grid, tunable_variants
+    from stedge_runtime.tune import settings_grid, texts_sha256, tunable_variants
 
     def tried(entry: dict) -> set:
         return {tuple(sorted(r["settings"].items())) for r in entry.get("runs") or []}
@@ -464,6 +467,11 @@ def ensure_profile(
         stale = list(todo)  # a quick profile, or one from before the token budget or the paired final, is re-tuned
     if budgets and prof and "configs" not in (prof.get("memory") or {}):
         stale = list(todo)  # a memory budget is checked against figures this profile does not have
+    # one query a line, as `stedge tune --queries` reads them back
+    lines = [q for q in (" ".join(q.splitlines()) for q in queries or ()) if q.strip()]
+    tuned_on = ((prof.get("workloads") or {}).get("batch1") or {}).get("sha256")
+    if lines and prof and tuned_on != texts_sha256(lines):
+        stale = list(todo)  # batch-1 choices made on other queries than the ones timed here
     if not stale:
         log(f"{artifact.name}: this machine's tuning profile covers every variant; not re-tuning")
         return
@@ -473,11 +481,15 @@ def ensure_profile(
     if suite.tune_quick:
         cmd.append("--quick")
     log(f"tuning {artifact.name} on this machine ({len(todo)} variants; stale or new: {', '.join(stale)})")
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work_root(), timeout=TUNE_TIMEOUT_S)
-        failed = proc.stderr.strip()[-800:] if proc.returncode != 0 else None
-    except subprocess.TimeoutExpired:
-        failed = f"timed out after {TUNE_TIMEOUT_S} s"
+    with tempfile.TemporaryDirectory(prefix="stedge-tune-") as tmp:
+        if lines:
+            (Path(tmp) / "queries.txt").write_text("".join(q + "\n" for q in lines), encoding="utf-8")
+            cmd += ["--queries", str(Path(tmp) / "queries.txt")]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work_root(), timeout=TUNE_TIMEOUT_S)
+            failed = proc.stderr.strip()[-800:] if proc.returncode != 0 else None
+        except subprocess.TimeoutExpired:
+            failed = f"timed out after {TUNE_TIMEOUT_S} s"
     if failed:
         log(f"warning: stedge tune {artifact} failed ({failed}); {_tune_left(artifact, todo, prof)}")
 
@@ -1122,7 +1134,8 @@ def _plan_model(
 
     artifact = ensure_artifact(entry, model_path, suite, data, log)
     if artifact is not None and entry.auto and suite.tune and suite.device.split(":", 1)[0] == "cpu":
-        ensure_profile(artifact, suite, n_threads, env, log, budgets=any("@" in a for a in entry.auto))
+        budgets = any("@" in a for a in entry.auto)
+        ensure_profile(artifact, suite, n_threads, env, log, budgets=budgets, queries=data.queries or None)
     peers = {}
     for p in entry.peers:
         backend = p.partition(":")[0]

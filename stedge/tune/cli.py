@@ -27,8 +27,10 @@ def run_tune(
     write: bool = True,
     paired_cycles: int | None = None,
     memory: bool = True,
+    queries: list[str] | None = None,
 ) -> tuple[dict[str, Any], Path | None]:
     """Tune the artifact at ``path``; returns (profile, file written or None). Progress bar on stderr.
+    ``texts`` replace the built-in samples; ``queries`` replace them for the batch-1 calls alone.
     ``paired_cycles``: cycles of the paired final (None: stedge_runtime.tune.PAIRED_CYCLES; 0 skips it).
     ``memory``: once the profile is written (not with ``quick``), measure in fresh processes the peak RSS of
     each tier's choice and of each configuration a memory budget may fall back to (stedge_runtime.tune.tier_memory,
@@ -48,7 +50,7 @@ def run_tune(
             warnings.simplefilter("ignore", RuntimeWarning)  # each variant is named on purpose
             cycles = PAIRED_CYCLES if paired_cycles is None else paired_cycles
             with _bar(show_progress, "tuning") as progress:
-                prof = tune(root, variants, threads, quick, budget_s, texts, batch_sizes, progress, cycles)
+                prof = tune(root, variants, threads, quick, budget_s, texts, batch_sizes, progress, cycles, queries)
     finally:
         quiet.setLevel(level)
     if not write:
@@ -57,8 +59,8 @@ def run_tune(
     if memory and not quick:  # the children load what Encoder.load would: the profile must be on disk first
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with _bar(show_progress, "measuring the memory of") as progress:
-            tiers = tier_memory(root, best_choices(root), texts, batch_sizes, progress)
-            configs = config_memory(root, prof, tiers, texts, batch_sizes, progress)
+            tiers = tier_memory(root, best_choices(root), texts, batch_sizes, progress, queries)
+            configs = config_memory(root, prof, tiers, texts, batch_sizes, progress, queries)
         prof["memory"] = {"created": created, "tiers": tiers, "configs": configs}
         file = write_profile(root, prof)
     return prof, file
@@ -140,7 +142,7 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
     bs = [str(b) for b in prof.get("batch_sizes", [1, 32]) if b != 1]
     units = [f for f in m["isa_flags"] if "vnni" in f or "bf16" in f or f.startswith("amx")] or [m.get("cpu_class", "")]
     w = prof.get("workloads") or {}
-    tokens = [w.get(k, {}).get("mean_tokens") for k in ("batch1", "batch1_long")]
+    tokens = [w.get(k, {}).get("mean_tokens") for k in ("batch1", "batch1_long")] + [w.get("batch1", {}).get("source")]
     peaks = {
         memory_config_key(c["variant"], c.get("settings")): _mb(c.get("peak_rss_mb"), c.get("growth_mb"))
         for c in (prof.get("memory") or {}).get("configs") or []
@@ -208,10 +210,12 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
 
 
 def _caption(tokens: list, peaks: dict[str, str]) -> str | None:
-    """The table's caption: the batch-1 query lengths, and what a "+" on a peak figure means where one has it."""
+    """The table's caption: the batch-1 query lengths (and whether they were the app's, given with --queries), and
+    what a "+" on a peak figure means where one has it."""
     parts = []
-    if all(tokens):
-        parts.append(f"bs=1 on short queries ({tokens[0]:.0f} tokens) and longer ones ({tokens[1]:.0f})")
+    if all(tokens[:2]):
+        which = "your queries" if tokens[2:] == ["queries"] else "short queries"
+        parts.append(f"bs=1 on {which} ({tokens[0]:.0f} tokens) and longer ones ({tokens[1]:.0f})")
     if any(v.endswith("+") for v in peaks.values()):
         parts.append("peak MB +: still growing at the end of the memory probe (a memory budget does not take it)")
     return "; ".join(parts) or None
@@ -304,8 +308,15 @@ def tune_cmd(
     texts: Optional[Path] = typer.Option(
         None,
         "--texts",
-        help="A text file (one text per line) instead of the built-in samples: your app's queries, since batch-1 "
-        "choices such as OpenVINO's static padding depend on their lengths.",
+        help="A text file (one text per line) instead of the built-in samples, for every workload: bulk batches, "
+        "passages (the texts joined) and, without --queries, batch 1.",
+    ),
+    queries: Optional[Path] = typer.Option(
+        None,
+        "--queries",
+        help="A text file of your app's queries (one per line; for a reranker, each is paired with a text as its "
+        "document): batch-1 calls are timed on them and on them joined in pairs, so batch-1 choices such as "
+        "OpenVINO's static padding and the batch-1 route fit their lengths; bulk workloads are unchanged.",
     ),
     batch_size: list[int] = typer.Option(
         [32], "--batch-size", "-b", help="Bulk batch sizes to time (repeatable; batch 1 is always timed)."
@@ -338,14 +349,7 @@ def tune_cmd(
     from stedge_runtime.artifact import Manifest
     from stedge_runtime.tune import best_choices
 
-    lines = None
-    if texts is not None:
-        try:
-            lines = [t for t in texts.read_text(encoding="utf-8").splitlines() if t.strip()]
-        except (OSError, UnicodeDecodeError) as e:
-            raise StedgeError(f"--texts {texts}: cannot read it as UTF-8 text ({e})") from None
-        if not lines:
-            raise StedgeError(f"--texts {texts}: no non-empty lines")
+    lines = read_lines(texts, "--texts")
     prof, file = run_tune(
         artifact,
         variant or None,
@@ -358,6 +362,7 @@ def tune_cmd(
         write=not dry_run,
         paired_cycles=paired_cycles,
         memory=memory,
+        queries=read_lines(queries, "--queries"),
     )
     choices = best_choices(artifact, profile=prof)
     if as_json:
@@ -373,6 +378,19 @@ def tune_cmd(
     hint = bf16_hint(artifact, m.variants, str(m.source.get("model") or "MODEL"))
     if hint:
         Console(stderr=True).print(f"[yellow]{hint}[/]", highlight=False)
+
+
+def read_lines(path: Path | None, option: str) -> list[str] | None:
+    """The non-empty lines of a UTF-8 text file given as ``option`` (None when not given)."""
+    if path is None:
+        return None
+    try:
+        lines = [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise StedgeError(f"{option} {path}: cannot read it as UTF-8 text ({e})") from None
+    if not lines:
+        raise StedgeError(f"{option} {path}: no non-empty lines")
+    return lines
 
 
 def register(app: typer.Typer) -> None:

@@ -122,21 +122,33 @@ def settings_grid(backend: str, threads: int | None = None, quick: bool = False)
 
 
 class _Workloads:
-    """The texts every variant sees: short ones, passage-length ones, and a mixed batch for invariance."""
+    """The texts every variant sees: short ones, passage-length ones, and a mixed batch for invariance; the
+    batch-1 calls run on ``queries`` where given (an app's own), else on the short texts."""
 
-    def __init__(self, task: str, texts: Sequence[str] | None, quick: bool) -> None:
+    def __init__(
+        self, task: str, texts: Sequence[str] | None, quick: bool, queries: Sequence[str] | None = None
+    ) -> None:
         short = [t for t in (texts or SHORT) if t.strip()]
         if not short:
             raise InputError("tune needs at least one non-empty text")
+        asked = [q for q in queries or () if q.strip()]
+        if queries is not None and not asked:
+            raise InputError("tune's queries (the batch-1 texts) need at least one non-empty text")
+        self.batch1_source = "queries" if asked else "texts" if texts else "built-in"
+        self.queries_sha256 = texts_sha256(asked) if asked else None
         # 256 short texts make 8 batches of 32: an OpenVINO throughput hint runs batches side by side, and
         # 3 batches (96 texts, before) left one stream idle for a third of the pass.
         n_short, n_pass, n_lat = (32, 8, 12) if quick else (256, 16, 32)
         self.short = [short[i % len(short)] for i in range(n_short)]
         self.passage = passages(short, count=n_pass)
-        self.latency = self.short[:n_lat]
-        # Longer queries (two short texts joined, about twice the tokens): batch-1 routing must pay at both lengths.
+        if asked:  # spread over all of them, in case they come sorted (n_lat of them; all, cycled, if fewer)
+            step = max(1, len(asked) // n_lat)
+            self.latency = [asked[(i * step) % len(asked)] for i in range(n_lat)]
+        else:
+            self.latency = self.short[:n_lat]
+        # Longer queries (two of them joined, about twice the tokens): batch-1 routing must pay at both lengths.
         half = n_lat // 2
-        self.latency_long = [f"{self.short[i]} {self.short[i + half]}" for i in range(half)]
+        self.latency_long = [f"{self.latency[i]} {self.latency[i + half]}" for i in range(half)]
         self.probe = self.short[:16]
         self.mixed = self.probe + self.passage[: 32 - len(self.probe)]  # padded to passage length in one batch
         # For the memory probe: inputs of many lengths (OpenVINO keeps state per input shape it has run).
@@ -149,7 +161,7 @@ class _Workloads:
             q = self.short
             self.short = [(q[i], q[(i + 1) % len(q)]) for i in range(len(q))]
             self.passage = [(q[i], p) for i, p in enumerate(self.passage)]
-            self.latency = self.short[: len(self.latency)]
+            self.latency = [(a, q[(i + 1) % len(q)]) for i, a in enumerate(self.latency)]  # a query, a short text
             pairs = zip(self.latency[: len(self.latency) // 2], self.latency[1:])
             self.latency_long = [(a, f"{b} {c}") for (a, b), (_, c) in pairs]
             # each text with the next and with itself, as export verifies (verify.reranker_pairs): scores of both
@@ -165,9 +177,21 @@ class _Workloads:
         return {
             "short": {"texts": len(self.short), "mean_tokens": count(self.short)},
             "passage": {"texts": len(self.passage), "mean_tokens": count(self.passage)},
-            "batch1": {"texts": len(self.latency), "mean_tokens": count(self.latency)},
+            "batch1": {
+                "texts": len(self.latency),
+                "mean_tokens": count(self.latency),
+                "source": self.batch1_source,
+                **({"sha256": self.queries_sha256} if self.queries_sha256 else {}),
+            },
             "batch1_long": {"texts": len(self.latency_long), "mean_tokens": count(self.latency_long)},
         }
+
+
+def texts_sha256(texts: Sequence[str]) -> str:
+    """A short fingerprint of a list of texts (a profile's batch-1 queries), to tell whether it was tuned on them."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()[:16]
 
 
 def _call(model: Any, task: str) -> Callable[[Any, int], np.ndarray]:
@@ -329,6 +353,7 @@ def tune(
     batch_sizes: Sequence[int] = (32,),
     progress: Progress | None = None,
     paired_cycles: int = PAIRED_CYCLES,
+    queries: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Time the artifact's CPU variants on this machine; returns the profile (write it with profile.write_profile).
 
@@ -337,7 +362,9 @@ def tune(
     the token-budget sweep (about 10-15 s on 2 cores for a MiniLM), the paired final and, per OpenVINO variant,
     the static-padding duel (``static_pad_duel``, a few seconds) come on top, and ``quick`` skips them and tries
     only the engines' default settings. ``texts`` replaces the built-in
-    samples; ``paired_cycles`` is the number of cycles of the paired final (0 skips it; see ``paired_final``).
+    samples; ``queries`` (an app's own) replace them for the batch-1 calls alone (their timings, the static-padding
+    duel and the batch-1 routing decide on them), the bulk workloads unchanged; ``paired_cycles`` is the number of
+    cycles of the paired final (0 skips it; see ``paired_final``).
     """
     from .encoder import Encoder, Reranker
 
@@ -362,7 +389,7 @@ def tune(
         raise InputError(
             f"bulk batch sizes must be integers >= 2 (batch 1 is always measured), got {list(batch_sizes)}"
         )
-    work = _Workloads(task, texts, quick)
+    work = _Workloads(task, texts, quick, queries)
     per_variant = (budget_s / len(todo)) if budget_s else (1.5 if quick else 4.0)
     cls = Reranker if task == "reranking" else Encoder
     pads = {} if quick else _static_pads(cls, root, todo, work, threads, progress)
@@ -755,11 +782,12 @@ def tier_memory(
     texts: Sequence[str] | None = None,
     batch_sizes: Sequence[int] = (32,),
     progress: Progress | None = None,
+    queries: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """What each tier's choice costs in memory here: the peak RSS (MB) of a fresh Python process that runs
     ``Encoder.load(root, tier=...)`` (or Reranker) and the tune's workloads (bulk short texts and passages at
-    ``batch_sizes``, then the batch-1 texts twice, one call each, then ``MEMORY_VARIED`` texts of many lengths at
-    batch 32, 8 and 1). Call it after the profile is on disk: the
+    ``batch_sizes``, then the batch-1 texts (``queries`` where given) twice, one call each, then ``MEMORY_VARIED``
+    texts of many lengths at batch 32, 8 and 1). Call it after the profile is on disk: the
     child loads what ``Encoder.load`` would. With a batch-1 route, ``route_off_mb`` is the same with
     ``route=False``. ``growth_mb`` (``route_off_growth_mb``): what the second half of the varied texts added to
     the peak (``_memory_child``). ``choices`` is ``best_choices``'s output; tiers with the same choice share one
@@ -781,7 +809,8 @@ def tier_memory(
             for route, field, grew in fields:
                 if route is False and not c.get("latency_variant"):
                     continue
-                spec = {"root": str(root), "tier": tier, "route": route, "texts": texts, "batch_sizes": [*batch_sizes]}
+                spec = {"root": str(root), "tier": tier, "route": route, "texts": texts, "queries": queries}
+                spec["batch_sizes"] = [*batch_sizes]
                 try:
                     got[field], got[grew] = _memory_in_child(spec)
                 except RuntimeStedgeError as e:
@@ -818,6 +847,7 @@ def config_memory(
     texts: Sequence[str] | None = None,
     batch_sizes: Sequence[int] = (32,),
     progress: Progress | None = None,
+    queries: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """The peak RSS (MB) of each of ``memory_configs`` in a fresh process, as ``tier_memory`` measures a tier
     (the variant named, with its settings and the profile's token budget). A tier measurement (``tiers``, from
@@ -839,7 +869,13 @@ def config_memory(
         if key not in known:
             if progress:
                 progress(f"{c['variant']} {_fmt(c['settings'])}", i, len(todo))
-            spec = {"root": str(root), "variant": c["variant"], "settings": c["settings"], "texts": texts}
+            spec = {
+                "root": str(root),
+                "variant": c["variant"],
+                "settings": c["settings"],
+                "texts": texts,
+                "queries": queries,
+            }
             spec.update(batch_sizes=[*batch_sizes], max_batch_tokens=budget if isinstance(budget, int) else None)
             try:
                 known[key] = _memory_in_child(spec)
@@ -907,17 +943,22 @@ def _memory_child(spec_json: str) -> None:
             model = cls.load(
                 root, variant=spec["variant"], max_batch_tokens=spec.get("max_batch_tokens"), **spec["settings"]
             )
-    peak, growth = memory_workloads(model, task, spec.get("texts"), spec["batch_sizes"])
+    peak, growth = memory_workloads(model, task, spec.get("texts"), spec["batch_sizes"], spec.get("queries"))
     print(json.dumps({"peak_rss_mb": peak, "growth_mb": growth}), flush=True)
 
 
 def memory_workloads(
-    model: Any, task: str, texts: Sequence[str] | None = None, batch_sizes: Sequence[int] = (32,)
+    model: Any,
+    task: str,
+    texts: Sequence[str] | None = None,
+    batch_sizes: Sequence[int] = (32,),
+    queries: Sequence[str] | None = None,
 ) -> tuple[float, float]:
     """The memory probe's workloads on a loaded Encoder or Reranker: the tune's bulk texts and passages at
-    ``batch_sizes``, its batch-1 texts twice, then ``MEMORY_VARIED`` varied texts in two halves of the same
-    lengths (``varied_sweep``). Returns this process's peak RSS (MB) and what the second half added to it."""
-    work = _Workloads(task, texts, quick=False)
+    ``batch_sizes``, its batch-1 texts (``queries`` where given) twice, then ``MEMORY_VARIED`` varied texts in two
+    halves of the same lengths (``varied_sweep``). Returns this process's peak RSS (MB) and what the second half
+    added to it."""
+    work = _Workloads(task, texts, quick=False, queries=queries)
     run = _call(model, task)
     for bs in batch_sizes:
         run(work.short, bs)

@@ -808,6 +808,40 @@ def test_tune_duels_the_static_padding_of_openvino_variants(own_artifact, monkey
     assert all("static_pad" not in e for e in tune_mod.tune(own_artifact, quick=True, budget_s=1)["variants"].values())
 
 
+def test_tune_times_batch1_on_the_apps_queries(own_artifact, monkeypatch):
+    """``queries`` replace the tune's texts for its batch-1 calls alone: spread over all of them (each with a short
+    text as its document for a reranker), joined in pairs for the longer ones; the bulk workloads stay; the
+    static-padding duel and the memory probe run on them; the profile records their fingerprint."""
+    from stedge_runtime import tune as tune_mod
+    from stedge_runtime.errors import InputError
+
+    queries = [f"query number {i} about {'cells ' * (i % 7)}" for i in range(100)]
+    built_in = tune_mod._Workloads("embedding", None, False)
+    work = tune_mod._Workloads("embedding", None, False, queries)
+    assert work.latency == [queries[3 * i] for i in range(32)]  # every third of 100: the whole list, not its head
+    assert work.latency_long == [f"{queries[3 * i]} {queries[3 * (i + 16)]}" for i in range(16)]
+    assert (work.short, work.passage, work.probe) == (built_in.short, built_in.passage, built_in.probe)
+    assert tune_mod._Workloads("embedding", None, True, queries[:5]).latency == [queries[i % 5] for i in range(12)]
+    pairs = tune_mod._Workloads("reranking", None, False, queries)
+    assert [q for q, _ in pairs.latency] == work.latency and all(d in built_in.short for _, d in pairs.latency)
+    summary = work.summary(lambda items: 1.0)["batch1"]
+    assert summary["source"] == "queries" and summary["sha256"] == tune_mod.texts_sha256(queries)
+    assert built_in.summary(lambda items: 1.0)["batch1"]["source"] == "built-in"
+    with pytest.raises(InputError, match="need at least one non-empty text"):
+        tune_mod._Workloads("embedding", None, False, [" ", ""])
+    seen = []
+    real_duel = tune_mod.static_pad_duel
+    monkeypatch.setattr(tune_mod, "static_pad_duel", lambda *a, **k: seen.append(a[4].latency) or real_duel(*a, **k))
+    prof = tune_mod.tune(
+        own_artifact, variants=["openvino-fp32"], threads=1, budget_s=1, paired_cycles=0, queries=queries
+    )
+    assert seen == [work.latency] and prof["workloads"]["batch1"]["sha256"] == tune_mod.texts_sha256(queries)
+    specs = []
+    monkeypatch.setattr(tune_mod, "_memory_in_child", lambda spec: specs.append(spec) or (100.0, 0.0))
+    tune_mod.config_memory(own_artifact, prof, {}, queries=queries)
+    assert specs and all(s["queries"] == queries for s in specs)
+
+
 def test_tune_measures_the_token_budget_and_load_uses_it(own_artifact):
     from stedge_runtime.errors import InputError
     from stedge_runtime.tune import BATCH_TOKEN_GRID, tune
