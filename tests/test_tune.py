@@ -233,12 +233,19 @@ def test_embed_tier_option(art):
 
 def test_export_tune_writes_the_profile(tiny_model, tmp_path):
     from stedge_runtime.machine import machine_key
+    from stedge_runtime.profile import read_profile
 
-    res = _cli("export", str(tiny_model), "-o", str(tmp_path / "a"), "--tune", "--json")
-    assert res.exit_code == 0, res.output
+    missing = _cli("export", str(tiny_model), "-o", str(tmp_path / "a"), "--tune-queries", str(tmp_path / "q.txt"))
+    assert "--tune-queries" in str(missing.exception) and not (tmp_path / "a").exists()  # refused before the export
+    (tmp_path / "q.txt").write_text("which cells express the receptor\nis p53 mutated in most tumours\n")
+    res = _cli(
+        "export", str(tiny_model), "-o", str(tmp_path / "a"), "--tune-queries", str(tmp_path / "q.txt"), "--json"
+    )
+    assert res.exit_code == 0, res.output  # --tune-queries implies --tune
     out = json.loads(res.stdout)
     assert out["tuning"]["file"] == str(tmp_path / "a" / "tuning" / f"{machine_key()}.json")
     assert Path(out["tuning"]["file"]).is_file() and out["tuning"]["choices"]["exact"]["source"] == "profile"
+    assert read_profile(tmp_path / "a", machine_key())["workloads"]["batch1"]["source"] == "queries"
 
 
 def test_bench_tunes_only_when_the_profile_is_missing_stale_or_quick(art, monkeypatch):

@@ -133,11 +133,19 @@ def register(app: typer.Typer) -> None:
             help="Then time the variants on this machine (`stedge tune`) so "
             "Encoder.load picks the fastest of each precision tier here.",
         ),
+        tune_queries: Optional[Path] = typer.Option(
+            None,
+            "--tune-queries",
+            help="Your app's queries, one a line, for the tune's batch-1 calls (as `stedge tune --queries`; "
+            "implies --tune).",
+        ),
     ) -> None:
         """Export MODEL to ONNX / OpenVINO with pooling inside the graph, verify every variant through
         stedge_runtime against PyTorch (tier, batch invariance), write stedge.json."""
         from stedge.export import export_model
+        from stedge.tune.cli import read_lines
 
+        queries = read_lines(tune_queries, "--tune-queries")  # before the export: a bad file costs nothing
         result = export_model(
             model,
             output,
@@ -166,10 +174,10 @@ def register(app: typer.Typer) -> None:
 
                 Console(stderr=True).print(f"[yellow]{hint}[/]", highlight=False)
         tuning = None
-        if tune:
+        if tune or queries:
             from stedge.tune.cli import tune_after_export
 
-            tuning = tune_after_export(result.path, show=not as_json)
+            tuning = tune_after_export(result.path, show=not as_json, queries=queries)
         if as_json:
             typer.echo(json.dumps({**result.to_dict(), **({"tuning": tuning} if tuning else {})}, indent=2))
 

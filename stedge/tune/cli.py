@@ -79,13 +79,14 @@ def _bar(show: bool, label: str) -> Iterator[Callable[[str, int, int], None] | N
         yield lambda what, done, total: bar.update(task, description=f"{label} {what}", completed=done, total=total)
 
 
-def tune_after_export(path: str | Path, show: bool = True) -> dict[str, Any]:
-    """`stedge export --tune`: tune the artifact just written; print the export's table, then the tuning
-    table and the choice per tier when ``show``; returns {file, choices} for the export's JSON."""
+def tune_after_export(path: str | Path, show: bool = True, queries: list[str] | None = None) -> dict[str, Any]:
+    """`stedge export --tune`: tune the artifact just written (its batch-1 calls on ``queries`` where given, from
+    ``--tune-queries``); print the tuning table and the choice per tier when ``show``; returns {file, choices} for
+    the export's JSON."""
     from stedge_runtime.artifact import Manifest
     from stedge_runtime.tune import best_choices
 
-    prof, file = run_tune(path, show_progress=show)
+    prof, file = run_tune(path, show_progress=show, queries=queries)
     choices = best_choices(path, profile=prof)
     if show:
         m = Manifest.read(path)
