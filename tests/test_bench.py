@@ -59,7 +59,7 @@ def test_suite_errors_name_the_key(tmp_path):
     cycles = _suite_toml(tmp_path / "cycles.toml", 'interleave_cycles = -1\n[[models]]\nref = "m"\n')
     with pytest.raises(StedgeError, match="interleave_cycles must be >= 0"):
         load_suite(cycles)
-    with pytest.raises(StedgeError, match="cpu, gpu, smoke"):
+    with pytest.raises(StedgeError, match="cpu, cpu-rerank, gpu, smoke"):
         load_suite("no-such-suite")
     for entry in ("fast", "near@", "near@-3", "near@lots"):
         auto = _suite_toml(tmp_path / "auto.toml", f'[[models]]\nref = "m"\nauto = ["exact", "{entry}"]\n')
@@ -623,7 +623,7 @@ def test_cli_unknown_suite_is_a_clear_error():
 
     res = CliRunner().invoke(app, ["bench", "no-such-suite"])
     assert res.exit_code != 0 and isinstance(res.exception, StedgeError)
-    assert "no-such-suite" in str(res.exception) and "cpu, gpu, smoke" in str(res.exception)
+    assert "no-such-suite" in str(res.exception) and "cpu, cpu-rerank, gpu, smoke" in str(res.exception)
 
 
 # ----------------------------------------------------------------------------- from a wheel

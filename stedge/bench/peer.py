@@ -133,13 +133,15 @@ def short_version(version: str | None) -> str | None:
     return ".".join(version.split(".")[:2]) if version else None
 
 
-def export_st_peer(model_path: str | Path, backend: str, out: str | Path) -> None:
-    """sentence-transformers' own export of ``model_path`` for ``backend`` (onnx / openvino), saved into ``out``.
+def export_st_peer(model_path: str | Path, backend: str, out: str | Path, task: str = "embedding") -> None:
+    """sentence-transformers' own export of ``model_path`` for ``backend`` (onnx / openvino), saved into ``out``
+    (task ``reranking``: through its ``CrossEncoder``, which writes the same ``onnx/`` / ``openvino/`` files).
 
     Runs in whichever interpreter calls it: the harness's own, or the peer interpreter through
-    ``python -m stedge.bench.peer_export MODEL BACKEND OUT``.
+    ``python -m stedge.bench.peer_export MODEL BACKEND OUT [TASK]``.
     """
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import CrossEncoder, SentenceTransformer
 
-    model = SentenceTransformer(str(model_path), backend=backend, device="cpu", local_files_only=True)
+    cls = CrossEncoder if task == "reranking" else SentenceTransformer
+    model = cls(str(model_path), backend=backend, device="cpu", local_files_only=True)
     model.save(str(out))

@@ -122,6 +122,20 @@ FP32_ACCURATE_MIN_COSINE = 0.999
 SPEARMAN_POINTS = 1.0
 
 
+def words(task: str | None) -> dict[str, str]:
+    """How the figures of a model of ``task`` read: an embedding model's sentences and cosine, a reranker's
+    (query, passage) pairs and score agreement (its rows keep the JSON keys ``sentences_per_s``, ``min_cosine``,
+    as export's verification record keeps ``min_cosine`` with ``agreement: "score"``)."""
+    if task == "reranking":
+        return {"rate": "pairs/s", "passages": "passage pairs/s", "min": "min score agr.", "per": "pair"}
+    return {"rate": "sent/s", "passages": "passages/s", "min": "min cos", "per": "text"}
+
+
+def _task(r: dict[str, Any]) -> str:
+    """A row's task (rows written before rerankers were measured have none: embedding)."""
+    return r.get("task") or "embedding"
+
+
 def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Per model: stedge's fastest fp32-accurate subject (min cosine >= 0.999 to PyTorch fp32) and its
     fastest subject within 1 Spearman point of PyTorch fp32, each against sentence-transformers' best
@@ -142,7 +156,11 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
                 r for r in ours if r["accuracy"].get("spearman_delta", 0.0) >= -SPEARMAN_POINTS
             ],
         }
-        entry: dict[str, Any] = {"model": model, "best_peer": _brief(best_peer, head) if best_peer else None}
+        entry: dict[str, Any] = {
+            "model": model,
+            "task": _task(rs[0]),
+            "best_peer": _brief(best_peer, head) if best_peer else None,
+        }
         for key, cands in picks.items():
             best = max(cands, key=lambda r: r["headline_sentences_per_s"], default=None)
             if best is None:
@@ -197,18 +215,18 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lines = []
     head = results["suite"]["headline_batch_size"]
     for s in summary(results):
-        peer = s["best_peer"]
+        peer, w = s["best_peer"], words(s.get("task"))
         if peer is None:
             continue
         lines.append(
             f"- **{s['model']}** — sentence-transformers' best backend: {peer['label']} "
-            f"({peer['sentences_per_s']:.0f} sent/s at batch {head}, p50 {peer['p50_ms']:.2f} ms"
+            f"({peer['sentences_per_s']:.0f} {w['rate']} at batch {head}, p50 {peer['p50_ms']:.2f} ms"
             f"{_idle_clause(peer['p50_after_idle_ms'], None)}, cold start "
             f"{peer['cold_start_s']:.2f} s, peak RSS {peer['peak_rss_mb']:.0f} MB, ρ×100 {peer['spearman']:.2f}"
             f"{_share_clause(peer.get('interleaved_share_of_best_round'))})."
         )
         for key, what in (
-            ("fastest_fp32_accurate", f"fastest fp32-accurate (min cos ≥ {FP32_ACCURATE_MIN_COSINE})"),
+            ("fastest_fp32_accurate", f"fastest fp32-accurate ({w['min']} ≥ {FP32_ACCURATE_MIN_COSINE})"),
             ("fastest_within_1_spearman_point", "fastest within 1 Spearman point"),
         ):
             e = s.get(key)
@@ -216,14 +234,14 @@ def summary_markdown(results: dict[str, Any]) -> str:
                 continue
             inter = _interleaved_clause(e.get("interleaved_ratio_vs_best_peer"), e["interleaved_share_of_best_round"])
             lines.append(
-                f"  - {what}: {e['label']}: {e['sentences_per_s']:.0f} sent/s = "
+                f"  - {what}: {e['label']}: {e['sentences_per_s']:.0f} {w['rate']} = "
                 f"**{e['throughput_ratio_vs_best_peer']:.2f}×** the best peer{inter}; "
                 f"p50 {e['p50_ms']:.2f} ms ({e['p50_ratio_vs_best_peer']:.2f}×)"
                 f"{_idle_clause(e['p50_after_idle_ms'], e.get('p50_after_idle_ratio_vs_best_peer'))}, "
                 f"cold start {e['cold_start_s']:.2f} s "
                 f"({e['cold_start_ratio_vs_best_peer']:.2f}×), peak RSS {e['peak_rss_mb']:.0f} MB "
                 f"({e['peak_rss_ratio_vs_best_peer']:.2f}×), "
-                f"ρ×100 {e['spearman']:.2f}, min cos {e['min_cosine']:.4f}."
+                f"ρ×100 {e['spearman']:.2f}, {w['min']} {e['min_cosine']:.4f}."
             )
     lines += _auto_lines(results)
     for r in results["rows"]:
@@ -243,9 +261,10 @@ def _auto_lines(results: dict[str, Any]) -> list[str]:
         if r.get("status") != "ok" or not r.get("auto_tier"):
             continue
         sel = (r.get("subject_info") or {}).get("selection") or r.get("selection") or {}
+        w = words(_task(r))
         text = (
             f"- {r['model']} / **auto {r['auto_tier']}** picked {sel.get('variant')} ({sel.get('source')}: "
-            f"{sel.get('reason', '')}): {r['headline_sentences_per_s']:.0f} sent/s at batch {head}"
+            f"{sel.get('reason', '')}): {r['headline_sentences_per_s']:.0f} {w['rate']} at batch {head}"
         )
         if r.get("speedup_vs_best_peer") is not None:
             text += f" = **{r['speedup_vs_best_peer']:.2f}×** {r['best_peer']}"
@@ -253,7 +272,7 @@ def _auto_lines(results: dict[str, Any]) -> list[str]:
         text += f", p50 {r['latency_ms']['p50']:.2f} ms{_idle_clause(_idle_p50(r), None)}"
         text += f", ρ×100 {r['accuracy']['spearman']:.2f}"
         if r.get("headline_passages_per_s"):
-            text += f", {r['headline_passages_per_s']:.0f} passages/s"
+            text += f", {r['headline_passages_per_s']:.0f} {w['passages']}"
             if _interleaved(r, "passage_speedup_vs_best_peer") is not None:
                 text += (
                     f" ({_interleaved(r, 'passage_speedup_vs_best_peer'):.2f}× "
@@ -293,15 +312,21 @@ def _f(x: Any, fmt: str = "{:.1f}") -> str:
     return "–" if x is None else fmt.format(x)
 
 
-def markdown_table(results: dict[str, Any]) -> str:
-    """One row per subject: accuracy beside speed, memory, cold start, efficiency, speedups."""
+def markdown_table(results: dict[str, Any], task: str = "embedding") -> str:
+    """One row per subject of the models of ``task``: accuracy beside speed, memory, cold start, efficiency,
+    speedups; a reranker's in pairs/s, with its score agreement and max abs score difference to PyTorch fp32 where
+    an embedding model's rows have min and mean cosine ("" when the run has no model of ``task``)."""
     bss = results["suite"]["batch_sizes"]
     head = results["suite"]["headline_batch_size"]
+    rows = [r for r in results["rows"] if _task(r) == task]
+    if not rows:
+        return ""
+    w, rerank = words(task), task == "reranking"
     cols = (
-        ["model", "subject", "size MB", "STS-B ρ×100", "Δρ", "min cos", "mean cos"]
-        + [f"sent/s bs={b}" for b in bss]
+        ["model", "subject", "size MB", "STS-B ρ×100", "Δρ", w["min"], "max abs Δ score" if rerank else "mean cos"]
+        + [f"{w['rate']} bs={b}" for b in bss]
         + [
-            f"passages/s bs={head}",
+            f"{w['passages']} bs={head}",
             "p50 ms",
             "p99 ms",
             "p50 ms after idle",
@@ -317,7 +342,7 @@ def markdown_table(results: dict[str, Any]) -> str:
         ]
     )
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(cols) - 2)) + "|"]
-    for r in results["rows"]:
+    for r in rows:
         if r["status"] != "ok":
             lines.append(
                 f"| {r['model']} | {r['label']} | "
@@ -333,7 +358,7 @@ def markdown_table(results: dict[str, Any]) -> str:
             _f(a["spearman"], "{:.2f}"),
             _f(a.get("spearman_delta"), "{:+.2f}"),
             _f(a["min_cosine"], "{:.4f}"),
-            _f(a["mean_cosine"], "{:.5f}"),
+            _f(a.get("max_abs_diff"), "{:.2g}") if rerank else _f(a["mean_cosine"], "{:.5f}"),
         ]
         cells += [_f(r["throughput"].get(str(b), {}).get("sentences_per_s"), "{:.0f}") for b in bss]
         cells += [_f(r.get("headline_passages_per_s"), "{:.0f}")]
@@ -444,16 +469,16 @@ def _idle_text(suite: dict[str, Any]) -> str:
 def markdown(results: dict[str, Any]) -> str:
     """The whole Markdown report: setup, table, notes on how to read it."""
     s = results["suite"]
-    d = results["data"]
     g = results["gemm_peak"]
     libs = results["machine"]["libraries"]
     lib_line = ", ".join(f"{k} {v}" for k, v in libs.items())
     models = "; ".join(
         f"{m['name']}: {m['layers']} layers, hidden {m['hidden']}, reference STS-B ρ×100 "
         f"{_f(m['reference_spearman'], '{:.2f}')}, "
-        f"{m['mean_tokens_per_text']:.1f} tokens/text"
+        f"{m['mean_tokens_per_text']:.1f} tokens/{words(m.get('task'))['per']}"
         for m in results["models"]
     )
+    tasks = {m.get("task") or "embedding" for m in results["models"]} or {"embedding"}
     return "\n".join(
         [
             f"# Benchmark: suite `{s['name']}` ({results['started'][:10]})",
@@ -461,21 +486,13 @@ def markdown(results: dict[str, Any]) -> str:
             f"- Machine: {machine_line(results)}",
             f"- Libraries: {lib_line}",
             f"- Models: {models}",
-            f"- Texts: {d['num_texts']} from `{d['texts']}` per pass, {s['repetitions']} timed passes per batch size "
-            "after warm-up (median; "
-            f"spread in the JSON)"
-            + _rounds_text(results)
-            + _interleaved_text(results)
-            + f"; batch-1 latency on {d['num_queries']} short queries from `{d['queries']}`"
-            + _idle_text(s)
-            + "; "
-            f"accuracy on {d['accuracy_pairs']} "
-            f"STS pairs from `{d['accuracy']}` (cosine to the stedge PyTorch fp32 CPU reference over "
-            f"{d['accuracy_texts']} texts).",
+            *([_texts_line(results)] if "embedding" in tasks else []),
+            *([_pairs_line(results, "embedding" not in tasks)] if "reranking" in tasks else []),
             f"- GEMM peak measured in this run ({g['threads']} threads, {g.get('size')}² matrices): {_peaks(g)}; "
             "each subject's % GEMM peak is against the peak of its own precision.",
-            f"- Speedups use sentences/s at batch {s['headline_batch_size']}; × torch is vs stedge PyTorch fp32, × "
-            "best peer vs the fastest "
+            f"- Speedups use sentences/s at batch {s['headline_batch_size']}"
+            + (" (a reranker's pairs/s)" if "reranking" in tasks else "")
+            + "; × torch is vs stedge PyTorch fp32, × best peer vs the fastest "
             "sentence-transformers backend. Cold start: process start to the first vector (files in the page cache).",
             *(f"- Skipped model {m['name']}: {m['reason']}" for m in results.get("skipped_models") or []),
             "",
@@ -485,9 +502,60 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             "## All subjects",
             "",
-            markdown_table(results),
+            "\n\n".join(t for t in (markdown_table(results), _reranker_table(results)) if t),
             "",
         ]
+    )
+
+
+def _texts_line(results: dict[str, Any]) -> str:
+    """The bullet on what the embedding models were given: texts, queries, STS pairs."""
+    s, d = results["suite"], results["data"]
+    return (
+        f"- Texts: {d['num_texts']} from `{d['texts']}` per pass, {s['repetitions']} timed passes per batch size "
+        "after warm-up (median; spread in the JSON)"
+        + _rounds_text(results)
+        + _interleaved_text(results)
+        + f"; batch-1 latency on {d['num_queries']} short queries from `{d['queries']}`"
+        + _idle_text(s)
+        + f"; accuracy on {d['accuracy_pairs']} STS pairs from `{d['accuracy']}` (cosine to the stedge PyTorch fp32 "
+        f"CPU reference over {d['accuracy_texts']} texts)."
+    )
+
+
+def _pairs_line(results: dict[str, Any], alone: bool) -> str:
+    """The bullet on what the rerankers were given: (query, passage) pairs, and how their accuracy reads (``alone``:
+    no embedding model's line says how the rounds and the interleaved phase ran)."""
+    s, d = results["suite"], results["data"]
+    p = d.get("reranking") or {}
+    passages = (
+        f"; passage-length pairs: each of {p['num_passage_pairs']} passages after a query ({p['passage_pairs']})"
+        if p.get("num_passage_pairs")
+        else ""
+    )
+    return (
+        f"- Reranker pairs: {p.get('num_pairs')} STS pairs from `{p.get('pairs')}` per pass, {s['repetitions']} timed "
+        "passes per batch size after warm-up (median; spread in the JSON)"
+        + (_rounds_text(results) + _interleaved_text(results) if alone else "")
+        + f"; batch-1 latency on the first {p.get('num_query_pairs')} of them"
+        + _idle_text(s)
+        + passages
+        + f"; accuracy on {d['accuracy_pairs']} STS pairs from `{d['accuracy']}`: the Spearman of the scores against "
+        "the gold ones, and their score agreement with the stedge PyTorch fp32 scores "
+        "(`stedge_runtime.similarity.agreement`, the measure of export's verification and `stedge tune`; 1.0: equal, "
+        "0.9999 exact, 0.99 near) and the largest score difference (`min_cosine` / `max_abs_diff` in the JSON, "
+        "`agreement: score`)."
+    )
+
+
+def _reranker_table(results: dict[str, Any]) -> str:
+    """The rerankers' table, under a line saying how its columns read ("" without a reranker)."""
+    table = markdown_table(results, "reranking")
+    if not table:
+        return ""
+    return (
+        "Rerankers, one (query, passage) pair per item; *min score agr.*: the lowest score agreement with stedge "
+        "PyTorch fp32 over the STS pairs, *max abs Δ score*: the largest score difference.\n\n" + table
     )
 
 
@@ -496,25 +564,33 @@ def plot_speedup_vs_accuracy(results: dict[str, Any], path: Path) -> bool:
     """Scatter: speedup vs stedge PyTorch fp32 (x) against STS-B Spearman (y), one point per subject. Returns
     whether it was drawn: a suite without a stedge PyTorch fp32 subject has no x axis for it."""
     ok = [r for r in results["rows"] if r["status"] == "ok"]
-    # One x axis for every model: the first model's stedge PyTorch fp32 (so a student sits beside its teacher).
-    base = next((r for r in ok if r["reference"]), None)
+    # One x axis for every model: the first model's stedge PyTorch fp32 (so a student sits beside its teacher); a
+    # reranker's pairs/s are compared with the first reranker's (another work unit).
+    bases: dict[str, dict[str, Any]] = {}
+    for r in ok:
+        if r["reference"]:
+            bases.setdefault(_task(r), r)
+    base = next(iter(bases.values()), None)
     if base is None:
         return False
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 6))
     for r in ok:
-        x = r["headline_sentences_per_s"] / base["headline_sentences_per_s"]
+        if _task(r) not in bases:
+            continue
+        x = r["headline_sentences_per_s"] / bases[_task(r)]["headline_sentences_per_s"]
         color = "tab:gray" if r["peer"] else ("tab:red" if r["kind"] == "stedge-torch" else "tab:blue")
         ax.scatter(x, r["accuracy"]["spearman"], color=color, marker="s" if r["peer"] else "o")
         name = r["label"].replace("sentence-transformers", "ST").replace("stedge ", "")
-        if r["model"] != base["model"]:
+        if r["model"] != bases[_task(r)]["model"]:
             name = f"{r['model']}: {name}"
         ax.annotate(
             name, (x, r["accuracy"]["spearman"]), fontsize=7, xytext=(3, 3), textcoords="offset points", rotation=20
         )
     ax.set_xscale("log", base=2)
+    unit = " and ".join(f"{'pairs' if t == 'reranking' else 'sentences'}/s" for t in bases)
     ax.set_xlabel(
-        f"speedup vs {base['model']} stedge PyTorch fp32 (sentences/s at batch "
+        f"speedup vs {' / '.join(b['model'] for b in bases.values())} stedge PyTorch fp32 ({unit} at batch "
         f"{results['suite']['headline_batch_size']}, log scale)"
     )
     ax.set_ylabel("STS-B test Spearman × 100")
@@ -537,7 +613,8 @@ def plot_throughput_vs_batch(results: dict[str, Any], path: Path) -> None:
         ax.plot(bss, ys, marker="o", linestyle="--" if r["peer"] else "-", label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size")
-    ax.set_ylabel("sentences / s")
+    rerank = any(_task(r) == "reranking" for r in results["rows"])
+    ax.set_ylabel("sentences / s" + (" (a reranker's: pairs / s)" if rerank else ""))
     ax.set_title("Throughput vs batch size (dashed: sentence-transformers)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")

@@ -33,7 +33,7 @@ import tomllib
 from stedge.errors import StedgeError
 
 from . import SUITES_DIR, work_root
-from .subjects import FastEmbedPeer, RuntimeVariant, StedgeTorch, STPeer, Subject, parse_auto
+from .subjects import TASKS, FastEmbedPeer, RuntimeVariant, StedgeTorch, STPeer, Subject, parse_auto
 
 SCHEMA_VERSION = 1
 
@@ -55,6 +55,9 @@ class ModelEntry:
     # tiers measured as Encoder.load(tier=...) picks them; "near@300": with max_memory_mb=300
     auto: list[str] = field(default_factory=lambda: ["near"])
     optional: bool = False  # skip (and say so) when the ref does not resolve, e.g. a student not trained yet
+    # "embedding" or "reranking" (a cross-encoder: measured on (query, passage) pairs); None: detected from the model
+    # (stedge.hub.detect_task), and when set, checked against it
+    task: str | None = None
 
 
 @dataclass
@@ -194,6 +197,11 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
                 parse_auto(spec)
             except ValueError as e:
                 raise StedgeError(f"{file}: models[{i}].auto: {e}") from None
+        if m.get("task") not in (None, *TASKS):
+            raise StedgeError(
+                f"{file}: models[{i}].task must be one of {', '.join(TASKS)} (or left out: detected from the model), "
+                f"got {m['task']!r}"
+            )
         models.append(ModelEntry(**m))
     names = [m.name for m in models]
     if len(set(names)) != len(names):
@@ -262,7 +270,7 @@ def thread_env(threads: int) -> dict[str, str]:
 # --------------------------------------------------------------------------- data
 @dataclass
 class BenchData:
-    """The texts every subject of a run sees."""
+    """The texts every subject of a run sees (a reranker's pairs: add_pairs)."""
 
     texts: list[str]
     queries: list[str]
@@ -272,6 +280,21 @@ class BenchData:
     sts_scores: list[float]
     sources: dict[str, Any]
     passages: list[str] = field(default_factory=list)
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # a reranker's throughput pairs (STS-B)
+    query_pairs: list[tuple[str, str]] = field(default_factory=list)  # its batch-1 latency pairs (short)
+    passage_pairs: list[tuple[str, str]] = field(default_factory=list)  # a query and an abstract each
+
+    @property
+    def sts_pairs(self) -> list[tuple[str, str]]:
+        """The STS pairs in the order of ``sts_scores``: what a reranker scores for its accuracy."""
+        return [(self.sts_texts[i], self.sts_texts[j]) for i, j in zip(self.sts_i1, self.sts_i2)]
+
+    def inputs(self, task: str) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+        """(throughput items, batch-1 latency items, accuracy items, passage items) of a model of ``task``: texts
+        for an embedding model, (query, passage) pairs for a reranker (after add_pairs)."""
+        if task == "reranking":
+            return self.pairs, self.query_pairs, self.sts_pairs, self.passage_pairs
+        return self.texts, self.queries, self.sts_texts, self.passages
 
 
 def _read_sts_any(source: str, limit: int | None):
@@ -339,8 +362,36 @@ def load_data(suite: Suite) -> BenchData:
     )
 
 
-def token_counts(model_path: Path, texts: list[str]) -> list[int]:
-    """Tokens per text (special tokens included, truncated at the model's max_seq_length)."""
+def add_pairs(data: BenchData, suite: Suite) -> None:
+    """A reranker's inputs, added once per run: ``num_texts`` STS pairs from the suite's ``texts`` (its ``accuracy``
+    pairs when ``texts`` is no table of sentence pairs) for throughput, the first ``num_queries`` of them for batch-1
+    latency (short pairs), and each passage after a query, in turn, for passage-length pairs."""
+    from stedge.data import read_sts, resolve_data_path
+
+    if data.pairs:
+        return
+    src, limit = suite.texts, max(suite.num_texts, suite.num_queries)
+    try:
+        sts = read_sts(src, limit=limit) if resolve_data_path(src).exists() else None
+    except StedgeError:  # a plain text file: no pairs in it
+        sts = None
+    if sts is None:
+        src, pairs = data.sources["accuracy"], data.sts_pairs[:limit]
+    else:
+        pairs = list(zip(sts.sentences1, sts.sentences2))
+    data.pairs, data.query_pairs = pairs[: suite.num_texts], pairs[: suite.num_queries]
+    data.passage_pairs = [(data.queries[i % len(data.queries)], p) for i, p in enumerate(data.passages)]
+    data.sources["reranking"] = {
+        "pairs": src,
+        "num_pairs": len(data.pairs),
+        "num_query_pairs": len(data.query_pairs),
+        "passage_pairs": f"{suite.queries} + {suite.passages}" if data.passage_pairs else None,
+        "num_passage_pairs": len(data.passage_pairs),
+    }
+
+
+def token_counts(model_path: Path, texts: list[Any]) -> list[int]:
+    """Tokens per text or (query, passage) pair (special tokens included, truncated at the model's max_seq_length)."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(model_path / "tokenizer.json"))
@@ -355,7 +406,7 @@ def token_counts(model_path: Path, texts: list[str]) -> list[int]:
             max_len = val
     tok.no_padding()
     tok.enable_truncation(max_len)
-    return [len(e.ids) for e in tok.encode_batch(texts)]
+    return [len(e.ids) for e in tok.encode_batch([t if isinstance(t, str) else tuple(t) for t in texts])]
 
 
 # --------------------------------------------------------------------------- building
@@ -513,9 +564,16 @@ def _tune_left(artifact: Path, todo: dict, before: dict) -> str:
 
 
 def prepare_peer(
-    model_path: Path, backend: str, cache_root: Path, name: str, log: Callable[[str], None], python: str | None = None
+    model_path: Path,
+    backend: str,
+    cache_root: Path,
+    name: str,
+    log: Callable[[str], None],
+    python: str | None = None,
+    task: str = "embedding",
 ) -> Path:
-    """A folder sentence-transformers loads with ``backend`` without exporting on load.
+    """A folder sentence-transformers loads with ``backend`` without exporting on load (``task`` reranking: its
+    ``CrossEncoder`` loads and exports it).
 
     torch reads the model folder as is; onnx/openvino use sentence-transformers' own export
     (through optimum), saved once under ``<models_dir>/.bench-cache/`` and reused while the
@@ -543,9 +601,9 @@ def prepare_peer(
     log(f"exporting the sentence-transformers {backend} peer of {name}" + (f" in {python}" if python else ""))
     with atomic_dir(out, overwrite=True) as tmp:
         if python is None:
-            export_st_peer(model_path, backend, tmp)
+            export_st_peer(model_path, backend, tmp, task)
         else:
-            _export_in(python, model_path, backend, tmp)
+            _export_in(python, model_path, backend, tmp, task)
         if not (tmp / STPeer.FILES[backend]).exists():
             raise StedgeError(
                 f"sentence-transformers saved no {STPeer.FILES[backend]} for the {backend} peer of {model_path}"
@@ -554,13 +612,14 @@ def prepare_peer(
     return out
 
 
-def _export_in(python: str, model_path: Path, backend: str, tmp: Path) -> None:
+def _export_in(python: str, model_path: Path, backend: str, tmp: Path, task: str = "embedding") -> None:
     """``python -m stedge.bench.peer_export`` in the peer interpreter; its failure is a StedgeError with the tail."""
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
     env.setdefault("HF_HUB_OFFLINE", "1")
     try:
         proc = subprocess.run(
-            [python, "-m", "stedge.bench.peer_export", str(model_path), backend, str(tmp)],
+            [python, "-m", "stedge.bench.peer_export", str(model_path), backend, str(tmp)]
+            + ([task] if task != "embedding" else []),
             capture_output=True,
             text=True,
             env=env,
@@ -585,8 +644,9 @@ def make_subjects(
     peer_python: str | None = None,
 ) -> list[Subject]:
     """Subjects of one model entry, reference (stedge torch fp32) first; sentence-transformers peers run in
-    ``peer_python`` when given."""
-    subs: list[Subject] = [StedgeTorch(entry.name, str(model_path), device, p) for p in entry.torch]
+    ``peer_python`` when given. Each subject is of the entry's task (a reranker's scores (query, passage) pairs)."""
+    task = entry.task or "embedding"
+    subs: list[Subject] = [StedgeTorch(entry.name, str(model_path), device, p, task) for p in entry.torch]
     if artifact is not None:
         from .machine import int8_isa
 
@@ -595,30 +655,35 @@ def make_subjects(
             dev = device
             if v.startswith("tensorrt:"):
                 v, dev = v.split(":", 1)[1], "tensorrt"
-            subs.append(RuntimeVariant(entry.name, str(artifact), dev, v))
+            subs.append(RuntimeVariant(entry.name, str(artifact), dev, v, task))
         for tier in entry.auto:
-            subs.append(RuntimeVariant(entry.name, str(artifact), device, f"auto:{tier}"))
+            subs.append(RuntimeVariant(entry.name, str(artifact), device, f"auto:{tier}", task))
     for p in entry.peers:
         backend, _, prec = p.partition(":")
         if backend == "fastembed":
-            subs.append(FastEmbedPeer(entry.name, str(artifact or model_path), device))
+            subs.append(FastEmbedPeer(entry.name, str(artifact or model_path), device, task))
             continue
-        subs.append(
-            STPeer(entry.name, str(peer_paths.get(backend, model_path)), device, backend, prec or "fp32", peer_python)
-        )
+        path = str(peer_paths.get(backend, model_path))
+        subs.append(STPeer(entry.name, path, device, backend, prec or "fp32", peer_python, task))
     subs.sort(key=lambda s: not s.is_reference)
     return subs
 
 
 # --------------------------------------------------------------------------- measuring
-def reference_embeddings(model_path: Path, texts: list[str], threads: int) -> Any:
-    """PyTorch fp32 embeddings on the CPU: what every subject's cosine is measured against."""
+def reference_embeddings(model_path: Path, texts: list[Any], threads: int, task: str = "embedding") -> Any:
+    """PyTorch fp32 embeddings on the CPU: what every subject's cosine is measured against (a reranker: stedge
+    CrossEncoder's scores of the (query, passage) pairs ``texts``, what its score agreement is measured against)."""
     import numpy as np
     import torch
 
+    torch.set_num_threads(threads)
+    if task == "reranking":
+        from stedge.models import CrossEncoder
+
+        scores = CrossEncoder(str(model_path), device="cpu").predict([(a, b) for a, b in texts], batch_size=32)
+        return np.asarray(scores, dtype=np.float32)
     from stedge import SentenceEncoder
 
-    torch.set_num_threads(threads)
     enc = SentenceEncoder(str(model_path), device="cpu")
     return np.asarray(enc.encode(texts, batch_size=32, show_progress_bar=False), dtype=np.float32)
 
@@ -693,12 +758,27 @@ def run_worker(
     return res
 
 
-def _accuracy(emb: Any, ref: Any, data: BenchData) -> dict[str, Any]:
+def _accuracy(emb: Any, ref: Any, data: BenchData, task: str = "embedding") -> dict[str, Any]:
+    """STS Spearman x100 and the agreement with the reference (``ref``; None: none): cosine of each STS text's
+    embedding; for a reranker, the Spearman of its scores of the STS pairs, and score agreement with the reference
+    scores under the same keys, as export's verification records it, with ``agreement: "score"`` and the max
+    abs difference of the scores."""
     import numpy as np
 
     from stedge.data import pairwise_cosine, spearman
 
     emb = np.asarray(emb, dtype=np.float64)
+    if task == "reranking":
+        from stedge_runtime.similarity import agreement
+
+        col = emb[:, -1] if emb.ndim == 2 else emb  # several labels: the last, as export's verification takes it
+        out = {"spearman": round(100 * spearman(col, data.sts_scores), 3), "pairs": len(data.sts_scores)}
+        out["agreement"] = "score"
+        if ref is not None:
+            a = agreement("reranking", emb, ref)
+            diff = float(np.abs(emb - np.asarray(ref, dtype=np.float64)).max())
+            out.update(mean_cosine=float(a.mean()), min_cosine=float(a.min()), max_abs_diff=diff)
+        return out
     cos = pairwise_cosine(emb[data.sts_i1], emb[data.sts_i2])
     out: dict[str, Any] = {"spearman": round(100 * spearman(cos, data.sts_scores), 3), "pairs": len(data.sts_scores)}
     if ref is not None:
@@ -882,8 +962,9 @@ def _prepare_models(
 
 
 def _job_common(suite: Suite, data: BenchData, tmp_root: Path, n_threads: int) -> dict[str, Any]:
-    """The settings and text files every worker of the run reads."""
-    job = {
+    """The settings and text files every worker of the run reads; a reranker's pairs under ``by_task`` (the worker
+    reads those for a subject of task reranking: worker.task_job)."""
+    job: dict[str, Any] = {
         "threads": n_threads,
         "batch_sizes": suite.batch_sizes,
         "repetitions": suite.repetitions,
@@ -892,24 +973,25 @@ def _job_common(suite: Suite, data: BenchData, tmp_root: Path, n_threads: int) -
         "idle_gap_ms": suite.idle_gap_ms,
         "num_texts_batch1": suite.num_texts_batch1,
     }
-    for name, payload in (
-        ("texts.json", data.texts),
-        ("queries.json", data.queries),
-        ("accuracy.json", data.sts_texts),
-    ):
-        (tmp_root / name).write_text(json.dumps(payload), encoding="utf-8")
-    job.update(
-        texts=str(tmp_root / "texts.json"),
-        queries=str(tmp_root / "queries.json"),
-        accuracy_texts=str(tmp_root / "accuracy.json"),
-    )
+    job.update(_input_files(data, "embedding", tmp_root))
     if data.passages:
-        (tmp_root / "passages.json").write_text(json.dumps(data.passages), encoding="utf-8")
-        job.update(
-            passages=str(tmp_root / "passages.json"),
-            passage_batch_sizes=suite.passage_batch_sizes or [suite.headline_batch_size],
-        )
+        job["passage_batch_sizes"] = suite.passage_batch_sizes or [suite.headline_batch_size]
+    if data.pairs:
+        rerank = {**_input_files(data, "reranking", tmp_root), "first_text": ["hello world", "hello there"]}
+        job["by_task"] = {"reranking": rerank}
     return job
+
+
+def _input_files(data: BenchData, task: str, tmp_root: Path) -> dict[str, str]:
+    """A task's inputs (BenchData.inputs) written as JSON files into ``tmp_root``: the job keys naming them."""
+    out = {}
+    for key, payload in zip(("texts", "queries", "accuracy_texts", "passages"), data.inputs(task)):
+        if key == "passages" and not payload:
+            continue
+        file = tmp_root / (f"{key}.json" if task == "embedding" else f"{task}-{key}.json")
+        file.write_text(json.dumps(payload), encoding="utf-8")
+        out[key] = str(file)
+    return out
 
 
 # A subject's two best headline rounds within this share of each other agree; else it runs again (max_rounds).
@@ -991,8 +1073,15 @@ def _maybe_reference(plan: tuple, sub: Subject, data: BenchData, n_threads: int,
     entry, model_path, *_ = plan
     if plan[4] is not None or (sub.is_reference and sub.device == "cpu"):
         return plan
-    log(f"{entry.name}: computing the PyTorch fp32 reference on {len(data.sts_texts)} STS texts")
-    return (*plan[:4], reference_embeddings(model_path, data.sts_texts, n_threads), *plan[5:])
+    task = entry.task or "embedding"
+    items = data.inputs(task)[2]
+    log(f"{entry.name}: computing the PyTorch fp32 reference on {len(items)} STS {_items(task)}")
+    return (*plan[:4], reference_embeddings(model_path, items, n_threads, task), *plan[5:])
+
+
+def _items(task: str) -> str:
+    """What a model of ``task`` is given: texts, or (query, passage) pairs."""
+    return "pairs" if task == "reranking" else "texts"
 
 
 def _measure(
@@ -1022,6 +1111,7 @@ def _measure(
         "device": sub.device,
         "peer": sub.is_peer,
         "reference": sub.is_reference,
+        "task": sub.task,  # reranking: the figures count (query, passage) pairs where they say sentences
         **sub.facts(),
     }
     why = sub.unavailable()
@@ -1055,7 +1145,7 @@ def _measure(
         row["passages"] = _summarize_throughput(praw, {b: pwork for b in praw})
     row.update(status="ok", **{key: val for key, val in res.items() if key != "status"})
     row["throughput"] = thr
-    row["accuracy"] = _accuracy(emb, ref if ref is not None else emb, data)
+    row["accuracy"] = _accuracy(emb, ref if ref is not None else emb, data, sub.task)
     head = thr[str(suite.headline_batch_size)]
     row["headline_sentences_per_s"] = head["sentences_per_s"]
     row["gflops"] = head["gflops"]
@@ -1104,13 +1194,16 @@ def _results(
             {
                 "name": e.name,
                 "ref": e.ref,
+                "task": e.task or "embedding",
                 "path": str(mp),
                 "artifact": str(a) if a else None,
                 **dims,
                 "tokens": int(sum(c)),
                 "mean_tokens_per_text": float(sum(c) / len(c)),
                 "mean_tokens_per_passage": float(sum(_p) / len(_p)) if _p else None,
-                "reference_spearman": _accuracy(r, None, data)["spearman"] if r is not None else None,
+                "reference_spearman": _accuracy(r, None, data, e.task or "embedding")["spearman"]
+                if r is not None
+                else None,
             }
             for e, mp, a, _s, r, dims, c, _p in plans
         ],
@@ -1129,13 +1222,20 @@ def _plan_model(
     cache_root: Path,
     log: Callable[[str], None],
 ) -> tuple:
-    """Artifact (built and tuned here), peers, subjects, reference, dims and token counts of one model entry."""
+    """Artifact (built and tuned here), peers, subjects, reference, dims and token counts of one model entry (the
+    entry returned with its task; a reranker's inputs are added to ``data``, add_pairs)."""
     from . import gemm as gemm_mod
 
+    entry = with_task(entry, model_path, suite.file)
+    task = entry.task or "embedding"
+    if task == "reranking":
+        add_pairs(data, suite)
     artifact = ensure_artifact(entry, model_path, suite, data, log)
     if artifact is not None and entry.auto and suite.tune and suite.device.split(":", 1)[0] == "cpu":
         budgets = any("@" in a for a in entry.auto)
-        ensure_profile(artifact, suite, n_threads, env, log, budgets=budgets, queries=data.queries or None)
+        # a reranker's batch-1 calls are timed on short pairs: the tune pairs their first sentences with short texts
+        queries = [a for a, _ in data.query_pairs] if task == "reranking" else data.queries
+        ensure_profile(artifact, suite, n_threads, env, log, budgets=budgets, queries=queries or None)
     peers = {}
     for p in entry.peers:
         backend = p.partition(":")[0]
@@ -1143,16 +1243,45 @@ def _plan_model(
             continue
         probe = STPeer(entry.name, str(model_path), suite.device, backend, python=suite.peer_python)
         if probe.unavailable() is None:
-            peers[backend] = prepare_peer(model_path, backend, cache_root, entry.name, log, suite.peer_python)
+            peers[backend] = prepare_peer(model_path, backend, cache_root, entry.name, log, suite.peer_python, task)
     subs = make_subjects(entry, model_path, artifact, peers, suite.device, suite.peer_python)
+    texts, _, acc_items, passages = data.inputs(task)
     ref = None
     if not (subs and subs[0].is_reference and subs[0].device == "cpu" and subs[0].unavailable() is None):
-        log(f"{entry.name}: computing the PyTorch fp32 reference on {len(data.sts_texts)} STS texts")
-        ref = reference_embeddings(model_path, data.sts_texts, n_threads)
+        log(f"{entry.name}: computing the PyTorch fp32 reference on {len(acc_items)} STS {_items(task)}")
+        ref = reference_embeddings(model_path, acc_items, n_threads, task)
     dims = gemm_mod.model_dims(model_path)
-    counts = token_counts(model_path, data.texts)
-    pcounts = token_counts(model_path, data.passages) if data.passages else []
+    # a reranker's pairs are counted as its artifact truncates them (a cross-encoder folder names no max_seq_length)
+    counted = artifact if task == "reranking" and artifact is not None and artifact.is_dir() else model_path
+    counts = token_counts(counted, texts)
+    pcounts = token_counts(counted, passages) if passages else []
     return entry, model_path, artifact, subs, ref, dims, counts, pcounts
+
+
+def with_task(entry: ModelEntry, model_path: Path, where: str) -> ModelEntry:
+    """``entry`` with its task: what the model at ``model_path`` is (an artifact's manifest says it, else
+    stedge.hub.detect_task; a LoRA adapter folder is measured as the sentence encoder it merges into, as before),
+    checked against the entry's own ``task`` when the suite sets one (a StedgeError naming the field)."""
+    import dataclasses
+
+    from stedge_runtime.artifact import Manifest, is_artifact
+
+    from stedge.hub import detect_task
+
+    artifact = is_artifact(model_path)
+    found = Manifest.read(model_path).task if artifact else detect_task(model_path)
+    found = "embedding" if found == "adapter" else found
+    if entry.task is not None and entry.task != found:
+        how = {
+            "reranking": "a *ForSequenceClassification model without modules.json",
+            "embedding": "a sentence-transformers model (modules.json) or a plain encoder",
+        }[found]
+        how = "its stedge.json says so" if artifact else how
+        raise StedgeError(
+            f"{where}: models '{entry.name}': task = {entry.task!r}, but {model_path} is a {found} model ({how}); "
+            "fix 'task' or 'ref' (or leave 'task' out: the harness detects it)"
+        )
+    return dataclasses.replace(entry, task=found)
 
 
 def _progress(enabled: bool):

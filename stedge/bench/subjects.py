@@ -4,7 +4,10 @@ A subject is described by a small JSON-able ``spec`` (the parent builds it, the 
 subject from it with :func:`from_spec`). In the parent, ``unavailable()`` says why a subject cannot
 run here (missing library, no GPU, missing artifact variant) and ``size_bytes()`` gives what it
 loads from disk; in the worker, ``load(threads)`` returns an ``encode(texts, batch_size)`` callable
-that gives float32 numpy embeddings in input order.
+that gives float32 numpy embeddings in input order. A subject of task ``reranking`` (a cross-encoder
+model) gets (query, passage) pairs instead of texts and returns one score per pair (the activation applied):
+stedge's ``CrossEncoder``, ``stedge_runtime.Reranker``, sentence-transformers' ``CrossEncoder`` and
+fastembed's ``TextCrossEncoder`` in place of the embedding classes, the same kinds otherwise.
 
 Kinds:
 
@@ -24,7 +27,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-EncodeFn = Callable[[list[str], int], np.ndarray]
+EncodeFn = Callable[[list[Any], int], np.ndarray]
+
+TASKS = ("embedding", "reranking")  # as stedge.hub.detect_task and the manifest name them
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -114,10 +119,13 @@ class Subject:
     is_reference = False
     python: str | None = None  # the interpreter its worker runs in (None: the harness's own, sys.executable)
 
-    def __init__(self, model: str, path: str, device: str = "cpu") -> None:
+    def __init__(self, model: str, path: str, device: str = "cpu", task: str = "embedding") -> None:
+        if task not in TASKS:
+            raise ValueError(f"subject task must be one of {', '.join(TASKS)}, got {task!r}")
         self.model = model  # the suite's name for the model
         self.path = str(path)  # model or artifact folder
         self.device = device
+        self.task = task  # reranking: the items are (query, passage) pairs and the outputs scores
 
     # -------------------------------------------------------------- parent side
     @property
@@ -144,7 +152,9 @@ class Subject:
 
     def spec(self) -> dict[str, Any]:
         """JSON-able description the worker rebuilds the subject from."""
-        return {"kind": self.kind, "model": self.model, "path": self.path, "device": self.device, **self._extra()}
+        task = {} if self.task == "embedding" else {"task": self.task}
+        spec = {"kind": self.kind, "model": self.model, "path": self.path, "device": self.device}
+        return {**spec, **task, **self._extra()}
 
     def _extra(self) -> dict[str, Any]:
         return {}
@@ -156,12 +166,15 @@ class Subject:
 
 
 class StedgeTorch(Subject):
-    """stedge's PyTorch SentenceEncoder; fp16/bf16: weights cast to that dtype on CUDA, bf16 autocast on the CPU."""
+    """stedge's PyTorch SentenceEncoder; fp16/bf16: weights cast to that dtype on CUDA, bf16 autocast on the CPU.
+    A reranker: stedge's CrossEncoder, fp32 only (its ``predict`` takes no compute dtype)."""
 
     kind = "stedge-torch"
 
-    def __init__(self, model: str, path: str, device: str = "cpu", precision: str = "fp32") -> None:
-        super().__init__(model, path, device)
+    def __init__(
+        self, model: str, path: str, device: str = "cpu", precision: str = "fp32", task: str = "embedding"
+    ) -> None:
+        super().__init__(model, path, device, task)
         if precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"stedge-torch precision must be fp32, fp16 or bf16, got {precision!r}")
         self.precision = precision
@@ -183,6 +196,8 @@ class StedgeTorch(Subject):
     def unavailable(self) -> str | None:
         if not _have("torch"):
             return "torch is not installed"
+        if self.task == "reranking" and self.precision != "fp32":
+            return f"stedge's CrossEncoder runs in fp32 only (its predict has no compute dtype), not {self.precision}"
         if self.precision == "fp16" and _device_family(self.device) == "cpu":
             return "fp16 autocast needs a GPU"
         return _cuda_problem(self.device)
@@ -194,6 +209,8 @@ class StedgeTorch(Subject):
         import torch
 
         torch.set_num_threads(threads)
+        if self.task == "reranking":
+            return self._load_cross_encoder()
         from stedge import SentenceEncoder
 
         enc = SentenceEncoder(self.path, device=self.device)
@@ -210,6 +227,23 @@ class StedgeTorch(Subject):
             return out
 
         return encode
+
+    def _load_cross_encoder(self) -> EncodeFn:
+        """stedge's CrossEncoder in fp32: ``predict(pairs, batch_size)`` -> float32 scores (activation applied)."""
+        import torch
+
+        from stedge.models import CrossEncoder
+
+        model = CrossEncoder(self.path, device=self.device)
+        cuda = _device_family(self.device) == "cuda"
+
+        def predict(pairs: list[Any], batch_size: int) -> np.ndarray:
+            out = model.predict([(a, b) for a, b in pairs], batch_size=batch_size)
+            if cuda:
+                torch.cuda.synchronize()
+            return np.asarray(out, dtype=np.float32)
+
+        return predict
 
 
 def parse_auto(spec: str) -> tuple[str, float | None]:
@@ -231,7 +265,7 @@ def parse_auto(spec: str) -> tuple[str, float | None]:
 
 
 class RuntimeVariant(Subject):
-    """One variant of an artifact through the torch-free stedge_runtime.Encoder.
+    """One variant of an artifact through the torch-free stedge_runtime.Encoder (a reranker's: Reranker).
 
     ``variant="auto:<tier>"`` measures what ``Encoder.load(path, tier=<tier>)`` chooses on this machine
     (the tuning profile, else the rule; see stedge_runtime.select); the label names the chosen variant.
@@ -241,8 +275,10 @@ class RuntimeVariant(Subject):
 
     kind = "runtime"
 
-    def __init__(self, model: str, path: str, device: str = "cpu", variant: str = "onnx-fp32") -> None:
-        super().__init__(model, path, device)
+    def __init__(
+        self, model: str, path: str, device: str = "cpu", variant: str = "onnx-fp32", task: str = "embedding"
+    ) -> None:
+        super().__init__(model, path, device, task)
         self.variant = variant
 
     @property
@@ -367,19 +403,21 @@ class RuntimeVariant(Subject):
     def load(self, threads: int) -> EncodeFn:
         import warnings
 
-        from stedge_runtime.encoder import Encoder
+        from stedge_runtime.encoder import Encoder, Reranker
 
+        cls = Reranker if self.task == "reranking" else Encoder
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
             if self.tier is not None:
-                enc = Encoder.load(
+                enc = cls.load(
                     self.path, tier=self.tier, device=self.device, threads=threads, max_memory_mb=self.max_memory_mb
                 )
             else:
-                enc = Encoder.load(self.path, variant=self.variant, device=self.device, threads=threads)
+                enc = cls.load(self.path, variant=self.variant, device=self.device, threads=threads)
+        run = enc.predict if self.task == "reranking" else enc.encode
 
-        def encode(texts: list[str], batch_size: int) -> np.ndarray:
-            return enc.encode(texts, batch_size=batch_size)
+        def encode(texts: list[Any], batch_size: int) -> np.ndarray:
+            return run(texts, batch_size=batch_size)
 
         encode.info = {
             "selection": enc.selection.to_dict(),  # type: ignore[attr-defined]
@@ -401,6 +439,10 @@ class FastEmbedPeer(Subject):
     Registered with ``TextEmbedding.add_custom_model(pooling=DISABLED, normalization=False,
     output_name="sentence_embedding")`` and loaded from the artifact folder (``specific_model_path``);
     its tokenizer truncates at the artifact's ``max_seq_length`` like every other subject.
+
+    A reranker: fastembed's ``TextCrossEncoder`` over the same graph (``add_custom_model``, ``specific_model_path``,
+    ``rerank_pairs``). It reads the graph's first output, the raw ``logits``, and applies no activation, so the
+    artifact's activation (sigmoid or none) is applied to its scores here, as a user comparing scores would.
     """
 
     kind = "fastembed"
@@ -421,12 +463,23 @@ class FastEmbedPeer(Subject):
             return "the fastembed peer is measured on the CPU only"
         if not (Path(self.path) / self.FILE).exists():
             return f"{self.path} has no {self.FILE} (the suite needs the onnx-fp32 variant for fastembed)"
+        if self.task == "reranking":
+            from stedge_runtime.artifact import Manifest
+
+            m = Manifest.read(self.path)
+            if int(m.num_labels or 1) != 1 or m.activation not in (None, "sigmoid"):
+                return (
+                    f"fastembed's TextCrossEncoder reads one raw logit per pair; {self.path} has {m.num_labels} "
+                    f"label(s) and activation {m.activation!r} (only one label, sigmoid or none, compares)"
+                )
         return None
 
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in graph_files(Path(self.path) / self.FILE))
 
     def load(self, threads: int) -> EncodeFn:
+        if self.task == "reranking":
+            return self._load_cross_encoder(threads)
         from fastembed import TextEmbedding
         from fastembed.common.model_description import ModelSource, PoolingType
         from stedge_runtime.artifact import Manifest
@@ -451,6 +504,27 @@ class FastEmbedPeer(Subject):
 
         return encode
 
+    def _load_cross_encoder(self, threads: int) -> EncodeFn:
+        """fastembed's TextCrossEncoder over the artifact's onnx-fp32 graph: ``rerank_pairs`` -> scores, the artifact's
+        activation applied (fastembed returns the graph's raw logits)."""
+        from fastembed.common.model_description import ModelSource
+        from fastembed.rerank.cross_encoder import TextCrossEncoder
+        from stedge_runtime.artifact import Manifest
+
+        m = Manifest.read(self.path)
+        name = f"stedge-bench/{Path(self.path).name}"
+        if name.lower() not in {d["model"].lower() for d in TextCrossEncoder.list_supported_models()}:
+            TextCrossEncoder.add_custom_model(name, sources=ModelSource(hf=name), model_file=self.FILE)
+        model = TextCrossEncoder(name, specific_model_path=self.path, threads=threads, local_files_only=True)
+        model.model.tokenizer.enable_truncation(max_length=int(m.max_seq_length or 512))
+        sigmoid = m.activation == "sigmoid"
+
+        def predict(pairs: list[Any], batch_size: int) -> np.ndarray:
+            logits = np.fromiter(model.rerank_pairs([(a, b) for a, b in pairs], batch_size=batch_size), np.float32)
+            return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32) if sigmoid else logits
+
+        return predict
+
 
 class STPeer(Subject):
     """sentence-transformers' SentenceTransformer with backend torch, onnx or openvino.
@@ -460,6 +534,7 @@ class STPeer(Subject):
     sentence-transformers' own export (see runner.prepare_peer) so loading never re-exports.
     ``python`` (``stedge bench --peer-python``) runs the subject in another interpreter: availability is
     that interpreter's probe (stedge.bench.peer), and the label and facts name the versions it has.
+    A reranker: sentence-transformers' ``CrossEncoder`` with the same backends and files (``predict`` -> scores).
     """
 
     kind = "st"
@@ -474,8 +549,9 @@ class STPeer(Subject):
         backend: str = "torch",
         precision: str = "fp32",
         python: str | None = None,
+        task: str = "embedding",
     ) -> None:
-        super().__init__(model, path, device)
+        super().__init__(model, path, device, task)
         if backend not in ("torch", "onnx", "openvino"):
             raise ValueError(f"sentence-transformers backend must be torch, onnx or openvino, got {backend!r}")
         self.backend = backend
@@ -570,7 +646,7 @@ class STPeer(Subject):
         import torch
 
         torch.set_num_threads(threads)
-        from sentence_transformers import SentenceTransformer
+        from sentence_transformers import CrossEncoder, SentenceTransformer
 
         kwargs: dict[str, Any] = {}
         fam = _device_family(self.device)
@@ -588,17 +664,21 @@ class STPeer(Subject):
         elif self.backend == "openvino":
             kwargs = {"file_name": self.FILES["openvino"], "ov_config": {"INFERENCE_NUM_THREADS": threads}}
         device = self.device if self.backend == "torch" or fam == "cuda" else "cpu"
-        model = SentenceTransformer(
-            self.path, backend=self.backend, device=device, model_kwargs=kwargs or None, local_files_only=True
-        )
+        cls = CrossEncoder if self.task == "reranking" else SentenceTransformer
+        model = cls(self.path, backend=self.backend, device=device, model_kwargs=kwargs or None, local_files_only=True)
         if self.precision == "fp16":
             model.half()
         elif self.precision == "bf16":
             model.bfloat16()
         cuda = fam == "cuda" and self.backend == "torch"
+        opts = {"convert_to_numpy": True, "show_progress_bar": False}
+        reranking = self.task == "reranking"
 
-        def encode(texts: list[str], batch_size: int) -> np.ndarray:
-            out = model.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+        def encode(texts: list[Any], batch_size: int) -> np.ndarray:
+            if reranking:  # scores of (query, passage) pairs, the model's activation applied
+                out = model.predict([(a, b) for a, b in texts], batch_size=batch_size, **opts)
+            else:
+                out = model.encode(texts, batch_size=batch_size, **opts)
             if cuda:
                 torch.cuda.synchronize()
             return np.asarray(out, dtype=np.float32)

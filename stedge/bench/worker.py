@@ -4,7 +4,8 @@ The parent (runner.py) writes the job, starts this process and times it from pro
 ``FIRST_VECTOR`` line on stdout (cold start). Then, in order:
 
 1. accuracy texts: embeds the STS texts once and saves them as ``embeddings.npy`` (the parent computes
-   Spearman and cosine to the PyTorch fp32 reference; scipy never enters this process);
+   Spearman and cosine to the PyTorch fp32 reference; scipy never enters this process); a reranker scores the
+   STS pairs instead (its inputs, pairs for texts everywhere, are the job's ``by_task`` files: task_job);
 2. throughput: for each batch size, a warm-up pass over a slice, then ``repetitions`` timed passes over
    all throughput texts; then the same on passage-length texts (SciFact abstracts) at the bulk batch sizes;
 3. latency: batch-1 calls on short queries after two warm-up passes over them (p50 / p95 / p99); then,
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: ``python -m stedge.bench.worker JOB.json [--serve]``; writes result.json into the job's
     work_dir (``--serve``: the interleaved phase's loop, see serve)."""
     args = sys.argv[1:] if argv is None else argv
-    job = json.loads(Path(args[0]).read_text(encoding="utf-8"))
+    job = task_job(json.loads(Path(args[0]).read_text(encoding="utf-8")))
     if "--serve" in args[1:]:
         serve(job)
         return 0
@@ -201,6 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(json.dumps(res), encoding="utf-8")
     os.replace(tmp, work / "result.json")
     return 0 if res["status"] == "ok" else 1
+
+
+def task_job(job: dict[str, Any]) -> dict[str, Any]:
+    """The job as its subject's task reads it: a reranker's inputs, (query, passage) pairs, replace the texts
+    (``by_task["reranking"]``: texts, queries, accuracy_texts, passages, first_text)."""
+    task = job["subject"].get("task", "embedding")
+    return {**job, **(job.get("by_task") or {}).get(task, {})}
 
 
 def _pass_texts(texts: list[str], bs: int, n1: int) -> list[str]:
