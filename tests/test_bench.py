@@ -84,19 +84,21 @@ def test_quick_shrinks_a_suite():
 def test_best_round_takes_each_figure_from_its_best_round():
     from stedge.bench.runner import best_round
 
-    def row(rate, p50, cold, rss, idle=9.0):
+    def row(rate, p50, cold, rss, idle=9.0, tok=0.1):
         return {
             "status": "ok",
             "throughput": {"32": {"sentences_per_s": rate}},
             "latency_ms": {"p50": p50},
             "latency_after_idle_ms": {"p50": idle, "gap_ms": 50},
+            "tokenize_ms": {"p50": tok},
             "cold_start_s": cold,
             "peak_rss_mb": rss,
         }
 
-    best = best_round([row(300.0, 4.0, 0.5, 500.0, 9.0), row(400.0, 5.0, 0.7, 480.0, 8.0)], 32)
+    best = best_round([row(300.0, 4.0, 0.5, 500.0, 9.0, 0.2), row(400.0, 5.0, 0.7, 480.0, 8.0, 0.3)], 32)
     assert best["throughput"]["32"]["sentences_per_s"] == 400.0 and best["latency_ms"] == {"p50": 4.0}
     assert best["latency_after_idle_ms"] == {"p50": 8.0, "gap_ms": 50}  # its own best round
+    assert best["tokenize_ms"] == {"p50": 0.2}  # likewise
     assert (best["cold_start_s"], best["peak_rss_mb"], best["rounds"]) == (0.5, 500.0, 2)
     assert best["rounds_headline_sentences_per_s"] == [300.0, 400.0] and best["rounds_agree"] is False
     assert best_round([row(380.0, 4.0, 0.5, 500.0), row(400.0, 5.0, 0.7, 480.0)], 32)["rounds_agree"] is True
@@ -476,6 +478,8 @@ def test_smoke_run_schema_and_accuracy_beside_speed(smoke_results):
         assert r["latency_ms"]["p50"] <= r["latency_ms"]["p99"] and r["latency_ms"]["n"] == 8
         idle = r["latency_after_idle_ms"]  # the same queries, each after the smoke suite's idle_gap_ms
         assert idle["gap_ms"] == 20 and idle["n"] == 8 and 0 < idle["p50"] <= idle["p99"]
+        tok = r["tokenize_ms"]  # the subject's tokenizing alone on the same queries: a part of each call
+        assert tok["n"] == 8 and 0 < tok["p50"] < r["latency_ms"]["p50"], (r["label"], tok, r["latency_ms"])
         assert r["rounds"] == 2 and len(r["rounds_headline_sentences_per_s"]) == 2  # the suite says rounds = 2
         assert r["headline_sentences_per_s"] == pytest.approx(max(r["rounds_headline_sentences_per_s"]), rel=1e-3)
         assert r["cold_start_s"] > 0 and r["peak_rss_mb"] > 0 and r["size_mb"] > 0 and r["gflops"] > 0
@@ -545,6 +549,9 @@ def test_smoke_run_writes_table_and_plots(smoke_results):
     assert "× best peer, interleaved" in md and "ran 3 cycles of one pass each" in md
     assert "| passages × best peer, interleaved |" in md and "and over the passages" in md
     assert "| p50 ms after idle |" in md and "idle 20 ms before each query" in md
+    assert "| p50 ms | tokenize p50 ms |" in md and "the share of the p50 that is not the engine" in md
+    auto = next(r for r in results["rows"] if r.get("auto_tier"))
+    assert f" | {auto['latency_ms']['p50']:.2f} | {auto['tokenize_ms']['p50']:.3f} | " in md
     auto = next(r for r in results["rows"] if r.get("auto_tier"))
     assert f"(after idle: {auto['latency_after_idle_ms']['p50']:.2f} ms)" in md  # beside its back-to-back p50
     from stedge.bench.report import summary

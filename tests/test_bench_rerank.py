@@ -102,6 +102,8 @@ def test_reranker_rows_count_pairs_and_carry_score_accuracy(rerank_results):
             assert t["tokens_per_s"] > 10 * t["sentences_per_s"] > 0  # a pair is two sentences' tokens
         assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"] and r["latency_ms"]["n"] == 6
         assert r["latency_after_idle_ms"]["n"] == 6 and r["latency_after_idle_ms"]["gap_ms"] == 10
+        tok = r["tokenize_ms"]  # the pair's tokenizing alone, as each subject's batch-1 call runs it
+        assert tok["n"] == 6 and 0 < tok["p50"] < r["latency_ms"]["p50"], (r["label"], tok, r["latency_ms"])
         assert set(r["passages"]) == {"8"} and r["headline_passages_per_s"] > 0
         assert r["cold_start_s"] > 0 and r["peak_rss_mb"] > 0 and r["size_mb"] > 0
         inter = r["interleaved"]

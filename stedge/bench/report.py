@@ -77,6 +77,7 @@ RESULTS_SCHEMA: dict[str, Any] = {
                         "throughput": {"type": "object", "minProperties": 1, "additionalProperties": _THROUGHPUT},
                         "latency_ms": {"type": "object", "required": ["p50", "p95", "p99"]},
                         "latency_after_idle_ms": {"type": "object", "required": ["p50", "p95", "p99", "gap_ms"]},
+                        "tokenize_ms": {"type": "object", "required": ["p50", "p95", "p99"]},
                         "accuracy": {
                             "type": "object",
                             "required": ["spearman", "mean_cosine", "min_cosine", "pairs"],
@@ -201,6 +202,11 @@ def _brief(r: dict[str, Any], head: str) -> dict[str, Any]:
 def _idle_p50(r: dict[str, Any]) -> float | None:
     """The row's batch-1 p50 after idle gaps (None when the suite measured none)."""
     return (r.get("latency_after_idle_ms") or {}).get("p50")
+
+
+def _tokenize_p50(r: dict[str, Any]) -> float | None:
+    """The p50 of the row's tokenizing alone on the batch-1 queries (None when the subject did not expose it)."""
+    return (r.get("tokenize_ms") or {}).get("p50")
 
 
 def _idle_clause(p50: float | None, ratio: float | None) -> str:
@@ -328,6 +334,7 @@ def markdown_table(results: dict[str, Any], task: str = "embedding") -> str:
         + [
             f"{w['passages']} bs={head}",
             "p50 ms",
+            "tokenize p50 ms",
             "p99 ms",
             "p50 ms after idle",
             "cold start s",
@@ -364,6 +371,7 @@ def markdown_table(results: dict[str, Any], task: str = "embedding") -> str:
         cells += [_f(r.get("headline_passages_per_s"), "{:.0f}")]
         cells += [
             _f(r["latency_ms"]["p50"], "{:.2f}"),
+            _f(_tokenize_p50(r), "{:.3f}"),
             _f(r["latency_ms"]["p99"], "{:.2f}"),
             _f(_idle_p50(r), "{:.2f}"),
             _f(r["cold_start_s"], "{:.2f}"),
@@ -456,11 +464,16 @@ def machine_line(results: dict[str, Any]) -> str:
     )
 
 
-def _idle_text(suite: dict[str, Any]) -> str:
+def _latency_text(suite: dict[str, Any]) -> str:
+    """The Texts line's part on batch-1 latency: the tokenize column, and the after-idle pass when the suite has one."""
     gap = suite.get("idle_gap_ms") or 0
+    tokenize = (
+        " (`tokenize p50 ms`: the subject's own tokenizing alone on the same queries, as its batch-1 call runs it: "
+        "the share of the p50 that is not the engine)"
+    )
     if not gap:
-        return ""
-    return (
+        return tokenize
+    return tokenize + (
         f", back to back and again with the process idle {gap} ms before each query (`p50 ms after idle`: what an "
         "interactive app sees, its threads asleep and caches cooled)"
     )
@@ -517,7 +530,7 @@ def _texts_line(results: dict[str, Any]) -> str:
         + _rounds_text(results)
         + _interleaved_text(results)
         + f"; batch-1 latency on {d['num_queries']} short queries from `{d['queries']}`"
-        + _idle_text(s)
+        + _latency_text(s)
         + f"; accuracy on {d['accuracy_pairs']} STS pairs from `{d['accuracy']}` (cosine to the stedge PyTorch fp32 "
         f"CPU reference over {d['accuracy_texts']} texts)."
     )
@@ -538,7 +551,7 @@ def _pairs_line(results: dict[str, Any], alone: bool) -> str:
         "passes per batch size after warm-up (median; spread in the JSON)"
         + (_rounds_text(results) + _interleaved_text(results) if alone else "")
         + f"; batch-1 latency on the first {p.get('num_query_pairs')} of them"
-        + _idle_text(s)
+        + _latency_text(s)
         + passages
         + f"; accuracy on {d['accuracy_pairs']} STS pairs from `{d['accuracy']}`: the Spearman of the scores against "
         "the gold ones, and their score agreement with the stedge PyTorch fp32 scores "

@@ -1045,13 +1045,14 @@ def measure_rounds(
 def best_round(rows: list[dict[str, Any]], headline: int) -> dict[str, Any]:
     """One row from a subject's rounds: the round with the highest headline throughput gives the
     throughput figures (load from elsewhere only ever slows a pass down), the round with the lowest
-    p50 the latency (and likewise the latency after idle), the lowest cold start and the highest peak RSS;
+    p50 the latency (and likewise the latency after idle and the tokenizing), the lowest cold start and the
+    highest peak RSS;
     ``rounds`` says how many ran and ``rounds_agree`` whether the two best agree (rounds_agree)."""
     ok = [r for r in rows if r.get("status") == "ok"]
     if not ok:
         return rows[0]
     best = dict(max(ok, key=lambda r: headline_rate(r, headline)))
-    for key in ("latency_ms", "latency_after_idle_ms"):
+    for key in ("latency_ms", "latency_after_idle_ms", "tokenize_ms"):
         fast = min(ok, key=lambda r: (r.get(key) or {}).get("p50", float("inf")))
         if fast.get(key) is not None:
             best[key] = fast[key]

@@ -34,6 +34,14 @@ TASKS = ("embedding", "reranking")  # as stedge.hub.detect_task and the manifest
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
+def with_tokenize(encode: EncodeFn, tokenize: Callable[[list[Any]], Any]) -> EncodeFn:
+    """``encode`` with ``tokenize`` attached: the subject's own tokenization of a list of texts (pairs for a
+    reranker), run as its encode call runs it; the worker times it on the batch-1 queries so a run says what
+    share of a query's latency is tokenizing (worker.run_job, step 3)."""
+    encode.tokenize = tokenize  # type: ignore[attr-defined]
+    return encode
+
+
 def _have(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
@@ -226,7 +234,7 @@ class StedgeTorch(Subject):
                 torch.cuda.synchronize()
             return out
 
-        return encode
+        return with_tokenize(encode, enc.tokenize)
 
     def _load_cross_encoder(self) -> EncodeFn:
         """stedge's CrossEncoder in fp32: ``predict(pairs, batch_size)`` -> float32 scores (activation applied)."""
@@ -243,7 +251,7 @@ class StedgeTorch(Subject):
                 torch.cuda.synchronize()
             return np.asarray(out, dtype=np.float32)
 
-        return predict
+        return with_tokenize(predict, lambda pairs: model.tokenize([(a, b) for a, b in pairs]))
 
 
 def parse_auto(spec: str) -> tuple[str, float | None]:
@@ -415,16 +423,22 @@ class RuntimeVariant(Subject):
             else:
                 enc = cls.load(self.path, variant=self.variant, device=self.device, threads=threads)
         run = enc.predict if self.task == "reranking" else enc.encode
+        engine = enc._latency_engine or enc._engine  # what a one-text call runs on (Encoder._run)
+        type_ids = "token_type_ids" in engine.inputs
 
         def encode(texts: list[Any], batch_size: int) -> np.ndarray:
             return run(texts, batch_size=batch_size)
+
+        def tokenize(items: list[Any]) -> Any:  # the runtime's one-text path for one item, its batch path else
+            one = items[0] if self.task == "embedding" else tuple(items[0])
+            return enc._tok.one(one, type_ids) if len(items) == 1 else enc._tok.tokens(items, type_ids)
 
         encode.info = {
             "selection": enc.selection.to_dict(),  # type: ignore[attr-defined]
             "max_batch_tokens": enc.max_batch_tokens,  # type: ignore[attr-defined]  (named: the device default)
             "warnings": [str(w.message) for w in caught],
         }
-        return encode
+        return with_tokenize(encode, tokenize)
 
 
 def invariance_of(v: dict[str, Any] | None) -> float | None:
@@ -502,7 +516,7 @@ class FastEmbedPeer(Subject):
         def encode(texts: list[str], batch_size: int) -> np.ndarray:
             return np.stack(list(model.embed(texts, batch_size=batch_size))).astype(np.float32, copy=False)
 
-        return encode
+        return with_tokenize(encode, model.model.tokenizer.encode_batch)
 
     def _load_cross_encoder(self, threads: int) -> EncodeFn:
         """fastembed's TextCrossEncoder over the artifact's onnx-fp32 graph: ``rerank_pairs`` -> scores, the artifact's
@@ -523,7 +537,7 @@ class FastEmbedPeer(Subject):
             logits = np.fromiter(model.rerank_pairs([(a, b) for a, b in pairs], batch_size=batch_size), np.float32)
             return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32) if sigmoid else logits
 
-        return predict
+        return with_tokenize(predict, lambda pairs: model.model.tokenizer.encode_batch([(a, b) for a, b in pairs]))
 
 
 class STPeer(Subject):
@@ -683,7 +697,12 @@ class STPeer(Subject):
                 torch.cuda.synchronize()
             return np.asarray(out, dtype=np.float32)
 
-        return encode
+        prepare = getattr(model, "preprocess", None) or model.tokenize  # what encode / predict call per batch
+
+        def tokenize(items: list[Any]) -> Any:
+            return prepare([(a, b) for a, b in items] if reranking else items)
+
+        return with_tokenize(encode, tokenize)
 
 
 KINDS: dict[str, type[Subject]] = {c.kind: c for c in (StedgeTorch, RuntimeVariant, STPeer, FastEmbedPeer)}

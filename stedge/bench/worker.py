@@ -8,7 +8,8 @@ The parent (runner.py) writes the job, starts this process and times it from pro
    STS pairs instead (its inputs, pairs for texts everywhere, are the job's ``by_task`` files: task_job);
 2. throughput: for each batch size, a warm-up pass over a slice, then ``repetitions`` timed passes over
    all throughput texts; then the same on passage-length texts (SciFact abstracts) at the bulk batch sizes;
-3. latency: batch-1 calls on short queries after two warm-up passes over them (p50 / p95 / p99); then,
+3. latency: batch-1 calls on short queries after two warm-up passes over them (p50 / p95 / p99); then the
+   subject's tokenizing alone on the same queries, where the subject exposes it (``tokenize_ms``); then,
    when the job sets ``idle_gap_ms``, the same queries again with the process idle that long before each call
    (an interactive app's queries: threads asleep, caches cooled);
 4. memory: peak RSS of this process (VmHWM on Linux, else ``resource.getrusage``).
@@ -141,6 +142,10 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         encode([q], 1)
     lat = [ms for _ in range(int(job.get("latency_rounds", 1))) for ms in _batch1_ms(encode, queries)]
     result["latency_ms"] = _latency_figures(lat)
+    tokenize = getattr(encode, "tokenize", None)
+    if tokenize is not None:  # 3a. the subject's tokenizing alone, on the same queries: its share of the p50
+        tok = _batch1_ms(lambda items, _bs: tokenize(items), queries)
+        result["tokenize_ms"] = _latency_figures(tok)
     gap_ms = float(job.get("idle_gap_ms") or 0)
     if gap_ms > 0:  # 3b. the same queries, each after the process sat idle: what an interactive app sees
         _stage(f"latency after {gap_ms:g} ms idle")
