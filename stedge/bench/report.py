@@ -464,12 +464,15 @@ def machine_line(results: dict[str, Any]) -> str:
     )
 
 
-def _latency_text(suite: dict[str, Any]) -> str:
-    """The Texts line's part on batch-1 latency: the tokenize column, and the after-idle pass when the suite has one."""
-    gap = suite.get("idle_gap_ms") or 0
+def _latency_text(results: dict[str, Any]) -> str:
+    """The Texts line's part on batch-1 latency: the tokenize column when a subject measured it, and the after-idle
+    pass when the suite has one."""
+    gap = results["suite"].get("idle_gap_ms") or 0
     tokenize = (
         " (`tokenize p50 ms`: the subject's own tokenizing alone on the same queries, as its batch-1 call runs it: "
         "the share of the p50 that is not the engine)"
+        if any(_tokenize_p50(r) is not None for r in results["rows"])
+        else ""
     )
     if not gap:
         return tokenize
@@ -530,7 +533,7 @@ def _texts_line(results: dict[str, Any]) -> str:
         + _rounds_text(results)
         + _interleaved_text(results)
         + f"; batch-1 latency on {d['num_queries']} short queries from `{d['queries']}`"
-        + _latency_text(s)
+        + _latency_text(results)
         + f"; accuracy on {d['accuracy_pairs']} STS pairs from `{d['accuracy']}` (cosine to the stedge PyTorch fp32 "
         f"CPU reference over {d['accuracy_texts']} texts)."
     )
@@ -551,7 +554,7 @@ def _pairs_line(results: dict[str, Any], alone: bool) -> str:
         "passes per batch size after warm-up (median; spread in the JSON)"
         + (_rounds_text(results) + _interleaved_text(results) if alone else "")
         + f"; batch-1 latency on the first {p.get('num_query_pairs')} of them"
-        + _latency_text(s)
+        + _latency_text(results)
         + passages
         + f"; accuracy on {d['accuracy_pairs']} STS pairs from `{d['accuracy']}`: the Spearman of the scores against "
         "the gold ones, and their score agreement with the stedge PyTorch fp32 scores "

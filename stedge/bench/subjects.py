@@ -430,8 +430,7 @@ class RuntimeVariant(Subject):
             return run(texts, batch_size=batch_size)
 
         def tokenize(items: list[Any]) -> Any:  # the runtime's one-text path for one item, its batch path else
-            one = items[0] if self.task == "embedding" else tuple(items[0])
-            return enc._tok.one(one, type_ids) if len(items) == 1 else enc._tok.tokens(items, type_ids)
+            return enc._tok.one(items[0], type_ids) if len(items) == 1 else enc._tok.tokens(items, type_ids)
 
         encode.info = {
             "selection": enc.selection.to_dict(),  # type: ignore[attr-defined]
