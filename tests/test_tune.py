@@ -39,6 +39,29 @@ def _words(text: str) -> str:
     return " ".join(text.split())
 
 
+def _full_profile(art: Path, pad: int | None = None, **fields) -> dict:
+    """A profile of this machine that covers every variant of ``art`` with today's settings grid at 2 threads, the
+    token budget and the paired final (what the harness needs not to re-tune); ``pad``: the static-padding duel
+    chose that padding, so the OpenVINO runs with static compilations carry it."""
+    from stedge_runtime.machine import machine_key
+    from stedge_runtime.tune import settings_grid, tunable_variants
+
+    def runs(backend: str) -> list[dict]:
+        grid = settings_grid(backend, 2)
+        return [{"settings": {**g, "static_pad": pad} if pad and g.get("static_batch1") else g} for g in grid]
+
+    todo, _ = tunable_variants(art)
+    return {
+        "format_version": 1,
+        "machine": {"key": machine_key()},
+        "quick": False,
+        "variants": {n: {"status": "ok", "sha256": v["sha256"], "runs": runs(v["backend"])} for n, v in todo.items()},
+        "batch_tokens": {"best": 1024},
+        "paired": {"cycles": 0, "reference": None, "contenders": {}},
+        **fields,
+    }
+
+
 def test_tune_cli_writes_the_profile_and_prints_the_choice(art):
     from stedge_runtime.machine import machine_key
     from stedge_runtime.profile import read_profile
@@ -326,9 +349,8 @@ def test_bench_tunes_batch1_on_the_suites_queries(art, monkeypatch):
     batch-1 calls ran on other queries, or on none."""
     import subprocess
 
-    from stedge_runtime.machine import machine_key
     from stedge_runtime.profile import write_profile
-    from stedge_runtime.tune import settings_grid, texts_sha256, tunable_variants
+    from stedge_runtime.tune import texts_sha256
 
     from stedge.bench import runner
 
@@ -345,20 +367,7 @@ def test_bench_tunes_batch1_on_the_suites_queries(art, monkeypatch):
     queries = ["what binds\nthe receptor", "is p53 a tumour suppressor", "  "]
     runner.ensure_profile(art, suite, 2, {}, lambda m: None, queries=queries)
     assert sent == [["what binds the receptor", "is p53 a tumour suppressor"]]
-    todo, _ = tunable_variants(art)
-    runs = {
-        n: {"status": "ok", "sha256": v["sha256"], "runs": [{"settings": g} for g in settings_grid(v["backend"], 2)]}
-        for n, v in todo.items()
-    }
-    prof = {
-        "format_version": 1,
-        "machine": {"key": machine_key()},
-        "quick": False,
-        "variants": runs,
-        "batch_tokens": {"best": 1024},
-        "paired": {"cycles": 0, "reference": None, "contenders": {}},
-        "workloads": {"batch1": {"source": "built-in"}},
-    }
+    prof = _full_profile(art, workloads={"batch1": {"source": "built-in"}})
     write_profile(art, prof)
     runner.ensure_profile(art, suite, 2, {}, lambda m: None)
     assert len(calls) == 1  # no queries asked: the profile covers the run
@@ -370,6 +379,32 @@ def test_bench_tunes_batch1_on_the_suites_queries(art, monkeypatch):
     assert len(calls) == 2  # tuned on these queries: kept
     runner.ensure_profile(art, suite, 2, {}, lambda m: None, queries=queries[1:])
     assert len(calls) == 3  # other queries: re-tuned
+
+
+def test_bench_keeps_a_profile_whose_static_padding_duel_chose_a_finer_padding(art, tiny_model, monkeypatch):
+    """`stedge tune` writes the static-padding duel's choice into the OpenVINO runs it padded (static_pad); the
+    harness compares those runs with today's settings grid without it, so it does not re-tune on every run."""
+    import subprocess
+
+    from stedge_runtime.profile import write_profile
+    from stedge_runtime.select import STATIC_PADS
+
+    from stedge.bench import runner
+    from stedge.export import export_model
+
+    export_model(str(tiny_model), art, backend="openvino", add=True, show_progress=False)
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    prof = _full_profile(art, pad=STATIC_PADS[-1])
+    assert any("static_pad" in r["settings"] for r in prof["variants"]["openvino-fp32"]["runs"])
+    write_profile(art, prof)
+    suite = runner.Suite(name="t", file="t.toml", models=[])
+    runner.ensure_profile(art, suite, 2, {}, lambda m: None)
+    assert calls == []  # the duel's padding is part of the tune, not a setting missing from the grid
+    prof["variants"]["openvino-fp32"]["runs"].pop()
+    write_profile(art, prof)
+    runner.ensure_profile(art, suite, 2, {}, lambda m: None)
+    assert len(calls) == 1  # a setting of today's grid missing: re-tuned
 
 
 def test_bench_says_what_a_tune_stopped_in_its_memory_probe_left(art, monkeypatch):

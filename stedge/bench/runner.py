@@ -497,7 +497,10 @@ def ensure_profile(
     from stedge_runtime.tune import settings_grid, texts_sha256, tunable_variants
 
     def tried(entry: dict) -> set:
-        return {tuple(sorted(r["settings"].items())) for r in entry.get("runs") or []}
+        # where the static-padding duel chose a finer padding, the runs it padded carry static_pad; the grid never
+        # does, so the padding is left out of the comparison (re-decided only when the variant is re-tuned)
+        runs = entry.get("runs") or []
+        return {tuple(sorted((k, v) for k, v in r["settings"].items() if k != "static_pad")) for r in runs}
 
     todo, _ = tunable_variants(artifact)
     try:
