@@ -132,6 +132,26 @@ def test_tune_notes_a_missing_bf16_variant_on_a_bf16_cpu(art, monkeypatch):
         assert quiet.exit_code == 0 and "openvino-bf16" not in quiet.stderr, args
 
 
+def test_tune_text_prints_engine_messages_as_they_are():
+    """Engine errors and selection notes are printed as text, never read as rich markup: an install hint keeps its
+    extra ([openvino] is a style tag to rich, and vanished), and a path in brackets does not stop the report (a
+    closing tag such as [/tmp] that opens nothing is a markup error)."""
+    import io
+
+    from rich.console import Console
+
+    from stedge.tune.cli import _render_paired, render_choice
+
+    out = io.StringIO()
+    con = Console(file=out, width=300)
+    msg = "[/tmp/models/x] [bold] not found; needs openvino: pip install 'stedge-runtime[openvino]'"
+    render_choice(
+        {"exact": {"error": msg}, "near": {"variant": "v", "reason": msg, "notes": [msg], "warnings": [msg]}}, con
+    )
+    _render_paired({"cycles": 2, "reference": "v", "contenders": {"v": {"error": msg}}}, con)
+    assert out.getvalue().count(msg) == 5, out.getvalue()
+
+
 def test_full_tune_has_its_paired_final(art):
     """A full tune ends with the paired final. With one variant, its engine settings are what is paired: the
     settings the rounds gave it (spinning: the default, which no-spin rarely beats by 10 %) and the other setting,

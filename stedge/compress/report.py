@@ -110,10 +110,11 @@ ROWS = (
 def print_report(report: dict, console=None) -> None:
     """Print a before/after report as a rich table (on stderr unless a console is given)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console(stderr=True)
-    table = Table(title=f"stedge {report['command']}: {report.get('output', '')}")
+    table = Table(title=escape(f"stedge {report['command']}: {report.get('output', '')}"))
     table.add_column("")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")

@@ -24,12 +24,13 @@ def _auto_line(path) -> str:
 def render_table(result) -> None:
     """Print the variants table (variant, file size, cosine, Spearman, passed) with rich."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
     if not console.is_terminal:
         console = Console(width=130)
-    t = Table(title=f"{result.path}  ({_auto_line(result.path)})")
+    t = Table(title=escape(f"{result.path}  ({_auto_line(result.path)})"))
     cos = "cos"
     if any(r.get("agreement") == "score" for r in result.rows):  # a reranker: scores, not vectors
         cos = "agr"
@@ -71,7 +72,7 @@ def render_table(result) -> None:
     console.print(t)
     for r in result.rows:
         if r.get("note"):
-            Console(stderr=True).print(f"[yellow]{r['variant']}: {r['note']}[/]")
+            typer.secho(f"{r['variant']}: {r['note']}", fg="yellow", err=True)
 
 
 HELP = {
@@ -170,9 +171,7 @@ def register(app: typer.Typer) -> None:
 
             hint = bf16_hint(result.path, [r["variant"] for r in result.rows], model, device)
             if hint:
-                from rich.console import Console
-
-                Console(stderr=True).print(f"[yellow]{hint}[/]", highlight=False)
+                typer.secho(hint, fg="yellow", err=True)
         tuning = None
         if tune or queries:
             from stedge.tune.cli import tune_after_export
@@ -186,13 +185,11 @@ def register(app: typer.Typer) -> None:
 
 def _print_pack(res, as_json: bool) -> None:
     """`stedge pack`'s report: its JSON, or its notes (stderr), files and summary line."""
-    from rich.console import Console
-
     if as_json:
         typer.echo(json.dumps(res.to_dict(), indent=2))
         return
     for note in res.notes:
-        Console(stderr=True).print(f"[yellow]{note}[/]", highlight=False)
+        typer.secho(note, fg="yellow", err=True)
     for rel, size in res.files.items():
         typer.echo(f"  {rel:48} {size / 1e6:8.2f} MB")
     typer.echo(

@@ -45,10 +45,11 @@ def _print_summary(summary: dict, as_json: bool) -> None:
         typer.echo(json.dumps(summary, indent=2))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     con = Console(stderr=False)
-    t = Table(title=f"trained -> {summary['output']}", show_header=True)
+    t = Table(title=escape(f"trained -> {summary['output']}"), show_header=True)
     t.add_column("metric")
     t.add_column("before", justify="right")
     t.add_column("after", justify="right")
@@ -309,10 +310,11 @@ def eval_cmd(
         typer.echo(json.dumps(result, indent=2))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     ran = f"{result['backend']}: {sel.variant}, tier {sel.variant_tier or 'none'}" if sel else result["backend"]
-    t = Table(title=f"{task} on {data} ({ran})")
+    t = Table(title=escape(f"{task} on {data} ({ran})"))
     t.add_column("metric")
     t.add_column("value", justify="right")
     for k, v in result["metrics"].items():

@@ -133,6 +133,7 @@ def _settings(s: dict[str, Any]) -> str:
 def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choices: dict[str, Any]) -> None:
     """The tuning table: one row per variant and setting; the chosen ones marked per tier."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
     from stedge_runtime.select import memory_config_key, variant_tier
 
@@ -174,7 +175,7 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
         here = entry.get("min_cos_to_exact")
         here_s = "-" if here is None else (f"{here:.4f}" if here >= 0.99 else f"[yellow]{here:.4f}[/]")
         if entry["status"] != "ok":
-            failed = f"[red]{entry.get('error', 'failed')}[/]"
+            failed = f"[red]{escape(str(entry.get('error', 'failed')))}[/]"
             t.add_row(name, tier, "", failed, "", *[""] * (2 * len(bs)), inv_s, "", "", "")
             continue
         for run in entry["runs"]:
@@ -206,7 +207,7 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
         )
     _render_paired(prof.get("paired"), console)
     for name, why in (prof.get("skipped") or {}).items():
-        console.print(f"[yellow]not tuned: {name}: {why}[/]")
+        console.print(f"[yellow]not tuned: {escape(f'{name}: {why}')}[/]")
     render_choice(choices, console)
 
 
@@ -234,6 +235,8 @@ def _mb(value: Any, growth: Any = None) -> str:
 
 def _render_paired(final: dict[str, Any] | None, console: Any) -> None:
     """The paired final: one line per contender, its median per-cycle speedup over the reference."""
+    from rich.markup import escape
+
     if not final:
         return
     names = ", ".join(_contender(k, c) for k, c in (final.get("contenders") or {}).items()) or "none"
@@ -247,7 +250,7 @@ def _render_paired(final: dict[str, Any] | None, console: Any) -> None:
     )
     for name, c in final["contenders"].items():
         if "error" in c:
-            console.print(f"    {_contender(name, c)}: [red]{c['error']}[/]")
+            console.print(f"    {_contender(name, c)}: [red]{escape(str(c['error']))}[/]")
             continue
         parts = ", ".join(f"{key} {v:.3f}x" for key, v in c["speedup"].items())
         console.print(f"    {_contender(name, c)}: bulk {c['bulk_speedup']:.3f}x ({parts})")
@@ -273,6 +276,7 @@ def _marks(choices: dict[str, Any]) -> dict[tuple[str, str], str]:
 def render_choice(choices: dict[str, Any], console: Any = None) -> None:
     """One line per tier: what Encoder.load chooses on this machine and why."""
     from rich.console import Console
+    from rich.markup import escape
 
     if console is None:
         console = Console()
@@ -280,20 +284,21 @@ def render_choice(choices: dict[str, Any], console: Any = None) -> None:
             console = Console(width=160)
     for tier, c in choices.items():
         if "error" in c:
-            console.print(f"tier {tier}: [yellow]nothing eligible[/] ({c['error']})")
+            console.print(f"tier {tier}: [yellow]nothing eligible[/] ({escape(c['error'])})")
             continue
-        line = f"tier {tier}: [bold]{c['variant']}[/] {_settings(c.get('settings') or {})} - {c['reason']}"
+        settings = escape(_settings(c.get("settings") or {}))
+        line = f"tier {tier}: [bold]{c['variant']}[/] {settings} - {escape(c['reason'])}"
         if c.get("latency_variant"):
-            line += f"; batch-1 calls: {c['latency_variant']} {_settings(c.get('latency_settings') or {})}"
+            line += f"; batch-1 calls: {c['latency_variant']} {escape(_settings(c.get('latency_settings') or {}))}"
         if c.get("max_batch_tokens"):
             line += f"; at most {c['max_batch_tokens']} tokens per call"
         if c.get("peak_rss_mb"):
             line += f"; peak RSS {c['peak_rss_mb']:.0f} MB here"
         console.print(line)
         for warning in c.get("warnings") or []:
-            console.print(f"    [yellow]{warning}[/]")
+            console.print(f"    [yellow]{escape(warning)}[/]")
         for note in c.get("notes") or []:
-            console.print(f"    [dim]{note}[/]")
+            console.print(f"    [dim]{escape(note)}[/]")
 
 
 def tune_cmd(
@@ -372,13 +377,12 @@ def tune_cmd(
     m = Manifest.read(artifact)
     render_profile(prof, {n: v.to_dict() for n, v in m.variants.items()}, choices)
     typer.echo(f"profile written to {file}" if file else "profile not written (--dry-run)")
-    from rich.console import Console
 
     from stedge.export.plan import bf16_hint
 
     hint = bf16_hint(artifact, m.variants, str(m.source.get("model") or "MODEL"))
     if hint:
-        Console(stderr=True).print(f"[yellow]{hint}[/]", highlight=False)
+        typer.secho(hint, fg="yellow", err=True)
 
 
 def read_lines(path: Path | None, option: str) -> list[str] | None:
