@@ -745,7 +745,8 @@ def _wait_for_temporary(parent: Path, proc: subprocess.Popen, timeout: float = 3
 # the wait is in short sleeps because the kernel may hand SIGINT to an engine's thread, which does not wake the main
 # thread from one long sleep, and Python raises KeyboardInterrupt only when the main thread runs again)
 _HELD_EXPORT = """
-import os, sys, time
+import faulthandler, os, signal, sys, time
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # _interrupted: where a process that hangs is stuck
 import stedge.export.verify as verify
 compare = verify.Reference.compare
 def held(self, *args, **kwargs):
@@ -759,19 +760,41 @@ run()
 """
 
 
+def _ctrl_c_default() -> None:
+    """Run in the child before exec: SIGINT at its default, as for a command started from a terminal. A shell's
+    background job (`make test &`, a CI step run so) inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler, so a test's Ctrl-C would never arrive."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _interrupted(p: subprocess.Popen, timeout: float = 120) -> str:
+    """Ctrl-C to ``p``; its stderr once it has exited. A process still running after ``timeout`` seconds is made to
+    print every thread's stack (SIGUSR1, registered by _HELD_EXPORT) and killed, and the test fails with that."""
+    p.send_signal(signal.SIGINT)
+    try:
+        return p.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        p.kill()
+        err = p.communicate(timeout=60)[1]
+        pytest.fail(f"still running {timeout:.0f} s after Ctrl-C; its threads then:\n{err}")
+
+
 def test_killed_or_interrupted_export_leaves_nothing_behind_after_the_next_run(tiny_model, tmp_path):
     out = tmp_path / "art"
     cmd = [sys.executable, "-c", _HELD_EXPORT, "export", str(tiny_model), "-o", str(out)]
     marker = tmp_path.parent / f"{tmp_path.name}.held"
     env = {**_env(), "HELD_MARKER": str(marker), "PYTHONFAULTHANDLER": "1"}
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_default
+    )
     deadline = time.time() + 300
     while not marker.exists():
         assert p.poll() is None and time.time() < deadline, p.communicate()
         time.sleep(0.05)
     assert [q for q in tmp_path.iterdir() if ".stedge-tmp." in q.name]
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=120)
+    err = _interrupted(p)
     assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err, (p.returncode, err)
     assert list(tmp_path.iterdir()) == []  # Ctrl-C: the temporary is removed at once
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -792,7 +815,9 @@ def test_ctrl_c_after_the_output_is_in_place_breaks_nothing(tiny_model, artifact
 
     out = tmp_path / "art"
     cmd = [sys.executable, "-m", "stedge.cli", "export", str(tiny_model), "-o", str(out)]
-    p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_default
+    )
     deadline = time.time() + 300
     while not out.exists():
         assert p.poll() is None and time.time() < deadline, p.communicate()
