@@ -190,6 +190,30 @@ def test_flops_match_the_parameter_count(tmp_path):
     assert text_flops(n, dims) == 3 * (2 * n * weights + 4 * n * n * 48)
 
 
+def test_real_token_share_per_order_of_a_calls_items():
+    """Batches pad to their longest item: sorted by tokens pads least; by characters as sentence-transformers sorts
+    (a pair counts both texts); in the order given as fastembed takes them."""
+    import random
+
+    from stedge.bench.gemm import PADDING_ORDERS, real_token_share
+
+    items = ["a" * 90, "b" * 80, "c" * 70, "d" * 50, "e" * 60, ("x" * 20, "y" * 20)]  # the pair: 40 characters
+    got = real_token_share([6, 1, 5, 2, 4, 3], items, 2)  # 21 real tokens
+    assert set(got) == set(PADDING_ORDERS)
+    assert got["tokens"] == pytest.approx(21 / (2 * 6 + 2 * 4 + 2 * 2))  # [6, 5] [4, 3] [2, 1]
+    assert got["chars"] == pytest.approx(21 / (2 * 6 + 2 * 5 + 2 * 3))  # [6, 1] [5, 4] [2, 3]
+    assert got["order"] == pytest.approx(21 / (2 * 6 + 2 * 5 + 2 * 4))  # [6, 1] [5, 2] [4, 3]
+    assert real_token_share([5, 5, 5], ["a", "b", "c"], 2) == {k: 1.0 for k in PADDING_ORDERS}  # nothing to pad
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 60) for _ in range(97)]
+    texts = ["x" * rng.randint(1, 300) for _ in lengths]
+    for bs in (1, 8, 32, 200):
+        got = real_token_share(lengths, texts, bs)
+        assert got["tokens"] >= max(got["chars"], got["order"]) and 0 < min(got.values()) <= 1
+    with pytest.raises(ValueError, match="3 token counts for 2 items"):
+        real_token_share([1, 2, 3], ["a", "b"], 2)
+
+
 def test_model_dims_error_names_the_file(tmp_path):
     from stedge.bench.gemm import model_dims
 
@@ -550,6 +574,10 @@ def test_smoke_run_writes_table_and_plots(smoke_results):
     assert "| passages × best peer, interleaved |" in md and "and over the passages" in md
     assert "| p50 ms after idle |" in md and "idle 20 ms before each query" in md
     assert "| p50 ms | tokenize p50 ms |" in md and "the share of the p50 that is not the engine" in md
+    pad = results["models"][0]["padding"]  # the smoke suite: headline batch 8, its passages at 8 too
+    assert pad["texts"]["batch_size"] == 8 and pad["passages"]["batch_size"] == 8
+    shares = " / ".join(f"{100 * pad['texts'][k]:.0f} %" for k in ("tokens", "chars", "order"))
+    assert "- Padding: real tokens as a share" in md and f"texts {shares} at batch 8" in md
     auto = next(r for r in results["rows"] if r.get("auto_tier"))
     assert f" | {auto['latency_ms']['p50']:.2f} | {auto['tokenize_ms']['p50']:.3f} | " in md
     auto = next(r for r in results["rows"] if r.get("auto_tier"))

@@ -65,6 +65,39 @@ def total_flops(token_counts: Sequence[int], dims: dict[str, int]) -> float:
     return float(sum(text_flops(n, dims) for n in token_counts))
 
 
+# How a subject orders the items of one call before cutting them into batches that pad to their longest item.
+PADDING_ORDERS = {
+    "tokens": "sorted by token count (the stedge runtime)",
+    "chars": "sorted by characters (sentence-transformers, stedge PyTorch)",
+    "order": "in the order given (fastembed)",
+}
+
+
+def real_token_share(token_counts: Sequence[int], items: Sequence[Any], batch_size: int) -> dict[str, float]:
+    """The share of real tokens among the tokens the engine runs when a call of ``items`` (texts, or pairs counted
+    by their characters together) is cut into batches of ``batch_size`` that each pad to their longest item, for
+    each order of PADDING_ORDERS. The rest is padding: compute the engine spends and GFLOP/s does not count. A
+    runtime that also splits batches by a token budget pads at most this much."""
+    import numpy as np
+
+    lengths = np.asarray(token_counts, dtype=np.int64)
+    if len(lengths) != len(items):
+        raise ValueError(f"{len(lengths)} token counts for {len(items)} items")
+    chars = [len(t) if isinstance(t, str) else sum(len(x) for x in t) for t in items]
+    orders = {
+        "tokens": np.argsort(-lengths, kind="stable"),
+        "chars": np.argsort(-np.asarray(chars), kind="stable"),
+        "order": np.arange(len(lengths)),
+    }
+    real = int(lengths.sum())
+    out = {}
+    for name, idx in orders.items():
+        batches = [idx[s : s + batch_size] for s in range(0, len(idx), batch_size)]
+        padded = sum(len(b) * int(lengths[b].max()) for b in batches)
+        out[name] = real / padded if padded else 1.0
+    return out
+
+
 def gemm_peak(threads: int, device: str = "cpu", size: int | None = None, seconds: float = 2.0) -> dict[str, Any]:
     """Measured GEMM GFLOP/s (best of repeated square matmuls) at ``threads`` threads.
 

@@ -36,6 +36,14 @@ ROW_OK_REQUIRED = [
     "speedup_vs_torch",
     "speedup_vs_best_peer",
 ]
+
+# one kind of text's padding (runner._padding): its batch size, the share of real tokens per gemm.PADDING_ORDERS order
+_PADDING = {
+    "type": "object",
+    "required": ["batch_size", "tokens", "chars", "order"],
+    "properties": {k: {"type": "number", "exclusiveMinimum": 0, "maximum": 1} for k in ("tokens", "chars", "order")},
+}
+
 RESULTS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": [
@@ -63,6 +71,20 @@ RESULTS_SCHEMA: dict[str, Any] = {
             "properties": {"budget": {"type": "integer", "minimum": 1}},
         },
         "gemm_peak": {"type": "object", "required": ["gflops", "threads", "device"]},
+        "models": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "tokens", "mean_tokens_per_text"],
+                "properties": {
+                    "padding": {
+                        "type": "object",
+                        "required": ["texts"],
+                        "additionalProperties": _PADDING,
+                    }
+                },
+            },
+        },
         "rows": {
             "type": "array",
             "minItems": 1,
@@ -506,6 +528,7 @@ def markdown(results: dict[str, Any]) -> str:
             *([_pairs_line(results, "embedding" not in tasks)] if "reranking" in tasks else []),
             f"- GEMM peak measured in this run ({g['threads']} threads, {g.get('size')}² matrices): {_peaks(g)}; "
             "each subject's % GEMM peak is against the peak of its own precision.",
+            *([_padding_line(results)] if any(m.get("padding") for m in results["models"]) else []),
             f"- Speedups use sentences/s at batch {s['headline_batch_size']}"
             + (" (a reranker's pairs/s)" if "reranking" in tasks else "")
             + "; × torch is vs stedge PyTorch fp32, × best peer vs the fastest "
@@ -521,6 +544,31 @@ def markdown(results: dict[str, Any]) -> str:
             "\n\n".join(t for t in (markdown_table(results), _reranker_table(results)) if t),
             "",
         ]
+    )
+
+
+def _padding_line(results: dict[str, Any]) -> str:
+    """The bullet on padding: the share of real tokens among those the engine runs, per model and kind of text, for
+    each way a subject orders a call's items before it pads each batch to its longest."""
+    from .gemm import PADDING_ORDERS
+
+    def shares(p: dict[str, Any]) -> str:
+        return " / ".join(f"{100 * p[k]:.0f} %" for k in PADDING_ORDERS)
+
+    parts = []
+    for m in results["models"]:
+        pad = m.get("padding") or {}
+        kinds = [f"{words(m.get('task'))['per']}s {shares(pad['texts'])} at batch {pad['texts']['batch_size']}"]
+        if pad.get("passages"):
+            what = words(m.get("task"))["passages"].removesuffix("/s")
+            kinds.append(f"{what} {shares(pad['passages'])} at batch {pad['passages']['batch_size']}")
+        if pad:
+            parts.append(f"{m['name']}: {', '.join(kinds)}")
+    return (
+        "- Padding: real tokens as a share of the tokens the engine runs, the rest padding to each batch's longest "
+        f"item, when a call's items are {' / '.join(PADDING_ORDERS.values())}: "
+        + "; ".join(parts)
+        + ". % GEMM peak counts real tokens only, so padding lowers it."
     )
 
 

@@ -1205,6 +1205,7 @@ def _results(
                 "tokens": int(sum(c)),
                 "mean_tokens_per_text": float(sum(c) / len(c)),
                 "mean_tokens_per_passage": float(sum(_p) / len(_p)) if _p else None,
+                "padding": _padding(suite, data.inputs(e.task or "embedding"), c, _p),
                 "reference_spearman": _accuracy(r, None, data, e.task or "embedding")["spearman"]
                 if r is not None
                 else None,
@@ -1214,6 +1215,20 @@ def _results(
         "skipped_models": skipped_models,
         "rows": rows,
     }
+
+
+def _padding(suite: Suite, inputs: tuple, counts: list[int], pcounts: list[int]) -> dict[str, Any]:
+    """The share of real tokens the engine runs at the headline batch size (and the passages' batch size), per way
+    of ordering a call's items (gemm.real_token_share): what padding costs each kind of subject."""
+    from . import gemm as gemm_mod
+
+    texts, passages = inputs[0], inputs[3]
+    bs = suite.headline_batch_size
+    out: dict[str, Any] = {"texts": {"batch_size": bs, **gemm_mod.real_token_share(counts, texts, bs)}}
+    if pcounts:
+        pbs = max(suite.passage_batch_sizes or [bs])
+        out["passages"] = {"batch_size": pbs, **gemm_mod.real_token_share(pcounts, passages, pbs)}
+    return out
 
 
 def _plan_model(
