@@ -214,6 +214,22 @@ def test_real_token_share_per_order_of_a_calls_items():
         real_token_share([1, 2, 3], ["a", "b"], 2)
 
 
+def test_padding_of_a_run_is_taken_at_the_batch_sizes_its_table_shows():
+    """Texts at the headline batch size; passages at it too where they were timed at it (the passages/s column),
+    else at their largest."""
+    from stedge.bench import runner
+
+    texts, passages = ["a b", "a"], ["p " * 9, "p", "p p"]
+    inputs = (texts, [], [], passages)
+    suite = runner.Suite(name="t", file="t.toml", models=[], headline_batch_size=128)
+    for sizes, want in (([], 128), ([32, 128, 512], 128), ([32, 512], 512)):
+        suite.passage_batch_sizes = sizes
+        pad = runner._padding(suite, inputs, [4, 3], [11, 3, 4])
+        assert pad["texts"]["batch_size"] == 128 and pad["passages"]["batch_size"] == want, sizes
+    assert pad["passages"]["tokens"] == pytest.approx(18 / 33)  # one batch of three, padded to 11
+    assert "passages" not in runner._padding(suite, (texts, [], [], []), [4, 3], [])
+
+
 def test_model_dims_error_names_the_file(tmp_path):
     from stedge.bench.gemm import model_dims
 

@@ -1218,15 +1218,17 @@ def _results(
 
 
 def _padding(suite: Suite, inputs: tuple, counts: list[int], pcounts: list[int]) -> dict[str, Any]:
-    """The share of real tokens the engine runs at the headline batch size (and the passages' batch size), per way
-    of ordering a call's items (gemm.real_token_share): what padding costs each kind of subject."""
+    """The share of real tokens the engine runs at the headline batch size, for the texts and the passages (or the
+    passages' largest batch size when they were not timed at it), per way of ordering a call's items
+    (gemm.real_token_share): what padding costs each kind of subject."""
     from . import gemm as gemm_mod
 
     texts, passages = inputs[0], inputs[3]
     bs = suite.headline_batch_size
     out: dict[str, Any] = {"texts": {"batch_size": bs, **gemm_mod.real_token_share(counts, texts, bs)}}
-    if pcounts:
-        pbs = max(suite.passage_batch_sizes or [bs])
+    if pcounts:  # the passages' batch size of the table's passages/s column where they were timed at it
+        sizes = suite.passage_batch_sizes or [bs]
+        pbs = bs if bs in sizes else max(sizes)
         out["passages"] = {"batch_size": pbs, **gemm_mod.real_token_share(pcounts, passages, pbs)}
     return out
 
