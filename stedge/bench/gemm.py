@@ -79,23 +79,25 @@ def real_token_share(token_counts: Sequence[int], items: Sequence[Any], batch_si
     each order of PADDING_ORDERS. The rest is padding: compute the engine spends and GFLOP/s does not count. A
     runtime that also splits batches by a token budget pads at most this much."""
     import numpy as np
+    from stedge_runtime.tokenize import batches as runtime_batches
 
     lengths = np.asarray(token_counts, dtype=np.int64)
     if len(lengths) != len(items):
         raise ValueError(f"{len(lengths)} token counts for {len(items)} items")
-    chars = [len(t) if isinstance(t, str) else sum(len(x) for x in t) for t in items]
-    orders = {
-        "tokens": np.argsort(-lengths, kind="stable"),
-        "chars": np.argsort(-np.asarray(chars), kind="stable"),
-        "order": np.arange(len(lengths)),
+    if not len(lengths):
+        return {name: 1.0 for name in PADDING_ORDERS}
+    chars = np.asarray([len(t) if isinstance(t, str) else sum(len(x) for x in t) for t in items])
+
+    def chunks(idx: np.ndarray) -> list[np.ndarray]:
+        return [idx[s : s + batch_size] for s in range(0, len(idx), batch_size)]
+
+    groups = {  # "tokens": the runtime's own grouping, with a token budget that never splits a batch
+        "tokens": list(runtime_batches(lengths, batch_size, batch_size * int(lengths.max()))),
+        "chars": chunks(np.argsort(-chars, kind="stable")),
+        "order": chunks(np.arange(len(lengths))),
     }
     real = int(lengths.sum())
-    out = {}
-    for name, idx in orders.items():
-        batches = [idx[s : s + batch_size] for s in range(0, len(idx), batch_size)]
-        padded = sum(len(b) * int(lengths[b].max()) for b in batches)
-        out[name] = real / padded if padded else 1.0
-    return out
+    return {name: real / sum(len(b) * int(lengths[b].max()) for b in bs) for name, bs in groups.items()}
 
 
 def gemm_peak(threads: int, device: str = "cpu", size: int | None = None, seconds: float = 2.0) -> dict[str, Any]:

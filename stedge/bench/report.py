@@ -557,13 +557,14 @@ def _padding_line(results: dict[str, Any]) -> str:
 
     parts = []
     for m in results["models"]:
-        pad = m.get("padding") or {}
+        pad = m.get("padding")
+        if not pad:
+            continue
         kinds = [f"{words(m.get('task'))['per']}s {shares(pad['texts'])} at batch {pad['texts']['batch_size']}"]
         if pad.get("passages"):
             what = words(m.get("task"))["passages"].removesuffix("/s")
             kinds.append(f"{what} {shares(pad['passages'])} at batch {pad['passages']['batch_size']}")
-        if pad:
-            parts.append(f"{m['name']}: {', '.join(kinds)}")
+        parts.append(f"{m['name']}: {', '.join(kinds)}")
     return (
         "- Padding: real tokens as a share of the tokens the engine runs, the rest padding to each batch's longest "
         f"item, when a call's items are {' / '.join(PADDING_ORDERS.values())}: "
