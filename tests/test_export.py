@@ -615,10 +615,105 @@ def test_static_int8_and_fp16_on_tiny(tiny_model, tmp_path):
     assert v["onnx-int8-static"]["quantization"]["calibration_method"] == "percentile"
     assert v["onnx-int8-static"]["verification"]["mean_cosine"] > 0.98
     assert v["openvino-int8-static"]["verification"]["mean_cosine"] > 0.98
+    _tables_stay_int8(tmp_path / "s" / v["openvino-int8-static"]["file"], v["openvino-int8-static"])
+    _older_int8_static_is_rebuilt(tiny_model, tmp_path / "s", cal)
     res16 = export_model(str(tiny_model), tmp_path / "h", quantize="fp16")
     e = res16.manifest["variants"]["onnx-fp16"]
     assert e["precision"] == "fp16" and e["quantization"]["keep_io_types"]
     assert e["verification"] is None or e["verification"]["min_cosine"] > 0.999
+
+
+def _tables_stay_int8(xml: Path, entry: dict) -> None:
+    """The static int8 IR looks its embedding rows up in int8 tables, and compiled for the CPU (dynamic and static
+    shapes) it holds no float copy of a table (OpenVINO folded one into every compilation before)."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(xml))
+    tables = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "Gather" and "embeddings" in op.get_friendly_name():
+            data = op.input_value(0)
+            assert data.get_node().get_type_name() == "Constant", op.get_friendly_name()
+            assert data.get_element_type() in (ov.Type.i8, ov.Type.u8)
+            tables[op.get_friendly_name()] = list(data.get_shape())
+    assert any("word_embeddings" in n for n in tables) and entry["quantization"]["embeddings"].startswith("int8 rows")
+    static = model.clone()
+    static.reshape({i.any_name: [1, 8] for i in static.inputs})
+    for graph in (model, static):
+        compiled = core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        floats = [
+            list(op.get_output_shape(0))
+            for op in compiled.get_runtime_model().get_ordered_ops()
+            if op.get_type_name() == "Constant" and op.get_output_element_type(0) == ov.Type.f32
+        ]
+        assert not [s for s in floats if s in tables.values()], floats
+
+
+def _older_int8_static_is_rebuilt(model: Path, art: Path, cal: Path) -> None:
+    """An openvino-int8-static record from before the int8 tables (no ``embeddings`` in its quantization): `stedge
+    info` says how to export it again, and the harness's build exports it again (with the fp32 IR it is made from),
+    keeping the ONNX variants."""
+    from stedge.bench.build import build_variants
+    from stedge.cli import app
+
+    manifest = json.loads((art / "stedge.json").read_text())
+    kept = {n: e["sha256"] for n, e in manifest["variants"].items() if n.startswith("onnx-")}
+    del manifest["variants"]["openvino-int8-static"]["quantization"]["embeddings"]
+    (art / "stedge.json").write_text(json.dumps(manifest))
+    info = CliRunner().invoke(app, ["info", str(art)])
+    assert info.exit_code == 0, info.output
+    assert "note: openvino-int8-static: its embedding tables are dequantized before their lookup" in info.stderr
+    assert "--quantize int8-static --calibration FILE" in info.stderr and str(cal) in info.stderr
+    logs: list[str] = []
+    build_variants(
+        model, art, ["openvino-int8-static", "onnx-int8-static"], calibration=(str(cal), 40), log=logs.append
+    )
+    assert any("openvino-int8-static was built by an older stedge" in x for x in logs), logs
+    again = json.loads((art / "stedge.json").read_text())["variants"]
+    assert again["openvino-int8-static"]["quantization"]["embeddings"].startswith("int8 rows")
+    assert {n: e["sha256"] for n, e in again.items() if n.startswith("onnx-")} == kept
+    info = CliRunner().invoke(app, ["info", str(art)])
+    assert "built" not in info.stderr and "dequantized before" not in info.stderr
+
+
+def test_gather_int8_tables_keeps_the_values(tmp_path):
+    """Gather(dequantize(table)) -> dequantize(Gather(table)) for int8 and uint8 tables with per-row scales and per-row
+    or shared zero points gives the tables' values (numpy); a table with a scale per element is left alone."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from stedge.export.openvino import gather_int8_tables
+
+    rng = np.random.default_rng(0)
+    ids = ops.parameter([-1, -1], ov.Type.i64, name="ids")
+    x = rng.integers(0, 50, (3, 5))
+
+    def table(weights: str, zero: tuple | None, scale: tuple):
+        signed = weights == "i8"
+        q = rng.integers(-127, 127, (50, 8)) if signed else rng.integers(0, 255, (50, 8))
+        q = q.astype(np.int8 if signed else np.uint8)
+        node, value = ops.convert(ops.constant(q), "f32"), q.astype(np.float32)
+        if zero is not None:
+            z = rng.integers(0, 255, zero).astype(np.uint8)
+            node, value = ops.subtract(node, ops.convert(ops.constant(z), "f32")), value - z
+        s = rng.uniform(0.01, 0.1, scale).astype(np.float32)
+        node, value = ops.multiply(node, ops.constant(s)), value * s
+        return ops.gather(node, ids, ops.constant(np.int64(0))), value[x]
+
+    tables = [
+        table("i8", None, (50, 1)),
+        table("u8", (50, 1), (50, 1)),
+        table("u8", (1, 8), (50, 1)),
+        table("i8", None, (50, 8)),  # a scale per element: left before its Gather
+    ]
+    model = ov.Model([t for t, _ in tables], [ids])
+    assert len(gather_int8_tables(model)) == 3
+    assert gather_int8_tables(model) == []
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got = compiled({"ids": x})
+    for k, (_, want) in enumerate(tables):
+        np.testing.assert_allclose(got[k], want, rtol=1e-6, atol=1e-6)
 
 
 def _cast_graph(duplicate: bool, rename: bool = False):

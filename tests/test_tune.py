@@ -194,6 +194,17 @@ def test_tune_measures_each_tiers_memory_in_a_fresh_process(art):
     note = f"peak RSS of a process running this tier's choice here: {tiers['near']['peak_rss_mb']:.0f} MB"
     assert any(n.startswith(note) for n in Encoder.load(art).selection.notes)
     assert note in _words(_cli("info", str(art)).stdout)
+    # a tier whose choice has changed since (a variant exported again, say) does not quote the old choice's figure
+    file = next((art / "tuning").glob("*.json"))
+    kept = file.read_text()
+    changed = json.loads(kept)
+    changed["memory"]["tiers"]["near"]["choice"]["variant"] = "openvino-int8-static"
+    file.write_text(json.dumps(changed))
+    notes = Encoder.load(art, tier="near").selection.notes
+    assert not any(n.startswith(note) for n in notes)
+    assert any(n.startswith("peak RSS not measured for this choice") and "(openvino-int8-static)" in n for n in notes)
+    assert any(n.startswith(note) for n in Encoder.load(art, tier="exact").selection.notes)
+    file.write_text(kept)
     # what a memory budget may fall back to: the variant's settings measured here (the tier's own figure reused)
     configs = {json.dumps(c["settings"], sort_keys=True): c for c in mem["configs"]}
     assert {c["variant"] for c in mem["configs"]} == {"onnx-fp32"} and len(configs) == len(mem["configs"]) >= 1

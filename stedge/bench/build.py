@@ -126,6 +126,13 @@ def build_variants(
         log(f"{artifact}: {', '.join(stale)} calibrated on other texts than the suite's; exporting again")
         fresh = True
     have = set() if fresh else set(m.variants)
+    if not fresh:
+        from stedge.export.plan import outdated_builds
+
+        old = {n: why for n, why in outdated_builds(m.variants).items() if n in wanted}
+        for name, why in old.items():
+            log(f"{artifact}: {name} was built by an older stedge ({why}); exporting it again")
+        have -= set(old)
     missing = [v for v in wanted if v not in have]
     if not missing:
         log(f"reusing {artifact} (same source weights; has {', '.join(wanted)})")

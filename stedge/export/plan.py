@@ -144,6 +144,21 @@ def bf16_hint(path: str | os.PathLike, variants: Iterable[str], model: str, devi
     )
 
 
+def outdated_builds(variants: Mapping[str, Any]) -> dict[str, str]:
+    """The variants (name -> record with ``quantization``) that an older stedge built in a way the current export
+    improves on, each with what exporting it again changes; verified records stay true, so nothing forces it."""
+    out = {}
+    for name, v in variants.items():
+        q = getattr(v, "quantization", None) or {}
+        if name == "openvino-int8-static" and q and "embeddings" not in q:
+            out[name] = (
+                "its embedding tables are dequantized before their lookup, so OpenVINO holds a float copy of them in "
+                "every compilation (47 MB each for MiniLM's word table); export it again so rows are looked up in the "
+                "int8 tables (the same arithmetic)"
+            )
+    return out
+
+
 def resolve_backend(backend: str | None, quantize: str, device: str = "cpu") -> str:
     """``--backend`` when given; unset, ``all`` for ``--quantize auto`` verified on the CPU where OpenVINO is
     installed (its bf16 and int8 graphs are candidates there), else ``onnx``."""

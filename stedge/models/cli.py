@@ -306,13 +306,22 @@ def info(
                 f"  int8/uint8 output ranges: {cal.file} from {cal.texts or '?'} texts "
                 f"({cal.variant or 'PyTorch at export'})"
             )
-        from ..export.plan import bf16_hint
+        from ..export.plan import bf16_hint, outdated_builds
         from ..tune.cli import render_choice
 
         render_choice(choices)
-        hint = bf16_hint(model, manifest.variants, str(manifest.source.get("model") or "MODEL"))
+        source = str(manifest.source.get("model") or "MODEL")
+        hint = bf16_hint(model, manifest.variants, source)
         if hint:
             typer.echo(f"note: {hint}", err=True)
+        for name, why in outdated_builds(manifest.variants).items():
+            v = manifest.variants[name]
+            cal = str((v.quantization or {}).get("calibration") or "")
+            arg, also = ("builtin", []) if cal.startswith("built-in") else ("FILE", [f"FILE: {cal or 'its texts'}"])
+            if v.verification is not None and v.verification.spearman is not None:
+                also.append("and the --eval it was verified on")
+            cmd = f"stedge export {source} -o {model} --add --backend openvino --quantize int8-static --calibration {arg}"
+            typer.echo(f"note: {name}: {why}: `{cmd}`" + (f" ({'; '.join(also)})" if also else ""), err=True)
         return
     if max_memory_mb is not None:
         raise StedgeError(f"--max-memory-mb applies to exported artifacts only; '{model}' has no stedge.json")

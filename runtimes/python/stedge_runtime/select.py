@@ -548,14 +548,8 @@ def _from_profile(
     mine: list[str] = []  # notes on this choice's route and memory: they go if a memory budget changes it
     sel.update(_batch1_route(prof, tier, route, name, settings, p50, lat, mine))
     mem = ((prof.get("memory") or {}).get("tiers") or {}).get(tier) or {}
-    if isinstance(mem.get("peak_rss_mb"), (int, float)):
-        off = mem.get("route_off_mb")
-        grew = " and still growing" if still_growing(mem["peak_rss_mb"], mem.get("growth_mb")) else ""
-        mine.append(
-            f"peak RSS of a process running this tier's choice here: {mem['peak_rss_mb']:.0f} MB{grew}"
-            + (f" ({off:.0f} MB with route=False)" if isinstance(off, (int, float)) else "")
-            + " (stedge tune's workloads)"
-        )
+    if (note := _memory_note(mem, route, name, settings, sel)) is not None:
+        mine.append(note)
     measured = _measured_configs(prof)
     peak, peak_growing = _peak_of(mem, *measured, route, name, settings, sel)
     first, current = (name, settings, sel), (name, settings, sel, peak, reason)
@@ -697,19 +691,44 @@ def _peak_of(
     """What a process running this choice peaked at here, and whether it was still growing then: the tier's memory
     ``entry`` where it measured this very choice (batch-1 route included), else the figure of the bulk
     configuration alone (``configs``, ``growing``) when nothing is routed."""
+    if _measured_this(entry, route, name, settings, sel) and isinstance(entry.get("peak_rss_mb"), (int, float)):
+        return float(entry["peak_rss_mb"]), still_growing(entry["peak_rss_mb"], entry.get("growth_mb"))
+    if sel.get("latency_variant") is not None:
+        return None, False
+    key = memory_config_key(name, settings)
+    return configs.get(key), key in growing
+
+
+def _memory_note(mem: Mapping[str, Any], route: bool | None, name: str, settings: dict, sel: dict) -> str | None:
+    """The note on a tier's memory (``mem``, the profile's ``memory.tiers[tier]``) for this choice: its peak RSS where
+    the tune measured this very choice, else that it has not been measured; None without a figure."""
+    peak = mem.get("peak_rss_mb")
+    if not isinstance(peak, (int, float)):
+        return None
+    if not _measured_this(mem, route, name, settings, sel):
+        was = (mem.get("choice") or {}).get("variant") or "another"
+        return (
+            f"peak RSS not measured for this choice: stedge tune measured {peak:.0f} MB for this tier's choice then "
+            f"({was}); run `stedge tune` to measure it"
+        )
+    off = mem.get("route_off_mb")
+    grew = " and still growing" if still_growing(peak, mem.get("growth_mb")) else ""
+    return (
+        f"peak RSS of a process running this tier's choice here: {peak:.0f} MB{grew}"
+        + (f" ({off:.0f} MB with route=False)" if isinstance(off, (int, float)) else "")
+        + " (stedge tune's workloads)"
+    )
+
+
+def _measured_this(entry: Mapping[str, Any], route: bool | None, name: str, settings: dict, sel: dict) -> bool:
+    """Whether the tier's memory ``entry`` measured this very choice (variant, settings and batch-1 route): a choice
+    changed since (an export with --add, a variant re-exported) keeps the tier's old figure until the next tune."""
     lv, ls = sel.get("latency_variant"), sel.get("latency_settings") or {}
     measured = entry.get("choice")
     if isinstance(measured, Mapping):
         keys = ("variant", "settings", "latency_variant", "latency_settings")
-        same = [measured.get(k) or None for k in keys] == [name, settings or None, lv, ls or None]
-    else:  # profiles before the choice was recorded measured Encoder.load(tier=tier) with route=None
-        same = route is None
-    if same and isinstance(entry.get("peak_rss_mb"), (int, float)):
-        return float(entry["peak_rss_mb"]), still_growing(entry["peak_rss_mb"], entry.get("growth_mb"))
-    if lv is not None:
-        return None, False
-    key = memory_config_key(name, settings)
-    return configs.get(key), key in growing
+        return [measured.get(k) or None for k in keys] == [name, settings or None, lv, ls or None]
+    return route is None  # profiles before the choice was recorded measured Encoder.load(tier=tier), route=None
 
 
 def _within_memory(
