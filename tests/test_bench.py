@@ -881,3 +881,28 @@ sys.exit(4 if os.environ.get("FAIL") else 0)
     assert (out / "onnx" / "model.onnx").read_text() == "graph" and str(tiny_model) in calls.read_text()
     assert prepare_peer(tiny_model, "onnx", cache, "tiny", lambda m: None, str(fake)) == out
     assert len(calls.read_text().splitlines()) == 2  # the second call reused the cache
+
+
+def test_a_failed_tunes_native_crash_is_quoted_from_the_thread_that_crashed():
+    """faulthandler prints every thread's stack, the crashing one marked "Current thread": the harness's warning keeps
+    the fatal line and that thread's innermost frames, not the other threads' tail; other errors keep their end."""
+    from stedge.bench.runner import crash_excerpt
+
+    crash = "\n".join(
+        [
+            "Fatal Python error: Aborted",
+            "",
+            "Thread 0x00007f (most recent call first):",
+            *[f'  File "/x/other.py", line {i} in frame{i}' for i in range(60)],
+            "",
+            "Current thread 0x00008a (most recent call first):",
+            '  File "/x/stedge_runtime/engines.py", line 190 in run',
+            '  File "/x/stedge_runtime/tune.py", line 230 in batch1',
+            "",
+            "Extension modules: numpy._core._multiarray_umath (total: 1)",
+        ]
+    )
+    got = crash_excerpt(crash)
+    assert got.startswith('Fatal Python error: Aborted | File "/x/stedge_runtime/engines.py", line 190 in run')
+    assert "frame59" not in got and len(got) <= 800
+    assert crash_excerpt("Traceback ...\n" + "x" * 2000 + "\nValueError: bad").endswith("ValueError: bad")

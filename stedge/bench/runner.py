@@ -476,6 +476,23 @@ def _local_eval(data: BenchData, suite: Suite) -> tuple[str, int | None] | None:
 TUNE_TIMEOUT_S = 2400
 
 
+def crash_excerpt(stderr: str, limit: int = 800) -> str:
+    """What a failed child process said, in at most ``limit`` characters: for a native crash the "Fatal Python
+    error" line and the innermost frames of the thread that crashed (faulthandler marks it "Current thread"; the
+    other threads' stacks would push it out of the text's end), else the end of ``stderr``."""
+    lines = [x.strip() for x in stderr.strip().splitlines()]
+    fatal = next((i for i, x in enumerate(lines) if x.startswith("Fatal Python error")), None)
+    if fatal is None:
+        return stderr.strip()[-limit:]
+    start = next((i for i in range(fatal, len(lines)) if lines[i].startswith("Current thread")), fatal)
+    frames = []
+    for x in lines[start + 1 :]:
+        if not x.startswith("File "):
+            break
+        frames.append(x)
+    return " | ".join([lines[fatal], *frames[:6]])[:limit]
+
+
 def ensure_profile(
     artifact: Path,
     suite: Suite,
@@ -541,7 +558,7 @@ def ensure_profile(
             cmd += ["--queries", str(Path(tmp) / "queries.txt")]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work_root(), timeout=TUNE_TIMEOUT_S)
-            failed = proc.stderr.strip()[-800:] if proc.returncode != 0 else None
+            failed = crash_excerpt(proc.stderr) if proc.returncode != 0 else None
         except subprocess.TimeoutExpired:
             failed = f"timed out after {TUNE_TIMEOUT_S} s"
     if failed:
