@@ -79,7 +79,7 @@ def gather_int8_tables(ov_model) -> list[str]:
         return None
 
     done = []
-    for gather in model_ops(ov_model, "Gather"):
+    for gather in [op for op in ov_model.get_ordered_ops() if op.get_type_name() == "Gather"]:
         axis = gather.input_value(2).get_node()
         scale_mul = gather.input_value(0).get_node()
         if not const(axis) or axis.get_data().tolist() not in (0, [0]) or gather.get_batch_dims() != 0:
@@ -119,8 +119,3 @@ def gather_int8_tables(ov_model) -> list[str]:
     if done:
         ov_model.validate_nodes_and_infer_types()
     return done
-
-
-def model_ops(ov_model, type_name: str) -> list:
-    """The nodes of ``ov_model`` of one type, in topological order."""
-    return [op for op in ov_model.get_ordered_ops() if op.get_type_name() == type_name]

@@ -306,6 +306,7 @@ def info(
                 f"  int8/uint8 output ranges: {cal.file} from {cal.texts or '?'} texts "
                 f"({cal.variant or 'PyTorch at export'})"
             )
+        from ..export.calibration import calibrated_on
         from ..export.plan import bf16_hint, outdated_builds
         from ..tune.cli import render_choice
 
@@ -317,7 +318,7 @@ def info(
         for name, why in outdated_builds(manifest.variants).items():
             v = manifest.variants[name]
             cal = str((v.quantization or {}).get("calibration") or "")
-            arg, also = ("builtin", []) if cal.startswith("built-in") else ("FILE", [f"FILE: {cal or 'its texts'}"])
+            arg, also = ("builtin", []) if calibrated_on(cal, "builtin") else ("FILE", [f"FILE: {cal or 'its texts'}"])
             if v.verification is not None and v.verification.spearman is not None:
                 also.append("and the --eval it was verified on")
             cmd = f"stedge export {source} -o {model} --add --backend openvino --quantize int8-static --calibration {arg}"
