@@ -616,6 +616,7 @@ def test_static_int8_and_fp16_on_tiny(tiny_model, tmp_path):
     assert v["onnx-int8-static"]["verification"]["mean_cosine"] > 0.98
     assert v["openvino-int8-static"]["verification"]["mean_cosine"] > 0.98
     _tables_stay_int8(tmp_path / "s" / v["openvino-int8-static"]["file"], v["openvino-int8-static"])
+    _int8_groups_are_duelled(tmp_path / "s")
     _older_int8_static_is_rebuilt(tiny_model, tmp_path / "s", cal)
     res16 = export_model(str(tiny_model), tmp_path / "h", quantize="fp16")
     e = res16.manifest["variants"]["onnx-fp16"]
@@ -648,6 +649,39 @@ def _tables_stay_int8(xml: Path, entry: dict) -> None:
             if op.get_type_name() == "Constant" and op.get_output_element_type(0) == ov.Type.f32
         ]
         assert not [s for s in floats if s in tables.values()], floats
+
+
+def _int8_groups_are_duelled(art: Path) -> None:
+    """openvino-int8-static keeps its FFN down-projections' activations out of static quantization; OpenVINO's CPU
+    plugin quantizes them per token at run time (engine option dynamic_quantization_group_size, 0 turns it off):
+    the tune's int8-group duel times each group where it changes the vectors, and says so where nothing does
+    (the fp32 graph)."""
+    from stedge_runtime import Encoder
+    from stedge_runtime import tune as tune_mod
+    from stedge_runtime.errors import RuntimeStedgeError
+
+    texts = ["a short text", "another text about cells and proteins in a longer sentence"]
+    vecs = {
+        g: Encoder.load(art, variant="openvino-int8-static", threads=1, dynamic_quantization_group_size=g).encode(texts)
+        for g in (0, 32)
+    }
+    # the plugin quantizes at run time where the CPU has int8 dot products (on the Zen 4 and AMX guests here)
+    reaches = not np.array_equal(vecs[0], vecs[32])
+    assert float(np.sum(vecs[0] * vecs[32], axis=1).min()) > 0.99  # it moves the vectors a little at most
+    work = tune_mod._Workloads("embedding", None, True)
+    settings = {"threads": 1, "performance_hint": "LATENCY"}
+    duel = tune_mod.dq_group_duel(Encoder, art, "openvino-int8-static", settings, work, passes=2)
+    assert duel["effect"] is reaches
+    if reaches:
+        labels = {"default", *(str(g) for g in tune_mod.DQ_GROUPS if g is not None)}
+        assert set(duel["bulk_sent_s"]) == set(duel["batch1_ms_p50"]) == labels
+        assert duel["chosen"] in tune_mod.DQ_GROUPS and all(v > 0 for v in duel["batch1_ms_p50"].values())
+    assert tune_mod.dq_group_duel(Encoder, art, "openvino-fp32", settings, work, passes=2) == {
+        "effect": False,
+        "chosen": None,
+    }
+    with pytest.raises(RuntimeStedgeError, match="dynamic_quantization_group_size=-1"):
+        Encoder.load(art, variant="openvino-int8-static", dynamic_quantization_group_size=-1)
 
 
 def _older_int8_static_is_rebuilt(model: Path, art: Path, cal: Path) -> None:

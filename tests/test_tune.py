@@ -39,16 +39,18 @@ def _words(text: str) -> str:
     return " ".join(text.split())
 
 
-def _full_profile(art: Path, pad: int | None = None, **fields) -> dict:
+def _full_profile(art: Path, pad: int | None = None, group: int | None = None, **fields) -> dict:
     """A profile of this machine that covers every variant of ``art`` with today's settings grid at 2 threads, the
     token budget and the paired final (what the harness needs not to re-tune); ``pad``: the static-padding duel
-    chose that padding, so the OpenVINO runs with static compilations carry it."""
+    chose that padding, so the OpenVINO runs with static compilations carry it; ``group``: the int8-group duel chose
+    that group, so every OpenVINO run carries it."""
     from stedge_runtime.machine import machine_key
-    from stedge_runtime.tune import settings_grid, tunable_variants
+    from stedge_runtime.tune import DQ_KEY, settings_grid, tunable_variants
 
     def runs(backend: str) -> list[dict]:
         grid = settings_grid(backend, 2)
-        return [{"settings": {**g, "static_pad": pad} if pad and g.get("static_batch1") else g} for g in grid]
+        grid = [{**g, "static_pad": pad} if pad and g.get("static_batch1") else g for g in grid]
+        return [{"settings": {**g, DQ_KEY: group} if group is not None and backend == "openvino" else g} for g in grid]
 
     todo, _ = tunable_variants(art)
     return {
@@ -412,9 +414,10 @@ def test_bench_tunes_batch1_on_the_suites_queries(art, monkeypatch):
     assert len(calls) == 3  # other queries: re-tuned
 
 
-def test_bench_keeps_a_profile_whose_static_padding_duel_chose_a_finer_padding(art, tiny_model, monkeypatch):
-    """`stedge tune` writes the static-padding duel's choice into the OpenVINO runs it padded (static_pad); the
-    harness compares those runs with today's settings grid without it, so it does not re-tune on every run."""
+def test_bench_keeps_a_profile_whose_duels_chose_other_than_the_default(art, tiny_model, monkeypatch):
+    """`stedge tune` writes the static-padding duel's choice into the OpenVINO runs it padded (static_pad), and the
+    int8-group duel's into every run of its variant (dynamic_quantization_group_size); the harness compares those
+    runs with today's settings grid without them, so it does not re-tune on every run."""
     import subprocess
 
     from stedge_runtime.profile import write_profile
@@ -426,8 +429,10 @@ def test_bench_keeps_a_profile_whose_static_padding_duel_chose_a_finer_padding(a
     export_model(str(tiny_model), art, backend="openvino", add=True, show_progress=False)
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
-    prof = _full_profile(art, pad=STATIC_PADS[-1])
-    assert any("static_pad" in r["settings"] for r in prof["variants"]["openvino-fp32"]["runs"])
+    prof = _full_profile(art, pad=STATIC_PADS[-1], group=128)
+    ov_runs = prof["variants"]["openvino-fp32"]["runs"]
+    assert any("static_pad" in r["settings"] for r in ov_runs)
+    assert all(r["settings"]["dynamic_quantization_group_size"] == 128 for r in ov_runs)
     write_profile(art, prof)
     suite = runner.Suite(name="t", file="t.toml", models=[])
     runner.ensure_profile(art, suite, 2, {}, lambda m: None)

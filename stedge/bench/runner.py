@@ -511,13 +511,14 @@ def ensure_profile(
     from stedge_runtime.errors import RuntimeStedgeError
     from stedge_runtime.machine import machine_key
     from stedge_runtime.profile import read_profile
-    from stedge_runtime.tune import settings_grid, texts_sha256, tunable_variants
+    from stedge_runtime.tune import DUEL_KEYS, settings_grid, texts_sha256, tunable_variants
 
     def tried(entry: dict) -> set:
-        # where the static-padding duel chose a finer padding, the runs it padded carry static_pad; the grid never
-        # does, so the padding is left out of the comparison (re-decided only when the variant is re-tuned)
+        # where a duel chose other than the default (a finer static padding, another run-time int8 group), the
+        # runs carry its choice; the grid never does, so DUEL_KEYS are left out of the comparison (re-decided only
+        # when the variant is re-tuned)
         runs = entry.get("runs") or []
-        return {tuple(sorted((k, v) for k, v in r["settings"].items() if k != "static_pad")) for r in runs}
+        return {tuple(sorted((k, v) for k, v in r["settings"].items() if k not in DUEL_KEYS)) for r in runs}
 
     todo, _ = tunable_variants(artifact)
     try:

@@ -642,7 +642,10 @@ def ov_quantize_static(
         "ignored_scope": OV_IGNORED_PATTERNS,
         "ffn_down_projections": {
             "count": len(float_matmuls),
-            "as": "int8 weights, float compute" if float_matmuls else "int8",
+            "as": "int8 weights, activations left to the engine (OpenVINO's CPU plugin quantizes them per token at "
+            "run time: engine option dynamic_quantization_group_size)"
+            if float_matmuls
+            else "int8",
         },
     }
 

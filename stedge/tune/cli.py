@@ -115,6 +115,9 @@ def _settings(s: dict[str, Any]) -> str:
         parts.append(f"static batch-1 x{s['static_batch1']}{pad}{lean}")
     if s.get("shape_cache"):
         parts.append(f"{s['shape_cache']} shapes cached (budgets only)")
+    group = s.get("dynamic_quantization_group_size")
+    if group is not None:
+        parts.append(f"run-time int8 in groups of {group}" if group else "no run-time int8")
     shown = (
         "threads",
         "allow_spinning",
@@ -125,6 +128,7 @@ def _settings(s: dict[str, Any]) -> str:
         "static_batch1",
         "static_pad",
         "shape_cache",
+        "dynamic_quantization_group_size",
     )  # the keys above; any other as k=v
     parts += [f"{k}={v}" for k, v in s.items() if k not in shown]
     return ", ".join(parts)
@@ -345,9 +349,10 @@ def tune_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Measure and print, but do not write the profile."),
     as_json: bool = typer.Option(False, "--json", help="Print the profile and the choices as JSON."),
 ) -> None:
-    """Time every verified variant of ARTIFACT on this machine (engine settings, batch 1 and bulk, short texts and
-    passages; then the padded tokens per engine call, on the fastest; then a paired final of the close
-    contenders, side by side pass after pass) and write ARTIFACT/tuning/<machine key>.json,
+    """Time every verified variant of ARTIFACT on this machine (engine settings: threads, spinning, OpenVINO hints,
+    static shapes and their padding, OpenVINO's run-time int8 groups; batch 1 and bulk, short texts and passages;
+    then the padded tokens per engine call, on the fastest; then a paired final of the close contenders, side by
+    side pass after pass) and write ARTIFACT/tuning/<machine key>.json,
     which Encoder.load uses to choose the fastest variant of each precision tier here and its batch size in tokens;
     then each tier's choice, and each configuration a memory budget may fall back to, runs in a fresh process for
     its peak RSS, kept in the profile (--no-memory skips it).

@@ -217,8 +217,12 @@ class OpenVINOEngine:
     snippets for calls longer than N tokens per row; shorter multi-row calls run a second compilation
     without them, made on first use: see ``_compiled_for``), ``shape_cache`` (CPU: N input shapes kept prepared
     per compilation instead of RUNTIME_CACHE_SHAPES, and oneDNN's primitive cap scaled alike: a smaller,
-    flatter footprint for some speed, which `stedge tune` measures for memory budgets), ``config`` (any other
-    OpenVINO properties).
+    flatter footprint for some speed, which `stedge tune` measures for memory budgets),
+    ``dynamic_quantization_group_size`` (CPU: MatMuls whose weights are int8 or int4 without a static activation
+    range, such as the FFN down-projections of openvino-int8-static, quantize each token's activations to int8 at
+    run time in groups of this many channels and multiply in int8; the plugin's default is 32, 0 multiplies in
+    float; per token, so batch-invariant, but the vectors move a little: `stedge tune` times 0, 128 and 256
+    against the default and checks the tier again), ``config`` (any other OpenVINO properties).
     On the CPU the per-shape caches are capped (RUNTIME_CACHE_SHAPES, ONEDNN_CACHE_PRIMITIVES), so one
     compilation's memory levels off with texts of ever new lengths (each compilation and stream keeps its own
     shapes, so several level off later and higher); ``config`` and the environment override the caps.
@@ -234,6 +238,7 @@ class OpenVINOEngine:
         "snippets",
         "snippets_above",
         "shape_cache",
+        "dynamic_quantization_group_size",
         "config",
     )
     STATIC_PAD = 16  # static_batch1 pads one-row calls to a multiple of this many tokens unless static_pad says
@@ -279,6 +284,14 @@ class OpenVINOEngine:
             )
         if family == "cpu":
             config["CPU_RUNTIME_CACHE_CAPACITY"] = str(shapes)
+        group = options.get("dynamic_quantization_group_size")
+        if group is not None and (isinstance(group, bool) or not isinstance(group, int) or group < 0):
+            raise RuntimeStedgeError(
+                f"engine option dynamic_quantization_group_size={group!r}: expected an integer, the channels per "
+                "run-time int8 group of a token's activations (0: multiply in float)"
+            )
+        if group is not None and family == "cpu":
+            config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = group
         config.update(options.get("config") or {})
         if options.get("cache_dir"):
             core.set_property({"CACHE_DIR": str(options["cache_dir"])})

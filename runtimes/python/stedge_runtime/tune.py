@@ -301,11 +301,109 @@ def _static_pads(
     return out
 
 
-def _padded(settings: dict[str, Any], duel: dict[str, Any] | None) -> dict[str, Any]:
-    """``settings`` with the duel's padding where they have static compilations and it chose other than the
-    default."""
-    pad = (duel or {}).get("chosen", STATIC_PADS[0])
-    return {**settings, "static_pad": pad} if settings.get("static_batch1") and pad != STATIC_PADS[0] else settings
+DQ_KEY = "dynamic_quantization_group_size"  # the OpenVINO engine option the int8-group duel sets
+# Run-time int8 groups for the MatMuls an OpenVINO int8/int4 graph holds with int8 weights and no static
+# activation range (openvino-int8-static's FFN down-projections; every MatMul of the weight-only variants): the
+# plugin's default first (None: 32 on the CPU), then float compute (0) and two coarser groups. Coarser groups mean
+# fewer scales per token, and a little more rounding. Measured on the 2-core Zen 4 guest (2026-12-06, bench
+# artifacts, openvino-int8-static, THROUGHPUT, 2,048 STS-B texts at batch 32, 6 alternating passes): the 3-layer
+# student 2,704 sent/s at 32, 3,040 at 128, 3,071 at 256, 2,036 at 0; all-MiniLM-L6-v2 1,547 / 1,700 / 1,719; its
+# batch-1 p50 (LATENCY, static_batch1=8, 100 SciFact queries) 2.12 ms at 32, 1.94 at 128; min cos to onnx-fp32
+# over the 2,758 STS-B test texts 0.9926 / 0.9924 / 0.9927 (runtimes/python/README.md, "Tuning").
+DQ_GROUPS: tuple[int | None, ...] = (None, 0, 128, 256)
+DQ_GAIN = 1.05  # a group other than the default is taken where its duel score beat the default's by this much
+DQ_PASSES = 8
+DUEL_KEYS = ("static_pad", DQ_KEY)  # settings the duels add to the grid's (stedge bench compares without them)
+
+
+def dq_group_duel(
+    cls: Any, root: Path, name: str, settings: dict[str, Any], work: _Workloads, passes: int = DQ_PASSES
+) -> dict[str, Any]:
+    """Variant ``name`` with ``settings`` at each run-time int8 group of DQ_GROUPS, loaded side by side.
+
+    First the mixed batch through each: where every group gives the default's output bit for bit, the graph has
+    no MatMul the setting reaches, and the default stays (``"effect": False``). Else each pass runs every engine
+    over the short texts at batch 32 and the batch-1 queries one at a time, the order reversed every pass; a
+    group's score is the geometric mean of its median bulk pass time and its batch-1 p50, and the best group is
+    taken where it beat the default's score by at least DQ_GAIN. Returns the figures and ``"chosen"`` (None: the
+    engine's default). Accuracy is not judged here: every setting the rounds then time carries the chosen group,
+    and each is held to its tier again (``_accuracy_here``)."""
+    models = {g: cls.load(root, variant=name, **settings, **({} if g is None else {DQ_KEY: g})) for g in DQ_GROUPS}
+    runs = {g: _call(m, work.task) for g, m in models.items()}
+    first = {g: run(work.mixed, 32) for g, run in runs.items()}
+    if all(np.array_equal(first[None], out) for out in first.values()):
+        return {"effect": False, "chosen": None}
+    bulk: dict[int | None, list[float]] = {g: [] for g in runs}
+    one: dict[int | None, list[float]] = {g: [] for g in runs}
+    for _, g in alternating_rounds(list(runs), passes):
+        t = time.perf_counter()
+        runs[g](work.short, 32)
+        bulk[g].append(time.perf_counter() - t)
+        for item in work.latency:
+            t = time.perf_counter()
+            runs[g]([item], 1)
+            one[g].append((time.perf_counter() - t) * 1000.0)
+    score = {g: (statistics.median(bulk[g]) * statistics.median(one[g])) ** 0.5 for g in runs}
+    best = min(score, key=lambda g: score[g])
+    label = {g: "default" if g is None else str(g) for g in runs}
+    return {
+        "effect": True,
+        "bulk_sent_s": {label[g]: round(len(work.short) / statistics.median(v), 1) for g, v in bulk.items()},
+        "batch1_ms_p50": {label[g]: round(statistics.median(v), 4) for g, v in one.items()},
+        "chosen": best if score[None] >= DQ_GAIN * score[best] else None,
+    }
+
+
+def _dq_groups(
+    cls: Any, root: Path, todo: dict[str, Any], work: _Workloads, threads: int | None, progress: Progress | None
+) -> dict[str, dict[str, Any]]:
+    """The int8-group duel (``dq_group_duel``) of each OpenVINO int8/int4 variant, on the engine's default settings;
+    an engine that fails records its error and keeps the default."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, v in todo.items():
+        if v["backend"] != "openvino" or v.get("precision") not in ("int8", "int4"):
+            continue
+        if progress:
+            progress(f"{name} run-time int8 groups", 0, 1)
+        try:
+            out[name] = dq_group_duel(cls, root, name, settings_grid("openvino", threads)[0], work)
+        except Exception as e:  # the rounds then record the engine's failure on these settings
+            out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}", "chosen": None}
+    return out
+
+
+def _duels_and_cases(
+    cls: Any,
+    root: Path,
+    todo: dict[str, Any],
+    work: _Workloads,
+    threads: int | None,
+    quick: bool,
+    progress: Progress | None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], list[tuple[str, dict[str, Any]]]]:
+    """The duels of a full tune (static padding, int8 groups; none with ``quick``) and then the (variant, settings)
+    cases of the rounds: each variant's settings grid with the duels' choices."""
+    pads = {} if quick else _static_pads(cls, root, todo, work, threads, progress)
+    groups = {} if quick else _dq_groups(cls, root, todo, work, threads, progress)
+    cases = [
+        (n, _duelled(s, pads.get(n), groups.get(n)))
+        for n, v in todo.items()
+        for s in settings_grid(v["backend"], threads, quick)
+    ]
+    return pads, groups, cases
+
+
+def _duelled(settings: dict[str, Any], pad: dict[str, Any] | None, dq: dict[str, Any] | None) -> dict[str, Any]:
+    """``settings`` with the padding duel's choice where they have static compilations and it chose other than the
+    default, and with the int8-group duel's choice where it chose other than the engine's default."""
+    out = dict(settings)
+    chosen_pad = (pad or {}).get("chosen", STATIC_PADS[0])
+    if settings.get("static_batch1") and chosen_pad != STATIC_PADS[0]:
+        out["static_pad"] = chosen_pad
+    group = (dq or {}).get("chosen")
+    if group is not None:
+        out[DQ_KEY] = group
+    return out
 
 
 def _probe(model: Any, work: _Workloads) -> tuple[np.ndarray, np.ndarray]:
@@ -358,12 +456,12 @@ def tune(
     """Time the artifact's CPU variants on this machine; returns the profile (write it with profile.write_profile).
 
     ``variants`` limits the set (default: every verified variant the installed engines run on the CPU);
-    ``budget_s`` is the target total time of the rounds (default 4 s per variant, 1.5 s with ``quick``);
-    the token-budget sweep (about 10-15 s on 2 cores for a MiniLM), the paired final and, per OpenVINO variant,
-    the static-padding duel (``static_pad_duel``, a few seconds) come on top, and ``quick`` skips them and tries
-    only the engines' default settings. ``texts`` replaces the built-in
-    samples; ``queries`` (an app's own) replace them for the batch-1 calls alone (their timings, the static-padding
-    duel and the batch-1 routing decide on them), the bulk workloads unchanged; ``paired_cycles`` is the number of
+    ``budget_s`` is the target total time of the rounds (default 4 s per variant, 1.5 s with ``quick``); the
+    token-budget sweep (about 10-15 s on 2 cores for a MiniLM), the paired final and, per OpenVINO variant, the
+    static-padding duel (``static_pad_duel``) and for int8/int4 ones the int8-group duel (``dq_group_duel``), a few
+    seconds each, come on top; ``quick`` skips them and tries only the engines' default settings. ``texts`` replaces
+    the built-in samples; ``queries`` (an app's own) replace them for the batch-1 calls alone (their timings, the
+    duels and the batch-1 routing decide on them), the bulk workloads unchanged; ``paired_cycles`` is the number of
     cycles of the paired final (0 skips it; see ``paired_final``).
     """
     from .encoder import Encoder, Reranker
@@ -392,8 +490,7 @@ def tune(
     work = _Workloads(task, texts, quick, queries)
     per_variant = (budget_s / len(todo)) if budget_s else (1.5 if quick else 4.0)
     cls = Reranker if task == "reranking" else Encoder
-    pads = {} if quick else _static_pads(cls, root, todo, work, threads, progress)
-    cases = [(n, _padded(s, pads.get(n))) for n, v in todo.items() for s in settings_grid(v["backend"], threads, quick)]
+    pads, groups, cases = _duels_and_cases(cls, root, todo, work, threads, quick, progress)
     facts = machine.machine_facts()
     prof: dict[str, Any] = {
         "format_version": PROFILE_FORMAT,
@@ -433,8 +530,9 @@ def tune(
         entry = prof["variants"][name]
         if entry["status"] == "ok" and (name, _fmt(settings)) in measured:
             entry["runs"].append({"settings": settings, **best_of(measured[(name, _fmt(settings))])})
-    for name in set(pads) & set(prof["variants"]):
-        prof["variants"][name]["static_pad"] = pads[name]
+    for key, duels in (("static_pad", pads), ("dq_group", groups)):  # each duel's figures and choice
+        for name in set(duels) & set(prof["variants"]):
+            prof["variants"][name][key] = duels[name]
     if not quick:
         prof["batch_tokens"] = _tune_batch_tokens(cls, root, prof["variants"], work, rounds, progress)
     prof["workloads"] = work.summary(tok_count or (lambda items: 0.0))

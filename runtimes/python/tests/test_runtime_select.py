@@ -808,6 +808,45 @@ def test_tune_duels_the_static_padding_of_openvino_variants(own_artifact, monkey
     assert all("static_pad" not in e for e in tune_mod.tune(own_artifact, quick=True, budget_s=1)["variants"].values())
 
 
+def test_tune_applies_the_int8_group_duels_choice_to_its_variant(own_artifact, monkeypatch):
+    """A full tune duels the run-time int8 groups of each OpenVINO int8/int4 variant (dq_group_duel; fp32 graphs,
+    which the setting cannot reach, have none); where the duel chose a group, every setting of that variant is timed
+    with it and the profile keeps the duel's figures; Encoder.load then runs the tier's choice with it."""
+    from stedge_runtime import tune as tune_mod
+
+    calls = []
+
+    def duel(cls, root, name, settings, work):
+        calls.append((name, settings))
+        return {"effect": True, "bulk_sent_s": {"default": 100.0, "128": 120.0}, "chosen": 128}
+
+    monkeypatch.setattr(tune_mod, "dq_group_duel", duel)
+    work = tune_mod._Workloads("embedding", None, True)
+    todo, _ = tune_mod.tunable_variants(own_artifact)
+    assert tune_mod._dq_groups(Encoder, own_artifact, todo, work, 1, None) == {} and calls == []
+    todo["openvino-fp32"]["precision"] = "int8"
+    groups = tune_mod._dq_groups(Encoder, own_artifact, todo, work, 1, None)
+    assert list(groups) == ["openvino-fp32"] and calls == [("openvino-fp32", tune_mod.settings_grid("openvino", 1)[0])]
+    assert tune_mod._duelled({"static_batch1": 8}, {"chosen": 8}, groups["openvino-fp32"]) == {
+        "static_batch1": 8,
+        "static_pad": 8,
+        tune_mod.DQ_KEY: 128,
+    }
+    assert tune_mod._duelled({"threads": 1}, {"chosen": 8}, {"effect": False, "chosen": None}) == {"threads": 1}
+    monkeypatch.setattr(tune_mod, "_dq_groups", lambda *a: {"openvino-fp32": groups["openvino-fp32"]})
+    prof = tune_mod.tune(own_artifact, threads=1, budget_s=1, paired_cycles=0)
+    ov = prof["variants"]["openvino-fp32"]
+    assert ov["dq_group"]["chosen"] == 128 and all(r["settings"][tune_mod.DQ_KEY] == 128 for r in ov["runs"])
+    assert not any(tune_mod.DQ_KEY in r["settings"] for r in prof["variants"]["onnx-fp32"]["runs"])
+    prof["variants"]["onnx-fp32"].update(status="error", error="left out for this test", runs=[])
+    write_profile(own_artifact, prof)
+    enc = Encoder.load(own_artifact, tier="exact")
+    assert enc.selection.source == "profile" and enc.variant == "openvino-fp32"
+    assert enc.selection.settings[tune_mod.DQ_KEY] == 128
+    assert enc._engine.config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == 128
+    assert enc.encode("hi").shape == (enc.dimension,)
+
+
 def test_tune_times_batch1_on_the_apps_queries(own_artifact, monkeypatch):
     """``queries`` replace the tune's texts for its batch-1 calls alone: spread over all of them (each with a short
     text as its document for a reranker), joined in pairs for the longer ones; the bulk workloads stay; the
