@@ -281,26 +281,6 @@ def chosen_static_pad(p50: dict[int, float]) -> int:
     return best if p50[default] >= STATIC_PAD_GAIN * p50[best] else default
 
 
-def _static_pads(
-    cls: Any, root: Path, todo: dict[str, Any], work: _Workloads, threads: int | None, progress: Progress | None
-) -> dict[str, dict[str, Any]]:
-    """Each OpenVINO variant's static-padding duel (``static_pad_duel``) on its LATENCY settings with STATIC_BATCH1
-    static compilations; an engine that fails records its error and keeps the default padding."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, v in todo.items():
-        grid = settings_grid(v["backend"], threads)
-        static = next((s for s in grid if s.get("static_batch1") == STATIC_BATCH1), None)
-        if static is None:
-            continue
-        if progress:
-            progress(f"{name} static padding {' vs '.join(map(str, STATIC_PADS))}", 0, 1)
-        try:
-            out[name] = static_pad_duel(cls, root, name, static, work)
-        except Exception as e:  # the rounds then record the engine's failure on these settings
-            out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}", "chosen": STATIC_PADS[0]}
-    return out
-
-
 DQ_KEY = "dynamic_quantization_group_size"  # the OpenVINO engine option the int8-group duel sets
 # Run-time int8 groups for the MatMuls an OpenVINO int8/int4 graph holds with int8 weights and no static
 # activation range (openvino-int8-static's FFN down-projections; every MatMul of the weight-only variants): the
@@ -354,56 +334,51 @@ def dq_group_duel(
     }
 
 
-def _dq_groups(
+def _duels(
     cls: Any, root: Path, todo: dict[str, Any], work: _Workloads, threads: int | None, progress: Progress | None
-) -> dict[str, dict[str, Any]]:
-    """The int8-group duel (``dq_group_duel``) of each OpenVINO int8/int4 variant, on the engine's default settings;
-    an engine that fails records its error and keeps the default."""
-    out: dict[str, dict[str, Any]] = {}
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """The duels a full tune runs before its rounds, by the profile key each variant's figures go under: the
+    static-padding duel (``static_pad_duel``) of each OpenVINO variant on its LATENCY settings with STATIC_BATCH1
+    static compilations, and the int8-group duel (``dq_group_duel``) of each OpenVINO int8/int4 variant on its
+    default settings. An engine that fails records its error and keeps the default (the rounds then record the
+    engine's failure on these settings)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {"static_pad": {}, "dq_group": {}}
+    grid = settings_grid("openvino", threads)
+    static = next((s for s in grid if s.get("static_batch1") == STATIC_BATCH1), None)
+    pads = f"static padding {' vs '.join(map(str, STATIC_PADS))}"
     for name, v in todo.items():
-        if v["backend"] != "openvino" or v.get("precision") not in ("int8", "int4"):
+        if v["backend"] != "openvino":
             continue
-        if progress:
-            progress(f"{name} run-time int8 groups", 0, 1)
-        try:
-            out[name] = dq_group_duel(cls, root, name, settings_grid("openvino", threads)[0], work)
-        except Exception as e:  # the rounds then record the engine's failure on these settings
-            out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}", "chosen": None}
+        duels = [("static_pad", pads, static_pad_duel, static, STATIC_PADS[0])] if static else []
+        if v.get("precision") in ("int8", "int4"):
+            duels.append(("dq_group", "run-time int8 groups", dq_group_duel, grid[0], None))
+        for key, what, duel, settings, default in duels:
+            if progress:
+                progress(f"{name} {what}", 0, 1)
+            try:
+                out[key][name] = duel(cls, root, name, settings, work)
+            except Exception as e:
+                out[key][name] = {"error": _failure(e), "chosen": default}
     return out
 
 
-def _duels_and_cases(
-    cls: Any,
-    root: Path,
-    todo: dict[str, Any],
-    work: _Workloads,
-    threads: int | None,
-    quick: bool,
-    progress: Progress | None,
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], list[tuple[str, dict[str, Any]]]]:
-    """The duels of a full tune (static padding, int8 groups; none with ``quick``) and then the (variant, settings)
-    cases of the rounds: each variant's settings grid with the duels' choices."""
-    pads = {} if quick else _static_pads(cls, root, todo, work, threads, progress)
-    groups = {} if quick else _dq_groups(cls, root, todo, work, threads, progress)
-    cases = [
-        (n, _duelled(s, pads.get(n), groups.get(n)))
-        for n, v in todo.items()
-        for s in settings_grid(v["backend"], threads, quick)
-    ]
-    return pads, groups, cases
-
-
-def _duelled(settings: dict[str, Any], pad: dict[str, Any] | None, dq: dict[str, Any] | None) -> dict[str, Any]:
-    """``settings`` with the padding duel's choice where they have static compilations and it chose other than the
-    default, and with the int8-group duel's choice where it chose other than the engine's default."""
+def _duelled(settings: dict[str, Any], name: str, duels: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Variant ``name``'s ``settings`` with the padding duel's choice where they have static compilations and it
+    chose other than the default, and with the int8-group duel's choice where it chose other than the engine's
+    default (``duels``: what ``_duels`` returned; empty with ``quick``)."""
     out = dict(settings)
-    chosen_pad = (pad or {}).get("chosen", STATIC_PADS[0])
-    if settings.get("static_batch1") and chosen_pad != STATIC_PADS[0]:
-        out["static_pad"] = chosen_pad
-    group = (dq or {}).get("chosen")
+    pad = duels.get("static_pad", {}).get(name, {}).get("chosen", STATIC_PADS[0])
+    if settings.get("static_batch1") and pad != STATIC_PADS[0]:
+        out["static_pad"] = pad
+    group = duels.get("dq_group", {}).get(name, {}).get("chosen")
     if group is not None:
         out[DQ_KEY] = group
     return out
+
+
+def _failure(e: Exception) -> str:
+    """An engine's exception as the profile records it: its type and the first line of its message."""
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
 
 
 def _probe(model: Any, work: _Workloads) -> tuple[np.ndarray, np.ndarray]:
@@ -490,7 +465,8 @@ def tune(
     work = _Workloads(task, texts, quick, queries)
     per_variant = (budget_s / len(todo)) if budget_s else (1.5 if quick else 4.0)
     cls = Reranker if task == "reranking" else Encoder
-    pads, groups, cases = _duels_and_cases(cls, root, todo, work, threads, quick, progress)
+    duels = {} if quick else _duels(cls, root, todo, work, threads, progress)
+    cases = [(n, _duelled(s, n, duels)) for n, v in todo.items() for s in settings_grid(v["backend"], threads, quick)]
     facts = machine.machine_facts()
     prof: dict[str, Any] = {
         "format_version": PROFILE_FORMAT,
@@ -523,16 +499,15 @@ def tune(
             res = measure(model, work, batch_sizes, share)
             del model  # one engine at a time
         except Exception as e:  # an engine that cannot run a graph here is a result, not a crash
-            entry.update(status="error", error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}", runs=[])
+            entry.update(status="error", error=_failure(e), runs=[])
             continue
         measured.setdefault((name, _fmt(settings)), []).append(res)
     for name, settings in cases:
         entry = prof["variants"][name]
         if entry["status"] == "ok" and (name, _fmt(settings)) in measured:
             entry["runs"].append({"settings": settings, **best_of(measured[(name, _fmt(settings))])})
-    for key, duels in (("static_pad", pads), ("dq_group", groups)):  # each duel's figures and choice
-        for name in set(duels) & set(prof["variants"]):
-            prof["variants"][name][key] = duels[name]
+    for key, name in [(k, n) for k, by_variant in duels.items() for n in by_variant if n in prof["variants"]]:
+        prof["variants"][name][key] = duels[key][name]  # each duel's figures and choice
     if not quick:
         prof["batch_tokens"] = _tune_batch_tokens(cls, root, prof["variants"], work, rounds, progress)
     prof["workloads"] = work.summary(tok_count or (lambda items: 0.0))
@@ -643,7 +618,7 @@ def paired_final(
             for item in work.latency * 2:  # and static_batch1 compiles a length the second time
                 run([item], 1)
         except Exception as e:  # as in the rounds: a contender that cannot run is a result
-            out["contenders"][name]["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            out["contenders"][name]["error"] = _failure(e)
             continue
         runs[name] = run
     seconds: dict[str, dict[str, list[float]]] = {n: {} for n in runs}
@@ -664,7 +639,7 @@ def paired_final(
                         runs[name](items, size)
                     seconds[name].setdefault(key, []).append(time.perf_counter() - t)
                 except Exception as e:
-                    out["contenders"][name]["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                    out["contenders"][name]["error"] = _failure(e)
                     del runs[name]
                     seconds.pop(name)
     runs.clear()  # the engines go before the next thing runs

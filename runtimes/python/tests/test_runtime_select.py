@@ -823,17 +823,22 @@ def test_tune_applies_the_int8_group_duels_choice_to_its_variant(own_artifact, m
     monkeypatch.setattr(tune_mod, "dq_group_duel", duel)
     work = tune_mod._Workloads("embedding", None, True)
     todo, _ = tune_mod.tunable_variants(own_artifact)
-    assert tune_mod._dq_groups(Encoder, own_artifact, todo, work, 1, None) == {} and calls == []
+    monkeypatch.setattr(tune_mod, "static_pad_duel", lambda *a, **k: {"chosen": 8})
+    assert tune_mod._duels(Encoder, own_artifact, todo, work, 1, None)["dq_group"] == {} and calls == []
     todo["openvino-fp32"]["precision"] = "int8"
-    groups = tune_mod._dq_groups(Encoder, own_artifact, todo, work, 1, None)
+    duels = tune_mod._duels(Encoder, own_artifact, todo, work, 1, None)
+    groups = duels["dq_group"]
     assert list(groups) == ["openvino-fp32"] and calls == [("openvino-fp32", tune_mod.settings_grid("openvino", 1)[0])]
-    assert tune_mod._duelled({"static_batch1": 8}, {"chosen": 8}, groups["openvino-fp32"]) == {
+    assert tune_mod._duelled({"static_batch1": 8}, "openvino-fp32", duels) == {
         "static_batch1": 8,
         "static_pad": 8,
         tune_mod.DQ_KEY: 128,
     }
-    assert tune_mod._duelled({"threads": 1}, {"chosen": 8}, {"effect": False, "chosen": None}) == {"threads": 1}
-    monkeypatch.setattr(tune_mod, "_dq_groups", lambda *a: {"openvino-fp32": groups["openvino-fp32"]})
+    no_group = {"static_pad": {"v": {"chosen": 8}}, "dq_group": {"v": {"effect": False, "chosen": None}}}
+    assert tune_mod._duelled({"threads": 1}, "v", no_group) == {"threads": 1}
+    monkeypatch.undo()
+    real_duels = tune_mod._duels
+    monkeypatch.setattr(tune_mod, "_duels", lambda *a: {**real_duels(*a), "dq_group": groups})
     prof = tune_mod.tune(own_artifact, threads=1, budget_s=1, paired_cycles=0)
     ov = prof["variants"]["openvino-fp32"]
     assert ov["dq_group"]["chosen"] == 128 and all(r["settings"][tune_mod.DQ_KEY] == 128 for r in ov["runs"])
