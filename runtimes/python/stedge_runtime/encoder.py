@@ -137,11 +137,8 @@ class _Artifact:
             m.variants, family, variant, installed_backends(), root, key=None, where=str(root / MANIFEST), **choice
         )
         user = dict(options, **({"threads": threads} if threads is not None else {}))
-        engine = cls._engine(root, m, sel.variant, device, verify, {**sel.settings, **user})
-        latency = None
-        if sel.latency_variant is not None:
-            lv = m.variants[sel.latency_variant]
-            if options and lv.backend != m.variants[sel.variant].backend:
+        if sel.latency_variant is not None and options:
+            if m.variants[sel.latency_variant].backend != m.variants[sel.variant].backend:
                 sel = replace(
                     sel,
                     latency_variant=None,
@@ -149,8 +146,11 @@ class _Artifact:
                     notes=sel.notes
                     + (f"batch-1 routing to {sel.latency_variant} off: engine options were given for {sel.variant}",),
                 )
-            else:
-                latency = cls._engine(root, m, sel.latency_variant, device, verify, {**sel.latency_settings, **user})
+        sel = _with_caller_options(sel, user)
+        engine = cls._engine(root, m, sel.variant, device, verify, sel.settings)
+        latency = None
+        if sel.latency_variant is not None:
+            latency = cls._engine(root, m, sel.latency_variant, device, verify, sel.latency_settings)
         return sel, (engine, latency)
 
     @classmethod
@@ -416,3 +416,16 @@ class Reranker(_Artifact):
 
     def __repr__(self) -> str:
         return f"Reranker({self.path}, variant={self.variant}, device={self.device}, num_labels={self.num_labels})"
+
+
+def _with_caller_options(sel: Selection, user: dict) -> Selection:
+    """The selection with the caller's engine options (and ``threads``) over its settings, so that
+    ``selection.settings`` says what runs, and a note naming each profile setting they replaced."""
+    if not user:
+        return sel
+    replaced = [
+        f"{k}={sel.settings[k]!r} -> {v!r}" for k, v in user.items() if k in sel.settings and sel.settings[k] != v
+    ]
+    note = (f"the caller's engine options replace the {sel.source}'s {', '.join(replaced)}",) if replaced else ()
+    latency = {**sel.latency_settings, **user} if sel.latency_variant is not None else {}
+    return replace(sel, settings={**sel.settings, **user}, latency_settings=latency, notes=sel.notes + note)

@@ -137,7 +137,7 @@ class Selection:
     reason: str
     tier: str | None = None  # requested tier (None when the variant was named)
     variant_tier: str | None = None  # the chosen variant's own tier
-    settings: dict[str, Any] = field(default_factory=dict)  # engine settings from the profile
+    settings: dict[str, Any] = field(default_factory=dict)  # engine settings: the profile's, then the caller's
     latency_variant: str | None = None  # batch-1 calls run here when set
     latency_settings: dict[str, Any] = field(default_factory=dict)
     max_batch_tokens: int | None = None  # the tuned token budget per engine call (None: the device default)

@@ -227,6 +227,12 @@ def test_batch1_routing_takes_the_fastest_route_that_agrees(tmp_path):
     assert (sel.latency_variant, sel.latency_settings) == ("openvino-fp32", static)
     assert any("faster on onnx-fp32" in n and "differ" in n for n in sel.notes), sel.notes
     assert _sel(vs, tmp_path, PLAIN, "near", route=True).latency_variant == "onnx-fp32"
+    from stedge_runtime.encoder import _with_caller_options
+
+    mine = _with_caller_options(sel, {"threads": 1})  # what Encoder.load(..., threads=1) runs, on both compilations
+    assert (mine.settings, mine.latency_settings) == ({"threads": 1}, {**static, "threads": 1})
+    assert mine.notes[-1] == "the caller's engine options replace the profile's threads=2 -> 1"
+    assert _with_caller_options(sel, {"threads": 2}).notes == sel.notes  # nothing replaced: no note
 
 
 def test_batch1_routing_must_pay_on_longer_queries_too(tmp_path):
@@ -850,6 +856,10 @@ def test_tune_applies_the_int8_group_duels_choice_to_its_variant(own_artifact, m
     assert enc.selection.settings[tune_mod.DQ_KEY] == 128
     assert enc._engine.config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == 128
     assert enc.encode("hi").shape == (enc.dimension,)
+    mine = Encoder.load(own_artifact, tier="exact", **{tune_mod.DQ_KEY: 0})  # the caller's option wins
+    assert mine.selection.settings[tune_mod.DQ_KEY] == 0 and mine._engine.config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == 0
+    assert f"the caller's engine options replace the profile's {tune_mod.DQ_KEY}=128 -> 0" in mine.selection.notes
+    assert not any("caller" in n for n in enc.selection.notes)
 
 
 def test_tune_times_batch1_on_the_apps_queries(own_artifact, monkeypatch):
