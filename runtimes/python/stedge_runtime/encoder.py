@@ -137,15 +137,14 @@ class _Artifact:
             m.variants, family, variant, installed_backends(), root, key=None, where=str(root / MANIFEST), **choice
         )
         user = dict(options, **({"threads": threads} if threads is not None else {}))
-        if sel.latency_variant is not None and options:
-            if m.variants[sel.latency_variant].backend != m.variants[sel.variant].backend:
-                sel = replace(
-                    sel,
-                    latency_variant=None,
-                    latency_settings={},
-                    notes=sel.notes
-                    + (f"batch-1 routing to {sel.latency_variant} off: engine options were given for {sel.variant}",),
-                )
+        lv = sel.latency_variant
+        if options and lv is not None and m.variants[lv].backend != m.variants[sel.variant].backend:
+            sel = replace(
+                sel,
+                latency_variant=None,
+                latency_settings={},
+                notes=sel.notes + (f"batch-1 routing to {lv} off: engine options were given for {sel.variant}",),
+            )
         sel = _with_caller_options(sel, user)
         engine = cls._engine(root, m, sel.variant, device, verify, sel.settings)
         latency = None

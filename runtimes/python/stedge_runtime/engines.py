@@ -287,7 +287,7 @@ class OpenVINOEngine:
         group = options.get("dynamic_quantization_group_size")
         if group is not None and (isinstance(group, bool) or not isinstance(group, int) or group < 0):
             raise RuntimeStedgeError(
-                f"engine option dynamic_quantization_group_size={group!r}: expected an integer, the channels per "
+                f"engine option dynamic_quantization_group_size={group!r}: expected an integer >= 0, the channels per "
                 "run-time int8 group of a token's activations (0: multiply in float)"
             )
         if group is not None and family == "cpu":
