@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,39 @@ def test_interleaved_ratios_are_medians_of_per_cycle_ratios():
     s = summarize(a, 100)
     assert s["seconds"] == a and s["sentences_per_s"] == pytest.approx(100.0)  # median of 100, 50, 100, 100
     assert s["sentences_per_s_min"] == pytest.approx(50.0) and s["sentences_per_s_max"] == pytest.approx(100.0)
+
+
+def test_interleaved_ratio_interval_covers_the_median_at_its_level():
+    import math
+
+    from stedge_runtime.errors import InputError
+    from stedge_runtime.tune import median_interval
+
+    from stedge.bench.interleave import ratio_interval
+    from stedge.bench.report import _interleaved_clause
+
+    def coverage(n: int, k: int) -> float:  # P(x_k <= median <= x_(n-k+1)) for any continuous distribution
+        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
+
+    for n in range(1, 41):
+        values = [float(v) for v in range(n, 0, -1)]  # unsorted on purpose
+        ci = median_interval(values)
+        if n < 6:  # even the smallest to the largest covers less than 95 %
+            assert ci is None and coverage(n, 1) < 0.95
+            continue
+        k = int(ci[0])  # the values are 1..n, so the low end is its own rank
+        assert ci == (float(k), float(n + 1 - k)) and ci[0] <= statistics.median(values) <= ci[1]
+        assert coverage(n, k) >= 0.95 and coverage(n, k + 1) < 0.95, n  # the narrowest that keeps the level
+    assert median_interval([3.0, 1.0, 2.0, 5.0, 4.0], level=0.9) == (1.0, 5.0)  # 5 values reach 93.75 %
+    with pytest.raises(InputError, match="level must lie between 0 and 1"):
+        median_interval([1.0] * 10, level=95)
+    # per-cycle ratios 2, 2, 2, 4, 1, 2 (B's pass time over A's): the interval of their median is their range here
+    a, b = [1.0, 1.0, 2.0, 1.0, 2.0, 1.0], [2.0, 2.0, 4.0, 4.0, 2.0, 2.0]
+    assert ratio_interval(a, b) == [1.0, 4.0] and ratio_interval(a[:5], b[:5]) is None
+    assert _interleaved_clause(2.0, 0.5, [1.0, 4.0]) == (
+        " (2.00× in the interleaved phase, 95 % CI 1.00-4.00, at 50 % of its best-round rate)"
+    )
+    assert _interleaved_clause(2.0) == " (2.00× in the interleaved phase)"
 
 
 def test_interleaved_phase_goes_on_without_a_worker_that_fails(tiny_model, tmp_path):
@@ -528,6 +562,7 @@ def test_smoke_run_schema_and_accuracy_beside_speed(smoke_results):
         assert all(len(t["seconds"]) == 3 and t["sentences_per_s"] > 0 for t in inter["throughput"].values())
         assert set(inter["passages"]) == {"8"} and len(inter["passages"]["8"]["seconds"]) == 3  # passages too
         assert inter["passage_speedup_vs_best_peer"] > 0 and inter["passage_best_peer"]
+        assert inter["speedup_vs_best_peer_ci"] is None  # 3 cycles: too few for a 95 % interval of the median
     ref = next(r for r in rows if r["reference"])
     assert ref["speedup_vs_torch"] == pytest.approx(1.0) and ref["accuracy"]["mean_cosine"] == pytest.approx(
         1.0, abs=1e-6
@@ -598,6 +633,16 @@ def test_smoke_run_writes_table_and_plots(smoke_results):
     assert f" | {auto['latency_ms']['p50']:.2f} | {auto['tokenize_ms']['p50']:.3f} | " in md
     auto = next(r for r in results["rows"] if r.get("auto_tier"))
     assert f"(after idle: {auto['latency_after_idle_ms']['p50']:.2f} ms)" in md  # beside its back-to-back p50
+    import copy
+
+    from stedge.bench.report import markdown_table
+
+    more = copy.deepcopy(results)  # as from 6 cycles on: each interleaved ratio with its interval in the table
+    row = next(r for r in more["rows"] if r.get("auto_tier"))
+    inter = row["interleaved"]
+    inter.update(speedup_vs_best_peer=1.5, speedup_vs_best_peer_ci=[1.25, 1.75])
+    inter.update(passage_speedup_vs_best_peer=1.1, passage_speedup_vs_best_peer_ci=[0.95, 1.3])
+    assert " | 1.50 (1.25-1.75) | 1.10 (0.95-1.30) |" in markdown_table(more)
     from stedge.bench.report import summary
 
     (entry,) = [e for e in summary(results) if e["best_peer"]]  # in the JSON summary too, against the best peer

@@ -11,7 +11,10 @@ the next (no subject always follows the same one), and the parent waits ``GAP_S`
 previous engine's spinning threads are asleep when the next pass starts.
 
 The ratios this phase reports are medians of per-cycle ratios
-(stedge_runtime.tune.paired_speedup, which `stedge tune`'s paired final uses too); the rates beside them are
+(stedge_runtime.tune.paired_speedup, which `stedge tune`'s paired final uses too), each with the 95 %
+confidence interval of that median (``ratio_interval``): on a guest whose speed changes within a second, one
+cycle's ratio can land far from the next (AMX guest, 2026-12-06: 1.03-2.26 within one run of 6 cycles), and
+the interval says how closely the run pins the ratio down; more cycles narrow it. The rates beside them are
 medians over cycles. The isolated rounds still give everything else (batch sizes, latency, memory, cold
 start, accuracy).
 """
@@ -31,6 +34,18 @@ from . import work_root
 from .subjects import Subject
 
 GAP_S = 0.2  # idle between two passes: ONNX Runtime and OpenMP pools spin for a while after their last task
+
+
+CI_LEVEL = 0.95  # of the interval beside each interleaved ratio
+
+
+def ratio_interval(seconds: Sequence[float], base_seconds: Sequence[float]) -> list[float] | None:
+    """The CI_LEVEL confidence interval, ``[low, high]``, of the median per-cycle ratio of one subject's rate over
+    another's (stedge_runtime.tune.median_interval over paired_ratios); None with too few cycles (under 6)."""
+    from stedge_runtime.tune import median_interval, paired_ratios
+
+    ci = median_interval(paired_ratios(seconds, base_seconds), CI_LEVEL)
+    return None if ci is None else [ci[0], ci[1]]
 
 
 def summarize(seconds: Sequence[float], n_texts: int) -> dict[str, Any]:

@@ -200,6 +200,7 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
                 e["cold_start_ratio_vs_best_peer"] = best["cold_start_s"] / best_peer["cold_start_s"]
                 e["peak_rss_ratio_vs_best_peer"] = best["peak_rss_mb"] / best_peer["peak_rss_mb"]
             e["interleaved_ratio_vs_best_peer"] = _interleaved(best, "speedup_vs_best_peer")
+            e["interleaved_ratio_vs_best_peer_ci"] = _interleaved(best, "speedup_vs_best_peer_ci")
             entry[key] = e
         out.append(entry)
     return out
@@ -260,7 +261,11 @@ def summary_markdown(results: dict[str, Any]) -> str:
             e = s.get(key)
             if not e:
                 continue
-            inter = _interleaved_clause(e.get("interleaved_ratio_vs_best_peer"), e["interleaved_share_of_best_round"])
+            inter = _interleaved_clause(
+                e.get("interleaved_ratio_vs_best_peer"),
+                e["interleaved_share_of_best_round"],
+                e.get("interleaved_ratio_vs_best_peer_ci"),
+            )
             lines.append(
                 f"  - {what}: {e['label']}: {e['sentences_per_s']:.0f} {w['rate']} = "
                 f"**{e['throughput_ratio_vs_best_peer']:.2f}×** the best peer{inter}; "
@@ -296,7 +301,11 @@ def _auto_lines(results: dict[str, Any]) -> list[str]:
         )
         if r.get("speedup_vs_best_peer") is not None:
             text += f" = **{r['speedup_vs_best_peer']:.2f}×** {r['best_peer']}"
-            text += _interleaved_clause(_interleaved(r, "speedup_vs_best_peer"), interleaved_share(r, str(head)))
+            text += _interleaved_clause(
+                _interleaved(r, "speedup_vs_best_peer"),
+                interleaved_share(r, str(head)),
+                _interleaved(r, "speedup_vs_best_peer_ci"),
+            )
         text += f", p50 {r['latency_ms']['p50']:.2f} ms{_idle_clause(_idle_p50(r), None)}"
         text += f", ρ×100 {r['accuracy']['spearman']:.2f}"
         if r.get("headline_passages_per_s"):
@@ -304,14 +313,17 @@ def _auto_lines(results: dict[str, Any]) -> list[str]:
             if _interleaved(r, "passage_speedup_vs_best_peer") is not None:
                 text += (
                     f" ({_interleaved(r, 'passage_speedup_vs_best_peer'):.2f}× "
-                    f"{_interleaved(r, 'passage_best_peer')} on passages in the interleaved phase)"
+                    f"{_interleaved(r, 'passage_best_peer')} on passages in the interleaved phase"
+                    f"{_ci_text(_interleaved(r, 'passage_speedup_vs_best_peer_ci'), ', 95 % CI ')})"
                 )
         vs_fe = r.get("speedup_vs_fastembed") or {}
         if vs_fe:
             text += "; × fastembed by batch size: " + ", ".join(f"bs={b} {x:.2f}" for b, x in vs_fe.items())
-        vs_fe = _interleaved(r, "speedup_vs_fastembed") or {}
+        vs_fe, fe_ci = _interleaved(r, "speedup_vs_fastembed") or {}, _interleaved(r, "speedup_vs_fastembed_ci") or {}
         if vs_fe:
-            text += "; in the interleaved phase: " + ", ".join(f"bs={b} {x:.2f}" for b, x in vs_fe.items())
+            text += "; in the interleaved phase: " + ", ".join(
+                f"bs={b} {x:.2f}{_ci_text(fe_ci.get(b), ' (95 % CI ', ')')}" for b, x in vs_fe.items()
+            )
         out.append(text + ".")
     return out
 
@@ -328,11 +340,17 @@ def _share_clause(share: float | None) -> str:
     return "" if share is None else f"; in the interleaved phase it kept {100 * share:.0f} % of its best-round rate"
 
 
-def _interleaved_clause(ratio: float | None, share: float | None = None) -> str:
+def _interleaved_clause(ratio: float | None, share: float | None = None, ci: list[float] | None = None) -> str:
+    """' (X× in the interleaved phase, 95 % CI L-H, at S % of its best-round rate)', parts left out when missing."""
     if ratio is None:
         return ""
     kept = "" if share is None else f", at {100 * share:.0f} % of its best-round rate"
-    return f" ({ratio:.2f}× in the interleaved phase{kept})"
+    return f" ({ratio:.2f}× in the interleaved phase{_ci_text(ci, ', 95 % CI ')}{kept})"
+
+
+def _ci_text(ci: list[float] | None, before: str = " (", after: str = "") -> str:
+    """An interleaved ratio's confidence interval as 'L-H' between ``before`` and ``after`` ("" without one)."""
+    return "" if not ci else f"{before}{ci[0]:.2f}-{ci[1]:.2f}{after}"
 
 
 # --------------------------------------------------------------------------- markdown
@@ -403,8 +421,10 @@ def markdown_table(results: dict[str, Any], task: str = "embedding") -> str:
             _f(r["speedup_vs_torch"], "{:.2f}"),
             _f(r["speedup_vs_best_peer"], "{:.2f}"),
             _rounds_cell(r),
-            _f(_interleaved(r, "speedup_vs_best_peer"), "{:.2f}"),
-            _f(_interleaved(r, "passage_speedup_vs_best_peer"), "{:.2f}"),
+            _f(_interleaved(r, "speedup_vs_best_peer"), "{:.2f}")
+            + _ci_text(_interleaved(r, "speedup_vs_best_peer_ci"), " (", ")"),
+            _f(_interleaved(r, "passage_speedup_vs_best_peer"), "{:.2f}")
+            + _ci_text(_interleaved(r, "passage_speedup_vs_best_peer_ci"), " (", ")"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -428,6 +448,8 @@ def _interleaved_text(results: dict[str, Any]) -> str:
         f"cycle: *× best peer, interleaved* (batch {s['headline_batch_size']}) is the median of the per-cycle "
         "ratios, which a slow spell of the machine cannot tilt towards one subject"
         + (", and *passages × best peer, interleaved* the same over the passages" if passages else "")
+        + "; in parentheses the 95 % confidence interval of that median (from 6 cycles on: the k-th smallest to the "
+        "k-th largest per-cycle ratio, whatever their distribution): how closely the run pins the ratio down"
         + " (`interleaved` in the JSON, with fastembed ratios per batch size)"
     )
 

@@ -1376,8 +1376,11 @@ def _add_interleaved_relative(
     """The interleaved phase's ratios, medians of per-cycle ratios (stedge_runtime.tune.paired_speedup): to the best
     peer at the headline batch size (the peer with the highest interleaved median there), the same on
     passages at the headline batch size (``passage_speedup_vs_best_peer``: the best peer on passages), and to
-    fastembed at every interleaved batch size."""
+    fastembed at every interleaved batch size; each with its ``_ci``, the 95 % confidence interval of that
+    median (``[low, high]``, interleave.ratio_interval; None below 6 cycles)."""
     from stedge_runtime.tune import paired_speedup
+
+    from .interleave import ratio_interval
 
     def secs(r: dict[str, Any] | None, bs: str, what: str = "throughput") -> list[float]:
         return (((r or {}).get("interleaved") or {}).get(what) or {}).get(bs, {}).get("seconds") or []
@@ -1393,18 +1396,17 @@ def _add_interleaved_relative(
             continue
         if best is not None and secs(r, head):
             inter["speedup_vs_best_peer"] = paired_speedup(secs(r, head), secs(best, head))
+            inter["speedup_vs_best_peer_ci"] = ratio_interval(secs(r, head), secs(best, head))
             inter["best_peer"] = _peer_label(best, model)
         if pbest is not None and secs(r, head, "passages"):
-            inter["passage_speedup_vs_best_peer"] = paired_speedup(
-                secs(r, head, "passages"), secs(pbest, head, "passages")
-            )
+            mine, theirs = secs(r, head, "passages"), secs(pbest, head, "passages")
+            inter["passage_speedup_vs_best_peer"] = paired_speedup(mine, theirs)
+            inter["passage_speedup_vs_best_peer_ci"] = ratio_interval(mine, theirs)
             inter["passage_best_peer"] = _peer_label(pbest, model)
         if fastembed is not None and r is not fastembed:
-            inter["speedup_vs_fastembed"] = {
-                bs: paired_speedup(secs(r, bs), secs(fastembed, bs))
-                for bs in inter["throughput"]
-                if secs(fastembed, bs)
-            }
+            sizes = [bs for bs in inter["throughput"] if secs(fastembed, bs)]
+            inter["speedup_vs_fastembed"] = {bs: paired_speedup(secs(r, bs), secs(fastembed, bs)) for bs in sizes}
+            inter["speedup_vs_fastembed_ci"] = {bs: ratio_interval(secs(r, bs), secs(fastembed, bs)) for bs in sizes}
 
 
 def _peer_label(peer: dict[str, Any], model: str) -> str:

@@ -22,6 +22,7 @@ The `stedge tune` command wraps this with a table.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -664,12 +665,34 @@ def paired_final(
     return out
 
 
+def paired_ratios(seconds: Sequence[float], base_seconds: Sequence[float]) -> list[float]:
+    """One subject's rate over another's in each cycle both ran (same texts, so the rate ratio is the inverse
+    ratio of pass times)."""
+    return [b / a for a, b in zip(seconds, base_seconds) if a > 0 and b > 0]
+
+
 def paired_speedup(seconds: Sequence[float], base_seconds: Sequence[float]) -> float | None:
-    """Median over cycles of one subject's rate over another's in the same cycle (same texts, so the rate
-    ratio is the inverse ratio of pass times); None when they share no cycle. The paired final here and the
+    """Median over cycles of ``paired_ratios``; None when they share no cycle. The paired final here and the
     harness's interleaved phase (stedge bench) both rank by it."""
-    ratios = [b / a for a, b in zip(seconds, base_seconds) if a > 0 and b > 0]
+    ratios = paired_ratios(seconds, base_seconds)
     return statistics.median(ratios) if ratios else None
+
+
+def median_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free confidence interval for the median of ``values``: the k-th smallest and the k-th
+    largest value, k the largest for which the interval covers the median with probability >= ``level``
+    whatever the values' distribution (the count of values below the median is Binomial(n, 1/2)). None when
+    there are too few values for that level (6 for 95 %: then the interval is the smallest to the largest)."""
+    if not 0 < level < 1:
+        raise InputError(f"level must lie between 0 and 1, got {level!r}")
+    x, n = sorted(values), len(values)
+    k, below = 0, 0.0  # below: P(Binomial(n, 1/2) <= k - 1), the chance the median lies under x[k - 1]
+    while k < n // 2:
+        nxt = below + math.comb(n, k) / 2**n
+        if 1 - 2 * nxt < level:
+            break
+        k, below = k + 1, nxt
+    return (x[k - 1], x[n - k]) if k else None
 
 
 def _tune_batch_tokens(
