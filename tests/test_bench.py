@@ -207,6 +207,21 @@ def test_interleaved_phase_goes_on_without_a_worker_that_fails(tiny_model, tmp_p
     assert "is over the passages, but the job has none" in got["good"]["error"]
 
 
+def test_gemm_peaks_of_a_run_keep_the_higher_of_each_figure():
+    from stedge.bench.gemm import best_peaks, peak_for
+
+    first = {"device": "cpu", "threads": 2, "gflops": 320.0, "gflops_fp32": 320.0, "gflops_bf16": 1239.0, "size": 1024}
+    slow = {"device": "cpu", "threads": 2, "gflops": 330.0, "gflops_fp32": 330.0, "gflops_bf16": 484.0, "size": 1024}
+    g = best_peaks([first, slow])  # a slow spell during the second measurement lowers bf16 only
+    assert g["gflops"] == g["gflops_fp32"] == 330.0 and g["gflops_bf16"] == 1239.0
+    assert g["device"] == "cpu" and g["size"] == 1024 and first["gflops"] == 320.0  # the inputs stay as they were
+    assert g["measurements"] == [
+        {"gflops": 320.0, "gflops_fp32": 320.0, "gflops_bf16": 1239.0},
+        {"gflops": 330.0, "gflops_fp32": 330.0, "gflops_bf16": 484.0},
+    ]
+    assert peak_for(g, "bf16") == 1239.0 and peak_for(g, "int8") == 330.0  # no int8 figure: the fp32 peak
+
+
 def test_flops_match_the_parameter_count(tmp_path):
     """The linear part of the formula is 2 FLOPs per weight per token; attention adds 4*n^2*h per layer."""
     import torch
@@ -568,7 +583,13 @@ def test_smoke_run_schema_and_accuracy_beside_speed(smoke_results):
         1.0, abs=1e-6
     )
     assert results["threads"]["budget"] == 1 and results["threads"]["env"]["OMP_NUM_THREADS"] == "1"
-    assert results["gemm_peak"]["gflops"] > 0
+    g = results["gemm_peak"]  # measured before the first subject and after the last; the higher of each counts
+    assert g["gflops"] > 0 and len(g["measurements"]) == 2
+    assert g["gflops"] == max(m["gflops"] for m in g["measurements"])
+    from stedge.bench.gemm import peak_for
+
+    for r in rows:  # each share against the run's final peak of the row's precision
+        assert r["gemm_share"] == pytest.approx(r["gflops"] / peak_for(g, r.get("precision")))
     assert results["models"][0]["layers"] == 2 and results["models"][0]["hidden"] == 32
     for r in rows:  # passage-length throughput beside short texts, at the headline batch size
         assert set(r["passages"]) == {"8"} and r["headline_passages_per_s"] > 0
@@ -625,6 +646,7 @@ def test_smoke_run_writes_table_and_plots(smoke_results):
     assert "| passages × best peer, interleaved |" in md and "and over the passages" in md
     assert "| p50 ms after idle |" in md and "idle 20 ms before each query" in md
     assert "| p50 ms | tokenize p50 ms |" in md and "the share of the p50 that is not the engine" in md
+    assert "each figure the higher of 2 measurements, before the first subject and after the last" in md
     pad = results["models"][0]["padding"]  # the smoke suite: headline batch 8, its passages at 8 too
     assert pad["texts"]["batch_size"] == 8 and pad["passages"]["batch_size"] == 8
     shares = " / ".join(f"{100 * pad['texts'][k]:.0f} %" for k in ("tokens", "chars", "order"))
@@ -888,7 +910,7 @@ def test_peer_probe_failure_skips_the_subject_with_the_reason(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, capture_output=True)
     sub = STPeer("m", str(tmp_path), "cpu", "torch", python=str(bare / "bin" / "python"))
     plan = (runner.ModelEntry(name="m", ref="m"), *([None] * 7))
-    row, emb = runner._measure(sub, plan, None, None, {}, {}, {}, tmp_path / "w", None, None, lambda m: None)
+    row, emb = runner._measure(sub, plan, None, None, {}, {}, tmp_path / "w", None, None, lambda m: None)
     assert emb is None and row["status"] == "skipped" and row["python"] == sub.python
     assert "import sentence_transformers failed" in row["reason"] and str(bare) in row["reason"]
     assert row["label"] == "sentence-transformers torch"  # no version to claim

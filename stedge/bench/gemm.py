@@ -205,6 +205,22 @@ def _ort_int8(threads: int, n: int, seconds: float) -> dict[str, Any]:
     }
 
 
+def best_peaks(measurements: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Several ``gemm_peak`` results of one run as one: the first's fields with each GFLOP/s figure the highest
+    measured (a slow spell of a shared host only lowers a peak: on the AMX guest of 2026-12-06 one run measured
+    bf16 at 484 GFLOP/s where the hour before gave 1,239, and its subjects at up to 135 % of that "peak"), and
+    ``measurements``: each measurement's figures, in order."""
+    out = dict(measurements[0])
+    figures = [
+        {k: v for k, v in m.items() if k.startswith("gflops") and isinstance(v, (int, float))} for m in measurements
+    ]
+    for f in figures:
+        for k, v in f.items():
+            out[k] = max(out.get(k) or 0.0, v)
+    out["measurements"] = figures
+    return out
+
+
 def peak_for(gemm: dict[str, Any], precision: str | None) -> float | None:
     """The measured peak a subject of ``precision`` is compared with: int8 -> int8, bf16 -> bf16, else fp32."""
     key = {"int8": "gflops_int8", "bf16": "gflops_bf16", "fp16": "gflops_fp16"}.get(str(precision), "gflops_fp32")

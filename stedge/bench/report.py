@@ -548,8 +548,14 @@ def markdown(results: dict[str, Any]) -> str:
             f"- Models: {models}",
             *([_texts_line(results)] if "embedding" in tasks else []),
             *([_pairs_line(results, "embedding" not in tasks)] if "reranking" in tasks else []),
-            f"- GEMM peak measured in this run ({g['threads']} threads, {g.get('size')}² matrices): {_peaks(g)}; "
-            "each subject's % GEMM peak is against the peak of its own precision.",
+            f"- GEMM peak measured in this run ({g['threads']} threads, {g.get('size')}² matrices"
+            + (
+                f"; each figure the higher of {len(g['measurements'])} measurements, before the first subject and "
+                "after the last, as a slow spell only lowers a peak"
+                if len(g.get("measurements") or []) > 1
+                else ""
+            )
+            + f"): {_peaks(g)}; each subject's % GEMM peak is against the peak of its own precision.",
             *([_padding_line(results)] if any(m.get("padding") for m in results["models"]) else []),
             f"- Speedups use sentences/s at batch {s['headline_batch_size']}"
             + (" (a reranker's pairs/s)" if "reranking" in tasks else "")

@@ -725,6 +725,20 @@ def measure_gemm(threads: int, device: str, env: dict[str, str]) -> dict[str, An
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _gemm_shares(rows: list[dict[str, Any]], first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
+    """The run's GEMM peaks, the higher of the measurements before the first subject and after the last
+    (gemm.best_peaks), and each row's ``gemm_share``: its GFLOP/s at the headline batch size over the peak of its
+    precision (gemm.peak_for)."""
+    from . import gemm as gemm_mod
+
+    gemm = gemm_mod.best_peaks([first, last])
+    for r in rows:
+        if r.get("status") == "ok":
+            peak = gemm_mod.peak_for(gemm, r.get("precision"))
+            r["gemm_share"] = r["gflops"] / peak if peak else None
+    return gemm
+
+
 def run_worker(
     subject: Subject,
     job: dict[str, Any],
@@ -866,7 +880,7 @@ def run_suite(
     env = thread_env(n_threads)
     data = load_data(suite)
     plans, skipped_models = _prepare_models(suite, data, env, n_threads, log)
-    log(f"measuring the GEMM peak ({n_threads} threads)")
+    log(f"measuring the GEMM peak ({n_threads} threads; again after the last subject)")
     gemm = measure_gemm(n_threads, suite.device, env)
     rows: list[dict[str, Any]] = []
     tmp_root = Path(tempfile.mkdtemp(prefix="stedge-bench-"))
@@ -882,7 +896,7 @@ def run_suite(
                 sub = plans[k][3][j]
                 plans[k] = plan = _maybe_reference(plans[k], sub, data, n_threads, log)
                 work = tmp_root / f"{k:02d}-{j:02d}-r{r}"
-                row, emb = _measure(sub, plan, suite, data, gemm, job_common, env, work, bar, task, log)
+                row, emb = _measure(sub, plan, suite, data, job_common, env, work, bar, task, log)
                 if emb is not None and plan[4] is None and sub.is_reference and sub.device == "cpu":
                     plans[k] = (*plan[:4], emb, *plan[5:])  # stedge torch fp32 on the CPU *is* the reference
                 if bar:
@@ -901,6 +915,7 @@ def run_suite(
                 _interleave(rows, [plans[k][3][j] for k, j in order], suite, job_common, env, tmp_root, bar, log)
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
+    gemm = _gemm_shares(rows, gemm, measure_gemm(n_threads, suite.device, env))
     _add_relative(rows, suite.models, suite.headline_batch_size)
     results = _results(suite, plans, rows, skipped_models, gemm, env, n_threads, data, started, load_before)
     if out_dir is not None:
@@ -1111,7 +1126,6 @@ def _measure(
     plan: tuple,
     suite: Suite,
     data: BenchData,
-    gemm: dict,
     job_common: dict,
     env: dict[str, str],
     work: Path,
@@ -1171,8 +1185,6 @@ def _measure(
     head = thr[str(suite.headline_batch_size)]
     row["headline_sentences_per_s"] = head["sentences_per_s"]
     row["gflops"] = head["gflops"]
-    peak = gemm_mod.peak_for(gemm, row.get("precision"))
-    row["gemm_share"] = head["gflops"] / peak if peak else None
     if str(suite.headline_batch_size) in row.get("passages", {}):
         row["headline_passages_per_s"] = row["passages"][str(suite.headline_batch_size)]["sentences_per_s"]
     return row, emb
