@@ -348,7 +348,7 @@ def _interleaved_clause(ratio: float | None, share: float | None = None, ci: lis
     return f" ({ratio:.2f}× in the interleaved phase{_ci_text(ci, ', 95 % CI ')}{kept})"
 
 
-def _ci_text(ci: list[float] | None, before: str = " (", after: str = "") -> str:
+def _ci_text(ci: list[float] | None, before: str, after: str = "") -> str:
     """An interleaved ratio's confidence interval as 'L-H' between ``before`` and ``after`` ("" without one)."""
     return "" if not ci else f"{before}{ci[0]:.2f}-{ci[1]:.2f}{after}"
 
@@ -497,6 +497,18 @@ def _peaks(g: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _measured_twice(g: dict[str, Any]) -> str:
+    """'; each figure the higher of N measurements ...' where the run measured the peaks more than once
+    (gemm.best_peaks), else ""."""
+    n = len(g.get("measurements") or [])
+    if n < 2:
+        return ""
+    return (
+        f"; each figure the higher of {n} measurements, before the first subject and after the last, as a slow "
+        "spell only lowers a peak"
+    )
+
+
 def machine_line(results: dict[str, Any]) -> str:
     """One line: CPU, cores, ISA, GPU, load, thread budget."""
     m = results["machine"]
@@ -549,13 +561,7 @@ def markdown(results: dict[str, Any]) -> str:
             *([_texts_line(results)] if "embedding" in tasks else []),
             *([_pairs_line(results, "embedding" not in tasks)] if "reranking" in tasks else []),
             f"- GEMM peak measured in this run ({g['threads']} threads, {g.get('size')}² matrices"
-            + (
-                f"; each figure the higher of {len(g['measurements'])} measurements, before the first subject and "
-                "after the last, as a slow spell only lowers a peak"
-                if len(g.get("measurements") or []) > 1
-                else ""
-            )
-            + f"): {_peaks(g)}; each subject's % GEMM peak is against the peak of its own precision.",
+            f"{_measured_twice(g)}): {_peaks(g)}; each subject's % GEMM peak is against the peak of its own precision.",
             *([_padding_line(results)] if any(m.get("padding") for m in results["models"]) else []),
             f"- Speedups use sentences/s at batch {s['headline_batch_size']}"
             + (" (a reranker's pairs/s)" if "reranking" in tasks else "")
