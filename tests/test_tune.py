@@ -500,3 +500,51 @@ def test_the_table_marks_memory_still_growing():
     assert (_mb(300.0, 30.0), _mb(300.0, 2.0), _mb(300.0), _mb(None)) == ("300+", "300", "300", "-")
     assert "peak MB +: still growing" in _caption([12.0, 23.0], {"a": "300+", "b": "-"})
     assert _caption([None, None], {"a": "300"}) is None and "+" not in _caption([12.0, 23.0], {"a": "300"})
+
+
+def test_tune_prints_the_paired_finals_intervals():
+    """`stedge tune` prints each contender's speedup over the reference with its 95 % interval, and names the
+    contenders the cycles did not tell from the reference in bulk (an interval spanning 1), with what narrows it."""
+    import io
+
+    from rich.console import Console
+
+    from stedge.tune.cli import _render_paired
+
+    def contender(variant: str, bulk: float, bulk_ci: list | None, one: float, one_ci: list | None) -> dict:
+        return {
+            "variant": variant,
+            "settings": {"threads": 2},
+            "speedup": {"batch1": one, "short bs=32": bulk},
+            "speedup_ci": {"batch1": one_ci, "short bs=32": bulk_ci} if bulk_ci else {},
+            "bulk_speedup": bulk,
+            "bulk_speedup_ci": bulk_ci,
+        }
+
+    final = {
+        "cycles": 7,
+        "ci_level": 0.95,
+        "reference": "a",
+        "contenders": {
+            "a": contender("a", 1.0, [1.0, 1.0], 1.0, [1.0, 1.0]),
+            "b": contender("b", 1.04, [0.97, 1.12], 0.8, [0.75, 0.86]),
+            "c": contender("c", 0.7, [0.66, 0.75], 1.1, [1.02, 1.2]),
+        },
+    }
+    out = io.StringIO()
+    _render_paired(final, Console(file=out, width=400))
+    text = out.getvalue()
+    assert "a (2t): the reference" in text
+    assert "b (2t): bulk 1.040x (95 % CI 0.97-1.12, within noise) (batch1 0.800x (95 % CI 0.75-0.86)" in text
+    assert "c (2t): bulk 0.700x (95 % CI 0.66-0.75) (batch1 1.100x (95 % CI 1.02-1.20)" in text
+    assert "within noise in bulk: b (2t) (" in text and "--paired-cycles" in text
+    out = io.StringIO()
+    short = {
+        **final,
+        "cycles": 3,
+        "contenders": {"a": final["contenders"]["a"], "c": contender("c", 0.7, None, 1.1, None)},
+    }
+    _render_paired(short, Console(file=out, width=400))
+    text = out.getvalue()
+    assert "(95 % intervals need 6 cycles or more)" in text and "c (2t): bulk 0.700x (batch1 1.100x" in text
+    assert "within noise" not in text

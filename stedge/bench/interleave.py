@@ -11,7 +11,7 @@ the next (no subject always follows the same one), and the parent waits ``GAP_S`
 previous engine's spinning threads are asleep when the next pass starts.
 
 The ratios this phase reports are medians of per-cycle ratios
-(stedge_runtime.tune.paired_speedup, which `stedge tune`'s paired final uses too), each with the 95 %
+(stedge_runtime.tune.paired_speedup; `stedge tune`'s paired final takes the same medians), each with the 95 %
 confidence interval of that median (``ratio_interval``): on a guest whose speed changes within a second, one
 cycle's ratio can land far from the next (AMX guest, 2026-12-06: 1.03-2.26 within one run of 6 cycles), and
 the interval says how closely the run pins the ratio down; more cycles narrow it. The rates beside them are

@@ -247,17 +247,33 @@ def _render_paired(final: dict[str, Any] | None, console: Any) -> None:
     if not final.get("cycles"):
         console.print(f"paired final: not run (contenders within {final.get('within')} of a tier's best: {names})")
         return
-    ref = final["reference"]
+    from stedge_runtime.select import interval_text
+
+    ref, level = final["reference"], final.get("ci_level", 0.95)
     console.print(
         f"paired final: {final['cycles']} cycles, contenders side by side, one pass each in turn; "
-        f"median per-cycle speedup over {_contender(ref, final['contenders'][ref])}:"
+        f"median per-cycle speedup over {_contender(ref, final['contenders'][ref])}"
+        + ("" if final["cycles"] >= 6 else f" ({level * 100:.0f} % intervals need 6 cycles or more)")
+        + ":"
     )
+    unsettled = []
     for name, c in final["contenders"].items():
         if "error" in c:
             console.print(f"    {_contender(name, c)}: [red]{escape(str(c['error']))}[/]")
             continue
-        parts = ", ".join(f"{key} {v:.3f}x" for key, v in c["speedup"].items())
-        console.print(f"    {_contender(name, c)}: bulk {c['bulk_speedup']:.3f}x ({parts})")
+        if name == ref:
+            console.print(f"    {_contender(name, c)}: the reference")
+            continue
+        ivs = c.get("speedup_ci") or {}
+        parts = ", ".join(f"{key} {v:.3f}x{interval_text(ivs.get(key), level)}" for key, v in c["speedup"].items())
+        bulk = interval_text(c.get("bulk_speedup_ci"), level)
+        unsettled += [_contender(name, c)] if bulk.endswith("within noise)") else []
+        console.print(f"    {_contender(name, c)}: bulk {c['bulk_speedup']:.3f}x{escape(bulk)} ({escape(parts)})")
+    if unsettled:
+        console.print(
+            f"    within noise in bulk: {escape(', '.join(unsettled))} (the cycles did not tell them from the "
+            "reference; more --paired-cycles narrow the intervals)"
+        )
 
 
 def _contender(cid: str, c: dict[str, Any]) -> str:

@@ -20,14 +20,18 @@ not touched. Layout (``format_version`` 1)::
      "batch_tokens": {"variant": "onnx-fp32", "settings": {...}, "batch_sizes": {"short": 192, "passage": 24},
                       "rates": {"1024": {"short": 620.0, "passage": 27.0}, ...}, "default": 1024,
                       "best": 1024},    # padded tokens per engine call; absent in --quick profiles
-     "paired": {"cycles": 7, "within": 0.85, "gap_s": 0.1, "reference": "onnx-int8-rows",
+     "paired": {"cycles": 7, "within": 0.85, "gap_s": 0.1, "ci_level": 0.95, "reference": "onnx-int8-rows",
                 "contenders": {ID: {"variant": NAME, "settings": {...},   # ID: NAME, or "NAME (settings)" for a
                                     # variant's further settings (profiles before them: keyed by NAME, no "variant")
                                     "seconds": {"batch1": [...], "short bs=32": [...],
                                                                      "passage bs=32": [...]},
                                       "speedup": {"batch1": 1.02, "short bs=32": 0.97, "passage bs=32": 0.95},
-                                      "bulk_speedup": 0.96, "batch1_speedup": 1.02, "error": str?}}}}
-                    # the paired final; absent in --quick profiles; cycles 0 when fewer than two contenders
+                                      "speedup_ci": {"batch1": [0.97, 1.06], ...},
+                                      "bulk_speedup": 0.96, "bulk_speedup_ci": [0.91, 1.01],
+                                      "batch1_speedup": 1.02, "batch1_speedup_ci": [0.97, 1.06], "error": str?}}}}
+                    # the paired final; absent in --quick profiles; cycles 0 when fewer than two contenders;
+                    # *_ci: the ci_level interval of each median (None / left out below 6 cycles; profiles before
+                    # 2026-12-06 have none, and their bulk_speedup is the geometric mean of the bulk medians)
      "memory": {"created": ISO-8601 UTC, "tiers": {TIER: {"peak_rss_mb": 491.0, "growth_mb": 12.0,
                                                           "route_off_mb": 378.0, "route_off_growth_mb": 3.0,
                                                           "choice": {"variant", "settings", "latency_variant",
@@ -45,7 +49,8 @@ not touched. Layout (``format_version`` 1)::
 Each run is the best of ``rounds`` measurements of that (variant, settings) case, taken in alternating
 order so that load from elsewhere during one of them does not decide the choice. The paired final then
 times the close contenders side by side (stedge_runtime.tune.paired_final); its speedups are medians of
-per-cycle ratios to the reference, and selection ranks the contenders by them.
+per-cycle ratios to the reference, and selection ranks the contenders by them; their intervals only
+inform (a win within noise is still a win: either contender is then as fast here as the cycles can tell).
 """
 
 from __future__ import annotations

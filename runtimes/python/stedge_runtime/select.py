@@ -869,13 +869,30 @@ def _profile_reason(prof: dict, tier: str, name: str, settings: dict, paired: Ma
             for k, c in final["contenders"].items()
             if (c.get("variant") or k) == name and settings_key(c.get("settings")) == settings_key(settings)
         )
+        level = final.get("ci_level", 0.95)
         reason += (
             f"; paired final ({final['cycles']} cycles): reference {ref}"
             if cid == ref
             else f"; paired final ({final['cycles']} cycles): {c['bulk_speedup']:.3f}x {ref} in bulk"
-            + ("" if settings.get("static_batch1") else f", {c['batch1_speedup']:.3f}x at batch 1")
+            + interval_text(c.get("bulk_speedup_ci"), level)
+            + (
+                ""
+                if settings.get("static_batch1")
+                else f", {c['batch1_speedup']:.3f}x at batch 1" + interval_text(c.get("batch1_speedup_ci"), level)
+            )
         )
     return reason
+
+
+def interval_text(interval: Any, level: float = 0.95) -> str:
+    """A paired-final median's confidence interval as text: `` (95 % CI 0.91-1.04, within noise)`` (within noise:
+    it spans 1, so the cycles did not tell the contender from the reference); empty where there is none (fewer
+    than 6 cycles, or a profile written before the final kept intervals)."""
+    ok = isinstance(interval, (list, tuple)) and len(interval) == 2
+    if not ok or not all(isinstance(v, (int, float)) for v in interval):
+        return ""
+    lo, hi = interval
+    return f" ({level * 100:.0f} % CI {lo:.2f}-{hi:.2f}" + (", within noise)" if lo <= 1 <= hi else ")")
 
 
 def paired_scores(prof: dict) -> dict[str, dict[str, dict[str, Any]]]:

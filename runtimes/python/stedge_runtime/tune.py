@@ -30,7 +30,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -70,6 +70,7 @@ ROUNDS = 2  # every case is measured this many times, in alternating order; the 
 # Token budgets per engine call tried on the fastest variant (Encoder.load's max_batch_tokens).
 BATCH_TOKEN_GRID = (512, 1024, 2048, 4096, 16384)
 PAIRED_CYCLES = 7  # cycles of the paired final (tune's ``paired_cycles``; 0 skips it)
+PAIRED_CI_LEVEL = 0.95  # confidence of the intervals the paired final gives its medians (``median_interval``)
 PAIRED_WITHIN = 0.85  # rounds' bulk score, as a share of its tier's best, that takes a variant to the final
 PAIRED_GAP_S = 0.1  # idle before each pass of the final: the previous engine's spinning threads fall asleep
 SNIPPETS_ABOVE = 64  # tokens per row up to which OpenVINO's snippets_above setting runs without the snippets
@@ -592,8 +593,11 @@ def paired_final(
     short texts and on passages), each contender runs one timed pass in turn, ``PAIRED_GAP_S`` apart, the
     order reversed every other pass. Returns the profile's ``paired`` record: per contender its pass times
     and its ``speedup`` over the ``reference`` (the contender with the best bulk score in the rounds) as the
-    median of per-cycle ratios, per workload, with ``bulk_speedup`` their geometric mean over the bulk
-    workloads and ``batch1_speedup`` (what stedge_runtime.select ranks by). A contender that fails to load or
+    median of per-cycle ratios, per workload, with ``bulk_speedup`` the median of each cycle's geometric mean
+    over the bulk workloads (``bulk_cycle_ratios``) and ``batch1_speedup`` (what stedge_runtime.select ranks
+    by); ``speedup_ci``, ``bulk_speedup_ci`` and ``batch1_speedup_ci`` give each median's ``PAIRED_CI_LEVEL``
+    interval (``median_interval``; None below 6 cycles): one that spans 1 means the cycles did not tell that
+    contender from the reference. A contender that fails to load or
     run gets an ``error`` and the others go on. With fewer than two contenders (or ``cycles`` 0) nothing is
     timed and ``cycles`` is 0."""
     picks = contenders(root, prof)
@@ -601,6 +605,7 @@ def paired_final(
         "cycles": 0,
         "within": PAIRED_WITHIN,
         "gap_s": PAIRED_GAP_S,
+        "ci_level": PAIRED_CI_LEVEL,
         "reference": None,
         "contenders": {cid: dict(c) for cid, c in picks.items()},
     }
@@ -654,15 +659,32 @@ def paired_final(
     ref = max(seconds, key=lambda n: (scores[n], n))
     out.update(cycles=cycles, reference=ref)
     for name, times in seconds.items():
-        speedup = {key: round(paired_speedup(ts, seconds[ref][key]) or 0.0, 4) for key, ts in times.items()}
-        bulk = [v for key, v in speedup.items() if key != "batch1" and v > 0]  # pass times are > 0
+        ratios = {key: paired_ratios(ts, seconds[ref][key]) for key, ts in times.items()}
+        bulk = bulk_cycle_ratios({key: r for key, r in ratios.items() if key != "batch1"})
+        intervals = {key: _rounded_interval(r) for key, r in ratios.items()}
         out["contenders"][name].update(
             seconds={key: [float(f"{t:.6g}") for t in ts] for key, ts in times.items()},  # 6 digits: a 1 ms pass too
-            speedup=speedup,
-            bulk_speedup=round(geomean(bulk) or 0.0, 4),
-            batch1_speedup=speedup["batch1"],
+            speedup={key: round(statistics.median(r), 4) for key, r in ratios.items()},  # pass times are > 0
+            speedup_ci={key: iv for key, iv in intervals.items() if iv},
+            bulk_speedup=round(statistics.median(bulk), 4) if bulk else 0.0,
+            bulk_speedup_ci=_rounded_interval(bulk),
+            batch1_speedup=round(statistics.median(ratios["batch1"]), 4),
+            batch1_speedup_ci=intervals["batch1"],
         )
     return out
+
+
+def bulk_cycle_ratios(ratios: Mapping[str, Sequence[float]]) -> list[float]:
+    """Per cycle of the paired final, the geometric mean of a contender's ratios over the bulk workloads
+    (``ratios``: per workload, its per-cycle ratios to the reference, from ``paired_ratios``): the bulk speedup is
+    their median and its interval theirs, so one cycle's slow spell counts once, whichever workload it hit."""
+    rows = list(zip(*ratios.values()))  # cycles every workload has (all of them: a failing contender is dropped)
+    return [geomean(list(r)) or 0.0 for r in rows]
+
+
+def _rounded_interval(values: Sequence[float]) -> list[float] | None:
+    iv = median_interval(values, PAIRED_CI_LEVEL) if values else None
+    return [round(iv[0], 4), round(iv[1], 4)] if iv else None
 
 
 def paired_ratios(seconds: Sequence[float], base_seconds: Sequence[float]) -> list[float]:
@@ -672,8 +694,8 @@ def paired_ratios(seconds: Sequence[float], base_seconds: Sequence[float]) -> li
 
 
 def paired_speedup(seconds: Sequence[float], base_seconds: Sequence[float]) -> float | None:
-    """Median over cycles of ``paired_ratios``; None when they share no cycle. The paired final here and the
-    harness's interleaved phase (stedge bench) both rank by it."""
+    """Median over cycles of ``paired_ratios``; None when they share no cycle. The harness's interleaved phase
+    (stedge bench) ranks by it, and the paired final here takes the same medians."""
     ratios = paired_ratios(seconds, base_seconds)
     return statistics.median(ratios) if ratios else None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import warnings
 from pathlib import Path
 
@@ -704,6 +705,15 @@ def test_the_paired_final_ranks_the_close_contenders(tmp_path):
     assert sel.variant == "onnx-fp32" and sel.latency_variant is None
     assert "paired final (5 cycles): 1.080x openvino-fp32 in bulk, 0.950x at batch 1" in sel.reason
     assert "bs=1 p50 3.00 ms" in sel.reason  # the rates and p50 quoted are the rounds' own
+    assert "CI" not in sel.reason  # a final without intervals (fewer than 6 cycles, or an older profile)
+    timed = {**prof["paired"], "cycles": 7}
+    timed["contenders"]["onnx-fp32"] |= {"bulk_speedup_ci": [0.97, 1.21], "batch1_speedup_ci": [0.9, 0.99]}
+    write_profile(tmp_path, {**prof, "paired": timed})
+    sel = _sel(vs, tmp_path, PLAIN, "exact")  # a win within noise still ranks by its median; the reason says so
+    assert sel.variant == "onnx-fp32" and (
+        "paired final (7 cycles): 1.080x openvino-fp32 in bulk (95 % CI 0.97-1.21, within noise), "
+        "0.950x at batch 1 (95 % CI 0.90-0.99)" in sel.reason
+    )
     for broken in (
         {**prof["paired"], "cycles": 0},  # fewer than two contenders: nothing was timed side by side
         {**prof["paired"], "reference": "onnx-int8-static"},  # a reference the final did not run
@@ -933,23 +943,29 @@ def test_paired_final_times_the_contenders_side_by_side(own_artifact):
         n: {"variant": n, "settings": prof["variants"][n]["runs"][0]["settings"]} for n in prof["variants"]
     }
     work = _Workloads("embedding", None, quick=True)
-    final = paired_final(Encoder, own_artifact, prof, work, (8,), cycles=3)
-    assert final["cycles"] == 3 and final["reference"] == "openvino-fp32"  # the better rounds
+    final = paired_final(Encoder, own_artifact, prof, work, (8,), cycles=6)
+    assert final["cycles"] == 6 and final["reference"] == "openvino-fp32"  # the better rounds
     keys = {"batch1", "short bs=8", "passage bs=8"}
+    ref = final["contenders"]["openvino-fp32"]["seconds"]
     for c in final["contenders"].values():
-        assert set(c["seconds"]) == keys and all(len(ts) == 3 and min(ts) > 0 for ts in c["seconds"].values())
-        r = c["speedup"]
-        assert c["batch1_speedup"] == r["batch1"] and c["bulk_speedup"] == pytest.approx(
-            (r["short bs=8"] * r["passage bs=8"]) ** 0.5, rel=1e-3
-        )
-        ratios = sorted(
-            b / a for a, b in zip(c["seconds"]["batch1"], final["contenders"]["openvino-fp32"]["seconds"]["batch1"])
-        )
-        assert r["batch1"] == pytest.approx(ratios[1], rel=1e-3)  # the median of the per-cycle ratios
+        assert set(c["seconds"]) == keys and all(len(ts) == 6 and min(ts) > 0 for ts in c["seconds"].values())
+        ratios = {k: [b / a for a, b in zip(ts, ref[k])] for k, ts in c["seconds"].items()}
+        for key, rs in ratios.items():  # the median of the per-cycle ratios; at 6 cycles its 95 % CI: min to max
+            assert c["speedup"][key] == pytest.approx(statistics.median(rs), rel=1e-3)
+            assert c["speedup_ci"][key] == pytest.approx([min(rs), max(rs)], rel=1e-3)
+        assert c["batch1_speedup"] == c["speedup"]["batch1"] and c["batch1_speedup_ci"] == c["speedup_ci"]["batch1"]
+        per_cycle = [(s * p) ** 0.5 for s, p in zip(ratios["short bs=8"], ratios["passage bs=8"])]
+        assert c["bulk_speedup"] == pytest.approx(statistics.median(per_cycle), rel=1e-3)
+        assert c["bulk_speedup_ci"] == pytest.approx([min(per_cycle), max(per_cycle)], rel=1e-3)
     assert set(final["contenders"]["openvino-fp32"]["speedup"].values()) == {1.0}
+    assert final["contenders"]["openvino-fp32"]["bulk_speedup_ci"] == [1.0, 1.0]
     write_profile(own_artifact, {**prof, "paired": final})
     sel = Encoder.load(own_artifact, tier="exact").selection
-    assert sel.source == "profile" and "paired final (3 cycles)" in sel.reason
+    assert sel.source == "profile" and "paired final (6 cycles)" in sel.reason
+    if sel.variant == "onnx-fp32":  # the final overturned the rounds: its interval is quoted
+        assert "95 % CI " in sel.reason
+    few = paired_final(Encoder, own_artifact, prof, work, (8,), cycles=2)
+    assert all(c["speedup_ci"] == {} and c["bulk_speedup_ci"] is None for c in few["contenders"].values())
 
     slow = _rounds(prof, {"onnx-fp32": 50, "openvino-fp32": 100})  # 50 % behind: not a contender
     assert list(contenders(own_artifact, slow)) == ["openvino-fp32"]
