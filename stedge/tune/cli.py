@@ -247,13 +247,15 @@ def _render_paired(final: dict[str, Any] | None, console: Any) -> None:
     if not final.get("cycles"):
         console.print(f"paired final: not run (contenders within {final.get('within')} of a tier's best: {names})")
         return
-    from stedge_runtime.select import interval_text
+    from stedge_runtime.select import interval_text, within_noise
+    from stedge_runtime.tune import interval_min_values
 
     ref, level = final["reference"], final.get("ci_level", 0.95)
+    need = interval_min_values(level)
     console.print(
         f"paired final: {final['cycles']} cycles, contenders side by side, one pass each in turn; "
         f"median per-cycle speedup over {_contender(ref, final['contenders'][ref])}"
-        + ("" if final["cycles"] >= 6 else f" ({level * 100:.0f} % intervals need 6 cycles or more)")
+        + ("" if final["cycles"] >= need else f" ({level * 100:.0f} % intervals need {need} cycles or more)")
         + ":"
     )
     unsettled = []
@@ -267,7 +269,8 @@ def _render_paired(final: dict[str, Any] | None, console: Any) -> None:
         ivs = c.get("speedup_ci") or {}
         parts = ", ".join(f"{key} {v:.3f}x{interval_text(ivs.get(key), level)}" for key, v in c["speedup"].items())
         bulk = interval_text(c.get("bulk_speedup_ci"), level)
-        unsettled += [_contender(name, c)] if bulk.endswith("within noise)") else []
+        if within_noise(c.get("bulk_speedup_ci")):
+            unsettled.append(_contender(name, c))
         console.print(f"    {_contender(name, c)}: bulk {c['bulk_speedup']:.3f}x{escape(bulk)} ({escape(parts)})")
     if unsettled:
         console.print(

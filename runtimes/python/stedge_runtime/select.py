@@ -892,7 +892,13 @@ def interval_text(interval: Any, level: float = 0.95) -> str:
     if not ok or not all(isinstance(v, (int, float)) for v in interval):
         return ""
     lo, hi = interval
-    return f" ({level * 100:.0f} % CI {lo:.2f}-{hi:.2f}" + (", within noise)" if lo <= 1 <= hi else ")")
+    return f" ({level * 100:.0f} % CI {lo:.2f}-{hi:.2f}" + (", within noise)" if within_noise(interval) else ")")
+
+
+def within_noise(interval: Any) -> bool:
+    """Whether a paired-final interval spans 1: the cycles did not tell the contender from the reference (False
+    without an interval)."""
+    return isinstance(interval, (list, tuple)) and len(interval) == 2 and interval[0] <= 1 <= interval[1]
 
 
 def paired_scores(prof: dict) -> dict[str, dict[str, dict[str, Any]]]:

@@ -683,7 +683,7 @@ def bulk_cycle_ratios(ratios: Mapping[str, Sequence[float]]) -> list[float]:
 
 
 def _rounded_interval(values: Sequence[float]) -> list[float] | None:
-    iv = median_interval(values, PAIRED_CI_LEVEL) if values else None
+    iv = median_interval(values, PAIRED_CI_LEVEL)
     return [round(iv[0], 4), round(iv[1], 4)] if iv else None
 
 
@@ -715,6 +715,11 @@ def median_interval(values: Sequence[float], level: float = 0.95) -> tuple[float
             break
         k, below = k + 1, nxt
     return (x[k - 1], x[n - k]) if k else None
+
+
+def interval_min_values(level: float = 0.95) -> int:
+    """The fewest values ``median_interval`` gives an interval for at ``level`` (6 at 95 %)."""
+    return next(n for n in range(1, 1000) if median_interval(range(n), level))
 
 
 def _tune_batch_tokens(
