@@ -240,6 +240,47 @@ def test_tune_measures_each_tiers_memory_in_a_fresh_process(art):
         assert out.exit_code == 0 and "memory" not in json.loads(out.stdout)["profile"]
 
 
+def test_a_re_tune_keeps_the_memory_figures_it_may(art, monkeypatch):
+    """A second `stedge tune` keeps the memory figures the first measured on the same variant files, workloads and
+    token budget (the table says so, each figure says when it was measured) and probes nothing;
+    --remeasure-memory probes them all again, and a variant whose files changed is probed again."""
+    from stedge_runtime import tune as tune_mod
+
+    probes: list[str] = []
+
+    def fake(spec):
+        probes.append(spec.get("tier") or spec["variant"])
+        return 200.0 + len(probes), 1.0
+
+    monkeypatch.setattr(tune_mod, "_memory_in_child", fake)
+    args = ("tune", str(art), "--budget", "1", "-b", "4", "--paired-cycles", "0")
+    first = _cli(*args, "--json")
+    assert first.exit_code == 0, first.output
+    mem = json.loads(first.stdout)["profile"]["memory"]
+    assert probes and mem["basis"]["batch_sizes"] == [4] and mem["basis"]["max_batch_tokens"]
+    assert not any("measured" in e for e in [*mem["tiers"].values(), *mem["configs"]])
+    n = len(probes)
+    again = _cli(*args)
+    assert again.exit_code == 0, again.output
+    assert len(probes) == n  # every figure kept: the budget's tokens, the files and the texts are the same
+    total = len(mem["tiers"]) + len(mem["configs"])
+    assert f"memory: {total} of {total} figures kept from the tune of {mem['created']}" in _words(again.stdout)
+    file = next((art / "tuning").glob("*.json"))
+    kept = json.loads(file.read_text())["memory"]
+    assert [c["peak_rss_mb"] for c in kept["configs"]] == [c["peak_rss_mb"] for c in mem["configs"]]
+    assert {e["measured"] for e in [*kept["tiers"].values(), *kept["configs"]]} == {mem["created"]}
+    fresh = _cli(*args, "--remeasure-memory", "--json")
+    assert fresh.exit_code == 0 and len(probes) > n
+    assert not any("measured" in c for c in json.loads(fresh.stdout)["profile"]["memory"]["configs"])
+    prof = json.loads(file.read_text())  # as if onnx-fp32 had been exported again since
+    prof["variants"]["onnx-fp32"]["sha256"] = {"onnx/model.onnx": "0" * 64}
+    file.write_text(json.dumps(prof))
+    n = len(probes)
+    changed = _cli(*args, "--json")
+    assert changed.exit_code == 0 and len(probes) > n  # its tiers' and configurations' probes
+    assert not any("measured" in c for c in json.loads(changed.stdout)["profile"]["memory"]["configs"])
+
+
 def test_info_shows_the_choice_and_ignores_other_machines(art):
     from stedge_runtime.artifact import Manifest
     from stedge_runtime.profile import PROFILE_FORMAT, write_profile

@@ -28,20 +28,31 @@ def run_tune(
     paired_cycles: int | None = None,
     memory: bool = True,
     queries: list[str] | None = None,
+    reuse_memory: bool = True,
 ) -> tuple[dict[str, Any], Path | None]:
     """Tune the artifact at ``path``; returns (profile, file written or None). Progress bar on stderr.
     ``texts`` replace the built-in samples; ``queries`` replace them for the batch-1 calls alone.
     ``paired_cycles``: cycles of the paired final (None: stedge_runtime.tune.PAIRED_CYCLES; 0 skips it).
     ``memory``: once the profile is written (not with ``quick``), measure in fresh processes the peak RSS of
     each tier's choice and of each configuration a memory budget may fall back to (stedge_runtime.tune.tier_memory,
-    config_memory) and add them to the profile."""
+    config_memory) and add them to the profile; with ``reuse_memory``, figures this machine's previous profile
+    measured on the same variant files and workloads are kept, not probed again (tune.reusable_memory)."""
     from stedge_runtime.artifact import has_manifest
     from stedge_runtime.profile import write_profile
-    from stedge_runtime.tune import PAIRED_CYCLES, best_choices, config_memory, tier_memory, tune
+    from stedge_runtime.tune import (
+        PAIRED_CYCLES,
+        best_choices,
+        config_memory,
+        memory_basis,
+        reusable_memory,
+        tier_memory,
+        tune,
+    )
 
     root = Path(path)
     if not has_manifest(root):
         raise StedgeError(f"{root}: not an artifact folder (no stedge.json); pass a folder written by `stedge export`")
+    previous = _previous_profile(root) if reuse_memory else None  # the tune replaces it
     quiet = logging.getLogger("stedge_runtime")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # passages are longer than max_seq_length on purpose
@@ -58,12 +69,27 @@ def run_tune(
     file = write_profile(root, prof)
     if memory and not quick:  # the children load what Encoder.load would: the profile must be on disk first
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        basis = memory_basis(prof, texts, batch_sizes, queries)
+        kept = reusable_memory(previous, prof, basis)
         with _bar(show_progress, "measuring the memory of") as progress:
-            tiers = tier_memory(root, best_choices(root), texts, batch_sizes, progress, queries)
-            configs = config_memory(root, prof, tiers, texts, batch_sizes, progress, queries)
-        prof["memory"] = {"created": created, "tiers": tiers, "configs": configs}
+            tiers = tier_memory(root, best_choices(root), texts, batch_sizes, progress, queries, kept)
+            configs = config_memory(root, prof, tiers, texts, batch_sizes, progress, queries, kept)
+        prof["memory"] = {"created": created, "basis": basis, "tiers": tiers, "configs": configs}
         file = write_profile(root, prof)
     return prof, file
+
+
+def _previous_profile(root: Path) -> dict[str, Any] | None:
+    """This machine's profile of the artifact before the tune replaces it (None: none, or one this runtime cannot
+    read, which the tune then overwrites)."""
+    from stedge_runtime.errors import ArtifactError
+    from stedge_runtime.machine import machine_key
+    from stedge_runtime.profile import read_profile
+
+    try:
+        return read_profile(root, machine_key())
+    except ArtifactError:
+        return None
 
 
 @contextmanager
@@ -153,7 +179,7 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
         memory_config_key(c["variant"], c.get("settings")): _mb(c.get("peak_rss_mb"), c.get("growth_mb"))
         for c in (prof.get("memory") or {}).get("configs") or []
     }
-    caption = _caption(tokens, peaks)
+    caption = _caption(tokens, peaks, prof.get("memory"))
     t = Table(
         title=f"{m['cpu']} ({m['cores_physical']} cores, {', '.join(units)}) - profile {m['key']}", caption=caption
     )
@@ -215,15 +241,23 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
     render_choice(choices, console)
 
 
-def _caption(tokens: list, peaks: dict[str, str]) -> str | None:
-    """The table's caption: the batch-1 query lengths (and whether they were the app's, given with --queries), and
-    what a "+" on a peak figure means where one has it."""
+def _caption(tokens: list, peaks: dict[str, str], memory: dict[str, Any] | None = None) -> str | None:
+    """The table's caption: the batch-1 query lengths (and whether they were the app's, given with --queries), what
+    a "+" on a peak figure means where one has it, and how many memory figures an earlier tune measured (kept)."""
     parts = []
     if all(tokens[:2]):
         which = "your queries" if tokens[2:] == ["queries"] else "short queries"
         parts.append(f"bs=1 on {which} ({tokens[0]:.0f} tokens) and longer ones ({tokens[1]:.0f})")
     if any(v.endswith("+") for v in peaks.values()):
         parts.append("peak MB +: still growing at the end of the memory probe (a memory budget does not take it)")
+    entries = [*((memory or {}).get("tiers") or {}).values(), *((memory or {}).get("configs") or [])]
+    kept = sorted({str(e["measured"]) for e in entries if e.get("measured")})
+    if kept:
+        n = sum(1 for e in entries if e.get("measured"))
+        parts.append(
+            f"memory: {n} of {len(entries)} figures kept from the tune of {', '.join(kept)} (same variant files, "
+            "settings, workloads and token budget; --remeasure-memory probes them again)"
+        )
     return "; ".join(parts) or None
 
 
@@ -363,7 +397,13 @@ def tune_cmd(
         help="Once the profile is written, measure in a fresh process the peak RSS of each tier's choice and of each "
         "configuration a memory budget (max_memory_mb, --max-memory-mb) may fall back to, and whether it had "
         "leveled off by the end (a budget takes only what did; about 12-17 s each for MiniLM on 2 cores; not with "
-        "--quick or --dry-run).",
+        "--quick or --dry-run). Figures this machine's previous profile measured on the same variant files, "
+        "workloads and token budget are kept (a re-tune after `stedge export --add` probes only what changed).",
+    ),
+    remeasure_memory: bool = typer.Option(
+        False,
+        "--remeasure-memory",
+        help="Probe every configuration's memory again instead of keeping the previous profile's figures.",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Measure and print, but do not write the profile."),
     as_json: bool = typer.Option(False, "--json", help="Print the profile and the choices as JSON."),
@@ -393,6 +433,7 @@ def tune_cmd(
         paired_cycles=paired_cycles,
         memory=memory,
         queries=read_lines(queries, "--queries"),
+        reuse_memory=not remeasure_memory,
     )
     choices = best_choices(artifact, profile=prof)
     if as_json:

@@ -32,19 +32,25 @@ not touched. Layout (``format_version`` 1)::
                     # the paired final; absent in --quick profiles; cycles 0 when fewer than two contenders;
                     # *_ci: the ci_level interval of each median (None / left out below 6 cycles; profiles before
                     # 2026-12-06 have none, and their bulk_speedup is the geometric mean of the bulk medians)
-     "memory": {"created": ISO-8601 UTC, "tiers": {TIER: {"peak_rss_mb": 491.0, "growth_mb": 12.0,
-                                                          "route_off_mb": 378.0, "route_off_growth_mb": 3.0,
-                                                          "choice": {"variant", "settings", "latency_variant",
-                                                                     "latency_settings"}} | {"error": str}},
-                "configs": [{"variant": NAME, "settings": {...}, "peak_rss_mb": 154.0, "growth_mb": 0.5}
-                            | {..., "error": str}]}
+     "memory": {"created": ISO-8601 UTC,
+                "basis": {"probe": 1, "runtime": "0.1.0", "texts": sha | None, "queries": sha | None,
+                          "batch_sizes": [32], "max_batch_tokens": 1024},   # what every figure depends on
+                "tiers": {TIER: {"peak_rss_mb": 491.0, "growth_mb": 12.0,
+                                 "route_off_mb": 378.0, "route_off_growth_mb": 3.0,
+                                 "choice": {"variant", "settings", "latency_variant", "latency_settings"},
+                                 "measured": ISO-8601 UTC?} | {"error": str}},
+                "configs": [{"variant": NAME, "settings": {...}, "peak_rss_mb": 154.0, "growth_mb": 0.5,
+                             "measured": ISO-8601 UTC?} | {..., "error": str}]}
                     # peak RSS of a fresh process running each tier's choice (stedge_runtime.tune.tier_memory);
                     # route_off_mb: the same with route=False, where the tier routes batch-1 calls; choice: what
                     # ran (profiles before it: Encoder.load(tier=TIER)); configs: each variant alone at the
                     # settings a budget may fall back to (tune.memory_configs: a tier's, its defaults, budget-only
                     # ones and their static_batch1 twins), for max_memory_mb;
                     # growth_mb: what the second half of the probe's varied texts added (select.still_growing;
-                    # profiles before it have none)
+                    # profiles before it have none); measured: on a figure a re-tune kept from the profile it
+                    # replaced (same basis, the variants' files unchanged: tune.reusable_memory), when its probe
+                    # ran (otherwise it ran at "created"); profiles before 2026-12-07 have no basis, so a re-tune
+                    # of them probes everything
 
 Each run is the best of ``rounds`` measurements of that (variant, settings) case, taken in alternating
 order so that load from elsewhere during one of them does not decide the choice. The paired final then

@@ -89,6 +89,9 @@ MEMORY_TIMEOUT_S = 300.0  # per child process of tier_memory
 # more varied texts, and the near tier's choice (several compilations) 53 %; with 768, LATENCY added 6 MB in its
 # second half and ended within 2 MB of where 4,000 more texts took it (runtimes/python/README.md#memory).
 MEMORY_VARIED = 768
+# The memory probe's method (its workloads and what it reads): raise it when they change, so that a re-tune measures
+# again instead of keeping figures an older probe measured (``memory_basis``, ``reusable_memory``).
+MEMORY_PROBE = 1
 
 
 def settings_grid(backend: str, threads: int | None = None, quick: bool = False) -> list[dict[str, Any]]:
@@ -906,6 +909,7 @@ def tier_memory(
     batch_sizes: Sequence[int] = (32,),
     progress: Progress | None = None,
     queries: Sequence[str] | None = None,
+    reuse: Mapping[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """What each tier's choice costs in memory here: the peak RSS (MB) of a fresh Python process that runs
     ``Encoder.load(root, tier=...)`` (or Reranker) and the tune's workloads (bulk short texts and passages at
@@ -916,7 +920,8 @@ def tier_memory(
     the peak (``_memory_child``). ``choices`` is ``best_choices``'s output; tiers with the same choice share one
     measurement. Returns ``{tier: {"peak_rss_mb", "growth_mb", "route_off_mb", "route_off_growth_mb", "choice"}
     or {"error": ...}}`` (``choice``: the variant, settings and batch-1 route measured, which selection matches
-    against)."""
+    against). A choice found in ``reuse`` (``reusable_memory``) keeps that entry, with its ``measured`` time, and
+    runs no probe."""
     root = Path(root)
     out: dict[str, Any] = {}
     done: dict[str, dict[str, Any]] = {}
@@ -924,6 +929,9 @@ def tier_memory(
     todo = [(t, c) for t, c in choices.items() if "variant" in c]
     for i, (tier, c) in enumerate(todo):
         key = json.dumps({k: c.get(k) for k in keys}, sort_keys=True)
+        kept = (reuse or {}).get(_tier_reuse_key(c))
+        if key not in done and kept is not None:
+            done[key] = dict(kept)
         if key not in done:
             if progress:
                 progress(f"tier {tier}", i, len(todo))
@@ -971,24 +979,31 @@ def config_memory(
     batch_sizes: Sequence[int] = (32,),
     progress: Progress | None = None,
     queries: Sequence[str] | None = None,
+    reuse: Mapping[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """The peak RSS (MB) of each of ``memory_configs`` in a fresh process, as ``tier_memory`` measures a tier
     (the variant named, with its settings and the profile's token budget). A tier measurement (``tiers``, from
-    ``tier_memory``) of the same configuration is reused: its figure without a route. Returns
-    ``[{"variant", "settings", "peak_rss_mb", "growth_mb"} or {"variant", "settings", "error"}]``."""
-    known: dict[str, tuple[float, float | None]] = {}
+    ``tier_memory``) of the same configuration is reused: its figure without a route; so is a figure in ``reuse``
+    (``reusable_memory``: an earlier tune's, kept with its ``measured`` time). Returns
+    ``[{"variant", "settings", "peak_rss_mb", "growth_mb", "measured"?} or {"variant", "settings", "error"}]``."""
+    known: dict[str, dict[str, Any]] = {}  # key -> {"peak_rss_mb", "growth_mb", "measured"?}
     for t in tiers.values():
         c = t.get("choice") or {}
         routed = bool(c.get("latency_variant"))
         mb = t.get("route_off_mb") if routed else t.get("peak_rss_mb")
         grew = t.get("route_off_growth_mb") if routed else t.get("growth_mb")
         if isinstance(mb, (int, float)) and c.get("variant"):
-            known[memory_config_key(c["variant"], c.get("settings"))] = (float(mb), grew)
+            when = {"measured": t["measured"]} if t.get("measured") else {}
+            figures = {"peak_rss_mb": float(mb), "growth_mb": grew, **when}
+            known[memory_config_key(c["variant"], c.get("settings"))] = figures
     budget = (prof.get("batch_tokens") or {}).get("best")
     todo = memory_configs(root, prof)
     out = []
     for i, c in enumerate(todo):
         key = memory_config_key(c["variant"], c["settings"])
+        kept = (reuse or {}).get(key)
+        if key not in known and kept is not None:
+            known[key] = {k: kept[k] for k in ("peak_rss_mb", "growth_mb", "measured") if k in kept}
         if key not in known:
             if progress:
                 progress(f"{c['variant']} {_fmt(c['settings'])}", i, len(todo))
@@ -1001,12 +1016,73 @@ def config_memory(
             }
             spec.update(batch_sizes=[*batch_sizes], max_batch_tokens=budget if isinstance(budget, int) else None)
             try:
-                known[key] = _memory_in_child(spec)
+                mb, grew = _memory_in_child(spec)
             except RuntimeStedgeError as e:
                 out.append({**c, "error": str(e)})
                 continue
-        out.append({**c, "peak_rss_mb": known[key][0], "growth_mb": known[key][1]})
+            known[key] = {"peak_rss_mb": mb, "growth_mb": grew}
+        out.append({**c, **known[key]})
     return out
+
+
+def memory_basis(
+    prof: Mapping[str, Any],
+    texts: Sequence[str] | None = None,
+    batch_sizes: Sequence[int] = (32,),
+    queries: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """What every memory figure of a tune depends on besides its configuration and its variant's files: the probe's
+    method (``MEMORY_PROBE``), the runtime's version, the workloads' texts and queries (fingerprints; None: the
+    built-in ones), the bulk batch sizes and the token budget per engine call the probes load with (the profile's
+    ``batch_tokens.best``). Kept in the profile's ``memory.basis``; ``reusable_memory`` compares it."""
+    budget = (prof.get("batch_tokens") or {}).get("best")
+    return {
+        "probe": MEMORY_PROBE,
+        "runtime": prof.get("runtime"),
+        "texts": texts_sha256(list(texts)) if texts else None,
+        "queries": texts_sha256(list(queries)) if queries else None,
+        "batch_sizes": [int(b) for b in batch_sizes],
+        "max_batch_tokens": budget if isinstance(budget, int) else None,
+    }
+
+
+def reusable_memory(
+    old: Mapping[str, Any] | None, prof: Mapping[str, Any], basis: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The memory figures of ``old``, this machine's previous profile of the artifact (None: there is none), that
+    the tune which made ``prof`` may keep instead of probing again: figures measured on the same ``basis``
+    (``memory_basis``; the machine key already covers the CPU, core count and engine versions) whose variants'
+    files are the same in both profiles (their sha256). So a re-tune after ``stedge export --add``, or one to
+    refresh the timings, probes only configurations it has not measured on these files. Figures that failed or
+    lack a peak are not kept. Returns ``{key: entry}``: configurations under ``memory_config_key``, tier choices
+    under ``_tier_reuse_key``; each entry with ``measured``, when its probe ran (kept through later re-tunes)."""
+    mem = (old or {}).get("memory") or {}
+    if not mem or mem.get("basis") != dict(basis):
+        return {}
+
+    def same_files(name: Any) -> bool:
+        was = (((old or {}).get("variants") or {}).get(name) or {}).get("sha256")
+        now = ((prof.get("variants") or {}).get(name) or {}).get("sha256")
+        return bool(was) and was == now
+
+    when = mem.get("created")
+    out: dict[str, dict[str, Any]] = {}
+    for c in mem.get("configs") or []:
+        if "error" not in c and isinstance(c.get("peak_rss_mb"), (int, float)) and same_files(c.get("variant")):
+            out[memory_config_key(c["variant"], c.get("settings"))] = {"measured": when, **c}
+    for entry in (mem.get("tiers") or {}).values():
+        choice = entry.get("choice") or {}
+        files = [choice.get("variant"), *([choice["latency_variant"]] if choice.get("latency_variant") else [])]
+        if "error" not in entry and isinstance(entry.get("peak_rss_mb"), (int, float)) and all(map(same_files, files)):
+            out[_tier_reuse_key(choice)] = {"measured": when, **entry}
+    return out
+
+
+def _tier_reuse_key(choice: Mapping[str, Any]) -> str:
+    """A tier choice as ``reusable_memory`` files it: its variant, settings and batch-1 route (the token budget is in
+    the basis)."""
+    keys = ("variant", "settings", "latency_variant", "latency_settings")
+    return "tier " + json.dumps({k: choice.get(k) or None for k in keys}, sort_keys=True)
 
 
 def _probed(spec: dict[str, Any]) -> str:

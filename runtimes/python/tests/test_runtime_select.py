@@ -1320,6 +1320,98 @@ def test_config_memory_measures_what_a_budget_may_fall_back_to(tiny_artifact, mo
     ]
 
 
+def test_a_re_tune_keeps_the_memory_figures_of_unchanged_files_and_workloads(tiny_artifact, monkeypatch):
+    """reusable_memory keeps the previous profile's figures measured on the same basis (probe, runtime, texts,
+    batch sizes, token budget) for variants whose files are unchanged, with the time they were measured; failed
+    probes are not kept; tier_memory and config_memory run no child for what is kept."""
+    from stedge_runtime import tune as tune_mod
+
+    lat = {"threads": 2, "performance_hint": "LATENCY"}
+    spin = {"threads": 2, "allow_spinning": True}
+    prof = {
+        "runtime": "0.1.0",
+        "batch_tokens": {"best": 1024},
+        "variants": {
+            "openvino-fp32": {"status": "ok", "sha256": {"a.xml": "1"}, "runs": [{"settings": lat}]},
+            "onnx-fp32": {"status": "ok", "sha256": {"a.onnx": "2"}, "runs": [{"settings": spin}]},
+        },
+    }
+    basis = tune_mod.memory_basis(prof, None, (32,), ["a query"])
+    assert basis == {
+        "probe": tune_mod.MEMORY_PROBE,
+        "runtime": "0.1.0",
+        "texts": None,
+        "queries": tune_mod.texts_sha256(["a query"]),
+        "batch_sizes": [32],
+        "max_batch_tokens": 1024,
+    }
+    routed = {"variant": "openvino-fp32", "settings": lat, "latency_variant": "onnx-fp32", "latency_settings": spin}
+    old = {
+        "variants": {
+            "openvino-fp32": {"sha256": {"a.xml": "1"}},
+            "onnx-fp32": {"sha256": {"a.onnx": "old"}},  # re-exported since
+        },
+        "memory": {
+            "created": "2026-12-01T10:00:00+00:00",
+            "basis": basis,
+            "tiers": {
+                "near": {"choice": routed, "peak_rss_mb": 500.0, "growth_mb": 1.0, "route_off_mb": 400.0},
+                "exact": {"choice": {"variant": "openvino-fp32", "settings": lat}, "peak_rss_mb": 410.0},
+                "compressed": {"error": "boom"},
+            },
+            "configs": [
+                {"variant": "openvino-fp32", "settings": lat, "peak_rss_mb": 410.0, "growth_mb": 2.0},
+                {"variant": "openvino-fp32", "settings": {**lat, "shape_cache": 50}, "error": "boom"},
+                {"variant": "onnx-fp32", "settings": spin, "peak_rss_mb": 150.0, "growth_mb": 0.5},
+                {"variant": "openvino-fp32", "settings": {"threads": 1}, "peak_rss_mb": 300.0, "measured": "earlier"},
+            ],
+        },
+    }
+    kept = tune_mod.reusable_memory(old, prof, basis)
+    when = "2026-12-01T10:00:00+00:00"
+    from stedge_runtime.select import memory_config_key
+
+    assert set(kept) == {
+        memory_config_key("openvino-fp32", lat),
+        memory_config_key("openvino-fp32", {"threads": 1}),
+        tune_mod._tier_reuse_key({"variant": "openvino-fp32", "settings": lat}),
+    }  # not the routed tier (its batch-1 variant's files changed), not onnx-fp32, not the failed probes
+    assert kept[memory_config_key("openvino-fp32", lat)]["measured"] == when
+    assert kept[memory_config_key("openvino-fp32", {"threads": 1})]["measured"] == "earlier"  # its first probe's
+    for other in ({**basis, "batch_sizes": [64]}, {**basis, "max_batch_tokens": 2048}, {**basis, "queries": None}):
+        assert tune_mod.reusable_memory(old, prof, other) == {}
+    assert tune_mod.reusable_memory(None, prof, basis) == {}
+    assert tune_mod.reusable_memory({**old, "memory": {**old["memory"], "basis": None}}, prof, basis) == {}
+
+    calls = []
+
+    def fake(spec):
+        calls.append((spec.get("tier"), spec.get("variant"), spec.get("route")))
+        return 123.0, 1.0
+
+    monkeypatch.setattr(tune_mod, "_memory_in_child", fake)
+    choices = {"exact": {"variant": "openvino-fp32", "settings": lat, "max_batch_tokens": 1024}, "near": routed}
+    tiers = tune_mod.tier_memory(tiny_artifact, choices, reuse=kept)
+    assert tiers["exact"] == {**old["memory"]["tiers"]["exact"], "measured": when}
+    assert tiers["near"]["peak_rss_mb"] == 123.0 and "measured" not in tiers["near"]
+    assert calls == [("near", None, None), ("near", None, False)]  # only the routed choice is probed
+    calls.clear()
+    monkeypatch.setattr(
+        tune_mod,
+        "memory_configs",
+        lambda root, p: [
+            {"variant": "onnx-fp32", "settings": spin},
+            {"variant": "openvino-fp32", "settings": {"threads": 1}},
+        ],
+    )
+    configs = tune_mod.config_memory(tiny_artifact, prof, {"exact": tiers["exact"]}, reuse=kept)
+    assert configs == [
+        {"variant": "onnx-fp32", "settings": spin, "peak_rss_mb": 123.0, "growth_mb": 1.0},
+        {"variant": "openvino-fp32", "settings": {"threads": 1}, "peak_rss_mb": 300.0, "measured": "earlier"},
+    ]
+    assert calls == [(None, "onnx-fp32", None)]
+
+
 def test_the_memory_probe_runs_inputs_of_many_lengths():
     """OpenVINO's RSS grows with the input shapes it has run, so the probe's texts spread over 1-240 words (pairs
     for a reranker), in two halves of the same lengths."""
