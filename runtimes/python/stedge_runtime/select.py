@@ -516,10 +516,10 @@ def _from_profile(
             notes.append(f"{name}: some engine settings left out at tier {tier}: {why}")
         mine = paired.get(name) or {}
         run = settled_run(runs, mine)
-        if (scored := _scored(run, mine.get(settings_key(run["settings"])), name)) is not None:
+        if (scored := _scored(run, mine.get(settings_key(run["settings"])), name, plain_twin(run, runs))) is not None:
             bulk.append(scored)
         for r in runs:
-            twin = _static_twin(r, runs)
+            twin = plain_twin(r, runs)
             if (scored := _scored(r, mine.get(settings_key(r["settings"])), name, twin)) is not None:
                 every.append(scored)
             if budget_only(r["settings"]):
@@ -668,8 +668,11 @@ def _scored(
     return (score, float(p50) if isinstance(p50, (int, float)) else math.inf, name, run["settings"])
 
 
-def _static_twin(run: dict, runs: list[dict]) -> dict | None:
-    """The run of ``run``'s settings without ``static_batch1`` (None when ``run`` has none, or it was not timed)."""
+def plain_twin(run: dict, runs: list[dict]) -> dict | None:
+    """The run of ``run``'s settings without ``static_batch1`` (None when ``run`` has none, or it was not timed).
+    Its bulk calls are the same, so its bulk figures score ``run`` wherever runs are ranked in bulk (selection, the
+    paired final's contenders, the token budget's variant): the rounds time the same bulk calls once per static
+    twin, and the best of several such passes would favour settings by the luck of their repeats."""
     return next((r for r in runs if static_twin_of(run["settings"], r["settings"])), None)
 
 
@@ -747,7 +750,7 @@ def _within_memory(
     kept when it peaked within ``budget`` MB here and had leveled off (not ``current_growing``); else the same
     without its batch-1 route, when that fits (with static batch-1 compilations of its settings, where those were
     measured and fit too); else the fastest configuration of ``every`` (each eligible variant and setting at this
-    tier; a static_batch1 setting scored in bulk as its settings without it, ``_static_twin``) that `stedge tune`
+    tier; a static_batch1 setting scored in bulk as its settings without it, ``plain_twin``) that `stedge tune`
     measured within the budget and leveled off, by the same rule as without one; else the lightest measured, with
     a warning. Without memory figures, a warning
     that the budget was not checked. ``measured``: the profile's figures and those still growing
@@ -852,7 +855,7 @@ def _profile_reason(prof: dict, tier: str, name: str, settings: dict, paired: Ma
     bulk figures of its settings without it, which scored it."""
     runs = prof["variants"][name]["runs"]
     run = next(r for r in runs if r["settings"] == settings)
-    twin = _static_twin(run, runs)
+    twin = plain_twin(run, runs)
     rates = ", ".join(
         f"{kind} bs={bs} {val:.0f}/s" for kind, d in ((twin or run).get("bulk") or {}).items() for bs, val in d.items()
     )

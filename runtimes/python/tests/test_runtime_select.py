@@ -1050,6 +1050,40 @@ def test_the_final_times_a_variants_settings_side_by_side(own_artifact):
         assert (settled_run(runs2, figs) is snip) is won
 
 
+def test_a_static_twin_is_ranked_by_its_plain_runs_bulk_figures(own_artifact):
+    """The rounds time a static twin's bulk calls again (they are its settings' calls without static_batch1), and a
+    lucky pass there must not decide: the twin is scored by its plain run in the paired final's contenders and in
+    selection. On the AMX guest (2026-12-07, 01:14 UTC) such a pass ran 1.76x the plain run's short-text rate, so
+    no other setting came within PAIRED_WITHIN of it, the final did not run, and the student kept a slower hint."""
+    from stedge_runtime.select import settled_run
+    from stedge_runtime.tune import contenders, tune
+
+    prof = _rounds(
+        tune(own_artifact, quick=True, budget_s=1, batch_sizes=(8,)), {"onnx-fp32": 50, "openvino-fp32": 100}
+    )
+    base = {**prof["variants"]["openvino-fp32"]["runs"][0], "batch1_ms_p50": 1.0, "batch1_ms_p50_long": 1.2}
+    hint = {**base, "settings": {**base["settings"], "performance_hint": "THROUGHPUT"}}
+    hint["bulk"] = {"short": {"8": 104.0}, "passage": {"8": 10.4}}  # 4 % ahead: noise, but a contender
+    static = {
+        **base,
+        "settings": {**base["settings"], "static_batch1": 8},
+        "batch1_ms_p50": 0.5,
+        "batch1_ms_p50_long": 0.6,
+        "bulk": {"short": {"8": 176.0}, "passage": {"8": 17.6}},  # the same bulk calls as base, a lucky pass
+    }
+    prof["variants"]["openvino-fp32"]["runs"] = [base, hint, static]
+    assert settled_run(prof["variants"]["openvino-fp32"]["runs"]) is static  # the default plus static_batch1
+    picks = contenders(own_artifact, prof)
+    assert [(c["variant"], c["settings"]) for c in picks.values()] == [
+        ("openvino-fp32", base["settings"]),
+        ("openvino-fp32", hint["settings"]),
+    ]
+    prof = _rounds(prof, {"onnx-fp32": 130})  # ahead of base's 100, behind the twin's lucky 176
+    write_profile(own_artifact, prof)
+    sel = Encoder.load(own_artifact, tier="exact").selection
+    assert sel.variant == "onnx-fp32", sel.reason
+
+
 def test_a_contender_that_cannot_run_leaves_the_final(own_artifact):
     from stedge_runtime.tune import _Workloads, paired_final, tune
 
