@@ -253,6 +253,9 @@ def test_a_re_tune_keeps_the_memory_figures_it_may(art, monkeypatch):
         return 200.0 + len(probes), 1.0
 
     monkeypatch.setattr(tune_mod, "_memory_in_child", fake)
+    # one engine setting and one token budget: the re-tunes' choices cannot move with the machine's noise
+    monkeypatch.setattr(tune_mod, "settings_grid", lambda backend, threads=None, quick=False: [{"threads": 1}])
+    monkeypatch.setattr(tune_mod, "BATCH_TOKEN_GRID", (tune_mod.default_batch_tokens("cpu"),))
     args = ("tune", str(art), "--budget", "1", "-b", "4", "--paired-cycles", "0")
     first = _cli(*args, "--json")
     assert first.exit_code == 0, first.output

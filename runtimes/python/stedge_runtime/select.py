@@ -316,6 +316,12 @@ def bulk_score(run: dict) -> float | None:
     return geomean([x for rates in _bulk_rates(run).values() for x in rates])
 
 
+def twin_bulk_score(run: dict, runs: list[dict]) -> float | None:
+    """``run``'s bulk score where runs are ranked in bulk: from its plain twin's figures where that was timed
+    (``plain_twin``: the same bulk calls), else its own."""
+    return bulk_score(plain_twin(run, runs) or run)
+
+
 def _earns_place(run: dict, base: dict) -> bool:
     """Whether a non-default setting was worth using over the default's run ``base``: at least SETTINGS_GAIN
     faster in bulk over every kind of text together, or on one kind (short texts, passages) while at least
@@ -516,11 +522,10 @@ def _from_profile(
             notes.append(f"{name}: some engine settings left out at tier {tier}: {why}")
         mine = paired.get(name) or {}
         run = settled_run(runs, mine)
-        if (scored := _scored(run, mine.get(settings_key(run["settings"])), name, plain_twin(run, runs))) is not None:
+        if (scored := _scored(run, mine.get(settings_key(run["settings"])), name, runs)) is not None:
             bulk.append(scored)
         for r in runs:
-            twin = plain_twin(r, runs)
-            if (scored := _scored(r, mine.get(settings_key(r["settings"])), name, twin)) is not None:
+            if (scored := _scored(r, mine.get(settings_key(r["settings"])), name, runs)) is not None:
                 every.append(scored)
             if budget_only(r["settings"]):
                 continue
@@ -656,12 +661,12 @@ def _measured_configs(prof: dict) -> tuple[dict[str, float], set[str]]:
 
 
 def _scored(
-    run: dict, fig: Mapping[str, Any] | None, name: str, twin: dict | None = None
+    run: dict, fig: Mapping[str, Any] | None, name: str, runs: list[dict]
 ) -> tuple[float, float, str, dict] | None:
-    """(bulk score, batch-1 p50, name, settings) of one run, from the paired final where it timed these settings
-    (its batch-1 figure only where it ran these very settings); None without a bulk score. ``twin``: the run of the
-    same settings without ``static_batch1``, whose bulk calls are the same, so its bulk score counts for both."""
-    score = fig["score"] if fig is not None else bulk_score(twin or run)
+    """(bulk score, batch-1 p50, name, settings) of one of the variant's ``runs``, from the paired final where it
+    timed these settings (its batch-1 figure only where it ran these very settings), else the rounds' bulk score
+    (``twin_bulk_score``: a static twin's is its plain run's); None without a bulk score."""
+    score = fig["score"] if fig is not None else twin_bulk_score(run, runs)
     p50 = fig["p50"] if fig is not None and fig["settings"] == run["settings"] else run.get("batch1_ms_p50")
     if score is None:
         return None

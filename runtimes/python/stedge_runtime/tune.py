@@ -55,13 +55,13 @@ from .select import (
     paired_scores,
     plain_runs,
     plain_settings,
-    plain_twin,
     runs_for_tier,
     select_variant,
     settings_key,
     settled_batch_tokens,
     settled_run,
     static_twin_of,
+    twin_bulk_score,
     variant_tier,
 )
 from .similarity import agreement
@@ -550,12 +550,11 @@ def contenders(root: str | Path, prof: dict[str, Any]) -> dict[str, dict[str, An
     """``{id: {"variant": name, "settings": settings}}`` for the paired final: per tier, every variant
     ``Encoder.load`` could choose there from ``prof`` (the same eligibility: tier, batch invariance and accuracy on
     this machine) whose bulk score in the rounds, with the settings it would run with at that tier, is at least
-    ``PAIRED_WITHIN`` of the tier's best (a static twin scored by its plain run, ``plain_twin``). Each joins with those
-    settings (``static_batch1`` left out: it changes
-    batch-1 calls only, which the rounds judge), its engine's default settings and its fastest other settings in
-    the rounds, where these met the tier and came within ``PAIRED_WITHIN`` of its own score: the final then
-    decides between them (``select.settled_run``). All tiers together; a variant's first settings take its
-    name as id, others ``name (k=v ...)``."""
+    ``PAIRED_WITHIN`` of the tier's best (a static twin scored by its plain run, ``twin_bulk_score``). Each joins
+    with those settings (``static_batch1`` left out: it changes batch-1 calls only, which the rounds judge), its
+    engine's default settings and its fastest other settings in the rounds, where these met the tier and came within
+    ``PAIRED_WITHIN`` of its own score: the final then decides between them (``select.settled_run``). All tiers
+    together; a variant's first settings take its name as id, others ``name (k=v ...)``."""
     out: dict[str, dict[str, Any]] = {}
 
     def add(name: str, settings: dict[str, Any] | None) -> None:
@@ -569,7 +568,7 @@ def contenders(root: str | Path, prof: dict[str, Any]) -> dict[str, dict[str, An
         here = {}  # each variant: its score and run at the settings this tier would give it, and its plain runs
         for name, runs in eligible.items():
             run = settled_run(runs)
-            here[name] = (bulk_score(plain_twin(run, runs) or run) or 0.0, run, plain_runs(runs))
+            here[name] = (twin_bulk_score(run, runs) or 0.0, run, plain_runs(runs))
         top = max((h[0] for h in here.values()), default=0.0)
         for name, (score, run, plain) in sorted(here.items(), key=lambda kv: -kv[1][0]):
             if top <= 0 or score < PAIRED_WITHIN * top:
@@ -735,7 +734,7 @@ def _tune_batch_tokens(
     width, not the graph's precision, so one variant stands for all. The CPU default stays unless another
     budget is ``SETTINGS_GAIN`` faster (select.settled_batch_tokens). None when no variant ran."""
     ranked = [
-        (bulk_score(plain_twin(run, e["runs"]) or run) or 0.0, name, run["settings"])
+        (twin_bulk_score(run, e["runs"]) or 0.0, name, run["settings"])
         for name, e in entries.items()
         if e["status"] == "ok" and e["runs"]
         for run in [settled_run(e["runs"])]
