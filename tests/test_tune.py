@@ -284,6 +284,93 @@ def test_a_re_tune_keeps_the_memory_figures_it_may(art, monkeypatch):
     assert not any("measured" in c for c in json.loads(changed.stdout)["profile"]["memory"]["configs"])
 
 
+def test_a_tune_stopped_in_its_memory_probes_keeps_what_it_measured(art, monkeypatch):
+    """`stedge tune` writes the profile after each memory probe: one stopped in them (the harness's timeout,
+    Ctrl-C) leaves its timings and the figures it measured, marked partial; a memory budget says why figures are
+    missing; the next tune keeps those figures and probes only the rest, and its section is whole."""
+    from stedge_runtime import tune as tune_mod
+    from stedge_runtime.select import PROBES_STOPPED
+
+    from stedge.tune.cli import run_tune
+
+    probes: list[str] = []
+    stop_at = [0]
+
+    def fake(spec):
+        probes.append(spec.get("tier") or spec["variant"])
+        if len(probes) == stop_at[0]:
+            raise KeyboardInterrupt  # as a timeout's kill or Ctrl-C would stop it, in the middle of a probe
+        return 200.0 + len(probes), 1.0
+
+    listed = tune_mod.memory_configs
+    extra = [{"threads": 1, "allow_spinning": False}, {"threads": 2}]  # two more for a budget to fall back to
+
+    def configs(root, prof):
+        return [*listed(root, prof), *({"variant": "onnx-fp32", "settings": s} for s in extra)]
+
+    monkeypatch.setattr(tune_mod, "_memory_in_child", fake)
+    monkeypatch.setattr(tune_mod, "memory_configs", configs)
+    monkeypatch.setattr(tune_mod, "settings_grid", lambda backend, threads=None, quick=False: [{"threads": 1}])
+    monkeypatch.setattr(tune_mod, "BATCH_TOKEN_GRID", (tune_mod.default_batch_tokens("cpu"),))
+    kw = {"budget_s": 1, "batch_sizes": (4,), "paired_cycles": 0, "show_progress": False}
+    full, _ = run_tune(art, **kw)
+    assert probes == ["exact", "onnx-fp32", "onnx-fp32"] and "partial" not in full["memory"]  # tiers share one
+    file = next((art / "tuning").glob("*.json"))
+
+    def stopped(at: int, **more) -> dict:
+        probes.clear()
+        stop_at[0] = at
+        with pytest.raises(KeyboardInterrupt):
+            run_tune(art, **kw, **more)
+        return json.loads(file.read_text())
+
+    left = stopped(1, reuse_memory=False)  # every figure probed again, stopped in the first probe
+    assert left["memory"]["partial"] is True and left["created"] != full["created"] and left["variants"]
+    assert left["memory"]["tiers"] == {} and left["memory"]["configs"] == []
+    said = tune_mod.best_choices(art, max_memory_mb=1e6)
+    assert all(any(PROBES_STOPPED in w for w in said[t].get("warnings", [])) for t in said), said
+    left = stopped(3)  # nothing to keep; stopped in the third probe, after the tiers' and one configuration's
+    mem = left["memory"]
+    assert mem["partial"] is True and set(mem["tiers"]) == {"exact", "near", "compressed"}
+    assert [c.get("peak_rss_mb") for c in mem["configs"]] == [201.0, 202.0]  # a tier's figure, then a probe's
+    probes.clear()
+    stop_at[0] = 0
+    again, _ = run_tune(art, **kw)
+    assert probes == ["onnx-fp32"]  # only what the stopped tune had not measured
+    assert "partial" not in again["memory"] and "partial" not in json.loads(file.read_text())["memory"]
+    kept = [e for e in [*again["memory"]["tiers"].values(), *again["memory"]["configs"]] if e.get("measured")]
+    assert len(kept) == 5 and {e["measured"] for e in kept} == {mem["created"]}
+
+
+def test_a_re_tune_starts_from_the_previous_choices_unless_told_to_choose_afresh(art, monkeypatch):
+    """`stedge tune` hands this machine's previous profile to the tune (its token budget is the incumbent of the
+    sweep; its tier choices stay where the paired final cannot tell the new ones from them: tune.kept_choices);
+    --fresh-choices hands it nothing."""
+    from stedge_runtime import tune as tune_mod
+
+    real, seen = tune_mod.tune, []
+
+    def spy(*args, **kw):
+        seen.append(args[10] if len(args) > 10 else kw.get("previous"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(tune_mod, "tune", spy)
+    monkeypatch.setattr(tune_mod, "settings_grid", lambda backend, threads=None, quick=False: [{"threads": 1}])
+    args = ("tune", str(art), "--budget", "1", "-b", "4", "--paired-cycles", "0", "--no-memory", "--json")
+    first = _cli(*args)
+    assert first.exit_code == 0, first.output
+    made = json.loads(first.stdout)["profile"]
+    assert seen == [None] and "incumbent" not in made["batch_tokens"]
+    assert all(len(v) == tune_mod.ROUNDS for r in made["batch_tokens"]["rounds"].values() for v in r.values())
+    again = _cli(*args)
+    assert again.exit_code == 0, again.output
+    assert seen[-1]["created"] == made["created"]
+    assert json.loads(again.stdout)["profile"]["batch_tokens"]["incumbent"] == made["batch_tokens"]["best"]
+    fresh = _cli(*args, "--fresh-choices")
+    assert fresh.exit_code == 0 and seen[-1] is None
+    assert "incumbent" not in json.loads(fresh.stdout)["profile"]["batch_tokens"]
+
+
 def test_info_shows_the_choice_and_ignores_other_machines(art):
     from stedge_runtime.artifact import Manifest
     from stedge_runtime.profile import PROFILE_FORMAT, write_profile
@@ -397,6 +484,11 @@ def test_bench_tunes_only_when_the_profile_is_missing_stale_or_quick(art, monkey
     assert len(calls) == 1  # covered: not re-tuned
     runner.ensure_profile(art, suite, 2, {}, lambda m: None, budgets=True)
     assert len(calls) == 2  # an auto subject with a memory budget needs each configuration's figure: re-tuned
+    prof["memory"] = {"tiers": {}, "configs": [], "partial": True}
+    write_profile(art, prof)
+    runner.ensure_profile(art, suite, 2, {}, lambda m: None, budgets=True)
+    assert len(calls) == 3  # a tune stopped in its memory probes left figures out: re-tuned
+    calls.pop()
     prof["memory"] = {"tiers": {}, "configs": []}
     write_profile(art, prof)
     runner.ensure_profile(art, suite, 2, {}, lambda m: None, budgets=True)

@@ -537,8 +537,9 @@ def ensure_profile(
     ]
     if (prof.get("quick") or "batch_tokens" not in prof or "paired" not in prof) and prof and not suite.tune_quick:
         stale = list(todo)  # a quick profile, or one from before the token budget or the paired final, is re-tuned
-    if budgets and prof and "configs" not in (prof.get("memory") or {}):
-        stale = list(todo)  # a memory budget is checked against figures this profile does not have
+    mem = prof.get("memory") or {}
+    if budgets and prof and ("configs" not in mem or mem.get("partial")):
+        stale = list(todo)  # a memory budget is checked against figures this profile does not have (all of)
     # one query a line, as `stedge tune --queries` reads them back
     lines = [q for q in (" ".join(q.splitlines()) for q in queries or ()) if q.strip()]
     tuned_on = ((prof.get("workloads") or {}).get("batch1") or {}).get("sha256")
@@ -568,7 +569,8 @@ def ensure_profile(
 
 def _tune_left(artifact: Path, todo: dict, before: dict) -> str:
     """What a failed tune left for the auto subjects: `stedge tune` writes its timings before it probes memory,
-    so a tune stopped in the memory probe leaves a profile they use, without figures for memory budgets."""
+    and the profile again after each probe, so a tune stopped in the memory probes leaves a profile they use, with
+    the memory figures it had kept and measured (marked partial; the next tune keeps them)."""
     from stedge_runtime.errors import RuntimeStedgeError
     from stedge_runtime.machine import machine_key
     from stedge_runtime.profile import read_profile
@@ -580,7 +582,13 @@ def _tune_left(artifact: Path, todo: dict, before: dict) -> str:
     have = prof.get("variants") or {}
     fresh = prof.get("created") != before.get("created")
     if fresh and all(n in have and have[n].get("sha256") == v.get("sha256") for n, v in todo.items()):
-        return "its timings were written first, so the auto subjects use them; memory budgets have no figures"
+        mem = prof.get("memory") or {}
+        got = sum(1 for c in mem.get("configs") or [] if "peak_rss_mb" in c)
+        if mem.get("partial"):
+            left = f"it stopped in its memory probes with {got} configuration figures, which the next tune keeps"
+        else:
+            left = "memory budgets have no figures"
+        return f"its timings were written first, so the auto subjects use them; {left}"
     return "auto subjects fall back to the selection rule"
 
 

@@ -6,7 +6,6 @@ import json
 import logging
 import warnings
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -29,30 +28,26 @@ def run_tune(
     memory: bool = True,
     queries: list[str] | None = None,
     reuse_memory: bool = True,
+    keep_choices: bool = True,
 ) -> tuple[dict[str, Any], Path | None]:
     """Tune the artifact at ``path``; returns (profile, file written or None). Progress bar on stderr.
     ``texts`` replace the built-in samples; ``queries`` replace them for the batch-1 calls alone.
     ``paired_cycles``: cycles of the paired final (None: stedge_runtime.tune.PAIRED_CYCLES; 0 skips it).
     ``memory``: once the profile is written (not with ``quick``), measure in fresh processes the peak RSS of
-    each tier's choice and of each configuration a memory budget may fall back to (stedge_runtime.tune.tier_memory,
-    config_memory) and add them to the profile; with ``reuse_memory``, figures this machine's previous profile
-    measured on the same variant files and workloads are kept, not probed again (tune.reusable_memory)."""
+    each tier's choice and of each configuration a memory budget may fall back to (stedge_runtime.tune.
+    measure_memory) and add them to the profile, written again after each probe (so a tune stopped then keeps
+    them); with ``reuse_memory``, figures this machine's previous profile measured on the same variant files and
+    workloads are kept, not probed again (tune.reusable_memory). With ``keep_choices``, that profile's token
+    budget and tier choices stay where this tune cannot tell the new ones from them (stedge_runtime.tune.tune's
+    ``previous``)."""
     from stedge_runtime.artifact import has_manifest
     from stedge_runtime.profile import write_profile
-    from stedge_runtime.tune import (
-        PAIRED_CYCLES,
-        best_choices,
-        config_memory,
-        memory_basis,
-        reusable_memory,
-        tier_memory,
-        tune,
-    )
+    from stedge_runtime.tune import PAIRED_CYCLES, measure_memory, tune
 
     root = Path(path)
     if not has_manifest(root):
         raise StedgeError(f"{root}: not an artifact folder (no stedge.json); pass a folder written by `stedge export`")
-    previous = _previous_profile(root) if reuse_memory else None  # the tune replaces it
+    previous = _previous_profile(root) if reuse_memory or keep_choices else None  # the tune replaces it
     quiet = logging.getLogger("stedge_runtime")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # passages are longer than max_seq_length on purpose
@@ -61,22 +56,25 @@ def run_tune(
             warnings.simplefilter("ignore", RuntimeWarning)  # each variant is named on purpose
             cycles = PAIRED_CYCLES if paired_cycles is None else paired_cycles
             with _bar(show_progress, "tuning") as progress:
-                prof = tune(root, variants, threads, quick, budget_s, texts, batch_sizes, progress, cycles, queries)
+                held = previous if keep_choices else None
+                prof = tune(
+                    root, variants, threads, quick, budget_s, texts, batch_sizes, progress, cycles, queries, held
+                )
     finally:
         quiet.setLevel(level)
     if not write:
         return prof, None
-    file = write_profile(root, prof)
-    if memory and not quick:  # the children load what Encoder.load would: the profile must be on disk first
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        basis = memory_basis(prof, texts, batch_sizes, queries)
-        kept = reusable_memory(previous, prof, basis)
-        with _bar(show_progress, "measuring the memory of") as progress:
-            tiers = tier_memory(root, best_choices(root), texts, batch_sizes, progress, queries, kept)
-            configs = config_memory(root, prof, tiers, texts, batch_sizes, progress, queries, kept)
-        prof["memory"] = {"created": created, "basis": basis, "tiers": tiers, "configs": configs}
-        file = write_profile(root, prof)
-    return prof, file
+    if not memory or quick:
+        return prof, write_profile(root, prof)
+    written: list[Path] = []
+
+    def save(mem: dict[str, Any]) -> None:  # before the first probe (the probes load it), then after each one
+        written.append(write_profile(root, {**prof, "memory": mem}))
+
+    with _bar(show_progress, "measuring the memory of") as progress:
+        kept = previous if reuse_memory else None
+        prof["memory"] = measure_memory(root, prof, kept, texts, batch_sizes, progress, queries, save)
+    return prof, written[-1]
 
 
 def _previous_profile(root: Path) -> dict[str, Any] | None:
@@ -225,20 +223,31 @@ def render_profile(prof: dict[str, Any], manifest_variants: dict[str, Any], choi
                 marks.get((name, json.dumps(s, sort_keys=True)), ""),
             )
     console.print(t)
-    bt = prof.get("batch_tokens")
-    if bt:
-        rates = "; ".join(
-            f"{b}: short {r.get('short', 0):.0f}/s, passages {r.get('passage', 0):.1f}/s"
-            for b, r in bt["rates"].items()
-        )
-        console.print(
-            f"padded tokens per engine call, on {bt['variant']} (short bs={bt['batch_sizes']['short']}, passages "
-            f"bs={bt['batch_sizes']['passage']}): {rates} -> [bold]{bt['best']}[/] (default {bt['default']})"
-        )
+    _render_batch_tokens(prof.get("batch_tokens"), console)
     _render_paired(prof.get("paired"), console)
     for name, why in (prof.get("skipped") or {}).items():
         console.print(f"[yellow]not tuned: {escape(f'{name}: {why}')}[/]")
     render_choice(choices, console)
+
+
+def _render_batch_tokens(bt: dict[str, Any] | None, console: Any) -> None:
+    """The token-budget sweep's line: each budget's rates (the best round's), the budget chosen, the default and
+    the previous tune's budget where the sweep started from it."""
+    if not bt:
+        return
+    rates = "; ".join(
+        f"{b}: short {r.get('short', 0):.0f}/s, passages {r.get('passage', 0):.1f}/s" for b, r in bt["rates"].items()
+    )
+    console.print(
+        f"padded tokens per engine call, on {bt['variant']} (short bs={bt['batch_sizes']['short']}, passages "
+        f"bs={bt['batch_sizes']['passage']}): {rates} -> [bold]{bt['best']}[/] (default {bt['default']}"
+        + (
+            f"; the previous tune's {bt['incumbent']} stays unless another is 10 % faster in every round"
+            if "incumbent" in bt
+            else ""
+        )
+        + ")"
+    )
 
 
 def _caption(tokens: list, peaks: dict[str, str], memory: dict[str, Any] | None = None) -> str | None:
@@ -396,14 +405,23 @@ def tune_cmd(
         "--memory/--no-memory",
         help="Once the profile is written, measure in a fresh process the peak RSS of each tier's choice and of each "
         "configuration a memory budget (max_memory_mb, --max-memory-mb) may fall back to, and whether it had "
-        "leveled off by the end (a budget takes only what did; about 12-17 s each for MiniLM on 2 cores; not with "
-        "--quick or --dry-run). Figures this machine's previous profile measured on the same variant files, "
-        "workloads and token budget are kept (a re-tune after `stedge export --add` probes only what changed).",
+        "leveled off by the end (a budget takes only what did; 12-40 s each for MiniLM on 2 cores, depending on "
+        "the variant and the host's load; not with --quick or --dry-run). The profile is written again after each "
+        "probe, so a tune stopped in them keeps what they measured. Figures this machine's previous profile measured "
+        "on the same variant files, workloads and token budget are kept (a re-tune after `stedge export --add` "
+        "probes only what changed).",
     ),
     remeasure_memory: bool = typer.Option(
         False,
         "--remeasure-memory",
         help="Probe every configuration's memory again instead of keeping the previous profile's figures.",
+    ),
+    fresh_choices: bool = typer.Option(
+        False,
+        "--fresh-choices",
+        help="Choose each tier and the token budget afresh. By default a re-tune keeps the previous profile's "
+        "choice of a tier where the paired final cannot tell the new fastest from it, and its token budget unless "
+        "another is 10 % faster in every round, so an app does not move between configurations within noise.",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Measure and print, but do not write the profile."),
     as_json: bool = typer.Option(False, "--json", help="Print the profile and the choices as JSON."),
@@ -434,6 +452,7 @@ def tune_cmd(
         memory=memory,
         queries=read_lines(queries, "--queries"),
         reuse_memory=not remeasure_memory,
+        keep_choices=not fresh_choices,
     )
     choices = best_choices(artifact, profile=prof)
     if as_json:

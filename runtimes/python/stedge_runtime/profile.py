@@ -19,7 +19,10 @@ not touched. Layout (``format_version`` 1)::
      "agreement": {"A|B": min cosine between the vectors of variants A and B on the short texts},
      "batch_tokens": {"variant": "onnx-fp32", "settings": {...}, "batch_sizes": {"short": 192, "passage": 24},
                       "rates": {"1024": {"short": 620.0, "passage": 27.0}, ...}, "default": 1024,
-                      "best": 1024},    # padded tokens per engine call; absent in --quick profiles
+                      "rounds": {"1024": {"short": [612.0, 620.0], ...}, ...}, "incumbent": 1024?,
+                      "best": 1024},    # padded tokens per engine call; absent in --quick profiles; the
+                                        # previous tune's best (incumbent), else the default, stays unless
+                                        # another is SETTINGS_GAIN faster in every round (rounds: per round)
      "paired": {"cycles": 7, "within": 0.85, "gap_s": 0.1, "ci_level": 0.95, "reference": "onnx-int8-rows",
                 "contenders": {ID: {"variant": NAME, "settings": {...},   # ID: NAME, or "NAME (settings)" for a
                                     # variant's further settings (profiles before them: keyed by NAME, no "variant")
@@ -32,6 +35,12 @@ not touched. Layout (``format_version`` 1)::
                     # the paired final; absent in --quick profiles; cycles 0 when fewer than two contenders;
                     # *_ci: the ci_level interval of each median (None / left out below 6 cycles; profiles before
                     # 2026-12-06 have none, and their bulk_speedup is the geometric mean of the bulk medians)
+     "kept": {TIER: {"variant", "settings", "over": {"variant", "settings"}, "since": ISO-8601 UTC,
+                     "bulk_speedup": 1.03, "bulk_speedup_ci": [0.95, 1.08], "batch1_speedup": 0.98,
+                     "batch1_speedup_ci": [0.9, 1.04]}},
+                    # a re-tune's new choice ("over") the paired final could not tell from the previous tune's
+                    # choice (ratios: over / kept; tune.kept_choices): the tier keeps the previous one while it
+                    # is eligible and the new one is still the profile's choice; absent when nothing was kept
      "memory": {"created": ISO-8601 UTC,
                 "basis": {"probe": 1, "runtime": "0.1.0", "texts": sha | None, "queries": sha | None,
                           "batch_sizes": [32], "max_batch_tokens": 1024},   # what every figure depends on
@@ -40,7 +49,8 @@ not touched. Layout (``format_version`` 1)::
                                  "choice": {"variant", "settings", "latency_variant", "latency_settings"},
                                  "measured": ISO-8601 UTC?} | {"error": str}},
                 "configs": [{"variant": NAME, "settings": {...}, "peak_rss_mb": 154.0, "growth_mb": 0.5,
-                             "measured": ISO-8601 UTC?} | {..., "error": str}]}
+                             "measured": ISO-8601 UTC?} | {..., "error": str}],
+                "partial": true?}   # while the probes run (tune.measure_memory writes the profile after each)
                     # peak RSS of a fresh process running each tier's choice (stedge_runtime.tune.tier_memory);
                     # route_off_mb: the same with route=False, where the tier routes batch-1 calls; choice: what
                     # ran (profiles before it: Encoder.load(tier=TIER)); configs: each variant alone at the
@@ -50,7 +60,8 @@ not touched. Layout (``format_version`` 1)::
                     # profiles before it have none); measured: on a figure a re-tune kept from the profile it
                     # replaced (same basis, the variants' files unchanged: tune.reusable_memory), when its probe
                     # ran (otherwise it ran at "created"); profiles before 2026-12-07 have no basis, so a re-tune
-                    # of them probes everything
+                    # of them probes everything; partial: the tune that wrote it was stopped during its probes,
+                    # so figures not reached are missing (the next tune keeps those present, as above)
 
 Each run is the best of ``rounds`` measurements of that (variant, settings) case, taken in alternating
 order so that load from elsewhere during one of them does not decide the choice. The paired final then
@@ -139,6 +150,9 @@ def check_profile(data: Any, where: str | os.PathLike) -> None:
             isinstance(r, dict) and isinstance(r.get("settings"), dict) for r in runs
         ):
             raise ArtifactError(f"{where}: variants.{name}.runs must be a list of objects with 'settings'")
+    kept = data.get("kept")
+    if kept is not None and not (isinstance(kept, dict) and all(isinstance(k, dict) for k in kept.values())):
+        raise ArtifactError(f"{where}: field 'kept' must be an object mapping tiers to objects")
     paired = data.get("paired")
     if paired is not None and not (
         isinstance(paired, dict)

@@ -434,21 +434,46 @@ def default_batch_tokens(device: str) -> int:
     return BATCH_TOKENS.get(family, GPU_BATCH_TOKENS)
 
 
-def settled_batch_tokens(rates: Mapping[str, Any], default: int) -> int:
-    """The token budget to use from measured ``{budget: {workload: rate}}``: ``default`` unless another
-    budget was at least ``SETTINGS_GAIN`` faster (geometric mean over the workloads), as for settings."""
+def settled_batch_tokens(rates: Mapping[str, Any], default: int, rounds: Mapping[str, Any] | None = None) -> int:
+    """The token budget to use from measured ``{budget: {workload: rate}}``: ``default`` (the CPU's, or the one
+    this machine's previous tune settled on) unless another budget was at least ``SETTINGS_GAIN`` faster
+    (geometric mean over the workloads), as for settings. With ``rounds`` (``{budget: {workload: [rate per
+    round]}}``, where ``default`` has them), it must be that much faster than ``default`` in every round, each
+    round's rates against each other: one lucky pass does not move the budget."""
     ok = {
         int(b): {k: float(x) for k, x in (r or {}).items() if isinstance(x, (int, float)) and x > 0}
         for b, r in rates.items()
         if str(b).isdigit()
     }
-    kinds = set.intersection(*(set(r) for r in ok.values())) if ok else set()  # compare like with like
-    scores = {b: geomean([r[k] for k in sorted(kinds)]) for b, r in ok.items() if kinds}
+    kinds = sorted(set.intersection(*(set(r) for r in ok.values()))) if ok else []  # compare like with like
+    scores = {b: geomean([r[k] for k in kinds]) for b, r in ok.items() if kinds}
     if not scores:
         return default
+    base_rounds = _round_rates(rounds, default, kinds)
+    if base_rounds:
+
+        def worst(b: int) -> float:  # its smallest per-round gain over the default
+            mine = _round_rates(rounds, b, kinds)
+            gains = [geomean([m[k] / d[k] for k in kinds]) or 0.0 for m, d in zip(mine, base_rounds)]
+            return min(gains) if gains else 0.0
+
+        best = max((b for b in scores if b != default), key=lambda b: (worst(b), -b), default=None)
+        return best if best is not None and worst(best) >= SETTINGS_GAIN else default
     best = max(scores, key=lambda b: (scores[b], -b))
     base = scores.get(default)
     return best if base is None or scores[best] >= SETTINGS_GAIN * base else default
+
+
+def _round_rates(rounds: Mapping[str, Any] | None, budget: int, kinds: list[str]) -> list[dict[str, float]]:
+    """``budget``'s rates per round, ``[{workload: rate}]`` over ``kinds`` (``settled_batch_tokens``' ``rounds``);
+    empty where any is missing or not a rate."""
+    got = (rounds or {}).get(str(budget))
+    cols = [got.get(k) if isinstance(got, Mapping) else None for k in kinds]
+    if not kinds or not all(isinstance(c, list) and c for c in cols):
+        return []
+    if not all(isinstance(x, (int, float)) and x > 0 for c in cols for x in c):
+        return []
+    return [dict(zip(kinds, row)) for row in zip(*cols)]
 
 
 def _hash_of(v: Any) -> Any:
@@ -541,7 +566,10 @@ def _from_profile(
     best = max(b[0] for b in bulk)
     close = [b for b in bulk if b[0] >= BULK_CLOSE * best]  # within 3 %: take the better batch-1 latency
     score, p50, name, settings = min(close, key=lambda b: (b[1], -b[0], b[2]))
-    reason = _profile_reason(prof, tier, name, settings, paired)
+    held = _kept(prof, tier, name, settings, every)
+    if held is not None:
+        score, p50, name, settings = held[0]
+    reason = (held[1] + "; " if held is not None else "") + _profile_reason(prof, tier, name, settings, paired)
     others = sorted({b[2] for b in bulk} - {name})
     if others:
         reason += f"; also tuned: {', '.join(others)}"
@@ -552,8 +580,9 @@ def _from_profile(
         notes.append(f"bulk batches of at most {budget} padded tokens (tuned on this machine)")
     mine: list[str] = []  # notes on this choice's route and memory: they go if a memory budget changes it
     sel.update(_batch1_route(prof, tier, route, name, settings, p50, lat, mine))
-    mem = ((prof.get("memory") or {}).get("tiers") or {}).get(tier) or {}
-    if (note := _memory_note(mem, route, name, settings, sel)) is not None:
+    section = prof.get("memory") or {}
+    mem = (section.get("tiers") or {}).get(tier) or {}
+    if (note := _memory_note(mem, route, name, settings, sel, bool(section.get("partial")))) is not None:
         mine.append(note)
     measured = _measured_configs(prof)
     peak, peak_growing = _peak_of(mem, *measured, route, name, settings, sel)
@@ -576,6 +605,31 @@ def _from_profile(
         max_memory_mb=max_memory_mb,
         **sel,
     )
+
+
+def _kept(
+    prof: dict, tier: str, name: str, settings: dict, every: list[tuple[float, float, str, dict]]
+) -> tuple[tuple[float, float, str, dict], str] | None:
+    """The tier's choice that `stedge tune` kept from this machine's previous tune (the profile's ``kept``,
+    ``stedge_runtime.tune.kept_choices``: the paired final could not tell the new choice from it), with the reason
+    to quote; None where there is none, the profile's choice is not the one it was compared with, or it is no
+    longer eligible here (``every``: each setting that met the tier)."""
+    k = (prof.get("kept") or {}).get(tier)
+    if not isinstance(k, Mapping) or k.get("over") != {"variant": name, "settings": settings}:
+        return None
+    entry = next((e for e in every if e[2] == k.get("variant") and e[3] == k.get("settings")), None)
+    if entry is None:
+        return None
+    level = (prof.get("paired") or {}).get("ci_level", 0.95)
+    why = (
+        f"kept from this machine's tune of {k.get('since')}: the paired final could not tell the new fastest, "
+        f"{name} {settings}, from it ({k.get('bulk_speedup', 0):.3f}x it in bulk"
+        + interval_text(k.get("bulk_speedup_ci"), level)
+        + f", {k.get('batch1_speedup', 0):.3f}x at batch 1"
+        + interval_text(k.get("batch1_speedup_ci"), level)
+        + "; `stedge tune --fresh-choices` chooses afresh)"
+    )
+    return entry, why
 
 
 def _batch1_route(
@@ -631,6 +685,12 @@ def _batch1_route(
 
 
 # ------------------------------------------------------------------ a memory budget (max_memory_mb)
+# Said where a figure is missing from a memory section marked "partial" (stedge_runtime.tune.measure_memory).
+PROBES_STOPPED = (
+    "stedge tune was stopped during its memory probes; run it again to measure the rest (it keeps the figures it has)"
+)
+
+
 def memory_config_key(variant: str, settings: Mapping[str, Any] | None) -> str:
     """A configuration measured for memory: one variant with its engine settings, no batch-1 route."""
     return f"{variant} {json.dumps(dict(settings or {}), sort_keys=True)}"
@@ -707,12 +767,15 @@ def _peak_of(
     return configs.get(key), key in growing
 
 
-def _memory_note(mem: Mapping[str, Any], route: bool | None, name: str, settings: dict, sel: dict) -> str | None:
+def _memory_note(
+    mem: Mapping[str, Any], route: bool | None, name: str, settings: dict, sel: dict, partial: bool = False
+) -> str | None:
     """The note on a tier's memory (``mem``, the profile's ``memory.tiers[tier]``) for this choice: its peak RSS where
-    the tune measured this very choice, else that it has not been measured; None without a figure."""
+    the tune measured this very choice, else that it has not been measured; without a figure, None, or where the
+    tune was stopped during its memory probes (``partial``: the section's mark), that."""
     peak = mem.get("peak_rss_mb")
     if not isinstance(peak, (int, float)):
-        return None
+        return f"peak RSS not measured: {PROBES_STOPPED}" if partial and "error" not in mem else None
     if not _measured_this(mem, route, name, settings, sel):
         was = (mem.get("choice") or {}).get("variant") or "another"
         return (
@@ -769,16 +832,19 @@ def _within_memory(
     if peak is not None and peak <= budget and not current_growing:
         notes.append(f"max_memory_mb={budget:g}: this choice peaked at {peak:.0f} MB here, within it")
         return current
+    stopped = bool((prof.get("memory") or {}).get("partial"))
     if peak is None and not configs:
+        why = PROBES_STOPPED if stopped else "run `stedge tune` without --no-memory or --quick"
         warned.append(
-            f"max_memory_mb={budget:g} was not checked: this machine's tuning profile has no memory figures "
-            "(run `stedge tune` without --no-memory or --quick)"
+            f"max_memory_mb={budget:g} was not checked: this machine's tuning profile has no memory figures ({why})"
         )
         return current
     was = f"{name} {settings}" + (
         f" (with batch-1 calls on {sel['latency_variant']})" if "latency_variant" in sel else ""
     )
     was += f" peaked at {peak:.0f} MB here" if peak is not None else " has no memory figure here"
+    if peak is None and stopped:
+        was += f" ({PROBES_STOPPED})"
     if current_growing:
         was += " and was still growing at the end of stedge tune's probe (a budget takes only what leveled off)"
     plain = {k: v for k, v in sel.items() if k not in ("latency_variant", "latency_settings")}

@@ -433,6 +433,7 @@ def tune(
     progress: Progress | None = None,
     paired_cycles: int = PAIRED_CYCLES,
     queries: Sequence[str] | None = None,
+    previous: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Time the artifact's CPU variants on this machine; returns the profile (write it with profile.write_profile).
 
@@ -443,7 +444,11 @@ def tune(
     seconds each, come on top; ``quick`` skips them and tries only the engines' default settings. ``texts`` replaces
     the built-in samples; ``queries`` (an app's own) replace them for the batch-1 calls alone (their timings, the
     duels and the batch-1 routing decide on them), the bulk workloads unchanged; ``paired_cycles`` is the number of
-    cycles of the paired final (0 skips it; see ``paired_final``).
+    cycles of the paired final (0 skips it; see ``paired_final``). ``previous``: this machine's profile of the
+    artifact before this tune (None: choose afresh): its token budget stays unless another is faster in every
+    round of the sweep (``_tune_batch_tokens``), and its tier choices, which join the paired final, where it
+    cannot tell the new ones from them (``kept_choices``): a re-tune does not move an app between configurations
+    within noise.
     """
     from .encoder import Encoder, Reranker
 
@@ -515,16 +520,35 @@ def tune(
     for key, name in [(k, n) for k, by_variant in duels.items() for n in by_variant if n in prof["variants"]]:
         prof["variants"][name][key] = duels[key][name]  # each duel's figures and choice
     if not quick:
-        prof["batch_tokens"] = _tune_batch_tokens(cls, root, prof["variants"], work, rounds, progress)
+        prof["batch_tokens"] = _tune_batch_tokens(cls, root, prof["variants"], work, rounds, progress, previous)
     prof["workloads"] = work.summary(tok_count or (lambda items: 0.0))
     default = {n: next(iter(p.values())) for n, p in probes.items() if p}  # each variant's default settings
     prof["agreement"] = _agreement(default, task)
     _accuracy_here(prof["variants"], probes, todo, task)
     if not quick:  # after the accuracy here: a variant that left its tier on this machine is no contender there
-        prof["paired"] = paired_final(cls, root, prof, work, batch_sizes, paired_cycles, progress)
+        _final_and_kept(cls, root, prof, work, batch_sizes, paired_cycles, progress, previous)
     if progress:
         progress("done", len(cases), len(cases))
     return prof
+
+
+def _final_and_kept(
+    cls: Any,
+    root: Path,
+    prof: dict[str, Any],
+    work: _Workloads,
+    batch_sizes: Sequence[int],
+    cycles: int,
+    progress: Progress | None,
+    previous: Mapping[str, Any] | None,
+) -> None:
+    """Add the paired final to ``prof``, with what ``Encoder.load`` chose from ``previous`` (this machine's profile
+    before the tune; None: nothing) among its contenders, and the choices the tune keeps from it (``kept_choices``)."""
+    before = best_choices(root, profile=dict(previous)) if previous else {}  # what an app ran until now
+    was = [c for c in before.values() if "variant" in c]
+    prof["paired"] = paired_final(cls, root, prof, work, batch_sizes, cycles, progress, was)
+    if kept := kept_choices(before, best_choices(root, profile=prof), previous, prof):
+        prof["kept"] = kept
 
 
 def eligible_runs(root: str | Path, prof: dict[str, Any]) -> dict[str, dict[str, list[dict]]]:
@@ -546,7 +570,9 @@ def eligible_runs(root: str | Path, prof: dict[str, Any]) -> dict[str, dict[str,
     return out
 
 
-def contenders(root: str | Path, prof: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def contenders(
+    root: str | Path, prof: dict[str, Any], also: Sequence[Mapping[str, Any]] = ()
+) -> dict[str, dict[str, Any]]:
     """``{id: {"variant": name, "settings": settings}}`` for the paired final: per tier, every variant
     ``Encoder.load`` could choose there from ``prof`` (the same eligibility: tier, batch invariance and accuracy on
     this machine) whose bulk score in the rounds, with the settings it would run with at that tier, is at least
@@ -554,7 +580,9 @@ def contenders(root: str | Path, prof: dict[str, Any]) -> dict[str, dict[str, An
     with those settings (``static_batch1`` left out: it changes batch-1 calls only, which the rounds judge), its
     engine's default settings and its fastest other settings in the rounds, where these met the tier and came within
     ``PAIRED_WITHIN`` of its own score: the final then decides between them (``select.settled_run``). All tiers
-    together; a variant's first settings take its name as id, others ``name (k=v ...)``."""
+    together; a variant's first settings take its name as id, others ``name (k=v ...)``. ``also``: choices
+    (``{"variant", "settings"}``: the previous tune's, ``kept_choices``) that join too, where their settings met a
+    tier in this tune's rounds."""
     out: dict[str, dict[str, Any]] = {}
 
     def add(name: str, settings: dict[str, Any] | None) -> None:
@@ -564,7 +592,8 @@ def contenders(root: str | Path, prof: dict[str, Any]) -> dict[str, dict[str, An
         cid = name if name not in out else f"{name} ({_fmt(plain)})"
         out[cid] = {"variant": name, "settings": plain}
 
-    for eligible in eligible_runs(root, prof).values():
+    tiers = eligible_runs(root, prof)
+    for eligible in tiers.values():
         here = {}  # each variant: its score and run at the settings this tier would give it, and its plain runs
         for name, runs in eligible.items():
             run = settled_run(runs)
@@ -580,6 +609,11 @@ def contenders(root: str | Path, prof: dict[str, Any]) -> dict[str, dict[str, An
                 add(name, plain[0]["settings"])  # the default: did the other setting earn its place?
             if close:
                 add(name, max(close, key=lambda r: bulk_score(r) or 0.0)["settings"])
+    for c in also:
+        want = settings_key(plain_settings(c.get("settings")))
+        runs = [r for eligible in tiers.values() for r in eligible.get(str(c.get("variant")), [])]
+        if any(settings_key(plain_settings(r["settings"])) == want for r in runs):
+            add(str(c["variant"]), c.get("settings"))
     return out
 
 
@@ -591,10 +625,11 @@ def paired_final(
     batch_sizes: Sequence[int],
     cycles: int = PAIRED_CYCLES,
     progress: Progress | None = None,
+    also: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The paired final: load every contender (``contenders``) at once, with its settings and the tuned token
-    budget, and run ``cycles`` cycles; per workload (batch 1 on the short texts, then each bulk batch size on
-    short texts and on passages), each contender runs one timed pass in turn, ``PAIRED_GAP_S`` apart, the
+    """The paired final: load every contender (``contenders``, with ``also``) at once, with its settings and the
+    tuned token budget, and run ``cycles`` cycles; per workload (batch 1 on the short texts, then each bulk batch
+    size on short texts and on passages), each contender runs one timed pass in turn, ``PAIRED_GAP_S`` apart, the
     order reversed every other pass. Returns the profile's ``paired`` record: per contender its pass times
     and its ``speedup`` over the ``reference`` (the contender with the best bulk score in the rounds) as the
     median of per-cycle ratios, per workload, with ``bulk_speedup`` the median of each cycle's geometric mean
@@ -604,7 +639,7 @@ def paired_final(
     contender from the reference. A contender that fails to load or
     run gets an ``error`` and the others go on. With fewer than two contenders (or ``cycles`` 0) nothing is
     timed and ``cycles`` is 0."""
-    picks = contenders(root, prof)
+    picks = contenders(root, prof, also)
     out: dict[str, Any] = {
         "cycles": 0,
         "within": PAIRED_WITHIN,
@@ -678,6 +713,74 @@ def paired_final(
     return out
 
 
+def kept_choices(
+    before: Mapping[str, Any], now: Mapping[str, Any], previous: Mapping[str, Any] | None, prof: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The profile's ``kept``: per tier, the choice of this machine's previous profile (``previous``, its
+    ``best_choices`` ``before``) that a re-tune keeps where its own choice (``now``) differs only within noise:
+    both ran in the paired final at those settings (``static_batch1`` aside: it runs the same bulk calls), the
+    previous choice's variant files are unchanged, and
+    neither the new choice's bulk ratio over it (the median of per-cycle ratios, ``bulk_cycle_ratios``) nor its
+    batch-1 ratio has a ``PAIRED_CI_LEVEL`` interval above 1. So a re-tune does not move an app between settings or
+    variants the cycles cannot tell apart (their vectors may differ within the tier). Selection keeps it only while
+    it is eligible and the profile's choice is still the one it was compared with. Returns ``{tier: {"variant",
+    "settings", "over": {"variant", "settings"}, "since": previous created, "bulk_speedup", "bulk_speedup_ci",
+    "batch1_speedup", "batch1_speedup_ci"}}`` (ratios of the new choice over the kept one)."""
+    final = prof.get("paired") or {}
+    cont = final.get("contenders") or {}
+    if not previous or not final.get("cycles"):
+        return {}
+
+    def timed(choice: Mapping[str, Any]) -> dict[str, list[float]] | None:
+        return next(
+            (
+                c["seconds"]
+                for c in cont.values()
+                if (c.get("variant") or "") == choice.get("variant")
+                and c.get("settings") == plain_settings(choice.get("settings"))  # the final times bulk calls
+                and isinstance(c.get("seconds"), Mapping)
+                and "error" not in c
+            ),
+            None,
+        )
+
+    def files(p: Mapping[str, Any], name: Any) -> Any:
+        return ((p.get("variants") or {}).get(name) or {}).get("sha256")
+
+    out: dict[str, Any] = {}
+    for tier, was in before.items():
+        new = now.get(tier) or {}
+        if "variant" not in was or "variant" not in new:
+            continue
+        pick = {"variant": was["variant"], "settings": was.get("settings") or {}}
+        over = {"variant": new["variant"], "settings": new.get("settings") or {}}
+        if (
+            pick == over
+            or not files(prof, pick["variant"])
+            or files(previous, pick["variant"]) != files(prof, pick["variant"])
+        ):
+            continue
+        a, b = timed(over), timed(pick)
+        if a is None or b is None or "batch1" not in a or "batch1" not in b:
+            continue
+        ratios = {k: paired_ratios(a[k], b[k]) for k in a if k in b}
+        bulk = bulk_cycle_ratios({k: r for k, r in ratios.items() if k != "batch1"})
+        one = ratios["batch1"]
+        ivs = (median_interval(bulk, PAIRED_CI_LEVEL) if bulk else None, median_interval(one, PAIRED_CI_LEVEL))
+        if any(iv is None or iv[0] > 1 for iv in ivs):
+            continue  # too few cycles to tell, or the new choice is faster with confidence
+        out[tier] = {
+            **pick,
+            "over": over,
+            "since": previous.get("created"),
+            "bulk_speedup": round(statistics.median(bulk), 4),
+            "bulk_speedup_ci": [round(v, 4) for v in ivs[0]],
+            "batch1_speedup": round(statistics.median(one), 4),
+            "batch1_speedup_ci": [round(v, 4) for v in ivs[1]],
+        }
+    return out
+
+
 def bulk_cycle_ratios(ratios: Mapping[str, Sequence[float]]) -> list[float]:
     """Per cycle of the paired final, the geometric mean of a contender's ratios over the bulk workloads
     (``ratios``: per workload, its per-cycle ratios to the reference, from ``paired_ratios``): the bulk speedup is
@@ -727,12 +830,21 @@ def interval_min_values(level: float = 0.95) -> int:
 
 
 def _tune_batch_tokens(
-    cls: Any, root: Path, entries: dict[str, Any], work: _Workloads, rounds: int, progress: Progress | None
+    cls: Any,
+    root: Path,
+    entries: dict[str, Any],
+    work: _Workloads,
+    rounds: int,
+    progress: Progress | None,
+    previous: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Time the fastest variant (its settled settings) with each token budget in ``BATCH_TOKEN_GRID`` on a
-    large batch of short texts and one of passages. The budget is about the CPU's caches and the model's
-    width, not the graph's precision, so one variant stands for all. The CPU default stays unless another
-    budget is ``SETTINGS_GAIN`` faster (select.settled_batch_tokens). None when no variant ran."""
+    large batch of short texts and one of passages, ``rounds`` times in alternating order. The budget is about the
+    CPU's caches and the model's width, not the graph's precision, so one variant stands for all. The CPU default,
+    or the incumbent (the budget ``previous``, this machine's profile before the tune, settled on, where it is in
+    the grid), stays unless
+    another budget is ``SETTINGS_GAIN`` faster in every round (select.settled_batch_tokens). None when no variant
+    ran."""
     ranked = [
         (twin_bulk_score(run, e["runs"]) or 0.0, name, run["settings"])
         for name, e in entries.items()
@@ -745,7 +857,8 @@ def _tune_batch_tokens(
     model = cls.load(root, variant=name, **settings)
     run = _call(model, work.task)
     run(work.big_short[:8], 8)
-    rates: dict[str, dict[str, float]] = {}
+    rates: dict[str, dict[str, float]] = {}  # the best round's
+    per_round: dict[str, dict[str, list[float]]] = {}
     loads = (("short", work.big_short), ("passage", work.big_passage))
     for i, (_, budget) in enumerate(alternating_rounds(BATCH_TOKEN_GRID, rounds)):
         if progress:
@@ -757,14 +870,19 @@ def _tune_batch_tokens(
             rate = len(items) / (time.perf_counter() - t)
             got = rates.setdefault(str(budget), {})
             got[kind] = round(max(rate, got.get(kind, 0.0)), 2)
+            per_round.setdefault(str(budget), {}).setdefault(kind, []).append(round(rate, 2))
     default = default_batch_tokens("cpu")
+    was = ((previous or {}).get("batch_tokens") or {}).get("best")
+    held = was if was in BATCH_TOKEN_GRID and not isinstance(was, bool) else None
     return {
         "variant": name,
         "settings": settings,
         "batch_sizes": {"short": len(work.big_short), "passage": len(work.big_passage)},
         "rates": rates,
+        "rounds": per_round,
         "default": default,
-        "best": settled_batch_tokens(rates, default),
+        **({"incumbent": held} if held is not None else {}),
+        "best": settled_batch_tokens(rates, default if held is None else held, per_round),
     }
 
 
@@ -911,6 +1029,8 @@ def tier_memory(
     progress: Progress | None = None,
     queries: Sequence[str] | None = None,
     reuse: Mapping[str, dict[str, Any]] | None = None,
+    probe: bool = True,
+    checkpoint: Callable[[dict[str, Any]], Any] | None = None,
 ) -> dict[str, Any]:
     """What each tier's choice costs in memory here: the peak RSS (MB) of a fresh Python process that runs
     ``Encoder.load(root, tier=...)`` (or Reranker) and the tune's workloads (bulk short texts and passages at
@@ -922,7 +1042,7 @@ def tier_memory(
     measurement. Returns ``{tier: {"peak_rss_mb", "growth_mb", "route_off_mb", "route_off_growth_mb", "choice"}
     or {"error": ...}}`` (``choice``: the variant, settings and batch-1 route measured, which selection matches
     against). A choice found in ``reuse`` (``reusable_memory``) keeps that entry, with its ``measured`` time, and
-    runs no probe."""
+    runs no probe; without ``probe``, only those are returned. ``checkpoint(tiers so far)`` after each probe."""
     root = Path(root)
     out: dict[str, Any] = {}
     done: dict[str, dict[str, Any]] = {}
@@ -933,7 +1053,10 @@ def tier_memory(
         kept = (reuse or {}).get(_tier_reuse_key(c))
         if key not in done and kept is not None:
             done[key] = dict(kept)
-        if key not in done:
+        if key not in done and not probe:
+            continue
+        probed = key not in done
+        if probed:
             if progress:
                 progress(f"tier {tier}", i, len(todo))
             got: dict[str, Any] = {"choice": {k: c.get(k) for k in keys[:4]}}
@@ -950,6 +1073,8 @@ def tier_memory(
                     break
             done[key] = got
         out[tier] = dict(done[key])
+        if probed and checkpoint:
+            checkpoint(dict(out))
     return out
 
 
@@ -981,11 +1106,14 @@ def config_memory(
     progress: Progress | None = None,
     queries: Sequence[str] | None = None,
     reuse: Mapping[str, dict[str, Any]] | None = None,
+    probe: bool = True,
+    checkpoint: Callable[[list[dict[str, Any]]], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The peak RSS (MB) of each of ``memory_configs`` in a fresh process, as ``tier_memory`` measures a tier
     (the variant named, with its settings and the profile's token budget). A tier measurement (``tiers``, from
     ``tier_memory``) of the same configuration is reused: its figure without a route; so is a figure in ``reuse``
-    (``reusable_memory``: an earlier tune's, kept with its ``measured`` time). Returns
+    (``reusable_memory``: an earlier tune's, kept with its ``measured`` time); without ``probe``, only those are
+    returned. ``checkpoint(configurations so far)`` after each probe. Returns
     ``[{"variant", "settings", "peak_rss_mb", "growth_mb", "measured"?} or {"variant", "settings", "error"}]``."""
     known: dict[str, dict[str, Any]] = {}  # key -> {"peak_rss_mb", "growth_mb", "measured"?}
     for t in tiers.values():
@@ -1005,6 +1133,8 @@ def config_memory(
         kept = (reuse or {}).get(key)
         if key not in known and kept is not None:
             known[key] = {k: kept[k] for k in ("peak_rss_mb", "growth_mb", "measured") if k in kept}
+        if key not in known and not probe:
+            continue
         if key not in known:
             if progress:
                 progress(f"{c['variant']} {_fmt(c['settings'])}", i, len(todo))
@@ -1018,10 +1148,14 @@ def config_memory(
             spec.update(batch_sizes=[*batch_sizes], max_batch_tokens=budget if isinstance(budget, int) else None)
             try:
                 mb, grew = _memory_in_child(spec)
+                known[key] = {"peak_rss_mb": mb, "growth_mb": grew}
             except RuntimeStedgeError as e:
                 out.append({**c, "error": str(e)})
-                continue
-            known[key] = {"peak_rss_mb": mb, "growth_mb": grew}
+            else:
+                out.append({**c, **known[key]})
+            if checkpoint:
+                checkpoint(list(out))
+            continue
         out.append({**c, **known[key]})
     return out
 
@@ -1077,6 +1211,53 @@ def reusable_memory(
         if "error" not in entry and isinstance(entry.get("peak_rss_mb"), (int, float)) and all(map(same_files, files)):
             out[_tier_reuse_key(choice)] = {"measured": when, **entry}
     return out
+
+
+def measure_memory(
+    root: str | Path,
+    prof: dict[str, Any],
+    previous: Mapping[str, Any] | None = None,
+    texts: Sequence[str] | None = None,
+    batch_sizes: Sequence[int] = (32,),
+    progress: Progress | None = None,
+    queries: Sequence[str] | None = None,
+    save: Callable[[dict[str, Any]], Any] | None = None,
+) -> dict[str, Any]:
+    """The profile's ``memory`` section for ``prof``: ``tier_memory`` and ``config_memory``, keeping the figures of
+    ``previous`` (this machine's profile before the tune; None: none) that ``reusable_memory`` allows.
+    ``save(section)`` writes ``prof`` with it: before the first probe (the probes load the profile from disk,
+    None: it is there already) with every kept figure, after each probe with what is known so far, both marked
+    ``"partial": true``, then with the whole section. So a tune stopped during its probes (a timeout, Ctrl-C)
+    leaves what it kept and measured for the next one to keep."""
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    basis = memory_basis(prof, texts, batch_sizes, queries)
+    kept = reusable_memory(previous, prof, basis)
+    choices = best_choices(root, profile=prof)
+
+    def section(tiers: dict[str, Any], configs: list[dict[str, Any]], partial: bool) -> dict[str, Any]:
+        out = {"created": created, "basis": basis, "tiers": tiers, "configs": configs}
+        return {**out, "partial": True} if partial else out
+
+    def keep(tiers: dict[str, Any], configs: list[dict[str, Any]]) -> None:
+        if save:
+            save(section(tiers, configs, True))
+
+    args = (texts, batch_sizes, None, queries, kept)
+    tiers0 = tier_memory(root, choices, *args, probe=False)
+    configs0 = config_memory(root, prof, tiers0, *args, probe=False)
+    keep(tiers0, configs0)
+    args = (texts, batch_sizes, progress, queries, kept)
+    tiers = tier_memory(root, choices, *args, checkpoint=lambda t: keep({**tiers0, **t}, configs0))
+
+    def with_kept(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        seen = {memory_config_key(c["variant"], c.get("settings")) for c in configs}
+        return [*configs, *(c for c in configs0 if memory_config_key(c["variant"], c.get("settings")) not in seen)]
+
+    configs = config_memory(root, prof, tiers, *args, checkpoint=lambda c: keep(tiers, with_kept(c)))
+    done = section(tiers, configs, False)
+    if save:
+        save(done)
+    return done
 
 
 def _tier_reuse_key(choice: Mapping[str, Any]) -> str:

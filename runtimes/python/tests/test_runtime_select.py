@@ -727,6 +727,98 @@ def test_the_paired_final_ranks_the_close_contenders(tmp_path):
     assert _sel(vs, tmp_path, PLAIN, "exact").variant == "openvino-fp32"
 
 
+def test_one_lucky_pass_does_not_move_the_token_budget():
+    """With per-round rates, another budget must beat the default (or the previous tune's budget) by
+    SETTINGS_GAIN in every round, each round against the same round: the AMX guest's sweep of the 3-layer
+    student once put 512 at 2,961 short texts/s against 1,024's 2,016, where the tune before had them level."""
+    from stedge_runtime.select import settled_batch_tokens
+
+    rates = {"512": {"short": 2961.0, "passage": 194.0}, "1024": {"short": 2016.0, "passage": 194.3}}
+    lucky = {
+        "512": {"short": [2961.0, 1850.0], "passage": [194.0, 110.0]},
+        "1024": {"short": [2016.0, 1800.0], "passage": [194.3, 111.0]},
+    }
+    assert settled_batch_tokens(rates, 1024) == 512  # the best round of each: one pass decides
+    assert settled_batch_tokens(rates, 1024, lucky) == 1024  # the second round had them level
+    steady = {
+        "512": {"short": [2961.0, 2200.0], "passage": [214.0, 130.0]},
+        "1024": {"short": [2016.0, 1800.0], "passage": [194.3, 111.0]},
+    }
+    assert settled_batch_tokens(rates, 1024, steady) == 512  # faster by more than SETTINGS_GAIN in both rounds
+    assert settled_batch_tokens(rates, 512, lucky) == 512  # the previous tune's budget stays just the same
+    assert settled_batch_tokens(rates, 2048, lucky) == 512  # no rounds of the default: the best rounds decide
+    assert settled_batch_tokens(rates, 1024, {"512": {"short": [1.0]}}) == 512  # malformed rounds: the same
+
+
+def test_a_re_tune_keeps_a_choice_the_paired_final_cannot_tell_from_the_new_one(tmp_path):
+    """The previous tune chose openvino-fp32; the re-tune's rounds and final put onnx-fp32 ahead: within noise,
+    the profile keeps openvino-fp32 (kept_choices) and selection says why; a confident win, changed files, or a
+    final too short for an interval choose afresh; a kept entry that no longer applies is ignored."""
+    from stedge_runtime.tune import kept_choices
+
+    vs = _variants()
+    previous = {
+        **_profile("machine-a", {"openvino-fp32": (3.0, 900, 90), "onnx-fp32": (3.0, 860, 86)}),
+        "created": "T0",
+    }
+    write_profile(tmp_path, previous)
+    before = {t: _sel(vs, tmp_path, PLAIN, t).to_dict() for t in ("exact",)}
+    assert before["exact"]["variant"] == "openvino-fp32"
+    prof = _profile("machine-a", {"openvino-fp32": (3.0, 900, 90), "onnx-fp32": (3.0, 890, 89)})
+
+    def final(gains: list[float]) -> dict:  # onnx-fp32's speedup over openvino-fp32, cycle by cycle
+        base = {"batch1": [1.0] * len(gains), "short bs=32": [1.0] * len(gains), "passage bs=32": [1.0] * len(gains)}
+        mine = {k: [1.0 / g for g in gains] for k in base}
+        mid = statistics.median(gains)
+        cont = {
+            "openvino-fp32": {
+                "variant": "openvino-fp32",
+                "settings": {"threads": 2},
+                "seconds": base,
+                "bulk_speedup": 1.0,
+                "batch1_speedup": 1.0,
+            },
+            "onnx-fp32": {
+                "variant": "onnx-fp32",
+                "settings": {"threads": 2},
+                "seconds": mine,
+                "bulk_speedup": mid,
+                "batch1_speedup": mid,
+            },
+        }
+        return {"cycles": len(gains), "reference": "openvino-fp32", "ci_level": 0.95, "contenders": cont}
+
+    noisy = [0.96, 1.08, 1.01, 1.12, 0.97, 1.04, 1.05]
+    prof["paired"] = final(noisy)
+    write_profile(tmp_path, prof)
+    now = {"exact": _sel(vs, tmp_path, PLAIN, "exact").to_dict()}
+    assert now["exact"]["variant"] == "onnx-fp32"  # the fresh choice: 1.04x in the final
+    kept = kept_choices(before, now, previous, prof)
+    assert kept["exact"]["variant"] == "openvino-fp32" and kept["exact"]["over"]["variant"] == "onnx-fp32"
+    assert kept["exact"]["bulk_speedup"] == 1.04 and kept["exact"]["since"] == "T0"
+    write_profile(tmp_path, {**prof, "kept": kept})
+    sel = _sel(vs, tmp_path, PLAIN, "exact")
+    assert sel.variant == "openvino-fp32" and sel.source == "profile"
+    assert "kept from this machine's tune of T0: the paired final could not tell the new fastest" in sel.reason
+    assert "1.040x it in bulk (95 % CI 0.96-1.12, within noise)" in sel.reason
+    sure = [1.08, 1.1, 1.09, 1.12, 1.07, 1.1, 1.11]
+    assert kept_choices(before, now, previous, {**prof, "paired": final(sure)}) == {}  # faster with confidence
+    assert kept_choices(before, now, previous, {**prof, "paired": final(noisy[:5])}) == {}  # no interval
+    changed = _profile(
+        "machine-a", {"openvino-fp32": (3.0, 900, 90), "onnx-fp32": (3.0, 890, 89)}, sha={"openvino-fp32": "new"}
+    )
+    assert kept_choices(before, now, previous, {**changed, "paired": final(noisy)}) == {}  # re-exported since
+    assert kept_choices(before, now, None, prof) == {} and kept_choices(before, before, previous, prof) == {}
+    other = {**kept["exact"], "over": {"variant": "onnx-int8-static", "settings": {"threads": 2}}}
+    write_profile(tmp_path, {**prof, "kept": {"exact": other}})  # compared with a choice the profile no longer makes
+    assert _sel(vs, tmp_path, PLAIN, "exact").variant == "onnx-fp32"
+    gone = {**kept["exact"], "settings": {"threads": 4}}
+    write_profile(tmp_path, {**prof, "kept": {"exact": gone}})  # settings not tuned here: not eligible
+    assert _sel(vs, tmp_path, PLAIN, "exact").variant == "onnx-fp32"
+    with pytest.raises(ArtifactError, match="field 'kept'"):
+        write_profile(tmp_path, {**prof, "kept": {"exact": "openvino-fp32"}})
+
+
 def test_the_paired_final_decides_batch1_routing_too(tmp_path):
     """Equal batch-1 p50 in the rounds; the final shows onnx-fp32 1.3x faster at batch 1 (and 0.9x in bulk):
     batch-1 calls go there, since the vectors agree."""
@@ -969,6 +1061,10 @@ def test_paired_final_times_the_contenders_side_by_side(own_artifact):
 
     slow = _rounds(prof, {"onnx-fp32": 50, "openvino-fp32": 100})  # 50 % behind: not a contender
     assert list(contenders(own_artifact, slow)) == ["openvino-fp32"]
+    was = {"variant": "onnx-fp32", "settings": slow["variants"]["onnx-fp32"]["runs"][0]["settings"]}
+    assert list(contenders(own_artifact, slow, [was])) == ["openvino-fp32", "onnx-fp32"]  # the previous choice joins
+    untimed = {"variant": "onnx-fp32", "settings": {"threads": 7}}  # settings this tune did not time: it does not
+    assert list(contenders(own_artifact, slow, [untimed, {**was, "variant": "nope"}])) == ["openvino-fp32"]
     alone = paired_final(Encoder, own_artifact, slow, work, (8,), cycles=3)
     assert alone["cycles"] == 0 and alone["reference"] is None and list(alone["contenders"]) == ["openvino-fp32"]
 
