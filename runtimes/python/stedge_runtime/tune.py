@@ -718,8 +718,9 @@ def kept_choices(
 ) -> dict[str, Any]:
     """The profile's ``kept``: per tier, the choice of this machine's previous profile (``previous``, its
     ``best_choices`` ``before``) that a re-tune keeps where its own choice (``now``) differs only within noise:
-    both ran in the paired final at those settings (``static_batch1`` aside: it runs the same bulk calls), the
-    previous choice's variant files are unchanged, and
+    both ran in the paired final at those settings (``static_batch1`` aside: it runs the same bulk calls; two
+    choices that differ in it alone are left to the rounds' rule for it), the previous choice's variant files are
+    unchanged, and
     neither the new choice's bulk ratio over it (the median of per-cycle ratios, ``bulk_cycle_ratios``) nor its
     batch-1 ratio has a ``PAIRED_CI_LEVEL`` interval above 1. So a re-tune does not move an app between settings or
     variants the cycles cannot tell apart (their vectors may differ within the tier). Selection keeps it only while
@@ -754,8 +755,11 @@ def kept_choices(
             continue
         pick = {"variant": was["variant"], "settings": was.get("settings") or {}}
         over = {"variant": new["variant"], "settings": new.get("settings") or {}}
+        same_bulk = pick["variant"] == over["variant"] and plain_settings(pick["settings"]) == plain_settings(
+            over["settings"]
+        )  # they differ in static_batch1 alone, which the final does not time: the rounds' rule for it decides
         if (
-            pick == over
+            same_bulk
             or not files(prof, pick["variant"])
             or files(previous, pick["variant"]) != files(prof, pick["variant"])
         ):

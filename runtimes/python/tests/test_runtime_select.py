@@ -809,6 +809,8 @@ def test_a_re_tune_keeps_a_choice_the_paired_final_cannot_tell_from_the_new_one(
     )
     assert kept_choices(before, now, previous, {**changed, "paired": final(noisy)}) == {}  # re-exported since
     assert kept_choices(before, now, None, prof) == {} and kept_choices(before, before, previous, prof) == {}
+    static = {"exact": {**before["exact"], "settings": {"threads": 2, "static_batch1": 8}}}
+    assert kept_choices(before, static, previous, prof) == {}  # static batch-1 compilations alone: the rounds decide
     other = {**kept["exact"], "over": {"variant": "onnx-int8-static", "settings": {"threads": 2}}}
     write_profile(tmp_path, {**prof, "kept": {"exact": other}})  # compared with a choice the profile no longer makes
     assert _sel(vs, tmp_path, PLAIN, "exact").variant == "onnx-fp32"
