@@ -770,17 +770,17 @@ def kept_choices(
         ratios = {k: paired_ratios(a[k], b[k]) for k in a if k in b}
         bulk = bulk_cycle_ratios({k: r for k, r in ratios.items() if k != "batch1"})
         one = ratios["batch1"]
-        ivs = (median_interval(bulk, PAIRED_CI_LEVEL) if bulk else None, median_interval(one, PAIRED_CI_LEVEL))
-        if any(iv is None or iv[0] > 1 for iv in ivs):
+        bulk_ci, one_ci = (_rounded_interval(bulk) if bulk else None), _rounded_interval(one)
+        if bulk_ci is None or one_ci is None or bulk_ci[0] > 1 or one_ci[0] > 1:
             continue  # too few cycles to tell, or the new choice is faster with confidence
         out[tier] = {
             **pick,
             "over": over,
             "since": previous.get("created"),
             "bulk_speedup": round(statistics.median(bulk), 4),
-            "bulk_speedup_ci": [round(v, 4) for v in ivs[0]],
+            "bulk_speedup_ci": bulk_ci,
             "batch1_speedup": round(statistics.median(one), 4),
-            "batch1_speedup_ci": [round(v, 4) for v in ivs[1]],
+            "batch1_speedup_ci": one_ci,
         }
     return out
 
@@ -861,7 +861,6 @@ def _tune_batch_tokens(
     model = cls.load(root, variant=name, **settings)
     run = _call(model, work.task)
     run(work.big_short[:8], 8)
-    rates: dict[str, dict[str, float]] = {}  # the best round's
     per_round: dict[str, dict[str, list[float]]] = {}
     loads = (("short", work.big_short), ("passage", work.big_passage))
     for i, (_, budget) in enumerate(alternating_rounds(BATCH_TOKEN_GRID, rounds)):
@@ -872,9 +871,8 @@ def _tune_batch_tokens(
             t = time.perf_counter()
             run(items, len(items))
             rate = len(items) / (time.perf_counter() - t)
-            got = rates.setdefault(str(budget), {})
-            got[kind] = round(max(rate, got.get(kind, 0.0)), 2)
             per_round.setdefault(str(budget), {}).setdefault(kind, []).append(round(rate, 2))
+    rates = {b: {kind: max(r) for kind, r in by_kind.items()} for b, by_kind in per_round.items()}  # best rounds
     default = default_batch_tokens("cpu")
     was = ((previous or {}).get("batch_tokens") or {}).get("best")
     held = was if was in BATCH_TOKEN_GRID and not isinstance(was, bool) else None
