@@ -37,10 +37,22 @@ not touched. Layout (``format_version`` 1)::
                     # 2026-12-06 have none, and their bulk_speedup is the geometric mean of the bulk medians)
      "kept": {TIER: {"variant", "settings", "over": {"variant", "settings"}, "since": ISO-8601 UTC,
                      "bulk_speedup": 1.03, "bulk_speedup_ci": [0.95, 1.08], "batch1_speedup": 0.98,
-                     "batch1_speedup_ci": [0.9, 1.04]}},
+                     "batch1_speedup_ci": [0.9, 1.04], "batch1_by": "final" | "route duel" | "same destination"}},
                     # a re-tune's new choice ("over") the paired final could not tell from the previous tune's
                     # choice (ratios: over / kept; tune.kept_choices): the tier keeps the previous one while it
-                    # is eligible and the new one is still the profile's choice; absent when nothing was kept
+                    # is eligible and the new one is still the profile's choice; absent when nothing was kept;
+                    # batch 1 compares where each runs its batch-1 calls: the final's batch-1 passes where both
+                    # run them on their bulk settings, a route duel where a route or static compilations do,
+                    # nothing (no batch1_speedup) where both run them on one engine (profiles before
+                    # 2026-12-07T06:40 have no batch1_by: the final's passes)
+     "kept_routes": {TIER: {"variant", "settings", "over": {"variant", "settings"}, "bulk": {"variant", "settings"},
+                            "since": ISO-8601 UTC, "passes": 10, "batch1_speedup": 1.04,
+                            "batch1_speedup_ci": [0.97, 1.1]}},
+                    # where batch-1 calls went before a re-tune ("variant", "settings": the route, or the bulk
+                    # choice itself when there was none) and the new tune would send them ("over"), with the tier's
+                    # bulk choice unchanged ("bulk"): its route duel (tune.kept_routes) could not tell "over" faster
+                    # (per-pass speedups over the kept one): the tier keeps it while it still qualifies and the
+                    # fresh destination is still "over"; absent when nothing was kept
      "memory": {"created": ISO-8601 UTC,
                 "basis": {"probe": 1, "runtime": "0.1.0", "texts": sha | None, "queries": sha | None,
                           "batch_sizes": [32], "max_batch_tokens": 1024},   # what every figure depends on
@@ -150,9 +162,10 @@ def check_profile(data: Any, where: str | os.PathLike) -> None:
             isinstance(r, dict) and isinstance(r.get("settings"), dict) for r in runs
         ):
             raise ArtifactError(f"{where}: variants.{name}.runs must be a list of objects with 'settings'")
-    kept = data.get("kept")
-    if kept is not None and not (isinstance(kept, dict) and all(isinstance(k, dict) for k in kept.values())):
-        raise ArtifactError(f"{where}: field 'kept' must be an object mapping tiers to objects")
+    for field in ("kept", "kept_routes"):
+        kept = data.get(field)
+        if kept is not None and not (isinstance(kept, dict) and all(isinstance(k, dict) for k in kept.values())):
+            raise ArtifactError(f"{where}: field {field!r} must be an object mapping tiers to objects")
     paired = data.get("paired")
     if paired is not None and not (
         isinstance(paired, dict)

@@ -625,8 +625,13 @@ def _kept(
         f"kept from this machine's tune of {k.get('since')}: the paired final could not tell the new fastest, "
         f"{name} {settings}, from it ({k.get('bulk_speedup', 0):.3f}x it in bulk"
         + interval_text(k.get("bulk_speedup_ci"), level)
-        + f", {k.get('batch1_speedup', 0):.3f}x at batch 1"
-        + interval_text(k.get("batch1_speedup_ci"), level)
+        + (
+            ", batch-1 calls on the same engine"
+            if k.get("batch1_by") == "same destination"
+            else f", {k.get('batch1_speedup', 0):.3f}x at batch 1"
+            + (" in a route duel" if k.get("batch1_by") == "route duel" else "")
+            + interval_text(k.get("batch1_speedup_ci"), level)
+        )
         + "; `stedge tune --fresh-choices` chooses afresh)"
     )
     return entry, why
@@ -643,7 +648,77 @@ def _batch1_route(
     notes: list[str],
 ) -> dict[str, Any]:
     """Where batch-1 calls go when not to the bulk choice ``name``: ``{latency_variant, latency_settings}`` or {}.
-    ``lat`` holds (batch-1 p50 on short queries, variant, settings, p50 on the longer queries or None)."""
+    ``lat`` holds (batch-1 p50 on short queries, variant, settings, p50 on the longer queries or None). With
+    ``route`` None, a route the profile kept from this machine's previous tune (``_kept_route``) replaces the
+    fresh decision."""
+    fresh: list[str] = []
+    out = _fresh_route(prof, tier, route, name, settings, p50, lat, fresh)
+    held = _kept_route(prof, tier, route, name, settings, out, lat) if route is None else None
+    if held is None:
+        notes.extend(fresh)
+        return out
+    out, why = held
+    notes.append(why)
+    return out
+
+
+def batch1_destination(choice: Mapping[str, Any]) -> dict[str, Any]:
+    """Where a choice (``Selection.to_dict()``) runs its batch-1 calls: ``{"variant", "settings"}``, its batch-1
+    route where it has one, else its bulk variant and settings."""
+    if choice.get("latency_variant"):
+        return {"variant": choice["latency_variant"], "settings": dict(choice.get("latency_settings") or {})}
+    return {"variant": choice.get("variant"), "settings": dict(choice.get("settings") or {})}
+
+
+def _kept_route(
+    prof: dict,
+    tier: str,
+    route: bool | None,
+    name: str,
+    settings: dict,
+    fresh: dict[str, Any],
+    lat: list[tuple[float, str, dict, float | None]],
+) -> tuple[dict[str, Any], str] | None:
+    """The batch-1 destination `stedge tune` kept for the tier from this machine's previous tune (the profile's
+    ``kept_routes``, ``stedge_runtime.tune.kept_routes``: its route duel could not tell the fresh destination
+    faster), as (route, reason); None where there is none, the bulk choice or the fresh destination is not the one
+    it was judged with, or the kept destination no longer qualifies: it must have been timed here at the tier
+    (``lat``; the bulk choice itself always is) and its vectors must agree with the bulk variant's."""
+    k = (prof.get("kept_routes") or {}).get(tier)
+    if not isinstance(k, Mapping) or k.get("bulk") != {"variant": name, "settings": settings}:
+        return None
+    if k.get("over") != batch1_destination({"variant": name, "settings": settings, **fresh}):
+        return None
+    dest = {"variant": k.get("variant"), "settings": k.get("settings")}
+    level = (prof.get("paired") or {}).get("ci_level", 0.95)
+    since = (
+        f"kept from this machine's tune of {k.get('since')}: its route duel could not tell "
+        f"{k['over']['variant']} {k['over']['settings']} faster ({k.get('batch1_speedup', 0):.3f}x it"
+        + interval_text(k.get("batch1_speedup_ci"), level)
+        + "; `stedge tune --fresh-choices` chooses afresh)"
+    )
+    if dest == {"variant": name, "settings": settings}:
+        return {}, f"batch-1 calls stay on {name} {settings}: {since}"
+    timed = next((x for x in lat if (x[1], x[2]) == (dest["variant"], dest["settings"])), None)
+    agree = _agreement(prof, name, str(dest["variant"]))
+    if timed is None or (dest["variant"] != name and (agree is None or agree < INVARIANCE[tier])):
+        return None
+    why = f"batch-1 calls go to {dest['variant']} {dest['settings']} (batch-1 p50 {timed[0]:.2f} ms"
+    why += ")" if dest["variant"] == name else f"; min cos to {name}: {agree})"
+    return dict(latency_variant=dest["variant"], latency_settings=dict(dest["settings"])), f"{why}: {since}"
+
+
+def _fresh_route(
+    prof: dict,
+    tier: str,
+    route: bool | None,
+    name: str,
+    settings: dict,
+    p50: float,
+    lat: list[tuple[float, str, dict, float | None]],
+    notes: list[str],
+) -> dict[str, Any]:
+    """``_batch1_route``'s decision from this tune's figures alone."""
     out: dict[str, Any] = {}
     # Routing must pay on short queries and on the longer ones (profiles from before those were timed: short only).
     own_long = next((x[3] for x in lat if (x[1], x[2]) == (name, settings)), None)

@@ -46,6 +46,7 @@ from .select import (
     STATIC_PAD_GAIN,
     STATIC_PADS,
     TIERS,
+    batch1_destination,
     budget_only,
     bulk_score,
     default_batch_tokens,
@@ -446,9 +447,10 @@ def tune(
     duels and the batch-1 routing decide on them), the bulk workloads unchanged; ``paired_cycles`` is the number of
     cycles of the paired final (0 skips it; see ``paired_final``). ``previous``: this machine's profile of the
     artifact before this tune (None: choose afresh): its token budget stays unless another is faster in every
-    round of the sweep (``_tune_batch_tokens``), and its tier choices, which join the paired final, where it
-    cannot tell the new ones from them (``kept_choices``): a re-tune does not move an app between configurations
-    within noise.
+    round of the sweep (``_tune_batch_tokens``), its tier choices, which join the paired final, where it
+    cannot tell the new ones from them (``kept_choices``), and where their batch-1 calls went where a route duel
+    cannot tell the new destination faster (``kept_routes``): a re-tune does not move an app between
+    configurations within noise.
     """
     from .encoder import Encoder, Reranker
 
@@ -543,12 +545,16 @@ def _final_and_kept(
     previous: Mapping[str, Any] | None,
 ) -> None:
     """Add the paired final to ``prof``, with what ``Encoder.load`` chose from ``previous`` (this machine's profile
-    before the tune; None: nothing) among its contenders, and the choices the tune keeps from it (``kept_choices``)."""
+    before the tune; None: nothing) among its contenders, and the choices the tune keeps from it: bulk choices
+    (``kept_choices``), then batch-1 destinations (``kept_routes``)."""
     before = best_choices(root, profile=dict(previous)) if previous else {}  # what an app ran until now
     was = [c for c in before.values() if "variant" in c]
     prof["paired"] = paired_final(cls, root, prof, work, batch_sizes, cycles, progress, was)
-    if kept := kept_choices(before, best_choices(root, profile=prof), previous, prof):
+    duel = duel_cache(cls, root, work, progress)
+    if kept := kept_choices(before, best_choices(root, profile=prof), previous, prof, duel):
         prof["kept"] = kept
+    if routes := kept_routes(before, best_choices(root, profile=prof), previous, prof, duel):
+        prof["kept_routes"] = routes
 
 
 def eligible_runs(root: str | Path, prof: dict[str, Any]) -> dict[str, dict[str, list[dict]]]:
@@ -713,20 +719,31 @@ def paired_final(
     return out
 
 
+Duel = Callable[[Mapping[str, Any], Mapping[str, Any]], "list[float] | None"]  # (new, old) -> per-pass speedups
+
+
 def kept_choices(
-    before: Mapping[str, Any], now: Mapping[str, Any], previous: Mapping[str, Any] | None, prof: Mapping[str, Any]
+    before: Mapping[str, Any],
+    now: Mapping[str, Any],
+    previous: Mapping[str, Any] | None,
+    prof: Mapping[str, Any],
+    duel: Duel | None = None,
 ) -> dict[str, Any]:
     """The profile's ``kept``: per tier, the choice of this machine's previous profile (``previous``, its
     ``best_choices`` ``before``) that a re-tune keeps where its own choice (``now``) differs only within noise:
     both ran in the paired final at those settings (``static_batch1`` aside: it runs the same bulk calls; two
     choices that differ in it alone are left to the rounds' rule for it), the previous choice's variant files are
-    unchanged, and
-    neither the new choice's bulk ratio over it (the median of per-cycle ratios, ``bulk_cycle_ratios``) nor its
-    batch-1 ratio has a ``PAIRED_CI_LEVEL`` interval above 1. So a re-tune does not move an app between settings or
-    variants the cycles cannot tell apart (their vectors may differ within the tier). Selection keeps it only while
-    it is eligible and the profile's choice is still the one it was compared with. Returns ``{tier: {"variant",
-    "settings", "over": {"variant", "settings"}, "since": previous created, "bulk_speedup", "bulk_speedup_ci",
-    "batch1_speedup", "batch1_speedup_ci"}}`` (ratios of the new choice over the kept one)."""
+    unchanged, and the new choice is faster with confidence (a ``PAIRED_CI_LEVEL`` interval above 1) neither in
+    bulk (the median of per-cycle ratios, ``bulk_cycle_ratios``) nor at batch 1. Batch 1 is judged where each
+    choice runs its batch-1 calls (``select.batch1_destination``): by the final's batch-1 passes where both run
+    them on their bulk settings, else by ``duel`` (``route_duel``; None: such a pair is not kept), since a route
+    or static batch-1 compilations are not what the final times; not at all where both run them on the same
+    engine and settings. So a re-tune does not move an app between
+    settings or variants the cycles cannot tell apart (their vectors may differ within the tier). Selection keeps
+    it only while it is eligible and the profile's choice is still the one it was compared with. Returns ``{tier:
+    {"variant", "settings", "over": {"variant", "settings"}, "since": previous created, "bulk_speedup",
+    "bulk_speedup_ci", "batch1_speedup", "batch1_speedup_ci", "batch1_by": "final" | "route duel" | "same
+    destination" (no batch-1 figures then)}}`` (ratios of the new choice over the kept one)."""
     final = prof.get("paired") or {}
     cont = final.get("contenders") or {}
     if not previous or not final.get("cycles"):
@@ -748,6 +765,12 @@ def kept_choices(
     def files(p: Mapping[str, Any], name: Any) -> Any:
         return ((p.get("variants") or {}).get(name) or {}).get("sha256")
 
+    def on_bulk_settings(choice: Mapping[str, Any]) -> bool:  # its batch-1 calls are the ones the final timed
+        return batch1_destination(choice) == {
+            "variant": choice["variant"],
+            "settings": plain_settings(choice.get("settings")),
+        }
+
     out: dict[str, Any] = {}
     for tier, was in before.items():
         new = now.get(tier) or {}
@@ -765,22 +788,131 @@ def kept_choices(
         ):
             continue
         a, b = timed(over), timed(pick)
-        if a is None or b is None or "batch1" not in a or "batch1" not in b:
+        if a is None or b is None:
             continue
         ratios = {k: paired_ratios(a[k], b[k]) for k in a if k in b}
         bulk = bulk_cycle_ratios({k: r for k, r in ratios.items() if k != "batch1"})
-        one = ratios["batch1"]
-        bulk_ci, one_ci = (_rounded_interval(bulk) if bulk else None), _rounded_interval(one)
-        if bulk_ci is None or one_ci is None or bulk_ci[0] > 1 or one_ci[0] > 1:
-            continue  # too few cycles to tell, or the new choice is faster with confidence
+        one: list[float] | None = None
+        if batch1_destination(new) == batch1_destination(was):
+            by = "same destination"  # both run their batch-1 calls on one engine: bulk alone decides
+        elif on_bulk_settings(new) and on_bulk_settings(was):
+            one, by = ratios.get("batch1"), "final"
+        else:
+            one, by = (duel(batch1_destination(new), batch1_destination(was)) if duel else None), "route duel"
+        bulk_ci, one_ci = (_rounded_interval(bulk) if bulk else None), (_rounded_interval(one) if one else None)
+        if bulk_ci is None or bulk_ci[0] > 1 or (by != "same destination" and (one_ci is None or one_ci[0] > 1)):
+            continue  # too few cycles or passes to tell, or the new choice is faster with confidence
         out[tier] = {
             **pick,
             "over": over,
             "since": previous.get("created"),
             "bulk_speedup": round(statistics.median(bulk), 4),
             "bulk_speedup_ci": bulk_ci,
-            "batch1_speedup": round(statistics.median(one), 4),
-            "batch1_speedup_ci": one_ci,
+            **({"batch1_speedup": round(statistics.median(one), 4), "batch1_speedup_ci": one_ci} if one else {}),
+            "batch1_by": by,
+        }
+    return out
+
+
+ROUTE_PASSES = 10  # passes of the route duel (kept_routes), each over the tune's short and longer queries
+
+
+def route_duel(
+    cls: Any,
+    root: Path,
+    new: Mapping[str, Any],
+    old: Mapping[str, Any],
+    work: _Workloads,
+    passes: int = ROUTE_PASSES,
+) -> list[float]:
+    """Two batch-1 destinations (``{"variant", "settings"}``, static batch-1 compilations included) loaded side by
+    side and timed in turn over the tune's short and longer queries, one call per query, the order reversed every
+    pass (as ``static_pad_duel``). Returns per pass ``new``'s speedup over ``old``: the geometric mean of its
+    ratios on the short and on the longer queries, so each length counts once."""
+    engines = {
+        k: _call(cls.load(root, variant=c["variant"], **c["settings"]), work.task)
+        for k, c in (("new", new), ("old", old))
+    }
+    for run in engines.values():
+        for item in (work.latency + work.latency_long) * 2:  # static_batch1 compiles a length the second time
+            run([item], 1)
+    secs: dict[str, dict[str, list[float]]] = {k: {"short": [], "long": []} for k in engines}
+    for _, k in alternating_rounds(list(engines), passes):
+        for kind, items in (("short", work.latency), ("long", work.latency_long)):
+            t = time.perf_counter()
+            for item in items:
+                engines[k]([item], 1)
+            secs[k][kind].append(time.perf_counter() - t)
+    by_kind = [paired_ratios(secs["new"][kind], secs["old"][kind]) for kind in ("short", "long")]
+    return [geomean(list(r)) or 0.0 for r in zip(*by_kind)]
+
+
+def duel_cache(cls: Any, root: Path, work: _Workloads, progress: Progress | None = None) -> Duel:
+    """``route_duel`` on ``root`` as a ``Duel`` for ``kept_choices`` and ``kept_routes``: each pair of destinations
+    duels once per tune (tiers share them); a destination that fails to load or run gives None."""
+    done: dict[str, list[float] | None] = {}
+
+    def duel(new: Mapping[str, Any], old: Mapping[str, Any]) -> list[float] | None:
+        key = json.dumps([new, old], sort_keys=True)
+        if key not in done:
+            if progress:
+                progress(f"route duel: {new['variant']} vs {old['variant']}", 0, 1)
+            try:
+                done[key] = route_duel(cls, root, new, old, work)
+            except Exception:  # a destination that cannot run here is not kept
+                done[key] = None
+        return done[key]
+
+    return duel
+
+
+def kept_routes(
+    before: Mapping[str, Any],
+    now: Mapping[str, Any],
+    previous: Mapping[str, Any] | None,
+    prof: Mapping[str, Any],
+    duel: Duel,
+) -> dict[str, Any]:
+    """The profile's ``kept_routes``: per tier whose bulk choice (variant and settings) is the previous tune's
+    (``before``, ``best_choices`` of ``previous``; kept or chosen again) while its batch-1 destination
+    (``select.batch1_destination``: its route, else the bulk choice itself) moved, the previous destination,
+    unless ``duel`` (``route_duel``) shows the new one faster with confidence (the ``PAIRED_CI_LEVEL`` interval of
+    its per-pass speedup above 1; None from the duel: not kept). The previous destination must run unchanged
+    files and have been timed in this tune's rounds at its settings. So a re-tune does not move batch-1 calls,
+    and with them the vectors of queries, within noise. Selection keeps it only while it still qualifies
+    (``select._kept_route``). Returns ``{tier: {"variant", "settings", "over": {"variant", "settings"}, "bulk":
+    {"variant", "settings"}, "since": previous created, "passes", "batch1_speedup", "batch1_speedup_ci"}}``
+    (speedup of "over" over the kept destination)."""
+    if not previous:
+        return {}
+    variants = prof.get("variants") or {}
+    out: dict[str, Any] = {}
+    for tier, was in before.items():
+        new = now.get(tier) or {}
+        if "variant" not in was or "variant" not in new:
+            continue
+        bulk = {"variant": new["variant"], "settings": new.get("settings") or {}}
+        old_dest, new_dest = batch1_destination(was), batch1_destination(new)
+        if bulk != {"variant": was["variant"], "settings": was.get("settings") or {}} or old_dest == new_dest:
+            continue
+        entry = variants.get(old_dest["variant"]) or {}
+        prev = ((previous.get("variants") or {}).get(old_dest["variant"]) or {}).get("sha256")
+        if entry.get("status") != "ok" or not prev or entry.get("sha256") != prev:
+            continue  # re-exported since, or not tuned here
+        if not any(r.get("settings") == old_dest["settings"] for r in entry.get("runs") or []):
+            continue
+        ratios = duel(new_dest, old_dest)
+        ci = _rounded_interval(ratios) if ratios else None
+        if not ratios or ci is None or ci[0] > 1:
+            continue  # could not run, too few passes, or the new destination is faster with confidence
+        out[tier] = {
+            **old_dest,
+            "over": new_dest,
+            "bulk": bulk,
+            "since": previous.get("created"),
+            "passes": len(ratios),
+            "batch1_speedup": round(statistics.median(ratios), 4),
+            "batch1_speedup_ci": ci,
         }
     return out
 

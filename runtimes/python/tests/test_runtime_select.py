@@ -811,6 +811,35 @@ def test_a_re_tune_keeps_a_choice_the_paired_final_cannot_tell_from_the_new_one(
     assert kept_choices(before, now, None, prof) == {} and kept_choices(before, before, previous, prof) == {}
     static = {"exact": {**before["exact"], "settings": {"threads": 2, "static_batch1": 8}}}
     assert kept_choices(before, static, previous, prof) == {}  # static batch-1 compilations alone: the rounds decide
+    assert kept["exact"]["batch1_by"] == "final"
+    # The previous choice routed its batch-1 calls elsewhere (seen on the AMX guest: THROUGHPUT in bulk, batch 1 on
+    # a LATENCY engine; the re-tune's LATENCY choice was 2x faster than THROUGHPUT at batch 1 in the final): batch 1
+    # is judged between where each runs its batch-1 calls, by the route duel, not by the final's batch-1 passes.
+    int8 = {"variant": "onnx-int8-static", "settings": {"threads": 2}}
+    routed = {"exact": {**before["exact"], "latency_variant": int8["variant"], "latency_settings": int8["settings"]}}
+    slow_one = final(noisy)
+    slow_one["contenders"]["onnx-fp32"]["seconds"]["batch1"] = [0.5] * len(noisy)
+    asked = []
+
+    def duel(new, old):
+        asked.append((new, old))
+        return [0.97, 1.02, 0.99, 1.04, 1.0, 0.98, 1.01]
+
+    held = kept_choices(routed, now, previous, {**prof, "paired": slow_one}, duel)
+    assert held["exact"]["batch1_by"] == "route duel" and held["exact"]["batch1_speedup"] == 1.0
+    assert asked == [({"variant": "onnx-fp32", "settings": {"threads": 2}}, int8)]
+    write_profile(tmp_path, {**prof, "paired": slow_one, "kept": held})
+    assert (
+        "1.000x at batch 1 in a route duel (95 % CI 0.97-1.04, within noise)"
+        in _sel(vs, tmp_path, PLAIN, "exact").reason
+    )
+    same = {"exact": {**now["exact"], "latency_variant": int8["variant"], "latency_settings": int8["settings"]}}
+    alike = kept_choices(routed, same, previous, {**prof, "paired": slow_one}, duel)  # one batch-1 engine for both
+    assert alike["exact"]["batch1_by"] == "same destination" and "batch1_speedup" not in alike["exact"]
+    assert len(asked) == 1
+    assert kept_choices(routed, now, previous, {**prof, "paired": slow_one}) == {}  # no duel: cannot tell
+    assert kept_choices(routed, now, previous, prof, lambda new, old: [1.2] * 7) == {}  # faster with confidence
+    assert kept_choices(before, now, previous, {**prof, "paired": slow_one}) == {}  # no route: the final decides
     other = {**kept["exact"], "over": {"variant": "onnx-int8-static", "settings": {"threads": 2}}}
     write_profile(tmp_path, {**prof, "kept": {"exact": other}})  # compared with a choice the profile no longer makes
     assert _sel(vs, tmp_path, PLAIN, "exact").variant == "onnx-fp32"
@@ -819,6 +848,139 @@ def test_a_re_tune_keeps_a_choice_the_paired_final_cannot_tell_from_the_new_one(
     assert _sel(vs, tmp_path, PLAIN, "exact").variant == "onnx-fp32"
     with pytest.raises(ArtifactError, match="field 'kept'"):
         write_profile(tmp_path, {**prof, "kept": {"exact": "openvino-fp32"}})
+
+
+def _route_kept(dest: tuple[str, dict], over: tuple[str, dict], bulk: tuple[str, dict] | None = None) -> dict:
+    bulk = bulk or ("openvino-fp32", {"threads": 2})
+    return {
+        "variant": dest[0],
+        "settings": dest[1],
+        "over": {"variant": over[0], "settings": over[1]},
+        "bulk": {"variant": bulk[0], "settings": bulk[1]},
+        "since": "T0",
+        "passes": 10,
+        "batch1_speedup": 1.05,
+        "batch1_speedup_ci": [0.97, 1.12],
+    }
+
+
+def test_a_re_tune_keeps_the_batch1_destination_its_route_duel_cannot_tell_from_the_new_one(tmp_path):
+    """near: openvino-fp32 in bulk. Fresh, batch-1 calls go to onnx-fp32 (1.0 against 3.0 ms); the profile kept
+    them on openvino-fp32 (the previous tune's, tune.kept_routes): they stay, and the note says why. The other
+    way round, a kept route is taken while it still qualifies: timed here, vectors agreeing, the same bulk choice
+    and the same fresh destination; route=True and route=False decide afresh."""
+    vs = _variants()
+    two = {"threads": 2}
+    ov, ox = ("openvino-fp32", two), ("onnx-fp32", two)
+    prof = _profile("machine-a", {"openvino-fp32": (3.0, 900, 90), "onnx-fp32": (1.0, 500, 50)})
+    prof["agreement"] = {"onnx-fp32|openvino-fp32": 0.99999}
+    write_profile(tmp_path, prof)
+    assert _sel(vs, tmp_path, PLAIN).latency_variant == "onnx-fp32"  # fresh
+    write_profile(tmp_path, {**prof, "kept_routes": {"near": _route_kept(ov, ox)}})
+    sel = _sel(vs, tmp_path, PLAIN)
+    assert (sel.variant, sel.latency_variant) == ("openvino-fp32", None)
+    assert (
+        "batch-1 calls stay on openvino-fp32 {'threads': 2}: kept from this machine's tune of T0: its route duel "
+        "could not tell onnx-fp32 {'threads': 2} faster (1.050x it (95 % CI 0.97-1.12, within noise)"
+    ) in " ".join(sel.notes), sel.notes
+    assert not any("batch-1 calls go to" in n for n in sel.notes)
+    assert _sel(vs, tmp_path, PLAIN, route=True).latency_variant == "onnx-fp32"
+    assert _sel(vs, tmp_path, PLAIN, route=False).latency_variant is None
+    assert _sel(vs, tmp_path, PLAIN, "exact").latency_variant == "onnx-fp32"  # kept for near alone
+
+    prof["variants"]["onnx-fp32"]["runs"][0]["batch1_ms_p50"] = 2.8  # fresh: not 20 % faster, not routed
+    write_profile(tmp_path, prof)
+    assert _sel(vs, tmp_path, PLAIN).latency_variant is None
+    write_profile(tmp_path, {**prof, "kept_routes": {"near": _route_kept(ox, ov)}})
+    sel = _sel(vs, tmp_path, PLAIN)
+    assert (sel.latency_variant, sel.latency_settings) == ("onnx-fp32", two)
+    assert any(
+        n.startswith("batch-1 calls go to onnx-fp32 {'threads': 2} (batch-1 p50 2.80 ms; min cos")
+        and "kept from this machine's tune of T0" in n
+        for n in sel.notes
+    ), sel.notes
+    for stale in (
+        _route_kept(("onnx-fp32", {"threads": 4}), ov),  # settings not timed here
+        _route_kept(ox, ("onnx-int8-static", two)),  # judged against another fresh destination
+        _route_kept(ox, ov, ("onnx-fp32", two)),  # under another bulk choice
+    ):
+        write_profile(tmp_path, {**prof, "kept_routes": {"near": stale}})
+        assert _sel(vs, tmp_path, PLAIN).latency_variant is None, stale
+    prof["agreement"] = {"onnx-fp32|openvino-fp32": 0.99}  # its vectors no longer agree here
+    write_profile(tmp_path, {**prof, "kept_routes": {"near": _route_kept(ox, ov)}})
+    assert _sel(vs, tmp_path, PLAIN).latency_variant is None
+    with pytest.raises(ArtifactError, match="field 'kept_routes'"):
+        write_profile(tmp_path, {**prof, "kept_routes": {"near": "onnx-fp32"}})
+
+
+def test_kept_routes_keeps_the_previous_destination_unless_the_new_one_wins_the_duel():
+    """tune.kept_routes with the duel's per-pass speedups given: within noise the previous batch-1 destination
+    stays; a confident win, too few passes, changed files, a destination not timed here, another bulk choice, an
+    unchanged destination, no previous profile or a duel that could not run keep nothing."""
+    from stedge_runtime import tune as tune_mod
+
+    two, lat = {"threads": 2}, {"threads": 2, "performance_hint": "LATENCY", "static_batch1": 8}
+    bulk = {"variant": "openvino-fp32", "settings": two}
+    routed = {**bulk, "latency_variant": "openvino-fp32", "latency_settings": lat}
+    before = {"near": routed, "compressed": routed, "exact": {"error": "nothing eligible"}}
+    now = {"near": bulk, "compressed": bulk, "exact": bulk}
+    ov = {"status": "ok", "sha256": "h1", "runs": [{"settings": two}, {"settings": lat}]}
+    prof = {"variants": {"openvino-fp32": ov}}
+    previous = {"created": "T0", "variants": {"openvino-fp32": {"sha256": "h1"}}}
+    duels, speedups = [], [0.96, 1.08, 1.01, 1.12, 0.97, 1.04, 1.05, 1.0, 0.99, 1.02]
+
+    def duel(new, old):
+        duels.append((new, old))
+        return list(speedups)
+
+    kept = tune_mod.kept_routes(before, now, previous, prof, duel)
+    assert set(kept) == {"near", "compressed"} and len(duels) == 2
+    assert duels[0] == (bulk, {"variant": "openvino-fp32", "settings": lat})
+    assert kept["near"] == {
+        "variant": "openvino-fp32",
+        "settings": lat,
+        "over": bulk,
+        "bulk": bulk,
+        "since": "T0",
+        "passes": 10,
+        "batch1_speedup": 1.015,
+        "batch1_speedup_ci": [0.97, 1.08],
+    }
+    speedups[:] = [1.1, 1.12, 1.09, 1.15, 1.11, 1.1, 1.13, 1.08, 1.12, 1.1]
+    assert tune_mod.kept_routes(before, now, previous, prof, duel) == {}  # faster with confidence
+    speedups[:] = [0.9, 1.0, 1.1, 1.0, 0.95]
+    assert tune_mod.kept_routes(before, now, previous, prof, duel) == {}  # no interval
+    speedups[:] = [1.0] * 10
+    changed = {"created": "T0", "variants": {"openvino-fp32": {"sha256": "old"}}}
+    assert tune_mod.kept_routes(before, now, changed, prof, duel) == {}
+    untimed = {"variants": {"openvino-fp32": {**ov, "runs": [{"settings": two}]}}}
+    assert tune_mod.kept_routes(before, now, previous, untimed, duel) == {}
+    other = {"near": {**routed, "settings": {"threads": 1}}}
+    assert tune_mod.kept_routes(other, now, previous, prof, duel) == {}  # the bulk choice moved
+    assert tune_mod.kept_routes(now, now, previous, prof, duel) == {}
+    assert tune_mod.kept_routes(before, now, None, prof, duel) == {}
+    assert tune_mod.kept_routes(before, now, previous, prof, lambda new, old: None) == {}  # the duel could not run
+
+
+def test_the_route_duel_runs_both_destinations_and_keeps_none_that_cannot_run(tiny_artifact):
+    """route_duel on real engines: one speedup per pass. A previous destination that no longer loads (here:
+    threads the engine refuses) is not kept."""
+    from stedge_runtime import Encoder
+    from stedge_runtime import tune as tune_mod
+
+    work = tune_mod._Workloads("embedding", None, True)
+    ox = {"variant": "onnx-fp32", "settings": {"threads": 1}}
+    ov = {"variant": "openvino-fp32", "settings": {"threads": 1}}
+    speedups = tune_mod.route_duel(Encoder, tiny_artifact, ox, ov, work, passes=6)
+    assert len(speedups) == 6 and all(0 < s < 100 for s in speedups), speedups
+    bad = {"threads": -3}
+    before = {"near": {**ox, "latency_variant": "openvino-fp32", "latency_settings": bad}}
+    now = {"near": ox}
+    entry = {"status": "ok", "sha256": "h", "runs": [{"settings": bad}]}
+    prof, previous = {"variants": {"openvino-fp32": entry}}, {"variants": {"openvino-fp32": {"sha256": "h"}}}
+    duel = tune_mod.duel_cache(Encoder, tiny_artifact, work)
+    assert duel(ov, {"variant": "openvino-fp32", "settings": bad}) is None
+    assert tune_mod.kept_routes(before, now, previous, prof, duel) == {}
 
 
 def test_the_paired_final_decides_batch1_routing_too(tmp_path):
