@@ -676,6 +676,9 @@ def _int8_groups_are_duelled(art: Path) -> None:
         labels = {"default", *(str(g) for g in tune_mod.DQ_GROUPS if g is not None)}
         assert set(duel["bulk_sent_s"]) == set(duel["batch1_ms_p50"]) == labels
         assert duel["chosen"] in tune_mod.DQ_GROUPS and all(v > 0 for v in duel["batch1_ms_p50"].values())
+        assert duel["chosen"] is None and all(len(v) == 2 for v in duel["pass_score"].values())  # 2 passes: no interval
+        held = tune_mod.dq_group_duel(Encoder, art, "openvino-int8-static", settings, work, passes=2, incumbent=128)
+        assert held["incumbent"] == 128 and held["chosen"] == 128  # the previous tune's choice stays likewise
     assert tune_mod.dq_group_duel(Encoder, art, "openvino-fp32", settings, work, passes=2) == {
         "effect": False,
         "chosen": None,

@@ -419,10 +419,11 @@ def tune_cmd(
     fresh_choices: bool = typer.Option(
         False,
         "--fresh-choices",
-        help="Choose each tier, its batch-1 route and the token budget afresh. By default a re-tune keeps the "
-        "previous profile's choice of a tier where the paired final cannot tell the new fastest from it, where "
-        "its batch-1 calls went where a route duel cannot tell the new destination faster, and its token budget "
-        "unless another is 10 % faster in every round, so an app does not move between configurations within noise.",
+        help="Choose each tier, its batch-1 route, the duels' static padding and int8 group, and the token budget "
+        "afresh. By default a re-tune keeps the previous profile's choice of a tier where the paired final cannot "
+        "tell the new fastest from it, where its batch-1 calls went where a route duel cannot tell the new "
+        "destination faster, its padding and group unless a duel shows another 5 % faster with confidence, and its "
+        "token budget unless another is 10 % faster in every round, so an app does not move within noise.",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Measure and print, but do not write the profile."),
     as_json: bool = typer.Option(False, "--json", help="Print the profile and the choices as JSON."),

@@ -15,7 +15,15 @@ not touched. Layout (``format_version`` 1)::
                          "runs": [{"settings": {"threads": 2, "allow_spinning": true},
                                    "batch1_ms_p50": 1.9, "batch1_ms_p90": 2.3, "rounds": 2,
                                    "batch1_ms_p50_long": 2.6,   # longer queries (two short texts joined)
-                                   "bulk": {"short": {"32": 1650.0}, "passage": {"32": 140.0}}}]}},
+                                   "bulk": {"short": {"32": 1650.0}, "passage": {"32": 140.0}}}],
+                         "static_pad": {"p50_ms": {"16": 2.1, "8": 1.9}, "pass_ms": {"16": [...], "8": [...]},
+                                        "incumbent": 8?, "chosen": 8},   # OpenVINO: the static-padding duel
+                         "dq_group": {"effect": true, "bulk_sent_s": {...}, "batch1_ms_p50": {...},
+                                      "pass_score": {"default": [...], "128": [...], ...}, "incumbent": 128?,
+                                      "chosen": 128 | null}}},   # OpenVINO int8/int4: the int8-group duel
+                    # (tune.static_pad_duel, tune.dq_group_duel; incumbent: the previous tune's choice, which
+                    # stays unless another is 5 % faster with confidence over the passes, tune.duel_winner;
+                    # profiles before 2026-12-07T07:15 have no pass figures)
      "agreement": {"A|B": min cosine between the vectors of variants A and B on the short texts},
      "batch_tokens": {"variant": "onnx-fp32", "settings": {...}, "batch_sizes": {"short": 192, "passage": 24},
                       "rates": {"1024": {"short": 620.0, "passage": 27.0}, ...}, "default": 1024,

@@ -256,14 +256,22 @@ STATIC_PAD_PASSES = 10  # passes of the static-padding duel over the tune's shor
 
 
 def static_pad_duel(
-    cls: Any, root: Path, name: str, settings: dict[str, Any], work: _Workloads, passes: int = STATIC_PAD_PASSES
+    cls: Any,
+    root: Path,
+    name: str,
+    settings: dict[str, Any],
+    work: _Workloads,
+    passes: int = STATIC_PAD_PASSES,
+    incumbent: Any = None,
 ) -> dict[str, Any]:
     """Batch-1 p50 of variant ``name`` with ``settings`` (static_batch1) at each padding of STATIC_PADS.
 
     One engine per padding, loaded side by side; each pass runs every engine over all the tune's short and longer
     queries in turn, as an app's one engine runs them (its static compilations switching with the lengths), the
-    engines' order reversed every pass. Returns ``{"p50_ms": {pad: ms}, "chosen": pad}``: the finer padding where
-    it ran at least STATIC_PAD_GAIN faster, else the engine's default (STATIC_PADS[0]).
+    engines' order reversed every pass. Returns ``{"p50_ms": {pad: ms}, "pass_ms": {pad: [each pass's total]},
+    "chosen": pad}``: the fastest padding where it beat the incumbent (``incumbent``: this machine's previous
+    tune's choice, else the engine's default, STATIC_PADS[0]) by STATIC_PAD_GAIN and with confidence over the
+    passes (``duel_winner``), else the incumbent.
     """
     runs = {pad: _call(cls.load(root, variant=name, **settings, static_pad=pad), work.task) for pad in STATIC_PADS}
     items = work.latency + work.latency_long
@@ -277,15 +285,38 @@ def static_pad_duel(
             runs[pad]([item], 1)
             ms[pad].append((time.perf_counter() - t) * 1000.0)
     p50 = {pad: statistics.median(v) for pad, v in ms.items()}
-    return {"p50_ms": {str(pad): round(v, 4) for pad, v in p50.items()}, "chosen": chosen_static_pad(p50)}
+    per_pass = {pad: [sum(v[i : i + len(items)]) for i in range(0, len(v), len(items))] for pad, v in ms.items()}
+    out = {
+        "p50_ms": {str(pad): round(v, 4) for pad, v in p50.items()},
+        "pass_ms": {str(pad): [round(t, 3) for t in v] for pad, v in per_pass.items()},
+        "chosen": chosen_static_pad(p50, incumbent, per_pass),
+    }
+    return {**out, "incumbent": incumbent} if incumbent in p50 and incumbent != STATIC_PADS[0] else out
 
 
-def chosen_static_pad(p50: dict[int, float]) -> int:
-    """The padding of STATIC_PADS to use from the duel's batch-1 p50s: the fastest where it beat the engine's
-    default by at least STATIC_PAD_GAIN, else the default."""
-    default = STATIC_PADS[0]
-    best = min(p50, key=lambda pad: p50[pad])
-    return best if p50[default] >= STATIC_PAD_GAIN * p50[best] else default
+def chosen_static_pad(
+    p50: Mapping[int, float], incumbent: Any = None, per_pass: Mapping[int, Sequence[float]] | None = None
+) -> int:
+    """The padding of STATIC_PADS to use from the duel's batch-1 p50s (and, where given, each pass's time per
+    padding): ``duel_winner`` over the incumbent (the previous tune's choice where it was timed, else the
+    engine's default) with STATIC_PAD_GAIN."""
+    return duel_winner(p50, incumbent if incumbent in p50 else STATIC_PADS[0], STATIC_PAD_GAIN, per_pass)
+
+
+def duel_winner(
+    cost: Mapping[Any, float], held: Any, gain: float, per_pass: Mapping[Any, Sequence[float]] | None = None
+) -> Any:
+    """A duel's choice (``cost``: lower is faster): the cheapest where the incumbent ``held`` costs at least
+    ``gain`` times as much and, where ``per_pass`` costs are given, its per-pass speedup over ``held`` has a
+    ``PAIRED_CI_LEVEL`` interval above 1 (one lucky pass, or a few, does not move a setting); else ``held``."""
+    best = min(cost, key=lambda k: cost[k])
+    if cost[held] < gain * cost[best]:
+        return held
+    if per_pass is not None:
+        ci = _rounded_interval(paired_ratios(per_pass[best], per_pass[held]))
+        if ci is None or ci[0] <= 1:
+            return held
+    return best
 
 
 DQ_KEY = "dynamic_quantization_group_size"  # the OpenVINO engine option the int8-group duel sets
@@ -304,7 +335,13 @@ DUEL_KEYS = ("static_pad", DQ_KEY)  # settings the duels add to the grid's (sted
 
 
 def dq_group_duel(
-    cls: Any, root: Path, name: str, settings: dict[str, Any], work: _Workloads, passes: int = DQ_PASSES
+    cls: Any,
+    root: Path,
+    name: str,
+    settings: dict[str, Any],
+    work: _Workloads,
+    passes: int = DQ_PASSES,
+    incumbent: Any = None,
 ) -> dict[str, Any]:
     """Variant ``name`` with ``settings`` at each run-time int8 group of DQ_GROUPS, loaded side by side.
 
@@ -312,9 +349,11 @@ def dq_group_duel(
     no MatMul the setting reaches, and the default stays (``"effect": False``). Else each pass runs every engine
     over the short texts at batch 32 and the batch-1 queries one at a time, the order reversed every pass; a
     group's score is the geometric mean of its median bulk pass time and its batch-1 p50, and the best group is
-    taken where it beat the default's score by at least DQ_GAIN. Returns the figures and ``"chosen"`` (None: the
-    engine's default). Accuracy is not judged here: every setting the rounds then time carries the chosen group,
-    and each is held to its tier again (``_accuracy_here``)."""
+    taken where it beat the incumbent's score by at least DQ_GAIN and with confidence over the passes (each pass
+    scored alike, ``duel_winner``; ``incumbent``: this machine's previous tune's choice, else the engine's
+    default), else the incumbent. Returns the figures (``pass_score``: each pass's score per group) and
+    ``"chosen"`` (None: the engine's default). Accuracy is not judged here: every setting the rounds then time
+    carries the chosen group, and each is held to its tier again (``_accuracy_here``)."""
     models = {g: cls.load(root, variant=name, **settings, **({} if g is None else {DQ_KEY: g})) for g in DQ_GROUPS}
     runs = {g: _call(m, work.task) for g, m in models.items()}
     first = {g: run(work.mixed, 32) for g, run in runs.items()}
@@ -331,24 +370,46 @@ def dq_group_duel(
             runs[g]([item], 1)
             one[g].append((time.perf_counter() - t) * 1000.0)
     score = {g: (statistics.median(bulk[g]) * statistics.median(one[g])) ** 0.5 for g in runs}
-    best = min(score, key=lambda g: score[g])
+    n = len(work.latency)  # each pass's score: its bulk pass time and its batch-1 median, as the duel's
+    per_pass = {
+        g: [(b * statistics.median(one[g][i * n : (i + 1) * n])) ** 0.5 for i, b in enumerate(bulk[g])] for g in runs
+    }
     label = {g: "default" if g is None else str(g) for g in runs}
     return {
         "effect": True,
         "bulk_sent_s": {label[g]: round(len(work.short) / statistics.median(v), 1) for g, v in bulk.items()},
         "batch1_ms_p50": {label[g]: round(statistics.median(v), 4) for g, v in one.items()},
-        "chosen": best if score[None] >= DQ_GAIN * score[best] else None,
+        "pass_score": {label[g]: [round(v, 5) for v in vs] for g, vs in per_pass.items()},
+        **({"incumbent": incumbent} if incumbent is not None and incumbent in score else {}),
+        "chosen": chosen_dq_group(score, incumbent, per_pass),
     }
 
 
+def chosen_dq_group(
+    score: Mapping[Any, float], incumbent: Any = None, per_pass: Mapping[Any, Sequence[float]] | None = None
+) -> Any:
+    """The run-time int8 group to use from the duel's scores (lower is faster; None: the engine's default) and,
+    where given, each pass's score per group: ``duel_winner`` over the incumbent (the previous tune's choice where
+    it was timed, else the default) with DQ_GAIN."""
+    return duel_winner(score, incumbent if incumbent in score else None, DQ_GAIN, per_pass)
+
+
 def _duels(
-    cls: Any, root: Path, todo: dict[str, Any], work: _Workloads, threads: int | None, progress: Progress | None
+    cls: Any,
+    root: Path,
+    todo: dict[str, Any],
+    work: _Workloads,
+    threads: int | None,
+    progress: Progress | None,
+    previous: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """The duels a full tune runs before its rounds, by the profile key each variant's figures go under: the
     static-padding duel (``static_pad_duel``) of each OpenVINO variant on its LATENCY settings with STATIC_BATCH1
     static compilations, and the int8-group duel (``dq_group_duel``) of each OpenVINO int8/int4 variant on its
-    default settings. An engine that fails records its error and keeps the default (the rounds then record the
-    engine's failure on these settings)."""
+    default settings. Each takes as incumbent what the same duel chose in ``previous`` (this machine's profile
+    before the tune) where the variant's files are unchanged: a re-tune moves it only on a clear gain. An engine
+    that fails records its error and keeps the default (the rounds then record the engine's failure on these
+    settings)."""
     out: dict[str, dict[str, dict[str, Any]]] = {"static_pad": {}, "dq_group": {}}
     grid = settings_grid("openvino", threads)
     static = next((s for s in grid if s.get("static_batch1") == STATIC_BATCH1), None)
@@ -359,11 +420,14 @@ def _duels(
         duels = [("static_pad", pads, static_pad_duel, static, STATIC_PADS[0])] if static else []
         if v.get("precision") in ("int8", "int4"):
             duels.append(("dq_group", "run-time int8 groups", dq_group_duel, grid[0], None))
+        was = ((previous or {}).get("variants") or {}).get(name) or {}
+        same = bool(v.get("sha256")) and was.get("sha256") == v.get("sha256")
         for key, what, duel, settings, default in duels:
             if progress:
                 progress(f"{name} {what}", 0, 1)
+            held = (was.get(key) or {}).get("chosen") if same and "error" not in (was.get(key) or {}) else None
             try:
-                out[key][name] = duel(cls, root, name, settings, work)
+                out[key][name] = duel(cls, root, name, settings, work, incumbent=held)
             except Exception as e:
                 out[key][name] = {"error": _failure(e), "chosen": default}
     return out
@@ -478,7 +542,7 @@ def tune(
     work = _Workloads(task, texts, quick, queries)
     per_variant = (budget_s / len(todo)) if budget_s else (1.5 if quick else 4.0)
     cls = Reranker if task == "reranking" else Encoder
-    duels = {} if quick else _duels(cls, root, todo, work, threads, progress)
+    duels = {} if quick else _duels(cls, root, todo, work, threads, progress, previous)
     cases = [(n, _duelled(s, n, duels)) for n, v in todo.items() for s in settings_grid(v["backend"], threads, quick)]
     facts = machine.machine_facts()
     prof: dict[str, Any] = {

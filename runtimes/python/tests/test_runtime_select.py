@@ -1065,11 +1065,20 @@ def test_tune_duels_the_static_padding_of_openvino_variants(own_artifact, monkey
     static = {"threads": 1, "performance_hint": "LATENCY", "static_batch1": 8}
     work = tune_mod._Workloads("embedding", None, True)
     duel = tune_mod.static_pad_duel(Encoder, own_artifact, "openvino-fp32", static, work, passes=2)
-    assert set(duel["p50_ms"]) == {"16", "8"} and all(v > 0 for v in duel["p50_ms"].values())
-    assert duel["chosen"] == tune_mod.chosen_static_pad({int(k): v for k, v in duel["p50_ms"].items()})
+    assert set(duel["p50_ms"]) == set(duel["pass_ms"]) == {"16", "8"} and all(v > 0 for v in duel["p50_ms"].values())
+    assert all(len(v) == 2 for v in duel["pass_ms"].values())
+    assert duel["chosen"] == 16  # two passes give no interval: the default stays, whatever their p50s
+    held = tune_mod.static_pad_duel(Encoder, own_artifact, "openvino-fp32", static, work, passes=2, incumbent=8)
+    assert held["incumbent"] == 8 and held["chosen"] == 8  # the previous tune's choice, likewise
     assert tune_mod.chosen_static_pad({16: 2.0, 8: 1.8}) == 8
     assert tune_mod.chosen_static_pad({16: 2.0, 8: 1.95}) == 16  # within 5 %: the default
     assert tune_mod.chosen_static_pad({16: 1.8, 8: 2.0}) == 16
+    assert tune_mod.chosen_static_pad({16: 1.95, 8: 2.0}, incumbent=8) == 8  # the previous tune's, within 5 %
+    assert tune_mod.chosen_static_pad({16: 1.8, 8: 2.0}, incumbent=8) == 16  # a clear gain moves it
+    steady = {16: [100.0] * 10, 8: [90.0, 91.0, 89.0, 92.0, 90.0, 88.0, 91.0, 90.0, 89.0, 90.0]}
+    lucky = {16: [100.0] * 10, 8: [60.0, 62.0, 61.0, 104.0, 103.0, 101.0, 105.0, 99.0, 102.0, 106.0]}
+    assert tune_mod.chosen_static_pad({16: 2.0, 8: 1.8}, None, steady) == 8  # faster in every pass
+    assert tune_mod.chosen_static_pad({16: 2.0, 8: 1.8}, None, lucky) == 16  # three lucky passes: no interval
     monkeypatch.setattr(tune_mod, "static_pad_duel", lambda *a, **k: {"p50_ms": {"16": 2.0, "8": 1.8}, "chosen": 8})
     prof = tune_mod.tune(own_artifact, threads=1, budget_s=1, paired_cycles=0)
     ov = prof["variants"]["openvino-fp32"]
@@ -1088,8 +1097,8 @@ def test_tune_applies_the_int8_group_duels_choice_to_its_variant(own_artifact, m
 
     calls = []
 
-    def duel(cls, root, name, settings, work):
-        calls.append((name, settings))
+    def duel(cls, root, name, settings, work, incumbent=None):
+        calls.append((name, settings, incumbent))
         return {"effect": True, "bulk_sent_s": {"default": 100.0, "128": 120.0}, "chosen": 128}
 
     monkeypatch.setattr(tune_mod, "dq_group_duel", duel)
@@ -1100,12 +1109,32 @@ def test_tune_applies_the_int8_group_duels_choice_to_its_variant(own_artifact, m
     todo["openvino-fp32"]["precision"] = "int8"
     duels = tune_mod._duels(Encoder, own_artifact, todo, work, 1, None)
     groups = duels["dq_group"]
-    assert list(groups) == ["openvino-fp32"] and calls == [("openvino-fp32", tune_mod.settings_grid("openvino", 1)[0])]
+    grid0 = tune_mod.settings_grid("openvino", 1)[0]
+    assert list(groups) == ["openvino-fp32"] and calls == [("openvino-fp32", grid0, None)]
+    sha = todo["openvino-fp32"]["sha256"]
+    was = {"variants": {"openvino-fp32": {"sha256": sha, "dq_group": {"chosen": 256}, "static_pad": {"chosen": 8}}}}
+    seen = []
+    monkeypatch.setattr(tune_mod, "static_pad_duel", lambda *a, incumbent=None, **k: seen.append(incumbent) or {})
+    tune_mod._duels(Encoder, own_artifact, todo, work, 1, None, was)  # the previous tune's choices are incumbents
+    assert calls[-1] == ("openvino-fp32", grid0, 256) and seen == [8]
+    was["variants"]["openvino-fp32"]["sha256"] = "re-exported since"
+    tune_mod._duels(Encoder, own_artifact, todo, work, 1, None, was)
+    assert calls[-1] == ("openvino-fp32", grid0, None) and seen == [8, None]
+    monkeypatch.setattr(tune_mod, "static_pad_duel", lambda *a, **k: {"chosen": 8})
     assert tune_mod._duelled({"static_batch1": 8}, "openvino-fp32", duels) == {
         "static_batch1": 8,
         "static_pad": 8,
         tune_mod.DQ_KEY: 128,
     }
+    # scores (lower is faster): 256 is 11 % faster than the default, under 5 % faster than 128 (the previous choice)
+    scores = {None: 1.0, 0: 1.05, 128: 0.9, 256: 0.888}
+    assert tune_mod.chosen_dq_group(scores) == 256 and tune_mod.chosen_dq_group(scores, 128) == 128
+    assert tune_mod.chosen_dq_group({None: 1.0, 128: 0.98}, 64) is None  # an incumbent not timed: the default
+    assert tune_mod.chosen_dq_group({None: 0.8, 128: 0.9}, 128) is None  # the default 11 % faster: it moves
+    passes = {None: [1.0] * 8, 128: [0.9] * 8, 256: [0.86, 0.9, 0.84, 0.92, 1.01, 0.85, 0.88, 0.87], 0: [1.1] * 8}
+    assert tune_mod.chosen_dq_group(scores, None, passes) is None  # 256 lost one pass of 8: not confident
+    passes[256][4] = 0.89
+    assert tune_mod.chosen_dq_group(scores, None, passes) == 256
     no_group = {"static_pad": {"v": {"chosen": 8}}, "dq_group": {"v": {"effect": False, "chosen": None}}}
     assert tune_mod._duelled({"threads": 1}, "v", no_group) == {"threads": 1}
     monkeypatch.undo()
