@@ -61,6 +61,9 @@ not touched. Layout (``format_version`` 1)::
                     # bulk choice unchanged ("bulk"): its route duel (tune.kept_routes) could not tell "over" faster
                     # (per-pass speedups over the kept one): the tier keeps it while it still qualifies and the
                     # fresh destination is still "over"; absent when nothing was kept
+     "route_duels": [{"new": {"variant", "settings"}, "old": {"variant", "settings"}, "passes": 10,
+                      "speedup": 1.05, "speedup_ci": [0.97, 1.12]} | {"new", "old", "error": str}],
+                    # every route duel a re-tune ran (kept or not: a move shows its figures here)
      "memory": {"created": ISO-8601 UTC,
                 "basis": {"probe": 1, "runtime": "0.1.0", "texts": sha | None, "queries": sha | None,
                           "batch_sizes": [32], "max_batch_tokens": 1024},   # what every figure depends on

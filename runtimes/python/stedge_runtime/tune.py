@@ -614,11 +614,14 @@ def _final_and_kept(
     before = best_choices(root, profile=dict(previous)) if previous else {}  # what an app ran until now
     was = [c for c in before.values() if "variant" in c]
     prof["paired"] = paired_final(cls, root, prof, work, batch_sizes, cycles, progress, was)
-    duel = duel_cache(cls, root, work, progress)
+    duels: list[dict] = []
+    duel = duel_cache(cls, root, work, progress, duels)
     if kept := kept_choices(before, best_choices(root, profile=prof), previous, prof, duel):
         prof["kept"] = kept
     if routes := kept_routes(before, best_choices(root, profile=prof), previous, prof, duel):
         prof["kept_routes"] = routes
+    if duels:  # those that moved a choice too
+        prof["route_duels"] = duels
 
 
 def eligible_runs(root: str | Path, prof: dict[str, Any]) -> dict[str, dict[str, list[dict]]]:
@@ -911,9 +914,13 @@ def route_duel(
     return [geomean(list(r)) or 0.0 for r in zip(*by_kind)]
 
 
-def duel_cache(cls: Any, root: Path, work: _Workloads, progress: Progress | None = None) -> Duel:
+def duel_cache(
+    cls: Any, root: Path, work: _Workloads, progress: Progress | None = None, record: list[dict] | None = None
+) -> Duel:
     """``route_duel`` on ``root`` as a ``Duel`` for ``kept_choices`` and ``kept_routes``: each pair of destinations
-    duels once per tune (tiers share them); a destination that fails to load or run gives None."""
+    duels once per tune (tiers share them); a destination that fails to load or run gives None. Each duel is
+    added to ``record`` (the profile's ``route_duels``): ``{"new", "old", "passes", "speedup", "speedup_ci"}``
+    (the median per-pass speedup of new over old, and its interval), or ``{"new", "old", "error"}``."""
     done: dict[str, list[float] | None] = {}
 
     def duel(new: Mapping[str, Any], old: Mapping[str, Any]) -> list[float] | None:
@@ -921,10 +928,16 @@ def duel_cache(cls: Any, root: Path, work: _Workloads, progress: Progress | None
         if key not in done:
             if progress:
                 progress(f"route duel: {new['variant']} vs {old['variant']}", 0, 1)
+            row: dict[str, Any] = {"new": dict(new), "old": dict(old)}
             try:
-                done[key] = route_duel(cls, root, new, old, work)
-            except Exception:  # a destination that cannot run here is not kept
+                done[key] = ratios = route_duel(cls, root, new, old, work)
+                speedup = round(statistics.median(ratios), 4) if ratios else None
+                row.update(passes=len(ratios), speedup=speedup, speedup_ci=_rounded_interval(ratios))
+            except Exception as e:  # a destination that cannot run here is not kept
                 done[key] = None
+                row["error"] = _failure(e)
+            if record is not None:
+                record.append(row)
         return done[key]
 
     return duel

@@ -978,8 +978,13 @@ def test_the_route_duel_runs_both_destinations_and_keeps_none_that_cannot_run(ti
     now = {"near": ox}
     entry = {"status": "ok", "sha256": "h", "runs": [{"settings": bad}]}
     prof, previous = {"variants": {"openvino-fp32": entry}}, {"variants": {"openvino-fp32": {"sha256": "h"}}}
-    duel = tune_mod.duel_cache(Encoder, tiny_artifact, work)
+    record: list[dict] = []
+    duel = tune_mod.duel_cache(Encoder, tiny_artifact, work, record=record)
     assert duel(ov, {"variant": "openvino-fp32", "settings": bad}) is None
+    assert duel(ov, {"variant": "openvino-fp32", "settings": bad}) is None and len(record) == 1  # run once
+    assert record[0]["new"] == ov and "could not compile" in record[0]["error"]
+    assert len(duel(ox, ov)) == tune_mod.ROUTE_PASSES
+    assert record[-1]["passes"] == tune_mod.ROUTE_PASSES and len(record[-1]["speedup_ci"]) == 2
     assert tune_mod.kept_routes(before, now, previous, prof, duel) == {}
 
 
