@@ -637,31 +637,6 @@ def _kept(
     return entry, why
 
 
-def _batch1_route(
-    prof: dict,
-    tier: str,
-    route: bool | None,
-    name: str,
-    settings: dict,
-    p50: float,
-    lat: list[tuple[float, str, dict, float | None]],
-    notes: list[str],
-) -> dict[str, Any]:
-    """Where batch-1 calls go when not to the bulk choice ``name``: ``{latency_variant, latency_settings}`` or {}.
-    ``lat`` holds (batch-1 p50 on short queries, variant, settings, p50 on the longer queries or None). With
-    ``route`` None, a route the profile kept from this machine's previous tune (``_kept_route``) replaces the
-    fresh decision."""
-    fresh: list[str] = []
-    out = _fresh_route(prof, tier, route, name, settings, p50, lat, fresh)
-    held = _kept_route(prof, tier, route, name, settings, out, lat) if route is None else None
-    if held is None:
-        notes.extend(fresh)
-        return out
-    out, why = held
-    notes.append(why)
-    return out
-
-
 def batch1_destination(choice: Mapping[str, Any]) -> dict[str, Any]:
     """Where a choice (``Selection.to_dict()``) runs its batch-1 calls: ``{"variant", "settings"}``, its batch-1
     route where it has one, else its bulk variant and settings."""
@@ -673,7 +648,6 @@ def batch1_destination(choice: Mapping[str, Any]) -> dict[str, Any]:
 def _kept_route(
     prof: dict,
     tier: str,
-    route: bool | None,
     name: str,
     settings: dict,
     fresh: dict[str, Any],
@@ -708,7 +682,7 @@ def _kept_route(
     return dict(latency_variant=dest["variant"], latency_settings=dict(dest["settings"])), f"{why}: {since}"
 
 
-def _fresh_route(
+def _batch1_route(
     prof: dict,
     tier: str,
     route: bool | None,
@@ -718,15 +692,19 @@ def _fresh_route(
     lat: list[tuple[float, str, dict, float | None]],
     notes: list[str],
 ) -> dict[str, Any]:
-    """``_batch1_route``'s decision from this tune's figures alone."""
+    """Where batch-1 calls go when not to the bulk choice ``name``: ``{latency_variant, latency_settings}`` or {}.
+    ``lat`` holds (batch-1 p50 on short queries, variant, settings, p50 on the longer queries or None). With
+    ``route`` None, a route the profile kept from this machine's previous tune (``_kept_route``) replaces the
+    fresh decision, and its note the fresh decision's notes."""
     out: dict[str, Any] = {}
+    said: list[str] = []
     # Routing must pay on short queries and on the longer ones (profiles from before those were timed: short only).
     own_long = next((x[3] for x in lat if (x[1], x[2]) == (name, settings)), None)
     faster = [x for x in lat if (x[1], x[2]) != (name, settings) and x[0] <= ROUTE_GAIN * p50]
     both = [x for x in faster if own_long is None or x[3] is None or x[3] <= ROUTE_GAIN * own_long]
     if faster and not both:
         f50, fname, _, flong = min(faster, key=lambda x: (x[0], x[1]))
-        notes.append(
+        said.append(
             f"batch-1 calls would be faster on {fname} for short queries (p50 {f50:.2f} ms vs {p50:.2f} ms) but not "
             f"on longer ones ({flong:.2f} ms vs {own_long:.2f} ms); not routed"
         )
@@ -740,7 +718,7 @@ def _fresh_route(
     top = min(both, key=lambda x: (x[0], x[1])) if both else None
     if top is not None and top not in fine:
         agree = _agreement(prof, name, top[1])
-        notes.append(
+        said.append(
             f"batch-1 calls would be faster on {top[1]} (batch-1 p50 {top[0]:.2f} ms vs {p50:.2f} ms) but its vectors "
             f"differ from {name}'s (min cos {agree}, needs {INVARIANCE[tier]}); not routed there (route=True forces it)"
         )
@@ -749,13 +727,18 @@ def _fresh_route(
         gain = f"batch-1 p50 {lp50:.2f} ms vs {p50:.2f} ms"
         agree = _agreement(prof, name, lname)
         if route is False:
-            notes.append(f"batch-1 calls would be faster on {lname} {lsettings} ({gain}); not routed (route=False)")
+            said.append(f"batch-1 calls would be faster on {lname} {lsettings} ({gain}); not routed (route=False)")
         else:
             out = dict(latency_variant=lname, latency_settings=dict(lsettings))
-            notes.append(
+            said.append(
                 f"batch-1 calls go to {lname} {lsettings} ({gain}"
                 + (")" if lname == name else f"; min cos to {name}: {agree})")
             )
+    held = _kept_route(prof, tier, name, settings, out, lat) if route is None else None
+    if held is not None:
+        out, why = held
+        said = [why]
+    notes.extend(said)
     return out
 
 

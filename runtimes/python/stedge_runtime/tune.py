@@ -421,7 +421,7 @@ def _duels(
         if v.get("precision") in ("int8", "int4"):
             duels.append(("dq_group", "run-time int8 groups", dq_group_duel, grid[0], None))
         was = ((previous or {}).get("variants") or {}).get(name) or {}
-        same = bool(v.get("sha256")) and was.get("sha256") == v.get("sha256")
+        same = same_files(previous, {"variants": todo}, name)
         for key, what, duel, settings, default in duels:
             if progress:
                 progress(f"{name} {what}", 0, 1)
@@ -789,6 +789,13 @@ def paired_final(
 Duel = Callable[[Mapping[str, Any], Mapping[str, Any]], "list[float] | None"]  # (new, old) -> per-pass speedups
 
 
+def same_files(old: Mapping[str, Any] | None, new: Mapping[str, Any], name: Any) -> bool:
+    """Whether variant ``name`` has the same files (manifest ``sha256``) in the profile ``old`` as in ``new`` (a
+    profile, or ``{"variants": manifest records}``): what a re-tune may keep from ``old`` for it."""
+    was = (((old or {}).get("variants") or {}).get(name) or {}).get("sha256")
+    return bool(was) and was == ((new.get("variants") or {}).get(name) or {}).get("sha256")
+
+
 def kept_choices(
     before: Mapping[str, Any],
     now: Mapping[str, Any],
@@ -805,9 +812,9 @@ def kept_choices(
     choice runs its batch-1 calls (``select.batch1_destination``): by the final's batch-1 passes where both run
     them on their bulk settings, else by ``duel`` (``route_duel``; None: such a pair is not kept), since a route
     or static batch-1 compilations are not what the final times; not at all where both run them on the same
-    engine and settings. So a re-tune does not move an app between
-    settings or variants the cycles cannot tell apart (their vectors may differ within the tier). Selection keeps
-    it only while it is eligible and the profile's choice is still the one it was compared with. Returns ``{tier:
+    engine and settings. So a re-tune does not move an app between settings or variants the cycles cannot tell
+    apart (their vectors may differ within the tier). Selection keeps it only while it is eligible and the
+    profile's choice is still the one it was compared with. Returns ``{tier:
     {"variant", "settings", "over": {"variant", "settings"}, "since": previous created, "bulk_speedup",
     "bulk_speedup_ci", "batch1_speedup", "batch1_speedup_ci", "batch1_by": "final" | "route duel" | "same
     destination" (no batch-1 figures then)}}`` (ratios of the new choice over the kept one)."""
@@ -829,9 +836,6 @@ def kept_choices(
             None,
         )
 
-    def files(p: Mapping[str, Any], name: Any) -> Any:
-        return ((p.get("variants") or {}).get(name) or {}).get("sha256")
-
     def on_bulk_settings(choice: Mapping[str, Any]) -> bool:  # its batch-1 calls are the ones the final timed
         return batch1_destination(choice) == {
             "variant": choice["variant"],
@@ -848,11 +852,7 @@ def kept_choices(
         same_bulk = pick["variant"] == over["variant"] and plain_settings(pick["settings"]) == plain_settings(
             over["settings"]
         )  # they differ in static_batch1 alone, which the final does not time: the rounds' rule for it decides
-        if (
-            same_bulk
-            or not files(prof, pick["variant"])
-            or files(previous, pick["variant"]) != files(prof, pick["variant"])
-        ):
+        if same_bulk or not same_files(previous, prof, pick["variant"]):
             continue
         a, b = timed(over), timed(pick)
         if a is None or b is None:
@@ -973,8 +973,7 @@ def kept_routes(
         if bulk != {"variant": was["variant"], "settings": was.get("settings") or {}} or old_dest == new_dest:
             continue
         entry = variants.get(old_dest["variant"]) or {}
-        prev = ((previous.get("variants") or {}).get(old_dest["variant"]) or {}).get("sha256")
-        if entry.get("status") != "ok" or not prev or entry.get("sha256") != prev:
+        if entry.get("status") != "ok" or not same_files(previous, prof, old_dest["variant"]):
             continue  # re-exported since, or not tuned here
         if not any(r.get("settings") == old_dest["settings"] for r in entry.get("runs") or []):
             continue
@@ -1406,20 +1405,20 @@ def reusable_memory(
     if not mem or mem.get("basis") != dict(basis):
         return {}
 
-    def same_files(name: Any) -> bool:
-        was = (((old or {}).get("variants") or {}).get(name) or {}).get("sha256")
-        now = ((prof.get("variants") or {}).get(name) or {}).get("sha256")
-        return bool(was) and was == now
-
     when = mem.get("created")
     out: dict[str, dict[str, Any]] = {}
     for c in mem.get("configs") or []:
-        if "error" not in c and isinstance(c.get("peak_rss_mb"), (int, float)) and same_files(c.get("variant")):
+        if (
+            "error" not in c
+            and isinstance(c.get("peak_rss_mb"), (int, float))
+            and same_files(old, prof, c.get("variant"))
+        ):
             out[memory_config_key(c["variant"], c.get("settings"))] = {"measured": when, **c}
     for entry in (mem.get("tiers") or {}).values():
         choice = entry.get("choice") or {}
         files = [choice.get("variant"), *([choice["latency_variant"]] if choice.get("latency_variant") else [])]
-        if "error" not in entry and isinstance(entry.get("peak_rss_mb"), (int, float)) and all(map(same_files, files)):
+        unchanged = all(same_files(old, prof, name) for name in files)
+        if "error" not in entry and isinstance(entry.get("peak_rss_mb"), (int, float)) and unchanged:
             out[_tier_reuse_key(choice)] = {"measured": when, **entry}
     return out
 
