@@ -8,7 +8,8 @@ Exit codes (the contract scripts rely on, also in the README):
   cannot be written or ran out of space. One line on stderr names the file or argument and what to do;
 * 3 an internal error, a bug in stedge: one line says so and asks for a report; the traceback is shown
   with ``--debug`` or ``STEDGE_DEBUG=1``;
-* 130 interrupted (Ctrl-C).
+* 130 interrupted (Ctrl-C); 143 terminated (SIGTERM: ``kill``, ``timeout``, a container or CI job stopping). Both
+  unwind the same way, so nothing half-written is left.
 """
 
 from __future__ import annotations
@@ -80,6 +81,29 @@ EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM killed
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised on the main thread by SIGTERM (see ``run``): it unwinds like Ctrl-C, so an output being written is
+    removed (``stedge.io.atomic_dir``) instead of left for the next run to clean, then exits 143."""
+
+
+_SIGTERM_SEEN: list[int] = []  # typer turns any KeyboardInterrupt into its return code 130: this tells them apart
+
+
+def _terminated(signum: int, frame: object) -> None:
+    _SIGTERM_SEEN.append(signum)
+    raise Terminated()
+
+
+def _stopped() -> None:
+    """Exit as interrupted (130) or, after SIGTERM, terminated (143), with one line saying which."""
+    if _SIGTERM_SEEN:
+        typer.secho("terminated", fg="red", err=True)
+        sys.exit(EXIT_TERMINATED)
+    typer.secho("interrupted", fg="red", err=True)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 @app.callback()
@@ -148,8 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         e.show()
         sys.exit(e.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        typer.secho("interrupted", fg="red", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        _stopped()
     except BrokenPipeError:  # `stedge embed ... | head`
         sys.stderr.close()
         sys.exit(0)
@@ -165,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     # without standalone mode typer returns the code of `raise typer.Exit(n)` and of Ctrl-C (130)
     if isinstance(rc, int) and not isinstance(rc, bool) and rc != 0:
         if rc == EXIT_INTERRUPTED:
-            typer.secho("interrupted", fg="red", err=True)
+            _stopped()
         sys.exit(rc)
 
 
@@ -183,7 +206,8 @@ def _internal(e: BaseException) -> None:
 
 
 def run() -> None:
-    """The `stedge` command: `main`, then an interpreter teardown that Ctrl-C cannot break.
+    """The `stedge` command: `main` with SIGTERM unwinding like Ctrl-C (``Terminated``), then an interpreter
+    teardown that neither can break.
 
     Once the command has finished (its output complete and in place, or its error reported), nothing is left to
     interrupt; tearing down torch, onnxruntime and OpenVINO still takes about a second, and a Ctrl-C landing
@@ -194,11 +218,14 @@ def run() -> None:
 
     with contextlib.suppress(RuntimeError, ValueError, OSError):  # stderr without a file descriptor
         faulthandler.enable()  # a crash inside a native library prints the Python stack (for a bug report)
+    with contextlib.suppress(ValueError):  # not the main thread: leave the handlers alone
+        signal.signal(signal.SIGTERM, _terminated)  # by default SIGTERM kills at once, leaving a temporary output
     try:
         main()
     finally:
-        with contextlib.suppress(ValueError):  # not the main thread: leave the handlers alone
+        with contextlib.suppress(ValueError):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -767,10 +767,11 @@ def _ctrl_c_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _interrupted(p: subprocess.Popen, timeout: float = 120) -> str:
-    """Ctrl-C to ``p``; its stderr once it has exited. A process still running after ``timeout`` seconds is made to
-    print every thread's stack (SIGUSR1, registered by _HELD_EXPORT) and killed, and the test fails with that."""
-    p.send_signal(signal.SIGINT)
+def _interrupted(p: subprocess.Popen, timeout: float = 120, sig: int = signal.SIGINT) -> str:
+    """Ctrl-C (or ``sig``) to ``p``; its stderr once it has exited. A process still running after ``timeout`` seconds
+    is made to print every thread's stack (SIGUSR1, registered by _HELD_EXPORT) and killed, and the test fails with
+    that."""
+    p.send_signal(sig)
     try:
         return p.communicate(timeout=timeout)[1]
     except subprocess.TimeoutExpired:
@@ -778,12 +779,13 @@ def _interrupted(p: subprocess.Popen, timeout: float = 120) -> str:
         time.sleep(2)
         p.kill()
         err = p.communicate(timeout=60)[1]
-        pytest.fail(f"still running {timeout:.0f} s after Ctrl-C; its threads then:\n{err}")
+        pytest.fail(f"still running {timeout:.0f} s after signal {sig}; its threads then:\n{err}")
 
 
-def test_killed_or_interrupted_export_leaves_nothing_behind_after_the_next_run(tiny_model, tmp_path):
-    out = tmp_path / "art"
-    cmd = [sys.executable, "-c", _HELD_EXPORT, "export", str(tiny_model), "-o", str(out)]
+def _held_export(tiny_model: Path, tmp_path: Path) -> tuple[subprocess.Popen, list[str], dict[str, str]]:
+    """Start _HELD_EXPORT into ``tmp_path / "art"`` and wait until it sits in its temporary folder; the process, its
+    command and environment."""
+    cmd = [sys.executable, "-c", _HELD_EXPORT, "export", str(tiny_model), "-o", str(tmp_path / "art")]
     marker = tmp_path.parent / f"{tmp_path.name}.held"
     env = {**_env(), "HELD_MARKER": str(marker), "PYTHONFAULTHANDLER": "1"}
     p = subprocess.Popen(
@@ -794,6 +796,12 @@ def test_killed_or_interrupted_export_leaves_nothing_behind_after_the_next_run(t
         assert p.poll() is None and time.time() < deadline, p.communicate()
         time.sleep(0.05)
     assert [q for q in tmp_path.iterdir() if ".stedge-tmp." in q.name]
+    return p, cmd, env
+
+
+def test_killed_or_interrupted_export_leaves_nothing_behind_after_the_next_run(tiny_model, tmp_path):
+    out = tmp_path / "art"
+    p, cmd, env = _held_export(tiny_model, tmp_path)
     err = _interrupted(p)
     assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err, (p.returncode, err)
     assert list(tmp_path.iterdir()) == []  # Ctrl-C: the temporary is removed at once
@@ -805,6 +813,15 @@ def test_killed_or_interrupted_export_leaves_nothing_behind_after_the_next_run(t
     r = stedge("export", tiny_model, "-o", out)
     assert r.returncode == 0, r.stderr
     assert [q.name for q in tmp_path.iterdir()] == ["art"]  # the dead writer's temporary is gone
+
+
+def test_a_terminated_export_removes_its_temporary_at_once_and_exits_143(tiny_model, tmp_path):
+    """SIGTERM (a `kill`, `timeout`, a container or CI job stopping) unwinds like Ctrl-C: by default it killed the
+    process where it stood, and the temporary output waited for the next export to the same place to clean it."""
+    p, _, _ = _held_export(tiny_model, tmp_path)
+    err = _interrupted(p, sig=signal.SIGTERM)
+    assert p.returncode == 143 and "terminated" in err and "Traceback" not in err, (p.returncode, err)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_ctrl_c_after_the_output_is_in_place_breaks_nothing(tiny_model, artifact, tmp_path):
