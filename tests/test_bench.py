@@ -212,12 +212,14 @@ def test_gemm_peaks_of_a_run_keep_the_higher_of_each_figure():
 
     first = {"device": "cpu", "threads": 2, "gflops": 320.0, "gflops_fp32": 320.0, "gflops_bf16": 1239.0, "size": 1024}
     slow = {"device": "cpu", "threads": 2, "gflops": 330.0, "gflops_fp32": 330.0, "gflops_bf16": 484.0, "size": 1024}
+    first.update(memory_read_gbs=20.7, memory_read_mb=512)  # the memory's read bandwidth: the higher counts too
+    slow.update(memory_read_gbs=23.3, memory_read_mb=512)
     g = best_peaks([first, slow])  # a slow spell during the second measurement lowers bf16 only
-    assert g["gflops"] == g["gflops_fp32"] == 330.0 and g["gflops_bf16"] == 1239.0
+    assert g["gflops"] == g["gflops_fp32"] == 330.0 and g["gflops_bf16"] == 1239.0 and g["memory_read_gbs"] == 23.3
     assert g["device"] == "cpu" and g["size"] == 1024 and first["gflops"] == 320.0  # the inputs stay as they were
     assert g["measurements"] == [
-        {"gflops": 320.0, "gflops_fp32": 320.0, "gflops_bf16": 1239.0},
-        {"gflops": 330.0, "gflops_fp32": 330.0, "gflops_bf16": 484.0},
+        {"gflops": 320.0, "gflops_fp32": 320.0, "gflops_bf16": 1239.0, "memory_read_gbs": 20.7},
+        {"gflops": 330.0, "gflops_fp32": 330.0, "gflops_bf16": 484.0, "memory_read_gbs": 23.3},
     ]
     assert peak_for(g, "bf16") == 1239.0 and peak_for(g, "int8") == 330.0  # no int8 figure: the fp32 peak
 
@@ -237,6 +239,34 @@ def test_flops_match_the_parameter_count(tmp_path):
     weights = sum(m.weight.numel() for m in layer.modules() if isinstance(m, torch.nn.Linear))
     n = 10
     assert text_flops(n, dims) == 3 * (2 * n * weights + 4 * n * n * 48)
+
+
+def test_batch1_weights_are_the_matrix_products_at_the_precision_that_reads_them(tmp_path):
+    """Every forward pass reads all the weights of the encoder's matrix products (not the embedding tables, which
+    it looks up row by row); their MB at fp32 / bf16 / int8, none for a precision without a byte size."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from stedge.bench.gemm import matmul_weights, model_dims, weights_mb
+
+    cfg = BertConfig(vocab_size=100, hidden_size=48, num_hidden_layers=3, num_attention_heads=4, intermediate_size=96)
+    BertModel(cfg).save_pretrained(tmp_path)
+    dims = model_dims(tmp_path)
+    linear = [m for m in BertModel(cfg).encoder.modules() if isinstance(m, torch.nn.Linear)]
+    assert matmul_weights(dims) == sum(m.weight.numel() for m in linear) == 3 * (4 * 48 * 48 + 2 * 48 * 96)
+    assert weights_mb(dims, "fp32") == pytest.approx(4 * matmul_weights(dims) / 1e6)
+    assert weights_mb(dims, "bf16") == weights_mb(dims, "fp32") / 2 == 2 * weights_mb(dims, "int8")
+    assert weights_mb(dims, None) is None and weights_mb(dims, "int8-weights") is None
+    minilm = {"hidden": 384, "layers": 6, "intermediate": 1536}  # all-MiniLM-L6-v2: 21.2 MB in bf16
+    assert weights_mb(minilm, "bf16") == pytest.approx(21.23, abs=0.01)
+
+
+def test_memory_read_bandwidth_is_measured_at_the_thread_budget():
+    from stedge.bench.gemm import read_bandwidth
+
+    got = read_bandwidth(1, mb=8, seconds=0.05)
+    assert got["memory_read_gbs"] > 0 and got["memory_read_mb"] == 8
+    assert "sum, 1 thread" in got["memory_read_library"]
 
 
 def test_real_token_share_per_order_of_a_calls_items():
@@ -590,6 +620,13 @@ def test_smoke_run_schema_and_accuracy_beside_speed(smoke_results):
 
     for r in rows:  # each share against the run's final peak of the row's precision
         assert r["gemm_share"] == pytest.approx(r["gflops"] / peak_for(g, r.get("precision")))
+    assert g["memory_read_gbs"] == max(m["memory_read_gbs"] for m in g["measurements"]) > 0
+    from stedge.bench.gemm import weights_mb
+
+    dims = {k: results["models"][0][k] for k in ("hidden", "layers", "intermediate")}
+    for r in rows:  # the batch-1 weights at the precision batch-1 calls compute in, read once at that bandwidth
+        assert r["weights_mb"] == pytest.approx(weights_mb(dims, r.get("batch1_precision") or r["precision"]))
+        assert r["weights_read_ms"] == pytest.approx(r["weights_mb"] / g["memory_read_gbs"])
     assert results["models"][0]["layers"] == 2 and results["models"][0]["hidden"] == 32
     for r in rows:  # passage-length throughput beside short texts, at the headline batch size
         assert set(r["passages"]) == {"8"} and r["headline_passages_per_s"] > 0
@@ -645,7 +682,9 @@ def test_smoke_run_writes_table_and_plots(smoke_results):
     assert "× best peer, interleaved" in md and "ran 3 cycles of one pass each" in md
     assert "| passages × best peer, interleaved |" in md and "and over the passages" in md
     assert "| p50 ms after idle |" in md and "idle 20 ms before each query" in md
-    assert "| p50 ms | tokenize p50 ms |" in md and "the share of the p50 that is not the engine" in md
+    assert "| p50 ms | tokenize p50 ms | weights read ms |" in md
+    assert "the share of the p50 that is not the engine" in md
+    assert f"- Memory read bandwidth measured in this run: {results['gemm_peak']['memory_read_gbs']:.1f} GB/s" in md
     assert "each figure the higher of 2 measurements, before the first subject and after the last" in md
     pad = results["models"][0]["padding"]  # the smoke suite: headline batch 8, its passages at 8 too
     assert pad["texts"]["batch_size"] == 8 and pad["passages"]["batch_size"] == 8

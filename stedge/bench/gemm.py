@@ -12,6 +12,15 @@ per second, so padding waste shows up as a lower number. The peak is measured pe
 has (fp32; bf16 on avx512_bf16 / AMX; int8 as the better of onnxruntime's MatMulInteger and
 ``torch._int_mm``), and each subject's share is taken against the peak of its own precision
 (``peak_for``): int8 subjects against the int8 peak, bf16 against bf16, the rest against fp32.
+
+Batch 1 has another limit. However few its tokens, every forward pass reads all the weights of its matrix
+products (``matmul_weights``), so a one-text call spends at least their bytes over the memory bandwidth on that
+when they come from memory rather than cache. On the AMX guest of 2026-12-07 (OpenVINO, one 16-token row, per-node
+counters) the matrix products took 2.27 ms with fp32 weights (42.5 MB), 1.32 ms in bf16 (21.2 MB), and 1.10 / 0.69
+ms for the 3-layer student in fp32 / bf16 (21.2 / 10.6 MB): 39-45 us per MB, the 22-26 GB/s that reading 512 MB
+gave in the same minutes (21-23 GB/s), plus 10-15 us per product; fusing the query, key and value products into one
+(36 products to 24) left the time where it was. So the CPU measurement also gives the memory read bandwidth
+(``read_bandwidth``) and each subject the time its batch-1 weights take to read at it (``weights_mb``).
 """
 
 from __future__ import annotations
@@ -65,6 +74,24 @@ def total_flops(token_counts: Sequence[int], dims: dict[str, int]) -> float:
     return float(sum(text_flops(n, dims) for n in token_counts))
 
 
+# Bytes per weight of a matrix product at the precision an engine computes in (int8 variants may leave a few
+# products float, so theirs is the least they read).
+BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
+
+
+def matmul_weights(dims: dict[str, int]) -> int:
+    """Weights of the encoder's matrix products (per layer: Q, K, V, output, the two FFN matrices), which every
+    forward pass reads in full whatever its length; the embedding tables are looked up row by row, so not counted."""
+    h, i, L = dims["hidden"], dims["intermediate"], dims["layers"]
+    return L * (4 * h * h + 2 * h * i)
+
+
+def weights_mb(dims: dict[str, int], precision: str | None) -> float | None:
+    """MB (10^6 bytes) of ``matmul_weights`` at ``precision`` (BYTES_PER_WEIGHT; None for another precision)."""
+    size = BYTES_PER_WEIGHT.get(str(precision))
+    return None if size is None else matmul_weights(dims) * size / 1e6
+
+
 # How a subject orders the items of one call before cutting them into batches that pad to their longest item.
 PADDING_ORDERS = {
     "tokens": "sorted by token count (the stedge runtime)",
@@ -104,7 +131,8 @@ def gemm_peak(threads: int, device: str = "cpu", size: int | None = None, second
     """Measured GEMM GFLOP/s (best of repeated square matmuls) at ``threads`` threads.
 
     CPU: torch fp32 (numpy when torch is absent); bf16 (torch, where the CPU has avx512_bf16 / AMX);
-    int8 through onnxruntime's MatMulInteger (what the int8 variants run) and ``torch._int_mm``.
+    int8 through onnxruntime's MatMulInteger (what the int8 variants run) and ``torch._int_mm``; and the memory
+    read bandwidth (``read_bandwidth``), what batch 1 waits on.
     CUDA: torch fp32 (TF32 off), fp16 and bf16.
     """
     out: dict[str, Any] = {"device": device, "threads": threads}
@@ -139,6 +167,7 @@ def gemm_peak(threads: int, device: str = "cpu", size: int | None = None, second
         b = np.random.rand(n, n).astype(np.float32)
         out["gflops"] = _best(lambda: a @ b, 2.0 * n**3, seconds)
         out["library"] = f"numpy {np.__version__}"
+    out.update(read_bandwidth(threads, seconds=seconds))
     out.update(_ort_int8(threads, n, seconds))
     int8 = [out[k] for k in ("gflops_int8_ort", "gflops_int8_torch") if out.get(k)]
     if int8:
@@ -146,6 +175,32 @@ def gemm_peak(threads: int, device: str = "cpu", size: int | None = None, second
     out["size"] = n
     out["gflops_fp32"] = out["gflops"]
     return out
+
+
+READ_MB = 512  # the buffer read_bandwidth sums: far larger than any CPU's caches
+
+
+def read_bandwidth(threads: int, mb: int = READ_MB, seconds: float = 2.0) -> dict[str, Any]:
+    """Memory read bandwidth in GB/s (10^9 bytes): the best of repeated sums of an ``mb`` MB fp32 buffer at
+    ``threads`` threads (torch; numpy, which sums on one thread, when torch is absent), as
+    ``{"memory_read_gbs", "memory_read_mb", "memory_read_library"}``."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    n = mb * 2**20 // 4
+    if torch is not None:
+        torch.set_num_threads(threads)
+        x = torch.ones(n)
+        lib = f"torch {torch.__version__} sum, {threads} threads"
+    else:
+        import numpy as np
+
+        x = np.ones(n, dtype=np.float32)
+        lib = f"numpy {np.__version__} sum, 1 thread"
+    bytes_read = 4.0 * n
+    gbs = _best(lambda: x.sum(), bytes_read, seconds)  # "FLOPs" = bytes here: GB/s
+    return {"memory_read_gbs": gbs, "memory_read_mb": mb, "memory_read_library": lib}
 
 
 def _cpu_low_precision(torch: Any, n: int, seconds: float) -> dict[str, Any]:
@@ -206,13 +261,14 @@ def _ort_int8(threads: int, n: int, seconds: float) -> dict[str, Any]:
 
 
 def best_peaks(measurements: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Several ``gemm_peak`` results of one run as one: the first's fields with each GFLOP/s figure the highest
-    measured (a slow spell of a shared host only lowers a peak: on the AMX guest of 2026-12-06 one run measured
+    """Several ``gemm_peak`` results of one run as one: the first's fields with each GFLOP/s (and GB/s) figure the
+    highest measured (a slow spell of a shared host only lowers a peak: on the AMX guest of 2026-12-06 one run measured
     bf16 at 484 GFLOP/s where the hour before gave 1,239, and its subjects at up to 135 % of that "peak"), and
     ``measurements``: each measurement's figures, in order."""
     out = dict(measurements[0])
     figures = [
-        {k: v for k, v in m.items() if k.startswith("gflops") and isinstance(v, (int, float))} for m in measurements
+        {k: v for k, v in m.items() if k.startswith(("gflops", "memory_read_gbs")) and isinstance(v, (int, float))}
+        for m in measurements
     ]
     for f in figures:
         for k, v in f.items():

@@ -115,6 +115,8 @@ RESULTS_SCHEMA: dict[str, Any] = {
                         "speedup_vs_torch": _NUM,
                         "speedup_vs_best_peer": _NUM,
                         "gemm_share": _NUM,
+                        "weights_mb": _NUM,
+                        "weights_read_ms": _NUM,
                         "interleaved": {
                             "type": "object",
                             "anyOf": [{"required": ["cycles", "throughput"]}, {"required": ["error"]}],
@@ -375,6 +377,7 @@ def markdown_table(results: dict[str, Any], task: str = "embedding") -> str:
             f"{w['passages']} bs={head}",
             "p50 ms",
             "tokenize p50 ms",
+            "weights read ms",
             "p99 ms",
             "p50 ms after idle",
             "cold start s",
@@ -412,6 +415,7 @@ def markdown_table(results: dict[str, Any], task: str = "embedding") -> str:
         cells += [
             _f(r["latency_ms"]["p50"], "{:.2f}"),
             _f(_tokenize_p50(r), "{:.3f}"),
+            _f(r.get("weights_read_ms"), "{:.2f}"),
             _f(r["latency_ms"]["p99"], "{:.2f}"),
             _f(_idle_p50(r), "{:.2f}"),
             _f(r["cold_start_s"], "{:.2f}"),
@@ -562,6 +566,7 @@ def markdown(results: dict[str, Any]) -> str:
             *([_pairs_line(results, "embedding" not in tasks)] if "reranking" in tasks else []),
             f"- GEMM peak measured in this run ({g['threads']} threads, {g.get('size')}² matrices"
             f"{_measured_twice(g)}): {_peaks(g)}; each subject's % GEMM peak is against the peak of its own precision.",
+            *([_memory_line(g)] if g.get("memory_read_gbs") else []),
             *([_padding_line(results)] if any(m.get("padding") for m in results["models"]) else []),
             f"- Speedups use sentences/s at batch {s['headline_batch_size']}"
             + (" (a reranker's pairs/s)" if "reranking" in tasks else "")
@@ -578,6 +583,21 @@ def markdown(results: dict[str, Any]) -> str:
             "\n\n".join(t for t in (markdown_table(results), _reranker_table(results)) if t),
             "",
         ]
+    )
+
+
+def _memory_line(g: dict[str, Any]) -> str:
+    """The bullet on the memory read bandwidth and what the `weights read ms` column takes from it (gemm.weights_mb)."""
+    from .gemm import BYTES_PER_WEIGHT
+
+    sizes = " / ".join(f"{v:g}" for v in BYTES_PER_WEIGHT.values())
+    return (
+        f"- Memory read bandwidth measured in this run: {g['memory_read_gbs']:.1f} GB/s ({g.get('memory_read_mb')} MB "
+        f"buffer, {g.get('memory_read_library')}{'; the higher of the measurements' if _measured_twice(g) else ''}). "
+        "`weights read ms`: the weights of the model's matrix products at the precision the subject's batch-1 calls "
+        f"compute in ({' / '.join(BYTES_PER_WEIGHT)}: {sizes} bytes each) read once at that rate. Every batch-1 call "
+        "reads them all however short its text, so where they come from memory, not cache, that much of its p50 is "
+        "the memory's."
     )
 
 

@@ -734,16 +734,20 @@ def measure_gemm(threads: int, device: str, env: dict[str, str]) -> dict[str, An
 
 
 def _gemm_shares(rows: list[dict[str, Any]], first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
-    """The run's GEMM peaks, the higher of the measurements before the first subject and after the last
-    (gemm.best_peaks), and each row's ``gemm_share``: its GFLOP/s at the headline batch size over the peak of its
-    precision (gemm.peak_for)."""
+    """The run's GEMM peaks and memory read bandwidth, the higher of the measurements before the first subject and
+    after the last (gemm.best_peaks); each row's ``gemm_share``: its GFLOP/s at the headline batch size over the peak
+    of its precision (gemm.peak_for), and ``weights_read_ms``: its batch-1 weights (``weights_mb``) read once at that
+    bandwidth."""
     from . import gemm as gemm_mod
 
     gemm = gemm_mod.best_peaks([first, last])
+    bandwidth = gemm.get("memory_read_gbs")
     for r in rows:
         if r.get("status") == "ok":
             peak = gemm_mod.peak_for(gemm, r.get("precision"))
             r["gemm_share"] = r["gflops"] / peak if peak else None
+            mb = r.get("weights_mb")
+            r["weights_read_ms"] = mb / bandwidth if mb and bandwidth else None  # MB / (GB/s) = ms
     return gemm
 
 
@@ -1193,6 +1197,7 @@ def _measure(
     head = thr[str(suite.headline_batch_size)]
     row["headline_sentences_per_s"] = head["sentences_per_s"]
     row["gflops"] = head["gflops"]
+    row["weights_mb"] = gemm_mod.weights_mb(dims, row.get("batch1_precision") or row.get("precision"))
     if str(suite.headline_batch_size) in row.get("passages", {}):
         row["headline_passages_per_s"] = row["passages"][str(suite.headline_batch_size)]["sentences_per_s"]
     return row, emb
