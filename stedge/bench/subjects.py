@@ -375,9 +375,9 @@ class RuntimeVariant(Subject):
             "batch_invariance_min_cos": invariance_of(v),
         }
         if self.tier is not None:
-            sel = self.selection() or {}
+            sel = self.selection()
             out.update(auto_tier=self.variant[5:], selection=sel)  # "near", or "near@300" with a budget
-            m, route = self._manifest(), sel.get("latency_variant")
+            m, route = self._manifest(), (sel or {}).get("latency_variant")
             v = m.variants.get(route) if m is not None and route else None
             if v is not None:  # batch-1 calls run another variant: they read its weights, at its precision
                 out["batch1_precision"] = v.precision
