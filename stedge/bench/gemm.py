@@ -17,8 +17,8 @@ Batch 1 has another limit. However few its tokens, every forward pass reads all 
 products (``matmul_weights``), so a one-text call spends at least their bytes over the memory bandwidth on that
 when they come from memory rather than cache. On the AMX guest of 2026-12-07 (OpenVINO, one 16-token row, per-node
 counters) the matrix products took 2.27 ms with fp32 weights (42.5 MB), 1.32 ms in bf16 (21.2 MB), and 1.10 / 0.69
-ms for the 3-layer student in fp32 / bf16 (21.2 / 10.6 MB): 39-45 us per MB, the 22-26 GB/s that reading 512 MB
-gave in the same minutes (21-23 GB/s), plus 10-15 us per product; fusing the query, key and value products into one
+ms for the 3-layer student in fp32 / bf16 (21.2 / 10.6 MB): 39-45 us per MB (22-26 GB/s; summing 512 MB gave
+21-23 GB/s in the same minutes), plus 10-15 us per product; fusing the query, key and value products into one
 (36 products to 24) left the time where it was. So the CPU measurement also gives the memory read bandwidth
 (``read_bandwidth``) and each subject the time its batch-1 weights take to read at it (``weights_mb``).
 """
@@ -65,8 +65,8 @@ def model_dims(model_path: str | os.PathLike) -> dict[str, int]:
 
 def text_flops(n_tokens: int, dims: dict[str, int]) -> float:
     """FLOPs of one forward pass over one text of ``n_tokens`` tokens (see the module docstring)."""
-    h, i, L, n = dims["hidden"], dims["intermediate"], dims["layers"], n_tokens
-    return float(L * (2 * n * (4 * h * h + 2 * h * i) + 4 * n * n * h))
+    h, L, n = dims["hidden"], dims["layers"], n_tokens
+    return float(2 * n * matmul_weights(dims) + L * 4 * n * n * h)
 
 
 def total_flops(token_counts: Sequence[int], dims: dict[str, int]) -> float:
