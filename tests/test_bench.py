@@ -783,6 +783,102 @@ def test_cli_unknown_suite_is_a_clear_error():
     assert "no-such-suite" in str(res.exception) and "cpu, cpu-rerank, gpu, smoke" in str(res.exception)
 
 
+# ----------------------------------------------------------------------------- bench-pool
+def _run_json(path: Path, name: str, rows: list[dict]) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "results.json").write_text(json.dumps({"suite": {"name": name, "headline_batch_size": 32}, "rows": rows}))
+    return path
+
+
+def _row(model: str, label: str, secs: list[float], peer: bool = False, **extra) -> dict:
+    inter = {"throughput": {"32": {"seconds": secs}}, "passages": {"32": {"seconds": [2 * s for s in secs]}}}
+    return {"model": model, "label": label, "device": "cpu", "peer": peer, "interleaved": inter, **extra}
+
+
+def test_bench_pool_pools_per_cycle_ratios_over_runs(tmp_path):
+    """Every cycle of every run is one paired ratio: pooled, they give one median and its interval, the same
+    functions as within a run; an auto tier is one subject across runs whatever variant it ran; the baseline is
+    the best peer each run named (a student's: its baseline model's), or the peer --against names."""
+    from stedge_runtime.tune import median_interval, paired_ratios
+
+    from stedge.bench.pool import pool, pool_table
+
+    peer = [1.0, 1.2, 0.9, 1.1, 1.0, 1.3]
+    fast = [2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
+    a = [0.5, 0.7, 0.45, 0.5, 0.6, 0.55]
+    b = [0.4, 0.6, 0.5, 0.55, 0.5, 0.6, 0.45]  # a cycle more than the peer's: only paired cycles count
+    runs = []
+    for i, (mine, variant) in enumerate([(a, "openvino-bf16"), (b, "onnx-int8-rows")]):
+        rows = [
+            _row("m", "st openvino", peer, peer=True),
+            _row("m", "fastembed onnx", fast, peer=True),
+            _row("m", f"stedge auto near ({variant})", mine, auto_tier="near"),
+            _row("s", f"stedge auto compressed ({variant})", mine, auto_tier="compressed", baseline_model="m"),
+        ]
+        rows[2]["interleaved"].update(best_peer="st openvino", passage_best_peer="st openvino")
+        rows[3]["interleaved"].update(best_peer="st openvino [m]", passage_best_peer="st openvino [m]")
+        runs.append(_run_json(tmp_path / f"run{i}", f"suite-{i}", rows))
+    pooled = {p["subject"]: p for p in pool(runs)}
+    assert set(pooled) == {"m / stedge auto near", "s / stedge auto compressed"}  # peers only with peers=True
+    near = pooled["m / stedge auto near"]
+    ratios = paired_ratios(a, peer) + paired_ratios(b, peer)
+    assert near["cycles"] == 12 and near["median"] == pytest.approx(statistics.median(ratios))
+    assert near["ci"] == pytest.approx(list(median_interval(ratios)))
+    assert [r["run"] for r in near["runs"]] == ["suite-0", "suite-1"] and near["runs"][1]["cycles"] == 6
+    assert near["runs"][0]["label"] == "stedge auto near (openvino-bf16)"
+    assert near["runs"][0]["baseline"] == "st openvino"
+    assert near["runs"][0]["median"] == pytest.approx(statistics.median(paired_ratios(a, peer)))
+    student = pooled["s / stedge auto compressed"]
+    assert student["median"] == near["median"] and student["runs"][0]["baseline"] == "st openvino [m]"
+    (vs_fast,) = pool(runs, against="fastembed", subject="auto near")
+    assert vs_fast["median"] == pytest.approx(statistics.median(paired_ratios(a, fast) + paired_ratios(b, fast)))
+    (on_passages,) = pool(runs[:1], passages=True, subject="auto near")
+    assert on_passages["median"] == pytest.approx(statistics.median(paired_ratios(a, peer)))  # both doubled
+    assert pool(runs, against="no such peer") == [] and pool(runs, batch_size=8) == []
+    table = pool_table([near], line=1.5)
+    assert "| m / stedge auto near | st openvino | 2 | 12 |" in table
+    verdict = "met with confidence" if near["ci"][0] > 1.5 else "within the interval"
+    assert table.rstrip().endswith(f"{verdict} |")
+
+
+def test_bench_pool_errors_name_the_path(tmp_path):
+    from typer.testing import CliRunner
+
+    from stedge.bench.pool import load_run
+    from stedge.cli import app
+
+    with pytest.raises(StedgeError, match="no results.json there"):
+        load_run(tmp_path)
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(StedgeError, match="not readable as JSON"):
+        load_run(tmp_path)
+    (tmp_path / "results.json").write_text("[]")
+    with pytest.raises(StedgeError, match="not a results.json of `stedge bench`"):
+        load_run(tmp_path / "results.json")
+    run = _run_json(tmp_path / "old", "old", [_row("m", "stedge onnx-fp32", [1.0] * 6)])  # no peer to compare with
+    res = CliRunner().invoke(app, ["bench-pool", str(run)])
+    assert res.exit_code != 0 and "no subject has interleaved cycles beside its baseline" in str(res.exception)
+
+
+def test_bench_pool_of_a_real_run(smoke_results):
+    """The CLI over the smoke run's folder, given twice: every cycle counts twice, so the pooled median is the
+    run's own interleaved ratio to its best peer, and six cycles give an interval."""
+    from typer.testing import CliRunner
+
+    from stedge.cli import app
+
+    results, out = smoke_results
+    res = CliRunner().invoke(app, ["bench-pool", str(out), str(out), "--subject", "auto near", "--json"])
+    assert res.exit_code == 0, res.output
+    (near,) = json.loads(res.stdout)
+    (auto,) = [r for r in results["rows"] if r.get("auto_tier") == "near" and r["model"] == "all-MiniLM-L6-v2"]
+    assert near["subject"] == "all-MiniLM-L6-v2 / stedge auto near" and near["cycles"] == 6
+    head = str(results["suite"]["headline_batch_size"])
+    assert near["runs"][0]["batch_size"] == int(head)
+    assert near["runs"][0]["baseline"] == auto["interleaved"]["best_peer"]
+    assert near["median"] == pytest.approx(auto["interleaved"]["speedup_vs_best_peer"]) and near["ci"] is not None
+
+
 # ----------------------------------------------------------------------------- from a wheel
 @pytest.mark.slow
 def test_wheel_has_only_stedge_and_bench_runs_outside_the_checkout(tiny_model, shared_data, tmp_path):

@@ -1,4 +1,5 @@
-"""`stedge bench SUITE_OR_PATH`: run a benchmark suite (also `python -m stedge.bench`)."""
+"""`stedge bench SUITE_OR_PATH`: run a benchmark suite (also `python -m stedge.bench`); `stedge bench-pool RUN...`:
+pool the interleaved ratios of several runs."""
 
 from __future__ import annotations
 
@@ -118,6 +119,42 @@ def keep_suite_file(file: Path, target: Path) -> None:
         write_text_atomic(Path(target) / "suite.toml", file.read_text(encoding="utf-8"))
 
 
+def bench_pool(
+    runs: list[Path] = typer.Argument(..., help="Folders `stedge bench` wrote (or their results.json), 1 or more."),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", "-b", min=1, help="Interleaved batch size (default: each run's headline batch size)."
+    ),
+    passages: bool = typer.Option(False, "--passages", help="The passage passes instead of the short texts."),
+    against: Optional[str] = typer.Option(
+        None,
+        "--against",
+        help="Compare with the peer whose label contains this (e.g. torch, fastembed); default: the best peer "
+        "each run named.",
+    ),
+    subject: Optional[str] = typer.Option(
+        None, "--subject", "-s", help="Only subjects whose name contains this (e.g. 'auto near', 'minilm-L3')."
+    ),
+    line: Optional[float] = typer.Option(
+        None, "--line", min=0.0, help="A target ratio (e.g. 1.5): say whether each pooled interval clears it."
+    ),
+    peers: bool = typer.Option(False, "--peers", help="Pool the peers' own rows too."),
+    as_json: bool = typer.Option(False, "--json", help="Print the pooled figures as JSON."),
+) -> None:
+    """Pool each subject's interleaved per-cycle ratios to its baseline over several runs: one median, one 95 % CI."""
+    from .pool import pool, pool_table
+
+    pooled = pool(runs, batch_size=batch_size, passages=passages, against=against, subject=subject, peers=peers)
+    if not pooled:
+        from stedge.errors import StedgeError
+
+        raise StedgeError(
+            "no subject has interleaved cycles beside its baseline in these runs: pass runs made with "
+            "interleave_cycles > 0 (and --against a peer they measured, --subject a subject they have)"
+        )
+    typer.echo(json.dumps(pooled, indent=2) if as_json else pool_table(pooled, line))
+
+
 def register(app: typer.Typer) -> None:
-    """Add `bench` to the stedge app."""
+    """Add `bench` and `bench-pool` to the stedge app."""
     app.command("bench")(bench)
+    app.command("bench-pool")(bench_pool)
