@@ -784,13 +784,13 @@ def test_cli_unknown_suite_is_a_clear_error():
 
 
 # ----------------------------------------------------------------------------- bench-pool
-def _run_json(path: Path, name: str, rows: list[dict]) -> Path:
+def _pool_run(path: Path, name: str, rows: list[dict]) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / "results.json").write_text(json.dumps({"suite": {"name": name, "headline_batch_size": 32}, "rows": rows}))
     return path
 
 
-def _row(model: str, label: str, secs: list[float], peer: bool = False, **extra) -> dict:
+def _pool_row(model: str, label: str, secs: list[float], peer: bool = False, **extra) -> dict:
     inter = {"throughput": {"32": {"seconds": secs}}, "passages": {"32": {"seconds": [2 * s for s in secs]}}}
     return {"model": model, "label": label, "device": "cpu", "peer": peer, "interleaved": inter, **extra}
 
@@ -810,14 +810,14 @@ def test_bench_pool_pools_per_cycle_ratios_over_runs(tmp_path):
     runs = []
     for i, (mine, variant) in enumerate([(a, "openvino-bf16"), (b, "onnx-int8-rows")]):
         rows = [
-            _row("m", "st openvino", peer, peer=True),
-            _row("m", "fastembed onnx", fast, peer=True),
-            _row("m", f"stedge auto near ({variant})", mine, auto_tier="near"),
-            _row("s", f"stedge auto compressed ({variant})", mine, auto_tier="compressed", baseline_model="m"),
+            _pool_row("m", "st openvino", peer, peer=True),
+            _pool_row("m", "fastembed onnx", fast, peer=True),
+            _pool_row("m", f"stedge auto near ({variant})", mine, auto_tier="near"),
+            _pool_row("s", f"stedge auto compressed ({variant})", mine, auto_tier="compressed", baseline_model="m"),
         ]
         rows[2]["interleaved"].update(best_peer="st openvino", passage_best_peer="st openvino")
         rows[3]["interleaved"].update(best_peer="st openvino [m]", passage_best_peer="st openvino [m]")
-        runs.append(_run_json(tmp_path / f"run{i}", f"suite-{i}", rows))
+        runs.append(_pool_run(tmp_path / f"run{i}", f"suite-{i}", rows))
     pooled = {p["subject"]: p for p in pool(runs)}
     assert set(pooled) == {"m / stedge auto near", "s / stedge auto compressed"}  # peers only with peers=True
     near = pooled["m / stedge auto near"]
@@ -835,6 +835,8 @@ def test_bench_pool_pools_per_cycle_ratios_over_runs(tmp_path):
     (on_passages,) = pool(runs[:1], passages=True, subject="auto near")
     assert on_passages["median"] == pytest.approx(statistics.median(paired_ratios(a, peer)))  # both doubled
     assert pool(runs, against="no such peer") == [] and pool(runs, batch_size=8) == []
+    with pytest.raises(StedgeError, match="--against 'E' names 2 peers of m: st openvino, fastembed onnx"):
+        pool(runs, against="E")  # a label part in both, in any case
     table = pool_table([near], line=1.5)
     assert "| m / stedge auto near | st openvino | 2 | 12 |" in table
     verdict = "met with confidence" if near["ci"][0] > 1.5 else "within the interval"
@@ -855,7 +857,7 @@ def test_bench_pool_errors_name_the_path(tmp_path):
     (tmp_path / "results.json").write_text("[]")
     with pytest.raises(StedgeError, match="not a results.json of `stedge bench`"):
         load_run(tmp_path / "results.json")
-    run = _run_json(tmp_path / "old", "old", [_row("m", "stedge onnx-fp32", [1.0] * 6)])  # no peer to compare with
+    run = _pool_run(tmp_path / "old", "old", [_pool_row("m", "stedge onnx-fp32", [1.0] * 6)])  # no peer to compare with
     res = CliRunner().invoke(app, ["bench-pool", str(run)])
     assert res.exit_code != 0 and "no subject has interleaved cycles beside its baseline" in str(res.exception)
 

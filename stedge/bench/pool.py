@@ -53,7 +53,12 @@ def _baseline(row: dict[str, Any], rows: Sequence[dict[str, Any]], against: str 
     if against is not None:
         hits = [r for r in mine if against.lower() in r["label"].lower()]
         hits = hits or [r for r in theirs if against.lower() in r["label"].lower()]
-        return hits[0] if len(hits) == 1 else None
+        if len(hits) > 1:
+            raise StedgeError(
+                f"--against {against!r} names {len(hits)} peers of {row['model']}: "
+                f"{', '.join(r['label'] for r in hits)}; pass more of one label"
+            )
+        return hits[0] if hits else None
     named = ((row.get("interleaved") or {}).get("passage_best_peer" if what == "passages" else "best_peer")) or ""
     for r in mine + theirs:
         if named in (r["label"], f"{r['label']} [{r['model']}]"):
