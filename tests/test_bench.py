@@ -835,6 +835,18 @@ def test_bench_pool_pools_per_cycle_ratios_over_runs(tmp_path):
     (on_passages,) = pool(runs[:1], passages=True, subject="auto near")
     assert on_passages["median"] == pytest.approx(statistics.median(paired_ratios(a, peer)))  # both doubled
     assert pool(runs, against="no such peer") == [] and pool(runs, batch_size=8) == []
+    notes: list[str] = []
+    pool(runs, log=notes.append)
+    assert notes == []  # one machine (both runs have none recorded) and one thread budget
+    results = json.loads((runs[1] / "results.json").read_text())
+    results.update(machine={"machine_key": "other-2c-1234", "gpu": None}, threads={"budget": 2})
+    (runs[1] / "results.json").write_text(json.dumps(results))
+    pool(runs, log=notes.append)
+    (note,) = notes
+    assert (
+        "different machines" in note
+        and "suite-0 on unknown machine, ? threads; suite-1 on other-2c-1234, 2 threads" in note
+    )
     with pytest.raises(StedgeError, match="--against 'E' names 2 peers of m: st openvino, fastembed onnx"):
         pool(runs, against="E")  # a label part in both, in any case
     table = pool_table([near], line=1.5)

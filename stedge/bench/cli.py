@@ -143,7 +143,15 @@ def bench_pool(
     """Pool each subject's interleaved per-cycle ratios to its baseline over several runs: one median, one 95 % CI."""
     from .pool import pool, pool_table
 
-    pooled = pool(runs, batch_size=batch_size, passages=passages, against=against, subject=subject, peers=peers)
+    pooled = pool(
+        runs,
+        batch_size=batch_size,
+        passages=passages,
+        against=against,
+        subject=subject,
+        peers=peers,
+        log=lambda msg: typer.echo(msg, err=True),
+    )
     if not pooled:
         from stedge.errors import StedgeError
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from stedge.errors import StedgeError
 
@@ -66,6 +66,16 @@ def _baseline(row: dict[str, Any], rows: Sequence[dict[str, Any]], against: str 
     return None
 
 
+def machine_of(results: dict[str, Any]) -> str:
+    """Where a run ran, as far as pooling cares: the machine key (CPU model, cores, ISA), its GPU, the thread budget."""
+    m = results.get("machine") or {}
+    gpu = (m.get("gpu") or {}).get("name") if isinstance(m.get("gpu"), dict) else m.get("gpu")
+    key = m.get("machine_key") or m.get("cpu") or "unknown machine"
+    threads = results.get("threads")
+    threads = threads.get("budget") if isinstance(threads, dict) else threads  # the harness records {"budget": N, ...}
+    return f"{key}" + (f", {gpu}" if gpu else "") + f", {threads if threads is not None else '?'} threads"
+
+
 def pool(
     runs: Sequence[Path],
     batch_size: int | None = None,
@@ -73,6 +83,7 @@ def pool(
     against: str | None = None,
     subject: str | None = None,
     peers: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Each subject's per-cycle ratios to its baseline, pooled over ``runs`` (folders or results.json files).
 
@@ -81,16 +92,19 @@ def pool(
     "torch" or "fastembed"; default: the best peer each run named); ``subject``: only subjects whose key contains
     it; ``peers``: the peers' own rows too. A subject is pooled over the runs where it and its baseline have
     interleaved cycles. Returns one dict per subject: ``subject``, ``runs`` (each run's name, label, baseline,
-    cycles, median, ci), ``cycles``, ``median`` and ``ci`` (the 95 % interval; None under 6 cycles)."""
+    cycles, median, ci), ``cycles``, ``median`` and ``ci`` (the 95 % interval; None under 6 cycles). Runs from
+    different machines or thread budgets pool all the same, but ``log`` is told which ran where."""
     from stedge_runtime.tune import median_interval, paired_ratios
 
     from .interleave import CI_LEVEL
 
     what = "passages" if passages else "throughput"
     pooled: dict[str, dict[str, Any]] = {}
+    where: dict[str, list[str]] = {}
     for path in runs:
         results = load_run(path)
         name = (results.get("suite") or {}).get("name") or Path(path).name
+        where.setdefault(machine_of(results), []).append(name)
         batch = str(batch_size or (results.get("suite") or {}).get("headline_batch_size") or 32)
         for row in results["rows"]:
             key = subject_key(row)
@@ -114,6 +128,11 @@ def pool(
                     "ci": None if ci is None else list(ci),
                 }
             )
+    if len(where) > 1 and log is not None:
+        log(
+            "note: these runs come from different machines or thread budgets, and a ratio measured on one does not "
+            "hold on another: " + "; ".join(f"{', '.join(names)} on {m}" for m, names in where.items())
+        )
     out = []
     for entry in pooled.values():
         ratios = entry.pop("ratios")
