@@ -59,11 +59,10 @@ def _baseline(row: dict[str, Any], rows: Sequence[dict[str, Any]], against: str 
                 f"{', '.join(r['label'] for r in hits)}; pass more of one label"
             )
         return hits[0] if hits else None
+    from .runner import _peer_label
+
     named = ((row.get("interleaved") or {}).get("passage_best_peer" if what == "passages" else "best_peer")) or ""
-    for r in mine + theirs:
-        if named in (r["label"], f"{r['label']} [{r['model']}]"):
-            return r
-    return None
+    return next((r for r in mine + theirs if _peer_label(r, row["model"]) == named), None)
 
 
 def machine_of(results: dict[str, Any]) -> str:
@@ -97,6 +96,7 @@ def pool(
     from stedge_runtime.tune import median_interval, paired_ratios
 
     from .interleave import CI_LEVEL
+    from .runner import _peer_label
 
     what = "passages" if passages else "throughput"
     pooled: dict[str, dict[str, Any]] = {}
@@ -121,7 +121,7 @@ def pool(
                 {
                     "run": name,
                     "label": row["label"],
-                    "baseline": base["label"] + ("" if base["model"] == row["model"] else f" [{base['model']}]"),
+                    "baseline": _peer_label(base, row["model"]),
                     "batch_size": int(batch),
                     "cycles": len(ratios),
                     "median": statistics.median(ratios),
