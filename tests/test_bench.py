@@ -931,7 +931,10 @@ def test_wheel_has_only_stedge_and_bench_runs_outside_the_checkout(tiny_model, s
         capture_output=True,
     )
     (rt,) = wheels.glob("stedge_runtime-*.whl")
-    assert {n.split("/")[0] for n in zipfile.ZipFile(rt).namelist() if ".dist-info" not in n} == {"stedge_runtime"}
+    rt_names = zipfile.ZipFile(rt).namelist()
+    assert {n.split("/")[0] for n in rt_names if ".dist-info" not in n} == {"stedge_runtime"}
+    entry_points = next(n for n in rt_names if n.endswith(".dist-info/entry_points.txt"))
+    assert "stedge-runtime = stedge_runtime.cli:main" in zipfile.ZipFile(rt).read(entry_points).decode()  # its CLI
     site = tmp_path / "site"
     zipfile.ZipFile(whl).extractall(site)
     work = tmp_path / "elsewhere"

@@ -619,7 +619,7 @@ def test_bench_says_what_a_tune_stopped_in_its_memory_probe_left(art, monkeypatc
 
 def test_the_table_labels_every_engine_setting():
     """Each setting the tune times has a readable label; the budget-only one says so; an unknown one shows as k=v."""
-    from stedge.tune.cli import _settings
+    from stedge_runtime.cli import settings_text as _settings
 
     lean = {"threads": 2, "performance_hint": "LATENCY", "shape_cache": 50}
     assert _settings(lean) == "2t, latency, 50 shapes cached (budgets only)"
@@ -631,11 +631,12 @@ def test_the_table_labels_every_engine_setting():
 def test_the_table_marks_memory_still_growing():
     """A peak figure whose probe was still growing at its end carries a "+" (a memory budget does not take it);
     one that leveled off, or from a profile before the measure, does not."""
-    from stedge.tune.cli import _caption, _mb
+    from stedge_runtime.cli import peak_text as _mb
+    from stedge_runtime.cli import table_caption as _caption
 
     assert (_mb(300.0, 30.0), _mb(300.0, 2.0), _mb(300.0), _mb(None)) == ("300+", "300", "300", "-")
-    assert "peak MB +: still growing" in _caption([12.0, 23.0], {"a": "300+", "b": "-"})
-    assert _caption([None, None], {"a": "300"}) is None and "+" not in _caption([12.0, 23.0], {"a": "300"})
+    assert "peak MB +: still growing" in _caption([12.0, 23.0], ["300+", "-"])
+    assert _caption([None, None], ["300"]) is None and "+" not in _caption([12.0, 23.0], ["300"])
 
 
 def test_tune_prints_the_paired_finals_intervals():

@@ -143,8 +143,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Export MODEL to ONNX / OpenVINO with pooling inside the graph, verify every variant through
         stedge_runtime against PyTorch (tier, batch invariance), write stedge.json."""
+        from stedge_runtime.cli import read_lines
+
         from stedge.export import export_model
-        from stedge.tune.cli import read_lines
 
         queries = read_lines(tune_queries, "--tune-queries")  # before the export: a bad file costs nothing
         result = export_model(

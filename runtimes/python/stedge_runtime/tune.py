@@ -16,18 +16,21 @@ winner, as it can between rounds measured seconds apart). ``write_profile`` stor
 ``tuning/<machine key>.json`` (stedge_runtime.profile), which ``Encoder.load`` reads (stedge_runtime.select).
 ``tier_memory`` then measures each tier's choice in a fresh process for its peak RSS, and ``config_memory``
 each configuration a memory budget may fall back to (``memory_configs``).
-The `stedge tune` command wraps this with a table.
+``tune_artifact`` runs it all and writes the profile: the `stedge tune` and `stedge-runtime tune` commands
+(stedge_runtime.cli) wrap it with a table.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import statistics
 import subprocess
 import sys
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -35,10 +38,10 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from . import machine
-from .artifact import MANIFEST, Manifest
+from .artifact import MANIFEST, Manifest, has_manifest
 from .engines import installed_backends
-from .errors import InputError, RuntimeStedgeError
-from .profile import PROFILE_FORMAT
+from .errors import ArtifactError, InputError, RuntimeStedgeError
+from .profile import PROFILE_FORMAT, read_profile, write_profile
 from .samples import SHORT, passages, varied
 from .select import (
     LEAN_STATIC_BATCH1,
@@ -596,6 +599,74 @@ def tune(
     if progress:
         progress("done", len(cases), len(cases))
     return prof
+
+
+def tune_artifact(
+    path: str | Path,
+    variants: Sequence[str] | None = None,
+    threads: int | None = None,
+    quick: bool = False,
+    budget_s: float | None = None,
+    texts: Sequence[str] | None = None,
+    batch_sizes: Sequence[int] = (32,),
+    progress: Progress | None = None,
+    write: bool = True,
+    paired_cycles: int | None = None,
+    memory: bool = True,
+    queries: Sequence[str] | None = None,
+    reuse_memory: bool = True,
+    keep_choices: bool = True,
+) -> tuple[dict[str, Any], Path | None]:
+    """Tune the artifact at ``path`` and write its profile for this machine: what `stedge tune` and `stedge-runtime
+    tune` run. Returns (profile, file written or None with ``write`` false).
+
+    ``tune``'s arguments as there (``paired_cycles`` None: PAIRED_CYCLES); ``progress`` gets ``("tuning <what>",
+    done, total)``, then ``("measuring the memory of <what>", ...)``. With ``memory`` (not with ``quick``), once
+    the profile is written, each tier's choice and each configuration a memory budget may fall back to runs in a
+    fresh process for its peak RSS (``measure_memory``), the profile written again after each probe, so a tune
+    stopped then keeps what they measured; with ``reuse_memory`` the figures this machine's previous profile measured
+    on the same variant files and workloads are kept, not probed again. With ``keep_choices`` that profile's token
+    budget and tier choices stay where this tune cannot tell the new ones from them (``tune``'s ``previous``)."""
+    root = Path(path)
+    if not has_manifest(root):
+        raise ArtifactError(f"{root}: not an artifact folder (no {MANIFEST}); pass a folder written by `stedge export`")
+    previous = None
+    if reuse_memory or keep_choices:  # this machine's profile before the tune replaces it
+        try:
+            previous = read_profile(root, machine.machine_key())
+        except ArtifactError:  # one this runtime cannot read: the tune overwrites it
+            previous = None
+
+    def phase(label: str) -> Progress | None:
+        return None if progress is None else lambda what, done, total: progress(f"{label} {what}", done, total)
+
+    quiet = logging.getLogger("stedge_runtime")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # passages are longer than max_seq_length on purpose
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # each variant is named on purpose
+            cycles = PAIRED_CYCLES if paired_cycles is None else paired_cycles
+            held = previous if keep_choices else None
+            prof = tune(
+                root, variants, threads, quick, budget_s, texts, batch_sizes, phase("tuning"), cycles, queries, held
+            )
+    finally:
+        quiet.setLevel(level)
+    if not write:
+        return prof, None
+    if not memory or quick:
+        return prof, write_profile(root, prof)
+    written: list[Path] = []
+
+    def save(mem: dict[str, Any]) -> None:  # before the first probe (the probes load it), then after each one
+        written.append(write_profile(root, {**prof, "memory": mem}))
+
+    kept = previous if reuse_memory else None
+    prof["memory"] = measure_memory(
+        root, prof, kept, texts, batch_sizes, phase("measuring the memory of"), queries, save
+    )
+    return prof, written[-1]
 
 
 def _final_and_kept(
@@ -1518,8 +1589,6 @@ def _memory_child(spec_json: str) -> None:
     variant (``variant``, ``settings``, ``max_batch_tokens``), run the tune's workloads, then the varied texts in
     two halves of all lengths, and print the peak RSS and what the second half added to it: a configuration
     whose memory has leveled off adds next to nothing there (select.GROWING_SHARE)."""
-    import warnings
-
     from .encoder import Encoder, Reranker
 
     spec = json.loads(spec_json)

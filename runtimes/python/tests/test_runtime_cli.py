@@ -1,0 +1,137 @@
+"""`stedge-runtime tune` / `info` (python -m stedge_runtime): tuning on the machine an app runs on, runtime alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from stedge_runtime import Encoder
+from stedge_runtime.cli import main
+from stedge_runtime.machine import machine_key
+
+# Runs the command line in a fresh interpreter, then names every heavy package it imported (stedge: the toolchain,
+# not stedge_runtime), on the last line.
+CLI_CODE = r"""
+import json, sys
+from stedge_runtime.cli import main
+rc = main(sys.argv[1:])
+heavy = ("torch", "transformers", "sentence_transformers", "stedge")
+print(json.dumps({"rc": rc, "heavy": sorted(m for m in sys.modules if m.split(".")[0] in heavy)}))
+"""
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    return subprocess.run([sys.executable, "-c", CLI_CODE, *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture
+def app_model(tiny_artifact, tmp_path):
+    """A copy of the tiny artifact (onnx-fp32, openvino-fp32) without a profile, as an app would ship it."""
+    out = shutil.copytree(tiny_artifact, tmp_path / "app-model")
+    shutil.rmtree(out / "tuning", ignore_errors=True)
+    return out
+
+
+def test_tune_writes_this_machines_profile_without_torch_and_load_then_uses_it(app_model):
+    """`tune --json` writes tuning/<machine key>.json in a process that never imports torch, transformers or
+    stedge, prints the profile, the file and each tier's choice; Encoder.load then chooses from that profile."""
+    assert Encoder.load(app_model).selection.source == "rule"  # no profile yet: the CPU rule
+    out = _cli("tune", str(app_model), "--quick", "--json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    *printed, last = out.stdout.strip().splitlines()
+    assert json.loads(last) == {"rc": 0, "heavy": []}
+    res = json.loads("\n".join(printed))
+    file = app_model / "tuning" / f"{machine_key()}.json"
+    assert res["file"] == str(file) and json.loads(file.read_text())["machine"]["key"] == machine_key()
+    assert set(res["profile"]["variants"]) == {"onnx-fp32", "openvino-fp32"}
+    assert set(res["choices"]) == {"exact", "near", "compressed"}
+    sel = Encoder.load(app_model).selection
+    assert sel.source == "profile" and sel.profile == str(file)
+    assert sel.variant == res["choices"]["near"]["variant"]
+
+
+def test_tune_prints_the_table_and_info_says_what_load_picks(app_model):
+    """Without --json, tune prints the machine, one row per variant and setting, each tier's choice and the file
+    written; `info` lists the variants and what Encoder.load picks per tier here, from the profile."""
+    out = _cli("tune", str(app_model), "--quick", "--budget", "1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert f"profile {machine_key()}" in text and "bs=1 p50 ms" in text and "alone vs batch" in text
+    assert "bs=1 on short queries (" in text  # the caption: what the batch-1 columns timed
+    rows = [line for line in text.splitlines() if line.startswith(("onnx-fp32 ", "openvino-fp32 "))]
+    assert len(rows) >= 2 and all(" exact " in r for r in rows)  # the tiny fp32 variants verified exact
+    assert any(line.startswith("tier near: ") for line in text.splitlines())
+    assert f"profile written to {app_model / 'tuning'}" in text
+    info = _cli("info", str(app_model))
+    assert info.returncode == 0, info.stderr[-3000:]
+    assert "onnx-fp32: onnx fp32, tier=exact" in info.stdout and f"this machine: {machine_key()}" in info.stdout
+    near = next(line for line in info.stdout.splitlines() if line.startswith("tier near: "))
+    assert "profile" in near  # the reason names the profile it chose from
+    data = json.loads("\n".join(_cli("info", str(app_model), "--json").stdout.strip().splitlines()[:-1]))
+    assert data["machine"] == machine_key() and data["selection"]["near"]["variant"] in data["variants"]
+
+
+def test_dry_run_writes_nothing(app_model, capsys):
+    assert main(["tune", str(app_model), "--quick", "--dry-run", "--variant", "onnx-fp32"]) == 0
+    assert "profile not written (--dry-run)" in capsys.readouterr().out and not (app_model / "tuning").exists()
+
+
+def test_errors_name_what_is_wrong_and_write_nothing(app_model, tmp_path, capsys):
+    """Bad input: exit 2 and one line naming the folder, file or option; nothing written."""
+    plain = tmp_path / "not-an-artifact"
+    plain.mkdir()
+    assert main(["tune", str(plain), "--quick"]) == 2
+    assert f"error: {plain}: not an artifact folder (no stedge.json)" in capsys.readouterr().err
+    assert list(plain.iterdir()) == []
+    missing = tmp_path / "queries.txt"
+    assert main(["tune", str(app_model), "--quick", "--queries", str(missing)]) == 2
+    assert f"--queries {missing}: cannot read it as UTF-8 text" in capsys.readouterr().err
+    assert main(["tune", str(app_model), "--quick", "--variant", "onnx-int8-nope"]) == 2
+    assert "onnx-int8-nope" in capsys.readouterr().err
+    assert main(["info", str(plain)]) == 2 and str(plain) in capsys.readouterr().err
+    with pytest.raises(SystemExit) as bad:
+        main(["tune", str(app_model), "--threads", "0"])
+    assert bad.value.code == 2 and "expected 1 or more, got 0" in capsys.readouterr().err
+    assert not (app_model / "tuning").exists()
+
+
+def test_the_table_marks_what_fails_a_check(capsys):
+    """profile_table (both command lines' table): a variant that failed here, an alone-vs-batch agreement under
+    0.999 and a cos to exact under 0.99 are styled (red / yellow in `stedge tune`, "!" here); the chosen row marked."""
+    from stedge_runtime.cli import _print_table, profile_table
+
+    machine = {"cpu": "CPU", "cores_physical": 2, "isa_flags": ["avx2"], "cpu_class": "avx2", "key": "k"}
+    run = {"settings": {"threads": 2}, "batch1_ms_p50": 1.25, "bulk": {"short": {"32": 100.0}, "passage": {"32": 9.0}}}
+    prof = {
+        "machine": machine,
+        "batch_sizes": [1, 32],
+        "variants": {
+            "onnx-int8-rows": {
+                "status": "ok",
+                "batch_invariance_min_cos": 0.99,
+                "min_cos_to_exact": 0.95,
+                "runs": [run],
+            },
+            "onnx-fp32": {"status": "ok", "batch_invariance_min_cos": 1.0, "min_cos_to_exact": 1.0, "runs": [run]},
+            "openvino-int4": {"status": "failed", "error": "cannot compile"},
+        },
+    }
+    tiers = {"onnx-int8-rows": {"precision": "int8", "verification": {"tier": "compressed"}}}
+    choices = {"exact": {"variant": "onnx-fp32", "settings": {"threads": 2}, "reason": "r"}, "near": {"error": "none"}}
+    title, cols, rows, caption = profile_table(prof, tiers, choices)
+    assert title == "CPU (2 cores, avx2) - profile k" and caption is None
+    cell = {r[0][0]: dict(zip(cols, r)) for r in rows}
+    assert cell["onnx-int8-rows"]["alone vs batch"] == ("0.99000", "bad")
+    assert cell["onnx-int8-rows"]["cos to exact here"] == ("0.9500", "warn")
+    assert cell["onnx-int8-rows"]["tier"] == ("compressed", "") and cell["onnx-int8-rows"]["chosen"] == ("", "")
+    assert cell["onnx-fp32"]["chosen"] == ("exact", "") and cell["onnx-fp32"]["short bs=32 /s"] == ("100", "")
+    assert cell["openvino-int4"]["bs=1 p50 ms"] == ("cannot compile", "bad")
+    _print_table(cols, rows)
+    out = capsys.readouterr().out
+    assert "0.99000!" in out and "0.9500!" in out and "cannot compile!" in out and "1.00000 " in out
+    assert "!: the variant failed here" in out
