@@ -570,6 +570,7 @@ def test_pack_ships_only_what_the_runtime_reads(artifact, tmp_path, capsys):
     out = tmp_path / "app"
     rc, err = main_rc(capsys, "pack", artifact, "-o", out, "--variant", "onnx-int8-avx2")
     assert rc == 0, err
+    assert f"`stedge-runtime tune {out}` there" in err  # how the device it ships to gets its profile
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert names == ["onnx/model_qint8_avx2.onnx", "stedge.json", "tokenizer.json"]
     m = json.loads((out / "stedge.json").read_text())

@@ -197,6 +197,11 @@ def _print_pack(res, as_json: bool) -> None:
         f"wrote {res.path}: {', '.join(res.variants)} (default {res.default_variant}), "
         f"{sum(res.files.values()) / 1e6:.2f} MB"
     )
+    typer.echo(
+        f"on a device of another CPU: `stedge-runtime tune {res.path}` there (the runtime alone) times the packed "
+        "variants, so Encoder.load picks the fastest for it; `stedge-runtime info` shows the choice",
+        err=True,
+    )
 
 
 def _register_pack(app: typer.Typer) -> None:
