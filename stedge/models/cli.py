@@ -295,10 +295,8 @@ def info(
             typer.echo(json.dumps({**manifest.to_dict(), "selection": choices}, indent=2))
             return
         pooling = (manifest.pooling or {}).get("mode")
-        typer.echo(
-            f"artifact {model}: task={manifest.task} dim={manifest.dimension} "
-            f"max_seq_length={manifest.max_seq_length} pooling={pooling}"
-        )
+        dim = f" dim={manifest.dimension}" if manifest.dimension is not None else ""  # a reranker's is a score
+        typer.echo(f"artifact {model}: task={manifest.task}{dim} max_seq_length={manifest.max_seq_length} pooling={pooling}")
         _variant_lines(manifest)
         cal = manifest.embedding_calibration
         if cal is not None:

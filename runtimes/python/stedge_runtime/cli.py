@@ -272,7 +272,8 @@ def _info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**m.to_dict(), "machine": machine_key(), "selection": choices}, indent=2))
         return 0
-    print(f"artifact {args.artifact}: task={m.task} dim={m.dimension} max_seq_length={m.max_seq_length}")
+    dim = f" dim={m.dimension}" if m.dimension is not None else ""  # a reranker's output is a score
+    print(f"artifact {args.artifact}: task={m.task}{dim} max_seq_length={m.max_seq_length}")
     for name, v in m.variants.items():
         print(f"  {name}: {v.backend} {v.precision}, tier={variant_tier(v) or 'none'}")
     print(f"this machine: {machine_key()}")

@@ -135,3 +135,16 @@ def test_the_table_marks_what_fails_a_check(capsys):
     out = capsys.readouterr().out
     assert "0.99000!" in out and "0.9500!" in out and "cannot compile!" in out and "1.00000 " in out
     assert "!: the variant failed here" in out
+
+
+def test_a_reranker_is_tuned_and_described_the_same_way(tiny_ce_artifact, tmp_path, capsys):
+    """A reranker artifact: the table's agreement column is score agreement; info gives no embedding dimension."""
+    art = shutil.copytree(tiny_ce_artifact, tmp_path / "rr")
+    shutil.rmtree(art / "tuning", ignore_errors=True)
+    assert main(["tune", str(art), "--quick", "--variant", "onnx-fp32"]) == 0
+    out = capsys.readouterr().out
+    assert "score agr. to exact here" in out and (art / "tuning" / f"{machine_key()}.json").is_file()
+    assert main(["info", str(art)]) == 0
+    out = capsys.readouterr().out
+    assert f"artifact {art}: task=reranking max_seq_length=" in out and "dim=" not in out
+    assert any(line.startswith("tier near: onnx-fp32 ") and "tuning profile" in line for line in out.splitlines())
