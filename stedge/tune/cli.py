@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import typer
-from stedge_runtime.cli import read_lines, settings_text
+from stedge_runtime.cli import read_lines, settings_text, written_text
 
 
 def run_tune(
@@ -75,7 +75,7 @@ def tune_after_export(path: str | Path, show: bool = True, queries: list[str] | 
     if show:
         m = Manifest.read(path)
         render_profile(prof, {n: v.to_dict() for n, v in m.variants.items()}, choices)
-        typer.echo(f"profile written to {file}")
+        typer.echo(written_text(file, path))
     return {"file": str(file), "choices": choices}
 
 
@@ -285,7 +285,7 @@ def tune_cmd(
         return
     m = Manifest.read(artifact)
     render_profile(prof, {n: v.to_dict() for n, v in m.variants.items()}, choices)
-    typer.echo(f"profile written to {file}" if file else "profile not written (--dry-run)")
+    typer.echo(written_text(file, artifact))
 
     from stedge.export.plan import bf16_hint
 

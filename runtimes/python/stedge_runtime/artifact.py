@@ -604,11 +604,17 @@ _cache_lock = threading.Lock()
 _verified: set[tuple] = set()
 
 
-def _cache_file() -> Path:
+def cache_dir() -> Path:
+    """The runtime's folder in the user's cache: $STEDGE_RUNTIME_CACHE, else $XDG_CACHE_HOME/stedge-runtime, else
+    ~/.cache/stedge-runtime (the sha256 cache; tuning profiles of read-only artifacts, stedge_runtime.profile)."""
     base = os.environ.get("STEDGE_RUNTIME_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "stedge-runtime"
     )
-    return Path(base) / "sha256.json"
+    return Path(base)
+
+
+def _cache_file() -> Path:
+    return cache_dir() / "sha256.json"
 
 
 def _sha256(path: Path, limit: int | None) -> str:

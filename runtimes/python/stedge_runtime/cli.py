@@ -175,6 +175,18 @@ def _key(settings: Mapping[str, Any]) -> str:
     return json.dumps(dict(settings), sort_keys=True)
 
 
+def written_text(file: Path | None, root: str | Path) -> str:
+    """Where a tune wrote its profile (None: nowhere, --dry-run), saying so where that is outside the artifact."""
+    if file is None:
+        return "profile not written (--dry-run)"
+    if Path(root).resolve() in Path(file).resolve().parents:
+        return f"profile written to {file}"
+    return (
+        f"profile written to {file}: the artifact's folder cannot be written here, so its profiles for this user "
+        "go there (stedge_runtime.profile.user_profiles), and Encoder.load reads them from there"
+    )
+
+
 def read_lines(path: str | Path | None, option: str) -> list[str] | None:
     """The non-empty lines of a UTF-8 text file given as ``option`` (None when not given)."""
     if path is None:
@@ -257,7 +269,7 @@ def _tune(args: argparse.Namespace) -> int:
     if caption:
         print(caption)
     _print_choices(choices)
-    print(f"profile written to {file}" if file else "profile not written (--dry-run)")
+    print(written_text(file, args.artifact))
     return 0
 
 

@@ -3,7 +3,9 @@
 A profile is ``ARTIFACT/tuning/<machine key>.json`` (see :func:`stedge_runtime.machine.machine_key`):
 one file per machine, so an artifact copied to another machine carries profiles that are simply not
 read there. The file is written atomically (temporary sibling + ``os.replace``); stedge.json is
-not touched. Layout (``format_version`` 1)::
+not touched. Where the artifact's folder cannot be written (an app installed read-only), the profile goes to
+the user's profile folder instead (``user_profiles``: one folder per artifact, named by its stedge.json's
+sha256), and a read takes the newer of the two. Layout (``format_version`` 1)::
 
     {"format_version": 1, "machine": {...machine_facts(), "key": KEY}, "created": ISO-8601 UTC,
      "runtime": "<stedge_runtime version>", "budget_s": 12.0, "quick": false,
@@ -95,21 +97,46 @@ inform (a win within noise is still a win: either contender is then as fast here
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from .artifact import MANIFEST, cache_dir
 from .errors import ArtifactError
 
 PROFILE_DIR = "tuning"
 PROFILE_FORMAT = 1
 
 
+PROFILES_ENV = "STEDGE_RUNTIME_PROFILES"  # where the profiles of read-only artifacts go (default: the cache)
+
+
 def profile_file(root: str | os.PathLike, key: str) -> Path:
     """Where the profile of machine ``key`` lives inside an artifact."""
     return Path(root) / PROFILE_DIR / f"{key}.json"
+
+
+def user_profiles(root: str | os.PathLike) -> Path | None:
+    """The user's profile folder for the artifact at ``root``, for when its own folder is read-only:
+    ``$STEDGE_RUNTIME_PROFILES/<id>``, else ``<cache_dir>/profiles/<id>`` (artifact.cache_dir), ``<id>`` the first
+    20 hex digits of the sha256 of its stedge.json, so an artifact exported or packed again reads none of the
+    profiles measured on its earlier self. None when stedge.json cannot be read."""
+    try:
+        digest = hashlib.sha256((Path(root) / MANIFEST).read_bytes()).hexdigest()[:20]
+    except OSError:
+        return None
+    base = os.environ.get(PROFILES_ENV)
+    return (Path(base) if base else cache_dir() / "profiles") / digest
+
+
+def profile_files(root: str | os.PathLike, key: str) -> list[Path]:
+    """Where the profile of machine ``key`` may be: inside the artifact, then in the user's profile folder."""
+    user = user_profiles(root)
+    return [profile_file(root, key), *([user / f"{key}.json"] if user is not None else [])]
 
 
 def list_profiles(root: str | os.PathLike) -> list[Path]:
@@ -122,16 +149,39 @@ def list_profiles(root: str | os.PathLike) -> list[Path]:
 
 
 def read_profile(root: str | os.PathLike, key: str) -> dict[str, Any] | None:
-    """The profile measured on machine ``key``, or None when there is none.
+    """The profile measured on machine ``key``, or None when there is none (see ``find_profile``)."""
+    found = find_profile(root, key)
+    return None if found is None else found[0]
+
+
+def find_profile(root: str | os.PathLike, key: str) -> tuple[dict[str, Any], Path] | None:
+    """The profile of machine ``key`` and its file: the newer (``created``) of the artifact's own and the one in
+    the user's profile folder (``profile_files``), or None when there is neither.
 
     A profile that cannot be read, has a newer ``format_version`` or was measured on another machine
-    (its ``machine.key`` differs from ``key``) raises ArtifactError naming the file.
+    (its ``machine.key`` differs from ``key``) raises ArtifactError naming the file, unless the other place
+    holds one that reads.
     """
-    file = profile_file(root, key)
+    found: list[tuple[dict[str, Any], Path]] = []
+    errors: list[ArtifactError] = []
+    for file in profile_files(root, key):
+        try:
+            data = _read(file, key)
+        except ArtifactError as e:
+            errors.append(e)
+            continue
+        if data is not None:
+            found.append((data, file))
+    if not found and errors:
+        raise errors[0]
+    return max(found, key=lambda f: str(f[0].get("created") or ""), default=None)  # a tie: the artifact's own
+
+
+def _read(file: Path, key: str) -> dict[str, Any] | None:
     if not file.is_file():
         return None
     if file.is_symlink():
-        raise ArtifactError(f"{file}: a tuning profile must be a plain file inside the artifact, not a symlink")
+        raise ArtifactError(f"{file}: a tuning profile must be a plain file, not a symlink")
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -189,12 +239,24 @@ def check_profile(data: Any, where: str | os.PathLike) -> None:
 
 
 def write_profile(root: str | os.PathLike, profile: dict[str, Any]) -> Path:
-    """Write ``profile`` as ``tuning/<machine.key>.json`` atomically; returns the file."""
+    """Write ``profile`` as ``tuning/<machine.key>.json`` atomically; where the artifact's folder cannot be
+    written (read-only, no permission), into the user's profile folder (``user_profiles``) instead. Returns the
+    file."""
     key = str(profile["machine"]["key"])
     file = profile_file(root, key)
     check_profile(profile, file)
-    file.parent.mkdir(exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{key}.", suffix=".tmp")
+    try:
+        return _write(file, profile)
+    except OSError as e:
+        user = user_profiles(root)
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or user is None:
+            raise
+    return _write(user / f"{key}.json", profile)
+
+
+def _write(file: Path, profile: dict[str, Any]) -> Path:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.stem}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(profile, f, indent=1, sort_keys=False)

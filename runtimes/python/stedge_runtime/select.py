@@ -62,7 +62,7 @@ from . import machine
 from .artifact import backends_for, device_family
 from .engines import OpenVINOEngine
 from .errors import ArtifactError, DeviceError, InputError
-from .profile import list_profiles, read_profile
+from .profile import find_profile, list_profiles, profile_file
 
 TIERS = ("exact", "near", "compressed")
 DEFAULT_TIER = "near"
@@ -1175,9 +1175,10 @@ def _profile_choice(
     warned: list[str] | None = None,
 ) -> Selection | None:
     key = key or machine.machine_key()
+    file = profile_file(root, key)
     if prof is None:
         try:
-            prof = read_profile(root, key)
+            prof, file = find_profile(root, key) or (None, file)
         except ArtifactError as e:
             notes.append(f"tuning profile ignored: {e}")
             return None
@@ -1186,9 +1187,7 @@ def _profile_choice(
         notes.append(f"profiles of other machines ignored: {', '.join(others)} (this machine: {key})")
     if prof is None:
         return None
-    sel = _from_profile(
-        prof, root / "tuning" / f"{key}.json", cands, tier, route, excluded, notes, max_memory_mb, warned
-    )
+    sel = _from_profile(prof, file, cands, tier, route, excluded, notes, max_memory_mb, warned)
     if sel is None:
         notes.append("the profile for this machine has no eligible variant measured; the rule decided")
         return None

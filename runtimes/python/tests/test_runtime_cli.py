@@ -24,8 +24,8 @@ print(json.dumps({"rc": rc, "heavy": sorted(m for m in sys.modules if m.split(".
 """
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", **(env or {}))
     return subprocess.run([sys.executable, "-c", CLI_CODE, *args], capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -148,3 +148,84 @@ def test_a_reranker_is_tuned_and_described_the_same_way(tiny_ce_artifact, tmp_pa
     out = capsys.readouterr().out
     assert f"artifact {art}: task=reranking max_seq_length=" in out and "dim=" not in out
     assert any(line.startswith("tier near: onnx-fp32 ") and "tuning profile" in line for line in out.splitlines())
+
+
+# --------------------------------------------------------------------------- an artifact installed read-only
+def _read_only_writes(monkeypatch, root):
+    """Make every profile write inside ``root`` fail as on a read-only install (EACCES), whoever runs the tests."""
+    import errno
+
+    from stedge_runtime import profile
+
+    write = profile._write
+
+    def guarded(file, prof):
+        if root.resolve() in file.resolve().parents:
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return write(file, prof)
+
+    monkeypatch.setattr(profile, "_write", guarded)
+
+
+def test_a_read_only_artifact_keeps_its_profile_in_the_users_folder(app_model, tmp_path, monkeypatch, capsys):
+    """Where the artifact's folder cannot be written, the tune writes the profile to the user's profile folder
+    ($STEDGE_RUNTIME_PROFILES/<stedge.json sha256>), says so, and Encoder.load picks from it; of a profile there
+    and one inside the artifact, the newer counts; an artifact changed since (another stedge.json) reads none."""
+    from stedge_runtime.profile import PROFILES_ENV, profile_file, user_profiles
+
+    monkeypatch.setenv(PROFILES_ENV, str(tmp_path / "profiles"))
+    _read_only_writes(monkeypatch, app_model)
+    assert main(["tune", str(app_model), "--quick", "--variant", "onnx-fp32"]) == 0
+    out = capsys.readouterr().out
+    user = user_profiles(app_model) / f"{machine_key()}.json"
+    assert user.parent.parent == tmp_path / "profiles" and user.is_file()
+    assert f"profile written to {user}: the artifact's folder cannot be written here" in out
+    assert not (app_model / "tuning").exists()
+    sel = Encoder.load(app_model).selection
+    assert (sel.source, sel.profile, sel.variant) == ("profile", str(user), "onnx-fp32")
+    assert main(["info", str(app_model)]) == 0 and "tier near: onnx-fp32 " in capsys.readouterr().out
+
+    mine = json.loads(user.read_text())
+    inside = profile_file(app_model, machine_key())
+    inside.parent.mkdir()
+    older = {**mine, "created": "2000-01-01T00:00:00+00:00"}
+    inside.write_text(json.dumps(older))  # shipped with the app, tuned earlier on the same machine key
+    assert Encoder.load(app_model).selection.profile == str(user)
+    inside.write_text(json.dumps({**mine, "created": "2999-01-01T00:00:00+00:00"}))
+    assert Encoder.load(app_model).selection.profile == str(inside)
+    inside.write_text("{broken")  # one that does not read is passed over while the other does
+    assert Encoder.load(app_model).selection.profile == str(user)
+    user.write_text("{broken")
+    sel = Encoder.load(app_model).selection
+    assert sel.source == "rule" and any("tuning profile ignored" in n for n in sel.notes)
+
+    shutil.rmtree(inside.parent)
+    user.write_text(json.dumps(mine))
+    manifest = app_model / "stedge.json"
+    manifest.write_text(manifest.read_text() + "\n")  # the artifact written again: another id
+    assert Encoder.load(app_model).selection.source == "rule"
+
+
+def test_tune_on_a_read_only_mount(app_model, tmp_path):
+    """The real thing, where this process may mount (root): the artifact on a read-only tmpfs, tuned by
+    `stedge-runtime tune` in a fresh interpreter; the profile lands in the user's folder and info picks from it."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a read-only tmpfs needs root")
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        art = shutil.copytree(app_model, disk / "model")
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True, capture_output=True)
+        with pytest.raises(OSError):
+            (art / "probe").write_text("x")
+        env = {"STEDGE_RUNTIME_PROFILES": str(tmp_path / "profiles")}
+        out = _cli("tune", str(art), "--quick", "--variant", "onnx-fp32", env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "the artifact's folder cannot be written here" in out.stdout
+        assert len(list((tmp_path / "profiles").glob(f"*/{machine_key()}.json"))) == 1
+        info = _cli("info", str(art), env=env)
+        assert info.returncode == 0 and "tier near: onnx-fp32 " in info.stdout and "tuning profile" in info.stdout
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
