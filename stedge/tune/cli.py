@@ -254,11 +254,13 @@ def tune_cmd(
     """Time every verified variant of ARTIFACT on this machine (engine settings: threads, spinning, OpenVINO hints,
     static shapes and their padding, OpenVINO's run-time int8 groups; batch 1 and bulk, short texts and passages;
     then the padded tokens per engine call, on the fastest; then a paired final of the close contenders, side by
-    side pass after pass) and write ARTIFACT/tuning/<machine key>.json,
+    side pass after pass) and write ARTIFACT/tuning/<machine key>.json (where ARTIFACT cannot be written, the user's
+    profile folder: $STEDGE_RUNTIME_PROFILES, else the runtime's cache),
     which Encoder.load uses to choose the fastest variant of each precision tier here and its batch size in tokens;
     then each tier's choice, and each configuration a memory budget may fall back to, runs in a fresh process for
     its peak RSS, kept in the profile (--no-memory skips it).
-    Profiles of other machines are kept and ignored here."""
+    Profiles of other machines are kept and ignored here. On a device with only stedge-runtime installed (no
+    torch), `stedge-runtime tune ARTIFACT` runs the same tune."""
     from stedge_runtime.artifact import Manifest
     from stedge_runtime.tune import best_choices
 

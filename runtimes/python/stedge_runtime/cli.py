@@ -318,7 +318,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Time every verified variant of ARTIFACT the installed engines run on this machine, with their "
         "engine settings, at batch 1 and in bulk, on short texts and passages; then a paired final of the close "
         "contenders and, unless --no-memory, each choice's peak RSS in a fresh process. Writes the profile "
-        "Encoder.load reads here, as `stedge tune` does (same options).",
+        "Encoder.load reads here, as `stedge tune` does (same options): into ARTIFACT/tuning/, or where ARTIFACT "
+        "cannot be written, into the user's profile folder ($STEDGE_RUNTIME_PROFILES, else the runtime's cache).",
     )
     t.add_argument(
         "artifact", type=Path, metavar="ARTIFACT", help="artifact folder (written by `stedge export` or `stedge pack`)"
