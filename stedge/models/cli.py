@@ -306,13 +306,15 @@ def info(
             )
         from ..export.calibration import calibrated_on
         from ..export.plan import bf16_hint, outdated_builds
+        from stedge_runtime.cli import untuned_hint
+
         from ..tune.cli import render_choice
 
         render_choice(choices)
         source = str(manifest.source.get("model") or "MODEL")
-        hint = bf16_hint(model, manifest.variants, source)
-        if hint:
-            typer.echo(f"note: {hint}", err=True)
+        for hint in (untuned_hint(choices, model), bf16_hint(model, manifest.variants, source)):
+            if hint:
+                typer.echo(f"note: {hint}", err=True)
         for name, why in outdated_builds(manifest.variants).items():
             v = manifest.variants[name]
             cal = str((v.quantization or {}).get("calibration") or "")

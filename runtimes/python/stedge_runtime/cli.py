@@ -187,6 +187,16 @@ def written_text(file: Path | None, root: str | Path) -> str:
     )
 
 
+def untuned_hint(choices: Mapping[str, Any], root: str | Path) -> str | None:
+    """Where a tier was chosen by the CPU rule (no profile for this machine), the command that measures one."""
+    if not any(c.get("source") == "rule" for c in choices.values()):
+        return None
+    return (
+        f"no tuning profile for this machine: `stedge-runtime tune {root}` (or `stedge tune`) times the variants "
+        "here, then Encoder.load picks the fastest of each tier from what it measured"
+    )
+
+
 def read_lines(path: str | Path | None, option: str) -> list[str] | None:
     """The non-empty lines of a UTF-8 text file given as ``option`` (None when not given)."""
     if path is None:
@@ -290,6 +300,9 @@ def _info(args: argparse.Namespace) -> int:
         print(f"  {name}: {v.backend} {v.precision}, tier={variant_tier(v) or 'none'}")
     print(f"this machine: {machine_key()}")
     _print_choices(choices)
+    hint = untuned_hint(choices, args.artifact)
+    if hint:
+        print(f"note: {hint}", file=sys.stderr)
     return 0
 
 

@@ -57,7 +57,13 @@ def test_tune_writes_this_machines_profile_without_torch_and_load_then_uses_it(a
 
 def test_tune_prints_the_table_and_info_says_what_load_picks(app_model):
     """Without --json, tune prints the machine, one row per variant and setting, each tier's choice and the file
-    written; `info` lists the variants and what Encoder.load picks per tier here, from the profile."""
+    written; `info` lists the variants and what Encoder.load picks per tier here, from the profile (before the
+    tune, by the CPU rule, with the command that measures one)."""
+    before = _cli("info", str(app_model))
+    assert (
+        before.returncode == 0
+        and f"note: no tuning profile for this machine: `stedge-runtime tune {app_model}`" in (before.stderr)
+    )
     out = _cli("tune", str(app_model), "--quick", "--budget", "1")
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
@@ -71,7 +77,7 @@ def test_tune_prints_the_table_and_info_says_what_load_picks(app_model):
     assert info.returncode == 0, info.stderr[-3000:]
     assert "onnx-fp32: onnx fp32, tier=exact" in info.stdout and f"this machine: {machine_key()}" in info.stdout
     near = next(line for line in info.stdout.splitlines() if line.startswith("tier near: "))
-    assert "profile" in near  # the reason names the profile it chose from
+    assert "profile" in near and "no tuning profile" not in info.stderr  # chosen from the profile now
     data = json.loads("\n".join(_cli("info", str(app_model), "--json").stdout.strip().splitlines()[:-1]))
     assert data["machine"] == machine_key() and data["selection"]["near"]["variant"] in data["variants"]
 
