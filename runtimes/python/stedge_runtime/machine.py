@@ -2,7 +2,8 @@
 
 The one owner of CPU detection in stedge: the exporter (int8 ISA), the tuner (profile key), the
 selection rule (bf16 / AMX / VNNI) and the benchmark harness (results folder per CPU) all ask here.
-Linux reads ``/proc/cpuinfo``; elsewhere the flags are empty and the rule falls back to plain fp32/int8.
+Linux reads ``/proc/cpuinfo``, macOS asks ``sysctl`` (the chip's name, its features, its cores); elsewhere
+(Windows) the flags are empty and the rule falls back to plain fp32/int8.
 Nothing here imports an engine: versions come from the installed package metadata.
 """
 
@@ -13,6 +14,7 @@ import json
 import os
 import platform
 import re
+import subprocess
 import sys
 from functools import lru_cache
 from importlib import metadata
@@ -55,6 +57,41 @@ def _cpuinfo_text() -> str:
         return ""
 
 
+# macOS: sysctl in place of /proc/cpuinfo. Apple's names for the features the rule and the key care about.
+_DARWIN_FLAGS = {
+    "hw.optional.arm.FEAT_BF16": "bf16",
+    "hw.optional.arm.FEAT_I8MM": "i8mm",
+    "hw.optional.arm.FEAT_DotProd": "asimddp",
+    "hw.optional.neon": "asimd",
+    "hw.optional.AdvSIMD": "asimd",
+}
+_DARWIN_X86 = {"sse4.2": "sse4_2", "avx1.0": "avx", "avx512vnni": "avx512_vnni", "avx512bf16": "avx512_bf16"}
+
+
+@lru_cache(maxsize=1)
+def _darwin() -> dict[str, str]:
+    """macOS: what ``sysctl`` says of the CPU (brand, x86 feature lists, core counts, ``hw.optional.*``), as
+    name -> value; empty elsewhere or where sysctl fails."""
+    if sys.platform != "darwin":
+        return {}
+    names = ["machdep.cpu.brand_string", "machdep.cpu.features", "machdep.cpu.leaf7_features"]
+    try:  # an unknown name is an error on stderr; the others still print
+        out = subprocess.run(
+            ["sysctl", *names, "hw.physicalcpu", "hw.optional"], capture_output=True, text=True, timeout=5
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+
+
+def _darwin_flags(info: dict[str, str]) -> set[str]:
+    """The ISA flags in /proc/cpuinfo's spelling from macOS sysctl output (``_darwin``)."""
+    flags = {flag for name, flag in _DARWIN_FLAGS.items() if info.get(name, "").strip() == "1"}
+    for name in ("machdep.cpu.features", "machdep.cpu.leaf7_features"):  # Intel Macs: "SSE4.2 AVX1.0 AVX2 ..."
+        flags |= {_DARWIN_X86.get(f, f) for f in info.get(name, "").lower().split()}
+    return flags
+
+
 def _first_block(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for line in text.splitlines():
@@ -67,15 +104,20 @@ def _first_block(text: str) -> dict[str, str]:
 
 
 def cpu_flags() -> set[str]:
-    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    """The CPU's feature flags (Linux /proc/cpuinfo; macOS sysctl, in /proc/cpuinfo's spelling; empty elsewhere)."""
     info = _first_block(_cpuinfo_text())
-    return set((info.get("flags") or info.get("Features") or "").split())
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    return flags or _darwin_flags(_darwin())
 
 
 def cpu_model() -> str:
-    """A human name for the CPU (``model name`` of /proc/cpuinfo, else what ``platform`` says)."""
+    """A human name for the CPU (``model name`` of /proc/cpuinfo, macOS's ``machdep.cpu.brand_string`` such as
+    "Apple M2 Pro", else what ``platform`` says)."""
     info = _first_block(_cpuinfo_text())
-    return info.get("model name") or info.get("Model") or platform.processor() or platform.machine() or "unknown"
+    brand = _darwin().get("machdep.cpu.brand_string", "").strip()
+    return (
+        info.get("model name") or info.get("Model") or brand or platform.processor() or platform.machine() or "unknown"
+    )
 
 
 def logical_cores() -> int:
@@ -106,7 +148,8 @@ def physical_cores() -> int:
         if allowed is not None and cpu not in allowed:
             continue
         cores.add((info.get("physical id", "0"), info.get("core id", str(cpu))))
-    return len(cores) or logical_cores()
+    darwin = _darwin().get("hw.physicalcpu", "").strip()
+    return len(cores) or (int(darwin) if darwin.isdigit() else 0) or logical_cores()
 
 
 def int8_isa(flags: set[str] | None = None) -> str:

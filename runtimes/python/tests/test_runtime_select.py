@@ -534,6 +534,55 @@ def test_machine_key_and_cpu_class(monkeypatch):
     assert machine.slug("Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz") == "intel-xeon-platinum-8480"
 
 
+M2_SYSCTL = """machdep.cpu.brand_string: Apple M2 Pro
+hw.physicalcpu: 10
+hw.optional.arm.FEAT_BF16: 1
+hw.optional.arm.FEAT_I8MM: 1
+hw.optional.arm.FEAT_DotProd: 1
+hw.optional.arm.FEAT_SME: 0
+hw.optional.neon: 1
+"""
+INTEL_MAC_SYSCTL = """machdep.cpu.brand_string: Intel(R) Core(TM) i9-9880H CPU @ 2.30GHz
+machdep.cpu.features: FPU VME SSE4.2 AVX1.0 FMA F16C
+machdep.cpu.leaf7_features: SMEP BMI1 AVX2 BMI2
+hw.physicalcpu: 8
+"""
+
+
+def test_macos_cpu_from_sysctl(monkeypatch):
+    """macOS has no /proc/cpuinfo: the chip's name, features and cores come from sysctl, so two Mac chips with the
+    same core count get different keys (a profile of an M1 is never read on an M2) and an Intel Mac's AVX2 shows."""
+    import subprocess
+
+    said = [M2_SYSCTL]
+    calls = []
+
+    def sysctl(cmd, **kw):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout=said[0], stderr="")
+
+    monkeypatch.setattr(machine.sys, "platform", "darwin")
+    monkeypatch.setattr(machine.subprocess, "run", sysctl)
+    monkeypatch.setattr(machine, "_cpuinfo_text", lambda: "")
+    monkeypatch.setattr(machine.platform, "machine", lambda: "arm64")
+    machine._darwin.cache_clear()
+    try:
+        assert machine.cpu_model() == "Apple M2 Pro" and machine.physical_cores() == 10
+        assert machine.cpu_flags() == {"bf16", "i8mm", "asimddp", "asimd"} and machine.cpu_class() == "arm64"
+        m2 = machine.machine_key()
+        said[0] = M2_SYSCTL.replace("M2 Pro", "M1 Pro")
+        machine._darwin.cache_clear()
+        assert machine.machine_key().startswith("apple-m1-pro-") and machine.machine_key().split("-")[-1] != m2[-10:]
+        said[0] = INTEL_MAC_SYSCTL
+        machine._darwin.cache_clear()
+        monkeypatch.setattr(machine.platform, "machine", lambda: "x86_64")
+        assert {"sse4_2", "avx", "fma", "f16c", "avx2"} <= machine.cpu_flags() and machine.physical_cores() == 8
+        assert machine.cpu_class() == "plain" and machine.int8_isa() == "avx2"
+        assert all(c[0] == "sysctl" for c in calls)
+    finally:
+        machine._darwin.cache_clear()
+
+
 def test_results_folder_tells_cpus_with_one_model_name_apart(monkeypatch):
     """A KVM guest reports 'AMD EPYC' on Zen 3 and Zen 4: the ISA class keeps their results apart."""
     monkeypatch.setattr(machine.platform, "machine", lambda: "x86_64")
