@@ -389,6 +389,7 @@ def test_info_shows_the_choice_and_ignores_other_machines(art):
     text = _cli("info", str(art))
     assert "tier=exact" in text.stdout and "tier near: onnx-fp32" in text.stdout
     assert f"note: no tuning profile for this machine: `stedge-runtime tune {art}`" in _words(text.stderr)
+    assert "profile for this machine:" not in text.stdout  # only the other machine's, which is not read
     rows = [ln for ln in text.stdout.splitlines() if "alone-vs-batch=" in ln]  # one row per variant, aligned
     assert len(rows) == len(Manifest.read(art).variants) and len({ln.index(" MB ") for ln in rows}) == 1
     assert all(re.search(r"min_cos=\d\.\d{6}  tier=\w+  alone-vs-batch=\d\.\d{6}$", ln) for ln in rows), rows

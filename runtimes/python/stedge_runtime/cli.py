@@ -187,6 +187,23 @@ def written_text(file: Path | None, root: str | Path) -> str:
     )
 
 
+def profile_line(root: str | Path) -> str | None:
+    """Which profile of this machine Encoder.load reads for the artifact at ``root`` (inside it, or in the user's
+    profile folder) and when it was tuned; None when there is none that reads."""
+    from .errors import ArtifactError
+    from .machine import machine_key
+    from .profile import find_profile
+
+    try:
+        found = find_profile(root, machine_key())
+    except ArtifactError:
+        return None  # the choice's notes say why it was ignored
+    if found is None:
+        return None
+    prof, file = found
+    return f"profile for this machine: {file} (tuned {prof.get('created', '?')})"
+
+
 def untuned_hint(choices: Mapping[str, Any], root: str | Path) -> str | None:
     """Where a tier was chosen by the CPU rule (no profile for this machine), the command that measures one."""
     if not any(c.get("source") == "rule" for c in choices.values()):
@@ -299,6 +316,9 @@ def _info(args: argparse.Namespace) -> int:
     for name, v in m.variants.items():
         print(f"  {name}: {v.backend} {v.precision}, tier={variant_tier(v) or 'none'}")
     print(f"this machine: {machine_key()}")
+    line = profile_line(args.artifact)
+    if line:
+        print(line)
     _print_choices(choices)
     hint = untuned_hint(choices, args.artifact)
     if hint:

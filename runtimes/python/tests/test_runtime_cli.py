@@ -76,6 +76,9 @@ def test_tune_prints_the_table_and_info_says_what_load_picks(app_model):
     info = _cli("info", str(app_model))
     assert info.returncode == 0, info.stderr[-3000:]
     assert "onnx-fp32: onnx fp32, tier=exact" in info.stdout and f"this machine: {machine_key()}" in info.stdout
+    created = json.loads((app_model / "tuning" / f"{machine_key()}.json").read_text())["created"]
+    profile = f"profile for this machine: {app_model / 'tuning' / machine_key()}.json (tuned {created})"
+    assert profile in info.stdout and "\nprofile for this machine: " not in before.stdout  # none before the tune
     near = next(line for line in info.stdout.splitlines() if line.startswith("tier near: "))
     assert "profile" in near and "no tuning profile" not in info.stderr  # chosen from the profile now
     data = json.loads("\n".join(_cli("info", str(app_model), "--json").stdout.strip().splitlines()[:-1]))
@@ -189,7 +192,8 @@ def test_a_read_only_artifact_keeps_its_profile_in_the_users_folder(app_model, t
     assert not (app_model / "tuning").exists()
     sel = Encoder.load(app_model).selection
     assert (sel.source, sel.profile, sel.variant) == ("profile", str(user), "onnx-fp32")
-    assert main(["info", str(app_model)]) == 0 and "tier near: onnx-fp32 " in capsys.readouterr().out
+    out = capsys.readouterr().out if main(["info", str(app_model)]) == 0 else ""
+    assert "tier near: onnx-fp32 " in out and f"profile for this machine: {user} (tuned " in out  # which one
 
     mine = json.loads(user.read_text())
     inside = profile_file(app_model, machine_key())
