@@ -306,16 +306,16 @@ def info(
             )
         from ..export.calibration import calibrated_on
         from ..export.plan import bf16_hint, outdated_builds
-        from stedge_runtime.cli import profile_line, untuned_hint
+        from stedge_runtime.cli import profile_notes
 
         from ..tune.cli import render_choice
 
-        line = profile_line(model)
+        line, untuned = profile_notes(model)
         if line:
             typer.echo(line)
         render_choice(choices)
         source = str(manifest.source.get("model") or "MODEL")
-        for hint in (untuned_hint(choices, model), bf16_hint(model, manifest.variants, source)):
+        for hint in (untuned, bf16_hint(model, manifest.variants, source)):
             if hint:
                 typer.echo(f"note: {hint}", err=True)
         for name, why in outdated_builds(manifest.variants).items():

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .errors import InputError, RuntimeStedgeError
+from .errors import ArtifactError, InputError, RuntimeStedgeError
 
 Cell = tuple[str, str]  # (text, style): style "" plain, "bad" (fails a check), "warn" (below the near tier's cos)
 _SETTINGS_SHOWN = (
@@ -187,30 +187,26 @@ def written_text(file: Path | None, root: str | Path) -> str:
     )
 
 
-def profile_line(root: str | Path) -> str | None:
-    """Which profile of this machine Encoder.load reads for the artifact at ``root`` (inside it, or in the user's
-    profile folder) and when it was tuned; None when there is none that reads."""
-    from .errors import ArtifactError
+def profile_notes(root: str | Path) -> tuple[str | None, str | None]:
+    """What an ``info`` command says of this machine's profile for the artifact at ``root``: (the file Encoder.load
+    reads, inside the artifact or in the user's profile folder, and when it was tuned; None) where one reads, else
+    (None; the command that measures one)."""
     from .machine import machine_key
     from .profile import find_profile
 
     try:
         found = find_profile(root, machine_key())
-    except ArtifactError:
-        return None  # the choice's notes say why it was ignored
-    if found is None:
-        return None
-    prof, file = found
-    return f"profile for this machine: {file} (tuned {prof.get('created', '?')})"
-
-
-def untuned_hint(choices: Mapping[str, Any], root: str | Path) -> str | None:
-    """Where a tier was chosen by the CPU rule (no profile for this machine), the command that measures one."""
-    if not any(c.get("source") == "rule" for c in choices.values()):
-        return None
-    return (
-        f"no tuning profile for this machine: `stedge-runtime tune {root}` (or `stedge tune`) times the variants "
-        "here, then Encoder.load picks the fastest of each tier from what it measured"
+    except ArtifactError:  # the choices' notes say why it was ignored
+        found = None
+        missing = "the tuning profile for this machine does not read"
+    else:
+        missing = "no tuning profile for this machine"
+    if found is not None:
+        prof, file = found
+        return f"profile for this machine: {file} (tuned {prof.get('created', '?')})", None
+    return None, (
+        f"{missing}: `stedge-runtime tune {root}` (or `stedge tune`) times the variants here, then Encoder.load "
+        "picks the fastest of each tier from what it measured"
     )
 
 
@@ -316,11 +312,10 @@ def _info(args: argparse.Namespace) -> int:
     for name, v in m.variants.items():
         print(f"  {name}: {v.backend} {v.precision}, tier={variant_tier(v) or 'none'}")
     print(f"this machine: {machine_key()}")
-    line = profile_line(args.artifact)
+    line, hint = profile_notes(args.artifact)
     if line:
         print(line)
     _print_choices(choices)
-    hint = untuned_hint(choices, args.artifact)
     if hint:
         print(f"note: {hint}", file=sys.stderr)
     return 0

@@ -110,8 +110,6 @@ from .errors import ArtifactError
 
 PROFILE_DIR = "tuning"
 PROFILE_FORMAT = 1
-
-
 PROFILES_ENV = "STEDGE_RUNTIME_PROFILES"  # where the profiles of read-only artifacts go (default: the cache)
 
 

@@ -635,7 +635,7 @@ def tune_artifact(
         try:
             previous = read_profile(root, machine.machine_key())
         except ArtifactError:  # one this runtime cannot read: the tune overwrites it
-            previous = None
+            pass
 
     def phase(label: str) -> Progress | None:
         return None if progress is None else lambda what, done, total: progress(f"{label} {what}", done, total)

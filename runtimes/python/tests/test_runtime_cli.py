@@ -208,6 +208,10 @@ def test_a_read_only_artifact_keeps_its_profile_in_the_users_folder(app_model, t
     user.write_text("{broken")
     sel = Encoder.load(app_model).selection
     assert sel.source == "rule" and any("tuning profile ignored" in n for n in sel.notes)
+    assert main(["info", str(app_model)]) == 0
+    said = capsys.readouterr()
+    assert "note: the tuning profile for this machine does not read: `stedge-runtime tune" in said.err
+    assert "\nprofile for this machine: " not in said.out
 
     shutil.rmtree(inside.parent)
     user.write_text(json.dumps(mine))
