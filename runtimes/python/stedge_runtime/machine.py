@@ -2,13 +2,16 @@
 
 The one owner of CPU detection in stedge: the exporter (int8 ISA), the tuner (profile key), the
 selection rule (bf16 / AMX / VNNI) and the benchmark harness (results folder per CPU) all ask here.
-Linux reads ``/proc/cpuinfo``, macOS asks ``sysctl`` (the chip's name, its features, its cores); elsewhere
-(Windows) the flags are empty and the rule falls back to plain fp32/int8.
+Linux reads ``/proc/cpuinfo``, macOS asks ``sysctl`` (the chip's name, its features, its cores), Windows the
+registry (the CPU's name) and kernel32 (physical cores, peak memory). Where neither /proc/cpuinfo nor sysctl gives
+flags (Windows), numpy's own run-time CPU detection does (CPUID and the OS's register support, the same checks
+that pick numpy's SIMD kernels): AVX2, AVX-512, VNNI, bf16, fp16, but no AMX, which numpy does not report.
 Nothing here imports an engine: versions come from the installed package metadata.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -92,6 +95,113 @@ def _darwin_flags(info: dict[str, str]) -> set[str]:
     return flags
 
 
+# Elsewhere: numpy's names for its run-time CPU features (``__cpu_features__``, what ``numpy.show_runtime()``
+# prints), in /proc/cpuinfo's spelling. A numpy too old to know a name leaves that flag out.
+_NUMPY_FLAGS = {
+    "SSE42": "sse4_2",
+    "AVX": "avx",
+    "AVX2": "avx2",
+    "FMA3": "fma",
+    "F16C": "f16c",
+    "AVX512F": "avx512f",
+    "AVX512BW": "avx512bw",
+    "AVX512VL": "avx512vl",
+    "AVX512VNNI": "avx512_vnni",
+    "AVX512BF16": "avx512_bf16",
+    "AVX512FP16": "avx512_fp16",
+    "ASIMD": "asimd",
+    "ASIMDDP": "asimddp",
+    "SVE": "sve",
+}
+
+
+@lru_cache(maxsize=1)
+def _numpy_features() -> dict[str, bool]:
+    """numpy's run-time CPU features (name -> present); empty where this numpy does not expose them."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features  # numpy 2
+    except ImportError:
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__ as features  # numpy 1.x
+        except ImportError:
+            return {}
+    return {str(k): bool(v) for k, v in dict(features).items()}
+
+
+def _numpy_flags(features: dict[str, bool]) -> set[str]:
+    """The ISA flags in /proc/cpuinfo's spelling from numpy's run-time CPU features (``_numpy_features``)."""
+    return {flag for name, flag in _NUMPY_FLAGS.items() if features.get(name)}
+
+
+@lru_cache(maxsize=1)
+def _windows_cpu_name() -> str:
+    """Windows: the CPU's name from the registry (``ProcessorNameString``, such as "Intel(R) Xeon(R) Platinum
+    8480+"; ``platform.processor()`` says only "Intel64 Family 6 Model 143 ..."); empty elsewhere or unread."""
+    if sys.platform != "win32":
+        return ""
+    try:
+        import winreg
+
+        path = r"HARDWARE\DESCRIPTION\System\CentralProcessor\0"
+        with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, path) as key:
+            return " ".join(str(winreg.QueryValueEx(key, "ProcessorNameString")[0]).split())
+    except (ImportError, OSError):
+        return ""
+
+
+class _ProcessorInfo(ctypes.Structure):
+    """Windows' SYSTEM_LOGICAL_PROCESSOR_INFORMATION: a pointer-sized mask, the relationship (0: a core), a
+    16-byte union (32 bytes in all on 64-bit Windows, 24 on 32-bit)."""
+
+    _fields_ = [("mask", ctypes.c_size_t), ("relationship", ctypes.c_int), ("union", ctypes.c_ulonglong * 2)]
+
+
+def _count_cores(raw: bytes) -> int:
+    """Physical cores in a buffer GetLogicalProcessorInformation filled: its core entries (relationship 0),
+    one per core however many hardware threads it runs; a truncated last entry is left out."""
+    n = len(raw) // ctypes.sizeof(_ProcessorInfo)
+    entries = (_ProcessorInfo * n).from_buffer_copy(raw[: n * ctypes.sizeof(_ProcessorInfo)])
+    return sum(1 for e in entries if e.relationship == 0)
+
+
+@lru_cache(maxsize=1)
+def _windows_cores() -> int:
+    """Windows: physical cores of this processor group (kernel32 GetLogicalProcessorInformation); 0 elsewhere
+    or when the call fails."""
+    if sys.platform != "win32":
+        return 0
+    try:
+        kernel32 = ctypes.WinDLL("kernel32")  # type: ignore[attr-defined]
+        size = ctypes.c_ulong(0)
+        kernel32.GetLogicalProcessorInformation(None, ctypes.byref(size))  # fails, and says the size it needs
+        buf = ctypes.create_string_buffer(size.value)
+        if not size.value or not kernel32.GetLogicalProcessorInformation(buf, ctypes.byref(size)):
+            return 0
+        return _count_cores(buf.raw[: size.value])
+    except (AttributeError, OSError):
+        return 0
+
+
+class _MemoryCounters(ctypes.Structure):
+    """Windows' PROCESS_MEMORY_COUNTERS: cb, PageFaultCount, then eight sizes, PeakWorkingSetSize first."""
+
+    _fields_ = [("cb", ctypes.c_uint32), ("faults", ctypes.c_uint32), ("sizes", ctypes.c_size_t * 8)]
+
+
+def _windows_peak_rss() -> int:
+    """Windows: this process's peak working set (kernel32 K32GetProcessMemoryInfo), in bytes; 0 when unread."""
+    try:
+        kernel32 = ctypes.WinDLL("kernel32")  # type: ignore[attr-defined]
+        kernel32.GetCurrentProcess.restype = ctypes.c_void_p
+        get = kernel32.K32GetProcessMemoryInfo
+        get.argtypes = [ctypes.c_void_p, ctypes.POINTER(_MemoryCounters), ctypes.c_uint32]
+        counters = _MemoryCounters(cb=ctypes.sizeof(_MemoryCounters))
+        ok = get(kernel32.GetCurrentProcess(), ctypes.byref(counters), counters.cb)
+        return int(counters.sizes[0]) if ok else 0
+    except (AttributeError, OSError):
+        return 0
+
+
 def _first_block(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for line in text.splitlines():
@@ -104,17 +214,18 @@ def _first_block(text: str) -> dict[str, str]:
 
 
 def cpu_flags() -> set[str]:
-    """The CPU's feature flags (Linux /proc/cpuinfo; macOS sysctl, in /proc/cpuinfo's spelling; empty elsewhere)."""
+    """The CPU's feature flags: Linux /proc/cpuinfo; macOS sysctl; elsewhere (Windows) numpy's run-time CPU
+    detection, without AMX (``_NUMPY_FLAGS``); always in /proc/cpuinfo's spelling."""
     info = _first_block(_cpuinfo_text())
     flags = set((info.get("flags") or info.get("Features") or "").split())
-    return flags or _darwin_flags(_darwin())
+    return flags or _darwin_flags(_darwin()) or _numpy_flags(_numpy_features())
 
 
 def cpu_model() -> str:
     """A human name for the CPU (``model name`` of /proc/cpuinfo, macOS's ``machdep.cpu.brand_string`` such as
-    "Apple M2 Pro", else what ``platform`` says)."""
+    "Apple M2 Pro", Windows' ``ProcessorNameString``, else what ``platform`` says)."""
     info = _first_block(_cpuinfo_text())
-    brand = _darwin().get("machdep.cpu.brand_string", "").strip()
+    brand = _darwin().get("machdep.cpu.brand_string", "").strip() or _windows_cpu_name()
     return (
         info.get("model name") or info.get("Model") or brand or platform.processor() or platform.machine() or "unknown"
     )
@@ -129,7 +240,8 @@ def logical_cores() -> int:
 
 
 def physical_cores() -> int:
-    """Physical cores among the CPUs this process may use (SMT siblings counted once)."""
+    """Physical cores among the CPUs this process may use (SMT siblings counted once; on macOS and Windows all
+    the machine's, there being no affinity mask to read)."""
     text = _cpuinfo_text()
     allowed: set[int] | None
     try:
@@ -149,7 +261,7 @@ def physical_cores() -> int:
             continue
         cores.add((info.get("physical id", "0"), info.get("core id", str(cpu))))
     darwin = _darwin().get("hw.physicalcpu", "").strip()
-    return len(cores) or (int(darwin) if darwin.isdigit() else 0) or logical_cores()
+    return len(cores) or (int(darwin) if darwin.isdigit() else 0) or _windows_cores() or logical_cores()
 
 
 def int8_isa(flags: set[str] | None = None) -> str:
@@ -194,7 +306,8 @@ def peak_rss_bytes() -> int:
     """Peak resident memory of this process.
 
     Linux: VmHWM from /proc/self/status (reset by exec, unlike getrusage's ru_maxrss, which a child
-    started by fork+exec inherits from its parent). Elsewhere: ru_maxrss (0 where even that is missing).
+    started by fork+exec inherits from its parent). Windows: the peak working set (kernel32). Elsewhere:
+    ru_maxrss (0 where even that is missing).
     """
     try:
         with open("/proc/self/status", encoding="ascii") as f:
@@ -206,7 +319,7 @@ def peak_rss_bytes() -> int:
     try:
         import resource
     except ImportError:  # Windows
-        return 0
+        return _windows_peak_rss() if sys.platform == "win32" else 0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
 

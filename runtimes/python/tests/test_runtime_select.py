@@ -583,6 +583,123 @@ def test_macos_cpu_from_sysctl(monkeypatch):
         machine._darwin.cache_clear()
 
 
+def _proc_flags() -> set[str]:
+    info = machine._first_block(machine._cpuinfo_text())
+    return set((info.get("flags") or info.get("Features") or "").split())
+
+
+@pytest.mark.skipif(
+    not _proc_flags() or not machine._numpy_features(), reason="needs /proc/cpuinfo flags and numpy's CPU features"
+)
+def test_numpy_cpu_features_spell_the_flags_as_proc_cpuinfo_does():
+    """Where /proc/cpuinfo is missing (Windows) the flags come from numpy's run-time CPU detection: on this
+    Linux machine both sources are read, and every flag the mapping knows agrees between them (a misspelt
+    mapping, or a flag numpy and the kernel disagree on, fails here)."""
+    from_numpy = machine._numpy_flags(machine._numpy_features())
+    assert from_numpy == _proc_flags() & set(machine._NUMPY_FLAGS.values())
+    assert from_numpy, "numpy reported none of the mapped features on this CPU"
+
+
+SPR_NUMPY = {
+    **{k: True for k in ("SSE42", "AVX", "AVX2", "FMA3", "F16C", "AVX512F", "AVX512BW", "AVX512VL")},
+    **{k: True for k in ("AVX512VNNI", "AVX512BF16", "AVX512FP16", "AVX512_SPR")},
+    **{k: False for k in ("ASIMD", "SVE", "XOP")},
+}
+
+
+def _processor_info(relationships: list[int]) -> bytes:
+    """A GetLogicalProcessorInformation buffer: one entry per relationship (0 core, 1 NUMA node, 2 cache,
+    3 package), each core with two hardware threads."""
+    import ctypes
+
+    entries = (machine._ProcessorInfo * len(relationships))()
+    for i, rel in enumerate(relationships):
+        entries[i].mask, entries[i].relationship = 0b11 << (2 * i), rel
+    return ctypes.string_at(ctypes.addressof(entries), ctypes.sizeof(entries))
+
+
+def test_windows_cpu_from_numpy_registry_and_kernel32(monkeypatch):
+    """Windows has neither /proc/cpuinfo nor sysctl: numpy's run-time detection gives the flags (so bf16 and
+    VNNI variants are eligible there, and in a tune), the registry the CPU's name (the profile key), kernel32
+    the physical cores (the tune's thread count) and the peak working set (the memory probes). Simulated here:
+    numpy features of a Sapphire Rapids, a fake winreg and a fake kernel32; AMX is not visible to numpy, so
+    the rule ranks the CPU as avx512_bf16."""
+    import ctypes
+    import sys
+    import types
+
+    raw = _processor_info([3, 0, 2, 2, 0, 1, 0, 0, 2])  # a package, 4 cores, caches, a NUMA node
+
+    class Fn:  # a stand-in for a ctypes foreign function: callable, and takes restype / argtypes
+        def __init__(self, fn):
+            self.fn = fn
+
+        def __call__(self, *args):
+            return self.fn(*args)
+
+    def processor_info(buf, size_ref):
+        if buf is None or size_ref._obj.value < len(raw):
+            size_ref._obj.value = len(raw)
+            return 0
+        ctypes.memmove(buf, raw, len(raw))
+        return 1
+
+    def memory_info(handle, counters, cb):
+        assert handle == -1 and cb == ctypes.sizeof(counters._obj)
+        counters._obj.sizes[0] = 612 * 2**20
+        return 1
+
+    kernel32 = types.SimpleNamespace(
+        GetLogicalProcessorInformation=Fn(processor_info),
+        GetCurrentProcess=Fn(lambda: -1),
+        K32GetProcessMemoryInfo=Fn(memory_info),
+    )
+
+    class Key:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    winreg = types.ModuleType("winreg")
+    winreg.HKEY_LOCAL_MACHINE = "HKLM"
+    winreg.OpenKey = lambda root, path: Key() if (root, path.split("\\")[-1]) == ("HKLM", "0") else None
+    winreg.QueryValueEx = lambda key, name: ("Intel(R) Xeon(R) Platinum 8480+  ", 1)
+    monkeypatch.setitem(sys.modules, "winreg", winreg)
+    monkeypatch.setattr(ctypes, "WinDLL", lambda *a, **k: kernel32, raising=False)
+    monkeypatch.setattr(machine.sys, "platform", "win32")
+    monkeypatch.setattr(machine.platform, "machine", lambda: "AMD64")
+    monkeypatch.setattr(machine, "_cpuinfo_text", lambda: "")
+    monkeypatch.setattr(machine, "_numpy_features", lambda: SPR_NUMPY)
+    for cached in (machine._darwin, machine._windows_cpu_name, machine._windows_cores):
+        cached.cache_clear()
+    try:
+        flags = machine.cpu_flags()
+        assert {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16"} <= flags
+        assert not {"asimd", "sve", "amx_bf16"} & flags
+        assert machine.cpu_class() == "avx512_bf16" and machine.int8_isa() == "avx512_vnni" and machine.has_bf16()
+        assert machine.cpu_model() == "Intel(R) Xeon(R) Platinum 8480+"
+        assert machine.physical_cores() == 4
+        assert machine.machine_key().startswith("intel-xeon-platinum-8480-")
+        assert machine._windows_peak_rss() == 612 * 2**20
+        sel = select_variant(_variants(), "cpu", None, BOTH, Path("."), tier="near", flags=flags, key="w")
+        assert "openvino-bf16" not in sel.excluded  # eligible: before, Windows read no flags and left it out
+        assert sel.variant == "onnx-int8-static"  # the avx512_bf16 rule: int8 before bf16 (AMX is not visible)
+    finally:
+        for cached in (machine._darwin, machine._windows_cpu_name, machine._windows_cores):
+            cached.cache_clear()
+
+
+def test_windows_core_count_reads_only_core_entries():
+    """GetLogicalProcessorInformation lists cores, caches, packages and NUMA nodes: only core entries count,
+    each once however many hardware threads its mask holds; an empty or truncated buffer counts what is whole."""
+    raw = _processor_info([0, 2, 0, 3, 0, 1])
+    assert machine._count_cores(raw) == 3
+    assert machine._count_cores(raw[:-5]) == 3  # the last (NUMA) entry cut short: left out
+    assert machine._count_cores(b"") == 0
+
+
 def test_results_folder_tells_cpus_with_one_model_name_apart(monkeypatch):
     """A KVM guest reports 'AMD EPYC' on Zen 3 and Zen 4: the ISA class keeps their results apart."""
     monkeypatch.setattr(machine.platform, "machine", lambda: "x86_64")
