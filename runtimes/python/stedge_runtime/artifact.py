@@ -15,6 +15,7 @@ import math
 import os
 import re
 import stat
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field, fields, replace
@@ -606,11 +607,12 @@ _verified: set[tuple] = set()
 
 def cache_dir() -> Path:
     """The runtime's folder in the user's cache: $STEDGE_RUNTIME_CACHE, else $XDG_CACHE_HOME/stedge-runtime, else
-    ~/.cache/stedge-runtime (the sha256 cache; tuning profiles of read-only artifacts, stedge_runtime.profile)."""
-    base = os.environ.get("STEDGE_RUNTIME_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "stedge-runtime"
-    )
-    return Path(base)
+    %LOCALAPPDATA%\\stedge-runtime on Windows, else ~/.cache/stedge-runtime (the sha256 cache; tuning profiles of
+    read-only artifacts, stedge_runtime.profile)."""
+    if os.environ.get("STEDGE_RUNTIME_CACHE"):
+        return Path(os.environ["STEDGE_RUNTIME_CACHE"])
+    local = os.environ.get("LOCALAPPDATA") if sys.platform == "win32" else None
+    return Path(os.environ.get("XDG_CACHE_HOME") or local or os.path.expanduser("~/.cache"), "stedge-runtime")
 
 
 def _cache_file() -> Path:
@@ -634,8 +636,8 @@ def check_variant_files(root: Path, v: VariantRecord, verify: bool | str = "cach
     matches its sha256; return the files, graph first.
 
     ``verify="cached"`` hashes a file once and then trusts it while its path, size, inode, mtime
-    and ctime are unchanged (remembered in ~/.cache/stedge-runtime/sha256.json, or
-    $STEDGE_RUNTIME_CACHE). The kernel sets ctime on every write and no program can set it back,
+    and ctime are unchanged (remembered in sha256.json in ``cache_dir()``, which
+    $STEDGE_RUNTIME_CACHE moves). The kernel sets ctime on every write and no program can set it back,
     so rewriting a file, even one that restores its mtime, makes the next load hash it again.
     ``True`` always hashes; ``False`` skips the hashes (paths are still confined to the artifact).
     """

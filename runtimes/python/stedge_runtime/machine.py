@@ -221,13 +221,57 @@ def cpu_flags() -> set[str]:
     return flags or _darwin_flags(_darwin()) or _numpy_flags(_numpy_features())
 
 
+# Arm Linux names no model in /proc/cpuinfo (or one as vague as "ARMv7 Processor rev 4 (v7l)"): each core's
+# implementer and part codes do. Names for the common ones; others are named by their codes, which still tell
+# CPUs apart (a Cortex-A53 and a Cortex-A72 board have the same flags and core count).
+_ARM_PARTS = {
+    ("0x41", "0xd03"): "Cortex-A53",
+    ("0x41", "0xd04"): "Cortex-A35",
+    ("0x41", "0xd05"): "Cortex-A55",
+    ("0x41", "0xd07"): "Cortex-A57",
+    ("0x41", "0xd08"): "Cortex-A72",
+    ("0x41", "0xd09"): "Cortex-A73",
+    ("0x41", "0xd0b"): "Cortex-A76",
+    ("0x41", "0xd0c"): "Neoverse-N1",
+    ("0x41", "0xd40"): "Neoverse-V1",
+    ("0x41", "0xd41"): "Cortex-A78",
+    ("0x41", "0xd49"): "Neoverse-N2",
+    ("0x41", "0xd4f"): "Neoverse-V2",
+}
+
+
+def _arm_cpu_name(text: str) -> str:
+    """The cores of an Arm /proc/cpuinfo by implementer and part, each kind once in order ("Cortex-A55 +
+    Cortex-A76" for a big.LITTLE chip), with the board's ``Model`` line where the kernel gives one (Raspberry
+    Pi); empty where no core names its part."""
+    parts: list[str] = []
+    for block in text.split("\n\n"):
+        info = _first_block(block)
+        code = (info.get("CPU implementer", "").lower(), info.get("CPU part", "").lower())
+        if all(code):
+            name = _ARM_PARTS.get(code) or f"Arm {code[0]}/{code[1]}"
+            parts += [name] if name not in parts else []
+    board = next(
+        (v for k, v in (ln.split(":", 1) for ln in text.splitlines() if ":" in ln) if k.strip() == "Model"), ""
+    )
+    return " + ".join(parts) + (f" ({board.strip()})" if parts and board.strip() else "")
+
+
 def cpu_model() -> str:
-    """A human name for the CPU (``model name`` of /proc/cpuinfo, macOS's ``machdep.cpu.brand_string`` such as
-    "Apple M2 Pro", Windows' ``ProcessorNameString``, else what ``platform`` says)."""
-    info = _first_block(_cpuinfo_text())
+    """A human name for the CPU (``model name`` of /proc/cpuinfo, on Arm Linux its cores' part names
+    (``_arm_cpu_name``), macOS's ``machdep.cpu.brand_string`` such as "Apple M2 Pro", Windows'
+    ``ProcessorNameString``, else what ``platform`` says)."""
+    text = _cpuinfo_text()
+    info = _first_block(text)
     brand = _darwin().get("machdep.cpu.brand_string", "").strip() or _windows_cpu_name()
     return (
-        info.get("model name") or info.get("Model") or brand or platform.processor() or platform.machine() or "unknown"
+        _arm_cpu_name(text)
+        or info.get("model name")
+        or info.get("Model")
+        or brand
+        or platform.processor()
+        or platform.machine()
+        or "unknown"
     )
 
 

@@ -700,6 +700,50 @@ def test_windows_core_count_reads_only_core_entries():
     assert machine._count_cores(b"") == 0
 
 
+def _arm_cpuinfo(parts: list[str], model: str = "", vague: bool = False) -> str:
+    """/proc/cpuinfo of an Arm Linux board: one block per core with its part code, the same flags for all;
+    a 32-bit kernel's vague ``model name``; the Raspberry Pi kernel's board block at the end."""
+    blocks = [
+        f"processor\t: {i}\n"
+        + ("model name\t: ARMv7 Processor rev 4 (v7l)\n" if vague else "")
+        + "BogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: 0x41\n"
+        f"CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: {part}\nCPU revision\t: 3\n"
+        for i, part in enumerate(parts)
+    ]
+    if model:
+        blocks.append(f"Hardware\t: BCM2835\nRevision\t: c03114\nModel\t\t: {model}\n")
+    return "\n".join(blocks)
+
+
+def test_arm_linux_boards_are_named_by_their_cores(monkeypatch):
+    """Arm Linux names no CPU model in /proc/cpuinfo, so every board was 'aarch64' and a Cortex-A53 board read a
+    Cortex-A72 board's profile (same flags, same core count): the cores' part codes now name the CPU, big.LITTLE
+    chips by both kinds, unknown parts by their codes, with the board where the kernel names it."""
+    monkeypatch.setattr(machine.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(machine, "engine_versions", lambda: {"onnxruntime": "1.23.0"})
+    keys = {}
+    boards = {
+        "pi4": (["0xd08"] * 4, "Raspberry Pi 4 Model B Rev 1.4", False),
+        "a53": (["0xd03"] * 4, "", True),
+        "big.little": (["0xd05"] * 4 + ["0xd0b"] * 4, "", False),
+        "unknown": (["0xd8f"] * 4, "", False),
+    }
+    names = {}
+    for board, (parts, model, vague) in boards.items():
+        monkeypatch.setattr(machine, "_cpuinfo_text", lambda text=_arm_cpuinfo(parts, model, vague): text)
+        names[board], keys[board] = machine.cpu_model(), machine.machine_key()
+        assert machine.cpu_flags() == {"fp", "asimd", "evtstrm", "crc32", "cpuid"} and machine.cpu_class() == "arm64"
+    assert names == {
+        "pi4": "Cortex-A72 (Raspberry Pi 4 Model B Rev 1.4)",
+        "a53": "Cortex-A53",
+        "big.little": "Cortex-A55 + Cortex-A76",
+        "unknown": "Arm 0x41/0xd8f",
+    }
+    assert keys["pi4"].startswith("cortex-a72-raspberry-pi-4-") and len(set(keys.values())) == 4
+    monkeypatch.setattr(machine, "_cpuinfo_text", lambda: "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t: avx2\n")
+    assert machine.cpu_model() == "AMD EPYC"  # x86 keeps its model name, and with it its key
+
+
 def test_results_folder_tells_cpus_with_one_model_name_apart(monkeypatch):
     """A KVM guest reports 'AMD EPYC' on Zen 3 and Zen 4: the ISA class keeps their results apart."""
     monkeypatch.setattr(machine.platform, "machine", lambda: "x86_64")
@@ -2184,3 +2228,21 @@ def test_batch1_calls_run_on_the_latency_variant(own_artifact):
     bulk = enc.encode(["one query", "a longer document text", "c"], batch_size=8)
     assert calls["bulk"] == 1
     np.testing.assert_allclose(single, bulk[0], atol=1e-5)  # fp32 on both engines: the same vector
+
+
+def test_the_user_cache_folder_per_platform(monkeypatch, tmp_path):
+    """$STEDGE_RUNTIME_CACHE first, then $XDG_CACHE_HOME; without them %LOCALAPPDATA% on Windows, else ~/.cache:
+    where the sha256 cache and the profiles of read-only artifacts go."""
+    from stedge_runtime import artifact
+
+    monkeypatch.setenv("STEDGE_RUNTIME_CACHE", str(tmp_path / "own"))
+    monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "AppData" / "Local"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert artifact.cache_dir() == tmp_path / "own"
+    monkeypatch.delenv("STEDGE_RUNTIME_CACHE")
+    assert artifact.cache_dir() == tmp_path / "home" / ".cache" / "stedge-runtime"
+    monkeypatch.setattr(artifact.sys, "platform", "win32")
+    assert artifact.cache_dir() == tmp_path / "AppData" / "Local" / "stedge-runtime"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert artifact.cache_dir() == tmp_path / "xdg" / "stedge-runtime"
