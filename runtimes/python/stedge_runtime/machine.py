@@ -276,11 +276,13 @@ def cpu_model() -> str:
 
 
 def logical_cores() -> int:
-    """CPUs this process may run on (its affinity mask; a container's limit shows here)."""
+    """CPUs this process may run on (its affinity mask; a container's limit shows here; on Windows and macOS
+    ``os.process_cpu_count`` where Python has it, 3.13 on, else every CPU)."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        count = getattr(os, "process_cpu_count", os.cpu_count)
+        return count() or 1
 
 
 def physical_cores() -> int:

@@ -681,6 +681,9 @@ def test_windows_cpu_from_numpy_registry_and_kernel32(monkeypatch):
         assert machine.cpu_class() == "avx512_bf16" and machine.int8_isa() == "avx512_vnni" and machine.has_bf16()
         assert machine.cpu_model() == "Intel(R) Xeon(R) Platinum 8480+"
         assert machine.physical_cores() == 4
+        monkeypatch.delattr(machine.os, "sched_getaffinity", raising=False)  # Windows has no affinity call
+        monkeypatch.setattr(machine.os, "process_cpu_count", lambda: 6, raising=False)  # Python 3.13 on
+        assert machine.logical_cores() == 6
         assert machine.machine_key().startswith("intel-xeon-platinum-8480-")
         assert machine._windows_peak_rss() == 612 * 2**20
         sel = select_variant(_variants(), "cpu", None, BOTH, Path("."), tier="near", flags=flags, key="w")
