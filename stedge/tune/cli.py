@@ -175,14 +175,13 @@ def render_choice(choices: dict[str, Any], console: Any = None) -> None:
     """One line per tier: what Encoder.load chooses on this machine and why."""
     from rich.console import Console
     from rich.markup import escape
-    from stedge_runtime.cli import choice_lines
+    from stedge_runtime.cli import all_choice_lines
 
     if console is None:
         console = Console()
         if not console.is_terminal:
             console = Console(width=160)
-    for tier, c in choices.items():
-        line, warnings, notes = choice_lines(tier, c)
+    for c, line, warnings, notes in all_choice_lines(choices):
         console.print(escape(line), style="yellow" if "error" in c else None)
         for warning in warnings:
             console.print(f"    [yellow]{escape(warning)}[/]")

@@ -83,6 +83,18 @@ def choice_lines(tier: str, choice: Mapping[str, Any]) -> tuple[str, list[str], 
     return line, [str(w) for w in choice.get("warnings") or []], [str(n) for n in choice.get("notes") or []]
 
 
+def all_choice_lines(choices: Mapping[str, Any]) -> list[tuple[Mapping[str, Any], str, list[str], list[str]]]:
+    """``choice_lines`` for every tier, as (choice, line, warnings, notes), a note that an earlier tier already
+    gave (one about the machine, say) left out."""
+    seen: set[str] = set()
+    out = []
+    for tier, c in choices.items():
+        line, warnings, notes = choice_lines(tier, c)
+        out.append((c, line, warnings, [n for n in notes if n not in seen]))
+        seen.update(notes)
+    return out
+
+
 def peak_text(value: Any, growth: Any = None) -> str:
     """A peak RSS figure for the table ("-": not measured; "+": still growing at the end of the memory probe, which
     a memory budget does not take)."""
@@ -250,8 +262,7 @@ def _progress() -> Callable[[str, int, int], None] | None:
 
 
 def _print_choices(choices: Mapping[str, Any]) -> None:
-    for tier, c in choices.items():
-        line, warnings, notes = choice_lines(tier, c)
+    for _, line, warnings, notes in all_choice_lines(choices):
         print(line)
         for extra in [*warnings, *notes]:
             print(f"    {extra}")

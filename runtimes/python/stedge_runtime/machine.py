@@ -213,12 +213,27 @@ def _first_block(text: str) -> dict[str, str]:
     return out
 
 
+def _flags_and_source() -> tuple[set[str], str]:
+    info = _first_block(_cpuinfo_text())
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    if flags:
+        return flags, "/proc/cpuinfo"
+    flags = _darwin_flags(_darwin())
+    if flags:
+        return flags, "sysctl"
+    flags = _numpy_flags(_numpy_features())
+    return flags, "numpy" if flags else ""
+
+
 def cpu_flags() -> set[str]:
     """The CPU's feature flags: Linux /proc/cpuinfo; macOS sysctl; elsewhere (Windows) numpy's run-time CPU
     detection, without AMX (``_NUMPY_FLAGS``); always in /proc/cpuinfo's spelling."""
-    info = _first_block(_cpuinfo_text())
-    flags = set((info.get("flags") or info.get("Features") or "").split())
-    return flags or _darwin_flags(_darwin()) or _numpy_flags(_numpy_features())
+    return _flags_and_source()[0]
+
+
+def flags_source() -> str:
+    """Where ``cpu_flags`` read this CPU's flags: "/proc/cpuinfo", "sysctl", "numpy" (no AMX there), or ""."""
+    return _flags_and_source()[1]
 
 
 # Arm Linux names no model in /proc/cpuinfo (or one as vague as "ARMv7 Processor rev 4 (v7l)"): each core's
@@ -419,6 +434,7 @@ def machine_facts() -> dict[str, Any]:
         "cpu": cpu_model(),
         "arch": platform.machine(),
         "isa_flags": sorted(f for f in ISA_FLAGS if f in flags),
+        "isa_flags_from": flags_source(),  # not part of the key
         "cpu_class": cpu_class(flags),
         "int8_isa": int8_isa(flags),
         "cores_physical": physical_cores(),

@@ -1113,6 +1113,7 @@ def select_variant(
     ):
         raise InputError(f"max_memory_mb must be a number of MB > 0 (or None), got {max_memory_mb!r}")
     installed = set(installed or ())
+    numpy_flags = flags is None and family == "cpu" and machine.flags_source() == "numpy"
     flags = machine.cpu_flags() if flags is None else set(flags)
     if name is not None:
         sel = _named(variants, name, family, tier, flags, installed, where)
@@ -1149,6 +1150,11 @@ def select_variant(
             else f"rule for device {family}: "
         )
         reason += f"best {tier}-tier kind {variant_kind(best, cands[best])}"
+        if numpy_flags:
+            notes.append(
+                "the CPU's flags come from numpy's run-time detection here (no /proc/cpuinfo or sysctl), which does "
+                "not show AMX: an AMX CPU ranks as avx512_bf16 in the rule until `stedge-runtime tune` measures it"
+            )
         sel = Selection(variant=best, source="rule", reason=reason, tier=tier, variant_tier=variant_tier(cands[best]))
     if batch_invariance(cands[sel.variant]) is None:
         notes.append(f"{sel.variant}: batch invariance was not measured at export (an older stedge wrote it)")

@@ -243,3 +243,19 @@ def test_tune_on_a_read_only_mount(app_model, tmp_path):
         assert info.returncode == 0 and "tier near: onnx-fp32 " in info.stdout and "tuning profile" in info.stdout
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_note_every_tier_gives_is_printed_once():
+    """A note about the machine (every tier's choice carries it) is printed under the first tier only; each
+    tier's own notes and its warnings stay."""
+    from stedge_runtime.cli import all_choice_lines
+
+    machine_note = "the CPU's flags come from numpy's run-time detection here"
+    choices = {
+        t: {"variant": v, "reason": "rule", "notes": [machine_note, f"{t} note"], "warnings": ["careful"]}
+        for t, v in (("exact", "openvino-bf16"), ("near", "onnx-int8-rows"), ("compressed", "onnx-int8-rows"))
+    }
+    lines = all_choice_lines(choices)
+    assert [notes for _, _, _, notes in lines] == [[machine_note, "exact note"], ["near note"], ["compressed note"]]
+    assert [w for _, _, w, _ in lines] == [["careful"]] * 3
+    assert lines[1][1].startswith("tier near: onnx-int8-rows - rule")

@@ -686,9 +686,11 @@ def test_windows_cpu_from_numpy_registry_and_kernel32(monkeypatch):
         assert machine.logical_cores() == 6
         assert machine.machine_key().startswith("intel-xeon-platinum-8480-")
         assert machine._windows_peak_rss() == 612 * 2**20
-        sel = select_variant(_variants(), "cpu", None, BOTH, Path("."), tier="near", flags=flags, key="w")
+        assert machine.flags_source() == "numpy" and machine.machine_facts()["isa_flags_from"] == "numpy"
+        sel = select_variant(_variants(), "cpu", None, BOTH, Path("."), tier="near", key="w")
         assert "openvino-bf16" not in sel.excluded  # eligible: before, Windows read no flags and left it out
         assert sel.variant == "onnx-int8-static"  # the avx512_bf16 rule: int8 before bf16 (AMX is not visible)
+        assert any("numpy's run-time detection" in n and "AMX" in n for n in sel.notes)
     finally:
         for cached in (machine._darwin, machine._windows_cpu_name, machine._windows_cores):
             cached.cache_clear()
