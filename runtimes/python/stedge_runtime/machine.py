@@ -80,7 +80,10 @@ def _darwin() -> dict[str, str]:
     names = ["machdep.cpu.brand_string", "machdep.cpu.features", "machdep.cpu.leaf7_features"]
     try:  # an unknown name is an error on stderr; the others still print
         out = subprocess.run(
-            ["sysctl", *names, "hw.physicalcpu", "hw.optional"], capture_output=True, text=True, timeout=5
+            ["sysctl", *names, "hw.physicalcpu", "hw.nperflevels", "hw.perflevel0.physicalcpu", "hw.optional"],
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
@@ -300,17 +303,15 @@ def logical_cores() -> int:
         return count() or 1
 
 
-def physical_cores() -> int:
-    """Physical cores among the CPUs this process may use (SMT siblings counted once; on macOS and Windows all
-    the machine's, there being no affinity mask to read)."""
-    text = _cpuinfo_text()
+def _core_ids(only: set[int] | None = None) -> set[tuple[str, str]]:
+    """(package, core) of each logical CPU in /proc/cpuinfo this process may use (and in ``only`` when given)."""
     allowed: set[int] | None
     try:
         allowed = set(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         allowed = None
     cores = set()
-    for block in text.split("\n\n"):
+    for block in _cpuinfo_text().split("\n\n"):
         info = _first_block(block)
         if "processor" not in info:
             continue
@@ -318,11 +319,73 @@ def physical_cores() -> int:
             cpu = int(info["processor"])
         except ValueError:
             continue
-        if allowed is not None and cpu not in allowed:
+        if (allowed is not None and cpu not in allowed) or (only is not None and cpu not in only):
             continue
         cores.add((info.get("physical id", "0"), info.get("core id", str(cpu))))
+    return cores
+
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may use (SMT siblings counted once; on macOS and Windows all
+    the machine's, there being no affinity mask to read)."""
     darwin = _darwin().get("hw.physicalcpu", "").strip()
-    return len(cores) or (int(darwin) if darwin.isdigit() else 0) or _windows_cores() or logical_cores()
+    return len(_core_ids()) or (int(darwin) if darwin.isdigit() else 0) or _windows_cores() or logical_cores()
+
+
+def _sysfs(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip()
+    except (OSError, ValueError):
+        return ""
+
+
+def _cpu_list(text: str) -> set[int]:
+    """A Linux CPU list ("0-3,8,10-11") as a set of CPU numbers; empty where it does not parse."""
+    out: set[int] = set()
+    for part in filter(None, text.strip().split(",")):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            return set()
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+FAST_CAPACITY = 0.8  # a core at this share of the highest cpu_capacity or more counts as a fast one
+
+
+def _fast_cpus() -> set[int]:
+    """Linux: the logical CPUs of the fast kind where the CPU has slower cores beside them (Intel's P-cores,
+    ``/sys/devices/cpu_core/cpus`` beside ``cpu_atom``; elsewhere, Arm big.LITTLE, the CPUs whose
+    ``cpu_capacity`` is within FAST_CAPACITY of the highest); empty where all cores are alike or it is unknown."""
+    p_cores = _cpu_list(_sysfs("/sys/devices/cpu_core/cpus"))
+    if p_cores and _cpu_list(_sysfs("/sys/devices/cpu_atom/cpus")):
+        return p_cores
+    base = "/sys/devices/system/cpu"
+    try:
+        names = [n for n in os.listdir(base) if n[3:].isdigit() and n.startswith("cpu")]
+    except OSError:
+        return set()
+    caps = {int(n[3:]): _sysfs(f"{base}/{n}/cpu_capacity") for n in names}
+    caps_n = {cpu: int(v) for cpu, v in caps.items() if v.isdigit()}
+    if not caps_n or len(set(caps_n.values())) < 2:
+        return set()
+    top = max(caps_n.values())
+    return {cpu for cpu, v in caps_n.items() if v >= FAST_CAPACITY * top}
+
+
+def performance_cores() -> int:
+    """Physical cores of the fast kind on a CPU that also has slower ones (Intel P-cores beside E-cores, Arm big
+    cores beside LITTLE ones, Apple's performance cores: ``hw.perflevel0.physicalcpu``), among those this process
+    may use; 0 where all cores are alike or it is unknown (Windows). A thread pool spread over fast and slow cores
+    waits for the slow ones at every step, so `stedge tune` times this many threads too."""
+    darwin = _darwin()
+    if darwin.get("hw.nperflevels", "").strip() not in ("", "1"):
+        value = darwin.get("hw.perflevel0.physicalcpu", "").strip()
+        return int(value) if value.isdigit() and int(value) < physical_cores() else 0
+    fast = _fast_cpus()
+    n = len(_core_ids(fast)) if fast else 0
+    return n if 0 < n < physical_cores() else 0
 
 
 def int8_isa(flags: set[str] | None = None) -> str:
@@ -438,6 +501,7 @@ def machine_facts() -> dict[str, Any]:
         "cpu_class": cpu_class(flags),
         "int8_isa": int8_isa(flags),
         "cores_physical": physical_cores(),
+        "cores_performance": performance_cores(),  # not part of the key
         "cores_logical": logical_cores(),
         "engines": engine_versions(),
     }

@@ -109,14 +109,18 @@ def settings_grid(backend: str, threads: int | None = None, quick: bool = False)
     batch-1 calls (``static_batch1``: STATIC_BATCH1 lengths), and two that only a memory budget may choose
     (``select.budget_only``): LATENCY with smaller per-shape caches (``shape_cache``), and LATENCY with
     LEAN_STATIC_BATCH1 static compilations. Without ``quick`` and with >= 4 cores, half the cores and
-    two explicit streams are tried too.
+    two explicit streams are tried too; and on a CPU with fast and slow cores (``machine.performance_cores``),
+    the fast cores alone (the engine's default setting on that many threads), unless ``threads`` is given.
     """
     cores = machine.physical_cores()
     t = int(threads) if threads else cores
+    fast = 0 if quick or threads else machine.performance_cores()
     if backend == "onnx":
         grid = [{"threads": t, "allow_spinning": True}, {"threads": t, "allow_spinning": False}]
         if not quick and not threads and cores >= 4:
             grid.append({"threads": cores // 2, "allow_spinning": True})
+        if fast and fast != cores // 2:
+            grid.append({"threads": fast, "allow_spinning": True})
     else:
         grid = [{"threads": t, "performance_hint": "LATENCY"}, {"threads": t, "performance_hint": "THROUGHPUT"}]
         if not quick and t >= 4:
@@ -128,6 +132,8 @@ def settings_grid(backend: str, threads: int | None = None, quick: bool = False)
             # for memory budgets alone: smaller per-shape caches, and fewer static compilations on the default
             grid.append({"threads": t, "performance_hint": "LATENCY", "shape_cache": LEAN_SHAPES})
             grid.append({**grid[0], "static_batch1": LEAN_STATIC_BATCH1})
+        if fast:
+            grid.append({"threads": fast, "performance_hint": "LATENCY"})
     return grid[:1] if quick else grid
 
 

@@ -749,6 +749,57 @@ def test_arm_linux_boards_are_named_by_their_cores(monkeypatch):
     assert machine.cpu_model() == "AMD EPYC"  # x86 keeps its model name, and with it its key
 
 
+def _cpuinfo(cores: list[tuple[int, int]]) -> str:
+    """/proc/cpuinfo with one block per logical CPU, given as (processor, core id)."""
+    return "\n\n".join(f"processor\t: {p}\nphysical id\t: 0\ncore id\t\t: {c}\nflags\t\t: avx2" for p, c in cores)
+
+
+def test_fast_cores_beside_slow_ones_are_counted_and_tuned(monkeypatch):
+    """A thread pool spread over fast and slow cores waits for the slow ones, so on a CPU with both the tune also
+    times the fast cores alone: Intel P-cores beside E-cores (sysfs cpu_core / cpu_atom), Arm big cores beside
+    LITTLE ones (cpu_capacity), Apple's performance cores (sysctl); nothing changes where all cores are alike."""
+    from stedge_runtime import tune
+
+    sysfs: dict[str, str] = {}
+    monkeypatch.setattr(machine, "_sysfs", lambda path: sysfs.get(path, ""))
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(machine.os, "listdir", lambda path: sorted(k.split("/")[5] for k in sysfs if "/cpu/cpu" in k))
+    monkeypatch.setattr(machine, "_darwin", lambda: {})
+    # An i7-1280P: 6 P-cores with two threads each (CPUs 0-11), 8 E-cores (12-19).
+    monkeypatch.setattr(
+        machine, "_cpuinfo_text", lambda: _cpuinfo([(p, p // 2) for p in range(12)] + [(p, p) for p in range(12, 20)])
+    )
+    sysfs.update({"/sys/devices/cpu_core/cpus": "0-11", "/sys/devices/cpu_atom/cpus": "12-19"})
+    assert (machine.physical_cores(), machine.performance_cores()) == (14, 6)
+    assert {"threads": 6, "allow_spinning": True} in tune.settings_grid("onnx")
+    assert {"threads": 6, "performance_hint": "LATENCY"} in tune.settings_grid("openvino")
+    assert all(g["threads"] == 4 for g in tune.settings_grid("onnx", threads=4) + tune.settings_grid("openvino", 4))
+    assert tune.settings_grid("onnx", quick=True) == [{"threads": 14, "allow_spinning": True}]
+    assert machine.machine_facts()["cores_performance"] == 6
+    # An Arm phone chip: four LITTLE cores, three big ones, one prime core (cpu_capacity), no SMT.
+    sysfs.clear()
+    caps = [446] * 4 + [871] * 3 + [1024]
+    sysfs.update({f"/sys/devices/system/cpu/cpu{i}/cpu_capacity": str(c) for i, c in enumerate(caps)})
+    monkeypatch.setattr(machine, "_cpuinfo_text", lambda: _cpuinfo([(p, p) for p in range(8)]))
+    assert (machine.physical_cores(), machine.performance_cores()) == (8, 4)
+    # Favoured cores a little above the rest (Intel's ITMT), or every core alike: one kind, nothing added.
+    sysfs.update({f"/sys/devices/system/cpu/cpu{i}/cpu_capacity": str(c) for i, c in enumerate([1024] * 2 + [990] * 6)})
+    assert machine.performance_cores() == 0 and len(tune.settings_grid("onnx")) == 3
+    sysfs.clear()
+    assert machine.performance_cores() == 0
+    # An M2 Pro: 8 performance cores and 4 efficiency cores.
+    monkeypatch.setattr(machine, "_cpuinfo_text", lambda: "")
+    monkeypatch.setattr(
+        machine, "_darwin", lambda: {"hw.physicalcpu": "12", "hw.nperflevels": "2", "hw.perflevel0.physicalcpu": "8"}
+    )
+    assert (machine.physical_cores(), machine.performance_cores()) == (12, 8)
+
+
+def test_linux_cpu_lists_parse():
+    assert machine._cpu_list("0-3,8,10-11\n") == {0, 1, 2, 3, 8, 10, 11}
+    assert machine._cpu_list("") == set() and machine._cpu_list("0-x") == set()
+
+
 def test_results_folder_tells_cpus_with_one_model_name_apart(monkeypatch):
     """A KVM guest reports 'AMD EPYC' on Zen 3 and Zen 4: the ISA class keeps their results apart."""
     monkeypatch.setattr(machine.platform, "machine", lambda: "x86_64")
