@@ -152,37 +152,40 @@ def _windows_cpu_name() -> str:
         return ""
 
 
-class _ProcessorInfo(ctypes.Structure):
-    """Windows' SYSTEM_LOGICAL_PROCESSOR_INFORMATION: a pointer-sized mask, the relationship (0: a core), a
-    16-byte union (32 bytes in all on 64-bit Windows, 24 on 32-bit)."""
+def _core_classes(raw: bytes) -> list[int]:
+    """The efficiency class of each physical core in a buffer GetLogicalProcessorInformationEx filled for
+    RelationProcessorCore: records of (relationship u32, size u32, flags u8, efficiency class u8, ...), one per
+    core however many hardware threads it runs; a higher class is a faster core (Windows 10 on; 0 before, and
+    on CPUs with one kind of core). A truncated record ends the list."""
+    import struct
 
-    _fields_ = [("mask", ctypes.c_size_t), ("relationship", ctypes.c_int), ("union", ctypes.c_ulonglong * 2)]
-
-
-def _count_cores(raw: bytes) -> int:
-    """Physical cores in a buffer GetLogicalProcessorInformation filled: its core entries (relationship 0),
-    one per core however many hardware threads it runs; a truncated last entry is left out."""
-    n = len(raw) // ctypes.sizeof(_ProcessorInfo)
-    entries = (_ProcessorInfo * n).from_buffer_copy(raw[: n * ctypes.sizeof(_ProcessorInfo)])
-    return sum(1 for e in entries if e.relationship == 0)
+    classes, at = [], 0
+    while at + 10 <= len(raw):
+        relationship, size, _flags, efficiency = struct.unpack_from("<IIBB", raw, at)
+        if size < 10 or at + size > len(raw):
+            break
+        if relationship == 0:
+            classes.append(efficiency)
+        at += size
+    return classes
 
 
 @lru_cache(maxsize=1)
-def _windows_cores() -> int:
-    """Windows: physical cores of this processor group (kernel32 GetLogicalProcessorInformation); 0 elsewhere
-    or when the call fails."""
+def _windows_core_classes() -> tuple[int, ...]:
+    """Windows: the efficiency class of each physical core, every processor group (kernel32
+    GetLogicalProcessorInformationEx); empty elsewhere or when the call fails."""
     if sys.platform != "win32":
-        return 0
+        return ()
     try:
         kernel32 = ctypes.WinDLL("kernel32")  # type: ignore[attr-defined]
         size = ctypes.c_ulong(0)
-        kernel32.GetLogicalProcessorInformation(None, ctypes.byref(size))  # fails, and says the size it needs
+        kernel32.GetLogicalProcessorInformationEx(0, None, ctypes.byref(size))  # fails, and says the size it needs
         buf = ctypes.create_string_buffer(size.value)
-        if not size.value or not kernel32.GetLogicalProcessorInformation(buf, ctypes.byref(size)):
-            return 0
-        return _count_cores(buf.raw[: size.value])
+        if not size.value or not kernel32.GetLogicalProcessorInformationEx(0, buf, ctypes.byref(size)):
+            return ()
+        return tuple(_core_classes(buf.raw[: size.value]))
     except (AttributeError, OSError):
-        return 0
+        return ()
 
 
 class _MemoryCounters(ctypes.Structure):
@@ -329,7 +332,8 @@ def physical_cores() -> int:
     """Physical cores among the CPUs this process may use (SMT siblings counted once; on macOS and Windows all
     the machine's, there being no affinity mask to read)."""
     darwin = _darwin().get("hw.physicalcpu", "").strip()
-    return len(_core_ids()) or (int(darwin) if darwin.isdigit() else 0) or _windows_cores() or logical_cores()
+    windows = len(_windows_core_classes())
+    return len(_core_ids()) or (int(darwin) if darwin.isdigit() else 0) or windows or logical_cores()
 
 
 def _sysfs(path: str) -> str:
@@ -377,12 +381,16 @@ def _fast_cpus() -> set[int]:
 def performance_cores() -> int:
     """Physical cores of the fast kind on a CPU that also has slower ones (Intel P-cores beside E-cores, Arm big
     cores beside LITTLE ones, Apple's performance cores: ``hw.perflevel0.physicalcpu``), among those this process
-    may use; 0 where all cores are alike or it is unknown (Windows). A thread pool spread over fast and slow cores
-    waits for the slow ones at every step, so `stedge tune` times this many threads too."""
+    may use; Windows: the cores of the highest efficiency class; 0 where all cores are alike or it is unknown. A
+    thread pool spread over fast and slow cores waits for the slow ones at every step, so `stedge tune` times this
+    many threads too."""
     darwin = _darwin()
     if darwin.get("hw.nperflevels", "").strip() not in ("", "1"):
         value = darwin.get("hw.perflevel0.physicalcpu", "").strip()
         return int(value) if value.isdigit() and int(value) < physical_cores() else 0
+    classes = _windows_core_classes()
+    if classes:
+        return classes.count(max(classes)) if len(set(classes)) > 1 else 0
     fast = _fast_cpus()
     n = len(_core_ids(fast)) if fast else 0
     return n if 0 < n < physical_cores() else 0

@@ -607,15 +607,16 @@ SPR_NUMPY = {
 }
 
 
-def _processor_info(relationships: list[int]) -> bytes:
-    """A GetLogicalProcessorInformation buffer: one entry per relationship (0 core, 1 NUMA node, 2 cache,
-    3 package), each core with two hardware threads."""
-    import ctypes
+def _processor_records(classes: list[int], others: int = 0) -> bytes:
+    """A GetLogicalProcessorInformationEx buffer as Windows fills it for RelationProcessorCore: one 48-byte
+    record per core (relationship 0, size, SMT flag, efficiency class, reserved, one group's affinity), after
+    ``others`` records of another relationship (caches, say), which must not count."""
+    import struct
 
-    entries = (machine._ProcessorInfo * len(relationships))()
-    for i, rel in enumerate(relationships):
-        entries[i].mask, entries[i].relationship = 0b11 << (2 * i), rel
-    return ctypes.string_at(ctypes.addressof(entries), ctypes.sizeof(entries))
+    def record(rel: int, cls: int, core: int) -> bytes:
+        return struct.pack("<IIBB20xHQH6x", rel, 48, 1, cls, 1, 0b11 << (2 * core), 0)
+
+    return b"".join([record(2, 0, i) for i in range(others)] + [record(0, c, i) for i, c in enumerate(classes)])
 
 
 def test_windows_cpu_from_numpy_registry_and_kernel32(monkeypatch):
@@ -628,7 +629,7 @@ def test_windows_cpu_from_numpy_registry_and_kernel32(monkeypatch):
     import sys
     import types
 
-    raw = _processor_info([3, 0, 2, 2, 0, 1, 0, 0, 2])  # a package, 4 cores, caches, a NUMA node
+    raw = _processor_records([0, 0, 0, 0])  # 4 cores of one kind (a Xeon's, efficiency class 0)
 
     class Fn:  # a stand-in for a ctypes foreign function: callable, and takes restype / argtypes
         def __init__(self, fn):
@@ -637,7 +638,8 @@ def test_windows_cpu_from_numpy_registry_and_kernel32(monkeypatch):
         def __call__(self, *args):
             return self.fn(*args)
 
-    def processor_info(buf, size_ref):
+    def processor_info(relationship, buf, size_ref):
+        assert relationship == 0  # RelationProcessorCore
         if buf is None or size_ref._obj.value < len(raw):
             size_ref._obj.value = len(raw)
             return 0
@@ -650,7 +652,7 @@ def test_windows_cpu_from_numpy_registry_and_kernel32(monkeypatch):
         return 1
 
     kernel32 = types.SimpleNamespace(
-        GetLogicalProcessorInformation=Fn(processor_info),
+        GetLogicalProcessorInformationEx=Fn(processor_info),
         GetCurrentProcess=Fn(lambda: -1),
         K32GetProcessMemoryInfo=Fn(memory_info),
     )
@@ -672,7 +674,7 @@ def test_windows_cpu_from_numpy_registry_and_kernel32(monkeypatch):
     monkeypatch.setattr(machine.platform, "machine", lambda: "AMD64")
     monkeypatch.setattr(machine, "_cpuinfo_text", lambda: "")
     monkeypatch.setattr(machine, "_numpy_features", lambda: SPR_NUMPY)
-    for cached in (machine._darwin, machine._windows_cpu_name, machine._windows_cores):
+    for cached in (machine._darwin, machine._windows_cpu_name, machine._windows_core_classes):
         cached.cache_clear()
     try:
         flags = machine.cpu_flags()
@@ -680,7 +682,7 @@ def test_windows_cpu_from_numpy_registry_and_kernel32(monkeypatch):
         assert not {"asimd", "sve", "amx_bf16"} & flags
         assert machine.cpu_class() == "avx512_bf16" and machine.int8_isa() == "avx512_vnni" and machine.has_bf16()
         assert machine.cpu_model() == "Intel(R) Xeon(R) Platinum 8480+"
-        assert machine.physical_cores() == 4
+        assert (machine.physical_cores(), machine.performance_cores()) == (4, 0)
         monkeypatch.delattr(machine.os, "sched_getaffinity", raising=False)  # Windows has no affinity call
         monkeypatch.setattr(machine.os, "process_cpu_count", lambda: 6, raising=False)  # Python 3.13 on
         assert machine.logical_cores() == 6
@@ -691,18 +693,21 @@ def test_windows_cpu_from_numpy_registry_and_kernel32(monkeypatch):
         assert "openvino-bf16" not in sel.excluded  # eligible: before, Windows read no flags and left it out
         assert sel.variant == "onnx-int8-static"  # the avx512_bf16 rule: int8 before bf16 (AMX is not visible)
         assert any("numpy's run-time detection" in n and "AMX" in n for n in sel.notes)
+        raw = _processor_records([2] * 6 + [1] * 8 + [0] * 2, others=3)  # a Core Ultra: P-, E- and LP E-cores
+        machine._windows_core_classes.cache_clear()
+        assert (machine.physical_cores(), machine.performance_cores()) == (16, 6)
     finally:
-        for cached in (machine._darwin, machine._windows_cpu_name, machine._windows_cores):
+        for cached in (machine._darwin, machine._windows_cpu_name, machine._windows_core_classes):
             cached.cache_clear()
 
 
-def test_windows_core_count_reads_only_core_entries():
-    """GetLogicalProcessorInformation lists cores, caches, packages and NUMA nodes: only core entries count,
-    each once however many hardware threads its mask holds; an empty or truncated buffer counts what is whole."""
-    raw = _processor_info([0, 2, 0, 3, 0, 1])
-    assert machine._count_cores(raw) == 3
-    assert machine._count_cores(raw[:-5]) == 3  # the last (NUMA) entry cut short: left out
-    assert machine._count_cores(b"") == 0
+def test_windows_core_records_parse():
+    """GetLogicalProcessorInformationEx's records: only core records count, each once however many hardware
+    threads it runs, with its efficiency class; a truncated record ends the list, an empty buffer has none."""
+    raw = _processor_records([1, 1, 0], others=2)
+    assert machine._core_classes(raw) == [1, 1, 0]
+    assert machine._core_classes(raw[:-5]) == [1, 1]  # the last record cut short: left out
+    assert machine._core_classes(b"") == []
 
 
 def _arm_cpuinfo(parts: list[str], model: str = "", vague: bool = False) -> str:
