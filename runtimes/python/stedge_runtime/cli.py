@@ -127,7 +127,8 @@ def profile_table(
     m = prof["machine"]
     bs = [str(b) for b in prof.get("batch_sizes", [1, 32]) if b != 1]
     units = [f for f in m["isa_flags"] if "vnni" in f or "bf16" in f or f.startswith("amx")] or [m.get("cpu_class", "")]
-    title = f"{m['cpu']} ({m['cores_physical']} cores, {', '.join(units)}) - profile {m['key']}"
+    fast = f", {m['cores_performance']} fast" if m.get("cores_performance") else ""
+    title = f"{m['cpu']} ({m['cores_physical']} cores{fast}, {', '.join(units)}) - profile {m['key']}"
     agreement = "score agr. to exact here" if prof.get("task") == "reranking" else "cos to exact here"
     cols = ["variant", "tier", "settings", "bs=1 p50 ms", "bs=1 longer"]
     cols += [f"short bs={b} /s" for b in bs] + [f"passage bs={b} /s" for b in bs]
