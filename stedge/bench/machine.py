@@ -15,6 +15,7 @@ from stedge_runtime.machine import (
     cpu_class,
     cpu_flags,
     cpu_model,
+    cpu_quota,
     cpu_slug,
     installed_versions,
     int8_isa,
@@ -155,6 +156,7 @@ def machine_facts(with_gpu: bool = True) -> dict[str, Any]:
         "machine_key": machine_key(),
         "cores_physical": psutil.cpu_count(logical=False),
         "cores_logical": psutil.cpu_count(logical=True),
+        "cpu_quota": cpu_quota(),  # a container's CPU limit, in CPUs (None: none); the thread budget follows it
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),

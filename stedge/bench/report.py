@@ -518,8 +518,10 @@ def machine_line(results: dict[str, Any]) -> str:
     m = results["machine"]
     gpu = m["gpu"]["name"] if m.get("gpu") else "no GPU"
     load = results["load_average"]
+    quota = f", CPU quota {m['cpu_quota']:g}" if m.get("cpu_quota") else ""
     return (
-        f"{m['cpu']} ({m['cores_physical']} cores / {m['cores_logical']} threads; {', '.join(m['isa_flags'])}); {gpu}; "
+        f"{m['cpu']} ({m['cores_physical']} cores / {m['cores_logical']} threads{quota}; {', '.join(m['isa_flags'])}); "
+        f"{gpu}; "
         f"thread budget {results['threads']['budget']}; load average before {load['before']}, after {load['after']}"
     )
 

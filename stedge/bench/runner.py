@@ -242,12 +242,13 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
 
 
 def resolve_threads(threads: int) -> int:
-    """0 means all physical cores."""
+    """0 means all physical cores this process may use, or what a container's CPU quota allows
+    (``stedge_runtime.machine.usable_cores``)."""
     if threads and threads > 0:
         return int(threads)
-    import psutil
+    from stedge_runtime.machine import usable_cores
 
-    return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    return usable_cores()
 
 
 def thread_env(threads: int) -> dict[str, str]:

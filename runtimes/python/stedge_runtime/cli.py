@@ -127,8 +127,9 @@ def profile_table(
     m = prof["machine"]
     bs = [str(b) for b in prof.get("batch_sizes", [1, 32]) if b != 1]
     units = [f for f in m["isa_flags"] if "vnni" in f or "bf16" in f or f.startswith("amx")] or [m.get("cpu_class", "")]
-    fast = f", {m['cores_performance']} fast" if m.get("cores_performance") else ""
-    title = f"{m['cpu']} ({m['cores_physical']} cores{fast}, {', '.join(units)}) - profile {m['key']}"
+    cores = f"{m['cores_physical']} cores" + (f", {m['cores_performance']} fast" if m.get("cores_performance") else "")
+    cores += f", CPU quota {m['cpu_quota']:g}" if m.get("cpu_quota") else ""
+    title = f"{m['cpu']} ({cores}, {', '.join(units)}) - profile {m['key']}"
     agreement = "score agr. to exact here" if prof.get("task") == "reranking" else "cos to exact here"
     cols = ["variant", "tier", "settings", "bs=1 p50 ms", "bs=1 longer"]
     cols += [f"short bs={b} /s" for b in bs] + [f"passage bs={b} /s" for b in bs]

@@ -19,6 +19,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from . import machine
 from .artifact import device_family
 from .errors import DeviceError, MissingEngine, RuntimeStedgeError
 
@@ -85,7 +86,8 @@ def _check_options(given: dict, allowed: tuple[str, ...], engine: str) -> None:
 class OrtEngine:
     """ONNX Runtime session with options chosen for varying batch shapes.
 
-    Defaults: ``intra_op_num_threads`` = ``threads`` (0 lets ORT use the physical cores), one
+    Defaults: ``intra_op_num_threads`` = ``threads``, else the CPU quota's where a container's limit binds
+    (``machine.quota_threads``), else 0 (ORT takes the physical cores), one
     inter-op thread, all graph optimizations, ``enable_mem_pattern=False`` (a memory pattern is
     planned per input shape and batches vary in shape), and the CPU memory arena on: it reuses
     buffers across ops and calls, where plain malloc page-faults fresh ones (MiniLM, 2 threads:
@@ -121,7 +123,7 @@ class OrtEngine:
                 "onnxruntime-openvino the OpenVINO EP)"
             )
         so = ort.SessionOptions()
-        so.intra_op_num_threads = int(threads or 0)
+        so.intra_op_num_threads = int(threads or machine.quota_threads() or 0)  # ORT does not read a CPU quota
         so.inter_op_num_threads = int(options.get("inter_op_num_threads", 1))
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         level = options.get("graph_optimization_level", "all")
@@ -266,6 +268,7 @@ class OpenVINOEngine:
                 f"device {device!r} is not available to OpenVINO; available devices: {', '.join(available)}"
             )
         config: dict[str, Any] = {"PERFORMANCE_HINT": str(options.get("performance_hint", "LATENCY")).upper()}
+        threads = threads or (machine.quota_threads() if family == "cpu" else None)  # nor does OpenVINO
         if threads and family == "cpu":
             config["INFERENCE_NUM_THREADS"] = int(threads)
         if options.get("num_streams") is not None:

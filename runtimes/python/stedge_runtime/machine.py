@@ -396,6 +396,63 @@ def performance_cores() -> int:
     return n if 0 < n < physical_cores() else 0
 
 
+# Where a container's cgroup puts the CPU controller: cgroup v2 (one hierarchy), then v1's cpu controller.
+_CGROUP_ROOTS = {
+    "v2": ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"),
+    "v1": ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"),
+}
+
+
+def _quota_in(folder: str, version: str) -> float | None:
+    """The CPU quota of one cgroup folder in CPUs (v2 ``cpu.max`` "200000 100000" -> 2.0, "max ..." -> None; v1
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``, -1 -> None); None where the files are missing or odd."""
+    if version == "v2":
+        quota, _, period = _sysfs(f"{folder}/cpu.max").partition(" ")
+    else:
+        quota, period = _sysfs(f"{folder}/cpu.cfs_quota_us"), _sysfs(f"{folder}/cpu.cfs_period_us")
+    try:
+        q, p = int(quota), int(period)
+    except ValueError:
+        return None
+    return q / p if q > 0 and p > 0 else None
+
+
+def cpu_quota() -> float | None:
+    """The CPU time per second, in CPUs, that this process's cgroup and the ones above it allow (Docker
+    ``--cpus``, a Kubernetes CPU limit: cgroup v2 ``cpu.max``, v1 CFS quota), the tightest; None without a limit,
+    off Linux, or where it cannot be read. The engines do not read it: sized to the host's cores, their thread
+    pools are throttled in such a container (see ``quota_threads``)."""
+    quotas = []
+    for line in _sysfs("/proc/self/cgroup").splitlines():
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        version = "v2" if controllers == "" else "v1" if "cpu" in controllers.split(",") else None
+        if version is None:
+            continue
+        parts = [p for p in path.split("/") if p]
+        for root in _CGROUP_ROOTS[version]:  # the process's folder and those above it; inside a container's
+            for i in range(len(parts), -1, -1):  # own namespace the path is "/" and the root holds its limit
+                q = _quota_in("/".join([root, *parts[:i]]), version)
+                quotas += [q] if q is not None else []
+    return min(quotas) if quotas else None
+
+
+def quota_threads() -> int | None:
+    """Threads for an engine whose thread count is not set, where a CPU quota (``cpu_quota``) allows fewer CPUs
+    than the physical cores it would otherwise take: the quota rounded down, at least 1 (Go's automaxprocs does
+    the same); None where no quota binds."""
+    quota = cpu_quota()
+    if quota is None:
+        return None
+    n = max(1, int(quota + 1e-9))
+    return n if n < physical_cores() else None
+
+
+def usable_cores() -> int:
+    """The thread count `stedge tune` and the harness start from: the physical cores this process may use, or
+    fewer where a CPU quota binds (``quota_threads``)."""
+    return quota_threads() or physical_cores()
+
+
 def int8_isa(flags: set[str] | None = None) -> str:
     """The dynamic-int8 ISA of this CPU (``onnx-int8-<isa>``): arm64, avx512_vnni, avx512 or avx2."""
     mach = platform.machine().lower()
@@ -509,6 +566,7 @@ def machine_facts() -> dict[str, Any]:
         "cpu_class": cpu_class(flags),
         "int8_isa": int8_isa(flags),
         "cores_physical": physical_cores(),
+        "cpu_quota": cpu_quota(),  # in the key only where there is one
         "cores_performance": performance_cores(),  # not part of the key
         "cores_logical": logical_cores(),
         "engines": engine_versions(),
@@ -518,10 +576,13 @@ def machine_facts() -> dict[str, Any]:
 def machine_key(facts: dict[str, Any] | None = None) -> str:
     """A file-name key for these facts: ``<cpu slug>-<cores>c-<hash of all facts>``.
 
-    Two machines share a key only when CPU model, arch, ISA flags, core counts and engine versions
-    all agree, so a profile measured elsewhere (or before an engine upgrade) is never read as this one's.
+    Two machines share a key only when CPU model, arch, ISA flags, core counts, engine versions and a
+    container's CPU quota (where there is one) all agree, so a profile measured elsewhere (or before an engine
+    upgrade, or under another CPU limit) is never read as this one's.
     """
     facts = machine_facts() if facts is None else facts
     keyed = {k: facts.get(k) for k in ("cpu", "arch", "isa_flags", "cores_physical", "cores_logical", "engines")}
+    if facts.get("cpu_quota"):  # a container's CPU limit changes every timing (absent: keys stay as they were)
+        keyed["cpu_quota"] = round(float(facts["cpu_quota"]), 2)
     digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:10]
     return f"{slug(str(facts.get('cpu') or 'unknown'), 32)}-{facts.get('cores_logical')}c-{digest}"

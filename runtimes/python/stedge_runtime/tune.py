@@ -102,25 +102,31 @@ MEMORY_PROBE = 1
 def settings_grid(backend: str, threads: int | None = None, quick: bool = False) -> list[dict[str, Any]]:
     """Engine settings tried for one backend, the engine's default first.
 
-    ONNX Runtime: spinning on / off at ``threads`` (all physical cores by default); OpenVINO:
+    ONNX Runtime: spinning on / off at ``threads`` (by default all physical cores, or what a container's CPU quota
+    allows: ``machine.usable_cores``); OpenVINO:
     PERFORMANCE_HINT LATENCY / THROUGHPUT (the runtime then runs bulk batches on parallel infer
     requests), and without ``quick`` both hints without the fused "snippets" kernels on batches of at most
     SNIPPETS_ABOVE tokens (``snippets_above``) and the LATENCY settings with static-shape compilations for
     batch-1 calls (``static_batch1``: STATIC_BATCH1 lengths), and two that only a memory budget may choose
     (``select.budget_only``): LATENCY with smaller per-shape caches (``shape_cache``), and LATENCY with
     LEAN_STATIC_BATCH1 static compilations. Without ``quick`` and with >= 4 cores, half the cores and
-    two explicit streams are tried too; and on a CPU with fast and slow cores (``machine.performance_cores``),
-    the fast cores alone (the engine's default setting on that many threads), unless ``threads`` is given.
+    two explicit streams are tried too; unless ``threads`` is given, on a CPU with fast and slow cores
+    (``machine.performance_cores``) the fast cores alone, and under a CPU quota that allows fewer threads than
+    the cores, the cores too (each the engine's default setting on that many threads: a short one-row call can
+    finish on more threads before the quota bites, where bulk work only waits for it).
     """
-    cores = machine.physical_cores()
+    cores = machine.usable_cores()
     t = int(threads) if threads else cores
-    fast = 0 if quick or threads else machine.performance_cores()
+    extra: list[int] = []  # other thread counts
+    if not quick and not threads:
+        fast, physical = machine.performance_cores(), machine.physical_cores()
+        extra += [fast] if 0 < fast < cores else []  # a hybrid CPU: its fast cores alone
+        extra += [physical] if physical > cores else []  # a CPU quota: every core
     if backend == "onnx":
         grid = [{"threads": t, "allow_spinning": True}, {"threads": t, "allow_spinning": False}]
         if not quick and not threads and cores >= 4:
             grid.append({"threads": cores // 2, "allow_spinning": True})
-        if fast and fast != cores // 2:
-            grid.append({"threads": fast, "allow_spinning": True})
+        grid += [{"threads": n, "allow_spinning": True} for n in extra if n != cores // 2 or cores < 4]
     else:
         grid = [{"threads": t, "performance_hint": "LATENCY"}, {"threads": t, "performance_hint": "THROUGHPUT"}]
         if not quick and t >= 4:
@@ -132,8 +138,7 @@ def settings_grid(backend: str, threads: int | None = None, quick: bool = False)
             # for memory budgets alone: smaller per-shape caches, and fewer static compilations on the default
             grid.append({"threads": t, "performance_hint": "LATENCY", "shape_cache": LEAN_SHAPES})
             grid.append({**grid[0], "static_batch1": LEAN_STATIC_BATCH1})
-        if fast:
-            grid.append({"threads": fast, "performance_hint": "LATENCY"})
+        grid += [{"threads": n, "performance_hint": "LATENCY"} for n in extra]
     return grid[:1] if quick else grid
 
 

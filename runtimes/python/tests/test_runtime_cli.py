@@ -136,6 +136,8 @@ def test_the_table_marks_what_fails_a_check(capsys):
     assert title == "CPU (2 cores, avx2) - profile k" and caption is None
     hybrid = {**prof, "machine": {**machine, "cores_physical": 14, "cores_performance": 6}}
     assert profile_table(hybrid, tiers, choices)[0] == "CPU (14 cores, 6 fast, avx2) - profile k"
+    limited = {**prof, "machine": {**machine, "cpu_quota": 1.5}}
+    assert profile_table(limited, tiers, choices)[0] == "CPU (2 cores, CPU quota 1.5, avx2) - profile k"
     cell = {r[0][0]: dict(zip(cols, r)) for r in rows}
     assert cell["onnx-int8-rows"]["alone vs batch"] == ("0.99000", "bad")
     assert cell["onnx-int8-rows"]["cos to exact here"] == ("0.9500", "warn")

@@ -805,6 +805,60 @@ def test_linux_cpu_lists_parse():
     assert machine._cpu_list("") == set() and machine._cpu_list("0-x") == set()
 
 
+def test_a_container_cpu_quota_sizes_the_thread_pools(monkeypatch):
+    """A container's CPU limit (Docker --cpus, a Kubernetes limit) is a cgroup quota that neither engine reads:
+    sized to the host's cores, their pools get throttled. The quota is read from cgroup v2 or v1, at the
+    process's folder or above it, the tightest wins; it sets the default thread count, keys the profile where
+    there is one, and leaves everything as it was where there is none or it allows every core."""
+    from stedge_runtime import tune
+
+    sysfs: dict[str, str] = {}
+    monkeypatch.setattr(machine, "_sysfs", lambda path: sysfs.get(path, ""))
+    monkeypatch.setattr(machine, "physical_cores", lambda: 8)
+    monkeypatch.setattr(machine, "performance_cores", lambda: 0)
+    no_quota_key = machine.machine_key()
+
+    def quota(files: dict[str, str]) -> tuple:
+        sysfs.clear()
+        sysfs.update(files)
+        return machine.cpu_quota(), machine.quota_threads(), machine.usable_cores()
+
+    assert quota({}) == (None, None, 8)  # not Linux, or no cgroup: as before
+    # cgroup v2 inside the container's own namespace: its limit at the root of the hierarchy.
+    assert quota({"/proc/self/cgroup": "0::/", "/sys/fs/cgroup/cpu.max": "150000 100000"}) == (1.5, 1, 1)
+    assert tune.settings_grid("onnx")[0] == {"threads": 1, "allow_spinning": True}
+    # every core is timed too: a short one-row call may finish on them before the quota bites
+    assert {"threads": 8, "allow_spinning": True} in tune.settings_grid("onnx")
+    assert {"threads": 8, "performance_hint": "LATENCY"} in tune.settings_grid("openvino")
+    assert all(g["threads"] == 1 for g in tune.settings_grid("openvino", quick=True))
+    assert machine.machine_key() != no_quota_key and machine.machine_facts()["cpu_quota"] == 1.5
+    # v2, a Kubernetes pod's limit one folder above the container's (which has none).
+    pod = {"/proc/self/cgroup": "0::/kubepods/pod1/ctr", "/sys/fs/cgroup/kubepods/pod1/cpu.max": "400000 100000"}
+    assert quota({**pod, "/sys/fs/cgroup/kubepods/pod1/ctr/cpu.max": "max 100000"}) == (4.0, 4, 4)
+    # v1 (cpu,cpuacct mounted together): a limit, none, one above the cores, one that does not parse.
+    v1 = {"/proc/self/cgroup": "5:memory:/x\n4:cpu,cpuacct:/", "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000"}
+    assert quota({**v1, "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "200000"}) == (2.0, 2, 2)
+    assert quota({**v1, "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "-1"}) == (None, None, 8)
+    assert quota({"/proc/self/cgroup": "0::/", "/sys/fs/cgroup/cpu.max": "1600000 100000"}) == (16.0, None, 8)
+    assert quota({"/proc/self/cgroup": "0::/", "/sys/fs/cgroup/cpu.max": "garbage"}) == (None, None, 8)
+    assert machine.machine_key() == no_quota_key
+
+
+def test_engines_take_the_quota_threads_unless_told(monkeypatch, tiny_artifact):
+    """Where a CPU quota binds, an engine whose thread count nobody set runs that many threads; ``threads`` and a
+    profile's settings still win."""
+    monkeypatch.setattr(machine, "quota_threads", lambda: 1)
+    ort = Encoder.load(tiny_artifact, variant="onnx-fp32", profile=False)
+    assert ort._engine.session.get_session_options().intra_op_num_threads == 1
+    ov = Encoder.load(tiny_artifact, variant="openvino-fp32", profile=False)
+    assert ov._engine.config["INFERENCE_NUM_THREADS"] == 1
+    told = Encoder.load(tiny_artifact, variant="openvino-fp32", profile=False, threads=2)
+    assert told._engine.config["INFERENCE_NUM_THREADS"] == 2
+    monkeypatch.setattr(machine, "quota_threads", lambda: None)
+    free = Encoder.load(tiny_artifact, variant="onnx-fp32", profile=False)
+    assert free._engine.session.get_session_options().intra_op_num_threads == 0  # ORT's own default
+
+
 def test_results_folder_tells_cpus_with_one_model_name_apart(monkeypatch):
     """A KVM guest reports 'AMD EPYC' on Zen 3 and Zen 4: the ISA class keeps their results apart."""
     monkeypatch.setattr(machine.platform, "machine", lambda: "x86_64")
