@@ -396,11 +396,23 @@ def performance_cores() -> int:
     return n if 0 < n < physical_cores() else 0
 
 
-# Where a container's cgroup puts the CPU controller: cgroup v2 (one hierarchy), then v1's cpu controller.
-_CGROUP_ROOTS = {
-    "v2": ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"),
-    "v1": ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"),
-}
+def _cgroup_folders(controller: str) -> list[tuple[str, str]]:
+    """(cgroup version, folder) of every cgroup folder whose ``controller`` limits may bind this process: its own
+    folder and each one above it, in the v2 hierarchy and in the v1 one that holds ``controller`` (mounted under
+    its controller list, such as ``cpu,cpuacct``). Inside a container's own namespace the path is "/", and the
+    hierarchy's root holds the container's limits."""
+    out = []
+    for line in _sysfs("/proc/self/cgroup").splitlines():
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            version, roots = "v2", ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        elif controller in controllers.split(","):
+            version, roots = "v1", [f"/sys/fs/cgroup/{controllers}", f"/sys/fs/cgroup/{controller}"]
+        else:
+            continue
+        parts = [p for p in path.split("/") if p]
+        out += [(version, "/".join([r, *parts[:i]])) for r in dict.fromkeys(roots) for i in range(len(parts), -1, -1)]
+    return out
 
 
 def _quota_in(folder: str, version: str) -> float | None:
@@ -422,18 +434,20 @@ def cpu_quota() -> float | None:
     ``--cpus``, a Kubernetes CPU limit: cgroup v2 ``cpu.max``, v1 CFS quota), the tightest; None without a limit,
     off Linux, or where it cannot be read. The engines do not read it: sized to the host's cores, their thread
     pools are throttled in such a container (see ``quota_threads``)."""
-    quotas = []
-    for line in _sysfs("/proc/self/cgroup").splitlines():
-        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
-        version = "v2" if controllers == "" else "v1" if "cpu" in controllers.split(",") else None
-        if version is None:
-            continue
-        parts = [p for p in path.split("/") if p]
-        for root in _CGROUP_ROOTS[version]:  # the process's folder and those above it; inside a container's
-            for i in range(len(parts), -1, -1):  # own namespace the path is "/" and the root holds its limit
-                q = _quota_in("/".join([root, *parts[:i]]), version)
-                quotas += [q] if q is not None else []
+    quotas = [q for version, folder in _cgroup_folders("cpu") if (q := _quota_in(folder, version)) is not None]
     return min(quotas) if quotas else None
+
+
+def memory_limit_mb() -> float | None:
+    """The memory this process's cgroup and the ones above it allow, in MB (a container's memory limit: v2
+    ``memory.max``, v1 ``memory.limit_in_bytes``), the tightest; None without a limit, off Linux, or unread. A
+    process past it is killed, which a choice's measured peak can be checked against (``select``)."""
+    limits = []
+    for version, folder in _cgroup_folders("memory"):
+        text = _sysfs(f"{folder}/memory.max" if version == "v2" else f"{folder}/memory.limit_in_bytes")
+        if text.isdigit() and 0 < int(text) < 2**60:  # v1 says "no limit" with a number near 2**63
+            limits.append(int(text) / 2**20)
+    return min(limits) if limits else None
 
 
 def quota_threads() -> int | None:

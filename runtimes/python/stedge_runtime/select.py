@@ -1158,6 +1158,8 @@ def select_variant(
         sel = Selection(variant=best, source="rule", reason=reason, tier=tier, variant_tier=variant_tier(cands[best]))
     if batch_invariance(cands[sel.variant]) is None:
         notes.append(f"{sel.variant}: batch invariance was not measured at export (an older stedge wrote it)")
+    limit = machine.memory_limit_mb()
+    warned += memory_limit_warnings(sel.peak_rss_mb, max_memory_mb, limit) if limit is not None else []
     return dataclasses.replace(
         sel,
         excluded=excluded,
@@ -1166,6 +1168,20 @@ def select_variant(
         max_memory_mb=max_memory_mb,
         machine_key=sel.machine_key or (key if key else None),
     )
+
+
+def memory_limit_warnings(peak_mb: float | None, budget_mb: float | None, limit_mb: float) -> list[str]:
+    """What to tell a caller whose container has a memory limit of ``limit_mb`` (``machine.memory_limit_mb``):
+    a memory budget above it, or, without a budget, a choice that peaked above it in `stedge tune`'s probe here."""
+    end = f"this container's memory limit ({limit_mb:.0f} MB), past which the process is killed"
+    if budget_mb is not None and budget_mb > limit_mb:
+        return [f"max_memory_mb={budget_mb:g} is above {end}"]
+    if budget_mb is None and peak_mb is not None and peak_mb > limit_mb:
+        return [
+            f"this choice peaked at {peak_mb:.0f} MB in `stedge tune`'s memory probe here, above {end}: pass "
+            f"max_memory_mb (below {limit_mb:.0f}) to run a lighter configuration"
+        ]
+    return []
 
 
 def _profile_choice(

@@ -323,6 +323,34 @@ def test_a_memory_budget_drops_the_route_then_takes_the_fastest_configuration_th
             _sel(vs, tmp_path, PLAIN, max_memory_mb=bad)
 
 
+def test_a_container_memory_limit_is_checked_against_the_measured_peak(tmp_path, monkeypatch):
+    """In a container with a memory limit (cgroup memory.max / memory.limit_in_bytes), a choice that peaked above
+    it in the tune's probe, or a budget above it, is a warning (the process would be killed); within it, or
+    without a limit, nothing is said."""
+    vs = _variants()
+    write_profile(tmp_path, _memory_profile({"openvino-fp32": 300.0, "onnx-int8-static": 180.0, "onnx-fp32": 120.0}))
+    sysfs = {"/proc/self/cgroup": "0::/", "/sys/fs/cgroup/memory.max": str(350 * 2**20)}
+    monkeypatch.setattr(machine, "_sysfs", lambda path: sysfs.get(path, ""))
+    assert machine.memory_limit_mb() == 350.0
+    over = _sel(vs, tmp_path, PLAIN)
+    assert over.peak_rss_mb == 400.0 and any("above this container's memory limit (350 MB)" in w for w in over.warnings)
+    fits = _sel(vs, tmp_path, PLAIN, max_memory_mb=320)  # the budget drops the route: 300 MB
+    assert fits.peak_rss_mb == 300.0 and not any("memory limit" in w for w in fits.warnings)
+    roomy = _sel(vs, tmp_path, PLAIN, max_memory_mb=500)
+    assert any("max_memory_mb=500 is above this container's memory limit" in w for w in roomy.warnings)
+    sysfs["/sys/fs/cgroup/memory.max"] = "max"
+    assert machine.memory_limit_mb() is None and not _sel(vs, tmp_path, PLAIN).warnings
+    v1 = {
+        "/proc/self/cgroup": "9:memory:/docker/abc",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712",
+    }
+    sysfs.clear()
+    sysfs.update(v1)
+    assert machine.memory_limit_mb() is None  # v1's "no limit"
+    sysfs["/sys/fs/cgroup/memory/docker/abc/memory.limit_in_bytes"] = str(2**30)
+    assert machine.memory_limit_mb() == 1024.0
+
+
 def test_a_memory_budget_takes_only_what_leveled_off(tmp_path):
     """A figure whose probe was still growing at its end (its second half of varied texts added more than
     GROWING_SHARE of the peak) says little of a longer run: a budget passes over it, the tier's choice and its
