@@ -306,10 +306,11 @@ def info(
             )
         from ..export.calibration import calibrated_on
         from ..export.plan import bf16_hint, outdated_builds
-        from stedge_runtime.cli import profile_notes
+        from stedge_runtime.cli import machine_line, profile_notes
 
         from ..tune.cli import render_choice
 
+        typer.echo(machine_line())
         line, untuned = profile_notes(model)
         if line:
             typer.echo(line)

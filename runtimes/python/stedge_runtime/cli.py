@@ -201,6 +201,22 @@ def written_text(file: Path | None, root: str | Path) -> str:
     )
 
 
+def machine_line() -> str:
+    """``info``'s line on this machine: its profile key, cores (fast ones on a hybrid CPU), a container's CPU quota
+    and memory limit, and where the CPU flags were read when not from /proc/cpuinfo."""
+    from . import machine
+
+    facts = machine.machine_facts()
+    parts = [f"{facts['cores_physical']} cores"]
+    parts += [f"{facts['cores_performance']} fast"] if facts.get("cores_performance") else []
+    parts += [f"CPU quota {facts['cpu_quota']:g}"] if facts.get("cpu_quota") else []
+    limit = machine.memory_limit_mb()
+    parts += [f"memory limit {limit:.0f} MB"] if limit else []
+    source = facts.get("isa_flags_from")
+    parts += [f"CPU flags from {source or 'nowhere'}"] if source != "/proc/cpuinfo" else []
+    return f"this machine: {machine.machine_key(facts)} ({', '.join(parts)})"
+
+
 def profile_notes(root: str | Path) -> tuple[str | None, str | None]:
     """What an ``info`` command says of this machine's profile for the artifact at ``root``: (the file Encoder.load
     reads, inside the artifact or in the user's profile folder, and when it was tuned; None) where one reads, else
@@ -324,7 +340,7 @@ def _info(args: argparse.Namespace) -> int:
     print(f"artifact {args.artifact}: task={m.task}{dim} max_seq_length={m.max_seq_length}")
     for name, v in m.variants.items():
         print(f"  {name}: {v.backend} {v.precision}, tier={variant_tier(v) or 'none'}")
-    print(f"this machine: {machine_key()}")
+    print(machine_line())
     line, hint = profile_notes(args.artifact)
     if line:
         print(line)

@@ -263,3 +263,21 @@ def test_a_note_every_tier_gives_is_printed_once():
     assert [notes for _, _, _, notes in lines] == [[machine_note, "exact note"], ["near note"], ["compressed note"]]
     assert [w for _, _, w, _ in lines] == [["careful"]] * 3
     assert lines[1][1].startswith("tier near: onnx-int8-rows - rule")
+
+
+def test_info_names_what_it_knows_of_the_machine(monkeypatch):
+    """`info`'s machine line: the key, the cores (the fast ones on a hybrid CPU), a container's CPU quota and
+    memory limit, and where the flags came from when /proc/cpuinfo did not give them."""
+    from stedge_runtime import machine
+    from stedge_runtime.cli import machine_line
+
+    facts = {"cpu": "CPU", "cores_physical": 14, "cores_logical": 20, "isa_flags_from": "/proc/cpuinfo"}
+    monkeypatch.setattr(machine, "machine_facts", lambda: dict(facts))
+    monkeypatch.setattr(machine, "memory_limit_mb", lambda: None)
+    key = machine.machine_key(facts)
+    assert machine_line() == f"this machine: {key} (14 cores)"
+    facts.update(cores_performance=6, cpu_quota=2.5, isa_flags_from="numpy")
+    monkeypatch.setattr(machine, "memory_limit_mb", lambda: 1536.0)
+    line = machine_line()
+    assert line.endswith("(14 cores, 6 fast, CPU quota 2.5, memory limit 1536 MB, CPU flags from numpy)")
+    assert line.startswith(f"this machine: {machine.machine_key(facts)} ") and machine.machine_key(facts) != key
