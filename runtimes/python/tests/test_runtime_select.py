@@ -853,13 +853,16 @@ def test_a_container_cpu_quota_sizes_the_thread_pools(monkeypatch):
 
     assert quota({}) == (None, None, 8)  # not Linux, or no cgroup: as before
     # cgroup v2 inside the container's own namespace: its limit at the root of the hierarchy.
-    assert quota({"/proc/self/cgroup": "0::/", "/sys/fs/cgroup/cpu.max": "150000 100000"}) == (1.5, 1, 1)
-    assert tune.settings_grid("onnx")[0] == {"threads": 1, "allow_spinning": True}
+    assert quota({"/proc/self/cgroup": "0::/", "/sys/fs/cgroup/cpu.max": "150000 100000"}) == (1.5, 2, 2)
+    assert tune.settings_grid("onnx")[0] == {"threads": 2, "allow_spinning": True}
     # every core is timed too: a short one-row call may finish on them before the quota bites
     assert {"threads": 8, "allow_spinning": True} in tune.settings_grid("onnx")
     assert {"threads": 8, "performance_hint": "LATENCY"} in tune.settings_grid("openvino")
-    assert all(g["threads"] == 1 for g in tune.settings_grid("openvino", quick=True))
+    assert all(g["threads"] == 2 for g in tune.settings_grid("openvino", quick=True))
     assert machine.machine_key() != no_quota_key and machine.machine_facts()["cpu_quota"] == 1.5
+    # rounded up: a fraction of a CPU is worth a thread (measured: runtimes/python/README.md)
+    assert quota({"/proc/self/cgroup": "0::/", "/sys/fs/cgroup/cpu.max": "100000 100000"}) == (1.0, 1, 1)
+    assert quota({"/proc/self/cgroup": "0::/", "/sys/fs/cgroup/cpu.max": "50000 100000"}) == (0.5, 1, 1)
     # v2, a Kubernetes pod's limit one folder above the container's (which has none).
     pod = {"/proc/self/cgroup": "0::/kubepods/pod1/ctr", "/sys/fs/cgroup/kubepods/pod1/cpu.max": "400000 100000"}
     assert quota({**pod, "/sys/fs/cgroup/kubepods/pod1/ctr/cpu.max": "max 100000"}) == (4.0, 4, 4)
