@@ -117,6 +117,14 @@ def choice_marks(choices: Mapping[str, Any]) -> dict[tuple[str, str], str]:
     return {k: ", ".join(v) for k, v in out.items()}
 
 
+def cores_text(facts: Mapping[str, Any]) -> list[str]:
+    """The cores of machine ``facts`` (``machine.machine_facts``, a profile's ``machine``) as words: "14 cores",
+    then "6 fast" on a hybrid CPU and "CPU quota 2.5" in a limited container."""
+    parts = [f"{facts['cores_physical']} cores"]
+    parts += [f"{facts['cores_performance']} fast"] if facts.get("cores_performance") else []
+    return parts + ([f"CPU quota {facts['cpu_quota']:g}"] if facts.get("cpu_quota") else [])
+
+
 def profile_table(
     prof: Mapping[str, Any], manifest_variants: Mapping[str, Any], choices: Mapping[str, Any]
 ) -> tuple[str, list[str], list[list[Cell]], str | None]:
@@ -127,9 +135,7 @@ def profile_table(
     m = prof["machine"]
     bs = [str(b) for b in prof.get("batch_sizes", [1, 32]) if b != 1]
     units = [f for f in m["isa_flags"] if "vnni" in f or "bf16" in f or f.startswith("amx")] or [m.get("cpu_class", "")]
-    cores = f"{m['cores_physical']} cores" + (f", {m['cores_performance']} fast" if m.get("cores_performance") else "")
-    cores += f", CPU quota {m['cpu_quota']:g}" if m.get("cpu_quota") else ""
-    title = f"{m['cpu']} ({cores}, {', '.join(units)}) - profile {m['key']}"
+    title = f"{m['cpu']} ({', '.join(cores_text(m))}, {', '.join(units)}) - profile {m['key']}"
     agreement = "score agr. to exact here" if prof.get("task") == "reranking" else "cos to exact here"
     cols = ["variant", "tier", "settings", "bs=1 p50 ms", "bs=1 longer"]
     cols += [f"short bs={b} /s" for b in bs] + [f"passage bs={b} /s" for b in bs]
@@ -207,9 +213,7 @@ def machine_line() -> str:
     from . import machine
 
     facts = machine.machine_facts()
-    parts = [f"{facts['cores_physical']} cores"]
-    parts += [f"{facts['cores_performance']} fast"] if facts.get("cores_performance") else []
-    parts += [f"CPU quota {facts['cpu_quota']:g}"] if facts.get("cpu_quota") else []
+    parts = cores_text(facts)
     limit = machine.memory_limit_mb()
     parts += [f"memory limit {limit:.0f} MB"] if limit else []
     source = facts.get("isa_flags_from")

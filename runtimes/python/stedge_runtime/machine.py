@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import re
+import struct
 import subprocess
 import sys
 from functools import lru_cache
@@ -158,8 +159,6 @@ def _core_classes(raw: bytes) -> list[int]:
     RelationProcessorCore: records of (relationship u32, size u32, flags u8, efficiency class u8, ...), one per
     core however many hardware threads it runs; a higher class is a faster core (Windows 10 on; 0 before, and
     on CPUs with one kind of core). A truncated record ends the list."""
-    import struct
-
     classes, at = [], 0
     while at + 10 <= len(raw):
         relationship, size, _flags, efficiency = struct.unpack_from("<IIBB", raw, at)
@@ -273,10 +272,9 @@ def _arm_cpu_name(text: str) -> str:
         if all(code):
             name = _ARM_PARTS.get(code) or f"Arm {code[0]}/{code[1]}"
             parts += [name] if name not in parts else []
-    board = next(
-        (v for k, v in (ln.split(":", 1) for ln in text.splitlines() if ":" in ln) if k.strip() == "Model"), ""
-    )
-    return " + ".join(parts) + (f" ({board.strip()})" if parts and board.strip() else "")
+    fields = (line.split(":", 1) for line in text.splitlines() if ":" in line)
+    board = next((v.strip() for k, v in fields if k.strip() == "Model"), "")
+    return " + ".join(parts) + (f" ({board})" if parts and board else "")
 
 
 def cpu_model() -> str:
@@ -572,13 +570,14 @@ def cpu_slug(flags: set[str] | None = None, model: str | None = None) -> str:
 
 
 def machine_facts() -> dict[str, Any]:
-    """The facts a tuning profile is keyed by: CPU model, arch, ISA flags, cores, engine versions."""
-    flags = cpu_flags()
+    """The facts a tuning profile is keyed by: CPU model, arch, ISA flags, cores, engine versions (and, outside
+    the key, where the flags came from, the fast cores and a container's CPU quota)."""
+    flags, source = _flags_and_source()
     return {
         "cpu": cpu_model(),
         "arch": platform.machine(),
         "isa_flags": sorted(f for f in ISA_FLAGS if f in flags),
-        "isa_flags_from": flags_source(),  # not part of the key
+        "isa_flags_from": source,  # not part of the key
         "cpu_class": cpu_class(flags),
         "int8_isa": int8_isa(flags),
         "cores_physical": physical_cores(),
