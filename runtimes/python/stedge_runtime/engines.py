@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import machine
-from .artifact import device_family
+from .artifact import cache_dir, device_family
 from .errors import DeviceError, MissingEngine, RuntimeStedgeError
 
 ORT_PROVIDERS = {
@@ -209,7 +209,8 @@ class OpenVINOEngine:
 
     Options: ``performance_hint`` (LATENCY default, THROUGHPUT, CUMULATIVE_THROUGHPUT; a throughput hint
     compiles several streams, and ``run_many`` then runs that many batches at once),
-    ``cache_dir`` (compiled-model cache: faster second load, needed on GPU/NPU), ``num_streams``,
+    ``cache_dir`` (compiled-model cache: faster second load; on the NPU, unless given, the runtime's cache
+    folder's ``openvino``, see ``_npu_cache``; None turns it off), ``num_streams``,
     ``inference_precision`` (f32 by default for fp32 variants on CPU and AUTO, so bf16-capable
     CPUs keep fp32 accuracy; GPU/NPU keep their own default, f16), ``static_batch1`` (on the CPU, at most
     this many static-shape compilations for one-row calls: see ``_static_for``), ``static_pad`` (with
@@ -224,7 +225,9 @@ class OpenVINOEngine:
     range, such as the FFN down-projections of openvino-int8-static, quantize each token's activations to int8 at
     run time in groups of this many channels and multiply in int8; the plugin's default is 32, 0 multiplies in
     float; per token, so batch-invariant, but the vectors move a little: `stedge tune` times 0, 128 and 256
-    against the default and checks the tier again), ``config`` (any other OpenVINO properties).
+    against the default and checks the tier again), ``static_shapes`` (every call on static-shape compilations,
+    made on first use: see ``_run_static``; on by default on the NPU, whose plugin compiles no dynamic shape,
+    off elsewhere), ``config`` (any other OpenVINO properties).
     On the CPU the per-shape caches are capped (RUNTIME_CACHE_SHAPES, ONEDNN_CACHE_PRIMITIVES), so one
     compilation's memory levels off with texts of ever new lengths (each compilation and stream keeps its own
     shapes, so several level off later and higher); ``config`` and the environment override the caps.
@@ -241,12 +244,14 @@ class OpenVINOEngine:
         "snippets_above",
         "shape_cache",
         "dynamic_quantization_group_size",
+        "static_shapes",
         "config",
     )
     STATIC_PAD = 16  # static_batch1 pads one-row calls to a multiple of this many tokens unless static_pad says
     # otherwise: finer padding switches compilations more often between queries, coarser pads more. Which is faster
     # depends on the machine, so `stedge tune` times 16 against 8 (select.STATIC_PADS).
     STATIC_MAX_TOKENS = 128  # longer one-row calls run the dynamic graph (the per-shape cost matters less there)
+    SHAPES_MIN_TOKENS = 16  # static_shapes: calls are padded to a power of two tokens, at least this many
     # CPU memory per input shape. OpenVINO keeps each shape it ran prepared (CPU_RUNTIME_CACHE_CAPACITY, 5,000
     # by default) and its oneDNN keeps up to 1,024 primitives: with texts of ever new lengths an encoder's RSS
     # grew without end (bf16 MiniLM, LATENCY: 372 -> 751 MB over 2,000 varied texts). With these two caps it
@@ -267,42 +272,37 @@ class OpenVINOEngine:
             raise DeviceError(
                 f"device {device!r} is not available to OpenVINO; available devices: {', '.join(available)}"
             )
-        config: dict[str, Any] = {"PERFORMANCE_HINT": str(options.get("performance_hint", "LATENCY")).upper()}
-        threads = threads or (machine.quota_threads() if family == "cpu" else None)  # nor does OpenVINO
-        if threads and family == "cpu":
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        if options.get("num_streams") is not None:
-            config["NUM_STREAMS"] = str(options["num_streams"])
-        prec = options.get("inference_precision", "f32" if precision == "fp32" and family in ("cpu", "auto") else None)
-        if prec:
-            config["INFERENCE_PRECISION_HINT"] = str(prec)
-        if options.get("snippets") is False and family == "cpu":
-            config["SNIPPETS_MODE"] = "DISABLE"
-        shapes = options.get("shape_cache")
-        shapes = self.RUNTIME_CACHE_SHAPES if shapes is None else shapes
-        if isinstance(shapes, bool) or not isinstance(shapes, int) or shapes < 1:
+        config, shapes = self._plugin_config(options, family, precision, threads)
+        cache = options["cache_dir"] if "cache_dir" in options else _npu_cache() if family == "npu" else None
+        if cache:
+            core.set_property({"CACHE_DIR": str(cache)})
+        static_shapes = options.get("static_shapes")
+        static_shapes = family == "npu" if static_shapes is None else static_shapes
+        if not isinstance(static_shapes, bool):
             raise RuntimeStedgeError(
-                f"engine option shape_cache={shapes!r}: expected an integer >= 1, the input shapes "
-                f"kept prepared per compilation (default {self.RUNTIME_CACHE_SHAPES})"
+                f"engine option static_shapes={static_shapes!r}: expected True or False (default: True on the NPU)"
             )
-        if family == "cpu":
-            config["CPU_RUNTIME_CACHE_CAPACITY"] = str(shapes)
-        group = options.get("dynamic_quantization_group_size")
-        if group is not None and (isinstance(group, bool) or not isinstance(group, int) or group < 0):
-            raise RuntimeStedgeError(
-                f"engine option dynamic_quantization_group_size={group!r}: expected an integer >= 0, the channels per "
-                "run-time int8 group of a token's activations (0: multiply in float)"
-            )
-        if group is not None and family == "cpu":
-            config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = group
-        config.update(options.get("config") or {})
-        if options.get("cache_dir"):
-            core.set_property({"CACHE_DIR": str(options["cache_dir"])})
+        self.static_shapes = static_shapes
+        self._file = file
+        self._buckets: dict[tuple[int, int], Any] = {}  # static_shapes: (rows, tokens) -> compiled static model
+        self._static_lock = threading.Lock()
         try:
             model = _read_graph(core, file)
+            # Static shapes need (batch, tokens) inputs; token outputs (batch, tokens, ...) are cut back to the call.
+            ranks = [i.get_partial_shape().rank for i in model.inputs]
+            two_d = all(r.is_static and r.get_length() == 2 for r in ranks)
+            if static_shapes and not two_d:
+                raise RuntimeStedgeError(
+                    f"{file}: engine option static_shapes needs a graph whose inputs are (batch, tokens); this "
+                    f"one's are {[str(i.get_partial_shape()) for i in model.inputs]}"
+                )
             primitives = -(-shapes * self.ONEDNN_CACHE_PRIMITIVES // self.RUNTIME_CACHE_SHAPES)  # scaled, rounded up
+            self._src = (core, model, target, config)
             with _onednn_cache(primitives if family in ("cpu", "auto") else None):
-                self.compiled = _compile(core, model, target, config)
+                if static_shapes:  # the first bucket now, so a graph the device cannot take fails at load
+                    self.compiled = self._bucket(1, self.SHAPES_MIN_TOKENS)
+                else:
+                    self.compiled = _compile(core, model, target, config)
         except RuntimeError as e:
             raise RuntimeStedgeError(f"{file}: OpenVINO could not compile the graph for {target} ({e})") from None
         self.device = device
@@ -310,9 +310,7 @@ class OpenVINOEngine:
         self.inputs = [i.any_name for i in self.compiled.inputs]
         self.outputs = [n for o in self.compiled.outputs for n in o.names]
         self._local = threading.local()
-        # Static shapes need (batch, tokens) inputs; token outputs (batch, tokens, ...) are cut back to the call.
-        ranks = [i.get_partial_shape().rank for i in model.inputs]
-        static_ok = family == "cpu" and all(r.is_static and r.get_length() == 2 for r in ranks)
+        static_ok = family == "cpu" and two_d and not static_shapes
         n, self.static_pad = self._static_options(options)
         self.static_batch1 = n if static_ok else 0
         cut = options.get("snippets_above") or 0
@@ -325,18 +323,57 @@ class OpenVINOEngine:
                 "engine options snippets=False and snippets_above both given: snippets=False turns the snippets off "
                 "for every call, snippets_above only for calls of at most that many tokens; pass one of them"
             )
-        self.snippets_above = cut if family == "cpu" else 0
+        self.snippets_above = cut if family == "cpu" and not static_shapes else 0
         self._plain: Any = None  # the compilation without snippets, for calls of <= snippets_above tokens
-        self._src = (core, model, target, config) if self.static_batch1 or self.snippets_above else None
         self._static: dict[int, Any] = {}  # padded tokens -> compiled static model for one row
         self._seen: dict[int, int] = {}
-        self._static_lock = threading.Lock()
+        if not (self.static_batch1 or self.snippets_above or static_shapes):
+            self._src = None  # nothing compiles later: the model (its mapped weights) is not kept
         try:  # THROUGHPUT hints compile several streams: bulk calls then run that many batches at once
             self.parallel = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         except (RuntimeError, TypeError, ValueError):
             self.parallel = 1
+        if static_shapes:  # each batch may need another compilation: batches run one after another
+            self.parallel = 1
         self._queues: dict[int, list[Any]] = {}  # id(compilation) -> the infer requests run_many shares out
         self._queue_lock = threading.Lock()
+
+    @classmethod
+    def _plugin_config(
+        cls, options: dict[str, Any], family: str, precision: str | None, threads: int | None
+    ) -> tuple[dict[str, Any], int]:
+        """The OpenVINO properties to compile with, from the engine options (checked), and the shapes kept per
+        compilation (``shape_cache``)."""
+        config: dict[str, Any] = {"PERFORMANCE_HINT": str(options.get("performance_hint", "LATENCY")).upper()}
+        threads = threads or (machine.quota_threads() if family == "cpu" else None)  # nor does OpenVINO
+        if threads and family == "cpu":
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if options.get("num_streams") is not None:
+            config["NUM_STREAMS"] = str(options["num_streams"])
+        prec = options.get("inference_precision", "f32" if precision == "fp32" and family in ("cpu", "auto") else None)
+        if prec:
+            config["INFERENCE_PRECISION_HINT"] = str(prec)
+        if options.get("snippets") is False and family == "cpu":
+            config["SNIPPETS_MODE"] = "DISABLE"
+        shapes = options.get("shape_cache")
+        shapes = cls.RUNTIME_CACHE_SHAPES if shapes is None else shapes
+        if isinstance(shapes, bool) or not isinstance(shapes, int) or shapes < 1:
+            raise RuntimeStedgeError(
+                f"engine option shape_cache={shapes!r}: expected an integer >= 1, the input shapes "
+                f"kept prepared per compilation (default {cls.RUNTIME_CACHE_SHAPES})"
+            )
+        if family == "cpu":
+            config["CPU_RUNTIME_CACHE_CAPACITY"] = str(shapes)
+        group = options.get("dynamic_quantization_group_size")
+        if group is not None and (isinstance(group, bool) or not isinstance(group, int) or group < 0):
+            raise RuntimeStedgeError(
+                f"engine option dynamic_quantization_group_size={group!r}: expected an integer >= 0, the channels per "
+                "run-time int8 group of a token's activations (0: multiply in float)"
+            )
+        if group is not None and family == "cpu":
+            config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = group
+        config.update(options.get("config") or {})
+        return config, shapes
 
     @classmethod
     def _static_options(cls, options: dict[str, Any]) -> tuple[int, int]:
@@ -356,10 +393,16 @@ class OpenVINOEngine:
     def run(self, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
         """Run the graph and return one output (copied out of the infer request)."""
         feeds = {k: v for k, v in feeds.items() if k in self.inputs}
+        if self.static_shapes:
+            return self._run_static(feeds, output)
         compiled, static = self._compiled_for(feeds)
         tokens = next(iter(feeds.values())).shape[1]
         if static:
-            feeds = {k: self._pad(v) for k, v in feeds.items()}
+            feeds = {k: _pad_tokens(v, tokens + (-tokens % self.static_pad)) for k, v in feeds.items()}
+        return self._infer(compiled, feeds, output, tokens)
+
+    def _infer(self, compiled: Any, feeds: dict[str, np.ndarray], output: str, tokens: int) -> np.ndarray:
+        """One call on this thread's infer request of ``compiled``; token outputs cut back to ``tokens``."""
         requests = getattr(self._local, "requests", None)
         if requests is None:
             requests = self._local.requests = {}
@@ -371,13 +414,42 @@ class OpenVINOEngine:
         out = req.infer(feeds, share_inputs=False)[compiled.output(output)]
         return np.array(out[:, :tokens] if out.ndim >= 3 else out, copy=True)
 
-    def _pad(self, a: np.ndarray) -> np.ndarray:
-        extra = -a.shape[1] % self.static_pad
-        if not extra:
-            return a
-        out = np.zeros((a.shape[0], a.shape[1] + extra), dtype=a.dtype)  # np.pad took ~30 us per input
-        out[:, : a.shape[1]] = a
-        return out
+    def _run_static(self, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
+        """A call on static-shape compilations only (engine option ``static_shapes``; the NPU's default).
+
+        The tokens are padded to a power of two (at least SHAPES_MIN_TOKENS; masked, as in any batch, so the
+        vectors do not change) and the rows run in parts of a power of two each, largest first (37 rows: 32, 4
+        and 1), so no row is padded and a batch size of 32 needs at most six row counts. Each (rows, tokens)
+        shape is compiled the first time it comes (on an NPU a compilation takes seconds; its compiled-model cache,
+        ``cache_dir``, keeps them for the next process) and kept: at most 6 x 5 shapes with batches of 32 and texts of
+        up to 256 tokens."""
+        rows, tokens = next(iter(feeds.values())).shape
+        padded = max(self.SHAPES_MIN_TOKENS, 1 << max(0, tokens - 1).bit_length())
+        parts, start = [], 0
+        for bit in reversed(range(rows.bit_length())):
+            if rows >> bit & 1:
+                n = 1 << bit
+                sub = {k: _pad_tokens(v[start : start + n], padded) for k, v in feeds.items()}
+                parts.append(self._infer(self._bucket(n, padded), sub, output, tokens))
+                start += n
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _bucket(self, rows: int, tokens: int) -> Any:
+        """The static compilation for (rows, tokens), made on first use (static_shapes)."""
+        compiled = self._buckets.get((rows, tokens))
+        if compiled is None:
+            with self._static_lock:
+                compiled = self._buckets.get((rows, tokens))
+                if compiled is None:
+                    core, model, target, config = self._src
+                    try:
+                        compiled = self._buckets[rows, tokens] = _compile(core, model, target, config, [rows, tokens])
+                    except RuntimeError as e:
+                        raise RuntimeStedgeError(
+                            f"{self._file}: OpenVINO could not compile the graph for {target} at the static shape "
+                            f"[{rows}, {tokens}] ({e})"
+                        ) from None
+        return compiled
 
     def _compiled_for(self, feeds: dict[str, np.ndarray]) -> tuple[Any, bool]:
         """The compilation a call runs on, and whether it is a static one (its inputs then get padded).
@@ -494,6 +566,27 @@ class OpenVINOEngine:
             for k in range(len(queue)):
                 collect(k)
         return results
+
+
+def _npu_cache() -> Path | None:
+    """The compiled-model cache an NPU gets unless ``cache_dir`` says otherwise: the runtime's cache folder
+    (``artifact.cache_dir``)/openvino, so each static shape compiles once per machine, not once per process;
+    None where that folder cannot be made."""
+    folder = cache_dir() / "openvino"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder
+
+
+def _pad_tokens(a: np.ndarray, tokens: int) -> np.ndarray:
+    """``a`` (rows, n) with zeros appended up to ``tokens`` columns (itself when already that wide)."""
+    if a.shape[1] == tokens:
+        return a
+    out = np.zeros((a.shape[0], tokens), dtype=a.dtype)  # np.pad took ~30 us per input
+    out[:, : a.shape[1]] = a
+    return out
 
 
 _GRAPHS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # (path, mtime, size) -> ov.Model
