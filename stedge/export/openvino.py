@@ -14,14 +14,26 @@ def _ov():
 
 
 def from_onnx(onnx_path: str | os.PathLike):
-    """An ov.Model from an ONNX graph; input/output names are kept."""
+    """An ov.Model from an ONNX graph; input/output names are kept.
+
+    An input the converter merged with the node that reads it carries that node's output name too (the graph of
+    a model with ``include_prompt: false``: ``prompt_length`` and ``/encoder/encoder.1/Cast_output_0``), and a
+    reader that takes any one of its names (``any_name``) may take the wrong one. Such inputs keep only their
+    name in the graph contract."""
+    from stedge_runtime.artifact import GRAPH_INPUTS
+
     ov = _ov()
     try:
-        return ov.convert_model(str(onnx_path))
+        ovm = ov.convert_model(str(onnx_path))
     except Exception as e:
         raise InvalidModelError(
             f"OpenVINO cannot convert {onnx_path} ({type(e).__name__}: {e}); export with --backend onnx instead"
         ) from e
+    for port in ovm.inputs:
+        names = port.get_names() & set(GRAPH_INPUTS)
+        if len(names) == 1 and len(port.get_names()) > 1:
+            port.get_tensor().set_names(names)
+    return ovm
 
 
 def from_torch(model, task: str):
