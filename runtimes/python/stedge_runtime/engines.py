@@ -289,12 +289,12 @@ class OpenVINOEngine:
         try:
             model = _read_graph(core, file)
             # Static shapes need (batch, tokens) inputs; token outputs (batch, tokens, ...) are cut back to the call.
-            ranks = [i.get_partial_shape().rank for i in model.inputs]
-            two_d = all(r.is_static and r.get_length() == 2 for r in ranks)
-            if static_shapes and not two_d:
+            ranks = [r.get_length() if r.is_static else 0 for r in (i.get_partial_shape().rank for i in model.inputs)]
+            two_d = all(r == 2 for r in ranks)
+            if static_shapes and not (2 in ranks and set(ranks) <= {1, 2}):
                 raise RuntimeStedgeError(
-                    f"{file}: engine option static_shapes needs a graph whose inputs are (batch, tokens); this "
-                    f"one's are {[str(i.get_partial_shape()) for i in model.inputs]}"
+                    f"{file}: engine option static_shapes needs a graph whose inputs are (batch, tokens) or (batch,); "
+                    f"this one's are {[str(i.get_partial_shape()) for i in model.inputs]}"
                 )
             primitives = -(-shapes * self.ONEDNN_CACHE_PRIMITIVES // self.RUNTIME_CACHE_SHAPES)  # scaled, rounded up
             self._src = (core, model, target, config)
@@ -429,7 +429,10 @@ class OpenVINOEngine:
         for bit in reversed(range(rows.bit_length())):
             if rows >> bit & 1:
                 n = 1 << bit
-                sub = {k: _pad_tokens(v[start : start + n], padded) for k, v in feeds.items()}
+                sub = {
+                    k: _pad_tokens(v[start : start + n], padded) if v.ndim == 2 else v[start : start + n]
+                    for k, v in feeds.items()
+                }
                 parts.append(self._infer(self._bucket(n, padded), sub, output, tokens))
                 start += n
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -627,11 +630,12 @@ def _onednn_cache(capacity: int | None):
 
 
 def _compile(core: Any, model: Any, target: str, config: dict, shape: list[int] | None = None) -> Any:
-    """compile_model on a shared model (``_read_graph``), one at a time; ``shape`` compiles a static copy."""
+    """compile_model on a shared model (``_read_graph``), one at a time; ``shape`` [rows, tokens] compiles a static
+    copy (an input of one dimension, such as ``prompt_length``, gets [rows])."""
     with _GRAPHS_LOCK:
         if shape is not None:
             model = model.clone()
-            model.reshape({i.any_name: shape for i in model.inputs})
+            model.reshape({i.any_name: shape[: i.get_partial_shape().rank.get_length()] for i in model.inputs})
         return core.compile_model(model, target, config)
 
 

@@ -50,6 +50,20 @@ def test_static_shapes_for_a_reranker_and_a_token_budget(tiny_ce_artifact, tiny_
     np.testing.assert_allclose(enc.encode(TEXTS), ref, atol=1e-5)
 
 
+def test_static_shapes_with_a_prompt_length_input(tiny_prompt_model, tmp_path):
+    """A graph exported with include_prompt=False also takes prompt_length, of shape (batch,): it gets [rows]."""
+    from runtime_artifacts import build_artifact
+
+    art = build_artifact(tiny_prompt_model, tmp_path / "art", openvino=True)
+    static = Encoder.load(art, variant="openvino-fp32", static_shapes=True)
+    assert "prompt_length" in static._engine.inputs
+    dynamic = Encoder.load(art, variant="openvino-fp32")
+    for prompt in static.prompts:
+        np.testing.assert_allclose(
+            static.encode(TEXTS[:19], prompt_name=prompt), dynamic.encode(TEXTS[:19], prompt_name=prompt), atol=1e-5
+        )
+
+
 def test_static_shapes_option_is_checked(tiny_artifact):
     with pytest.raises(RuntimeStedgeError, match="static_shapes='yes'"):
         Encoder.load(tiny_artifact, variant="openvino-fp32", static_shapes="yes")
