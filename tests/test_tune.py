@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from stedge.errors import StedgeError
+
 
 @pytest.fixture(scope="module")
 def tiny_onnx_artifact(tiny_model, tmp_path_factory) -> Path:
@@ -393,6 +395,19 @@ def test_info_shows_the_choice_and_ignores_other_machines(art):
     rows = [ln for ln in text.stdout.splitlines() if "alone-vs-batch=" in ln]  # one row per variant, aligned
     assert len(rows) == len(Manifest.read(art).variants) and len({ln.index(" MB ") for ln in rows}) == 1
     assert all(re.search(r"min_cos=\d\.\d{6}  tier=\w+  alone-vs-batch=\d\.\d{6}$", ln) for ln in rows), rows
+
+
+def test_info_device_option(art, tiny_model):
+    """`stedge info ARTIFACT --device cuda` shows the CUDA rule's choices (no CPU profile notes); a model folder
+    without stedge.json refuses the option."""
+    text = _cli("info", str(art), "--device", "cuda")
+    assert text.exit_code == 0, text.output
+    assert "device cuda: each tier's choice by the device's rule" in text.stdout
+    assert "tier near: onnx-fp32 - rule for device cuda" in text.stdout and "no tuning profile" not in text.stderr
+    assert json.loads(_cli("info", str(art), "--device", "cuda", "--json").stdout)["device"] == "cuda"
+    res = _cli("info", str(tiny_model), "--device", "npu")
+    assert isinstance(res.exception, StedgeError) and res.exception.exit_code == 2
+    assert "--device applies to exported artifacts only" in str(res.exception)
 
 
 def test_add_keeps_the_choice(art, tiny_model):

@@ -278,58 +278,70 @@ def _variant_lines(manifest: Any) -> None:
         )
 
 
+def _artifact_info(model: str, max_memory_mb: Optional[float], device: str, as_json: bool) -> None:
+    """`stedge info` on an artifact folder: its variants, and each tier's choice on this machine or ``device``."""
+    from stedge_runtime.artifact import Manifest, device_family
+    from stedge_runtime.tune import best_choices
+
+    manifest = Manifest.read(model)
+    choices = best_choices(model, max_memory_mb=max_memory_mb, device=device)  # what Encoder.load picks per tier
+    if as_json:
+        typer.echo(json.dumps({**manifest.to_dict(), "device": device, "selection": choices}, indent=2))
+        return
+    pooling = (manifest.pooling or {}).get("mode")
+    dim = f" dim={manifest.dimension}" if manifest.dimension is not None else ""  # a reranker's is a score
+    typer.echo(f"artifact {model}: task={manifest.task}{dim} max_seq_length={manifest.max_seq_length} pooling={pooling}")
+    _variant_lines(manifest)
+    cal = manifest.embedding_calibration
+    if cal is not None:
+        typer.echo(
+            f"  int8/uint8 output ranges: {cal.file} from {cal.texts or '?'} texts "
+            f"({cal.variant or 'PyTorch at export'})"
+        )
+    from ..export.calibration import calibrated_on
+    from ..export.plan import bf16_hint, outdated_builds
+    from stedge_runtime.cli import machine_line, profile_notes
+
+    from ..tune.cli import render_choice
+
+    typer.echo(machine_line())
+    if device_family(device) != "cpu":  # tuning profiles are the CPU's: their notes do not apply
+        typer.echo(f"device {device}: each tier's choice by the device's rule")
+        render_choice(choices)
+        return
+    line, untuned = profile_notes(model)
+    if line:
+        typer.echo(line)
+    render_choice(choices)
+    source = str(manifest.source.get("model") or "MODEL")
+    for hint in (untuned, bf16_hint(model, manifest.variants, source)):
+        if hint:
+            typer.echo(f"note: {hint}", err=True)
+    for name, why in outdated_builds(manifest.variants).items():
+        v = manifest.variants[name]
+        cal = str((v.quantization or {}).get("calibration") or "")
+        arg, also = ("builtin", []) if calibrated_on(cal, "builtin") else ("FILE", [f"FILE: {cal or 'its texts'}"])
+        if v.verification is not None and v.verification.spearman is not None:
+            also.append("and the --eval it was verified on")
+        cmd = f"stedge export {source} -o {model} --add --backend openvino --quantize int8-static --calibration {arg}"
+        typer.echo(f"note: {name}: {why}: `{cmd}`" + (f" ({'; '.join(also)})" if also else ""), err=True)
+
+
 def info(
     model: str = typer.Argument(..., help="Model reference or exported artifact folder."),
     max_memory_mb: Optional[float] = typer.Option(None, "--max-memory-mb", min=1.0, help=MEMORY_HELP),
+    device: str = typer.Option(
+        "cpu", "--device", help="Artifacts: the device to choose for, as `embed`'s (npu, gpu, cuda...: by its rule)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Describe a model or artifact: modules, dimension, prompts, variants, and what the runtime chooses per tier
-    on this machine (within --max-memory-mb when given)."""
+    on this machine (within --max-memory-mb when given; on --device when given)."""
     if is_artifact_folder(model):
-        from stedge_runtime.artifact import Manifest
-        from stedge_runtime.tune import best_choices
-
-        manifest = Manifest.read(model)
-        choices = best_choices(model, max_memory_mb=max_memory_mb)  # what Encoder.load picks here per tier, and why
-        if as_json:
-            typer.echo(json.dumps({**manifest.to_dict(), "selection": choices}, indent=2))
-            return
-        pooling = (manifest.pooling or {}).get("mode")
-        dim = f" dim={manifest.dimension}" if manifest.dimension is not None else ""  # a reranker's is a score
-        typer.echo(f"artifact {model}: task={manifest.task}{dim} max_seq_length={manifest.max_seq_length} pooling={pooling}")
-        _variant_lines(manifest)
-        cal = manifest.embedding_calibration
-        if cal is not None:
-            typer.echo(
-                f"  int8/uint8 output ranges: {cal.file} from {cal.texts or '?'} texts "
-                f"({cal.variant or 'PyTorch at export'})"
-            )
-        from ..export.calibration import calibrated_on
-        from ..export.plan import bf16_hint, outdated_builds
-        from stedge_runtime.cli import machine_line, profile_notes
-
-        from ..tune.cli import render_choice
-
-        typer.echo(machine_line())
-        line, untuned = profile_notes(model)
-        if line:
-            typer.echo(line)
-        render_choice(choices)
-        source = str(manifest.source.get("model") or "MODEL")
-        for hint in (untuned, bf16_hint(model, manifest.variants, source)):
-            if hint:
-                typer.echo(f"note: {hint}", err=True)
-        for name, why in outdated_builds(manifest.variants).items():
-            v = manifest.variants[name]
-            cal = str((v.quantization or {}).get("calibration") or "")
-            arg, also = ("builtin", []) if calibrated_on(cal, "builtin") else ("FILE", [f"FILE: {cal or 'its texts'}"])
-            if v.verification is not None and v.verification.spearman is not None:
-                also.append("and the --eval it was verified on")
-            cmd = f"stedge export {source} -o {model} --add --backend openvino --quantize int8-static --calibration {arg}"
-            typer.echo(f"note: {name}: {why}: `{cmd}`" + (f" ({'; '.join(also)})" if also else ""), err=True)
-        return
-    if max_memory_mb is not None:
-        raise StedgeError(f"--max-memory-mb applies to exported artifacts only; '{model}' has no stedge.json")
+        return _artifact_info(model, max_memory_mb, device, as_json)
+    if max_memory_mb is not None or device != "cpu":
+        option = "--max-memory-mb" if max_memory_mb is not None else "--device"
+        raise StedgeError(f"{option} applies to exported artifacts only; '{model}' has no stedge.json")
     from ..hub import detect_task, resolve_model
     from . import SentenceEncoder
 

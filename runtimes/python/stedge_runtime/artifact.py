@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Mapping
 
-from .errors import ArtifactError
+from .errors import ArtifactError, DeviceError
 
 MANIFEST = "stedge.json"
 MANIFEST_LIMIT = 16 << 20  # a manifest is a few kB; reading more is never right (a link to /dev/zero would not end)
@@ -570,6 +570,17 @@ def device_family(device: str) -> str:
     for sep in (":", "."):
         d = d.split(sep, 1)[0]
     return d
+
+
+def known_device_family(device: Any) -> str:
+    """The family of ``device`` (``device_family``), or DeviceError naming the devices the runtime knows."""
+    known = tuple(dict.fromkeys(ONNX_DEVICES + OPENVINO_DEVICES))
+    if not isinstance(device, str) or device_family(device) not in known:
+        raise DeviceError(
+            f"device {device!r} is not one stedge_runtime knows; use one of: {', '.join(known)} (':N' / '.N' "
+            "picks an index)"
+        )
+    return device_family(device)
 
 
 def backends_for(family: str) -> tuple[str, ...]:

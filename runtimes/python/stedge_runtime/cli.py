@@ -330,21 +330,26 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .artifact import Manifest
+    from .artifact import Manifest, device_family
     from .machine import machine_key
     from .select import variant_tier
     from .tune import best_choices
 
     m = Manifest.read(args.artifact)
-    choices = best_choices(args.artifact, max_memory_mb=args.max_memory_mb)
+    choices = best_choices(args.artifact, max_memory_mb=args.max_memory_mb, device=args.device)
     if args.json:
-        print(json.dumps({**m.to_dict(), "machine": machine_key(), "selection": choices}, indent=2))
+        out = {**m.to_dict(), "machine": machine_key(), "device": args.device, "selection": choices}
+        print(json.dumps(out, indent=2))
         return 0
     dim = f" dim={m.dimension}" if m.dimension is not None else ""  # a reranker's output is a score
     print(f"artifact {args.artifact}: task={m.task}{dim} max_seq_length={m.max_seq_length}")
     for name, v in m.variants.items():
         print(f"  {name}: {v.backend} {v.precision}, tier={variant_tier(v) or 'none'}")
     print(machine_line())
+    if device_family(args.device) != "cpu":  # tuning profiles are the CPU's: their notes do not apply
+        print(f"device {args.device}: each tier's choice by the device's rule")
+        _print_choices(choices)
+        return 0
     line, hint = profile_notes(args.artifact)
     if line:
         print(line)
@@ -426,6 +431,12 @@ def _parser() -> argparse.ArgumentParser:
         type=_at_least(float, 1.0),
         metavar="MB",
         help="a memory budget, as Encoder.load's max_memory_mb",
+    )
+    i.add_argument(
+        "--device",
+        default="cpu",
+        metavar="DEVICE",
+        help="the device to choose for, as Encoder.load's device (default cpu; npu, gpu, cuda...: by its rule)",
     )
     i.add_argument("--json", action="store_true", help="print the manifest, the machine key and the choices as JSON")
     i.set_defaults(run=_info)

@@ -13,13 +13,12 @@ import numpy as np
 
 from .artifact import (
     MANIFEST,
-    ONNX_DEVICES,
-    OPENVINO_DEVICES,
     Manifest,
     artifact_path,
     check_calibration_file,
     check_variant_files,
     device_family,
+    known_device_family,
 )
 from .engines import installed_backends, open_engine
 from .errors import ArtifactError, DeviceError, InputError
@@ -94,12 +93,7 @@ class _Artifact:
             isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, int) or max_batch_tokens < 1
         ):
             raise InputError(f"max_batch_tokens must be an integer >= 1 (or None), got {max_batch_tokens!r}")
-        known = tuple(dict.fromkeys(ONNX_DEVICES + OPENVINO_DEVICES))
-        if not isinstance(device, str) or device_family(device) not in known:
-            raise DeviceError(
-                f"device {device!r} is not one stedge_runtime knows; use one of: {', '.join(known)} (':N' / '.N' "
-                "picks an index)"
-            )
+        known_device_family(device)
         m = Manifest.read(root, cls.task)
         choice = {"tier": tier, "route": route, "use_profile": profile, "max_memory_mb": max_memory_mb}
         try:

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from . import machine
-from .artifact import MANIFEST, Manifest, has_manifest
+from .artifact import MANIFEST, Manifest, has_manifest, known_device_family
 from .engines import installed_backends
 from .errors import ArtifactError, InputError, RuntimeStedgeError
 from .profile import PROFILE_FORMAT, read_profile, write_profile
@@ -1288,18 +1288,20 @@ def best_choices(
     tiers: Sequence[str] = ("exact", "near", "compressed"),
     profile: dict[str, Any] | None = None,
     max_memory_mb: float | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """What Encoder.load would choose on this machine for each tier ({tier: Selection dict or error});
-    ``profile`` replaces the profile on disk (a measured one not written yet); ``max_memory_mb`` as in
-    Encoder.load."""
+    ``profile`` replaces the profile on disk (a measured one not written yet); ``max_memory_mb`` and ``device``
+    as in Encoder.load (a device other than the CPU is chosen for by its rule: profiles are the CPU's)."""
     root = Path(root)
     m = Manifest.read(root)
+    family = known_device_family(device)
     out: dict[str, Any] = {}
     for tier in tiers:
         try:
             out[tier] = select_variant(
                 m.variants,
-                "cpu",
+                family,
                 None,
                 installed_backends(),
                 root,

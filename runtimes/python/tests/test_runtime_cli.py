@@ -281,3 +281,19 @@ def test_info_names_what_it_knows_of_the_machine(monkeypatch):
     line = machine_line()
     assert line.endswith("(14 cores, 6 fast, CPU quota 2.5, memory limit 1536 MB, CPU flags from numpy)")
     assert line.startswith(f"this machine: {machine.machine_key(facts)} ") and machine.machine_key(facts) != key
+
+
+def test_info_chooses_for_another_device(app_model):
+    """`info --device npu` says what Encoder.load(..., device="npu") takes per tier, by the device's rule, without
+    the CPU profile's notes; a device the runtime does not know is exit 2 with the ones it knows."""
+    out = _cli("info", str(app_model), "--device", "npu")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "device npu: each tier's choice by the device's rule" in out.stdout
+    assert "tier near: openvino-fp32 - rule for device npu" in out.stdout and "no tuning profile" not in out.stderr
+    printed = _cli("info", str(app_model), "--device", "npu", "--json").stdout.strip().splitlines()[:-1]
+    js = json.loads("\n".join(printed))
+    assert js["device"] == "npu" and js["selection"]["near"]["variant"] == "openvino-fp32"
+    assert js["selection"]["near"]["excluded"]["onnx-fp32"].startswith("does not run on npu")
+    bad = _cli("info", str(app_model), "--device", "tpu")
+    assert json.loads(bad.stdout.strip().splitlines()[-1])["rc"] == 2
+    assert "device 'tpu' is not one stedge_runtime knows" in bad.stderr
