@@ -423,7 +423,7 @@ class OpenVINOEngine:
         shape is compiled the first time it comes (on an NPU a compilation takes seconds; its compiled-model cache,
         ``cache_dir``, keeps them for the next process) and kept: at most 6 x 5 shapes with batches of 32 and texts of
         up to 256 tokens."""
-        rows, tokens = next(iter(feeds.values())).shape
+        rows, tokens = next(v for v in feeds.values() if v.ndim == 2).shape  # prompt_length is (rows,)
         padded = max(self.SHAPES_MIN_TOKENS, 1 << max(0, tokens - 1).bit_length())
         parts, start = [], 0
         for bit in reversed(range(rows.bit_length())):
