@@ -396,6 +396,37 @@ def test_pack_adds_a_variant_for_cpus_without_bf16(tiny_model, tmp_path, monkeyp
     assert elsewhere.selection.variant == plain_pick and elsewhere.encode(["a query"]).shape == (1, elsewhere.dimension)
 
 
+def test_pack_for_the_devices_an_app_runs_on(tiny_model, tmp_path):
+    """`stedge pack --device cpu --device npu` packs what Encoder.load picks on each (the NPU by its rule, which
+    takes OpenVINO variants only); `--device npu` alone packs the NPU's pick; a device the runtime does not know
+    is refused."""
+    from stedge_runtime import Encoder
+    from stedge_runtime.tune import best_choices
+
+    from stedge.cli import app
+
+    art = tmp_path / "art"
+    r = CliRunner().invoke(app, ["export", str(tiny_model), "-o", str(art), "--backend", "all"])
+    assert r.exit_code == 0, r.output
+    cpu_pick = Encoder.load(art).variant
+    npu_pick = best_choices(art, ("near",), device="npu")["near"]["variant"]
+    assert cpu_pick.startswith("onnx-") and npu_pick.startswith("openvino-")
+    r = CliRunner().invoke(
+        app, ["pack", str(art), "-o", str(tmp_path / "p"), "--device", "cpu", "--device", "npu", "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert (
+        res["variants"] == [cpu_pick, npu_pick]
+        and f"{npu_pick}: what Encoder.load picks at tier near on npu" in res["notes"]
+    )
+    assert Encoder.load(tmp_path / "p").variant == cpu_pick
+    r = CliRunner().invoke(app, ["pack", str(art), "-o", str(tmp_path / "q"), "--device", "npu", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["variants"] == [npu_pick], r.output
+    r = CliRunner().invoke(app, ["pack", str(art), "-o", str(tmp_path / "r"), "--device", "tpu"])
+    assert r.exit_code != 0 and not (tmp_path / "r").exists()
+
+
 def test_path_traversal_external_data_is_refused(tmp_path):
     import onnx
     from onnx import TensorProto, helper

@@ -233,6 +233,12 @@ def _register_pack(app: typer.Typer) -> None:
             "avx512_bf16 or AMX), also pack what Encoder.load picks for --tier on a CPU without those flags, so the "
             "app runs on any CPU.",
         ),
+        device: Optional[List[str]] = typer.Option(
+            None,
+            "--device",
+            help="Without --variant: the devices the app runs on (repeatable; default cpu): what Encoder.load picks "
+            "for --tier on each is packed (npu, gpu, cuda...: by the device's rule).",
+        ),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder stedge wrote."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
@@ -248,6 +254,7 @@ def _register_pack(app: typer.Typer) -> None:
             tier=tier,
             max_memory_mb=max_memory_mb,
             portable=portable,
+            devices=device or ["cpu"],
         )
         _print_pack(res, as_json)
 

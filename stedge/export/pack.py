@@ -44,15 +44,18 @@ class PackResult:
         }
 
 
-def default_pack_variants(root: Path, tier: str = "near", max_memory_mb: float | None = None) -> list[str]:
-    """What ``Encoder.load(root, tier=tier, max_memory_mb=...)`` runs on this machine: the bulk variant and, when
-    batch-1 calls are routed elsewhere, that one too (an app built and tested here gets the same choice)."""
+def default_pack_variants(
+    root: Path, tier: str = "near", max_memory_mb: float | None = None, device: str = "cpu"
+) -> list[str]:
+    """What ``Encoder.load(root, tier=tier, max_memory_mb=..., device=device)`` runs on this machine: the bulk
+    variant and, when batch-1 calls are routed elsewhere, that one too (an app built and tested here gets the same
+    choice); on another device than the CPU, what its rule takes there."""
     import warnings
 
     from stedge_runtime.errors import RuntimeStedgeError
     from stedge_runtime.tune import best_choices
 
-    sel = best_choices(root, (tier,), max_memory_mb=max_memory_mb)[tier]
+    sel = best_choices(root, (tier,), max_memory_mb=max_memory_mb, device=device)[tier]
     if "error" in sel:
         raise RuntimeStedgeError(f"{sel['error']}; name the variants to pack with --variant")
     for w in sel.get("warnings") or []:  # a budget nothing fits, or one not checked: as Encoder.load says it
@@ -98,22 +101,29 @@ def pack_artifact(
     tier: str = "near",
     max_memory_mb: float | None = None,
     portable: bool = True,
+    devices: Sequence[str] = ("cpu",),
 ) -> PackResult:
-    """Copy ``variants`` of ``artifact`` (default: what ``Encoder.load`` picks for ``tier``, within
-    ``max_memory_mb`` when given, on this machine, and, when ``portable`` and that needs CPU flags such as bf16's,
-    what it picks on a CPU without them: ``portable_variant``) with the tokenizer and a manifest listing only them
-    into ``output``. Every file is checked against the manifest's sha256 while copied."""
-    from stedge_runtime.artifact import Manifest, artifact_path, write_manifest
+    """Copy ``variants`` of ``artifact`` (default: what ``Encoder.load`` picks for ``tier`` on each of ``devices``
+    (on the CPU within ``max_memory_mb`` when given, on this machine, and, when ``portable`` and that needs CPU
+    flags such as bf16's, what it picks on a CPU without them: ``portable_variant``) with the tokenizer and a
+    manifest listing only them into ``output``. Every file is checked against the manifest's sha256 while copied."""
+    from stedge_runtime.artifact import Manifest, artifact_path, device_family, write_manifest
     from stedge_runtime.profile import list_profiles
 
     root = Path(artifact)
     m = Manifest.read(root)
-    names = list(dict.fromkeys(variants)) or default_pack_variants(root, tier, max_memory_mb)
+    names = list(dict.fromkeys(variants))
     notes: list[str] = []
-    if portable and not variants:
-        extra, note = portable_variant(root, m, names, tier)
-        names += [extra] if extra else []
-        notes += [note] if note else []
+    for device in [] if variants else list(dict.fromkeys(devices or ("cpu",))):
+        cpu = device_family(device) == "cpu"
+        found = default_pack_variants(root, tier, max_memory_mb if cpu else None, device)
+        if cpu and portable:
+            extra, note = portable_variant(root, m, found, tier)
+            found += [extra] if extra else []
+            notes += [note] if note else []
+        if not cpu:
+            notes += [f"{', '.join(found)}: what Encoder.load picks at tier {tier} on {device}"]
+        names = list(dict.fromkeys(names + found))
     chosen = {n: m.variant(n, root / "stedge.json") for n in names}
     check_output(output, overwrite, protect=[root])
     files: dict[str, int] = {}
