@@ -254,7 +254,7 @@ def _register_pack(app: typer.Typer) -> None:
             tier=tier,
             max_memory_mb=max_memory_mb,
             portable=portable,
-            devices=device or ["cpu"],
+            devices=device or (),
         )
         _print_pack(res, as_json)
 

@@ -280,7 +280,7 @@ def _variant_lines(manifest: Any) -> None:
 
 def _artifact_info(model: str, max_memory_mb: Optional[float], device: str, as_json: bool) -> None:
     """`stedge info` on an artifact folder: its variants, and each tier's choice on this machine or ``device``."""
-    from stedge_runtime.artifact import Manifest, device_family
+    from stedge_runtime.artifact import Manifest
     from stedge_runtime.tune import best_choices
 
     manifest = Manifest.read(model)
@@ -300,13 +300,14 @@ def _artifact_info(model: str, max_memory_mb: Optional[float], device: str, as_j
         )
     from ..export.calibration import calibrated_on
     from ..export.plan import bf16_hint, outdated_builds
-    from stedge_runtime.cli import machine_line, profile_notes
+    from stedge_runtime.cli import device_line, machine_line, profile_notes
 
     from ..tune.cli import render_choice
 
     typer.echo(machine_line())
-    if device_family(device) != "cpu":  # tuning profiles are the CPU's: their notes do not apply
-        typer.echo(f"device {device}: each tier's choice by the device's rule")
+    other = device_line(device)
+    if other:  # tuning profiles are the CPU's: their notes do not apply
+        typer.echo(other)
         render_choice(choices)
         return
     line, untuned = profile_notes(model)

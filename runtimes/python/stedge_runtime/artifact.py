@@ -575,12 +575,13 @@ def device_family(device: str) -> str:
 def known_device_family(device: Any) -> str:
     """The family of ``device`` (``device_family``), or DeviceError naming the devices the runtime knows."""
     known = tuple(dict.fromkeys(ONNX_DEVICES + OPENVINO_DEVICES))
-    if not isinstance(device, str) or device_family(device) not in known:
+    family = device_family(device) if isinstance(device, str) else None
+    if family not in known:
         raise DeviceError(
             f"device {device!r} is not one stedge_runtime knows; use one of: {', '.join(known)} (':N' / '.N' "
             "picks an index)"
         )
-    return device_family(device)
+    return family
 
 
 def backends_for(family: str) -> tuple[str, ...]:

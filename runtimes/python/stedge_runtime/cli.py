@@ -221,6 +221,14 @@ def machine_line() -> str:
     return f"this machine: {machine.machine_key(facts)} ({', '.join(parts)})"
 
 
+def device_line(device: str) -> str | None:
+    """The line `info` prints before the choices for a device other than the CPU (None for the CPU, whose tuning
+    profile and its notes apply instead)."""
+    from .artifact import device_family
+
+    return None if device_family(device) == "cpu" else f"device {device}: each tier's choice by the device's rule"
+
+
 def profile_notes(root: str | Path) -> tuple[str | None, str | None]:
     """What an ``info`` command says of this machine's profile for the artifact at ``root``: (the file Encoder.load
     reads, inside the artifact or in the user's profile folder, and when it was tuned; None) where one reads, else
@@ -330,7 +338,7 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .artifact import Manifest, device_family
+    from .artifact import Manifest
     from .machine import machine_key
     from .select import variant_tier
     from .tune import best_choices
@@ -346,8 +354,9 @@ def _info(args: argparse.Namespace) -> int:
     for name, v in m.variants.items():
         print(f"  {name}: {v.backend} {v.precision}, tier={variant_tier(v) or 'none'}")
     print(machine_line())
-    if device_family(args.device) != "cpu":  # tuning profiles are the CPU's: their notes do not apply
-        print(f"device {args.device}: each tier's choice by the device's rule")
+    other = device_line(args.device)
+    if other:  # tuning profiles are the CPU's: their notes do not apply
+        print(other)
         _print_choices(choices)
         return 0
     line, hint = profile_notes(args.artifact)

@@ -420,8 +420,8 @@ class OpenVINOEngine:
         The tokens are padded to a power of two (at least SHAPES_MIN_TOKENS; masked, as in any batch, so the
         vectors do not change) and the rows run in parts of a power of two each, largest first (37 rows: 32, 4
         and 1), so no row is padded and a batch size of 32 needs at most six row counts. Each (rows, tokens)
-        shape is compiled the first time it comes (on an NPU a compilation takes seconds; its compiled-model cache,
-        ``cache_dir``, keeps them for the next process) and kept: at most 6 x 5 shapes with batches of 32 and texts of
+        shape is compiled the first time it comes (on the NPU its compiled-model cache, ``cache_dir``, keeps them
+        for the next process) and kept: at most 6 x 5 shapes with batches of 32 and texts of
         up to 256 tokens."""
         rows, tokens = next(v for v in feeds.values() if v.ndim == 2).shape  # prompt_length is (rows,)
         padded = max(self.SHAPES_MIN_TOKENS, 1 << max(0, tokens - 1).bit_length())
@@ -440,19 +440,19 @@ class OpenVINOEngine:
     def _bucket(self, rows: int, tokens: int) -> Any:
         """The static compilation for (rows, tokens), made on first use (static_shapes)."""
         compiled = self._buckets.get((rows, tokens))
-        if compiled is None:
-            with self._static_lock:
-                compiled = self._buckets.get((rows, tokens))
-                if compiled is None:
-                    core, model, target, config = self._src
-                    try:
-                        compiled = self._buckets[rows, tokens] = _compile(core, model, target, config, [rows, tokens])
-                    except RuntimeError as e:
-                        raise RuntimeStedgeError(
-                            f"{self._file}: OpenVINO could not compile the graph for {target} at the static shape "
-                            f"[{rows}, {tokens}] ({e})"
-                        ) from None
-        return compiled
+        if compiled is not None:
+            return compiled
+        with self._static_lock:
+            if (rows, tokens) not in self._buckets:
+                core, model, target, config = self._src
+                try:
+                    self._buckets[rows, tokens] = _compile(core, model, target, config, [rows, tokens])
+                except RuntimeError as e:
+                    raise RuntimeStedgeError(
+                        f"{self._file}: OpenVINO could not compile the graph for {target} at the static shape "
+                        f"[{rows}, {tokens}] ({e})"
+                    ) from None
+            return self._buckets[rows, tokens]
 
     def _compiled_for(self, feeds: dict[str, np.ndarray]) -> tuple[Any, bool]:
         """The compilation a call runs on, and whether it is a static one (its inputs then get padded).
@@ -573,7 +573,8 @@ class OpenVINOEngine:
 
 def _npu_cache() -> Path | None:
     """The compiled-model cache an NPU gets unless ``cache_dir`` says otherwise: the runtime's cache folder
-    (``artifact.cache_dir``)/openvino, so each static shape compiles once per machine, not once per process;
+    (``artifact.cache_dir``)/openvino, so each static shape compiles once per machine, not once per process
+    (compilation times on an NPU are not measured here: no NPU);
     None where that folder cannot be made."""
     folder = cache_dir() / "openvino"
     try:
