@@ -44,8 +44,10 @@ def make_tiny_bert(
     hidden: int = 32,
     layers: int = 2,
     seed: int = 0,
+    positions: int = 128,
 ) -> Path:
-    """Write a random tiny BERT sentence encoder in the sentence-transformers layout."""
+    """Write a random tiny BERT sentence encoder in the sentence-transformers layout (``positions``: the size of
+    its position table)."""
     import torch
     from safetensors.torch import save_file
     from transformers import BertConfig, BertModel
@@ -59,7 +61,7 @@ def make_tiny_bert(
         num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=hidden * 2,
-        max_position_embeddings=128,
+        max_position_embeddings=positions,
     )
     BertModel(cfg).save_pretrained(path, safe_serialization=True)
     copy_tokenizer(path)

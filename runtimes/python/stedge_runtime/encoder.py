@@ -153,7 +153,7 @@ class _Artifact:
         file = check_variant_files(root, v, verify)[0]
         opts = {**(v.extra.get("engine_options") or {}), **settings}
         threads = opts.pop("threads", None)
-        engine = open_engine(v.backend, file, device, v.precision, threads, opts)
+        engine = open_engine(v.backend, file, device, v.precision, threads, opts, m.max_seq_length)
         unknown = [i for i in engine.inputs if i not in KNOWN_INPUTS]
         missing = [o for o in cls.needed_outputs if o not in engine.outputs]
         if unknown or missing:

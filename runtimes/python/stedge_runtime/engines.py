@@ -260,7 +260,13 @@ class OpenVINOEngine:
     ONEDNN_CACHE_PRIMITIVES = 256  # per process: $ONEDNN_PRIMITIVE_CACHE_CAPACITY, when unset, while compiling
 
     def __init__(
-        self, file: Path, device: str, precision: str | None, threads: int | None, options: dict[str, Any]
+        self,
+        file: Path,
+        device: str,
+        precision: str | None,
+        threads: int | None,
+        options: dict[str, Any],
+        max_tokens: int | None = None,
     ) -> None:
         _check_options(options, self.OPTIONS, "openvino")
         ov = _import("openvino", "openvino")
@@ -283,6 +289,9 @@ class OpenVINOEngine:
                 f"engine option static_shapes={static_shapes!r}: expected True or False (default: True on the NPU)"
             )
         self.static_shapes = static_shapes
+        # Padding stops at the artifact's max_seq_length: a model's position table may end below the next padded
+        # length (a table of 24 positions and 22 tokens padded to 32 could not compile).
+        self.max_tokens = max_tokens
         self._file = file
         self._buckets: dict[tuple[int, int], Any] = {}  # static_shapes: (rows, tokens) -> compiled static model
         self._static_lock = threading.Lock()
@@ -300,7 +309,7 @@ class OpenVINOEngine:
             self._src = (core, model, target, config)
             with _onednn_cache(primitives if family in ("cpu", "auto") else None):
                 if static_shapes:  # the first bucket now, so a graph the device cannot take fails at load
-                    self.compiled = self._bucket(1, self.SHAPES_MIN_TOKENS)
+                    self.compiled = self._bucket(1, self._padded(1, self.SHAPES_MIN_TOKENS))
                 else:
                     self.compiled = _compile(core, model, target, config)
         except RuntimeError as e:
@@ -398,7 +407,7 @@ class OpenVINOEngine:
         compiled, static = self._compiled_for(feeds)
         tokens = next(iter(feeds.values())).shape[1]
         if static:
-            feeds = {k: _pad_tokens(v, tokens + (-tokens % self.static_pad)) for k, v in feeds.items()}
+            feeds = {k: _pad_tokens(v, self._static_key(tokens)) for k, v in feeds.items()}
         return self._infer(compiled, feeds, output, tokens)
 
     def _infer(self, compiled: Any, feeds: dict[str, np.ndarray], output: str, tokens: int) -> np.ndarray:
@@ -417,14 +426,14 @@ class OpenVINOEngine:
     def _run_static(self, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
         """A call on static-shape compilations only (engine option ``static_shapes``; the NPU's default).
 
-        The tokens are padded to a power of two (at least SHAPES_MIN_TOKENS; masked, as in any batch, so the
-        vectors do not change) and the rows run in parts of a power of two each, largest first (37 rows: 32, 4
-        and 1), so no row is padded and a batch size of 32 needs at most six row counts. Each (rows, tokens)
-        shape is compiled the first time it comes (on the NPU its compiled-model cache, ``cache_dir``, keeps them
-        for the next process) and kept: at most 6 x 5 shapes with batches of 32 and texts of
-        up to 256 tokens."""
+        The tokens are padded to a power of two (at least SHAPES_MIN_TOKENS, at most max_tokens; masked, as in
+        any batch, so the vectors do not change) and the rows run in parts of a power of two each, largest
+        first (37 rows: 32, 4 and 1), so no row is padded and a batch size of 32 needs at most six row counts.
+        Each (rows, tokens) shape is compiled the first time it comes (on the NPU its compiled-model cache,
+        ``cache_dir``, keeps them for the next process) and kept: at most 6 x 5 shapes with batches of 32 and
+        texts of up to 256 tokens."""
         rows, tokens = next(v for v in feeds.values() if v.ndim == 2).shape  # prompt_length is (rows,)
-        padded = max(self.SHAPES_MIN_TOKENS, 1 << max(0, tokens - 1).bit_length())
+        padded = self._padded(tokens, max(self.SHAPES_MIN_TOKENS, 1 << max(0, tokens - 1).bit_length()))
         parts, start = [], 0
         for bit in reversed(range(rows.bit_length())):
             if rows >> bit & 1:
@@ -436,6 +445,14 @@ class OpenVINOEngine:
                 parts.append(self._infer(self._bucket(n, padded), sub, output, tokens))
                 start += n
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _padded(self, tokens: int, padded: int) -> int:
+        """``padded`` tokens for a call of ``tokens``, but no more than max_tokens (and never fewer than it has)."""
+        return padded if self.max_tokens is None else max(tokens, min(padded, self.max_tokens))
+
+    def _static_key(self, tokens: int) -> int:
+        """The padded length of a one-row call on a static batch-1 compilation (a multiple of static_pad)."""
+        return self._padded(tokens, tokens + (-tokens % self.static_pad))
 
     def _bucket(self, rows: int, tokens: int) -> Any:
         """The static compilation for (rows, tokens), made on first use (static_shapes)."""
@@ -494,7 +511,7 @@ class OpenVINOEngine:
         lengths past the limits run the dynamic graph.
         """
         rows, tokens = next(iter(feeds.values())).shape
-        key = tokens + (-tokens % self.static_pad)
+        key = self._static_key(tokens)
         if rows != 1 or key > self.STATIC_MAX_TOKENS:
             return None
         compiled = self._static.get(key)
@@ -641,8 +658,16 @@ def _compile(core: Any, model: Any, target: str, config: dict, shape: list[int] 
 
 
 def open_engine(
-    backend: str, file: Path, device: str, precision: str | None, threads: int | None, options: dict[str, Any]
+    backend: str,
+    file: Path,
+    device: str,
+    precision: str | None,
+    threads: int | None,
+    options: dict[str, Any],
+    max_tokens: int | None = None,
 ):
-    """The engine for a variant backend ('onnx' -> OrtEngine, 'openvino' -> OpenVINOEngine)."""
-    cls = OrtEngine if backend == "onnx" else OpenVINOEngine
-    return cls(file, device, precision, threads, options)
+    """The engine for a variant backend ('onnx' -> OrtEngine, 'openvino' -> OpenVINOEngine). ``max_tokens``, the
+    artifact's max_seq_length, caps the padding of OpenVINO's static shapes."""
+    if backend == "onnx":
+        return OrtEngine(file, device, precision, threads, options)
+    return OpenVINOEngine(file, device, precision, threads, options, max_tokens)

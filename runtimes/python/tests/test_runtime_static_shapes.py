@@ -64,6 +64,26 @@ def test_static_shapes_with_a_prompt_length_input(tiny_prompt_model, tmp_path):
         )
 
 
+def test_padding_stops_at_max_seq_length(tmp_path):
+    """A position table of 24 (not a power of two) and max_seq_length 24: static shapes pad 17-24 tokens to 24, not
+    32, and so does a static batch-1 compilation (a multiple of 16 would be 32 too)."""
+    from runtime_artifacts import build_artifact
+    from tiny import make_tiny_bert
+
+    model = make_tiny_bert(tmp_path / "model", max_seq_length=24, positions=24)
+    art = build_artifact(model, tmp_path / "art", openvino=True)
+    texts = [" ".join(["word"] * n) for n in (2, 9, 18, 21, 40)]  # the last one is cut at 24 tokens
+    want = Encoder.load(art, variant="openvino-fp32").encode(texts)
+    static = Encoder.load(art, variant="openvino-fp32", static_shapes=True)
+    np.testing.assert_allclose(static.encode(texts, batch_size=8), want, atol=1e-5)
+    assert {t for _, t in static._engine._buckets} == {16, 24}
+    batch1 = Encoder.load(art, variant="openvino-fp32", static_batch1=4)
+    for _ in range(3):
+        got = batch1.encode(texts[3])
+    np.testing.assert_allclose(got, want[3], atol=1e-5)
+    assert list(batch1._engine._static) == [24] and batch1._engine.static_batch1 == 4
+
+
 def test_static_shapes_option_is_checked(tiny_artifact):
     with pytest.raises(RuntimeStedgeError, match="static_shapes='yes'"):
         Encoder.load(tiny_artifact, variant="openvino-fp32", static_shapes="yes")
