@@ -1775,6 +1775,31 @@ def test_openvino_throughput_hint_runs_batches_side_by_side(tiny_artifact):
     assert thr.encode(texts[:1]).shape == (1, thr.dimension)
 
 
+def test_a_call_of_one_round_is_cut_evenly_over_the_streams(tiny_artifact, monkeypatch):
+    """With two streams, a call whose batches fill at most one round (32 texts: one batch) is cut into even parts
+    sorted by length, so both streams work; longer calls keep their batches of batch_size."""
+    texts = [f"sentence number {i} " * (1 + i % 5) for i in range(100)]
+    lat = Encoder.load(tiny_artifact, variant="openvino-fp32", threads=2, performance_hint="LATENCY")
+    thr = Encoder.load(tiny_artifact, variant="openvino-fp32", threads=2, performance_hint="THROUGHPUT", num_streams=2)
+    assert thr._engine.parallel == 2
+    seen: list[list[int]] = []
+    run_many = thr._engine.run_many
+
+    def logged(feeds_list, output):
+        feeds_list = list(feeds_list)
+        seen.append([len(f["input_ids"]) for f in feeds_list])
+        return run_many(feeds_list, output)
+
+    monkeypatch.setattr(thr._engine, "run_many", logged)
+    for n, rows in ((32, [16, 16]), (33, [17, 16]), (2, [1, 1]), (64, [32, 32]), (100, [32, 32, 32, 4])):
+        seen.clear()
+        np.testing.assert_allclose(thr.encode(texts[:n]), lat.encode(texts[:n]), atol=1e-6)
+        assert seen == [rows], n
+    seen.clear()
+    thr.encode(texts[:1])
+    assert seen == []  # one text: one call, no round
+
+
 def test_openvino_run_many_pads_batches_as_requests_come_free(tiny_artifact):
     """run_many takes its batches from a generator one at a time, each when a request is free, so a large
     encode call never holds every padded batch at once; results come back in order."""
