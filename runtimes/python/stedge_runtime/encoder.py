@@ -204,10 +204,11 @@ class _Artifact:
         tokens = self._tok.tokens(items, type_ids)
         out = np.empty((len(items), width), dtype=np.float32)
         groups = list(batches(tokens.lengths, batch_size, self.max_batch_tokens))
-        streams = getattr(engine, "parallel", 1)
+        streams = getattr(engine, "parallel", 1) if device_family(engine.device) == "cpu" else 1
         if 1 < streams and 1 < len(items) and len(groups) <= streams:
-            # One round of batches would leave streams idle (32 texts: one batch on one of two streams, at 0.61x a
-            # LATENCY engine's rate on the AMX guest) or wait on a lopsided pair (32 + 1): cut the rows evenly.
+            # One round of batches would leave CPU streams idle (32 texts: one batch on one of two streams, at
+            # 0.68-0.71x a LATENCY engine's rate on the AMX guest) or wait on a lopsided pair (32 + 1): cut the rows
+            # evenly. Not on a GPU, where a larger batch may pay more than a second stream (not measured).
             groups = list(batches(tokens.lengths, -(-len(items) // streams), self.max_batch_tokens))
 
         def feeds_of(idx: Any) -> dict[str, np.ndarray]:
