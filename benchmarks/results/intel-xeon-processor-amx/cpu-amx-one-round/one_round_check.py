@@ -39,12 +39,8 @@ encoder_module.batches = one_batch_or_cut
 lat = Encoder.load(art, variant=variant, performance_hint="latency", snippets_above=64)
 thr = Encoder.load(art, variant=variant, performance_hint="throughput", snippets_above=64)
 print(f"{art} {variant}: throughput engine with {thr._engine.parallel} streams", flush=True)
-work = {
-    "32 short texts": [texts[i : i + 32] for i in range(0, 32 * 40, 32)],
-    "33 short texts": [texts[i : i + 33] for i in range(0, 33 * 30, 33)],
-    "8 short texts": [texts[i : i + 8] for i in range(0, 8 * 80, 8)],
-    "8 passages": [passages[i : i + 8] for i in range(0, 8 * 12, 8)],
-}
+work = {f"{n} short texts": [texts[i : i + n] for i in range(0, n * (1200 // n), n)] for n in (2, 4, 8, 16, 32, 33)}
+work["8 passages"] = [passages[i : i + 8] for i in range(0, 8 * 12, 8)]
 
 
 def rate(enc, calls, cut):
